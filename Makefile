@@ -1,0 +1,40 @@
+# Set-up and everyday commands. Everything lives in a project-local virtual environment (.venv).
+# torch is installed first, pinned to a build that exists on this kind of machine (CPU); on a
+# machine that already has a (CUDA) torch >= 2.10 in the venv, it is left alone.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast examples bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the whole test suite.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## Everything except tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+## The paper's two protocols on scikit-learn digits (tables + plots under examples/output/).
+examples: $(STAMP)
+	$(PY) examples/class_removal.py
+	$(PY) examples/backdoor_relabel.py
+
+bench: $(STAMP)
+	$(PY) bench/hvp_cost.py
+	$(PY) bench/solvers.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,32 @@
+"""gif: edit trained classifiers with (generalized) influence functions — pure PyTorch.
+
+Public API::
+
+    gif.influence(model, hessian_data, target_data, method="gif", params=..., solver=...)
+    gif.select(model, data, strategy="highest_outputs", ratio=0.05)
+    gif.models.build("mlp", input_shape=[1, 8, 8], hidden_sizes=[64], num_classes=10)
+    gif.io.load_checkpoint(path, model) / gif.io.load_dataset(path)
+"""
+
+from . import errors, io, models
+from .hessian import HessianOperator
+from .influence import METHODS, InfluenceResult, influence
+from .selection import STRATEGIES, select, selection_summary
+from .solvers import SOLVERS, LowRankHessian
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "SOLVERS",
+    "STRATEGIES",
+    "HessianOperator",
+    "InfluenceResult",
+    "LowRankHessian",
+    "errors",
+    "influence",
+    "io",
+    "models",
+    "select",
+    "selection_summary",
+]

@@ -1,0 +1,105 @@
+"""Batched data: the one place that turns user data into size-bounded chunks.
+
+Every loss in the engine is a *mean over samples*. When data arrives in batches of different
+sizes, each batch's mean is weighted by ``len(batch) / N`` so that any batching of the same
+samples gives the same loss, gradient and Hessian-vector product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InvalidArgumentError, NumericalError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+DataLike = Batch | Iterable[Batch]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    weight: float  # len(chunk) / total samples
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+
+class Chunks:
+    """Materialised data split into chunks of at most ``chunk_size`` samples.
+
+    Args:
+        data: ``(inputs, targets)`` or an iterable of such batches (a DataLoader works).
+        chunk_size: upper bound on samples per forward pass, which bounds activation memory.
+        device: where the chunks live (the model's device).
+        what: the argument name, for error messages.
+    """
+
+    def __init__(
+        self,
+        data: DataLike,
+        *,
+        chunk_size: int = 1024,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        what: str = "data",
+    ) -> None:
+        if chunk_size < 1:
+            raise InvalidArgumentError(f"`chunk_size` must be >= 1, got {chunk_size}")
+        batches = _as_batches(data, what)
+        pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for x, y in batches:
+            for start in range(0, int(y.shape[0]), chunk_size):
+                xs, ys = x[start : start + chunk_size], y[start : start + chunk_size]
+                if dtype is not None and xs.is_floating_point():
+                    xs = xs.to(dtype)
+                pieces.append((xs.to(device), ys.to(device)))
+        self.total = sum(int(y.shape[0]) for _, y in pieces)
+        if self.total == 0:
+            raise InvalidArgumentError(f"`{what}` is empty")
+        self.chunks = [Chunk(x, y, int(y.shape[0]) / self.total) for x, y in pieces]
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return self.total
+
+
+def _as_batches(data: DataLike, what: str) -> list[Batch]:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        batches = [tuple(data)]
+    else:
+        try:
+            batches = [tuple(b) for b in data]  # type: ignore[union-attr]
+        except TypeError as exc:
+            raise InvalidArgumentError(
+                f"`{what}` must be (inputs, targets) tensors or an iterable of such batches"
+            ) from exc
+    for i, batch in enumerate(batches):
+        _check_batch(batch, f"{what}[{i}]" if len(batches) > 1 else what)
+    return batches  # type: ignore[return-value]
+
+
+def _check_batch(batch: tuple, what: str) -> None:
+    if len(batch) != 2 or not all(isinstance(t, torch.Tensor) for t in batch):
+        raise InvalidArgumentError(f"`{what}` must be a pair (inputs, targets) of tensors")
+    x, y = batch
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise InvalidArgumentError(
+            f"`{what}`: inputs and targets must have the same first dimension, "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise NumericalError(f"`{what}`: inputs contain NaN or Inf")
+
+
+def as_pair(data: DataLike, *, what: str = "data") -> Batch:
+    """Concatenate data given as a pair or as batches into one ``(inputs, targets)`` pair."""
+    batches = _as_batches(data, what)
+    if len(batches) == 1:
+        return batches[0]
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])

@@ -1,0 +1,121 @@
+"""The flat parameter vector θ and its index space.
+
+θ is every trainable parameter of a model (``requires_grad=True``), flattened and concatenated
+in ``model.parameters()`` order. Selections, influence vectors and updates are all expressed as
+flat indices into θ, so this module is the single place that knows how names, shapes and
+offsets line up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import IndexOutOfRangeError, InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """Where one parameter tensor lives inside θ."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.numel
+
+
+class ParamSpace:
+    """Names, shapes and flat offsets of a model's trainable parameters.
+
+    Example:
+        >>> space = ParamSpace(nn.Linear(3, 2))
+        >>> space.size, [s.name for s in space.slots]
+        (8, ['weight', 'bias'])
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        slots: list[ParamSlot] = []
+        offset = 0
+        seen: set[int] = set()
+        for name, p in model.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            slots.append(ParamSlot(name, tuple(p.shape), offset))
+            offset += p.numel()
+        if offset == 0:
+            raise InvalidArgumentError("model has no trainable parameters")
+        self.slots: tuple[ParamSlot, ...] = tuple(slots)
+        self.size = offset
+        self._by_name = {s.name: s for s in slots}
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.slots]
+
+    def slot(self, name: str) -> ParamSlot:
+        return self._by_name[name]
+
+    def params(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The trainable parameters of ``model`` (detached), keyed by name, in θ order."""
+        named = dict(model.named_parameters())
+        return {s.name: named[s.name].detach() for s in self.slots}
+
+    def flatten(self, tensors: dict[str, torch.Tensor] | list[torch.Tensor] | tuple) -> torch.Tensor:
+        """Concatenate per-parameter tensors (dict by name, or a sequence in θ order) into θ layout."""
+        if isinstance(tensors, dict):
+            tensors = [tensors[s.name] for s in self.slots]
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a θ-shaped vector into per-parameter views, keyed by name."""
+        if flat.ndim != 1 or flat.numel() != self.size:
+            raise InvalidArgumentError(f"expected a flat vector of length {self.size}, got shape {tuple(flat.shape)}")
+        return {s.name: flat[s.offset : s.stop].view(s.shape) for s in self.slots}
+
+    def check_indices(self, indices: torch.Tensor, *, what: str = "params") -> torch.Tensor:
+        """Validate flat indices (1-D, integer, unique, in range) and return them as int64 on CPU."""
+        idx = torch.as_tensor(indices)
+        if idx.dtype.is_floating_point or idx.dtype == torch.bool:
+            raise InvalidArgumentError(f"`{what}` must be integer flat indices, got dtype {idx.dtype}")
+        idx = idx.to(dtype=torch.long, device="cpu").reshape(-1)
+        if idx.numel() == 0:
+            raise IndexOutOfRangeError(f"`{what}` is empty: select at least one parameter")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.size:
+            raise IndexOutOfRangeError(f"`{what}` has indices in [{lo}, {hi}], outside [0, {self.size})")
+        if torch.unique(idx).numel() != idx.numel():
+            raise IndexOutOfRangeError(f"`{what}` contains duplicated indices")
+        return idx
+
+    def vector(self, model: nn.Module) -> torch.Tensor:
+        """θ of ``model`` as one detached flat vector."""
+        return self.flatten(self.params(model))
+
+    @torch.no_grad()
+    def add_(self, model: nn.Module, indices: torch.Tensor, values: torch.Tensor) -> None:
+        """In place: θ[indices] += values (values on any device/dtype; cast to each parameter)."""
+        named = dict(model.named_parameters())
+        indices = indices.to("cpu")
+        order = torch.argsort(indices)
+        indices, values = indices[order], values.reshape(-1)[order.to(values.device)]
+        for s in self.slots:
+            lo = int(torch.searchsorted(indices, s.offset))
+            hi = int(torch.searchsorted(indices, s.stop))
+            if lo == hi:
+                continue
+            p = named[s.name]
+            local = (indices[lo:hi] - s.offset).to(p.device)
+            p.view(-1).index_add_(0, local, values[lo:hi].to(device=p.device, dtype=p.dtype))

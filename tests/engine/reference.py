@@ -1,0 +1,48 @@
+"""Independent float64 references: plain autograd, no chunking, no torch.func."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def flat_params(model: nn.Module) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def dense_hessian(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn=None) -> torch.Tensor:
+    """Explicit Hessian of the mean loss, row by row with double backward."""
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    params = flat_params(model)
+    loss = loss_fn(model(inputs), targets)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    rows = []
+    for i in range(flat.numel()):
+        row = torch.autograd.grad(flat[i], params, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(r if r is not None else torch.zeros_like(p)).reshape(-1) for r, p in zip(row, params)]))
+    h = torch.stack(rows).detach()
+    return (h + h.T) / 2
+
+
+def dense_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn=None) -> torch.Tensor:
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    params = flat_params(model)
+    grads = torch.autograd.grad(loss_fn(model(inputs), targets), params)
+    return torch.cat([g.reshape(-1) for g in grads]).detach()
+
+
+def reference_influence(method, h, g, index, damping, h_target=None, fraction=0.0):
+    """The four variants by dense linear algebra (numpy-free, float64, pseudo-inverses)."""
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    if method == "if":
+        return (torch.linalg.pinv(h + damping * eye) @ g)[index]
+    if method == "fif":
+        sub = h[index][:, index]
+        return torch.linalg.pinv(sub + damping * torch.eye(len(index), dtype=h.dtype)) @ g[index]
+    if method == "gif":
+        a = h[:, index]
+        return torch.linalg.pinv(a.T @ a + damping * torch.eye(len(index), dtype=h.dtype)) @ (a.T @ g)
+    z = torch.linalg.pinv(h + damping * eye) @ g
+    z2 = fraction / (1 - fraction) * torch.linalg.pinv(h + damping * eye) @ ((h - h_target) @ z)
+    return (z + z2)[index]

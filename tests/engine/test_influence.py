@@ -1,0 +1,154 @@
+"""Every method × solver against dense float64 linear algebra on tiny models (1e-6 relative)."""
+
+import pytest
+import torch
+
+import gif
+from gif.errors import InvalidArgumentError, NumericalError
+
+from .reference import dense_gradient, dense_hessian, reference_influence
+
+ITERATIVE = ["cg", "minres", "lsqr"]
+TIGHT = {"tol": 1e-13, "max_iter": 3000}
+
+
+def selected(p: int) -> torch.Tensor:
+    return torch.arange(1, p, 3)  # a third of the parameters, spread over every tensor
+
+
+def reference(tiny, method, damping):
+    _, model, hdata, tdata = tiny
+    h, g = dense_hessian(model, *hdata), dense_gradient(model, *tdata)
+    index = selected(h.shape[0])
+    h_target = dense_hessian(model, *tdata) if method == "sif" else None
+    fraction = len(tdata[1]) / (len(tdata[1]) + len(hdata[1]))
+    return index, reference_influence(method, h, g, index, damping, h_target, fraction)
+
+
+def assert_rel_close(actual, expected, rel=1e-6):
+    err = float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
+    assert err <= rel, f"relative error {err:.2e}"
+
+
+def damping_for_pd(tiny):
+    """A damping that makes H + λI (and H[T,T] + λI) positive definite, so CG applies."""
+    _, model, hdata, _ = tiny
+    low = float(torch.linalg.eigvalsh(dense_hessian(model, *hdata)).min())
+    return max(0.05, -low + 0.05)
+
+
+@pytest.mark.parametrize("method", ["if", "fif", "gif", "sif"])
+@pytest.mark.parametrize("solver", [*ITERATIVE, "direct", "lowrank"])
+def test_method_solver_matrix_matches_dense(tiny, method, solver):
+    damping = damping_for_pd(tiny)
+    index, expected = reference(tiny, method, damping)
+    _, model, hdata, tdata = tiny
+    out = gif.influence(
+        model, hdata, tdata, method=method, params=index, damping=damping, solver=solver,
+        rank=10_000, **TIGHT,
+    )
+    assert torch.equal(out.params, index)
+    assert out.converged, out.note
+    assert_rel_close(out.vector, expected)
+
+
+@pytest.mark.parametrize("method", ["if", "fif", "gif", "sif"])
+@pytest.mark.parametrize("solver", ["minres", "lsqr", "direct", "lowrank"])
+def test_indefinite_hessian_small_damping(tiny, method, solver):
+    _, model, hdata, _ = tiny
+    h = dense_hessian(model, *hdata)
+    eig = torch.linalg.eigvalsh(h)
+    damping = 1e-3
+    if method != "gif" and bool(((eig + damping).abs() < 1e-6).any()):
+        pytest.skip("singular damped Hessian")  # never happens for these seeds; guards the reference
+    index, expected = reference(tiny, method, damping)
+    out = gif.influence(model, hdata, tiny[3], method=method, params=index, damping=damping,
+                        solver=solver, rank=10_000, **TIGHT)
+    assert_rel_close(out.vector, expected)
+    assert bool((eig < 0).any()), "these tiny models must have indefinite Hessians"
+
+
+@pytest.mark.parametrize("method", ["if", "fif", "gif"])
+def test_neumann_agrees_when_it_converges(method):
+    from .conftest import make_data, tiny_mlp
+
+    tiny = ("mlp", tiny_mlp(), make_data("mlp", 24, 10), make_data("mlp", 5, 11))
+    damping = 0.5
+    index, expected = reference(tiny, method, damping)
+    out = gif.influence(tiny[1], tiny[2], tiny[3], method=method, params=index, damping=damping,
+                        solver="neumann", tol=1e-12, max_iter=20000, normalizer=1.0, step=0.5)
+    assert_rel_close(out.vector, expected)
+
+
+def test_default_path_and_diagnostics(tiny):
+    _, model, hdata, tdata = tiny
+    events = []
+    out = gif.influence(model, hdata, tdata, damping=0.1, callback=events.append)
+    assert out.method == "gif" and out.solver == "lsqr"
+    assert out.params.numel() == out.vector.numel() == sum(p.numel() for p in model.parameters())
+    assert out.hvps == 2 * out.iterations + 1 and out.grads == 1
+    assert len(events) == out.iterations and events[-1]["residual"] == pytest.approx(out.residual)
+    diag = out.diagnostics()
+    assert diag["converged"] == out.converged and diag["hvps"] == out.hvps
+    if not out.converged:
+        assert out.residual > 1e-4
+
+
+def test_model_mode_and_weights_untouched(tiny):
+    _, model, hdata, tdata = tiny
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gif.influence(model, hdata, tdata, damping=0.1, max_iter=3)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_lowrank_fit_is_reusable():
+    from .conftest import make_data, tiny_mlp
+
+    model, hdata = tiny_mlp(), make_data("mlp", 24, 10)
+    first = gif.influence(model, hdata, make_data("mlp", 5, 11), solver="lowrank", rank=10, damping=0.1)
+    assert first.lowrank is not None and first.lowrank.rank == 10 and first.hvps >= 20
+    second = gif.influence(model, hdata, make_data("mlp", 5, 12), solver="lowrank", lowrank=first.lowrank, damping=0.1)
+    assert second.hvps == 0 and second.grads == 1
+    assert second.lowrank is first.lowrank
+
+
+def test_lowrank_save_load_roundtrip(tmp_path):
+    from .conftest import make_data, tiny_mlp
+
+    model, hdata, tdata = tiny_mlp(), make_data("mlp", 24, 10), make_data("mlp", 5, 11)
+    fit = gif.influence(model, hdata, tdata, solver="lowrank", rank=8, damping=0.1).lowrank
+    fit.meta["checkpoint"] = "abc"
+    fit.save(str(tmp_path / "fit.safetensors"))
+    loaded = gif.LowRankHessian.load(str(tmp_path / "fit.safetensors"))
+    assert loaded.meta == {"checkpoint": "abc"} and loaded.hvps == fit.hvps
+    a = gif.influence(model, hdata, tdata, solver="lowrank", lowrank=fit, damping=0.1).vector
+    b = gif.influence(model, hdata, tdata, solver="lowrank", lowrank=loaded, damping=0.1).vector
+    torch.testing.assert_close(a, b)
+
+
+def test_argument_errors():
+    from .conftest import make_data, tiny_mlp
+
+    model, data = tiny_mlp(), make_data("mlp", 8, 1)
+    with pytest.raises(InvalidArgumentError, match="unknown method"):
+        gif.influence(model, data, data, method="xif")
+    with pytest.raises(InvalidArgumentError, match="unknown solver"):
+        gif.influence(model, data, data, solver="magic")
+    with pytest.raises(InvalidArgumentError, match="damping"):
+        gif.influence(model, data, data, damping=-1.0)
+    with pytest.raises(InvalidArgumentError, match="damping"):
+        gif.influence(model, data, data, damping=float("nan"))
+    with pytest.raises(InvalidArgumentError, match="outside"):
+        gif.influence(model, data, data, params=torch.tensor([0, 10_000]))
+    with pytest.raises(InvalidArgumentError, match="duplicated"):
+        gif.influence(model, data, data, params=torch.tensor([1, 1]))
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        gif.influence(model, data, data, params=torch.tensor([], dtype=torch.long))
+    broken = tiny_mlp()
+    with torch.no_grad():
+        broken[0].weight[0, 0] = float("inf")
+    with pytest.raises(NumericalError):
+        gif.influence(broken, data, data)

@@ -1,0 +1,177 @@
+"""Solvers on explicit float64 matrices, against torch.linalg."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gif.errors import Cancelled, InvalidArgumentError
+from gif.solvers import Monitor, Problem, fit_lowrank, solve
+
+
+def spd(n, cond, seed=0):
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    return q @ torch.diag(torch.logspace(0, math.log10(cond), n, dtype=torch.float64)) @ q.T
+
+
+def indefinite(n, seed=0):
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    eig = torch.linspace(-3, 5, n, dtype=torch.float64)
+    eig[eig.abs() < 0.3] = 0.5
+    return q @ torch.diag(eig) @ q.T
+
+
+def rhs(n, seed=1):
+    return torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def symmetric(a, b, damping=0.0):
+    return Problem("symmetric", lambda x: a @ x, lambda x: a @ x, b, damping, a.shape[1])
+
+
+def lstsq_problem(a, b, damping=0.0):
+    return Problem("lstsq", lambda x: a @ x, lambda y: a.T @ y, b, damping, a.shape[1])
+
+
+def run(problem, name, tol=1e-12, max_iter=500, **kw):
+    return solve(problem, name, tol=tol, max_iter=max_iter, monitor=Monitor(), **kw)
+
+
+@pytest.mark.parametrize("name", ["cg", "minres", "lsqr"])
+@pytest.mark.parametrize("damping", [0.0, 0.3])
+def test_spd_systems(name, damping):
+    a, b = spd(30, 1e3), rhs(30)
+    out = run(symmetric(a, b, damping), name)
+    expected = torch.linalg.solve(a + damping * torch.eye(30, dtype=torch.float64), b)
+    assert out.converged and out.residual <= 1e-10
+    torch.testing.assert_close(out.x, expected, rtol=1e-8, atol=1e-10)
+    true_residual = torch.linalg.norm(b - (a + damping * torch.eye(30, dtype=torch.float64)) @ out.x) / b.norm()
+    assert float(true_residual) <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["minres", "lsqr"])
+def test_indefinite_systems(name):
+    a, b = indefinite(25), rhs(25)
+    out = run(symmetric(a, b), name)
+    assert out.converged
+    torch.testing.assert_close(out.x, torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+
+
+def test_cg_reports_indefiniteness_instead_of_failing_silently():
+    out = run(symmetric(indefinite(25), rhs(25)), "cg")
+    assert not out.converged
+    assert "non-positive curvature" in out.note
+
+
+@pytest.mark.parametrize("name", ["cg", "minres", "lsqr"])
+@pytest.mark.parametrize("damping", [0.0, 0.5])
+def test_least_squares(name, damping):
+    a = torch.randn(40, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    b = rhs(40)
+    out = run(lstsq_problem(a, b, damping), name)
+    expected = torch.linalg.solve(a.T @ a + damping * torch.eye(12, dtype=torch.float64), a.T @ b)
+    assert out.converged
+    torch.testing.assert_close(out.x, expected, rtol=1e-8, atol=1e-10)
+    # the reported residual is the normal-equation residual
+    normal = a.T @ (b - a @ out.x) - damping * out.x
+    assert float(normal.norm() / (a.T @ b).norm()) <= 1e-9
+
+
+def test_lsqr_residual_estimate_tracks_truth():
+    a = torch.randn(60, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    b = rhs(60)
+    out = run(lstsq_problem(a, b, 0.2), "lsqr", tol=1e-20, max_iter=8)
+    normal = a.T @ (b - a @ out.x) - 0.2 * out.x
+    truth = float(normal.norm() / (a.T @ b).norm())
+    assert out.residual == pytest.approx(truth, rel=1e-6)
+
+
+def test_unconverged_is_reported():
+    a, b = spd(50, 1e6), rhs(50)
+    for name in ("cg", "minres", "lsqr", "neumann"):
+        out = run(symmetric(a, b), name, tol=1e-12, max_iter=3)
+        assert not out.converged, name
+        assert out.residual > 1e-12
+
+
+def paper_iphvp(a, b, tol, max_iter, normalizer, step):
+    """Numpy transcription of the official iteration (gif-method.md §1.2) for a least-squares A."""
+    a, b = a.numpy(), b.numpy()
+    c = normalizer
+    while True:
+        rhs_ = a.T @ b / c**2
+        x = rhs_.copy()
+        prev, diverged = np.inf, False
+        for k in range(max_iter):
+            x_new = rhs_ + x - a.T @ (a @ x) / c**2
+            diff = np.linalg.norm(x_new - x)
+            x = x_new
+            if k % 2 == 0:
+                if diff > prev:
+                    diverged = True
+                    break
+                prev = diff
+            if diff <= tol * math.sqrt(a.shape[1]):
+                break
+        if not diverged:
+            return x, c
+        c += step
+
+
+def test_neumann_reproduces_the_papers_iteration():
+    a = 2.0 * torch.randn(30, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    b = rhs(30)
+    expected, c = paper_iphvp(a, b, tol=1e-9, max_iter=60, normalizer=1.0, step=3.0)
+    out = run(lstsq_problem(a, b), "neumann", tol=1e-9, max_iter=60, normalizer=1.0, step=3.0)
+    assert c > 1.0, "the test must exercise the divergence restart"
+    assert f"c={c:g}" in out.note
+    torch.testing.assert_close(out.x, torch.from_numpy(expected), rtol=1e-12, atol=1e-14)
+
+
+def test_neumann_converges_to_least_squares():
+    a = torch.randn(30, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    b = rhs(30)
+    out = run(lstsq_problem(a, b), "neumann", tol=1e-9, max_iter=20000, normalizer=10.0, step=1.0)
+    torch.testing.assert_close(out.x, torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1), rtol=1e-6, atol=1e-8)
+    # The paper's stopping rule (small steps) fired, but `converged` is judged on the residual.
+    assert "stopped by the paper's rule" in out.note
+    assert out.residual < 1e-6 and out.converged == (out.residual <= 1e-9)
+
+
+def test_progress_and_cancellation_every_iteration():
+    a, b = spd(40, 1e4), rhs(40)
+    seen = []
+    out = solve(symmetric(a, b), "cg", tol=1e-14, max_iter=7, monitor=Monitor(seen.append))
+    assert [e["iteration"] for e in seen] == list(range(1, out.iterations + 1))
+    assert seen[0]["stage"] == "solving" and seen[-1]["residual"] == out.history[-1]
+    for name in ("cg", "minres", "lsqr", "neumann"):
+        calls = []
+
+        def stop():
+            calls.append(1)
+            return len(calls) >= 3
+
+        with pytest.raises(Cancelled):
+            solve(symmetric(a, b), name, tol=1e-14, max_iter=100, monitor=Monitor(should_stop=stop))
+        assert len(calls) == 3, name
+
+
+def test_lowrank_exact_at_full_rank_and_top_k_by_magnitude():
+    a = indefinite(20)
+    fit = fit_lowrank(lambda v: a @ v, 20, rank=20, like=torch.zeros(20, dtype=torch.float64))
+    rebuilt = fit.eigenvectors.T @ torch.diag(fit.eigenvalues) @ fit.eigenvectors
+    torch.testing.assert_close(rebuilt, a, rtol=1e-8, atol=1e-9)
+    top = fit_lowrank(lambda v: a @ v, 20, rank=3, steps=20, like=torch.zeros(20, dtype=torch.float64))
+    eig = torch.linalg.eigvalsh(a)
+    expected = eig[torch.argsort(eig.abs(), descending=True)[:3]]
+    torch.testing.assert_close(top.eigenvalues, expected, rtol=1e-8, atol=1e-9)
+    assert top.converged(1e-6)
+
+
+def test_unknown_solver_and_bad_tolerances():
+    p = symmetric(spd(5, 10), rhs(5))
+    with pytest.raises(InvalidArgumentError, match="unknown solver"):
+        run(p, "magic")
+    with pytest.raises(InvalidArgumentError, match="tol > 0"):
+        run(p, "cg", tol=0.0)
