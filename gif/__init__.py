@@ -8,9 +8,11 @@ Public API::
     gif.io.load_checkpoint(path, model) / gif.io.load_dataset(path)
 """
 
-from . import errors, io, models
+from . import errors, io, metrics, models
+from .edits import EditResult, class_indices, relabel, remove
 from .hessian import HessianOperator
 from .influence import METHODS, InfluenceResult, influence
+from .options import EditOptions
 from .selection import STRATEGIES, select, selection_summary
 from .solvers import SOLVERS, LowRankHessian
 
@@ -20,13 +22,19 @@ __all__ = [
     "METHODS",
     "SOLVERS",
     "STRATEGIES",
+    "EditOptions",
+    "EditResult",
     "HessianOperator",
     "InfluenceResult",
     "LowRankHessian",
+    "class_indices",
     "errors",
     "influence",
     "io",
+    "metrics",
     "models",
+    "relabel",
+    "remove",
     "select",
     "selection_summary",
 ]

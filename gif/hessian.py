@@ -57,6 +57,13 @@ class FlatModel:
         self._fixed.update(dict(model.named_buffers()))
         self.theta = self.space.vector(model).clone()
 
+    def with_loss(self, loss_fn: LossFn) -> FlatModel:
+        """The same model and θ (shared, not copied) under another loss."""
+        other = object.__new__(FlatModel)
+        other.__dict__.update(self.__dict__)
+        other.loss_fn = loss_fn
+        return other
+
     @property
     def device(self) -> torch.device:
         return self.theta.device
@@ -83,7 +90,8 @@ class HessianOperator:
     Args:
         model: the model at θ (evaluated in its current mode; callers use eval mode).
         data: ``(inputs, targets)`` or an iterable of batches.
-        loss_fn: batch-mean loss ``loss_fn(outputs, targets)``; cross-entropy by default.
+        loss_fn: batch-mean loss ``loss_fn(outputs, targets)``; cross-entropy by default (or,
+            when ``model`` is a :class:`FlatModel`, that model's loss).
         chunk_size: at most this many samples per forward pass.
         backend: ``"func"`` (forward-over-reverse, bounded memory) or ``"graph"``
             (cached first-order graph, one double-backward per HVP).
@@ -101,7 +109,10 @@ class HessianOperator:
     ) -> None:
         if backend not in ("func", "graph"):
             raise InvalidArgumentError(f"`backend` must be 'func' or 'graph', got {backend!r}")
-        self.flat = model if isinstance(model, FlatModel) else FlatModel(model, loss_fn)
+        if isinstance(model, FlatModel):
+            self.flat = model if loss_fn is None else model.with_loss(loss_fn)
+        else:
+            self.flat = FlatModel(model, loss_fn)
         self.data = Chunks(data, chunk_size=chunk_size, device=self.flat.device, what=what)
         self.backend = backend
         self.size = self.flat.space.size

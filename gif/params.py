@@ -104,9 +104,21 @@ class ParamSpace:
         """θ of ``model`` as one detached flat vector."""
         return self.flatten(self.params(model))
 
-    @torch.no_grad()
     def add_(self, model: nn.Module, indices: torch.Tensor, values: torch.Tensor) -> None:
         """In place: θ[indices] += values (values on any device/dtype; cast to each parameter)."""
+        self._scatter(model, indices, values, accumulate=True)
+
+    def set_(self, model: nn.Module, indices: torch.Tensor, values: torch.Tensor) -> None:
+        """In place: θ[indices] = values."""
+        self._scatter(model, indices, values, accumulate=False)
+
+    def gather(self, model: nn.Module, indices: torch.Tensor) -> torch.Tensor:
+        """θ[indices] as a detached copy."""
+        theta = self.vector(model)
+        return theta[indices.to(theta.device)].clone()
+
+    @torch.no_grad()
+    def _scatter(self, model: nn.Module, indices: torch.Tensor, values: torch.Tensor, *, accumulate: bool) -> None:
         named = dict(model.named_parameters())
         indices = indices.to("cpu")
         order = torch.argsort(indices)
@@ -118,4 +130,8 @@ class ParamSpace:
                 continue
             p = named[s.name]
             local = (indices[lo:hi] - s.offset).to(p.device)
-            p.view(-1).index_add_(0, local, values[lo:hi].to(device=p.device, dtype=p.dtype))
+            chunk = values[lo:hi].to(device=p.device, dtype=p.dtype)
+            if accumulate:
+                p.view(-1).index_add_(0, local, chunk)
+            else:
+                p.view(-1)[local] = chunk

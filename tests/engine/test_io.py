@@ -273,7 +273,7 @@ def test_code_executing_pickle_is_refused_and_never_runs(tmp_path, writer):
 
 def test_old_torch_refuses_pickles(tmp_path, monkeypatch):
     torch.save({"w": torch.zeros(1)}, tmp_path / "ck.pt")
-    monkeypatch.setattr(io, "_torch_version", lambda: torch.torch_version.TorchVersion("2.5.1"))
+    monkeypatch.setattr(io.checkpoints, "_torch_version", lambda: torch.torch_version.TorchVersion("2.5.1"))
     with pytest.raises(UnsafeCheckpointError, match=r"2\.5\.1"):
         io.load_checkpoint(tmp_path / "ck.pt")
     io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "ck.st")

@@ -1,0 +1,92 @@
+"""Options of an edit (remove / relabel), validated once and serialisable for provenance."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .errors import InvalidArgumentError
+from .influence import DEFAULT_RANK, METHODS
+from .selection import STRATEGIES
+from .solvers import SOLVERS
+
+STEP_POLICIES = ("newton", "search")
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """Every knob of :func:`gif.remove` / :func:`gif.relabel`; defaults chosen by ``examples/``.
+
+    The defaults were picked by task quality on the digits protocols (docs/benchmarks.md):
+    applying any influence update at its Newton scale wrecks a trained network, so the default
+    step policy walks along the update and stops by validation metrics.
+    """
+
+    method: str = field(default="gif", metadata={"help": "if | fif | gif | sif"})
+    selection: str = field(default="highest_outputs", metadata={"help": "gif.select strategy"})
+    ratio: float = field(default=0.05, metadata={"help": "fraction of each Conv/Linear layer to update"})
+    damping: float = field(default=0.01, metadata={"help": "λ ≥ 0 added to the curvature"})
+    solver: str | None = field(default=None, metadata={"help": "None = the method's default"})
+    tol: float = field(default=1e-4, metadata={"help": "relative residual tolerance"})
+    max_iter: int = field(default=100, metadata={"help": "solver iteration cap"})
+    rank: int = field(default=DEFAULT_RANK, metadata={"help": "eigenpairs for solver=lowrank"})
+    hessian_samples: int = field(default=2048, metadata={"help": "retained samples in the Hessian"})
+    validation_fraction: float = field(default=0.1, metadata={"help": "carved from retained data if none given"})
+    max_validation: int = field(default=2000, metadata={"help": "cap on carved validation samples"})
+    step: str = field(default="search", metadata={"help": "newton | search"})
+    newton_steps: int = field(
+        default=1, metadata={"help": "outer Newton steps (gradient re-estimated at each); stops early when no step helps"}
+    )
+    min_scale: float = field(default=1e-3, metadata={"help": "smallest step, in units of the Newton step"})
+    max_scale: float = field(default=10.0, metadata={"help": "largest step, in units of the Newton step"})
+    growth: float = field(default=math.sqrt(2.0), metadata={"help": "ratio between successive steps"})
+    patience: int = field(default=4, metadata={"help": "non-improving steps before the search stops"})
+    chunk_size: int = field(default=512, metadata={"help": "samples per forward pass"})
+    hvp_backend: str = field(default="func", metadata={"help": "func | graph"})
+    seed: int = field(default=0, metadata={"help": "seeds selection and sub-sampling"})
+
+    def __post_init__(self) -> None:
+        _one_of("method", self.method, METHODS)
+        _one_of("selection", self.selection, STRATEGIES)
+        _one_of("step", self.step, STEP_POLICIES)
+        if self.solver is not None:
+            _one_of("solver", self.solver, SOLVERS)
+        _one_of("hvp_backend", self.hvp_backend, ("func", "graph"))
+        _in_range("ratio", self.ratio, 0.0, 1.0, low_open=True)
+        _in_range("damping", self.damping, 0.0, math.inf)
+        _in_range("tol", self.tol, 0.0, 1.0, low_open=True)
+        _in_range("validation_fraction", self.validation_fraction, 0.0, 0.5, low_open=True)
+        _in_range("min_scale", self.min_scale, 0.0, math.inf, low_open=True)
+        _in_range("max_scale", self.max_scale, self.min_scale, math.inf)
+        _in_range("growth", self.growth, 1.0, math.inf, low_open=True)
+        for name in ("max_iter", "rank", "hessian_samples", "max_validation", "patience", "chunk_size", "newton_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"`{name}` must be an integer >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InvalidArgumentError(f"`seed` must be an integer, got {self.seed!r}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: object) -> EditOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise InvalidArgumentError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidArgumentError(f"`{name}` must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _in_range(name: str, value: object, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high  # type: ignore[operator]
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise InvalidArgumentError(f"`{name}` must be a finite number in {bracket}{low}, {high}], got {value!r}")

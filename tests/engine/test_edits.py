@@ -1,0 +1,142 @@
+"""gif.remove / gif.relabel: exact Newton steps against dense algebra, reports, errors, quality."""
+
+import pytest
+import torch
+from torch import nn
+
+import gif
+from gif.params import ParamSpace
+from gif.errors import Cancelled, IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
+
+from .reference import dense_gradient, dense_hessian, reference_influence
+
+
+def tiny_problem(n=40, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double().eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    val = (torch.randn(10, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (10,), generator=gen))
+    return model, (x, y), val
+
+
+EXACT = {"step": "newton", "newton_steps": 1, "solver": "direct", "hessian_samples": 10_000}
+
+
+@pytest.mark.parametrize("method", ["if", "fif", "gif", "sif"])
+def test_removal_newton_step_matches_dense(method):
+    model, (x, y), val = tiny_problem()
+    forget = torch.tensor([3, 7, 8, 20])
+    out = gif.remove(model, (x, y), forget, validation=val, method=method, damping=0.05, **EXACT)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[forget] = False
+    h = dense_hessian(model, x[keep], y[keep])
+    g_new = -(len(forget) / (len(y) - len(forget))) * dense_gradient(model, x[forget], y[forget])
+    h_u = dense_hessian(model, x[forget], y[forget])
+    expected = -reference_influence(method, h, g_new, out.params, 0.05, h_u, len(forget) / len(y))
+    torch.testing.assert_close(out.delta[out.params], expected, rtol=1e-8, atol=1e-10)
+    outside = torch.ones(len(out.delta), dtype=torch.bool)
+    outside[out.params] = False
+    assert bool((out.delta[outside] == 0).all())
+
+
+def test_relabel_newton_step_matches_dense():
+    model, (x, y), val = tiny_problem()
+    idx = torch.tensor([1, 5, 9])
+    new = (y[idx] + 1) % 3
+    out = gif.relabel(model, (x, y), idx, new, validation=val, method="gif", damping=0.05, **EXACT)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[idx] = False
+    h = dense_hessian(model, x[keep], y[keep])
+    g_new = (len(idx) / len(y)) * (dense_gradient(model, x[idx], new) - dense_gradient(model, x[idx], y[idx]))
+    expected = -reference_influence("gif", h, g_new, out.params, 0.05)
+    torch.testing.assert_close(out.delta[out.params], expected, rtol=1e-8, atol=1e-10)
+
+
+def test_input_model_untouched_and_delta_consistent():
+    model, train, val = tiny_problem()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = gif.remove(model, train, torch.tensor([0, 1]), validation=val, damping=0.1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    space = ParamSpace(model)
+    torch.testing.assert_close(space.vector(out.model) - space.vector(model), out.delta)
+    assert out.model is not model
+
+
+def test_class_removal_by_class_equals_indices():
+    model, (x, y), val = tiny_problem()
+    by_class = gif.remove(model, (x, y), {"class": 2}, validation=val, damping=0.1)
+    by_index = gif.remove(model, (x, y), gif.class_indices(y, 2), validation=val, damping=0.1)
+    torch.testing.assert_close(by_class.delta, by_index.delta)
+    assert by_class.report["forget_class"] == by_index.report["forget_class"] == 2
+
+
+def test_report_contents_and_progress_events():
+    model, train, val = tiny_problem()
+    events = []
+    out = gif.remove(model, train, torch.tensor([4, 5, 6]), validation=val, damping=0.1,
+                     newton_steps=2, callback=events.append)
+    r = out.report
+    for key in ("options", "selection", "solver", "newton_steps", "metrics", "delta_norm", "timings", "hvps"):
+        assert key in r
+    assert r["task"] == "remove" and r["n_edited"] == 3 and r["validation_source"] == "given"
+    assert r["selection"]["total"] == out.params.numel()
+    assert r["metrics"]["before"]["validation"]["n"] == 10
+    assert r["metrics"]["after"]["objective"] >= r["metrics"]["before"]["objective"]
+    assert r["delta_norm"] == pytest.approx(float(out.delta.norm()))
+    stages = [e["stage"] for e in events]
+    assert stages[0] == "selecting_parameters" and stages[-1] == "done"
+    assert {"computing_gradients", "solving_ihvp", "step_search"} <= set(stages)
+
+
+def test_validation_is_carved_from_retained_data_when_missing():
+    model, (x, y), _ = tiny_problem(n=60)
+    out = gif.remove(model, (x, y), {"class": 1}, damping=0.1, validation_fraction=0.2)
+    r = out.report
+    assert r["validation_source"] == "carved from retained training data"
+    retained = int((y != 1).sum())
+    assert r["validation_samples"] == int(0.2 * retained)
+    assert r["hessian_samples"] == retained - r["validation_samples"]
+
+
+def test_deterministic_under_seed():
+    model, train, _ = tiny_problem()
+    a = gif.remove(model, train, torch.tensor([2, 3]), damping=0.1, seed=5, selection="random")
+    b = gif.remove(model, train, torch.tensor([2, 3]), damping=0.1, seed=5, selection="random")
+    assert torch.equal(a.delta, b.delta) and torch.equal(a.params, b.params)
+
+
+def test_cancellation():
+    model, train, val = tiny_problem()
+    with pytest.raises(Cancelled):
+        gif.remove(model, train, torch.tensor([2, 3]), validation=val, should_stop=lambda: True)
+
+
+def test_bad_requests():
+    model, (x, y), _ = tiny_problem()
+    with pytest.raises(IndexOutOfRangeError, match="empty"):
+        gif.remove(model, (x, y), torch.tensor([], dtype=torch.long))
+    with pytest.raises(IndexOutOfRangeError, match="outside"):
+        gif.remove(model, (x, y), torch.tensor([0, 40]))
+    with pytest.raises(IndexOutOfRangeError, match="duplicated"):
+        gif.remove(model, (x, y), torch.tensor([3, 3]))
+    with pytest.raises(IndexOutOfRangeError, match="whole training set"):
+        gif.remove(model, (x, y), torch.arange(40))
+    with pytest.raises(UnknownClassError, match="does not exist"):
+        gif.remove(model, (x, y), {"class": 3})
+    with pytest.raises(UnknownClassError, match="no samples"):
+        gif.remove(model, (x, torch.where(y == 2, 0, y)), {"class": 2})
+    with pytest.raises(InvalidArgumentError, match="unknown option"):
+        gif.remove(model, (x, y), [1], learning_rate=3)
+    with pytest.raises(InvalidArgumentError, match="damping"):
+        gif.remove(model, (x, y), [1], damping=-1)
+    with pytest.raises(InvalidArgumentError, match="method"):
+        gif.remove(model, (x, y), [1], method="xif")
+    with pytest.raises(InvalidArgumentError, match="equals the current label"):
+        gif.relabel(model, (x, y), [0, 1], [y[0], (y[1] + 1) % 3])
+    with pytest.raises(UnknownClassError, match=r"\[0, 3\)"):
+        gif.relabel(model, (x, y), [0], [7])
+    with pytest.raises(InvalidArgumentError, match="one per index"):
+        gif.relabel(model, (x, y), [0, 1], [1])
