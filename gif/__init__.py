@@ -4,11 +4,14 @@ Public API::
 
     gif.influence(model, hessian_data, target_data, method="gif", params=..., solver=...)
     gif.select(model, data, strategy="highest_outputs", ratio=0.05)
+    gif.remove(model, (x, y), {"class": 3}) / gif.relabel(model, (x, y), indices, new_labels)
+    gif.scores(model, (x, y), queries)  # [n_queries, n_train]
     gif.models.build("mlp", input_shape=[1, 8, 8], hidden_sizes=[64], num_classes=10)
     gif.io.load_checkpoint(path, model) / gif.io.load_dataset(path)
 """
 
 from . import errors, io, metrics, models
+from .scores import ScoresResult, scores, scores_with_report, self_influence, top_k
 from .edits import EditResult, class_indices, relabel, remove
 from .hessian import HessianOperator
 from .influence import METHODS, InfluenceResult, influence
@@ -25,6 +28,7 @@ __all__ = [
     "EditOptions",
     "EditResult",
     "HessianOperator",
+    "ScoresResult",
     "InfluenceResult",
     "LowRankHessian",
     "class_indices",
@@ -35,6 +39,10 @@ __all__ = [
     "models",
     "relabel",
     "remove",
+    "scores",
+    "scores_with_report",
+    "self_influence",
+    "top_k",
     "select",
     "selection_summary",
 ]

@@ -1,0 +1,432 @@
+"""gif.scores: pairwise scores, self-influence and top-k against dense float64 references.
+
+The key sanity check of the sign and 1/n conventions is ``test_score_over_n_predicts_retraining``:
+on a tiny network trained to stationarity with weight decay λ (so H + λI is the Hessian of the
+training objective), down-weighting or removing a training sample and retraining changes the
+query loss by ≈ score/n.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from gif.errors import Cancelled, InvalidArgumentError, NumericalError
+from gif.scores import ScoresResult, per_sample_gradients, scores, scores_with_report, self_influence, top_k
+from gif.solvers import LowRankHessian
+
+from .conftest import BUILDERS, make_data, tiny_mlp
+from .reference import dense_gradient, dense_hessian
+
+TIGHT = {"tol": 1e-12, "max_iter": 3000}
+N_TRAIN, N_QUERIES = 24, 3
+
+
+def setup(kind: str):
+    return BUILDERS[kind](), make_data(kind, N_TRAIN, 10), make_data(kind, N_QUERIES, 11)
+
+
+def dense_grads(model, data) -> torch.Tensor:
+    x, y = data
+    return torch.stack([dense_gradient(model, x[i : i + 1], y[i : i + 1]) for i in range(len(y))])
+
+
+def dense_inverse(model, hdata, damping) -> torch.Tensor:
+    h = dense_hessian(model, *hdata)
+    return torch.linalg.pinv(h + damping * torch.eye(h.shape[0], dtype=h.dtype))
+
+
+def dense_scores(model, train, queries, damping) -> torch.Tensor:
+    return dense_grads(model, queries) @ dense_inverse(model, train, damping) @ dense_grads(model, train).T
+
+
+def rel_err(actual, expected) -> float:
+    return float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
+
+
+def pd_damping(model, hdata) -> float:
+    low = float(torch.linalg.eigvalsh(dense_hessian(model, *hdata)).min())
+    return max(0.05, -low + 0.05)
+
+
+def exact_fit(model, hdata) -> LowRankHessian:
+    """A full-rank 'low-rank' fit from the dense eigendecomposition (no Lanczos)."""
+    e, u = torch.linalg.eigh(dense_hessian(model, *hdata))
+    order = torch.argsort(e.abs(), descending=True)
+    return LowRankHessian(e[order], u[:, order].T.contiguous(), torch.zeros(e.numel(), dtype=e.dtype))
+
+
+# -- agreement with dense algebra -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+@pytest.mark.parametrize("solver", ["minres", "cg", "lowrank", "direct"])
+def test_scores_match_dense_reference(kind, solver):
+    model, train, queries = setup(kind)
+    damping = pd_damping(model, train) if solver == "cg" else 0.01
+    if solver != "cg":  # indefinite: make sure the reference is well posed
+        eig = torch.linalg.eigvalsh(dense_hessian(model, *train))
+        assert bool((eig < 0).any()) and float((eig + damping).abs().min()) > 1e-6
+    expected = dense_scores(model, train, queries, damping)
+    backend = "graph" if kind == "cnn" else "func"  # the graph back end is ~10x faster per HVP
+    out = scores_with_report(
+        model, train, queries, damping=damping, solver=solver, rank=10_000, hvp_backend=backend, **TIGHT
+    )
+    assert isinstance(out, ScoresResult)
+    assert out.scores.shape == (N_QUERIES, N_TRAIN) and out.scores.dtype == torch.float64
+    assert out.scores.device.type == "cpu"
+    assert out.converged, out.note
+    assert rel_err(out.scores, expected) <= 1e-6
+    assert len(out.iterations) == len(out.residuals) == N_QUERIES
+    assert out.gradients == N_QUERIES + N_TRAIN
+    if solver in ("minres", "cg"):
+        assert all(i > 0 for i in out.iterations) and max(out.residuals) <= TIGHT["tol"]
+        assert out.hvps == sum(out.iterations)
+    if solver == "lowrank":
+        assert out.lowrank is not None and out.hvps == out.lowrank.hvps
+    json.dumps(out.diagnostics())
+
+
+def test_hessian_data_defaults_to_train_and_can_differ():
+    model, train, queries = setup("mlp")
+    other = make_data("mlp", 40, 12)
+    default = scores(model, train, queries, solver="direct")
+    explicit = scores(model, train, queries, solver="direct", hessian_data=train)
+    assert torch.allclose(default, explicit, rtol=0, atol=1e-12)
+    expected = dense_grads(model, queries) @ dense_inverse(model, other, 0.01) @ dense_grads(model, train).T
+    assert rel_err(scores(model, train, queries, solver="direct", hessian_data=other), expected) <= 1e-6
+
+
+def test_custom_loss_fn_is_per_sample():
+    """loss_fn is applied to batches of one; H is the Hessian of its mean over the data."""
+    model, train, queries = setup("mlp")
+
+    def loss_fn(out, y):
+        return nn.functional.cross_entropy(out, y, label_smoothing=0.1)
+
+    params = [p for p in model.parameters()]
+    def grads(data):
+        rows = []
+        for i in range(len(data[1])):
+            loss = loss_fn(model(data[0][i : i + 1]), data[1][i : i + 1])
+            rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+        return torch.stack(rows)
+
+    h = dense_hessian(model, *train, loss_fn=loss_fn)
+    inv = torch.linalg.pinv(h + 0.01 * torch.eye(h.shape[0], dtype=h.dtype))
+    expected = grads(queries) @ inv @ grads(train).T
+    assert rel_err(scores(model, train, queries, solver="direct", loss_fn=loss_fn), expected) <= 1e-6
+
+
+def test_scores_is_the_report_tensor_and_rows_are_independent():
+    model, train, queries = setup("embed")
+    full = scores(model, train, queries, solver="minres", **TIGHT)
+    report = scores_with_report(model, train, queries, solver="minres", **TIGHT)
+    assert torch.equal(full, report.scores)
+    one = scores(model, train, (queries[0][1:2], queries[1][1:2]), solver="minres", **TIGHT)
+    assert torch.allclose(one[0], full[1], rtol=1e-9, atol=1e-12)
+
+
+# -- sign and scale: score / n predicts retraining ------------------------------------------------
+
+
+def _trained_net():
+    """A tanh MLP at a stationary point of (1/n) Σ ℓ_j + (λ/2)‖θ‖² (full-batch LBFGS, float64)."""
+    n, lam = 30, 0.1
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    y = (x @ teacher + 0.7 * torch.randn(n, 3, generator=gen, dtype=torch.float64)).argmax(1)
+    xq = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    yq = (xq @ teacher).argmax(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    assert _fit(model, x, y, torch.ones(n, dtype=torch.float64), lam) < 1e-7
+    return model, (x, y), (xq, yq), lam
+
+
+def _fit(model, x, y, weights, lam, rounds=5) -> float:
+    """Minimise (1/n) Σ_j w_j ℓ_j + (λ/2)‖θ‖² from the current θ; returns the final gradient norm."""
+    n = len(y)
+    opt = torch.optim.LBFGS(
+        model.parameters(), lr=1, max_iter=500, history_size=50, tolerance_grad=1e-13,
+        tolerance_change=0, line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        per = nn.functional.cross_entropy(model(x), y, reduction="none")
+        loss = (weights * per).sum() / n + lam / 2 * sum((p * p).sum() for p in model.parameters())
+        loss.backward()
+        return loss
+
+    for _ in range(rounds):
+        opt.step(closure)
+    return float(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).norm())
+
+
+def _query_losses(model, queries) -> torch.Tensor:
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model(queries[0]), queries[1], reduction="none")
+
+
+def test_score_over_n_predicts_retraining():
+    model, train, queries, lam = _trained_net()
+    n = len(train[1])
+    predicted = scores(model, train, queries, damping=lam, solver="direct") / n  # [3, n]
+    base = _query_losses(model, queries)
+
+    # Infinitesimal: giving sample i weight 1 − ε changes the query losses by ε·score/n (first order).
+    eps = 1e-3
+    probe = [int(i) for i in predicted.abs().sum(0).argsort(descending=True)[:4]]
+    rates = []
+    for i in probe:
+        weights = torch.ones(n, dtype=torch.float64)
+        weights[i] = 1 - eps
+        retrained = copy.deepcopy(model)
+        assert _fit(retrained, *train, weights, lam) < 1e-7
+        rates.append((_query_losses(retrained, queries) - base) / eps)
+    assert rel_err(torch.stack(rates, dim=1), predicted[:, probe]) < 0.03
+
+    # Leave-one-out: removing sample i changes the query losses by ≈ score/n (same sign, same scale).
+    actual = torch.zeros_like(predicted)
+    for i in range(n):
+        weights = torch.ones(n, dtype=torch.float64)
+        weights[i] = 0.0
+        retrained = copy.deepcopy(model)
+        _fit(retrained, *train, weights, lam, rounds=3)
+        actual[:, i] = _query_losses(retrained, queries) - base
+    for q in range(len(queries[1])):
+        a, p = actual[q], predicted[q]
+        assert float(torch.corrcoef(torch.stack([a, p]))[0, 1]) > 0.95
+        big = p.abs() >= p.abs().median()
+        assert bool((a[big].sign() == p[big].sign()).all()), "sign convention broken"
+        slope = float(a @ p / (p @ p))  # the influence function slightly underestimates removals
+        assert 0.8 < slope < 1.6, slope
+
+
+# -- chunking, batches, model state ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["cnn", "embed"])
+def test_chunk_size_and_batching_invariance(kind):
+    model, train, queries = setup(kind)
+    fit = exact_fit(model, train)
+    reference = scores(model, train, queries, lowrank=fit)
+    for chunk_size in (1, 5, 256):
+        out = scores(model, train, queries, lowrank=fit, chunk_size=chunk_size)
+        assert torch.allclose(out, reference, rtol=0, atol=1e-12 * float(reference.abs().max()))
+    batches = [(train[0][s : s + 7], train[1][s : s + 7]) for s in range(0, N_TRAIN, 7)]
+    out = scores(model, batches, [queries], lowrank=fit, chunk_size=4)
+    assert torch.allclose(out, reference, rtol=0, atol=1e-12 * float(reference.abs().max()))
+
+
+def test_hessian_chunking_invariance():
+    """Iterative solvers read H through HVPs over chunks of ``chunk_size`` samples."""
+    model, train, queries = setup("mlp")
+    one = (queries[0][:1], queries[1][:1])
+    a = scores(model, train, one, solver="minres", chunk_size=5, **TIGHT)
+    b = scores(model, train, one, solver="minres", chunk_size=256, **TIGHT)
+    assert rel_err(a, b) < 1e-9
+
+
+def test_model_is_used_in_eval_mode_and_left_unchanged():
+    model, train, queries = setup("cnn")  # BatchNorm + Dropout
+    expected = dense_scores(model.eval(), train, queries, 0.01)
+    state = copy.deepcopy(model.state_dict())
+    model.train()
+    out = scores(model, train, queries, solver="direct")
+    assert model.training, "training mode must be restored"
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert rel_err(out, expected) <= 1e-6
+
+
+def test_per_sample_gradients_match_loops():
+    from gif.hessian import FlatModel
+
+    model, train, _ = setup("embed")
+    assert rel_err(per_sample_gradients(FlatModel(model), *train), dense_grads(model, train)) < 1e-12
+
+
+# -- self-influence -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_self_influence_lowrank_exact_and_dense_agree(kind):
+    model, train, _ = setup(kind)
+    g = dense_grads(model, train)
+    expected = torch.einsum("ip,pq,iq->i", g, dense_inverse(model, train, 0.01), g)
+    fitted = self_influence(model, train, rank=10_000)  # default: lowrank, full rank here
+    given = self_influence(model, train, lowrank=exact_fit(model, train))
+    dense = self_influence(model, train, exact=True, solver="direct")
+    results = [fitted, given, dense]
+    if kind != "cnn":  # one solve per sample: keep it to the small models
+        results.append(self_influence(model, train, exact=True, hvp_backend="graph", **TIGHT))
+    for out in results:
+        assert out.shape == (N_TRAIN,) and out.dtype == torch.float64
+        assert rel_err(out, expected) <= 1e-6
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.01, 1.0])
+def test_self_influence_mirrors_lowrank_solve_if(damping):
+    """With a truncated fit, self = gᵀ fit.solve_if(g) exactly (complement term included)."""
+    model, train, _ = setup("mlp")
+    fit = exact_fit(model, train)
+    fit = LowRankHessian(fit.eigenvalues[:6], fit.eigenvectors[:6], fit.residuals[:6])
+    g = dense_grads(model, train)
+    expected = torch.stack([row @ fit.solve_if(row, damping) for row in g])
+    out = self_influence(model, train, lowrank=fit, damping=damping, chunk_size=5)
+    assert torch.allclose(out, expected, rtol=1e-10, atol=1e-12)
+    # ... and the pairwise scores use the same model: score[q, i] = g_qᵀ solve_if(g_i).
+    _, _, queries = setup("mlp")
+    gq = dense_grads(model, queries)
+    pair = torch.stack([gq @ fit.solve_if(row, damping) for row in g], dim=1)
+    out = scores(model, train, queries, lowrank=fit, damping=damping)
+    assert torch.allclose(out, pair, rtol=1e-10, atol=1e-12)
+
+
+def test_scores_report_with_self_influence_and_fit_reuse():
+    model, train, queries = setup("mlp")
+    first = scores_with_report(
+        model, train, queries, solver="lowrank", rank=10_000, include_self_influence=True
+    )
+    assert first.lowrank is not None and first.hvps > 0
+    again = scores_with_report(model, train, queries, lowrank=first.lowrank, include_self_influence=True)
+    assert again.hvps == 0 and again.solver == "lowrank"
+    assert torch.allclose(again.scores, first.scores, rtol=0, atol=1e-12)
+    alone = self_influence(model, train, lowrank=first.lowrank)
+    assert torch.allclose(first.self_influence, alone, rtol=0, atol=1e-12)
+    exact = scores_with_report(
+        model, train, queries, solver="minres", include_self_influence=True, hvp_backend="graph", **TIGHT
+    )
+    assert exact.self_influence is not None and len(exact.iterations) == N_QUERIES
+    assert rel_err(exact.self_influence, first.self_influence) <= 1e-6
+    assert scores_with_report(model, train, queries, solver="direct").self_influence is None
+
+
+# -- top-k ----------------------------------------------------------------------------------------
+
+
+def test_top_k_orders_and_ties():
+    s = torch.tensor([[0.5, -1.0, 2.0, 0.5, -3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    out = top_k(s, 2)
+    assert out["k"] == 2 and out["num_queries"] == 2 and out["num_train"] == 5
+    q0 = out["queries"][0]
+    assert [e["index"] for e in q0["proponents"]] == [2, 0]  # tie 0.5 at 0 and 3: lower index first
+    assert [e["score"] for e in q0["proponents"]] == [2.0, 0.5]
+    assert [e["index"] for e in q0["opponents"]] == [4, 1]
+    assert [e["score"] for e in q0["opponents"]] == [-3.0, -1.0]
+    assert [e["index"] for e in out["queries"][1]["proponents"]] == [0, 1]
+    assert json.loads(json.dumps(out)) == out
+    capped = top_k(s, 10)
+    assert capped["k"] == 5 and len(capped["queries"][0]["opponents"]) == 5
+
+
+def test_top_k_on_real_scores():
+    model, train, queries = setup("mlp")
+    s = scores(model, train, queries, solver="direct")
+    out = top_k(s, 3)
+    for q, entry in enumerate(out["queries"]):
+        assert [e["index"] for e in entry["proponents"]] == s[q].argsort(descending=True)[:3].tolist()
+        assert [e["index"] for e in entry["opponents"]] == s[q].argsort()[:3].tolist()
+        assert all(isinstance(e["score"], float) for e in entry["proponents"])
+
+
+# -- progress and cancellation --------------------------------------------------------------------
+
+
+def test_progress_reports_solving_and_scoring():
+    model, train, queries = setup("mlp")
+    seen: list[dict] = []
+    out = scores_with_report(model, train, queries, solver="minres", chunk_size=10, callback=seen.append)
+    solving = [e for e in seen if e["stage"] == "solving"]
+    scoring = [e for e in seen if e["stage"] == "scoring"]
+    assert len(solving) == sum(out.iterations)
+    assert {e["query"] for e in solving} == set(range(N_QUERIES)) and solving[0]["num_queries"] == N_QUERIES
+    assert all(e["max_iter"] == 100 and "residual" in e for e in solving)
+    assert [(e["iteration"], e["max_iter"]) for e in scoring] == [(1, 3), (2, 3), (3, 3)]
+    assert seen.index(scoring[0]) > seen.index(solving[-1])
+    fitting: list[dict] = []
+    scores(model, train, queries, solver="lowrank", rank=5, callback=fitting.append)
+    assert {e["stage"] for e in fitting} == {"fitting_curvature", "scoring"}
+
+
+@pytest.mark.parametrize("solver", ["minres", "lowrank"])
+def test_cancel_while_solving(solver):
+    model, train, queries = setup("mlp")
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(Cancelled):
+        scores(model, train, queries, solver=solver, rank=5, should_stop=stop)
+    assert len(calls) == 3
+
+
+def test_cancel_while_scoring():
+    model, train, queries = setup("mlp")
+    fit = exact_fit(model, train)
+    seen: list[dict] = []
+    with pytest.raises(Cancelled):
+        scores(model, train, queries, lowrank=fit, chunk_size=5, callback=seen.append,
+               should_stop=lambda: len(seen) >= 2)
+    assert [e["iteration"] for e in seen] == [1, 2] and all(e["stage"] == "scoring" for e in seen)
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+
+def test_invalid_arguments():
+    model, train, queries = setup("mlp")
+    fit = exact_fit(model, train)
+    wrong_size = LowRankHessian(fit.eigenvalues[:2], torch.ones(2, 7, dtype=torch.float64), fit.residuals[:2])
+    cases = [
+        (lambda: scores(model, train, queries, damping=-1.0), "damping"),
+        (lambda: scores(model, train, queries, damping=float("nan")), "damping"),
+        (lambda: scores(model, train, queries, damping=float("inf")), "damping"),
+        (lambda: scores(model, "nope", queries), "train"),
+        (lambda: scores(model, train, (queries[0], queries[1][:2])), "queries"),
+        (lambda: scores(model, train, (queries[0][:0], queries[1][:0])), "queries"),
+        (lambda: scores(model, train, queries, solver="magic"), "unknown solver"),
+        (lambda: scores(model, train, queries, solver="minres", lowrank=fit), "lowrank"),
+        (lambda: scores(model, train, queries, lowrank=wrong_size), "parameters"),
+        (lambda: scores(model, train, queries, lowrank="fit"), "lowrank"),
+        (lambda: scores(model, train, queries, solver="minres", normalizer=2.0), "normalizer"),
+        (lambda: scores(model, train, queries, tol=0.0), "tol"),
+        (lambda: scores(model, train, queries, max_iter=0), "max_iter"),
+        (lambda: scores(model, train, queries, chunk_size=0), "chunk_size"),
+        (lambda: scores(model, train, queries, solver="lowrank", rank=0), "rank"),
+        (lambda: self_influence(model, train, exact=True, lowrank=fit), "exact"),
+        (lambda: self_influence(model, train, solver="minres"), "exact=True"),
+        (lambda: self_influence(model, train, exact="yes"), "exact"),
+        (lambda: top_k(torch.zeros(3), 1), "2-D"),
+        (lambda: top_k(torch.zeros(2, 3), 0), "k"),
+        (lambda: top_k(torch.zeros(2, 3), 1.5), "k"),
+        (lambda: top_k(torch.zeros(2, 0), 1), "no training"),
+    ]
+    for call, needle in cases:
+        with pytest.raises(InvalidArgumentError, match=needle):
+            call()
+    with pytest.raises(NumericalError):
+        top_k(torch.tensor([[0.0, float("nan")]]), 1)
+    broken = tiny_mlp()
+    with torch.no_grad():
+        broken[0].weight[0, 0] = float("nan")
+    with pytest.raises(NumericalError):
+        scores(broken, train, queries, solver="direct")
+
+
+@pytest.mark.parametrize("solver", ["minres", "lowrank", "direct"])
+def test_float32_model_keeps_its_dtype(solver):
+    model, train, queries = setup("mlp")
+    expected = dense_scores(model, train, queries, 0.1)
+    train32, queries32 = (train[0].float(), train[1]), (queries[0].float(), queries[1])
+    out = scores(model.float(), train32, queries32, damping=0.1, solver=solver, rank=10_000, tol=1e-6)
+    assert out.dtype == torch.float32
+    assert rel_err(out.double(), expected) < 1e-4
