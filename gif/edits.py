@@ -74,9 +74,10 @@ def remove(
     """Unlearn training samples: ``forget`` is a LongTensor of indices or ``{"class": c}``.
 
     Options are the fields of :class:`gif.options.EditOptions` (method, selection, ratio,
-    damping, solver, hessian_samples, step, seed, ...).
+    damping, solver, hessian_samples, step, newton_steps, seed, ...); unset ones come from the
+    task's default method (``gif``) and that method's measured defaults.
     """
-    opts = EditOptions.from_kwargs(**options)
+    opts = EditOptions.for_task("remove", **options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
     index, forget_class = _forget_indices(forget, y, num_classes)
@@ -103,8 +104,12 @@ def relabel(
     should_stop: Callable[[], bool] | None = None,
     **options: object,
 ) -> EditResult:
-    """Correct labels: training sample ``indices[k]`` gets label ``new_labels[k]``."""
-    opts = EditOptions.from_kwargs(**options)
+    """Correct labels: training sample ``indices[k]`` gets label ``new_labels[k]``.
+
+    Options as for :func:`remove`; the default method here is ``if`` over all parameters, which
+    measured best on the backdoor-repair protocol (docs/benchmarks.md).
+    """
+    opts = EditOptions.for_task("relabel", **options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
     index = _check_indices(indices, len(y), "indices")

@@ -13,14 +13,29 @@ from .solvers import SOLVERS
 
 STEP_POLICIES = ("newton", "search")
 
+#: The method used when a request names none, per task (measured: docs/benchmarks.md).
+TASK_METHOD = {"remove": "gif", "relabel": "if"}
+
+#: Settings that go with each method when a request leaves them out (measured on the digits
+#: protocols, examples/). ``if``/``sif`` update every parameter; ``cg`` is used there because
+#: its stop on negative curvature acts as a regulariser on these indefinite Hessians.
+METHOD_DEFAULTS: dict[str, dict] = {
+    "gif": {"selection": "highest_gradients", "ratio": 0.05, "damping": 0.01, "solver": "lsqr"},
+    "fif": {"selection": "highest_gradients", "ratio": 0.2, "damping": 0.1, "solver": "minres"},
+    "if": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg"},
+    "sif": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg"},
+}
+
 
 @dataclass(frozen=True)
 class EditOptions:
-    """Every knob of :func:`gif.remove` / :func:`gif.relabel`; defaults chosen by ``examples/``.
+    """Every knob of :func:`gif.remove` / :func:`gif.relabel`; build with :meth:`for_task`.
 
     The defaults were picked by task quality on the digits protocols (docs/benchmarks.md):
     applying any influence update at its Newton scale wrecks a trained network, so the default
-    step policy walks along the update and stops by validation metrics.
+    step policy walks along the update and stops by validation metrics, and a few outer Newton
+    steps (each re-estimating the gradient at the new point) close most of the remaining gap
+    to retraining.
     """
 
     method: str = field(default="gif", metadata={"help": "if | fif | gif | sif"})
@@ -36,10 +51,10 @@ class EditOptions:
     max_validation: int = field(default=2000, metadata={"help": "cap on carved validation samples"})
     step: str = field(default="search", metadata={"help": "newton | search"})
     newton_steps: int = field(
-        default=1, metadata={"help": "outer Newton steps (gradient re-estimated at each); stops early when no step helps"}
+        default=6, metadata={"help": "outer Newton steps (gradient re-estimated at each); stops early when no step helps"}
     )
     min_scale: float = field(default=1e-3, metadata={"help": "smallest step, in units of the Newton step"})
-    max_scale: float = field(default=10.0, metadata={"help": "largest step, in units of the Newton step"})
+    max_scale: float = field(default=1000.0, metadata={"help": "largest step, in units of the Newton step"})
     growth: float = field(default=math.sqrt(2.0), metadata={"help": "ratio between successive steps"})
     patience: int = field(default=4, metadata={"help": "non-improving steps before the search stops"})
     chunk_size: int = field(default=512, metadata={"help": "samples per forward pass"})
@@ -66,6 +81,14 @@ class EditOptions:
                 raise InvalidArgumentError(f"`{name}` must be an integer >= 1, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InvalidArgumentError(f"`seed` must be an integer, got {self.seed!r}")
+
+    @classmethod
+    def for_task(cls, task: str, **kwargs: object) -> EditOptions:
+        """Options for ``task`` ("remove" | "relabel"): the user's values, then the defaults of the
+        chosen method (:data:`METHOD_DEFAULTS`), then the field defaults."""
+        method = kwargs.get("method", TASK_METHOD[task])
+        preset = METHOD_DEFAULTS.get(method, {}) if isinstance(method, str) else {}
+        return cls.from_kwargs(**{**preset, **kwargs, "method": method})
 
     @classmethod
     def from_kwargs(cls, **kwargs: object) -> EditOptions:

@@ -1,0 +1,169 @@
+"""Cost of one Hessian-vector product relative to one gradient, per HVP back end.
+
+For each model and sample count it times, over the same chunked data (``--chunk-size``):
+
+* gradient     ``HessianOperator.gradient()`` (torch.func grad, chunk by chunk);
+* func         ``HessianOperator(backend="func").hvp(v)``: forward-over-reverse jvp(grad);
+* graph 1st    the first ``hvp`` of a fresh ``backend="graph"`` operator, which builds and keeps
+               every chunk's first-order gradient graph (create_graph=True);
+* graph        later ``hvp`` calls of that operator: one double-backward through the kept graph;
+* paper        the official GIF code's HVP: every call re-runs forward + ``autograd.grad(...,
+               create_graph=True)`` on the module's parameters, then ``autograd.grad(grads·v)``.
+
+Each time is the median of ``--repeats`` calls after ``--warmup`` untimed ones; "graph 1st" builds
+a fresh operator for each timed call (construction itself is not timed). The ratio columns are
+HVP time / gradient time (the engine targets ≤ 2.5 for ``func``). The last column is the largest
+relative difference between the back ends' H·v, a sanity check that they compute the same thing.
+
+Examples::
+
+    python bench/hvp_cost.py                              # defaults, about a minute on 2 cores
+    python bench/hvp_cost.py --threads 1 --repeats 2 --samples 64
+    python bench/hvp_cost.py --models tinynet-8,vgg11-w16 --samples 256,2048,8192 --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+import _common as C
+from gif.hessian import HessianOperator, cross_entropy
+
+DEFAULT_MODELS = "tinynet-8,lenet-28,mlp-64,mlp-256x256"
+TARGET_RATIO = 2.5
+
+
+def paper_hvp(model: torch.nn.Module, op: HessianOperator, v: torch.Tensor) -> torch.Tensor:
+    """H·v as the official GIF code computes it: the gradient graph is rebuilt on every call.
+
+    Uses the operator's chunks and weights so that it is the same mean-loss Hessian; everything
+    else is plain ``torch.autograd`` on the module's own parameters.
+    """
+    space = op.flat.space
+    named = dict(model.named_parameters())
+    params = [named[s.name] for s in space.slots]
+    vs = list(space.unflatten(v).values())
+    out = [torch.zeros_like(p) for p in params]
+    for chunk in op.data:
+        loss = cross_entropy(model(chunk.inputs), chunk.targets)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        dot = sum((g * vi).sum() for g, vi in zip(grads, vs))
+        hv = torch.autograd.grad(dot, params)
+        for acc, h in zip(out, hv):
+            acc.add_(h, alpha=chunk.weight)
+    return torch.cat([t.reshape(-1) for t in out])
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / a.norm().clamp_min(1e-30))
+
+
+def bench_one(name: str, samples: int, args: argparse.Namespace, device: torch.device) -> dict:
+    spec = C.model_spec(name)
+    model = spec.build(args.seed).to(device)
+    x, y, source = C.make_data(samples, spec.input_shape, synthetic=args.synthetic, seed=args.seed)
+    data = (x.to(device), y.to(device))
+    kw = {"chunk_size": args.chunk_size}
+    func = HessianOperator(model, data, backend="func", **kw)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    v = torch.randn(func.size, generator=gen).to(device)
+    v /= v.norm()
+    out: dict[str, torch.Tensor] = {}
+
+    def timed(key: str, fn) -> float:
+        def call() -> None:
+            out[key] = fn()
+
+        return C.median(C.time_calls(call, repeats=args.repeats, warmup=args.warmup, device=device))
+
+    row = {"model": name, "params": func.size, "samples": samples, "source": source}
+    row["grad"] = timed("grad", func.gradient)
+    row["func"] = timed("func", lambda: func.hvp(v))
+
+    # graph back end: the first call builds the cached graph, so it gets a fresh operator each time
+    first_times = []
+    graph = None
+    for i in range(args.warmup + args.repeats):
+        if graph is not None:
+            graph.release()
+        graph = HessianOperator(model, data, backend="graph", **kw)
+        C.sync(device)
+        start = time.perf_counter()
+        out["graph"] = graph.hvp(v)
+        C.sync(device)
+        if i >= args.warmup:
+            first_times.append(time.perf_counter() - start)
+    row["graph1"] = C.median(first_times)
+    row["graph"] = timed("graph", lambda: graph.hvp(v))
+    graph.release()
+    del graph
+
+    if not args.no_paper:
+        row["paper"] = timed("paper", lambda: paper_hvp(model, func, v))
+    diffs = [rel_diff(out["func"], out[k]) for k in ("graph", "paper") if k in out]
+    row["diff"] = max(diffs) if diffs else None
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=C.str_list, default=C.str_list(DEFAULT_MODELS),
+                        help=f"comma-separated, from: {', '.join(C.MODELS)} (default {DEFAULT_MODELS})")
+    parser.add_argument("--samples", type=C.int_list, default=[256, 2048], help="sample counts (default 256,2048)")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="samples per forward pass (engine default 1024)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement; the median is shown")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before each measurement")
+    parser.add_argument("--no-paper", action="store_true", help="skip the paper-style (graph rebuilt per call) HVP")
+    C.add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or args.chunk_size < 1:
+        parser.error("--repeats and --chunk-size must be >= 1, --warmup >= 0")
+    for name in args.models:
+        C.model_spec(name)
+    C.apply_threads(args.threads)
+    device = C.resolve_device(args.device)
+
+    rows = []
+    for name in args.models:
+        for n in args.samples:
+            row = bench_one(name, n, args, device)
+            rows.append(row)
+            print(f"  done {name} n={n}: grad {C.fmt_ms(row['grad'])} ms, func {C.fmt_ms(row['func'])} ms",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    kinds = ["func", "graph1", "graph"] + ([] if args.no_paper else ["paper"])
+    label = {"func": "func", "graph1": "graph 1st", "graph": "graph", "paper": "paper"}
+    headers = ["model", "params", "samples", "gradient ms"]
+    headers += [f"{label[k]} ms" for k in kinds] + [f"{label[k]} ×" for k in kinds] + ["max rel. diff"]
+    table = []
+    for r in rows:
+        cells = [r["model"], f"{r['params']:,}", r["samples"], C.fmt_ms(r["grad"])]
+        cells += [C.fmt_ms(r[k]) for k in kinds]
+        cells += [C.fmt_ratio(r[k] / r["grad"]) for k in kinds]
+        cells.append("-" if r["diff"] is None else f"{r['diff']:.1e}")
+        table.append(cells)
+
+    sources = sorted({r["source"] for r in rows})
+    print(f"\n### HVP cost / gradient cost ({device.type}, chunk_size {args.chunk_size}, "
+          f"median of {args.repeats}, inputs: {'/'.join(sources)})\n")  # fmt: skip
+    print(C.markdown_table(headers, table))
+    print(f"\nMachine: {C.machine_description(device)}\n")
+
+    ratios = {k: [r[k] / r["grad"] for r in rows] for k in kinds}
+    worst = max(rows, key=lambda r: r["func"] / r["grad"])
+    parts = [f"{label[k]} {C.median(ratios[k]):.2f}x" for k in kinds]
+    verdict = "within" if max(ratios["func"]) <= TARGET_RATIO else "ABOVE"
+    print(
+        f"summary: median HVP/gradient over {len(rows)} configs: {', '.join(parts)}; "
+        f"worst func {max(ratios['func']):.2f}x ({worst['model']}, n={worst['samples']}) "
+        f"{verdict} target {TARGET_RATIO}x; max rel. diff {max((r['diff'] or 0.0) for r in rows):.1e}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
