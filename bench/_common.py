@@ -166,16 +166,18 @@ def median(values: Sequence[float]) -> float:
 def add_common_args(parser: argparse.ArgumentParser, *, synthetic_default: bool = False) -> None:
     """``--threads``, ``--device``, ``--seed`` and the data source (``--synthetic`` or ``--digits``)."""
     parser.add_argument(
-        "--threads", type=int, default=0,
-        help="torch.set_num_threads value (0: leave torch's default)",
+        "--threads", type=int, default=1,
+        help="torch.set_num_threads value (default 1; 0 leaves torch's default, one per core). More "
+        "threads than free cores make CPU timings swing 10-100x, so use >1 only on an idle machine",
     )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     source = parser.add_mutually_exclusive_group()
+    on, off = (" (default)", "") if synthetic_default else ("", " (default)")
     source.add_argument("--synthetic", dest="synthetic", action="store_true", default=synthetic_default,
-                        help="random normal inputs" + (" (default)" if synthetic_default else ""))
+                        help="random normal inputs" + on)  # fmt: skip
     source.add_argument("--digits", dest="synthetic", action="store_false",
-                        help="sklearn digits, resized to the model's input" + ("" if synthetic_default else " (default)"))
+                        help="sklearn digits, resized to the model's input" + off)  # fmt: skip
 
 
 def apply_threads(threads: int) -> None:
@@ -214,7 +216,7 @@ def machine_description(device: torch.device | None = None) -> str:
         f"CPU: {cpu_model()}",
         f"{os.cpu_count()} cores",
         f"torch {torch.__version__}",
-        f"{torch.get_num_threads()} threads",
+        f"torch threads: {torch.get_num_threads()}",
         f"Python {platform.python_version()}",
     ]
     if device is not None and device.type == "cuda":
@@ -233,7 +235,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
         padded = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+    rule = "|" + "|".join("-" * (w + 1) + ":" if num else "-" * (w + 2) for w, num in zip(widths, numeric))
+    rule += "|"
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 

@@ -110,14 +110,16 @@ def bench_one(name: str, samples: int, args: argparse.Namespace, device: torch.d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=C.str_list, default=C.str_list(DEFAULT_MODELS),
-                        help=f"comma-separated, from: {', '.join(C.MODELS)} (default {DEFAULT_MODELS})")
-    parser.add_argument("--samples", type=C.int_list, default=[256, 2048], help="sample counts (default 256,2048)")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="samples per forward pass (engine default 1024)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement; the median is shown")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before each measurement")
-    parser.add_argument("--no-paper", action="store_true", help="skip the paper-style (graph rebuilt per call) HVP")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    add = parser.add_argument
+    add("--models", type=C.str_list, default=C.str_list(DEFAULT_MODELS),
+        help=f"comma-separated, from: {', '.join(C.MODELS)} (default {DEFAULT_MODELS})")  # fmt: skip
+    add("--samples", type=C.int_list, default=[256, 2048], help="sample counts (default 256,2048)")
+    add("--chunk-size", type=int, default=1024, help="samples per forward pass (default 1024, as the engine)")
+    add("--repeats", type=int, default=5, help="timed calls per measurement, the median is shown (default 5)")
+    add("--warmup", type=int, default=1, help="untimed calls before each measurement (default 1)")
+    add("--no-paper", action="store_true", help="skip the paper-style HVP (gradient graph rebuilt per call)")
     C.add_common_args(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.chunk_size < 1:

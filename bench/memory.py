@@ -6,7 +6,7 @@ configuration's memory cannot hide in another's high-water mark. Inside it:
 1. build the model and the data, and warm up on 4 samples (an HVP and a gradient with both back
    ends, a 1-iteration solve): the first torch.func/autograd calls of a process set up tens of
    MiB once (kernels, thread pools, functorch state), which is not the cost being measured;
-2. take a baseline, then run two ``HessianOperator(...).hvp(v)`` calls over all samples
+2. take a baseline, then run one ``HessianOperator(...).hvp(v)`` call over all samples
    → "HVP" column (for ``graph`` this includes building and keeping every chunk's gradient graph);
 3. free everything, take a new baseline, then run ``gif.influence(model, data, data[:target],
    method="gif", solver="lsqr", max_iter=--max-iter, tol=1e-30, ...)`` → "solve" column.
@@ -16,9 +16,9 @@ What is measured:
 * CPU: the rise of ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` above the baseline. The kernel's
   peak-RSS counter is reset at each baseline (``/proc/self/clear_refs``, Linux ≥ 4.0) when
   possible, so a transient peak during set-up cannot mask a smaller one later; without the reset
-  the baseline is ru_maxrss after set-up. The child runs with ``MALLOC_MMAP_THRESHOLD_=131072``
-  so glibc returns freed tensors to the OS and step 3 is not served from memory step 2 freed
-  (``--isolate`` runs steps 2 and 3 in separate processes instead).
+  the baseline is ru_maxrss after set-up. Before each baseline, glibc's ``malloc_trim(0)`` hands
+  freed memory back to the OS, so step 3 cannot silently reuse what step 2 freed (``--isolate``
+  runs steps 2 and 3 in separate processes instead, the strictest and slowest option).
 * CUDA: ``torch.cuda.max_memory_allocated()`` above ``memory_allocated()`` at the baseline
   (tensors only, not the caching allocator's reserve or the CUDA context).
 
@@ -26,7 +26,7 @@ With the ``func`` back end the peak should grow with the chunk size and not with
 samples (one chunk's activations at a time); with ``graph`` it grows with the samples.
 
 LSQR reaches its peak in the first iteration (every iteration does the same two HVPs and keeps
-the same few p-vectors), so the default ``--max-iter 3`` measures the same peak as the 20 of a
+the same few p-vectors), so the default ``--max-iter 2`` measures the same peak as the 20 of a
 production solve in a fraction of the time; pass ``--max-iter 20`` to run the full solve.
 
 Examples::
@@ -39,12 +39,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
 import resource
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -54,7 +56,7 @@ from gif.hessian import HessianOperator
 
 DEFAULT_MODELS = "tinynet-28,lenet-28,vgg11-w16,resnet18-w16"
 RESULT_TAG = "RESULT "
-CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)
 TINY_TOL = 1e-30  # the solve runs all --max-iter iterations (the engine needs tol > 0)
 
 
@@ -72,6 +74,8 @@ class PeakMeter:
 
     def start(self) -> None:
         gc.collect()
+        if self.device.type != "cuda":
+            _release_free_memory()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -98,6 +102,15 @@ class PeakMeter:
 def _maxrss_bytes() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # KiB on Linux, bytes on macOS
+
+
+def _release_free_memory() -> None:
+    """Hand memory that glibc keeps after ``free`` back to the OS, so that the next measurement
+    has to fault its pages in again instead of reusing them unseen (no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_peak_rss() -> bool:
@@ -127,25 +140,26 @@ def run_child(cfg: dict) -> dict:
         warm.release()
     p = warm.size
     del warm
-    gif.influence(model, tiny, tiny, method="gif", solver="lsqr", max_iter=1, chunk_size=2, hvp_backend=backend,
-                  params=None if cfg["param_ratio"] >= 1 else {"strategy": "random", "ratio": cfg["param_ratio"]})
+    ratio = cfg["param_ratio"]
+    params = None if ratio >= 1.0 else {"strategy": "random", "ratio": ratio}
+    gif.influence(
+        model, tiny, tiny, method="gif", solver="lsqr", max_iter=1, chunk_size=2, hvp_backend=backend,
+        params=params,
+    )
     meter = PeakMeter(device)
     result = {"params": p, "source": source}
 
     def hvp() -> float:
         op = HessianOperator(model, (x, y), chunk_size=chunk, backend=backend)
         v = torch.randn(p, generator=torch.Generator().manual_seed(1)).to(device)
-        for _ in range(2):
-            op.hvp(v)
+        op.hvp(v)  # one call: the peak of every later call is the same (func) or lower (graph)
         return meter.peak_mib()
 
     def solve() -> float:
         t = min(cfg["target"], cfg["samples"])
-        ratio = cfg["param_ratio"]
-        params = None if ratio >= 1.0 else {"strategy": "random", "ratio": ratio}
         res = gif.influence(
-            model, (x, y), (x[:t], y[:t]), method="gif", solver="lsqr", max_iter=cfg["max_iter"], tol=TINY_TOL,
-            chunk_size=chunk, hvp_backend=backend, params=params, seed=cfg["seed"],
+            model, (x, y), (x[:t], y[:t]), method="gif", solver="lsqr", max_iter=cfg["max_iter"],
+            tol=TINY_TOL, chunk_size=chunk, hvp_backend=backend, params=params, seed=cfg["seed"],
         )  # fmt: skip
         result["iterations"] = res.iterations
         return meter.peak_mib()
@@ -161,6 +175,8 @@ def run_child(cfg: dict) -> dict:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        else:
+            _release_free_memory()
     result["method"] = meter.method
     return result
 
@@ -170,10 +186,9 @@ def run_child(cfg: dict) -> dict:
 
 
 def spawn(cfg: dict, timeout: float) -> dict:
-    env = dict(os.environ, **CHILD_ENV)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
@@ -220,22 +235,25 @@ def growth(rows: list[dict], backend: str, vary: str) -> tuple[float, int, int] 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--models", type=C.str_list, default=C.str_list(DEFAULT_MODELS),
-                        help=f"comma-separated, from: {', '.join(C.MODELS)} (default {DEFAULT_MODELS})")
-    parser.add_argument("--samples", type=C.int_list, default=[64, 256], help="Hessian sample counts (default 64,256)")
-    parser.add_argument("--chunks", type=C.int_list, default=[16, 64], help="chunk sizes (default 16,64)")
-    parser.add_argument("--backends", type=C.str_list, default=["func", "graph"], help="func,graph (default both)")
-    parser.add_argument("--max-iter", type=int, default=3, help="LSQR iterations of the solve (default 3; see above)")
-    parser.add_argument("--target", type=int, default=32, help="target samples of the solve (default 32)")
-    parser.add_argument("--param-ratio", type=float, default=0.05,
-                        help="fraction of parameters selected (random strategy) for the solve; 1 = all")
-    parser.add_argument("--all-pairs", action="store_true",
-                        help="also run chunk sizes >= the sample count (i.e. one unchunked pass)")
-    parser.add_argument("--no-solve", action="store_true", help="measure the HVP only")
-    parser.add_argument("--isolate", action="store_true", help="separate processes for the HVP and the solve")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per child process (default 600)")
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    add = parser.add_argument
+    add("--child", help=argparse.SUPPRESS)
+    add("--models", type=C.str_list, default=C.str_list(DEFAULT_MODELS),
+        help=f"comma-separated, from: {', '.join(C.MODELS)} (default {DEFAULT_MODELS})")  # fmt: skip
+    add("--samples", type=C.int_list, default=[64, 256], help="Hessian sample counts (default 64,256)")
+    add("--chunks", type=C.int_list, default=[16, 64], help="chunk sizes (default 16,64)")
+    add("--backends", type=C.str_list, default=["func", "graph"], help="func,graph (default both)")
+    add("--max-iter", type=int, default=2, help="LSQR iterations of the solve (default 2; see above)")
+    add("--target", type=int, default=32, help="target samples of the solve (default 32)")
+    add("--param-ratio", type=float, default=0.05,
+        help="fraction of parameters (random selection) the solve moves; 1 = all (default 0.05)")  # fmt: skip
+    add("--all-pairs", action="store_true", help="also run chunk sizes >= the sample count (unchunked)")
+    add("--no-solve", action="store_true", help="measure the HVP only")
+    add("--isolate", action="store_true", help="separate processes for the HVP and the solve")
+    add("--jobs", type=int, default=DEFAULT_JOBS,
+        help=f"configurations measured at once, one process each (default {DEFAULT_JOBS})")  # fmt: skip
+    add("--timeout", type=float, default=600, help="seconds per child process (default 600)")
     C.add_common_args(parser, synthetic_default=True)
     args = parser.parse_args(argv)
 
@@ -246,32 +264,40 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         C.model_spec(name)
     bad = [b for b in args.backends if b not in ("func", "graph")]
-    if bad or args.max_iter < 1 or args.target < 1 or not 0 < args.param_ratio <= 1:
-        parser.error("--backends takes func,graph; --max-iter and --target must be >= 1; --param-ratio in (0, 1]")
+    if bad or min(args.max_iter, args.target, args.jobs) < 1 or not 0 < args.param_ratio <= 1:
+        parser.error("--backends takes func,graph; --max-iter, --target and --jobs must be >= 1; "
+                     "--param-ratio must be in (0, 1]")
     C.apply_threads(args.threads)
     device = C.resolve_device(args.device)
 
     whats = [["hvp"]] + ([] if args.no_solve else [["solve"]])
     if not args.isolate:
         whats = [[w for ws in whats for w in ws]]
-    rows = []
-    for name, n, chunk, backend in grid(args):
+
+    def measure(point: tuple[str, int, int, str]) -> dict:
+        name, n, chunk, backend = point
         row = {"model": name, "samples": n, "chunk": chunk, "backend": backend}
         for what in whats:
             cfg = {
                 "model": name, "samples": n, "chunk": chunk, "backend": backend, "what": what,
-                "device": str(device), "threads": args.threads, "seed": args.seed, "synthetic": args.synthetic,
-                "max_iter": args.max_iter, "target": args.target, "param_ratio": args.param_ratio,
+                "device": str(device), "threads": args.threads, "seed": args.seed,
+                "synthetic": args.synthetic, "max_iter": args.max_iter, "target": args.target,
+                "param_ratio": args.param_ratio,
             }  # fmt: skip
             out = spawn(cfg, args.timeout)
             if "error" in out:
                 row.setdefault("errors", []).append(out["error"])
             row.update({k: v for k, v in out.items() if k != "error"})
-        rows.append(row)
-        status = "; ".join(row.get("errors", [])) or (
-            f"HVP {row.get('hvp', float('nan')):.1f} MiB, solve {row.get('solve', float('nan')):.1f} MiB"
+        status = "; ".join(row.get("errors", [])) or ", ".join(
+            f"{k} {row[k]:.1f} MiB" for k in ("hvp", "solve") if k in row
         )
         print(f"  done {name} n={n} chunk={chunk} {backend}: {status}", file=sys.stderr, flush=True)
+        return row
+
+    # Each configuration is its own process, so running a few at once does not change what they
+    # measure (peak RSS and CUDA statistics are per process); it only needs the cores and memory.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(measure, grid(args)))
 
     def cell(r: dict, key: str) -> str:
         if key in r:
@@ -307,10 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         if text:
             parts.append(f"{backend} " + ", ".join(text))
     ok = sum("errors" not in r for r in rows)
-    print(
-        f"summary: HVP peak growth (median over models): {'; '.join(parts) or 'n/a (one sample count/chunk)'}; "
-        f"{ok}/{len(rows)} configs measured"
-    )
+    grown = "; ".join(parts) or "n/a (needs two sample counts or chunk sizes)"
+    print(f"summary: HVP peak growth (median over models): {grown}; {ok}/{len(rows)} configs measured")
     return 0 if ok == len(rows) else 1
 
 

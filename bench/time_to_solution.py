@@ -6,7 +6,8 @@ class as target), same parameter selection (5% highest outputs). Paths:
 * paper — gif-method.md §1.2: Neumann series on the normal equations H[:,T]ᵀH[:,T]/c²,
   200 iterations, tol 1e-9 (so it never stops early), normaliser restart on divergence, and an
   HVP that rebuilds the first-order gradient graph on every call (as ``hessians.hvp`` does);
-* engine cold — ``gif.influence(method="gif")`` with its default solver and tolerance;
+* engine cold — ``gif.influence(method="gif")`` with its default solver and tolerance and the
+  damping that ``gif.remove`` uses for GIF (and, for contrast, undamped);
 * lowrank fit — ``solver="lowrank"``: Lanczos on H once (cached in a real service);
 * lowrank warm — a repeated request that reuses the fit: a few gradients.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 import gif
+from gif.options import METHOD_DEFAULTS
 from gif.params import ParamSpace
 from gif.steps import search_step
 
@@ -124,12 +126,18 @@ def main() -> None:
     rows = []
     (x, hvps, c), t_paper = timed(lambda: paper_gif(model, hessian, target, index, max_iter=args.paper_iters))
     rows.append(["paper (Neumann, 200 it, graph rebuilt)", hvps, t_paper, x])
-    cold, t_cold = timed(lambda: gif.influence(model, hessian, target, method="gif", params=index))
-    rows.append([f"engine cold ({cold.solver}, {cold.iterations} it)", cold.hvps, t_cold, cold.vector])
-    fit, t_fit = timed(lambda: gif.influence(model, hessian, target, method="gif", params=index, solver="lowrank"))
+    damping = METHOD_DEFAULTS["gif"]["damping"]
+    undamped, t_undamped = timed(lambda: gif.influence(model, hessian, target, method="gif", params=index))
+    rows.append([f"engine, λ = 0 ({undamped.solver}, {undamped.iterations} it)", undamped.hvps, t_undamped,
+                 undamped.vector])
+    cold, t_cold = timed(lambda: gif.influence(model, hessian, target, method="gif", params=index, damping=damping))
+    rows.append([f"engine cold, λ = {damping} ({cold.solver}, {cold.iterations} it)", cold.hvps, t_cold, cold.vector])
+    fit, t_fit = timed(lambda: gif.influence(model, hessian, target, method="gif", params=index, solver="lowrank",
+                                             damping=damping))
     rows.append([f"lowrank fit (rank {fit.lowrank.rank})", fit.hvps, t_fit, fit.vector])
     warm, t_warm = timed(
-        lambda: gif.influence(model, hessian, target, method="gif", params=index, solver="lowrank", lowrank=fit.lowrank)
+        lambda: gif.influence(model, hessian, target, method="gif", params=index, solver="lowrank",
+                              lowrank=fit.lowrank, damping=damping)
     )
     rows.append(["lowrank warm (reused fit)", warm.hvps, t_warm, warm.vector])
 

@@ -27,13 +27,17 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 from .data import Chunks, DataLike
-from .errors import InvalidArgumentError, ModelTooLargeError
+from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
 from .params import ParamSpace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Above this many parameters ``dense()`` refuses (p² float64 entries = 200 MB at 5000).
 DENSE_MAX_PARAMS = 5000
+#: Memory the cached-graph HVP back end may take under ``backend="auto"``.
+GRAPH_BUDGET_BYTES = 1 << 30
+#: Cached graph bytes ≈ this × (activation elements × element size) per sample.
+GRAPH_MEMORY_FACTOR = 6
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -56,6 +60,9 @@ class FlatModel:
         self._fixed = {n: t.detach() for n, t in model.named_parameters() if n not in trainable}
         self._fixed.update(dict(model.named_buffers()))
         self.theta = self.space.vector(model).clone()
+        if not bool(torch.isfinite(self.theta).all()):
+            bad = [s.name for s in self.space.slots if not bool(torch.isfinite(self.theta[s.offset : s.stop]).all())]
+            raise NumericalError(f"model parameters contain NaN or Inf: {', '.join(bad[:5])}")
 
     def with_loss(self, loss_fn: LossFn) -> FlatModel:
         """The same model and θ (shared, not copied) under another loss."""
@@ -93,8 +100,11 @@ class HessianOperator:
         loss_fn: batch-mean loss ``loss_fn(outputs, targets)``; cross-entropy by default (or,
             when ``model`` is a :class:`FlatModel`, that model's loss).
         chunk_size: at most this many samples per forward pass.
-        backend: ``"func"`` (forward-over-reverse, bounded memory) or ``"graph"``
-            (cached first-order graph, one double-backward per HVP).
+        backend: ``"func"`` (forward-over-reverse, bounded memory), ``"graph"`` (cached
+            first-order graph, one double-backward per HVP) or ``"auto"``: ``graph`` when its
+            estimated memory fits ``graph_budget_bytes``, else ``func`` (bench/hvp_cost.py:
+            on CPU the cached graph costs ~1.1 gradients per HVP, forward-over-reverse ~2–3).
+        graph_budget_bytes: memory the ``graph`` back end may use under ``"auto"``.
     """
 
     def __init__(
@@ -106,16 +116,19 @@ class HessianOperator:
         chunk_size: int = 1024,
         backend: str = "func",
         what: str = "hessian_data",
+        graph_budget_bytes: int = GRAPH_BUDGET_BYTES,
     ) -> None:
-        if backend not in ("func", "graph"):
-            raise InvalidArgumentError(f"`backend` must be 'func' or 'graph', got {backend!r}")
+        if backend not in ("func", "graph", "auto"):
+            raise InvalidArgumentError(f"`backend` must be 'func', 'graph' or 'auto', got {backend!r}")
         if isinstance(model, FlatModel):
             self.flat = model if loss_fn is None else model.with_loss(loss_fn)
         else:
             self.flat = FlatModel(model, loss_fn)
         self.data = Chunks(data, chunk_size=chunk_size, device=self.flat.device, what=what)
-        self.backend = backend
         self.size = self.flat.space.size
+        if backend == "auto":
+            backend = "graph" if self.estimate_graph_bytes() <= graph_budget_bytes else "func"
+        self.backend = backend
         self.hvps = 0
         self.grads = 0
         self._graph: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
@@ -123,6 +136,31 @@ class HessianOperator:
     @property
     def num_samples(self) -> int:
         return self.data.total
+
+    def estimate_graph_bytes(self) -> int:
+        """Rough memory of the cached double-backward graphs of all chunks.
+
+        One forward on a single sample counts the elements every leaf module outputs; the graph
+        keeps those activations plus their first-order gradients and the intermediates of the
+        double backward, which ``GRAPH_MEMORY_FACTOR`` accounts for.
+        """
+        counted = [0]
+
+        def count(_module, _inputs, output) -> None:
+            if isinstance(output, torch.Tensor):
+                counted[0] += output.numel()
+
+        leaves = [m for m in self.flat.model.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(count) for m in leaves]
+        try:
+            with torch.no_grad():
+                self.flat.outputs(self.flat.theta, self.data.chunks[0].inputs[:1])
+        finally:
+            for h in handles:
+                h.remove()
+        per_sample = counted[0] * self.flat.theta.element_size() * GRAPH_MEMORY_FACTOR
+        params = self.size * self.flat.theta.element_size() * 2 * len(self.data.chunks)
+        return int(per_sample * self.data.total + params)
 
     def gradient(self) -> torch.Tensor:
         """∇L(θ), a flat vector of length p."""

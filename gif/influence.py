@@ -92,7 +92,7 @@ def influence(
     tol: float | None = None,
     max_iter: int | None = None,
     chunk_size: int = 1024,
-    hvp_backend: str = "func",
+    hvp_backend: str = "auto",
     lowrank: LowRankHessian | None = None,
     rank: int = DEFAULT_RANK,
     group_fraction: float | None = None,

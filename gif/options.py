@@ -58,7 +58,7 @@ class EditOptions:
     growth: float = field(default=math.sqrt(2.0), metadata={"help": "ratio between successive steps"})
     patience: int = field(default=4, metadata={"help": "non-improving steps before the search stops"})
     chunk_size: int = field(default=512, metadata={"help": "samples per forward pass"})
-    hvp_backend: str = field(default="func", metadata={"help": "func | graph"})
+    hvp_backend: str = field(default="auto", metadata={"help": "auto | func | graph (gif.hessian)"})
     seed: int = field(default=0, metadata={"help": "seeds selection and sub-sampling"})
 
     def __post_init__(self) -> None:
@@ -67,7 +67,7 @@ class EditOptions:
         _one_of("step", self.step, STEP_POLICIES)
         if self.solver is not None:
             _one_of("solver", self.solver, SOLVERS)
-        _one_of("hvp_backend", self.hvp_backend, ("func", "graph"))
+        _one_of("hvp_backend", self.hvp_backend, ("auto", "func", "graph"))
         _in_range("ratio", self.ratio, 0.0, 1.0, low_open=True)
         _in_range("damping", self.damping, 0.0, math.inf)
         _in_range("tol", self.tol, 0.0, 1.0, low_open=True)

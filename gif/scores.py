@@ -144,7 +144,7 @@ def scores_with_report(
     callback: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     include_self_influence: bool = False,
-    hvp_backend: str = "func",
+    hvp_backend: str = "auto",
     **solver_options: float,
 ) -> ScoresResult:
     """Pairwise influence scores with diagnostics (the engine behind :func:`scores`).
@@ -175,7 +175,7 @@ def scores_with_report(
         include_self_influence: also compute the training samples' self-influence with the same
             solver (vectorised for ``lowrank``/``direct``; one solve per sample otherwise, whose
             convergence then also counts in ``converged``).
-        hvp_backend: ``"func"`` or ``"graph"`` (see :class:`gif.hessian.HessianOperator`).
+        hvp_backend: ``"auto"``, ``"func"`` or ``"graph"`` (see :class:`gif.hessian.HessianOperator`).
         solver_options: ``normalizer``/``step`` for ``neumann``; ``steps`` for ``lowrank``.
 
     Raises:
@@ -208,7 +208,7 @@ def self_influence(
     seed: int = 0,
     callback: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
-    hvp_backend: str = "func",
+    hvp_backend: str = "auto",
     **solver_options: float,
 ) -> torch.Tensor:
     """Self-influence ``∇ℓ(z_i)ᵀ (H + λI)⁻¹ ∇ℓ(z_i)`` of every training sample, shape [n_train] (CPU).

@@ -15,7 +15,11 @@ from .base import Monitor, Problem, SolveResult, safe_norm
 
 
 def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> SolveResult:
-    """Solve ``problem`` with LSQR from x = 0; stops on the normal-equation residual."""
+    """Solve ``problem`` with LSQR from x = 0.
+
+    Stops on the residual of the problem's contract (see :class:`SolveResult`): ‖b − A'x‖/‖b‖
+    for symmetric problems, the normal-equation residual for least squares.
+    """
     if problem.kind == "symmetric":
         matvec = rmatvec = problem.apply
         damp = 0.0
@@ -34,6 +38,7 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         return SolveResult(x, True, 0, 0.0, [], "lsqr")
     v /= alpha
     arnorm0 = alpha * beta  # ‖Aᵀb‖
+    bnorm = beta
     w = v.clone()
     phibar, rhobar = beta, alpha
     it = 0
@@ -59,8 +64,10 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         phibar = sn * phibar
         x = x + (phi / rho) * w
         w = v - (theta / rho) * w
-        # ‖Aᵀr − λx‖ estimate from the recurrences (Paige & Saunders, §5.1).
-        rel = alpha * abs(sn * phi) / arnorm0
+        if problem.kind == "symmetric":
+            rel = abs(phibar) / bnorm  # ‖b − A'x‖ (no damping row): the symmetric contract's residual
+        else:
+            rel = alpha * abs(sn * phi) / arnorm0  # ‖Aᵀr − λx‖ estimate (Paige & Saunders, §5.1)
         monitor(it, rel, max_iter)
         if rel <= tol or alpha == 0.0:
             converged = True

@@ -64,3 +64,14 @@ def test_frozen_parameters_are_excluded():
     op = HessianOperator(model, data)
     assert op.size == 4 + 8 + 2
     torch.testing.assert_close(op.dense(), dense_hessian(model, *data), rtol=1e-10, atol=1e-12)
+
+
+def test_auto_backend_picks_graph_when_it_fits_and_func_otherwise(tiny):
+    _, model, data, _ = tiny
+    small = HessianOperator(model, data, backend="auto")
+    assert small.backend == "graph"
+    assert 0 < small.estimate_graph_bytes() < 1 << 20
+    tight = HessianOperator(model, data, backend="auto", graph_budget_bytes=1)
+    assert tight.backend == "func"
+    v = torch.randn(small.size, dtype=torch.float64)
+    torch.testing.assert_close(small.hvp(v), tight.hvp(v), rtol=1e-10, atol=1e-12)

@@ -87,6 +87,14 @@ def test_lsqr_residual_estimate_tracks_truth():
     assert out.residual == pytest.approx(truth, rel=1e-6)
 
 
+@pytest.mark.parametrize("name", ["cg", "minres", "lsqr"])
+def test_symmetric_residual_is_the_true_relative_residual(name):
+    a, b = spd(40, 1e4), rhs(40)
+    out = run(symmetric(a, b, 0.1), name, tol=1e-20, max_iter=6)
+    truth = float(torch.linalg.norm(b - (a + 0.1 * torch.eye(40, dtype=torch.float64)) @ out.x) / b.norm())
+    assert out.residual == pytest.approx(truth, rel=1e-6)
+
+
 def test_unconverged_is_reported():
     a, b = spd(50, 1e6), rhs(50)
     for name in ("cg", "minres", "lsqr", "neumann"):
