@@ -8,16 +8,22 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast examples bench clean
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install serve test test-fast examples bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[server,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Run the service in embedded mode (SQLite + local worker processes, data under ./gif-data).
+serve: $(STAMP)
+	$(VENV)/bin/gif-service serve --host $(HOST) --port $(PORT)
 
 ## Run the whole test suite.
 test: $(STAMP)
@@ -35,6 +41,8 @@ examples: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/hvp_cost.py
 	$(PY) bench/solvers.py
+	$(PY) bench/time_to_solution.py
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

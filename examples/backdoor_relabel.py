@@ -84,7 +84,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     runs = [run(seed) for seed in range(args.seeds)]
     names = list(runs[0])
     table = [[n, *(mean_std([r[n][k] for r in runs]) for k in range(4))] for n in names]

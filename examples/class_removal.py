@@ -65,8 +65,9 @@ def main() -> None:
     parser.add_argument("--cls", type=int, default=3)
     parser.add_argument("--arch", choices=["cnn", "mlp"], default="cnn")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     runs = [run(seed, args.cls, CNN if args.arch == "cnn" else MLP) for seed in range(args.seeds)]
     names = list(runs[0])
     table = [[n, *(mean_std([r[n][k] for r in runs]) for k in range(4))] for n in names]

@@ -212,7 +212,9 @@ def _edit(
                 if opts.step == "newton":
                     outcome = newton_step(objective)
                 else:
-                    outcome = search_step(objective, min_scale=opts.min_scale, max_scale=opts.max_scale,
+                    # the grid is over relative step norms, so it does not matter how long d is
+                    unit = float(objective.theta_t.norm()) / max(float(infl.vector.norm()), 1e-30)
+                    outcome = search_step(objective, min_scale=opts.min_step * unit, max_scale=opts.max_step * unit,
                                           growth=opts.growth, patience=opts.patience, should_stop=should_stop)
                 objective(outcome.scale)  # leave the model at the chosen step
             steps.append({"newton_step": k + 1, "solver": infl.diagnostics(), "step": outcome.as_dict()})

@@ -51,10 +51,10 @@ class EditOptions:
     max_validation: int = field(default=2000, metadata={"help": "cap on carved validation samples"})
     step: str = field(default="search", metadata={"help": "newton | search"})
     newton_steps: int = field(
-        default=6, metadata={"help": "outer Newton steps (gradient re-estimated at each); stops early when no step helps"}
+        default=10, metadata={"help": "outer Newton steps (gradient re-estimated at each); stops early when no step helps"}
     )
-    min_scale: float = field(default=1e-3, metadata={"help": "smallest step, in units of the Newton step"})
-    max_scale: float = field(default=1000.0, metadata={"help": "largest step, in units of the Newton step"})
+    min_step: float = field(default=1e-5, metadata={"help": "smallest searched step, as ‖Δθ_T‖ / ‖θ_T‖"})
+    max_step: float = field(default=1.0, metadata={"help": "largest searched step, as ‖Δθ_T‖ / ‖θ_T‖"})
     growth: float = field(default=math.sqrt(2.0), metadata={"help": "ratio between successive steps"})
     patience: int = field(default=4, metadata={"help": "non-improving steps before the search stops"})
     chunk_size: int = field(default=512, metadata={"help": "samples per forward pass"})
@@ -72,8 +72,8 @@ class EditOptions:
         _in_range("damping", self.damping, 0.0, math.inf)
         _in_range("tol", self.tol, 0.0, 1.0, low_open=True)
         _in_range("validation_fraction", self.validation_fraction, 0.0, 0.5, low_open=True)
-        _in_range("min_scale", self.min_scale, 0.0, math.inf, low_open=True)
-        _in_range("max_scale", self.max_scale, self.min_scale, math.inf)
+        _in_range("min_step", self.min_step, 0.0, math.inf, low_open=True)
+        _in_range("max_step", self.max_step, self.min_step, math.inf)
         _in_range("growth", self.growth, 1.0, math.inf, low_open=True)
         for name in ("max_iter", "rank", "hessian_samples", "max_validation", "patience", "chunk_size", "newton_steps"):
             value = getattr(self, name)

@@ -2,7 +2,9 @@
 
 CG needs a positive-definite system. Trained networks have indefinite Hessians (the GIF paper,
 Fig. 3), so when a direction of non-positive curvature pᵀ(A + λI)p ≤ 0 shows up, CG stops and
-reports it (``converged=False``) instead of returning garbage; use ``minres`` or damping then.
+reports it (``converged=False``) with the iterate so far — a truncated-Newton direction; if that
+happens at the very first step, the steepest-descent step along b is returned instead of 0.
+Use ``minres`` or more damping for an actual solution of an indefinite system.
 CGLS is CG on the normal equations, written so it never forms AᵀA: two mat-vecs per
 iteration (one with A, one with Aᵀ) and convergence in ~κ(A) steps, not κ(A)² as with the
 paper's Neumann series on the same equations.
@@ -35,6 +37,11 @@ def cg(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> Solv
         curvature = float(p @ q)
         if curvature <= 0.0:
             note = "stopped on non-positive curvature (indefinite system): use minres or more damping"
+            if it == 1:
+                # x would still be 0: return the steepest-descent step instead (truncated-Newton
+                # practice), so callers get a usable direction rather than nothing.
+                x = (gamma / max(abs(curvature), torch.finfo(b.dtype).tiny)) * p
+                r = b - problem.apply(x)
             it -= 1
             break
         alpha = gamma / curvature

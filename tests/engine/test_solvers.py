@@ -64,6 +64,17 @@ def test_cg_reports_indefiniteness_instead_of_failing_silently():
     assert "non-positive curvature" in out.note
 
 
+def test_cg_negative_curvature_at_first_step_returns_steepest_descent():
+    a = -spd(10, 10.0)  # negative definite: the very first pᵀAp < 0
+    b = rhs(10)
+    out = run(symmetric(a, b), "cg")
+    assert not out.converged and out.iterations == 0
+    cos = float(out.x @ b / (out.x.norm() * b.norm()))
+    assert cos == pytest.approx(1.0) and float(out.x.norm()) > 0
+    true = float(torch.linalg.norm(b - a @ out.x) / b.norm())
+    assert out.residual == pytest.approx(true)
+
+
 @pytest.mark.parametrize("name", ["cg", "minres", "lsqr"])
 @pytest.mark.parametrize("damping", [0.0, 0.5])
 def test_least_squares(name, damping):
