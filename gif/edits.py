@@ -307,18 +307,19 @@ class _EditedGradient:
                 self.count += 1
         self.count += target.grads + hessian.grads
         hessian.grads = 0
-        return g, _CountingHvp(target, self)
+        return g, _CountingHvp(target, self, abs(task.scale))
 
 
 class _CountingHvp:
-    """H_U·v for ``sif``, counted into the edit's HVP total."""
+    """H_tgt·v for ``sif``: the Hessian of the *scaled* target loss (the official code passes
+    its target loss already multiplied by |U|/|S|), counted into the edit's HVP total."""
 
-    def __init__(self, op: HessianOperator, owner: _EditedGradient) -> None:
-        self.op, self.owner = op, owner
+    def __init__(self, op: HessianOperator, owner: _EditedGradient, scale: float) -> None:
+        self.op, self.owner, self.scale = op, owner, scale
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         self.owner.hvps += 1
-        return self.op.hvp(v)
+        return self.scale * self.op.hvp(v)
 
 
 @dataclass

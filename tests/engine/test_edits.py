@@ -33,7 +33,7 @@ def test_removal_newton_step_matches_dense(method):
     keep[forget] = False
     h = dense_hessian(model, x[keep], y[keep])
     g_new = -(len(forget) / (len(y) - len(forget))) * dense_gradient(model, x[forget], y[forget])
-    h_u = dense_hessian(model, x[forget], y[forget])
+    h_u = len(forget) / (len(y) - len(forget)) * dense_hessian(model, x[forget], y[forget])
     expected = -reference_influence(method, h, g_new, out.params, 0.05, h_u, len(forget) / len(y))
     torch.testing.assert_close(out.delta[out.params], expected, rtol=1e-8, atol=1e-10)
     outside = torch.ones(len(out.delta), dtype=torch.bool)
