@@ -94,7 +94,7 @@ def plot(runs: list[dict], names: list[str], path: Path) -> None:
     ax.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Class removal on digits")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"saved {path}")

@@ -1,0 +1,105 @@
+"""Artifact repository: every function takes the tenant and never sees another tenant's rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from .ids import new_id
+from .models import Artifact, Job
+from .states import TERMINAL
+
+CONTENT_TYPES = {
+    "safetensors": "application/octet-stream",
+    "npz": "application/octet-stream",
+    "pt": "application/octet-stream",
+    "json": "application/json",
+    "png": "image/png",
+}
+
+#: Kinds a client may upload; the others are produced by jobs.
+UPLOAD_KINDS = ("checkpoint", "dataset")
+RESULT_KINDS = ("weights", "report", "plot", "scores", "top_k")
+
+
+def create_artifact(
+    session: Session,
+    *,
+    tenant_id: str,
+    kind: str,
+    format: str,
+    sha256: str,
+    size_bytes: int,
+    source_sha256: str | None = None,
+    filename: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    job_id: str | None = None,
+) -> Artifact:
+    """Insert an artifact row for a blob that is (or is about to be, in this transaction) stored."""
+    artifact = Artifact(
+        id=new_id("artifact"),
+        tenant_id=tenant_id,
+        kind=kind,
+        format=format,
+        sha256=sha256,
+        source_sha256=source_sha256 or sha256,
+        size_bytes=size_bytes,
+        content_type=CONTENT_TYPES.get(format, "application/octet-stream"),
+        filename=filename,
+        metadata_json=json.dumps(metadata or {}, sort_keys=True),
+        job_id=job_id,
+    )
+    session.add(artifact)
+    session.flush()
+    return artifact
+
+
+def get_artifact(session: Session, tenant_id: str, artifact_id: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.id == artifact_id, Artifact.tenant_id == tenant_id))
+
+
+def find_upload(session: Session, tenant_id: str, source_sha256: str, kind: str) -> Artifact | None:
+    """The tenant's earlier upload of the same bytes as the same kind (per-tenant dedup)."""
+    return session.scalar(
+        select(Artifact)
+        .where(
+            Artifact.tenant_id == tenant_id,
+            Artifact.source_sha256 == source_sha256,
+            Artifact.kind == kind,
+            Artifact.job_id.is_(None),
+        )
+        .order_by(Artifact.created_at)
+        .limit(1)
+    )
+
+
+def jobs_using(session: Session, tenant_id: str, artifact_id: str) -> list[str]:
+    """Ids of the tenant's non-terminal jobs whose inputs include the artifact."""
+    rows = session.scalars(
+        select(Job.id).where(
+            Job.tenant_id == tenant_id,
+            Job.status.not_in([s.value for s in TERMINAL]),
+            Job.inputs_json.contains(f'"{artifact_id}"', autoescape=True),
+        )
+    )
+    return list(rows)
+
+
+def blob_in_use(session: Session, sha256: str) -> bool:
+    """Whether any artifact row (of any tenant) still points at the blob."""
+    return bool(session.scalar(select(func.count()).select_from(Artifact).where(Artifact.sha256 == sha256)))
+
+
+def delete_artifact(session: Session, artifact: Artifact) -> bool:
+    """Delete the row; True when no other row references its blob (the caller removes the file)."""
+    session.execute(
+        delete(Artifact).where(Artifact.id == artifact.id, Artifact.tenant_id == artifact.tenant_id)
+    )
+    return not blob_in_use(session, artifact.sha256)
+
+
+def metadata(artifact: Artifact) -> dict[str, Any]:
+    return json.loads(artifact.metadata_json or "{}")

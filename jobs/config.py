@@ -1,0 +1,96 @@
+"""Settings of the service and its workers, read from the environment (prefix ``GIF_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+class Settings(BaseSettings):
+    """Every setting, documented; the environment variable is ``GIF_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(env_prefix="GIF_", extra="ignore", frozen=True)
+
+    home: Path = Field(
+        default=Path("./gif-data"),
+        description="Data folder: the SQLite job store, blobs (artifacts) and the generated API key file.",
+    )
+    api_keys: str = Field(
+        default="",
+        description='API keys as "tenantA:keyA,tenantB:keyB". A key maps a Bearer token to its tenant.',
+    )
+    api_key_file: Path | None = Field(
+        default=None,
+        description="File with one tenant:key per line (or comma-separated), read in addition to "
+        "GIF_API_KEYS. Default: <home>/api-keys.txt when it exists (`serve` writes one if no key is set).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the job store. Default: sqlite:///<home>/gif.db (WAL mode).",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL for distributed mode. Declared for the future; not used yet.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL for the gradient cache in distributed mode. Declared for the future; not used yet.",
+    )
+    max_upload_bytes: int = Field(
+        default=2 * GIB, ge=1, description="Largest artifact upload in bytes; bigger ones get 413."
+    )
+    max_json_bytes: int = Field(
+        default=1 * MIB, ge=1, description="Largest JSON request body in bytes; bigger ones get 413."
+    )
+    workers: int = Field(
+        default=1, ge=0, description="Worker processes of the embedded executor (0: jobs stay queued)."
+    )
+    lease_seconds: float = Field(
+        default=120.0, gt=0, description="A worker's lease on a running job; an expired lease is reaped."
+    )
+    heartbeat_seconds: float = Field(
+        default=30.0, gt=0, description="How often a worker renews its lease and reads the cancel flag."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Claims of a job before a lost worker fails it with worker_lost."
+    )
+    torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads per worker process.")
+    poll_seconds: float = Field(
+        default=0.5, gt=0, description="How long an idle worker sleeps between looks for queued jobs."
+    )
+    reaper_seconds: float = Field(
+        default=5.0, gt=0, description="How often the embedded executor reaps expired leases."
+    )
+    progress_seconds: float = Field(
+        default=0.5, ge=0, description="Smallest interval between two progress writes of a running job."
+    )
+    validator_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Time limit of the subprocess that inspects an uploaded artifact."
+    )
+    idempotency_ttl_hours: float = Field(
+        default=168.0, gt=0, description="How long an Idempotency-Key is remembered (default 7 days)."
+    )
+    executor: str = Field(
+        default="workers.local:LocalExecutor",
+        description='The executor started with the API, as "module:Class"; "none" starts no executor.',
+    )
+
+    @property
+    def db_url(self) -> str:
+        """The effective database URL."""
+        return self.database_url or f"sqlite:///{(self.home / 'gif.db').resolve()}"
+
+    @property
+    def blob_root(self) -> Path:
+        """Root folder of the content-addressed blob store."""
+        return self.home / "blobs"
+
+    @property
+    def key_file(self) -> Path:
+        """The API key file: GIF_API_KEY_FILE or <home>/api-keys.txt."""
+        return self.api_key_file or self.home / "api-keys.txt"

@@ -1,0 +1,82 @@
+"""The SQLAlchemy engine and transactions.
+
+SQLite (the embedded default) runs in WAL mode with ``synchronous=NORMAL``, a busy timeout and
+foreign keys on. Write transactions start with ``BEGIN IMMEDIATE`` so that a transaction that
+reads and then writes never fails on a lock upgrade; reads use a deferred ``BEGIN``, so polling
+readers never wait for one another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from .models import Base
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    """One engine per process; ``begin()`` for writes, ``read()`` for read-only work."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        self.engine = _make_engine(url, self.is_sqlite)
+        self._reader = self.engine.execution_options(gif_begin="DEFERRED")
+
+    def create_all(self) -> None:
+        """Create missing tables (no migrations yet: the schema is new)."""
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        """A session in a write transaction, committed on success, rolled back on error."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session in a read transaction (never takes the write lock)."""
+        with Session(self._reader, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def ping(self) -> None:
+        """Raise if the database does not answer ``SELECT 1``."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _make_engine(url: str, is_sqlite: bool) -> Engine:
+    if not is_sqlite:
+        return create_engine(url, pool_pre_ping=True)
+    path = make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # let SQLAlchemy emit BEGIN itself (see _sqlite_begin)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn) -> None:
+    mode = conn.get_execution_options().get("gif_begin", "IMMEDIATE")
+    conn.exec_driver_sql(f"BEGIN {mode}")

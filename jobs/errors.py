@@ -1,0 +1,85 @@
+"""Domain errors with a stable ``code`` (the problem+json slug) and the HTTP status they map to.
+
+The API turns every one of these into an RFC 9457 problem; the job core raises them without
+knowing about HTTP frameworks.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base: ``code``, ``status`` and ``title`` are per class; ``detail`` per instance."""
+
+    code = "internal"
+    status = 500
+    title = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class NotFound(DomainError):
+    code, status, title = "not-found", 404, "Not found"
+
+
+class ValidationFailed(DomainError):
+    """Invalid request; ``errors`` lists every problem as ``{loc, msg, type}``."""
+
+    code, status, title = "validation-error", 422, "Request validation failed"
+
+    @classmethod
+    def one(cls, loc: list, msg: str, type_: str = "value_error") -> ValidationFailed:
+        return cls(msg, errors=[{"loc": loc, "msg": msg, "type": type_}])
+
+
+class IdempotencyKeyReused(DomainError):
+    code, status, title = "idempotency-key-reused", 422, "Idempotency-Key reused with a different request"
+
+
+class IdempotencyKeyInFlight(DomainError):
+    code, status, title = (
+        "idempotency-key-in-flight",
+        409,
+        "A request with this Idempotency-Key is in progress",
+    )
+
+
+class JobNotCancellable(DomainError):
+    code, status, title = "job-not-cancellable", 409, "Job cannot be cancelled"
+
+
+class ArtifactInUse(DomainError):
+    code, status, title = "artifact-in-use", 409, "Artifact is used by a job"
+
+
+class PayloadTooLarge(DomainError):
+    code, status, title = "payload-too-large", 413, "Payload too large"
+
+
+class UnsupportedMediaType(DomainError):
+    code, status, title = "unsupported-media-type", 415, "Unsupported media type"
+
+
+class InvalidArtifact(DomainError):
+    code, status, title = "invalid-artifact", 422, "Artifact is not a valid checkpoint or dataset"
+
+
+class CheckpointUnsafe(DomainError):
+    code, status, title = "checkpoint-unsafe", 422, "Checkpoint would execute code when loaded"
+
+
+class Unauthenticated(DomainError):
+    code, status, title = "unauthenticated", 401, "Authentication required"
+
+
+class ServiceUnavailable(DomainError):
+    code, status, title = "service-unavailable", 503, "Service unavailable"

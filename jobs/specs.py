@@ -1,0 +1,283 @@
+"""Job request bodies (``POST /v1/jobs``): strict pydantic models, discriminated on ``type``.
+
+No torch here: the engine's allowed names (methods, solvers, selection strategies, built-in
+architectures) are duplicated as Literals, and a test checks that they match ``gif``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from . import ids
+
+#: Longest index / label list accepted inline.
+MAX_INDICES = 100_000
+MAX_CLASSES = 100_000
+MAX_TOP_K = 1_000
+
+# Engine names, mirrored from gif (checked by tests/service/test_spec_enums.py).
+ARCHS = ("cnn1d", "embed", "lenet", "mlp", "resnet18", "tinynet", "vgg11")
+METHODS = ("if", "fif", "gif", "sif")
+SOLVERS = ("cg", "minres", "lsqr", "neumann", "direct", "lowrank")
+STRATEGIES = (
+    "highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "exclusive_outputs",
+    "exclusive_gradients", "random", "threshold", "all", "all_params",
+)  # fmt: skip
+STEP_POLICIES = ("newton", "search")
+JOB_TYPES = ("remove", "relabel", "scores")
+
+ArchName = Literal["cnn1d", "embed", "lenet", "mlp", "resnet18", "tinynet", "vgg11"]
+MethodName = Literal["if", "fif", "gif", "sif"]
+SolverName = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank"]
+StrategyName = Literal[
+    "highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "exclusive_outputs",
+    "exclusive_gradients", "random", "threshold", "all", "all_params",
+]  # fmt: skip
+StepPolicy = Literal["newton", "search"]
+
+#: Keyword arguments of each built-in architecture's factory, and its default class count.
+ARCH_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "cnn1d": ("in_channels", "length", "num_classes", "channels"),
+    "embed": ("vocab_size", "embed_dim", "num_classes", "seq_len"),
+    "lenet": ("in_channels", "num_classes", "image_size"),
+    "mlp": ("input_shape", "hidden_sizes", "num_classes", "dropout"),
+    "resnet18": ("in_channels", "num_classes", "width"),
+    "tinynet": ("in_channels", "num_classes", "image_size"),
+    "vgg11": ("in_channels", "num_classes", "image_size", "width"),
+}
+ARCH_DEFAULT_NUM_CLASSES: dict[str, int] = {arch: 10 for arch in ARCHS} | {"embed": 2}
+
+#: The value type of each keyword: a positive integer, a list of positive integers, a probability.
+_POSITIVE_INTS = {"num_classes", "in_channels", "image_size", "width", "length", "channels", "vocab_size",
+                  "embed_dim", "seq_len"}  # fmt: skip
+_INT_LISTS = {"input_shape", "hidden_sizes"}
+
+
+def _check_keyword(name: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for keyword ``name`` (None when it is)."""
+    if name in _POSITIVE_INTS and not (type(value) is int and value >= 1):
+        return f"`{name}` must be a positive integer"
+    if name in _INT_LISTS and not (isinstance(value, list) and all(type(v) is int and v >= 1 for v in value)):
+        return f"`{name}` must be a list of positive integers"
+    if name == "dropout" and not (type(value) in (int, float) and 0 <= value < 1):
+        return "`dropout` must be a number in [0, 1)"
+    return None
+
+
+ArtifactId = Annotated[str, StringConstraints(pattern=ids.pattern("artifact"))]
+ConfigKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+]
+ConfigValue = (
+    Annotated[int, Field(ge=-(2**31), le=2**31)]
+    | float
+    | bool
+    | Annotated[str, StringConstraints(max_length=256)]
+    | Annotated[list[Annotated[int, Field(ge=0, le=2**20)]], Field(max_length=64)]
+)
+Index = Annotated[int, Field(ge=0)]
+Label = Annotated[int, Field(ge=0, lt=MAX_CLASSES)]
+
+
+class Strict(BaseModel):
+    """Base of every request model: unknown fields, NaN and Inf are rejected."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, populate_by_name=True)
+
+
+class ModelSpec(Strict):
+    """Which registered architecture to build, with what configuration, from which checkpoint."""
+
+    arch: ArchName = Field(description="A server-side registered architecture.")
+    config: dict[ConfigKey, ConfigValue] = Field(
+        default_factory=dict, max_length=32, description="Keyword arguments of the architecture's factory."
+    )
+    checkpoint: ArtifactId = Field(description="Artifact id of a checkpoint (kind `checkpoint`).")
+
+    @field_validator("config")
+    @classmethod
+    def _known_keywords(cls, config: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        arch = info.data.get("arch")
+        if arch in ARCH_KEYWORDS:
+            unknown = sorted(set(config) - set(ARCH_KEYWORDS[arch]))
+            if unknown:
+                raise ValueError(
+                    f"unknown argument(s) {', '.join(unknown)} for {arch!r}; "
+                    f"accepted: {', '.join(ARCH_KEYWORDS[arch])}"
+                )
+        problems = [p for p in (_check_keyword(k, v) for k, v in config.items()) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return config
+
+    def num_classes(self) -> int | None:
+        """Classes of the configured model: ``config.num_classes`` or the architecture's default."""
+        value = self.config.get("num_classes", ARCH_DEFAULT_NUM_CLASSES.get(self.arch))
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class EditOptions(Strict):
+    """Options of ``remove`` / ``relabel`` (names as in ``gif.EditOptions``); unset = method defaults."""
+
+    method: MethodName | None = None
+    selection: StrategyName | None = None
+    ratio: float | None = Field(None, gt=0, le=1)
+    damping: float | None = Field(None, ge=0, le=1e6)
+    solver: SolverName | None = None
+    tol: float | None = Field(None, gt=0, lt=1)
+    max_iter: int | None = Field(None, ge=1, le=10_000)
+    rank: int | None = Field(None, ge=1, le=1_024)
+    hessian_samples: int | None = Field(None, ge=1, le=1_000_000)
+    step: StepPolicy | None = None
+    newton_steps: int | None = Field(None, ge=1, le=20)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+
+class ScoresOptions(Strict):
+    """Options of ``scores`` (names as in ``gif.scores_with_report``)."""
+
+    damping: float | None = Field(None, ge=0, le=1e6)
+    solver: SolverName | None = None
+    tol: float | None = Field(None, gt=0, lt=1)
+    max_iter: int | None = Field(None, ge=1, le=10_000)
+    rank: int | None = Field(None, ge=1, le=1_024)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+
+def _unique(values: list[int] | None) -> list[int] | None:
+    if values is not None and len(set(values)) != len(values):
+        seen: set[int] = set()
+        dup = next(v for v in values if v in seen or seen.add(v))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicated index {dup}")
+    return values
+
+
+class Forget(Strict):
+    """What to remove: a whole class ``{"class": c}`` or training ``{"indices": [...]}``."""
+
+    class_: Label | None = Field(None, alias="class")
+    indices: list[Index] | None = Field(None, min_length=1, max_length=MAX_INDICES)
+
+    _unique_indices = field_validator("indices")(_unique)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Forget:
+        if (self.class_ is None) == (self.indices is None):
+            raise ValueError('give exactly one of "class" or "indices"')
+        return self
+
+
+class Relabel(Strict):
+    """Training sample ``indices[k]`` gets label ``labels[k]``."""
+
+    indices: list[Index] = Field(min_length=1, max_length=MAX_INDICES)
+    labels: list[Label] = Field(min_length=1, max_length=MAX_INDICES)
+
+    _unique_indices = field_validator("indices")(_unique)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Relabel:
+        if len(self.indices) != len(self.labels):
+            raise ValueError(f"{len(self.indices)} indices but {len(self.labels)} labels")
+        return self
+
+
+class _Job(Strict):
+    model: ModelSpec
+    train: ArtifactId = Field(description="Artifact id of the training dataset (kind `dataset`).")
+
+
+class RemoveJob(_Job):
+    """Unlearn training samples or a whole class; returns updated weights and a report."""
+
+    type: Literal["remove"]
+    forget: Forget
+    validation: ArtifactId | None = Field(None, description="Optional validation dataset (step choice).")
+    options: EditOptions = Field(default_factory=EditOptions)
+
+
+class RelabelJob(_Job):
+    """Fix the labels of training samples; returns updated weights and a report."""
+
+    type: Literal["relabel"]
+    relabel: Relabel
+    validation: ArtifactId | None = Field(None, description="Optional validation dataset (step choice).")
+    options: EditOptions = Field(default_factory=EditOptions)
+
+
+class ScoresJob(_Job):
+    """Influence of every training sample on every query sample; scores and top-k."""
+
+    type: Literal["scores"]
+    queries: ArtifactId = Field(description="Artifact id of the query dataset (kind `dataset`).")
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+    options: ScoresOptions = Field(default_factory=ScoresOptions)
+
+
+JobSpec = Annotated[RemoveJob | RelabelJob | ScoresJob, Field(discriminator="type")]
+JOB_SPEC = TypeAdapter(JobSpec)
+
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "remove_class": {
+        "summary": "Remove a class",
+        "value": {
+            "type": "remove",
+            "model": {
+                "arch": "mlp",
+                "config": {"input_shape": [1, 8, 8], "hidden_sizes": [64], "num_classes": 10},
+                "checkpoint": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
+            },
+            "train": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBD",
+            "forget": {"class": 3},
+            "options": {"method": "gif", "selection": "highest_outputs", "ratio": 0.05},
+        },
+    },
+    "relabel": {
+        "summary": "Fix labels",
+        "value": {
+            "type": "relabel",
+            "model": {
+                "arch": "mlp",
+                "config": {"num_classes": 10},
+                "checkpoint": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
+            },
+            "train": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBD",
+            "relabel": {"indices": [17, 912], "labels": [3, 0]},
+        },
+    },
+    "scores": {
+        "summary": "Influence scores",
+        "value": {
+            "type": "scores",
+            "model": {
+                "arch": "mlp",
+                "config": {"num_classes": 10},
+                "checkpoint": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
+            },
+            "train": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBD",
+            "queries": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBE",
+            "top_k": 5,
+        },
+    },
+}
+
+
+def dump(spec: RemoveJob | RelabelJob | ScoresJob) -> dict[str, Any]:
+    """The canonical JSON form of a validated spec (unset options left out)."""
+    return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def parse(data: dict[str, Any]) -> RemoveJob | RelabelJob | ScoresJob:
+    """Validate a request body (raises pydantic.ValidationError)."""
+    return JOB_SPEC.validate_python(data)

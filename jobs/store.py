@@ -1,0 +1,444 @@
+"""Job repository: creation, reads, compare-and-set transitions, leases, progress, events, reaper.
+
+Every state change is one ``UPDATE … WHERE id = :id AND status = :old [AND lease_token = :tok]``
+with ``version = version + 1``; it reports whether it applied, and a failed CAS changes nothing.
+API-side functions take the tenant; worker-side functions take a :class:`Lease`, which carries it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from .clock import later, utcnow
+from .errors import JobNotCancellable, NotFound, ValidationFailed
+from .ids import new_id
+from .models import Job, JobEvent
+from .states import LEASED, JobStatus, check_transition
+
+S = JobStatus
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's claim on a running job; ``token`` fences every write the worker makes."""
+
+    job_id: str
+    tenant_id: str
+    token: str
+    owner: str
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a cursor-paginated list."""
+
+    data: list[Any]
+    has_more: bool
+
+
+# -- creation and reads ----------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: str,
+    type_: str,
+    request: dict[str, Any],
+    request_sha256: str,
+    inputs: dict[str, Any],
+    max_attempts: int,
+) -> Job:
+    """Insert a job in ``validating`` with a ``job.created`` event."""
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        type=type_,
+        status=S.VALIDATING.value,
+        version=1,
+        attempt=0,
+        max_attempts=max_attempts,
+        request_json=json.dumps(request, sort_keys=True),
+        request_sha256=request_sha256,
+        inputs_json=json.dumps(inputs, sort_keys=True),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    append_event(session, job.id, tenant_id, "job.created", f"{type_} job created")
+    return job
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
+    return session.scalar(
+        select(Job)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id)
+        .execution_options(populate_existing=True)
+    )
+
+
+def require_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = get_job(session, tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} not found")
+    return job
+
+
+def list_jobs(
+    session: Session, tenant_id: str, *, after: str | None = None, limit: int = 20, status: str | None = None
+) -> Page:
+    """Newest first; ``after`` is the id of the last job of the previous page."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if after is not None:
+        cursor = get_job(session, tenant_id, after)
+        if cursor is None:
+            raise ValidationFailed.one(["query", "after"], f"unknown cursor {after!r}")
+        query = query.where(
+            or_(
+                Job.created_at < cursor.created_at,
+                and_(Job.created_at == cursor.created_at, Job.id < cursor.id),
+            )
+        )
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    return Page(rows[:limit], len(rows) > limit)
+
+
+# -- compare-and-set -------------------------------------------------------------------------------
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    tenant_id: str,
+    old: JobStatus,
+    new: JobStatus,
+    *,
+    token: str | None = None,
+    where: tuple[Any, ...] = (),
+    **values: Any,
+) -> bool:
+    """CAS ``old → new`` (fenced by ``token`` and extra ``where`` conditions); True if the row changed."""
+    check_transition(old, new)
+    stmt = update(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == old.value, *where)
+    if token is not None:
+        stmt = stmt.where(Job.lease_token == token)
+    stmt = stmt.values(status=new.value, version=Job.version + 1, updated_at=utcnow(), **values)
+    return session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
+
+
+def _finish(
+    session: Session,
+    lease: Lease,
+    new: JobStatus,
+    olds: Iterable[JobStatus],
+    where: tuple[Any, ...] = (),
+    **values: Any,
+) -> bool:
+    """Move a leased job to ``new`` from whichever of ``olds`` it is in (fenced by the lease)."""
+    now = utcnow()
+    for old in olds:
+        if transition(
+            session,
+            lease.job_id,
+            lease.tenant_id,
+            old,
+            new,
+            token=lease.token,
+            where=where,
+            finished_at=now,
+            lease_expires_at=None,
+            **values,
+        ):
+            return True
+    return False
+
+
+# -- worker side: claim, heartbeat, progress, finish -------------------------------------------------
+
+
+def _claim(session: Session, job_filter: Any, owner: str, lease_seconds: float) -> Lease | None:
+    now, token = utcnow(), secrets.token_hex(16)
+    stmt = (
+        update(Job)
+        .where(job_filter, Job.status == S.QUEUED.value)
+        .values(
+            status=S.RUNNING.value,
+            version=Job.version + 1,
+            attempt=Job.attempt + 1,
+            lease_owner=owner,
+            lease_token=token,
+            lease_expires_at=later(lease_seconds),
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+        .returning(Job.id, Job.tenant_id, Job.attempt, Job.max_attempts)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(stmt).first()
+    if row is None:
+        return None
+    lease = Lease(row.id, row.tenant_id, token, owner, row.attempt, row.max_attempts)
+    append_event(
+        session,
+        lease.job_id,
+        lease.tenant_id,
+        "job.running",
+        f"attempt {lease.attempt} started by {owner}",
+        data={"attempt": lease.attempt, "worker": owner},
+    )
+    return lease
+
+
+def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Lease | None:
+    """Claim one queued job (None if it is not queued any more)."""
+    return _claim(session, Job.id == job_id, owner, lease_seconds)
+
+
+def claim_next(session: Session, owner: str, lease_seconds: float) -> Lease | None:
+    """Atomically claim the oldest queued job, if any."""
+    oldest = (
+        select(Job.id).where(Job.status == S.QUEUED.value).order_by(Job.created_at, Job.id).limit(1)
+    ).scalar_subquery()
+    return _claim(session, Job.id == oldest, owner, lease_seconds)
+
+
+def has_queued(session: Session) -> bool:
+    return session.scalar(select(Job.id).where(Job.status == S.QUEUED.value).limit(1)) is not None
+
+
+def heartbeat(session: Session, lease: Lease, lease_seconds: float) -> JobStatus | None:
+    """Renew the lease; returns the job's status, or None if the lease is lost (reaped, finished)."""
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == lease.job_id,
+            Job.lease_token == lease.token,
+            Job.status.in_([s.value for s in LEASED]),
+        )
+        .values(lease_expires_at=later(lease_seconds))
+        .returning(Job.status)
+        .execution_options(synchronize_session=False)
+    )
+    status = session.execute(stmt).scalar()
+    return None if status is None else JobStatus(status)
+
+
+def update_progress(session: Session, lease: Lease, progress: dict[str, Any]) -> JobStatus | None:
+    """Store the progress object; returns the job's status, or None if the lease is lost."""
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == lease.job_id,
+            Job.lease_token == lease.token,
+            Job.status.in_([s.value for s in LEASED]),
+        )
+        .values(progress_json=json.dumps(progress), updated_at=utcnow())
+        .returning(Job.status)
+        .execution_options(synchronize_session=False)
+    )
+    status = session.execute(stmt).scalar()
+    return None if status is None else JobStatus(status)
+
+
+def finish_succeeded(session: Session, lease: Lease, result: dict[str, Any]) -> bool:
+    """``running | cancelling → succeeded`` with the result (fenced)."""
+    done = _finish(session, lease, S.SUCCEEDED, (S.RUNNING, S.CANCELLING), result_json=json.dumps(result))
+    if done:
+        append_event(session, lease.job_id, lease.tenant_id, "job.succeeded", "job succeeded")
+    return done
+
+
+def finish_failed(
+    session: Session, lease: Lease, code: str, message: str, *, where: tuple[Any, ...] = (), **details: Any
+) -> bool:
+    """``running | cancelling → failed`` with ``error {code, message}`` (fenced)."""
+    error = {
+        "code": code,
+        "message": message,
+        "retryable": False,
+        **({"details": details} if details else {}),
+    }
+    done = _finish(session, lease, S.FAILED, (S.RUNNING, S.CANCELLING), where, error_json=json.dumps(error))
+    if done:
+        append_event(
+            session, lease.job_id, lease.tenant_id, "job.failed", f"{code}: {message}", level="error"
+        )
+    return done
+
+
+def finish_cancelled(session: Session, lease: Lease) -> bool:
+    """``cancelling → cancelled`` once the worker has stopped (fenced)."""
+    done = _finish(session, lease, S.CANCELLED, (S.CANCELLING,))
+    if done:
+        append_event(session, lease.job_id, lease.tenant_id, "job.cancelled", "worker stopped on request")
+    return done
+
+
+def release(session: Session, lease: Lease, reason: str) -> JobStatus | None:
+    """Give a job back without a result (worker shutdown): ``running → queued`` with the attempt
+    refunded, or ``cancelling → cancelled``. Returns the new status, or None if the lease is lost."""
+    if transition(
+        session,
+        lease.job_id,
+        lease.tenant_id,
+        S.RUNNING,
+        S.QUEUED,
+        token=lease.token,
+        attempt=lease.attempt - 1,
+        lease_owner=None,
+        lease_token=None,
+        lease_expires_at=None,
+    ):
+        append_event(
+            session, lease.job_id, lease.tenant_id, "job.requeued", f"released by the worker: {reason}"
+        )
+        return S.QUEUED
+    if _finish(session, lease, S.CANCELLED, (S.CANCELLING,)):
+        append_event(session, lease.job_id, lease.tenant_id, "job.cancelled", "worker stopped on request")
+        return S.CANCELLED
+    return None
+
+
+# -- API side: cancel ------------------------------------------------------------------------------
+
+
+def request_cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    """Cancel: queued/validating → cancelled now; running → cancelling; idempotent otherwise.
+
+    Raises:
+        NotFound: no such job for this tenant.
+        JobNotCancellable: the job already succeeded or failed.
+    """
+    for _ in range(5):  # a concurrent CAS (claim, finish) can win; look again
+        job = require_job(session, tenant_id, job_id)
+        status, now = JobStatus(job.status), utcnow()
+        if status in (S.CANCELLING, S.CANCELLED):
+            return job
+        if status in (S.SUCCEEDED, S.FAILED):
+            raise JobNotCancellable(f"job {job_id} already {status.value}")
+        if status in (S.VALIDATING, S.QUEUED):
+            if transition(
+                session, job_id, tenant_id, status, S.CANCELLED, cancel_requested_at=now, finished_at=now
+            ):
+                append_event(session, job_id, tenant_id, "job.cancelled", f"cancelled while {status.value}")
+                return require_job(session, tenant_id, job_id)
+        elif transition(session, job_id, tenant_id, S.RUNNING, S.CANCELLING, cancel_requested_at=now):
+            append_event(session, job_id, tenant_id, "job.cancel_requested", "cancellation requested")
+            return require_job(session, tenant_id, job_id)
+    raise RuntimeError(f"job {job_id} kept changing state during cancel")
+
+
+# -- reaper ----------------------------------------------------------------------------------------
+
+
+def reap_expired(session: Session) -> list[tuple[str, JobStatus]]:
+    """Recover jobs whose worker lease expired: cancelling → cancelled; running → queued while
+    ``attempt < max_attempts``, else failed ``worker_lost``. Returns ``(job_id, new status)``."""
+    now = utcnow()
+    expired = session.scalars(
+        select(Job).where(Job.status.in_([s.value for s in LEASED]), Job.lease_expires_at < now)
+    ).all()
+    outcomes = []
+    for job in expired:
+        lease = Lease(
+            job.id, job.tenant_id, job.lease_token or "", job.lease_owner or "", job.attempt, job.max_attempts
+        )
+        outcome = _reap_one(session, job, lease, (Job.lease_expires_at < now,))
+        if outcome is not None:
+            outcomes.append((job.id, outcome))
+    return outcomes
+
+
+def _reap_one(session: Session, job: Job, lease: Lease, expired: tuple[Any, ...]) -> JobStatus | None:
+    """Apply the reaper's rule to one job; every CAS re-checks that the lease is still expired."""
+    if job.status == S.CANCELLING.value:
+        if _finish(session, lease, S.CANCELLED, (S.CANCELLING,), expired):
+            append_event(session, job.id, job.tenant_id, "job.cancelled", "worker lost while cancelling")
+            return S.CANCELLED
+        return None
+    if job.attempt < job.max_attempts:
+        if transition(
+            session,
+            job.id,
+            job.tenant_id,
+            S.RUNNING,
+            S.QUEUED,
+            token=lease.token,
+            where=expired,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        ):
+            append_event(
+                session,
+                job.id,
+                job.tenant_id,
+                "job.retry_scheduled",
+                f"worker lost (lease expired) on attempt {job.attempt}; requeued",
+                level="warning",
+                data={"reason": "worker_lost", "attempt": job.attempt},
+            )
+            return S.QUEUED
+        return None
+    message = f"worker lost on each of {job.attempt} attempts"
+    if finish_failed(session, lease, "worker_lost", message, where=expired):
+        return S.FAILED
+    return None
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+def append_event(
+    session: Session,
+    job_id: str,
+    tenant_id: str,
+    type_: str,
+    message: str = "",
+    *,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        JobEvent(
+            job_id=job_id,
+            tenant_id=tenant_id,
+            created_at=utcnow(),
+            type=type_,
+            level=level,
+            message=message,
+            data_json=None if data is None else json.dumps(data),
+        )
+    )
+    session.flush()
+
+
+def list_events(
+    session: Session, tenant_id: str, job_id: str, *, after: int | None = None, limit: int = 20
+) -> Page:
+    """Oldest first; ``after`` is the sequence number of the last event already seen."""
+    require_job(session, tenant_id, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.tenant_id == tenant_id)
+    if after is not None:
+        query = query.where(JobEvent.seq > after)
+    rows = list(session.scalars(query.order_by(JobEvent.seq).limit(limit + 1)))
+    return Page(rows[:limit], len(rows) > limit)
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """Jobs per status over all tenants (for metrics)."""
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {status: count for status, count in rows}

@@ -1,0 +1,217 @@
+"""The submit use case: idempotency, validation against the tenant's artifacts, job creation.
+
+Validation at submit (service-bar.md §1.3.4) uses what was recorded when the artifacts were
+uploaded: kinds, dataset sizes, input shapes and label counts. The deep checks (loading the
+checkpoint into the architecture, label ranges of the whole dataset) run in the worker, which
+fails the job with ``checkpoint_incompatible`` / ``dataset_incompatible`` / ``invalid_input``.
+For now a job goes ``validating → queued`` inside the submit transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from . import artifacts, idempotency, store
+from .clock import utcnow
+from .config import Settings
+from .db import Database
+from .errors import IdempotencyKeyInFlight, IdempotencyKeyReused, ValidationFailed
+from .models import Artifact, Job
+from .specs import RelabelJob, RemoveJob, ScoresJob, dump
+from .states import JobStatus
+
+Spec = RemoveJob | RelabelJob | ScoresJob
+
+
+@dataclass
+class Submission:
+    job: Job
+    replayed: bool
+
+
+def submit_job(
+    db: Database,
+    settings: Settings,
+    tenant_id: str,
+    spec: Spec,
+    *,
+    fingerprint: str,
+    idempotency_key: str | None = None,
+) -> Submission:
+    """Create a queued job, or replay the one an earlier request with the same key created.
+
+    Raises:
+        ValidationFailed: an artifact is missing or of the wrong kind, an index or label is out of range.
+        IdempotencyKeyReused: the key was used with a different request.
+        IdempotencyKeyInFlight: the same request is being processed concurrently.
+    """
+    try:
+        with db.begin() as session:
+            if idempotency_key is not None:
+                earlier = _replay(session, tenant_id, idempotency_key, fingerprint)
+                if earlier is not None:
+                    return Submission(earlier, replayed=True)
+            job = _create(session, settings, tenant_id, spec, fingerprint)
+            if idempotency_key is not None:
+                idempotency.remember(
+                    session, tenant_id, idempotency_key, fingerprint, job.id, settings.idempotency_ttl_hours
+                )
+            return Submission(store.require_job(session, tenant_id, job.id), replayed=False)
+    except IntegrityError:
+        # Another transaction recorded the same key first (only possible on databases without
+        # SQLite's single-writer lock): replay it if it has finished, else report it in flight.
+        if idempotency_key is None:
+            raise
+        with db.read() as session:
+            earlier = _replay(session, tenant_id, idempotency_key, fingerprint)
+            if earlier is None:
+                raise IdempotencyKeyInFlight("a request with this Idempotency-Key is in progress") from None
+            return Submission(earlier, replayed=True)
+
+
+def _replay(session: Session, tenant_id: str, key: str, fingerprint: str) -> Job | None:
+    record = idempotency.lookup(session, tenant_id, key)
+    if record is None:
+        return None
+    if record.fingerprint != fingerprint:
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request body")
+    if record.status != "done" or record.job_id is None:
+        raise IdempotencyKeyInFlight("a request with this Idempotency-Key is in progress")
+    return store.require_job(session, tenant_id, record.job_id)
+
+
+def _create(session: Session, settings: Settings, tenant_id: str, spec: Spec, fingerprint: str) -> Job:
+    inputs = check_inputs(session, tenant_id, spec)
+    job = store.create_job(
+        session,
+        tenant_id=tenant_id,
+        type_=spec.type,
+        request=dump(spec),
+        request_sha256=fingerprint,
+        inputs=inputs,
+        max_attempts=settings.max_attempts,
+    )
+    store.transition(
+        session, job.id, tenant_id, JobStatus.VALIDATING, JobStatus.QUEUED, validated_at=utcnow()
+    )
+    store.append_event(session, job.id, tenant_id, "job.queued", "inputs validated; queued")
+    return job
+
+
+# -- validation against recorded artifact metadata --------------------------------------------------
+
+
+@dataclass
+class _Checker:
+    session: Session
+    tenant_id: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def error(self, loc: list, msg: str, type_: str) -> None:
+        self.errors.append({"loc": ["body", *loc], "msg": msg, "type": type_})
+
+    def artifact(self, loc: list, artifact_id: str | None, kind: str) -> Artifact | None:
+        if artifact_id is None:
+            return None
+        found = artifacts.get_artifact(self.session, self.tenant_id, artifact_id)
+        if found is None:
+            self.error(loc, f"artifact {artifact_id} not found", "artifact_not_found")
+            return None
+        if found.kind != kind:
+            self.error(
+                loc, f"artifact {artifact_id} is a {found.kind}, expected a {kind}", "artifact_wrong_kind"
+            )
+            return None
+        return found
+
+    def indices(self, loc: list, values: list[int], n: int | None) -> None:
+        if n is None:
+            return
+        bad = [k for k, v in enumerate(values) if v >= n]
+        for k in bad[:10]:
+            self.error(
+                [*loc, k], f"index {values[k]} is out of range for {n} training samples", "index_out_of_range"
+            )
+        if not bad and len(values) >= n:
+            self.error(loc, f"covers all {n} training samples; nothing would remain", "index_out_of_range")
+
+    def labels(self, loc: list, values: list[int], num_classes: int | None) -> None:
+        if num_classes is None:
+            return
+        bad = [k for k, v in enumerate(values) if v >= num_classes]
+        for k in bad[:10]:
+            self.error(
+                [*loc, k], f"label {values[k]} must be < num_classes ({num_classes})", "label_out_of_range"
+            )
+
+
+def check_inputs(session: Session, tenant_id: str, spec: Spec) -> dict[str, Any]:
+    """Check the request against the tenant's artifacts; returns the job's ``inputs`` record.
+
+    Raises:
+        ValidationFailed: listing every problem found.
+    """
+    check = _Checker(session, tenant_id)
+    found = {
+        "checkpoint": check.artifact(["model", "checkpoint"], spec.model.checkpoint, "checkpoint"),
+        "train": check.artifact(["train"], spec.train, "dataset"),
+        "validation": check.artifact(["validation"], getattr(spec, "validation", None), "dataset"),
+        "queries": check.artifact(["queries"], getattr(spec, "queries", None), "dataset"),
+    }
+    train = artifacts.metadata(found["train"]) if found["train"] else {}
+    n_train = train.get("n_samples")
+    num_classes = spec.model.num_classes()
+    _check_shapes(check, spec, found, train)
+    if isinstance(spec, RemoveJob):
+        if spec.forget.class_ is not None:
+            _check_class(check, spec.forget.class_, num_classes, train)
+        else:
+            check.indices(["forget", "indices"], spec.forget.indices or [], n_train)
+    elif isinstance(spec, RelabelJob):
+        check.indices(["relabel", "indices"], spec.relabel.indices, n_train)
+        check.labels(["relabel", "labels"], spec.relabel.labels, num_classes)
+    if check.errors:
+        raise ValidationFailed(f"{len(check.errors)} field(s) are invalid", errors=check.errors)
+    inputs: dict[str, Any] = {"model": {"arch": spec.model.arch, "config": spec.model.config}}
+    for role, artifact in found.items():
+        if artifact is not None:
+            inputs[role] = {"artifact_id": artifact.id, "sha256": artifact.sha256}
+    return inputs
+
+
+def _check_class(check: _Checker, cls: int, num_classes: int | None, train: dict[str, Any]) -> None:
+    if num_classes is not None and cls >= num_classes:
+        check.error(
+            ["forget", "class"], f"class {cls} must be < num_classes ({num_classes})", "label_out_of_range"
+        )
+        return
+    counts = train.get("label_counts")
+    if isinstance(counts, list) and (cls >= len(counts) or counts[cls] == 0):
+        check.error(
+            ["forget", "class"], f"class {cls} has no samples in the training data", "class_not_found"
+        )
+
+
+def _check_shapes(
+    check: _Checker, spec: Spec, found: dict[str, Artifact | None], train: dict[str, Any]
+) -> None:
+    """Datasets must share the training data's sample shape (and the model's, when configured)."""
+    shape = train.get("input_shape")
+    configured = spec.model.config.get("input_shape")
+    if shape is not None and isinstance(configured, list) and list(configured) != list(shape):
+        check.error(
+            ["model", "config", "input_shape"],
+            f"is {configured} but the training samples have shape {shape}",
+            "shape_mismatch",
+        )
+    for role in ("validation", "queries"):
+        other = found[role]
+        other_shape = artifacts.metadata(other).get("input_shape") if other else None
+        if shape is not None and other_shape is not None and list(other_shape) != list(shape):
+            check.error(
+                [role], f"samples have shape {other_shape}, training samples {shape}", "shape_mismatch"
+            )

@@ -1,0 +1,41 @@
+"""Process-wide services of the app and the ``Annotated`` dependencies routes declare."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from jobs.blobs import BlobStore
+from jobs.config import Settings
+from jobs.db import Database
+
+from .auth import KeyRing, require_tenant
+from .metrics import Metrics
+
+
+@dataclass
+class Services:
+    """Created once by ``create_app``; reachable from every request."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    keys: KeyRing
+    metrics: Metrics
+
+    @classmethod
+    def create(cls, settings: Settings) -> Services:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.db_url)
+        db.create_all()
+        return cls(settings, db, BlobStore(settings.blob_root), KeyRing.from_settings(settings), Metrics(db))
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+TenantDep = Annotated[str, Depends(require_tenant)]

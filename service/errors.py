@@ -1,0 +1,156 @@
+"""RFC 9457 problem details for every error response (``application/problem+json``).
+
+Members: ``type``, ``title``, ``status``, ``detail``, ``instance``, plus ``code`` (stable slug),
+``request_id`` and, for validation failures, ``errors: [{loc, msg, type}]``. Domain errors,
+FastAPI's request validation errors, routing errors (404/405) and unhandled exceptions (500)
+all take this shape.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
+
+from jobs import logs
+from jobs.errors import DomainError
+from jobs.specs import JOB_TYPES
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:gif-service:problem:"
+
+log = logs.get(__name__)
+
+_HTTP_CODES = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("validation-error", "Request validation failed"),
+    500: ("internal", "Internal server error"),
+    503: ("service-unavailable", "Service unavailable"),
+}
+
+
+class ProblemError(DomainError):
+    """An HTTP-level problem raised by the service itself (e.g. a malformed multipart body)."""
+
+    def __init__(
+        self, status: int, detail: str, *, code: str | None = None, title: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        default_code, default_title = _HTTP_CODES.get(status, ("http-error", "HTTP error"))
+        self.status, self.code, self.title = status, code or default_code, title or default_title
+
+
+def request_id_of(scope: Scope) -> str | None:
+    state = scope.get("state") or {}
+    return state.get("request_id") if isinstance(state, dict) else None
+
+
+def problem_body(
+    scope: Scope, status: int, code: str, title: str, detail: str, **extra: Any
+) -> dict[str, Any]:
+    body = {
+        "type": TYPE_PREFIX + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": scope.get("path"),
+        "code": code,
+        "request_id": request_id_of(scope),
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def problem_response(
+    scope: Scope,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = problem_body(scope, status, code, title, detail, **extra)
+    response = JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+    if body["request_id"]:
+        response.headers["X-Request-ID"] = body["request_id"]
+    return response
+
+
+def problem_bytes(scope: Scope, status: int, code: str, title: str, detail: str) -> bytes:
+    """The encoded body, for pure ASGI middleware that answers before the app runs."""
+    return json.dumps(problem_body(scope, status, code, title, detail)).encode()
+
+
+async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+    return problem_response(
+        request.scope, exc.status, exc.code, exc.title, exc.detail, headers=exc.headers, errors=exc.errors
+    )
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [_validation_entry(e) for e in exc.errors()]
+    detail = (
+        f"{len(errors)} field(s) are invalid"
+        if len(errors) != 1
+        else f"{_loc(errors[0])}: {errors[0]['msg']}"
+    )
+    return problem_response(
+        request.scope, 422, "validation-error", "Request validation failed", detail, errors=errors
+    )
+
+
+def _validation_entry(error: dict[str, Any]) -> dict[str, Any]:
+    loc = list(error.get("loc", ()))
+    if len(loc) > 1 and loc[0] == "body" and loc[1] in JOB_TYPES:
+        loc = [loc[0], *loc[2:]]  # drop the discriminator tag pydantic inserts
+    msg = str(error.get("msg", "invalid"))
+    if error.get("type") == "json_invalid":
+        msg = "request body is not valid JSON"
+    return {
+        "loc": loc,
+        "msg": msg.removeprefix("Value error, "),
+        "type": str(error.get("type", "value_error")),
+    }
+
+
+def _loc(entry: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in entry["loc"])
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code, title = _HTTP_CODES.get(exc.status_code, ("http-error", "HTTP error"))
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route for {request.method} {request.url.path}"
+    return problem_response(
+        request.scope, exc.status_code, code, title, detail, headers=getattr(exc, "headers", None)
+    )
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+    return problem_response(
+        request.scope, 500, "internal", "Internal server error", "an unexpected error occurred"
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(DomainError, _domain_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unhandled)

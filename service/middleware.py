@@ -1,0 +1,142 @@
+"""Pure ASGI middleware: request ids, request body limits, HTTP metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jobs.errors import PayloadTooLarge
+from jobs.ids import ulid
+
+from .errors import PROBLEM_JSON, problem_bytes
+from .metrics import Metrics
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+#: Room for multipart boundaries and the small form fields around an upload's file part.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class RequestIdMiddleware:
+    """Use the client's ``X-Request-ID`` (when well-formed) or a new one; echo it on the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else f"req_{ulid()}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """413 ``payload-too-large`` for bodies over the limit: JSON routes get ``max_json_bytes``,
+    the upload route ``max_upload_bytes`` plus multipart overhead (the blob writer enforces the
+    exact file limit). Checked on ``Content-Length`` up front and on the bytes actually received."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_json_bytes: int, max_upload_bytes: int, upload_paths: tuple[str, ...]
+    ) -> None:
+        self.app = app
+        self.max_json_bytes, self.max_upload_bytes, self.upload_paths = (
+            max_json_bytes,
+            max_upload_bytes,
+            upload_paths,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        upload = scope["path"] in self.upload_paths
+        limit = self.max_upload_bytes + MULTIPART_OVERHEAD if upload else self.max_json_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(scope, send, limit)
+            return
+        received, started, exceeded, answered = 0, False, False, False
+
+        async def counting_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            # Whatever the app answers after the body went over the limit (frameworks may turn the
+            # receive error into a 400), the client gets the 413.
+            nonlocal started, answered
+            if exceeded and not started:
+                if not answered:
+                    answered = True
+                    await _too_large(scope, send, limit)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except PayloadTooLarge:
+            if started:
+                raise
+            if not answered:
+                await _too_large(scope, send, limit)
+
+
+async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+    body = problem_bytes(
+        scope,
+        413,
+        "payload-too-large",
+        "Payload too large",
+        f"request body exceeds the limit of {limit} bytes",
+    )
+    await send({
+        "type": "http.response.start", "status": 413,
+        "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+class MetricsMiddleware:
+    """Counts requests and their duration by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe_request(scope["method"], route, status, time.perf_counter() - start)

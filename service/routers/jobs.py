@@ -1,0 +1,115 @@
+"""``/v1/jobs``: submit (202 + Location + Retry-After, Idempotency-Key), read, list, events, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from jobs import idempotency, store
+from jobs.models import Job
+from jobs.specs import EXAMPLES, JobSpec
+from jobs.states import JobStatus, is_terminal
+from jobs.submit import submit_job
+from jobs.views import event_view, job_view, list_view, parse_event_id
+
+from ..deps import ServicesDep, TenantDep
+from ..schemas import problems
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+#: Polling hints by status, in seconds (embedded-mode jobs take seconds to minutes).
+RETRY_AFTER = {"validating": 2, "queued": 5, "running": 5, "cancelling": 2}
+
+
+def _etag(job: Job) -> str:
+    """Changes with every transition (version) and every progress write (updated_at)."""
+    token = hashlib.sha256(f"{job.version}:{job.updated_at.isoformat()}".encode()).hexdigest()[:16]
+    return f'"{token}"'
+
+
+def _headers(status: str) -> dict[str, str]:
+    return {} if is_terminal(status) else {"Retry-After": str(RETRY_AFTER[status])}
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a job (remove, relabel or scores)",
+    responses={202: {"description": "Accepted; poll the Location."}, **problems(401, 409, 413, 422)},
+)
+async def create_job(
+    request: Request,
+    services: ServicesDep,
+    tenant: TenantDep,
+    spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)],
+    idempotency_key: Annotated[
+        str | None, Header(description="Replays return the same job; reuse with another body is 422.")
+    ] = None,
+) -> JSONResponse:
+    key = idempotency.normalize_key(idempotency_key) if idempotency_key is not None else None
+    fingerprint = idempotency.fingerprint("POST", "/v1/jobs", json.loads(await request.body()))
+    submission = await run_in_threadpool(
+        submit_job, services.db, services.settings, tenant, spec, fingerprint=fingerprint, idempotency_key=key
+    )
+    job = submission.job
+    headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(RETRY_AFTER.get(job.status, 5))}
+    if submission.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    else:
+        services.metrics.jobs_submitted.labels(job.type).inc()
+    return JSONResponse(job_view(job), status_code=202, headers=headers)
+
+
+@router.get("", summary="List jobs, newest first (cursor pagination)", responses=problems(401, 422))
+def list_jobs(
+    services: ServicesDep,
+    tenant: TenantDep,
+    after: Annotated[str | None, Query(description="Id of the last job of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    status: Annotated[JobStatus | None, Query()] = None,
+) -> dict:
+    with services.db.read() as session:
+        page = store.list_jobs(
+            session, tenant, after=after, limit=limit, status=status.value if status else None
+        )
+        return list_view([job_view(job) for job in page.data], page.has_more)
+
+
+@router.get(
+    "/{job_id}", summary="Read a job: status, progress, result or error", responses=problems(401, 404)
+)
+def get_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    with services.db.read() as session:
+        job = store.require_job(session, tenant, job_id)
+    return JSONResponse(job_view(job), headers={**_headers(job.status), "ETag": _etag(job)})
+
+
+@router.get("/{job_id}/events", summary="A job's events, oldest first", responses=problems(401, 404, 422))
+def list_events(
+    job_id: str,
+    services: ServicesDep,
+    tenant: TenantDep,
+    after: Annotated[str | None, Query(description="Id of the last event already seen.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict:
+    cursor = parse_event_id(after) if after is not None else None
+    with services.db.read() as session:
+        page = store.list_events(session, tenant, job_id, after=cursor, limit=limit)
+        return list_view([event_view(event) for event in page.data], page.has_more)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    summary="Request cancellation (idempotent)",
+    responses=problems(401, 404, 409),
+)
+def cancel_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    with services.db.begin() as session:
+        job = store.request_cancel(session, tenant, job_id)
+    return JSONResponse(job_view(job), status_code=202, headers=_headers(job.status))

@@ -1,0 +1,46 @@
+"""One-way dependencies, checked in fresh interpreters (transitive imports included)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(code: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_service_and_jobs_do_not_import_torch():
+    _run(
+        "import sys, service, jobs, service.main, service.cli, jobs.submit, jobs.uploads, jobs.executor; "
+        "service.main.create_app; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'gif', 'numpy', 'safetensors')); "
+        "assert not bad, bad"
+    )
+
+
+def test_loading_the_embedded_executor_does_not_import_torch():
+    _run("import sys, workers.local; assert 'torch' not in sys.modules")
+
+
+@pytest.mark.parametrize(
+    "forbidden", ["fastapi", "starlette", "sqlalchemy", "celery", "pydantic", "jobs", "service"]
+)
+def test_engine_imports_no_service_stack(forbidden):
+    _run(f"import sys, gif, gif.io, gif.models; assert {forbidden!r} not in sys.modules, sys.modules.keys()")
+
+
+def test_workers_and_jobs_never_import_the_http_layer():
+    _run(
+        "import sys, jobs.submit, jobs.uploads, workers.runner, workers.local, workers.inspect_artifact; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'fastapi', 'starlette')); "
+        "assert not bad, bad"
+    )

@@ -1,0 +1,68 @@
+"""Every error is application/problem+json with code, title, status, detail, request_id."""
+
+from __future__ import annotations
+
+from service.main import create_app
+
+from .conftest import client_for, make_settings
+
+
+def _is_problem(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["code"] == code
+    assert body["type"].endswith(code) and body["title"] and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+def test_unknown_route_and_method(client_a):
+    _is_problem(client_a.get("/v2/nothing"), 404, "not-found")
+    _is_problem(client_a.put("/v1/jobs"), 405, "method-not-allowed")
+
+
+def test_validation_error_lists_every_field(client_a):
+    body = _is_problem(client_a.post("/v1/jobs", json={"type": "remove", "x": 1}), 422, "validation-error")
+    locs = {tuple(e["loc"]) for e in body["errors"]}
+    assert {("body", "x"), ("body", "model"), ("body", "train"), ("body", "forget")} <= locs
+    assert all({"loc", "msg", "type"} <= set(e) for e in body["errors"])
+    _is_problem(
+        client_a.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+        "validation-error",
+    )
+    _is_problem(client_a.get("/v1/jobs", params={"status": "done"}), 422, "validation-error")
+
+
+def test_request_id_is_echoed_or_generated(client_a):
+    given = client_a.get("/v1/jobs/job_01JD3Q7W8M6Z5K2R9T0V4X1YBC", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123" and given.json()["request_id"] == "abc-123"
+    made = client_a.get("/livez")
+    assert made.headers["x-request-id"].startswith("req_")
+
+
+def test_json_body_over_limit_is_413(tmp_path):
+    app = create_app(make_settings(tmp_path, max_json_bytes=1000))
+    with client_for(app, "tenantA") as client:
+        big = {"type": "remove", "forget": {"indices": list(range(2000))}}
+        _is_problem(client.post("/v1/jobs", json=big), 413, "payload-too-large")
+
+        async def chunks():  # no Content-Length: the limit is enforced on the bytes received
+            for part in (b'{"type": "remove", "pad": "', b"x" * 2000, b'"}'):
+                yield part
+
+        chunked = client.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+        _is_problem(chunked, 413, "payload-too-large")
+
+
+def test_unhandled_error_is_500_problem(tmp_path):
+    app = create_app(make_settings(tmp_path))
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret detail")
+
+    with client_for(app, None) as client:
+        body = _is_problem(client.get("/boom"), 500, "internal")
+    assert "secret" not in body["detail"]

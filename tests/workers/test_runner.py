@@ -1,0 +1,193 @@
+"""The job runner in-process: spec → engine → result artifacts, error codes, cancel, shutdown, fencing."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import safetensors.torch
+import torch
+
+import gif
+from jobs import artifacts, specs, store
+from jobs.config import Settings
+from jobs.states import JobStatus
+from jobs.submit import submit_job
+from tests import factories
+from workers.runner import WorkerContext, execute, run_job
+
+TENANT = "t1"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return factories.digits()
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return factories.train_mlp(data)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    settings = Settings(
+        home=tmp_path, executor="none", workers=0, heartbeat_seconds=0.2, progress_seconds=0.0
+    )
+    context = WorkerContext.create(settings, owner="test-worker", shutdown=threading.Event())
+    yield context
+    context.db.dispose()
+
+
+def _artifact(ctx, path, kind, metadata=None) -> str:
+    with open(path, "rb") as f:
+        blob = ctx.blobs.put(f)
+    with ctx.db.begin() as session:
+        return artifacts.create_artifact(
+            session,
+            tenant_id=TENANT,
+            kind=kind,
+            format="safetensors",
+            sha256=blob.sha256,
+            size_bytes=blob.size,
+            metadata=metadata or {},
+        ).id
+
+
+@pytest.fixture
+def inputs(ctx, tmp_path, data, model):
+    paths = factories.write_files(tmp_path / "files", data, model)
+    meta = {"n_samples": len(data.y_train), "input_shape": [1, 8, 8]}
+    return {
+        "checkpoint": _artifact(ctx, paths["checkpoint"], "checkpoint"),
+        "train": _artifact(ctx, paths["train"], "dataset", meta),
+        "queries": _artifact(ctx, paths["queries"], "dataset", {"n_samples": 4, "input_shape": [1, 8, 8]}),
+    }
+
+
+def _submit(ctx, body) -> str:
+    return submit_job(ctx.db, ctx.settings, TENANT, specs.parse(body), fingerprint="f").job.id
+
+
+def _body(inputs, **changes):
+    body = {
+        "type": "remove", "model": {"arch": "mlp", "config": dict(factories.MLP_CONFIG), "checkpoint": inputs["checkpoint"]},
+        "train": inputs["train"], "forget": {"class": 3}, "options": {"newton_steps": 1, "hessian_samples": 256},
+    }  # fmt: skip
+    body.update(changes)
+    return body
+
+
+def _job(ctx, job_id):
+    with ctx.db.read() as session:
+        return store.require_job(session, TENANT, job_id)
+
+
+def _result_files(ctx, job) -> dict[str, bytes]:
+    result = json.loads(job.result_json)
+    out = {}
+    for entry in result["artifacts"]:
+        with ctx.db.read() as session:
+            art = artifacts.get_artifact(session, TENANT, entry["id"])
+        assert art.job_id == job.id and art.sha256 == entry["sha256"]
+        out[entry["kind"]] = ctx.blobs.path(art.sha256).read_bytes()
+    return out
+
+
+def test_remove_class_produces_weights_report_and_plot(ctx, inputs, data):
+    job_id = _submit(ctx, _body(inputs))
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
+    job = _job(ctx, job_id)
+    files = _result_files(ctx, job)
+    assert set(files) == {"weights", "report", "plot"} and files["plot"].startswith(b"\x89PNG")
+    edited = gif.models.build("mlp", **factories.MLP_CONFIG)
+    edited.load_state_dict(safetensors.torch.load(files["weights"]))
+    per_class = factories.accuracy_by_class(edited, data.x_test, data.y_test)
+    assert per_class[3] <= 0.1 and min(a for c, a in enumerate(per_class) if c != 3) >= 0.8
+    report = json.loads(files["report"])
+    assert (
+        report["provenance"]["input_digests"]["checkpoint"]
+        == json.loads(job.inputs_json)["checkpoint"]["sha256"]
+    )
+    assert (
+        report["provenance"]["torch_version"] == torch.__version__ and report["report"]["forget_class"] == 3
+    )
+    summary = json.loads(job.result_json)["summary"]
+    assert summary["n_edited"] > 0 and summary["solver"]["method"] == "gif"
+    assert json.loads(job.progress_json)["stage"] == "writing_results"
+
+
+def test_scores_job(ctx, inputs):
+    body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=3).items()
+            if k not in ("forget", "options")}  # fmt: skip
+    body["options"] = {"solver": "cg", "max_iter": 5}
+    job_id = _submit(ctx, body)
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
+    files = _result_files(ctx, _job(ctx, job_id))
+    scores = safetensors.torch.load(files["scores"])["scores"]
+    assert scores.shape == (4, factories.N_TRAIN)
+    top = json.loads(files["top_k"])
+    assert top["k"] == 3 and len(top["queries"]) == 4 and len(top["queries"][0]["proponents"]) == 3
+
+
+def _fails_with(ctx, body, code: str) -> None:
+    job_id = _submit(ctx, body)
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.FAILED
+    error = json.loads(_job(ctx, job_id).error_json)
+    assert error["code"] == code and str(ctx.blobs.root) not in error["message"]
+
+
+def test_checkpoint_that_does_not_fit_the_architecture(ctx, inputs):
+    body = _body(inputs)
+    body["model"]["config"]["hidden_sizes"] = [16]
+    _fails_with(ctx, body, "checkpoint_incompatible")
+
+
+def test_relabel_to_the_current_label_is_invalid_input(ctx, inputs, data):
+    body = _body(inputs, type="relabel", relabel={"indices": [0], "labels": [int(data.y_train[0])]})
+    del body["forget"]
+    _fails_with(ctx, body, "invalid_input")
+
+
+def test_labels_outside_the_model_are_dataset_incompatible(ctx, tmp_path, inputs, data):
+    path = tmp_path / "bad.safetensors"
+    gif.io.save_dataset(data.x_train[:100], torch.full((100,), 12), path)
+    bad = _artifact(ctx, path, "dataset", {"n_samples": 100})
+    job_id = _submit(ctx, _body(inputs, train=bad, forget={"indices": [1]}))
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.FAILED
+    assert json.loads(_job(ctx, job_id).error_json)["code"] == "dataset_incompatible"
+
+
+def _claimed(ctx, job_id):
+    with ctx.db.begin() as session:
+        return store.claim(session, job_id, ctx.owner, ctx.settings.lease_seconds)
+
+
+def test_cancel_observed_by_the_worker(ctx, inputs):
+    job_id = _submit(ctx, _body(inputs))
+    lease = _claimed(ctx, job_id)
+    with ctx.db.begin() as session:
+        store.request_cancel(session, TENANT, job_id)
+    assert execute(lease, ctx) is JobStatus.CANCELLED
+    assert _job(ctx, job_id).status == "cancelled"
+
+
+def test_shutdown_gives_the_job_back(ctx, inputs):
+    job_id = _submit(ctx, _body(inputs))
+    lease = _claimed(ctx, job_id)
+    ctx.shutdown.set()
+    assert execute(lease, ctx) is JobStatus.QUEUED
+    job = _job(ctx, job_id)
+    assert job.status == "queued" and job.attempt == 0
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing(ctx, inputs):
+    job_id = _submit(ctx, _body(inputs))
+    lease = _claimed(ctx, job_id)
+    with ctx.db.begin() as session:  # as if the reaper had taken the job back
+        store.transition(session, job_id, TENANT, JobStatus.RUNNING, JobStatus.QUEUED, token=lease.token,
+                         lease_token=None)  # fmt: skip
+    assert execute(lease, ctx) is None
+    job = _job(ctx, job_id)
+    assert job.status == "queued" and job.result_json is None

@@ -1,0 +1,118 @@
+"""Upload inspector: ``python -m workers.inspect_artifact --kind K --path P --convert-to Q``.
+
+Runs in a fresh interpreter started by the API (``jobs.uploads.inspect``) with a minimal
+environment and CPU-time / file-size limits. It reads the file only through ``gif.io`` (safetensors
+and npz parsed by hand-checked readers; ``.pt`` only through ``torch.load(weights_only=True)``,
+so a malicious pickle is refused, never run) and prints one JSON line on stdout:
+``{"ok": true, "format", "metadata", "converted"}`` or ``{"ok": false, "code", "message"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+#: Largest label accepted in a dataset (label counts are kept per class).
+MAX_LABEL = 100_000
+_ZIP = b"PK\x03\x04"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _limit_resources(args.cpu_seconds, args.max_output_bytes, args.max_memory_bytes)
+    try:
+        if args.kind == "checkpoint":
+            answer = {"ok": True, **inspect_checkpoint(Path(args.path), Path(args.convert_to))}
+        else:
+            answer = {"ok": True, **inspect_dataset(Path(args.path))}
+    except Exception as exc:  # noqa: BLE001 (every failure becomes a JSON answer)
+        answer = {"ok": False, "code": getattr(exc, "code", "invalid_input"), "message": _message(exc)}
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def inspect_dataset(path: Path) -> dict[str, Any]:
+    """Dataset metadata: size, sample shape and dtype, label range and per-class counts."""
+    import gif.io
+    from gif.errors import DatasetError
+
+    inputs, labels = gif.io.load_dataset(path)
+    top = int(labels.max())
+    if top >= MAX_LABEL:
+        raise DatasetError(f"labels must be < {MAX_LABEL}; found {top}")
+    meta = gif.io.describe_dataset(inputs, labels)
+    meta.update(label_min=int(labels.min()), label_max=top)
+    return {
+        "format": "npz" if _head(path).startswith(_ZIP) else "safetensors",
+        "metadata": meta,
+        "converted": False,
+    }
+
+
+def inspect_checkpoint(path: Path, convert_to: Path) -> dict[str, Any]:
+    """Checkpoint metadata (tensor names, shapes, dtypes); a ``.pt`` is converted to safetensors."""
+    import gif.io
+
+    state = gif.io.load_checkpoint(path)
+    meta = gif.io.describe_checkpoint(state)
+    head = _head(path)
+    if head.startswith((_ZIP, b"\x80")):
+        gif.io.save_checkpoint(state, convert_to)
+        return {"format": "pt", "metadata": meta, "converted": True}
+    header_meta = _safetensors_metadata(path)
+    if header_meta:
+        meta["header_metadata"] = header_meta
+    return {"format": "safetensors", "metadata": meta, "converted": False}
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    import safetensors
+
+    with safetensors.safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+        found = f.metadata() or {}
+    return {str(k)[:128]: str(v)[:1024] for k, v in list(found.items())[:32]}
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(16)
+
+
+def _message(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return text[:2000]
+
+
+def _limit_resources(cpu_seconds: int, max_output_bytes: int, max_memory_bytes: int) -> None:
+    """CPU time, written file size and address space (a decompression bomb fails with MemoryError)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    for limit, value in (
+        (resource.RLIMIT_CPU, cpu_seconds),
+        (resource.RLIMIT_FSIZE, max_output_bytes),
+        (resource.RLIMIT_AS, max_memory_bytes),
+    ):
+        if value > 0:
+            resource.setrlimit(limit, (value, value))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kind", choices=("checkpoint", "dataset"), required=True)
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--convert-to", required=True)
+    parser.add_argument("--cpu-seconds", type=int, default=300)
+    parser.add_argument("--max-output-bytes", type=int, default=8 * 1024**3)
+    parser.add_argument("--max-memory-bytes", type=int, default=0, help="0: no address-space limit")
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""Engine outcome → result files (weights, report, plot, scores, top-k) and the job's summary.
+
+Files are written under the blob store's ``tmp`` folder; the runner stages them into the store
+and registers them as artifacts in the same transaction that marks the job ``succeeded``.
+Every result carries provenance: input digests, code versions, the resolved options and seed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+import gif
+from jobs.blobs import BlobStore
+
+from .execute import EditOutcome, Outcome, ScoresOutcome
+from .loading import Loaded
+
+#: Longest per-query list copied into the inline summary.
+SUMMARY_LIST_CAP = 100
+
+
+@dataclass
+class Output:
+    """One result file, not yet in the store."""
+
+    kind: str
+    format: str
+    path: Path
+    filename: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Results:
+    outputs: list[Output]
+    summary: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+def provenance(
+    job_id: str, attempt: int, request: dict[str, Any], request_sha256: str, loaded: Loaded
+) -> dict[str, Any]:
+    """Where a result came from: inputs by digest, code versions, the request."""
+    return {
+        "job_id": job_id,
+        "attempt": attempt,
+        "service_version": _version("gif-service"),
+        "gif_version": gif.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "input_digests": dict(loaded.digests),
+        "request_sha256": request_sha256,
+        "arch": request["model"]["arch"],
+        "arch_config": request["model"].get("config", {}),
+    }
+
+
+def write_results(
+    job_id: str,
+    request: dict[str, Any],
+    loaded: Loaded,
+    outcome: Outcome,
+    blobs: BlobStore,
+    prov: dict[str, Any],
+) -> Results:
+    if isinstance(outcome, EditOutcome):
+        return _edit_results(job_id, request, loaded, outcome.result, blobs, prov)
+    return _scores_results(job_id, loaded, outcome, blobs, prov)
+
+
+# -- edits -----------------------------------------------------------------------------------------
+
+
+def _edit_results(
+    job_id: str,
+    request: dict[str, Any],
+    loaded: Loaded,
+    edit: gif.EditResult,
+    blobs: BlobStore,
+    prov: dict[str, Any],
+) -> Results:
+    options = edit.report.get("options", {})
+    prov = {**prov, "options": options, "seed": options.get("seed")}
+    on = "validation" if loaded.validation is not None else "train"
+    x, y = loaded.validation if loaded.validation is not None else loaded.train
+    per_class = {
+        "data": on,
+        "before": gif.metrics.per_class_accuracy(loaded.model, x, y, loaded.num_classes),
+        "after": gif.metrics.per_class_accuracy(edit.model, x, y, loaded.num_classes),
+    }
+    weights = blobs.tmp_path(".safetensors")
+    gif.io.save_checkpoint(edit.model, weights, metadata=_weights_metadata(job_id, request, options, prov))
+    report = {
+        "object": "report",
+        "job_id": job_id,
+        "type": request["type"],
+        "report": edit.report,
+        "per_class_accuracy": per_class,
+        "provenance": prov,
+    }
+    outputs = [
+        Output(
+            "weights",
+            "safetensors",
+            weights,
+            f"{job_id}-weights.safetensors",
+            {"arch": request["model"]["arch"]},
+        ),
+        _json_output(blobs, "report", report, f"{job_id}-report.json"),
+    ]
+    plot = _plot(blobs, per_class, f"{request['type']} ({job_id})")
+    if plot is not None:
+        outputs.append(Output("plot", "png", plot, f"{job_id}-per-class-accuracy.png", {"data": on}))
+    summary = {
+        "n_train": edit.report.get("n_train"),
+        "n_edited": edit.report.get("n_edited"),
+        "forget_class": edit.report.get("forget_class"),
+        "solver": edit.report.get("solver"),
+        "metrics": edit.report.get("metrics"),
+        "delta_norm": edit.report.get("delta_norm"),
+        "relative_delta_norm": edit.report.get("relative_delta_norm"),
+        "per_class_accuracy": per_class,
+    }
+    return Results(outputs, clean(summary), clean(prov))
+
+
+def _weights_metadata(
+    job_id: str, request: dict[str, Any], options: dict[str, Any], prov: dict[str, Any]
+) -> dict[str, str]:
+    return {
+        "job_id": job_id,
+        "source_checkpoint_sha256": prov["input_digests"].get("checkpoint", ""),
+        "train_sha256": prov["input_digests"].get("train", ""),
+        "job_type": request["type"],
+        "method": str(options.get("method", "")),
+        "arch": request["model"]["arch"],
+        "arch_config": json.dumps(request["model"].get("config", {}), sort_keys=True),
+        "options": json.dumps(clean(options), sort_keys=True),
+        "gif_version": prov["gif_version"],
+        "torch_version": prov["torch_version"],
+    }
+
+
+def _plot(blobs: BlobStore, per_class: dict[str, Any], title: str) -> Path | None:
+    """Bar chart of per-class accuracy before/after (None when matplotlib is not installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    before, after = per_class["before"], per_class["after"]
+    classes = list(range(len(before)))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(classes) + 2), 3.2), dpi=100)
+    width = 0.4
+    ax.bar([c - width / 2 for c in classes], [_nan0(v) for v in before], width, label="before")
+    ax.bar([c + width / 2 for c in classes], [_nan0(v) for v in after], width, label="after")
+    ax.set(xlabel="class", ylabel=f"accuracy ({per_class['data']} data)", ylim=(0, 1.22), title=title)
+    ax.set_xticks(classes)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.legend(loc="upper right", ncol=2, frameon=False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    path = blobs.tmp_path(".png")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+# -- scores ----------------------------------------------------------------------------------------
+
+
+def _scores_results(
+    job_id: str, loaded: Loaded, outcome: ScoresOutcome, blobs: BlobStore, prov: dict[str, Any]
+) -> Results:
+    prov = {**prov, "options": outcome.options, "seed": outcome.options.get("seed", 0)}
+    diagnostics = outcome.result.diagnostics()
+    scores_path = blobs.tmp_path(".safetensors")
+    safetensors.torch.save_file(
+        {"scores": outcome.result.scores.detach().cpu().contiguous()},
+        str(scores_path),
+        metadata={
+            "job_id": job_id,
+            "layout": "[n_queries, n_train]",
+            "train_sha256": prov["input_digests"].get("train", ""),
+            "queries_sha256": prov["input_digests"].get("queries", ""),
+        },
+    )
+    report = {
+        "object": "report",
+        "job_id": job_id,
+        "type": "scores",
+        "diagnostics": diagnostics,
+        "provenance": prov,
+    }
+    outputs = [
+        Output(
+            "scores",
+            "safetensors",
+            scores_path,
+            f"{job_id}-scores.safetensors",
+            {"shape": list(outcome.result.scores.shape)},
+        ),
+        _json_output(blobs, "top_k", outcome.top_k, f"{job_id}-top-k.json"),
+        _json_output(blobs, "report", report, f"{job_id}-report.json"),
+    ]
+    summary = {
+        key: (value[:SUMMARY_LIST_CAP] if isinstance(value, list) else value)
+        for key, value in diagnostics.items()
+    }
+    summary["top_k"] = outcome.top_k["k"]
+    return Results(outputs, clean(summary), clean(prov))
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _json_output(blobs: BlobStore, kind: str, document: dict[str, Any], filename: str) -> Output:
+    path = blobs.tmp_path(".json")
+    path.write_text(json.dumps(clean(document), indent=1, sort_keys=True))
+    return Output(kind, "json", path, filename)
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/Inf → None, tuples → lists, tensors → lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return clean(value.tolist())
+    return value
+
+
+def _nan0(value: float) -> float:
+    return 0.0 if value is None or not math.isfinite(value) else value
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

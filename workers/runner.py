@@ -1,0 +1,191 @@
+"""The job runner: claim → load inputs → engine → result artifacts → finish, fenced by the lease.
+
+Shared by every executor: the embedded one (``workers.local``) calls :func:`run_next` in a loop;
+a queue-driven one calls :func:`run_job` with the id it was given. Engine errors end the job
+``failed`` with ``error.code = exc.code``; anything unexpected is ``internal_error``. A
+cancellation observed through ``should_stop`` ends it ``cancelled``; a worker shutdown gives
+it back to the queue; a lost lease means another party owns the job, so nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from gif.errors import Cancelled, GifError
+from jobs import artifacts, logs, store
+from jobs.blobs import BlobStore
+from jobs.config import Settings
+from jobs.db import Database
+from jobs.states import JobStatus
+from jobs.views import result_artifact_entry
+
+from .execute import newton_steps, run_engine
+from .heartbeat import Heartbeat, JobSignals
+from .loading import load_inputs
+from .progress import ProgressReporter
+from .results import Results, provenance, write_results
+
+log = logs.get(__name__)
+
+#: Returned by :func:`run_next` when no job was waiting.
+IDLE = "idle"
+
+
+class Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process keeps between jobs."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    owner: str
+    shutdown: Flag
+
+    @classmethod
+    def create(
+        cls, settings: Settings, *, owner: str | None = None, shutdown: Flag | None = None
+    ) -> WorkerContext:
+        db = Database(settings.db_url)
+        db.create_all()
+        return cls(
+            settings=settings,
+            db=db,
+            blobs=BlobStore(settings.blob_root),
+            owner=owner or f"{socket.gethostname()}:{os.getpid()}",
+            shutdown=shutdown or threading.Event(),
+        )
+
+
+def run_job(job_id: str, settings: Settings, ctx: WorkerContext | None = None) -> JobStatus | None:
+    """Claim ``job_id`` and run it; None when it was not queued (already taken, cancelled, done)."""
+    ctx = ctx or WorkerContext.create(settings)
+    with ctx.db.begin() as session:
+        lease = store.claim(session, job_id, ctx.owner, settings.lease_seconds)
+    return None if lease is None else execute(lease, ctx)
+
+
+def run_next(ctx: WorkerContext) -> JobStatus | str | None:
+    """Claim the oldest queued job and run it; :data:`IDLE` when there is none."""
+    with ctx.db.read() as session:
+        if not store.has_queued(session):
+            return IDLE
+    with ctx.db.begin() as session:
+        lease = store.claim_next(session, ctx.owner, ctx.settings.lease_seconds)
+    return IDLE if lease is None else execute(lease, ctx)
+
+
+def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
+    """Run a claimed job to a final state; returns that state (None if the lease was lost)."""
+    structlog.contextvars.bind_contextvars(
+        job_id=lease.job_id, tenant_id=lease.tenant_id, attempt=lease.attempt
+    )
+    signals = JobSignals(ctx.shutdown)  # type: ignore[arg-type]
+    settings = ctx.settings
+    try:
+        with Heartbeat(
+            ctx.db, lease, signals, interval=settings.heartbeat_seconds, lease_seconds=settings.lease_seconds
+        ):
+            try:
+                results = _compute(lease, ctx, signals)
+            except Cancelled:
+                return _stopped(lease, ctx, signals)
+            except GifError as exc:
+                return _fail(lease, ctx, exc.code, exc.message)
+            except Exception as exc:
+                log.exception("job_crashed")
+                return _fail(lease, ctx, "internal_error", f"{type(exc).__name__}: {exc}")
+            return _commit(lease, ctx, results)
+    finally:
+        structlog.contextvars.unbind_contextvars("job_id", "tenant_id", "attempt")
+
+
+def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Results:
+    with ctx.db.read() as session:
+        job = store.require_job(session, lease.tenant_id, lease.job_id)
+        request, inputs, request_sha256 = (
+            json.loads(job.request_json),
+            json.loads(job.inputs_json),
+            job.request_sha256,
+        )
+    progress = ProgressReporter(
+        ctx.db, lease, signals, interval=ctx.settings.progress_seconds, newton_steps=newton_steps(request)
+    )
+    progress.stage("loading_inputs", "reading checkpoint and datasets", fraction=0.0)
+    loaded = load_inputs(request, inputs, ctx.blobs)
+    if signals.should_stop():
+        raise Cancelled("stopped before the computation started")
+    outcome = run_engine(request, loaded, progress, signals.should_stop)
+    progress.stage("writing_results", "saving result artifacts", fraction=1.0)
+    prov = provenance(lease.job_id, lease.attempt, request, request_sha256, loaded)
+    return write_results(lease.job_id, request, loaded, outcome, ctx.blobs, prov)
+
+
+def _commit(lease: store.Lease, ctx: WorkerContext, results: Results) -> JobStatus | None:
+    """Store the result files and mark the job succeeded, all or nothing (fenced by the lease)."""
+    staged = [(output, ctx.blobs.adopt(output.path)) for output in results.outputs]
+    try:
+        with ctx.db.begin() as session:
+            entries = []
+            for output, blob in staged:
+                blob.commit()
+                artifact = artifacts.create_artifact(
+                    session,
+                    tenant_id=lease.tenant_id,
+                    kind=output.kind,
+                    format=output.format,
+                    sha256=blob.sha256,
+                    size_bytes=blob.size,
+                    filename=output.filename,
+                    metadata=output.metadata,
+                    job_id=lease.job_id,
+                )
+                entries.append(result_artifact_entry(artifact))
+            result = {"artifacts": entries, "summary": results.summary, "provenance": results.provenance}
+            if not store.finish_succeeded(session, lease, result):
+                raise _LeaseLost
+        log.info("job_succeeded", artifacts=len(entries))
+        return JobStatus.SUCCEEDED
+    except _LeaseLost:
+        log.warning("lease_lost_before_commit")
+        return None
+    finally:
+        for _, blob in staged:
+            blob.discard()
+
+
+def _stopped(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> JobStatus | None:
+    if signals.lease_lost.is_set():
+        log.warning("lease_lost")
+        return None
+    with ctx.db.begin() as session:
+        if signals.cancel_requested.is_set():
+            done = store.finish_cancelled(session, lease)
+            return JobStatus.CANCELLED if done else None
+        return store.release(session, lease, "worker shutting down")
+
+
+def _fail(lease: store.Lease, ctx: WorkerContext, code: str, message: str) -> JobStatus | None:
+    message = _redact(message, ctx)
+    log.info("job_failed", code=code, message=message)
+    with ctx.db.begin() as session:
+        return JobStatus.FAILED if store.finish_failed(session, lease, code, message) else None
+
+
+def _redact(message: str, ctx: WorkerContext) -> str:
+    """No server paths in job errors."""
+    return message.replace(str(ctx.blobs.root), "<blobs>")[:2000]
+
+
+class _LeaseLost(Exception):
+    pass
