@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import gif
-from digits import CNN, accuracy, add_trigger, load_digits, mean_std, print_table, train
+from digits import CNN, accuracy, add_trigger, load_digits, report, train
 
 TARGET = 4
 
@@ -88,36 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs = [run(seed) for seed in range(args.seeds)]
-    names = list(runs[0])
-    table = [[n, *(mean_std([r[n][k] for r in runs]) for k in range(4))] for n in names]
-    text = print_table(
-        f"Backdoor relabelling, digits, TinyNet, {args.seeds} seeds (mean ± std)",
-        ["method", "clean acc", "relabel acc", "attack success", "edit seconds"],
-        table,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "backdoor_relabel.md").write_text(text + "\n")
-    plot(runs, names, args.out / "backdoor_relabel.png")
-
-
-def plot(runs: list[dict], names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4))
-    series = [("clean", "tab:blue"), ("relabel", "tab:green"), ("attack success", "tab:red")]
-    for k, (label, color) in enumerate(series):
-        means = [sum(r[n][k] for r in runs) / len(runs) for n in names]
-        ax.bar([i + 0.27 * k for i in range(len(names))], means, width=0.27, label=label, color=color)
-    ax.set_xticks([i + 0.27 for i in range(len(names))], names, rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Backdoor repair by relabelling on digits")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    report(runs, title="Backdoor relabelling, digits, TinyNet",
+           columns=["clean acc", "relabel acc", "attack success", "edit seconds"], out=args.out, stem="backdoor_relabel")
 
 
 if __name__ == "__main__":

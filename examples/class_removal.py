@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import gif
-from digits import CNN, MLP, accuracy, load_digits, mean_std, print_table, train
+from digits import CNN, MLP, accuracy, load_digits, report, train
 
 #: name -> gif.remove options ({} = the engine's defaults)
 METHODS: dict[str, dict] = {
@@ -69,35 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs = [run(seed, args.cls, CNN if args.arch == "cnn" else MLP) for seed in range(args.seeds)]
-    names = list(runs[0])
-    table = [[n, *(mean_std([r[n][k] for r in runs]) for k in range(4))] for n in names]
-    text = print_table(
-        f"Class removal, digits, {args.arch}, class {args.cls}, {args.seeds} seeds (mean ± std)",
-        ["method", "retained acc (test)", "removed-class acc (test)", "F1", "edit seconds"],
-        table,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "class_removal.md").write_text(text + "\n")
-    plot(runs, names, args.out / "class_removal.png")
-
-
-def plot(runs: list[dict], names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for k, (label, color) in enumerate([("retained classes", "tab:blue"), ("removed class", "tab:red")]):
-        means = [sum(r[n][k] for r in runs) / len(runs) for n in names]
-        ax.bar([i + 0.4 * k for i in range(len(names))], means, width=0.4, label=label, color=color)
-    ax.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Class removal on digits")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    report(runs, title=f"Class removal, digits, {args.arch}, class {args.cls}",
+           columns=["retained acc (test)", "removed-class acc (test)", "F1", "edit seconds"],
+           out=args.out, stem="class_removal")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -87,3 +88,37 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> str:
     text = "\n".join([f"### {title}", "", line(header), line(["-" * w for w in widths]), *map(line, rows)])
     print(text + "\n")
     return text
+
+
+def report(runs: list[dict[str, list[float]]], *, title: str, columns: list[str], out: Path, stem: str) -> None:
+    """Print the mean ± std table over seeds, save it as markdown and as a grouped bar plot (PNG).
+
+    ``runs``: one dict per seed, method name -> values in ``columns`` order; the last column is
+    the edit time, which the plot leaves out.
+    """
+    names = list(runs[0])
+    table = [[n, *(mean_std([r[n][k] for r in runs]) for k in range(len(columns)))] for n in names]
+    text = print_table(f"{title}, {len(runs)} seeds (mean ± std)", ["method", *columns], table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(text + "\n")
+    _plot(runs, names, columns[:-1], title, out / f"{stem}.png")
+
+
+def _plot(runs: list[dict], names: list[str], series: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for k, label in enumerate(series):
+        means = [sum(r[n][k] for r in runs) / len(runs) for n in names]
+        ax.bar([i + width * k for i in range(len(names))], means, width=width, label=label)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"saved {path}")
