@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from ._util import check_positive_int
 from .errors import InvalidArgumentError
 from .influence import DEFAULT_RANK, METHODS
 from .selection import STRATEGIES
@@ -76,9 +77,7 @@ class EditOptions:
         _in_range("max_step", self.max_step, self.min_step, math.inf)
         _in_range("growth", self.growth, 1.0, math.inf, low_open=True)
         for name in ("max_iter", "rank", "hessian_samples", "max_validation", "patience", "chunk_size", "newton_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"`{name}` must be an integer >= 1, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InvalidArgumentError(f"`seed` must be an integer, got {self.seed!r}")
 
