@@ -28,9 +28,9 @@ import argparse
 import sys
 import time
 
+import _common as C
 import torch
 
-import _common as C
 from gif.hessian import HessianOperator, cross_entropy
 
 DEFAULT_MODELS = "tinynet-8,lenet-28,mlp-64,mlp-256x256"

@@ -48,9 +48,9 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import _common as C
 import torch
 
-import _common as C
 import gif
 from gif.hessian import HessianOperator
 

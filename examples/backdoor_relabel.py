@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import torch
+from digits import CNN, accuracy, add_trigger, load_digits, report, train
 
 import gif
-from digits import CNN, accuracy, add_trigger, load_digits, report, train
 
 TARGET = 4
 

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import torch
+from digits import CNN, MLP, accuracy, load_digits, report, train
 
 import gif
-from digits import CNN, MLP, accuracy, load_digits, report, train
 
 #: name -> gif.remove options ({} = the engine's defaults)
 METHODS: dict[str, dict] = {

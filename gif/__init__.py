@@ -11,11 +11,11 @@ Public API::
 """
 
 from . import errors, io, metrics, models
-from .scores import ScoresResult, scores, scores_with_report, self_influence, top_k
 from .edits import EditResult, class_indices, relabel, remove
 from .hessian import HessianOperator
 from .influence import METHODS, InfluenceResult, influence
 from .options import EditOptions
+from .scores import ScoresResult, scores, scores_with_report, self_influence, top_k
 from .selection import STRATEGIES, select, selection_summary
 from .solvers import SOLVERS, LowRankHessian
 

@@ -27,11 +27,11 @@ from ._util import Stopwatch, eval_mode
 from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import HessianOperator, LossFn, cross_entropy
-from .params import ParamSpace
+from .influence import solve_influence
 from .metrics import evaluate, f1
 from .options import EditOptions
+from .params import ParamSpace
 from .selection import select, selection_summary
-from .influence import solve_influence
 from .solvers import LowRankHessian, Monitor
 from .steps import newton_step, search_step
 

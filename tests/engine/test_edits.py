@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import gif
-from gif.params import ParamSpace
 from gif.errors import Cancelled, IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
+from gif.params import ParamSpace
 
 from .reference import dense_gradient, dense_hessian, reference_influence
 
