@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
 import typer
 
+import gif_client
 from jobs import logs
 from jobs.config import Settings
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 succeeded/ok; 1 job failed; 2 usage or validation error (4xx before submit); "
+    "3 job cancelled; 4 --wait timed out (job still running); 5 auth error; "
+    "6 server or network error after retries."
+)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED, EXIT_TIMEOUT, EXIT_AUTH, EXIT_SERVER = range(7)
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
-    help="gif-service: influence-function edits as a REST service.",
+    help="gif-service: influence-function edits as a REST service.\n\n" + EXIT_CODES_HELP,
 )
 
 
 @app.callback()
-def main() -> None:
+def main(
+    ctx: typer.Context,
+    url: str = typer.Option(
+        None, "--url", envvar="GIF_BASE_URL", help="Service URL (default http://127.0.0.1:8000)."
+    ),
+    api_key: str = typer.Option(None, "--api-key", envvar="GIF_API_KEY", help="Bearer API key."),
+) -> None:
     """gif-service: influence-function edits as a REST service."""
+    ctx.obj = {"url": url, "api_key": api_key}
 
 
 @app.command()
@@ -45,3 +66,163 @@ def serve(
     typer.echo("local mode: single machine, SQLite job store; not for multi-host deployments")
     logs.configure(log_level.upper())
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+
+
+# -- client commands (gif_client; no torch) ------------------------------------------------------
+
+
+def _client(ctx: typer.Context) -> gif_client.Client:
+    obj = ctx.find_root().obj or {}
+    return gif_client.Client(base_url=obj.get("url"), api_key=obj.get("api_key"))
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _fail(code: int, message: str, job: dict | None = None) -> NoReturn:
+    if job is not None:
+        _print_json(job)
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(action: Callable[[gif_client.Client], Any], ctx: typer.Context) -> None:
+    """Run ``action`` with a client and turn exceptions into the documented exit codes."""
+    try:
+        with _client(ctx) as client:
+            action(client)
+    except gif_client.JobFailed as exc:
+        _fail(EXIT_FAILED, str(exc), exc.job)
+    except gif_client.JobCancelled as exc:
+        _fail(EXIT_CANCELLED, str(exc), exc.job)
+    except gif_client.WaitTimeout as exc:
+        _fail(EXIT_TIMEOUT, str(exc), exc.job)
+    except gif_client.AuthError as exc:
+        _fail(EXIT_AUTH, str(exc))
+    except gif_client.ApiError as exc:  # NetworkError has status 0
+        if exc.status == 0 or exc.status >= 500:
+            _fail(EXIT_SERVER, str(exc))
+        _fail(EXIT_USAGE, str(exc) + "".join(f"\n  {e.get('loc')}: {e.get('msg')}" for e in exc.errors))
+    except gif_client.IntegrityError as exc:
+        _fail(EXIT_SERVER, str(exc))
+    except (OSError, ValueError) as exc:  # unreadable file, bad JSON
+        _fail(EXIT_USAGE, str(exc))
+
+
+def _progress_printer() -> Callable[[dict], None]:
+    last: list[Any] = [None]
+
+    def show(job: dict) -> None:
+        progress = job.get("progress") or {}
+        line = (job["status"], progress.get("stage"), progress.get("fraction"), progress.get("message"))
+        if line != last[0]:
+            last[0] = line
+            fraction = f" {100 * line[2]:.0f}%" if isinstance(line[2], (int, float)) else ""
+            stage = f" {line[1]}" if line[1] else ""
+            message = f" {line[3]}" if line[3] else ""
+            typer.echo(f"[{job['id']}] {line[0]}{stage}{fraction}{message}", err=True)
+
+    return show
+
+
+def _download_results(client: gif_client.Client, job: dict, output: Path) -> None:
+    for entry in (job.get("result") or {}).get("artifacts", []):
+        path = client.download(entry["id"], output / f"{entry['kind']}.{entry['format']}")
+        typer.echo(f"downloaded {path}", err=True)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def submit(
+    ctx: typer.Context,
+    body: Annotated[Path, typer.Argument(help="JSON file with the job body (see /docs).")],
+    wait: bool = typer.Option(False, "--wait", help="Wait until the job is finished."),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait at most (with --wait)."),
+    idempotency_key: str = typer.Option(
+        None, "--idempotency-key", help="Replays return the same job (default: a fresh UUID)."
+    ),
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Download all result artifacts into this folder (implies --wait)."),
+    ] = None,
+    poll: float = typer.Option(None, "--poll", help="Poll interval in seconds (default: Retry-After)."),
+) -> None:
+    """Submit a job; print the job JSON (the final one with --wait)."""
+
+    def action(client: gif_client.Client) -> None:
+        spec = json.loads(body.read_text())
+        job = client.submit(spec, idempotency_key=idempotency_key)
+        typer.echo(f"submitted {job['id']}", err=True)
+        if wait or output is not None:
+            job = client.wait(job["id"], timeout=timeout, poll=poll, on_progress=_progress_printer())
+            if output is not None:
+                _download_results(client, job, output)
+        _print_json(job)
+
+    _run(action, ctx)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def status(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
+    """Print a job's JSON."""
+    _run(lambda client: _print_json(client.job(job_id)), ctx)
+
+
+@app.command("wait", epilog=EXIT_CODES_HELP)
+def wait_command(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument()],
+    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait at most."),
+    poll: float = typer.Option(None, "--poll", help="Poll interval in seconds (default: Retry-After)."),
+) -> None:
+    """Wait for a job to finish (progress on stderr); print the final job JSON."""
+    _run(
+        lambda client: _print_json(
+            client.wait(job_id, timeout=timeout, poll=poll, on_progress=_progress_printer())
+        ),
+        ctx,
+    )
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def download(
+    ctx: typer.Context,
+    artifact_id: Annotated[str, typer.Argument()],
+    path: Annotated[Path, typer.Argument(help="Destination file.")],
+) -> None:
+    """Download an artifact (SHA-256 checked, written atomically)."""
+    _run(lambda client: typer.echo(str(client.download(artifact_id, path))), ctx)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def cancel(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
+    """Ask for a job's cancellation; print the job JSON."""
+    _run(lambda client: _print_json(client.cancel(job_id)), ctx)
+
+
+@app.command("jobs", epilog=EXIT_CODES_HELP)
+def list_jobs(
+    ctx: typer.Context,
+    status_filter: str = typer.Option(None, "--status", help="validating, queued, running, ..."),
+    limit: int = typer.Option(20, "--limit", min=1, help="How many jobs to print (newest first)."),
+) -> None:
+    """List jobs as JSON lines."""
+
+    def action(client: gif_client.Client) -> None:
+        for job in islice(client.jobs(status=status_filter, limit=min(limit, 100)), limit):
+            typer.echo(json.dumps(job))
+
+    _run(action, ctx)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def upload(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="File to upload.")],
+    kind: str = typer.Option(..., "--kind", help="checkpoint | dataset"),
+) -> None:
+    """Upload a checkpoint or dataset; print the artifact JSON."""
+    if kind not in ("checkpoint", "dataset"):
+        typer.echo("error: --kind must be checkpoint or dataset", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    _run(lambda client: _print_json(client.upload(path, kind)), ctx)

@@ -1,0 +1,190 @@
+"""``Client``: a small synchronous SDK for the gif-service REST API (``/v1``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+from ._http import HttpCore, parse_retry_after
+from .errors import IntegrityError, JobCancelled, JobFailed, WaitTimeout
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: Poll interval when the server sends no Retry-After.
+DEFAULT_POLL = 2.0
+
+
+class Client:
+    """Talks to one gif-service.
+
+    ``base_url`` defaults to ``$GIF_BASE_URL`` (else http://127.0.0.1:8000), ``api_key`` to
+    ``$GIF_API_KEY``. Requests are retried ``max_retries`` times on connection errors, 408, 409,
+    429 and 5xx with exponential backoff and jitter, honouring ``Retry-After``.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60,
+        max_retries: int = 2,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url or os.environ.get("GIF_BASE_URL") or DEFAULT_BASE_URL
+        self.api_key = api_key if api_key is not None else os.environ.get("GIF_API_KEY")
+        self._http = HttpCore(
+            self.base_url, self.api_key, timeout=timeout, max_retries=max_retries, transport=transport
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- artifacts -------------------------------------------------------------------------------
+    def upload(self, path: str | os.PathLike[str], kind: str, *, idempotency_key: str | None = None) -> dict:
+        """Upload a checkpoint or dataset file; returns the artifact (same one again for same bytes)."""
+        path = Path(path)
+        with open(path, "rb") as f:
+            response = self._http.request(
+                "POST",
+                "/v1/artifacts",
+                files={"file": (path.name, f, "application/octet-stream")},
+                data={"kind": kind},
+                idempotency_key=idempotency_key,
+                rewind=(f,),
+            )
+        return response.json()
+
+    def artifact(self, artifact_id: str) -> dict:
+        return self._http.request("GET", f"/v1/artifacts/{artifact_id}").json()
+
+    def download(self, artifact_id: str, path: str | os.PathLike[str]) -> Path:
+        """Stream the artifact's bytes to ``path``, checking its SHA-256; atomic (temp file + rename)."""
+        expected = self.artifact(artifact_id)["sha256"]
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest = self._fetch(artifact_id, out)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest != expected:
+                raise IntegrityError(
+                    f"artifact {artifact_id}: downloaded sha256 {digest} != recorded {expected}"
+                )
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
+    def _fetch(self, artifact_id: str, out: Any) -> str:
+        """One download into ``out`` (restarted from zero if the stream breaks); returns the sha256."""
+        attempt = 0
+        while True:
+            out.seek(0)
+            out.truncate()
+            sha = hashlib.sha256()
+            response = self._http.request("GET", f"/v1/artifacts/{artifact_id}/content", stream=True)
+            try:
+                for chunk in response.iter_bytes(1 << 20):
+                    sha.update(chunk)
+                    out.write(chunk)
+                return sha.hexdigest()
+            except httpx.TransportError:
+                if attempt >= self._http.max_retries:
+                    raise
+                self._http.sleep(self._http.backoff(attempt, None))
+                attempt += 1
+            finally:
+                response.close()
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def submit(self, body: dict, idempotency_key: str | None = None) -> dict:
+        """``POST /v1/jobs``; returns the job (202). The same key replays the same job."""
+        return self._http.request("POST", "/v1/jobs", json=body, idempotency_key=idempotency_key).json()
+
+    def job(self, job_id: str) -> dict:
+        return self._http.request("GET", f"/v1/jobs/{job_id}").json()
+
+    def jobs(self, status: str | None = None, limit: int = 20) -> Iterator[dict]:
+        """All jobs, newest first, fetched ``limit`` per page."""
+        yield from self._pages("/v1/jobs", {"status": status, "limit": limit})
+
+    def events(self, job_id: str, limit: int = 100) -> Iterator[dict]:
+        """A job's events, oldest first, all pages."""
+        yield from self._pages(f"/v1/jobs/{job_id}/events", {"limit": limit})
+
+    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict]:
+        after = None
+        while True:
+            page = self._http.request("GET", path, params={**params, "after": after}).json()
+            yield from page["data"]
+            if not page.get("has_more") or not page["data"]:
+                return
+            after = page["last_id"]
+
+    def cancel(self, job_id: str) -> dict:
+        return self._http.request("POST", f"/v1/jobs/{job_id}/cancel").json()
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll: float | None = None,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Poll until the job is terminal; return it if it succeeded.
+
+        Between polls it sleeps ``poll`` seconds if given, else the server's ``Retry-After``
+        (else 2 s), never past the deadline. ``on_progress(job)`` is called after every poll.
+        Raises ``JobFailed``, ``JobCancelled``, or ``WaitTimeout`` after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            response = self._http.request("GET", f"/v1/jobs/{job_id}")
+            job = response.json()
+            if on_progress is not None:
+                on_progress(job)
+            status = job["status"]
+            if status == "succeeded":
+                return job
+            if status == "failed":
+                raise JobFailed(job)
+            if status == "cancelled":
+                raise JobCancelled(job)
+            delay = poll
+            if delay is None:
+                delay = parse_retry_after(response.headers.get("retry-after"))
+            if delay is None:
+                delay = DEFAULT_POLL
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(job, f"job {job_id} still {status} after {timeout} s")
+                delay = min(delay, left)
+            self._http.sleep(delay)
+
+    @staticmethod
+    def result_artifact(job: dict, kind: str) -> dict:
+        """The entry of ``job['result']['artifacts']`` with this ``kind`` (``weights``, ``report``...)."""
+        for entry in (job.get("result") or {}).get("artifacts", []):
+            if entry.get("kind") == kind:
+                return entry
+        raise KeyError(f"job {job.get('id')} has no result artifact of kind {kind!r}")

@@ -1,0 +1,53 @@
+"""A real ``gif-service serve`` (uvicorn + one spawned worker) for the SDK and CLI tests.
+
+Reuses the server helper of ``tests/service/test_e2e.py`` and the digits files of
+``tests/service/conftest.py``; one server for the whole ``tests/sdk`` session.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gif_client import Client
+from tests import factories
+from tests.service.conftest import digits, files, trained  # noqa: F401  (fixtures)
+from tests.service.test_e2e import KEY, Server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("sdk"))
+    srv.client = srv.start()
+    srv.url = f"http://127.0.0.1:{srv.port}"
+    yield srv
+    srv.client.close()
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    with Client(server.url, api_key=KEY, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def uploaded(client, files) -> dict[str, dict]:  # noqa: F811  (the imported fixture)
+    """Checkpoint and training set uploaded through the SDK."""
+    return {
+        "checkpoint": client.upload(files["checkpoint"], "checkpoint"),
+        "train": client.upload(files["train"], "dataset"),
+    }
+
+
+def remove_body(uploaded: dict, cls: int = 3) -> dict:
+    return {
+        "type": "remove",
+        "model": {
+            "arch": "mlp",
+            "config": dict(factories.MLP_CONFIG),
+            "checkpoint": uploaded["checkpoint"]["id"],
+        },
+        "train": uploaded["train"]["id"],
+        "forget": {"class": cls},
+        "options": {"newton_steps": 1, "hessian_samples": 256},
+    }

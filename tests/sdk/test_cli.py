@@ -1,0 +1,76 @@
+"""``gif-service`` client commands and their exit codes, against the real server (CliRunner)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+from tests.service.test_e2e import KEY
+
+from .conftest import remove_body
+
+pytestmark = pytest.mark.slow
+
+runner = CliRunner()
+
+
+def cli(server, *args: str, key: str = KEY):
+    return runner.invoke(app, ["--url", server.url, "--api-key", key, *args])
+
+
+def test_upload_submit_wait_output(server, files, tmp_path):
+    ids = {}
+    for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset")):
+        result = cli(server, "upload", str(files[name]), "--kind", kind)
+        assert result.exit_code == 0, result.output
+        ids[name] = json.loads(result.stdout)
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps(remove_body(ids, cls=4)))
+    out = tmp_path / "results"
+    result = cli(server, "submit", str(body), "--wait", "--timeout", "120", "--poll", "0.2",
+                 "--idempotency-key", "cli-run-1", "--output", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["status"] == "succeeded"
+    for entry in job["result"]["artifacts"]:
+        path = out / f"{entry['kind']}.{entry['format']}"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+    assert "succeeded" in result.stderr  # progress goes to stderr
+
+    status = cli(server, "status", job["id"])
+    assert status.exit_code == 0 and json.loads(status.stdout)["id"] == job["id"]
+    waited = cli(server, "wait", job["id"], "--timeout", "5")
+    assert waited.exit_code == 0
+    listed = cli(server, "jobs", "--status", "succeeded", "--limit", "1")
+    assert listed.exit_code == 0 and len(listed.stdout.strip().splitlines()) == 1
+    weights = next(e for e in job["result"]["artifacts"] if e["kind"] == "weights")
+    dl = cli(server, "download", weights["id"], str(tmp_path / "w.safetensors"))
+    assert dl.exit_code == 0 and (tmp_path / "w.safetensors").is_file()
+    assert cli(server, "cancel", job["id"]).exit_code == 2  # 409 job-not-cancellable
+
+
+def test_exit_codes_for_errors(server, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"type": "remove", "nonsense": 1}))
+    result = cli(server, "submit", str(bad), "--wait")
+    assert result.exit_code == 2 and "validation-error" in result.stderr
+
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    assert cli(server, "submit", str(garbage)).exit_code == 2
+    assert cli(server, "status", "job_nope").exit_code == 2
+    assert cli(server, "upload", str(bad), "--kind", "weights").exit_code == 2
+
+    assert cli(server, "submit", str(bad), key="wrong-key-0123456789").exit_code == 5
+    assert cli(server, "jobs", key="wrong-key-0123456789").exit_code == 5
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    gone = runner.invoke(app, ["--url", f"http://127.0.0.1:{dead}", "--api-key", KEY, "status", "job_x"])
+    assert gone.exit_code == 6, gone.output
