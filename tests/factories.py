@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import torch
@@ -11,27 +11,14 @@ from torch import nn
 
 import gif
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import digits as _examples_digits  # noqa: E402
+
 MLP_CONFIG = {"input_shape": [1, 8, 8], "hidden_sizes": [32], "num_classes": 10}
-N_TRAIN = 1200
-
-
-@dataclass
-class Digits:
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
-def digits(seed: int = 0) -> Digits:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    x, y = x[perm], y[perm]
-    return Digits(x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:])
+# The digits split is the examples' one, so tests and examples see the same data.
+N_TRAIN = _examples_digits.N_TRAIN
+Digits = _examples_digits.Split
+digits = _examples_digits.load_digits
 
 
 def train_mlp(data: Digits, *, epochs: int = 30, seed: int = 0) -> nn.Module:
