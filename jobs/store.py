@@ -20,7 +20,7 @@ from .clock import later, utcnow
 from .errors import JobNotCancellable, NotFound, ValidationFailed
 from .ids import new_id
 from .models import Job, JobEvent
-from .states import LEASED, JobStatus, check_transition
+from .states import LEASED, TERMINAL, JobStatus, check_transition
 
 S = JobStatus
 
@@ -436,6 +436,14 @@ def list_events(
         query = query.where(JobEvent.seq > after)
     rows = list(session.scalars(query.order_by(JobEvent.seq).limit(limit + 1)))
     return Page(rows[:limit], len(rows) > limit)
+
+
+def finished_jobs(session: Session) -> list[tuple]:
+    """(type, status, created_at, started_at, finished_at, result_json) of every terminal job,
+    over all tenants (for metrics computed from the job table, which every process shares)."""
+    terminal = [status.value for status in TERMINAL]
+    query = select(Job.type, Job.status, Job.created_at, Job.started_at, Job.finished_at, Job.result_json)
+    return [tuple(row) for row in session.execute(query.where(Job.status.in_(terminal))).all()]
 
 
 def count_by_status(session: Session) -> dict[str, int]:

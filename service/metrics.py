@@ -1,4 +1,8 @@
-"""Prometheus metrics (``GET /metrics``): HTTP requests, submitted jobs, jobs by status.
+"""Prometheus metrics (``GET /metrics``): HTTP requests, submitted jobs, jobs by status, and
+job run time, queue wait and solver iterations of finished jobs.
+
+Job-level series are computed from the job table at scrape time: workers are separate processes
+(or machines), and the table is the one place that sees every job.
 
 Names follow the Prometheus conventions (``gif_`` prefix, base units, ``_total`` counters) with
 no job or tenant labels. Each app has its own registry, so several apps can live in one process.
@@ -6,10 +10,11 @@ no job or tenant labels. Each app has its own registry, so several apps can live
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from jobs import store
@@ -37,6 +42,65 @@ class _JobsByStatus(Collector):
         yield family
 
 
+SECONDS_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600)
+ITERATION_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+
+class _FinishedJobs(Collector):
+    """Histograms over terminal jobs: run seconds, queue wait seconds, solver iterations."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        try:
+            with self.db.read() as session:
+                rows = store.finished_jobs(session)
+        except Exception:  # noqa: BLE001 (a scrape must not fail because the DB is busy)
+            rows = []
+        run, wait, iters = {}, {}, {}
+        for kind, status, created, started, finished, result_json in rows:
+            if started is not None and finished is not None:
+                run.setdefault((kind, status), []).append((finished - started).total_seconds())
+                wait.setdefault((kind,), []).append((started - created).total_seconds())
+            count = _solver_iterations(result_json)
+            if count is not None:
+                iters.setdefault((kind,), []).append(count)
+        yield _histogram(
+            "gif_job_run_seconds",
+            "Started → finished, terminal jobs.",
+            ["type", "status"],
+            run,
+            SECONDS_BUCKETS,
+        )
+        yield _histogram(
+            "gif_job_queue_wait_seconds", "Created → started, terminal jobs.", ["type"], wait, SECONDS_BUCKETS
+        )
+        yield _histogram(
+            "gif_ihvp_iterations", "Solver iterations of succeeded jobs.", ["type"], iters, ITERATION_BUCKETS
+        )
+
+
+def _solver_iterations(result_json: str | None) -> float | None:
+    """Total solver iterations recorded in a job's result summary (edits and scores)."""
+    if not result_json:
+        return None
+    summary = json.loads(result_json).get("summary") or {}
+    solver = summary.get("solver")
+    value = solver.get("iterations") if isinstance(solver, dict) else summary.get("iterations")
+    if isinstance(value, list):
+        value = sum(v for v in value if isinstance(v, (int, float)))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _histogram(name: str, doc: str, labels: list[str], groups: dict, buckets: tuple) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for key, values in sorted(groups.items()):
+        cumulative = [(str(b), sum(v <= b for v in values)) for b in buckets] + [("+Inf", len(values))]
+        family.add_metric(list(key), cumulative, sum(values))
+    return family
+
+
 class Metrics:
     def __init__(self, db: Database) -> None:
         self.registry = CollectorRegistry()
@@ -59,6 +123,7 @@ class Metrics:
             "gif_uploads_rejected_total", "Uploads rejected.", ["reason"], registry=self.registry
         )
         self.registry.register(_JobsByStatus(db))
+        self.registry.register(_FinishedJobs(db))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

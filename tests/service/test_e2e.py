@@ -204,6 +204,14 @@ def test_relabel_and_scores_end_to_end(server, inputs, digits):
             _download(server.client, entry)
     matrix = safetensors.torch.load(_download(server.client, _by_kind(job)["scores"]))["scores"]
     assert tuple(matrix.shape) == (4, factories.N_TRAIN)
+    metrics = server.client.get("/metrics").text
+    for series in (
+        'gif_job_run_seconds_count{status="succeeded",type="relabel"}',
+        'gif_job_queue_wait_seconds_count{type="scores"}',
+        'gif_ihvp_iterations_count{type="relabel"}',
+    ):
+        line = next(x for x in metrics.splitlines() if x.startswith(series))
+        assert float(line.split()[-1]) >= 1, line
 
 
 def test_cancel_a_running_job(server, inputs):
