@@ -65,7 +65,8 @@ def serve(
     )
     typer.echo("local mode: single machine, SQLite job store; not for multi-host deployments")
     logs.configure(log_level.upper())
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=5,
+                access_log=False)  # the app writes its own JSON access log (service.middleware)
 
 
 # -- client commands (gif_client; no torch) ------------------------------------------------------

@@ -1,18 +1,21 @@
-"""Pure ASGI middleware: request ids, request body limits, HTTP metrics."""
+"""Pure ASGI middleware: request ids, request body limits, HTTP metrics and the access log."""
 
 from __future__ import annotations
 
 import re
 import time
 
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs import logs
 from jobs.errors import PayloadTooLarge
 from jobs.ids import ulid
 
 from .errors import PROBLEM_JSON, problem_bytes
 from .metrics import Metrics
 
+_access = logs.get("gif.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -33,6 +36,8 @@ class RequestIdMiddleware:
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else f"req_{ulid()}"
         scope.setdefault("state", {})["request_id"] = request_id
+        # every log line written while serving this request carries its id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -40,7 +45,10 @@ class RequestIdMiddleware:
                 message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
 
 
 class BodyLimitMiddleware:
@@ -118,7 +126,8 @@ async def _too_large(scope: Scope, send: Send, limit: int) -> None:
 
 
 class MetricsMiddleware:
-    """Counts requests and their duration by method, route template and status."""
+    """Counts requests and their duration by method, route template and status, and writes one
+    JSON access-log line per request (with the request id; no query strings or bodies)."""
 
     def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -139,4 +148,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.observe_request(scope["method"], route, status, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.metrics.observe_request(scope["method"], route, status, seconds)
+            _access.info("request", method=scope["method"], route=route, status=status,
+                         duration_ms=round(1000 * seconds, 2))

@@ -9,6 +9,7 @@ the job reaches a terminal state on its second attempt.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -288,3 +289,22 @@ def test_restart_mid_job_keeps_jobs_and_artifacts(server, inputs):
         for e in server.client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
     ]
     assert "job.retry_scheduled" in events and events[-1] == "job.succeeded"
+
+
+def test_json_logs_carry_request_and_job_ids(server, inputs):
+    response = server.client.get("/v1/jobs", headers={"X-Request-ID": "req-log-check-1"})
+    assert response.headers["x-request-id"] == "req-log-check-1"
+    job = _wait(server.client, _submit(server.client, {
+        "type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"],
+        "forget": {"indices": [0, 1, 2]}, "options": {"newton_steps": 1, "hessian_samples": 128},
+    })["id"])  # fmt: skip
+    assert job["status"] == "succeeded", job["error"]
+    records = []
+    for line in server.log.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # uvicorn's own start-up lines are plain text
+    access = [r for r in records if r.get("event") == "request" and r.get("request_id") == "req-log-check-1"]
+    assert access and access[0]["route"] == "/v1/jobs" and access[0]["status"] == 200
+    assert any(r.get("job_id") == job["id"] for r in records), "worker log lines carry the job id"
