@@ -8,9 +8,11 @@ Public API::
     gif.scores(model, (x, y), queries)  # [n_queries, n_train]
     gif.models.build("mlp", input_shape=[1, 8, 8], hidden_sizes=[64], num_classes=10)
     gif.io.load_checkpoint(path, model) / gif.io.load_dataset(path)
+    gif.remove(..., cache=gif.DiskCache(folder))  # reuse gradients, solves and curvature fits
 """
 
-from . import errors, io, metrics, models
+from . import cache, errors, io, metrics, models
+from .cache import Cache, DiskCache, MemoryCache
 from .edits import EditResult, class_indices, relabel, remove
 from .hessian import HessianOperator
 from .influence import METHODS, InfluenceResult, influence
@@ -25,12 +27,16 @@ __all__ = [
     "METHODS",
     "SOLVERS",
     "STRATEGIES",
+    "Cache",
+    "DiskCache",
+    "MemoryCache",
     "EditOptions",
     "EditResult",
     "HessianOperator",
     "ScoresResult",
     "InfluenceResult",
     "LowRankHessian",
+    "cache",
     "class_indices",
     "errors",
     "influence",

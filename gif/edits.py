@@ -17,6 +17,7 @@ and t the step scale (1 for ``newton``; chosen on validation data for ``search``
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,10 +25,10 @@ import torch
 from torch import nn
 
 from ._util import Stopwatch, eval_mode
+from .cache import Cache, CachedSolves, Memo, loss_id
 from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import HessianOperator, LossFn, cross_entropy
-from .influence import solve_influence
 from .metrics import evaluate, f1
 from .options import EditOptions
 from .params import ParamSpace
@@ -69,6 +70,7 @@ def remove(
     lowrank: LowRankHessian | None = None,
     callback: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    cache: Cache | None = None,
     **options: object,
 ) -> EditResult:
     """Unlearn training samples: ``forget`` is a LongTensor of indices or ``{"class": c}``.
@@ -76,6 +78,11 @@ def remove(
     Options are the fields of :class:`gif.options.EditOptions` (method, selection, ratio,
     damping, solver, hessian_samples, step, newton_steps, seed, ...); unset ones come from the
     task's default method (``gif``) and that method's measured defaults.
+
+    ``cache`` (a :class:`gif.cache.Cache`) stores the selection, gradients, influence solves
+    and curvature fits under digests of their inputs; a repeated request then computes no
+    gradient or HVP and returns the same result bit for bit, and ``report["cache"]`` lists the
+    entries that hit and missed.
     """
     opts = EditOptions.for_task("remove", **options)
     x, y = as_pair(train, what="train")
@@ -88,7 +95,7 @@ def remove(
         kind="remove", index=index, target=(x[index], y[index]), target_loss=base,
         scale=-index.numel() / (len(y) - index.numel()), forget_class=forget_class,
     )
-    return _edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop)
+    return _edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache)
 
 
 def relabel(
@@ -102,11 +109,12 @@ def relabel(
     lowrank: LowRankHessian | None = None,
     callback: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    cache: Cache | None = None,
     **options: object,
 ) -> EditResult:
     """Correct labels: training sample ``indices[k]`` gets label ``new_labels[k]``.
 
-    Options as for :func:`remove`; the default method here is ``if`` over all parameters, which
+    Options and ``cache`` as for :func:`remove`; the default method here is ``if`` over all parameters, which
     measured best on the backdoor-repair protocol (docs/benchmarks.md).
     """
     opts = EditOptions.for_task("relabel", **options)
@@ -130,7 +138,7 @@ def relabel(
         kind="relabel", index=index, target=(x[index], torch.stack([old, new], dim=1).to(y.device)),
         target_loss=_relabel_loss(base), scale=index.numel() / len(y), new_labels=new,
     )
-    return _edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop)
+    return _edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache)
 
 
 def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
@@ -170,6 +178,7 @@ def _edit(
     lowrank: LowRankHessian | None,
     callback: Callable[[dict], None] | None,
     should_stop: Callable[[], bool] | None,
+    cache: Cache | None,
 ) -> EditResult:
     clock = Stopwatch()
     notify = callback or (lambda event: None)
@@ -179,34 +188,41 @@ def _edit(
     val = as_pair(validation, what="validation") if validation is not None else (x[splits.val], y[splits.val])
     hessian_data = (x[splits.hessian], y[splits.hessian])
     edited = copy.deepcopy(model)
+    memo = Memo(cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute")
     with eval_mode(edited):
+        ids = _Ids.of(memo, edited, task, hessian_data, loss_fn)
         notify({"stage": "selecting_parameters"})
         with clock("selection"):
-            sel_loss = loss_fn if task.kind == "remove" else task.target_loss
-            params = select(edited, task.target, strategy=opts.selection, ratio=opts.ratio,
-                            seed=opts.seed, loss_fn=sel_loss)
+            params = _select(edited, task, opts, loss_fn, memo, ids)
         space = ParamSpace(edited)
         theta0 = space.vector(edited)
-        objective = _Objective(edited, task, (x, y), val, loss_fn, space, params, gen, notify)
+        objective = _Objective(edited, task, (x, y), val, loss_fn, space, params, gen, notify, memo)
         before, before_metrics = objective.current()
-        gradient = _EditedGradient(task, len(y), opts.chunk_size)
+        gradient = _EditedGradient(task, len(y), opts.chunk_size, memo, ids)
+        solves = CachedSolves(memo, lowrank)  # one curvature fit serves every Newton step
         steps: list[dict] = []
+        work = {"gradients": 0, "hvps": 0}  # computed by this call (cached solves cost nothing)
         after, after_metrics = before, before_metrics
         for k in range(opts.newton_steps):
             notify({"stage": "computing_gradients", "newton_step": k + 1})
             with clock("gradients"):
+                model_id = ids.theta0 if k == 0 else memo.model(edited)
                 hessian = HessianOperator(edited, hessian_data, loss_fn=loss_fn,
                                           chunk_size=opts.chunk_size, backend=opts.hvp_backend)
-                g, target_hvp = gradient(hessian, first=k == 0, more=opts.newton_steps > 1)
+                g, target_hvp = gradient(hessian, first=k == 0, more=opts.newton_steps > 1, model=model_id)
             with clock("solve"):
-                infl = solve_influence(
-                    hessian, g, params, method=opts.method, damping=opts.damping, solver=opts.solver,
-                    tol=opts.tol, max_iter=opts.max_iter, target_hvp=target_hvp,
-                    group_fraction=task.index.numel() / len(y), lowrank=lowrank, rank=opts.rank,
-                    seed=opts.seed, monitor=Monitor(callback, should_stop, stage="solving_ihvp"),
+                infl, fresh = solves.solve(
+                    hessian, g, params, model=model_id, data=ids.hessian, loss=ids.loss,
+                    extra=ids.sif_target(task) if opts.method == "sif" else {},
+                    monitor=Monitor(callback, should_stop, stage="solving_ihvp"),
+                    method=opts.method, damping=opts.damping, solver=opts.solver, tol=opts.tol,
+                    max_iter=opts.max_iter, target_hvp=target_hvp, group_fraction=task.index.numel() / len(y),
+                    rank=opts.rank, seed=opts.seed,
                 )
                 hessian.release()
-                lowrank = infl.lowrank or lowrank  # one curvature fit serves every Newton step
+                if fresh:
+                    work["gradients"] += infl.grads
+                    work["hvps"] += infl.hvps
             with clock("step"):
                 objective.start(-infl.vector)
                 if opts.step == "newton":
@@ -238,12 +254,23 @@ def _edit(
                     "after": {"objective": after, **after_metrics}},
         "delta_norm": float(delta.norm()),
         "relative_delta_norm": float(delta.norm() / theta0[params.to(theta0.device)].norm().clamp_min(1e-30)),
-        "gradients": gradient.count + sum(s["solver"]["gradients"] for s in steps),
-        "hvps": gradient.hvps + sum(s["solver"]["hvps"] for s in steps),
+        "gradients": gradient.count + work["gradients"],
+        "hvps": gradient.hvps + work["hvps"] + solves.hvps,
         "timings": {k: round(v, 4) for k, v in clock.seconds.items()},
     }
+    if cache is not None:
+        report["cache"] = memo.report()
     notify({"stage": "done"})
-    return EditResult(edited, delta, params, report, lowrank)
+    return EditResult(edited, delta, params, report, solves.fit)
+
+
+def _select(model: nn.Module, task: _Task, opts: EditOptions, loss_fn: LossFn, memo: Memo, ids: _Ids) -> torch.Tensor:
+    """T: scored on the edited samples under the loss being changed (relabel: new minus old)."""
+    loss, loss_key = (loss_fn, ids.loss) if task.kind == "remove" else (task.target_loss, ids.target_loss)
+    key = {"model": ids.theta0, "data": ids.target, "loss": loss_key, "strategy": opts.selection,
+           "ratio": opts.ratio, "seed": opts.seed}
+    return memo.tensor("selection", key, device="cpu", compute=lambda: select(
+        model, task.target, strategy=opts.selection, ratio=opts.ratio, seed=opts.seed, loss_fn=loss))
 
 
 def _solver_summary(steps: list[dict]) -> dict:
@@ -273,41 +300,75 @@ class _EditedGradient:
     with L_h the mean loss on the Hessian sample; both reduce to g_new at k = 0.
     """
 
-    def __init__(self, task: _Task, n: int, chunk_size: int) -> None:
-        self.task, self.n, self.chunk_size = task, n, chunk_size
-        self.count = 0
+    def __init__(self, task: _Task, n: int, chunk_size: int, memo: Memo, ids: _Ids) -> None:
+        self.task, self.n, self.chunk_size, self.memo, self.ids = task, n, chunk_size, memo, ids
+        self.count = 0  # gradients computed (cached ones are free)
         self.hvps = 0
         self.base: torch.Tensor | None = None  # the constant term fixed at θ₀
         self.hessian0: torch.Tensor | None = None  # ∇L_h(θ₀)
 
-    def __call__(self, hessian: HessianOperator, *, first: bool, more: bool):
-        task, u = self.task, self.task.index.numel()
+    def __call__(self, hessian: HessianOperator, *, first: bool, more: bool, model: str):
+        """g_k at the θ of ``hessian``; ``model`` is that θ's digest (cache key)."""
+        task, u, ids = self.task, self.task.index.numel(), self.ids
         target = HessianOperator(hessian.flat, task.target, loss_fn=task.target_loss,
                                  chunk_size=self.chunk_size, what="edited samples")
+        ops = [target, hessian]
+
+        def grad(op: HessianOperator, data: str, loss: str) -> torch.Tensor:
+            return self.memo.gradient(op, model=model, data=data, loss=loss)
+
+        def labelled(column: int) -> HessianOperator:
+            ops.append(HessianOperator(hessian.flat, (task.target[0], task.target[1][:, column]),
+                                       chunk_size=self.chunk_size, what="edited samples"))
+            return ops[-1]
+
         if first:
-            g = task.scale * target.gradient()
+            g = task.scale * grad(target, ids.target, ids.target_loss)
             if task.kind == "remove":
                 self.base = g
             else:
-                old = HessianOperator(hessian.flat, (task.target[0], task.target[1][:, 0]),
-                                      chunk_size=self.chunk_size, what="edited samples")
-                self.base = -(u / self.n) * old.gradient()
-                self.count += 1
+                self.base = -(u / self.n) * grad(labelled(0), ids.old, ids.loss)
             if more:
-                self.hessian0 = hessian.gradient()
+                self.hessian0 = grad(hessian, ids.hessian, ids.loss)
         else:
             assert self.base is not None and self.hessian0 is not None
-            drift = hessian.gradient() - self.hessian0
+            drift = grad(hessian, ids.hessian, ids.loss) - self.hessian0
             if task.kind == "remove":
                 g = drift + self.base
             else:
-                new = HessianOperator(hessian.flat, (task.target[0], task.target[1][:, 1]),
-                                      chunk_size=self.chunk_size, what="edited samples")
-                g = (1 - u / self.n) * drift + (u / self.n) * new.gradient() + self.base
-                self.count += 1
-        self.count += target.grads + hessian.grads
+                g = (1 - u / self.n) * drift + (u / self.n) * grad(labelled(1), ids.new, ids.loss) + self.base
+        self.count += sum(op.grads for op in ops)
         hessian.grads = 0
         return g, _CountingHvp(target, self, abs(task.scale))
+
+
+@dataclass(frozen=True)
+class _Ids:
+    """Digests of an edit's fixed inputs, for cache keys (all "" when caching is off)."""
+
+    theta0: str  # the model at θ₀
+    loss: str  # the training loss
+    target_loss: str  # the edited samples' loss (relabel: new minus old)
+    target: str  # the edited samples with their target labels
+    hessian: str  # the Hessian sample
+    old: str = ""  # relabel: the edited samples with their old / new labels
+    new: str = ""
+
+    @classmethod
+    def of(cls, memo: Memo, model: nn.Module, task: _Task, hessian_data, loss_fn: LossFn) -> _Ids:
+        if not memo.enabled:
+            return cls("", "", "", "", "")
+        loss = loss_id(loss_fn) or ""
+        ex, ey = task.target
+        ids = cls(memo.model(model), loss, loss if task.kind == "remove" else f"relabel({loss})",
+                  memo.data(ex, ey), memo.data(*hessian_data))
+        if task.kind == "relabel":
+            ids = dataclasses.replace(ids, old=memo.data(ex, ey[:, 0]), new=memo.data(ex, ey[:, 1]))
+        return ids
+
+    def sif_target(self, task: _Task) -> dict:
+        """What ``sif``'s target Hessian (H_U, scaled) adds to a solve's inputs."""
+        return {"target": self.target, "target_loss": self.target_loss, "scale": task.scale}
 
 
 class _CountingHvp:
@@ -349,10 +410,13 @@ class _Objective:
     sample removal F1(min(1, loss on the removed / validation loss), validation accuracy),
     i.e. removed samples should end up looking unseen; relabel F1(accuracy of the edited
     samples under their new labels, validation accuracy).
+
+    A measurement is a pure function of the model and the evaluated sets, so with a cache it is
+    an ``evaluation`` entry: a repeated request's step search then runs no forward pass.
     """
 
-    def __init__(self, model, task, train, val, loss_fn, space, params, gen, notify) -> None:
-        self.model, self.task, self.loss_fn, self.notify = model, task, loss_fn, notify
+    def __init__(self, model, task, train, val, loss_fn, space, params, gen, notify, memo: Memo) -> None:
+        self.model, self.task, self.loss_fn, self.notify, self.memo = model, task, loss_fn, notify, memo
         self.space, self.params = space, params
         self.theta_t = space.gather(model, params)
         self.direction = torch.zeros_like(self.theta_t)
@@ -375,6 +439,11 @@ class _Objective:
             self.old_y = self.old_y[pick]
         pick = _cap_index(len(vy), gen)
         self.val = (vx[pick], vy[pick])
+        self.key = {  # what a measurement depends on besides the model
+            "task": task.kind, "forget_class": task.forget_class is not None, "loss": loss_id(loss_fn),
+            "validation": memo.data(*self.val), "edited": memo.data(*self.edited),
+            "old_labels": memo.data(self.old_y) if task.kind == "relabel" else None,
+        } if memo.enabled else {}
 
     def start(self, direction: torch.Tensor) -> None:
         """Walk along ``direction`` from the model's current θ_T."""
@@ -392,6 +461,13 @@ class _Objective:
         return value, metrics
 
     def _measure(self) -> tuple[float, dict]:
+        if not self.memo.enabled:
+            return self._evaluate()
+        key = {"model": self.memo.model(self.model), **self.key}
+        out = self.memo.meta("evaluation", key, lambda: dict(zip(("objective", "metrics"), self._evaluate())))
+        return out["objective"], out["metrics"]
+
+    def _evaluate(self) -> tuple[float, dict]:
         val = evaluate(self.model, *self.val, loss_fn=self.loss_fn)
         edited = evaluate(self.model, *self.edited, loss_fn=self.loss_fn)
         metrics = {"validation": val.as_dict()}

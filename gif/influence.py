@@ -297,16 +297,25 @@ def _direct(ctx: _Context, method: str) -> tuple[torch.Tensor, SolveResult]:
     return x.to(ctx.g), SolveResult(x, True, 0, 0.0, [], "direct")
 
 
+def fit_curvature(
+    hessian: HessianOperator, *, like: torch.Tensor, rank: int = DEFAULT_RANK, seed: int = 0,
+    monitor: Monitor | None = None, steps: int | None = None,
+) -> LowRankHessian:
+    """The ``lowrank`` solver's curvature fit of ``hessian`` (progress stage ``fitting_curvature``)."""
+    monitor = monitor or Monitor()
+    return fit_lowrank(
+        hessian.hvp, hessian.size, rank=rank, like=like, seed=seed, steps=steps,
+        monitor=Monitor(monitor.callback, monitor.should_stop, stage="fitting_curvature"),
+    )
+
+
 def _lowrank(
     ctx: _Context, method: str, fit: LowRankHessian | None, rank: int, seed: int, monitor: Monitor, **options: float
 ) -> tuple[torch.Tensor, SolveResult, LowRankHessian]:
     fitted_now = fit is None
     if fit is None:
-        fit = fit_lowrank(
-            ctx.hessian.hvp, ctx.g.numel(), rank=rank, like=ctx.g, seed=seed,
-            steps=int(options["steps"]) if "steps" in options else None,
-            monitor=Monitor(monitor.callback, monitor.should_stop, stage="fitting_curvature"),
-        )
+        fit = fit_curvature(ctx.hessian, like=ctx.g, rank=rank, seed=seed, monitor=monitor,
+                            steps=int(options["steps"]) if "steps" in options else None)
     elif fit.size != ctx.g.numel():
         raise InvalidArgumentError(f"the lowrank fit has {fit.size} parameters but the model has {ctx.g.numel()}")
     idx = ctx.index
