@@ -35,11 +35,35 @@ class Settings(BaseSettings):
     )
     broker_url: str | None = Field(
         default=None,
-        description="Celery broker URL for distributed mode. Declared for the future; not used yet.",
+        description="Celery broker URL (redis://host:6379/0). Set, it switches the service to distributed "
+        "mode: the API enqueues, `gif-service worker` processes execute, the API runs the lease sweeper.",
     )
     redis_url: str | None = Field(
         default=None,
-        description="Redis URL for the gradient cache in distributed mode. Declared for the future; not used yet.",
+        description="Redis URL of the gradient cache (a separate instance or DB from the broker). "
+        "Unset: the cache lives on disk under <home>/cache.",
+    )
+    gpu_pool: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9_-]{1,32}$",
+        description="Compute jobs go to the Celery queue gpu.<pool>; workers listen on the pools they serve.",
+    )
+    max_job_seconds: float = Field(
+        default=21_600.0,
+        gt=0,
+        description="H, the longest a job may compute: Celery's soft time limit (the job fails "
+        "deadline_exceeded); the hard limit is H + 300 s and the broker visibility timeout H + 1800 s.",
+    )
+    redispatch_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Distributed mode: a validating or queued job whose message was published this long "
+        "ago without being picked up is published again (duplicates are no-ops: claims are compare-and-set).",
+    )
+    strict_dispatch: bool = Field(
+        default=False,
+        description="Distributed mode: answer 503 to a submission when the broker is unreachable. "
+        "Default (lenient): accept it; the sweeper publishes it when the broker is back.",
     )
     max_upload_bytes: int = Field(
         default=2 * GIB, ge=1, description="Largest artifact upload in bytes; bigger ones get 413."
@@ -64,7 +88,10 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="How long an idle worker sleeps between looks for queued jobs."
     )
     reaper_seconds: float = Field(
-        default=5.0, gt=0, description="How often the embedded executor reaps expired leases."
+        default=5.0,
+        gt=0,
+        description="How often the lease sweeper runs (reaps expired leases; in distributed mode also "
+        "republishes undispatched jobs).",
     )
     progress_seconds: float = Field(
         default=0.5, ge=0, description="Smallest interval between two progress writes of a running job."
@@ -76,9 +103,22 @@ class Settings(BaseSettings):
         default=168.0, gt=0, description="How long an Idempotency-Key is remembered (default 7 days)."
     )
     executor: str = Field(
-        default="workers.local:LocalExecutor",
-        description='The executor started with the API, as "module:Class"; "none" starts no executor.',
+        default="auto",
+        description='The executor started with the API, as "module:Class"; "none" starts no executor; '
+        '"auto": the embedded worker processes, or the Celery dispatcher when GIF_BROKER_URL is set.',
     )
+
+    @property
+    def distributed(self) -> bool:
+        """Jobs go through a Celery broker to `gif-service worker` processes."""
+        return bool(self.broker_url)
+
+    @property
+    def executor_path(self) -> str:
+        """The effective executor, as "module:Class" or "none"."""
+        if self.executor != "auto":
+            return self.executor
+        return "workers.distributed:CeleryExecutor" if self.distributed else "workers.local:LocalExecutor"
 
     @property
     def db_url(self) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from .models import Base
 
 BUSY_TIMEOUT_MS = 10_000
+SCHEMA_LOCK_KEY = 0x6966_7363  # "gifs": PostgreSQL advisory lock around schema creation
 
 
 class Database:
@@ -31,8 +32,17 @@ class Database:
         self._reader = self.engine.execution_options(gif_begin="DEFERRED")
 
     def create_all(self) -> None:
-        """Create missing tables (no migrations yet: the schema is new)."""
-        Base.metadata.create_all(self.engine)
+        """Create missing tables (no migrations yet: the schema is new).
+
+        On PostgreSQL, API and worker processes starting together would race on ``CREATE TABLE``;
+        a transaction-scoped advisory lock makes them take turns.
+        """
+        if self.is_sqlite:
+            Base.metadata.create_all(self.engine)
+            return
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            Base.metadata.create_all(conn)
 
     @contextmanager
     def begin(self) -> Iterator[Session]:

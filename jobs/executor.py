@@ -17,11 +17,20 @@ class Executor(Protocol):
 
     def health(self) -> dict: ...
 
+    def check_accepting(self) -> None:
+        """Raise ``ServiceUnavailable`` when new jobs cannot be taken now."""
+        ...
+
+    def submitted(self, job_id: str) -> None:
+        """A job was just created (in ``validating`` or ``queued``): hand it on, if the executor pushes."""
+        ...
+
 
 def load_executor(settings: Settings) -> Executor | None:
-    """Instantiate ``settings.executor`` ("module:Class"), or None for "none" or zero workers."""
-    if settings.executor.lower() == "none" or settings.workers == 0:
+    """Instantiate ``settings.executor_path`` ("module:Class"); None for "none", or for zero embedded workers."""
+    path = settings.executor_path
+    if path.lower() == "none" or (settings.workers == 0 and not settings.distributed):
         return None
-    module_name, _, class_name = settings.executor.partition(":")
+    module_name, _, class_name = path.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(settings)

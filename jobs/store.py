@@ -88,6 +88,11 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
     )
 
 
+def find_job(session: Session, job_id: str) -> Job | None:
+    """A job by id over all tenants (workers only: they get ids from trusted messages)."""
+    return session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
+
+
 def require_job(session: Session, tenant_id: str, job_id: str) -> Job:
     job = get_job(session, tenant_id, job_id)
     if job is None:
@@ -301,6 +306,7 @@ def release(session: Session, lease: Lease, reason: str) -> JobStatus | None:
         lease_owner=None,
         lease_token=None,
         lease_expires_at=None,
+        dispatched_at=None,
     ):
         append_event(
             session, lease.job_id, lease.tenant_id, "job.requeued", f"released by the worker: {reason}"
@@ -310,6 +316,69 @@ def release(session: Session, lease: Lease, reason: str) -> JobStatus | None:
         append_event(session, lease.job_id, lease.tenant_id, "job.cancelled", "worker stopped on request")
         return S.CANCELLED
     return None
+
+
+# -- validation (distributed mode: a CPU worker checks the inputs before the job is queued) ----------
+
+
+def finish_validation(session: Session, job_id: str, tenant_id: str) -> bool:
+    """``validating → queued``; False if the job left ``validating`` meanwhile (cancelled, done)."""
+    if not transition(
+        session, job_id, tenant_id, S.VALIDATING, S.QUEUED, validated_at=utcnow(), dispatched_at=None
+    ):
+        return False
+    append_event(session, job_id, tenant_id, "job.queued", "inputs validated; queued")
+    return True
+
+
+def fail_validation(session: Session, job_id: str, tenant_id: str, code: str, message: str) -> bool:
+    """``validating → failed`` with ``error {code, message}``."""
+    error = {"code": code, "message": message, "retryable": False}
+    if not transition(
+        session, job_id, tenant_id, S.VALIDATING, S.FAILED, finished_at=utcnow(), error_json=json.dumps(error)
+    ):
+        return False
+    append_event(session, job_id, tenant_id, "job.failed", f"{code}: {message}", level="error")
+    return True
+
+
+# -- dispatch (distributed mode: the job row is the outbox of broker messages) ------------------------
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A job that needs a broker message: ``validating`` → validate task, ``queued`` → run task."""
+
+    job_id: str
+    tenant_id: str
+    status: JobStatus
+
+
+def mark_dispatched(session: Session, job_id: str, status: JobStatus) -> bool:
+    """Record that the message for ``job_id`` in ``status`` was published."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == status.value)
+        .values(dispatched_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(stmt).rowcount == 1
+
+
+def due_for_dispatch(session: Session, redispatch_seconds: float, limit: int = 500) -> list[Pending]:
+    """Jobs never published (or whose publish was lost), and jobs published ``redispatch_seconds``
+    ago that no worker has picked up yet, oldest first."""
+    stale = later(-redispatch_seconds)
+    rows = session.execute(
+        select(Job.id, Job.tenant_id, Job.status)
+        .where(
+            Job.status.in_([S.VALIDATING.value, S.QUEUED.value]),
+            or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale),
+        )
+        .order_by(Job.created_at, Job.id)
+        .limit(limit)
+    ).all()
+    return [Pending(row.id, row.tenant_id, JobStatus(row.status)) for row in rows]
 
 
 # -- API side: cancel ------------------------------------------------------------------------------
@@ -381,6 +450,7 @@ def _reap_one(session: Session, job: Job, lease: Lease, expired: tuple[Any, ...]
             lease_owner=None,
             lease_token=None,
             lease_expires_at=None,
+            dispatched_at=None,
         ):
             append_event(
                 session,

@@ -4,7 +4,9 @@ Validation at submit (service-bar.md §1.3.4) uses what was recorded when the ar
 uploaded: kinds, dataset sizes, input shapes and label counts. The deep checks (loading the
 checkpoint into the architecture, label ranges of the whole dataset) run in the worker, which
 fails the job with ``checkpoint_incompatible`` / ``dataset_incompatible`` / ``invalid_input``.
-For now a job goes ``validating → queued`` inside the submit transaction.
+In embedded mode a job goes ``validating → queued`` inside the submit transaction (the local
+workers load the inputs anyway). In distributed mode it stays ``validating`` until a CPU worker
+has loaded the checkpoint into the architecture (``workers.validation``).
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import artifacts, idempotency, store
-from .clock import utcnow
 from .config import Settings
 from .db import Database
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyReused, ValidationFailed
 from .models import Artifact, Job
 from .specs import RelabelJob, RemoveJob, ScoresJob, dump
-from .states import JobStatus
 
 Spec = RemoveJob | RelabelJob | ScoresJob
 
@@ -95,10 +95,8 @@ def _create(session: Session, settings: Settings, tenant_id: str, spec: Spec, fi
         inputs=inputs,
         max_attempts=settings.max_attempts,
     )
-    store.transition(
-        session, job.id, tenant_id, JobStatus.VALIDATING, JobStatus.QUEUED, validated_at=utcnow()
-    )
-    store.append_event(session, job.id, tenant_id, "job.queued", "inputs validated; queued")
+    if not settings.distributed:
+        store.finish_validation(session, job.id, tenant_id)
     return job
 
 

@@ -46,7 +46,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
-    """Run the API with the embedded executor (SQLite + worker processes under GIF_HOME)."""
+    """Run the API: embedded (SQLite + worker processes under GIF_HOME), or distributed when
+    GIF_BROKER_URL is set (jobs go to `gif-service worker` processes through Celery)."""
     import uvicorn
 
     from .auth import ensure_key
@@ -60,13 +61,55 @@ def serve(
             f"No API key configured: generated one for tenant 'default' (stored in {settings.key_file}):"
         )
         typer.echo(f"    {key}")
-    typer.echo(
-        f"gif-service on http://{host}:{port}  (data: {settings.home.resolve()}, {settings.workers} worker(s))"
-    )
-    typer.echo("local mode: single machine, SQLite job store; not for multi-host deployments")
+    if settings.distributed:
+        typer.echo(f"gif-service on http://{host}:{port}  (distributed: jobs go to Celery workers)")
+    else:
+        typer.echo(
+            f"gif-service on http://{host}:{port}  (data: {settings.home.resolve()}, "
+            f"{settings.workers} worker(s))"
+        )
+        typer.echo("local mode: single machine, SQLite job store; not for multi-host deployments")
     logs.configure(log_level.upper())
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=5,
                 access_log=False)  # the app writes its own JSON access log (service.middleware)
+
+
+@app.command()
+def worker(
+    queues: str = typer.Option(
+        "", help="Comma-separated queues; default: cpu and gpu.<GIF_GPU_POOL>. GPU hosts: one worker per GPU."
+    ),
+    concurrency: int = typer.Option(1, min=1, help="Pool processes (1 per GPU; CPU hosts: up to the cores)."),
+    pool: str = typer.Option("prefork", help="Celery pool; prefork gives time limits and process recycling."),
+    name: str = typer.Option("", help="Worker node name (default gif@<host>)."),
+    max_tasks_per_child: int = typer.Option(20, min=1, help="Recycle a pool process after this many tasks."),
+    log_level: str = typer.Option("INFO", help="Celery log level."),
+) -> None:
+    """Run a Celery worker of distributed mode (needs GIF_BROKER_URL and a shared GIF_DATABASE_URL).
+
+    Pin one GPU per worker with CUDA_VISIBLE_DEVICES and set REMAP_SIGTERM=SIGQUIT, so that a
+    SIGTERM gives running jobs `worker_soft_shutdown_timeout` to finish before their messages return.
+    """
+    settings = Settings()
+    if not settings.distributed:
+        typer.echo("error: GIF_BROKER_URL is not set (the worker needs a Celery broker)", err=True)
+        raise typer.Exit(2)
+    logs.configure(log_level.upper())
+    from workers.celery_app import CPU_QUEUE, app as celery, gpu_queue
+
+    argv = [
+        "worker",
+        "--queues", queues or f"{CPU_QUEUE},{gpu_queue(settings.gpu_pool)}",
+        "--pool", pool,
+        "--concurrency", str(concurrency),
+        "--prefetch-multiplier", "1",
+        "-O", "fair",
+        "--max-tasks-per-child", str(max_tasks_per_child),
+        "--task-events",
+        "--loglevel", log_level.upper(),
+        "--hostname", name or "gif@%h",
+    ]  # fmt: skip
+    celery.worker_main(argv)
 
 
 # -- client commands (gif_client; no torch) ------------------------------------------------------

@@ -63,6 +63,12 @@ class LocalExecutor:
         alive = sum(1 for p in self._procs if p is not None and p.is_alive())
         return {"executor": "local", "workers": len(self._procs), "alive": alive, "restarts": self.restarts}
 
+    def check_accepting(self) -> None:
+        """Jobs wait in the table; there is no broker to be down."""
+
+    def submitted(self, job_id: str) -> None:
+        """Nothing to do: the workers poll the job table."""
+
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.pid is not None]
 

@@ -51,10 +51,17 @@ class WorkerContext:
     blobs: BlobStore
     owner: str
     shutdown: Flag
+    #: exceptions that mean the job ran out of time (Celery's soft time limit): ``deadline_exceeded``
+    deadline_errors: tuple[type[BaseException], ...] = ()
 
     @classmethod
     def create(
-        cls, settings: Settings, *, owner: str | None = None, shutdown: Flag | None = None
+        cls,
+        settings: Settings,
+        *,
+        owner: str | None = None,
+        shutdown: Flag | None = None,
+        deadline_errors: tuple[type[BaseException], ...] = (),
     ) -> WorkerContext:
         db = Database(settings.db_url)
         db.create_all()
@@ -64,6 +71,7 @@ class WorkerContext:
             blobs=BlobStore(settings.blob_root),
             owner=owner or f"{socket.gethostname()}:{os.getpid()}",
             shutdown=shutdown or threading.Event(),
+            deadline_errors=deadline_errors,
         )
 
 
@@ -102,6 +110,9 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
                 return _stopped(lease, ctx, signals)
             except GifError as exc:
                 return _fail(lease, ctx, exc.code, exc.message)
+            except ctx.deadline_errors:
+                limit = settings.max_job_seconds
+                return _fail(lease, ctx, "deadline_exceeded", f"the job ran longer than {limit:g} s")
             except Exception as exc:
                 log.exception("job_crashed")
                 return _fail(lease, ctx, "internal_error", f"{type(exc).__name__}: {exc}")

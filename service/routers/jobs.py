@@ -53,10 +53,15 @@ async def create_job(
 ) -> JSONResponse:
     key = idempotency.normalize_key(idempotency_key) if idempotency_key is not None else None
     fingerprint = idempotency.fingerprint("POST", "/v1/jobs", json.loads(await request.body()))
+    executor = request.app.state.executor
+    if executor is not None:
+        await run_in_threadpool(executor.check_accepting)
     submission = await run_in_threadpool(
         submit_job, services.db, services.settings, tenant, spec, fingerprint=fingerprint, idempotency_key=key
     )
     job = submission.job
+    if executor is not None and not submission.replayed:
+        await run_in_threadpool(executor.submitted, job.id)
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(RETRY_AFTER.get(job.status, 5))}
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -1,6 +1,6 @@
 """A real ``gif-service serve`` (uvicorn + one spawned worker) for the SDK and CLI tests.
 
-Reuses the server helper of ``tests/service/test_e2e.py`` and the digits files of
+Uses the process helpers of ``tests/stack.py`` and the digits files of
 ``tests/service/conftest.py``; one server for the whole ``tests/sdk`` session.
 """
 
@@ -11,17 +11,18 @@ import pytest
 from gif_client import Client
 from tests import factories
 from tests.service.conftest import digits, files, trained  # noqa: F401  (fixtures)
-from tests.service.test_e2e import KEY, Server
+from tests.stack import KEY, Stack
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("sdk"))
-    srv.client = srv.start()
-    srv.url = f"http://127.0.0.1:{srv.port}"
-    yield srv
-    srv.client.close()
-    srv.stop()
+    stack = Stack("embedded", tmp_path_factory.mktemp("sdk"))
+    try:
+        stack.start()
+        stack.url = f"http://127.0.0.1:{stack.port}"
+        yield stack
+    finally:
+        stack.close()
 
 
 @pytest.fixture(scope="session")

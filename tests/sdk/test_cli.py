@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from tests.service.test_e2e import KEY
+from tests.stack import KEY
 
 from .conftest import remove_body
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from gif_client import Client
-from tests.service.test_e2e import KEY
+from tests.stack import KEY
 
 PIPELINES = Path(__file__).resolve().parents[2] / "examples" / "pipelines"
 

@@ -1,9 +1,12 @@
-"""End to end through a real uvicorn server (``python -m service serve``) with spawned workers.
+"""End to end through real processes, in both running modes (parameterised ``server``):
 
-One server per module on a free port with a temporary GIF_HOME and short leases. Covers the
-three job types, downloads with matching digests, cancelling a running job, and killing the
-server mid-job: after a restart on the same GIF_HOME the job and the artifacts are intact and
-the job reaches a terminal state on its second attempt.
+* embedded: ``gif-service serve`` with spawned workers, SQLite under a temporary GIF_HOME;
+* distributed: ``gif-service serve`` with a Celery broker, ``gif-service worker`` processes, a
+  private redis-server and a PostgreSQL database of its own.
+
+Covers the three job types, downloads with matching digests, cancelling a running job, a worker
+SIGKILLed mid-solve (the job is retried and succeeds), and killing the whole service mid-job:
+after a restart the job and the artifacts are intact and the job succeeds on its second attempt.
 """
 
 from __future__ import annotations
@@ -12,11 +15,7 @@ import hashlib
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,11 +23,10 @@ import safetensors.torch
 
 import gif
 from tests import factories
+from tests.stack import Stack
 
 pytestmark = pytest.mark.slow
 
-KEY = "key-e2e-0123456789"
-ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 SLOW_OPTIONS = {
     "solver": "neumann",
@@ -39,81 +37,15 @@ SLOW_OPTIONS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m service serve`` in a subprocess."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.log = home / "server.log"
-
-    def start(self) -> httpx.Client:
-        self.port = _free_port()
-        env = dict(
-            os.environ, GIF_HOME=str(self.home / "data"), GIF_API_KEYS=f"e2e:{KEY}", GIF_WORKERS="1",
-            GIF_LEASE_SECONDS="3", GIF_HEARTBEAT_SECONDS="0.5", GIF_REAPER_SECONDS="0.5",
-            GIF_POLL_SECONDS="0.2", GIF_PROGRESS_SECONDS="0.2", GIF_TORCH_THREADS="1",
-            MPLCONFIGDIR=str(self.home / "mpl"),
-        )  # fmt: skip
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "service",
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "warning",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        client = httpx.Client(
-            base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=60
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return client
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not become ready:\n" + self.log.read_text()[-3000:])
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("e2e"))
-    client = srv.start()
-    srv.client = client
-    yield srv
-    srv.stop()
+@pytest.fixture(scope="module", params=["embedded", "distributed"])
+def server(request, tmp_path_factory):
+    """The whole service in each running mode, through real processes (tests/stack.py)."""
+    stack = Stack(request.param, tmp_path_factory.mktemp(f"e2e-{request.param}"))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.close()
 
 
 @pytest.fixture(scope="module")
@@ -233,36 +165,28 @@ def test_cancel_a_running_job(server, inputs):
     assert events[-2:] == ["job.cancel_requested", "job.cancelled"]
 
 
-def _worker_pids(server: Server) -> list[int]:
-    """The server's spawned worker processes, found through /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == server.proc.pid and b"spawn_main" in cmdline:
-            pids.append(int(entry.name))
-    return pids
+def _worker_pid(client, job_id: str) -> int:
+    """The pid of the worker process running the job: its lease owner is ``host:pid:...``."""
+    events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+    owner = [e for e in events if e["type"] == "job.running"][-1]["data"]["worker"]
+    return int(owner.split(":")[1])
 
 
 def test_killed_worker_is_replaced_and_its_job_retried(server, inputs):
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("needs /proc to find the worker process")
     options = {**SLOW_OPTIONS, "max_iter": 3000, "newton_steps": 1}
     body = {"type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"], "forget": {"class": 2},
             "options": options}  # fmt: skip
     job = _submit(server.client, body)
     _wait(server.client, job["id"], until=lambda j: (j["progress"] or {}).get("stage") == "solving_ihvp")
-    (pid,) = _worker_pids(server)
-    os.kill(pid, signal.SIGKILL)
+    os.kill(_worker_pid(server.client, job["id"]), signal.SIGKILL)
     done = _wait(server.client, job["id"], timeout=120)
     assert done["status"] == "succeeded" and done["attempt"] == 2, done
-    executor = server.client.get("/readyz").json()["executor"]
-    assert executor["restarts"] >= 1 and executor["alive"] == 1
+    if server.mode == "embedded":
+        executor = server.client.get("/readyz").json()["executor"]
+        assert executor["restarts"] >= 1 and executor["alive"] == 1
+    else:
+        events = server.client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
+        assert any(e["type"] == "job.retry_scheduled" and e["data"]["reason"] == "worker_lost" for e in events)
 
 
 def test_restart_mid_job_keeps_jobs_and_artifacts(server, inputs):
@@ -272,8 +196,7 @@ def test_restart_mid_job_keeps_jobs_and_artifacts(server, inputs):
     job = _submit(server.client, body)
     _wait(server.client, job["id"], until=lambda j: (j["progress"] or {}).get("stage") == "solving_ihvp")
     server.kill()
-    assert (server.home / "data" / "gif.db").is_file()
-    server.client = server.start()
+    server.start()
     survived = server.client.get(f"/v1/jobs/{job['id']}").json()
     assert survived["status"] in ("running", "queued") and survived["attempt"] == 1
     for entry in inputs.values():
@@ -300,7 +223,7 @@ def test_json_logs_carry_request_and_job_ids(server, inputs):
     })["id"])  # fmt: skip
     assert job["status"] == "succeeded", job["error"]
     records = []
-    for line in server.log.read_text().splitlines():
+    for line in server.log_text().splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:

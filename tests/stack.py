@@ -1,0 +1,252 @@
+"""Real processes for end-to-end tests: a private redis-server, a private PostgreSQL database,
+``gif-service serve`` and ``gif-service worker``, each on free ports under a temporary folder.
+
+Nothing here touches another test run's state: redis runs on its own port and data folder, and
+every stack gets a database of its own (created and dropped here) on the machine's PostgreSQL
+(``GIF_TEST_POSTGRES``, default ``postgresql://postgres@127.0.0.1:5432/postgres``; ``.ci/run``
+starts the server when it is not running).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "key-e2e-0123456789"
+ADMIN_URLS = (
+    os.environ.get("GIF_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    "postgresql://root@127.0.0.1:5432/postgres",
+    "postgresql://root@127.0.0.1:5432/test",
+)
+
+#: Short leases and intervals, so that faults resolve in seconds.
+FAST = dict(
+    GIF_LEASE_SECONDS="3", GIF_HEARTBEAT_SECONDS="0.5", GIF_REAPER_SECONDS="0.5",
+    GIF_POLL_SECONDS="0.2", GIF_PROGRESS_SECONDS="0.2", GIF_TORCH_THREADS="1",
+    GIF_REDISPATCH_SECONDS="5",
+)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"port {port} never opened:\n{_tail(log)}")
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class RedisServer:
+    """``redis-server`` on a free port; ``appendonly`` like the production broker config."""
+
+    def __init__(self, folder: Path, *, appendonly: bool = True) -> None:
+        self.folder, self.appendonly = folder, appendonly
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = folder / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (apt-get install redis-server)"
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "always", "--maxmemory-policy", "noeviction", "--logfile", str(self.log)]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port, self.proc, self.log)
+        return self
+
+    def kill(self) -> None:
+        _stop(self.proc, signal.SIGKILL)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+class PostgresDatabase:
+    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.name = f"gif_test_{secrets.token_hex(6)}"
+        errors = []
+        for admin in ADMIN_URLS:
+            try:
+                with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+                    conn.execute(f'CREATE DATABASE "{self.name}"')
+                self.admin = admin
+                break
+            except psycopg.OperationalError as exc:
+                errors.append(f"{admin}: {exc}")
+        else:
+            raise AssertionError("no PostgreSQL reachable (start it, or set GIF_TEST_POSTGRES):\n" + "\n".join(errors))
+        base = self.admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        self.url = f"{base}/{self.name}"
+
+    def drop(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class Process:
+    """A ``python -m service ...`` subprocess writing to its own log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.env, self.log = args, env, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Process:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service", *self.args], cwd=ROOT, env=self.env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (a Celery worker's pool children included)."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Stack:
+    """The service in one running mode: ``embedded`` (API + spawned workers, SQLite) or
+    ``distributed`` (API + Celery workers, redis broker, PostgreSQL)."""
+
+    def __init__(self, mode: str, home: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
+        self.mode, self.home, self.n_workers = mode, home, workers
+        self.env = dict(
+            os.environ, GIF_HOME=str(home / "data"), GIF_API_KEYS=f"e2e:{KEY}",
+            MPLCONFIGDIR=str(home / "mpl"), **FAST, **(extra_env or {}),
+        )  # fmt: skip
+        self.redis: RedisServer | None = None
+        self.database: PostgresDatabase | None = None
+        if mode == "distributed":
+            self.redis = RedisServer(home / "redis").start()
+            self.database = PostgresDatabase()
+            self.env.update(GIF_BROKER_URL=self.redis.url, GIF_DATABASE_URL=self.database.url)
+        else:
+            self.env.update(GIF_WORKERS=str(workers))
+        self.port = 0
+        self.api: Process | None = None
+        self.workers: list[Process] = []
+        self.client: httpx.Client | None = None
+
+    @property
+    def logs(self) -> list[Path]:
+        return sorted(self.home.glob("*.log"))
+
+    def log_text(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for path in self.logs)
+
+    def start(self) -> httpx.Client:
+        self.port = free_port()
+        self.api = Process(["serve", "--port", str(self.port), "--log-level", "warning"], self.env,
+                           self.home / "api.log").start()  # fmt: skip
+        if self.mode == "distributed":
+            self.workers = [self.start_worker(k) for k in range(self.n_workers)]
+        self.client = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        )
+        self._wait_ready()
+        return self.client
+
+    def start_worker(self, index: int) -> Process:
+        name = f"w{index}-{secrets.token_hex(3)}@%h"
+        return Process(["worker", "--name", name, "--log-level", "INFO"], self.env,
+                       self.home / f"worker{index}.log").start()  # fmt: skip
+
+    def _wait_ready(self, timeout: float = 90) -> None:
+        assert self.api is not None and self.client is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.api.alive(), self.log_text()[-4000:]
+            for worker in self.workers:
+                assert worker.alive(), self.log_text()[-4000:]
+            try:
+                if self.client.get("/readyz").status_code == 200 and self._workers_ready():
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("stack did not become ready:\n" + self.log_text()[-4000:])
+
+    def _workers_ready(self) -> bool:
+        """Distributed: every Celery worker has connected and consumes (its 'ready' line)."""
+        if self.mode != "distributed":
+            return True
+        return all(b"ready" in path.read_bytes() for path in self.home.glob("worker*.log"))
+
+    def kill(self) -> None:
+        """SIGKILL the API and every worker (a crash of the whole service)."""
+        for proc in [self.api, *self.workers]:
+            if proc is not None:
+                proc.kill()
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.api]:
+            if proc is not None:
+                proc.stop()
+        if self.client is not None:
+            self.client.close()
+
+    def close(self) -> None:
+        self.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.database is not None:
+            self.database.drop()
