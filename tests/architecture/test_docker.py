@@ -705,7 +705,7 @@ def test_dockerfiles_hold_no_secret(dockerfile):
 
 
 def _compose_cli() -> list[str] | None:
-    """`docker compose` (v2 plugin) or a standalone v2 `docker-compose`, if one runs here."""
+    """`docker compose` or a standalone `docker-compose`, version 2 or later, if one runs here."""
     candidates = []
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
@@ -718,7 +718,8 @@ def _compose_cli() -> list[str] | None:
             )
         except (OSError, subprocess.TimeoutExpired):
             continue
-        if result.returncode == 0 and re.search(r"v?2\.\d+", result.stdout):
+        major = re.search(r"version v?(\d+)\.", result.stdout)
+        if result.returncode == 0 and major and int(major.group(1)) >= 2:  # v1 (Python) lacks the spec
             return cli
     return None
 
