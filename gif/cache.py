@@ -43,6 +43,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -88,6 +89,7 @@ KINDS = ("selection", "gradient", "lowrank", "ihvp", "evaluation")
 
 _KEY = re.compile(r"^([a-z]+):([0-9a-f]{64})$")
 _META = "gif.cache.meta"
+_KEY_FIELD = "gif.cache.key"
 
 
 # -- entries and backends ------------------------------------------------------------------------
@@ -135,12 +137,17 @@ class Cache(Protocol):
 class BaseCache:
     """``compute_once`` on top of ``get`` / ``put`` / ``lock``; backends subclass this.
 
-    A backend that is unreachable or full (``unavailable`` errors) never fails an edit: the
-    lookup counts as a miss, the value is computed and simply not stored.
+    A backend that is unreachable or full (its ``unavailable`` errors) never fails an edit: the
+    lookup counts as a miss, the value is computed and simply not stored, and the backend is
+    left alone for ``retry_after`` seconds so that an outage costs one timeout, not one per
+    lookup.
     """
 
     #: Exceptions that mean "the store is unavailable" rather than a bug.
     unavailable: tuple[type[BaseException], ...] = (OSError,)
+    #: Seconds a backend that failed is bypassed.
+    retry_after: float = 30.0
+    _down_until: float = 0.0
 
     def get(self, key: str, *, device: torch.device | str | None = None) -> Entry | None:
         raise NotImplementedError
@@ -151,38 +158,52 @@ class BaseCache:
     def lock(self, key: str) -> AbstractContextManager[None]:
         raise NotImplementedError
 
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def lookup(self, key: str, *, device: torch.device | str | None = None) -> Entry | None:
+        """``get`` that answers None (a miss) while the backend is unavailable."""
+        if not self.available:
+            return None
+        try:
+            return self.get(key, device=device)
+        except self.unavailable as exc:
+            self._failed("lookup of", key, exc)
+            return None
+
     def compute_once(
         self, key: str, fn: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]], *,
         device: torch.device | str | None = None,
     ) -> Entry:
         check_key(key)
-        entry = self._safe_get(key, device)
+        entry = self.lookup(key, device=device)
         if entry is not None:
             return entry
-        try:
-            guard = self.lock(key)
-            guard.__enter__()
-        except self.unavailable as exc:
-            log.warning("cache lock for %s unavailable (%s); computing without it", key, exc)
-            guard = contextlib.nullcontext()
+        guard: AbstractContextManager = contextlib.nullcontext()
+        if self.available:
+            try:
+                guard = self.lock(key)
+                guard.__enter__()
+            except self.unavailable as exc:
+                self._failed("lock for", key, exc)
+                guard = contextlib.nullcontext()
         with _entered(guard):
-            entry = self._safe_get(key, device)
+            entry = self.lookup(key, device=device)
             if entry is not None:
                 return replace(entry, status="waited")
             tensors, meta = fn()
-            try:
-                self.put(key, tensors, meta)
-            except self.unavailable as exc:
-                log.warning("cache entry %s not stored: %s", key, exc)
+            if self.available:
+                try:
+                    self.put(key, tensors, meta)
+                except self.unavailable as exc:
+                    self._failed("store of", key, exc)
         # the computed tensors themselves (bit-equal to what a later get returns)
         return Entry(key, dict(tensors), dict(meta or {}), "computed")
 
-    def _safe_get(self, key: str, device: torch.device | str | None) -> Entry | None:
-        try:
-            return self.get(key, device=device)
-        except self.unavailable as exc:
-            log.warning("cache lookup of %s failed (%s); treating it as a miss", key, exc)
-            return None
+    def _failed(self, what: str, key: str, exc: BaseException) -> None:
+        log.warning("cache %s %s failed (%s); bypassing the cache for %ss", what, key, exc, self.retry_after)
+        self._down_until = time.monotonic() + self.retry_after
 
 
 @contextlib.contextmanager
@@ -292,7 +313,7 @@ class DiskCache(BaseCache):
     def put(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = encode(tensors, meta)
+        data = encode(tensors, meta, key=key)
         tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
         try:
             with open(tmp, "xb") as f:
@@ -356,11 +377,15 @@ def _size(path: Path) -> int:
 # -- serialisation -------------------------------------------------------------------------------
 
 
-def encode(tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> bytes:
-    """Safetensors bytes of CPU copies of ``tensors``, with ``meta`` as JSON in the header."""
+def encode(tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None, *, key: str | None = None) -> bytes:
+    """Safetensors bytes of CPU copies of ``tensors``, with ``meta`` as JSON in the header (and
+    the entry's ``key``, so that an entry's file says what it is)."""
     from safetensors.torch import save
 
-    return save(_cpu_copies(tensors), metadata={_META: _dump_meta(meta)})
+    header = {_META: _dump_meta(meta)}
+    if key is not None:
+        header[_KEY_FIELD] = key
+    return save(_cpu_copies(tensors), metadata=header)
 
 
 def decode(data: bytes, device: torch.device | str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -566,11 +591,8 @@ class Memo:
         if not self.enabled:
             return None
         assert self.cache is not None
-        try:
-            return self.cache.get(key, device=device)
-        except getattr(self.cache, "unavailable", (OSError,)) as exc:
-            log.warning("cache lookup of %s failed (%s); treating it as a miss", key, exc)
-            return None
+        lookup = getattr(self.cache, "lookup", self.cache.get)
+        return lookup(key, device=device)
 
     def record(self, key: str, status: str) -> None:
         if self.enabled:
