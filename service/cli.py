@@ -95,6 +95,10 @@ def worker(
         typer.echo("error: GIF_BROKER_URL is not set (the worker needs a Celery broker)", err=True)
         raise typer.Exit(2)
     logs.configure(log_level.upper())
+    # Loaded once in the parent, so that pool children fork with it (seconds faster each, which
+    # matters after every recycle or crash). Importing torch does not initialise CUDA.
+    import torch  # noqa: F401
+
     from workers.celery_app import CPU_QUEUE, app as celery, gpu_queue
 
     argv = [

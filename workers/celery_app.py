@@ -54,6 +54,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_max_tasks_per_child": 20,
+        "worker_proc_alive_timeout": 60,  # a child's start-up on a busy host can take seconds
         "worker_soft_shutdown_timeout": 60,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_send_task_events": True,

@@ -44,3 +44,12 @@ def test_workers_and_jobs_never_import_the_http_layer():
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'fastapi', 'starlette')); "
         "assert not bad, bad"
     )
+
+
+def test_the_distributed_api_side_does_not_import_torch():
+    """The API process of distributed mode loads the Celery app and the sweeper, never torch
+    (and so never CUDA: a prefork parent that initialised it would break its children)."""
+    _run(
+        "import sys, workers.celery_app, workers.distributed, workers.dispatch; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'gif')); assert not bad, bad"
+    )
