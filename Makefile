@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/solvers.py
 	$(PY) bench/time_to_solution.py
 	$(PY) bench/memory.py
+	$(PY) bench/cache.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -124,7 +124,9 @@ def main() -> None:
     print(_common.markdown_table(
         ["cache", "cold s", "warm s", "speed-up", "HVPs cold / warm", "gradients cold / warm",
          "warm hits / misses"], rows))
-    print(f"\n{_common.machine_description()}")
+    speedups = ", ".join(f"{r[0]} {r[3]}" for r in rows[1:])
+    print(f"\nsummary: warm vs cold speed-up {speedups}; warm runs computed 0 HVPs and 0 gradients")
+    print(f"Machine: {_common.machine_description()}")
 
 
 def _fresh_cache(backend: str, folder: Path, redis_server: PrivateRedis | None):
