@@ -43,6 +43,19 @@ class Settings(BaseSettings):
         description="Redis URL of the gradient cache (a separate instance or DB from the broker). "
         "Unset: the cache lives on disk under <home>/cache.",
     )
+    cache: bool = Field(
+        default=True,
+        description="Cache target gradients, selections, influence solves and low-rank fits by content "
+        "digest (Redis with GIF_REDIS_URL, else <home>/cache), so repeated or related requests skip work.",
+    )
+    cache_max_bytes: int = Field(
+        default=4 * GIB, ge=0, description="Size cap of the on-disk cache (least recently used entries go first)."
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description='Where workers compute: "auto" (the GPU when there is one), "cpu", "cuda" or "cuda:N".',
+    )
     gpu_pool: str = Field(
         default="default",
         pattern=r"^[a-z0-9_-]{1,32}$",

@@ -178,7 +178,11 @@ class Stack:
         if mode == "distributed":
             self.redis = RedisServer(home / "redis").start()
             self.database = PostgresDatabase()
-            self.env.update(GIF_BROKER_URL=self.redis.url, GIF_DATABASE_URL=self.database.url)
+            self.env.update(
+                GIF_BROKER_URL=self.redis.url,
+                GIF_REDIS_URL=self.redis.url.replace("/0", "/1"),  # the gradient cache: a DB of its own
+                GIF_DATABASE_URL=self.database.url,
+            )
         else:
             self.env.update(GIF_WORKERS=str(workers))
         self.port = 0

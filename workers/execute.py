@@ -32,11 +32,19 @@ Outcome = EditOutcome | ScoresOutcome
 
 
 def run_engine(
-    request: dict[str, Any], loaded: Loaded, callback: ProgressCallback, should_stop: StopCheck
+    request: dict[str, Any],
+    loaded: Loaded,
+    callback: ProgressCallback,
+    should_stop: StopCheck,
+    cache: gif.cache.Cache | None = None,
 ) -> Outcome:
-    """Dispatch on ``request["type"]``; engine errors (``gif.errors.GifError``) propagate."""
+    """Dispatch on ``request["type"]``; engine errors (``gif.errors.GifError``) propagate.
+
+    ``cache`` (content-addressed gradients, selections, solves, curvature fits) serves the edits.
+    """
     kind = request["type"]
     hooks = {"callback": callback, "should_stop": should_stop}
+    edit_hooks = {**hooks, "cache": cache}
     if kind == "remove":
         forget = request["forget"]
         target = (
@@ -50,7 +58,7 @@ def run_engine(
                 loaded.train,
                 target,
                 validation=loaded.validation,
-                **hooks,
+                **edit_hooks,
                 **request.get("options", {}),
             )
         )
@@ -63,7 +71,7 @@ def run_engine(
                 torch.tensor(relabel["indices"], dtype=torch.long),
                 torch.tensor(relabel["labels"], dtype=torch.long),
                 validation=loaded.validation,
-                **hooks,
+                **edit_hooks,
                 **request.get("options", {}),
             )
         )
@@ -73,6 +81,22 @@ def run_engine(
         result = gif.scores_with_report(loaded.model, loaded.train, loaded.queries, **hooks, **options)
         return ScoresOutcome(result, gif.top_k(result.scores, int(request.get("top_k", 10))), options)
     raise ValueError(f"unknown job type {kind!r}")
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` → the current CUDA device when there is one (initialising CUDA here, in the
+    worker process that computes, never in a parent), else the CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """What the job used on ``device`` (CUDA: peak allocated bytes since the job started)."""
+    if device.type != "cuda":
+        return {"device": str(device)}
+    return {"device": str(device), "name": torch.cuda.get_device_name(device),
+            "peak_allocated_bytes": int(torch.cuda.max_memory_allocated(device))}  # fmt: skip
 
 
 def newton_steps(request: dict[str, Any]) -> int:

@@ -33,12 +33,17 @@ class Loaded:
     digests: dict[str, str] = field(default_factory=dict)
 
 
-def load_inputs(request: dict[str, Any], inputs: dict[str, Any], blobs: BlobStore) -> Loaded:
-    """Build the model, load its checkpoint and the datasets named in the job's ``inputs``."""
+def load_inputs(
+    request: dict[str, Any], inputs: dict[str, Any], blobs: BlobStore, device: torch.device | str = "cpu"
+) -> Loaded:
+    """Build the model, load its checkpoint and the datasets named in the job's ``inputs``.
+
+    The model goes to ``device``; datasets stay in host memory (the engine moves chunks).
+    """
     spec = request["model"]
     model = gif.models.build(spec["arch"], **spec.get("config", {}))
     gif.io.load_checkpoint(blobs.path(inputs["checkpoint"]["sha256"]), model)
-    model.eval()
+    model.eval().to(device)
     train = _dataset(blobs, inputs["train"], "train")
     num_classes = _fit(model, train, "train")
     loaded = Loaded(model=model, num_classes=num_classes, train=train)

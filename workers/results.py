@@ -91,6 +91,8 @@ def _edit_results(
 ) -> Results:
     options = edit.report.get("options", {})
     prov = {**prov, "options": options, "seed": options.get("seed")}
+    if "cache" in edit.report:
+        prov["cache"] = edit.report["cache"]
     on = "validation" if loaded.validation is not None else "train"
     x, y = loaded.validation if loaded.validation is not None else loaded.train
     per_class = {

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
+import torch
 
+from gif.cache import Cache
 from gif.errors import Cancelled, GifError
 from jobs import artifacts, logs, store
 from jobs.blobs import BlobStore
@@ -26,7 +28,8 @@ from jobs.db import Database
 from jobs.states import JobStatus
 from jobs.views import result_artifact_entry
 
-from .execute import newton_steps, run_engine
+from .cache import make_cache
+from .execute import newton_steps, peak_memory, resolve_device, run_engine
 from .heartbeat import Heartbeat, JobSignals
 from .loading import load_inputs
 from .progress import ProgressReporter
@@ -53,6 +56,17 @@ class WorkerContext:
     shutdown: Flag
     #: exceptions that mean the job ran out of time (Celery's soft time limit): ``deadline_exceeded``
     deadline_errors: tuple[type[BaseException], ...] = ()
+    _cache: Cache | None = None
+
+    @property
+    def cache(self) -> Cache | None:
+        """The gradient cache (Redis with ``GIF_REDIS_URL``, else on disk), made on first use."""
+        if self.settings.cache and self._cache is None:
+            if self.settings.redis_url:
+                self._cache = make_cache(self.settings.redis_url, self.settings.home, self.blobs)
+            else:
+                self._cache = make_cache(None, self.settings.home, max_bytes=self.settings.cache_max_bytes)
+        return self._cache
 
     @classmethod
     def create(
@@ -110,6 +124,9 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
                 return _stopped(lease, ctx, signals)
             except GifError as exc:
                 return _fail(lease, ctx, exc.code, exc.message)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                return _fail(lease, ctx, "cuda_oom", "the GPU ran out of memory; use a larger GPU or smaller chunks")
             except ctx.deadline_errors:
                 limit = settings.max_job_seconds
                 return _fail(lease, ctx, "deadline_exceeded", f"the job ran longer than {limit:g} s")
@@ -133,12 +150,16 @@ def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Res
         ctx.db, lease, signals, interval=ctx.settings.progress_seconds, newton_steps=newton_steps(request)
     )
     progress.stage("loading_inputs", "reading checkpoint and datasets", fraction=0.0)
-    loaded = load_inputs(request, inputs, ctx.blobs)
+    device = resolve_device(ctx.settings.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loaded = load_inputs(request, inputs, ctx.blobs, device)
     if signals.should_stop():
         raise Cancelled("stopped before the computation started")
-    outcome = run_engine(request, loaded, progress, signals.should_stop)
+    outcome = run_engine(request, loaded, progress, signals.should_stop, ctx.cache)
     progress.stage("writing_results", "saving result artifacts", fraction=1.0)
     prov = provenance(lease.job_id, lease.attempt, request, request_sha256, loaded)
+    prov["compute"] = peak_memory(device)
     return write_results(lease.job_id, request, loaded, outcome, ctx.blobs, prov)
 
 

@@ -20,6 +20,7 @@ import time
 import httpx
 import pytest
 import safetensors.torch
+import torch
 
 import gif
 from tests import factories
@@ -145,6 +146,24 @@ def test_relabel_and_scores_end_to_end(server, inputs, digits):
     ):
         line = next(x for x in metrics.splitlines() if x.startswith(series))
         assert float(line.split()[-1]) >= 1, line
+
+
+def test_a_repeated_request_is_served_from_the_cache_with_identical_weights(server, inputs):
+    """Embedded mode caches on disk, distributed mode in Redis (GIF_REDIS_URL); either way the
+    second run computes nothing that the first already did and writes the same bytes."""
+    body = {
+        "type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"],
+        "forget": {"indices": list(range(20, 40))}, "options": {"newton_steps": 2, "hessian_samples": 256},
+    }  # fmt: skip
+    first = _wait(server.client, _submit(server.client, body)["id"])
+    second = _wait(server.client, _submit(server.client, body)["id"])
+    assert first["status"] == second["status"] == "succeeded", (first["error"], second["error"])
+    cold, warm = first["result"]["provenance"]["cache"], second["result"]["provenance"]["cache"]
+    assert {m["kind"] for m in cold["misses"]} >= {"selection", "gradient", "ihvp"}, cold
+    assert warm["misses"] == [] and len(warm["hits"]) >= len(cold["misses"]), warm
+    tensors = [safetensors.torch.load(_download(server.client, _by_kind(job)["weights"])) for job in (first, second)]
+    assert tensors[0].keys() == tensors[1].keys()
+    assert all(torch.equal(tensors[0][name], tensors[1][name]) for name in tensors[0])  # bit for bit
 
 
 def test_cancel_a_running_job(server, inputs):
