@@ -64,12 +64,15 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_VERSION",
     "KINDS",
+    "BaseCache",
     "Cache",
     "CacheStats",
+    "CachedSolves",
     "DiskCache",
     "Entry",
     "MemoryCache",
     "Memo",
+    "check_key",
     "data_digest",
     "decode",
     "encode",
@@ -77,6 +80,7 @@ __all__ = [
     "make_key",
     "model_digest",
     "options_digest",
+    "read_file",
     "tensor_digest",
 ]
 
@@ -526,12 +530,15 @@ def loss_id(loss_fn: Callable | None) -> str | None:
 
 
 class CacheStats:
-    """Which entries one request found (``hits``, including ones it waited for) and which it
-    had to compute (``misses``), as short ``{"kind", "key"}`` records for reports."""
+    """Which entries one request found (``hits``, including ones it waited for while another
+    process computed them) and which it computed (``misses``), as short ``{"kind", "key"}``
+    records (the key's first 16 hex digits), one per lookup; ``counts`` totals them per kind
+    as ``{"hit", "wait", "miss"}`` (the labels of a requests-by-result metric)."""
 
     def __init__(self) -> None:
         self.hits: list[dict] = []
         self.misses: list[dict] = []
+        self.counts: dict[str, dict[str, int]] = {}
 
     def record(self, key: str, status: str) -> None:
         kind, digest = check_key(key)
@@ -539,9 +546,13 @@ class CacheStats:
         if status == "waited":
             item["waited"] = True
         (self.misses if status == "computed" else self.hits).append(item)
+        result = {"hit": "hit", "waited": "wait", "computed": "miss"}[status]
+        per_kind = self.counts.setdefault(kind, {"hit": 0, "wait": 0, "miss": 0})
+        per_kind[result] += 1
 
     def as_dict(self) -> dict:
-        return {"hits": list(self.hits), "misses": list(self.misses)}
+        return {"hits": list(self.hits), "misses": list(self.misses),
+                "counts": {k: dict(v) for k, v in self.counts.items()}}
 
 
 # -- one request's view ---------------------------------------------------------------------------

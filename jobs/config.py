@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         description="H, the longest a job may compute: Celery's soft time limit (the job fails "
         "deadline_exceeded); the hard limit is H + 300 s and the broker visibility timeout H + 1800 s.",
     )
+    queue_deadline_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="A job still validating or queued this long after submission fails deadline_exceeded "
+        "(0: jobs wait as long as it takes).",
+    )
     redispatch_seconds: float = Field(
         default=600.0,
         gt=0,

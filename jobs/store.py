@@ -469,6 +469,26 @@ def _reap_one(session: Session, job: Job, lease: Lease, expired: tuple[Any, ...]
     return None
 
 
+def expire_waiting(session: Session, deadline_seconds: float) -> list[str]:
+    """Fail ``deadline_exceeded`` every job still validating or queued ``deadline_seconds`` after
+    it was submitted; returns their ids."""
+    cutoff = later(-deadline_seconds)
+    waiting = session.execute(
+        select(Job.id, Job.tenant_id, Job.status).where(
+            Job.status.in_([S.VALIDATING.value, S.QUEUED.value]), Job.created_at < cutoff
+        )
+    ).all()
+    error = {"code": "deadline_exceeded", "message": f"not started within {deadline_seconds:g} s of submission",
+             "retryable": True}  # fmt: skip
+    expired = []
+    for row in waiting:
+        if transition(session, row.id, row.tenant_id, JobStatus(row.status), S.FAILED,
+                      where=(Job.created_at < cutoff,), finished_at=utcnow(), error_json=json.dumps(error)):  # fmt: skip
+            append_event(session, row.id, row.tenant_id, "job.failed", error["message"], level="error")
+            expired.append(row.id)
+    return expired
+
+
 # -- events ----------------------------------------------------------------------------------------
 
 

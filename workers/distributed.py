@@ -86,6 +86,8 @@ class CeleryExecutor:
             with self.db.begin() as session:
                 reaped = store.reap_expired(session)
                 idempotency.purge_expired(session)
+                if self.settings.queue_deadline_seconds:
+                    store.expire_waiting(session, self.settings.queue_deadline_seconds)
             for job_id, status in reaped:
                 log.warning("lease_expired", job_id=job_id, status=status.value)
             with self.db.read() as session:

@@ -114,6 +114,8 @@ class LocalExecutor:
             with self._db.begin() as session:
                 outcomes = store.reap_expired(session)
                 idempotency.purge_expired(session)
+                if self.settings.queue_deadline_seconds:
+                    store.expire_waiting(session, self.settings.queue_deadline_seconds)
         except Exception as exc:  # noqa: BLE001 (retry at the next interval)
             log.warning("reaper_failed", error=str(exc))
             return

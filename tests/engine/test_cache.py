@@ -407,6 +407,9 @@ def test_warm_removal_equals_cold_and_computes_nothing(problem, cache, options, 
     assert warm.report["cache"]["misses"] == []
     looked_up = cold.report["cache"]["hits"] + cold.report["cache"]["misses"]
     assert sorted(map(str, warm.report["cache"]["hits"])) == sorted(map(str, looked_up))
+    counts = warm.report["cache"]["counts"]
+    assert sum(c["hit"] for c in counts.values()) == len(warm.report["cache"]["hits"])
+    assert all(c["miss"] == c["wait"] == 0 for c in counts.values())
     kinds = {h["kind"] for h in warm.report["cache"]["hits"]}
     assert {"selection", "gradient", "ihvp", "evaluation"} <= kinds
     assert ("lowrank" in kinds) == (options.get("solver") == "lowrank")
@@ -543,9 +546,42 @@ def test_an_unnamed_custom_loss_bypasses_the_cache(problem):
         return nn.functional.cross_entropy(o, t)
 
     out = gif.remove(model, train, [3, 7, 8], loss_fn=loss, newton_steps=1, cache=cache)
-    assert out.report["cache"] == {"hits": [], "misses": [], "bypassed": "loss_fn has no `cache_key` attribute"}
+    assert out.report["cache"] == {"hits": [], "misses": [], "counts": {},
+                                   "bypassed": "loss_fn has no `cache_key` attribute"}
     assert len(cache) == 0
     loss.cache_key = "plain-ce"
     named = gif.remove(model, train, [3, 7, 8], loss_fn=loss, newton_steps=1, cache=cache)
     assert len(cache) > 0 and named.report["cache"]["misses"]
     assert torch.equal(named.delta, out.delta)
+
+
+def test_stats_count_hits_waits_and_misses_per_kind():
+    stats = gif.cache.CacheStats()
+    g, e = make_key("gradient", {"a": 1}), make_key("evaluation", {"a": 1})
+    for key, status in [(g, "computed"), (g, "hit"), (g, "waited"), (e, "hit")]:
+        stats.record(key, status)
+    out = stats.as_dict()
+    assert out["counts"] == {"gradient": {"hit": 1, "wait": 1, "miss": 1}, "evaluation": {"hit": 1, "wait": 0, "miss": 0}}
+    assert out["misses"] == [{"kind": "gradient", "key": g.split(":")[1][:16]}]
+    assert {"kind": "gradient", "key": g.split(":")[1][:16], "waited": True} in out["hits"]
+
+
+def test_concurrent_identical_edits_compute_each_entry_once(problem, tmp_path):
+    model, train = problem
+    cache = DiskCache(tmp_path)
+    out, barrier = [], threading.Barrier(2)
+
+    def run():
+        barrier.wait()
+        out.append(gif.remove(model, train, {"class": 1}, newton_steps=3, cache=cache))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    a, b = out
+    assert torch.equal(a.delta, b.delta)
+    computed = [m["key"] for r in out for m in r.report["cache"]["misses"]]
+    assert len(computed) == len(set(computed))  # no entry was computed by both
+    assert a.report["hvps"] + b.report["hvps"] == gif.remove(model, train, {"class": 1}, newton_steps=3).report["hvps"]

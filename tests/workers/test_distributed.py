@@ -152,3 +152,22 @@ def test_strict_dispatch_refuses_submissions_while_the_broker_is_down(tmp_path):
     for executor in (lenient, strict):
         executor.stop()
 
+
+
+def test_jobs_waiting_past_the_queue_deadline_fail_deadline_exceeded(db):
+    old_validating, old_queued, fresh, running = _job(db), _job(db), _job(db), _job(db)
+    with db.begin() as session:
+        store.finish_validation(session, old_queued, "t1")
+        store.finish_validation(session, running, "t1")
+        store.claim(session, running, "w", lease_seconds=60)
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([old_validating, old_queued, running]))
+            .values(created_at=Job.created_at - timedelta(hours=2))
+        )
+        expired = store.expire_waiting(session, deadline_seconds=3600)
+    assert sorted(expired) == sorted([old_validating, old_queued])
+    for job_id in expired:
+        row = _row(db, job_id)
+        assert row.status == "failed" and json.loads(row.error_json)["code"] == "deadline_exceeded"
+    assert _row(db, fresh).status == "validating" and _row(db, running).status == "running"
