@@ -11,6 +11,7 @@ from sqlalchemy import update
 
 from jobs import store
 from jobs.blobs import BlobStore
+from jobs.clock import utcnow
 from jobs.config import Settings
 from jobs.db import Database
 from jobs.errors import ServiceUnavailable
@@ -73,7 +74,7 @@ def test_outbox_lists_unpublished_and_stale_jobs(db):
     with db.begin() as session:
         assert store.mark_dispatched(session, published, JobStatus.VALIDATING)
         assert store.mark_dispatched(session, stale, JobStatus.VALIDATING)
-        session.execute(update(Job).where(Job.id == stale).values(dispatched_at=Job.created_at - timedelta(hours=1)))
+        session.execute(update(Job).where(Job.id == stale).values(dispatched_at=utcnow() - timedelta(hours=1)))
         # a mark for a status the job is not in does nothing
         assert not store.mark_dispatched(session, fresh, JobStatus.QUEUED)
     with db.read() as session:
@@ -163,7 +164,7 @@ def test_jobs_waiting_past_the_queue_deadline_fail_deadline_exceeded(db):
         session.execute(
             update(Job)
             .where(Job.id.in_([old_validating, old_queued, running]))
-            .values(created_at=Job.created_at - timedelta(hours=2))
+            .values(created_at=utcnow() - timedelta(hours=2))
         )
         expired = store.expire_waiting(session, deadline_seconds=3600)
     assert sorted(expired) == sorted([old_validating, old_queued])
