@@ -121,6 +121,25 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: float = Field(
         default=168.0, gt=0, description="How long an Idempotency-Key is remembered (default 7 days)."
     )
+    rate_limit_per_second: float = Field(
+        default=50.0,
+        ge=0,
+        description="Sustained requests per second per tenant (0: no limit); over it: 429 + Retry-After. "
+        "Shared through Redis across API processes in distributed mode.",
+    )
+    rate_limit_burst: int = Field(default=100, ge=1, description="Requests a tenant may send at once above the rate.")
+    max_active_jobs_per_tenant: int = Field(
+        default=32,
+        ge=0,
+        description="Jobs a tenant may have validating, queued or running at once (0: no limit); "
+        "a submission over it gets 429 quota-exceeded.",
+    )
+    max_waiting_jobs: int = Field(
+        default=10_000,
+        ge=0,
+        description="Jobs validating or queued over all tenants (0: no limit); over it the service "
+        "answers submissions 503 queue-full (backpressure).",
+    )
     executor: str = Field(
         default="auto",
         description='The executor started with the API, as "module:Class"; "none" starts no executor; '

@@ -83,3 +83,15 @@ class Unauthenticated(DomainError):
 
 class ServiceUnavailable(DomainError):
     code, status, title = "service-unavailable", 503, "Service unavailable"
+
+
+class RateLimited(DomainError):
+    code, status, title = "rate-limited", 429, "Too many requests"
+
+
+class QuotaExceeded(DomainError):
+    code, status, title = "quota-exceeded", 429, "Too many active jobs"
+
+
+class QueueFull(DomainError):
+    code, status, title = "queue-full", 503, "The job queue is full"

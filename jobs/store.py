@@ -536,6 +536,19 @@ def finished_jobs(session: Session) -> list[tuple]:
     return [tuple(row) for row in session.execute(query.where(Job.status.in_(terminal))).all()]
 
 
+def count_active(session: Session, tenant_id: str) -> int:
+    """The tenant's jobs that are not finished."""
+    terminal = [status.value for status in TERMINAL]
+    query = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.not_in(terminal))
+    return int(session.scalar(query) or 0)
+
+
+def count_waiting(session: Session) -> int:
+    """Jobs validating or queued, over all tenants."""
+    waiting = [S.VALIDATING.value, S.QUEUED.value]
+    return int(session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(waiting))) or 0)
+
+
 def count_by_status(session: Session) -> dict[str, int]:
     """Jobs per status over all tenants (for metrics)."""
     rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()

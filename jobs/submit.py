@@ -14,13 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import artifacts, idempotency, store
 from .config import Settings
 from .db import Database
-from .errors import IdempotencyKeyInFlight, IdempotencyKeyReused, ValidationFailed
+from .errors import IdempotencyKeyInFlight, IdempotencyKeyReused, QueueFull, QuotaExceeded, ValidationFailed
 from .models import Artifact, Job
 from .specs import RelabelJob, RemoveJob, ScoresJob, dump
 
@@ -84,7 +85,26 @@ def _replay(session: Session, tenant_id: str, key: str, fingerprint: str) -> Job
     return store.require_job(session, tenant_id, record.job_id)
 
 
+def check_capacity(session: Session, settings: Settings, tenant_id: str) -> None:
+    """Admission control: the tenant's active-job quota (429), then the global queue (503).
+
+    On PostgreSQL a per-tenant advisory lock serialises concurrent submissions of one tenant, so
+    the quota is exact (SQLite's write lock already does that).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:tenant))"), {"tenant": tenant_id})
+    quota = settings.max_active_jobs_per_tenant
+    if quota and store.count_active(session, tenant_id) >= quota:
+        raise QuotaExceeded(
+            f"{quota} jobs are already active for this tenant; wait for one to finish",
+            headers={"Retry-After": "30"},
+        )
+    if settings.max_waiting_jobs and store.count_waiting(session) >= settings.max_waiting_jobs:
+        raise QueueFull("the job queue is full; retry later", headers={"Retry-After": "60"})
+
+
 def _create(session: Session, settings: Settings, tenant_id: str, spec: Spec, fingerprint: str) -> Job:
+    check_capacity(session, settings, tenant_id)
     inputs = check_inputs(session, tenant_id, spec)
     job = store.create_job(
         session,

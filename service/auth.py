@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import secrets
 from pathlib import Path
@@ -19,7 +20,7 @@ from fastapi import Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobs.config import Settings
-from jobs.errors import Unauthenticated
+from jobs.errors import RateLimited, Unauthenticated
 
 DEFAULT_TENANT = "default"
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
@@ -95,7 +96,8 @@ def _write_private(path: Path, text: str) -> None:
 
 
 async def require_tenant(request: Request) -> str:
-    """Dependency: the caller's tenant, or 401 with ``WWW-Authenticate: Bearer``."""
+    """Dependency: the caller's tenant, or 401 with ``WWW-Authenticate: Bearer``; 429 with
+    ``Retry-After`` when the tenant is over its request rate."""
     credentials: HTTPAuthorizationCredentials | None = await _bearer(request)
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or not credentials.credentials:
@@ -103,4 +105,9 @@ async def require_tenant(request: Request) -> str:
     tenant = request.app.state.services.keys.tenant_for(credentials.credentials)
     if tenant is None:
         raise Unauthenticated("invalid API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    wait = request.app.state.services.limiter.wait_time(tenant)
+    if wait > 0:
+        raise RateLimited(
+            f"request rate limit exceeded; retry in {wait:.2f} s", headers={"Retry-After": str(math.ceil(wait))}
+        )
     return tenant

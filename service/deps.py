@@ -12,6 +12,7 @@ from jobs.config import Settings
 from jobs.db import Database
 
 from .auth import KeyRing, require_tenant
+from .limits import RateLimiter, make_rate_limiter
 from .metrics import Metrics
 
 
@@ -24,13 +25,21 @@ class Services:
     blobs: BlobStore
     keys: KeyRing
     metrics: Metrics
+    limiter: RateLimiter
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
         settings.home.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_url)
         db.create_all()
-        return cls(settings, db, BlobStore(settings.blob_root), KeyRing.from_settings(settings), Metrics(db))
+        return cls(
+            settings,
+            db,
+            BlobStore(settings.blob_root),
+            KeyRing.from_settings(settings),
+            Metrics(db),
+            make_rate_limiter(settings),
+        )
 
 
 def get_services(request: Request) -> Services:

@@ -21,7 +21,10 @@ class Problem(BaseModel):
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` entries documenting problem+json errors."""
+    """``responses=`` entries documenting problem+json errors (an authenticated route, one that
+    can answer 401, can also answer 429 when the tenant is over its request rate)."""
+    if 401 in statuses and 429 not in statuses:
+        statuses = (*statuses, 429)
     return {
         status: {
             "model": Problem,

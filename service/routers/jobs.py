@@ -40,7 +40,7 @@ def _headers(status: str) -> dict[str, str]:
     "",
     status_code=202,
     summary="Submit a job (remove, relabel or scores)",
-    responses={202: {"description": "Accepted; poll the Location."}, **problems(401, 409, 413, 422)},
+    responses={202: {"description": "Accepted; poll the Location."}, **problems(401, 409, 413, 422, 503)},
 )
 async def create_job(
     request: Request,

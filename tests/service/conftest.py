@@ -27,6 +27,7 @@ def make_settings(home: Path, **overrides: object) -> Settings:
         "max_upload_bytes": MAX_UPLOAD,
         "max_json_bytes": 256 * 1024,
         "validator_timeout_seconds": 120,
+        "rate_limit_per_second": 0,  # tests/service/test_limits.py turns it on
     }
     values.update(overrides)
     return Settings(**values)
