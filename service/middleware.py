@@ -17,7 +17,6 @@ from .metrics import Metrics
 
 _access = logs.get("gif.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 #: Room for multipart boundaries and the small form fields around an upload's file part.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -67,7 +66,7 @@ class BodyLimitMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        if scope["type"] != "http":  # every method: a GET or DELETE with a body is limited too
             await self.app(scope, receive, send)
             return
         upload = scope["path"] in self.upload_paths

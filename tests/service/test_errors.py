@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from service.main import create_app
 
 from .conftest import client_for, make_settings
@@ -54,6 +56,19 @@ def test_json_body_over_limit_is_413(tmp_path):
 
         chunked = client.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
         _is_problem(chunked, 413, "payload-too-large")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/jobs"), ("DELETE", "/v1/artifacts/art_x"), ("POST", "/v1/jobs/job_x/cancel"),
+     ("GET", "/livez"), ("PUT", "/v1/jobs"), ("POST", "/v1/artifacts")],
+)  # fmt: skip
+def test_every_route_and_method_limits_the_body(tmp_path, method, path):
+    app = create_app(make_settings(tmp_path, max_json_bytes=1000, max_upload_bytes=1000))
+    limit = 1000 + (64 * 1024 if path == "/v1/artifacts" else 0)
+    with client_for(app, "tenantA") as client:
+        response = client.request(method, path, content=b"x" * (limit + 1))
+        _is_problem(response, 413, "payload-too-large")
 
 
 def test_unhandled_error_is_500_problem(tmp_path):
