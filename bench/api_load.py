@@ -39,7 +39,9 @@ def free_port() -> int:
 
 
 def start_server(home: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "GIF_HOME": home, "GIF_API_KEYS": f"bench:{KEY}", "GIF_WORKERS": "0"}
+    # no admission limits: this measures raw capacity (16 clients of one tenant, thousands of jobs)
+    env = {**os.environ, "GIF_HOME": home, "GIF_API_KEYS": f"bench:{KEY}", "GIF_WORKERS": "0",
+           "GIF_RATE_LIMIT_PER_SECOND": "0", "GIF_MAX_ACTIVE_JOBS_PER_TENANT": "0", "GIF_MAX_WAITING_JOBS": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
