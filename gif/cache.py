@@ -283,8 +283,8 @@ class DiskCache(BaseCache):
     Writes go to a temporary file in the same folder and are ``os.replace``d into place, so a
     reader sees a complete entry or none (not fsynced: it is a cache, and an entry torn by a
     crash fails to parse, is deleted and recomputed). Locks are ``fcntl.flock`` on
-    ``root/locks/<kind>-<hex>.lock``: exclusive across processes and threads, and released by the
-    kernel if the holder dies. With ``max_bytes`` set, a ``put`` evicts the least recently used
+    ``root/locks/<kind>-<hex>.lock`` (removed on release): exclusive across processes and
+    threads, and released by the kernel if the holder dies. With ``max_bytes`` set, a ``put`` evicts the least recently used
     entries (by modification time, refreshed on every hit) until the folder fits.
     """
 
@@ -360,12 +360,17 @@ class DiskCache(BaseCache):
         import fcntl  # POSIX only; imported here so that `import gif` works everywhere
 
         kind, digest = check_key(key)
-        fd = os.open(self.root / "locks" / f"{kind}-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.root / "locks" / f"{kind}-{digest}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
+                # No lock file per entry ever lingers. A waiter that opened the file before this
+                # unlink then holds a lock nobody else sees; it re-reads the entry first, so at
+                # worst (the computation here failed) two processes compute it: harmless.
+                path.unlink(missing_ok=True)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

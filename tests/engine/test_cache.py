@@ -320,6 +320,7 @@ def test_two_processes_compute_a_disk_entry_once(tmp_path):
         assert p.exitcode == 0
     assert len(counter.read_text().splitlines()) == 1
     assert sorted(s for s, _, _ in got) == ["computed", "waited"]
+    assert not list((tmp_path / "c" / "locks").iterdir())  # lock files do not pile up
     assert got[0][1:] == got[1][1:] and got[0][2] == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
