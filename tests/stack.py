@@ -199,8 +199,7 @@ class Stack:
 
     def start(self) -> httpx.Client:
         self.port = free_port()
-        self.api = Process(["serve", "--port", str(self.port), "--log-level", "warning"], self.env,
-                           self.home / "api.log").start()  # fmt: skip
+        self.api = self._start_api()
         if self.mode == "distributed":
             self.workers = [self.start_worker(k) for k in range(self.n_workers)]
         self.client = httpx.Client(
@@ -208,6 +207,23 @@ class Stack:
         )
         self._wait_ready()
         return self.client
+
+    def _start_api(self) -> Process:
+        return Process(["serve", "--port", str(self.port), "--log-level", "warning"], self.env,
+                       self.home / "api.log").start()  # fmt: skip
+
+    def restart_api(self, *, wait: bool = True) -> None:
+        """SIGKILL the API process (embedded: its workers die with it) and start it on the same port."""
+        assert self.api is not None
+        self.api.kill()
+        self.api = self._start_api()
+        if wait:
+            self._wait_ready()
+
+    def restart_worker(self, index: int) -> None:
+        """SIGKILL a Celery worker node (parent and pool children) and start a new one."""
+        self.workers[index].kill()
+        self.workers[index] = self.start_worker(index)
 
     def start_worker(self, index: int) -> Process:
         name = f"w{index}-{secrets.token_hex(3)}@%h"

@@ -1,0 +1,34 @@
+"""Chaos in CI (short): a batch of jobs while the API, workers, the broker and database
+connections are killed at random; afterwards nothing is lost, duplicated or corrupted
+(tests/chaos.py has the faults and the invariants; bench/chaos.py runs long batches)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos import run_chaos
+from tests.stack import Stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(("mode", "jobs", "seed"), [("embedded", 8, 1), ("distributed", 10, 2)])
+def test_no_job_lost_duplicated_or_corrupted_under_faults(tmp_path, files, mode, jobs, seed):
+    stack = Stack(mode, tmp_path, workers=2)
+    try:
+        stack.start()
+        inputs = {}
+        for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset")):
+            with open(files[name], "rb") as f:
+                response = stack.client.post("/v1/artifacts", files={"file": (files[name].name, f)}, data={"kind": kind})
+            assert response.status_code == 201, response.text
+            inputs[name] = response.json()
+        report = run_chaos(stack, inputs, jobs=jobs, seed=seed, interval=(1.0, 3.0), max_faults=5, timeout=300)
+    finally:
+        stack.close()
+    assert report.problems == [], report
+    assert len(report.faults) >= 3, report
+    assert sum(report.statuses.values()) == jobs
+    # a fault may cost a job its attempts (worker_lost), never its outcome
+    assert set(report.error_codes) <= {"worker_lost"}, report
+    assert report.statuses.get("succeeded", 0) >= jobs // 2, report
