@@ -9,17 +9,19 @@ it back to the queue; a lost lease means another party owns the job, so nothing 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 import torch
 
-from gif.cache import Cache
+from gif.cache import Cache, DiskCache
 from gif.errors import Cancelled, GifError
 from jobs import artifacts, logs, store
 from jobs.blobs import BlobStore
@@ -56,17 +58,40 @@ class WorkerContext:
     shutdown: Flag
     #: exceptions that mean the job ran out of time (Celery's soft time limit): ``deadline_exceeded``
     deadline_errors: tuple[type[BaseException], ...] = ()
-    _cache: Cache | None = None
+    _caches: dict[str, Cache] = field(default_factory=dict)
+    _last_sweep: float = 0.0
 
-    @property
-    def cache(self) -> Cache | None:
-        """The gradient cache (Redis with ``GIF_REDIS_URL``, else on disk), made on first use."""
-        if self.settings.cache and self._cache is None:
+    def cache_for(self, tenant_id: str) -> Cache | None:
+        """The tenant's gradient cache (Redis with ``GIF_REDIS_URL``, else on disk), made on first use.
+
+        Each tenant has a namespace of its own: entries are keyed by content only, and a shared
+        namespace would let one tenant learn from timings that another holds the same data.
+        """
+        if not self.settings.cache:
+            return None
+        if tenant_id not in self._caches:
+            space = hashlib.sha256(tenant_id.encode()).hexdigest()[:16]
             if self.settings.redis_url:
-                self._cache = make_cache(self.settings.redis_url, self.settings.home, self.blobs)
+                self._caches[tenant_id] = make_cache(
+                    self.settings.redis_url, self.settings.home, self.blobs, namespace=f"gif:cache:{space}:"
+                )
             else:
-                self._cache = make_cache(None, self.settings.home, max_bytes=self.settings.cache_max_bytes)
-        return self._cache
+                folder = self.settings.home / "cache" / space
+                self._caches[tenant_id] = DiskCache(folder, max_bytes=self.settings.cache_max_bytes)
+        return self._caches[tenant_id]
+
+    def sweep_caches(self, every: float = 600.0) -> None:
+        """Every ``every`` seconds at most: delete the blobs of expired Redis cache entries."""
+        if time.monotonic() - self._last_sweep < every:
+            return
+        self._last_sweep = time.monotonic()
+        for cache in self._caches.values():
+            sweep = getattr(cache, "sweep", None)
+            if sweep is not None:
+                try:
+                    sweep()
+                except Exception as exc:  # noqa: BLE001 (housekeeping must not fail a worker)
+                    log.warning("cache_sweep_failed", error=f"{type(exc).__name__}: {exc}")
 
     @classmethod
     def create(
@@ -136,6 +161,7 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
             return _commit(lease, ctx, results)
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "tenant_id", "attempt")
+        ctx.sweep_caches()
 
 
 def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Results:
@@ -156,7 +182,7 @@ def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Res
     loaded = load_inputs(request, inputs, ctx.blobs, device)
     if signals.should_stop():
         raise Cancelled("stopped before the computation started")
-    outcome = run_engine(request, loaded, progress, signals.should_stop, ctx.cache)
+    outcome = run_engine(request, loaded, progress, signals.should_stop, ctx.cache_for(lease.tenant_id))
     progress.stage("writing_results", "saving result artifacts", fraction=1.0)
     prov = provenance(lease.job_id, lease.attempt, request, request_sha256, loaded)
     prov["compute"] = peak_memory(device)

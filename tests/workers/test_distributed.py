@@ -7,6 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
+import torch
 from sqlalchemy import update
 
 from jobs import store
@@ -172,3 +173,17 @@ def test_jobs_waiting_past_the_queue_deadline_fail_deadline_exceeded(db):
         row = _row(db, job_id)
         assert row.status == "failed" and json.loads(row.error_json)["code"] == "deadline_exceeded"
     assert _row(db, fresh).status == "validating" and _row(db, running).status == "running"
+
+
+def test_each_tenant_has_a_cache_namespace_of_its_own(tmp_path):
+    from gif.cache import make_key
+    from workers.runner import WorkerContext
+
+    ctx = WorkerContext.create(Settings(home=tmp_path))
+    a, b = ctx.cache_for("tenant-a"), ctx.cache_for("tenant-b")
+    assert ctx.cache_for("tenant-a") is a and a is not b
+    key = make_key("gradient", {"same": "content"})
+    a.put(key, {"g": torch.ones(3)})
+    assert a.get(key) is not None and b.get(key) is None
+    assert WorkerContext.create(Settings(home=tmp_path, cache=False)).cache_for("tenant-a") is None
+    ctx.db.dispose()
