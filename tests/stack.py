@@ -169,6 +169,7 @@ class Stack:
 
     def __init__(self, mode: str, home: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
         self.mode, self.home, self.n_workers = mode, home, workers
+        home.mkdir(parents=True, exist_ok=True)
         self.env = dict(
             os.environ, GIF_HOME=str(home / "data"), GIF_API_KEYS=f"e2e:{KEY}",
             MPLCONFIGDIR=str(home / "mpl"), **FAST, **(extra_env or {}),
