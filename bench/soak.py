@@ -53,6 +53,8 @@ def main() -> None:
     for name in ("api", "worker"):
         first, tenth, last = rows[0][name], rows[min(9, len(rows) - 1)][name], rows[-1][name]
         print(f"| {name} | {first:.0f} | {tenth:.0f} | {last:.0f} | {last - tenth:+.1f} |")
+    marks = sorted({0, *range(9, len(rows), 10), len(rows) - 1})
+    print("\nworker RSS by job: " + ", ".join(f"{k + 1}: {rows[k]['worker']:.0f}" for k in marks))
     seconds = [row["seconds"] for row in rows]
     print(f"\njob wall time: median {sorted(seconds)[len(seconds) // 2]:.2f} s, max {max(seconds):.2f} s")
 

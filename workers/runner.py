@@ -9,6 +9,8 @@ it back to the queue; a lost lease means another party owns the job, so nothing 
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import json
 import os
@@ -162,6 +164,7 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "tenant_id", "attempt")
         ctx.sweep_caches()
+        release_memory()
 
 
 def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Results:
@@ -243,6 +246,16 @@ def _fail(lease: store.Lease, ctx: WorkerContext, code: str, message: str) -> Jo
 def _redact(message: str, ctx: WorkerContext) -> str:
     """No server paths in job errors."""
     return message.replace(str(ctx.blobs.root), "<blobs>")[:2000]
+
+
+def release_memory() -> None:
+    """Give the heap's free pages back to the OS after a job (glibc keeps them otherwise, so a
+    long-lived worker's RSS would ratchet up to its largest job and fragment)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 class _LeaseLost(Exception):
