@@ -39,11 +39,7 @@ def main() -> None:
             stack = Stack(mode, Path(tmp) / mode, workers=2)
             try:
                 stack.start()
-                inputs = {}
-                for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset")):
-                    with open(files[name], "rb") as f:
-                        inputs[name] = stack.client.post("/v1/artifacts", files={"file": (files[name].name, f)},
-                                                         data={"kind": kind}).json()  # fmt: skip
+                inputs = stack.upload(files)
                 reports.append(run_chaos(stack, inputs, jobs=args.jobs, seed=args.seed, max_faults=args.faults,
                                          interval=(2.0, 6.0), timeout=3600))  # fmt: skip
             finally:

@@ -61,10 +61,7 @@ def main() -> None:
 
 def soak(stack: Stack, files: dict, jobs: int) -> list[dict]:
     client = stack.client
-    ids = {}
-    for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset")):
-        with open(files[name], "rb") as f:
-            ids[name] = client.post("/v1/artifacts", files={"file": (files[name].name, f)}, data={"kind": kind}).json()["id"]
+    ids = {name: artifact["id"] for name, artifact in stack.upload(files).items()}
     rows = []
     for k in range(jobs):
         body = {"type": "remove", "model": {"arch": "mlp", "config": dict(factories.MLP_CONFIG), "checkpoint": ids["checkpoint"]},

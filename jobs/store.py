@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from . import idempotency
 from .clock import later, utcnow
 from .errors import JobNotCancellable, NotFound, ValidationFailed
 from .ids import new_id
@@ -487,6 +488,16 @@ def expire_waiting(session: Session, deadline_seconds: float) -> list[str]:
             append_event(session, row.id, row.tenant_id, "job.failed", error["message"], level="error")
             expired.append(row.id)
     return expired
+
+
+def housekeeping(session: Session, *, queue_deadline_seconds: float = 0.0) -> list[tuple[str, JobStatus]]:
+    """One sweeper pass over the table (both executors run it): reap expired leases, forget
+    expired idempotency keys, fail jobs waiting past the queue deadline. Returns the reaped jobs."""
+    reaped = reap_expired(session)
+    idempotency.purge_expired(session)
+    if queue_deadline_seconds:
+        expire_waiting(session, queue_deadline_seconds)
+    return reaped
 
 
 # -- events ----------------------------------------------------------------------------------------

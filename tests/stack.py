@@ -209,6 +209,17 @@ class Stack:
         self._wait_ready()
         return self.client
 
+    def upload(self, files: dict[str, Path], names: tuple[str, ...] = ("checkpoint", "train")) -> dict[str, dict]:
+        """Upload fixture files (``checkpoint`` is a checkpoint, anything else a dataset)."""
+        out = {}
+        for name in names:
+            kind = "checkpoint" if name == "checkpoint" else "dataset"
+            with open(files[name], "rb") as f:
+                response = self.client.post("/v1/artifacts", files={"file": (files[name].name, f)}, data={"kind": kind})
+            assert response.status_code == 201, response.text
+            out[name] = response.json()
+        return out
+
     def _start_api(self) -> Process:
         return Process(["serve", "--port", str(self.port), "--log-level", "warning"], self.env,
                        self.home / "api.log").start()  # fmt: skip

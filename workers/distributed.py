@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from jobs import idempotency, logs, store
+from jobs import logs, store
 from jobs.config import Settings
 from jobs.db import Database
 from jobs.errors import ServiceUnavailable
@@ -84,10 +84,7 @@ class CeleryExecutor:
             return {"skipped": 1}
         try:
             with self.db.begin() as session:
-                reaped = store.reap_expired(session)
-                idempotency.purge_expired(session)
-                if self.settings.queue_deadline_seconds:
-                    store.expire_waiting(session, self.settings.queue_deadline_seconds)
+                reaped = store.housekeeping(session, queue_deadline_seconds=self.settings.queue_deadline_seconds)
             for job_id, status in reaped:
                 log.warning("lease_expired", job_id=job_id, status=status.value)
             with self.db.read() as session:

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from jobs import idempotency, logs, store
+from jobs import logs, store
 from jobs.config import Settings
 from jobs.db import Database
 
@@ -112,10 +112,7 @@ class LocalExecutor:
         assert self._db is not None
         try:
             with self._db.begin() as session:
-                outcomes = store.reap_expired(session)
-                idempotency.purge_expired(session)
-                if self.settings.queue_deadline_seconds:
-                    store.expire_waiting(session, self.settings.queue_deadline_seconds)
+                outcomes = store.housekeeping(session, queue_deadline_seconds=self.settings.queue_deadline_seconds)
         except Exception as exc:  # noqa: BLE001 (retry at the next interval)
             log.warning("reaper_failed", error=str(exc))
             return

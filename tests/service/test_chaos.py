@@ -17,12 +17,7 @@ def test_no_job_lost_duplicated_or_corrupted_under_faults(tmp_path, files, mode,
     stack = Stack(mode, tmp_path, workers=2)
     try:
         stack.start()
-        inputs = {}
-        for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset")):
-            with open(files[name], "rb") as f:
-                response = stack.client.post("/v1/artifacts", files={"file": (files[name].name, f)}, data={"kind": kind})
-            assert response.status_code == 201, response.text
-            inputs[name] = response.json()
+        inputs = stack.upload(files)
         report = run_chaos(stack, inputs, jobs=jobs, seed=seed, interval=(1.0, 3.0), max_faults=5, timeout=300)
     finally:
         stack.close()

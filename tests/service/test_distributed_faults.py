@@ -43,18 +43,7 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs(stack, files) -> dict[str, dict]:
-    return _upload(stack, files)
-
-
-def _upload(stack: Stack, files) -> dict[str, dict]:
-    out = {}
-    for name in ("checkpoint", "train"):
-        with open(files[name], "rb") as f:
-            kind = "checkpoint" if name == "checkpoint" else "dataset"
-            response = stack.client.post("/v1/artifacts", files={"file": (files[name].name, f)}, data={"kind": kind})
-        assert response.status_code == 201, response.text
-        out[name] = response.json()
-    return out
+    return stack.upload(files)
 
 
 def _body(inputs: dict, cls: int, options: dict) -> dict:
@@ -157,7 +146,7 @@ def test_a_job_over_the_time_limit_fails_deadline_exceeded(tmp_path, files):
     short = Stack("distributed", tmp_path, extra_env={"GIF_MAX_JOB_SECONDS": str(TIME_LIMIT)})
     try:
         short.start()
-        inputs = _upload(short, files)
+        inputs = short.upload(files)
         job = _wait(short, _submit(short, _body(inputs, 9, ENDLESS)), timeout=TIME_LIMIT + 90)
         assert job["status"] == "failed" and job["error"]["code"] == "deadline_exceeded", job
         assert job["attempt"] == 1

@@ -51,15 +51,7 @@ def server(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs(server, files) -> dict[str, dict]:
-    out = {}
-    for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset"), ("queries", "dataset")):
-        with open(files[name], "rb") as f:
-            response = server.client.post(
-                "/v1/artifacts", files={"file": (files[name].name, f)}, data={"kind": kind}
-            )
-        assert response.status_code == 201, response.text
-        out[name] = response.json()
-    return out
+    return server.upload(files, ("checkpoint", "train", "queries"))
 
 
 def _model_spec(inputs) -> dict:
