@@ -26,6 +26,7 @@ from ._files import (
     format_names,
     read_head,
 )
+from ._pickles import PickleBomb, PickleTooLarge, check_torch_file
 from ._safetensors import read_safetensors
 
 MIN_TORCH_VERSION = (2, 10)  # older weights_only loaders have known code-execution bypasses
@@ -126,6 +127,12 @@ def _torch_load(path: PathLike) -> object:
             f"refusing to load a pickle-based checkpoint with torch {version}: versions before 2.10 have "
             "known weights_only bypasses; convert the checkpoint to safetensors"
         )
+    try:
+        check_torch_file(path)
+    except PickleBomb as exc:
+        raise UnsafeCheckpointError(f"refusing to load {os.fspath(path)!r}: {exc}") from None
+    except PickleTooLarge as exc:
+        raise CheckpointError(f"cannot read PyTorch checkpoint {os.fspath(path)!r}: {exc}") from None
     try:
         # A file object, not the path: torch.load dispatches on a ".safetensors" suffix otherwise.
         with open(path, "rb") as f:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from ._safetensors import validate_header
 
 _NPY_MAGIC = b"\x93NUMPY"
 _DATASET_KEYS = ("inputs", "labels")
+_ZIP_METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 
 
 def load_dataset(path: PathLike) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +109,8 @@ def _read_npz(path: PathLike, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             _require_keys(keys, npz.files)
+            for key in keys:
+                _check_npz_member(npz.zip, key)
             arrays = {k: npz[k] for k in keys}
     except DatasetError:
         raise
@@ -123,6 +128,37 @@ def _read_npz(path: PathLike, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
             raise DatasetError(f"array {key!r} has unsupported dtype {arr.dtype}")
         out[key] = torch.from_numpy(np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False)))
     return out
+
+
+def _check_npz_member(archive: zipfile.ZipFile, key: str) -> None:
+    """Refuse a member before it is unpacked: a compression other than np.savez's (Python's zipfile
+    inflates bzip2 and lzma without bound), or a size that differs from what its .npy header declares
+    (a truncated member, or a bomb inflating past its array)."""
+    names = archive.namelist()
+    info = archive.getinfo(f"{key}.npy" if f"{key}.npy" in names else key)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise DatasetError(
+            f"npz member {info.filename!r} is compressed with "
+            f"{_ZIP_METHODS.get(info.compress_type, f'method {info.compress_type}')}; only "
+            "stored or deflated members (np.savez, np.savez_compressed) are read"
+        )
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return  # numpy reports the version
+        header = f.tell()
+    if dtype.hasobject:
+        return  # refused by allow_pickle=False
+    declared = math.prod(shape) * dtype.itemsize
+    if info.file_size - header != declared:
+        raise DatasetError(
+            f"npz member {info.filename!r} is corrupt: its header declares {dtype}{list(shape)} "
+            f"({declared} bytes) but it holds {info.file_size - header} bytes of data"
+        )
 
 
 def _read_safetensors_arrays(path: PathLike, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:

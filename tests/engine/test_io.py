@@ -6,6 +6,9 @@ import builtins
 import json
 import pickle
 import struct
+import time
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from gif.errors import (
     NumericalError,
     UnsafeCheckpointError,
 )
+from tests import hostile
 
 
 def small_model() -> nn.Module:
@@ -397,3 +401,63 @@ def test_infer_num_classes_keeps_training_mode():
     assert io.infer_num_classes(model, torch.randn(2, 3, 8, 8)) == 7
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
+
+
+# -- denial of service: pickle and decompression bombs (tests/hostile.py builds them) ---------------
+
+
+def test_pickle_bombs_are_refused_before_unpickling(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(UnsafeCheckpointError, match="pickle bomb"):  # hashing the key: 2**64 steps
+        io.load_checkpoint(hostile.hash_bomb_pickle(tmp_path / "hash.pt"))
+    with pytest.raises(UnsafeCheckpointError, match="nests tuples more than 1000 deep"):  # a C stack overflow
+        io.load_checkpoint(hostile.deep_tuple_pickle(tmp_path / "deep.pt"))
+    with pytest.raises(CheckpointError, match="over the limit"):  # 3.5 GiB data.pkl from 3.7 MB
+        io.load_checkpoint(hostile.pt_pickle_bomb(tmp_path / "big.pt"))
+    assert time.monotonic() - start < 5
+    members = [(hostile.STORED, b, zlib.crc32(b), len(b)) for b in (hostile.state_dict_pickle(3), bytes(12))]
+    hostile.pt_zip(tmp_path / "ok.pt", *members)
+    assert torch.equal(io.load_checkpoint(tmp_path / "ok.pt")["w"], torch.zeros(3))  # the builders are sound
+
+
+def test_shared_and_nested_structures_of_real_checkpoints_pass_the_pickle_check(tmp_path):
+    model = small_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    optimizer.step()
+    shared = (1, (2, 3))
+    extra = {"shape": shared, "again": shared, "nested": [[[shared]]] * 50, ("key", 1): "tuple key"}
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "extra": extra}
+    torch.save(checkpoint, tmp_path / "a.pt")
+    torch.save(model.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    for name in ("a.pt", "legacy.pt"):
+        state = io.load_checkpoint(tmp_path / name)
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_npz_members_are_checked_before_they_are_inflated(tmp_path):
+    with pytest.raises(DatasetError, match="compressed with bzip2; only stored or deflated"):
+        io.load_dataset(hostile.npz_bz2_bomb(tmp_path / "bomb.npz"))  # 4 GiB from 3 KB
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((4, 2), np.float32), labels=np.arange(4))
+    with zipfile.ZipFile(tmp_path / "d.npz") as src, zipfile.ZipFile(tmp_path / "short.npz", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data[:-8] if info.filename == "inputs.npy" else data)
+    with pytest.raises(DatasetError, match=r"is corrupt: its header declares float32\[4, 2\] \(32 bytes\)"):
+        io.load_dataset(tmp_path / "short.npz")
+    np.savez_compressed(tmp_path / "c.npz", inputs=np.zeros((4, 2), np.float32), labels=np.arange(4))
+    assert io.load_dataset(tmp_path / "c.npz")[0].shape == (4, 2)
+
+
+def test_every_data_pkl_of_a_zip_is_checked(tmp_path):
+    """torch reads the data.pkl in the folder of the archive's first entry: a benign decoy listed
+    first in another folder does not hide the bomb."""
+    bomb = hostile.hash_bomb_pickle(tmp_path / "bomb.pkl").read_bytes()
+    decoy = hostile.state_dict_pickle(2)
+    hostile.write_zip(tmp_path / "decoy.pt", [
+        ("archive/version", hostile.STORED, b"3\n", zlib.crc32(b"3\n"), 2),
+        ("decoy/data.pkl", hostile.STORED, decoy, zlib.crc32(decoy), len(decoy)),
+        ("archive/data.pkl", hostile.STORED, bomb, zlib.crc32(bomb), len(bomb)),
+    ])  # fmt: skip
+    with pytest.raises(UnsafeCheckpointError, match="pickle bomb"):
+        io.load_checkpoint(tmp_path / "decoy.pt")
