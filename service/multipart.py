@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from jobs.blobs import BlobStore, BlobWriter, StagedBlob
 from jobs.errors import UnsupportedMediaType, ValidationFailed
@@ -51,6 +51,7 @@ class _FormReader:
         self.fields: dict[str, str] = {}
         self.pending: list[bytes] = []
         self.count = 0
+        self.complete = False
 
     def callbacks(self) -> dict:
         return {
@@ -61,6 +62,7 @@ class _FormReader:
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._data,
             "on_part_end": self._end,
+            "on_end": self._finished,
         }
 
     def _begin(self) -> None:
@@ -100,6 +102,9 @@ class _FormReader:
         if self.part.name != FILE_FIELD and self.part.name is not None:
             self.fields[self.part.name] = self.part.data.decode("utf-8", "replace")
 
+    def _finished(self) -> None:
+        self.complete = True
+
     async def flush(self) -> None:
         if self.pending and self.writer is not None:
             chunk, self.pending = b"".join(self.pending), []
@@ -128,6 +133,8 @@ async def read_upload(request: Request, blobs: BlobStore, limit: int) -> UploadF
             parser.write(chunk)
             await reader.flush()
         parser.finalize()
+        if not reader.complete:  # python-multipart's finalize() does not check it
+            raise MultipartParseError("the body ends before the closing boundary (truncated upload?)")
         await reader.flush()
         if reader.writer is None:
             raise ValidationFailed.one(["body", FILE_FIELD], "field required: the file to upload")
@@ -135,6 +142,9 @@ async def read_upload(request: Request, blobs: BlobStore, limit: int) -> UploadF
     except MultipartParseError as exc:
         reader.abort()
         raise ProblemError(400, f"malformed multipart body: {exc}") from None
+    except ClientDisconnect:  # a client error, not a 500 (nobody reads the answer)
+        reader.abort()
+        raise ProblemError(400, "the client disconnected before the upload was complete") from None
     except BaseException:
         reader.abort()
         raise
