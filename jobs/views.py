@@ -91,7 +91,7 @@ def event_id(seq: int) -> str:
 
 
 def parse_event_id(value: str) -> int:
-    if not value.startswith("evt_") or not value[4:].isdigit():
+    if not value.startswith("evt_") or not (value[4:].isascii() and value[4:].isdigit()):
         raise ValidationFailed.one(["query", "after"], f"not an event id: {value!r}")
     return int(value[4:])
 

@@ -15,8 +15,9 @@ import math
 import os
 import secrets
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobs.config import Settings
@@ -95,10 +96,12 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-async def require_tenant(request: Request) -> str:
+async def require_tenant(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+) -> str:
     """Dependency: the caller's tenant, or 401 with ``WWW-Authenticate: Bearer``; 429 with
-    ``Retry-After`` when the tenant is over its request rate."""
-    credentials: HTTPAuthorizationCredentials | None = await _bearer(request)
+    ``Retry-After`` when the tenant is over its request rate. (Taking the key through
+    ``Security`` puts the bearer requirement on every route that needs a tenant in the OpenAPI.)"""
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or not credentials.credentials:
         raise Unauthenticated("missing API key: send `Authorization: Bearer <key>`", headers=challenge)

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Scope
 
 from jobs import logs
@@ -35,6 +36,7 @@ _HTTP_CODES = {
     406: ("not-acceptable", "Not acceptable"),
     413: ("payload-too-large", "Payload too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
+    416: ("range-not-satisfiable", "Range not satisfiable"),
     422: ("validation-error", "Request validation failed"),
     500: ("internal", "Internal server error"),
     503: ("service-unavailable", "Service unavailable"),
@@ -45,9 +47,15 @@ class ProblemError(DomainError):
     """An HTTP-level problem raised by the service itself (e.g. a malformed multipart body)."""
 
     def __init__(
-        self, status: int, detail: str, *, code: str | None = None, title: str | None = None
+        self,
+        status: int,
+        detail: str,
+        *,
+        code: str | None = None,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(detail)
+        super().__init__(detail, headers=headers)
         default_code, default_title = _HTTP_CODES.get(status, ("http-error", "HTTP error"))
         self.status, self.code, self.title = status, code or default_code, title or default_title
 
@@ -134,11 +142,35 @@ def _loc(entry: dict[str, Any]) -> str:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code, title = _HTTP_CODES.get(exc.status_code, ("http-error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
+    headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route for {request.method} {request.url.path}"
-    return problem_response(
-        request.scope, exc.status_code, code, title, detail, headers=getattr(exc, "headers", None)
-    )
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route matching the path only
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not allowed on {request.url.path}; allowed: {headers['Allow']}"
+    return problem_response(request.scope, exc.status_code, code, title, detail, headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's."""
+    methods: set[str] = set()
+    for route in app_routes(request.app):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(route.methods or ())
+    return sorted(methods)
+
+
+def app_routes(app: FastAPI) -> list[Any]:
+    """Every route of ``app`` (``path``, ``methods``, ``matches``…), those of included routers
+    too: recent FastAPI keeps them nested, older versions list them flat."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # pragma: no cover (FastAPI before the nested routers)
+        return list(app.router.routes)
+    return list(iter_route_contexts(app.router.routes))
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -18,7 +18,7 @@ from jobs import logs
 from jobs.config import Settings
 from jobs.executor import load_executor
 
-from . import errors
+from . import errors, openapi
 from .deps import Services
 from .middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from .routers import artifacts, health, jobs
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     for module in (health, artifacts, jobs):
         app.include_router(module.router)
+    openapi.install(app)
     return app
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.artifacts import RESULT_KINDS, UPLOAD_KINDS
+from jobs.specs import JOB_TYPES
+from jobs.states import JobStatus
 
 
 class Problem(BaseModel):
@@ -33,3 +37,125 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+# Success bodies: documentation of what ``jobs.views`` and the probes build (tests/service/
+# test_contract_fuzz.py checks that real responses conform). Open models: a new field is an
+# addition, not a break, and FastAPI's response filtering (for the handlers that return a dict
+# rather than a JSONResponse) keeps it.
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+_ID = {"artifact": r"^art_[0-9A-HJKMNP-TV-Z]{26}$", "job": r"^job_[0-9A-HJKMNP-TV-Z]{26}$"}
+_TIMESTAMP = Field(description="RFC 3339, UTC.", examples=["2026-11-29T10:15:02.123456Z"])
+_OPTIONAL_TIMESTAMP = Field(None, description="RFC 3339, UTC; null until it happened.")
+
+
+class ArtifactLinks(_Open):
+    self: str
+    content: str
+
+
+class Artifact(_Open):
+    """An uploaded checkpoint or dataset, or a file a job produced."""
+
+    id: str = Field(pattern=_ID["artifact"])
+    object: Literal["artifact"]
+    kind: Literal[UPLOAD_KINDS + RESULT_KINDS]  # type: ignore[valid-type]
+    format: str = Field(examples=["safetensors"])
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Digest of the stored bytes.")
+    size_bytes: int = Field(ge=0)
+    content_type: str
+    filename: str | None = Field(description="The client's file name, sanitised (metadata only).")
+    created_at: str = _TIMESTAMP
+    job_id: str | None = Field(description="The job that produced it (result artifacts).")
+    metadata: dict[str, Any] = Field(
+        description="Datasets: n_samples, input_shape, label_counts…; checkpoints: tensor names and shapes."
+    )
+    links: ArtifactLinks
+
+
+class JobLinks(_Open):
+    self: str
+    events: str
+    cancel: str
+
+
+class Job(_Open):
+    """A job and everything known about it; ``result`` once succeeded, ``error`` once failed."""
+
+    id: str = Field(pattern=_ID["job"])
+    object: Literal["job"]
+    type: Literal[JOB_TYPES]  # type: ignore[valid-type]
+    status: JobStatus
+    created_at: str = _TIMESTAMP
+    validated_at: str | None = _OPTIONAL_TIMESTAMP
+    started_at: str | None = _OPTIONAL_TIMESTAMP
+    cancel_requested_at: str | None = _OPTIONAL_TIMESTAMP
+    finished_at: str | None = _OPTIONAL_TIMESTAMP
+    attempt: int = Field(ge=0)
+    max_attempts: int = Field(ge=1)
+    inputs: dict[str, Any] = Field(description="Digests of the input artifacts.")
+    request: dict[str, Any] = Field(description="The request, long index lists replaced by count + digest.")
+    progress: dict[str, Any] | None = Field(
+        description="{stage, fraction, step, total_steps, message, updated_at} while running."
+    )
+    result: dict[str, Any] | None = Field(description="{artifacts, summary, provenance} once succeeded.")
+    error: dict[str, Any] | None = Field(description="{code, message, …} once failed.")
+    links: JobLinks
+
+
+class JobEvent(_Open):
+    id: str = Field(pattern=r"^evt_[0-9]+$")
+    object: Literal["job.event"]
+    created_at: str = _TIMESTAMP
+    type: str = Field(examples=["job.created"])
+    level: str = Field(examples=["info"])
+    message: str
+    data: dict[str, Any] | None
+
+
+class JobList(_Open):
+    """A page of jobs, newest first; pass ``last_id`` as ``after`` for the next one."""
+
+    object: Literal["list"]
+    data: list[Job]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class JobEventList(_Open):
+    """A page of events, oldest first; pass ``last_id`` as ``after`` for the next one."""
+
+    object: Literal["list"]
+    data: list[JobEvent]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class Liveness(_Open):
+    status: Literal["ok"]
+
+
+class Readiness(_Open):
+    status: Literal["ok"]
+    checks: dict[str, str]
+    executor: dict[str, Any]
+
+
+class Version(_Open):
+    api: str
+    service_version: str
+    mode: str
+    job_types: list[str]
+    architectures: list[str]
+    methods: list[str]
+    solvers: list[str]
+    selection_strategies: list[str]
+    artifact_kinds: list[str]
+    checkpoint_formats: list[str]
+    dataset_formats: list[str]

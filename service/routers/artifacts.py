@@ -9,14 +9,17 @@ from urllib.parse import quote
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
-from jobs import artifacts, uploads
+from jobs import artifacts, ids, uploads
 from jobs.errors import DomainError, NotFound
 from jobs.models import Artifact
 from jobs.views import artifact_view
 
 from ..deps import Services, ServicesDep, TenantDep
+from ..errors import ProblemError
 from ..multipart import read_upload, sanitize_filename
+from ..schemas import Artifact as ArtifactBody
 from ..schemas import problems
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
@@ -39,18 +42,52 @@ _UPLOAD_BODY = {
     }
 }
 
+_BY_ID = {"artifact_id": "$response.body#/id"}
+#: From an artifact's body to what can be done with it (OpenAPI links: clients, stateful tests).
+_LINKS = {
+    "GetArtifact": {"operationId": "getArtifact", "parameters": _BY_ID},
+    "DownloadArtifact": {"operationId": "downloadArtifact", "parameters": _BY_ID},
+    "DeleteArtifact": {"operationId": "deleteArtifact", "parameters": _BY_ID},
+    "UseAsTrainingSet": {
+        "operationId": "submitJob",
+        "requestBody": {"train": "$response.body#/id"},
+        "description": "A dataset's id as the `train` of a job (the rest of the body as usual).",
+    },
+}
+_STRING = {"schema": {"type": "string"}}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_CONTENT = {  # what downloads are served as (jobs.artifacts.CONTENT_TYPES)
+    content_type: ({"schema": {}} if content_type == "application/json" else _BINARY)
+    for content_type in sorted(set(artifacts.CONTENT_TYPES.values()))
+}
+_DOWNLOAD_HEADERS = {
+    "ETag": {"description": '`"sha256:<hex>"`', "required": True, **_STRING},
+    "Content-Digest": {"description": "RFC 9530 `sha-256=:<base64>:`", "required": True, **_STRING},
+}
+
 
 @router.post(
     "",
     status_code=201,
+    operation_id="uploadArtifact",
+    response_model=ArtifactBody,
     summary="Upload a checkpoint or a dataset",
     description="multipart/form-data with a `file` part and a `kind` field (`checkpoint` | `dataset`). "
     "Checkpoints: safetensors, or a `.pt` state dict (converted to safetensors). Datasets: safetensors "
     "or `.npz` with `inputs` and `labels`. 201 for a new artifact, 200 when the tenant already has it.",
     openapi_extra=_UPLOAD_BODY,
     responses={
-        200: {"description": "The tenant already had this file (dedup)."},
-        **problems(401, 413, 415, 422),
+        201: {
+            "description": "A new artifact.",
+            "headers": {"Location": {"description": "The artifact's URL.", "required": True, **_STRING}},
+            "links": _LINKS,
+        },
+        200: {
+            "model": ArtifactBody,
+            "description": "The tenant already had this file (dedup).",
+            "links": _LINKS,
+        },
+        **problems(400, 401, 413, 415, 422),
     },
 )
 async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
@@ -79,7 +116,16 @@ async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> 
     )
 
 
-@router.get("/{artifact_id}", summary="Artifact metadata", responses=problems(401, 404))
+@router.get(
+    "/{artifact_id}",
+    operation_id="getArtifact",
+    response_model=ArtifactBody,
+    summary="Artifact metadata",
+    responses={
+        200: {"headers": {"ETag": _DOWNLOAD_HEADERS["ETag"]}, "links": _LINKS},
+        **problems(401, 404),
+    },
+)
 def get_artifact(artifact_id: str, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
     artifact = _require(services, tenant, artifact_id)
     return JSONResponse(artifact_view(artifact), headers={"ETag": _etag(artifact)})
@@ -87,23 +133,39 @@ def get_artifact(artifact_id: str, services: ServicesDep, tenant: TenantDep) -> 
 
 @router.get(
     "/{artifact_id}/content",
+    operation_id="downloadArtifact",
     summary="Download the artifact's bytes",
+    description="Supports `If-None-Match` (304) and one or several `Range`s (206; 416 past the end).",
     response_class=FileResponse,
-    responses={304: {"description": "Not modified"}, **problems(401, 404)},
+    responses={
+        200: {"description": "The bytes.", "content": _CONTENT, "headers": _DOWNLOAD_HEADERS},
+        206: {
+            "description": "The requested range (or `multipart/byteranges` for several).",
+            "content": {**dict.fromkeys(_CONTENT, _BINARY), "multipart/byteranges": _BINARY},
+        },
+        304: {"description": "Not modified (the `If-None-Match` ETag matches)."},
+        **problems(400, 401, 404, 416),
+    },
 )
 def download(
     artifact_id: str,
     services: ServicesDep,
     tenant: TenantDep,
     if_none_match: Annotated[str | None, Header()] = None,
+    range_: Annotated[
+        str | None, Header(alias="Range", description="`bytes=<first>-<last>`, comma-separated; RFC 9110.")
+    ] = None,
 ) -> Response:
     artifact = _require(services, tenant, artifact_id)
     etag = _etag(artifact)
     if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
+    path = services.blobs.path(artifact.sha256)
+    if range_ is not None:
+        _check_range(range_, path.stat().st_size)
     digest = base64.b64encode(bytes.fromhex(artifact.sha256)).decode()
     return FileResponse(
-        services.blobs.path(artifact.sha256),
+        path,
         media_type=artifact.content_type,
         headers={
             "ETag": etag,
@@ -114,19 +176,48 @@ def download(
 
 
 @router.delete(
-    "/{artifact_id}", status_code=204, summary="Delete an artifact", responses=problems(401, 404, 409)
+    "/{artifact_id}",
+    status_code=204,
+    operation_id="deleteArtifact",
+    summary="Delete an artifact",
+    responses=problems(401, 404, 409),
 )
 def delete_artifact(artifact_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
-    uploads.delete(services.db, services.blobs, tenant, artifact_id)
+    uploads.delete(services.db, services.blobs, tenant, _artifact_id(artifact_id))
     return Response(status_code=204)
+
+
+def _artifact_id(artifact_id: str) -> str:
+    """A path's artifact id; one that cannot be an id is not found, without asking the database
+    (PostgreSQL refuses strings with NUL characters, for one)."""
+    if not ids.is_valid("artifact", artifact_id):
+        raise NotFound(f"artifact {artifact_id!r} not found")
+    return artifact_id
 
 
 def _require(services: Services, tenant: str, artifact_id: str) -> Artifact:
     with services.db.read() as session:
-        artifact = artifacts.get_artifact(session, tenant, artifact_id)
+        artifact = artifacts.get_artifact(session, tenant, _artifact_id(artifact_id))
     if artifact is None:
         raise NotFound(f"artifact {artifact_id!r} not found")
     return artifact
+
+
+def _check_range(value: str, size: int) -> None:
+    """Starlette's FileResponse answers a Range it cannot serve in text/plain; this answers
+    problem+json (400 malformed, 416 unsatisfiable) before it gets there, with its own parser."""
+    parse = getattr(FileResponse, "_parse_range_header", None)
+    if parse is None:  # pragma: no cover (another Starlette)
+        return
+    try:
+        parse(value, size)
+    except RangeNotSatisfiable:
+        raise ProblemError(
+            416, f"range {value!r} starts past the {size} bytes of the file",
+            headers={"Content-Range": f"bytes */{size}"},
+        ) from None  # fmt: skip
+    except MalformedRangeHeader as exc:
+        raise ProblemError(400, f"malformed Range header {value!r}: {exc.content}") from None
 
 
 def _etag(artifact: Artifact) -> str:

@@ -14,16 +14,28 @@ from jobs.artifacts import UPLOAD_KINDS
 from ..deps import Services, ServicesDep, TenantDep
 from ..errors import problem_response
 from ..metrics import CONTENT_TYPE
+from ..schemas import Liveness, Readiness, Version, problems
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/livez", summary="Liveness: the process answers (no dependency checks)")
+@router.get(
+    "/livez",
+    operation_id="livez",
+    response_model=Liveness,
+    summary="Liveness: the process answers (no dependency checks)",
+)
 async def livez() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database and blob storage reachable", response_model=None)
+@router.get(
+    "/readyz",
+    operation_id="readyz",
+    response_model=Readiness,
+    summary="Readiness: database and blob storage reachable",
+    responses=problems(503),
+)
 async def readyz(request: Request, services: ServicesDep) -> dict | JSONResponse:
     checks = await run_in_threadpool(_checks, services)
     executor = getattr(request.app.state, "executor", None)
@@ -53,7 +65,12 @@ def _checks(services: Services) -> dict[str, str]:
     return checks
 
 
-@router.get("/v1/version", summary="API and service versions, supported job types and formats")
+@router.get(
+    "/v1/version",
+    operation_id="version",
+    response_model=Version,
+    summary="API and service versions, supported job types and formats",
+)
 async def version() -> dict:
     try:
         service_version = importlib.metadata.version("gif-service")
