@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test test-fast examples bench clean
+.PHONY: install serve test test-fast examples bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(STAMP)
 	$(PY) bench/time_to_solution.py
 	$(PY) bench/memory.py
 	$(PY) bench/cache.py
+
+## Contract fuzzing against a real server with a large budget (not in CI; ~15-30 min on 2 cores).
+## FUZZ_ARGS, e.g. "--mode distributed" or "--max-examples 50 --scenarios 20"; see bench/fuzz.py.
+fuzz: $(STAMP)
+	$(PY) bench/fuzz.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
