@@ -163,9 +163,17 @@ def test_stateful(client_a, files):
 # What the fuzzer found, pinned as plain examples (the fuzzer may not draw them again).
 
 
-def test_event_cursors(client_a):
-    job = client_a.post("/v1/jobs", json=fuzzing.REAL[0].job_body).json()
-    events = f"/v1/jobs/{job['id']}/events"
+@pytest.fixture
+def real(client_a, files) -> fuzzing.RealInputs:
+    """Tenant A's artifacts, uploaded again if the state machine deleted them."""
+    upload_real_files(client_a, files)
+    return fuzzing.REAL[0]
+
+
+def test_event_cursors(client_a, real):
+    job = client_a.post("/v1/jobs", json=real.job_body)
+    assert job.status_code == 202, job.text
+    events = f"/v1/jobs/{job.json()['id']}/events"
     # past any event: an empty page (PostgreSQL, whose column is 32-bit, answered 500)
     page = client_a.get(events, params={"after": "evt_99999999999999"})
     assert page.status_code == 200 and page.json()["data"] == []
@@ -193,8 +201,8 @@ def test_405_allows_every_method_of_the_path(client_a):
     assert client_a.request("PATCH", "/v1/jobs").headers["allow"] == "GET, POST"
 
 
-def test_bad_ranges_and_bodies_are_documented_problems(client_a):
-    artifact = fuzzing.REAL[0].artifact_ids["train"]
+def test_bad_ranges_and_bodies_are_documented_problems(client_a, real):
+    artifact = real.artifact_ids["train"]
     content = f"/v1/artifacts/{artifact}/content"
     part = client_a.get(content, headers={"Range": "bytes=0-9"})
     assert part.status_code == 206 and len(part.content) == 10
