@@ -95,7 +95,11 @@ class _Chaos(threading.Thread):
 
     def run(self) -> None:
         try:
-            while len(self.applied) < self.max_faults and not self.done.wait(self.rng.uniform(*self.interval)):
+            tries = 0
+            while len(self.applied) < self.max_faults and tries < 3 * self.max_faults:
+                if self.done.wait(self.rng.uniform(*self.interval)):
+                    return
+                tries += 1
                 fault = self.rng.choice(self.faults)
                 if getattr(self, f"_{fault}")():
                     self.applied.append(fault)
@@ -184,6 +188,7 @@ def run_chaos(
             assert response.status_code == 202, response.text
             ids[key] = response.json()["id"]
             time.sleep(rng.uniform(0.0, 0.5))
+        chaos.join(timeout=max(1.0, deadline - time.monotonic()))  # every fault lands before the check
         finals = {key: _wait_terminal(stack, job_id, deadline) for key, job_id in ids.items()}
     finally:
         chaos.done.set()

@@ -74,9 +74,13 @@ class WorkerContext:
         if tenant_id not in self._caches:
             space = hashlib.sha256(tenant_id.encode()).hexdigest()[:16]
             if self.settings.redis_url:
+                # a dead worker's compute lock must lapse about as fast as its job lease, or the
+                # retry of its job would wait on it (the holder renews it every third of this)
+                lock_timeout = max(2.0, min(30.0, self.settings.lease_seconds))
                 self._caches[tenant_id] = make_cache(
-                    self.settings.redis_url, self.settings.home, self.blobs, namespace=f"gif:cache:{space}:"
-                )
+                    self.settings.redis_url, self.settings.home, self.blobs,
+                    namespace=f"gif:cache:{space}:", lock_timeout=lock_timeout,
+                )  # fmt: skip
             else:
                 folder = self.settings.home / "cache" / space
                 self._caches[tenant_id] = DiskCache(folder, max_bytes=self.settings.cache_max_bytes)

@@ -71,7 +71,7 @@ def _checks(services: Services) -> dict[str, str]:
     response_model=Version,
     summary="API and service versions, supported job types and formats",
 )
-async def version() -> dict:
+async def version(services: ServicesDep) -> dict:
     try:
         service_version = importlib.metadata.version("gif-service")
     except importlib.metadata.PackageNotFoundError:
@@ -79,7 +79,7 @@ async def version() -> dict:
     return {
         "api": "v1",
         "service_version": service_version,
-        "mode": "embedded",
+        "mode": "distributed" if services.settings.distributed else "embedded",
         "job_types": list(specs.JOB_TYPES),
         "architectures": list(specs.ARCHS),
         "methods": list(specs.METHODS),

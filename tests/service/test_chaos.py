@@ -12,17 +12,19 @@ from tests.stack import Stack
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize(("mode", "jobs", "seed"), [("embedded", 8, 1), ("distributed", 10, 2)])
+# CI runs distributed mode, which has every kind of fault; `python bench/chaos.py` runs both
+# modes with long batches (embedded mode's API and worker kills are also in test_e2e.py).
+@pytest.mark.parametrize(("mode", "jobs", "seed"), [("distributed", 8, 2)])
 def test_no_job_lost_duplicated_or_corrupted_under_faults(tmp_path, files, mode, jobs, seed):
     stack = Stack(mode, tmp_path, workers=2)
     try:
         stack.start()
         inputs = stack.upload(files)
-        report = run_chaos(stack, inputs, jobs=jobs, seed=seed, interval=(1.0, 3.0), max_faults=5, timeout=300)
+        report = run_chaos(stack, inputs, jobs=jobs, seed=seed, interval=(1.0, 3.0), max_faults=4, timeout=300)
     finally:
         stack.close()
     assert report.problems == [], report
-    assert len(report.faults) >= 3, report
+    assert len(report.faults) >= 2, report  # up to 4: a worker fault is skipped when no job runs
     assert sum(report.statuses.values()) == jobs
     # a fault may cost a job its attempts (worker_lost), never its outcome
     assert set(report.error_codes) <= {"worker_lost"}, report

@@ -88,6 +88,10 @@ def _by_kind(job: dict) -> dict[str, dict]:
     return {entry["kind"]: entry for entry in job["result"]["artifacts"]}
 
 
+def test_version_reports_the_running_mode(server):
+    assert server.client.get("/v1/version").json()["mode"] == server.mode
+
+
 def test_remove_class_end_to_end(server, inputs, digits):
     body = {
         "type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"], "forget": {"class": 3},
