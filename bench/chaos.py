@@ -36,14 +36,10 @@ def main() -> None:
         digits = factories.digits()
         files = factories.write_files(Path(tmp) / "files", digits, factories.train_mlp(digits))
         for mode in modes:
-            stack = Stack(mode, Path(tmp) / mode, workers=2)
-            try:
-                stack.start()
+            with Stack(mode, Path(tmp) / mode, workers=2, own_postgres=mode == "distributed") as stack:
                 inputs = stack.upload(files)
                 reports.append(run_chaos(stack, inputs, jobs=args.jobs, seed=args.seed, max_faults=args.faults,
                                          interval=(2.0, 6.0), timeout=3600))  # fmt: skip
-            finally:
-                stack.close()
     print("\n| mode | jobs | faults | outcomes | max attempts | artifacts / blobs verified | problems | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for r in reports:

@@ -41,12 +41,8 @@ def main() -> None:
         home = Path(tmp)
         digits = factories.digits()
         files = factories.write_files(home / "files", digits, factories.train_mlp(digits))
-        stack = Stack(args.mode, home / "stack", extra_env={"GIF_CACHE": "false"})
-        try:
-            stack.start()
+        with Stack(args.mode, home / "stack", extra_env={"GIF_CACHE": "false"}) as stack:
             rows = soak(stack, files, args.jobs)
-        finally:
-            stack.close()
     print(f"\n{args.mode} mode, {args.jobs} sequential removal jobs (digits MLP), RSS in MiB\n")
     print("| process | after job 1 | after job 10 | after last | growth 10→last |")
     print("|---|---|---|---|---|")

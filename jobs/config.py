@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     validator_timeout_seconds: float = Field(
         default=300.0, gt=0, description="Time limit of the subprocess that inspects an uploaded artifact."
     )
+    inspector_spares: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Upload-inspector interpreters kept started ahead of need (each serves one upload, "
+        "then exits); 0: start one per upload.",
+    )
     idempotency_ttl_hours: float = Field(
         default=168.0, gt=0, description="How long an Idempotency-Key is remembered (default 7 days)."
     )

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from jobs.blobs import BlobStore
 from jobs.config import Settings
 from jobs.db import Database
+from jobs.inspector import Inspector
 
 from .auth import KeyRing, require_tenant
 from .limits import RateLimiter, make_rate_limiter
@@ -26,6 +27,7 @@ class Services:
     keys: KeyRing
     metrics: Metrics
     limiter: RateLimiter
+    inspector: Inspector
 
     @classmethod
     def create(cls, settings: Settings) -> Services:
@@ -39,6 +41,7 @@ class Services:
             KeyRing.from_settings(settings),
             Metrics(db),
             make_rate_limiter(settings),
+            Inspector(settings.validator_timeout_seconds, settings.inspector_spares),
         )
 
 

@@ -43,9 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if executor is not None:
             await run_in_threadpool(executor.start)
         app.state.executor = executor
+        await run_in_threadpool(services.inspector.prestart)
         try:
             yield
         finally:
+            services.inspector.close()
             if executor is not None:
                 await run_in_threadpool(executor.stop)
             services.db.dispose()

@@ -10,8 +10,9 @@ Faults (each picked at random, at random moments while jobs run):
 * ``worker``: SIGKILL the process running a job (the lease owner's pid);
 * ``worker_node``: distributed: SIGKILL a whole Celery worker node and start a new one;
 * ``redis``: SIGKILL the broker and start it again on the same data folder;
-* ``postgres``: distributed: terminate every PostgreSQL connection to the service's database
-  (what clients see when the database restarts or fails over).
+* ``postgres``: distributed: SIGKILL the PostgreSQL server (postmaster and backends) and start it
+  again, when the stack has a server of its own (``Stack(own_postgres=True)``); otherwise terminate
+  every connection to the service's database (what clients see when it fails over).
 
 Invariants checked afterwards: every submission (sent with an Idempotency-Key and retried across
 faults) maps to exactly one job; the service lists exactly those jobs; every job is terminal —
@@ -136,6 +137,11 @@ class _Chaos(threading.Thread):
 
         database = self.stack.database
         assert database is not None
+        if self.stack.postgres is not None:  # a server of its own: crash it, then crash recovery
+            self.stack.postgres.kill()
+            time.sleep(self.rng.uniform(0.2, 2.0))
+            self.stack.postgres.start()
+            return True
         with psycopg.connect(database.admin, autocommit=True, connect_timeout=3) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -103,14 +104,14 @@ class RedisServer:
 
 
 class PostgresDatabase:
-    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
+    """A database of its own on the machine's PostgreSQL (or on ``server``), dropped afterwards."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: PostgresServer | None = None) -> None:
         import psycopg
 
         self.name = f"gif_test_{secrets.token_hex(6)}"
         errors = []
-        for admin in ADMIN_URLS:
+        for admin in [server.admin] if server else ADMIN_URLS:
             try:
                 with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
                     conn.execute(f'CREATE DATABASE "{self.name}"')
@@ -128,6 +129,64 @@ class PostgresDatabase:
 
         with psycopg.connect(self.admin, autocommit=True, connect_timeout=3) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of its own (``initdb`` in a temporary folder, a free port), so that a
+    test can SIGKILL the whole server and start it again (crash recovery) without touching the
+    machine's PostgreSQL. Run as the ``postgres`` user when the tests run as root."""
+
+    def __init__(self) -> None:
+        binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        found = shutil.which("initdb") or (str(binaries[-1]) if binaries else None)
+        assert found, "PostgreSQL server binaries are not installed (apt-get install postgresql)"
+        self.bin = Path(found).parent
+        self.folder = Path(tempfile.mkdtemp(prefix="gif-pg-"))
+        self.port = free_port()
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.log = self.folder / "postgres.log"
+        self.proc: subprocess.Popen | None = None
+        if self.user:
+            shutil.chown(self.folder, self.user)
+        self._run([str(self.bin / "initdb"), "-D", str(self.folder / "data"), "-U", "postgres",
+                   "-A", "trust", "--no-sync", "-E", "UTF8"])  # fmt: skip
+
+    @property
+    def admin(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_user(self, args: list[str]) -> list[str]:
+        return ["runuser", "-u", self.user, "--", *args] if self.user else args
+
+    def _run(self, args: list[str]) -> None:
+        done = subprocess.run(self._as_user(args), capture_output=True, text=True, check=False)
+        assert done.returncode == 0, f"{args[0]} failed: {done.stdout}{done.stderr}"
+
+    def start(self) -> PostgresServer:
+        args = [str(self.bin / "postgres"), "-D", str(self.folder / "data"), "-p", str(self.port),
+                "-k", str(self.folder), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                "-c", "max_connections=200"]  # fmt: skip
+        with open(self.log, "ab") as log:
+            # a session of its own: kill() takes the postmaster and every backend, like a host crash
+            self.proc = subprocess.Popen(self._as_user(args), stdout=log, stderr=log, start_new_session=True)
+        _wait_port(self.port, self.proc, self.log, timeout=60)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and all its backends; the next start runs crash recovery."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        (self.folder / "data" / "postmaster.pid").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Process:
@@ -167,7 +226,17 @@ class Stack:
     """The service in one running mode: ``embedded`` (API + spawned workers, SQLite) or
     ``distributed`` (API + Celery workers, redis broker, PostgreSQL)."""
 
-    def __init__(self, mode: str, home: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        home: Path,
+        *,
+        workers: int = 1,
+        extra_env: dict[str, str] | None = None,
+        own_postgres: bool = False,
+    ) -> None:
+        """``own_postgres``: distributed mode on a PostgreSQL server of its own, which
+        ``postgres.kill()`` may crash (otherwise a database on the machine's server)."""
         self.mode, self.home, self.n_workers = mode, home, workers
         home.mkdir(parents=True, exist_ok=True)
         self.env = dict(
@@ -176,9 +245,11 @@ class Stack:
         )  # fmt: skip
         self.redis: RedisServer | None = None
         self.database: PostgresDatabase | None = None
+        self.postgres: PostgresServer | None = None
         if mode == "distributed":
             self.redis = RedisServer(home / "redis").start()
-            self.database = PostgresDatabase()
+            self.postgres = PostgresServer().start() if own_postgres else None
+            self.database = PostgresDatabase(self.postgres)
             self.env.update(
                 GIF_BROKER_URL=self.redis.url,
                 GIF_REDIS_URL=self.redis.url.replace("/0", "/1"),  # the gradient cache: a DB of its own
@@ -282,3 +353,17 @@ class Stack:
             self.redis.stop()
         if self.database is not None:
             self.database.drop()
+        if self.postgres is not None:
+            self.postgres.close()
+
+    def __enter__(self) -> Stack:
+        """``with Stack(...) as stack:`` — started on entry, everything closed on exit."""
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

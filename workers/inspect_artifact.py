@@ -1,7 +1,9 @@
 """Upload inspector: ``python -m workers.inspect_artifact --kind K --path P --convert-to Q``.
 
-Runs in a fresh interpreter started by the API (``jobs.uploads.inspect``) with a minimal
-environment and CPU-time / file-size limits. It reads the file only through ``gif.io`` (safetensors
+Runs in a fresh interpreter started by the API (``jobs.inspector``) with a minimal environment
+and CPU-time / address-space / file-size limits. With ``--serve`` it imports the readers first,
+then reads its arguments as one JSON list on stdin (so the API can start it ahead of an upload);
+either way it inspects one file and exits. It reads the file only through ``gif.io`` (safetensors
 and npz parsed by hand-checked readers; ``.pt`` only through ``torch.load(weights_only=True)``,
 so a malicious pickle is refused, never run) and prints one JSON line on stdout:
 ``{"ok": true, "format", "metadata", "converted"}`` or ``{"ok": false, "code", "message"}``.
@@ -22,7 +24,17 @@ _ZIP = b"PK\x03\x04"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.serve:
+        import gif.io  # noqa: F401 (the slow import, done before the request arrives)
+
+        line = sys.stdin.readline()
+        if not line.strip():  # the API closed the pipe: no upload for this interpreter
+            return 0
+        args = parser.parse_args(_request_argv(line))
+    if not (args.kind and args.path and args.convert_to):
+        parser.error("--kind, --path and --convert-to are required")
     _limit_resources(args.cpu_seconds, args.max_output_bytes, args.max_memory_bytes)
     try:
         if args.kind == "checkpoint":
@@ -88,14 +100,24 @@ def _message(exc: BaseException) -> str:
     return text[:2000]
 
 
+def _request_argv(line: str) -> list[str]:
+    argv = json.loads(line)
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv) or "--serve" in argv:
+        raise SystemExit("the request must be a JSON list of arguments")
+    return argv
+
+
 def _limit_resources(cpu_seconds: int, max_output_bytes: int, max_memory_bytes: int) -> None:
-    """CPU time, written file size and address space (a decompression bomb fails with MemoryError)."""
+    """CPU time (on top of what the imports used), written file size and address space (a
+    decompression bomb fails with MemoryError)."""
     try:
         import resource
     except ImportError:  # not on POSIX
         return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
     for limit, value in (
-        (resource.RLIMIT_CPU, cpu_seconds),
+        (resource.RLIMIT_CPU, cpu_seconds + used if cpu_seconds > 0 else 0),
         (resource.RLIMIT_FSIZE, max_output_bytes),
         (resource.RLIMIT_AS, max_memory_bytes),
     ):
@@ -105,9 +127,10 @@ def _limit_resources(cpu_seconds: int, max_output_bytes: int, max_memory_bytes: 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--kind", choices=("checkpoint", "dataset"), required=True)
-    parser.add_argument("--path", required=True)
-    parser.add_argument("--convert-to", required=True)
+    parser.add_argument("--serve", action="store_true", help="read the other arguments from stdin")
+    parser.add_argument("--kind", choices=("checkpoint", "dataset"))
+    parser.add_argument("--path")
+    parser.add_argument("--convert-to")
     parser.add_argument("--cpu-seconds", type=int, default=300)
     parser.add_argument("--max-output-bytes", type=int, default=8 * 1024**3)
     parser.add_argument("--max-memory-bytes", type=int, default=0, help="0: no address-space limit")
@@ -115,4 +138,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    sys.stdout.flush()
+    os._exit(status)  # the answer is out and files are closed: skip torch's slow interpreter teardown

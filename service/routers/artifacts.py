@@ -98,7 +98,7 @@ async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> 
             uploads.store_upload,
             services.db,
             services.blobs,
-            services.settings,
+            services.inspector,
             tenant,
             form.staged,
             kind,

@@ -28,6 +28,7 @@ def make_settings(home: Path, **overrides: object) -> Settings:
         "max_json_bytes": 256 * 1024,
         "validator_timeout_seconds": 120,
         "rate_limit_per_second": 0,  # tests/service/test_limits.py turns it on
+        "inspector_spares": 0,  # no interpreter left waiting by apps the test does not close
     }
     values.update(overrides)
     return Settings(**values)
@@ -61,7 +62,9 @@ def files(tmp_path_factory, digits, trained) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    return create_app(make_settings(tmp_path_factory.mktemp("home")))
+    app = create_app(make_settings(tmp_path_factory.mktemp("home"), inspector_spares=1))
+    yield app
+    app.state.services.inspector.close()
 
 
 @pytest.fixture(scope="module")

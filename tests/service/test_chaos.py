@@ -16,13 +16,9 @@ pytestmark = pytest.mark.slow
 # modes with long batches (embedded mode's API and worker kills are also in test_e2e.py).
 @pytest.mark.parametrize(("mode", "jobs", "seed"), [("distributed", 8, 2)])
 def test_no_job_lost_duplicated_or_corrupted_under_faults(tmp_path, files, mode, jobs, seed):
-    stack = Stack(mode, tmp_path, workers=2)
-    try:
-        stack.start()
+    with Stack(mode, tmp_path, workers=2, own_postgres=True) as stack:
         inputs = stack.upload(files)
         report = run_chaos(stack, inputs, jobs=jobs, seed=seed, interval=(1.0, 3.0), max_faults=4, timeout=300)
-    finally:
-        stack.close()
     assert report.problems == [], report
     assert len(report.faults) >= 2, report  # up to 4: a worker fault is skipped when no job runs
     assert sum(report.statuses.values()) == jobs

@@ -33,12 +33,8 @@ TIME_LIMIT = 4
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = Stack("distributed", tmp_path_factory.mktemp("faults"))
-    try:
-        stack.start()
+    with Stack("distributed", tmp_path_factory.mktemp("faults")) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 @pytest.fixture(scope="module")
@@ -143,17 +139,13 @@ def test_submission_while_the_broker_is_down_runs_when_it_is_back(stack, inputs)
 
 
 def test_a_job_over_the_time_limit_fails_deadline_exceeded(tmp_path, files):
-    short = Stack("distributed", tmp_path, extra_env={"GIF_MAX_JOB_SECONDS": str(TIME_LIMIT)})
-    try:
-        short.start()
+    with Stack("distributed", tmp_path, extra_env={"GIF_MAX_JOB_SECONDS": str(TIME_LIMIT)}) as short:
         inputs = short.upload(files)
         job = _wait(short, _submit(short, _body(inputs, 9, ENDLESS)), timeout=TIME_LIMIT + 90)
         assert job["status"] == "failed" and job["error"]["code"] == "deadline_exceeded", job
         assert job["attempt"] == 1
         # the pool process survived its soft time limit and runs the next job
         assert _wait(short, _submit(short, _body(inputs, 4, QUICK)))["status"] == "succeeded"
-    finally:
-        short.close()
 
 
 def test_duplicate_message_for_a_finished_job_changes_nothing(stack, inputs):

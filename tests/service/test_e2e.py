@@ -41,12 +41,8 @@ SLOW_OPTIONS = {
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
 def server(request, tmp_path_factory):
     """The whole service in each running mode, through real processes (tests/stack.py)."""
-    stack = Stack(request.param, tmp_path_factory.mktemp(f"e2e-{request.param}"))
-    try:
-        stack.start()
+    with Stack(request.param, tmp_path_factory.mktemp(f"e2e-{request.param}")) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 @pytest.fixture(scope="module")

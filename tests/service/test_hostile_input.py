@@ -74,8 +74,8 @@ def ctx(tmp_path_factory, files, digits, trained):
         "GIF_MAX_UPLOAD_BYTES": str(MAX_UPLOAD), "GIF_VALIDATOR_TIMEOUT_SECONDS": str(VALIDATOR_TIMEOUT),
         "GIF_RATE_LIMIT_PER_SECOND": "0", "TMPDIR": str(tmpdir),
     })  # fmt: skip
-    try:
-        client = stack.start()
+    with stack:
+        client = stack.client
         inputs = {}
         for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset"), ("queries", "dataset")):
             response = upload(client, files[name].read_bytes(), kind, files[name].name.encode())
@@ -83,8 +83,6 @@ def ctx(tmp_path_factory, files, digits, trained):
             inputs[name] = response.json()
         work = tmp_path_factory.mktemp("hostile-files")
         yield Ctx(stack, client, work, work / "escape", tmpdir, files, inputs, digits, trained)
-    finally:
-        stack.close()
 
 
 @dataclass(frozen=True)
@@ -124,11 +122,16 @@ def snapshot(ctx: Ctx) -> Snapshot:
             if p.is_file()
         },
         blob_tmp=sorted(p.name for p in (blobs / "tmp").iterdir()),
-        server_tmp=sorted(p.name for p in ctx.tmpdir.iterdir()),
+        # an inspector interpreter started ahead waits in an empty folder of its own
+        server_tmp=sorted(p.name for p in ctx.tmpdir.iterdir() if not _waiting_spare(p)),
         other_files=frozenset(
             str(p) for p in others if p.parts[0] not in ("blobs", "cache") and not p.name.startswith("gif.db")
         ),
     )
+
+
+def _waiting_spare(path: Path) -> bool:
+    return path.name.startswith("gif-inspect-") and path.is_dir() and not any(path.iterdir())
 
 
 @dataclass
