@@ -3,7 +3,7 @@ check that nothing was lost, duplicated or corrupted (issue 5; service-bar.md §
 
 Used by ``tests/service/test_chaos.py`` (short, in CI) and ``bench/chaos.py`` (long runs).
 
-Faults (each picked at random, at random moments while jobs run):
+Faults (in rounds of every kind in a random order, at random moments while jobs run):
 
 * ``api``: SIGKILL the API process and start it again on the same port (embedded mode: its
   worker processes die with it);
@@ -92,6 +92,7 @@ class _Chaos(threading.Thread):
         self.max_faults = max_faults
         self.done = threading.Event()
         self.applied: list[str] = []
+        self.pending: list[str] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -101,11 +102,21 @@ class _Chaos(threading.Thread):
                 if self.done.wait(self.rng.uniform(*self.interval)):
                     return
                 tries += 1
-                fault = self.rng.choice(self.faults)
+                fault = self._next()
                 if getattr(self, f"_{fault}")():
                     self.applied.append(fault)
+                    self.pending.pop(0)
+                else:  # not possible now (no job running): try it again later
+                    self.pending.append(self.pending.pop(0))
         except BaseException as exc:  # noqa: BLE001 (reported by the caller)
             self.error = exc
+
+    def _next(self) -> str:
+        """Faults in rounds, each round a random order of every kind: a run with as many faults
+        as kinds has one of each."""
+        if not self.pending:
+            self.pending = self.rng.sample(self.faults, len(self.faults))
+        return self.pending[0]
 
     def _api(self) -> bool:
         self.stack.restart_api(wait=True)  # the next fault comes after it is back: faults, not an outage

@@ -9,6 +9,7 @@ starts the server when it is not running).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -132,9 +133,9 @@ class PostgresDatabase:
 
 
 class PostgresServer:
-    """A PostgreSQL cluster of its own (``initdb`` in a temporary folder, a free port), so that a
-    test can SIGKILL the whole server and start it again (crash recovery) without touching the
-    machine's PostgreSQL. Run as the ``postgres`` user when the tests run as root."""
+    """A PostgreSQL cluster of its own (``initdb`` in a temporary folder, a free port),
+    so that a test can SIGKILL the whole server and start it again (crash recovery) without
+    touching the machine's PostgreSQL. Runs as the ``postgres`` user when the tests run as root."""
 
     def __init__(self) -> None:
         binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -148,45 +149,69 @@ class PostgresServer:
         self.proc: subprocess.Popen | None = None
         if self.user:
             shutil.chown(self.folder, self.user)
-        self._run([str(self.bin / "initdb"), "-D", str(self.folder / "data"), "-U", "postgres",
-                   "-A", "trust", "--no-sync", "-E", "UTF8"])  # fmt: skip
+        done = subprocess.run(
+            [str(self.bin / "initdb"), "-D", str(self.folder / "data"), "-U", "postgres", "-A", "trust",
+             "--no-sync", "-E", "UTF8"],
+            capture_output=True, text=True, check=False, user=self.user, cwd=self.folder,
+        )  # fmt: skip
+        assert done.returncode == 0, f"initdb failed: {done.stdout}{done.stderr}"
 
     @property
     def admin(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _as_user(self, args: list[str]) -> list[str]:
-        return ["runuser", "-u", self.user, "--", *args] if self.user else args
-
-    def _run(self, args: list[str]) -> None:
-        done = subprocess.run(self._as_user(args), capture_output=True, text=True, check=False)
-        assert done.returncode == 0, f"{args[0]} failed: {done.stdout}{done.stderr}"
-
     def start(self) -> PostgresServer:
         args = [str(self.bin / "postgres"), "-D", str(self.folder / "data"), "-p", str(self.port),
-                "-k", str(self.folder), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                "-c", "max_connections=200"]  # fmt: skip
+                "-c", "listen_addresses=127.0.0.1", "-k", str(self.folder),
+                "-c", "fsync=off", "-c", "max_connections=200"]  # fmt: skip
         with open(self.log, "ab") as log:
-            # a session of its own: kill() takes the postmaster and every backend, like a host crash
-            self.proc = subprocess.Popen(self._as_user(args), stdout=log, stderr=log, start_new_session=True)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, user=self.user, cwd=self.folder)
         _wait_port(self.port, self.proc, self.log, timeout=60)
+        self._wait_accepting(timeout=60)  # crash recovery runs after the port opens
         return self
 
+    def _wait_accepting(self, timeout: float) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.admin, connect_timeout=3):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"PostgreSQL never accepted connections:\n{_tail(self.log)}") from None
+                time.sleep(0.1)
+
     def kill(self) -> None:
-        """SIGKILL the postmaster and all its backends; the next start runs crash recovery."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        (self.folder / "data" / "postmaster.pid").unlink(missing_ok=True)
+        """SIGKILL the postmaster and every backend at once (a host crash); the next start runs
+        crash recovery."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        backends = _children(self.proc.pid)
+        self.proc.kill()
+        for pid in backends:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        # the dead backends may linger as zombies until init reaps them; their pids in the lock
+        # files would make the next postmaster refuse to start
+        for lock in [self.folder / "data" / "postmaster.pid", *self.folder.glob(".s.PGSQL.*")]:
+            lock.unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        _stop(self.proc, signal.SIGINT)  # fast shutdown
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 class Process:
