@@ -29,6 +29,11 @@ class Settings(BaseSettings):
         description="File with one tenant:key per line (or comma-separated), read in addition to "
         "GIF_API_KEYS. Default: <home>/api-keys.txt when it exists (`serve` writes one if no key is set).",
     )
+    admin_tenants: str = Field(
+        default="default",
+        description="Comma-separated tenants whose keys have the admin scope: they may read /metrics "
+        "(other keys get 403). Default: the tenant of the key `serve` generates.",
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the job store. Default: sqlite:///<home>/gif.db (WAL mode).",
@@ -174,6 +179,10 @@ class Settings(BaseSettings):
     def blob_root(self) -> Path:
         """Root folder of the content-addressed blob store."""
         return self.home / "blobs"
+
+    @property
+    def admins(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.admin_tenants.split(",") if t.strip())
 
     @property
     def key_file(self) -> Path:

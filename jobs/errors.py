@@ -81,6 +81,10 @@ class Unauthenticated(DomainError):
     code, status, title = "unauthenticated", 401, "Authentication required"
 
 
+class Forbidden(DomainError):
+    code, status, title = "forbidden", 403, "Forbidden"
+
+
 class ServiceUnavailable(DomainError):
     code, status, title = "service-unavailable", 503, "Service unavailable"
 

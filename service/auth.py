@@ -21,7 +21,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobs.config import Settings
-from jobs.errors import RateLimited, Unauthenticated
+from jobs.errors import Forbidden, RateLimited, Unauthenticated
 
 DEFAULT_TENANT = "default"
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
@@ -113,4 +113,11 @@ async def require_tenant(
         raise RateLimited(
             f"request rate limit exceeded; retry in {wait:.2f} s", headers={"Retry-After": str(math.ceil(wait))}
         )
+    return tenant
+
+
+async def require_admin(request: Request, tenant: Annotated[str, Security(require_tenant)]) -> str:
+    """Dependency: a tenant with the admin scope (``GIF_ADMIN_TENANTS``), else 403 ``forbidden``."""
+    if tenant not in request.app.state.services.settings.admins:
+        raise Forbidden("this key lacks the admin scope (GIF_ADMIN_TENANTS) needed here")
     return tenant

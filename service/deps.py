@@ -10,9 +10,10 @@ from fastapi import Depends, Request
 from jobs.blobs import BlobStore
 from jobs.config import Settings
 from jobs.db import Database
+from jobs.errors import UnsupportedMediaType
 from jobs.inspector import Inspector
 
-from .auth import KeyRing, require_tenant
+from .auth import KeyRing, require_admin, require_tenant
 from .limits import RateLimiter, make_rate_limiter
 from .metrics import Metrics
 
@@ -51,3 +52,18 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 TenantDep = Annotated[str, Depends(require_tenant)]
+AdminDep = Annotated[str, Depends(require_admin)]
+
+
+def require_json(request: Request) -> None:
+    """Dependency: the body is declared JSON (``application/json`` or ``application/*+json``),
+    else 415 — rather than a validation error about a body the service never read as JSON."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"send the body as JSON with `Content-Type: application/json` (got {media or 'no Content-Type'})"
+    )
+
+
+JsonBody = Annotated[None, Depends(require_json)]

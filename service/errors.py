@@ -127,7 +127,8 @@ def _validation_entry(error: dict[str, Any]) -> dict[str, Any]:
         loc = [loc[0], *loc[2:]]  # drop the discriminator tag pydantic inserts
     msg = str(error.get("msg", "invalid"))
     if error.get("type") == "json_invalid":
-        msg = "request body is not valid JSON"
+        reason = (error.get("ctx") or {}).get("error")
+        msg = f"request body is not valid JSON ({reason})" if reason else "request body is not valid JSON"
     return {
         "loc": loc,
         "msg": msg.removeprefix("Value error, "),
@@ -139,10 +140,23 @@ def _loc(entry: dict[str, Any]) -> str:
     return ".".join(str(p) for p in entry["loc"])
 
 
+def _unparsable(cause: BaseException) -> str:
+    """Why a request body could not be parsed (``json.loads`` raised ``cause``)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "the request body is not valid UTF-8 (JSON must be UTF-8)"
+    if isinstance(cause, RecursionError):
+        return "the request body nests too deeply to parse"
+    if isinstance(cause, ValueError):  # e.g. an integer of thousands of digits
+        return f"the request body could not be parsed: {str(cause)[:200]}"
+    return "the request body could not be parsed"
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code, title = _HTTP_CODES.get(exc.status_code, ("http-error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
     headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's words do not say why
+        detail = _unparsable(exc.__cause__)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route for {request.method} {request.url.path}"
     if exc.status_code == 405:

@@ -265,7 +265,7 @@ class Stack:
         self.mode, self.home, self.n_workers = mode, home, workers
         home.mkdir(parents=True, exist_ok=True)
         self.env = dict(
-            os.environ, GIF_HOME=str(home / "data"), GIF_API_KEYS=f"e2e:{KEY}",
+            os.environ, GIF_HOME=str(home / "data"), GIF_API_KEYS=f"e2e:{KEY}", GIF_ADMIN_TENANTS="e2e",
             MPLCONFIGDIR=str(home / "mpl"), **FAST, **(extra_env or {}),
         )  # fmt: skip
         self.redis: RedisServer | None = None

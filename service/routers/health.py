@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from jobs import specs
 from jobs.artifacts import UPLOAD_KINDS
 
-from ..deps import Services, ServicesDep, TenantDep
+from ..deps import AdminDep, Services, ServicesDep
 from ..errors import problem_response
 from ..metrics import CONTENT_TYPE
 from ..schemas import Liveness, Readiness, Version, problems
@@ -91,6 +91,6 @@ async def version(services: ServicesDep) -> dict:
     }
 
 
-@router.get("/metrics", summary="Prometheus metrics (needs an API key)", include_in_schema=False)
-async def metrics(services: ServicesDep, _tenant: TenantDep) -> Response:
+@router.get("/metrics", summary="Prometheus metrics (needs an admin key)", include_in_schema=False)
+async def metrics(services: ServicesDep, _admin: AdminDep) -> Response:
     return Response(services.metrics.render(), media_type=CONTENT_TYPE)

@@ -18,7 +18,7 @@ from jobs.states import JobStatus, is_terminal
 from jobs.submit import submit_job
 from jobs.views import event_view, job_view, list_view, parse_event_id
 
-from ..deps import ServicesDep, TenantDep
+from ..deps import JsonBody, ServicesDep, TenantDep
 from ..schemas import Job as JobBody
 from ..schemas import JobEventList, JobList, problems
 
@@ -84,13 +84,14 @@ _LINKS = {
             },
             "links": _LINKS,
         },
-        **problems(400, 401, 409, 413, 422, 503),
+        **problems(400, 401, 409, 413, 415, 422, 503),
     },
 )
 async def create_job(
     request: Request,
     services: ServicesDep,
     tenant: TenantDep,
+    _json: JsonBody,
     spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)],
     idempotency_key: Annotated[
         str | None, Header(description="Replays return the same job; reuse with another body is 422.")

@@ -22,6 +22,7 @@ def make_settings(home: Path, **overrides: object) -> Settings:
     values = {
         "home": home,
         "api_keys": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
+        "admin_tenants": "tenantA",  # may read /metrics; tenantB may not
         "executor": "none",
         "workers": 0,
         "max_upload_bytes": MAX_UPLOAD,

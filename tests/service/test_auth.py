@@ -48,9 +48,12 @@ def test_probes_need_no_key(app):
         assert "remove" in anonymous.get("/v1/version").json()["job_types"]
 
 
-def test_metrics_with_a_key(client_a):
-    text = client_a.get("/metrics").text
+def test_metrics_need_the_admin_scope(client_a, client_b):
+    text = client_a.get("/metrics").text  # tenantA is in GIF_ADMIN_TENANTS
     assert "gif_http_requests_total" in text and 'gif_jobs{status="queued"}' in text
+    refused = client_b.get("/metrics")
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    assert "gif_http_requests_total" not in refused.text
 
 
 def test_other_tenant_gets_404_everywhere(client_a, client_b, uploaded):

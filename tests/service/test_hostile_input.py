@@ -540,32 +540,41 @@ def _(ctx: Ctx) -> None:
     assert locs(problem) == {("body", "options", "surprise")}
 
 
-# Raw job bodies: (name, bytes, content type, status, code, an expected errors[].loc or None).
+# Raw job bodies: (name, bytes, content type, status, code, an expected errors[].loc or a
+# substring of the detail).
 
 _MALFORMED = b'{"type": "remove", "forget": {"class": 3}'
-RAW_BODIES: list[tuple[str, bytes, str, int, str, tuple | None]] = [
+RAW_BODIES: list[tuple[str, bytes, str, int, str, tuple | str]] = [
     ("json-invalid-utf8", b'{"type": "remove", "train": "art_\xff\xfe"}', "application/json", 400,
-     "bad-request", None),
+     "bad-request", "not valid UTF-8"),
     ("json-malformed", _MALFORMED, "application/json", 422, "validation-error", ("body", len(_MALFORMED))),
     ("json-array-not-object", b"[1, 2, 3]", "application/json", 422, "validation-error", ("body",)),
     ("json-string-not-object", b'"remove"', "application/json", 422, "validation-error", ("body",)),
     ("json-null", b"null", "application/json", 422, "validation-error", ("body",)),
     ("json-100k-nested-arrays", b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "bad-request",
-     None),
+     "nests too deeply"),
     ("json-nan-literal", b'{"type": "remove", "options": {"damping": NaN}}', "application/json", 422,
      "validation-error", ("body", "options", "damping")),
     ("json-5000-digit-number", b'{"type": "remove", "forget": {"class": ' + b"9" * 5000 + b"}}",
-     "application/json", 400, "bad-request", None),
-    ("json-wrong-content-type", b'{"type": "remove"}', "text/plain", 422, "validation-error", ("body",)),
+     "application/json", 400, "bad-request", "integer string conversion"),
+    ("json-as-text-plain", b'{"type": "remove"}', "text/plain", 415, "unsupported-media-type",
+     "Content-Type: application/json"),
+    ("json-as-form", b"type=remove", "application/x-www-form-urlencoded", 415, "unsupported-media-type",
+     "got application/x-www-form-urlencoded"),
+    ("json-without-content-type", b'{"type": "remove"}', "", 415, "unsupported-media-type",
+     "got no Content-Type"),
+    ("json-plus-json-media-type", b'{"type": "remove"}', "application/merge-patch+json", 422,
+     "validation-error", ("body", "model")),
 ]  # fmt: skip
 
 
-def _raw_body(content: bytes, content_type: str, status: int, code: str, loc: tuple | None):
+def _raw_body(content: bytes, content_type: str, status: int, code: str, expected: tuple | str):
     def run(ctx: Ctx) -> None:
-        response = ctx.client.post("/v1/jobs", content=content, headers={"content-type": content_type})
-        problem = expect_problem(ctx, response, status, code)
-        if loc is not None:
-            assert loc in locs(problem), problem
+        headers = {"content-type": content_type} if content_type else {}
+        response = ctx.client.post("/v1/jobs", content=content, headers=headers)
+        problem = expect_problem(ctx, response, status, code, expected if isinstance(expected, str) else None)
+        if isinstance(expected, tuple):
+            assert expected in locs(problem), problem
 
     return run
 
