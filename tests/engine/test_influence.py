@@ -152,3 +152,30 @@ def test_argument_errors():
         broken[0].weight[0, 0] = float("inf")
     with pytest.raises(NumericalError):
         gif.influence(broken, data, data)
+
+
+def test_second_order_note_thresholds():
+    from gif.influence import second_order_note
+
+    first = torch.tensor([3.0, 4.0])  # norm 5
+    assert second_order_note(first, torch.tensor([0.0, 4.0])) == ""
+    assert "3.0x the first-order one" in second_order_note(first, torch.tensor([9.0, 12.0]))
+
+
+@pytest.mark.parametrize("solver", ["minres", "direct", "lowrank"])
+@pytest.mark.parametrize("fraction", [0.02, 0.95])
+def test_sif_says_when_its_correction_dominates(tiny, solver, fraction):
+    """The note appears exactly when ‖z₂‖ > ‖z‖ by the dense reference (z = (H+λI)⁻¹g,
+    z₂ = p/(1−p)·(H+λI)⁻¹(H − H_U)z)."""
+    _, model, hdata, tdata = tiny
+    damping = damping_for_pd(tiny)
+    h, g, h_u = dense_hessian(model, *hdata), dense_gradient(model, *tdata), dense_hessian(model, *tdata)
+    inverse = torch.linalg.inv(h + damping * torch.eye(h.shape[0], dtype=h.dtype))
+    z = inverse @ g
+    ratio = float((fraction / (1 - fraction) * inverse @ ((h - h_u) @ z)).norm() / z.norm())
+    out = gif.influence(model, hdata, tdata, method="sif", params=selected(h.shape[0]), damping=damping,
+                        solver=solver, group_fraction=fraction, rank=10_000, **TIGHT)
+    assert (ratio > 1.0) == (fraction > 0.5), ratio  # both branches are exercised
+    assert ("second-order term is" in out.note) == (ratio > 1.0), (ratio, out.note)
+    if ratio > 1.0:
+        assert f"{ratio:.1f}x" in out.note
