@@ -391,6 +391,8 @@ class _Splits:
 
 def _split(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions, gen: torch.Generator) -> _Splits:
     """Shuffle the untouched samples; carve validation off them (if none given), then the Hessian sample."""
+    if opts.hessian_pool == "all":
+        return _split_shared(n, edited, carve, opts)
     keep = torch.ones(n, dtype=torch.bool)
     keep[edited] = False
     pool = torch.nonzero(keep).flatten()
@@ -400,6 +402,25 @@ def _split(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions, gen: to
         raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
     val, rest = pool[:n_val], pool[n_val:]
     return _Splits(torch.sort(rest[: opts.hessian_samples]).values, torch.sort(val).values)
+
+
+def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions) -> _Splits:
+    """``hessian_pool="all"``: one seeded permutation of all n samples, whatever is edited. Its
+    head is reserved for validation (the untouched samples in it are used); the Hessian sample
+    comes after, so it is the same for every edit of this training set with this seed — and so
+    are its digest and a ``lowrank`` fit of it. It may hold edited samples: for a small edited
+    set (|U| ≪ n) the Hessian of the mean loss barely changes."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed))
+    reserved = min(opts.max_validation, max(1, int(opts.validation_fraction * n))) if carve else 0
+    head, tail = order[:reserved], order[reserved:]
+    untouched = torch.ones(n, dtype=torch.bool)
+    untouched[edited] = False
+    val = head[untouched[head]]
+    if carve and val.numel() == 0:
+        raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
+    if tail.numel() == 0:
+        raise InvalidArgumentError("no training samples left for the Hessian after carving validation data")
+    return _Splits(torch.sort(tail[: opts.hessian_samples]).values, torch.sort(val).values)
 
 
 class _Objective:

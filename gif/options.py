@@ -13,6 +13,7 @@ from .selection import STRATEGIES
 from .solvers import SOLVERS
 
 STEP_POLICIES = ("newton", "search")
+HESSIAN_POOLS = ("untouched", "all")
 
 #: The method used when a request names none, per task (measured: docs/benchmarks.md).
 TASK_METHOD = {"remove": "gif", "relabel": "if"}
@@ -47,7 +48,12 @@ class EditOptions:
     tol: float = field(default=1e-4, metadata={"help": "relative residual tolerance"})
     max_iter: int = field(default=100, metadata={"help": "solver iteration cap"})
     rank: int = field(default=DEFAULT_RANK, metadata={"help": "eigenpairs for solver=lowrank"})
-    hessian_samples: int = field(default=2048, metadata={"help": "retained samples in the Hessian"})
+    hessian_samples: int = field(default=2048, metadata={"help": "training samples in the Hessian"})
+    hessian_pool: str = field(
+        default="untouched",
+        metadata={"help": "untouched (samples the edit leaves alone) | all (a seeded sample of the whole training "
+                  "set: the same for every edit, so one lowrank fit serves them all)"},
+    )
     validation_fraction: float = field(default=0.1, metadata={"help": "carved from retained data if none given"})
     max_validation: int = field(default=2000, metadata={"help": "cap on carved validation samples"})
     step: str = field(default="search", metadata={"help": "newton | search"})
@@ -66,6 +72,7 @@ class EditOptions:
         _one_of("method", self.method, METHODS)
         _one_of("selection", self.selection, STRATEGIES)
         _one_of("step", self.step, STEP_POLICIES)
+        _one_of("hessian_pool", self.hessian_pool, HESSIAN_POOLS)
         if self.solver is not None:
             _one_of("solver", self.solver, SOLVERS)
         _one_of("hvp_backend", self.hvp_backend, ("auto", "func", "graph"))

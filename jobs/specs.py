@@ -45,6 +45,7 @@ StrategyName = Literal[
     "exclusive_gradients", "random", "threshold", "all", "all_params",
 ]  # fmt: skip
 StepPolicy = Literal["newton", "search"]
+HessianPool = Literal["untouched", "all"]
 
 #: Keyword arguments of each built-in architecture's factory, and its default class count.
 ARCH_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -139,6 +140,7 @@ class EditOptions(Strict):
     max_iter: int | None = Field(None, ge=1, le=10_000)
     rank: int | None = Field(None, ge=1, le=1_024)
     hessian_samples: int | None = Field(None, ge=1, le=1_000_000)
+    hessian_pool: HessianPool | None = None
     step: StepPolicy | None = None
     newton_steps: int | None = Field(None, ge=1, le=20)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)

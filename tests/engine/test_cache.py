@@ -497,6 +497,26 @@ def test_a_different_forget_set_is_a_different_curvature(problem):
     assert reuse.report["hvps"] == 0
 
 
+def test_with_the_shared_hessian_pool_other_forget_sets_reuse_the_fit(problem, monkeypatch):
+    """``hessian_pool="all"``: the Hessian sample does not depend on what is edited, so a removal
+    of other samples — or a relabel — finds the fit and computes no HVP for it."""
+    model, train = problem
+    cache = MemoryCache()
+    first = gif.remove(model, train, [3, 7, 8], solver="lowrank", rank=8, newton_steps=1, cache=cache,
+                       hessian_pool="all")
+    assert "lowrank" in {m["kind"] for m in first.report["cache"]["misses"]}
+    work = Work(monkeypatch)
+    other = gif.remove(model, train, [4, 9, 10], solver="lowrank", rank=8, newton_steps=1, cache=cache,
+                       hessian_pool="all")
+    assert "lowrank" in {h["kind"] for h in other.report["cache"]["hits"]}
+    assert work.hvps == 0 and other.report["hvps"] == 0
+    assert torch.equal(other.lowrank.eigenvectors, first.lowrank.eigenvectors)
+    _, (x, y) = problem
+    relabel = gif.relabel(model, (x, y), [5, 6], (y[[5, 6]] + 1) % 3, solver="lowrank", rank=8,
+                          newton_steps=1, cache=cache, hessian_pool="all")
+    assert "lowrank" in {h["kind"] for h in relabel.report["cache"]["hits"]}
+
+
 def test_an_evicted_fit_behind_cached_solves_is_refitted(problem, monkeypatch):
     model, train = problem
     cache = MemoryCache()

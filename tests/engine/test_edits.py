@@ -101,6 +101,26 @@ def test_validation_is_carved_from_retained_data_when_missing():
     assert r["hessian_samples"] == retained - r["validation_samples"]
 
 
+def test_shared_hessian_pool_is_the_same_sample_whatever_is_edited():
+    from gif.edits import _split
+    from gif.options import EditOptions
+
+    opts = EditOptions(hessian_pool="all", hessian_samples=30, validation_fraction=0.2, seed=3)
+    a = _split(60, torch.tensor([0, 1, 2]), True, opts, torch.Generator())
+    b = _split(60, torch.tensor([10, 40, 59]), True, opts, torch.Generator())
+    assert torch.equal(a.hessian, b.hessian) and a.hessian.numel() == 30
+    for split, edited in ((a, {0, 1, 2}), (b, {10, 40, 59})):
+        assert not set(split.val.tolist()) & edited  # validation: untouched samples only
+        assert not set(split.val.tolist()) & set(split.hessian.tolist())
+        assert 9 <= split.val.numel() <= 12  # 12 reserved, minus any edited among them
+    other_seed = _split(60, torch.tensor([0]), True, EditOptions(hessian_pool="all", hessian_samples=30, seed=4),
+                        torch.Generator())
+    assert not torch.equal(other_seed.hessian, a.hessian)
+    # the default pool leaves edited samples out of the Hessian
+    untouched = _split(60, torch.tensor([0, 1, 2]), True, EditOptions(hessian_samples=100), torch.Generator())
+    assert not {0, 1, 2} & set(untouched.hessian.tolist())
+
+
 def test_deterministic_under_seed():
     model, train, _ = tiny_problem()
     a = gif.remove(model, train, torch.tensor([2, 3]), damping=0.1, seed=5, selection="random")

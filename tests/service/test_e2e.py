@@ -158,6 +158,22 @@ def test_a_repeated_request_is_served_from_the_cache_with_identical_weights(serv
     assert all(torch.equal(tensors[0][name], tensors[1][name]) for name in tensors[0])  # bit for bit
 
 
+def test_edits_of_other_samples_reuse_the_lowrank_fit(server, inputs):
+    """With ``hessian_pool: all`` the curvature fit depends on the checkpoint and the training
+    set only: a removal of other samples finds it in the cache (Redis in distributed mode)."""
+    options = {"solver": "lowrank", "rank": 8, "newton_steps": 1, "hessian_samples": 256, "hessian_pool": "all"}
+    jobs = []
+    for indices in (list(range(50, 60)), list(range(70, 85))):
+        body = {"type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"],
+                "forget": {"indices": indices}, "options": options}  # fmt: skip
+        jobs.append(_wait(server.client, _submit(server.client, body)["id"]))
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded"], [job["error"] for job in jobs]
+    cold, warm = (job["result"]["provenance"]["cache"] for job in jobs)
+    assert "lowrank" in {m["kind"] for m in cold["misses"]}, cold
+    assert "lowrank" in {h["kind"] for h in warm["hits"]}, warm
+    assert "lowrank" not in {m["kind"] for m in warm["misses"]}, warm
+
+
 def test_cancel_a_running_job(server, inputs):
     body = {"type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"], "forget": {"class": 5},
             "options": SLOW_OPTIONS}  # fmt: skip

@@ -20,6 +20,7 @@ def test_enums_match_the_engine():
     assert _literal(specs.SolverName) == specs.SOLVERS == gif.SOLVERS
     assert _literal(specs.StrategyName) == specs.STRATEGIES == gif.STRATEGIES
     assert _literal(specs.StepPolicy) == specs.STEP_POLICIES == gif.options.STEP_POLICIES
+    assert _literal(specs.HessianPool) == gif.options.HESSIAN_POOLS
     assert (
         set(_literal(specs.ArchName)) == set(specs.ARCHS) == set(zoo.BUILTINS) <= set(gif.models.available())
     )
