@@ -40,15 +40,17 @@ def main() -> None:
                 inputs = stack.upload(files)
                 reports.append(run_chaos(stack, inputs, jobs=args.jobs, seed=args.seed, max_faults=args.faults,
                                          interval=(2.0, 6.0), timeout=3600))  # fmt: skip
-    print("\n| mode | jobs | faults | outcomes | max attempts | artifacts / blobs verified | problems | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| mode | jobs | faults | outcomes | max attempts | artifacts / blobs verified | orphans swept "
+          "(blobs left) | problems | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in reports:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(collections.Counter(r.faults).items()))
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r.statuses.items()))
         if r.error_codes:
             outcomes += " (" + ", ".join(f"{k} {v}" for k, v in r.error_codes.items()) + ")"
         print(f"| {r.mode} | {r.jobs} | {faults} | {outcomes} | {r.attempts_max} | "
-              f"{r.artifacts_checked} / {r.blobs_checked} | {len(r.problems)} | {r.seconds} |")  # fmt: skip
+              f"{r.artifacts_checked} / {r.blobs_checked} | {r.orphans_swept} ({r.blobs_after_sweep}) | "
+              f"{len(r.problems)} | {r.seconds} |")  # fmt: skip
     for r in reports:
         for problem in r.problems:
             print(f"PROBLEM ({r.mode}): {problem}")

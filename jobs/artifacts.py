@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from .ids import new_id
 from .models import Artifact, Job
 from .states import TERMINAL
+
+#: First key of the PostgreSQL advisory locks on blobs ("blob"); the second is from the digest.
+BLOB_LOCK_SPACE = 0x626C_6F62
 
 CONTENT_TYPES = {
     "safetensors": "application/octet-stream",
@@ -86,6 +89,25 @@ def jobs_using(session: Session, tenant_id: str, artifact_id: str) -> list[str]:
         )
     )
     return list(rows)
+
+
+def lock_blob(session: Session, sha256: str) -> None:
+    """Serialise, until the transaction ends, everything that commits, deletes or sweeps this
+    blob: storing a file whose content already exists is a no-op, so without it a deletion that
+    found no reference could remove the file just as a new row starts to name it. SQLite's write
+    transactions are serial already; PostgreSQL takes a transaction-scoped advisory lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                        {"space": BLOB_LOCK_SPACE, "key": int(sha256[:7], 16)})  # fmt: skip
+
+
+def referenced(session: Session, digests: list[str]) -> set[str]:
+    """The digests among ``digests`` that some artifact row names."""
+    found: set[str] = set()
+    for start in range(0, len(digests), 500):
+        chunk = digests[start : start + 500]
+        found.update(session.scalars(select(Artifact.sha256).where(Artifact.sha256.in_(chunk)).distinct()))
+    return found
 
 
 def blob_in_use(session: Session, sha256: str) -> bool:

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Self
 
@@ -135,6 +135,16 @@ class BlobStore:
                 digest.update(chunk)
             os.fsync(f.fileno())
         return StagedBlob(self, Path(path), digest.hexdigest(), Path(path).stat().st_size)
+
+    def committed(self) -> Iterator[tuple[str, Path]]:
+        """Every stored blob as ``(sha256, path)``."""
+        for path in (self.root / "sha256").glob("*/*/*"):
+            if _HEX64.match(path.name) and path.is_file():
+                yield path.name, path
+
+    def temporary(self) -> Iterator[Path]:
+        """Files under ``tmp/``: uploads being written, results not yet committed, leftovers."""
+        return (path for path in (self.root / "tmp").iterdir() if path.is_file())
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)

@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         description="Upload-inspector interpreters kept started ahead of need (each serves one upload, "
         "then exits); 0: start one per upload.",
     )
+    orphan_grace_seconds: float = Field(
+        default=6 * 3600.0,
+        ge=0,
+        description="Blob files that no artifact names (left by a process killed mid-write) and stale "
+        "temporary files are deleted once this old, by a sweep every 10 minutes; 0: never.",
+    )
     idempotency_ttl_hours: float = Field(
         default=168.0, gt=0, description="How long an Idempotency-Key is remembered (default 7 days)."
     )

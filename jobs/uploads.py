@@ -38,7 +38,8 @@ def register_upload(
             existing = artifacts.find_upload(session, tenant_id, staged.sha256, kind)
             if existing is not None:
                 return existing, False
-            stored.commit()  # inside the write transaction: serialised with deletions of the blob
+            artifacts.lock_blob(session, stored.sha256)  # serialised with deletions of the blob
+            stored.commit()
             artifact = artifacts.create_artifact(
                 session,
                 tenant_id=tenant_id,
@@ -72,6 +73,7 @@ def delete(db: Database, blobs: BlobStore, tenant_id: str, artifact_id: str) -> 
             raise ArtifactInUse(
                 f"artifact {artifact_id} is used by unfinished job(s): {', '.join(users[:5])}"
             )
+        artifacts.lock_blob(session, artifact.sha256)
         if artifacts.delete_artifact(session, artifact):
             blobs.delete(artifact.sha256)
 

@@ -51,6 +51,8 @@ class ChaosReport:
     attempts_max: int = 0
     artifacts_checked: int = 0
     blobs_checked: int = 0
+    orphans_swept: int = 0
+    blobs_after_sweep: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -214,6 +216,11 @@ def run_chaos(
         raise chaos.error
     report.faults = chaos.applied
     _check(stack, inputs, ids, finals, report, deadline)
+    # files left by processes killed mid-write: the orphan sweep removes them, and nothing else
+    report.orphans_swept = _sweep_orphans(stack)
+    after = ChaosReport(stack.mode, jobs, problems=report.problems)
+    _check(stack, inputs, ids, finals, after, deadline)
+    report.blobs_after_sweep = after.blobs_checked
     report.seconds = round(time.monotonic() - started, 1)
     return report
 
@@ -260,6 +267,21 @@ def _check(stack: Stack, inputs: dict, ids: dict, finals: dict, report: ChaosRep
                         deadline, problems)  # fmt: skip
         report.artifacts_checked += 1
     report.blobs_checked = _check_blobs(Path(stack.env["GIF_HOME"]) / "blobs", problems)
+
+
+def _sweep_orphans(stack: Stack) -> int:
+    """Run the service's orphan sweep with no grace period (every job is terminal by now)."""
+    from jobs.blobs import BlobStore
+    from jobs.config import Settings
+    from jobs.db import Database
+    from jobs.orphans import sweep
+
+    settings = Settings(home=stack.env["GIF_HOME"], database_url=stack.env.get("GIF_DATABASE_URL"))
+    db = Database(settings.db_url)
+    try:
+        return sweep(db, BlobStore(settings.blob_root), grace_seconds=0).blobs
+    finally:
+        db.dispose()
 
 
 def _list_all(stack: Stack, deadline: float) -> set[str]:

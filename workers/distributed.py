@@ -21,8 +21,10 @@ import redis
 
 from jobs import logs, store
 from jobs.config import Settings
+from jobs.blobs import BlobStore
 from jobs.db import Database
 from jobs.errors import ServiceUnavailable
+from jobs.orphans import PeriodicSweep
 from jobs.states import JobStatus
 
 from .celery_app import make_app
@@ -41,6 +43,7 @@ class CeleryExecutor:
         self.app = make_app(settings)
         self.db = Database(settings.db_url)
         self.publisher = Publisher(self.app, self.db, settings)
+        self._orphans = PeriodicSweep(self.db, BlobStore(settings.blob_root), settings.orphan_grace_seconds)
         self.redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,6 +93,7 @@ class CeleryExecutor:
             with self.db.read() as session:
                 pending = store.due_for_dispatch(session, self.settings.redispatch_seconds)
             published = sum(self.publisher.publish(p.job_id, p.status) for p in pending)
+            self._orphans()
             return {"reaped": len(reaped), "pending": len(pending), "published": published}
         finally:
             try:

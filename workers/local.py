@@ -18,8 +18,10 @@ import time
 from typing import Any
 
 from jobs import logs, store
+from jobs.blobs import BlobStore
 from jobs.config import Settings
 from jobs.db import Database
+from jobs.orphans import PeriodicSweep
 
 log = logs.get(__name__)
 
@@ -34,6 +36,7 @@ class LocalExecutor:
         self._procs: list[Any] = [None] * settings.workers
         self._thread: threading.Thread | None = None
         self._db: Database | None = None
+        self._orphans: PeriodicSweep | None = None
         self._stop_timeout = 10.0
         self.restarts = 0
 
@@ -44,6 +47,7 @@ class LocalExecutor:
         (see :func:`_die_with_parent`) follows the thread that created a process.
         """
         self._db = Database(self.settings.db_url)
+        self._orphans = PeriodicSweep(self._db, BlobStore(self.settings.blob_root), self.settings.orphan_grace_seconds)
         self._reap()
         self._thread = threading.Thread(target=self._run, name="gif-executor", daemon=True)
         self._thread.start()
@@ -118,6 +122,8 @@ class LocalExecutor:
             return
         for job_id, status in outcomes:
             log.warning("lease_expired", job_id=job_id, status=status.value)
+        if self._orphans is not None:
+            self._orphans()
 
 
 def worker_main(settings: Settings, index: int, parent_pid: int) -> None:

@@ -28,3 +28,5 @@ def test_no_job_lost_duplicated_or_corrupted_under_faults(tmp_path, files, mode,
     # a fault may cost a job its attempts (worker_lost), never its outcome
     assert set(report.error_codes) <= {"worker_lost"}, report
     assert report.statuses.get("succeeded", 0) >= jobs // 2, report
+    # the sweep left exactly the files that artifacts name, all intact (checked again after it)
+    assert report.blobs_after_sweep == report.blobs_checked - report.orphans_swept, report
