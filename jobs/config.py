@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         description="Upload-inspector interpreters kept started ahead of need (each serves one upload, "
         "then exits); 0: start one per upload.",
     )
+    cancel_grace_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="How long a cancelled running job gets to stop on its own before an admin may "
+        "terminate its worker process (POST /v1/admin/jobs/{id}/terminate).",
+    )
     orphan_grace_seconds: float = Field(
         default=6 * 3600.0,
         ge=0,

@@ -57,6 +57,10 @@ class JobNotCancellable(DomainError):
     code, status, title = "job-not-cancellable", 409, "Job cannot be cancelled"
 
 
+class JobNotTerminable(DomainError):
+    code, status, title = "job-not-terminable", 409, "Job cannot be terminated"
+
+
 class ArtifactInUse(DomainError):
     code, status, title = "artifact-in-use", 409, "Artifact is used by a job"
 

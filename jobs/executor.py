@@ -6,6 +6,7 @@ import importlib
 from typing import Protocol
 
 from .config import Settings
+from .store import Lease
 
 
 class Executor(Protocol):
@@ -23,6 +24,11 @@ class Executor(Protocol):
 
     def submitted(self, job_id: str) -> None:
         """A job was just created (in ``validating`` or ``queued``): hand it on, if the executor pushes."""
+        ...
+
+    def terminate(self, lease: Lease) -> int | None:
+        """Kill the worker process holding ``lease`` (a job ignoring its cancellation) and finish
+        the job ``cancelled``; the pid killed, or None when no process of this executor holds it."""
         ...
 
 

@@ -8,6 +8,7 @@ API-side functions take the tenant; worker-side functions take a :class:`Lease`,
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import idempotency
 from .clock import later, utcnow
-from .errors import JobNotCancellable, NotFound, ValidationFailed
+from .errors import JobNotCancellable, JobNotTerminable, NotFound, ValidationFailed
 from .ids import new_id
 from .models import Job, JobEvent
 from .states import LEASED, TERMINAL, JobStatus, check_transition
@@ -90,7 +91,8 @@ def get_job(session: Session, tenant_id: str, job_id: str) -> Job | None:
 
 
 def find_job(session: Session, job_id: str) -> Job | None:
-    """A job by id over all tenants (workers only: they get ids from trusted messages)."""
+    """A job by id over all tenants (workers, which get ids from trusted messages, and the
+    admin routes)."""
     return session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
 
 
@@ -290,6 +292,39 @@ def finish_cancelled(session: Session, lease: Lease) -> bool:
     done = _finish(session, lease, S.CANCELLED, (S.CANCELLING,))
     if done:
         append_event(session, lease.job_id, lease.tenant_id, "job.cancelled", "worker stopped on request")
+    return done
+
+
+def terminable(session: Session, job_id: str, grace_seconds: float) -> Lease:
+    """The lease of a job an admin may terminate: cancel requested over ``grace_seconds`` ago and
+    still not stopped (any tenant's job: this is the admin scope).
+
+    Raises:
+        NotFound: no such job.
+        JobNotTerminable: not ``cancelling``, or still inside the grace period (``Retry-After``).
+    """
+    job = find_job(session, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} not found")
+    if job.status != S.CANCELLING.value or not job.lease_owner or not job.lease_token:
+        raise JobNotTerminable(f"job {job_id} is {job.status}; only a cancelling job can be terminated (cancel it first)")
+    waited = (utcnow() - (job.cancel_requested_at or utcnow())).total_seconds()
+    if waited < grace_seconds:
+        left = math.ceil(grace_seconds - waited)
+        raise JobNotTerminable(
+            f"job {job_id} was asked to stop {waited:.0f} s ago; it may stop on its own for {left} s more",
+            headers={"Retry-After": str(left)},
+        )
+    return Lease(job.id, job.tenant_id, job.lease_token, job.lease_owner, job.attempt, job.max_attempts)
+
+
+def finish_terminated(session: Session, lease: Lease, pid: int) -> bool:
+    """``cancelling → cancelled`` after its worker process was killed (fenced: the lease must be
+    the one whose process died)."""
+    done = _finish(session, lease, S.CANCELLED, (S.CANCELLING,))
+    if done:
+        append_event(session, lease.job_id, lease.tenant_id, "job.cancelled",
+                     f"worker process {pid} terminated by an administrator", level="warning")  # fmt: skip
     return done
 
 

@@ -21,7 +21,7 @@ from jobs.executor import load_executor
 from . import errors, openapi
 from .deps import Services
 from .middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from .routers import artifacts, health, jobs
+from .routers import admin, artifacts, health, jobs
 
 log = logs.get(__name__)
 
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_paths=("/v1/artifacts",),
     )
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, artifacts, jobs):
+    for module in (health, artifacts, jobs, admin):
         app.include_router(module.router)
     openapi.install(app)
     return app

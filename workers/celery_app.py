@@ -23,6 +23,10 @@ RUN_TASK = "gif.run_job"
 CPU_QUEUE = "cpu"
 
 
+#: Remote-control command of the admin backstop (registered by ``workers.tasks`` in the workers).
+TERMINATE_COMMAND = "gif_terminate"
+
+
 def gpu_queue(pool: str) -> str:
     return f"gpu.{pool}"
 

@@ -27,7 +27,7 @@ from jobs.errors import ServiceUnavailable
 from jobs.orphans import PeriodicSweep
 from jobs.states import JobStatus
 
-from .celery_app import make_app
+from .celery_app import TERMINATE_COMMAND, make_app
 from .dispatch import Publisher
 
 log = logs.get(__name__)
@@ -71,6 +71,21 @@ class CeleryExecutor:
         """Strict dispatch: refuse submissions while the broker is down (503 + Retry-After)."""
         if self.settings.strict_dispatch and not self._broker_ok():
             raise ServiceUnavailable("the job broker is unreachable; retry later", headers={"Retry-After": "10"})
+
+    def terminate(self, lease: store.Lease) -> int | None:
+        """Ask every worker node (``gif_terminate`` control command) to kill the pool process
+        holding ``lease``; the node that has it checks the lease, kills and finishes the job."""
+        replies = self.app.control.broadcast(
+            TERMINATE_COMMAND,
+            arguments={"job_id": lease.job_id, "tenant_id": lease.tenant_id, "token": lease.token, "owner": lease.owner},
+            reply=True,
+            timeout=3.0,  # the node holding the process answers in milliseconds
+        )
+        for reply in replies or []:
+            for answer in reply.values():
+                if isinstance(answer, dict) and answer.get("ok") and answer.get("pid"):
+                    return int(answer["pid"])
+        return None
 
     def health(self) -> dict[str, Any]:
         return {

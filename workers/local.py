@@ -23,6 +23,8 @@ from jobs.config import Settings
 from jobs.db import Database
 from jobs.orphans import PeriodicSweep
 
+from .terminate import kill_job_process
+
 log = logs.get(__name__)
 
 
@@ -72,6 +74,10 @@ class LocalExecutor:
 
     def submitted(self, job_id: str) -> None:
         """Nothing to do: the workers poll the job table."""
+
+    def terminate(self, lease: store.Lease) -> int | None:
+        assert self._db is not None
+        return kill_job_process(self._db, lease, self.pids())  # the supervisor respawns the worker
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.pid is not None]

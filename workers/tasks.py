@@ -12,11 +12,12 @@ import socket
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+from celery.worker.control import control_command
 
 from jobs import logs
 from jobs.states import JobStatus
 
-from .celery_app import RUN_TASK, VALIDATE_TASK, app
+from .celery_app import RUN_TASK, TERMINATE_COMMAND, VALIDATE_TASK, app
 from .dispatch import Publisher
 
 log = logs.get(__name__)
@@ -47,6 +48,28 @@ def context():
             deadline_errors=(SoftTimeLimitExceeded,),
         )
     return _context
+
+
+@control_command(
+    name=TERMINATE_COMMAND,
+    args=[("job_id", str), ("tenant_id", str), ("token", str), ("owner", str)],
+    signature="<job_id> <tenant_id> <token> <owner>",
+)
+def terminate_job(state, job_id: str, tenant_id: str, token: str, owner: str) -> dict:
+    """In the worker node's main process: kill the pool process holding this lease, if it is
+    one of ours and the lease still holds the job (workers/terminate.py); the pool replaces it."""
+    from jobs.db import Database
+    from jobs.store import Lease
+
+    from .terminate import kill_job_process
+
+    pids = state.consumer.pool.info.get("processes", []) if state.consumer.pool else []
+    db = Database(app.conf.gif_settings.db_url)
+    try:
+        pid = kill_job_process(db, Lease(job_id, tenant_id, token, owner, 0, 0), pids)
+    finally:
+        db.dispose()
+    return {"ok": pid is not None, "pid": pid}
 
 
 @app.task(name=VALIDATE_TASK)

@@ -11,6 +11,7 @@ after a restart the job and the artifacts are intact and the job succeeds on its
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -190,6 +191,45 @@ def test_cancel_a_running_job(server, inputs):
     assert server.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
     events = [e["type"] for e in server.client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
     assert events[-2:] == ["job.cancel_requested", "job.cancelled"]
+
+
+def test_an_admin_terminates_a_job_that_ignores_its_cancellation(server, inputs):
+    """A worker stuck in native code cannot see the cancel flag (SIGSTOP stands in for that);
+    past the grace period an admin kills its process, the job ends ``cancelled`` at once and the
+    executor runs the next job on a fresh process."""
+    body = {"type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"], "forget": {"class": 6},
+            "options": SLOW_OPTIONS}  # fmt: skip
+    job = _submit(server.client, body)
+    _wait(server.client, job["id"], until=lambda j: (j["progress"] or {}).get("stage") == "solving_ihvp")
+    pid = _worker_pid(server.client, job["id"])
+    early = server.client.post(f"/v1/admin/jobs/{job['id']}/terminate")
+    assert early.status_code == 409 and early.json()["code"] == "job-not-terminable"  # not cancelled yet
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert server.client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelling"
+        done = server.client.post(f"/v1/admin/jobs/{job['id']}/terminate")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert done.status_code == 202, done.text
+    assert done.json()["terminated_pid"] == pid and done.json()["status"] == "cancelled"
+    with pytest.raises(ProcessLookupError):
+        _wait_exited(pid)
+    events = server.client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert "terminated by an administrator" in events[-1]["message"]
+    again = server.client.post(f"/v1/admin/jobs/{job['id']}/terminate")
+    assert again.status_code == 409 and again.json()["code"] == "job-not-terminable"
+    quick = {**body, "forget": {"class": 2}, "options": {"newton_steps": 1, "hessian_samples": 128}}
+    assert _wait(server.client, _submit(server.client, quick)["id"])["status"] == "succeeded"
+
+
+def _wait_exited(pid: int, timeout: float = 10) -> None:
+    """Raises ProcessLookupError once ``pid`` is gone (reaped by its parent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        os.kill(pid, 0)
+        time.sleep(0.05)
+    os.kill(pid, 0)
 
 
 def _worker_pid(client, job_id: str) -> int:
