@@ -29,6 +29,16 @@ _CHALLENGE = {
 }
 
 
+def links_by_id(parameter: str, *operation_ids: str) -> dict[str, dict[str, Any]]:
+    """OpenAPI links from a response body's ``id`` to operations that take it as ``parameter``
+    (each named after its operation: ``getJob`` → ``GetJob``); clients and the stateful
+    contract tests follow them."""
+    return {
+        op[0].upper() + op[1:]: {"operationId": op, "parameters": {parameter: "$response.body#/id"}}
+        for op in operation_ids
+    }
+
+
 def install(app: FastAPI) -> None:
     """Wrap ``app.openapi`` so that each document FastAPI builds is finished once."""
     build = app.openapi

@@ -19,6 +19,7 @@ from jobs.views import artifact_view
 from ..deps import Services, ServicesDep, TenantDep
 from ..errors import ProblemError
 from ..multipart import read_upload, sanitize_filename
+from ..openapi import links_by_id
 from ..schemas import Artifact as ArtifactBody
 from ..schemas import problems
 
@@ -42,12 +43,9 @@ _UPLOAD_BODY = {
     }
 }
 
-_BY_ID = {"artifact_id": "$response.body#/id"}
 #: From an artifact's body to what can be done with it (OpenAPI links: clients, stateful tests).
 _LINKS = {
-    "GetArtifact": {"operationId": "getArtifact", "parameters": _BY_ID},
-    "DownloadArtifact": {"operationId": "downloadArtifact", "parameters": _BY_ID},
-    "DeleteArtifact": {"operationId": "deleteArtifact", "parameters": _BY_ID},
+    **links_by_id("artifact_id", "getArtifact", "downloadArtifact", "deleteArtifact"),
     "UseAsTrainingSet": {
         "operationId": "submitJob",
         "requestBody": {"train": "$response.body#/id"},

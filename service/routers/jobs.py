@@ -19,6 +19,7 @@ from jobs.submit import submit_job
 from jobs.views import event_view, job_view, list_view, parse_event_id
 
 from ..deps import JsonBody, ServicesDep, TenantDep
+from ..openapi import links_by_id
 from ..schemas import Job as JobBody
 from ..schemas import JobEventList, JobList, problems
 
@@ -51,12 +52,9 @@ def _job_id(job_id: str) -> str:
 
 _STRING = {"schema": {"type": "string"}}
 _RETRY_AFTER = {"description": "Seconds until polling again is useful (absent once terminal).", **_STRING}
-_BY_ID = {"job_id": "$response.body#/id"}
 #: From a job's body to what can be done with it (OpenAPI links: clients, stateful tests).
 _LINKS = {
-    "GetJob": {"operationId": "getJob", "parameters": _BY_ID},
-    "ListJobEvents": {"operationId": "listJobEvents", "parameters": _BY_ID},
-    "CancelJob": {"operationId": "cancelJob", "parameters": _BY_ID},
+    **links_by_id("job_id", "getJob", "listJobEvents", "cancelJob"),
     "GetFirstResultArtifact": {
         "operationId": "getArtifact",
         "parameters": {"artifact_id": "$response.body#/result/artifacts/0/id"},
