@@ -61,10 +61,15 @@ def faults_for(mode: str) -> list[str]:
     return ["api", "worker", "worker_node", "redis", "postgres"] if mode == "distributed" else ["api", "worker"]
 
 
-def _request(stack: Stack, method: str, path: str, deadline: float, **kwargs) -> httpx.Response:
-    """Retry across restarts: connection errors and 5xx, until ``deadline``."""
+def _request(
+    stack: Stack, method: str, path: str, deadline: float, chaos: _Chaos | None = None, **kwargs
+) -> httpx.Response:
+    """Retry across restarts: connection errors and 5xx, until ``deadline`` (or at once when
+    the fault injector itself failed: a process it restarted did not come back)."""
     headers = kwargs.pop("headers", stack.client.headers)
     while True:
+        if chaos is not None and chaos.error is not None:
+            raise AssertionError(f"fault injection failed: {chaos.error!r}") from chaos.error
         try:
             response = httpx.request(method, f"http://127.0.0.1:{stack.port}{path}",
                                      headers=headers, timeout=30, **kwargs)  # fmt: skip
@@ -202,13 +207,13 @@ def run_chaos(
     try:
         for k in range(jobs):
             key = f"chaos-{seed}-{k}"
-            response = _request(stack, "POST", "/v1/jobs", deadline, json=_body(inputs, k),
+            response = _request(stack, "POST", "/v1/jobs", deadline, chaos, json=_body(inputs, k),
                                 headers={**stack.client.headers, "Idempotency-Key": key})  # fmt: skip
             assert response.status_code == 202, response.text
             ids[key] = response.json()["id"]
             time.sleep(rng.uniform(0.0, 0.5))
         chaos.join(timeout=max(1.0, deadline - time.monotonic()))  # every fault lands before the check
-        finals = {key: _wait_terminal(stack, job_id, deadline) for key, job_id in ids.items()}
+        finals = {key: _wait_terminal(stack, job_id, deadline, chaos) for key, job_id in ids.items()}
     finally:
         chaos.done.set()
         chaos.join(timeout=60)
@@ -225,9 +230,9 @@ def run_chaos(
     return report
 
 
-def _wait_terminal(stack: Stack, job_id: str, deadline: float) -> dict:
+def _wait_terminal(stack: Stack, job_id: str, deadline: float, chaos: _Chaos | None = None) -> dict:
     while True:
-        job = _request(stack, "GET", f"/v1/jobs/{job_id}", deadline).json()
+        job = _request(stack, "GET", f"/v1/jobs/{job_id}", deadline, chaos).json()
         if job["status"] in TERMINAL:
             return job
         if time.monotonic() > deadline:
