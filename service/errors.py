@@ -163,7 +163,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         # Starlette names the methods of the first route matching the path only
         allowed = _allowed_methods(request)
         headers["Allow"] = ", ".join(allowed)
-        detail = f"{request.method} is not allowed on {request.url.path}; allowed: {headers['Allow']}"
+        method = "HEAD" if request.scope.get("head") else request.method  # HeadMiddleware asked GET
+        detail = f"{method} is not allowed on {request.url.path}; allowed: {headers['Allow']}"
     return problem_response(request.scope, exc.status_code, code, title, detail, headers=headers or None)
 
 
@@ -174,6 +175,8 @@ def _allowed_methods(request: Request) -> list[str]:
         match, _ = route.matches(request.scope)
         if match is not Match.NONE:
             methods |= set(route.methods or ())
+    if "GET" in methods:
+        methods.add("HEAD")  # HeadMiddleware
     return sorted(methods)
 
 

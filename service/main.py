@@ -20,7 +20,7 @@ from jobs.executor import load_executor
 
 from . import errors, openapi
 from .deps import Services
-from .middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from .middleware import BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware, RequestIdMiddleware
 from .routers import admin, artifacts, health, jobs
 
 log = logs.get(__name__)
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.state.executor = None
     errors.install(app)
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.add_middleware(
         BodyLimitMiddleware,

@@ -151,3 +151,27 @@ class MetricsMiddleware:
             self.metrics.observe_request(scope["method"], route, status, seconds)
             _access.info("request", method=scope["method"], route=route, status=status,
                          duration_ms=round(1000 * seconds, 2))
+
+
+class HeadMiddleware:
+    """``HEAD`` on any ``GET`` route (RFC 9110 §9.3.2): the ``GET`` runs, its status and headers
+    (``Content-Length`` included) go out, its body does not. FastAPI routes answer ``GET`` only."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def headers_only(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif not started:  # one empty body ends the response; the GET's body is dropped
+                started = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app({**scope, "method": "GET", "head": True}, receive, headers_only)

@@ -197,8 +197,23 @@ def test_ids_that_cannot_be_ids_are_not_found(client_a, path):
 def test_405_allows_every_method_of_the_path(client_a):
     response = client_a.request("PUT", "/v1/artifacts/art_01JD3Q7W8M6Z5K2R9T0V4X1YBC")
     assert response.status_code == 405 and response.json()["code"] == "method-not-allowed"
-    assert response.headers["allow"] == "DELETE, GET"  # Starlette named the first route's only
-    assert client_a.request("PATCH", "/v1/jobs").headers["allow"] == "GET, POST"
+    assert response.headers["allow"] == "DELETE, GET, HEAD"  # Starlette named the first route's only
+    assert client_a.request("PATCH", "/v1/jobs").headers["allow"] == "GET, HEAD, POST"
+    post_only = client_a.request("HEAD", "/v1/jobs/job_01JD3Q7W8M6Z5K2R9T0V4X1YBC/cancel")
+    assert post_only.status_code == 405 and post_only.headers["allow"] == "POST" and post_only.content == b""
+
+
+def test_head_answers_what_get_would_without_the_body(client_a, real):
+    for path in ("/v1/jobs", f"/v1/artifacts/{real.artifact_ids['train']}",
+                 f"/v1/artifacts/{real.artifact_ids['train']}/content", "/livez"):  # fmt: skip
+        get, head = client_a.get(path), client_a.request("HEAD", path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"" and get.content
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+    missing = client_a.request("HEAD", "/v1/jobs/job_01JD3Q7W8M6Z5K2R9T0V4X1YBC")
+    assert missing.status_code == 404 and missing.content == b""
+    assert missing.headers["content-type"] == "application/problem+json"
 
 
 def test_bad_ranges_and_bodies_are_documented_problems(client_a, real):
