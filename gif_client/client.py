@@ -143,6 +143,12 @@ class Client:
     def cancel(self, job_id: str) -> dict:
         return self._http.request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
+    def terminate(self, job_id: str) -> dict:
+        """Admin keys only: kill the worker process of a job that ignores its cancellation
+        (``POST /v1/admin/jobs/{id}/terminate``); 409 until the job has been ``cancelling`` for
+        the server's grace period. Returns the job, ``cancelled``, with ``terminated_pid``."""
+        return self._http.request("POST", f"/v1/admin/jobs/{job_id}/terminate").json()
+
     def wait(
         self,
         job_id: str,

@@ -248,6 +248,13 @@ def cancel(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
     _run(lambda client: _print_json(client.cancel(job_id)), ctx)
 
 
+@app.command(epilog=EXIT_CODES_HELP)
+def terminate(ctx: typer.Context, job_id: str = typer.Argument(...)) -> None:
+    """Admin key: kill the worker process of a job still `cancelling` after the grace period
+    (GIF_CANCEL_GRACE_SECONDS); print the job JSON."""
+    _run(lambda client: _print_json(client.terminate(job_id)), ctx)
+
+
 @app.command("jobs", epilog=EXIT_CODES_HELP)
 def list_jobs(
     ctx: typer.Context,

@@ -16,13 +16,9 @@ from tests.stack import KEY, Stack
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    stack = Stack("embedded", tmp_path_factory.mktemp("sdk"))
-    try:
-        stack.start()
+    with Stack("embedded", tmp_path_factory.mktemp("sdk")) as stack:
         stack.url = f"http://127.0.0.1:{stack.port}"
         yield stack
-    finally:
-        stack.close()
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,8 @@ def test_upload_submit_wait_output(server, files, tmp_path):
     dl = cli(server, "download", weights["id"], str(tmp_path / "w.safetensors"))
     assert dl.exit_code == 0 and (tmp_path / "w.safetensors").is_file()
     assert cli(server, "cancel", job["id"]).exit_code == 2  # 409 job-not-cancellable
+    refused = cli(server, "terminate", job["id"])  # an admin key, but the job is not cancelling
+    assert refused.exit_code == 2 and "job-not-terminable" in refused.output
 
 
 def test_exit_codes_for_errors(server, tmp_path):
