@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -53,8 +55,17 @@ def make_data(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
 BUILDERS = {"mlp": tiny_mlp, "cnn": tiny_cnn, "embed": tiny_embedder}
 
 
+#: Where the ``tiny`` models and data live: ``GIF_TEST_DEVICE=cuda pytest tests/engine`` runs the
+#: dense-reference checks on a GPU (the engine's work follows the model's device).
+DEVICE = torch.device(os.environ.get("GIF_TEST_DEVICE", "cpu"))
+
+
+def _to(data: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return data[0].to(DEVICE), data[1].to(DEVICE)
+
+
 @pytest.fixture(params=sorted(BUILDERS))
 def tiny(request):
-    """(name, model, hessian_data, target_data) for each tiny architecture."""
+    """(name, model, hessian_data, target_data) for each tiny architecture, on ``DEVICE``."""
     kind = request.param
-    return kind, BUILDERS[kind](), make_data(kind, 24, 10), make_data(kind, 5, 11)
+    return kind, BUILDERS[kind]().to(DEVICE), _to(make_data(kind, 24, 10)), _to(make_data(kind, 5, 11))
