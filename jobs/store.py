@@ -261,6 +261,17 @@ def update_progress(session: Session, lease: Lease, progress: dict[str, Any]) ->
     return None if status is None else JobStatus(status)
 
 
+def hold_lease(session: Session, lease: Lease) -> bool:
+    """Whether ``lease`` still holds its job, keeping it so until the transaction ends (a row
+    lock on PostgreSQL, which the reaper's update waits for; SQLite's writes are serial). A
+    worker checks this before it moves result files into the blob store, so an attempt that
+    lost its lease (frozen past it, say) leaves no file behind."""
+    query = select(Job.id).where(
+        Job.id == lease.job_id, Job.lease_token == lease.token, Job.status.in_([s.value for s in LEASED])
+    )
+    return session.scalar(query.with_for_update()) is not None
+
+
 def finish_succeeded(session: Session, lease: Lease, result: dict[str, Any]) -> bool:
     """``running | cancelling → succeeded`` with the result (fenced)."""
     done = _finish(session, lease, S.SUCCEEDED, (S.RUNNING, S.CANCELLING), result_json=json.dumps(result))

@@ -8,6 +8,8 @@ Faults (in rounds of every kind in a random order, at random moments while jobs 
 * ``api``: SIGKILL the API process and start it again on the same port (embedded mode: its
   worker processes die with it);
 * ``worker``: SIGKILL the process running a job (the lease owner's pid);
+* ``pause``: SIGSTOP the process running a job for longer than its lease, then SIGCONT it: the
+  job has moved to another worker, and the woken process must not write anything (fencing);
 * ``worker_node``: distributed: SIGKILL a whole Celery worker node and start a new one;
 * ``redis``: SIGKILL the broker and start it again on the same data folder;
 * ``postgres``: distributed: SIGKILL the PostgreSQL server (postmaster and backends) and start it
@@ -16,12 +18,14 @@ Faults (in rounds of every kind in a random order, at random moments while jobs 
 
 Invariants checked afterwards: every submission (sent with an Idempotency-Key and retried across
 faults) maps to exactly one job; the service lists exactly those jobs; every job is terminal —
-``succeeded``, ``failed`` with an error code, or ``cancelled``; every artifact's content matches
-its SHA-256, through the API and on disk.
+``succeeded``, ``failed`` with an error code, or ``cancelled``; a job's artifact rows are exactly
+those of its result (nothing from an attempt that lost its lease); every artifact's content
+matches its SHA-256, through the API and on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -58,7 +62,9 @@ class ChaosReport:
 
 
 def faults_for(mode: str) -> list[str]:
-    return ["api", "worker", "worker_node", "redis", "postgres"] if mode == "distributed" else ["api", "worker"]
+    if mode == "distributed":
+        return ["api", "worker", "pause", "worker_node", "redis", "postgres"]
+    return ["api", "worker", "pause"]
 
 
 def _request(
@@ -137,6 +143,24 @@ class _Chaos(threading.Thread):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return False
+        return True
+
+    def _pause(self) -> bool:
+        """Freeze a job's process past its lease (a long GC pause, a hung NFS read), then let it
+        run on: the job has been given to another worker meanwhile, and every write of the
+        woken one must be refused (its lease token is stale)."""
+        pid = _running_worker_pid(self.stack)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return False
+        try:
+            time.sleep(float(self.stack.env.get("GIF_LEASE_SECONDS", "120")) + 2.0)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         return True
 
     def _worker_node(self) -> bool:
@@ -272,21 +296,45 @@ def _check(stack: Stack, inputs: dict, ids: dict, finals: dict, report: ChaosRep
                         deadline, problems)  # fmt: skip
         report.artifacts_checked += 1
     report.blobs_checked = _check_blobs(Path(stack.env["GIF_HOME"]) / "blobs", problems)
+    _check_result_rows(stack, finals, problems)
 
 
-def _sweep_orphans(stack: Stack) -> int:
-    """Run the service's orphan sweep with no grace period (every job is terminal by now)."""
+@contextlib.contextmanager
+def _service_database(stack: Stack):
+    """The stack's job store and blob store, opened from this process: ``(db, blobs)``."""
     from jobs.blobs import BlobStore
     from jobs.config import Settings
     from jobs.db import Database
-    from jobs.orphans import sweep
 
     settings = Settings(home=stack.env["GIF_HOME"], database_url=stack.env.get("GIF_DATABASE_URL"))
     db = Database(settings.db_url)
     try:
-        return sweep(db, BlobStore(settings.blob_root), grace_seconds=0).blobs
+        yield db, BlobStore(settings.blob_root)
     finally:
         db.dispose()
+
+
+def _sweep_orphans(stack: Stack) -> int:
+    """Run the service's orphan sweep with no grace period (every job is terminal by now)."""
+    from jobs.orphans import sweep
+
+    with _service_database(stack) as (db, blobs):
+        return sweep(db, blobs, grace_seconds=0).blobs
+
+
+def _check_result_rows(stack: Stack, finals: dict, problems: list[str]) -> None:
+    """Fencing: the artifact rows a job produced are exactly its result's (none from an attempt
+    that lost its lease, none for a job that did not succeed)."""
+    from sqlalchemy import select
+
+    from jobs.models import Artifact
+
+    with _service_database(stack) as (db, _), db.read() as session:
+        for job in finals.values():
+            rows = set(session.scalars(select(Artifact.id).where(Artifact.job_id == job["id"])))
+            listed = {a["id"] for a in (job.get("result") or {}).get("artifacts", [])}
+            if rows != listed:
+                problems.append(f"{job['id']} ({job['status']}) has artifact rows {sorted(rows)}, result {sorted(listed)}")
 
 
 def _list_all(stack: Stack, deadline: float) -> set[str]:

@@ -201,6 +201,8 @@ def _commit(lease: store.Lease, ctx: WorkerContext, results: Results) -> JobStat
     staged = [(output, ctx.blobs.adopt(output.path)) for output in results.outputs]
     try:
         with ctx.db.begin() as session:
+            if not store.hold_lease(session, lease):
+                raise _LeaseLost
             for digest in sorted({blob.sha256 for _, blob in staged}):  # one order: no deadlock
                 artifacts.lock_blob(session, digest)
             entries = []

@@ -191,3 +191,24 @@ def test_a_worker_that_lost_its_lease_writes_nothing(ctx, inputs):
     assert execute(lease, ctx) is None
     job = _job(ctx, job_id)
     assert job.status == "queued" and job.result_json is None
+
+
+def test_results_of_a_lost_lease_never_reach_the_blob_store(ctx, inputs):
+    """The commit checks (and holds) the lease before it moves any file into place, so a worker
+    that wakes up after its job moved on leaves no orphan behind."""
+    from workers.results import Output, Results
+    from workers.runner import _commit
+
+    job_id = _submit(ctx, _body(inputs))
+    lease = _claimed(ctx, job_id)
+    with ctx.db.begin() as session:
+        store.transition(session, job_id, TENANT, JobStatus.RUNNING, JobStatus.QUEUED, token=lease.token,
+                         lease_token=None)  # fmt: skip
+    output = ctx.blobs.tmp_path(".json")
+    output.write_text('{"late": true}')
+    blobs_before = dict(ctx.blobs.committed())
+    assert _commit(lease, ctx, Results([Output("report", "json", output, "report.json")], {}, {})) is None
+    assert dict(ctx.blobs.committed()) == blobs_before  # nothing moved into place
+    assert list(ctx.blobs.temporary()) == []  # and the staged file is gone
+    with ctx.db.read() as session:
+        assert not store.hold_lease(session, lease)
