@@ -6,6 +6,8 @@ knowing about HTTP frameworks.
 
 from __future__ import annotations
 
+import errno
+
 
 class DomainError(Exception):
     """Base: ``code``, ``status`` and ``title`` are per class; ``detail`` per instance."""
@@ -87,6 +89,18 @@ class Unauthenticated(DomainError):
 
 class Forbidden(DomainError):
     code, status, title = "forbidden", 403, "Forbidden"
+
+
+#: OS errors that mean "the storage is full" (a full disk, a quota, a file-size limit).
+STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in STORAGE_FULL
+
+
+class InsufficientStorage(DomainError):
+    code, status, title = "insufficient-storage", 507, "Insufficient storage"
 
 
 class ServiceUnavailable(DomainError):

@@ -19,7 +19,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from jobs import logs
-from jobs.errors import DomainError
+from jobs.errors import DomainError, InsufficientStorage, is_storage_full
 from jobs.specs import JOB_TYPES
 
 PROBLEM_JSON = "application/problem+json"
@@ -191,6 +191,10 @@ def app_routes(app: FastAPI) -> list[Any]:
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    if is_storage_full(exc):  # the staged file is already gone (the writers clean up on error)
+        log.error("storage_full", path=request.url.path, error=str(exc))
+        full = InsufficientStorage("the server's storage is full; retry later", headers={"Retry-After": "300"})
+        return await _domain_error(request, full)
     log.error("unhandled_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
     return problem_response(
         request.scope, 500, "internal", "Internal server error", "an unexpected error occurred"

@@ -29,6 +29,7 @@ from jobs import artifacts, logs, store
 from jobs.blobs import BlobStore
 from jobs.config import Settings
 from jobs.db import Database
+from jobs.errors import is_storage_full
 from jobs.states import JobStatus
 from jobs.views import result_artifact_entry
 
@@ -162,9 +163,16 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
                 limit = settings.max_job_seconds
                 return _fail(lease, ctx, "deadline_exceeded", f"the job ran longer than {limit:g} s")
             except Exception as exc:
+                if is_storage_full(exc):
+                    return _fail(lease, ctx, "storage_error", _STORAGE_FULL)
                 log.exception("job_crashed")
                 return _fail(lease, ctx, "internal_error", f"{type(exc).__name__}: {exc}")
-            return _commit(lease, ctx, results)
+            try:
+                return _commit(lease, ctx, results)
+            except OSError as exc:
+                if not is_storage_full(exc):
+                    raise
+                return _fail(lease, ctx, "storage_error", _STORAGE_FULL)
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "tenant_id", "attempt")
         ctx.sweep_caches()
@@ -242,6 +250,9 @@ def _stopped(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Job
             done = store.finish_cancelled(session, lease)
             return JobStatus.CANCELLED if done else None
         return store.release(session, lease, "worker shutting down")
+
+
+_STORAGE_FULL = "the blob store is full: no room for the job's files (free space, then resubmit)"
 
 
 def _fail(lease: store.Lease, ctx: WorkerContext, code: str, message: str) -> JobStatus | None:

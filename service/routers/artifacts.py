@@ -85,7 +85,7 @@ _DOWNLOAD_HEADERS = {
             "description": "The tenant already had this file (dedup).",
             "links": _LINKS,
         },
-        **problems(400, 401, 413, 415, 422),
+        **problems(400, 401, 413, 415, 422, 507),
     },
 )
 async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> JSONResponse:

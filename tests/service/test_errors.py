@@ -81,3 +81,33 @@ def test_unhandled_error_is_500_problem(tmp_path):
     with client_for(app, None) as client:
         body = _is_problem(client.get("/boom"), 500, "internal")
     assert "secret" not in body["detail"]
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EFBIG"])
+def test_a_full_disk_during_an_upload_is_507_and_leaves_nothing(tmp_path, monkeypatch, code):
+    """The storage fills up while an upload streams in (the OS error is injected in the blob
+    writer: no disk here can be filled safely)."""
+    import errno
+
+    from sqlalchemy import func, select
+
+    from jobs.blobs import BlobWriter
+    from jobs.models import Artifact
+
+    app = create_app(make_settings(tmp_path))
+    real_write = BlobWriter.write
+
+    def write(self, chunk: bytes) -> None:
+        if self.size + len(chunk) > 4096:
+            raise OSError(getattr(errno, code), "No space left on device")
+        real_write(self, chunk)
+
+    monkeypatch.setattr(BlobWriter, "write", write)
+    with client_for(app, "tenantA") as client:
+        response = client.post("/v1/artifacts", files={"file": ("big.npz", b"x" * 100_000)}, data={"kind": "dataset"})
+        body = _is_problem(response, 507, "insufficient-storage")
+        assert response.headers["retry-after"] == "300" and "storage is full" in body["detail"]
+    blobs = app.state.services.blobs
+    assert list(blobs.temporary()) == [] and list(blobs.committed()) == []
+    with app.state.services.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Artifact)) == 0

@@ -212,3 +212,32 @@ def test_results_of_a_lost_lease_never_reach_the_blob_store(ctx, inputs):
     assert list(ctx.blobs.temporary()) == []  # and the staged file is gone
     with ctx.db.read() as session:
         assert not store.hold_lease(session, lease)
+
+
+@pytest.mark.parametrize("where", ["writing", "storing"])
+def test_a_full_blob_store_fails_the_job_with_storage_error(ctx, inputs, monkeypatch, where):
+    """ENOSPC while the results are written (temporary files) or moved into the store."""
+    import errno
+
+    from jobs.blobs import StagedBlob
+    from workers import runner
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "writing":
+        monkeypatch.setattr(runner, "write_results", full)
+    else:
+        monkeypatch.setattr(StagedBlob, "commit", full)
+    blobs_before = dict(ctx.blobs.committed())
+    job_id = _submit(ctx, _body(inputs))
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.FAILED
+    error = json.loads(_job(ctx, job_id).error_json)
+    assert error["code"] == "storage_error" and "blob store is full" in error["message"]
+    assert dict(ctx.blobs.committed()) == blobs_before
+    from sqlalchemy import select
+
+    from jobs.models import Artifact
+
+    with ctx.db.read() as session:  # no result row either
+        assert list(session.scalars(select(Artifact.id).where(Artifact.job_id == job_id))) == []
