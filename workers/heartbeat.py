@@ -2,12 +2,16 @@
 
 The flags it sets are what the engine's ``should_stop`` polls every solver iteration: a
 requested cancellation, a lost lease (the job was reaped or finished elsewhere: stop and write
-nothing), or the worker shutting down.
+nothing), or the worker shutting down. A worker that cannot reach the database for a whole
+lease period counts its lease as lost too (self-fencing): by then the reaper may have given the
+job to another worker, so computing on would only waste the machine (its writes would be
+refused anyway).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Self
 
 from jobs import logs, store
@@ -44,6 +48,7 @@ class Heartbeat:
     ) -> None:
         self.db, self.lease, self.signals = db, lease, signals
         self.interval, self.lease_seconds = interval, lease_seconds
+        self.renewed_at = time.monotonic()  # the claim, just before, was the first renewal
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{lease.job_id}", daemon=True)
 
@@ -60,6 +65,7 @@ class Heartbeat:
         with self.db.begin() as session:
             status = store.heartbeat(session, self.lease, self.lease_seconds)
         self.signals.observe(status)
+        self.renewed_at = time.monotonic()
 
     def _run(self) -> None:
         while not self._done.wait(self.interval):
@@ -67,5 +73,8 @@ class Heartbeat:
                 self.beat()
             except Exception as exc:  # noqa: BLE001 (a busy database must not kill the heartbeat)
                 log.warning("heartbeat_failed", job_id=self.lease.job_id, error=str(exc))
+                if time.monotonic() - self.renewed_at >= self.lease_seconds:
+                    log.warning("lease_expired_unrenewed", job_id=self.lease.job_id)
+                    self.signals.lease_lost.set()
             if self.signals.lease_lost.is_set():
                 return
