@@ -187,10 +187,11 @@ def _edit(
     splits = _split(len(y), task.index, validation is None, opts, gen)
     val = as_pair(validation, what="validation") if validation is not None else (x[splits.val], y[splits.val])
     hessian_data = (x[splits.hessian], y[splits.hessian])
+    drift_data = (x[splits.drift], y[splits.drift])
     edited = copy.deepcopy(model)
     memo = Memo(cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute")
     with eval_mode(edited):
-        ids = _Ids.of(memo, edited, task, hessian_data, loss_fn)
+        ids = _Ids.of(memo, edited, task, hessian_data, drift_data, loss_fn)
         notify({"stage": "selecting_parameters"})
         with clock("selection"):
             params = _select(edited, task, opts, loss_fn, memo, ids)
@@ -209,7 +210,9 @@ def _edit(
                 model_id = ids.theta0 if k == 0 else memo.model(edited)
                 hessian = HessianOperator(edited, hessian_data, loss_fn=loss_fn,
                                           chunk_size=opts.chunk_size, backend=opts.hvp_backend)
-                g, target_hvp = gradient(hessian, first=k == 0, more=opts.newton_steps > 1, model=model_id)
+                drift = hessian if splits.retained is None else HessianOperator(
+                    edited, drift_data, loss_fn=loss_fn, chunk_size=opts.chunk_size, backend=opts.hvp_backend)
+                g, target_hvp = gradient(hessian, drift, first=k == 0, more=opts.newton_steps > 1, model=model_id)
             with clock("solve"):
                 infl, fresh = solves.solve(
                     hessian, g, params, model=model_id, data=ids.hessian, loss=ids.loss,
@@ -220,6 +223,7 @@ def _edit(
                     rank=opts.rank, seed=opts.seed,
                 )
                 hessian.release()
+                drift.release()
                 if fresh:
                     work["gradients"] += infl.grads
                     work["hvps"] += infl.hvps
@@ -307,12 +311,13 @@ class _EditedGradient:
         self.base: torch.Tensor | None = None  # the constant term fixed at θ₀
         self.hessian0: torch.Tensor | None = None  # ∇L_h(θ₀)
 
-    def __call__(self, hessian: HessianOperator, *, first: bool, more: bool, model: str):
-        """g_k at the θ of ``hessian``; ``model`` is that θ's digest (cache key)."""
+    def __call__(self, hessian: HessianOperator, drift: HessianOperator, *, first: bool, more: bool, model: str):
+        """g_k at the θ of ``hessian``; ``model`` is that θ's digest (cache key). ``drift`` is
+        the retained loss L_h (the Hessian sample, or its untouched part)."""
         task, u, ids = self.task, self.task.index.numel(), self.ids
         target = HessianOperator(hessian.flat, task.target, loss_fn=task.target_loss,
                                  chunk_size=self.chunk_size, what="edited samples")
-        ops = [target, hessian]
+        ops = [target, hessian] if drift is hessian else [target, hessian, drift]
 
         def grad(op: HessianOperator, data: str, loss: str) -> torch.Tensor:
             return self.memo.gradient(op, model=model, data=data, loss=loss)
@@ -329,16 +334,16 @@ class _EditedGradient:
             else:
                 self.base = -(u / self.n) * grad(labelled(0), ids.old, ids.loss)
             if more:
-                self.hessian0 = grad(hessian, ids.hessian, ids.loss)
+                self.hessian0 = grad(drift, ids.drift, ids.loss)
         else:
             assert self.base is not None and self.hessian0 is not None
-            drift = grad(hessian, ids.hessian, ids.loss) - self.hessian0
+            change = grad(drift, ids.drift, ids.loss) - self.hessian0
             if task.kind == "remove":
-                g = drift + self.base
+                g = change + self.base
             else:
-                g = (1 - u / self.n) * drift + (u / self.n) * grad(labelled(1), ids.new, ids.loss) + self.base
+                g = (1 - u / self.n) * change + (u / self.n) * grad(labelled(1), ids.new, ids.loss) + self.base
         self.count += sum(op.grads for op in ops)
-        hessian.grads = 0
+        hessian.grads = drift.grads = 0
         return g, _CountingHvp(target, self, abs(task.scale))
 
 
@@ -351,17 +356,20 @@ class _Ids:
     target_loss: str  # the edited samples' loss (relabel: new minus old)
     target: str  # the edited samples with their target labels
     hessian: str  # the Hessian sample
+    drift: str  # where the retained loss's gradient drift is estimated (often the Hessian sample)
     old: str = ""  # relabel: the edited samples with their old / new labels
     new: str = ""
 
     @classmethod
-    def of(cls, memo: Memo, model: nn.Module, task: _Task, hessian_data, loss_fn: LossFn) -> _Ids:
+    def of(cls, memo: Memo, model: nn.Module, task: _Task, hessian_data, drift_data, loss_fn: LossFn) -> _Ids:
         if not memo.enabled:
-            return cls("", "", "", "", "")
+            return cls("", "", "", "", "", "")
         loss = loss_id(loss_fn) or ""
         ex, ey = task.target
+        hessian = memo.data(*hessian_data)
+        drift = hessian if drift_data[1].numel() == hessian_data[1].numel() else memo.data(*drift_data)
         ids = cls(memo.model(model), loss, loss if task.kind == "remove" else f"relabel({loss})",
-                  memo.data(ex, ey), memo.data(*hessian_data))
+                  memo.data(ex, ey), hessian, drift)
         if task.kind == "relabel":
             ids = dataclasses.replace(ids, old=memo.data(ex, ey[:, 0]), new=memo.data(ex, ey[:, 1]))
         return ids
@@ -385,8 +393,14 @@ class _CountingHvp:
 
 @dataclass
 class _Splits:
-    hessian: torch.Tensor
+    hessian: torch.Tensor  # the curvature sample
     val: torch.Tensor
+    retained: torch.Tensor | None = None  # its untouched part, when it holds edited samples
+
+    @property
+    def drift(self) -> torch.Tensor:
+        """Where the retained loss's gradient drift is estimated: never on edited samples."""
+        return self.hessian if self.retained is None else self.retained
 
 
 def _split(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions, gen: torch.Generator) -> _Splits:
@@ -409,7 +423,8 @@ def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions) 
     head is reserved for validation (the untouched samples in it are used); the Hessian sample
     comes after, so it is the same for every edit of this training set with this seed — and so
     are its digest and a ``lowrank`` fit of it. It may hold edited samples: for a small edited
-    set (|U| ≪ n) the Hessian of the mean loss barely changes."""
+    set (|U| ≪ n) the Hessian of the mean loss barely changes. The retained loss's gradient
+    (later Newton steps) is still estimated on its untouched samples only (``_Splits.drift``)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed))
     reserved = min(opts.max_validation, max(1, int(opts.validation_fraction * n))) if carve else 0
     head, tail = order[:reserved], order[reserved:]
@@ -420,7 +435,11 @@ def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions) 
         raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
     if tail.numel() == 0:
         raise InvalidArgumentError("no training samples left for the Hessian after carving validation data")
-    return _Splits(torch.sort(tail[: opts.hessian_samples]).values, torch.sort(val).values)
+    hessian = torch.sort(tail[: opts.hessian_samples]).values
+    retained = hessian[untouched[hessian]]
+    if retained.numel() == 0:
+        raise InvalidArgumentError("the Hessian sample holds only edited samples; raise `hessian_samples`")
+    return _Splits(hessian, torch.sort(val).values, None if retained.numel() == hessian.numel() else retained)
 
 
 class _Objective:

@@ -112,6 +112,8 @@ def test_shared_hessian_pool_is_the_same_sample_whatever_is_edited():
     for split, edited in ((a, {0, 1, 2}), (b, {10, 40, 59})):
         assert not set(split.val.tolist()) & edited  # validation: untouched samples only
         assert not set(split.val.tolist()) & set(split.hessian.tolist())
+        # the retained loss's drift is estimated on the untouched part of the Hessian sample
+        assert set(split.drift.tolist()) == set(split.hessian.tolist()) - edited
         assert 9 <= split.val.numel() <= 12  # 12 reserved, minus any edited among them
     other_seed = _split(60, torch.tensor([0]), True, EditOptions(hessian_pool="all", hessian_samples=30, seed=4),
                         torch.Generator())
@@ -119,6 +121,16 @@ def test_shared_hessian_pool_is_the_same_sample_whatever_is_edited():
     # the default pool leaves edited samples out of the Hessian
     untouched = _split(60, torch.tensor([0, 1, 2]), True, EditOptions(hessian_samples=100), torch.Generator())
     assert not {0, 1, 2} & set(untouched.hessian.tolist())
+    assert untouched.drift is untouched.hessian
+
+
+def test_shared_pool_edits_with_several_newton_steps():
+    model, (x, y), _ = tiny_problem(n=60)
+    shared = gif.remove(model, (x, y), {"class": 1}, damping=0.1, newton_steps=3, hessian_pool="all")
+    alone = gif.remove(model, (x, y), {"class": 1}, damping=0.1, newton_steps=3)
+    assert shared.report["hessian_samples"] > alone.report["hessian_samples"]  # edited ones included
+    assert shared.report["options"]["hessian_pool"] == "all"
+    assert len(shared.report["newton_steps"]) >= 1 and torch.isfinite(shared.delta).all()
 
 
 def test_deterministic_under_seed():
