@@ -35,14 +35,15 @@ class Services:
         settings.home.mkdir(parents=True, exist_ok=True)
         db = Database(settings.db_url)
         db.create_all()
+        inspector = Inspector(settings.validator_timeout_seconds, settings.inspector_spares)
         return cls(
             settings,
             db,
             BlobStore(settings.blob_root),
             KeyRing.from_settings(settings),
-            Metrics(db),
+            Metrics(db, inspector),
             make_rate_limiter(settings),
-            Inspector(settings.validator_timeout_seconds, settings.inspector_spares),
+            inspector,
         )
 
 

@@ -1,5 +1,5 @@
-"""Prometheus metrics (``GET /metrics``): HTTP requests, submitted jobs, jobs by status, and
-job run time, queue wait and solver iterations of finished jobs.
+"""Prometheus metrics (``GET /metrics``): HTTP requests, submitted jobs, jobs by status, job
+run time, queue wait and solver iterations of finished jobs, and upload inspections.
 
 Job-level series are computed from the job table at scrape time: workers are separate processes
 (or machines), and the table is the one place that sees every job.
@@ -14,11 +14,12 @@ import json
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from jobs import store
 from jobs.db import Database
+from jobs.inspector import Inspector
 from jobs.states import JobStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -101,8 +102,23 @@ def _histogram(name: str, doc: str, labels: list[str], groups: dict, buckets: tu
     return family
 
 
+class _Inspections(Collector):
+    """Uploads inspected by an interpreter started ahead (``warm``) or for the upload (``cold``):
+    a rising ``cold`` count says ``GIF_INSPECTOR_SPARES`` is too low for the upload rate."""
+
+    def __init__(self, inspector: Inspector) -> None:
+        self.inspector = inspector
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("gif_upload_inspections", "Upload inspections by interpreter start.",
+                                     labels=["start"])  # fmt: skip
+        family.add_metric(["warm"], self.inspector.warm)
+        family.add_metric(["cold"], self.inspector.cold)
+        yield family
+
+
 class Metrics:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, inspector: Inspector | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "gif_http_requests_total", "HTTP requests.", ["method", "route", "status"], registry=self.registry
@@ -124,6 +140,8 @@ class Metrics:
         )
         self.registry.register(_JobsByStatus(db))
         self.registry.register(_FinishedJobs(db))
+        if inspector is not None:
+            self.registry.register(_Inspections(inspector))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

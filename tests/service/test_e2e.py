@@ -139,6 +139,13 @@ def test_relabel_and_scores_end_to_end(server, inputs, digits):
     ):
         line = next(x for x in metrics.splitlines() if x.startswith(series))
         assert float(line.split()[-1]) >= 1, line
+    inspections = {start: _sample(metrics, f'gif_upload_inspections_total{{start="{start}"}}') for start in ("warm", "cold")}
+    assert sum(inspections.values()) >= 3, inspections  # checkpoint, train and queries were inspected
+    assert inspections["warm"] >= 1, inspections  # an interpreter started ahead served at least one
+
+
+def _sample(metrics: str, series: str) -> float:
+    return float(next(x for x in metrics.splitlines() if x.startswith(series)).split()[-1])
 
 
 def test_a_repeated_request_is_served_from_the_cache_with_identical_weights(server, inputs):
