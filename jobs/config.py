@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         description="Comma-separated tenants whose keys have the admin scope: they may read /metrics "
         "(other keys get 403). Default: the tenant of the key `serve` generates.",
     )
+    database_timeout_seconds: float = Field(
+        default=30.0,
+        ge=2,
+        description="PostgreSQL: connect timeout, and how long a connection may stay silent or leave "
+        "data unacknowledged (a partition, a dead host) before it fails.",
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the job store. Default: sqlite:///<home>/gif.db (WAL mode).",

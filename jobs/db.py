@@ -25,10 +25,13 @@ SCHEMA_LOCK_KEY = 0x6966_7363  # "gifs": PostgreSQL advisory lock around schema 
 class Database:
     """One engine per process; ``begin()`` for writes, ``read()`` for read-only work."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, network_timeout: float = 30.0) -> None:
+        """``network_timeout``: PostgreSQL only — connecting, and unacknowledged or silent TCP
+        (a partition, a dead host), fail after this many seconds instead of the kernel's ~15
+        minutes, so that a cut-off worker notices it (its heartbeat self-fences)."""
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
-        self.engine = _make_engine(url, self.is_sqlite)
+        self.engine = _make_engine(url, self.is_sqlite, network_timeout)
         self._reader = self.engine.execution_options(gif_begin="DEFERRED")
 
     def create_all(self) -> None:
@@ -65,9 +68,9 @@ class Database:
         self.engine.dispose()
 
 
-def _make_engine(url: str, is_sqlite: bool) -> Engine:
+def _make_engine(url: str, is_sqlite: bool, network_timeout: float) -> Engine:
     if not is_sqlite:
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, connect_args=_libpq_timeouts(network_timeout))
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +78,20 @@ def _make_engine(url: str, is_sqlite: bool) -> Engine:
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _libpq_timeouts(seconds: float) -> dict[str, int]:
+    """libpq connection parameters: a connect timeout, TCP keepalives probing an idle connection,
+    and ``tcp_user_timeout`` for data sent but never acknowledged."""
+    whole = max(2, int(seconds))
+    return {
+        "connect_timeout": whole,
+        "keepalives": 1,
+        "keepalives_idle": max(1, whole // 3),
+        "keepalives_interval": max(1, whole // 6),
+        "keepalives_count": 3,
+        "tcp_user_timeout": whole * 1000,
+    }
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -76,8 +76,8 @@ def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: flo
 class RedisServer:
     """``redis-server`` on a free port; ``appendonly`` like the production broker config."""
 
-    def __init__(self, folder: Path, *, appendonly: bool = True) -> None:
-        self.folder, self.appendonly = folder, appendonly
+    def __init__(self, folder: Path, *, appendonly: bool = True, also_bind: str | None = None) -> None:
+        self.folder, self.appendonly, self.also_bind = folder, appendonly, also_bind
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -90,7 +90,8 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (apt-get install redis-server)"
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+        bind = ["127.0.0.1", *([self.also_bind, "--protected-mode", "no"] if self.also_bind else [])]
+        args = [binary, "--port", str(self.port), "--bind", *bind, "--dir", str(self.folder),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "always", "--maxmemory-policy", "noeviction", "--logfile", str(self.log)]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -137,7 +138,9 @@ class PostgresServer:
     so that a test can SIGKILL the whole server and start it again (crash recovery) without
     touching the machine's PostgreSQL. Runs as the ``postgres`` user when the tests run as root."""
 
-    def __init__(self) -> None:
+    def __init__(self, also_listen: tuple[str, str] | None = None) -> None:
+        """``also_listen``: (address, client address) — listen there too and trust that client."""
+        self.also_listen = also_listen
         binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
         found = shutil.which("initdb") or (str(binaries[-1]) if binaries else None)
         assert found, "PostgreSQL server binaries are not installed (apt-get install postgresql)"
@@ -155,14 +158,21 @@ class PostgresServer:
             capture_output=True, text=True, check=False, user=self.user, cwd=self.folder,
         )  # fmt: skip
         assert done.returncode == 0, f"initdb failed: {done.stdout}{done.stderr}"
+        if also_listen:
+            with open(self.folder / "data" / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {also_listen[1]}/32 trust\n")
 
     @property
     def admin(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    @property
+    def _listen(self) -> str:
+        return ",".join(["127.0.0.1", *([self.also_listen[0]] if self.also_listen else [])])
+
     def start(self) -> PostgresServer:
         args = [str(self.bin / "postgres"), "-D", str(self.folder / "data"), "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1", "-k", str(self.folder),
+                "-c", f"listen_addresses={self._listen}", "-k", str(self.folder),
                 "-c", "fsync=off", "-c", "max_connections=200"]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, user=self.user, cwd=self.folder)
@@ -214,17 +224,57 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+class Partition:
+    """A network namespace joined to the host by a veth pair: a process started in it reaches the
+    host's services at ``host_ip`` only; ``cut()`` takes the link down (a partition: packets
+    vanish, connections hang) and ``heal()`` brings it back. Needs root and iproute2."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)  # interface names are at most 15 characters
+        self.name, self.host_if, self.ns_if = f"gifp-{tag}", f"gh{tag}", f"gn{tag}"
+        subnet = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}"
+        self.host_ip, self.ns_ip = f"{subnet}.1", f"{subnet}.2"
+        self._ip("netns", "add", self.name)
+        self._ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+        self._ip("link", "set", self.ns_if, "netns", self.name)
+        self._ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
+        self._ip("link", "set", self.host_if, "up")
+        for args in (("addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if), ("link", "set", self.ns_if, "up"),
+                     ("link", "set", "lo", "up")):  # fmt: skip
+            self._ip("netns", "exec", self.name, "ip", *args)
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+    def cut(self) -> None:
+        self._ip("link", "set", self.host_if, "down")
+
+    def heal(self) -> None:
+        self._ip("link", "set", self.host_if, "up")
+
+    def close(self) -> None:
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, f"ip {' '.join(args)}: {done.stderr} (network namespaces need root)"
+
+
 class Process:
     """A ``python -m service ...`` subprocess writing to its own log file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.args, self.env, self.log = args, env, log
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, prefix: list[str] | None = None) -> None:
+        """``prefix``: a command that runs it (``ip netns exec NAME``, which execs: same pid)."""
+        self.args, self.env, self.log, self.prefix = args, env, log, prefix or []
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Process:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", *self.args], cwd=ROOT, env=self.env,
+                [*self.prefix, sys.executable, "-m", "service", *self.args], cwd=ROOT, env=self.env,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         return self
@@ -247,6 +297,9 @@ class Process:
                 self.kill()
 
 
+_SERVICE_URLS = ("GIF_BROKER_URL", "GIF_REDIS_URL", "GIF_DATABASE_URL")
+
+
 class Stack:
     """The service in one running mode: ``embedded`` (API + spawned workers, SQLite) or
     ``distributed`` (API + Celery workers, redis broker, PostgreSQL)."""
@@ -259,9 +312,13 @@ class Stack:
         workers: int = 1,
         extra_env: dict[str, str] | None = None,
         own_postgres: bool = False,
+        partitioned_workers: int = 0,
     ) -> None:
         """``own_postgres``: distributed mode on a PostgreSQL server of its own, which
-        ``postgres.kill()`` may crash (otherwise a database on the machine's server)."""
+        ``postgres.kill()`` may crash (otherwise a database on the machine's server).
+        ``partitioned_workers``: the last N Celery workers run in a network namespace
+        (``self.partition``) that reaches Redis and that server only through a link the test can
+        cut (implies ``own_postgres``)."""
         self.mode, self.home, self.n_workers = mode, home, workers
         home.mkdir(parents=True, exist_ok=True)
         self.env = dict(
@@ -271,9 +328,13 @@ class Stack:
         self.redis: RedisServer | None = None
         self.database: PostgresDatabase | None = None
         self.postgres: PostgresServer | None = None
+        self.partition = Partition() if partitioned_workers else None
+        self.partitioned_workers = partitioned_workers
         if mode == "distributed":
-            self.redis = RedisServer(home / "redis").start()
-            self.postgres = PostgresServer().start() if own_postgres else None
+            outside = (self.partition.host_ip, self.partition.ns_ip) if self.partition else None
+            self.redis = RedisServer(home / "redis", also_bind=outside and outside[0]).start()
+            own = own_postgres or self.partition is not None
+            self.postgres = PostgresServer(also_listen=outside).start() if own else None
             self.database = PostgresDatabase(self.postgres)
             self.env.update(
                 GIF_BROKER_URL=self.redis.url,
@@ -335,8 +396,14 @@ class Stack:
 
     def start_worker(self, index: int) -> Process:
         name = f"w{index}-{secrets.token_hex(3)}@%h"
-        return Process(["worker", "--name", name, "--log-level", "INFO"], self.env,
-                       self.home / f"worker{index}.log").start()  # fmt: skip
+        env, prefix = self.env, None
+        if self.partition is not None and index >= self.n_workers - self.partitioned_workers:
+            # inside the namespace: the same services, reached at the host end of the link
+            env = {k: v.replace("127.0.0.1", self.partition.host_ip) if k in _SERVICE_URLS else v
+                   for k, v in self.env.items()}  # fmt: skip
+            prefix = self.partition.prefix
+        return Process(["worker", "--name", name, "--log-level", "INFO"], env,
+                       self.home / f"worker{index}.log", prefix).start()  # fmt: skip
 
     def _wait_ready(self, timeout: float = 90) -> None:
         assert self.api is not None and self.client is not None
@@ -380,6 +447,8 @@ class Stack:
             self.database.drop()
         if self.postgres is not None:
             self.postgres.close()
+        if self.partition is not None:
+            self.partition.close()
 
     def __enter__(self) -> Stack:
         """``with Stack(...) as stack:`` — started on entry, everything closed on exit."""

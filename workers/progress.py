@@ -47,12 +47,16 @@ class ProgressReporter:
             self._write(progress)
 
     def _write(self, progress: dict[str, Any]) -> None:
+        if self.signals.lease_lost.is_set():
+            return  # nothing of this attempt is written any more (and the database may be out of reach)
         progress["updated_at"] = rfc3339(utcnow())
         try:
             with self.db.begin() as session:
                 status = store.update_progress(session, self.lease, progress)
         except Exception as exc:  # noqa: BLE001 (progress is best effort; the heartbeat keeps the lease)
             log.warning("progress_write_failed", error=f"{type(exc).__name__}: {exc}")
+            # the next try waits an interval, as after a write (every write carries the stage)
+            self._stage, self._last_write = progress["stage"], time.monotonic()
             return
         self.signals.observe(status)
         self._stage, self._last_write = progress["stage"], time.monotonic()
