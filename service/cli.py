@@ -99,6 +99,12 @@ def worker(
     # matters after every recycle or crash). Importing torch does not initialise CUDA.
     import torch  # noqa: F401
 
+    from workers.execute import device_problem
+
+    if problem := device_problem(settings.device):
+        typer.echo(f"error: GIF_DEVICE={settings.device}, but {problem}", err=True)
+        raise typer.Exit(2)
+
     from workers.celery_app import CPU_QUEUE, app as celery, gpu_queue
 
     argv = [

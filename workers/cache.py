@@ -221,6 +221,7 @@ def make_cache(redis_url: str | None, home: Path, blobs: BlobStore | None = None
 
         if blobs is None:
             raise ValueError("a Redis cache needs the blob store for its big values")
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=30)
+        # short timeouts: the cache is an optimisation, a worker cut off from it must not wait long
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=10)
         return RedisCache(client, blobs, **options)
     return DiskCache(Path(home) / "cache", **options)

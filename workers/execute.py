@@ -85,10 +85,32 @@ def run_engine(
 
 def resolve_device(setting: str) -> torch.device:
     """``auto`` → the current CUDA device when there is one (initialising CUDA here, in the
-    worker process that computes, never in a parent), else the CPU."""
+    worker process that computes, never in a parent), else the CPU.
+
+    Raises:
+        RuntimeError: a CUDA device was asked for and this worker has none (the message names
+        the setting, so the job's error says what to fix).
+    """
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+    device = torch.device(setting)
+    if device.type == "cuda":
+        problem = device_problem(setting)
+        if problem is None and not torch.cuda.is_available():
+            problem = "no CUDA device is visible to this worker"
+        if problem is None and (device.index or 0) >= torch.cuda.device_count():
+            problem = f"this worker sees {torch.cuda.device_count()} CUDA device(s)"
+        if problem is not None:
+            raise RuntimeError(f"GIF_DEVICE={setting}, but {problem}")
+    return device
+
+
+def device_problem(setting: str) -> str | None:
+    """What is wrong with ``setting`` that can be told without initialising CUDA (safe in a
+    parent process that will fork): a CUDA device asked of a torch built without CUDA."""
+    if setting.startswith("cuda") and torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is built without CUDA"
+    return None
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:

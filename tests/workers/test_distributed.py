@@ -187,3 +187,18 @@ def test_each_tenant_has_a_cache_namespace_of_its_own(tmp_path):
     assert a.get(key) is not None and b.get(key) is None
     assert WorkerContext.create(Settings(home=tmp_path, cache=False)).cache_for("tenant-a") is None
     ctx.db.dispose()
+
+
+def test_a_worker_refuses_to_start_on_a_gpu_its_torch_cannot_use(monkeypatch):
+    """Told at start-up, before any job is taken (and without initialising CUDA in the parent)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    monkeypatch.setenv("GIF_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("GIF_DEVICE", "cuda")
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU build, whatever this machine has
+    result = CliRunner().invoke(app, ["worker"])
+    assert result.exit_code == 2
+    assert "GIF_DEVICE=cuda, but this torch" in result.output and "built without CUDA" in result.output

@@ -241,3 +241,19 @@ def test_a_full_blob_store_fails_the_job_with_storage_error(ctx, inputs, monkeyp
 
     with ctx.db.read() as session:  # no result row either
         assert list(session.scalars(select(Artifact.id).where(Artifact.job_id == job_id))) == []
+
+
+def test_a_worker_asked_for_a_gpu_it_lacks_fails_the_job_saying_so(ctx, inputs, monkeypatch):
+    """``GIF_DEVICE=cuda:7`` on a worker without that device: the job's error names the setting
+    and the reason (on a machine with 8+ GPUs it would simply run there)."""
+    monkeypatch.setattr(ctx, "settings", ctx.settings.model_copy(update={"device": "cuda:7"}))
+    job_id = _submit(ctx, _body(inputs))
+    status = run_job(job_id, ctx.settings, ctx)
+    if torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        assert status is JobStatus.SUCCEEDED
+        return
+    assert status is JobStatus.FAILED
+    error = json.loads(_job(ctx, job_id).error_json)
+    assert error["code"] == "internal_error" and "GIF_DEVICE=cuda:7, but " in error["message"]
+    if torch.version.cuda is None:
+        assert "built without CUDA" in error["message"]
