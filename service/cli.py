@@ -94,7 +94,6 @@ def worker(
     if not settings.distributed:
         typer.echo("error: GIF_BROKER_URL is not set (the worker needs a Celery broker)", err=True)
         raise typer.Exit(2)
-    logs.configure(log_level.upper())
     # Loaded once in the parent, so that pool children fork with it (seconds faster each, which
     # matters after every recycle or crash). Importing torch does not initialise CUDA.
     import torch  # noqa: F401
@@ -104,6 +103,7 @@ def worker(
     if problem := device_problem(settings.device):
         typer.echo(f"error: GIF_DEVICE={settings.device}, but {problem}", err=True)
         raise typer.Exit(2)
+    logs.configure(log_level.upper())
 
     from workers.celery_app import CPU_QUEUE, app as celery, gpu_queue
 

@@ -135,26 +135,26 @@ class _Chaos(threading.Thread):
         self.stack.restart_api(wait=True)  # the next fault comes after it is back: faults, not an outage
         return True
 
-    def _worker(self) -> bool:
+    def _signal_a_job(self, sig: int) -> int | None:
+        """Send ``sig`` to the process running some job; its pid, or None if none runs."""
         pid = _running_worker_pid(self.stack)
         if pid is None:
-            return False
+            return None
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except ProcessLookupError:
-            return False
-        return True
+            return None
+        return pid
+
+    def _worker(self) -> bool:
+        return self._signal_a_job(signal.SIGKILL) is not None
 
     def _pause(self) -> bool:
         """Freeze a job's process past its lease (a long GC pause, a hung NFS read), then let it
         run on: the job has been given to another worker meanwhile, and every write of the
         woken one must be refused (its lease token is stale)."""
-        pid = _running_worker_pid(self.stack)
+        pid = self._signal_a_job(signal.SIGSTOP)
         if pid is None:
-            return False
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
             return False
         try:
             time.sleep(float(self.stack.env.get("GIF_LEASE_SECONDS", "120")) + 2.0)

@@ -26,14 +26,6 @@ from workers.validation import validate_job
 DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
-@pytest.fixture
-def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'gif.db'}")
-    database.create_all()
-    yield database
-    database.dispose()
-
-
 def _job(db: Database, *, request: dict | None = None, inputs: dict | None = None) -> str:
     with db.begin() as session:
         return store.create_job(

@@ -33,14 +33,6 @@ class Flaky:
 
 
 @pytest.fixture
-def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'jobs.db'}")
-    database.create_all()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def lease(db) -> store.Lease:
     job_id = add_job(db)
     with db.begin() as session:
