@@ -7,6 +7,7 @@ knowing about HTTP frameworks.
 from __future__ import annotations
 
 import errno
+import re
 
 
 class DomainError(Exception):
@@ -95,8 +96,16 @@ class Forbidden(DomainError):
 STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
+#: How libraries written in Rust (safetensors) report an OS error in their exception's text.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
 def is_storage_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in STORAGE_FULL
+    """An ``OSError`` with a storage-full errno, or a library error that wraps one."""
+    if isinstance(exc, OSError):
+        return exc.errno in STORAGE_FULL
+    found = _RUST_OS_ERROR.search(str(exc))
+    return found is not None and int(found.group(1)) in STORAGE_FULL
 
 
 class InsufficientStorage(DomainError):

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from jobs.blobs import BlobStore, BlobWriter, StagedBlob
-from jobs.errors import UnsupportedMediaType, ValidationFailed
+from jobs.errors import DomainError, InsufficientStorage, UnsupportedMediaType, ValidationFailed, is_storage_full
 
 from .errors import ProblemError
 
@@ -141,14 +141,30 @@ async def read_upload(request: Request, blobs: BlobStore, limit: int) -> UploadF
         staged = await run_in_threadpool(reader.writer.finish)
     except MultipartParseError as exc:
         reader.abort()
-        raise ProblemError(400, f"malformed multipart body: {exc}") from None
+        raise ProblemError(400, f"malformed multipart body: {exc}", headers=_CLOSE) from None
     except ClientDisconnect:  # a client error, not a 500 (nobody reads the answer)
         reader.abort()
         raise ProblemError(400, "the client disconnected before the upload was complete") from None
+    except OSError as exc:
+        reader.abort()
+        if not is_storage_full(exc):
+            raise
+        raise InsufficientStorage(
+            "the server's storage is full; retry later", headers={"Retry-After": "300", **_CLOSE}
+        ) from None
+    except DomainError as exc:  # answered before the body was read to its end
+        reader.abort()
+        exc.headers = {**exc.headers, **_CLOSE}
+        raise
     except BaseException:
         reader.abort()
         raise
     return UploadForm(staged, sanitize_filename(reader.filename), reader.fields)
+
+
+#: On an answer given before the request body was read to its end: the rest of the body is
+#: never read, so the connection cannot carry another request (a client reusing it would be reset).
+_CLOSE = {"Connection": "close"}
 
 
 def sanitize_filename(name: str | None, max_length: int = 200) -> str | None:
