@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointUnsafe, InvalidArtifact
+from .errors import CheckpointUnsafe, InsufficientStorage, InvalidArtifact
 
 INSPECTOR_MODULE = "workers.inspect_artifact"
 #: Address space for the inspector beyond 4x the file: the interpreter, torch and numpy.
@@ -159,6 +159,8 @@ def _answer(stdout: bytes, status: int | None, path: Path, convert_to: Path) -> 
     if answer is None:
         raise InvalidArtifact(f"the file could not be inspected (the inspector exited with status {status})")
     if not answer.get("ok"):
+        if answer.get("code") == "storage_full":
+            raise InsufficientStorage("the server's storage is full; retry later", headers={"Retry-After": "300"})
         error = CheckpointUnsafe if answer.get("code") == "checkpoint_unsafe" else InvalidArtifact
         message = str(answer.get("message", "invalid artifact")).replace(str(path), "the upload")
         raise error(message[:2000])

@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jobs.errors import is_storage_full
+
+#: The answer's code when the conversion could not be written: the server's disk, not the file.
+STORAGE_FULL = "storage_full"
 #: Largest label accepted in a dataset (label counts are kept per class).
 MAX_LABEL = 100_000
 _ZIP = b"PK\x03\x04"
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             answer = {"ok": True, **inspect_dataset(Path(args.path))}
     except Exception as exc:  # noqa: BLE001 (every failure becomes a JSON answer)
-        answer = {"ok": False, "code": getattr(exc, "code", "invalid_input"), "message": _message(exc)}
+        code = STORAGE_FULL if is_storage_full(exc) else getattr(exc, "code", "invalid_input")
+        answer = {"ok": False, "code": code, "message": _message(exc)}
     sys.stdout.write(json.dumps(answer) + "\n")
     sys.stdout.flush()
     return 0

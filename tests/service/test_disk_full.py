@@ -41,6 +41,13 @@ def _wait(client, job_id: str, timeout: float = 120) -> dict:
     return job
 
 
+def _fill(filler: Path, blobs: Path, leave: int) -> None:
+    """Grow or shrink ``filler`` until the tmpfs has about ``leave`` bytes free."""
+    free = int(subprocess.run(["df", "-B1", "--output=avail", str(blobs)], capture_output=True, text=True,
+                              check=True).stdout.split()[-1])  # fmt: skip
+    filler.write_bytes(b"\0" * max(0, filler.stat().st_size + free - leave))
+
+
 def _store_files(blobs: Path) -> list[Path]:
     return sorted(p for p in (blobs / "sha256").rglob("*") if p.is_file())
 
@@ -64,15 +71,26 @@ def test_uploads_and_jobs_that_do_not_fit(tmp_path, small_blob_store, files):
         assert list((small_blob_store / "tmp").iterdir()) == [] and _store_files(small_blob_store) == stored
 
         # a job whose results cannot be written
-        free = subprocess.run(["df", "-B1", "--output=avail", str(small_blob_store)], capture_output=True,
-                              text=True, check=True).stdout.split()[-1]  # fmt: skip
-        filler.write_bytes(b"\0" * (filler.stat().st_size + int(free) - 4096))
+        _fill(filler, small_blob_store, leave=4096)
         body = {"type": "remove", "train": inputs["train"]["id"], "forget": {"class": 2},
                 "model": {"arch": "mlp", "config": dict(factories.MLP_CONFIG),
                           "checkpoint": inputs["checkpoint"]["id"]},
                 "options": {"newton_steps": 1, "hessian_samples": 128}}  # fmt: skip
         failed = _wait(client, client.post("/v1/jobs", json=body).json()["id"])
         assert failed["status"] == "failed" and failed["error"]["code"] == "storage_error", failed
+        assert _store_files(small_blob_store) == stored and list((small_blob_store / "tmp").iterdir()) == []
+
+        # a .pt checkpoint whose upload fits but whose conversion to safetensors does not
+        import safetensors.torch
+        import torch
+
+        pt = tmp_path / "model.pt"
+        torch.save(safetensors.torch.load_file(files["checkpoint"]), pt)
+        pages = -(-pt.stat().st_size // 4096)
+        _fill(filler, small_blob_store, leave=(pages + 1) * 4096)
+        with open(pt, "rb") as f:
+            unconverted = client.post("/v1/artifacts", files={"file": ("model.pt", f)}, data={"kind": "checkpoint"})
+        assert unconverted.status_code == 507, unconverted.text  # not 422: the file was fine
         assert _store_files(small_blob_store) == stored and list((small_blob_store / "tmp").iterdir()) == []
 
         # space freed: the same request runs, and the server never went down
