@@ -303,6 +303,7 @@ def _direct(ctx: _Context, method: str) -> tuple[torch.Tensor, SolveResult]:
     h = ctx.hessian.dense()
     g = ctx.g.to(torch.float64).cpu()
     idx = ctx.index.cpu()
+    note = ""
     if method == "if":
         x = dense.solve_symmetric(h, g, ctx.damping)[idx]
     elif method == "fif":
@@ -314,8 +315,8 @@ def _direct(ctx: _Context, method: str) -> tuple[torch.Tensor, SolveResult]:
         rhs = ctx.sif_rhs(z.to(ctx.g)).to(torch.float64).cpu()
         correction = dense.solve_symmetric(h, rhs, ctx.damping)
         x = (z + correction)[idx]
-        return x.to(ctx.g), SolveResult(x, True, 0, 0.0, [], "direct", second_order_note(z, correction))
-    return x.to(ctx.g), SolveResult(x, True, 0, 0.0, [], "direct")
+        note = second_order_note(z, correction)
+    return x.to(ctx.g), SolveResult(x, True, 0, 0.0, [], "direct", note)
 
 
 def fit_curvature(

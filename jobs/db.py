@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from .models import Base
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 BUSY_TIMEOUT_MS = 10_000
 SCHEMA_LOCK_KEY = 0x6966_7363  # "gifs": PostgreSQL advisory lock around schema creation
@@ -33,6 +37,11 @@ class Database:
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self.engine = _make_engine(url, self.is_sqlite, network_timeout)
         self._reader = self.engine.execution_options(gif_begin="DEFERRED")
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Database:
+        """The job store ``settings`` name (``GIF_DATABASE_URL``, ``GIF_DATABASE_TIMEOUT_SECONDS``)."""
+        return cls(settings.db_url, network_timeout=settings.database_timeout_seconds)
 
     def create_all(self) -> None:
         """Create missing tables (no migrations yet: the schema is new).

@@ -111,6 +111,11 @@ def is_storage_full(exc: BaseException) -> bool:
 class InsufficientStorage(DomainError):
     code, status, title = "insufficient-storage", 507, "Insufficient storage"
 
+    @classmethod
+    def disk_full(cls, headers: dict[str, str] | None = None) -> InsufficientStorage:
+        """The server's disk is full: retry later (``Retry-After``, plus ``headers``)."""
+        return cls("the server's storage is full; retry later", headers={"Retry-After": "300", **(headers or {})})
+
 
 class ServiceUnavailable(DomainError):
     code, status, title = "service-unavailable", 503, "Service unavailable"

@@ -65,7 +65,7 @@ class _Interpreter:
         except subprocess.TimeoutExpired:
             self.close()
             raise
-        except (BrokenPipeError, OSError):  # it died before reading the request
+        except OSError:  # it died before reading the request (a broken pipe)
             self.close()
             return b"", self.proc.returncode
         finally:
@@ -160,7 +160,7 @@ def _answer(stdout: bytes, status: int | None, path: Path, convert_to: Path) -> 
         raise InvalidArtifact(f"the file could not be inspected (the inspector exited with status {status})")
     if not answer.get("ok"):
         if answer.get("code") == "storage_full":
-            raise InsufficientStorage("the server's storage is full; retry later", headers={"Retry-After": "300"})
+            raise InsufficientStorage.disk_full()
         error = CheckpointUnsafe if answer.get("code") == "checkpoint_unsafe" else InvalidArtifact
         message = str(answer.get("message", "invalid artifact")).replace(str(path), "the upload")
         raise error(message[:2000])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import artifacts, logs
 from .blobs import BlobStore
@@ -56,7 +57,7 @@ def sweep(db: Database, blobs: BlobStore, grace_seconds: float) -> SweepResult:
     return result
 
 
-def _size_if_older(path, cutoff: float) -> int | None:
+def _size_if_older(path: Path, cutoff: float) -> int | None:
     try:
         stat = path.stat()
     except FileNotFoundError:

@@ -33,7 +33,7 @@ class Services:
     @classmethod
     def create(cls, settings: Settings) -> Services:
         settings.home.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.db_url, network_timeout=settings.database_timeout_seconds)
+        db = Database.for_settings(settings)
         db.create_all()
         inspector = Inspector(settings.validator_timeout_seconds, settings.inspector_spares)
         return cls(

@@ -193,8 +193,7 @@ def app_routes(app: FastAPI) -> list[Any]:
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     if is_storage_full(exc):  # the staged file is already gone (the writers clean up on error)
         log.error("storage_full", path=request.url.path, error=str(exc))
-        full = InsufficientStorage("the server's storage is full; retry later", headers={"Retry-After": "300"})
-        return await _domain_error(request, full)
+        return await _domain_error(request, InsufficientStorage.disk_full())
     log.error("unhandled_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
     return problem_response(
         request.scope, 500, "internal", "Internal server error", "an unexpected error occurred"

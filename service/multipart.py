@@ -149,9 +149,7 @@ async def read_upload(request: Request, blobs: BlobStore, limit: int) -> UploadF
         reader.abort()
         if not is_storage_full(exc):
             raise
-        raise InsufficientStorage(
-            "the server's storage is full; retry later", headers={"Retry-After": "300", **_CLOSE}
-        ) from None
+        raise InsufficientStorage.disk_full(_CLOSE) from None
     except DomainError as exc:  # answered before the body was read to its end
         reader.abort()
         exc.headers = {**exc.headers, **_CLOSE}

@@ -214,6 +214,13 @@ class PostgresServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def job_owner_pid(client: httpx.Client, job_id: str) -> int:
+    """The pid of the process that last claimed the job: its lease owner is ``host:pid[:...]``."""
+    events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+    owner = [e for e in events if e["type"] == "job.running"][-1]["data"]["worker"]
+    return int(owner.split(":")[1])
+
+
 def _children(pid: int) -> list[int]:
     """Pids whose parent is ``pid`` (from /proc)."""
     found = []

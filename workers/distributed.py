@@ -41,7 +41,7 @@ class CeleryExecutor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = make_app(settings)
-        self.db = Database(settings.db_url, network_timeout=settings.database_timeout_seconds)
+        self.db = Database.for_settings(settings)
         self.publisher = Publisher(self.app, self.db, settings)
         self._orphans = PeriodicSweep(self.db, BlobStore(settings.blob_root), settings.orphan_grace_seconds)
         self.redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=5)

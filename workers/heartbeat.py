@@ -72,11 +72,10 @@ class Heartbeat:
             try:
                 self.beat()
             except Exception as exc:  # noqa: BLE001 (a busy database must not kill the heartbeat)
-                expired = time.monotonic() - self.renewed_at >= self.lease_seconds
-                if expired:
+                if time.monotonic() - self.renewed_at >= self.lease_seconds:
                     self.signals.lease_lost.set()  # before logging, which could fail too
-                log.warning("heartbeat_failed", job_id=self.lease.job_id, error=str(exc))
-                if expired:
-                    log.warning("lease_expired_unrenewed", job_id=self.lease.job_id)
+                    log.warning("lease_expired_unrenewed", job_id=self.lease.job_id, error=str(exc))
+                else:
+                    log.warning("heartbeat_failed", job_id=self.lease.job_id, error=str(exc))
             if self.signals.lease_lost.is_set():
                 return

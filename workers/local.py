@@ -48,7 +48,7 @@ class LocalExecutor:
         Workers are spawned from that long-lived thread because the kernel's parent-death signal
         (see :func:`_die_with_parent`) follows the thread that created a process.
         """
-        self._db = Database(self.settings.db_url, network_timeout=self.settings.database_timeout_seconds)
+        self._db = Database.for_settings(self.settings)
         self._orphans = PeriodicSweep(self._db, BlobStore(self.settings.blob_root), self.settings.orphan_grace_seconds)
         self._reap()
         self._thread = threading.Thread(target=self._run, name="gif-executor", daemon=True)

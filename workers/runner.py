@@ -109,7 +109,7 @@ class WorkerContext:
         shutdown: Flag | None = None,
         deadline_errors: tuple[type[BaseException], ...] = (),
     ) -> WorkerContext:
-        db = Database(settings.db_url, network_timeout=settings.database_timeout_seconds)
+        db = Database.for_settings(settings)
         db.create_all()
         return cls(
             settings=settings,

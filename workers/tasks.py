@@ -64,8 +64,7 @@ def terminate_job(state, job_id: str, tenant_id: str, token: str, owner: str) ->
     from .terminate import kill_job_process
 
     pids = state.consumer.pool.info.get("processes", []) if state.consumer.pool else []
-    settings = app.conf.gif_settings
-    db = Database(settings.db_url, network_timeout=settings.database_timeout_seconds)
+    db = Database.for_settings(app.conf.gif_settings)
     try:
         pid = kill_job_process(db, Lease(job_id, tenant_id, token, owner, 0, 0), pids)
     finally:

@@ -25,7 +25,7 @@ import torch
 
 import gif
 from tests import factories
-from tests.stack import Stack
+from tests.stack import Stack, job_owner_pid
 
 pytestmark = pytest.mark.slow
 
@@ -208,7 +208,7 @@ def test_an_admin_terminates_a_job_that_ignores_its_cancellation(server, inputs)
             "options": SLOW_OPTIONS}  # fmt: skip
     job = _submit(server.client, body)
     _wait(server.client, job["id"], until=lambda j: (j["progress"] or {}).get("stage") == "solving_ihvp")
-    pid = _worker_pid(server.client, job["id"])
+    pid = job_owner_pid(server.client, job["id"])
     early = server.client.post(f"/v1/admin/jobs/{job['id']}/terminate")
     assert early.status_code == 409 and early.json()["code"] == "job-not-terminable"  # not cancelled yet
     os.kill(pid, signal.SIGSTOP)
@@ -239,20 +239,13 @@ def _wait_exited(pid: int, timeout: float = 10) -> None:
     os.kill(pid, 0)
 
 
-def _worker_pid(client, job_id: str) -> int:
-    """The pid of the worker process running the job: its lease owner is ``host:pid:...``."""
-    events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
-    owner = [e for e in events if e["type"] == "job.running"][-1]["data"]["worker"]
-    return int(owner.split(":")[1])
-
-
 def test_killed_worker_is_replaced_and_its_job_retried(server, inputs):
     options = {**SLOW_OPTIONS, "max_iter": 3000, "newton_steps": 1}
     body = {"type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"], "forget": {"class": 2},
             "options": options}  # fmt: skip
     job = _submit(server.client, body)
     _wait(server.client, job["id"], until=lambda j: (j["progress"] or {}).get("stage") == "solving_ihvp")
-    os.kill(_worker_pid(server.client, job["id"]), signal.SIGKILL)
+    os.kill(job_owner_pid(server.client, job["id"]), signal.SIGKILL)
     done = _wait(server.client, job["id"], timeout=120)
     assert done["status"] == "succeeded" and done["attempt"] == 2, done
     if server.mode == "embedded":

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests import factories
-from tests.stack import Stack, _children
+from tests.stack import Stack, _children, job_owner_pid
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +40,6 @@ def _wait(client: httpx.Client, job_id: str, until=None, timeout: float = 180) -
         time.sleep(0.2)
 
 
-def _owner_pid(client: httpx.Client, job_id: str) -> int:
-    events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
-    return int([e for e in events if e["type"] == "job.running"][-1]["data"]["worker"].split(":")[1])
-
-
 def test_a_worker_cut_off_mid_job_self_fences_and_the_job_moves_to_the_other_side(tmp_path, files):
     env = {"GIF_DATABASE_TIMEOUT_SECONDS": "4"}
     with Stack("distributed", tmp_path, workers=2, partitioned_workers=1, extra_env=env) as stack:
@@ -53,7 +48,7 @@ def test_a_worker_cut_off_mid_job_self_fences_and_the_job_moves_to_the_other_sid
         stack.workers[0].stop()  # only the worker behind the link takes the job
         job_id = client.post("/v1/jobs", json=_body(inputs, 3, SLOW)).json()["id"]
         _wait(client, job_id, until=lambda j: (j["progress"] or {}).get("stage") == "solving_ihvp")
-        assert _owner_pid(client, job_id) in _children(inside.proc.pid)
+        assert job_owner_pid(client, job_id) in _children(inside.proc.pid)
         stack.workers[0] = stack.start_worker(0)
 
         stack.partition.cut()
@@ -62,7 +57,7 @@ def test_a_worker_cut_off_mid_job_self_fences_and_the_job_moves_to_the_other_sid
             log = stack.home / "worker1.log"
             moved = _wait(client, job_id, until=lambda j: j["attempt"] == 2 and j["status"] == "running"
                           and "lease_expired_unrenewed" in log.read_text(errors="replace"), timeout=90)  # fmt: skip
-            assert _owner_pid(client, job_id) not in _children(inside.proc.pid), moved
+            assert job_owner_pid(client, job_id) not in _children(inside.proc.pid), moved
         finally:
             stack.partition.heal()
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
@@ -73,4 +68,4 @@ def test_a_worker_cut_off_mid_job_self_fences_and_the_job_moves_to_the_other_sid
         # back on the network, the worker that was cut off serves again (the other one is stopped)
         stack.workers[0].stop()
         again = _wait(client, client.post("/v1/jobs", json=_body(inputs, 4, QUICK)).json()["id"])
-        assert again["status"] == "succeeded" and _owner_pid(client, again["id"]) in _children(inside.proc.pid)
+        assert again["status"] == "succeeded" and job_owner_pid(client, again["id"]) in _children(inside.proc.pid)
