@@ -1,9 +1,14 @@
-"""Content-addressed local blob store: ``<root>/sha256/ab/cd/<64 hex>``.
+"""Content-addressed blob store: ``<root>/sha256/ab/cd/<64 hex>``.
 
 Writes stream into a temporary file under ``<root>/tmp`` (the same filesystem), hashing with
 SHA-256 and stopping at a hard byte limit; ``commit`` fsyncs and ``os.replace``s the file into
 place, so a blob path either holds complete content or does not exist. Paths come only from
 server-computed digests (validated hex), never from client names.
+
+:class:`BlobStore` keeps blobs in a local (or shared, NFS-style) folder;
+:class:`jobs.object_store.S3BlobStore` keeps them in an S3-compatible bucket and uses the folder
+for staging and as a cache of fetched copies. :func:`open_blob_store` picks one from the settings.
+Readers ask for :meth:`BlobStore.fetch` (a local file with the content), never build paths.
 """
 
 from __future__ import annotations
@@ -13,13 +18,31 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import TYPE_CHECKING, BinaryIO, Literal, Self
 
 from .errors import PayloadTooLarge
 
+if TYPE_CHECKING:
+    from .config import Settings
+
 CHUNK = 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+#: The blob spaces: uploaded and result artifacts (named by artifact rows, swept when no row
+#: names them) and the gradient cache's big values (named by the Redis cache index, which
+#: expires them itself). Separate spaces keep the orphan sweep away from cache values.
+Space = Literal["artifacts", "cache"]
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A committed blob: its digest, size in bytes and last modification (unix time)."""
+
+    sha256: str
+    size: int
+    modified: float
 
 
 class StagedBlob:
@@ -29,15 +52,8 @@ class StagedBlob:
         self.store, self.tmp, self.sha256, self.size = store, tmp, sha256, size
 
     def commit(self) -> Path:
-        """Move into place (a no-op when the store already has this content); return the blob path."""
-        final = self.store.path(self.sha256)
-        if final.exists():
-            self.discard()
-            return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp, final)
-        _fsync_dir(final.parent)
-        return final
+        """Store the content (a no-op when the store already has it); return a local file with it."""
+        return self.store.publish(self.tmp, self.sha256)
 
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
@@ -95,10 +111,34 @@ class BlobStore:
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
+    @property
+    def location(self) -> str:
+        """Where the blobs live, for logs and for redacting error messages."""
+        return str(self.root)
+
     def path(self, sha256: str) -> Path:
+        """The local file name of a blob (which may not exist: readers use :meth:`fetch`)."""
         if not _HEX64.match(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256
+
+    def fetch(self, sha256: str) -> Path:
+        """A local file holding the blob, to read; ``FileNotFoundError`` when it is not stored."""
+        path = self.path(sha256)
+        if not path.is_file():
+            raise FileNotFoundError(f"blob {sha256} is not stored")
+        return path
+
+    def publish(self, tmp: Path, sha256: str) -> Path:
+        """Move a staged file (content ``sha256``) into the store; return the local blob file."""
+        final = self.path(sha256)
+        if final.exists():
+            tmp.unlink(missing_ok=True)
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return final
 
     def tmp_path(self, suffix: str = "") -> Path:
         """A fresh temporary file name on the store's filesystem."""
@@ -108,7 +148,15 @@ class BlobStore:
         return self.path(sha256).is_file()
 
     def open(self, sha256: str) -> BinaryIO:
-        return open(self.path(sha256), "rb")
+        return open(self.fetch(sha256), "rb")
+
+    def stat(self, sha256: str) -> StoredBlob | None:
+        """Size and modification time of a stored blob; None when it is not stored."""
+        try:
+            st = self.path(sha256).stat()
+        except FileNotFoundError:
+            return None
+        return StoredBlob(sha256, st.st_size, st.st_mtime)
 
     def writer(self, limit: int | None = None) -> BlobWriter:
         return BlobWriter(self, limit)
@@ -124,7 +172,10 @@ class BlobStore:
     def put(self, chunks: Iterable[bytes] | BinaryIO, limit: int | None = None) -> StagedBlob:
         """Stage and commit; returns the (committed) staged blob for its digest and size."""
         staged = self.stage(chunks, limit)
-        staged.commit()
+        try:
+            staged.commit()
+        finally:
+            staged.discard()  # gone already when committed; left over when the commit failed
         return staged
 
     def adopt(self, path: Path) -> StagedBlob:
@@ -136,11 +187,13 @@ class BlobStore:
             os.fsync(f.fileno())
         return StagedBlob(self, Path(path), digest.hexdigest(), Path(path).stat().st_size)
 
-    def committed(self) -> Iterator[tuple[str, Path]]:
-        """Every stored blob as ``(sha256, path)``."""
+    def committed(self) -> Iterator[StoredBlob]:
+        """Every stored blob."""
         for path in (self.root / "sha256").glob("*/*/*"):
-            if _HEX64.match(path.name) and path.is_file():
-                yield path.name, path
+            if _HEX64.match(path.name):
+                found = self.stat(path.name)
+                if found is not None:
+                    yield found
 
     def temporary(self) -> Iterator[Path]:
         """Files under ``tmp/``: uploads being written, results not yet committed, leftovers."""
@@ -148,6 +201,11 @@ class BlobStore:
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+    def trim_copies(self) -> int:
+        """Drop local copies of remote blobs over the local size cap; returns how many
+        (nothing to do here: the folder is the store itself)."""
+        return 0
 
     def check_writable(self) -> None:
         """Raise OSError if a probe file cannot be written, read back and removed."""
@@ -158,6 +216,23 @@ class BlobStore:
                 raise OSError("blob store probe read back different bytes")
         finally:
             probe.unlink(missing_ok=True)
+
+
+def open_blob_store(settings: Settings, space: Space = "artifacts") -> BlobStore:
+    """The blob store of ``settings``: the bucket of ``GIF_BLOB_URL`` (``s3://…``), else the
+    folder ``<home>/blobs`` (artifacts) or ``<home>/cache-blobs`` (cache values)."""
+    root = settings.blob_root if space == "artifacts" else settings.home / "cache-blobs"
+    if not settings.blob_url:
+        return BlobStore(root)
+    from .object_store import S3BlobStore
+
+    return S3BlobStore(
+        root,
+        settings.blob_url.rstrip("/") + ("/" if space == "artifacts" else "/cache/"),
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        local_max_bytes=settings.blob_local_max_bytes,
+    )
 
 
 def _fsync_dir(path: Path) -> None:

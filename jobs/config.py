@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GIB = 1024**3
@@ -43,6 +43,24 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL of the job store. Default: sqlite:///<home>/gif.db (WAL mode).",
+    )
+    blob_url: str | None = Field(
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9!_.*'()/-]*)?$",
+        description="Keep artifacts in an S3-compatible bucket, as s3://bucket/prefix (credentials: the "
+        "standard AWS variables or an instance role). Unset: the folder <home>/blobs, which several hosts "
+        "must then share (NFS). With a bucket, <home> holds only staging files and fetched copies.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible service other than AWS (MinIO, Ceph, R2…), as http(s)://host:port.",
+    )
+    s3_region: str | None = Field(default=None, description="Region of the bucket (default: the AWS settings').")
+    blob_local_max_bytes: int = Field(
+        default=20 * GIB,
+        ge=0,
+        description="With GIF_BLOB_URL: size cap of the local copies of fetched blobs (least recently "
+        "used go first, in the 10-minute housekeeping).",
     )
     broker_url: str | None = Field(
         default=None,
@@ -175,6 +193,13 @@ class Settings(BaseSettings):
         description='The executor started with the API, as "module:Class"; "none" starts no executor; '
         '"auto": the embedded worker processes, or the Celery dispatcher when GIF_BROKER_URL is set.',
     )
+
+    @field_validator("blob_url", "s3_endpoint_url", "s3_region", "database_url", "broker_url", "redis_url",
+                     mode="before")  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``GIF_BLOB_URL=`` (as compose writes ``${GIF_BLOB_URL:-}``) means unset, not an invalid URL."""
+        return None if value == "" else value
 
     @property
     def distributed(self) -> bool:

@@ -121,6 +121,21 @@ class ServiceUnavailable(DomainError):
     code, status, title = "service-unavailable", 503, "Service unavailable"
 
 
+class StorageUnavailable(ServiceUnavailable):
+    """The blob store (an S3-compatible bucket) could not be reached or refused a request.
+
+    ``detail`` is for clients (the operation and the service's error code, no addresses);
+    ``reason`` is the whole story, for the server's log."""
+
+    def __init__(self, detail: str, reason: str = "") -> None:
+        super().__init__(f"{detail}; retry later", headers={"Retry-After": "30"})
+        self.reason = reason or detail
+
+
+class BlobCorrupted(Exception):
+    """A fetched blob's content does not match its digest (changed or truncated in the bucket)."""
+
+
 class RateLimited(DomainError):
     code, status, title = "rate-limited", 429, "Too many requests"
 

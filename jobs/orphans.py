@@ -38,7 +38,7 @@ def sweep(db: Database, blobs: BlobStore, grace_seconds: float) -> SweepResult:
             path.unlink(missing_ok=True)
             result.temporary += 1
             result.bytes += size
-    old = {sha: path for sha, path in blobs.committed() if _size_if_older(path, cutoff) is not None}
+    old = {blob.sha256 for blob in blobs.committed() if blob.modified < cutoff}
     if not old:
         return result
     with db.read() as session:
@@ -48,12 +48,12 @@ def sweep(db: Database, blobs: BlobStore, grace_seconds: float) -> SweepResult:
             artifacts.lock_blob(session, sha)
             if artifacts.blob_in_use(session, sha):
                 continue  # named since the first look
-            size = _size_if_older(old[sha], cutoff)
-            if size is None:
-                continue  # rewritten meanwhile
+            found = blobs.stat(sha)
+            if found is None or found.modified >= cutoff:
+                continue  # deleted or rewritten meanwhile
             blobs.delete(sha)
         result.blobs += 1
-        result.bytes += size
+        result.bytes += found.size
     return result
 
 
@@ -67,7 +67,7 @@ def _size_if_older(path: Path, cutoff: float) -> int | None:
 
 class PeriodicSweep:
     """:func:`sweep` at most every ``every_seconds``, for the executors' housekeeping loops
-    (``grace_seconds`` 0: never)."""
+    (``grace_seconds`` 0: never), with the trimming of a remote store's local copies."""
 
     def __init__(self, db: Database, blobs: BlobStore, grace_seconds: float, every_seconds: float = 600.0) -> None:
         self.db, self.blobs, self.grace, self.every = db, blobs, grace_seconds, every_seconds
@@ -75,10 +75,13 @@ class PeriodicSweep:
 
     def __call__(self) -> SweepResult | None:
         """Sweep if due; failures are logged (the next interval retries), never raised."""
-        if not self.grace or time.monotonic() < self._next:
+        if time.monotonic() < self._next:
             return None
         self._next = time.monotonic() + self.every
         try:
+            self.blobs.trim_copies()
+            if not self.grace:
+                return None
             result = sweep(self.db, self.blobs, self.grace)
         except Exception as exc:  # noqa: BLE001 (database or filesystem blip)
             log.warning("orphan_sweep_failed", error=f"{type(exc).__name__}: {exc}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from jobs.blobs import BlobStore
+from jobs.blobs import BlobStore, open_blob_store
 from jobs.config import Settings
 from jobs.db import Database
 from jobs.errors import UnsupportedMediaType
@@ -39,7 +39,7 @@ class Services:
         return cls(
             settings,
             db,
-            BlobStore(settings.blob_root),
+            open_blob_store(settings),
             KeyRing.from_settings(settings),
             Metrics(db, inspector),
             make_rate_limiter(settings),

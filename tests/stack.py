@@ -105,6 +105,57 @@ class RedisServer:
         _stop(self.proc)
 
 
+class S3Server:
+    """An S3-compatible server process (moto's) on a free port, with one bucket; it keeps
+    objects in memory, so ``kill`` loses them (an outage test needs only the refusal)."""
+
+    CREDENTIALS = {"AWS_ACCESS_KEY_ID": "gif-test", "AWS_SECRET_ACCESS_KEY": "gif-test-secret",
+                   "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+    def __init__(self, folder: Path, bucket: str = "gif-blobs") -> None:
+        self.folder, self.bucket = folder, bucket
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log = folder / "s3.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a service process needs to keep its blobs in the bucket."""
+        return {**self.CREDENTIALS, "GIF_BLOB_URL": f"s3://{self.bucket}/gif", "GIF_S3_ENDPOINT_URL": self.endpoint}
+
+    def start(self) -> S3Server:
+        binary = Path(sys.executable).parent / "moto_server"
+        assert binary.exists(), "moto_server is not installed (pip install 'moto[server]')"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        _wait_port(self.port, self.proc, self.log)
+        self.client().create_bucket(Bucket=self.bucket)
+        return self
+
+    def client(self):  # noqa: ANN201 (a boto3 client)
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.CREDENTIALS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def kill(self) -> None:
+        _stop(self.proc, signal.SIGKILL)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
 class PostgresDatabase:
     """A database of its own on the machine's PostgreSQL (or on ``server``), dropped afterwards."""
 
@@ -320,12 +371,15 @@ class Stack:
         extra_env: dict[str, str] | None = None,
         own_postgres: bool = False,
         partitioned_workers: int = 0,
+        bucket: bool = False,
     ) -> None:
         """``own_postgres``: distributed mode on a PostgreSQL server of its own, which
         ``postgres.kill()`` may crash (otherwise a database on the machine's server).
         ``partitioned_workers``: the last N Celery workers run in a network namespace
         (``self.partition``) that reaches Redis and that server only through a link the test can
-        cut (implies ``own_postgres``)."""
+        cut (implies ``own_postgres``).
+        ``bucket``: blobs in an S3-compatible server's bucket (``self.s3``), and every process
+        with a data folder of its own, as on hosts that share no filesystem."""
         self.mode, self.home, self.n_workers = mode, home, workers
         home.mkdir(parents=True, exist_ok=True)
         self.env = dict(
@@ -337,6 +391,9 @@ class Stack:
         self.postgres: PostgresServer | None = None
         self.partition = Partition() if partitioned_workers else None
         self.partitioned_workers = partitioned_workers
+        self.s3 = S3Server(home / "s3").start() if bucket else None
+        if self.s3 is not None:
+            self.env.update(self.s3.env)
         if mode == "distributed":
             outside = (self.partition.host_ip, self.partition.ns_ip) if self.partition else None
             self.redis = RedisServer(home / "redis", also_bind=outside and outside[0]).start()
@@ -409,6 +466,8 @@ class Stack:
             env = {k: v.replace("127.0.0.1", self.partition.host_ip) if k in _SERVICE_URLS else v
                    for k, v in self.env.items()}  # fmt: skip
             prefix = self.partition.prefix
+        if self.s3 is not None:
+            env = {**env, "GIF_HOME": str(self.home / f"worker{index}-data")}
         return Process(["worker", "--name", name, "--log-level", "INFO"], env,
                        self.home / f"worker{index}.log", prefix).start()  # fmt: skip
 
@@ -456,6 +515,8 @@ class Stack:
             self.postgres.close()
         if self.partition is not None:
             self.partition.close()
+        if self.s3 is not None:
+            self.s3.stop()
 
     def __enter__(self) -> Stack:
         """``with Stack(...) as stack:`` — started on entry, everything closed on exit."""

@@ -38,6 +38,7 @@ import torch
 
 from gif.cache import BaseCache, Cache, DiskCache, Entry, check_key, decode, encode, read_file
 from jobs.blobs import BlobStore
+from jobs.errors import BlobCorrupted
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +117,16 @@ class RedisCache(BaseCache):
             tensors, meta = decode(fields[b"data"], device)
         else:
             sha256, size = fields[b"sha256"].decode(), int(fields[b"size"])
-            path = self.blobs.path(sha256)
             try:
+                path = self.blobs.fetch(sha256)
                 found = path.stat().st_size
-            except FileNotFoundError:
-                found = -1
+            except (FileNotFoundError, BlobCorrupted):
+                path, found = None, -1
             if found != size:
                 log.warning("cache entry %s points at a missing or partial blob %s; dropping it", key, sha256)
                 self.client.delete(name)
                 return None
-            tensors, meta = read_file(path, device)
+            tensors, meta = read_file(path, device)  # type: ignore[arg-type] (found == size: a file)
             self.client.zadd(self.blob_set, {sha256: time.time() + self.ttl_seconds}, gt=True)
         self.client.expire(name, self.ttl_seconds)  # used: keep it
         return Entry(key, tensors, meta)

@@ -21,7 +21,7 @@ import redis
 
 from jobs import logs, store
 from jobs.config import Settings
-from jobs.blobs import BlobStore
+from jobs.blobs import open_blob_store
 from jobs.db import Database
 from jobs.errors import ServiceUnavailable
 from jobs.orphans import PeriodicSweep
@@ -43,7 +43,7 @@ class CeleryExecutor:
         self.app = make_app(settings)
         self.db = Database.for_settings(settings)
         self.publisher = Publisher(self.app, self.db, settings)
-        self._orphans = PeriodicSweep(self.db, BlobStore(settings.blob_root), settings.orphan_grace_seconds)
+        self._orphans = PeriodicSweep(self.db, open_blob_store(settings), settings.orphan_grace_seconds)
         self.redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None

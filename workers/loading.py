@@ -42,7 +42,7 @@ def load_inputs(
     """
     spec = request["model"]
     model = gif.models.build(spec["arch"], **spec.get("config", {}))
-    gif.io.load_checkpoint(blobs.path(inputs["checkpoint"]["sha256"]), model)
+    gif.io.load_checkpoint(blobs.fetch(inputs["checkpoint"]["sha256"]), model)
     model.eval().to(device)
     train = _dataset(blobs, inputs["train"], "train")
     num_classes = _fit(model, train, "train")
@@ -62,7 +62,7 @@ def load_inputs(
 
 def _dataset(blobs: BlobStore, ref: dict[str, str], role: str) -> Pair:
     try:
-        return gif.io.load_dataset(blobs.path(ref["sha256"]))
+        return gif.io.load_dataset(blobs.fetch(ref["sha256"]))
     except DatasetError as exc:
         raise DatasetError(f"{role} dataset {ref['artifact_id']}: {exc.message}", **exc.details) from None
 

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from jobs import logs, store
-from jobs.blobs import BlobStore
+from jobs.blobs import open_blob_store
 from jobs.config import Settings
 from jobs.db import Database
 from jobs.orphans import PeriodicSweep
@@ -49,7 +49,7 @@ class LocalExecutor:
         (see :func:`_die_with_parent`) follows the thread that created a process.
         """
         self._db = Database.for_settings(self.settings)
-        self._orphans = PeriodicSweep(self._db, BlobStore(self.settings.blob_root), self.settings.orphan_grace_seconds)
+        self._orphans = PeriodicSweep(self._db, open_blob_store(self.settings), self.settings.orphan_grace_seconds)
         self._reap()
         self._thread = threading.Thread(target=self._run, name="gif-executor", daemon=True)
         self._thread.start()

@@ -26,10 +26,10 @@ import torch
 from gif.cache import Cache, DiskCache
 from gif.errors import Cancelled, GifError
 from jobs import artifacts, logs, store
-from jobs.blobs import BlobStore
+from jobs.blobs import BlobStore, open_blob_store
 from jobs.config import Settings
 from jobs.db import Database
-from jobs.errors import is_storage_full
+from jobs.errors import BlobCorrupted, StorageUnavailable, is_storage_full
 from jobs.states import JobStatus
 from jobs.views import result_artifact_entry
 
@@ -62,6 +62,7 @@ class WorkerContext:
     #: exceptions that mean the job ran out of time (Celery's soft time limit): ``deadline_exceeded``
     deadline_errors: tuple[type[BaseException], ...] = ()
     _caches: dict[str, Cache] = field(default_factory=dict)
+    _cache_blobs: BlobStore | None = None
     _last_sweep: float = 0.0
 
     def cache_for(self, tenant_id: str) -> Cache | None:
@@ -78,8 +79,9 @@ class WorkerContext:
                 # a dead worker's compute lock must lapse about as fast as its job lease, or the
                 # retry of its job would wait on it (the holder renews it every third of this)
                 lock_timeout = max(2.0, min(30.0, self.settings.lease_seconds))
+                self._cache_blobs = self._cache_blobs or open_blob_store(self.settings, "cache")
                 self._caches[tenant_id] = make_cache(
-                    self.settings.redis_url, self.settings.home, self.blobs,
+                    self.settings.redis_url, self.settings.home, self._cache_blobs,
                     namespace=f"gif:cache:{space}:", lock_timeout=lock_timeout,
                 )  # fmt: skip
             else:
@@ -88,10 +90,16 @@ class WorkerContext:
         return self._caches[tenant_id]
 
     def sweep_caches(self, every: float = 600.0) -> None:
-        """Every ``every`` seconds at most: delete the blobs of expired Redis cache entries."""
+        """Every ``every`` seconds at most: delete the blobs of expired Redis cache entries and
+        trim the local copies of a remote blob store."""
         if time.monotonic() - self._last_sweep < every:
             return
         self._last_sweep = time.monotonic()
+        for blobs in filter(None, (self.blobs, self._cache_blobs)):
+            try:
+                blobs.trim_copies()
+            except OSError as exc:
+                log.warning("blob_copies_trim_failed", error=f"{type(exc).__name__}: {exc}")
         for cache in self._caches.values():
             sweep = getattr(cache, "sweep", None)
             if sweep is not None:
@@ -114,7 +122,7 @@ class WorkerContext:
         return cls(
             settings=settings,
             db=db,
-            blobs=BlobStore(settings.blob_root),
+            blobs=open_blob_store(settings),
             owner=owner or f"{socket.gethostname()}:{os.getpid()}",
             shutdown=shutdown or threading.Event(),
             deadline_errors=deadline_errors,
@@ -163,16 +171,16 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
                 limit = settings.max_job_seconds
                 return _fail(lease, ctx, "deadline_exceeded", f"the job ran longer than {limit:g} s")
             except Exception as exc:
-                if is_storage_full(exc):
-                    return _fail(lease, ctx, "storage_error", _STORAGE_FULL)
+                if (problem := _storage_problem(exc)) is not None:
+                    return _fail(lease, ctx, "storage_error", problem)
                 log.exception("job_crashed")
                 return _fail(lease, ctx, "internal_error", f"{type(exc).__name__}: {exc}")
             try:
                 return _commit(lease, ctx, results)
-            except OSError as exc:
-                if not is_storage_full(exc):
+            except (OSError, StorageUnavailable) as exc:
+                if (problem := _storage_problem(exc)) is None:
                     raise
-                return _fail(lease, ctx, "storage_error", _STORAGE_FULL)
+                return _fail(lease, ctx, "storage_error", problem)
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "tenant_id", "attempt")
         ctx.sweep_caches()
@@ -255,6 +263,18 @@ def _stopped(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Job
 _STORAGE_FULL = "the blob store is full: no room for the job's files (free space, then resubmit)"
 
 
+def _storage_problem(exc: BaseException) -> str | None:
+    """The job's error message when ``exc`` is the blob store's fault (full, unreachable,
+    holding corrupt content); None for anything else."""
+    if is_storage_full(exc):
+        return _STORAGE_FULL
+    if isinstance(exc, StorageUnavailable):
+        return f"{exc.detail}: resubmit once it is back"
+    if isinstance(exc, BlobCorrupted):
+        return str(exc)
+    return None
+
+
 def _fail(lease: store.Lease, ctx: WorkerContext, code: str, message: str) -> JobStatus | None:
     message = _redact(message, ctx)
     log.info("job_failed", code=code, message=message)
@@ -264,7 +284,9 @@ def _fail(lease: store.Lease, ctx: WorkerContext, code: str, message: str) -> Jo
 
 def _redact(message: str, ctx: WorkerContext) -> str:
     """No server paths in job errors."""
-    return message.replace(str(ctx.blobs.root), "<blobs>")[:2000]
+    for location in (ctx.blobs.location, str(ctx.blobs.root)):
+        message = message.replace(location, "<blobs>")
+    return message[:2000]
 
 
 def release_memory() -> None:

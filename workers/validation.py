@@ -14,6 +14,7 @@ from gif.errors import GifError
 from jobs import logs, store
 from jobs.db import Database
 from jobs.blobs import BlobStore
+from jobs.errors import BlobCorrupted, StorageUnavailable
 from jobs.states import JobStatus
 
 from .loading import load_inputs
@@ -34,6 +35,8 @@ def validate_job(job_id: str, db: Database, blobs: BlobStore) -> JobStatus | Non
         return _fail(db, job_id, tenant_id, exc.code, exc.message)
     except FileNotFoundError:
         return _fail(db, job_id, tenant_id, "artifact_missing", "an input artifact's content is missing")
+    except (StorageUnavailable, BlobCorrupted) as exc:
+        return _fail(db, job_id, tenant_id, "storage_error", f"an input could not be read: {exc}")
     with db.begin() as session:
         moved = store.finish_validation(session, job_id, tenant_id)
     log.info("job_validated", job_id=job_id, queued=moved)

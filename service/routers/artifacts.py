@@ -158,7 +158,7 @@ def download(
     etag = _etag(artifact)
     if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
-    path = services.blobs.path(artifact.sha256)
+    path = services.blobs.fetch(artifact.sha256)
     if range_ is not None:
         _check_range(range_, path.stat().st_size)
     digest = base64.b64encode(bytes.fromhex(artifact.sha256)).decode()

@@ -206,9 +206,9 @@ def test_results_of_a_lost_lease_never_reach_the_blob_store(ctx, inputs):
                          lease_token=None)  # fmt: skip
     output = ctx.blobs.tmp_path(".json")
     output.write_text('{"late": true}')
-    blobs_before = dict(ctx.blobs.committed())
+    blobs_before = set(ctx.blobs.committed())
     assert _commit(lease, ctx, Results([Output("report", "json", output, "report.json")], {}, {})) is None
-    assert dict(ctx.blobs.committed()) == blobs_before  # nothing moved into place
+    assert set(ctx.blobs.committed()) == blobs_before  # nothing moved into place
     assert list(ctx.blobs.temporary()) == []  # and the staged file is gone
     with ctx.db.read() as session:
         assert not store.hold_lease(session, lease)
@@ -229,12 +229,12 @@ def test_a_full_blob_store_fails_the_job_with_storage_error(ctx, inputs, monkeyp
         monkeypatch.setattr(runner, "write_results", full)
     else:
         monkeypatch.setattr(StagedBlob, "commit", full)
-    blobs_before = dict(ctx.blobs.committed())
+    blobs_before = set(ctx.blobs.committed())
     job_id = _submit(ctx, _body(inputs))
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.FAILED
     error = json.loads(_job(ctx, job_id).error_json)
     assert error["code"] == "storage_error" and "blob store is full" in error["message"]
-    assert dict(ctx.blobs.committed()) == blobs_before
+    assert set(ctx.blobs.committed()) == blobs_before
     from sqlalchemy import select
 
     from jobs.models import Artifact

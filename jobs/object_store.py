@@ -1,0 +1,244 @@
+"""Blobs in an S3-compatible bucket (AWS S3, MinIO, Ceph, R2…), so hosts share no filesystem.
+
+Objects are content-addressed like the folder store: ``<prefix>sha256/ab/cd/<64 hex>``, with the
+digest also in the object's metadata (``x-amz-meta-sha256``). The local folder ``root`` keeps
+what the bucket cannot: staging files (``tmp/``, written and hashed as in :mod:`jobs.blobs`) and
+copies of blobs this host fetched or stored (``sha256/…``), so a worker reads a checkpoint from
+local disk and a repeated job does not download it again. Copies unused for a day are dropped
+and the rest trimmed to a size cap, least recently used first; the bucket stays the only truth.
+
+* ``publish`` uploads the staged file unless the bucket has the digest already (boto3's managed
+  transfer: multipart above 8 MiB), then keeps the file as the local copy.
+* ``fetch`` downloads into staging, re-hashes, and moves the copy into place only when the
+  content matches its digest (:class:`jobs.errors.BlobCorrupted` otherwise).
+* Every bucket error surfaces as :class:`jobs.errors.StorageUnavailable` (503 at the API, a job
+  failing ``storage_error``) except "no such object", which is ``FileNotFoundError`` as for files.
+
+boto3 is imported here only, so the folder store does not need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import logs
+from .blobs import _HEX64, CHUNK, BlobStore, StoredBlob
+from .errors import BlobCorrupted, StorageUnavailable
+
+log = logs.get(__name__)
+
+T = TypeVar("T")
+_URL = re.compile(r"^s3://(?P<bucket>[^/]+)/?(?P<prefix>.*)$")
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+#: Local copies unused this long are dropped by :meth:`S3BlobStore.trim_copies`.
+COPY_MAX_AGE = 24 * 3600.0
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` → ``("bucket", "a/b/")``; the prefix is empty or ends with ``/``."""
+    found = _URL.match(url)
+    if found is None or not found.group("bucket"):
+        raise ValueError(f"not an s3://bucket/prefix URL: {url!r}")
+    prefix = found.group("prefix").strip("/")
+    return found.group("bucket"), f"{prefix}/" if prefix else ""
+
+
+class S3BlobStore(BlobStore):
+    """A :class:`jobs.blobs.BlobStore` whose blobs live in ``url`` (``s3://bucket/prefix``).
+
+    Args:
+        root: local folder for staging files and copies.
+        url: bucket and key prefix.
+        endpoint_url: an S3-compatible service other than AWS.
+        region: the bucket's region.
+        local_max_bytes: cap of the local copies (:meth:`trim_copies`).
+        client: a boto3 S3 client to use instead of building one (tests, custom sessions).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        local_max_bytes: int = 20 * 1024**3,
+        client: Any = None,
+    ) -> None:
+        super().__init__(root)
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.local_max_bytes = local_max_bytes
+        self.client = client or _client(endpoint_url, region)
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def key(self, sha256: str) -> str:
+        """The object key of a blob (validates the digest)."""
+        local = self.path(sha256)  # validates
+        return f"{self.prefix}sha256/{sha256[:2]}/{sha256[2:4]}/{local.name}"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def exists(self, sha256: str) -> bool:
+        return self.stat(sha256) is not None
+
+    def stat(self, sha256: str) -> StoredBlob | None:
+        try:
+            head = self._call("look up", lambda: self.client.head_object(Bucket=self.bucket, Key=self.key(sha256)))
+        except FileNotFoundError:
+            return None
+        return StoredBlob(sha256, int(head["ContentLength"]), head["LastModified"].timestamp())
+
+    def fetch(self, sha256: str) -> Path:
+        local = self.path(sha256)
+        if local.is_file():
+            _touch(local)  # recently used: trimmed last
+            return local
+        tmp = self.tmp_path(".fetch")
+        try:
+            self._call("download", lambda: self.client.download_file(self.bucket, self.key(sha256), str(tmp)))
+            found = _sha256_of(tmp)
+            if found != sha256:
+                raise BlobCorrupted(f"blob {sha256} in {self.location} holds content with digest {found}")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return local
+
+    def committed(self) -> Iterator[StoredBlob]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"
+        )
+        listing = iter(pages)
+        while True:
+            page = self._call("list", lambda: next(listing, None))
+            if page is None:
+                return
+            for item in page.get("Contents", []):
+                name = item["Key"].rsplit("/", 1)[-1]
+                if _HEX64.match(name):
+                    yield StoredBlob(name, int(item["Size"]), item["LastModified"].timestamp())
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def publish(self, tmp: Path, sha256: str) -> Path:
+        if not self.exists(sha256):
+            extra = {"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"}
+            self._call(
+                "upload", lambda: self.client.upload_file(str(tmp), self.bucket, self.key(sha256), ExtraArgs=extra)
+            )
+        return super().publish(tmp, sha256)  # the staged file becomes the local copy
+
+    def delete(self, sha256: str) -> None:
+        self._call("delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256)))
+        super().delete(sha256)
+
+    def check_writable(self) -> None:
+        super().check_writable()  # staging
+        key = f"{self.prefix}probe/{secrets.token_hex(8)}"
+        self._call("write", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"ok"))
+        try:
+            body = self._call("read", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            if body != b"ok":
+                raise StorageUnavailable("the blob store read back different bytes")
+        finally:
+            self._call("delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def trim_copies(self) -> int:
+        """Delete local copies unused for ``COPY_MAX_AGE`` seconds (an artifact deleted on another
+        host leaves no copy here for long), then the least recently used until the rest fit
+        ``local_max_bytes``; returns how many."""
+        copies = []
+        for path in (self.root / "sha256").glob("*/*/*"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            copies.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in copies)
+        stale = time.time() - COPY_MAX_AGE
+        dropped = 0
+        for mtime, size, path in sorted(copies):
+            if total <= self.local_max_bytes and mtime >= stale:
+                break
+            path.unlink(missing_ok=True)  # a reader that has it open keeps reading (POSIX)
+            total -= size
+            dropped += 1
+        return dropped
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        """Run a bucket operation; "no such object" → FileNotFoundError, any other failure →
+        StorageUnavailable naming the operation and the bucket."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return call()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "")) or "error"
+            if code in _MISSING:
+                raise FileNotFoundError(f"no such blob in {self.location}") from exc
+            raise self._unavailable(f"the blob store refused to {what} ({code})", exc) from exc
+        except (BotoCoreError, Boto3Error) as exc:  # Boto3Error: a managed transfer that failed
+            code = _code_in(exc)
+            detail = f"the blob store refused to {what} ({code})" if code else f"the blob store could not {what}"
+            raise self._unavailable(detail, exc) from exc
+
+    def _unavailable(self, detail: str, exc: BaseException) -> StorageUnavailable:
+        reason = f"{self.location}: {type(exc).__name__}: {exc}"
+        log.warning("blob_store_error", detail=detail, reason=reason)
+        return StorageUnavailable(detail, reason)
+
+
+def _code_in(exc: BaseException) -> str | None:
+    """The S3 error code inside a failed managed transfer (which wraps the ClientError)."""
+    from botocore.exceptions import ClientError
+
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ClientError):
+        return str(cause.response.get("Error", {}).get("Code", "")) or None
+    found = re.search(r"\((\w+)\) when calling", str(exc))
+    return found.group(1) if found else None
+
+
+def _client(endpoint_url: str | None, region: str | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=10,
+        read_timeout=60,
+        retries={"max_attempts": 5, "mode": "standard"},
+        # only checksums every S3-compatible server accepts (CRC trailers are AWS-specific)
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _touch(path: Path) -> None:
+    now = time.time()
+    try:
+        os.utime(path, (now, now))
+    except OSError:
+        pass  # trimmed meanwhile, or a read-only copy: recency is only a hint

@@ -1,0 +1,114 @@
+"""Blobs in an S3-compatible bucket: the service on "hosts" that share no filesystem.
+
+A real S3-compatible server process (tests/stack.py::S3Server), the API and two Celery workers,
+each with a data folder of its own, so every byte a worker reads was uploaded through the API
+and every byte the API serves was stored by a worker, through the bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+import gif
+from tests import factories
+from tests.stack import Stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with Stack("distributed", tmp_path_factory.mktemp("bucket"), workers=2, bucket=True) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def inputs(stack, files) -> dict[str, dict]:
+    return stack.upload(files)
+
+
+def _local_copy(home: Path, sha256: str) -> Path:
+    return home / "blobs" / "sha256" / sha256[:2] / sha256[2:4] / sha256
+
+
+def _wait(client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in {"succeeded", "failed", "cancelled"}:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['status']}")
+
+
+def _remove_class(stack: Stack, inputs: dict, cls: int) -> dict:
+    body = {
+        "type": "remove", "train": inputs["train"]["id"], "forget": {"class": cls},
+        "model": {"arch": "mlp", "config": dict(factories.MLP_CONFIG), "checkpoint": inputs["checkpoint"]["id"]},
+        "options": {"newton_steps": 1, "hessian_samples": 256},
+    }  # fmt: skip
+    response = stack.client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    return _wait(stack.client, response.json()["id"])
+
+
+def test_a_removal_flows_through_the_bucket(stack, inputs, digits):
+    keys = stack.s3.keys("gif/sha256/")
+    for name in ("checkpoint", "train"):
+        assert any(key.endswith(inputs[name]["sha256"]) for key in keys), (name, keys)
+
+    job = _remove_class(stack, inputs, 3)
+
+    assert job["status"] == "succeeded", job["error"]
+    weights = next(a for a in job["result"]["artifacts"] if a["kind"] == "weights")
+    api_home = stack.home / "data"
+    worker_homes = [stack.home / f"worker{k}-data" for k in range(2)]
+    ran_on = [home for home in worker_homes if _local_copy(home, weights["sha256"]).exists()]
+    assert len(ran_on) == 1, "the worker that stored the weights keeps a local copy"
+    assert _local_copy(ran_on[0], inputs["checkpoint"]["sha256"]).exists(), "the checkpoint was fetched"
+    assert f"gif/sha256/{weights['sha256'][:2]}/{weights['sha256'][2:4]}/{weights['sha256']}" in stack.s3.keys()
+    assert not _local_copy(api_home, weights["sha256"]).exists()
+
+    response = stack.client.get(weights["download_url"])  # the API fetches it from the bucket
+
+    assert response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == weights["sha256"]
+    assert _local_copy(api_home, weights["sha256"]).exists()
+    model = gif.models.build("mlp", **factories.MLP_CONFIG)
+    model.load_state_dict(safetensors.torch.load(response.content))
+    assert factories.accuracy_by_class(model, digits.x_test, digits.y_test)[3] <= 0.10
+
+
+def test_deleting_an_artifact_deletes_its_object(stack, files):
+    response = stack.client.post("/v1/artifacts", files={"file": ("q.safetensors", files["queries"].read_bytes())},
+                                 data={"kind": "dataset"})  # fmt: skip
+    assert response.status_code == 201, response.text
+    sha = response.json()["sha256"]
+    assert any(key.endswith(sha) for key in stack.s3.keys("gif/sha256/"))
+    assert stack.client.delete(f"/v1/artifacts/{response.json()['id']}").status_code == 204
+    assert not any(key.endswith(sha) for key in stack.s3.keys("gif/sha256/"))
+
+
+def test_an_unreachable_bucket_is_a_clear_503_and_a_storage_error(stack, inputs):
+    """Last in the module: the server's objects live in memory and die with it."""
+    stack.s3.kill()
+
+    fresh = safetensors.torch.save({"inputs": torch.randn(10, 1, 8, 8), "labels": torch.arange(10)})
+    upload = stack.client.post("/v1/artifacts", files={"file": ("new.safetensors", fresh)}, data={"kind": "dataset"})
+    assert upload.status_code == 503, upload.text
+    problem = upload.json()
+    assert problem["code"] == "service-unavailable" and "blob store" in problem["detail"]
+    assert "127.0.0.1" not in problem["detail"] and upload.headers["retry-after"]
+    ready = stack.client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["blobs"].startswith("error")
+
+    job = _remove_class(stack, inputs, 5)  # computed from local copies, or not even loaded
+
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "storage_error" and "blob store" in job["error"]["message"], job["error"]
+    assert job["result"] is None
