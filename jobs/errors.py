@@ -72,6 +72,10 @@ class PayloadTooLarge(DomainError):
     code, status, title = "payload-too-large", 413, "Payload too large"
 
 
+class DigestMismatch(DomainError):
+    code, status, title = "digest-mismatch", 422, "Digest mismatch"
+
+
 class UnsupportedMediaType(DomainError):
     code, status, title = "unsupported-media-type", 415, "Unsupported media type"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import artifacts
 from .blobs import BlobStore, StagedBlob
 from .db import Database
-from .errors import ArtifactInUse, NotFound, ValidationFailed
+from .errors import ArtifactInUse, DigestMismatch, NotFound, ValidationFailed
 from .inspector import Inspection, Inspector
 from .models import Artifact
 
@@ -86,13 +86,20 @@ def store_upload(
     staged: StagedBlob,
     kind: str,
     filename: str | None,
+    declared_sha256: str | None = None,
 ) -> tuple[Artifact, bool]:
-    """The upload use case: per-tenant dedup, inspection, registration. ``(artifact, created)``.
+    """The upload use case: the client's digest, per-tenant dedup, inspection, registration.
+    ``(artifact, created)``.
 
     The staged file is consumed (stored or removed) whatever happens.
     """
     convert_to = blobs.tmp_path(".safetensors")
     try:
+        if declared_sha256 is not None and declared_sha256 != staged.sha256:
+            raise DigestMismatch(
+                f"the uploaded bytes have SHA-256 {staged.sha256}, not the declared {declared_sha256} "
+                "(corrupted in transit, or a different file); nothing was stored"
+            )
         if kind not in artifacts.UPLOAD_KINDS:
             raise ValidationFailed.one(
                 ["body", "kind"], f"must be one of {', '.join(artifacts.UPLOAD_KINDS)}"

@@ -5,30 +5,21 @@ small text fields are collected.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
-from jobs.blobs import BlobStore, BlobWriter, StagedBlob
-from jobs.errors import DomainError, InsufficientStorage, UnsupportedMediaType, ValidationFailed, is_storage_full
+from jobs.blobs import BlobStore, BlobWriter
+from jobs.errors import UnsupportedMediaType, ValidationFailed
 
-from .errors import ProblemError
+from .upload_body import CLOSE, UploadForm, check_declared_length, sanitize_filename, staging_errors
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 1024
 MAX_FIELDS = 8
-
-
-@dataclass
-class UploadForm:
-    staged: StagedBlob
-    filename: str | None
-    fields: dict[str, str]
 
 
 @dataclass
@@ -115,20 +106,22 @@ class _FormReader:
             self.writer.abort()
 
 
-async def read_upload(request: Request, blobs: BlobStore, limit: int) -> UploadForm:
-    """Parse the request body; the file part lands in a staged blob of at most ``limit`` bytes.
+async def read_multipart(request: Request, blobs: BlobStore, limit: int) -> UploadForm:
+    """Parse a ``multipart/form-data`` body; the file part lands in a staged blob of at most
+    ``limit`` bytes.
 
     Raises:
-        UnsupportedMediaType: not ``multipart/form-data``.
+        UnsupportedMediaType: no boundary.
         PayloadTooLarge: the file is over ``limit`` (nothing is left on disk).
         ValidationFailed: no ``file`` part, or bad form fields.
     """
-    content_type, options = parse_options_header(request.headers.get("content-type", ""))
-    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
-        raise UnsupportedMediaType("upload with multipart/form-data: a `file` part and a `kind` field")
+    _, options = parse_options_header(request.headers.get("content-type", ""))
+    if not options.get(b"boundary"):
+        raise UnsupportedMediaType("a multipart/form-data body needs a boundary", headers=CLOSE)
+    check_declared_length(request.headers, limit + _FORM_OVERHEAD)
     reader = _FormReader(blobs, limit)
     parser = MultipartParser(options[b"boundary"], reader.callbacks())
-    try:
+    with staging_errors(reader.abort):
         async for chunk in request.stream():
             parser.write(chunk)
             await reader.flush()
@@ -139,37 +132,8 @@ async def read_upload(request: Request, blobs: BlobStore, limit: int) -> UploadF
         if reader.writer is None:
             raise ValidationFailed.one(["body", FILE_FIELD], "field required: the file to upload")
         staged = await run_in_threadpool(reader.writer.finish)
-    except MultipartParseError as exc:
-        reader.abort()
-        raise ProblemError(400, f"malformed multipart body: {exc}", headers=_CLOSE) from None
-    except ClientDisconnect:  # a client error, not a 500 (nobody reads the answer)
-        reader.abort()
-        raise ProblemError(400, "the client disconnected before the upload was complete") from None
-    except OSError as exc:
-        reader.abort()
-        if not is_storage_full(exc):
-            raise
-        raise InsufficientStorage.disk_full(_CLOSE) from None
-    except DomainError as exc:  # answered before the body was read to its end
-        reader.abort()
-        exc.headers = {**exc.headers, **_CLOSE}
-        raise
-    except BaseException:
-        reader.abort()
-        raise
     return UploadForm(staged, sanitize_filename(reader.filename), reader.fields)
 
 
-#: On an answer given before the request body was read to its end: the rest of the body is
-#: never read, so the connection cannot carry another request (a client reusing it would be reset).
-_CLOSE = {"Connection": "close"}
-
-
-def sanitize_filename(name: str | None, max_length: int = 200) -> str | None:
-    """A display name only: no directories, control characters or leading dots; length capped."""
-    if not name:
-        return None
-    name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
-    name = re.sub(r"\s+", " ", name).strip().lstrip(".")
-    return name[:max_length] or None
+#: Room for the boundaries and the small fields around the file in a form's Content-Length.
+_FORM_OVERHEAD = MAX_FIELDS * (MAX_FIELD_BYTES + 512)

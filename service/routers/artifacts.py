@@ -1,4 +1,4 @@
-"""``/v1/artifacts``: upload (multipart, streamed), metadata, download, delete."""
+"""``/v1/artifacts``: upload (multipart or raw body, streamed), metadata, download, delete."""
 
 from __future__ import annotations
 
@@ -18,14 +18,26 @@ from jobs.views import artifact_view
 
 from ..deps import Services, ServicesDep, TenantDep
 from ..errors import ProblemError
-from ..multipart import read_upload, sanitize_filename
+from ..upload_body import RAW, declared_sha256, read_upload, sanitize_filename
 from ..openapi import links_by_id
 from ..schemas import Artifact as ArtifactBody
 from ..schemas import problems
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
+_SHA256_HEX = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _UPLOAD_BODY = {
+    "parameters": [
+        {"name": "X-Artifact-Kind", "in": "header", "required": False,
+         "description": "Raw-body uploads: `checkpoint` or `dataset` (or the `kind` query parameter).",
+         "schema": {"type": "string", "enum": list(artifacts.UPLOAD_KINDS)}},
+        {"name": "kind", "in": "query", "required": False, "description": "Raw-body uploads: as `X-Artifact-Kind`.",
+         "schema": {"type": "string", "enum": list(artifacts.UPLOAD_KINDS)}},
+        {"name": "X-Content-SHA256", "in": "header", "required": False,
+         "description": "The SHA-256 the client computed (hex); a different upload is refused with 422 "
+         "`digest-mismatch` and nothing is stored. `Repr-Digest: sha-256=:<base64>:` (RFC 9530) works too.",
+         "schema": _SHA256_HEX},
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -36,12 +48,14 @@ _UPLOAD_BODY = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "kind": {"type": "string", "enum": list(artifacts.UPLOAD_KINDS)},
+                        "sha256": {**_SHA256_HEX, "description": "As the X-Content-SHA256 header."},
                     },
                 }
-            }
+            },
+            RAW: {"schema": {"type": "string", "format": "binary"}},
         },
-    }
-}
+    },
+}  # fmt: skip
 
 #: From an artifact's body to what can be done with it (OpenAPI links: clients, stateful tests).
 _LINKS = {
@@ -70,9 +84,11 @@ _DOWNLOAD_HEADERS = {
     operation_id="uploadArtifact",
     response_model=ArtifactBody,
     summary="Upload a checkpoint or a dataset",
-    description="multipart/form-data with a `file` part and a `kind` field (`checkpoint` | `dataset`). "
-    "Checkpoints: safetensors, or a `.pt` state dict (converted to safetensors). Datasets: safetensors "
-    "or `.npz` with `inputs` and `labels`. 201 for a new artifact, 200 when the tenant already has it.",
+    description="multipart/form-data with a `file` part and a `kind` field (`checkpoint` | `dataset`), "
+    "or the raw bytes as `application/octet-stream` with `X-Artifact-Kind` (a filename in "
+    "`Content-Disposition`). Checkpoints: safetensors, or a `.pt` state dict (converted to "
+    "safetensors). Datasets: safetensors or `.npz` with `inputs` and `labels`. 201 for a new artifact, "
+    "200 when the tenant already has it. Larger files: an upload session (`POST /v1/uploads`).",
     openapi_extra=_UPLOAD_BODY,
     responses={
         201: {
@@ -85,13 +101,14 @@ _DOWNLOAD_HEADERS = {
             "description": "The tenant already had this file (dedup).",
             "links": _LINKS,
         },
-        **problems(400, 401, 413, 415, 422, 507),
+        **problems(400, 401, 413, 415, 422, 503, 507),
     },
 )
 async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
     form = await read_upload(request, services.blobs, services.settings.max_upload_bytes)
     kind = form.fields.get("kind", "")
     try:
+        declared = declared_sha256(request.headers, form.fields.get("sha256"))
         artifact, created = await run_in_threadpool(
             uploads.store_upload,
             services.db,
@@ -101,6 +118,7 @@ async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> 
             form.staged,
             kind,
             form.filename,
+            declared,
         )
     except DomainError as exc:
         services.metrics.uploads_rejected.labels(exc.code).inc()

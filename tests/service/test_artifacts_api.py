@@ -137,8 +137,10 @@ def test_bad_forms(client_a, files):
     assert upload(client_a, files["queries"], "weights").json()["errors"][0]["loc"] == ["body", "kind"]
     no_file = client_a.post("/v1/artifacts", files={"other": ("x", b"1")}, data={"kind": "dataset"})
     assert no_file.status_code == 422 and no_file.json()["code"] == "validation-error"
-    raw = client_a.post("/v1/artifacts", content=b"abc", headers={"content-type": "application/octet-stream"})
-    assert raw.status_code == 415 and raw.json()["code"] == "unsupported-media-type"
+    text = client_a.post("/v1/artifacts", content=b"abc", headers={"content-type": "text/plain"})
+    assert text.status_code == 415 and text.json()["code"] == "unsupported-media-type"
+    no_kind = client_a.post("/v1/artifacts", content=b"abc", headers={"content-type": "application/octet-stream"})
+    assert no_kind.status_code == 422 and no_kind.json()["errors"][0]["loc"] == ["body", "kind"]
 
 
 def test_delete_in_use_is_409_then_204(client_a, files, uploaded):

@@ -431,9 +431,11 @@ def _(ctx: Ctx) -> None:
     no_boundary = {"content-type": "multipart/form-data"}
     response = ctx.client.post("/v1/artifacts", content=body, headers=no_boundary)
     expect_problem(ctx, response, 415, "unsupported-media-type")
-    octets = {"content-type": "application/octet-stream"}
-    response = ctx.client.post("/v1/artifacts", content=b"1", headers=octets)
+    response = ctx.client.post("/v1/artifacts", content=b"1", headers={"content-type": "text/csv"})
     expect_problem(ctx, response, 415, "unsupported-media-type")
+    octets = {"content-type": "application/octet-stream", "x-artifact-kind": "checkpoint"}
+    response = ctx.client.post("/v1/artifacts", content=b"1", headers=octets)  # a raw body: inspected
+    expect_problem(ctx, response, 422, "invalid-artifact")
 
 
 # Client file names: metadata only, sanitised; nothing is written anywhere but the blob store.
