@@ -16,7 +16,7 @@ from .errors import ApiError, NetworkError, error_from_response
 #: Statuses worth another try (a 409 only when it is not a definitive conflict, see ``_retryable``).
 RETRY_STATUSES = frozenset({408, 409, 429})
 #: 409 codes that will not change by retrying.
-FINAL_CONFLICTS = frozenset({"job-not-cancellable", "artifact-in-use"})
+FINAL_CONFLICTS = frozenset({"job-not-cancellable", "artifact-in-use", "upload-not-open"})
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 8.0
 #: Longest Retry-After honoured between two attempts of one request.
@@ -94,6 +94,7 @@ class HttpCore:
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
+        content: bytes | None = None,
         files: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
@@ -118,7 +119,7 @@ class HttpCore:
                 f.seek(0)
             try:
                 req = self.client.build_request(
-                    method, path, params=params, json=json, files=files, data=data, headers=headers
+                    method, path, params=params, json=json, content=content, files=files, data=data, headers=headers
                 )
                 response = self.client.send(req, stream=stream)
             except httpx.TransportError as exc:

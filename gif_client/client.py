@@ -7,18 +7,21 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 
 from ._http import HttpCore, parse_retry_after
-from .errors import IntegrityError, JobCancelled, JobFailed, WaitTimeout
+from .errors import ApiError, IntegrityError, JobCancelled, JobFailed, WaitTimeout
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 #: Poll interval when the server sends no Retry-After.
 DEFAULT_POLL = 2.0
+#: Files above this size go through a resumable upload session (``Client.upload_resumable``).
+RESUMABLE_ABOVE = 512 * 1024 * 1024
 
 
 class Client:
@@ -56,18 +59,67 @@ class Client:
 
     # -- artifacts -------------------------------------------------------------------------------
     def upload(self, path: str | os.PathLike[str], kind: str, *, idempotency_key: str | None = None) -> dict:
-        """Upload a checkpoint or dataset file; returns the artifact (same one again for same bytes)."""
+        """Upload a checkpoint or dataset file; returns the artifact (same one again for same bytes).
+
+        The file's SHA-256 goes with it (the server refuses bytes that changed in transit);
+        files over ``RESUMABLE_ABOVE`` go through :meth:`upload_resumable`.
+        """
         path = Path(path)
+        if path.stat().st_size > RESUMABLE_ABOVE:
+            return self.upload_resumable(path, kind)
+        digest = _sha256_of(path)
         with open(path, "rb") as f:
             response = self._http.request(
                 "POST",
                 "/v1/artifacts",
                 files={"file": (path.name, f, "application/octet-stream")},
-                data={"kind": kind},
+                data={"kind": kind, "sha256": digest},
                 idempotency_key=idempotency_key,
                 rewind=(f,),
             )
         return response.json()
+
+    def upload_resumable(
+        self, path: str | os.PathLike[str], kind: str, *, upload_id: str | None = None, parallel: int = 4
+    ) -> dict:
+        """Upload a large file in parts through an upload session; returns the artifact.
+
+        ``upload_id``: resume that session (sending only the parts it lacks) instead of
+        starting one. Parts go ``parallel`` at a time, each with its SHA-256; a part that fails
+        is retried like any request. If the assembled file does not match (a part changed on
+        disk meanwhile), the parts whose digests differ are sent again once.
+        """
+        path = Path(path)
+        if upload_id is None:
+            body = {"kind": kind, "size_bytes": path.stat().st_size, "sha256": _sha256_of(path), "filename": path.name}
+            upload_id = self._http.request("POST", "/v1/uploads", json=body).json()["id"]
+        for attempt in range(2):
+            session = self._http.request("GET", f"/v1/uploads/{upload_id}").json()
+            if session["status"] == "completed":  # resuming one that an earlier call finished
+                return self.artifact(session["artifact_id"])
+            stale = [p["number"] for p in session["parts"] if p["sha256"] != _part_sha256(path, session, p["number"])]
+            self._send_parts(path, session, sorted({*session["missing_parts"], *stale}), parallel)
+            try:
+                return self._http.request("POST", f"/v1/uploads/{upload_id}/complete").json()
+            except ApiError as exc:
+                if exc.code != "digest-mismatch" or attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def upload_status(self, upload_id: str) -> dict:
+        """An upload session: its status, the parts received, the artifact once completed."""
+        return self._http.request("GET", f"/v1/uploads/{upload_id}").json()
+
+    def _send_parts(self, path: Path, session: dict, numbers: list[int], parallel: int) -> None:
+        def send(number: int) -> None:
+            chunk = _part_bytes(path, session, number)
+            self._http.request(
+                "PUT", f"/v1/uploads/{session['id']}/parts/{number}", content=chunk,
+                headers={"Content-Type": "application/octet-stream", "X-Part-SHA256": hashlib.sha256(chunk).hexdigest()},
+            )  # fmt: skip
+
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            list(pool.map(send, numbers))  # the first failure is raised
 
     def artifact(self, artifact_id: str) -> dict:
         return self._http.request("GET", f"/v1/artifacts/{artifact_id}").json()
@@ -194,3 +246,21 @@ class Client:
             if entry.get("kind") == kind:
                 return entry
         raise KeyError(f"job {job.get('id')} has no result artifact of kind {kind!r}")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _part_bytes(path: Path, session: dict, number: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek((number - 1) * session["part_size"])
+        return f.read(session["part_size"])
+
+
+def _part_sha256(path: Path, session: dict, number: int) -> str:
+    return hashlib.sha256(_part_bytes(path, session, number)).hexdigest()

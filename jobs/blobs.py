@@ -17,11 +17,13 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Self
 
+from . import ids
 from .errors import PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -206,6 +208,29 @@ class BlobStore:
         """Drop local copies of remote blobs over the local size cap; returns how many
         (nothing to do here: the folder is the store itself)."""
         return 0
+
+    # -- parts of upload sessions: ``<root>/uploads/<upload id>/<number>`` -----------------------
+
+    def part_path(self, upload_id: str, number: int) -> Path:
+        if not ids.is_valid("upload", upload_id) or not 1 <= number <= 99_999:
+            raise ValueError(f"not an upload part: {upload_id!r} #{number}")
+        return self.root / "uploads" / upload_id / f"{number:05d}"
+
+    def put_part(self, upload_id: str, number: int, staged: StagedBlob) -> None:
+        """Keep a staged file as part ``number`` of an upload session (replacing an earlier one)."""
+        final = self.part_path(upload_id, number)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.tmp, final)
+
+    def read_part(self, upload_id: str, number: int) -> Iterator[bytes]:
+        """The bytes of a stored part, in chunks (``FileNotFoundError`` when it is not stored)."""
+        with open(self.part_path(upload_id, number), "rb") as f:
+            yield from iter(lambda: f.read(CHUNK), b"")
+
+    def delete_parts(self, upload_id: str) -> None:
+        """Remove every part of an upload session."""
+        self.part_path(upload_id, 1)  # validates the id
+        shutil.rmtree(self.root / "uploads" / upload_id, ignore_errors=True)
 
     def check_writable(self) -> None:
         """Raise OSError if a probe file cannot be written, read back and removed."""

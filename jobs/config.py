@@ -116,6 +116,22 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=2 * GIB, ge=1, description="Largest artifact upload in bytes; bigger ones get 413."
     )
+    max_session_upload_bytes: int = Field(
+        default=64 * GIB,
+        ge=1,
+        description="Largest file an upload session (POST /v1/uploads) may declare; bigger: 413.",
+    )
+    upload_part_bytes: int = Field(
+        default=64 * MIB,
+        ge=1024,
+        description="Part size of upload sessions (every part but the last has exactly this size).",
+    )
+    upload_session_hours: float = Field(
+        default=24.0, gt=0, description="How long an upload session accepts parts before it expires (410)."
+    )
+    max_open_uploads_per_tenant: int = Field(
+        default=16, ge=1, description="Upload sessions a tenant may have open at once; more: 429 quota-exceeded."
+    )
     max_json_bytes: int = Field(
         default=1 * MIB, ge=1, description="Largest JSON request body in bytes; bigger ones get 413."
     )

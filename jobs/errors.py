@@ -148,5 +148,17 @@ class QuotaExceeded(DomainError):
     code, status, title = "quota-exceeded", 429, "Too many active jobs"
 
 
+class UploadQuotaExceeded(QuotaExceeded):
+    title = "Too many open upload sessions"
+
+
+class UploadNotOpen(DomainError):
+    code, status, title = "upload-not-open", 409, "The upload session is not open"
+
+
+class UploadExpired(DomainError):
+    code, status, title = "upload-expired", 410, "The upload session expired"
+
+
 class QueueFull(DomainError):
     code, status, title = "queue-full", 503, "The job queue is full"

@@ -8,7 +8,7 @@ import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 
-PREFIXES = {"artifact": "art", "job": "job"}
+PREFIXES = {"artifact": "art", "job": "job", "upload": "upl"}
 
 
 def ulid() -> str:
@@ -22,7 +22,7 @@ def ulid() -> str:
 
 
 def new_id(kind: str) -> str:
-    """A new id for ``kind`` ("artifact" | "job"), e.g. ``job_01JD3Q7W8M6Z5K2R9T0V4X1YBC``."""
+    """A new id for ``kind`` ("artifact" | "job" | "upload"), e.g. ``job_01JD3Q7W8M6Z5K2R9T0V4X1YBC``."""
     return f"{PREFIXES[kind]}_{ulid()}"
 
 

@@ -39,6 +39,46 @@ class Artifact(Base):
     )
 
 
+class UploadSession(Base):
+    """A resumable upload: parts arrive in any order, in parallel, over hours; ``complete``
+    assembles them, checks the declared digest and stores an artifact."""
+
+    __tablename__ = "upload_sessions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    filename: Mapped[str | None] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    #: the digest the client declared for the whole file
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    part_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    #: open | completing | completed | failed | aborted | expired
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    artifact_id: Mapped[str | None] = mapped_column(String(40))
+    error_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+    __table_args__ = (
+        Index("ix_upload_sessions_tenant_status", "tenant_id", "status"),
+        Index("ix_upload_sessions_expires", "expires_at"),
+    )
+
+
+class UploadPart(Base):
+    """A received part of an upload session (its bytes are in the blob store's part area)."""
+
+    __tablename__ = "upload_parts"
+
+    upload_id: Mapped[str] = mapped_column(ForeignKey("upload_sessions.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+
+
 class Job(Base):
     """A job row: the source of truth for its state (service-bar.md §8.5)."""
 

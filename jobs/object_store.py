@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import logs
-from .blobs import _HEX64, CHUNK, BlobStore, StoredBlob
+from .blobs import _HEX64, CHUNK, BlobStore, StagedBlob, StoredBlob
 from .errors import BlobCorrupted, StorageUnavailable
 
 log = logs.get(__name__)
@@ -153,6 +153,35 @@ class S3BlobStore(BlobStore):
                 raise StorageUnavailable("the blob store read back different bytes")
         finally:
             self._call("delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def put_part(self, upload_id: str, number: int, staged: StagedBlob) -> None:
+        key = self._part_key(upload_id, number)
+        try:
+            self._call("upload", lambda: self.client.upload_file(str(staged.tmp), self.bucket, key))
+        finally:
+            staged.discard()
+
+    def read_part(self, upload_id: str, number: int) -> Iterator[bytes]:
+        key = self._part_key(upload_id, number)
+        body = self._call("download", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"])
+        try:
+            while chunk := self._call("download", lambda: body.read(CHUNK)):
+                yield chunk
+        finally:
+            body.close()
+
+    def delete_parts(self, upload_id: str) -> None:
+        prefix = self._part_key(upload_id, 1).rsplit("/", 1)[0] + "/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        listing = iter(pages)
+        while (page := self._call("list", lambda: next(listing, None))) is not None:
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self._call("delete", lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys}))
+
+    def _part_key(self, upload_id: str, number: int) -> str:
+        local = self.part_path(upload_id, number)  # validates
+        return f"{self.prefix}uploads/{upload_id}/{local.name}"
 
     def trim_copies(self) -> int:
         """Delete local copies unused for ``COPY_MAX_AGE`` seconds (an artifact deleted on another

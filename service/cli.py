@@ -281,9 +281,20 @@ def upload(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="File to upload.")],
     kind: str = typer.Option(..., "--kind", help="checkpoint | dataset"),
+    resume: str | None = typer.Option(
+        None, "--resume", metavar="UPLOAD_ID", help="Finish this upload session, sending only the parts it lacks."
+    ),
+    parts: bool = typer.Option(False, "--parts", help="Use an upload session even for a small file."),
 ) -> None:
-    """Upload a checkpoint or dataset; print the artifact JSON."""
+    """Upload a checkpoint or dataset; print the artifact JSON. Files over 512 MiB go in parts
+    through a resumable upload session (its id is in the error if it stops: pass it to --resume)."""
     if kind not in ("checkpoint", "dataset"):
         typer.echo("error: --kind must be checkpoint or dataset", err=True)
         raise typer.Exit(EXIT_USAGE)
-    _run(lambda client: _print_json(client.upload(path, kind)), ctx)
+
+    def action(client):  # noqa: ANN001, ANN202
+        if resume or parts:
+            return _print_json(client.upload_resumable(path, kind, upload_id=resume))
+        return _print_json(client.upload(path, kind))
+
+    _run(action, ctx)

@@ -14,14 +14,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from jobs import logs
+from jobs import logs, upload_sessions
 from jobs.config import Settings
 from jobs.executor import load_executor
 
 from . import errors, openapi
 from .deps import Services
 from .middleware import BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware, RequestIdMiddleware
-from .routers import admin, artifacts, health, jobs
+from .routers import admin, artifacts, health, jobs, uploads
 
 log = logs.get(__name__)
 
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[
             {"name": "jobs", "description": "Influence-function jobs."},
             {"name": "artifacts", "description": "Checkpoints, datasets and results."},
+            {"name": "uploads", "description": "Resumable upload sessions for large files."},
             {"name": "health", "description": "Probes and versions."},
         ],
     )
@@ -71,11 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         max_json_bytes=settings.max_json_bytes,
-        max_upload_bytes=settings.max_upload_bytes,
-        upload_paths=("/v1/artifacts",),
+        upload_limits={
+            "/v1/artifacts": settings.max_upload_bytes,
+            "/v1/uploads/[^/]+/parts/[^/]+": upload_sessions.largest_part(settings),
+        },
     )
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, artifacts, jobs, admin):
+    for module in (health, artifacts, uploads, jobs, admin):
         app.include_router(module.router)
     openapi.install(app)
     return app

@@ -138,6 +138,10 @@ class Metrics:
         self.uploads_rejected = Counter(
             "gif_uploads_rejected_total", "Uploads rejected.", ["reason"], registry=self.registry
         )
+        self.upload_sessions = Counter(
+            "gif_upload_sessions_total", "Upload sessions by event (created, completed, refused).", ["event"],
+            registry=self.registry,
+        )
         self.registry.register(_JobsByStatus(db))
         self.registry.register(_FinishedJobs(db))
         if inspector is not None:

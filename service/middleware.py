@@ -51,26 +51,27 @@ class RequestIdMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 ``payload-too-large`` for bodies over the limit: JSON routes get ``max_json_bytes``,
-    the upload route ``max_upload_bytes`` plus multipart overhead (the blob writer enforces the
-    exact file limit). Checked on ``Content-Length`` up front and on the bytes actually received."""
+    """413 ``payload-too-large`` for bodies over the limit: routes matching a pattern of
+    ``upload_limits`` (uploads, upload parts) get its limit plus multipart overhead (the blob
+    writer enforces the exact file limit), every other route ``max_json_bytes``. Checked on
+    ``Content-Length`` up front and on the bytes actually received."""
 
-    def __init__(
-        self, app: ASGIApp, *, max_json_bytes: int, max_upload_bytes: int, upload_paths: tuple[str, ...]
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, max_json_bytes: int, upload_limits: dict[str, int]) -> None:
         self.app = app
-        self.max_json_bytes, self.max_upload_bytes, self.upload_paths = (
-            max_json_bytes,
-            max_upload_bytes,
-            upload_paths,
-        )
+        self.max_json_bytes = max_json_bytes
+        self.upload_limits = [(re.compile(pattern), limit) for pattern, limit in upload_limits.items()]
+
+    def limit_for(self, path: str) -> int:
+        for pattern, limit in self.upload_limits:
+            if pattern.fullmatch(path):
+                return limit + MULTIPART_OVERHEAD
+        return self.max_json_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # every method: a GET or DELETE with a body is limited too
             await self.app(scope, receive, send)
             return
-        upload = scope["path"] in self.upload_paths
-        limit = self.max_upload_bytes + MULTIPART_OVERHEAD if upload else self.max_json_bytes
+        limit = self.limit_for(scope["path"])
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(scope, send, limit)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from jobs.artifacts import RESULT_KINDS, UPLOAD_KINDS
 from jobs.specs import JOB_TYPES
@@ -75,6 +75,53 @@ class Artifact(_Open):
         description="Datasets: n_samples, input_shape, label_counts…; checkpoints: tensor names and shapes."
     )
     links: ArtifactLinks
+
+
+class NewUpload(BaseModel):
+    """A resumable upload session for a file too big for one request."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: Literal[UPLOAD_KINDS]  # type: ignore[valid-type]
+    size_bytes: int = Field(ge=1, validation_alias=AliasChoices("size_bytes", "bytes"),
+                            description="The whole file's size (`bytes` is accepted too).")  # fmt: skip
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="The whole file's SHA-256, checked at completion.")
+    filename: str | None = Field(None, max_length=1024, description="Display name (metadata only).")
+
+
+class CompleteUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parts: list[int] | None = Field(None, max_length=10_000, description="Optional: every part number, 1 to N.")
+
+
+class UploadPart(_Open):
+    number: int = Field(ge=1)
+    size_bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Upload(_Open):
+    """A resumable upload session: which parts arrived, and the artifact once completed."""
+
+    id: str = Field(pattern=r"^upl_[0-9A-HJKMNP-TV-Z]{26}$")
+    object: Literal["upload"]
+    status: Literal["open", "completing", "completed", "failed", "aborted", "expired"]
+    kind: Literal[UPLOAD_KINDS]  # type: ignore[valid-type]
+    filename: str | None
+    size_bytes: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    part_size: int = Field(ge=1, description="Every part but the last has exactly this size.")
+    part_count: int = Field(ge=1)
+    max_parts: int
+    received_bytes: int = Field(ge=0)
+    parts: list[UploadPart]
+    missing_parts: list[int] = Field(description="Part numbers not received yet (the first 1000).")
+    created_at: str = _TIMESTAMP
+    expires_at: str = _TIMESTAMP
+    artifact_id: str | None = Field(description="Once completed: the stored artifact.")
+    error: dict[str, Any] | None = Field(description="Once failed: why the file was refused.")
+    links: dict[str, str]
 
 
 class JobLinks(_Open):

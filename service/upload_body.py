@@ -76,6 +76,13 @@ async def read_body(request: Request, blobs: BlobStore, limit: int) -> StagedBlo
         return await run_in_threadpool(writer.finish)
 
 
+def require_raw(headers: Headers) -> None:
+    """415 unless the body is declared ``application/octet-stream`` (or not declared at all)."""
+    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in ("", RAW):
+        raise UnsupportedMediaType(f"send the raw bytes as {RAW} (got {media})", headers=CLOSE)
+
+
 def check_declared_length(headers: Headers, limit: int) -> None:
     """413 at once when ``Content-Length`` already says the body is over ``limit``."""
     declared = headers.get("content-length", "")

@@ -66,3 +66,24 @@ def test_paths_only_from_hex_digests(tmp_path):
     for bad in ("../../etc/passwd", "A" * 64, "0" * 63):
         with pytest.raises(ValueError):
             store.path(bad)
+
+
+def test_upload_parts_are_kept_replaced_read_and_deleted(tmp_path):
+    from jobs import ids
+
+    store = BlobStore(tmp_path)
+    upload_id = ids.new_id("upload")
+    store.put_part(upload_id, 1, store.stage([b"old"]))
+    store.put_part(upload_id, 1, store.stage([b"new"]))
+    store.put_part(upload_id, 10, store.stage([b"x" * 3_000_000]))
+    assert b"".join(store.read_part(upload_id, 1)) == b"new"
+    assert b"".join(store.read_part(upload_id, 10)) == b"x" * 3_000_000
+    assert _tmp_files(store) == []
+    with pytest.raises(FileNotFoundError):
+        list(store.read_part(upload_id, 2))
+    for bad_id, number in (("upl_../../etc", 1), (upload_id, 0), (upload_id, 100_000)):
+        with pytest.raises(ValueError):
+            store.part_path(bad_id, number)
+    store.delete_parts(upload_id)
+    assert not (store.root / "uploads" / upload_id).exists()
+    store.delete_parts(upload_id)  # nothing left: no error

@@ -218,3 +218,22 @@ def test_the_probe_writes_reads_and_removes_an_object(bucket_env, prefix, tmp_pa
     store = _store(bucket_env, tmp_path, prefix)
     store.check_writable()
     assert bucket_env.keys(prefix) == []
+
+
+def test_upload_parts_live_in_the_bucket_until_deleted(bucket_env, prefix, tmp_path):
+    from jobs import ids
+
+    s3 = bucket_env
+    here, there = _store(s3, tmp_path / "here", prefix), _store(s3, tmp_path / "there", prefix)
+    upload_id = ids.new_id("upload")
+    for number, content in ((2, b"second part"), (1, b"first, replaced"), (1, b"first part")):
+        here.put_part(upload_id, number, here.stage([content]))
+    assert list(here.temporary()) == []  # staged files are uploaded, not kept
+    assert b"".join(there.read_part(upload_id, 1)) == b"first part"  # any host reads them
+    assert b"".join(there.read_part(upload_id, 2)) == b"second part"
+    with pytest.raises(FileNotFoundError):
+        list(there.read_part(upload_id, 3))
+    there.delete_parts(upload_id)
+    assert s3.keys(f"{prefix}/uploads/") == []
+    with pytest.raises(ValueError, match="not an upload part"):
+        here.put_part("../../x", 1, here.stage([b"x"]))

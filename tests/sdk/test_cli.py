@@ -76,3 +76,12 @@ def test_exit_codes_for_errors(server, tmp_path):
         dead = s.getsockname()[1]
     gone = runner.invoke(app, ["--url", f"http://127.0.0.1:{dead}", "--api-key", KEY, "status", "job_x"])
     assert gone.exit_code == 6, gone.output
+
+
+def test_upload_in_parts_and_resume(server, files, tmp_path):
+    data = files["queries"].read_bytes()
+    result = cli(server, "upload", str(files["queries"]), "--kind", "dataset", "--parts")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["sha256"] == hashlib.sha256(data).hexdigest()
+    missing = cli(server, "upload", str(files["queries"]), "--kind", "dataset", "--resume", "upl_01JD3Q7W8M6Z5K2R9T0V4X1YBC")
+    assert missing.exit_code != 0 and "not-found" in missing.output

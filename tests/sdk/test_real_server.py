@@ -55,3 +55,66 @@ def test_error_mapping(server, client, uploaded):
     with pytest.raises(NotFound) as missing:
         client.job("job_does_not_exist")
     assert missing.value.code == "not-found"
+
+
+def test_a_resumable_upload_in_parallel_parts(client, files):
+    from .conftest import PART
+
+    data = files["train"].read_bytes()
+    assert len(data) > 3 * PART
+    artifact = client.upload_resumable(files["train"], "dataset", parallel=3)
+    assert artifact["sha256"] == hashlib.sha256(data).hexdigest() and artifact["kind"] == "dataset"
+    assert artifact["filename"] == files["train"].name
+
+
+def test_resuming_sends_what_is_missing_or_changed(server, client, files, tmp_path):
+    """A session left half done (one part missing, one sent with other bytes) is finished by
+    ``upload_resumable(upload_id=...)``; resuming a finished one returns its artifact."""
+    import httpx
+
+    from tests.stack import KEY
+
+    data = files["test"].read_bytes()
+    raw = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"})
+    session = raw.post("/v1/uploads", json={"kind": "dataset", "size_bytes": len(data),
+                                            "sha256": hashlib.sha256(data).hexdigest()}).json()  # fmt: skip
+    size = session["part_size"]
+    parts = [data[i : i + size] for i in range(0, len(data), size)]
+    assert len(parts) >= 3
+    for number, chunk in enumerate(parts, start=1):
+        if number == 2:
+            continue  # never sent
+        body = bytes(len(chunk)) if number == 1 else chunk  # part 1: the wrong bytes
+        assert raw.put(f"/v1/uploads/{session['id']}/parts/{number}", content=body).status_code == 200
+
+    artifact = client.upload_resumable(files["test"], "dataset", upload_id=session["id"])
+
+    assert artifact["sha256"] == hashlib.sha256(data).hexdigest()
+    status = client.upload_status(session["id"])
+    assert status["status"] == "completed" and status["artifact_id"] == artifact["id"]
+    assert client.upload_resumable(files["test"], "dataset", upload_id=session["id"])["id"] == artifact["id"]
+    raw.close()
+
+
+def test_a_changed_file_is_refused_by_its_declared_digest(server, files, tmp_path):
+    """The SDK declares the digest it computed; bytes that differ (here: a proxy that corrupts
+    the body, simulated by a transport) are refused and nothing is stored."""
+    import httpx
+
+    from gif_client import Client
+    from gif_client.errors import ApiError
+    from tests.stack import KEY
+
+    class Corrupting(httpx.HTTPTransport):
+        def handle_request(self, request):
+            if request.method == "POST" and request.url.path == "/v1/artifacts":
+                body = request.read()
+                marker = body.find(b"\r\n\r\n", body.find(b'name="file"')) + 4
+                corrupted = body[:marker] + bytes([body[marker] ^ 0xFF]) + body[marker + 1 :]
+                request = httpx.Request(request.method, request.url, headers=request.headers, content=corrupted)
+            return super().handle_request(request)
+
+    with Client(server.url, api_key=KEY, max_retries=0, transport=Corrupting()) as corrupting:
+        with pytest.raises(ApiError) as refused:
+            corrupting.upload(files["queries"], "dataset")
+    assert refused.value.status == 422 and refused.value.code == "digest-mismatch"

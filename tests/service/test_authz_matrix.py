@@ -16,6 +16,7 @@ real subprocess, and a queued job); tenant B probes them:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,8 @@ from service.errors import PROBLEM_JSON, app_routes
 
 from .asgi import ASGIClient
 from .conftest import KEYS, client_for, remove_body
+
+RAW = {"content-type": "application/octet-stream"}
 
 #: What answers without a key: probes, the version, and the OpenAPI document and its viewers.
 PUBLIC = {
@@ -41,7 +44,12 @@ PUBLIC = {
 #: What needs the admin scope (GIF_ADMIN_TENANTS; tenant A here): 403 for tenant B, whatever the id.
 ADMIN = {("GET", "/metrics"), ("POST", "/v1/admin/jobs/{job_id}/terminate")}
 #: Well-formed ids that exist for nobody.
-NOBODY = {"job_id": "job_01JD3Q7W8M6Z5K2R9T0V4X1YBC", "artifact_id": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC"}
+NOBODY = {
+    "job_id": "job_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
+    "artifact_id": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
+    "upload_id": "upl_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
+    "number": "1",
+}
 
 Route = tuple[str, str]  # (method, path template)
 
@@ -63,15 +71,32 @@ def protected_routes(app) -> list[Route]:
 
 
 @pytest.fixture(scope="module")
-def owned(client_a, uploaded) -> dict[str, Any]:
-    """Tenant A's job (queued: there is no executor) and artifacts."""
+def owned(client_a, uploaded, files) -> dict[str, Any]:
+    """Tenant A's job (queued: there is no executor), artifacts and upload session."""
     job = client_a.post("/v1/jobs", json=remove_body(uploaded))
     assert job.status_code == 202, job.text
     return {
         "job_id": job.json()["id"],
         "artifact_id": uploaded["checkpoint"]["id"],  # used by the job: no one may delete it
+        "upload_id": new_upload(client_a, files),
         "uploaded": uploaded,
     }
+
+
+def new_upload(client: ASGIClient, files: dict[str, Path], *, with_part: bool = False) -> str:
+    """An open upload session for the queries file (one part), its part sent if ``with_part``."""
+    data = files["queries"].read_bytes()
+    body = {"kind": "dataset", "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    response = client.post("/v1/uploads", json=body)
+    assert response.status_code == 201, response.text
+    if with_part:
+        part = client.put(f"/v1/uploads/{response.json()['id']}/parts/1", content=data, headers=RAW)
+        assert part.status_code == 200, part.text
+    return response.json()["id"]
+
+
+def ids_of(owned: dict[str, Any]) -> dict[str, str]:
+    return {name: owned[name] for name in ("job_id", "artifact_id", "upload_id")} | {"number": "1"}
 
 
 def request_for(route: Route, ids: dict[str, str], owned: dict[str, Any], files: dict[str, Path]) -> dict:
@@ -89,6 +114,11 @@ def request_for(route: Route, ids: dict[str, str], owned: dict[str, Any], files:
     elif route == ("POST", "/v1/artifacts"):
         kwargs["files"] = {"file": ("train.safetensors", files["train"].read_bytes())}
         kwargs["data"] = {"kind": "dataset"}
+    elif route == ("POST", "/v1/uploads"):
+        data = files["queries"].read_bytes()
+        kwargs["json"] = {"kind": "dataset", "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    elif route == ("PUT", "/v1/uploads/{upload_id}/parts/{number}"):
+        kwargs["content"], kwargs["headers"] = files["queries"].read_bytes(), RAW
     return {"method": method, "url": path, **kwargs}
 
 
@@ -144,11 +174,9 @@ def test_without_a_valid_key_every_protected_route_is_401(app, owned, files, hea
     with client_for(app, None) as anonymous:
 
         def check(route: Route) -> str | None:
-            response = anonymous.request(
-                **request_for(route, {"job_id": owned["job_id"], "artifact_id": owned["artifact_id"]}, owned,
-                              files),
-                headers=headers, params=params,
-            )  # fmt: skip
+            request = request_for(route, ids_of(owned), owned, files)
+            request["headers"] = {**request.get("headers", {}), **headers}
+            response = anonymous.request(**request, params=params)
             if error := _problem(response, 401, "unauthenticated"):
                 return error
             if not response.headers.get("www-authenticate", "").startswith("Bearer"):
@@ -160,7 +188,7 @@ def test_without_a_valid_key_every_protected_route_is_401(app, owned, files, hea
 
 def _same_as_nonexistent(client: ASGIClient, route: Route, owned: dict, files: dict) -> str | None:
     """Another tenant's ids are answered exactly as ids that exist for nobody."""
-    mine = {"job_id": owned["job_id"], "artifact_id": owned["artifact_id"]}
+    mine = ids_of(owned)
     theirs = client.request(**request_for(route, mine, owned, files))
     nobody = client.request(**request_for(route, NOBODY, owned, files))
     if error := _problem(theirs, 404, "not-found"):
@@ -181,7 +209,7 @@ def test_admin_routes_are_forbidden_to_other_keys_alike_for_every_id(app, client
     assert {route for route in protected_routes(app) if "/admin/" in route[1]} <= ADMIN, "add it to ADMIN"
 
     def check(route: Route) -> str | None:
-        mine = {"job_id": owned["job_id"], "artifact_id": owned["artifact_id"]}
+        mine = ids_of(owned)
         theirs = client_b.request(**request_for(route, mine, owned, files))
         nobody = client_b.request(**request_for(route, NOBODY, owned, files))
         for response in (theirs, nobody):
@@ -230,6 +258,11 @@ def test_another_tenants_collections_and_submissions_do_not_see_the_owners_objec
             return f"status {response.status_code}"
         return "A's job listed" if owned["job_id"] in response.text else None
 
+    def create_upload(response) -> str | None:  # B's own session
+        if response.status_code != 201:
+            return f"status {response.status_code}: {response.text[:200]}"
+        return "A's session id" if response.json()["id"] == owned["upload_id"] else None
+
     def metrics(response) -> str | None:  # operator counters: the admin scope only
         return _problem(response, 403, "forbidden")  # (and test_admin_routes_are_forbidden_...)
 
@@ -237,6 +270,7 @@ def test_another_tenants_collections_and_submissions_do_not_see_the_owners_objec
         ("POST", "/v1/jobs"): submit_with_a_ids,
         ("POST", "/v1/artifacts"): upload_a_bytes,
         ("GET", "/v1/jobs"): list_jobs,
+        ("POST", "/v1/uploads"): create_upload,
         ("GET", "/metrics"): metrics,
     }
     routes = [route for route in protected_routes(app) if "{" not in route[1]]
@@ -258,9 +292,11 @@ def test_the_owner_gets_2xx_everywhere(app, client_a, owned, files):
     assert queries.status_code in (200, 201), queries.text
 
     def check(route: Route) -> str | None:
-        ids = {"job_id": job.json()["id"], "artifact_id": owned["artifact_id"]}
+        ids = {"job_id": job.json()["id"], "artifact_id": owned["artifact_id"], "number": "1"}
         if route[0] == "DELETE":
             ids["artifact_id"] = queries.json()["id"]
+        if "{upload_id}" in route[1]:  # a fresh session each (an abort or a completion ends one)
+            ids["upload_id"] = new_upload(client_a, files, with_part=route[1].endswith("/complete"))
         response = client_a.request(**request_for(route, ids, owned, files))
         if route == ("POST", "/v1/admin/jobs/{job_id}/terminate"):
             # authorised; a queued job fails the precondition (the 202 path: test_e2e.py)

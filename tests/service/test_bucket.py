@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with Stack("distributed", tmp_path_factory.mktemp("bucket"), workers=2, bucket=True) as stack:
+    with Stack("distributed", tmp_path_factory.mktemp("bucket"), workers=2, bucket=True,
+               extra_env={"GIF_UPLOAD_PART_BYTES": str(64 * 1024)}) as stack:  # fmt: skip
         yield stack
 
 
@@ -92,6 +93,26 @@ def test_deleting_an_artifact_deletes_its_object(stack, files):
     assert any(key.endswith(sha) for key in stack.s3.keys("gif/sha256/"))
     assert stack.client.delete(f"/v1/artifacts/{response.json()['id']}").status_code == 204
     assert not any(key.endswith(sha) for key in stack.s3.keys("gif/sha256/"))
+
+
+def test_upload_session_parts_wait_in_the_bucket(stack, files):
+    data = files["test"].read_bytes()
+    session = stack.client.post("/v1/uploads", json={
+        "kind": "dataset", "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}).json()  # fmt: skip
+    size = session["part_size"]
+    for number in range(1, session["part_count"] + 1):
+        chunk = data[(number - 1) * size : number * size]
+        response = stack.client.put(f"/v1/uploads/{session['id']}/parts/{number}", content=chunk)
+        assert response.status_code == 200, response.text
+    waiting = stack.s3.keys(f"gif/uploads/{session['id']}/")
+    assert len(waiting) == session["part_count"] >= 3
+
+    done = stack.client.post(f"/v1/uploads/{session['id']}/complete")
+
+    assert done.status_code == 201, done.text
+    assert done.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    assert stack.s3.keys(f"gif/uploads/{session['id']}/") == []
+    assert any(key.endswith(done.json()["sha256"]) for key in stack.s3.keys("gif/sha256/"))
 
 
 def test_an_unreachable_bucket_is_a_clear_503_and_a_storage_error(stack, inputs):

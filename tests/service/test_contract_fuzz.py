@@ -54,8 +54,14 @@ SEMANTIC_REFUSALS = {
     "POST /v1/artifacts": ["422"],  # the file must be a readable checkpoint or dataset
     "GET /v1/jobs": ["422"],  # the cursor must be one of the tenant's jobs
     "GET /v1/artifacts/{artifact_id}/content": ["400", "416"],  # a Range malformed or past the end
+    "POST /v1/uploads": ["413"],  # the declared size is over the limit
+    # a part must have its exact size and number; a session completes with every part and the
+    # declared digest; either is refused once the session expired
+    "PUT /v1/uploads/{upload_id}/parts/{number}": ["410", "413", "422"],
+    "POST /v1/uploads/{upload_id}/complete": ["410", "422"],
 }
 POSITIVE_OK = ["2xx", "3xx", "401", "403", "404", "409", "429"]
+NEGATIVE_OK = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
 ROLES = {"checkpoint": "checkpoint", "train": "dataset", "queries": "dataset"}
 
 
@@ -64,7 +70,11 @@ def fuzz_config() -> schemathesis.Config:
         # the key of the OpenAPI security scheme that ``require_tenant`` declares
         "auth": {"openapi": {"HTTPBearer": {"bearer": KEYS["tenantA"]}}},
         "generation": {"max-examples": MAX_EXAMPLES},
-        "checks": {"positive_data_acceptance": {"expected-statuses": POSITIVE_OK}},
+        "checks": {
+            "positive_data_acceptance": {"expected-statuses": POSITIVE_OK},
+            # a schema-violating body can also be too big (GIF_MAX_JSON_BYTES): 413 rejects it too
+            "negative_data_rejection": {"expected-statuses": NEGATIVE_OK},
+        },
         "operations": [
             *(
                 {
