@@ -405,7 +405,7 @@ class _Splits:
 
 def _split(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions, gen: torch.Generator) -> _Splits:
     """Shuffle the untouched samples; carve validation off them (if none given), then the Hessian sample."""
-    if opts.hessian_pool == "all":
+    if opts.pool == "all":
         return _split_shared(n, edited, carve, opts)
     keep = torch.ones(n, dtype=torch.bool)
     keep[edited] = False

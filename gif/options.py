@@ -13,7 +13,7 @@ from .selection import STRATEGIES
 from .solvers import SOLVERS
 
 STEP_POLICIES = ("newton", "search")
-HESSIAN_POOLS = ("untouched", "all")
+HESSIAN_POOLS = ("auto", "untouched", "all")
 
 #: The method used when a request names none, per task (measured: docs/benchmarks.md).
 TASK_METHOD = {"remove": "gif", "relabel": "if"}
@@ -50,9 +50,10 @@ class EditOptions:
     rank: int = field(default=DEFAULT_RANK, metadata={"help": "eigenpairs for solver=lowrank"})
     hessian_samples: int = field(default=2048, metadata={"help": "training samples in the Hessian"})
     hessian_pool: str = field(
-        default="untouched",
+        default="auto",
         metadata={"help": "untouched (samples the edit leaves alone) | all (a seeded sample of the whole training "
-                  "set: the same for every edit, so one lowrank fit serves them all)"},
+                  "set: the same for every edit, so one lowrank fit serves them all) | auto (all with "
+                  "solver=lowrank, else untouched)"},
     )
     validation_fraction: float = field(default=0.1, metadata={"help": "carved from retained data if none given"})
     max_validation: int = field(default=2000, metadata={"help": "cap on carved validation samples"})
@@ -104,8 +105,18 @@ class EditOptions:
             raise InvalidArgumentError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**kwargs)  # type: ignore[arg-type]
 
+    @property
+    def pool(self) -> str:
+        """The effective ``hessian_pool``: ``auto`` is ``all`` for the ``lowrank`` solver (its fit is
+        then reused across edits, at the same measured quality) and ``untouched`` otherwise (an
+        iterative solve pays ~3× the HVPs on the whole-set sample; docs/benchmarks.md)."""
+        if self.hessian_pool != "auto":
+            return self.hessian_pool
+        return "all" if self.solver == "lowrank" else "untouched"
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The options as used (``hessian_pool`` resolved)."""
+        return {**dataclasses.asdict(self), "hessian_pool": self.pool}
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:

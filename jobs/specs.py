@@ -45,7 +45,7 @@ StrategyName = Literal[
     "exclusive_gradients", "random", "threshold", "all", "all_params",
 ]  # fmt: skip
 StepPolicy = Literal["newton", "search"]
-HessianPool = Literal["untouched", "all"]
+HessianPool = Literal["auto", "untouched", "all"]
 
 #: Keyword arguments of each built-in architecture's factory, and its default class count.
 ARCH_KEYWORDS: dict[str, tuple[str, ...]] = {

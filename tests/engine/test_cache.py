@@ -484,16 +484,19 @@ def test_a_related_request_reuses_the_lowrank_fit(problem, monkeypatch):
 
 
 def test_a_different_forget_set_is_a_different_curvature(problem):
-    """The Hessian sample is drawn from the retained data, so another forget set means another
-    Hessian: content addressing does not substitute a fit of different data."""
+    """With ``hessian_pool="untouched"`` the Hessian sample is drawn from the retained data, so
+    another forget set means another Hessian: content addressing does not substitute a fit of
+    different data."""
     model, train = problem
     cache = MemoryCache()
-    gif.remove(model, train, [3, 7, 8], solver="lowrank", rank=8, newton_steps=1, cache=cache)
-    other = gif.remove(model, train, [4, 9, 10], solver="lowrank", rank=8, newton_steps=1, cache=cache)
+    options = {"solver": "lowrank", "rank": 8, "newton_steps": 1, "cache": cache, "hessian_pool": "untouched"}
+    gif.remove(model, train, [3, 7, 8], **options)
+    other = gif.remove(model, train, [4, 9, 10], **options)
     assert "lowrank" in {m["kind"] for m in other.report["cache"]["misses"]}
+    assert other.report["options"]["hessian_pool"] == "untouched"
     # while a caller can still opt in to reuse by passing the fit (EditResult.lowrank)
     reuse = gif.remove(model, train, [4, 9, 10], solver="lowrank", rank=8, newton_steps=1, cache=cache,
-                       lowrank=other.lowrank, damping=0.1)
+                       lowrank=other.lowrank, damping=0.1, hessian_pool="untouched")
     assert reuse.report["hvps"] == 0
 
 
@@ -515,6 +518,19 @@ def test_with_the_shared_hessian_pool_other_forget_sets_reuse_the_fit(problem, m
     relabel = gif.relabel(model, (x, y), [5, 6], (y[[5, 6]] + 1) % 3, solver="lowrank", rank=8,
                           newton_steps=1, cache=cache, hessian_pool="all")
     assert "lowrank" in {h["kind"] for h in relabel.report["cache"]["hits"]}
+
+
+def test_by_default_lowrank_uses_the_shared_pool_and_iterative_solvers_the_untouched_one(problem):
+    """``hessian_pool="auto"``: the fit of ``solver="lowrank"`` serves later edits of other
+    samples; an iterative solve keeps to the samples the edit leaves alone."""
+    model, train = problem
+    cache = MemoryCache()
+    first = gif.remove(model, train, [3, 7, 8], solver="lowrank", rank=8, newton_steps=1, cache=cache)
+    other = gif.remove(model, train, [4, 9, 10], solver="lowrank", rank=8, newton_steps=1, cache=cache)
+    assert first.report["options"]["hessian_pool"] == other.report["options"]["hessian_pool"] == "all"
+    assert "lowrank" in {h["kind"] for h in other.report["cache"]["hits"]}
+    iterative = gif.remove(model, train, [3, 7, 8], newton_steps=1)
+    assert iterative.report["options"]["hessian_pool"] == "untouched"
 
 
 def test_an_evicted_fit_behind_cached_solves_is_refitted(problem, monkeypatch):
