@@ -15,7 +15,7 @@ from starlette.requests import Request
 from jobs.blobs import BlobStore, BlobWriter
 from jobs.errors import UnsupportedMediaType, ValidationFailed
 
-from .upload_body import CLOSE, UploadForm, check_declared_length, sanitize_filename, staging_errors
+from .upload_body import CLOSE, WRITE_BATCH, UploadForm, check_declared_length, sanitize_filename, staging_errors
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 1024
@@ -96,10 +96,14 @@ class _FormReader:
     def _finished(self) -> None:
         self.complete = True
 
-    async def flush(self) -> None:
-        if self.pending and self.writer is not None:
-            chunk, self.pending = b"".join(self.pending), []
-            await run_in_threadpool(self.writer.write, chunk)
+    async def flush(self, *, final: bool = False) -> None:
+        """Write what the parser handed over, once there is a batch of it (or at the end)."""
+        if not self.pending or self.writer is None:
+            return
+        if not final and sum(map(len, self.pending)) < WRITE_BATCH:
+            return
+        chunk, self.pending = b"".join(self.pending), []
+        await run_in_threadpool(self.writer.write, chunk)
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -128,7 +132,7 @@ async def read_multipart(request: Request, blobs: BlobStore, limit: int) -> Uplo
         parser.finalize()
         if not reader.complete:  # python-multipart's finalize() does not check it
             raise MultipartParseError("the body ends before the closing boundary (truncated upload?)")
-        await reader.flush()
+        await reader.flush(final=True)
         if reader.writer is None:
             raise ValidationFailed.one(["body", FILE_FIELD], "field required: the file to upload")
         staged = await run_in_threadpool(reader.writer.finish)

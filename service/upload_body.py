@@ -31,6 +31,8 @@ from .errors import ProblemError
 #: never read, so the connection cannot carry another request (a client reusing it would be reset).
 CLOSE = {"Connection": "close"}
 RAW = "application/octet-stream"
+#: Bytes gathered from the network before they are written (and hashed) off the event loop.
+WRITE_BATCH = 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REPR_SHA256 = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]*):")
 
@@ -69,10 +71,17 @@ async def read_body(request: Request, blobs: BlobStore, limit: int) -> StagedBlo
     """The whole request body as a staged blob of at most ``limit`` bytes."""
     check_declared_length(request.headers, limit)
     writer = blobs.writer(limit)
+    pending: list[bytes] = []
+    size = 0
     with staging_errors(writer.abort):
         async for chunk in request.stream():
-            if chunk:
-                await run_in_threadpool(writer.write, chunk)
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= WRITE_BATCH:  # one thread hop per MiB, not per network read
+                await run_in_threadpool(writer.write, b"".join(pending))
+                pending, size = [], 0
+        if pending:
+            await run_in_threadpool(writer.write, b"".join(pending))
         return await run_in_threadpool(writer.finish)
 
 

@@ -125,10 +125,13 @@ async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> 
         raise
     if created:
         services.metrics.artifact_bytes.labels(kind).inc(artifact.size_bytes)
+    return stored_response(artifact, created)
+
+
+def stored_response(artifact: Artifact, created: bool) -> JSONResponse:
+    """An upload's answer: 201 + ``Location`` for a new artifact, 200 when the tenant had it."""
     return JSONResponse(
-        artifact_view(artifact),
-        status_code=201 if created else 200,
-        headers={"Location": f"/v1/artifacts/{artifact.id}"},
+        artifact_view(artifact), status_code=201 if created else 200, headers={"Location": f"/v1/artifacts/{artifact.id}"}
     )
 
 

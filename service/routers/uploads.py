@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 
 from jobs import upload_sessions
 from jobs.errors import DomainError
-from jobs.views import artifact_view
 
 from ..deps import JsonBody, ServicesDep, TenantDep
 from ..openapi import links_by_id
+from .artifacts import stored_response
 from ..schemas import Artifact as ArtifactBody
 from ..schemas import CompleteUpload, NewUpload, problems
 from ..schemas import Upload as UploadBody
@@ -126,9 +126,7 @@ def complete_upload(
         services.metrics.upload_sessions.labels("refused").inc()
         raise
     services.metrics.upload_sessions.labels("completed").inc()
-    return JSONResponse(
-        artifact_view(artifact), status_code=201 if created else 200, headers={"Location": f"/v1/artifacts/{artifact.id}"}
-    )
+    return stored_response(artifact, created)
 
 
 @router.delete(
