@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.orm import Session
 
+from .clock import later, utcnow
 from .ids import new_id
 from .models import Artifact, Job
 from .states import TERMINAL
@@ -40,6 +42,7 @@ def create_artifact(
     filename: str | None = None,
     metadata: dict[str, Any] | None = None,
     job_id: str | None = None,
+    expires_at: datetime | None = None,
 ) -> Artifact:
     """Insert an artifact row for a blob that is (or is about to be, in this transaction) stored."""
     artifact = Artifact(
@@ -54,10 +57,24 @@ def create_artifact(
         filename=filename,
         metadata_json=json.dumps(metadata or {}, sort_keys=True),
         job_id=job_id,
+        expires_at=expires_at,
     )
     session.add(artifact)
     session.flush()
     return artifact
+
+
+def expiry(days: float) -> datetime | None:
+    """When an artifact kept ``days`` days from now expires (None: ``days`` 0, kept until deleted)."""
+    return later(days * 86400) if days > 0 else None
+
+
+def is_expired(artifact: Artifact) -> bool:
+    return artifact.expires_at is not None and artifact.expires_at <= utcnow()
+
+
+def _unexpired():  # noqa: ANN202 (a SQL condition)
+    return or_(Artifact.expires_at.is_(None), Artifact.expires_at > utcnow())
 
 
 def get_artifact(session: Session, tenant_id: str, artifact_id: str) -> Artifact | None:
@@ -73,6 +90,7 @@ def find_upload(session: Session, tenant_id: str, source_sha256: str, kind: str)
             Artifact.source_sha256 == source_sha256,
             Artifact.kind == kind,
             Artifact.job_id.is_(None),
+            _unexpired(),
         )
         .order_by(Artifact.created_at)
         .limit(1)
@@ -102,17 +120,34 @@ def lock_blob(session: Session, sha256: str) -> None:
 
 
 def referenced(session: Session, digests: list[str]) -> set[str]:
-    """The digests among ``digests`` that some artifact row names."""
+    """The digests among ``digests`` that some artifact row holds (one whose blob the retention
+    sweep has not let go of)."""
     found: set[str] = set()
     for start in range(0, len(digests), 500):
         chunk = digests[start : start + 500]
-        found.update(session.scalars(select(Artifact.sha256).where(Artifact.sha256.in_(chunk)).distinct()))
+        query = select(Artifact.sha256).where(Artifact.sha256.in_(chunk), Artifact.purged_at.is_(None))
+        found.update(session.scalars(query.distinct()))
     return found
 
 
 def blob_in_use(session: Session, sha256: str) -> bool:
-    """Whether any artifact row (of any tenant) still points at the blob."""
-    return bool(session.scalar(select(func.count()).select_from(Artifact).where(Artifact.sha256 == sha256)))
+    """Whether any artifact row (of any tenant) still holds the blob."""
+    query = select(func.count()).select_from(Artifact).where(Artifact.sha256 == sha256, Artifact.purged_at.is_(None))
+    return bool(session.scalar(query))
+
+
+def blob_kept(session: Session, sha256: str) -> bool:
+    """Whether an unexpired artifact row (of any tenant) holds the blob."""
+    query = select(func.count()).select_from(Artifact).where(
+        Artifact.sha256 == sha256, Artifact.purged_at.is_(None), _unexpired()
+    )
+    return bool(session.scalar(query))
+
+
+def due_for_purge(session: Session, limit: int = 500) -> list[Artifact]:
+    """Expired artifacts whose blob the retention sweep has not let go of yet, oldest first."""
+    query = select(Artifact).where(Artifact.expires_at <= utcnow(), Artifact.purged_at.is_(None))
+    return list(session.scalars(query.order_by(Artifact.expires_at).limit(limit)))
 
 
 def delete_artifact(session: Session, artifact: Artifact) -> bool:

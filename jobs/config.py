@@ -182,6 +182,15 @@ class Settings(BaseSettings):
         description="Blob files that no artifact names (left by a process killed mid-write) and stale "
         "temporary files are deleted once this old, by a sweep every 10 minutes; 0: never.",
     )
+    result_ttl_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a job's result artifacts are kept: afterwards they answer 410 gone and their "
+        "blobs are deleted (0: until deleted).",
+    )
+    upload_ttl_days: float = Field(
+        default=0.0, ge=0, description="How long uploaded artifacts are kept, as GIF_RESULT_TTL_DAYS (0: until deleted)."
+    )
     idempotency_ttl_hours: float = Field(
         default=168.0, gt=0, description="How long an Idempotency-Key is remembered (default 7 days)."
     )

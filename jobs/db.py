@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -44,17 +44,17 @@ class Database:
         return cls(settings.db_url, network_timeout=settings.database_timeout_seconds)
 
     def create_all(self) -> None:
-        """Create missing tables (no migrations yet: the schema is new).
+        """Create missing tables, then add the nullable columns that a store created by an
+        earlier version lacks (the only migrations so far are such additions).
 
         On PostgreSQL, API and worker processes starting together would race on ``CREATE TABLE``;
         a transaction-scoped advisory lock makes them take turns.
         """
-        if self.is_sqlite:
-            Base.metadata.create_all(self.engine)
-            return
         with self.engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
             Base.metadata.create_all(conn)
+            _add_missing_columns(conn)
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
@@ -116,3 +116,20 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def _sqlite_begin(conn) -> None:
     mode = conn.get_execution_options().get("gif_begin", "IMMEDIATE")
     conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for every nullable model column a table lacks (with its index)."""
+    inspector = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column for column in table.columns if column.name not in present]
+        for column in missing:
+            if not column.nullable:
+                raise RuntimeError(f"the job store's table {table.name} lacks the required column {column.name}")
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        names = {column.name for column in missing}
+        for index in table.indexes:
+            if names & {column.name for column in index.columns}:
+                index.create(conn, checkfirst=True)

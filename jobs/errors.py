@@ -92,6 +92,10 @@ class Unauthenticated(DomainError):
     code, status, title = "unauthenticated", 401, "Authentication required"
 
 
+class Gone(DomainError):
+    code, status, title = "gone", 410, "Gone"
+
+
 class Forbidden(DomainError):
     code, status, title = "forbidden", 403, "Forbidden"
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import artifacts, logs, upload_sessions
+from . import artifacts, logs, retention, upload_sessions
 from .blobs import BlobStore
 from .db import Database
 
@@ -67,8 +67,8 @@ def _size_if_older(path: Path, cutoff: float) -> int | None:
 
 class PeriodicSweep:
     """The blob store's housekeeping, at most every ``every_seconds``, for the executors' loops:
-    expired upload sessions, local copies of a remote store, and :func:`sweep` (``grace_seconds``
-    0: never)."""
+    expired upload sessions, expired artifacts (:mod:`jobs.retention`), local copies of a remote
+    store, and :func:`sweep` (``grace_seconds`` 0: never)."""
 
     def __init__(self, db: Database, blobs: BlobStore, grace_seconds: float, every_seconds: float = 600.0) -> None:
         self.db, self.blobs, self.grace, self.every = db, blobs, grace_seconds, every_seconds
@@ -81,6 +81,7 @@ class PeriodicSweep:
         self._next = time.monotonic() + self.every
         try:
             upload_sessions.expire(self.db, self.blobs)
+            retention.purge_expired(self.db, self.blobs)
             self.blobs.trim_copies()
             if not self.grace:
                 return None

@@ -139,6 +139,9 @@ class _Checker:
         if found is None:
             self.error(loc, f"artifact {artifact_id} not found", "artifact_not_found")
             return None
+        if artifacts.is_expired(found):
+            self.error(loc, f"artifact {artifact_id} expired (retention)", "artifact_expired")
+            return None
         if found.kind != kind:
             self.error(
                 loc, f"artifact {artifact_id} is a {found.kind}, expected a {kind}", "artifact_wrong_kind"

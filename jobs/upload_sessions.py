@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -138,6 +138,7 @@ def complete(
     tenant_id: str,
     upload_id: str,
     parts: list[int] | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[Artifact, bool]:
     """Assemble the parts, check the declared digest, store the artifact: ``(artifact, created)``
     (``created`` False when the tenant already had this content)."""
@@ -167,7 +168,7 @@ def complete(
         )
     try:
         artifact, created = store_upload(
-            db, blobs, inspector, tenant_id, staged, upload.kind, upload.filename, upload.sha256
+            db, blobs, inspector, tenant_id, staged, upload.kind, upload.filename, upload.sha256, expires_at
         )
     except DomainError as exc:
         if exc.status >= 500:  # the server's trouble (storage): the client may retry the completion

@@ -6,6 +6,8 @@ safetensors file the inspector converted it to, so that workers only ever read s
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from . import artifacts
 from .blobs import BlobStore, StagedBlob
 from .db import Database
@@ -27,6 +29,7 @@ def register_upload(
     kind: str,
     filename: str | None,
     inspection: Inspection,
+    expires_at: datetime | None = None,
 ) -> tuple[Artifact, bool]:
     """Store an inspected upload; ``(artifact, created)`` — ``created`` False on per-tenant dedup."""
     stored = blobs.adopt(inspection.converted) if inspection.converted else staged
@@ -50,6 +53,7 @@ def register_upload(
                 size_bytes=stored.size,
                 filename=filename,
                 metadata=meta,
+                expires_at=expires_at,
             )
             return artifact, True
     finally:
@@ -87,6 +91,7 @@ def store_upload(
     kind: str,
     filename: str | None,
     declared_sha256: str | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[Artifact, bool]:
     """The upload use case: the client's digest, per-tenant dedup, inspection, registration.
     ``(artifact, created)``.
@@ -108,7 +113,7 @@ def store_upload(
         if existing is not None:
             return existing, False
         inspection = inspector.inspect(staged.tmp, kind, convert_to)
-        return register_upload(db, blobs, tenant_id, staged, kind, filename, inspection)
+        return register_upload(db, blobs, tenant_id, staged, kind, filename, inspection, expires_at)
     finally:
         staged.discard()
         convert_to.unlink(missing_ok=True)

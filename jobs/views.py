@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from .artifacts import metadata
-from .clock import rfc3339
+from .clock import rfc3339, utcnow
 from .errors import ValidationFailed
 from .models import Artifact, Job, JobEvent
 from .states import JobStatus
@@ -30,7 +30,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "inputs": json.loads(job.inputs_json or "{}"),
         "request": request_summary(json.loads(job.request_json)),
         "progress": json.loads(job.progress_json) if job.progress_json else None,
-        "result": json.loads(job.result_json) if status is JobStatus.SUCCEEDED and job.result_json else None,
+        "result": _result(job) if status is JobStatus.SUCCEEDED else None,
         "error": json.loads(job.error_json) if status is JobStatus.FAILED and job.error_json else None,
         "links": {
             "self": f"/v1/jobs/{job.id}",
@@ -38,6 +38,18 @@ def job_view(job: Job) -> dict[str, Any]:
             "cancel": f"/v1/jobs/{job.id}/cancel",
         },
     }
+
+
+def _result(job: Job) -> dict[str, Any] | None:
+    """The stored result, with ``expired: true`` once its artifacts' retention has passed."""
+    if not job.result_json:
+        return None
+    result = json.loads(job.result_json)
+    expiries = [entry.get("expires_at") for entry in result.get("artifacts", [])]
+    if expiries and all(expiries):
+        result["expires_at"] = min(expiries)
+        result["expired"] = result["expires_at"] <= rfc3339(utcnow())
+    return result
 
 
 def request_summary(request: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +81,7 @@ def artifact_view(artifact: Artifact) -> dict[str, Any]:
         "filename": artifact.filename,
         "created_at": rfc3339(artifact.created_at),
         "job_id": artifact.job_id,
+        "expires_at": rfc3339(artifact.expires_at),
         "metadata": metadata(artifact),
         "links": {"self": f"/v1/artifacts/{artifact.id}", "content": f"/v1/artifacts/{artifact.id}/content"},
     }
@@ -82,6 +95,7 @@ def result_artifact_entry(artifact: Artifact) -> dict[str, Any]:
         "format": artifact.format,
         "sha256": artifact.sha256,
         "size_bytes": artifact.size_bytes,
+        "expires_at": rfc3339(artifact.expires_at),
         "download_url": f"/v1/artifacts/{artifact.id}/content",
     }
 

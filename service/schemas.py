@@ -71,6 +71,9 @@ class Artifact(_Open):
     filename: str | None = Field(description="The client's file name, sanitised (metadata only).")
     created_at: str = _TIMESTAMP
     job_id: str | None = Field(description="The job that produced it (result artifacts).")
+    expires_at: str | None = Field(
+        None, description="RFC 3339: when retention ends (then 410 gone); null: kept until deleted."
+    )
     metadata: dict[str, Any] = Field(
         description="Datasets: n_samples, input_shape, label_counts…; checkpoints: tensor names and shapes."
     )

@@ -12,7 +12,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from jobs import artifacts, ids, uploads
-from jobs.errors import DomainError, NotFound
+from jobs.clock import rfc3339
+from jobs.errors import DomainError, Gone, NotFound
 from jobs.models import Artifact
 from jobs.views import artifact_view
 
@@ -119,6 +120,7 @@ async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> 
             kind,
             form.filename,
             declared,
+            artifacts.expiry(services.settings.upload_ttl_days),
         )
     except DomainError as exc:
         services.metrics.uploads_rejected.labels(exc.code).inc()
@@ -142,7 +144,7 @@ def stored_response(artifact: Artifact, created: bool) -> JSONResponse:
     summary="Artifact metadata",
     responses={
         200: {"headers": {"ETag": _DOWNLOAD_HEADERS["ETag"]}, "links": _LINKS},
-        **problems(401, 404),
+        **problems(401, 404, 410),
     },
 )
 def get_artifact(artifact_id: str, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
@@ -163,7 +165,7 @@ def get_artifact(artifact_id: str, services: ServicesDep, tenant: TenantDep) -> 
             "content": {**dict.fromkeys(_CONTENT, _BINARY), "multipart/byteranges": _BINARY},
         },
         304: {"description": "Not modified (the `If-None-Match` ETag matches)."},
-        **problems(400, 401, 404, 416),
+        **problems(400, 401, 404, 410, 416),
     },
 )
 def download(
@@ -219,6 +221,8 @@ def _require(services: Services, tenant: str, artifact_id: str) -> Artifact:
         artifact = artifacts.get_artifact(session, tenant, _artifact_id(artifact_id))
     if artifact is None:
         raise NotFound(f"artifact {artifact_id!r} not found")
+    if artifacts.is_expired(artifact):
+        raise Gone(f"artifact {artifact_id} expired at {rfc3339(artifact.expires_at)} (retention)")
     return artifact
 
 

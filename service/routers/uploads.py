@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from jobs import upload_sessions
+from jobs import artifacts, upload_sessions
 from jobs.errors import DomainError
 
 from ..deps import JsonBody, ServicesDep, TenantDep
@@ -120,8 +120,9 @@ def complete_upload(
 ) -> JSONResponse:
     try:
         artifact, created = upload_sessions.complete(
-            services.db, services.blobs, services.inspector, tenant, upload_id, body.parts if body else None
-        )
+            services.db, services.blobs, services.inspector, tenant, upload_id, body.parts if body else None,
+            artifacts.expiry(services.settings.upload_ttl_days),
+        )  # fmt: skip
     except Exception:
         services.metrics.upload_sessions.labels("refused").inc()
         raise

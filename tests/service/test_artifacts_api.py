@@ -168,3 +168,33 @@ def test_npz_declaring_a_huge_array_is_refused(client_a, tmp_path):
                 f.write(b"\0" * 4096)
     response = upload(client_a, path, "dataset")
     assert response.status_code == 422 and response.json()["code"] == "invalid-artifact"
+
+
+def test_an_expired_upload_is_gone_then_purged_and_can_be_uploaded_again(tmp_path, files):
+    import time
+
+    from jobs import retention
+
+    home = tmp_path / "home"
+    app = create_app(make_settings(home, upload_ttl_days=2 / 86400))  # kept two seconds
+    services = app.state.services
+    with client_for(app, "tenantA") as client:
+        first = upload(client, files["queries"], "dataset").json()
+        assert first["expires_at"] is not None
+        assert client.get(f"/v1/artifacts/{first['id']}").status_code == 200
+        time.sleep(2.1)
+
+        for url in (f"/v1/artifacts/{first['id']}", f"/v1/artifacts/{first['id']}/content"):
+            gone = client.get(url)
+            assert gone.status_code == 410 and gone.json()["code"] == "gone" and "expired" in gone.json()["detail"]
+        job = client.post("/v1/jobs", json={"type": "scores", "model": {"arch": "mlp", "checkpoint": first["id"]},
+                                            "train": first["id"], "queries": first["id"]})  # fmt: skip
+        assert job.status_code == 422 and "artifact_expired" in {e["type"] for e in job.json()["errors"]}
+
+        assert retention.purge_expired(services.db, services.blobs).blobs == 1
+        assert _stored_files(home) == []
+        again = upload(client, files["queries"], "dataset")
+        assert again.status_code == 201 and again.json()["id"] != first["id"]  # not a dedup hit on the expired one
+        assert client.get(f"/v1/artifacts/{again.json()['id']}/content").content == files["queries"].read_bytes()
+        assert client.delete(f"/v1/artifacts/{first['id']}").status_code == 204  # an expired row can be deleted
+    services.inspector.close()
