@@ -101,6 +101,7 @@ class HttpCore:
         idempotency_key: str | None = None,
         stream: bool = False,
         rewind: tuple[Any, ...] = (),
+        follow_redirects: bool = False,
     ) -> httpx.Response:
         """Send with retries; return a response with status < 400 or raise ``ApiError``.
 
@@ -121,7 +122,8 @@ class HttpCore:
                 req = self.client.build_request(
                     method, path, params=params, json=json, content=content, files=files, data=data, headers=headers
                 )
-                response = self.client.send(req, stream=stream)
+                # a redirect to another origin (a presigned URL) goes without the Authorization header
+                response = self.client.send(req, stream=stream, follow_redirects=follow_redirects)
             except httpx.TransportError as exc:
                 if attempt >= self.max_retries:
                     raise NetworkError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc

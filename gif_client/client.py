@@ -153,7 +153,9 @@ class Client:
             out.seek(0)
             out.truncate()
             sha = hashlib.sha256()
-            response = self._http.request("GET", f"/v1/artifacts/{artifact_id}/content", stream=True)
+            response = self._http.request(
+                "GET", f"/v1/artifacts/{artifact_id}/content", stream=True, follow_redirects=True
+            )
             try:
                 for chunk in response.iter_bytes(1 << 20):
                     sha.update(chunk)

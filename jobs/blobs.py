@@ -209,6 +209,11 @@ class BlobStore:
         (nothing to do here: the folder is the store itself)."""
         return 0
 
+    def presigned_get(self, sha256: str, *, seconds: int, filename: str, content_type: str) -> str | None:
+        """A URL that serves the blob without credentials for ``seconds``; None: this store has
+        none (a folder), so the API serves the bytes itself."""
+        return None
+
     # -- parts of upload sessions: ``<root>/uploads/<upload id>/<number>`` -----------------------
 
     def part_path(self, upload_id: str, number: int) -> Path:
@@ -255,6 +260,7 @@ def open_blob_store(settings: Settings, space: Space = "artifacts") -> BlobStore
         root,
         settings.blob_url.rstrip("/") + ("/" if space == "artifacts" else "/cache/"),
         endpoint_url=settings.s3_endpoint_url,
+        public_endpoint_url=settings.s3_public_endpoint_url,
         region=settings.s3_region,
         local_max_bytes=settings.blob_local_max_bytes,
     )

@@ -56,6 +56,17 @@ class Settings(BaseSettings):
         description="Endpoint of an S3-compatible service other than AWS (MinIO, Ceph, R2…), as http(s)://host:port.",
     )
     s3_region: str | None = Field(default=None, description="Region of the bucket (default: the AWS settings').")
+    s3_public_endpoint_url: str | None = Field(
+        default=None,
+        description="The bucket's endpoint as clients reach it, for presigned URLs (default: GIF_S3_ENDPOINT_URL).",
+    )
+    s3_presign_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="With a bucket: downloads answer 302 to a presigned URL valid this long, so the bytes "
+        "do not pass through the API (0: the API serves them).",
+    )
     blob_local_max_bytes: int = Field(
         default=20 * GIB,
         ge=0,
@@ -219,8 +230,8 @@ class Settings(BaseSettings):
         '"auto": the embedded worker processes, or the Celery dispatcher when GIF_BROKER_URL is set.',
     )
 
-    @field_validator("blob_url", "s3_endpoint_url", "s3_region", "database_url", "broker_url", "redis_url",
-                     mode="before")  # fmt: skip
+    @field_validator("blob_url", "s3_endpoint_url", "s3_public_endpoint_url", "s3_region", "database_url",
+                     "broker_url", "redis_url", mode="before")  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``GIF_BLOB_URL=`` (as compose writes ``${GIF_BLOB_URL:-}``) means unset, not an invalid URL."""

@@ -57,6 +57,7 @@ class S3BlobStore(BlobStore):
         root: local folder for staging files and copies.
         url: bucket and key prefix.
         endpoint_url: an S3-compatible service other than AWS.
+        public_endpoint_url: the endpoint as clients reach it, for presigned URLs.
         region: the bucket's region.
         local_max_bytes: cap of the local copies (:meth:`trim_copies`).
         client: a boto3 S3 client to use instead of building one (tests, custom sessions).
@@ -68,6 +69,7 @@ class S3BlobStore(BlobStore):
         url: str,
         *,
         endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
         region: str | None = None,
         local_max_bytes: int = 20 * 1024**3,
         client: Any = None,
@@ -76,6 +78,8 @@ class S3BlobStore(BlobStore):
         self.bucket, self.prefix = parse_s3_url(url)
         self.local_max_bytes = local_max_bytes
         self.client = client or _client(endpoint_url, region)
+        self._public = (endpoint_url, public_endpoint_url, region)
+        self._presigner: Any = None
 
     @property
     def location(self) -> str:
@@ -128,6 +132,21 @@ class S3BlobStore(BlobStore):
                 name = item["Key"].rsplit("/", 1)[-1]
                 if _HEX64.match(name):
                     yield StoredBlob(name, int(item["Size"]), item["LastModified"].timestamp())
+
+    def presigned_get(self, sha256: str, *, seconds: int, filename: str, content_type: str) -> str | None:
+        """A presigned GET of the object (no network call: signing is local), made with the
+        public endpoint's host, since the signature covers it; the response carries the
+        artifact's file name and content type."""
+        if self._presigner is None:
+            endpoint, public, region = self._public
+            self._presigner = _client(public or endpoint, region)
+        params = {
+            "Bucket": self.bucket,
+            "Key": self.key(sha256),
+            "ResponseContentDisposition": filename,
+            "ResponseContentType": content_type,
+        }
+        return self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=seconds)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -250,6 +269,7 @@ def _client(endpoint_url: str | None, region: str | None) -> Any:
         connect_timeout=10,
         read_timeout=60,
         retries={"max_attempts": 5, "mode": "standard"},
+        signature_version="s3v4",  # presigned URLs too (SigV2 is deprecated and refused by AWS)
         # only checksums every S3-compatible server accepts (CRC trailers are AWS-specific)
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from jobs import artifacts, ids, uploads
@@ -164,6 +164,11 @@ def get_artifact(artifact_id: str, services: ServicesDep, tenant: TenantDep) -> 
             "description": "The requested range (or `multipart/byteranges` for several).",
             "content": {**dict.fromkeys(_CONTENT, _BINARY), "multipart/byteranges": _BINARY},
         },
+        302: {
+            "description": "With `GIF_S3_PRESIGN_SECONDS`: the bytes are at `Location`, a presigned URL of the "
+            "bucket (send no Authorization header there; `Range` works the same).",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        },
         304: {"description": "Not modified (the `If-None-Match` ETag matches)."},
         **problems(400, 401, 404, 410, 416),
     },
@@ -181,18 +186,19 @@ def download(
     etag = _etag(artifact)
     if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
+    digest = base64.b64encode(bytes.fromhex(artifact.sha256)).decode()
+    headers = {"ETag": etag, "Content-Digest": f"sha-256=:{digest}:"}
+    if seconds := services.settings.s3_presign_seconds:
+        url = services.blobs.presigned_get(
+            artifact.sha256, seconds=seconds, filename=_disposition(artifact), content_type=artifact.content_type
+        )
+        if url is not None:  # the bucket serves the bytes (and the Range)
+            return RedirectResponse(url, status_code=302, headers={**headers, "Cache-Control": "no-store"})
     path = services.blobs.fetch(artifact.sha256)
     if range_ is not None:
         _check_range(range_, path.stat().st_size)
-    digest = base64.b64encode(bytes.fromhex(artifact.sha256)).decode()
     return FileResponse(
-        path,
-        media_type=artifact.content_type,
-        headers={
-            "ETag": etag,
-            "Content-Digest": f"sha-256=:{digest}:",
-            "Content-Disposition": _disposition(artifact),
-        },
+        path, media_type=artifact.content_type, headers={**headers, "Content-Disposition": _disposition(artifact)}
     )
 
 

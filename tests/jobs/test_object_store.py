@@ -237,3 +237,22 @@ def test_upload_parts_live_in_the_bucket_until_deleted(bucket_env, prefix, tmp_p
     assert s3.keys(f"{prefix}/uploads/") == []
     with pytest.raises(ValueError, match="not an upload part"):
         here.put_part("../../x", 1, here.stage([b"x"]))
+
+
+def test_presigned_urls_are_signed_for_the_public_endpoint(bucket_env, prefix, tmp_path):
+    import httpx
+
+    s3 = bucket_env
+    store = _store(s3, tmp_path, prefix)
+    digest = store.put([b"presigned bytes"]).sha256
+    url = store.presigned_get(digest, seconds=60, filename='attachment; filename="w.bin"', content_type="x/y")
+    assert url.startswith(f"{s3.endpoint}/{s3.bucket}/{prefix}/sha256/") and "X-Amz-Signature" in url
+    response = httpx.get(url)  # no credentials
+    assert response.content == b"presigned bytes" and response.headers["content-type"] == "x/y"
+    assert response.headers["content-disposition"] == 'attachment; filename="w.bin"'
+    public = S3BlobStore(tmp_path / "p", f"s3://{s3.bucket}/{prefix}", endpoint_url=s3.endpoint,
+                         public_endpoint_url="https://blobs.example.com")  # fmt: skip
+    assert public.presigned_get(digest, seconds=60, filename="f", content_type="x/y").startswith(
+        f"https://blobs.example.com/{s3.bucket}/"
+    )
+    assert BlobStore(tmp_path / "folder").presigned_get(digest, seconds=60, filename="f", content_type="x") is None

@@ -11,6 +11,7 @@ import hashlib
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import safetensors.torch
 import torch
@@ -113,6 +114,38 @@ def test_upload_session_parts_wait_in_the_bucket(stack, files):
     assert done.json()["sha256"] == hashlib.sha256(data).hexdigest()
     assert stack.s3.keys(f"gif/uploads/{session['id']}/") == []
     assert any(key.endswith(done.json()["sha256"]) for key in stack.s3.keys("gif/sha256/"))
+
+
+def test_presigned_downloads_skip_the_api(stack, inputs, tmp_path):
+    """An API process with GIF_S3_PRESIGN_SECONDS answers downloads with 302 to the bucket;
+    the SDK follows it (without its API key) and checks the digest."""
+    from gif_client import Client
+    from tests.stack import KEY, Process, free_port
+
+    port = free_port()
+    env = {**stack.env, "GIF_HOME": str(tmp_path / "presigning-api"), "GIF_S3_PRESIGN_SECONDS": "60",
+           "GIF_EXECUTOR": "none"}  # fmt: skip
+    api = Process(["serve", "--port", str(port), "--log-level", "warning"], env, tmp_path / "api2.log").start()
+    try:
+        with Client(f"http://127.0.0.1:{port}", api_key=KEY, timeout=30) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if client._http.client.get("/readyz").status_code == 200:
+                        break
+                except Exception:  # noqa: BLE001 (still starting)
+                    time.sleep(0.2)
+            art = inputs["train"]
+            raw = client._http.client.get(f"/v1/artifacts/{art['id']}/content")
+            assert raw.status_code == 302 and raw.headers["location"].startswith(stack.s3.endpoint)
+            assert "X-Amz-Signature" in raw.headers["location"] and raw.headers["etag"] == f'"sha256:{art["sha256"]}"'
+            path = client.download(art["id"], tmp_path / "train.safetensors")
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == art["sha256"]
+            part = httpx.get(raw.headers["location"], headers={"Range": "bytes=0-9"})
+            assert part.status_code == 206 and part.content == path.read_bytes()[:10]
+            assert not _local_copy(tmp_path / "presigning-api", art["sha256"]).exists()  # never fetched here
+    finally:
+        api.stop()
 
 
 def test_an_unreachable_bucket_is_a_clear_503_and_a_storage_error(stack, inputs):
