@@ -52,10 +52,13 @@ class StagedBlob:
 
     def __init__(self, store: BlobStore, tmp: Path, sha256: str, size: int) -> None:
         self.store, self.tmp, self.sha256, self.size = store, tmp, sha256, size
+        #: where the same bytes already are in the store's bucket (an upload sent there directly):
+        #: committing copies them there instead of sending the local file again
+        self.source_key: str | None = None
 
     def commit(self) -> Path:
         """Store the content (a no-op when the store already has it); return a local file with it."""
-        return self.store.publish(self.tmp, self.sha256)
+        return self.store.publish(self.tmp, self.sha256, self.source_key)
 
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
@@ -131,7 +134,7 @@ class BlobStore:
             raise FileNotFoundError(f"blob {sha256} is not stored")
         return path
 
-    def publish(self, tmp: Path, sha256: str) -> Path:
+    def publish(self, tmp: Path, sha256: str, source_key: str | None = None) -> Path:
         """Move a staged file (content ``sha256``) into the store; return the local blob file."""
         final = self.path(sha256)
         if final.exists():
@@ -208,6 +211,9 @@ class BlobStore:
         """Drop local copies of remote blobs over the local size cap; returns how many
         (nothing to do here: the folder is the store itself)."""
         return 0
+
+    #: Whether upload-session parts can go straight to the store (S3 multipart, presigned URLs).
+    direct_uploads = False
 
     def presigned_get(self, sha256: str, *, seconds: int, filename: str, content_type: str) -> str | None:
         """A URL that serves the blob without credentials for ``seconds``; None: this store has

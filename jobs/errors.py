@@ -160,6 +160,10 @@ class UploadNotOpen(DomainError):
     code, status, title = "upload-not-open", 409, "The upload session is not open"
 
 
+class UploadNotDirect(DomainError):
+    code, status, title = "upload-not-direct", 409, "The upload session takes its parts through the API"
+
+
 class UploadExpired(DomainError):
     code, status, title = "upload-expired", 410, "The upload session expired"
 

@@ -62,6 +62,8 @@ class UploadSession(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     artifact_id: Mapped[str | None] = mapped_column(String(40))
     error_json: Mapped[str | None] = mapped_column(Text)
+    #: a direct session's S3 multipart upload id (parts go to the bucket through presigned URLs)
+    remote_id: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)

@@ -36,7 +36,7 @@ log = logs.get(__name__)
 
 T = TypeVar("T")
 _URL = re.compile(r"^s3://(?P<bucket>[^/]+)/?(?P<prefix>.*)$")
-_MISSING = {"404", "NoSuchKey", "NotFound"}
+_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 #: Local copies unused this long are dropped by :meth:`S3BlobStore.trim_copies`.
 COPY_MAX_AGE = 24 * 3600.0
 
@@ -137,25 +137,32 @@ class S3BlobStore(BlobStore):
         """A presigned GET of the object (no network call: signing is local), made with the
         public endpoint's host, since the signature covers it; the response carries the
         artifact's file name and content type."""
-        if self._presigner is None:
-            endpoint, public, region = self._public
-            self._presigner = _client(public or endpoint, region)
         params = {
             "Bucket": self.bucket,
             "Key": self.key(sha256),
             "ResponseContentDisposition": filename,
             "ResponseContentType": content_type,
         }
-        return self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=seconds)
+        return self._presign("get_object", params, seconds)
+
+    def _presign(self, operation: str, params: dict[str, Any], seconds: int) -> str:
+        if self._presigner is None:
+            endpoint, public, region = self._public
+            self._presigner = _client(public or endpoint, region)
+        return self._presigner.generate_presigned_url(operation, Params=params, ExpiresIn=seconds)
 
     # -- writing -----------------------------------------------------------------------------
 
-    def publish(self, tmp: Path, sha256: str) -> Path:
+    def publish(self, tmp: Path, sha256: str, source_key: str | None = None) -> Path:
         if not self.exists(sha256):
             extra = {"Metadata": {"sha256": sha256}, "ContentType": "application/octet-stream"}
-            self._call(
-                "upload", lambda: self.client.upload_file(str(tmp), self.bucket, self.key(sha256), ExtraArgs=extra)
-            )
+            key = self.key(sha256)
+            if source_key is not None:  # already in the bucket: a server-side copy (multipart above 8 MiB)
+                source = {"Bucket": self.bucket, "Key": source_key}
+                extra["MetadataDirective"] = "REPLACE"
+                self._call("copy", lambda: self.client.copy(source, self.bucket, key, ExtraArgs=extra))
+            else:
+                self._call("upload", lambda: self.client.upload_file(str(tmp), self.bucket, key, ExtraArgs=extra))
         return super().publish(tmp, sha256)  # the staged file becomes the local copy
 
     def delete(self, sha256: str) -> None:
@@ -181,13 +188,7 @@ class S3BlobStore(BlobStore):
             staged.discard()
 
     def read_part(self, upload_id: str, number: int) -> Iterator[bytes]:
-        key = self._part_key(upload_id, number)
-        body = self._call("download", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"])
-        try:
-            while chunk := self._call("download", lambda: body.read(CHUNK)):
-                yield chunk
-        finally:
-            body.close()
+        return self._read_key(self._part_key(upload_id, number))
 
     def delete_parts(self, upload_id: str) -> None:
         prefix = self._part_key(upload_id, 1).rsplit("/", 1)[0] + "/"
@@ -197,6 +198,68 @@ class S3BlobStore(BlobStore):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
                 self._call("delete", lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys}))
+
+    # -- upload sessions straight to the bucket (S3 multipart upload) ---------------------------
+
+    direct_uploads = True
+    #: S3's smallest part (but the last).
+    MIN_PART = 5 * 1024 * 1024
+
+    def direct_key(self, upload_id: str) -> str:
+        """Where a direct session's file is assembled by S3."""
+        return self._part_key(upload_id, 1).rsplit("/", 1)[0] + "/object"
+
+    def start_direct_upload(self, upload_id: str) -> str:
+        """Open an S3 multipart upload for the session; returns S3's upload id."""
+        key = self.direct_key(upload_id)
+        return self._call("start", lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
+
+    def presigned_part(self, upload_id: str, remote_id: str, number: int, seconds: int) -> str:
+        """A URL to PUT part ``number`` to, without credentials, for ``seconds``."""
+        params = {"Bucket": self.bucket, "Key": self.direct_key(upload_id), "UploadId": remote_id, "PartNumber": number}
+        return self._presign("upload_part", params, seconds)
+
+    def put_direct_part(self, upload_id: str, remote_id: str, number: int, staged: StagedBlob) -> None:
+        """A part sent through the API after all: passed on to the multipart upload."""
+        key = self.direct_key(upload_id)
+        try:
+            with open(staged.tmp, "rb") as body:
+                self._call("upload", lambda: self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=remote_id, PartNumber=number, Body=body))  # fmt: skip
+        finally:
+            staged.discard()
+
+    def direct_parts(self, upload_id: str, remote_id: str) -> list[tuple[int, int, str]]:
+        """The parts S3 holds: ``(number, size, etag)``, by number."""
+        key = self.direct_key(upload_id)
+        pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=remote_id)
+        listing, parts = iter(pages), []
+        while (page := self._call("list", lambda: next(listing, None))) is not None:
+            parts += [(p["PartNumber"], int(p["Size"]), p["ETag"].strip('"')) for p in page.get("Parts", [])]
+        return sorted(parts)
+
+    def finish_direct_upload(self, upload_id: str, remote_id: str, parts: list[tuple[int, int, str]]) -> Iterator[bytes]:
+        """Have S3 assemble the parts; returns the assembled file's bytes, in chunks."""
+        key = self.direct_key(upload_id)
+        manifest = {"Parts": [{"PartNumber": number, "ETag": f'"{etag}"'} for number, _, etag in parts]}
+        self._call("complete", lambda: self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=remote_id, MultipartUpload=manifest))  # fmt: skip
+        return self._read_key(key)
+
+    def abort_direct_upload(self, upload_id: str, remote_id: str) -> None:
+        key = self.direct_key(upload_id)
+        try:
+            self._call("abort", lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=remote_id))
+        except FileNotFoundError:
+            pass  # completed or aborted already
+
+    def _read_key(self, key: str) -> Iterator[bytes]:
+        body = self._call("download", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"])
+        try:
+            while chunk := self._call("download", lambda: body.read(CHUNK)):
+                yield chunk
+        finally:
+            body.close()
 
     def _part_key(self, upload_id: str, number: int) -> str:
         local = self.part_path(upload_id, number)  # validates

@@ -101,7 +101,18 @@ class CompleteUpload(BaseModel):
 class UploadPart(_Open):
     number: int = Field(ge=1)
     size_bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Parts sent through the API.")
+    etag: str | None = Field(None, description="Parts of a direct session: the bucket's ETag.")
+
+
+class PartUrl(_Open):
+    """Where to send a part of a direct session: PUT the bytes there, without credentials."""
+
+    number: int = Field(ge=1)
+    method: Literal["PUT"]
+    url: str
+    size_bytes: int = Field(ge=0, description="The part's exact size.")
+    expires_at: str = _TIMESTAMP
 
 
 class Upload(_Open):
@@ -117,6 +128,7 @@ class Upload(_Open):
     part_size: int = Field(ge=1, description="Every part but the last has exactly this size.")
     part_count: int = Field(ge=1)
     max_parts: int
+    direct: bool = Field(description="Parts go straight to the bucket: ask `parts/{number}/url` for each.")
     received_bytes: int = Field(ge=0)
     parts: list[UploadPart]
     missing_parts: list[int] = Field(description="Part numbers not received yet (the first 1000).")

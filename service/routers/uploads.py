@@ -16,6 +16,7 @@ from ..openapi import links_by_id
 from .artifacts import stored_response
 from ..schemas import Artifact as ArtifactBody
 from ..schemas import CompleteUpload, NewUpload, problems
+from ..schemas import PartUrl as PartUrlBody
 from ..schemas import Upload as UploadBody
 from ..schemas import UploadPart as UploadPartBody
 from ..upload_body import CLOSE, RAW, declared_sha256, read_body, require_raw, sanitize_filename
@@ -51,7 +52,7 @@ _PART_BODY = {
 )
 def create_upload(body: NewUpload, services: ServicesDep, tenant: TenantDep, _json: JsonBody) -> JSONResponse:
     upload = upload_sessions.create(
-        services.db, services.settings, tenant,
+        services.db, services.blobs, services.settings, tenant,
         kind=body.kind, size_bytes=body.size_bytes, sha256=body.sha256, filename=sanitize_filename(body.filename),
     )  # fmt: skip
     services.metrics.upload_sessions.labels("created").inc()
@@ -89,6 +90,21 @@ async def put_part(
 
 
 @router.get(
+    "/{upload_id}/parts/{number}/url",
+    operation_id="getUploadPartUrl",
+    response_model=PartUrlBody,
+    summary="A presigned URL for one part of a direct session",
+    description="Direct sessions (`direct: true`: blobs in a bucket and `GIF_S3_PRESIGN_SECONDS`): PUT the "
+    "part's bytes to `url`, with no Authorization header, before `expires_at`; the bytes never pass through "
+    "the API. 409 `upload-not-direct` for a session that takes its parts at `PUT /v1/uploads/{id}/parts/{n}`.",
+    responses=problems(401, 404, 409, 410, 422),
+)
+def get_part_url(upload_id: UploadId, number: PartNumber, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    seconds = services.settings.s3_presign_seconds
+    return JSONResponse(upload_sessions.part_url(services.db, services.blobs, seconds, tenant, upload_id, number))
+
+
+@router.get(
     "/{upload_id}",
     operation_id="getUpload",
     response_model=UploadBody,
@@ -96,7 +112,7 @@ async def put_part(
     responses=problems(401, 404),
 )
 def get_upload(upload_id: UploadId, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
-    return JSONResponse(upload_sessions.view(*upload_sessions.get(services.db, tenant, upload_id)))
+    return JSONResponse(upload_sessions.view(*upload_sessions.get(services.db, services.blobs, tenant, upload_id)))
 
 
 @router.post(

@@ -7,6 +7,7 @@ and every byte the API serves was stored by a worker, through the bucket.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from pathlib import Path
@@ -116,36 +117,100 @@ def test_upload_session_parts_wait_in_the_bucket(stack, files):
     assert any(key.endswith(done.json()["sha256"]) for key in stack.s3.keys("gif/sha256/"))
 
 
-def test_presigned_downloads_skip_the_api(stack, inputs, tmp_path):
-    """An API process with GIF_S3_PRESIGN_SECONDS answers downloads with 302 to the bucket;
-    the SDK follows it (without its API key) and checks the digest."""
+@pytest.fixture(scope="module")
+def presigning(stack, tmp_path_factory):
+    """A second API process on the same database and bucket, with GIF_S3_PRESIGN_SECONDS: its
+    downloads redirect to the bucket and its upload sessions are direct."""
     from gif_client import Client
     from tests.stack import KEY, Process, free_port
 
+    home = tmp_path_factory.mktemp("presigning")
     port = free_port()
-    env = {**stack.env, "GIF_HOME": str(tmp_path / "presigning-api"), "GIF_S3_PRESIGN_SECONDS": "60",
-           "GIF_EXECUTOR": "none"}  # fmt: skip
-    api = Process(["serve", "--port", str(port), "--log-level", "warning"], env, tmp_path / "api2.log").start()
+    env = {**stack.env, "GIF_HOME": str(home / "data"), "GIF_S3_PRESIGN_SECONDS": "60", "GIF_EXECUTOR": "none"}
+    api = Process(["serve", "--port", str(port), "--log-level", "warning"], env, home / "api.log").start()
     try:
-        with Client(f"http://127.0.0.1:{port}", api_key=KEY, timeout=30) as client:
+        with Client(f"http://127.0.0.1:{port}", api_key=KEY, timeout=60) as client:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                try:
+                with contextlib.suppress(httpx.TransportError):
                     if client._http.client.get("/readyz").status_code == 200:
                         break
-                except Exception:  # noqa: BLE001 (still starting)
-                    time.sleep(0.2)
-            art = inputs["train"]
-            raw = client._http.client.get(f"/v1/artifacts/{art['id']}/content")
-            assert raw.status_code == 302 and raw.headers["location"].startswith(stack.s3.endpoint)
-            assert "X-Amz-Signature" in raw.headers["location"] and raw.headers["etag"] == f'"sha256:{art["sha256"]}"'
-            path = client.download(art["id"], tmp_path / "train.safetensors")
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == art["sha256"]
-            part = httpx.get(raw.headers["location"], headers={"Range": "bytes=0-9"})
-            assert part.status_code == 206 and part.content == path.read_bytes()[:10]
-            assert not _local_copy(tmp_path / "presigning-api", art["sha256"]).exists()  # never fetched here
+                time.sleep(0.2)
+            client.home = home / "data"
+            yield client
     finally:
         api.stop()
+
+
+def test_presigned_downloads_skip_the_api(stack, presigning, inputs, tmp_path):
+    """The SDK follows the 302 (without its API key) and checks the digest."""
+    art = inputs["train"]
+    raw = presigning._http.client.get(f"/v1/artifacts/{art['id']}/content")
+    assert raw.status_code == 302 and raw.headers["location"].startswith(stack.s3.endpoint)
+    assert "X-Amz-Signature" in raw.headers["location"] and raw.headers["etag"] == f'"sha256:{art["sha256"]}"'
+    path = presigning.download(art["id"], tmp_path / "train.safetensors")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == art["sha256"]
+    part = httpx.get(raw.headers["location"], headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == path.read_bytes()[:10]
+    assert not _local_copy(presigning.home, art["sha256"]).exists()  # never fetched by that API
+
+
+@pytest.fixture(scope="module")
+def big_dataset(tmp_path_factory) -> Path:
+    """A valid dataset of ~11 MiB: three parts of S3's 5 MiB minimum."""
+    path = tmp_path_factory.mktemp("big") / "big.safetensors"
+    n = 45_000
+    safetensors.torch.save_file({"inputs": torch.randn(n, 1, 8, 8), "labels": torch.arange(n) % 10}, str(path))
+    return path
+
+
+def test_a_direct_session_sends_its_parts_to_the_bucket(stack, presigning, big_dataset):
+    data = big_dataset.read_bytes()
+    artifact = presigning.upload_resumable(big_dataset, "dataset", parallel=3)
+
+    assert artifact["sha256"] == hashlib.sha256(data).hexdigest() and artifact["metadata"]["n_samples"] == 45_000
+    assert any(key.endswith(artifact["sha256"]) for key in stack.s3.keys("gif/sha256/"))
+    assert stack.s3.keys("gif/uploads/") == []
+    assert stack.s3.client().list_multipart_uploads(Bucket=stack.s3.bucket).get("Uploads", []) == []
+
+
+def test_a_direct_session_resumes_resends_a_changed_part_and_takes_one_through_the_api(stack, presigning, big_dataset):
+    data = big_dataset.read_bytes()
+    api = presigning._http.client
+    session = api.post("/v1/uploads", json={"kind": "dataset", "size_bytes": len(data),
+                                            "sha256": hashlib.sha256(data).hexdigest()}).json()  # fmt: skip
+    assert session["direct"] is True and session["part_size"] >= 5 * 1024 * 1024 and session["part_count"] == 3
+    size = session["part_size"]
+    url = api.get(f"/v1/uploads/{session['id']}/parts/1/url").json()
+    assert url["method"] == "PUT" and url["size_bytes"] == size
+    assert httpx.put(url["url"], content=bytes(size)).status_code == 200  # the wrong bytes
+    through_api = api.put(f"/v1/uploads/{session['id']}/parts/3", content=data[2 * size :])
+    assert through_api.status_code == 200, through_api.text
+    listed = api.get(f"/v1/uploads/{session['id']}").json()
+    assert [p["number"] for p in listed["parts"]] == [1, 3] and listed["missing_parts"] == [2]
+    early = api.post(f"/v1/uploads/{session['id']}/complete")
+    assert early.status_code == 422 and "parts not received: 2" in early.json()["detail"]
+
+    artifact = presigning.upload_resumable(big_dataset, "dataset", upload_id=session["id"])
+
+    assert artifact["sha256"] == hashlib.sha256(data).hexdigest()
+    assert api.get(f"/v1/uploads/{session['id']}").json()["status"] == "completed"
+    beyond = api.get(f"/v1/uploads/{session['id']}/parts/1/url")
+    assert beyond.status_code == 409 and beyond.json()["code"] == "upload-not-open"
+
+
+def test_an_aborted_direct_session_leaves_nothing_in_the_bucket(stack, presigning):
+    api = presigning._http.client
+    session = api.post("/v1/uploads", json={"kind": "dataset", "size_bytes": 6 * 1024 * 1024,
+                                            "sha256": "0" * 64}).json()  # fmt: skip
+    url = api.get(f"/v1/uploads/{session['id']}/parts/1/url").json()
+    assert httpx.put(url["url"], content=bytes(url["size_bytes"])).status_code == 200
+    assert stack.s3.client().list_multipart_uploads(Bucket=stack.s3.bucket).get("Uploads")
+    assert api.delete(f"/v1/uploads/{session['id']}").status_code == 204
+    assert stack.s3.client().list_multipart_uploads(Bucket=stack.s3.bucket).get("Uploads", []) == []
+    folder_session = stack.client.post("/v1/uploads", json={"kind": "dataset", "size_bytes": 10, "sha256": "0" * 64})
+    not_direct = stack.client.get(f"/v1/uploads/{folder_session.json()['id']}/parts/1/url")
+    assert not_direct.status_code == 409 and not_direct.json()["code"] == "upload-not-direct"
 
 
 def test_an_unreachable_bucket_is_a_clear_503_and_a_storage_error(stack, inputs):

@@ -59,6 +59,7 @@ SEMANTIC_REFUSALS = {
     # declared digest; either is refused once the session expired
     "PUT /v1/uploads/{upload_id}/parts/{number}": ["410", "413", "422"],
     "POST /v1/uploads/{upload_id}/complete": ["410", "422"],
+    "GET /v1/uploads/{upload_id}/parts/{number}/url": ["410", "422"],
 }
 POSITIVE_OK = ["2xx", "3xx", "401", "403", "404", "409", "429"]
 NEGATIVE_OK = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
