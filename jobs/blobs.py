@@ -212,8 +212,33 @@ class BlobStore:
         (nothing to do here: the folder is the store itself)."""
         return 0
 
-    #: Whether upload-session parts can go straight to the store (S3 multipart, presigned URLs).
+    # -- upload sessions straight to the store (an S3 multipart upload; a folder has none) ------
+
+    #: Whether upload-session parts can go straight to the store (presigned URLs).
     direct_uploads = False
+    #: The smallest part (but the last) the store's direct uploads take.
+    MIN_PART = 1
+
+    def start_direct_upload(self, upload_id: str) -> str:
+        raise NotImplementedError("a folder store takes no direct uploads")
+
+    def presigned_part(self, upload_id: str, remote_id: str, number: int, seconds: int) -> str:
+        raise NotImplementedError("a folder store takes no direct uploads")
+
+    def put_direct_part(self, upload_id: str, remote_id: str, number: int, staged: StagedBlob) -> None:
+        raise NotImplementedError("a folder store takes no direct uploads")
+
+    def direct_parts(self, upload_id: str, remote_id: str) -> list[tuple[int, int, str]]:
+        raise NotImplementedError("a folder store takes no direct uploads")
+
+    def finish_direct_upload(self, upload_id: str, remote_id: str, parts: list[tuple[int, int, str]]) -> Iterator[bytes]:
+        raise NotImplementedError("a folder store takes no direct uploads")
+
+    def abort_direct_upload(self, upload_id: str, remote_id: str) -> None:
+        raise NotImplementedError("a folder store takes no direct uploads")
+
+    def direct_key(self, upload_id: str) -> str:
+        raise NotImplementedError("a folder store takes no direct uploads")
 
     def presigned_get(self, sha256: str, *, seconds: int, filename: str, content_type: str) -> str | None:
         """A URL that serves the blob without credentials for ``seconds``; None: this store has

@@ -110,7 +110,7 @@ def create(
     direct = blobs.direct_uploads and settings.s3_presign_seconds > 0
     part_size = max(settings.upload_part_bytes, math.ceil(size_bytes / MAX_PARTS))  # ≤ largest_part
     if direct:
-        part_size = max(part_size, blobs.MIN_PART)  # type: ignore[attr-defined]
+        part_size = max(part_size, blobs.MIN_PART)
     with db.begin() as session:
         active = session.scalar(
             select(func.count()).select_from(UploadSession)
@@ -127,7 +127,7 @@ def create(
         upload = UploadSession(
             id=upload_id, tenant_id=tenant_id, kind=kind, filename=filename, size_bytes=size_bytes,
             sha256=sha256, part_size=part_size, status="open", expires_at=later(settings.upload_session_hours * 3600),
-            remote_id=blobs.start_direct_upload(upload_id) if direct else None,  # type: ignore[attr-defined]
+            remote_id=blobs.start_direct_upload(upload_id) if direct else None,
         )  # fmt: skip
         session.add(upload)
     log.info("upload_session_created", upload_id=upload.id, size_bytes=size_bytes, parts=part_count(upload))
@@ -152,7 +152,7 @@ def put_part(
         if declared_sha256 is not None and declared_sha256 != staged.sha256:
             raise DigestMismatch(f"part {number} has SHA-256 {staged.sha256}, not the declared {declared_sha256}")
         if upload.remote_id is not None:  # a direct session: on to the S3 multipart upload
-            blobs.put_direct_part(upload_id, upload.remote_id, number, staged)  # type: ignore[attr-defined]
+            blobs.put_direct_part(upload_id, upload.remote_id, number, staged)
             return PartInfo(number, staged.size, staged.sha256)
         blobs.put_part(upload_id, number, staged)
         with db.begin() as session:
@@ -220,7 +220,7 @@ def part_url(db: Database, blobs: BlobStore, seconds: int, tenant_id: str, uploa
     if upload.remote_id is None:
         raise UploadNotDirect("send the parts of this session to PUT /v1/uploads/{id}/parts/{number}")
     size = expected_part_size(upload, number)
-    url = blobs.presigned_part(upload_id, upload.remote_id, number, seconds)  # type: ignore[attr-defined]
+    url = blobs.presigned_part(upload_id, upload.remote_id, number, seconds)
     return {"number": number, "method": "PUT", "url": url, "size_bytes": size, "expires_at": rfc3339(later(seconds))}
 
 
@@ -357,13 +357,13 @@ def _end(db: Database, blobs: BlobStore, upload: UploadSession, status: str, *, 
 
 def _discard_parts(blobs: BlobStore, upload: UploadSession) -> None:
     if upload.remote_id is not None:
-        blobs.abort_direct_upload(upload.id, upload.remote_id)  # type: ignore[attr-defined]
+        blobs.abort_direct_upload(upload.id, upload.remote_id)
     blobs.delete_parts(upload.id)
 
 
 def _parts(db: Database, blobs: BlobStore, upload: UploadSession) -> list[PartInfo]:
     if upload.remote_id is not None:
-        listed = blobs.direct_parts(upload.id, upload.remote_id)  # type: ignore[attr-defined]
+        listed = blobs.direct_parts(upload.id, upload.remote_id)
         return [PartInfo(number, size, etag=etag) for number, size, etag in listed]
     with db.read() as session:
         rows = session.scalars(select(UploadPart).where(UploadPart.upload_id == upload.id).order_by(UploadPart.number))
@@ -409,7 +409,7 @@ def _assemble_direct(db: Database, blobs: BlobStore, upload: UploadSession, part
     before S3 assembled them reopens the session; after, it ends ``failed``."""
     listed = [(p.number, p.size_bytes, p.etag) for p in parts]
     try:
-        chunks = blobs.finish_direct_upload(upload.id, upload.remote_id, listed)  # type: ignore[attr-defined]
+        chunks = blobs.finish_direct_upload(upload.id, upload.remote_id, listed)
     except BaseException:
         _reopen(db, upload.id)
         raise
@@ -426,5 +426,5 @@ def _assemble_direct(db: Database, blobs: BlobStore, upload: UploadSession, part
         message = f"the assembled file has SHA-256 {staged.sha256}, not the declared {upload.sha256}; start a new session"
         _end(db, blobs, upload, "failed", error={"code": "digest-mismatch", "message": message})
         raise DigestMismatch(message)
-    staged.source_key = blobs.direct_key(upload.id)  # type: ignore[attr-defined]  (stored by a copy)
+    staged.source_key = blobs.direct_key(upload.id)  # stored by a copy
     return staged
