@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=40)
     ap.add_argument("--faults", type=int, default=20)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--bucket", action="store_true", help="blobs in an S3-compatible bucket (moto), a folder per process")
     args = ap.parse_args()
     modes = ["embedded", "distributed"] if args.mode == "both" else [args.mode]
     reports = []
@@ -36,7 +37,8 @@ def main() -> None:
         digits = factories.digits()
         files = factories.write_files(Path(tmp) / "files", digits, factories.train_mlp(digits))
         for mode in modes:
-            with Stack(mode, Path(tmp) / mode, workers=2, own_postgres=mode == "distributed") as stack:
+            with Stack(mode, Path(tmp) / mode, workers=2, own_postgres=mode == "distributed",
+                       bucket=args.bucket) as stack:  # fmt: skip
                 inputs = stack.upload(files)
                 reports.append(run_chaos(stack, inputs, jobs=args.jobs, seed=args.seed, max_faults=args.faults,
                                          interval=(2.0, 6.0), timeout=3600))  # fmt: skip

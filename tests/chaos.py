@@ -30,6 +30,7 @@ import hashlib
 import os
 import random
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -295,23 +296,32 @@ def _check(stack: Stack, inputs: dict, ids: dict, finals: dict, report: ChaosRep
         _check_download(stack, {"sha256": entry["sha256"], "download_url": f"/v1/artifacts/{entry['id']}/content"},
                         deadline, problems)  # fmt: skip
         report.artifacts_checked += 1
-    report.blobs_checked = _check_blobs(Path(stack.env["GIF_HOME"]) / "blobs", problems)
+    report.blobs_checked = _check_blobs(stack, problems)
     _check_result_rows(stack, finals, problems)
 
 
 @contextlib.contextmanager
 def _service_database(stack: Stack):
     """The stack's job store and blob store, opened from this process: ``(db, blobs)``."""
-    from jobs.blobs import BlobStore
     from jobs.config import Settings
     from jobs.db import Database
 
     settings = Settings(home=stack.env["GIF_HOME"], database_url=stack.env.get("GIF_DATABASE_URL"))
     db = Database(settings.db_url)
     try:
-        yield db, BlobStore(settings.blob_root)
+        yield db, _blob_store(stack, Path(stack.env["GIF_HOME"]) / "blobs")
     finally:
         db.dispose()
+
+
+def _blob_store(stack: Stack, root: Path):  # noqa: ANN202 (a BlobStore)
+    """The stack's blobs: its folder, or its bucket (seen through a store rooted at ``root``)."""
+    from jobs.blobs import BlobStore
+    from jobs.object_store import S3BlobStore
+
+    if stack.s3 is None:
+        return BlobStore(root)
+    return S3BlobStore(root, stack.env["GIF_BLOB_URL"], client=stack.s3.client())
 
 
 def _sweep_orphans(stack: Stack) -> int:
@@ -355,12 +365,21 @@ def _check_download(stack: Stack, entry: dict, deadline: float, problems: list[s
         problems.append(f"{entry['download_url']}: content does not match its sha256")
 
 
-def _check_blobs(root: Path, problems: list[str]) -> int:
-    count = 0
-    for path in (root / "sha256").rglob("*"):
-        if path.is_file():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != path.name:
-                problems.append(f"blob {path.name} holds content with digest {digest}")
+def _check_blobs(stack: Stack, problems: list[str]) -> int:
+    """Every stored blob holds the content its name says (a bucket's are fetched to check)."""
+    from jobs.errors import BlobCorrupted
+
+    with tempfile.TemporaryDirectory() as scratch:
+        blobs = _blob_store(stack, Path(scratch) if stack.s3 else Path(stack.env["GIF_HOME"]) / "blobs")
+        count = 0
+        for stored in blobs.committed():
+            try:
+                digest = hashlib.sha256(blobs.fetch(stored.sha256).read_bytes()).hexdigest()
+            except FileNotFoundError:
+                continue  # deleted since it was listed
+            except BlobCorrupted as exc:  # a bucket's fetch checks the digest itself
+                digest = str(exc)
+            if digest != stored.sha256:
+                problems.append(f"blob {stored.sha256} holds content with digest {digest}")
             count += 1
-    return count
+        return count

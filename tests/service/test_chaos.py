@@ -15,9 +15,11 @@ pytestmark = pytest.mark.slow
 
 # CI runs distributed mode, which has every kind of fault; `python bench/chaos.py` runs both
 # modes with long batches (embedded mode's API and worker kills are also in test_e2e.py).
-@pytest.mark.parametrize(("mode", "jobs", "seed"), [("distributed", 8, 2)])
-def test_no_job_lost_duplicated_or_corrupted_under_faults(tmp_path, files, mode, jobs, seed):
-    with Stack(mode, tmp_path, workers=2, own_postgres=True) as stack:
+# The second run keeps its blobs in an S3-compatible bucket, every process with a folder of its own.
+@pytest.mark.parametrize(("mode", "jobs", "seed", "bucket"), [("distributed", 8, 2, False), ("distributed", 6, 5, True)],
+                         ids=["shared-folder", "bucket"])  # fmt: skip
+def test_no_job_lost_duplicated_or_corrupted_under_faults(tmp_path, files, mode, jobs, seed, bucket):
+    with Stack(mode, tmp_path, workers=2, own_postgres=True, bucket=bucket) as stack:
         inputs = stack.upload(files)
         report = run_chaos(stack, inputs, jobs=jobs, seed=seed, interval=(1.0, 3.0), max_faults=6, timeout=300)
     assert report.problems == [], report
