@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--faults", type=int, default=20)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--bucket", action="store_true", help="blobs in an S3-compatible bucket (moto), a folder per process")
+    ap.add_argument("--partition", action="store_true",
+                    help="distributed: a worker behind a network link the faults cut (root, iproute2)")
     args = ap.parse_args()
     modes = ["embedded", "distributed"] if args.mode == "both" else [args.mode]
     reports = []
@@ -37,8 +39,9 @@ def main() -> None:
         digits = factories.digits()
         files = factories.write_files(Path(tmp) / "files", digits, factories.train_mlp(digits))
         for mode in modes:
-            with Stack(mode, Path(tmp) / mode, workers=2, own_postgres=mode == "distributed",
-                       bucket=args.bucket) as stack:  # fmt: skip
+            partitioned = int(args.partition and mode == "distributed")
+            with Stack(mode, Path(tmp) / mode, workers=2, own_postgres=mode == "distributed", bucket=args.bucket,
+                       partitioned_workers=partitioned, extra_env={"GIF_DATABASE_TIMEOUT_SECONDS": "4"}) as stack:  # fmt: skip
                 inputs = stack.upload(files)
                 reports.append(run_chaos(stack, inputs, jobs=args.jobs, seed=args.seed, max_faults=args.faults,
                                          interval=(2.0, 6.0), timeout=3600))  # fmt: skip

@@ -62,9 +62,10 @@ class ChaosReport:
     problems: list[str] = field(default_factory=list)
 
 
-def faults_for(mode: str) -> list[str]:
+def faults_for(mode: str, partitioned: bool = False) -> list[str]:
+    """The fault kinds of ``mode`` (``partition``: a stack with a worker behind a link to cut)."""
     if mode == "distributed":
-        return ["api", "worker", "pause", "worker_node", "redis", "postgres"]
+        return ["api", "worker", "pause", "worker_node", "redis", "postgres"] + (["partition"] if partitioned else [])
     return ["api", "worker", "pause"]
 
 
@@ -175,6 +176,19 @@ class _Chaos(threading.Thread):
         self.stack.redis.start()
         return True
 
+    def _partition(self) -> bool:
+        """Cut the link of the worker behind it (packets vanish: its connections to Redis and
+        PostgreSQL hang) for longer than a lease, then heal it: a job it held moves to the other
+        side, the cut-off attempt fences itself, and the worker serves again afterwards."""
+        assert self.stack.partition is not None
+        lease = float(self.stack.env.get("GIF_LEASE_SECONDS", "120"))
+        self.stack.partition.cut()
+        try:
+            time.sleep(self.rng.uniform(1.5, 3.0) * lease)
+        finally:
+            self.stack.partition.heal()
+        return True
+
     def _postgres(self) -> bool:
         import psycopg
 
@@ -226,7 +240,7 @@ def run_chaos(
     report = ChaosReport(stack.mode, jobs)
     started = time.monotonic()
     deadline = started + timeout
-    chaos = _Chaos(stack, faults or faults_for(stack.mode), rng, interval, max_faults)
+    chaos = _Chaos(stack, faults or faults_for(stack.mode, stack.partition is not None), rng, interval, max_faults)
     chaos.start()
     ids: dict[str, str] = {}
     try:
