@@ -1,7 +1,8 @@
 """Chaos in CI (short): a batch of jobs while the API, a worker process, a worker node, the
-broker and the database server are each SIGKILLed, and a job's process frozen past its lease,
-at a random moment; afterwards nothing is lost, duplicated or corrupted (tests/chaos.py has the
-faults and the invariants; bench/chaos.py runs long batches)."""
+broker and the database server are each SIGKILLed, a job's process is frozen past its lease and
+(first run) a worker's network link is cut, at random moments; afterwards nothing is lost,
+duplicated or corrupted (tests/chaos.py has the faults and the invariants; bench/chaos.py runs
+long batches). The second run keeps the blobs in an S3-compatible bucket."""
 
 from __future__ import annotations
 
