@@ -26,8 +26,9 @@ from typing import Any
 from .errors import CheckpointUnsafe, InsufficientStorage, InvalidArtifact
 
 INSPECTOR_MODULE = "workers.inspect_artifact"
-#: Address space for the inspector beyond 4x the file: the interpreter, torch and numpy.
-INSPECTOR_BASE_MEMORY = 2 * 1024**3
+#: Address space for the inspector beyond what it holds once torch and numpy are imported (a CUDA
+#: build maps gigabytes of libraries), besides 4x the file.
+INSPECTOR_BASE_MEMORY = 1024**3
 _PASSED_ENV = ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 

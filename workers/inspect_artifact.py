@@ -30,9 +30,9 @@ _ZIP = b"PK\x03\x04"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.serve:
-        import gif.io  # noqa: F401 (the slow import, done before the request arrives)
+    import gif.io  # noqa: F401 (the slow import: served interpreters do it before the request arrives)
 
+    if args.serve:
         line = sys.stdin.readline()
         if not line.strip():  # the API closed the pipe: no upload for this interpreter
             return 0
@@ -113,8 +113,10 @@ def _request_argv(line: str) -> list[str]:
 
 
 def _limit_resources(cpu_seconds: int, max_output_bytes: int, max_memory_bytes: int) -> None:
-    """CPU time (on top of what the imports used), written file size and address space (a
-    decompression bomb fails with MemoryError)."""
+    """CPU time and address space on top of what the imports took, and written file size (a
+    decompression bomb fails with MemoryError). Relative, because a CUDA build of torch maps
+    gigabytes of libraries at import: an absolute cap that fits a CPU build refuses every file
+    there (found on an H200: "Cannot allocate memory" for a 10 kB checkpoint)."""
     try:
         import resource
     except ImportError:  # not on POSIX
@@ -124,10 +126,19 @@ def _limit_resources(cpu_seconds: int, max_output_bytes: int, max_memory_bytes: 
     for limit, value in (
         (resource.RLIMIT_CPU, cpu_seconds + used if cpu_seconds > 0 else 0),
         (resource.RLIMIT_FSIZE, max_output_bytes),
-        (resource.RLIMIT_AS, max_memory_bytes),
+        (resource.RLIMIT_AS, max_memory_bytes + _mapped_bytes() if max_memory_bytes > 0 else 0),
     ):
         if value > 0:
             resource.setrlimit(limit, (value, value))
+
+
+def _mapped_bytes() -> int:
+    """This process's address space now (Linux ``/proc/self/statm``; 0 where there is none)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--convert-to")
     parser.add_argument("--cpu-seconds", type=int, default=300)
     parser.add_argument("--max-output-bytes", type=int, default=8 * 1024**3)
-    parser.add_argument("--max-memory-bytes", type=int, default=0, help="0: no address-space limit")
+    parser.add_argument("--max-memory-bytes", type=int, default=0,
+                        help="address space beyond what the interpreter holds after its imports (0: no limit)")
     return parser
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import math
 import os
 import zipfile
@@ -89,12 +91,15 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
 def infer_num_classes(model: nn.Module, sample_input: torch.Tensor) -> int:
     """Number of classes a model predicts: the last dimension of its output on ``sample_input``.
 
-    The forward runs in eval mode (the model's mode is restored afterwards) without gradients.
+    The forward runs in eval mode (the model's mode is restored afterwards) without gradients,
+    on the model's device (the sample is moved there: datasets stay in host memory).
     """
     was_training = model.training
+    device = next(itertools.chain(model.parameters(), model.buffers()), sample_input).device
     model.eval()
     try:
-        out = model(sample_input)
+        with torch.no_grad():
+            out = model(sample_input.to(device))
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim < 1:

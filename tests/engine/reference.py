@@ -34,15 +34,15 @@ def dense_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 
 def reference_influence(method, h, g, index, damping, h_target=None, fraction=0.0):
     """The four variants by dense linear algebra (numpy-free, float64, pseudo-inverses)."""
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     if method == "if":
         return (torch.linalg.pinv(h + damping * eye) @ g)[index]
     if method == "fif":
         sub = h[index][:, index]
-        return torch.linalg.pinv(sub + damping * torch.eye(len(index), dtype=h.dtype)) @ g[index]
+        return torch.linalg.pinv(sub + damping * torch.eye(len(index), dtype=h.dtype, device=h.device)) @ g[index]
     if method == "gif":
         a = h[:, index]
-        return torch.linalg.pinv(a.T @ a + damping * torch.eye(len(index), dtype=h.dtype)) @ (a.T @ g)
+        return torch.linalg.pinv(a.T @ a + damping * torch.eye(len(index), dtype=h.dtype, device=h.device)) @ (a.T @ g)
     z = torch.linalg.pinv(h + damping * eye) @ g
     z2 = fraction / (1 - fraction) * torch.linalg.pinv(h + damping * eye) @ ((h - h_target) @ z)
     return (z + z2)[index]

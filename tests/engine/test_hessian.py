@@ -12,7 +12,7 @@ def test_hvp_matches_dense_hessian(tiny, backend):
     _, model, data, _ = tiny
     h = dense_hessian(model, *data)
     op = HessianOperator(model, data, backend=backend)
-    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(data[0].device)
     torch.testing.assert_close(op.hvp(v), h @ v, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(op.gradient(), dense_gradient(model, *data), rtol=1e-10, atol=1e-12)
     assert (op.hvps, op.grads) == (1, 1)
@@ -27,7 +27,7 @@ def test_dense_matches_reference(tiny):
 
 def test_batching_and_chunking_do_not_change_results(tiny):
     _, model, (x, y), _ = tiny
-    v = torch.randn(HessianOperator(model, (x, y)).size, dtype=torch.float64)
+    v = torch.randn(HessianOperator(model, (x, y)).size, dtype=torch.float64, device=x.device)
     whole = HessianOperator(model, (x, y))
     uneven = HessianOperator(model, [(x[:3], y[:3]), (x[3:17], y[3:17]), (x[17:], y[17:])], chunk_size=5)
     torch.testing.assert_close(uneven.hvp(v), whole.hvp(v), rtol=1e-12, atol=1e-12)
@@ -73,5 +73,5 @@ def test_auto_backend_picks_graph_when_it_fits_and_func_otherwise(tiny):
     assert 0 < small.estimate_graph_bytes() < 1 << 20
     tight = HessianOperator(model, data, backend="auto", graph_budget_bytes=1)
     assert tight.backend == "func"
-    v = torch.randn(small.size, dtype=torch.float64)
+    v = torch.randn(small.size, dtype=torch.float64, device=data[0].device)
     torch.testing.assert_close(small.hvp(v), tight.hvp(v), rtol=1e-10, atol=1e-12)

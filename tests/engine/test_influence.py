@@ -170,7 +170,7 @@ def test_sif_says_when_its_correction_dominates(tiny, solver, fraction):
     _, model, hdata, tdata = tiny
     damping = damping_for_pd(tiny)
     h, g, h_u = dense_hessian(model, *hdata), dense_gradient(model, *tdata), dense_hessian(model, *tdata)
-    inverse = torch.linalg.inv(h + damping * torch.eye(h.shape[0], dtype=h.dtype))
+    inverse = torch.linalg.inv(h + damping * torch.eye(h.shape[0], dtype=h.dtype, device=h.device))
     z = inverse @ g
     ratio = float((fraction / (1 - fraction) * inverse @ ((h - h_u) @ z)).norm() / z.norm())
     out = gif.influence(model, hdata, tdata, method="sif", params=selected(h.shape[0]), damping=damping,

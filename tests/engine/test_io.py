@@ -461,3 +461,10 @@ def test_every_data_pkl_of_a_zip_is_checked(tmp_path):
     ])  # fmt: skip
     with pytest.raises(UnsafeCheckpointError, match="pickle bomb"):
         io.load_checkpoint(tmp_path / "decoy.pt")
+
+
+def test_num_classes_are_read_on_the_models_device_whatever_the_samples():
+    """Workers keep datasets in host memory and the model on its device (a GPU): the probe
+    follows the model ("meta" stands in for a GPU on machines without one)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).to("meta")
+    assert gif.io.infer_num_classes(model, torch.randn(1, 2, 2)) == 3
