@@ -185,12 +185,7 @@ class BlobStore:
 
     def adopt(self, path: Path) -> StagedBlob:
         """Stage a file that was written elsewhere under ``<root>/tmp`` (hashes it; no copy)."""
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                digest.update(chunk)
-            os.fsync(f.fileno())
-        return StagedBlob(self, Path(path), digest.hexdigest(), Path(path).stat().st_size)
+        return StagedBlob(self, Path(path), file_sha256(path, fsync=True), Path(path).stat().st_size)
 
     def committed(self) -> Iterator[StoredBlob]:
         """Every stored blob."""
@@ -277,6 +272,17 @@ class BlobStore:
                 raise OSError("blob store probe read back different bytes")
         finally:
             probe.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path, *, fsync: bool = False) -> str:
+    """The SHA-256 of a file's content, read in chunks (``fsync``: flushed to disk as well)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+        if fsync:
+            os.fsync(f.fileno())
+    return digest.hexdigest()
 
 
 def open_blob_store(settings: Settings, space: Space = "artifacts") -> BlobStore:

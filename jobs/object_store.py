@@ -19,7 +19,6 @@ boto3 is imported here only, so the folder store does not need it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import logs
-from .blobs import _HEX64, CHUNK, BlobStore, StagedBlob, StoredBlob
+from .blobs import _HEX64, CHUNK, BlobStore, StagedBlob, StoredBlob, file_sha256
 from .errors import BlobCorrupted, StorageUnavailable
 
 log = logs.get(__name__)
@@ -110,7 +109,7 @@ class S3BlobStore(BlobStore):
         tmp = self.tmp_path(".fetch")
         try:
             self._call("download", lambda: self.client.download_file(self.bucket, self.key(sha256), str(tmp)))
-            found = _sha256_of(tmp)
+            found = file_sha256(tmp)
             if found != sha256:
                 raise BlobCorrupted(f"blob {sha256} in {self.location} holds content with digest {found}")
             local.parent.mkdir(parents=True, exist_ok=True)
@@ -120,14 +119,7 @@ class S3BlobStore(BlobStore):
         return local
 
     def committed(self) -> Iterator[StoredBlob]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=f"{self.prefix}sha256/"
-        )
-        listing = iter(pages)
-        while True:
-            page = self._call("list", lambda: next(listing, None))
-            if page is None:
-                return
+        for page in self._pages("list_objects_v2", Prefix=f"{self.prefix}sha256/"):
             for item in page.get("Contents", []):
                 name = item["Key"].rsplit("/", 1)[-1]
                 if _HEX64.match(name):
@@ -192,9 +184,7 @@ class S3BlobStore(BlobStore):
 
     def delete_parts(self, upload_id: str) -> None:
         prefix = self._part_key(upload_id, 1).rsplit("/", 1)[0] + "/"
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        listing = iter(pages)
-        while (page := self._call("list", lambda: next(listing, None))) is not None:
+        for page in self._pages("list_objects_v2", Prefix=prefix):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
                 self._call("delete", lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys}))
@@ -232,9 +222,8 @@ class S3BlobStore(BlobStore):
     def direct_parts(self, upload_id: str, remote_id: str) -> list[tuple[int, int, str]]:
         """The parts S3 holds: ``(number, size, etag)``, by number."""
         key = self.direct_key(upload_id)
-        pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=remote_id)
-        listing, parts = iter(pages), []
-        while (page := self._call("list", lambda: next(listing, None))) is not None:
+        parts = []
+        for page in self._pages("list_parts", Key=key, UploadId=remote_id):
             parts += [(p["PartNumber"], int(p["Size"]), p["ETag"].strip('"')) for p in page.get("Parts", [])]
         return sorted(parts)
 
@@ -252,6 +241,12 @@ class S3BlobStore(BlobStore):
             self._call("abort", lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=remote_id))
         except FileNotFoundError:
             pass  # completed or aborted already
+
+    def _pages(self, operation: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """The pages of a listing of the bucket, each request's failure mapped like any call."""
+        listing = iter(self.client.get_paginator(operation).paginate(Bucket=self.bucket, **params))
+        while (page := self._call("list", lambda: next(listing, None))) is not None:
+            yield page
 
     def _read_key(self, key: str) -> Iterator[bytes]:
         body = self._call("download", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"])
@@ -339,13 +334,6 @@ def _client(endpoint_url: str | None, region: str | None) -> Any:
     )
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _touch(path: Path) -> None:
