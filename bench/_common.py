@@ -221,7 +221,7 @@ def machine_description(device: torch.device | None = None) -> str:
     ]
     if device is not None and device.type == "cuda":
         parts.append(f"GPU: {torch.cuda.get_device_name(device)}")
-    parts.append(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    parts.append(datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     return "; ".join(parts)
 
 
@@ -232,10 +232,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     numeric = [all(_is_number(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
-        padded = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)]
+        padded = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric, strict=True)]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join("-" * (w + 1) + ":" if num else "-" * (w + 2) for w, num in zip(widths, numeric))
+    rule = "|" + "|".join(
+        "-" * (w + 1) + ":" if num else "-" * (w + 2) for w, num in zip(widths, numeric, strict=True)
+    )
     rule += "|"
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 

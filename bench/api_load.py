@@ -40,11 +40,20 @@ def free_port() -> int:
 
 def start_server(home: str, port: int) -> subprocess.Popen:
     # no admission limits: this measures raw capacity (16 clients of one tenant, thousands of jobs)
-    env = {**os.environ, "GIF_HOME": home, "GIF_API_KEYS": f"bench:{KEY}", "GIF_WORKERS": "0",
-           "GIF_RATE_LIMIT_PER_SECOND": "0", "GIF_MAX_ACTIVE_JOBS_PER_TENANT": "0", "GIF_MAX_WAITING_JOBS": "0"}
+    env = {
+        **os.environ,
+        "GIF_HOME": home,
+        "GIF_API_KEYS": f"bench:{KEY}",
+        "GIF_WORKERS": "0",
+        "GIF_RATE_LIMIT_PER_SECOND": "0",
+        "GIF_MAX_ACTIVE_JOBS_PER_TENANT": "0",
+        "GIF_MAX_WAITING_JOBS": "0",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -78,9 +87,15 @@ def main() -> None:
                 ids = {}
                 for kind, name in (("checkpoint", "model"), ("dataset", "train")):
                     with open(BUNDLE / f"{name}.safetensors", "rb") as f:
-                        ids[kind] = c.post("/v1/artifacts", data={"kind": kind}, files={"file": f}).json()["id"]
-                body = {"type": "remove", "model": {**MODEL, "checkpoint": ids["checkpoint"]},
-                        "train": ids["dataset"], "forget": {"class": 3}}
+                        ids[kind] = c.post("/v1/artifacts", data={"kind": kind}, files={"file": f}).json()[
+                            "id"
+                        ]
+                body = {
+                    "type": "remove",
+                    "model": {**MODEL, "checkpoint": ids["checkpoint"]},
+                    "train": ids["dataset"],
+                    "forget": {"class": 3},
+                }
                 first = c.post("/v1/jobs", json=body).json()["id"]
             samples: dict[str, list[float]] = {"status": [], "submit": []}
             errors = {"status": 0, "submit": 0}
@@ -117,16 +132,20 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"### API load, {args.clients} clients, {args.seconds:.0f} s, submit share {args.submit_share}, "
-          f"embedded mode (SQLite), no workers\n")
+    print(
+        f"### API load, {args.clients} clients, {args.seconds:.0f} s, submit share {args.submit_share}, "
+        f"embedded mode (SQLite), no workers\n"
+    )
     print("| request | count | throughput /s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
     for kind, values in samples.items():
         if not values:
             continue
         ms = [v * 1000 for v in values]
-        print(f"| {kind} | {len(ms)} | {len(ms) / args.seconds:.1f} | {statistics.median(ms):.1f} | "
-              f"{percentile(ms, 0.95):.1f} | {percentile(ms, 0.99):.1f} | {errors[kind]} |")
+        print(
+            f"| {kind} | {len(ms)} | {len(ms) / args.seconds:.1f} | {statistics.median(ms):.1f} | "
+            f"{percentile(ms, 0.95):.1f} | {percentile(ms, 0.99):.1f} | {errors[kind]} |"
+        )
 
 
 if __name__ == "__main__":

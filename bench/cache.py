@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common
 import torch
 
-import _common
 import gif
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,22 +108,52 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     uncached = _common.median([t for t, *_ in runs["none"]])
-    rows = [["none", f"{uncached:.2f}", "-", "-", f"{reference.report['hvps']} / -",
-             f"{reference.report['gradients']} / -", "-"]]
+    rows = [
+        [
+            "none",
+            f"{uncached:.2f}",
+            "-",
+            "-",
+            f"{reference.report['hvps']} / -",
+            f"{reference.report['gradients']} / -",
+            "-",
+        ]
+    ]
     for backend in backends[1:]:
         cold = _common.median([c for c, *_ in runs[backend]])
         warm = _common.median([w for _, w, *_ in runs[backend]])
         c_rep, w_rep = runs[backend][0][2], runs[backend][0][3]
-        rows.append([backend, f"{cold:.2f}", f"{warm:.3f}", f"{cold / warm:.0f}x", f"{c_rep['hvps']} / {w_rep['hvps']}",
-                     f"{c_rep['gradients']} / {w_rep['gradients']}",
-                     f"{len(w_rep['cache']['hits'])} / {len(w_rep['cache']['misses'])}"])
+        rows.append(
+            [
+                backend,
+                f"{cold:.2f}",
+                f"{warm:.3f}",
+                f"{cold / warm:.0f}x",
+                f"{c_rep['hvps']} / {w_rep['hvps']}",
+                f"{c_rep['gradients']} / {w_rep['gradients']}",
+                f"{len(w_rep['cache']['hits'])} / {len(w_rep['cache']['misses'])}",
+            ]
+        )
     steps = len(reference.report["newton_steps"])
     evals = sum(st["step"]["evaluations"] for st in reference.report["newton_steps"])
-    print(f"\nRemove class {args.cls} from the digits TinyNet ({_common.num_params(model):,} parameters), default "
-          f"options: {steps} Newton steps, {evals} step-search evaluations; median of {args.repeats} repeats\n")
-    print(_common.markdown_table(
-        ["cache", "cold s", "warm s", "speed-up", "HVPs cold / warm", "gradients cold / warm",
-         "warm hits / misses"], rows))
+    print(
+        f"\nRemove class {args.cls} from the digits TinyNet ({_common.num_params(model):,} parameters), default "
+        f"options: {steps} Newton steps, {evals} step-search evaluations; median of {args.repeats} repeats\n"
+    )
+    print(
+        _common.markdown_table(
+            [
+                "cache",
+                "cold s",
+                "warm s",
+                "speed-up",
+                "HVPs cold / warm",
+                "gradients cold / warm",
+                "warm hits / misses",
+            ],
+            rows,
+        )
+    )
     speedups = ", ".join(f"{r[0]} {r[3]}" for r in rows[1:])
     print(f"\nsummary: warm vs cold speed-up {speedups}; warm runs computed 0 HVPs and 0 gradients")
     print(f"Machine: {_common.machine_description()}")
@@ -138,7 +168,9 @@ def _fresh_cache(backend: str, folder: Path, redis_server: PrivateRedis | None):
     from workers.cache import make_cache
 
     assert redis_server is not None
-    return make_cache(redis_server.url, folder, BlobStore(folder / "blobs"), namespace=f"bench:{folder.name}:")
+    return make_cache(
+        redis_server.url, folder, BlobStore(folder / "blobs"), namespace=f"bench:{folder.name}:"
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=40)
     ap.add_argument("--faults", type=int, default=20)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--bucket", action="store_true", help="blobs in an S3-compatible bucket (moto), a folder per process")
-    ap.add_argument("--partition", action="store_true",
-                    help="distributed: a worker behind a network link the faults cut (root, iproute2)")
+    ap.add_argument(
+        "--bucket", action="store_true", help="blobs in an S3-compatible bucket (moto), a folder per process"
+    )
+    ap.add_argument(
+        "--partition",
+        action="store_true",
+        help="distributed: a worker behind a network link the faults cut (root, iproute2)",
+    )
     args = ap.parse_args()
     modes = ["embedded", "distributed"] if args.mode == "both" else [args.mode]
     reports = []
@@ -45,8 +50,10 @@ def main() -> None:
                 inputs = stack.upload(files)
                 reports.append(run_chaos(stack, inputs, jobs=args.jobs, seed=args.seed, max_faults=args.faults,
                                          interval=(2.0, 6.0), timeout=3600))  # fmt: skip
-    print("\n| mode | jobs | faults | outcomes | max attempts | artifacts / blobs verified | orphans swept "
-          "(blobs left) | problems | seconds |")
+    print(
+        "\n| mode | jobs | faults | outcomes | max attempts | artifacts / blobs verified | orphans swept "
+        "(blobs left) | problems | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in reports:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(collections.Counter(r.faults).items()))

@@ -26,8 +26,12 @@ from tests.stack import Stack  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda", help="GIF_DEVICE of the workers: cuda, cuda:N, cpu or auto")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device", default="cuda", help="GIF_DEVICE of the workers: cuda, cuda:N, cpu or auto"
+    )
     parser.add_argument("--solver", default="lowrank")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -35,18 +39,28 @@ def main() -> None:
         files = factories.write_files(Path(tmp) / "files", digits, factories.train_mlp(digits))
         with Stack("embedded", Path(tmp) / "stack", extra_env={"GIF_DEVICE": args.device}) as stack:
             inputs = stack.upload(files)
-            model = {"arch": "mlp", "config": dict(factories.MLP_CONFIG), "checkpoint": inputs["checkpoint"]["id"]}
+            model = {
+                "arch": "mlp",
+                "config": dict(factories.MLP_CONFIG),
+                "checkpoint": inputs["checkpoint"]["id"],
+            }
             body = {"type": "remove", "model": model, "train": inputs["train"]["id"], "forget": {"class": 3},
                     "options": {"solver": args.solver, "rank": 16, "newton_steps": 2}}  # fmt: skip
             job_id = stack.client.post("/v1/jobs", json=body).json()["id"]
             started = time.monotonic()
-            while (job := stack.client.get(f"/v1/jobs/{job_id}").json())["status"] not in {"succeeded", "failed"}:
+            while (job := stack.client.get(f"/v1/jobs/{job_id}").json())["status"] not in {
+                "succeeded",
+                "failed",
+            }:
                 time.sleep(0.2)
             print(f"status {job['status']} in {time.monotonic() - started:.1f} s", job.get("error") or "")
             if job["status"] == "succeeded":
                 summary = job["result"]["summary"]
                 print("compute", json.dumps(job["result"]["provenance"].get("compute")))
-                print("solver", json.dumps({k: summary["solver"].get(k) for k in ("method", "hvps", "converged")}))
+                print(
+                    "solver",
+                    json.dumps({k: summary["solver"].get(k) for k in ("method", "hvps", "converged")}),
+                )
                 print("metrics", json.dumps(summary.get("metrics", {})))
     sys.exit(0 if job["status"] == "succeeded" else 1)
 

@@ -51,9 +51,9 @@ def paper_hvp(model: torch.nn.Module, op: HessianOperator, v: torch.Tensor) -> t
     for chunk in op.data:
         loss = cross_entropy(model(chunk.inputs), chunk.targets)
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((g * vi).sum() for g, vi in zip(grads, vs))
+        dot = sum((g * vi).sum() for g, vi in zip(grads, vs, strict=True))
         hv = torch.autograd.grad(dot, params)
-        for acc, h in zip(out, hv):
+        for acc, h in zip(out, hv, strict=True):
             acc.add_(h, alpha=chunk.weight)
     return torch.cat([t.reshape(-1) for t in out])
 
@@ -100,7 +100,6 @@ def bench_one(name: str, samples: int, args: argparse.Namespace, device: torch.d
     row["graph1"] = C.median(first_times)
     row["graph"] = timed("graph", lambda: graph.hvp(v))
     graph.release()
-    del graph
 
     if not args.no_paper:
         row["paper"] = timed("paper", lambda: paper_hvp(model, func, v))

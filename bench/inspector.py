@@ -51,7 +51,9 @@ def _time(inspector: Inspector, path: Path, kind: str, out: Path, settle: float)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--back-to-back", action="store_true", help="no pause between warm requests")
     args = parser.parse_args()

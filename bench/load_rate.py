@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
 from api_load import BUNDLE, KEY, MODEL, free_port, percentile, start_server
 
 
@@ -41,7 +40,9 @@ def main() -> None:
     print("| kind | requests | achieved /s | p50 ms | p99 ms | max ms | errors |")
     print("|---|---|---|---|---|---|---|")
     for kind, row in table.items():
-        print(f"| {kind} | {row['n']} | {row['rate']:.1f} | {row['p50']:.1f} | {row['p99']:.1f} | {row['max']:.1f} | {row['errors']} |")
+        print(
+            f"| {kind} | {row['n']} | {row['rate']:.1f} | {row['p50']:.1f} | {row['p99']:.1f} | {row['max']:.1f} | {row['errors']} |"
+        )
 
 
 def run(url: str, args: argparse.Namespace) -> dict[str, dict]:
@@ -50,8 +51,15 @@ def run(url: str, args: argparse.Namespace) -> dict[str, dict]:
     ids = {}
     for name, kind in (("model", "checkpoint"), ("train", "dataset")):
         with open(BUNDLE / f"{name}.safetensors", "rb") as f:
-            ids[name] = client.post("/v1/artifacts", files={"file": (f"{name}.safetensors", f)}, data={"kind": kind}).json()["id"]
-    body = {"type": "remove", "model": {**MODEL, "checkpoint": ids["model"]}, "train": ids["train"], "forget": {"class": 3}}
+            ids[name] = client.post(
+                "/v1/artifacts", files={"file": (f"{name}.safetensors", f)}, data={"kind": kind}
+            ).json()["id"]
+    body = {
+        "type": "remove",
+        "model": {**MODEL, "checkpoint": ids["model"]},
+        "train": ids["train"],
+        "forget": {"class": 3},
+    }
     job_id = client.post("/v1/jobs", json=body).json()["id"]
     results: dict[str, list[tuple[float, bool]]] = {"status": [], "submit": []}
     lock = threading.Lock()

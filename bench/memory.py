@@ -143,7 +143,14 @@ def run_child(cfg: dict) -> dict:
     ratio = cfg["param_ratio"]
     params = None if ratio >= 1.0 else {"strategy": "random", "ratio": ratio}
     gif.influence(
-        model, tiny, tiny, method="gif", solver="lsqr", max_iter=1, chunk_size=2, hvp_backend=backend,
+        model,
+        tiny,
+        tiny,
+        method="gif",
+        solver="lsqr",
+        max_iter=1,
+        chunk_size=2,
+        hvp_backend=backend,
         params=params,
     )
     meter = PeakMeter(device)
@@ -265,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         C.model_spec(name)
     bad = [b for b in args.backends if b not in ("func", "graph")]
     if bad or min(args.max_iter, args.target, args.jobs) < 1 or not 0 < args.param_ratio <= 1:
-        parser.error("--backends takes func,graph; --max-iter, --target and --jobs must be >= 1; "
-                     "--param-ratio must be in (0, 1]")
+        parser.error(
+            "--backends takes func,graph; --max-iter, --target and --jobs must be >= 1; "
+            "--param-ratio must be in (0, 1]"
+        )
     C.apply_threads(args.threads)
     device = C.resolve_device(args.device)
 

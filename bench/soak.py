@@ -65,11 +65,17 @@ def soak(stack: Stack, files: dict, jobs: int) -> list[dict]:
                 "options": {"newton_steps": 2, "hessian_samples": 256}}  # fmt: skip
         started = time.monotonic()
         job_id = client.post("/v1/jobs", json=body).json()["id"]
-        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+            "succeeded",
+            "failed",
+            "cancelled",
+        ):
             time.sleep(0.1)
         assert job["status"] == "succeeded", job
         events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
-        worker_pid = int([e for e in events if e["type"] == "job.running"][-1]["data"]["worker"].split(":")[1])
+        worker_pid = int(
+            [e for e in events if e["type"] == "job.running"][-1]["data"]["worker"].split(":")[1]
+        )
         rows.append({"api": rss_mib(stack.api.proc.pid), "worker": rss_mib(worker_pid),
                      "seconds": time.monotonic() - started})  # fmt: skip
     return rows

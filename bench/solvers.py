@@ -27,7 +27,7 @@ import torch
 import gif
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from digits import CNN, load_digits, train  # noqa: E402
+from digits import CNN, load_digits, train
 
 THRESHOLDS = (1e-1, 1e-2, 1e-4)
 HVPS_PER_ITER = {("symmetric", "cg"): 1, ("symmetric", "minres"): 1}  # everything else: 2
@@ -57,28 +57,54 @@ def main() -> None:
     target = (s.x_train[forget], s.y_train[forget])
     subset = gif.select(model, target, strategy="highest_gradients", ratio=0.05)
 
-    print(f"### Solvers, TinyNet on digits, λ = {args.damping}, budget {args.budget} iterations, "
-          f"|T| = {subset.numel()} of {gif.params.ParamSpace(model).size}\n")
-    print("| system | solver | HVPs to 1e-1 | HVPs to 1e-2 | HVPs to 1e-4 | residual at budget | HVPs | seconds |")
+    print(
+        f"### Solvers, TinyNet on digits, λ = {args.damping}, budget {args.budget} iterations, "
+        f"|T| = {subset.numel()} of {gif.params.ParamSpace(model).size}\n"
+    )
+    print(
+        "| system | solver | HVPs to 1e-1 | HVPs to 1e-2 | HVPs to 1e-4 | residual at budget | HVPs | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for method in ("gif", "if", "fif"):
         params = None if method == "if" else subset
         kind = "lstsq" if method == "gif" else "symmetric"
         for solver in ("cg", "minres", "lsqr"):
             start = time.perf_counter()
-            out = gif.influence(model, hessian, target, method=method, params=params, damping=args.damping,
-                                solver=solver, tol=1e-6, max_iter=args.budget)
+            out = gif.influence(
+                model,
+                hessian,
+                target,
+                method=method,
+                params=params,
+                damping=args.damping,
+                solver=solver,
+                tol=1e-6,
+                max_iter=args.budget,
+            )
             seconds = time.perf_counter() - start
             per = HVPS_PER_ITER.get((kind, solver), 2)
             marks = [first_below(out.history, t, per) for t in THRESHOLDS]
             note = " (stopped: negative curvature)" if "curvature" in out.note else ""
-            print(f"| {method} | {solver} | {' | '.join(marks)} | {out.residual:.1e}{note} | {out.hvps} | {seconds:.2f} |")
+            print(
+                f"| {method} | {solver} | {' | '.join(marks)} | {out.residual:.1e}{note} | {out.hvps} | {seconds:.2f} |"
+            )
         for iters in (20, args.budget):
             start = time.perf_counter()
-            out = gif.influence(model, hessian, target, method=method, params=params, damping=args.damping,
-                                solver="neumann", tol=1e-9, max_iter=iters)
+            out = gif.influence(
+                model,
+                hessian,
+                target,
+                method=method,
+                params=params,
+                damping=args.damping,
+                solver="neumann",
+                tol=1e-9,
+                max_iter=iters,
+            )
             seconds = time.perf_counter() - start
-            print(f"| {method} | neumann ({iters} it) | | | | {out.residual:.1e} | {out.hvps} | {seconds:.2f} |")
+            print(
+                f"| {method} | neumann ({iters} it) | | | | {out.residual:.1e} | {out.hvps} | {seconds:.2f} |"
+            )
 
 
 if __name__ == "__main__":

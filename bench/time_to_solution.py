@@ -35,7 +35,7 @@ from gif.params import ParamSpace
 from gif.steps import search_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from digits import CNN, accuracy, load_digits, train  # noqa: E402
+from digits import CNN, accuracy, load_digits, train
 
 
 def paper_gif(model, total, target, index, *, max_iter=200, tol=1e-9, normalizer=1.0, step=3.0):
@@ -94,7 +94,9 @@ def search_quality(model, index, direction, val, forget, split, cls):
     best = search_step(objective, min_scale=1e-4, max_scale=1e4, growth=math.sqrt(2), patience=6)
     space.set_(edited, index, theta + best.scale * direction)
     keep = split.y_test != cls
-    return accuracy(edited, split.x_test[keep], split.y_test[keep]), accuracy(edited, split.x_test[~keep], split.y_test[~keep])
+    return accuracy(edited, split.x_test[keep], split.y_test[keep]), accuracy(
+        edited, split.x_test[~keep], split.y_test[~keep]
+    )
 
 
 def timed(fn):
@@ -128,29 +130,56 @@ def main() -> None:
     rows.append(["paper (Neumann, 200 it, graph rebuilt)", hvps, t_paper, x])
     damping = METHOD_DEFAULTS["gif"]["damping"]
     undamped, t_undamped = timed(lambda: gif.influence(model, hessian, target, method="gif", params=index))
-    rows.append([f"engine, λ = 0 ({undamped.solver}, {undamped.iterations} it)", undamped.hvps, t_undamped,
-                 undamped.vector])
-    cold, t_cold = timed(lambda: gif.influence(model, hessian, target, method="gif", params=index, damping=damping))
-    rows.append([f"engine cold, λ = {damping} ({cold.solver}, {cold.iterations} it)", cold.hvps, t_cold, cold.vector])
-    fit, t_fit = timed(lambda: gif.influence(model, hessian, target, method="gif", params=index, solver="lowrank",
-                                             damping=damping))
+    rows.append(
+        [
+            f"engine, λ = 0 ({undamped.solver}, {undamped.iterations} it)",
+            undamped.hvps,
+            t_undamped,
+            undamped.vector,
+        ]
+    )
+    cold, t_cold = timed(
+        lambda: gif.influence(model, hessian, target, method="gif", params=index, damping=damping)
+    )
+    rows.append(
+        [f"engine cold, λ = {damping} ({cold.solver}, {cold.iterations} it)", cold.hvps, t_cold, cold.vector]
+    )
+    fit, t_fit = timed(
+        lambda: gif.influence(
+            model, hessian, target, method="gif", params=index, solver="lowrank", damping=damping
+        )
+    )
     rows.append([f"lowrank fit (rank {fit.lowrank.rank})", fit.hvps, t_fit, fit.vector])
     warm, t_warm = timed(
-        lambda: gif.influence(model, hessian, target, method="gif", params=index, solver="lowrank",
-                              lowrank=fit.lowrank, damping=damping)
+        lambda: gif.influence(
+            model,
+            hessian,
+            target,
+            method="gif",
+            params=index,
+            solver="lowrank",
+            lowrank=fit.lowrank,
+            damping=damping,
+        )
     )
     rows.append(["lowrank warm (reused fit)", warm.hvps, t_warm, warm.vector])
 
-    print(f"### Time to solution, TinyNet on digits, remove class {args.cls}, |T| = {index.numel()}, "
-          f"Hessian samples {len(hess_idx)}, {args.threads} threads\n")
+    print(
+        f"### Time to solution, TinyNet on digits, remove class {args.cls}, |T| = {index.numel()}, "
+        f"Hessian samples {len(hess_idx)}, {args.threads} threads\n"
+    )
     print("| path | HVPs | seconds | speed-up vs paper | retained acc (test) | removed-class acc (test) |")
     print("|---|---|---|---|---|---|")
     for name, n_hvp, seconds, vector in rows:
         # removal moves along +x for the target CE gradient (gif-method.md §1.9)
         retain, removed = search_quality(model, index, vector, val, forget, s, args.cls)
-        print(f"| {name} | {n_hvp} | {seconds:.3f} | {t_paper / seconds:.1f}× | {retain:.2f} | {removed:.2f} |")
-    print(f"\npaper normaliser ended at c = {c:g}; engine cold residual {cold.residual:.2e} "
-          f"(converged={cold.converged})")
+        print(
+            f"| {name} | {n_hvp} | {seconds:.3f} | {t_paper / seconds:.1f}× | {retain:.2f} | {removed:.2f} |"
+        )
+    print(
+        f"\npaper normaliser ended at c = {c:g}; engine cold residual {cold.residual:.2e} "
+        f"(converged={cold.converged})"
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def _checkpoint(folder: Path, mib: int) -> Path:
 
 def _form(client: Client, path: Path) -> dict:
     with open(path, "rb") as f:
-        response = client._http.client.post("/v1/artifacts", files={"file": (path.name, f)}, data={"kind": "checkpoint"})
+        response = client._http.client.post(
+            "/v1/artifacts", files={"file": (path.name, f)}, data={"kind": "checkpoint"}
+        )
     response.raise_for_status()
     return response.json()
 
@@ -48,7 +50,9 @@ def _form(client: Client, path: Path) -> dict:
 def _raw(client: Client, path: Path) -> dict:
     with open(path, "rb") as f:
         response = client._http.client.post(
-            "/v1/artifacts", content=f, headers={"Content-Type": "application/octet-stream", "X-Artifact-Kind": "checkpoint"}
+            "/v1/artifacts",
+            content=f,
+            headers={"Content-Type": "application/octet-stream", "X-Artifact-Kind": "checkpoint"},
         )
     response.raise_for_status()
     return response.json()
@@ -63,7 +67,9 @@ def _download(client: Client, artifact: dict, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mib", type=int, default=256, help="file size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stores", type=_common.str_list, default=["folder", "bucket"])
@@ -74,25 +80,27 @@ def main() -> None:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         for store in args.stores:
             env = {"GIF_MAX_UPLOAD_BYTES": str(4 * 1024**3), "GIF_UPLOAD_PART_BYTES": str(PART_MIB * 1024**2)}
-            with Stack("embedded", Path(tmp) / store, bucket=store == "bucket", extra_env=env) as stack:
-                with Client(f"http://127.0.0.1:{stack.port}", api_key=KEY, timeout=600) as client:
-                    for name, upload in (("multipart form", _form), ("raw body", _raw),
+            with (
+                Stack("embedded", Path(tmp) / store, bucket=store == "bucket", extra_env=env) as stack,
+                Client(f"http://127.0.0.1:{stack.port}", api_key=KEY, timeout=600) as client,
+            ):
+                for name, upload in (("multipart form", _form), ("raw body", _raw),
                                          (f"session ({PART_MIB} MiB parts, 4 parallel)", _session)):  # fmt: skip
-                        seconds = []
-                        for _ in range(args.repeats):
-                            started = time.perf_counter()
-                            artifact = upload(client, path)
-                            seconds.append(time.perf_counter() - started)
-                            assert artifact["sha256"] == digest, artifact
-                            client._http.request("DELETE", f"/v1/artifacts/{artifact['id']}")
-                        rows.append((store, f"upload: {name}", *_rate(args.mib, seconds)))
-                    artifact = _raw(client, path)
                     seconds = []
-                    for k in range(args.repeats):
+                    for _ in range(args.repeats):
                         started = time.perf_counter()
-                        _download(client, artifact, Path(tmp) / f"down-{store}-{k}")
+                        artifact = upload(client, path)
                         seconds.append(time.perf_counter() - started)
-                    rows.append((store, "download", *_rate(args.mib, seconds)))
+                        assert artifact["sha256"] == digest, artifact
+                        client._http.request("DELETE", f"/v1/artifacts/{artifact['id']}")
+                    rows.append((store, f"upload: {name}", *_rate(args.mib, seconds)))
+                artifact = _raw(client, path)
+                seconds = []
+                for k in range(args.repeats):
+                    started = time.perf_counter()
+                    _download(client, artifact, Path(tmp) / f"down-{store}-{k}")
+                    seconds.append(time.perf_counter() - started)
+                rows.append((store, "download", *_rate(args.mib, seconds)))
     print(f"\n{_common.machine_description()}; a {args.mib} MiB checkpoint, median of {args.repeats}\n")
     print(_common.markdown_table(["blob store", "operation", "seconds", "MiB/s"], rows))
 

@@ -35,7 +35,11 @@ METHODS: dict[str, dict] = {
     "IF 100%": {"method": "if"},
     "SIF 100%": {"method": "sif"},
     "paper: GIF 5% outputs, Neumann 200": {
-        "method": "gif", "selection": "highest_outputs", "solver": "neumann", "max_iter": 200, "tol": 1e-9,
+        "method": "gif",
+        "selection": "highest_outputs",
+        "solver": "neumann",
+        "max_iter": 200,
+        "tol": 1e-9,
         "newton_steps": 1,
     },
 }
@@ -68,8 +72,11 @@ def run(seed: int) -> dict[str, list[float]]:
         relabel = accuracy(m, x_trig, y_true)
         attack = accuracy(m, x_trig, torch.full_like(y_true, TARGET))
         rows[name] = [clean, relabel, attack, seconds]
-        print(f"  seed {seed} {name:36s} clean {clean:6.2f}  relabel {relabel:6.2f}  attack {attack:6.2f}"
-              f"  ({seconds:.1f}s)", flush=True)
+        print(
+            f"  seed {seed} {name:36s} clean {clean:6.2f}  relabel {relabel:6.2f}  attack {attack:6.2f}"
+            f"  ({seconds:.1f}s)",
+            flush=True,
+        )
 
     record("poisoned (original)", model, 0.0)
     record("retrained on fixed labels", retrained, 0.0)
@@ -88,8 +95,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs = [run(seed) for seed in range(args.seeds)]
-    report(runs, title="Backdoor relabelling, digits, TinyNet",
-           columns=["clean acc", "relabel acc", "attack success", "edit seconds"], out=args.out, stem="backdoor_relabel")
+    report(
+        runs,
+        title="Backdoor relabelling, digits, TinyNet",
+        columns=["clean acc", "relabel acc", "attack success", "edit seconds"],
+        out=args.out,
+        stem="backdoor_relabel",
+    )
 
 
 if __name__ == "__main__":

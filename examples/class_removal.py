@@ -31,7 +31,11 @@ METHODS: dict[str, dict] = {
     "IF 100%": {"method": "if"},
     "SIF 100%": {"method": "sif"},
     "paper: GIF 5% outputs, Neumann 200": {
-        "method": "gif", "selection": "highest_outputs", "solver": "neumann", "max_iter": 200, "tol": 1e-9,
+        "method": "gif",
+        "selection": "highest_outputs",
+        "solver": "neumann",
+        "max_iter": 200,
+        "tol": 1e-9,
         "newton_steps": 1,
     },
 }
@@ -48,7 +52,10 @@ def run(seed: int, cls: int, arch: dict) -> dict[str, list[float]]:
         retain = accuracy(m, s.x_test[keep_test], s.y_test[keep_test])
         forget = accuracy(m, s.x_test[~keep_test], s.y_test[~keep_test])
         rows[name] = [retain, forget, 100 * gif.metrics.f1(1 - forget / 100, retain / 100), seconds]
-        print(f"  seed {seed} {name:36s} retain {retain:6.2f}  forget {forget:6.2f}  ({seconds:.1f}s)", flush=True)
+        print(
+            f"  seed {seed} {name:36s} retain {retain:6.2f}  forget {forget:6.2f}  ({seconds:.1f}s)",
+            flush=True,
+        )
 
     record("original", model, 0.0)
     record("retrained from scratch", retrained, 0.0)
@@ -69,9 +76,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs = [run(seed, args.cls, CNN if args.arch == "cnn" else MLP) for seed in range(args.seeds)]
-    report(runs, title=f"Class removal, digits, {args.arch}, class {args.cls}",
-           columns=["retained acc (test)", "removed-class acc (test)", "F1", "edit seconds"],
-           out=args.out, stem="class_removal")
+    report(
+        runs,
+        title=f"Class removal, digits, {args.arch}, class {args.cls}",
+        columns=["retained acc (test)", "removed-class acc (test)", "F1", "edit seconds"],
+        out=args.out,
+        stem="class_removal",
+    )
 
 
 if __name__ == "__main__":

@@ -84,13 +84,15 @@ def mean_std(values: list[float]) -> str:
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     text = "\n".join([f"### {title}", "", line(header), line(["-" * w for w in widths]), *map(line, rows)])
     print(text + "\n")
     return text
 
 
-def report(runs: list[dict[str, list[float]]], *, title: str, columns: list[str], out: Path, stem: str) -> None:
+def report(
+    runs: list[dict[str, list[float]]], *, title: str, columns: list[str], out: Path, stem: str
+) -> None:
     """Print the mean ± std table over seeds, save it as markdown and as a grouped bar plot (PNG).
 
     ``runs``: one dict per seed, method name -> values in ``columns`` order; the last column is
@@ -115,7 +117,9 @@ def _plot(runs: list[dict], names: list[str], series: list[str], title: str, pat
     for k, label in enumerate(series):
         means = [sum(r[n][k] for r in runs) / len(runs) for n in names]
         ax.bar([i + width * k for i in range(len(names))], means, width=width, label=label)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=25, ha="right", fontsize=8)
+    ax.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(names))], names, rotation=25, ha="right", fontsize=8
+    )
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)

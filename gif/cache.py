@@ -70,8 +70,8 @@ __all__ = [
     "CachedSolves",
     "DiskCache",
     "Entry",
-    "MemoryCache",
     "Memo",
+    "MemoryCache",
     "check_key",
     "data_digest",
     "decode",
@@ -131,7 +131,10 @@ class Cache(Protocol):
         """Exclusive, blocking, per-key lock shared by every process using this cache."""
 
     def compute_once(
-        self, key: str, fn: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]], *,
+        self,
+        key: str,
+        fn: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]],
+        *,
         device: torch.device | str | None = None,
     ) -> Entry:
         """The entry under ``key``; if absent, ``fn()`` → (tensors, meta) is computed and stored
@@ -177,7 +180,10 @@ class BaseCache:
             return None
 
     def compute_once(
-        self, key: str, fn: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]], *,
+        self,
+        key: str,
+        fn: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]],
+        *,
         device: torch.device | str | None = None,
     ) -> Entry:
         check_key(key)
@@ -386,7 +392,9 @@ def _size(path: Path) -> int:
 # -- serialisation -------------------------------------------------------------------------------
 
 
-def encode(tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None, *, key: str | None = None) -> bytes:
+def encode(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None, *, key: str | None = None
+) -> bytes:
     """Safetensors bytes of CPU copies of ``tensors``, with ``meta`` as JSON in the header (and
     the entry's ``key``, so that an entry's file says what it is)."""
     from safetensors.torch import save
@@ -408,7 +416,9 @@ def decode(data: bytes, device: torch.device | str | None = None) -> tuple[dict[
     return {k: t.to(device) if device is not None else t for k, t in tensors.items()}, meta
 
 
-def read_file(path: str | os.PathLike, device: torch.device | str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+def read_file(
+    path: str | os.PathLike, device: torch.device | str | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, meta) of a file written with :func:`encode` (memory-mapped read)."""
     from safetensors import safe_open
 
@@ -556,8 +566,11 @@ class CacheStats:
         per_kind[result] += 1
 
     def as_dict(self) -> dict:
-        return {"hits": list(self.hits), "misses": list(self.misses),
-                "counts": {k: dict(v) for k, v in self.counts.items()}}
+        return {
+            "hits": list(self.hits),
+            "misses": list(self.misses),
+            "counts": {k: dict(v) for k, v in self.counts.items()},
+        }
 
 
 # -- one request's view ---------------------------------------------------------------------------
@@ -590,8 +603,12 @@ class Memo:
     # lookups
 
     def fetch(
-        self, kind: str, parts: Mapping[str, Any],
-        compute: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]], *, device: torch.device | str | None,
+        self,
+        kind: str,
+        parts: Mapping[str, Any],
+        compute: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]],
+        *,
+        device: torch.device | str | None,
     ) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, meta) of the entry for ``parts``, computed (once, under its lock) if absent."""
         if not self.enabled:
@@ -615,7 +632,11 @@ class Memo:
             self.stats.record(key, status)
 
     def tensor(
-        self, kind: str, parts: Mapping[str, Any], compute: Callable[[], torch.Tensor], *,
+        self,
+        kind: str,
+        parts: Mapping[str, Any],
+        compute: Callable[[], torch.Tensor],
+        *,
         device: torch.device | str | None,
     ) -> torch.Tensor:
         tensors, _ = self.fetch(kind, parts, lambda: ({"value": compute()}, {}), device=device)
@@ -635,7 +656,11 @@ class Memo:
         return self.tensor("gradient", parts, op.gradient, device=op.flat.device)
 
     def influence(
-        self, parts: Mapping[str, Any], solve: Callable[[], InfluenceResult], *, index: torch.Tensor,
+        self,
+        parts: Mapping[str, Any],
+        solve: Callable[[], InfluenceResult],
+        *,
+        index: torch.Tensor,
         device: torch.device | str | None,
     ) -> tuple[InfluenceResult, bool]:
         """An influence solve for ``parts``; (result, computed now). A cached result has no
@@ -663,19 +688,36 @@ class Memo:
 
 def influence_entry(result: InfluenceResult) -> tuple[dict[str, torch.Tensor], dict]:
     meta = {
-        "method": result.method, "solver": result.solver, "converged": result.converged,
-        "iterations": result.iterations, "hvps": result.hvps, "grads": result.grads,
-        "residual": result.residual, "history": list(result.history), "note": result.note,
+        "method": result.method,
+        "solver": result.solver,
+        "converged": result.converged,
+        "iterations": result.iterations,
+        "hvps": result.hvps,
+        "grads": result.grads,
+        "residual": result.residual,
+        "history": list(result.history),
+        "note": result.note,
         "seconds": result.seconds,
     }
     return {"vector": result.vector}, meta
 
 
-def influence_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping, index: torch.Tensor) -> InfluenceResult:
+def influence_from_entry(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping, index: torch.Tensor
+) -> InfluenceResult:
     return InfluenceResult(
-        vector=tensors["vector"], params=index.cpu(), method=meta["method"], solver=meta["solver"],
-        converged=meta["converged"], iterations=meta["iterations"], hvps=meta["hvps"], grads=meta["grads"],
-        residual=meta["residual"], history=list(meta["history"]), note=meta["note"], seconds=meta["seconds"],
+        vector=tensors["vector"],
+        params=index.cpu(),
+        method=meta["method"],
+        solver=meta["solver"],
+        converged=meta["converged"],
+        iterations=meta["iterations"],
+        hvps=meta["hvps"],
+        grads=meta["grads"],
+        residual=meta["residual"],
+        history=list(meta["history"]),
+        note=meta["note"],
+        seconds=meta["seconds"],
     )
 
 
@@ -685,7 +727,10 @@ def lowrank_entry(fit: LowRankHessian) -> tuple[dict[str, torch.Tensor], dict]:
 
 def lowrank_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> LowRankHessian:
     return LowRankHessian(
-        tensors["eigenvalues"], tensors["eigenvectors"], tensors["residuals"], int(meta.get("hvps", 0)),
+        tensors["eigenvalues"],
+        tensors["eigenvectors"],
+        tensors["residuals"],
+        int(meta.get("hvps", 0)),
         dict(meta.get("meta", {})),
     )
 
@@ -713,8 +758,17 @@ class CachedSolves:
         self.hvps = 0  # spent on a fit outside any solve (a cached solve whose fit was evicted)
 
     def solve(
-        self, hessian: HessianOperator, g: torch.Tensor, index: torch.Tensor, *, model: str, data: str,
-        loss: str, extra: Mapping[str, Any], monitor: Monitor, **options: Any,
+        self,
+        hessian: HessianOperator,
+        g: torch.Tensor,
+        index: torch.Tensor,
+        *,
+        model: str,
+        data: str,
+        loss: str,
+        extra: Mapping[str, Any],
+        monitor: Monitor,
+        **options: Any,
     ) -> tuple[InfluenceResult, bool]:
         """``solve_influence(hessian, g, index, **options)``, from the cache when possible.
 
@@ -726,10 +780,18 @@ class CachedSolves:
         if lowrank and self.memo.enabled and self._id is None:
             self._identify_fit(hessian, model=model, data=data, loss=loss, **options)
         parts = {
-            "model": model, "data": data, "loss": loss, "rhs": self.memo.data(g), "params": self.memo.data(index),
-            "backend": hessian.backend, "chunks": [len(c) for c in hessian.data], "curvature": self._id,
-            **{k: options.get(k) for k in ("method", "damping", "solver", "tol", "max_iter", "rank", "seed",
-                                           "group_fraction")},
+            "model": model,
+            "data": data,
+            "loss": loss,
+            "rhs": self.memo.data(g),
+            "params": self.memo.data(index),
+            "backend": hessian.backend,
+            "chunks": [len(c) for c in hessian.data],
+            "curvature": self._id,
+            **{
+                k: options.get(k)
+                for k in ("method", "damping", "solver", "tol", "max_iter", "rank", "seed", "group_fraction")
+            },
             "extra": dict(extra),
         }
 
@@ -746,12 +808,22 @@ class CachedSolves:
                 self.fit = self._fit(hessian, g, monitor, options)
         return result, fresh
 
-    def _identify_fit(self, hessian: HessianOperator, *, model: str, data: str, loss: str, **options: Any) -> None:
+    def _identify_fit(
+        self, hessian: HessianOperator, *, model: str, data: str, loss: str, **options: Any
+    ) -> None:
         if self.fit is not None:
             self._id = "given:" + lowrank_digest(self.fit)
             return
-        parts = {"model": model, "data": data, "loss": loss, "rank": options.get("rank"), "seed": options.get("seed"),
-                 "steps": None, "backend": hessian.backend, "chunks": [len(c) for c in hessian.data]}
+        parts = {
+            "model": model,
+            "data": data,
+            "loss": loss,
+            "rank": options.get("rank"),
+            "seed": options.get("seed"),
+            "steps": None,
+            "backend": hessian.backend,
+            "chunks": [len(c) for c in hessian.data],
+        }
         self._key = self._id = make_key("lowrank", parts)
         found = self.memo.peek(self._key, device=hessian.flat.device)
         if found is not None:
@@ -777,8 +849,13 @@ class CachedSolves:
 
     def _fit(self, hessian, g, monitor, options) -> LowRankHessian:
         def compute() -> tuple[dict, dict]:
-            fit = fit_curvature(hessian, like=g, rank=options.get("rank") or DEFAULT_RANK, seed=options.get("seed", 0),
-                                monitor=monitor)
+            fit = fit_curvature(
+                hessian,
+                like=g,
+                rank=options.get("rank") or DEFAULT_RANK,
+                seed=options.get("seed", 0),
+                monitor=monitor,
+            )
             return lowrank_entry(fit)
 
         entry = self._fetch_fit(compute, hessian)

@@ -92,8 +92,12 @@ def remove(
         raise IndexOutOfRangeError("`forget` covers the whole training set; nothing would remain")
     base = loss_fn or cross_entropy
     task = _Task(
-        kind="remove", index=index, target=(x[index], y[index]), target_loss=base,
-        scale=-index.numel() / (len(y) - index.numel()), forget_class=forget_class,
+        kind="remove",
+        index=index,
+        target=(x[index], y[index]),
+        target_loss=base,
+        scale=-index.numel() / (len(y) - index.numel()),
+        forget_class=forget_class,
     )
     return _edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache)
 
@@ -135,8 +139,12 @@ def relabel(
         raise IndexOutOfRangeError("`indices` covers the whole training set; no clean data would remain")
     base = loss_fn or cross_entropy
     task = _Task(
-        kind="relabel", index=index, target=(x[index], torch.stack([old, new], dim=1).to(y.device)),
-        target_loss=_relabel_loss(base), scale=index.numel() / len(y), new_labels=new,
+        kind="relabel",
+        index=index,
+        target=(x[index], torch.stack([old, new], dim=1).to(y.device)),
+        target_loss=_relabel_loss(base),
+        scale=index.numel() / len(y),
+        new_labels=new,
     )
     return _edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache)
 
@@ -208,19 +216,46 @@ def _edit(
             notify({"stage": "computing_gradients", "newton_step": k + 1})
             with clock("gradients"):
                 model_id = ids.theta0 if k == 0 else memo.model(edited)
-                hessian = HessianOperator(edited, hessian_data, loss_fn=loss_fn,
-                                          chunk_size=opts.chunk_size, backend=opts.hvp_backend)
-                drift = hessian if splits.retained is None else HessianOperator(
-                    edited, drift_data, loss_fn=loss_fn, chunk_size=opts.chunk_size, backend=opts.hvp_backend)
-                g, target_hvp = gradient(hessian, drift, first=k == 0, more=opts.newton_steps > 1, model=model_id)
+                hessian = HessianOperator(
+                    edited,
+                    hessian_data,
+                    loss_fn=loss_fn,
+                    chunk_size=opts.chunk_size,
+                    backend=opts.hvp_backend,
+                )
+                drift = (
+                    hessian
+                    if splits.retained is None
+                    else HessianOperator(
+                        edited,
+                        drift_data,
+                        loss_fn=loss_fn,
+                        chunk_size=opts.chunk_size,
+                        backend=opts.hvp_backend,
+                    )
+                )
+                g, target_hvp = gradient(
+                    hessian, drift, first=k == 0, more=opts.newton_steps > 1, model=model_id
+                )
             with clock("solve"):
                 infl, fresh = solves.solve(
-                    hessian, g, params, model=model_id, data=ids.hessian, loss=ids.loss,
+                    hessian,
+                    g,
+                    params,
+                    model=model_id,
+                    data=ids.hessian,
+                    loss=ids.loss,
                     extra=ids.sif_target(task) if opts.method == "sif" else {},
                     monitor=Monitor(callback, should_stop, stage="solving_ihvp"),
-                    method=opts.method, damping=opts.damping, solver=opts.solver, tol=opts.tol,
-                    max_iter=opts.max_iter, target_hvp=target_hvp, group_fraction=task.index.numel() / len(y),
-                    rank=opts.rank, seed=opts.seed,
+                    method=opts.method,
+                    damping=opts.damping,
+                    solver=opts.solver,
+                    tol=opts.tol,
+                    max_iter=opts.max_iter,
+                    target_hvp=target_hvp,
+                    group_fraction=task.index.numel() / len(y),
+                    rank=opts.rank,
+                    seed=opts.seed,
                 )
                 hessian.release()
                 drift.release()
@@ -234,8 +269,14 @@ def _edit(
                 else:
                     # the grid is over relative step norms, so it does not matter how long d is
                     unit = float(objective.theta_t.norm()) / max(float(infl.vector.norm()), 1e-30)
-                    outcome = search_step(objective, min_scale=opts.min_step * unit, max_scale=opts.max_step * unit,
-                                          growth=opts.growth, patience=opts.patience, should_stop=should_stop)
+                    outcome = search_step(
+                        objective,
+                        min_scale=opts.min_step * unit,
+                        max_scale=opts.max_step * unit,
+                        growth=opts.growth,
+                        patience=opts.patience,
+                        should_stop=should_stop,
+                    )
                 objective(outcome.scale)  # leave the model at the chosen step
             steps.append({"newton_step": k + 1, "solver": infl.diagnostics(), "step": outcome.as_dict()})
             if outcome.scale == 0.0:
@@ -254,8 +295,10 @@ def _edit(
         "validation_source": "given" if validation is not None else "carved from retained training data",
         "solver": _solver_summary(steps),
         "newton_steps": steps,
-        "metrics": {"before": {"objective": before, **before_metrics},
-                    "after": {"objective": after, **after_metrics}},
+        "metrics": {
+            "before": {"objective": before, **before_metrics},
+            "after": {"objective": after, **after_metrics},
+        },
         "delta_norm": float(delta.norm()),
         "relative_delta_norm": float(delta.norm() / theta0[params.to(theta0.device)].norm().clamp_min(1e-30)),
         "gradients": gradient.count + work["gradients"],
@@ -268,13 +311,27 @@ def _edit(
     return EditResult(edited, delta, params, report, solves.fit)
 
 
-def _select(model: nn.Module, task: _Task, opts: EditOptions, loss_fn: LossFn, memo: Memo, ids: _Ids) -> torch.Tensor:
+def _select(
+    model: nn.Module, task: _Task, opts: EditOptions, loss_fn: LossFn, memo: Memo, ids: _Ids
+) -> torch.Tensor:
     """T: scored on the edited samples under the loss being changed (relabel: new minus old)."""
     loss, loss_key = (loss_fn, ids.loss) if task.kind == "remove" else (task.target_loss, ids.target_loss)
-    key = {"model": ids.theta0, "data": ids.target, "loss": loss_key, "strategy": opts.selection,
-           "ratio": opts.ratio, "seed": opts.seed}
-    return memo.tensor("selection", key, device="cpu", compute=lambda: select(
-        model, task.target, strategy=opts.selection, ratio=opts.ratio, seed=opts.seed, loss_fn=loss))
+    key = {
+        "model": ids.theta0,
+        "data": ids.target,
+        "loss": loss_key,
+        "strategy": opts.selection,
+        "ratio": opts.ratio,
+        "seed": opts.seed,
+    }
+    return memo.tensor(
+        "selection",
+        key,
+        device="cpu",
+        compute=lambda: select(
+            model, task.target, strategy=opts.selection, ratio=opts.ratio, seed=opts.seed, loss_fn=loss
+        ),
+    )
 
 
 def _solver_summary(steps: list[dict]) -> dict:
@@ -311,20 +368,33 @@ class _EditedGradient:
         self.base: torch.Tensor | None = None  # the constant term fixed at θ₀
         self.hessian0: torch.Tensor | None = None  # ∇L_h(θ₀)
 
-    def __call__(self, hessian: HessianOperator, drift: HessianOperator, *, first: bool, more: bool, model: str):
+    def __call__(
+        self, hessian: HessianOperator, drift: HessianOperator, *, first: bool, more: bool, model: str
+    ):
         """g_k at the θ of ``hessian``; ``model`` is that θ's digest (cache key). ``drift`` is
         the retained loss L_h (the Hessian sample, or its untouched part)."""
         task, u, ids = self.task, self.task.index.numel(), self.ids
-        target = HessianOperator(hessian.flat, task.target, loss_fn=task.target_loss,
-                                 chunk_size=self.chunk_size, what="edited samples")
+        target = HessianOperator(
+            hessian.flat,
+            task.target,
+            loss_fn=task.target_loss,
+            chunk_size=self.chunk_size,
+            what="edited samples",
+        )
         ops = [target, hessian] if drift is hessian else [target, hessian, drift]
 
         def grad(op: HessianOperator, data: str, loss: str) -> torch.Tensor:
             return self.memo.gradient(op, model=model, data=data, loss=loss)
 
         def labelled(column: int) -> HessianOperator:
-            ops.append(HessianOperator(hessian.flat, (task.target[0], task.target[1][:, column]),
-                                       chunk_size=self.chunk_size, what="edited samples"))
+            ops.append(
+                HessianOperator(
+                    hessian.flat,
+                    (task.target[0], task.target[1][:, column]),
+                    chunk_size=self.chunk_size,
+                    what="edited samples",
+                )
+            )
             return ops[-1]
 
         if first:
@@ -341,7 +411,11 @@ class _EditedGradient:
             if task.kind == "remove":
                 g = change + self.base
             else:
-                g = (1 - u / self.n) * change + (u / self.n) * grad(labelled(1), ids.new, ids.loss) + self.base
+                g = (
+                    (1 - u / self.n) * change
+                    + (u / self.n) * grad(labelled(1), ids.new, ids.loss)
+                    + self.base
+                )
         self.count += sum(op.grads for op in ops)
         hessian.grads = drift.grads = 0
         return g, _CountingHvp(target, self, abs(task.scale))
@@ -368,8 +442,14 @@ class _Ids:
         ex, ey = task.target
         hessian = memo.data(*hessian_data)
         drift = hessian if drift_data[1].numel() == hessian_data[1].numel() else memo.data(*drift_data)
-        ids = cls(memo.model(model), loss, loss if task.kind == "remove" else f"relabel({loss})",
-                  memo.data(ex, ey), hessian, drift)
+        ids = cls(
+            memo.model(model),
+            loss,
+            loss if task.kind == "remove" else f"relabel({loss})",
+            memo.data(ex, ey),
+            hessian,
+            drift,
+        )
         if task.kind == "relabel":
             ids = dataclasses.replace(ids, old=memo.data(ex, ey[:, 0]), new=memo.data(ex, ey[:, 1]))
         return ids
@@ -479,11 +559,18 @@ class _Objective:
             self.old_y = self.old_y[pick]
         pick = _cap_index(len(vy), gen)
         self.val = (vx[pick], vy[pick])
-        self.key = {  # what a measurement depends on besides the model
-            "task": task.kind, "forget_class": task.forget_class is not None, "loss": loss_id(loss_fn),
-            "validation": memo.data(*self.val), "edited": memo.data(*self.edited),
-            "old_labels": memo.data(self.old_y) if task.kind == "relabel" else None,
-        } if memo.enabled else {}
+        self.key = (
+            {  # what a measurement depends on besides the model
+                "task": task.kind,
+                "forget_class": task.forget_class is not None,
+                "loss": loss_id(loss_fn),
+                "validation": memo.data(*self.val),
+                "edited": memo.data(*self.edited),
+                "old_labels": memo.data(self.old_y) if task.kind == "relabel" else None,
+            }
+            if memo.enabled
+            else {}
+        )
 
     def start(self, direction: torch.Tensor) -> None:
         """Walk along ``direction`` from the model's current θ_T."""
@@ -504,7 +591,9 @@ class _Objective:
         if not self.memo.enabled:
             return self._evaluate()
         key = {"model": self.memo.model(self.model), **self.key}
-        out = self.memo.meta("evaluation", key, lambda: dict(zip(("objective", "metrics"), self._evaluate())))
+        out = self.memo.meta(
+            "evaluation", key, lambda: dict(zip(("objective", "metrics"), self._evaluate(), strict=True))
+        )
         return out["objective"], out["metrics"]
 
     def _evaluate(self) -> tuple[float, dict]:
@@ -545,19 +634,25 @@ def _check_indices(indices: object, n: int, what: str) -> torch.Tensor:
     if idx.numel() == 0:
         raise IndexOutOfRangeError(f"`{what}` is empty")
     if int(idx.min()) < 0 or int(idx.max()) >= n:
-        raise IndexOutOfRangeError(f"`{what}` has indices in [{int(idx.min())}, {int(idx.max())}], outside [0, {n})")
+        raise IndexOutOfRangeError(
+            f"`{what}` has indices in [{int(idx.min())}, {int(idx.max())}], outside [0, {n})"
+        )
     if torch.unique(idx).numel() != idx.numel():
         raise IndexOutOfRangeError(f"`{what}` contains duplicated indices")
     return idx
 
 
-def _forget_indices(forget: object, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, int | None]:
+def _forget_indices(
+    forget: object, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, int | None]:
     if isinstance(forget, dict):
         if set(forget) != {"class"}:
             raise InvalidArgumentError("`forget` as a dict must be {'class': c}")
         cls = forget["class"]
         if isinstance(cls, bool) or not isinstance(cls, int) or not 0 <= cls < num_classes:
-            raise UnknownClassError(f"class {cls!r} does not exist: the model has classes 0..{num_classes - 1}")
+            raise UnknownClassError(
+                f"class {cls!r} does not exist: the model has classes 0..{num_classes - 1}"
+            )
         index = class_indices(labels, cls)
         if index.numel() == 0:
             raise UnknownClassError(f"class {cls} has no samples in the training data")

@@ -61,7 +61,11 @@ class FlatModel:
         self._fixed.update(dict(model.named_buffers()))
         self.theta = self.space.vector(model).clone()
         if not bool(torch.isfinite(self.theta).all()):
-            bad = [s.name for s in self.space.slots if not bool(torch.isfinite(self.theta[s.offset : s.stop]).all())]
+            bad = [
+                s.name
+                for s in self.space.slots
+                if not bool(torch.isfinite(self.theta[s.offset : s.stop]).all())
+            ]
             raise NumericalError(f"model parameters contain NaN or Inf: {', '.join(bad[:5])}")
 
     def with_loss(self, loss_fn: LossFn) -> FlatModel:
@@ -172,7 +176,9 @@ class HessianOperator:
 
     def loss(self) -> float:
         with torch.no_grad():
-            return float(sum(c.weight * self.flat.loss(self.flat.theta, c.inputs, c.targets) for c in self.data))
+            return float(
+                sum(c.weight * self.flat.loss(self.flat.theta, c.inputs, c.targets) for c in self.data)
+            )
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """H·v for a flat vector v of length p."""

@@ -124,17 +124,31 @@ def influence(
         :class:`InfluenceResult` with ``.vector`` aligned with ``.params``.
     """
     with eval_mode(model):
-        hessian = HessianOperator(model, hessian_data, loss_fn=loss_fn, chunk_size=chunk_size, backend=hvp_backend)
+        hessian = HessianOperator(
+            model, hessian_data, loss_fn=loss_fn, chunk_size=chunk_size, backend=hvp_backend
+        )
         target = HessianOperator(hessian.flat, target_data, chunk_size=chunk_size, what="target_data")
-        index = resolve_params(params, model, target_data, loss_fn=loss_fn, seed=seed, space=hessian.flat.space)
+        index = resolve_params(
+            params, model, target_data, loss_fn=loss_fn, seed=seed, space=hessian.flat.space
+        )
         g = target.gradient()
         if group_fraction is None:
             group_fraction = target.num_samples / (target.num_samples + hessian.num_samples)
         result = solve_influence(
-            hessian, g, index,
-            method=method, damping=damping, solver=solver, tol=tol, max_iter=max_iter,
-            target_hvp=target.hvp if method == "sif" else None, group_fraction=group_fraction,
-            lowrank=lowrank, rank=rank, seed=seed, monitor=Monitor(callback, should_stop),
+            hessian,
+            g,
+            index,
+            method=method,
+            damping=damping,
+            solver=solver,
+            tol=tol,
+            max_iter=max_iter,
+            target_hvp=target.hvp if method == "sif" else None,
+            group_fraction=group_fraction,
+            lowrank=lowrank,
+            rank=rank,
+            seed=seed,
+            monitor=Monitor(callback, should_stop),
             **solver_options,
         )
         result.grads += target.grads
@@ -213,10 +227,18 @@ def solve_influence(
     if not bool(torch.isfinite(vector).all()):
         raise NumericalError(f"the {solver} solve produced NaN/Inf; add damping or use another solver")
     return InfluenceResult(
-        vector=vector, params=index.cpu(), method=method, solver=solver,
-        converged=outcome.converged, iterations=outcome.iterations,
-        hvps=hessian.hvps - hvps0, grads=hessian.grads - grads0, residual=outcome.residual,
-        history=outcome.history, note=outcome.note, seconds=time.perf_counter() - start,
+        vector=vector,
+        params=index.cpu(),
+        method=method,
+        solver=solver,
+        converged=outcome.converged,
+        iterations=outcome.iterations,
+        hvps=hessian.hvps - hvps0,
+        grads=hessian.grads - grads0,
+        residual=outcome.residual,
+        history=outcome.history,
+        note=outcome.note,
+        seconds=time.perf_counter() - start,
         lowrank=lowrank if solver == "lowrank" else None,
     )
 
@@ -259,8 +281,10 @@ def second_order_note(first: torch.Tensor, second: torch.Tensor) -> str:
     ratio = float(second.norm()) / max(float(first.norm()), 1e-30)
     if ratio <= SECOND_ORDER_LIMIT:
         return ""
-    return (f"second-order term is {ratio:.1f}x the first-order one: the group expansion is outside "
-            "its range (method 'if' uses the first-order term alone)")
+    return (
+        f"second-order term is {ratio:.1f}x the first-order one: the group expansion is outside "
+        "its range (method 'if' uses the first-order term alone)"
+    )
 
 
 def _problem(ctx: _Context, method: str, rhs: torch.Tensor | None = None) -> Problem:
@@ -287,13 +311,20 @@ def _iterative(
     if method == "if":
         return out.x[ctx.index], out
     second = solve(
-        _problem(ctx, method, rhs=ctx.sif_rhs(out.x)), solver,
-        tol=tol, max_iter=max_iter, monitor=Monitor(monitor.callback, monitor.should_stop, stage="second_order"),
+        _problem(ctx, method, rhs=ctx.sif_rhs(out.x)),
+        solver,
+        tol=tol,
+        max_iter=max_iter,
+        monitor=Monitor(monitor.callback, monitor.should_stop, stage="second_order"),
         **options,
     )
     merged = SolveResult(
-        out.x + second.x, out.converged and second.converged, out.iterations + second.iterations,
-        max(out.residual, second.residual), out.history + second.history, solver,
+        out.x + second.x,
+        out.converged and second.converged,
+        out.iterations + second.iterations,
+        max(out.residual, second.residual),
+        out.history + second.history,
+        solver,
         "; ".join(n for n in (out.note, second.note, second_order_note(out.x, second.x)) if n),
     )
     return merged.x[ctx.index], merged
@@ -320,26 +351,50 @@ def _direct(ctx: _Context, method: str) -> tuple[torch.Tensor, SolveResult]:
 
 
 def fit_curvature(
-    hessian: HessianOperator, *, like: torch.Tensor, rank: int = DEFAULT_RANK, seed: int = 0,
-    monitor: Monitor | None = None, steps: int | None = None,
+    hessian: HessianOperator,
+    *,
+    like: torch.Tensor,
+    rank: int = DEFAULT_RANK,
+    seed: int = 0,
+    monitor: Monitor | None = None,
+    steps: int | None = None,
 ) -> LowRankHessian:
     """The ``lowrank`` solver's curvature fit of ``hessian`` (progress stage ``fitting_curvature``)."""
     monitor = monitor or Monitor()
     return fit_lowrank(
-        hessian.hvp, hessian.size, rank=rank, like=like, seed=seed, steps=steps,
+        hessian.hvp,
+        hessian.size,
+        rank=rank,
+        like=like,
+        seed=seed,
+        steps=steps,
         monitor=Monitor(monitor.callback, monitor.should_stop, stage="fitting_curvature"),
     )
 
 
 def _lowrank(
-    ctx: _Context, method: str, fit: LowRankHessian | None, rank: int, seed: int, monitor: Monitor, **options: float
+    ctx: _Context,
+    method: str,
+    fit: LowRankHessian | None,
+    rank: int,
+    seed: int,
+    monitor: Monitor,
+    **options: float,
 ) -> tuple[torch.Tensor, SolveResult, LowRankHessian]:
     fitted_now = fit is None
     if fit is None:
-        fit = fit_curvature(ctx.hessian, like=ctx.g, rank=rank, seed=seed, monitor=monitor,
-                            steps=int(options["steps"]) if "steps" in options else None)
+        fit = fit_curvature(
+            ctx.hessian,
+            like=ctx.g,
+            rank=rank,
+            seed=seed,
+            monitor=monitor,
+            steps=int(options["steps"]) if "steps" in options else None,
+        )
     elif fit.size != ctx.g.numel():
-        raise InvalidArgumentError(f"the lowrank fit has {fit.size} parameters but the model has {ctx.g.numel()}")
+        raise InvalidArgumentError(
+            f"the lowrank fit has {fit.size} parameters but the model has {ctx.g.numel()}"
+        )
     idx = ctx.index
     if method == "if":
         x = fit.solve_if(ctx.g, ctx.damping)[idx]

@@ -56,7 +56,9 @@ def evaluate(
     return Scores(float(accuracy), float(loss), len(labels))
 
 
-def per_class_accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+def per_class_accuracy(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> list[float]:
     """Accuracy on each class (NaN for a class with no samples)."""
     pred = predict(model, inputs).argmax(dim=1).cpu()
     labels = labels.cpu()

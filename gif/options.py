@@ -51,15 +51,22 @@ class EditOptions:
     hessian_samples: int = field(default=2048, metadata={"help": "training samples in the Hessian"})
     hessian_pool: str = field(
         default="auto",
-        metadata={"help": "untouched (samples the edit leaves alone) | all (a seeded sample of the whole training "
-                  "set: the same for every edit, so one lowrank fit serves them all) | auto (all with "
-                  "solver=lowrank, else untouched)"},
+        metadata={
+            "help": "untouched (samples the edit leaves alone) | all (a seeded sample of the whole training "
+            "set: the same for every edit, so one lowrank fit serves them all) | auto (all with "
+            "solver=lowrank, else untouched)"
+        },
     )
-    validation_fraction: float = field(default=0.1, metadata={"help": "carved from retained data if none given"})
+    validation_fraction: float = field(
+        default=0.1, metadata={"help": "carved from retained data if none given"}
+    )
     max_validation: int = field(default=2000, metadata={"help": "cap on carved validation samples"})
     step: str = field(default="search", metadata={"help": "newton | search"})
     newton_steps: int = field(
-        default=10, metadata={"help": "outer Newton steps (gradient re-estimated at each); stops early when no step helps"}
+        default=10,
+        metadata={
+            "help": "outer Newton steps (gradient re-estimated at each); stops early when no step helps"
+        },
     )
     min_step: float = field(default=1e-5, metadata={"help": "smallest searched step, as ‖Δθ_T‖ / ‖θ_T‖"})
     max_step: float = field(default=1.0, metadata={"help": "largest searched step, as ‖Δθ_T‖ / ‖θ_T‖"})
@@ -84,7 +91,15 @@ class EditOptions:
         _in_range("min_step", self.min_step, 0.0, math.inf, low_open=True)
         _in_range("max_step", self.max_step, self.min_step, math.inf)
         _in_range("growth", self.growth, 1.0, math.inf, low_open=True)
-        for name in ("max_iter", "rank", "hessian_samples", "max_validation", "patience", "chunk_size", "newton_steps"):
+        for name in (
+            "max_iter",
+            "rank",
+            "hessian_samples",
+            "max_validation",
+            "patience",
+            "chunk_size",
+            "newton_steps",
+        ):
             check_positive_int(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise InvalidArgumentError(f"`seed` must be an integer, got {self.seed!r}")
@@ -102,7 +117,9 @@ class EditOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            raise InvalidArgumentError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise InvalidArgumentError(
+                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**kwargs)  # type: ignore[arg-type]
 
     @property
@@ -129,4 +146,6 @@ def _in_range(name: str, value: object, low: float, high: float, *, low_open: bo
     ok = ok and (value > low if low_open else value >= low) and value <= high  # type: ignore[operator]
     if not ok:
         bracket = "(" if low_open else "["
-        raise InvalidArgumentError(f"`{name}` must be a finite number in {bracket}{low}, {high}], got {value!r}")
+        raise InvalidArgumentError(
+            f"`{name}` must be a finite number in {bracket}{low}, {high}], got {value!r}"
+        )

@@ -82,7 +82,9 @@ class ParamSpace:
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a θ-shaped vector into per-parameter views, keyed by name."""
         if flat.ndim != 1 or flat.numel() != self.size:
-            raise InvalidArgumentError(f"expected a flat vector of length {self.size}, got shape {tuple(flat.shape)}")
+            raise InvalidArgumentError(
+                f"expected a flat vector of length {self.size}, got shape {tuple(flat.shape)}"
+            )
         return {s.name: flat[s.offset : s.stop].view(s.shape) for s in self.slots}
 
     def check_indices(self, indices: torch.Tensor, *, what: str = "params") -> torch.Tensor:
@@ -118,7 +120,9 @@ class ParamSpace:
         return theta[indices.to(theta.device)].clone()
 
     @torch.no_grad()
-    def _scatter(self, model: nn.Module, indices: torch.Tensor, values: torch.Tensor, *, accumulate: bool) -> None:
+    def _scatter(
+        self, model: nn.Module, indices: torch.Tensor, values: torch.Tensor, *, accumulate: bool
+    ) -> None:
         named = dict(model.named_parameters())
         indices = indices.to("cpu")
         order = torch.argsort(indices)

@@ -120,9 +120,22 @@ def scores(
     for the arguments and the diagnostics.
     """
     return scores_with_report(
-        model, train, queries, damping=damping, solver=solver, tol=tol, max_iter=max_iter,
-        loss_fn=loss_fn, hessian_data=hessian_data, chunk_size=chunk_size, lowrank=lowrank,
-        rank=rank, seed=seed, callback=callback, should_stop=should_stop, **solver_options,
+        model,
+        train,
+        queries,
+        damping=damping,
+        solver=solver,
+        tol=tol,
+        max_iter=max_iter,
+        loss_fn=loss_fn,
+        hessian_data=hessian_data,
+        chunk_size=chunk_size,
+        lowrank=lowrank,
+        rank=rank,
+        seed=seed,
+        callback=callback,
+        should_stop=should_stop,
+        **solver_options,
     ).scores
 
 
@@ -184,10 +197,24 @@ def scores_with_report(
         Cancelled: ``should_stop`` returned True.
     """
     return _run(
-        model, train, queries, want_self=bool(include_self_influence), damping=damping,
-        solver=_resolve_solver(solver, lowrank), tol=tol, max_iter=max_iter, loss_fn=loss_fn,
-        hessian_data=hessian_data, chunk_size=chunk_size, lowrank=lowrank, rank=rank, seed=seed,
-        callback=callback, should_stop=should_stop, hvp_backend=hvp_backend, options=solver_options,
+        model,
+        train,
+        queries,
+        want_self=bool(include_self_influence),
+        damping=damping,
+        solver=_resolve_solver(solver, lowrank),
+        tol=tol,
+        max_iter=max_iter,
+        loss_fn=loss_fn,
+        hessian_data=hessian_data,
+        chunk_size=chunk_size,
+        lowrank=lowrank,
+        rank=rank,
+        seed=seed,
+        callback=callback,
+        should_stop=should_stop,
+        hvp_backend=hvp_backend,
+        options=solver_options,
     )
 
 
@@ -234,10 +261,24 @@ def self_influence(
             )
         solver = "lowrank"
     result = _run(
-        model, train, None, want_self=True, damping=damping, solver=solver, tol=tol,
-        max_iter=max_iter, loss_fn=loss_fn, hessian_data=hessian_data, chunk_size=chunk_size,
-        lowrank=lowrank, rank=rank, seed=seed, callback=callback, should_stop=should_stop,
-        hvp_backend=hvp_backend, options=solver_options,
+        model,
+        train,
+        None,
+        want_self=True,
+        damping=damping,
+        solver=solver,
+        tol=tol,
+        max_iter=max_iter,
+        loss_fn=loss_fn,
+        hessian_data=hessian_data,
+        chunk_size=chunk_size,
+        lowrank=lowrank,
+        rank=rank,
+        seed=seed,
+        callback=callback,
+        should_stop=should_stop,
+        hvp_backend=hvp_backend,
+        options=solver_options,
     )
     assert result.self_influence is not None
     return result.self_influence
@@ -352,7 +393,11 @@ class _Inverse:
         if self.solver == "lowrank":
             if self.lowrank is None:
                 self.lowrank = fit_lowrank(
-                    self.hessian.hvp, theta.numel(), rank=self.rank, like=theta, seed=self.seed,
+                    self.hessian.hvp,
+                    theta.numel(),
+                    rank=self.rank,
+                    like=theta,
+                    seed=self.seed,
                     steps=int(self.options["steps"]) if "steps" in self.options else None,
                     monitor=Monitor(self.callback, self.should_stop, stage="fitting_curvature"),
                 )
@@ -421,8 +466,12 @@ class _Inverse:
         wrapped = None if callback is None else (lambda info: callback({**info, **context}))
         problem = Problem("symmetric", self.hessian.hvp, self.hessian.hvp, b, self.damping, b.numel())
         out = solve(
-            problem, self.solver, tol=self.tol, max_iter=self.max_iter,
-            monitor=Monitor(wrapped, self.should_stop, stage="solving"), **self.options,
+            problem,
+            self.solver,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            monitor=Monitor(wrapped, self.should_stop, stage="solving"),
+            **self.options,
         )
         self._record([out.iterations], [float(out.residual)], out.converged, out.note)
         return out.x
@@ -442,8 +491,14 @@ class _Inverse:
 
 
 def _validate(
-    damping: float, solver: str, tol: float | None, max_iter: int | None, chunk_size: int,
-    lowrank: LowRankHessian | None, rank: int, options: dict,
+    damping: float,
+    solver: str,
+    tol: float | None,
+    max_iter: int | None,
+    chunk_size: int,
+    lowrank: LowRankHessian | None,
+    rank: int,
+    options: dict,
 ) -> tuple[float, float, int]:
     damping = check_nonnegative("damping", damping)
     check_positive_int("chunk_size", chunk_size)
@@ -496,12 +551,24 @@ def _run(
         # H over the training data reuses the scoring pass's chunks (no second copy on the device).
         shared = [(c.inputs, c.targets) for c in train_chunks]
         hessian = HessianOperator(
-            flat, shared if hessian_data is None else hessian_data, chunk_size=chunk_size,
-            backend=hvp_backend, what="train" if hessian_data is None else "hessian_data",
+            flat,
+            shared if hessian_data is None else hessian_data,
+            chunk_size=chunk_size,
+            backend=hvp_backend,
+            what="train" if hessian_data is None else "hessian_data",
         )
         inverse = _Inverse(
-            hessian, damping=damping, solver=solver, tol=tol, max_iter=max_iter, lowrank=lowrank,
-            rank=rank, seed=seed, callback=callback, should_stop=should_stop, options=options,
+            hessian,
+            damping=damping,
+            solver=solver,
+            tol=tol,
+            max_iter=max_iter,
+            lowrank=lowrank,
+            rank=rank,
+            seed=seed,
+            callback=callback,
+            should_stop=should_stop,
+            options=options,
         )
         gradients = 0
         try:
@@ -509,10 +576,12 @@ def _run(
                 solved = torch.zeros(0, hessian.size, dtype=flat.dtype, device=flat.device)
             else:
                 query_chunks = Chunks(query_pair, chunk_size=chunk_size, device=flat.device, what="queries")
-                g_queries = torch.cat([
-                    _check_finite(per_sample_gradients(flat, c.inputs, c.targets), "queries")
-                    for c in query_chunks
-                ])
+                g_queries = torch.cat(
+                    [
+                        _check_finite(per_sample_gradients(flat, c.inputs, c.targets), "queries")
+                        for c in query_chunks
+                    ]
+                )
                 gradients += int(g_queries.shape[0])
                 inverse.prepare()
                 solved = inverse.solve(g_queries, "query", 0, int(g_queries.shape[0]))  # S, [n_q, p]
@@ -536,10 +605,16 @@ def _run(
         finally:
             hessian.release()
     return ScoresResult(
-        scores=out, solver=solver, converged=inverse.converged,
-        iterations=inverse.iterations[: out.shape[0]], residuals=inverse.residuals[: out.shape[0]],
-        hvps=hessian.hvps, gradients=gradients, seconds=time.perf_counter() - start,
-        self_influence=self_values, lowrank=inverse.lowrank if solver == "lowrank" else None,
+        scores=out,
+        solver=solver,
+        converged=inverse.converged,
+        iterations=inverse.iterations[: out.shape[0]],
+        residuals=inverse.residuals[: out.shape[0]],
+        hvps=hessian.hvps,
+        gradients=gradients,
+        seconds=time.perf_counter() - start,
+        self_influence=self_values,
+        lowrank=inverse.lowrank if solver == "lowrank" else None,
         note="; ".join(inverse.notes),
     )
 

@@ -160,7 +160,7 @@ def select(
         scores = _scores(model, layers, data, kind, loss_fn)
 
     pieces: list[torch.Tensor] = []
-    for layer, score in zip(layers, scores):
+    for layer, score in zip(layers, scores, strict=True):
         n = int(ratio * layer.numel)
         if strategy == "all":
             pieces.append(_whole(layer))
@@ -171,7 +171,7 @@ def select(
         elif strategy == "threshold":
             pieces.append(_threshold(layer, score, n, threshold, gen))
         else:
-            if strategy.startswith("highest_") or strategy.startswith("exclusive_"):
+            if strategy.startswith(("highest_", "exclusive_")):
                 order = torch.sort(-score, stable=True).indices
             else:
                 order = torch.sort(score, stable=True).indices
@@ -202,7 +202,7 @@ def selection_summary(model: nn.Module, indices: torch.Tensor) -> dict:
     offsets = torch.tensor([s.offset for s in space.slots], dtype=torch.long)
     owner = torch.bucketize(idx, offsets, right=True) - 1
     per_slot = torch.bincount(owner, minlength=len(space.slots)).tolist()
-    counts = {s.name: c for s, c in zip(space.slots, per_slot) if c > 0}
+    counts = {s.name: c for s, c in zip(space.slots, per_slot, strict=True) if c > 0}
     total = int(idx.numel())
     return {"counts": counts, "total": total, "size": space.size, "fraction": total / space.size}
 
@@ -210,7 +210,9 @@ def selection_summary(model: nn.Module, indices: torch.Tensor) -> dict:
 # --------------------------------------------------------------------------------------- checks
 
 
-def _check_args(strategy: object, ratio: object, seed: object, threshold: object) -> tuple[str, float, int, float]:
+def _check_args(
+    strategy: object, ratio: object, seed: object, threshold: object
+) -> tuple[str, float, int, float]:
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise InvalidArgumentError(
             f"unknown selection `strategy` {strategy!r}; valid strategies: {', '.join(STRATEGIES)}"
@@ -291,7 +293,9 @@ def _scores(
                     "neuron scores would be ambiguous: use a model without module reuse or another strategy"
                 )
             if not isinstance(out, torch.Tensor):
-                raise InvalidArgumentError(f"layer {layer.name!r} returned a {type(out).__name__}, not a tensor")
+                raise InvalidArgumentError(
+                    f"layer {layer.name!r} returned a {type(out).__name__}, not a tensor"
+                )
             cdim = layer.channel_dim(out)
             if out.ndim == 0 or out.shape[cdim] != layer.neurons:
                 raise InvalidArgumentError(
@@ -324,7 +328,9 @@ def _scores(
             with torch.enable_grad():
                 loss = loss_fn(model(chunk.inputs), chunk.targets)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise InvalidArgumentError("`loss_fn` must return a scalar tensor (a mean over the batch)")
+                    raise InvalidArgumentError(
+                        "`loss_fn` must return a scalar tensor (a mean over the batch)"
+                    )
                 if not loss.requires_grad:
                     raise InvalidArgumentError("the loss does not depend on any trainable parameter")
                 ran = [named[layers[i].weight.name] for i in range(len(layers)) if fired[i]]
@@ -339,7 +345,7 @@ def _scores(
             m.training = flag
 
     scores: list[torch.Tensor | None] = []
-    for layer, s, c in zip(layers, sums, counts):
+    for layer, s, c in zip(layers, sums, counts, strict=True):
         if c == 0:
             scores.append(None)
             continue
@@ -388,7 +394,9 @@ def _random(layer: _Layer, ratio: float, gen: torch.Generator) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _threshold(layer: _Layer, score: torch.Tensor, n: int, start: float, gen: torch.Generator) -> torch.Tensor:
+def _threshold(
+    layer: _Layer, score: torch.Tensor, n: int, start: float, gen: torch.Generator
+) -> torch.Tensor:
     """Pool = neurons scoring above the threshold, lowered by 0.01 (from ``start``, per layer)."""
     per = layer.per_neuron
     need = -(-n // per)  # neurons the pool must hold to contain n parameters

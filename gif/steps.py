@@ -36,8 +36,13 @@ class StepOutcome:
     trace: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"policy": self.policy, "scale": self.scale, "objective": self.objective,
-                "evaluations": len(self.trace), "trace": self.trace}
+        return {
+            "policy": self.policy,
+            "scale": self.scale,
+            "objective": self.objective,
+            "evaluations": len(self.trace),
+            "trace": self.trace,
+        }
 
 
 def newton_step(objective: Objective) -> StepOutcome:

@@ -120,7 +120,14 @@ class HttpCore:
                 f.seek(0)
             try:
                 req = self.client.build_request(
-                    method, path, params=params, json=json, content=content, files=files, data=data, headers=headers
+                    method,
+                    path,
+                    params=params,
+                    json=json,
+                    content=content,
+                    files=files,
+                    data=data,
+                    headers=headers,
                 )
                 # a redirect to another origin (a presigned URL) goes without the Authorization header
                 response = self.client.send(req, stream=stream, follow_redirects=follow_redirects)

@@ -91,7 +91,12 @@ class Client:
         """
         path = Path(path)
         if upload_id is None:
-            body = {"kind": kind, "size_bytes": path.stat().st_size, "sha256": _sha256_of(path), "filename": path.name}
+            body = {
+                "kind": kind,
+                "size_bytes": path.stat().st_size,
+                "sha256": _sha256_of(path),
+                "filename": path.name,
+            }
             upload_id = self._http.request("POST", "/v1/uploads", json=body).json()["id"]
         for attempt in range(2):
             session = self._http.request("GET", f"/v1/uploads/{upload_id}").json()

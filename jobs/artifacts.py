@@ -73,7 +73,7 @@ def is_expired(artifact: Artifact) -> bool:
     return artifact.expires_at is not None and artifact.expires_at <= utcnow()
 
 
-def _unexpired():  # noqa: ANN202 (a SQL condition)
+def _unexpired():
     return or_(Artifact.expires_at.is_(None), Artifact.expires_at > utcnow())
 
 
@@ -132,14 +132,20 @@ def referenced(session: Session, digests: list[str]) -> set[str]:
 
 def blob_in_use(session: Session, sha256: str) -> bool:
     """Whether any artifact row (of any tenant) still holds the blob."""
-    query = select(func.count()).select_from(Artifact).where(Artifact.sha256 == sha256, Artifact.purged_at.is_(None))
+    query = (
+        select(func.count())
+        .select_from(Artifact)
+        .where(Artifact.sha256 == sha256, Artifact.purged_at.is_(None))
+    )
     return bool(session.scalar(query))
 
 
 def blob_kept(session: Session, sha256: str) -> bool:
     """Whether an unexpired artifact row (of any tenant) holds the blob."""
-    query = select(func.count()).select_from(Artifact).where(
-        Artifact.sha256 == sha256, Artifact.purged_at.is_(None), _unexpired()
+    query = (
+        select(func.count())
+        .select_from(Artifact)
+        .where(Artifact.sha256 == sha256, Artifact.purged_at.is_(None), _unexpired())
     )
     return bool(session.scalar(query))
 

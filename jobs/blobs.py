@@ -226,7 +226,9 @@ class BlobStore:
     def direct_parts(self, upload_id: str, remote_id: str) -> list[tuple[int, int, str]]:
         raise NotImplementedError("a folder store takes no direct uploads")
 
-    def finish_direct_upload(self, upload_id: str, remote_id: str, parts: list[tuple[int, int, str]]) -> Iterator[bytes]:
+    def finish_direct_upload(
+        self, upload_id: str, remote_id: str, parts: list[tuple[int, int, str]]
+    ) -> Iterator[bytes]:
         raise NotImplementedError("a folder store takes no direct uploads")
 
     def abort_direct_upload(self, upload_id: str, remote_id: str) -> None:

@@ -55,7 +55,9 @@ class Settings(BaseSettings):
         default=None,
         description="Endpoint of an S3-compatible service other than AWS (MinIO, Ceph, R2…), as http(s)://host:port.",
     )
-    s3_region: str | None = Field(default=None, description="Region of the bucket (default: the AWS settings').")
+    s3_region: str | None = Field(
+        default=None, description="Region of the bucket (default: the AWS settings')."
+    )
     s3_public_endpoint_url: str | None = Field(
         default=None,
         description="The bucket's endpoint as clients reach it, for presigned URLs (default: GIF_S3_ENDPOINT_URL).",
@@ -89,7 +91,9 @@ class Settings(BaseSettings):
         "digest (Redis with GIF_REDIS_URL, else <home>/cache), so repeated or related requests skip work.",
     )
     cache_max_bytes: int = Field(
-        default=4 * GIB, ge=0, description="Size cap of the on-disk cache (least recently used entries go first)."
+        default=4 * GIB,
+        ge=0,
+        description="Size cap of the on-disk cache (least recently used entries go first).",
     )
     device: str = Field(
         default="auto",
@@ -141,7 +145,9 @@ class Settings(BaseSettings):
         default=24.0, gt=0, description="How long an upload session accepts parts before it expires (410)."
     )
     max_open_uploads_per_tenant: int = Field(
-        default=16, ge=1, description="Upload sessions a tenant may have open at once; more: 429 quota-exceeded."
+        default=16,
+        ge=1,
+        description="Upload sessions a tenant may have open at once; more: 429 quota-exceeded.",
     )
     max_json_bytes: int = Field(
         default=1 * MIB, ge=1, description="Largest JSON request body in bytes; bigger ones get 413."
@@ -200,7 +206,9 @@ class Settings(BaseSettings):
         "blobs are deleted (0: until deleted).",
     )
     upload_ttl_days: float = Field(
-        default=0.0, ge=0, description="How long uploaded artifacts are kept, as GIF_RESULT_TTL_DAYS (0: until deleted)."
+        default=0.0,
+        ge=0,
+        description="How long uploaded artifacts are kept, as GIF_RESULT_TTL_DAYS (0: until deleted).",
     )
     idempotency_ttl_hours: float = Field(
         default=168.0, gt=0, description="How long an Idempotency-Key is remembered (default 7 days)."
@@ -211,7 +219,9 @@ class Settings(BaseSettings):
         description="Sustained requests per second per tenant (0: no limit); over it: 429 + Retry-After. "
         "Shared through Redis across API processes in distributed mode.",
     )
-    rate_limit_burst: int = Field(default=100, ge=1, description="Requests a tenant may send at once above the rate.")
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests a tenant may send at once above the rate."
+    )
     max_active_jobs_per_tenant: int = Field(
         default=32,
         ge=0,

@@ -126,7 +126,9 @@ def _add_missing_columns(conn: Connection) -> None:
         missing = [column for column in table.columns if column.name not in present]
         for column in missing:
             if not column.nullable:
-                raise RuntimeError(f"the job store's table {table.name} lacks the required column {column.name}")
+                raise RuntimeError(
+                    f"the job store's table {table.name} lacks the required column {column.name}"
+                )
             kind = column.type.compile(dialect=conn.dialect)
             conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
         names = {column.name for column in missing}

@@ -122,7 +122,9 @@ class InsufficientStorage(DomainError):
     @classmethod
     def disk_full(cls, headers: dict[str, str] | None = None) -> InsufficientStorage:
         """The server's disk is full: retry later (``Retry-After``, plus ``headers``)."""
-        return cls("the server's storage is full; retry later", headers={"Retry-After": "300", **(headers or {})})
+        return cls(
+            "the server's storage is full; retry later", headers={"Retry-After": "300", **(headers or {})}
+        )
 
 
 class ServiceUnavailable(DomainError):

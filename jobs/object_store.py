@@ -96,7 +96,9 @@ class S3BlobStore(BlobStore):
 
     def stat(self, sha256: str) -> StoredBlob | None:
         try:
-            head = self._call("look up", lambda: self.client.head_object(Bucket=self.bucket, Key=self.key(sha256)))
+            head = self._call(
+                "look up", lambda: self.client.head_object(Bucket=self.bucket, Key=self.key(sha256))
+            )
         except FileNotFoundError:
             return None
         return StoredBlob(sha256, int(head["ContentLength"]), head["LastModified"].timestamp())
@@ -154,7 +156,9 @@ class S3BlobStore(BlobStore):
                 extra["MetadataDirective"] = "REPLACE"
                 self._call("copy", lambda: self.client.copy(source, self.bucket, key, ExtraArgs=extra))
             else:
-                self._call("upload", lambda: self.client.upload_file(str(tmp), self.bucket, key, ExtraArgs=extra))
+                self._call(
+                    "upload", lambda: self.client.upload_file(str(tmp), self.bucket, key, ExtraArgs=extra)
+                )
         return super().publish(tmp, sha256)  # the staged file becomes the local copy
 
     def delete(self, sha256: str) -> None:
@@ -166,7 +170,9 @@ class S3BlobStore(BlobStore):
         key = f"{self.prefix}probe/{secrets.token_hex(8)}"
         self._call("write", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"ok"))
         try:
-            body = self._call("read", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            body = self._call(
+                "read", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            )
             if body != b"ok":
                 raise StorageUnavailable("the blob store read back different bytes")
         finally:
@@ -187,7 +193,8 @@ class S3BlobStore(BlobStore):
         for page in self._pages("list_objects_v2", Prefix=prefix):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
-                self._call("delete", lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys}))
+                batch = {"Objects": keys}
+                self._call("delete", lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete=b))
 
     # -- upload sessions straight to the bucket (S3 multipart upload) ---------------------------
 
@@ -202,11 +209,18 @@ class S3BlobStore(BlobStore):
     def start_direct_upload(self, upload_id: str) -> str:
         """Open an S3 multipart upload for the session; returns S3's upload id."""
         key = self.direct_key(upload_id)
-        return self._call("start", lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
+        return self._call("start", lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=key))[
+            "UploadId"
+        ]
 
     def presigned_part(self, upload_id: str, remote_id: str, number: int, seconds: int) -> str:
         """A URL to PUT part ``number`` to, without credentials, for ``seconds``."""
-        params = {"Bucket": self.bucket, "Key": self.direct_key(upload_id), "UploadId": remote_id, "PartNumber": number}
+        params = {
+            "Bucket": self.bucket,
+            "Key": self.direct_key(upload_id),
+            "UploadId": remote_id,
+            "PartNumber": number,
+        }
         return self._presign("upload_part", params, seconds)
 
     def put_direct_part(self, upload_id: str, remote_id: str, number: int, staged: StagedBlob) -> None:
@@ -227,7 +241,9 @@ class S3BlobStore(BlobStore):
             parts += [(p["PartNumber"], int(p["Size"]), p["ETag"].strip('"')) for p in page.get("Parts", [])]
         return sorted(parts)
 
-    def finish_direct_upload(self, upload_id: str, remote_id: str, parts: list[tuple[int, int, str]]) -> Iterator[bytes]:
+    def finish_direct_upload(
+        self, upload_id: str, remote_id: str, parts: list[tuple[int, int, str]]
+    ) -> Iterator[bytes]:
         """Have S3 assemble the parts; returns the assembled file's bytes, in chunks."""
         key = self.direct_key(upload_id)
         manifest = {"Parts": [{"PartNumber": number, "ETag": f'"{etag}"'} for number, _, etag in parts]}
@@ -238,7 +254,10 @@ class S3BlobStore(BlobStore):
     def abort_direct_upload(self, upload_id: str, remote_id: str) -> None:
         key = self.direct_key(upload_id)
         try:
-            self._call("abort", lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=remote_id))
+            self._call(
+                "abort",
+                lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=remote_id),
+            )
         except FileNotFoundError:
             pass  # completed or aborted already
 
@@ -299,7 +318,9 @@ class S3BlobStore(BlobStore):
             raise self._unavailable(f"the blob store refused to {what} ({code})", exc) from exc
         except (BotoCoreError, Boto3Error) as exc:  # Boto3Error: a managed transfer that failed
             code = _code_in(exc)
-            detail = f"the blob store refused to {what} ({code})" if code else f"the blob store could not {what}"
+            detail = (
+                f"the blob store refused to {what} ({code})" if code else f"the blob store could not {what}"
+            )
             raise self._unavailable(detail, exc) from exc
 
     def _unavailable(self, detail: str, exc: BaseException) -> StorageUnavailable:
@@ -333,7 +354,6 @@ def _client(endpoint_url: str | None, region: str | None) -> Any:
         response_checksum_validation="when_required",
     )
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
-
 
 
 def _touch(path: Path) -> None:

@@ -70,7 +70,9 @@ class PeriodicSweep:
     expired upload sessions, expired artifacts (:mod:`jobs.retention`), local copies of a remote
     store, and :func:`sweep` (``grace_seconds`` 0: never)."""
 
-    def __init__(self, db: Database, blobs: BlobStore, grace_seconds: float, every_seconds: float = 600.0) -> None:
+    def __init__(
+        self, db: Database, blobs: BlobStore, grace_seconds: float, every_seconds: float = 600.0
+    ) -> None:
         self.db, self.blobs, self.grace, self.every = db, blobs, grace_seconds, every_seconds
         self._next = 0.0
 

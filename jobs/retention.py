@@ -40,7 +40,9 @@ def purge_expired(db: Database, blobs: BlobStore, limit: int = 500) -> PurgeResu
                 continue  # an unfinished job reads it: after that job
             artifacts.lock_blob(session, artifact.sha256)
             marked = session.execute(
-                update(Artifact).where(Artifact.id == artifact.id, Artifact.purged_at.is_(None)).values(purged_at=utcnow())
+                update(Artifact)
+                .where(Artifact.id == artifact.id, Artifact.purged_at.is_(None))
+                .values(purged_at=utcnow())
             ).rowcount
             if not marked:
                 continue  # purged meanwhile by another process

@@ -57,7 +57,7 @@ ARCH_KEYWORDS: dict[str, tuple[str, ...]] = {
     "tinynet": ("in_channels", "num_classes", "image_size"),
     "vgg11": ("in_channels", "num_classes", "image_size", "width"),
 }
-ARCH_DEFAULT_NUM_CLASSES: dict[str, int] = {arch: 10 for arch in ARCHS} | {"embed": 2}
+ARCH_DEFAULT_NUM_CLASSES: dict[str, int] = dict.fromkeys(ARCHS, 10) | {"embed": 2}
 
 #: The value type of each keyword: a positive integer, a list of positive integers, a probability.
 _POSITIVE_INTS = {"num_classes", "in_channels", "image_size", "width", "length", "channels", "vocab_size",

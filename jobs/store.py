@@ -318,7 +318,9 @@ def terminable(session: Session, job_id: str, grace_seconds: float) -> Lease:
     if job is None:
         raise NotFound(f"job {job_id!r} not found")
     if job.status != S.CANCELLING.value or not job.lease_owner or not job.lease_token:
-        raise JobNotTerminable(f"job {job_id} is {job.status}; only a cancelling job can be terminated (cancel it first)")
+        raise JobNotTerminable(
+            f"job {job_id} is {job.status}; only a cancelling job can be terminated (cancel it first)"
+        )
     waited = (utcnow() - (job.cancel_requested_at or utcnow())).total_seconds()
     if waited < grace_seconds:
         left = math.ceil(grace_seconds - waited)
@@ -596,7 +598,9 @@ def finished_jobs(session: Session) -> list[tuple]:
 def count_active(session: Session, tenant_id: str) -> int:
     """The tenant's jobs that are not finished."""
     terminal = [status.value for status in TERMINAL]
-    query = select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.not_in(terminal))
+    query = (
+        select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.not_in(terminal))
+    )
     return int(session.scalar(query) or 0)
 
 
@@ -609,4 +613,4 @@ def count_waiting(session: Session) -> int:
 def count_by_status(session: Session) -> dict[str, int]:
     """Jobs per status over all tenants (for metrics)."""
     rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-    return {status: count for status, count in rows}
+    return dict(rows)

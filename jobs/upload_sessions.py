@@ -106,7 +106,9 @@ def create(
     if kind not in artifacts.UPLOAD_KINDS:
         raise ValidationFailed.one(["body", "kind"], f"must be one of {', '.join(artifacts.UPLOAD_KINDS)}")
     if size_bytes > settings.max_session_upload_bytes:
-        raise PayloadTooLarge(f"the file ({size_bytes} bytes) exceeds the limit of {settings.max_session_upload_bytes} bytes")
+        raise PayloadTooLarge(
+            f"the file ({size_bytes} bytes) exceeds the limit of {settings.max_session_upload_bytes} bytes"
+        )
     direct = blobs.direct_uploads and settings.s3_presign_seconds > 0
     part_size = max(settings.upload_part_bytes, math.ceil(size_bytes / MAX_PARTS))  # ≤ largest_part
     if direct:
@@ -150,7 +152,9 @@ def put_part(
         if staged.size != expected:
             raise ValidationFailed.one(["body"], f"part {number} must be {expected} bytes, got {staged.size}")
         if declared_sha256 is not None and declared_sha256 != staged.sha256:
-            raise DigestMismatch(f"part {number} has SHA-256 {staged.sha256}, not the declared {declared_sha256}")
+            raise DigestMismatch(
+                f"part {number} has SHA-256 {staged.sha256}, not the declared {declared_sha256}"
+            )
         if upload.remote_id is not None:  # a direct session: on to the S3 multipart upload
             blobs.put_direct_part(upload_id, upload.remote_id, number, staged)
             return PartInfo(number, staged.size, staged.sha256)
@@ -159,10 +163,16 @@ def put_part(
             # still open? (a completion or an abort may have started meanwhile: the file stays in
             # the part area until the session's parts are deleted, at the latest when it expires)
             _require_open(session, tenant_id, upload_id)
-            session.execute(delete(UploadPart).where(UploadPart.upload_id == upload_id, UploadPart.number == number))
-            part = UploadPart(upload_id=upload_id, number=number, size_bytes=staged.size, sha256=staged.sha256)
+            session.execute(
+                delete(UploadPart).where(UploadPart.upload_id == upload_id, UploadPart.number == number)
+            )
+            part = UploadPart(
+                upload_id=upload_id, number=number, size_bytes=staged.size, sha256=staged.sha256
+            )
             session.add(part)
-            session.execute(update(UploadSession).where(UploadSession.id == upload_id).values(updated_at=utcnow()))
+            session.execute(
+                update(UploadSession).where(UploadSession.id == upload_id).values(updated_at=utcnow())
+            )
         return PartInfo(part.number, part.size_bytes, part.sha256)
     finally:
         staged.discard()
@@ -207,21 +217,31 @@ def complete(
         if upload.remote_id is None:
             _reopen(db, upload_id)
         else:
-            _end(db, blobs, upload, "failed", error={"code": "internal", "message": "storing the file failed"})
+            _end(
+                db, blobs, upload, "failed", error={"code": "internal", "message": "storing the file failed"}
+            )
         raise
     _end(db, blobs, upload, "completed", artifact_id=artifact.id)
     log.info("upload_session_completed", upload_id=upload_id, artifact_id=artifact.id, created=created)
     return artifact, created
 
 
-def part_url(db: Database, blobs: BlobStore, seconds: int, tenant_id: str, upload_id: str, number: int) -> dict:
+def part_url(
+    db: Database, blobs: BlobStore, seconds: int, tenant_id: str, upload_id: str, number: int
+) -> dict:
     """Where to PUT part ``number`` of a direct session: a presigned URL, valid ``seconds``."""
     upload = open_session(db, tenant_id, upload_id)
     if upload.remote_id is None:
         raise UploadNotDirect("send the parts of this session to PUT /v1/uploads/{id}/parts/{number}")
     size = expected_part_size(upload, number)
     url = blobs.presigned_part(upload_id, upload.remote_id, number, seconds)
-    return {"number": number, "method": "PUT", "url": url, "size_bytes": size, "expires_at": rfc3339(later(seconds))}
+    return {
+        "number": number,
+        "method": "PUT",
+        "url": url,
+        "size_bytes": size,
+        "expires_at": rfc3339(later(seconds)),
+    }
 
 
 def abort(db: Database, blobs: BlobStore, tenant_id: str, upload_id: str) -> None:
@@ -242,7 +262,9 @@ def open_session(db: Database, tenant_id: str, upload_id: str) -> UploadSession:
         return _require_open(session, tenant_id, upload_id)
 
 
-def get(db: Database, blobs: BlobStore, tenant_id: str, upload_id: str) -> tuple[UploadSession, list[PartInfo]]:
+def get(
+    db: Database, blobs: BlobStore, tenant_id: str, upload_id: str
+) -> tuple[UploadSession, list[PartInfo]]:
     """A session and the parts received (a direct session's, while it is open, from S3)."""
     with db.read() as session:
         upload = _require(session, tenant_id, upload_id)
@@ -257,7 +279,9 @@ def expire(db: Database, blobs: BlobStore) -> int:
         due = list(session.scalars(
             select(UploadSession).where(UploadSession.status.in_(ACTIVE), UploadSession.expires_at < now)
         ))  # fmt: skip
-        old = list(session.scalars(select(UploadSession.id).where(UploadSession.expires_at < now - KEEP_ENDED)))
+        old = list(
+            session.scalars(select(UploadSession.id).where(UploadSession.expires_at < now - KEEP_ENDED))
+        )
     expired = 0
     for upload in due:
         with db.begin() as session:
@@ -294,7 +318,10 @@ def view(upload: UploadSession, parts: list[PartInfo]) -> dict[str, Any]:
         "max_parts": MAX_PARTS,
         "direct": direct,
         "received_bytes": sum(part.size_bytes for part in parts),
-        "parts": [{"number": p.number, "size_bytes": p.size_bytes, "sha256": p.sha256, "etag": p.etag} for p in parts],
+        "parts": [
+            {"number": p.number, "size_bytes": p.size_bytes, "sha256": p.sha256, "etag": p.etag}
+            for p in parts
+        ],
         "missing_parts": [n for n in range(1, count + 1) if n not in received][:1000],
         "created_at": rfc3339(upload.created_at),
         "expires_at": rfc3339(upload.expires_at),
@@ -366,7 +393,9 @@ def _parts(db: Database, blobs: BlobStore, upload: UploadSession) -> list[PartIn
         listed = blobs.direct_parts(upload.id, upload.remote_id)
         return [PartInfo(number, size, etag=etag) for number, size, etag in listed]
     with db.read() as session:
-        rows = session.scalars(select(UploadPart).where(UploadPart.upload_id == upload.id).order_by(UploadPart.number))
+        rows = session.scalars(
+            select(UploadPart).where(UploadPart.upload_id == upload.id).order_by(UploadPart.number)
+        )
         return [PartInfo(row.number, row.size_bytes, row.sha256) for row in rows]
 
 
@@ -378,9 +407,13 @@ def _check_received(upload: UploadSession, received: list[PartInfo]) -> None:
     if missing:
         shown = ", ".join(map(str, missing[:20])) + (" …" if len(missing) > 20 else "")
         raise ValidationFailed.one(["body", "parts"], f"{len(missing)} parts not received: {shown}")
-    wrong = [p.number for p in received if p.number > count or p.size_bytes != expected_part_size(upload, p.number)]
+    wrong = [
+        p.number for p in received if p.number > count or p.size_bytes != expected_part_size(upload, p.number)
+    ]
     if wrong:
-        raise ValidationFailed.one(["body", "parts"], f"parts of the wrong size (send them again): {wrong[:20]}")
+        raise ValidationFailed.one(
+            ["body", "parts"], f"parts of the wrong size (send them again): {wrong[:20]}"
+        )
 
 
 def _assemble_here(db: Database, blobs: BlobStore, upload: UploadSession, numbers: list[int]) -> StagedBlob:
@@ -404,7 +437,9 @@ def _assemble_here(db: Database, blobs: BlobStore, upload: UploadSession, number
     return staged
 
 
-def _assemble_direct(db: Database, blobs: BlobStore, upload: UploadSession, parts: list[PartInfo]) -> StagedBlob:
+def _assemble_direct(
+    db: Database, blobs: BlobStore, upload: UploadSession, parts: list[PartInfo]
+) -> StagedBlob:
     """S3 assembles the parts; the result is read once (staged, to hash and inspect it). A failure
     before S3 assembled them reopens the session; after, it ends ``failed``."""
     listed = [(p.number, p.size_bytes, p.etag) for p in parts]
@@ -419,7 +454,13 @@ def _assemble_direct(db: Database, blobs: BlobStore, upload: UploadSession, part
         _end(db, blobs, upload, "failed", error={"code": exc.code, "message": exc.detail})
         raise
     except BaseException:
-        _end(db, blobs, upload, "failed", error={"code": "storage_error", "message": "reading the assembled file failed"})
+        _end(
+            db,
+            blobs,
+            upload,
+            "failed",
+            error={"code": "storage_error", "message": "reading the assembled file failed"},
+        )
         raise
     if staged.sha256 != upload.sha256:
         staged.discard()

@@ -111,7 +111,8 @@ async def require_tenant(
     wait = request.app.state.services.limiter.wait_time(tenant)
     if wait > 0:
         raise RateLimited(
-            f"request rate limit exceeded; retry in {wait:.2f} s", headers={"Retry-After": str(math.ceil(wait))}
+            f"request rate limit exceeded; retry in {wait:.2f} s",
+            headers={"Retry-After": str(math.ceil(wait))},
         )
     return tenant
 

@@ -70,8 +70,14 @@ def serve(
         )
         typer.echo("local mode: single machine, SQLite job store; not for multi-host deployments")
     logs.configure(log_level.upper())
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=5,
-                access_log=False)  # the app writes its own JSON access log (service.middleware)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_keep_alive=5,
+        access_log=False,
+    )  # the app writes its own JSON access log (service.middleware)
 
 
 @app.command()
@@ -105,7 +111,8 @@ def worker(
         raise typer.Exit(2)
     logs.configure(log_level.upper())
 
-    from workers.celery_app import CPU_QUEUE, app as celery, gpu_queue
+    from workers.celery_app import CPU_QUEUE, gpu_queue
+    from workers.celery_app import app as celery
 
     argv = [
         "worker",
@@ -282,7 +289,10 @@ def upload(
     path: Annotated[Path, typer.Argument(help="File to upload.")],
     kind: str = typer.Option(..., "--kind", help="checkpoint | dataset"),
     resume: str | None = typer.Option(
-        None, "--resume", metavar="UPLOAD_ID", help="Finish this upload session, sending only the parts it lacks."
+        None,
+        "--resume",
+        metavar="UPLOAD_ID",
+        help="Finish this upload session, sending only the parts it lacks.",
     ),
     parts: bool = typer.Option(False, "--parts", help="Use an upload session even for a small file."),
 ) -> None:
@@ -292,7 +302,7 @@ def upload(
         typer.echo("error: --kind must be checkpoint or dataset", err=True)
         raise typer.Exit(EXIT_USAGE)
 
-    def action(client):  # noqa: ANN001, ANN202
+    def action(client):
         if resume or parts:
             return _print_json(client.upload_resumable(path, kind, upload_id=resume))
         return _print_json(client.upload(path, kind))

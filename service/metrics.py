@@ -139,7 +139,9 @@ class Metrics:
             "gif_uploads_rejected_total", "Uploads rejected.", ["reason"], registry=self.registry
         )
         self.upload_sessions = Counter(
-            "gif_upload_sessions_total", "Upload sessions by event (created, completed, refused).", ["event"],
+            "gif_upload_sessions_total",
+            "Upload sessions by event (created, completed, refused).",
+            ["event"],
             registry=self.registry,
         )
         self.registry.register(_JobsByStatus(db))

@@ -150,8 +150,13 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             seconds = time.perf_counter() - start
             self.metrics.observe_request(scope["method"], route, status, seconds)
-            _access.info("request", method=scope["method"], route=route, status=status,
-                         duration_ms=round(1000 * seconds, 2))
+            _access.info(
+                "request",
+                method=scope["method"],
+                route=route,
+                status=status,
+                duration_ms=round(1000 * seconds, 2),
+            )
 
 
 class HeadMiddleware:

@@ -15,7 +15,14 @@ from starlette.requests import Request
 from jobs.blobs import BlobStore, BlobWriter
 from jobs.errors import UnsupportedMediaType, ValidationFailed
 
-from .upload_body import CLOSE, WRITE_BATCH, UploadForm, check_declared_length, sanitize_filename, staging_errors
+from .upload_body import (
+    CLOSE,
+    WRITE_BATCH,
+    UploadForm,
+    check_declared_length,
+    sanitize_filename,
+    staging_errors,
+)
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 1024

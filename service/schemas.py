@@ -48,6 +48,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
+
 _ID = {"artifact": r"^art_[0-9A-HJKMNP-TV-Z]{26}$", "job": r"^job_[0-9A-HJKMNP-TV-Z]{26}$"}
 _TIMESTAMP = Field(description="RFC 3339, UTC.", examples=["2026-11-29T10:15:02.123456Z"])
 _OPTIONAL_TIMESTAMP = Field(None, description="RFC 3339, UTC; null until it happened.")
@@ -88,14 +89,18 @@ class NewUpload(BaseModel):
     kind: Literal[UPLOAD_KINDS]  # type: ignore[valid-type]
     size_bytes: int = Field(ge=1, validation_alias=AliasChoices("size_bytes", "bytes"),
                             description="The whole file's size (`bytes` is accepted too).")  # fmt: skip
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="The whole file's SHA-256, checked at completion.")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="The whole file's SHA-256, checked at completion."
+    )
     filename: str | None = Field(None, max_length=1024, description="Display name (metadata only).")
 
 
 class CompleteUpload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    parts: list[int] | None = Field(None, max_length=10_000, description="Optional: every part number, 1 to N.")
+    parts: list[int] | None = Field(
+        None, max_length=10_000, description="Optional: every part number, 1 to N."
+    )
 
 
 class UploadPart(_Open):

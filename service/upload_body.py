@@ -23,7 +23,13 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 
 from jobs.blobs import BlobStore, StagedBlob
-from jobs.errors import DomainError, InsufficientStorage, PayloadTooLarge, UnsupportedMediaType, is_storage_full
+from jobs.errors import (
+    DomainError,
+    InsufficientStorage,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    is_storage_full,
+)
 
 from .errors import ProblemError
 
@@ -96,7 +102,9 @@ def check_declared_length(headers: Headers, limit: int) -> None:
     """413 at once when ``Content-Length`` already says the body is over ``limit``."""
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body ({declared} bytes) exceeds the limit of {limit} bytes", headers=CLOSE)
+        raise PayloadTooLarge(
+            f"the body ({declared} bytes) exceeds the limit of {limit} bytes", headers=CLOSE
+        )
 
 
 @contextlib.contextmanager

@@ -65,7 +65,9 @@ class ChaosReport:
 def faults_for(mode: str, partitioned: bool = False) -> list[str]:
     """The fault kinds of ``mode`` (``partition``: a stack with a worker behind a link to cut)."""
     if mode == "distributed":
-        return ["api", "worker", "pause", "worker_node", "redis", "postgres"] + (["partition"] if partitioned else [])
+        return ["api", "worker", "pause", "worker_node", "redis", "postgres"] + (
+            ["partition"] if partitioned else []
+        )
     return ["api", "worker", "pause"]
 
 
@@ -100,7 +102,12 @@ def _body(inputs: dict, k: int) -> dict:
 
 class _Chaos(threading.Thread):
     def __init__(
-        self, stack: Stack, faults: list[str], rng: random.Random, interval: tuple[float, float], max_faults: int
+        self,
+        stack: Stack,
+        faults: list[str],
+        rng: random.Random,
+        interval: tuple[float, float],
+        max_faults: int,
     ) -> None:
         super().__init__(daemon=True)
         self.stack, self.faults, self.rng, self.interval = stack, faults, rng, interval
@@ -123,7 +130,7 @@ class _Chaos(threading.Thread):
                     self.pending.pop(0)
                 else:  # not possible now (no job running): try it again later
                     self.pending.append(self.pending.pop(0))
-        except BaseException as exc:  # noqa: BLE001 (reported by the caller)
+        except BaseException as exc:
             self.error = exc
 
     def _next(self) -> str:
@@ -240,7 +247,9 @@ def run_chaos(
     report = ChaosReport(stack.mode, jobs)
     started = time.monotonic()
     deadline = started + timeout
-    chaos = _Chaos(stack, faults or faults_for(stack.mode, stack.partition is not None), rng, interval, max_faults)
+    chaos = _Chaos(
+        stack, faults or faults_for(stack.mode, stack.partition is not None), rng, interval, max_faults
+    )
     chaos.start()
     ids: dict[str, str] = {}
     try:
@@ -328,7 +337,7 @@ def _service_database(stack: Stack):
         db.dispose()
 
 
-def _blob_store(stack: Stack, root: Path):  # noqa: ANN202 (a BlobStore)
+def _blob_store(stack: Stack, root: Path):
     """The stack's blobs: its folder, or its bucket (seen through a store rooted at ``root``)."""
     from jobs.blobs import BlobStore
     from jobs.object_store import S3BlobStore
@@ -358,7 +367,9 @@ def _check_result_rows(stack: Stack, finals: dict, problems: list[str]) -> None:
             rows = set(session.scalars(select(Artifact.id).where(Artifact.job_id == job["id"])))
             listed = {a["id"] for a in (job.get("result") or {}).get("artifacts", [])}
             if rows != listed:
-                problems.append(f"{job['id']} ({job['status']}) has artifact rows {sorted(rows)}, result {sorted(listed)}")
+                problems.append(
+                    f"{job['id']} ({job['status']}) has artifact rows {sorted(rows)}, result {sorted(listed)}"
+                )
 
 
 def _list_all(stack: Stack, deadline: float) -> set[str]:

@@ -12,7 +12,7 @@ from torch import nn
 import gif
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import digits as _examples_digits  # noqa: E402
+import digits as _examples_digits
 
 MLP_CONFIG = {"input_shape": [1, 8, 8], "hidden_sizes": [32], "num_classes": 10}
 # The digits split is the examples' one, so tests and examples see the same data.

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -109,7 +110,7 @@ class S3Server:
     """An S3-compatible server process (moto's) on a free port, with one bucket; it keeps
     objects in memory, so ``kill`` loses them (an outage test needs only the refusal)."""
 
-    CREDENTIALS = {"AWS_ACCESS_KEY_ID": "gif-test", "AWS_SECRET_ACCESS_KEY": "gif-test-secret",
+    CREDENTIALS: ClassVar[dict[str, str]] = {"AWS_ACCESS_KEY_ID": "gif-test", "AWS_SECRET_ACCESS_KEY": "gif-test-secret",
                    "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
 
     def __init__(self, folder: Path, bucket: str = "gif-blobs") -> None:
@@ -126,7 +127,11 @@ class S3Server:
     @property
     def env(self) -> dict[str, str]:
         """What a service process needs to keep its blobs in the bucket."""
-        return {**self.CREDENTIALS, "GIF_BLOB_URL": f"s3://{self.bucket}/gif", "GIF_S3_ENDPOINT_URL": self.endpoint}
+        return {
+            **self.CREDENTIALS,
+            "GIF_BLOB_URL": f"s3://{self.bucket}/gif",
+            "GIF_S3_ENDPOINT_URL": self.endpoint,
+        }
 
     def start(self) -> S3Server:
         binary = Path(sys.executable).parent / "moto_server"
@@ -138,7 +143,7 @@ class S3Server:
         self.client().create_bucket(Bucket=self.bucket)
         return self
 
-    def client(self):  # noqa: ANN201 (a boto3 client)
+    def client(self):
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
@@ -173,7 +178,9 @@ class PostgresDatabase:
             except psycopg.OperationalError as exc:
                 errors.append(f"{admin}: {exc}")
         else:
-            raise AssertionError("no PostgreSQL reachable (start it, or set GIF_TEST_POSTGRES):\n" + "\n".join(errors))
+            raise AssertionError(
+                "no PostgreSQL reachable (start it, or set GIF_TEST_POSTGRES):\n" + "\n".join(errors)
+            )
         base = self.admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
         self.url = f"{base}/{self.name}"
 
@@ -241,7 +248,9 @@ class PostgresServer:
                     return
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"PostgreSQL never accepted connections:\n{_tail(self.log)}") from None
+                    raise AssertionError(
+                        f"PostgreSQL never accepted connections:\n{_tail(self.log)}"
+                    ) from None
                 time.sleep(0.1)
 
     def kill(self) -> None:
@@ -324,7 +333,9 @@ class Partition:
 class Process:
     """A ``python -m service ...`` subprocess writing to its own log file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, prefix: list[str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log: Path, prefix: list[str] | None = None
+    ) -> None:
         """``prefix``: a command that runs it (``ip netns exec NAME``, which execs: same pid)."""
         self.args, self.env, self.log, self.prefix = args, env, log, prefix or []
         self.proc: subprocess.Popen | None = None
@@ -430,13 +441,17 @@ class Stack:
         self._wait_ready()
         return self.client
 
-    def upload(self, files: dict[str, Path], names: tuple[str, ...] = ("checkpoint", "train")) -> dict[str, dict]:
+    def upload(
+        self, files: dict[str, Path], names: tuple[str, ...] = ("checkpoint", "train")
+    ) -> dict[str, dict]:
         """Upload fixture files (``checkpoint`` is a checkpoint, anything else a dataset)."""
         out = {}
         for name in names:
             kind = "checkpoint" if name == "checkpoint" else "dataset"
             with open(files[name], "rb") as f:
-                response = self.client.post("/v1/artifacts", files={"file": (files[name].name, f)}, data={"kind": kind})
+                response = self.client.post(
+                    "/v1/artifacts", files={"file": (files[name].name, f)}, data={"kind": kind}
+                )
             assert response.status_code == 201, response.text
             out[name] = response.json()
         return out

@@ -140,8 +140,14 @@ class RedisCache(BaseCache):
             pipe.hset(name, mapping={"data": data, "size": len(data)})
         else:
             staged = self.blobs.put([data])
-            pipe.hset(name, mapping={"sha256": staged.sha256, "size": staged.size,
-                                     "meta": json.dumps(dict(meta or {}), sort_keys=True)})
+            pipe.hset(
+                name,
+                mapping={
+                    "sha256": staged.sha256,
+                    "size": staged.size,
+                    "meta": json.dumps(dict(meta or {}), sort_keys=True),
+                },
+            )
             pipe.zadd(self.blob_set, {staged.sha256: time.time() + self.ttl_seconds}, gt=True)
         pipe.expire(name, self.ttl_seconds)
         pipe.execute()
@@ -152,16 +158,23 @@ class RedisCache(BaseCache):
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         lock = self.client.lock(
-            self.lock_key(key), timeout=self.lock_timeout, blocking=True,
-            blocking_timeout=self.lock_wait, thread_local=False,
+            self.lock_key(key),
+            timeout=self.lock_timeout,
+            blocking=True,
+            blocking_timeout=self.lock_wait,
+            thread_local=False,
         )
         if not lock.acquire():
             log.warning("waited %ss for the computation of %s; computing it here too", self.lock_wait, key)
             yield
             return
         stop = threading.Event()
-        renewer = threading.Thread(target=_renew, args=(lock, self.lock_timeout / 3, stop), daemon=True,
-                                   name=f"cache-lock-{key[:20]}")
+        renewer = threading.Thread(
+            target=_renew,
+            args=(lock, self.lock_timeout / 3, stop),
+            daemon=True,
+            name=f"cache-lock-{key[:20]}",
+        )
         renewer.start()
         try:
             yield

@@ -65,7 +65,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "task_default_queue": CPU_QUEUE,
-        "task_routes": {VALIDATE_TASK: {"queue": CPU_QUEUE}, RUN_TASK: {"queue": gpu_queue(settings.gpu_pool)}},
+        "task_routes": {
+            VALIDATE_TASK: {"queue": CPU_QUEUE},
+            RUN_TASK: {"queue": gpu_queue(settings.gpu_pool)},
+        },
         "task_soft_time_limit": longest,
         "task_time_limit": longest + 300,
     }

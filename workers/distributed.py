@@ -20,8 +20,8 @@ from typing import Any
 import redis
 
 from jobs import logs, store
-from jobs.config import Settings
 from jobs.blobs import open_blob_store
+from jobs.config import Settings
 from jobs.db import Database
 from jobs.errors import ServiceUnavailable
 from jobs.orphans import PeriodicSweep
@@ -70,14 +70,21 @@ class CeleryExecutor:
     def check_accepting(self) -> None:
         """Strict dispatch: refuse submissions while the broker is down (503 + Retry-After)."""
         if self.settings.strict_dispatch and not self._broker_ok():
-            raise ServiceUnavailable("the job broker is unreachable; retry later", headers={"Retry-After": "10"})
+            raise ServiceUnavailable(
+                "the job broker is unreachable; retry later", headers={"Retry-After": "10"}
+            )
 
     def terminate(self, lease: store.Lease) -> int | None:
         """Ask every worker node (``gif_terminate`` control command) to kill the pool process
         holding ``lease``; the node that has it checks the lease, kills and finishes the job."""
         replies = self.app.control.broadcast(
             TERMINATE_COMMAND,
-            arguments={"job_id": lease.job_id, "tenant_id": lease.tenant_id, "token": lease.token, "owner": lease.owner},
+            arguments={
+                "job_id": lease.job_id,
+                "tenant_id": lease.tenant_id,
+                "token": lease.token,
+                "owner": lease.owner,
+            },
             reply=True,
             timeout=3.0,  # the node holding the process answers in milliseconds
         )
@@ -92,7 +99,9 @@ class CeleryExecutor:
             "executor": "celery",
             "broker": "ok" if self._broker_ok() else "unreachable",
             "sweeps": self.sweeps,
-            "last_sweep_age_s": None if self.last_sweep is None else round(time.monotonic() - self.last_sweep, 1),
+            "last_sweep_age_s": None
+            if self.last_sweep is None
+            else round(time.monotonic() - self.last_sweep, 1),
         }
 
     def sweep(self) -> dict[str, int]:
@@ -102,7 +111,9 @@ class CeleryExecutor:
             return {"skipped": 1}
         try:
             with self.db.begin() as session:
-                reaped = store.housekeeping(session, queue_deadline_seconds=self.settings.queue_deadline_seconds)
+                reaped = store.housekeeping(
+                    session, queue_deadline_seconds=self.settings.queue_deadline_seconds
+                )
             for job_id, status in reaped:
                 log.warning("lease_expired", job_id=job_id, status=status.value)
             with self.db.read() as session:

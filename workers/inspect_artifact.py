@@ -149,8 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--convert-to")
     parser.add_argument("--cpu-seconds", type=int, default=300)
     parser.add_argument("--max-output-bytes", type=int, default=8 * 1024**3)
-    parser.add_argument("--max-memory-bytes", type=int, default=0,
-                        help="address space beyond what the interpreter holds after its imports (0: no limit)")
+    parser.add_argument(
+        "--max-memory-bytes",
+        type=int,
+        default=0,
+        help="address space beyond what the interpreter holds after its imports (0: no limit)",
+    )
     return parser
 
 

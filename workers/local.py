@@ -49,7 +49,9 @@ class LocalExecutor:
         (see :func:`_die_with_parent`) follows the thread that created a process.
         """
         self._db = Database.for_settings(self.settings)
-        self._orphans = PeriodicSweep(self._db, open_blob_store(self.settings), self.settings.orphan_grace_seconds)
+        self._orphans = PeriodicSweep(
+            self._db, open_blob_store(self.settings), self.settings.orphan_grace_seconds
+        )
         self._reap()
         self._thread = threading.Thread(target=self._run, name="gif-executor", daemon=True)
         self._thread.start()
@@ -122,7 +124,9 @@ class LocalExecutor:
         assert self._db is not None
         try:
             with self._db.begin() as session:
-                outcomes = store.housekeeping(session, queue_deadline_seconds=self.settings.queue_deadline_seconds)
+                outcomes = store.housekeeping(
+                    session, queue_deadline_seconds=self.settings.queue_deadline_seconds
+                )
         except Exception as exc:  # noqa: BLE001 (retry at the next interval)
             log.warning("reaper_failed", error=str(exc))
             return

@@ -166,7 +166,9 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
                 return _fail(lease, ctx, exc.code, exc.message)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                return _fail(lease, ctx, "cuda_oom", "the GPU ran out of memory; use a larger GPU or smaller chunks")
+                return _fail(
+                    lease, ctx, "cuda_oom", "the GPU ran out of memory; use a larger GPU or smaller chunks"
+                )
             except ctx.deadline_errors:
                 limit = settings.max_job_seconds
                 return _fail(lease, ctx, "deadline_exceeded", f"the job ran longer than {limit:g} s")

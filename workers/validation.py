@@ -12,8 +12,8 @@ import json
 
 from gif.errors import GifError
 from jobs import logs, store
-from jobs.db import Database
 from jobs.blobs import BlobStore
+from jobs.db import Database
 from jobs.errors import BlobCorrupted, StorageUnavailable
 from jobs.states import JobStatus
 

@@ -27,23 +27,31 @@ def run(client: Client, cls: int = CLASS) -> tuple[list[float], list[float]]:
     """The whole session; returns per-class test accuracy before and after the edit."""
     checkpoint = client.upload(HERE / "model.safetensors", "checkpoint")
     train = client.upload(HERE / "train.safetensors", "dataset")
-    job = client.submit({
-        "type": "remove",
-        "model": {**ARCH, "checkpoint": checkpoint["id"]},
-        "train": train["id"],
-        "forget": {"class": cls},
-    })
+    job = client.submit(
+        {
+            "type": "remove",
+            "model": {**ARCH, "checkpoint": checkpoint["id"]},
+            "train": train["id"],
+            "forget": {"class": cls},
+        }
+    )
     print(f"submitted {job['id']}", file=sys.stderr)
-    job = client.wait(job["id"], on_progress=lambda j: print(
-        f"  {j['status']:10s} {(j.get('progress') or {}).get('stage') or ''}", file=sys.stderr))
+    job = client.wait(
+        job["id"],
+        on_progress=lambda j: print(
+            f"  {j['status']:10s} {(j.get('progress') or {}).get('stage') or ''}", file=sys.stderr
+        ),
+    )
     weights = client.result_artifact(job, "weights")
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download(weights["id"], Path(tmp) / "updated.safetensors")
         after_model = _load(path)
     before_model = _load(HERE / "model.safetensors")
     x, y = gif.io.load_dataset(HERE / "test.safetensors")
-    return (gif.metrics.per_class_accuracy(before_model, x, y, 10),
-            gif.metrics.per_class_accuracy(after_model, x, y, 10))
+    return (
+        gif.metrics.per_class_accuracy(before_model, x, y, 10),
+        gif.metrics.per_class_accuracy(after_model, x, y, 10),
+    )
 
 
 def _load(path: Path):

@@ -150,7 +150,7 @@ def check_pickle(f: BinaryIO, end: int) -> bool:
                 item = memo[arg]
                 stack.append(item)
                 pushed += item[0]
-            elif action == _PUT or action == _MEMOIZE:
+            elif action in (_PUT, _MEMOIZE):
                 if len(stack) <= floor:
                     return False
                 memo[len(memo) if action == _MEMOIZE else arg] = stack[-1]

@@ -29,7 +29,7 @@ def read_safetensors(path: PathLike, error: type[Exception]) -> dict[str, torch.
     validate_header(path, error)
     try:
         return safetensors.torch.load_file(os.fspath(path), device="cpu")
-    except Exception as exc:  # the library's own checks, in case ours missed something
+    except Exception as exc:  # noqa: BLE001 (the library's own checks, in case ours missed something)
         raise error(f"cannot read safetensors file {os.fspath(path)!r}: {exc}") from None
 
 

@@ -142,7 +142,7 @@ def _torch_load(path: PathLike) -> object:
             f"refusing to load {os.fspath(path)!r}: its pickle uses objects or opcodes outside torch's "
             f"weights-only allowlist and would execute code on load ({_unpickling_reason(exc)})"
         ) from None
-    except Exception as exc:  # corrupt zip, truncated pickle, ...: torch raises many types
+    except Exception as exc:  # noqa: BLE001 (corrupt zip, truncated pickle, ...: torch raises many types)
         raise CheckpointError(f"cannot read PyTorch checkpoint {os.fspath(path)!r}: {exc}") from None
 
 
@@ -165,9 +165,7 @@ def _unwrap(obj: object) -> dict[str, torch.Tensor]:
             if _is_flat_state_dict(obj.get(key)):
                 return dict(obj[key])
     kind = (
-        f"dict with keys {sorted(map(str, obj))[:MAX_NAMES]}"
-        if isinstance(obj, dict)
-        else type(obj).__name__
+        f"dict with keys {sorted(map(str, obj))[:MAX_NAMES]}" if isinstance(obj, dict) else type(obj).__name__
     )
     raise CheckpointError(f"expected a state dict (str -> Tensor), got a {kind}")
 

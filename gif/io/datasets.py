@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-
 import math
 import os
 import zipfile
@@ -125,7 +124,7 @@ def _read_npz(path: PathLike, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
                 f"npz dataset holds object (pickled) arrays, which are not allowed: {exc}"
             ) from None
         raise DatasetError(f"cannot read npz dataset {os.fspath(path)!r}: {exc}") from None
-    except Exception as exc:  # bad zip, bad .npy header, ...
+    except Exception as exc:  # noqa: BLE001 (bad zip, bad .npy header, ...)
         raise DatasetError(f"cannot read npz dataset {os.fspath(path)!r}: {exc}") from None
     out = {}
     for key, arr in arrays.items():
@@ -172,7 +171,7 @@ def _read_safetensors_arrays(path: PathLike, keys: tuple[str, ...]) -> dict[str,
     try:
         with safetensors.safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in keys}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (the library raises several types for a corrupt file)
         raise DatasetError(f"cannot read safetensors dataset {os.fspath(path)!r}: {exc}") from None
 
 

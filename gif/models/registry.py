@@ -122,7 +122,7 @@ def _load_entry_points() -> None:
     _entry_points_loaded = True
     try:
         entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-    except Exception as exc:  # a corrupt installed distribution must not break the built-ins
+    except Exception as exc:  # noqa: BLE001 (a corrupt installed distribution must not break the built-ins)
         warnings.warn(
             f"could not list {ENTRY_POINT_GROUP!r} entry points: {exc}", RuntimeWarning, stacklevel=3
         )
@@ -141,7 +141,7 @@ def _register_entry_point(ep: Any) -> None:
     try:
         factory = ep.load()
         register(name, factory)
-    except Exception as exc:  # any import-time failure in third-party code: skip, keep going
+    except Exception as exc:  # noqa: BLE001 (any import-time failure in third-party code: skip, keep going)
         warnings.warn(
             f"skipping architecture entry point {name!r} ({getattr(ep, 'value', '?')}): "
             f"{type(exc).__name__}: {exc}",

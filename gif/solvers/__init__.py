@@ -17,7 +17,12 @@ from .lsqr import lsqr
 from .minres import minres
 from .neumann import neumann
 
-ITERATIVE: dict[str, Callable[..., SolveResult]] = {"cg": cg, "minres": minres, "lsqr": lsqr, "neumann": neumann}
+ITERATIVE: dict[str, Callable[..., SolveResult]] = {
+    "cg": cg,
+    "minres": minres,
+    "lsqr": lsqr,
+    "neumann": neumann,
+}
 SOLVERS = (*ITERATIVE, "direct", "lowrank")
 
 

@@ -97,7 +97,12 @@ class Monitor:
         self.history.append(float(residual))
         if self.callback is not None:
             self.callback(
-                {"stage": self.stage, "iteration": iteration, "max_iter": max_iter, "residual": float(residual)}
+                {
+                    "stage": self.stage,
+                    "iteration": iteration,
+                    "max_iter": max_iter,
+                    "residual": float(residual),
+                }
             )
         self.check_cancel()
 

@@ -178,7 +178,7 @@ def fit_lowrank(
     theta, s = torch.linalg.eigh(tri)
     keep = torch.argsort(theta.abs(), descending=True)[:rank]
     mu = theta[keep]
-    vectors = (s[:, keep].T.to(basis) @ basis[:m])  # [k, p]
+    vectors = s[:, keep].T.to(basis) @ basis[:m]  # [k, p]
     # ‖H v − μ v‖ = |β_m s_{m,i}|, relative to the spectral scale max|μ|.
     ritz_res = (abs(beta) * s[m - 1, keep].abs()) / max(float(theta.abs().max()), 1e-300)
     return LowRankHessian(mu.to(like.dtype), vectors, ritz_res, hvps=m)

@@ -72,4 +72,6 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         if rel <= tol or alpha == 0.0:
             converged = True
             break
-    return SolveResult(x, converged, it, monitor.history[-1] if monitor.history else 0.0, monitor.history, "lsqr")
+    return SolveResult(
+        x, converged, it, monitor.history[-1] if monitor.history else 0.0, monitor.history, "lsqr"
+    )

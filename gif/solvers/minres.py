@@ -57,4 +57,6 @@ def minres(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> 
         if rel <= tol or beta == 0.0:
             converged = rel <= tol or beta == 0.0
             break
-    return SolveResult(x, converged, it, monitor.history[-1] if monitor.history else 0.0, monitor.history, "minres")
+    return SolveResult(
+        x, converged, it, monitor.history[-1] if monitor.history else 0.0, monitor.history, "minres"
+    )

@@ -36,6 +36,7 @@ def neumann(
 ) -> SolveResult:
     """Run the paper's iteration; ``normalizer`` is the starting c, ``step`` its increment."""
     if problem.kind == "symmetric":
+
         def normal(x: torch.Tensor) -> torch.Tensor:
             return problem.apply(problem.apply(x))
 
@@ -73,7 +74,9 @@ def neumann(
             break
         restarts += 1
         c += step
-    residual = safe_norm(problem.apply(x) - problem.normal_rhs()) / max(safe_norm(problem.normal_rhs()), 1e-300)
+    residual = safe_norm(problem.apply(x) - problem.normal_rhs()) / max(
+        safe_norm(problem.normal_rhs()), 1e-300
+    )
     note = f"normalizer c={c:g} after {restarts} restart(s)"
     if diverged:
         note += "; still diverging at the restart cap"

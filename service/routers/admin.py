@@ -17,9 +17,13 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], include_in_schema=False)
 
 
 @router.post(
-    "/jobs/{job_id}/terminate", status_code=202, summary="Kill the process of a job that ignores its cancellation"
+    "/jobs/{job_id}/terminate",
+    status_code=202,
+    summary="Kill the process of a job that ignores its cancellation",
 )
-async def terminate_job(job_id: str, request: Request, services: ServicesDep, _admin: AdminDep) -> JSONResponse:
+async def terminate_job(
+    job_id: str, request: Request, services: ServicesDep, _admin: AdminDep
+) -> JSONResponse:
     """202 with the job (now ``cancelled``) once its worker process was killed; 409
     ``job-not-terminable`` when the job is not ``cancelling`` or its grace period
     (``GIF_CANCEL_GRACE_SECONDS``) has not passed, or when no worker holds it any more."""

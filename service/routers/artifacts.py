@@ -19,10 +19,10 @@ from jobs.views import artifact_view
 
 from ..deps import Services, ServicesDep, TenantDep
 from ..errors import ProblemError
-from ..upload_body import RAW, declared_sha256, read_upload, sanitize_filename
 from ..openapi import links_by_id
 from ..schemas import Artifact as ArtifactBody
 from ..schemas import problems
+from ..upload_body import RAW, declared_sha256, read_upload, sanitize_filename
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
@@ -133,7 +133,9 @@ async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> 
 def stored_response(artifact: Artifact, created: bool) -> JSONResponse:
     """An upload's answer: 201 + ``Location`` for a new artifact, 200 when the tenant had it."""
     return JSONResponse(
-        artifact_view(artifact), status_code=201 if created else 200, headers={"Location": f"/v1/artifacts/{artifact.id}"}
+        artifact_view(artifact),
+        status_code=201 if created else 200,
+        headers={"Location": f"/v1/artifacts/{artifact.id}"},
     )
 
 
@@ -190,7 +192,10 @@ def download(
     headers = {"ETag": etag, "Content-Digest": f"sha-256=:{digest}:"}
     if seconds := services.settings.s3_presign_seconds:
         url = services.blobs.presigned_get(
-            artifact.sha256, seconds=seconds, filename=_disposition(artifact), content_type=artifact.content_type
+            artifact.sha256,
+            seconds=seconds,
+            filename=_disposition(artifact),
+            content_type=artifact.content_type,
         )
         if url is not None:  # the bucket serves the bytes (and the Range)
             return RedirectResponse(url, status_code=302, headers={**headers, "Cache-Control": "no-store"})
@@ -198,7 +203,9 @@ def download(
     if range_ is not None:
         _check_range(range_, path.stat().st_size)
     return FileResponse(
-        path, media_type=artifact.content_type, headers={**headers, "Content-Disposition": _disposition(artifact)}
+        path,
+        media_type=artifact.content_type,
+        headers={**headers, "Content-Disposition": _disposition(artifact)},
     )
 
 

@@ -13,18 +13,20 @@ from jobs.errors import DomainError
 
 from ..deps import JsonBody, ServicesDep, TenantDep
 from ..openapi import links_by_id
-from .artifacts import stored_response
 from ..schemas import Artifact as ArtifactBody
 from ..schemas import CompleteUpload, NewUpload, problems
 from ..schemas import PartUrl as PartUrlBody
 from ..schemas import Upload as UploadBody
 from ..schemas import UploadPart as UploadPartBody
 from ..upload_body import CLOSE, RAW, declared_sha256, read_body, require_raw, sanitize_filename
+from .artifacts import stored_response
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 UploadId = Annotated[str, Path(description="The session's id (`upl_…`).")]
-PartNumber = Annotated[int, Path(ge=1, le=upload_sessions.MAX_PARTS, description="1 to the session's part_count.")]
+PartNumber = Annotated[
+    int, Path(ge=1, le=upload_sessions.MAX_PARTS, description="1 to the session's part_count.")
+]
 _PART_BODY = {
     "parameters": [
         {"name": "X-Part-SHA256", "in": "header", "required": False,
@@ -45,10 +47,12 @@ _PART_BODY = {
     "(any order, in parallel, resending any that failed) and finish with `POST /v1/uploads/{id}/complete`. "
     "`part_size` is in the answer; the session expires after `GIF_UPLOAD_SESSION_HOURS`.",
     responses={
-        201: {"headers": {"Location": {"schema": {"type": "string"}}},
-              "links": links_by_id("upload_id", "getUpload", "uploadPart", "completeUpload", "abortUpload")},
+        201: {
+            "headers": {"Location": {"schema": {"type": "string"}}},
+            "links": links_by_id("upload_id", "getUpload", "uploadPart", "completeUpload", "abortUpload"),
+        },
         **problems(400, 401, 413, 415, 422),
-    },  # fmt: skip
+    },
 )
 def create_upload(body: NewUpload, services: ServicesDep, tenant: TenantDep, _json: JsonBody) -> JSONResponse:
     upload = upload_sessions.create(
@@ -99,9 +103,13 @@ async def put_part(
     "the API. 409 `upload-not-direct` for a session that takes its parts at `PUT /v1/uploads/{id}/parts/{n}`.",
     responses=problems(401, 404, 409, 410, 422),
 )
-def get_part_url(upload_id: UploadId, number: PartNumber, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+def get_part_url(
+    upload_id: UploadId, number: PartNumber, services: ServicesDep, tenant: TenantDep
+) -> JSONResponse:
     seconds = services.settings.s3_presign_seconds
-    return JSONResponse(upload_sessions.part_url(services.db, services.blobs, seconds, tenant, upload_id, number))
+    return JSONResponse(
+        upload_sessions.part_url(services.db, services.blobs, seconds, tenant, upload_id, number)
+    )
 
 
 @router.get(
@@ -112,7 +120,9 @@ def get_part_url(upload_id: UploadId, number: PartNumber, services: ServicesDep,
     responses=problems(401, 404),
 )
 def get_upload(upload_id: UploadId, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
-    return JSONResponse(upload_sessions.view(*upload_sessions.get(services.db, services.blobs, tenant, upload_id)))
+    return JSONResponse(
+        upload_sessions.view(*upload_sessions.get(services.db, services.blobs, tenant, upload_id))
+    )
 
 
 @router.post(
@@ -125,8 +135,10 @@ def get_upload(upload_id: UploadId, services: ServicesDep, tenant: TenantDep) ->
     "inspects and stores it like a single-shot upload: 201 with the artifact (200 when the tenant already "
     "had it). A digest mismatch leaves the session open (resend the parts whose sha256 differs); a file that "
     "is not a valid artifact ends it `failed`.",
-    responses={200: {"model": ArtifactBody, "description": "The tenant already had this file."},
-               **problems(400, 401, 404, 409, 410, 413, 415, 422, 503, 507)},  # fmt: skip
+    responses={
+        200: {"model": ArtifactBody, "description": "The tenant already had this file."},
+        **problems(400, 401, 404, 409, 410, 413, 415, 422, 503, 507),
+    },
 )
 def complete_upload(
     upload_id: UploadId,
@@ -156,4 +168,3 @@ def complete_upload(
 def abort_upload(upload_id: UploadId, services: ServicesDep, tenant: TenantDep) -> Response:
     upload_sessions.abort(services.db, services.blobs, tenant, upload_id)
     return Response(status_code=204)
-

@@ -534,7 +534,7 @@ def test_commands_are_subcommands_and_options_of_the_declared_console_script():
 
 def test_celery_and_healthcheck_refer_to_the_celery_app():
     for where, argv in _all_commands():
-        if argv and argv[0] == "celery" or "celery" in argv:
+        if (argv and argv[0] == "celery") or "celery" in argv:
             app = _option(argv, "-A") or _option(argv, "--app")
             assert app, f"{where}: celery without -A"
             module, _, attribute = app.partition(":")

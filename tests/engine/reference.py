@@ -10,7 +10,9 @@ def flat_params(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def dense_hessian(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn=None) -> torch.Tensor:
+def dense_hessian(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn=None
+) -> torch.Tensor:
     """Explicit Hessian of the mean loss, row by row with double backward."""
     loss_fn = loss_fn or nn.functional.cross_entropy
     params = flat_params(model)
@@ -20,12 +22,18 @@ def dense_hessian(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     rows = []
     for i in range(flat.numel()):
         row = torch.autograd.grad(flat[i], params, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(r if r is not None else torch.zeros_like(p)).reshape(-1) for r, p in zip(row, params)]))
+        rows.append(
+            torch.cat(
+                [(r if r is not None else torch.zeros_like(p)).reshape(-1) for r, p in zip(row, params)]
+            )
+        )
     h = torch.stack(rows).detach()
     return (h + h.T) / 2
 
 
-def dense_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn=None) -> torch.Tensor:
+def dense_gradient(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn=None
+) -> torch.Tensor:
     loss_fn = loss_fn or nn.functional.cross_entropy
     params = flat_params(model)
     grads = torch.autograd.grad(loss_fn(model(inputs), targets), params)
@@ -39,10 +47,15 @@ def reference_influence(method, h, g, index, damping, h_target=None, fraction=0.
         return (torch.linalg.pinv(h + damping * eye) @ g)[index]
     if method == "fif":
         sub = h[index][:, index]
-        return torch.linalg.pinv(sub + damping * torch.eye(len(index), dtype=h.dtype, device=h.device)) @ g[index]
+        return (
+            torch.linalg.pinv(sub + damping * torch.eye(len(index), dtype=h.dtype, device=h.device))
+            @ g[index]
+        )
     if method == "gif":
         a = h[:, index]
-        return torch.linalg.pinv(a.T @ a + damping * torch.eye(len(index), dtype=h.dtype, device=h.device)) @ (a.T @ g)
+        return torch.linalg.pinv(
+            a.T @ a + damping * torch.eye(len(index), dtype=h.dtype, device=h.device)
+        ) @ (a.T @ g)
     z = torch.linalg.pinv(h + damping * eye) @ g
     z2 = fraction / (1 - fraction) * torch.linalg.pinv(h + damping * eye) @ ((h - h_target) @ z)
     return (z + z2)[index]

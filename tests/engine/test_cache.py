@@ -86,7 +86,9 @@ class Work:
 def comparable(report: dict) -> dict:
     """A report without what legitimately differs between runs: wall-clock times, the cache
     section, and the work counters (what *this* call computed)."""
-    out = copy.deepcopy({k: v for k, v in report.items() if k not in ("timings", "cache", "gradients", "hvps")})
+    out = copy.deepcopy(
+        {k: v for k, v in report.items() if k not in ("timings", "cache", "gradients", "hvps")}
+    )
     for step in out["newton_steps"]:
         step["solver"].pop("seconds")
     return out
@@ -127,8 +129,13 @@ def test_keys_are_namespaced_by_kind_and_sensitive_to_every_option():
     assert len(keys) == len(gif.cache.KINDS)
     assert all(check_key(k)[0] in gif.cache.KINDS for k in keys)
     base = make_key("ihvp", parts)
-    for name, value in [("damping", 0.010000000000000002), ("solver", "cg"), ("seed", 1), ("tol", 1e-5),
-                        ("model", "m2")]:
+    for name, value in [
+        ("damping", 0.010000000000000002),
+        ("solver", "cg"),
+        ("seed", 1),
+        ("tol", 1e-5),
+        ("model", "m2"),
+    ]:
         assert make_key("ihvp", {**parts, name: value}) != base, name
     assert make_key("ihvp", {**parts, "extra": None}) != base
     with pytest.raises(ValueError, match="unknown cache kind"):
@@ -262,7 +269,9 @@ def test_a_failing_computation_stores_nothing_and_releases_the_lock(cache):
         cache.compute_once(key, boom)
     assert cache.get(key) is None
     done = []
-    t = threading.Thread(target=lambda: done.append(cache.compute_once(key, lambda: ({"v": torch.zeros(1)}, {}))))
+    t = threading.Thread(
+        target=lambda: done.append(cache.compute_once(key, lambda: ({"v": torch.zeros(1)}, {})))
+    )
     t.start()
     t.join(timeout=10)
     assert done and done[0].status == "computed"
@@ -310,8 +319,12 @@ def test_two_processes_compute_a_disk_entry_once(tmp_path):
     key = make_key("lowrank", {"processes": 2})
     counter = tmp_path / "computed.txt"
     barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_compute_in_process, args=(str(tmp_path / "c"), key, str(counter), barrier, results))
-             for _ in range(2)]
+    procs = [
+        ctx.Process(
+            target=_compute_in_process, args=(str(tmp_path / "c"), key, str(counter), barrier, results)
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     got = [results.get(timeout=120) for _ in procs]
@@ -370,7 +383,9 @@ def test_an_unavailable_store_never_fails_the_computation(tmp_path):
         def get(self, key, *, device=None):
             raise OSError(5, "Input/output error")
 
-    entry = Broken(tmp_path).compute_once(make_key("ihvp", {"q": 1}), lambda: ({"v": torch.ones(2)}, {"m": 1}))
+    entry = Broken(tmp_path).compute_once(
+        make_key("ihvp", {"q": 1}), lambda: ({"v": torch.ones(2)}, {"m": 1})
+    )
     assert entry.status == "computed" and entry.meta == {"m": 1}
 
 
@@ -417,7 +432,10 @@ def test_warm_removal_equals_cold_and_computes_nothing(problem, cache, options, 
     assert_same_edit(cold, warm)
     # and a cache changes nothing about the answer or the report
     assert_same_edit(plain, cold)
-    assert (plain.report["gradients"], plain.report["hvps"]) == (cold.report["gradients"], cold.report["hvps"])
+    assert (plain.report["gradients"], plain.report["hvps"]) == (
+        cold.report["gradients"],
+        cold.report["hvps"],
+    )
     assert "cache" not in plain.report
 
 
@@ -464,22 +482,41 @@ def test_a_related_request_reuses_the_lowrank_fit(problem, monkeypatch):
     first = gif.remove(model, train, {"class": 1}, solver="lowrank", rank=8, newton_steps=3, cache=cache)
     assert first.report["solver"]["hvps"] > 0
     work = Work(monkeypatch)
-    related = gif.remove(model, train, {"class": 1}, solver="lowrank", rank=8, newton_steps=3, cache=cache,
-                         method="fif", damping=0.05)
+    related = gif.remove(
+        model,
+        train,
+        {"class": 1},
+        solver="lowrank",
+        rank=8,
+        newton_steps=3,
+        cache=cache,
+        method="fif",
+        damping=0.05,
+    )
     assert work.hvps == 0 and related.report["hvps"] == 0
     hits = {h["kind"] for h in related.report["cache"]["hits"]}
     misses = {m["kind"] for m in related.report["cache"]["misses"]}
     assert "lowrank" in hits and "ihvp" in misses and "lowrank" not in misses
     # exactly what the engine does when handed the fit explicitly
-    explicit = gif.remove(model, train, {"class": 1}, solver="lowrank", rank=8, newton_steps=3,
-                          method="fif", damping=0.05, lowrank=first.lowrank)
+    explicit = gif.remove(
+        model,
+        train,
+        {"class": 1},
+        solver="lowrank",
+        rank=8,
+        newton_steps=3,
+        method="fif",
+        damping=0.05,
+        lowrank=first.lowrank,
+    )
     assert torch.equal(related.delta, explicit.delta)
     assert comparable(related.report) == comparable(explicit.report)
     # relabelling the same samples uses the same Hessian sample, hence the same fit
     _, (x, y) = problem
     idx = gif.class_indices(y, 1)
-    relabel = gif.relabel(model, (x, y), idx, torch.zeros_like(idx), solver="lowrank", rank=8,
-                          newton_steps=2, cache=cache)
+    relabel = gif.relabel(
+        model, (x, y), idx, torch.zeros_like(idx), solver="lowrank", rank=8, newton_steps=2, cache=cache
+    )
     assert "lowrank" in {h["kind"] for h in relabel.report["cache"]["hits"]}
 
 
@@ -495,8 +532,18 @@ def test_a_different_forget_set_is_a_different_curvature(problem):
     assert "lowrank" in {m["kind"] for m in other.report["cache"]["misses"]}
     assert other.report["options"]["hessian_pool"] == "untouched"
     # while a caller can still opt in to reuse by passing the fit (EditResult.lowrank)
-    reuse = gif.remove(model, train, [4, 9, 10], solver="lowrank", rank=8, newton_steps=1, cache=cache,
-                       lowrank=other.lowrank, damping=0.1, hessian_pool="untouched")
+    reuse = gif.remove(
+        model,
+        train,
+        [4, 9, 10],
+        solver="lowrank",
+        rank=8,
+        newton_steps=1,
+        cache=cache,
+        lowrank=other.lowrank,
+        damping=0.1,
+        hessian_pool="untouched",
+    )
     assert reuse.report["hvps"] == 0
 
 
@@ -505,18 +552,29 @@ def test_with_the_shared_hessian_pool_other_forget_sets_reuse_the_fit(problem, m
     of other samples — or a relabel — finds the fit and computes no HVP for it."""
     model, train = problem
     cache = MemoryCache()
-    first = gif.remove(model, train, [3, 7, 8], solver="lowrank", rank=8, newton_steps=1, cache=cache,
-                       hessian_pool="all")
+    first = gif.remove(
+        model, train, [3, 7, 8], solver="lowrank", rank=8, newton_steps=1, cache=cache, hessian_pool="all"
+    )
     assert "lowrank" in {m["kind"] for m in first.report["cache"]["misses"]}
     work = Work(monkeypatch)
-    other = gif.remove(model, train, [4, 9, 10], solver="lowrank", rank=8, newton_steps=1, cache=cache,
-                       hessian_pool="all")
+    other = gif.remove(
+        model, train, [4, 9, 10], solver="lowrank", rank=8, newton_steps=1, cache=cache, hessian_pool="all"
+    )
     assert "lowrank" in {h["kind"] for h in other.report["cache"]["hits"]}
     assert work.hvps == 0 and other.report["hvps"] == 0
     assert torch.equal(other.lowrank.eigenvectors, first.lowrank.eigenvectors)
     _, (x, y) = problem
-    relabel = gif.relabel(model, (x, y), [5, 6], (y[[5, 6]] + 1) % 3, solver="lowrank", rank=8,
-                          newton_steps=1, cache=cache, hessian_pool="all")
+    relabel = gif.relabel(
+        model,
+        (x, y),
+        [5, 6],
+        (y[[5, 6]] + 1) % 3,
+        solver="lowrank",
+        rank=8,
+        newton_steps=1,
+        cache=cache,
+        hessian_pool="all",
+    )
     assert "lowrank" in {h["kind"] for h in relabel.report["cache"]["hits"]}
 
 
@@ -583,8 +641,12 @@ def test_an_unnamed_custom_loss_bypasses_the_cache(problem):
         return nn.functional.cross_entropy(o, t)
 
     out = gif.remove(model, train, [3, 7, 8], loss_fn=loss, newton_steps=1, cache=cache)
-    assert out.report["cache"] == {"hits": [], "misses": [], "counts": {},
-                                   "bypassed": "loss_fn has no `cache_key` attribute"}
+    assert out.report["cache"] == {
+        "hits": [],
+        "misses": [],
+        "counts": {},
+        "bypassed": "loss_fn has no `cache_key` attribute",
+    }
     assert len(cache) == 0
     loss.cache_key = "plain-ce"
     named = gif.remove(model, train, [3, 7, 8], loss_fn=loss, newton_steps=1, cache=cache)
@@ -598,7 +660,10 @@ def test_stats_count_hits_waits_and_misses_per_kind():
     for key, status in [(g, "computed"), (g, "hit"), (g, "waited"), (e, "hit")]:
         stats.record(key, status)
     out = stats.as_dict()
-    assert out["counts"] == {"gradient": {"hit": 1, "wait": 1, "miss": 1}, "evaluation": {"hit": 1, "wait": 0, "miss": 0}}
+    assert out["counts"] == {
+        "gradient": {"hit": 1, "wait": 1, "miss": 1},
+        "evaluation": {"hit": 1, "wait": 0, "miss": 0},
+    }
     assert out["misses"] == [{"kind": "gradient", "key": g.split(":")[1][:16]}]
     assert {"kind": "gradient", "key": g.split(":")[1][:16], "waited": True} in out["hits"]
 
@@ -621,4 +686,7 @@ def test_concurrent_identical_edits_compute_each_entry_once(problem, tmp_path):
     assert torch.equal(a.delta, b.delta)
     computed = [m["key"] for r in out for m in r.report["cache"]["misses"]]
     assert len(computed) == len(set(computed))  # no entry was computed by both
-    assert a.report["hvps"] + b.report["hvps"] == gif.remove(model, train, {"class": 1}, newton_steps=3).report["hvps"]
+    assert (
+        a.report["hvps"] + b.report["hvps"]
+        == gif.remove(model, train, {"class": 1}, newton_steps=3).report["hvps"]
+    )

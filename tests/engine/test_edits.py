@@ -76,8 +76,15 @@ def test_class_removal_by_class_equals_indices():
 def test_report_contents_and_progress_events():
     model, train, val = tiny_problem()
     events = []
-    out = gif.remove(model, train, torch.tensor([4, 5, 6]), validation=val, damping=0.1,
-                     newton_steps=2, callback=events.append)
+    out = gif.remove(
+        model,
+        train,
+        torch.tensor([4, 5, 6]),
+        validation=val,
+        damping=0.1,
+        newton_steps=2,
+        callback=events.append,
+    )
     r = out.report
     for key in ("options", "selection", "solver", "newton_steps", "metrics", "delta_norm", "timings", "hvps"):
         assert key in r
@@ -115,8 +122,13 @@ def test_shared_hessian_pool_is_the_same_sample_whatever_is_edited():
         # the retained loss's drift is estimated on the untouched part of the Hessian sample
         assert set(split.drift.tolist()) == set(split.hessian.tolist()) - edited
         assert 9 <= split.val.numel() <= 12  # 12 reserved, minus any edited among them
-    other_seed = _split(60, torch.tensor([0]), True, EditOptions(hessian_pool="all", hessian_samples=30, seed=4),
-                        torch.Generator())
+    other_seed = _split(
+        60,
+        torch.tensor([0]),
+        True,
+        EditOptions(hessian_pool="all", hessian_samples=30, seed=4),
+        torch.Generator(),
+    )
     assert not torch.equal(other_seed.hessian, a.hessian)
     # the default pool leaves edited samples out of the Hessian
     untouched = _split(60, torch.tensor([0, 1, 2]), True, EditOptions(hessian_samples=100), torch.Generator())

@@ -12,7 +12,9 @@ def test_hvp_matches_dense_hessian(tiny, backend):
     _, model, data, _ = tiny
     h = dense_hessian(model, *data)
     op = HessianOperator(model, data, backend=backend)
-    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(data[0].device)
+    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(
+        data[0].device
+    )
     torch.testing.assert_close(op.hvp(v), h @ v, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(op.gradient(), dense_gradient(model, *data), rtol=1e-10, atol=1e-12)
     assert (op.hvps, op.grads) == (1, 1)

@@ -44,8 +44,15 @@ def test_method_solver_matrix_matches_dense(tiny, method, solver):
     index, expected = reference(tiny, method, damping)
     _, model, hdata, tdata = tiny
     out = gif.influence(
-        model, hdata, tdata, method=method, params=index, damping=damping, solver=solver,
-        rank=10_000, **TIGHT,
+        model,
+        hdata,
+        tdata,
+        method=method,
+        params=index,
+        damping=damping,
+        solver=solver,
+        rank=10_000,
+        **TIGHT,
     )
     assert torch.equal(out.params, index)
     assert out.converged, out.note
@@ -62,8 +69,17 @@ def test_indefinite_hessian_small_damping(tiny, method, solver):
     if method != "gif" and bool(((eig + damping).abs() < 1e-6).any()):
         pytest.skip("singular damped Hessian")  # never happens for these seeds; guards the reference
     index, expected = reference(tiny, method, damping)
-    out = gif.influence(model, hdata, tiny[3], method=method, params=index, damping=damping,
-                        solver=solver, rank=10_000, **TIGHT)
+    out = gif.influence(
+        model,
+        hdata,
+        tiny[3],
+        method=method,
+        params=index,
+        damping=damping,
+        solver=solver,
+        rank=10_000,
+        **TIGHT,
+    )
     assert_rel_close(out.vector, expected)
     assert bool((eig < 0).any()), "these tiny models must have indefinite Hessians"
 
@@ -75,8 +91,19 @@ def test_neumann_agrees_when_it_converges(method):
     tiny = ("mlp", tiny_mlp(), make_data("mlp", 24, 10), make_data("mlp", 5, 11))
     damping = 0.5
     index, expected = reference(tiny, method, damping)
-    out = gif.influence(tiny[1], tiny[2], tiny[3], method=method, params=index, damping=damping,
-                        solver="neumann", tol=1e-12, max_iter=20000, normalizer=1.0, step=0.5)
+    out = gif.influence(
+        tiny[1],
+        tiny[2],
+        tiny[3],
+        method=method,
+        params=index,
+        damping=damping,
+        solver="neumann",
+        tol=1e-12,
+        max_iter=20000,
+        normalizer=1.0,
+        step=0.5,
+    )
     assert_rel_close(out.vector, expected)
 
 
@@ -110,7 +137,9 @@ def test_lowrank_fit_is_reusable():
     model, hdata = tiny_mlp(), make_data("mlp", 24, 10)
     first = gif.influence(model, hdata, make_data("mlp", 5, 11), solver="lowrank", rank=10, damping=0.1)
     assert first.lowrank is not None and first.lowrank.rank == 10 and first.hvps >= 20
-    second = gif.influence(model, hdata, make_data("mlp", 5, 12), solver="lowrank", lowrank=first.lowrank, damping=0.1)
+    second = gif.influence(
+        model, hdata, make_data("mlp", 5, 12), solver="lowrank", lowrank=first.lowrank, damping=0.1
+    )
     assert second.hvps == 0 and second.grads == 1
     assert second.lowrank is first.lowrank
 
@@ -173,8 +202,18 @@ def test_sif_says_when_its_correction_dominates(tiny, solver, fraction):
     inverse = torch.linalg.inv(h + damping * torch.eye(h.shape[0], dtype=h.dtype, device=h.device))
     z = inverse @ g
     ratio = float((fraction / (1 - fraction) * inverse @ ((h - h_u) @ z)).norm() / z.norm())
-    out = gif.influence(model, hdata, tdata, method="sif", params=selected(h.shape[0]), damping=damping,
-                        solver=solver, group_fraction=fraction, rank=10_000, **TIGHT)
+    out = gif.influence(
+        model,
+        hdata,
+        tdata,
+        method="sif",
+        params=selected(h.shape[0]),
+        damping=damping,
+        solver=solver,
+        group_fraction=fraction,
+        rank=10_000,
+        **TIGHT,
+    )
     assert (ratio > 1.0) == (fraction > 0.5), ratio  # both branches are exercised
     assert ("second-order term is" in out.note) == (ratio > 1.0), (ratio, out.note)
     if ratio > 1.0:

@@ -13,8 +13,8 @@ import torch
 import gif
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-from backdoor_relabel import TARGET, poison  # noqa: E402
-from digits import MLP, accuracy, add_trigger, load_digits, train  # noqa: E402
+from backdoor_relabel import TARGET, poison
+from digits import MLP, accuracy, add_trigger, load_digits, train
 
 pytest.importorskip("sklearn")
 
@@ -29,7 +29,9 @@ def test_default_class_removal_matches_retraining(seed):
     keep = s.y_test != cls
     assert accuracy(model, s.x_test[~keep], s.y_test[~keep]) > 80  # the class was known before
     assert accuracy(edit.model, s.x_test[~keep], s.y_test[~keep]) <= 2.0
-    gap = accuracy(retrained, s.x_test[keep], s.y_test[keep]) - accuracy(edit.model, s.x_test[keep], s.y_test[keep])
+    gap = accuracy(retrained, s.x_test[keep], s.y_test[keep]) - accuracy(
+        edit.model, s.x_test[keep], s.y_test[keep]
+    )
     assert gap <= 1.5
 
 
@@ -46,8 +48,11 @@ def test_default_backdoor_relabel_approaches_retraining(seed):
     x_trig, y_true = add_trigger(s.x_test[others]), s.y_test[others]
 
     def metrics(m):
-        return (accuracy(m, s.x_test, s.y_test), accuracy(m, x_trig, y_true),
-                accuracy(m, x_trig, torch.full_like(y_true, TARGET)))
+        return (
+            accuracy(m, s.x_test, s.y_test),
+            accuracy(m, x_trig, y_true),
+            accuracy(m, x_trig, torch.full_like(y_true, TARGET)),
+        )
 
     assert metrics(model)[2] > 90  # the backdoor works before the edit
     clean, relabel, attack = metrics(edit.model)

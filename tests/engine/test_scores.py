@@ -108,7 +108,8 @@ def test_custom_loss_fn_is_per_sample():
     def loss_fn(out, y):
         return nn.functional.cross_entropy(out, y, label_smoothing=0.1)
 
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
+
     def grads(data):
         rows = []
         for i in range(len(data[1])):
@@ -153,8 +154,13 @@ def _fit(model, x, y, weights, lam, rounds=5) -> float:
     """Minimise (1/n) Σ_j w_j ℓ_j + (λ/2)‖θ‖² from the current θ; returns the final gradient norm."""
     n = len(y)
     opt = torch.optim.LBFGS(
-        model.parameters(), lr=1, max_iter=500, history_size=50, tolerance_grad=1e-13,
-        tolerance_change=0, line_search_fn="strong_wolfe",
+        model.parameters(),
+        lr=1,
+        max_iter=500,
+        history_size=50,
+        tolerance_grad=1e-13,
+        tolerance_change=0,
+        line_search_fn="strong_wolfe",
     )
 
     def closure():
@@ -374,8 +380,15 @@ def test_cancel_while_scoring():
     fit = exact_fit(model, train)
     seen: list[dict] = []
     with pytest.raises(Cancelled):
-        scores(model, train, queries, lowrank=fit, chunk_size=5, callback=seen.append,
-               should_stop=lambda: len(seen) >= 2)
+        scores(
+            model,
+            train,
+            queries,
+            lowrank=fit,
+            chunk_size=5,
+            callback=seen.append,
+            should_stop=lambda: len(seen) >= 2,
+        )
     assert [e["iteration"] for e in seen] == [1, 2] and all(e["stage"] == "scoring" for e in seen)
 
 

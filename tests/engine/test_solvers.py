@@ -11,12 +11,16 @@ from gif.solvers import Monitor, Problem, fit_lowrank, solve
 
 
 def spd(n, cond, seed=0):
-    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    q, _ = torch.linalg.qr(
+        torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    )
     return q @ torch.diag(torch.logspace(0, math.log10(cond), n, dtype=torch.float64)) @ q.T
 
 
 def indefinite(n, seed=0):
-    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+    q, _ = torch.linalg.qr(
+        torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    )
     eig = torch.linspace(-3, 5, n, dtype=torch.float64)
     eig[eig.abs() < 0.3] = 0.5
     return q @ torch.diag(eig) @ q.T
@@ -46,7 +50,9 @@ def test_spd_systems(name, damping):
     expected = torch.linalg.solve(a + damping * torch.eye(30, dtype=torch.float64), b)
     assert out.converged and out.residual <= 1e-10
     torch.testing.assert_close(out.x, expected, rtol=1e-8, atol=1e-10)
-    true_residual = torch.linalg.norm(b - (a + damping * torch.eye(30, dtype=torch.float64)) @ out.x) / b.norm()
+    true_residual = (
+        torch.linalg.norm(b - (a + damping * torch.eye(30, dtype=torch.float64)) @ out.x) / b.norm()
+    )
     assert float(true_residual) <= 1e-9
 
 
@@ -152,7 +158,9 @@ def test_neumann_converges_to_least_squares():
     a = torch.randn(30, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     b = rhs(30)
     out = run(lstsq_problem(a, b), "neumann", tol=1e-9, max_iter=20000, normalizer=10.0, step=1.0)
-    torch.testing.assert_close(out.x, torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(
+        out.x, torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1), rtol=1e-6, atol=1e-8
+    )
     # The paper's stopping rule (small steps) fired, but `converged` is judged on the residual.
     assert "stopped by the paper's rule" in out.note
     assert out.residual < 1e-6 and out.converged == (out.residual <= 1e-9)

@@ -154,7 +154,9 @@ def test_the_orphan_sweep_deletes_unnamed_objects_only(bucket_env, prefix, tmp_p
     store = _store(bucket_env, tmp_path, prefix)
     named, orphan = store.put([b"named"]).sha256, store.put([b"orphan"]).sha256
     with db.begin() as session:
-        artifacts.create_artifact(session, tenant_id=TENANT, kind="dataset", format="npz", sha256=named, size_bytes=5)
+        artifacts.create_artifact(
+            session, tenant_id=TENANT, kind="dataset", format="npz", sha256=named, size_bytes=5
+        )
     time.sleep(1.1)  # object times have one-second resolution
 
     result = orphans.sweep(db, store, grace_seconds=0)
@@ -185,9 +187,8 @@ def test_the_cache_space_of_a_folder_store_is_beside_the_artifacts(tmp_path, db)
 
 
 def test_an_unreachable_service_is_storage_unavailable(bucket_env, prefix, tmp_path):
-    from botocore.config import Config
-
     import boto3
+    from botocore.config import Config
 
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", region_name="us-east-1",
                           config=Config(retries={"max_attempts": 1}, connect_timeout=2))  # fmt: skip
@@ -195,7 +196,9 @@ def test_an_unreachable_service_is_storage_unavailable(bucket_env, prefix, tmp_p
     with pytest.raises(StorageUnavailable, match="could not look up") as caught:
         store.put([b"payload"])
     assert caught.value.status == 503 and caught.value.headers["Retry-After"]
-    assert "127.0.0.1" not in caught.value.detail and "127.0.0.1" in caught.value.reason  # addresses: log only
+    assert (
+        "127.0.0.1" not in caught.value.detail and "127.0.0.1" in caught.value.reason
+    )  # addresses: log only
     assert list(store.temporary()) == [], "the staged file was left behind"
     with pytest.raises(StorageUnavailable, match="could not download"):
         store.fetch("0" * 64)
@@ -255,4 +258,7 @@ def test_presigned_urls_are_signed_for_the_public_endpoint(bucket_env, prefix, t
     assert public.presigned_get(digest, seconds=60, filename="f", content_type="x/y").startswith(
         f"https://blobs.example.com/{s3.bucket}/"
     )
-    assert BlobStore(tmp_path / "folder").presigned_get(digest, seconds=60, filename="f", content_type="x") is None
+    assert (
+        BlobStore(tmp_path / "folder").presigned_get(digest, seconds=60, filename="f", content_type="x")
+        is None
+    )

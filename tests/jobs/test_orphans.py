@@ -26,7 +26,9 @@ def _blob(blobs: BlobStore, content: bytes, *, old: bool = True) -> str:
 
 def _name(db: Database, sha: str) -> None:
     with db.begin() as session:
-        artifacts.create_artifact(session, tenant_id=TENANT, kind="dataset", format="npz", sha256=sha, size_bytes=1)
+        artifacts.create_artifact(
+            session, tenant_id=TENANT, kind="dataset", format="npz", sha256=sha, size_bytes=1
+        )
 
 
 @pytest.fixture

@@ -26,7 +26,9 @@ def blobs(settings) -> BlobStore:
     return BlobStore(settings.blob_root)
 
 
-def _artifact(db: Database, sha: str, *, tenant: str = TENANT, expires_at=None, source: str | None = None) -> str:
+def _artifact(
+    db: Database, sha: str, *, tenant: str = TENANT, expires_at=None, source: str | None = None
+) -> str:
     with db.begin() as session:
         return artifacts.create_artifact(session, tenant_id=tenant, kind="dataset", format="npz", sha256=sha,
                                          size_bytes=4, expires_at=expires_at, source_sha256=source).id  # fmt: skip
@@ -57,7 +59,9 @@ def test_an_artifact_an_unfinished_job_reads_waits_for_the_job(db, blobs):
     artifact_id = _artifact(db, sha, expires_at=PAST)
     job_id = add_job(db)
     with db.begin() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(inputs_json=json.dumps({"train": artifact_id})))
+        session.execute(
+            update(Job).where(Job.id == job_id).values(inputs_json=json.dumps({"train": artifact_id}))
+        )
     assert retention.purge_expired(db, blobs).artifacts == 0 and blobs.exists(sha)
     with db.begin() as session:
         session.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))

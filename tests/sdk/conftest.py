@@ -19,7 +19,9 @@ PART = 64 * 1024
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     # small upload-session parts, so the test files span several
-    with Stack("embedded", tmp_path_factory.mktemp("sdk"), extra_env={"GIF_UPLOAD_PART_BYTES": str(PART)}) as stack:
+    with Stack(
+        "embedded", tmp_path_factory.mktemp("sdk"), extra_env={"GIF_UPLOAD_PART_BYTES": str(PART)}
+    ) as stack:
         stack.url = f"http://127.0.0.1:{stack.port}"
         yield stack
 

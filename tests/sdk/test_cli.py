@@ -83,5 +83,13 @@ def test_upload_in_parts_and_resume(server, files, tmp_path):
     result = cli(server, "upload", str(files["queries"]), "--kind", "dataset", "--parts")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["sha256"] == hashlib.sha256(data).hexdigest()
-    missing = cli(server, "upload", str(files["queries"]), "--kind", "dataset", "--resume", "upl_01JD3Q7W8M6Z5K2R9T0V4X1YBC")
+    missing = cli(
+        server,
+        "upload",
+        str(files["queries"]),
+        "--kind",
+        "dataset",
+        "--resume",
+        "upl_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
+    )
     assert missing.exit_code != 0 and "not-found" in missing.output

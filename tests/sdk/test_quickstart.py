@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "quickstart"))
-import quickstart  # noqa: E402
+import quickstart
 
 
 def test_quickstart_session_forgets_the_class_and_keeps_the_rest(client, capsys):

@@ -111,7 +111,9 @@ def test_a_changed_file_is_refused_by_its_declared_digest(server, files, tmp_pat
                 body = request.read()
                 marker = body.find(b"\r\n\r\n", body.find(b'name="file"')) + 4
                 corrupted = body[:marker] + bytes([body[marker] ^ 0xFF]) + body[marker + 1 :]
-                request = httpx.Request(request.method, request.url, headers=request.headers, content=corrupted)
+                request = httpx.Request(
+                    request.method, request.url, headers=request.headers, content=corrupted
+                )
             return super().handle_request(request)
 
     with Client(server.url, api_key=KEY, max_retries=0, transport=Corrupting()) as corrupting:

@@ -50,7 +50,9 @@ def test_a_job_must_be_cancelling_and_past_its_grace_period(app, client_a, uploa
     assert 100 <= int(early.headers["Retry-After"]) <= 120
     with app.state.services.db.begin() as session:  # as if the cancel were asked 3 minutes ago
         asked = session.get(Job, cancelling).cancel_requested_at
-        session.execute(update(Job).where(Job.id == cancelling).values(cancel_requested_at=asked - timedelta(minutes=3)))
+        session.execute(
+            update(Job).where(Job.id == cancelling).values(cancel_requested_at=asked - timedelta(minutes=3))
+        )
     late = _terminate(client_a, cancelling)  # this app runs no executor: nothing could kill it
     assert late.status_code == 503 and late.json()["code"] == "service-unavailable"
     assert client_a.get(f"/v1/jobs/{cancelling}").json()["status"] == "cancelling"  # unchanged

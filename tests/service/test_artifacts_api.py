@@ -139,7 +139,9 @@ def test_bad_forms(client_a, files):
     assert no_file.status_code == 422 and no_file.json()["code"] == "validation-error"
     text = client_a.post("/v1/artifacts", content=b"abc", headers={"content-type": "text/plain"})
     assert text.status_code == 415 and text.json()["code"] == "unsupported-media-type"
-    no_kind = client_a.post("/v1/artifacts", content=b"abc", headers={"content-type": "application/octet-stream"})
+    no_kind = client_a.post(
+        "/v1/artifacts", content=b"abc", headers={"content-type": "application/octet-stream"}
+    )
     assert no_kind.status_code == 422 and no_kind.json()["errors"][0]["loc"] == ["body", "kind"]
 
 
@@ -186,7 +188,11 @@ def test_an_expired_upload_is_gone_then_purged_and_can_be_uploaded_again(tmp_pat
 
         for url in (f"/v1/artifacts/{first['id']}", f"/v1/artifacts/{first['id']}/content"):
             gone = client.get(url)
-            assert gone.status_code == 410 and gone.json()["code"] == "gone" and "expired" in gone.json()["detail"]
+            assert (
+                gone.status_code == 410
+                and gone.json()["code"] == "gone"
+                and "expired" in gone.json()["detail"]
+            )
         job = client.post("/v1/jobs", json={"type": "scores", "model": {"arch": "mlp", "checkpoint": first["id"]},
                                             "train": first["id"], "queries": first["id"]})  # fmt: skip
         assert job.status_code == 422 and "artifact_expired" in {e["type"] for e in job.json()["errors"]}
@@ -194,7 +200,13 @@ def test_an_expired_upload_is_gone_then_purged_and_can_be_uploaded_again(tmp_pat
         assert retention.purge_expired(services.db, services.blobs).blobs == 1
         assert _stored_files(home) == []
         again = upload(client, files["queries"], "dataset")
-        assert again.status_code == 201 and again.json()["id"] != first["id"]  # not a dedup hit on the expired one
-        assert client.get(f"/v1/artifacts/{again.json()['id']}/content").content == files["queries"].read_bytes()
-        assert client.delete(f"/v1/artifacts/{first['id']}").status_code == 204  # an expired row can be deleted
+        assert (
+            again.status_code == 201 and again.json()["id"] != first["id"]
+        )  # not a dedup hit on the expired one
+        assert (
+            client.get(f"/v1/artifacts/{again.json()['id']}/content").content == files["queries"].read_bytes()
+        )
+        assert (
+            client.delete(f"/v1/artifacts/{first['id']}").status_code == 204
+        )  # an expired row can be deleted
     services.inspector.close()

@@ -116,7 +116,11 @@ def request_for(route: Route, ids: dict[str, str], owned: dict[str, Any], files:
         kwargs["data"] = {"kind": "dataset"}
     elif route == ("POST", "/v1/uploads"):
         data = files["queries"].read_bytes()
-        kwargs["json"] = {"kind": "dataset", "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        kwargs["json"] = {
+            "kind": "dataset",
+            "size_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
     elif route == ("PUT", "/v1/uploads/{upload_id}/parts/{number}"):
         kwargs["content"], kwargs["headers"] = files["queries"].read_bytes(), RAW
     return {"method": method, "url": path, **kwargs}
@@ -308,4 +312,3 @@ def test_the_owner_gets_2xx_everywhere(app, client_a, owned, files):
         return None if ok else f"status {response.status_code}: {response.text[:200]} (add a request here?)"
 
     _check_all(protected_routes(app), check)
-

@@ -75,7 +75,9 @@ def test_a_removal_flows_through_the_bucket(stack, inputs, digits):
     ran_on = [home for home in worker_homes if _local_copy(home, weights["sha256"]).exists()]
     assert len(ran_on) == 1, "the worker that stored the weights keeps a local copy"
     assert _local_copy(ran_on[0], inputs["checkpoint"]["sha256"]).exists(), "the checkpoint was fetched"
-    assert f"gif/sha256/{weights['sha256'][:2]}/{weights['sha256'][2:4]}/{weights['sha256']}" in stack.s3.keys()
+    assert (
+        f"gif/sha256/{weights['sha256'][:2]}/{weights['sha256'][2:4]}/{weights['sha256']}" in stack.s3.keys()
+    )
     assert not _local_copy(api_home, weights["sha256"]).exists()
 
     response = stack.client.get(weights["download_url"])  # the API fetches it from the bucket
@@ -126,7 +128,12 @@ def presigning(stack, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("presigning")
     port = free_port()
-    env = {**stack.env, "GIF_HOME": str(home / "data"), "GIF_S3_PRESIGN_SECONDS": "60", "GIF_EXECUTOR": "none"}
+    env = {
+        **stack.env,
+        "GIF_HOME": str(home / "data"),
+        "GIF_S3_PRESIGN_SECONDS": "60",
+        "GIF_EXECUTOR": "none",
+    }
     api = Process(["serve", "--port", str(port), "--log-level", "warning"], env, home / "api.log").start()
     try:
         with Client(f"http://127.0.0.1:{port}", api_key=KEY, timeout=60) as client:
@@ -160,7 +167,9 @@ def big_dataset(tmp_path_factory) -> Path:
     """A valid dataset of ~11 MiB: three parts of S3's 5 MiB minimum."""
     path = tmp_path_factory.mktemp("big") / "big.safetensors"
     n = 45_000
-    safetensors.torch.save_file({"inputs": torch.randn(n, 1, 8, 8), "labels": torch.arange(n) % 10}, str(path))
+    safetensors.torch.save_file(
+        {"inputs": torch.randn(n, 1, 8, 8), "labels": torch.arange(n) % 10}, str(path)
+    )
     return path
 
 
@@ -168,18 +177,24 @@ def test_a_direct_session_sends_its_parts_to_the_bucket(stack, presigning, big_d
     data = big_dataset.read_bytes()
     artifact = presigning.upload_resumable(big_dataset, "dataset", parallel=3)
 
-    assert artifact["sha256"] == hashlib.sha256(data).hexdigest() and artifact["metadata"]["n_samples"] == 45_000
+    assert (
+        artifact["sha256"] == hashlib.sha256(data).hexdigest() and artifact["metadata"]["n_samples"] == 45_000
+    )
     assert any(key.endswith(artifact["sha256"]) for key in stack.s3.keys("gif/sha256/"))
     assert stack.s3.keys("gif/uploads/") == []
     assert stack.s3.client().list_multipart_uploads(Bucket=stack.s3.bucket).get("Uploads", []) == []
 
 
-def test_a_direct_session_resumes_resends_a_changed_part_and_takes_one_through_the_api(stack, presigning, big_dataset):
+def test_a_direct_session_resumes_resends_a_changed_part_and_takes_one_through_the_api(
+    stack, presigning, big_dataset
+):
     data = big_dataset.read_bytes()
     api = presigning._http.client
     session = api.post("/v1/uploads", json={"kind": "dataset", "size_bytes": len(data),
                                             "sha256": hashlib.sha256(data).hexdigest()}).json()  # fmt: skip
-    assert session["direct"] is True and session["part_size"] >= 5 * 1024 * 1024 and session["part_count"] == 3
+    assert (
+        session["direct"] is True and session["part_size"] >= 5 * 1024 * 1024 and session["part_count"] == 3
+    )
     size = session["part_size"]
     url = api.get(f"/v1/uploads/{session['id']}/parts/1/url").json()
     assert url["method"] == "PUT" and url["size_bytes"] == size
@@ -208,7 +223,9 @@ def test_an_aborted_direct_session_leaves_nothing_in_the_bucket(stack, presignin
     assert stack.s3.client().list_multipart_uploads(Bucket=stack.s3.bucket).get("Uploads")
     assert api.delete(f"/v1/uploads/{session['id']}").status_code == 204
     assert stack.s3.client().list_multipart_uploads(Bucket=stack.s3.bucket).get("Uploads", []) == []
-    folder_session = stack.client.post("/v1/uploads", json={"kind": "dataset", "size_bytes": 10, "sha256": "0" * 64})
+    folder_session = stack.client.post(
+        "/v1/uploads", json={"kind": "dataset", "size_bytes": 10, "sha256": "0" * 64}
+    )
     not_direct = stack.client.get(f"/v1/uploads/{folder_session.json()['id']}/parts/1/url")
     assert not_direct.status_code == 409 and not_direct.json()["code"] == "upload-not-direct"
 
@@ -218,7 +235,9 @@ def test_an_unreachable_bucket_is_a_clear_503_and_a_storage_error(stack, inputs)
     stack.s3.kill()
 
     fresh = safetensors.torch.save({"inputs": torch.randn(10, 1, 8, 8), "labels": torch.arange(10)})
-    upload = stack.client.post("/v1/artifacts", files={"file": ("new.safetensors", fresh)}, data={"kind": "dataset"})
+    upload = stack.client.post(
+        "/v1/artifacts", files={"file": ("new.safetensors", fresh)}, data={"kind": "dataset"}
+    )
     assert upload.status_code == 503, upload.text
     problem = upload.json()
     assert problem["code"] == "service-unavailable" and "blob store" in problem["detail"]

@@ -28,7 +28,9 @@ def test_no_job_lost_duplicated_or_corrupted_under_faults(tmp_path, files, mode,
                extra_env=env) as stack:  # fmt: skip
         inputs = stack.upload(files)
         faults = len(faults_for(mode, bool(partitioned)))
-        report = run_chaos(stack, inputs, jobs=jobs, seed=seed, interval=(1.0, 3.0), max_faults=faults, timeout=300)
+        report = run_chaos(
+            stack, inputs, jobs=jobs, seed=seed, interval=(1.0, 3.0), max_faults=faults, timeout=300
+        )
     assert report.problems == [], report
     # one of each kind: API, a job's process killed or frozen past its lease, a worker node, the
     # broker, the database server (the job-process faults wait for a running job, so they may not

@@ -156,7 +156,7 @@ def test_stateful(client_a, files):
             # sees the same responses (e.g. an upload is a 200, not a 201 after an earlier DELETE).
             upload_real_files(client_a, files)
 
-        def get_call_kwargs(self, case):  # noqa: ANN001, ANN202
+        def get_call_kwargs(self, case):
             # Every schema-valid upload sends a real file: random bytes are the stateless test's.
             return fuzzing.upload_kwargs(case, share=1)
 

@@ -35,7 +35,11 @@ def small_blob_store(tmp_path):
 
 def _wait(client, job_id: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
     return job
@@ -89,7 +93,9 @@ def test_uploads_and_jobs_that_do_not_fit(tmp_path, small_blob_store, files):
         pages = -(-pt.stat().st_size // 4096)
         _fill(filler, small_blob_store, leave=(pages + 1) * 4096)
         with open(pt, "rb") as f:
-            unconverted = client.post("/v1/artifacts", files={"file": ("model.pt", f)}, data={"kind": "checkpoint"})
+            unconverted = client.post(
+                "/v1/artifacts", files={"file": ("model.pt", f)}, data={"kind": "checkpoint"}
+            )
         assert unconverted.status_code == 507, unconverted.text  # not 422: the file was fine
         assert _store_files(small_blob_store) == stored and list((small_blob_store / "tmp").iterdir()) == []
 

@@ -27,7 +27,13 @@ pytestmark = pytest.mark.slow
 TERMINAL = {"succeeded", "failed", "cancelled"}
 QUICK = {"newton_steps": 1, "hessian_samples": 128}
 SLOW = {"solver": "neumann", "max_iter": 3000, "tol": 1e-12, "newton_steps": 1, "hessian_samples": 256}
-ENDLESS = {"solver": "neumann", "max_iter": 10_000, "tol": 1e-30, "newton_steps": 20, "hessian_samples": 100_000}
+ENDLESS = {
+    "solver": "neumann",
+    "max_iter": 10_000,
+    "tol": 1e-30,
+    "newton_steps": 20,
+    "hessian_samples": 100_000,
+}
 TIME_LIMIT = 4
 
 
@@ -58,7 +64,9 @@ def _job(stack: Stack, job_id: str) -> dict:
     return stack.client.get(f"/v1/jobs/{job_id}").json()
 
 
-def _wait(stack: Stack, job_id: str, until=lambda job: job["status"] in TERMINAL, timeout: float = 120) -> dict:
+def _wait(
+    stack: Stack, job_id: str, until=lambda job: job["status"] in TERMINAL, timeout: float = 120
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = _job(stack, job_id)

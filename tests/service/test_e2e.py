@@ -139,7 +139,10 @@ def test_relabel_and_scores_end_to_end(server, inputs, digits):
     ):
         line = next(x for x in metrics.splitlines() if x.startswith(series))
         assert float(line.split()[-1]) >= 1, line
-    inspections = {start: _sample(metrics, f'gif_upload_inspections_total{{start="{start}"}}') for start in ("warm", "cold")}
+    inspections = {
+        start: _sample(metrics, f'gif_upload_inspections_total{{start="{start}"}}')
+        for start in ("warm", "cold")
+    }
     assert sum(inspections.values()) >= 3, inspections  # checkpoint, train and queries were inspected
     assert inspections["warm"] >= 1, inspections  # an interpreter started ahead served at least one
 
@@ -161,7 +164,9 @@ def test_a_repeated_request_is_served_from_the_cache_with_identical_weights(serv
     cold, warm = first["result"]["provenance"]["cache"], second["result"]["provenance"]["cache"]
     assert {m["kind"] for m in cold["misses"]} >= {"selection", "gradient", "ihvp"}, cold
     assert warm["misses"] == [] and len(warm["hits"]) >= len(cold["misses"]), warm
-    tensors = [safetensors.torch.load(_download(server.client, _by_kind(job)["weights"])) for job in (first, second)]
+    tensors = [
+        safetensors.torch.load(_download(server.client, _by_kind(job)["weights"])) for job in (first, second)
+    ]
     assert tensors[0].keys() == tensors[1].keys()
     assert all(torch.equal(tensors[0][name], tensors[1][name]) for name in tensors[0])  # bit for bit
 
@@ -169,7 +174,13 @@ def test_a_repeated_request_is_served_from_the_cache_with_identical_weights(serv
 def test_edits_of_other_samples_reuse_the_lowrank_fit(server, inputs):
     """With ``hessian_pool: all`` the curvature fit depends on the checkpoint and the training
     set only: a removal of other samples finds it in the cache (Redis in distributed mode)."""
-    options = {"solver": "lowrank", "rank": 8, "newton_steps": 1, "hessian_samples": 256, "hessian_pool": "all"}
+    options = {
+        "solver": "lowrank",
+        "rank": 8,
+        "newton_steps": 1,
+        "hessian_samples": 256,
+        "hessian_pool": "all",
+    }
     jobs = []
     for indices in (list(range(50, 60)), list(range(70, 85))):
         body = {"type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"],
@@ -253,7 +264,9 @@ def test_killed_worker_is_replaced_and_its_job_retried(server, inputs):
         assert executor["restarts"] >= 1 and executor["alive"] == 1
     else:
         events = server.client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
-        assert any(e["type"] == "job.retry_scheduled" and e["data"]["reason"] == "worker_lost" for e in events)
+        assert any(
+            e["type"] == "job.retry_scheduled" and e["data"]["reason"] == "worker_lost" for e in events
+        )
 
 
 def test_restart_mid_job_keeps_jobs_and_artifacts(server, inputs):

@@ -104,7 +104,9 @@ def test_a_full_disk_during_an_upload_is_507_and_leaves_nothing(tmp_path, monkey
 
     monkeypatch.setattr(BlobWriter, "write", write)
     with client_for(app, "tenantA") as client:
-        response = client.post("/v1/artifacts", files={"file": ("big.npz", b"x" * 100_000)}, data={"kind": "dataset"})
+        response = client.post(
+            "/v1/artifacts", files={"file": ("big.npz", b"x" * 100_000)}, data={"kind": "dataset"}
+        )
         body = _is_problem(response, 507, "insufficient-storage")
         assert response.headers["retry-after"] == "300" and "storage is full" in body["detail"]
     blobs = app.state.services.blobs

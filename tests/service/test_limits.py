@@ -68,10 +68,18 @@ def test_requests_over_the_rate_get_429_with_retry_after(tmp_path):
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory, files):
-    app = create_app(make_settings(tmp_path_factory.mktemp("limits"), max_active_jobs_per_tenant=2, max_waiting_jobs=3))
+    app = create_app(
+        make_settings(tmp_path_factory.mktemp("limits"), max_active_jobs_per_tenant=2, max_waiting_jobs=3)
+    )
     with client_for(app, "tenantA") as a, client_for(app, "tenantB") as b:
-        ids = {name: upload(a, files[name], kind).json()["id"] for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset"))}
-        ids_b = {name: upload(b, files[name], kind).json()["id"] for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset"))}
+        ids = {
+            name: upload(a, files[name], kind).json()["id"]
+            for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset"))
+        }
+        ids_b = {
+            name: upload(b, files[name], kind).json()["id"]
+            for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset"))
+        }
         yield app, a, b, ids, ids_b
 
 
@@ -106,7 +114,10 @@ def test_active_job_quota_then_queue_backpressure(limited):
 def test_idempotent_replay_is_answered_even_at_the_quota(tmp_path, files):
     app = create_app(make_settings(tmp_path, max_active_jobs_per_tenant=1))
     with client_for(app, "tenantA") as a:
-        ids = {name: upload(a, files[name], kind).json()["id"] for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset"))}
+        ids = {
+            name: upload(a, files[name], kind).json()["id"]
+            for name, kind in (("checkpoint", "checkpoint"), ("train", "dataset"))
+        }
         headers = {"Idempotency-Key": "same-key-1"}
         first = a.post("/v1/jobs", json=_body(ids, 0), headers=headers)
         again = a.post("/v1/jobs", json=_body(ids, 0), headers=headers)

@@ -62,10 +62,14 @@ def test_a_worker_cut_off_mid_job_self_fences_and_the_job_moves_to_the_other_sid
             stack.partition.heal()
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
         assert _wait(client, job_id)["status"] == "cancelled"
-        events = [e["type"] for e in client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]]
+        events = [
+            e["type"] for e in client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+        ]
         assert "job.retry_scheduled" in events
 
         # back on the network, the worker that was cut off serves again (the other one is stopped)
         stack.workers[0].stop()
         again = _wait(client, client.post("/v1/jobs", json=_body(inputs, 4, QUICK)).json()["id"])
-        assert again["status"] == "succeeded" and job_owner_pid(client, again["id"]) in _children(inside.proc.pid)
+        assert again["status"] == "succeeded" and job_owner_pid(client, again["id"]) in _children(
+            inside.proc.pid
+        )

@@ -63,8 +63,12 @@ def test_parts_in_any_order_make_the_same_artifact_as_a_single_shot_upload(clien
     chunks = _parts(data)
     assert len(chunks) >= 4  # the fixture dataset spans several parts
     session = _create(client, data, filename="../train.safetensors")
-    assert session["part_size"] == PART and session["part_count"] == len(chunks) and session["status"] == "open"
-    assert session["filename"] == "train.safetensors" and session["missing_parts"] == list(range(1, len(chunks) + 1))
+    assert (
+        session["part_size"] == PART and session["part_count"] == len(chunks) and session["status"] == "open"
+    )
+    assert session["filename"] == "train.safetensors" and session["missing_parts"] == list(
+        range(1, len(chunks) + 1)
+    )
 
     order = list(range(1, len(chunks) + 1))
     random.Random(3).shuffle(order)
@@ -75,18 +79,25 @@ def test_parts_in_any_order_make_the_same_artifact_as_a_single_shot_upload(clien
         assert response.json() == {"number": number, "size_bytes": len(chunks[number - 1]),
                                    "sha256": hashlib.sha256(chunks[number - 1]).hexdigest()}  # fmt: skip
     status = client.get(f"/v1/uploads/{session['id']}").json()
-    assert status["missing_parts"] == [order[-1]] and status["received_bytes"] == len(data) - len(chunks[order[-1] - 1])
+    assert status["missing_parts"] == [order[-1]] and status["received_bytes"] == len(data) - len(
+        chunks[order[-1] - 1]
+    )
 
     early = client.post(f"/v1/uploads/{session['id']}/complete")
     assert early.status_code == 422 and f"1 parts not received: {order[-1]}" in early.json()["detail"]
     assert _put(client, session["id"], order[-1], chunks[order[-1] - 1]).status_code == 200
 
-    done = client.post(f"/v1/uploads/{session['id']}/complete", json={"parts": list(range(1, len(chunks) + 1))})
+    done = client.post(
+        f"/v1/uploads/{session['id']}/complete", json={"parts": list(range(1, len(chunks) + 1))}
+    )
 
     assert done.status_code == 201, done.text
     artifact = done.json()
     assert artifact["sha256"] == hashlib.sha256(data).hexdigest() and artifact["kind"] == "dataset"
-    assert artifact["metadata"]["n_samples"] > 0 and done.headers["location"] == f"/v1/artifacts/{artifact['id']}"
+    assert (
+        artifact["metadata"]["n_samples"] > 0
+        and done.headers["location"] == f"/v1/artifacts/{artifact['id']}"
+    )
     assert client.get(artifact["links"]["content"]).content == data
     ended = client.get(f"/v1/uploads/{session['id']}").json()
     assert ended["status"] == "completed" and ended["artifact_id"] == artifact["id"]
@@ -152,12 +163,18 @@ def test_a_file_that_is_not_an_artifact_ends_the_session_failed(client, home):
 
 def test_sessions_are_declared_properly_and_counted_per_tenant(client, app):
     good = {"kind": "dataset", "size_bytes": 10, "sha256": "a" * 64}
-    for bad, loc in (({"kind": "weights"}, "kind"), ({"size_bytes": 0}, "size_bytes"), ({"sha256": "A" * 64}, "sha256")):
+    for bad, loc in (
+        ({"kind": "weights"}, "kind"),
+        ({"size_bytes": 0}, "size_bytes"),
+        ({"sha256": "A" * 64}, "sha256"),
+    ):
         response = client.post("/v1/uploads", json={**good, **bad})
         assert response.status_code == 422 and loc in str(response.json()["errors"][0]["loc"]), response.text
     too_big = client.post("/v1/uploads", json={**good, "size_bytes": 8 * 1024 * 1024 + 1})
     assert too_big.status_code == 413 and too_big.json()["code"] == "payload-too-large"
-    assert client.post("/v1/uploads", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
+    assert (
+        client.post("/v1/uploads", content=b"{}", headers={"content-type": "text/plain"}).status_code == 415
+    )
     alias = client.post("/v1/uploads", json={"kind": "dataset", "bytes": 10, "sha256": "a" * 64})
     assert alias.status_code == 201 and alias.json()["size_bytes"] == 10
     opened = [alias.json()["id"]] + [client.post("/v1/uploads", json=good).json()["id"] for _ in range(2)]
@@ -170,7 +187,9 @@ def test_sessions_are_declared_properly_and_counted_per_tenant(client, app):
     assert client.post("/v1/uploads", json=good).status_code == 201  # room again
     with client_for(app, "tenantB") as other:
         assert other.get(f"/v1/uploads/{opened[1]}").status_code == 404
-        assert other.put(f"/v1/uploads/{opened[1]}/parts/1", content=b"x" * 10, headers=RAW).status_code == 404
+        assert (
+            other.put(f"/v1/uploads/{opened[1]}/parts/1", content=b"x" * 10, headers=RAW).status_code == 404
+        )
         assert other.delete(f"/v1/uploads/{opened[1]}").status_code == 404
     assert client.get("/v1/uploads/upl_nope").status_code == 404
 
@@ -192,7 +211,9 @@ def test_an_expired_session_is_410_and_the_sweep_removes_its_parts(client, app, 
     assert client.post(f"/v1/uploads/{session['id']}/complete").status_code == 410
 
     assert upload_sessions.expire(services.db, services.blobs) == 1
-    assert _part_files(home) == [] and client.get(f"/v1/uploads/{session['id']}").json()["status"] == "expired"
+    assert (
+        _part_files(home) == [] and client.get(f"/v1/uploads/{session['id']}").json()["status"] == "expired"
+    )
     with services.db.begin() as db:
         db.execute(update(UploadSession).where(UploadSession.id == session["id"])
                    .values(expires_at=utcnow() - timedelta(days=8)))  # fmt: skip

@@ -37,7 +37,11 @@ def _sha(path: Path) -> str:
 
 
 def test_a_raw_body_upload_is_the_same_artifact_as_a_form_upload(client, files):
-    headers = {**RAW, "X-Artifact-Kind": "dataset", "Content-Disposition": 'attachment; filename="train set.safetensors"'}
+    headers = {
+        **RAW,
+        "X-Artifact-Kind": "dataset",
+        "Content-Disposition": 'attachment; filename="train set.safetensors"',
+    }
     raw = client.post("/v1/artifacts", content=files["train"].read_bytes(), headers=headers)
     assert raw.status_code == 201, raw.text
     body = raw.json()
@@ -49,7 +53,9 @@ def test_a_raw_body_upload_is_the_same_artifact_as_a_form_upload(client, files):
 
 def test_a_raw_body_takes_its_kind_from_the_query_and_a_utf8_filename(client, files):
     headers = {**RAW, "Content-Disposition": "attachment; filename*=UTF-8''mod%C3%A8le.safetensors"}
-    response = client.post("/v1/artifacts?kind=checkpoint", content=files["checkpoint"].read_bytes(), headers=headers)
+    response = client.post(
+        "/v1/artifacts?kind=checkpoint", content=files["checkpoint"].read_bytes(), headers=headers
+    )
     assert response.status_code == 201, response.text
     assert response.json()["kind"] == "checkpoint" and response.json()["filename"] == "modèle.safetensors"
 
@@ -59,9 +65,15 @@ def test_a_matching_declared_digest_is_accepted(client, files, how):
     digest = _sha(files["queries"])
     if how == "form-field":
         with open(files["queries"], "rb") as f:
-            response = client.post("/v1/artifacts", files={"file": ("q", f)}, data={"kind": "dataset", "sha256": digest})
+            response = client.post(
+                "/v1/artifacts", files={"file": ("q", f)}, data={"kind": "dataset", "sha256": digest}
+            )
     else:
-        value = digest if how == "x-content-sha256" else f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:"
+        value = (
+            digest
+            if how == "x-content-sha256"
+            else f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:"
+        )
         header = "X-Content-SHA256" if how == "x-content-sha256" else "Repr-Digest"
         response = client.post("/v1/artifacts", content=files["queries"].read_bytes(),
                                headers={**RAW, "X-Artifact-Kind": "dataset", header: value})  # fmt: skip
@@ -76,7 +88,9 @@ def test_a_different_digest_is_422_and_stores_nothing(client, files, home):
     assert raw.status_code == 422 and raw.json()["code"] == "digest-mismatch"
     assert _sha(files["test"]) in raw.json()["detail"] and wrong in raw.json()["detail"]
     with open(files["test"], "rb") as f:
-        form = client.post("/v1/artifacts", files={"file": ("t", f)}, data={"kind": "dataset", "sha256": wrong})
+        form = client.post(
+            "/v1/artifacts", files={"file": ("t", f)}, data={"kind": "dataset", "sha256": wrong}
+        )
     assert form.status_code == 422 and form.json()["code"] == "digest-mismatch"
     assert _blob_files(home) == []
 
@@ -88,8 +102,13 @@ def test_a_different_digest_is_422_and_stores_nothing(client, files, home):
         ({"Repr-Digest": "md5=:AAAA:"}, "no `sha-256"),
         ({"Repr-Digest": "sha-256=:AAAA:"}, "32 bytes"),
         ({"Repr-Digest": "sha-256=:not base64!:"}, "no `sha-256"),
-        ({"X-Content-SHA256": "0" * 64, "Repr-Digest": f"sha-256=:{base64.b64encode(bytes(31) + b'1').decode()}:"},
-         "disagree"),
+        (
+            {
+                "X-Content-SHA256": "0" * 64,
+                "Repr-Digest": f"sha-256=:{base64.b64encode(bytes(31) + b'1').decode()}:",
+            },
+            "disagree",
+        ),
     ],
 )
 def test_malformed_digest_declarations_are_400(client, files, headers, detail):
@@ -100,7 +119,9 @@ def test_malformed_digest_declarations_are_400(client, files, headers, detail):
 
 
 def test_a_raw_body_over_the_limit_is_413_at_once_or_while_streaming(client, home):
-    declared = client.post("/v1/artifacts", content=b"x" * (MAX_UPLOAD + 1), headers={**RAW, "X-Artifact-Kind": "dataset"})
+    declared = client.post(
+        "/v1/artifacts", content=b"x" * (MAX_UPLOAD + 1), headers={**RAW, "X-Artifact-Kind": "dataset"}
+    )
     assert declared.status_code == 413 and declared.headers["connection"] == "close"
 
     async def chunks():  # no Content-Length (chunked): the writer stops it at the limit
@@ -113,6 +134,8 @@ def test_a_raw_body_over_the_limit_is_413_at_once_or_while_streaming(client, hom
 
 
 def test_a_raw_body_that_is_not_an_artifact_is_refused_like_a_form_upload(client, home):
-    response = client.post("/v1/artifacts", content=b"\x00" * 1000, headers={**RAW, "X-Artifact-Kind": "checkpoint"})
+    response = client.post(
+        "/v1/artifacts", content=b"\x00" * 1000, headers={**RAW, "X-Artifact-Kind": "checkpoint"}
+    )
     assert response.status_code == 422 and response.json()["code"] == "invalid-artifact"
     assert _blob_files(home) == []

@@ -191,7 +191,9 @@ def test_an_unreachable_redis_never_fails_the_computation_and_is_bypassed_for_a_
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    client = redis.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
     cache = RedisCache(client, blobs)
     entry = cache.compute_once(make_key("gradient", {"down": 1}), lambda: ({"v": torch.ones(2)}, {"ok": 1}))
     assert entry.status == "computed" and entry.meta == {"ok": 1} and not cache.available
@@ -208,7 +210,10 @@ def test_an_unreachable_redis_never_fails_the_computation_and_is_bypassed_for_a_
 
     down = RedisCache(Down(), blobs)
     for i in range(5):  # one failed call, then the cache is left alone: no timeout per lookup
-        assert down.compute_once(make_key("gradient", {"i": i}), lambda: ({"v": torch.ones(1)}, {})).status == "computed"
+        assert (
+            down.compute_once(make_key("gradient", {"i": i}), lambda: ({"v": torch.ones(1)}, {})).status
+            == "computed"
+        )
     assert Down.calls == 1
     down._down_until = 0.0  # retry_after has passed
     down.compute_once(make_key("gradient", {"i": 9}), lambda: ({"v": torch.ones(1)}, {}))

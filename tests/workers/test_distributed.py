@@ -67,7 +67,9 @@ def test_outbox_lists_unpublished_and_stale_jobs(db):
     with db.begin() as session:
         assert store.mark_dispatched(session, published, JobStatus.VALIDATING)
         assert store.mark_dispatched(session, stale, JobStatus.VALIDATING)
-        session.execute(update(Job).where(Job.id == stale).values(dispatched_at=utcnow() - timedelta(hours=1)))
+        session.execute(
+            update(Job).where(Job.id == stale).values(dispatched_at=utcnow() - timedelta(hours=1))
+        )
         # a mark for a status the job is not in does nothing
         assert not store.mark_dispatched(session, fresh, JobStatus.QUEUED)
     with db.read() as session:
@@ -110,9 +112,14 @@ def digits_files(tmp_path_factory):
     return factories.write_files(tmp_path_factory.mktemp("files"), data, model)
 
 
-def test_validation_loads_the_inputs_and_rejects_a_checkpoint_of_another_architecture(db, tmp_path, digits_files):
+def test_validation_loads_the_inputs_and_rejects_a_checkpoint_of_another_architecture(
+    db, tmp_path, digits_files
+):
     blobs = BlobStore(tmp_path / "blobs")
-    inputs = {"checkpoint": _stored(blobs, digits_files["checkpoint"]), "train": _stored(blobs, digits_files["train"])}
+    inputs = {
+        "checkpoint": _stored(blobs, digits_files["checkpoint"]),
+        "train": _stored(blobs, digits_files["train"]),
+    }
     good = {"type": "remove", "model": {"arch": "mlp", "config": dict(factories.MLP_CONFIG)}}
     other = dict(factories.MLP_CONFIG, hidden_sizes=[7])
     wrong = {"type": "remove", "model": {"arch": "mlp", "config": other}}
@@ -145,7 +152,6 @@ def test_strict_dispatch_refuses_submissions_while_the_broker_is_down(tmp_path):
     assert raised.value.status == 503 and raised.value.headers["Retry-After"] == "10"
     for executor in (lenient, strict):
         executor.stop()
-
 
 
 def test_jobs_waiting_past_the_queue_deadline_fail_deadline_exceeded(db):
