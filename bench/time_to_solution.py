@@ -3,9 +3,10 @@
 Same model (TinyNet trained on digits), same data (a retained-class Hessian sample, the removed
 class as target), same parameter selection (5% highest outputs). Paths:
 
-* paper — gif-method.md §1.2: Neumann series on the normal equations H[:,T]ᵀH[:,T]/c²,
-  200 iterations, tol 1e-9 (so it never stops early), normaliser restart on divergence, and an
-  HVP that rebuilds the first-order gradient graph on every call (as ``hessians.hvp`` does);
+* paper (docs/method.md, "The paper's solver") — Neumann series on the normal equations
+  H[:,T]ᵀH[:,T]/c², 200 iterations, tol 1e-9 (so it never stops early), normaliser restart on
+  divergence, and an HVP that rebuilds the first-order gradient graph on every call (as
+  ``hessians.hvp`` does);
 * engine cold — ``gif.influence(method="gif")`` with its default solver and tolerance and the
   damping that ``gif.remove`` uses for GIF (and, for contrast, undamped);
 * lowrank fit — ``solver="lowrank"``: Lanczos on H once (cached in a real service);
@@ -171,7 +172,7 @@ def main() -> None:
     print("| path | HVPs | seconds | speed-up vs paper | retained acc (test) | removed-class acc (test) |")
     print("|---|---|---|---|---|---|")
     for name, n_hvp, seconds, vector in rows:
-        # removal moves along +x for the target CE gradient (gif-method.md §1.9)
+        # removal moves along +x for the target CE gradient (docs/method.md, "Removal gradient")
         retain, removed = search_quality(model, index, vector, val, forget, s, args.cls)
         print(
             f"| {name} | {n_hvp} | {seconds:.3f} | {t_paper / seconds:.1f}× | {retain:.2f} | {removed:.2f} |"

@@ -1,9 +1,10 @@
 """Class removal on scikit-learn digits: GIF vs FIF vs IF vs retraining from scratch.
 
-The paper's Table 1/2 protocol (gif-method.md §3), made honest: the Hessian and the step come
-from *training* data only (validation is carved from the retained training samples), and the
-test split is used once, for this table. For each seed: train the TinyNet CNN on all classes,
-retrain it without the class (the reference), then edit the original with each method.
+The paper's Table 1/2 protocol (docs/method.md, "Class removal"), made honest: the Hessian and
+the step come from *training* data only (validation is carved from the retained training
+samples), and the test split is used once, for this table. For each seed: train the TinyNet CNN
+on all classes, retrain it without the class (the reference), then edit the original with each
+method.
 
 Columns: accuracy on the retained classes (test), accuracy on the removed class (test),
 F1 = 2(1 − forget)·retain / ((1 − forget) + retain) (the paper's), edit time.

@@ -1,6 +1,6 @@
 """Evaluation of classifiers: accuracy, mean loss, per-class accuracy, and the paper's F1.
 
-F1 (gif-method.md §3.0) is the harmonic mean of two accuracies given as fractions, e.g.
+F1 (docs/method.md, "F1") is the harmonic mean of two accuracies given as fractions, e.g.
 forgetting (1 − accuracy on the removed class) and utility (accuracy on the rest):
 
     F1 = 2·a·b / (a + b)

@@ -6,11 +6,11 @@ the model (docs/benchmarks.md). Two policies:
 
 * ``newton`` — θ_T ← θ_T + d (the theory's answer).
 * ``search`` — θ_T ← θ_T + t·d for the t that maximises a validation objective. The paper walks
-  with fixed-norm increments and keeps the best F1 measured on *test* data (gif-method.md §3,
-  bug 1); here t runs over a geometric grid t₀·γ^k between bounds the caller sets (edits use
-  relative step norms ‖t·d‖/‖θ_T‖ ∈ [1e-5, 1], so it does not matter whether the solver stopped
-  early and returned a short d), stops after ``patience`` non-improving steps, then refines
-  between the best point's neighbours. Only validation data
+  with fixed-norm increments and keeps the best F1 measured on *test* data (docs/method.md,
+  "Step chosen on test data"); here t runs over a geometric grid t₀·γ^k between bounds the
+  caller sets (edits use relative step norms ‖t·d‖/‖θ_T‖ ∈ [1e-5, 1], so it does not matter
+  whether the solver stopped early and returned a short d), stops after ``patience``
+  non-improving steps, then refines between the best point's neighbours. Only validation data
   and the edited samples themselves are ever evaluated.
 """
 

@@ -1,4 +1,6 @@
-"""``Idempotency-Key`` handling (service-bar.md §1.3.7): key format, fingerprints, lookup, record.
+"""``Idempotency-Key`` handling: key format, fingerprints, lookup, record.
+
+Rationale and the answers it leads to: docs/service-design.md, "Idempotency".
 
 The key is scoped to the tenant. The fingerprint is SHA-256 over the method, the path and the
 canonical JSON of the body (sorted keys, no whitespace), so formatting changes don't matter.

@@ -89,7 +89,10 @@ class UploadPart(Base):
 
 
 class Job(Base):
-    """A job row: the source of truth for its state (service-bar.md §8.5)."""
+    """A job row: the source of truth for its state.
+
+    See docs/service-design.md, "The job row is the source of truth".
+    """
 
     __tablename__ = "jobs"
 

@@ -1,4 +1,4 @@
-"""The job state machine (service-bar.md §1.3.2).
+"""The job state machine (docs/service-design.md, "Job state machine").
 
     validating → queued | failed | cancelled
     queued     → running | cancelled | failed

@@ -1,9 +1,10 @@
 """The submit use case: idempotency, validation against the tenant's artifacts, job creation.
 
-Validation at submit (service-bar.md §1.3.4) uses what was recorded when the artifacts were
-uploaded: kinds, dataset sizes, input shapes and label counts. The deep checks (loading the
-checkpoint into the architecture, label ranges of the whole dataset) run in the worker, which
-fails the job with ``checkpoint_incompatible`` / ``dataset_incompatible`` / ``invalid_input``.
+Validation at submit (docs/service-design.md, "Validation at submit") uses what was recorded
+when the artifacts were uploaded: kinds, dataset sizes, input shapes and label counts. The deep
+checks (loading the checkpoint into the architecture, label ranges of the whole dataset) run in
+the worker, which fails the job with ``checkpoint_incompatible`` / ``dataset_incompatible`` /
+``invalid_input``.
 In embedded mode a job goes ``validating → queued`` inside the submit transaction (the local
 workers load the inputs anyway). In distributed mode it stays ``validating`` until a CPU worker
 has loaded the checkpoint into the architecture (``workers.validation``).

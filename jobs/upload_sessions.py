@@ -1,4 +1,4 @@
-"""Resumable uploads for files too big for one request (service-bar.md §2.2).
+"""Resumable uploads for files too big for one request (docs/service-design.md, "Upload sessions").
 
 A client creates a session declaring the file's size and SHA-256, sends parts ``1..N`` (each
 exactly ``part_size`` bytes but the last) in any order, in parallel, resending any that failed,

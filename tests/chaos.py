@@ -1,5 +1,5 @@
 """A chaos run: submit a batch of jobs while processes of the service are killed at random, then
-check that nothing was lost, duplicated or corrupted (issue 5; service-bar.md §7).
+check that nothing was lost, duplicated or corrupted (docs/service-design.md, "Chaos testing").
 
 Used by ``tests/service/test_chaos.py`` (short, in CI) and ``bench/chaos.py`` (long runs).
 

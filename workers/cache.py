@@ -7,7 +7,7 @@
   (field ``data``): gradients of small models, selections, metrics;
 * a bigger value (curvature fits, gradients of big models) is written to the content-addressed
   :class:`jobs.blobs.BlobStore`, and the hash holds only its index: ``sha256``, ``size``,
-  ``meta`` (service-bar.md §2.6: no big values in Redis).
+  ``meta`` (docs/service-design.md, "No big values in Redis").
 
 Every entry expires ``ttl_seconds`` after its last use (a hit renews it). An index whose blob is
 missing or has the wrong size (deleted, half-copied) counts as a miss and is removed. The

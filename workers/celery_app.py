@@ -1,4 +1,6 @@
-"""The Celery application of distributed mode (service-bar.md §3.2), configured from ``Settings``.
+"""The Celery application of distributed mode, configured from ``Settings``.
+
+Rationale of each setting: docs/service-design.md, "Celery settings".
 
 The broker is only a transport: the job row is the truth, every task is idempotent (claims are
 compare-and-set) and the API's sweeper republishes what a broker loses. Hence late acks with

@@ -1,7 +1,8 @@
 """The API side of distributed mode: publish submitted jobs, sweep leases and lost messages.
 
 ``gif-service serve`` with ``GIF_BROKER_URL`` starts this instead of local worker processes. The
-sweeper (service-bar.md §3.1) runs in every API process, one at a time through a Redis lock:
+sweeper (docs/service-design.md, "Outbox and sweeper") runs in every API process, one at a time
+through a Redis lock:
 
 * leases that expired (a worker died) → back to ``queued`` (republished) until the attempt cap,
   then ``failed`` with ``worker_lost``; ``cancelling`` ones → ``cancelled``;

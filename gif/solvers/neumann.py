@@ -1,6 +1,7 @@
 """The GIF paper's solver: a Neumann (LiSSA-style) series on the normal equations.
 
-Faithful to the official code (``hessians.iphvp``, gif-method.md §1.2) for comparison:
+Faithful to the official code (``hessians.iphvp``; docs/method.md, "The paper's solver") for
+comparison:
 
     N = (AᵀA + λI) / c²,   b' = Aᵀb / c²,   x₀ = b',   x_{k+1} = b' + (I − N) x_k,
 

@@ -121,7 +121,8 @@ def test_unconverged_is_reported():
 
 
 def paper_iphvp(a, b, tol, max_iter, normalizer, step):
-    """Numpy transcription of the official iteration (gif-method.md §1.2) for a least-squares A."""
+    """Numpy transcription of the official iteration for a least-squares A (docs/method.md,
+    "The paper's solver")."""
     a, b = a.numpy(), b.numpy()
     c = normalizer
     while True:

@@ -1,5 +1,5 @@
-"""Authorisation matrix (service-bar.md §4.1-4.2, §7.6 #38-39): every route of the app × {no key,
-wrong key, another tenant's key, the owner's key}.
+"""Authorisation matrix (docs/service-design.md, "Authorisation matrix"): every route of the
+app × {no key, wrong key, another tenant's key, the owner's key}.
 
 The routes are enumerated from the app itself (not from a list kept here), so a new route is in
 the matrix as soon as it exists; the routes that need no key are asserted to be exactly

@@ -1,4 +1,6 @@
-"""Contract fuzzing with Schemathesis against the app's live OpenAPI (service-bar.md §7.1 #1-2).
+"""Contract fuzzing with Schemathesis against the app's live OpenAPI.
+
+Rationale: docs/service-design.md, "Contract fuzzing".
 
 * ``test_stateless``: every operation of ``/openapi.json`` (one test each), schema-valid and
   schema-invalid inputs (Schemathesis' examples, coverage and fuzzing phases), as tenant A.
