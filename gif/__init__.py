@@ -6,49 +6,85 @@ Public API::
     gif.select(model, data, strategy="highest_outputs", ratio=0.05)
     gif.remove(model, (x, y), {"class": 3}) / gif.relabel(model, (x, y), indices, new_labels)
     gif.scores(model, (x, y), queries)  # [n_queries, n_train]
+    gif.self_influence(model, (x, y))  # [n_train]
     gif.models.build("mlp", input_shape=[1, 8, 8], hidden_sizes=[64], num_classes=10)
     gif.io.load_checkpoint(path, model) / gif.io.load_dataset(path)
     gif.remove(..., cache=gif.DiskCache(folder))  # reuse gradients, solves and curvature fits
+    gif.remove(..., config=gif.EditConfig(method="fif"))  # options as one object (docs/engine.md)
+
+Only the configuration types and progress events load eagerly: they import nothing but the
+standard library, so the service reads them without torch. Everything else loads on first use.
 """
 
-from . import cache, errors, io, metrics, models
-from .cache import Cache, DiskCache, MemoryCache
-from .edits import EditResult, class_indices, relabel, remove
-from .hessian import HessianOperator
-from .influence import METHODS, InfluenceResult, influence
-from .options import EditOptions
-from .scores import ScoresResult, scores, scores_with_report, self_influence, top_k
-from .selection import STRATEGIES, select, selection_summary
-from .solvers import SOLVERS, LowRankHessian
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .config import EditConfig, SolveConfig
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from . import cache, errors, io, metrics, models  # noqa: F401
+    from .cache import DiskCache, MemoryCache
+    from .edits import EditResult, class_indices, relabel, remove  # noqa: F401
+    from .methods import InfluenceResult, influence
+    from .scoring import ScoresResult, scores, scores_with_report, self_influence, top_k  # noqa: F401
+    from .selection import select
+    from .solvers import LowRankHessian
 
 __version__ = "0.1.0"
 
+#: name → the module that defines it, imported on first access.
+_LAZY = {
+    "influence": "methods",
+    "InfluenceResult": "methods",
+    "remove": "edits",
+    "relabel": "edits",
+    "class_indices": "edits",
+    "EditResult": "edits",
+    "scores": "scoring",
+    "scores_with_report": "scoring",
+    "self_influence": "scoring",
+    "top_k": "scoring",
+    "ScoresResult": "scoring",
+    "select": "selection",
+    "DiskCache": "cache",
+    "MemoryCache": "cache",
+    "LowRankHessian": "solvers",
+}
+_SUBMODULES = ("cache", "errors", "io", "metrics", "models")
+
 __all__ = [
-    "METHODS",
-    "SOLVERS",
-    "STRATEGIES",
-    "Cache",
     "DiskCache",
-    "EditOptions",
+    "EditConfig",
     "EditResult",
-    "HessianOperator",
     "InfluenceResult",
     "LowRankHessian",
     "MemoryCache",
+    "Progress",
     "ScoresResult",
-    "cache",
-    "class_indices",
-    "errors",
+    "SolveConfig",
     "influence",
-    "io",
-    "metrics",
-    "models",
     "relabel",
     "remove",
     "scores",
-    "scores_with_report",
     "select",
-    "selection_summary",
     "self_influence",
     "top_k",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'gif' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})

@@ -54,8 +54,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .config import SolveConfig
 from .hessian import cross_entropy
-from .influence import DEFAULT_RANK, InfluenceResult, fit_curvature, solve_influence
+from .inverse import LowRankInverse
+from .methods import InfluenceResult, solve_influence
 from .solvers import LowRankHessian, Monitor
 
 if TYPE_CHECKING:
@@ -87,7 +89,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bumped whenever a change to the engine changes the bits of a cached value.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 KINDS = ("selection", "gradient", "lowrank", "ihvp", "evaluation")
 
@@ -740,14 +742,33 @@ def lowrank_digest(fit: LowRankHessian) -> str:
     return tensor_digest(fit.eigenvalues, fit.eigenvectors, fit.residuals)
 
 
-class CachedSolves:
-    """The influence solves of one edit through a :class:`Memo`.
+#: SolveConfig fields a curvature fit does not depend on; every other field is in its key, so a
+#: field added later is keyed by default (a miss at worst, never a stale hit).
+FIT_INDEPENDENT = frozenset({"method", "damping", "solver", "tol", "max_iter"})
 
-    Each solve is an ``ihvp`` entry. With ``solver="lowrank"`` the curvature fit is an entry
-    of its own (kind ``lowrank``, keyed on the model, Hessian data and fit settings at the first
-    solve), so a related request on the same checkpoint and Hessian data reuses the fit even
-    when its right-hand side differs; the fit then serves every later Newton step, as it does
-    uncached. A fit given by the caller is identified by the digest of its tensors.
+
+def solve_key(config: SolveConfig) -> dict[str, Any]:
+    """What an ``ihvp`` entry's key holds of the configuration: every field of the solve."""
+    return config.solve_config().to_dict()
+
+
+def fit_key(config: SolveConfig) -> dict[str, Any]:
+    """What a ``lowrank`` entry's key holds of the configuration: every field but
+    :data:`FIT_INDEPENDENT`."""
+    return {k: v for k, v in solve_key(config).items() if k not in FIT_INDEPENDENT}
+
+
+class CachedSolves:
+    """The influence solves of one edit through a :class:`Memo`: a wrapper at the
+    inverse-Hessian boundary.
+
+    Each solve is an ``ihvp`` entry keyed on the whole solve configuration (:func:`solve_key`),
+    the digests of θ, the Hessian data, the loss, the right-hand side and T. With
+    ``solver="lowrank"`` the curvature fit is an entry of its own (kind ``lowrank``, keyed by
+    :func:`fit_key` on the model and Hessian data at the first solve), so a related request on
+    the same checkpoint and Hessian data reuses the fit even when its right-hand side differs;
+    the fit then serves every later Newton step, as it does uncached. A fit given by the caller
+    is identified by the digest of its tensors.
     """
 
     def __init__(self, memo: Memo, given: LowRankHessian | None) -> None:
@@ -762,23 +783,25 @@ class CachedSolves:
         hessian: HessianOperator,
         g: torch.Tensor,
         index: torch.Tensor,
+        config: SolveConfig,
         *,
         model: str,
         data: str,
         loss: str,
         extra: Mapping[str, Any],
         monitor: Monitor,
-        **options: Any,
+        target_hvp: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        group_fraction: float = 0.0,
     ) -> tuple[InfluenceResult, bool]:
-        """``solve_influence(hessian, g, index, **options)``, from the cache when possible.
+        """``solve_influence(hessian, g, index, config, ...)``, from the cache when possible.
 
         ``model``/``data``/``loss`` identify θ, the Hessian data and the loss of ``hessian``;
         ``extra`` holds whatever else the solve depends on (e.g. the target of ``sif``).
         Returns (result, computed now).
         """
-        lowrank = options.get("solver") == "lowrank"
+        lowrank = config.solver == "lowrank"
         if lowrank and self.memo.enabled and self._id is None:
-            self._identify_fit(hessian, model=model, data=data, loss=loss, **options)
+            self._identify_fit(hessian, config, model=model, data=data, loss=loss)
         parts = {
             "model": model,
             "data": data,
@@ -788,56 +811,53 @@ class CachedSolves:
             "backend": hessian.backend,
             "chunks": [len(c) for c in hessian.data],
             "curvature": self._id,
-            **{
-                k: options.get(k)
-                for k in ("method", "damping", "solver", "tol", "max_iter", "rank", "seed", "group_fraction")
-            },
+            "config": solve_key(config),
+            "group_fraction": group_fraction,
             "extra": dict(extra),
         }
 
+        def run(fit: LowRankHessian | None) -> InfluenceResult:
+            return solve_influence(
+                hessian, g, index, config, target_hvp=target_hvp, group_fraction=group_fraction, lowrank=fit,
+                monitor=monitor,
+            )  # fmt: skip
+
         def compute() -> InfluenceResult:
             if lowrank and self.fit is None and self._key is not None:
-                return self._solve_and_fit(hessian, g, index, monitor, options)
-            return solve_influence(hessian, g, index, lowrank=self.fit, monitor=monitor, **options)
+                return self._solve_and_fit(hessian, run)
+            return run(self.fit)
 
         result, fresh = self.memo.influence(parts, compute, index=index, device=g.device)
         if lowrank and self.fit is None:
             if result.lowrank is not None:
                 self.fit = result.lowrank
             else:  # the solve was cached but the fit is not: this edit must still return it
-                self.fit = self._fit(hessian, g, monitor, options)
+                self.fit = self._fit(hessian, config, monitor)
         return result, fresh
 
     def _identify_fit(
-        self, hessian: HessianOperator, *, model: str, data: str, loss: str, **options: Any
+        self, hessian: HessianOperator, config: SolveConfig, *, model: str, data: str, loss: str
     ) -> None:
         if self.fit is not None:
             self._id = "given:" + lowrank_digest(self.fit)
             return
-        parts = {
-            "model": model,
-            "data": data,
-            "loss": loss,
-            "rank": options.get("rank"),
-            "seed": options.get("seed"),
-            "steps": None,
-            "backend": hessian.backend,
-            "chunks": [len(c) for c in hessian.data],
-        }
+        parts = {"model": model, "data": data, "loss": loss, "config": fit_key(config), "backend": hessian.backend,
+                 "chunks": [len(c) for c in hessian.data]}  # fmt: skip
         self._key = self._id = make_key("lowrank", parts)
         found = self.memo.peek(self._key, device=hessian.flat.device)
         if found is not None:
             self.memo.record(self._key, "hit")
             self.fit = lowrank_from_entry(found.tensors, found.meta)
 
-    def _solve_and_fit(self, hessian, g, index, monitor, options) -> InfluenceResult:
+    def _solve_and_fit(
+        self, hessian: HessianOperator, run: Callable[[LowRankHessian | None], InfluenceResult]
+    ) -> InfluenceResult:
         """The first solve fits the curvature (under the fit's lock); a fit that appeared in the
         meantime (another worker) is used instead."""
-        assert self._key is not None
         fresh: list[InfluenceResult] = []
 
         def compute() -> tuple[dict, dict]:
-            fresh.append(solve_influence(hessian, g, index, lowrank=None, monitor=monitor, **options))
+            fresh.append(run(None))
             assert fresh[0].lowrank is not None
             return lowrank_entry(fresh[0].lowrank)
 
@@ -845,18 +865,15 @@ class CachedSolves:
         if fresh:
             return fresh[0]
         self.fit = lowrank_from_entry(entry.tensors, entry.meta)
-        return solve_influence(hessian, g, index, lowrank=self.fit, monitor=monitor, **options)
+        return run(self.fit)
 
-    def _fit(self, hessian, g, monitor, options) -> LowRankHessian:
+    def _fit(self, hessian: HessianOperator, config: SolveConfig, monitor: Monitor) -> LowRankHessian:
         def compute() -> tuple[dict, dict]:
-            fit = fit_curvature(
-                hessian,
-                like=g,
-                rank=options.get("rank") or DEFAULT_RANK,
-                seed=options.get("seed", 0),
-                monitor=monitor,
-            )
-            return lowrank_entry(fit)
+            steps = config.solver_options.get("steps")
+            inverse = LowRankInverse(hessian, config.damping, rank=config.rank, seed=config.seed,
+                                     steps=None if steps is None else int(steps))  # fmt: skip
+            inverse.prepare(monitor)
+            return lowrank_entry(inverse.fitted)
 
         entry = self._fetch_fit(compute, hessian)
         if not entry.hit:

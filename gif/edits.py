@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +25,13 @@ from torch import nn
 
 from ._util import Stopwatch, eval_mode
 from .cache import Cache, CachedSolves, Memo, loss_id
+from .config import EditConfig, resolve
 from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import HessianOperator, LossFn, cross_entropy
 from .metrics import evaluate, f1
-from .options import EditOptions
 from .params import ParamSpace
+from .progress import Progress, ProgressCallback, StopCheck
 from .selection import select, selection_summary
 from .solvers import LowRankHessian, Monitor
 from .steps import newton_step, search_step
@@ -65,26 +65,28 @@ def remove(
     train: DataLike,
     forget: torch.Tensor | list[int] | dict,
     *,
+    config: EditConfig | None = None,
     validation: DataLike | None = None,
     loss_fn: LossFn | None = None,
     lowrank: LowRankHessian | None = None,
-    callback: Callable[[dict], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    callback: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
     cache: Cache | None = None,
     **options: object,
 ) -> EditResult:
     """Unlearn training samples: ``forget`` is a LongTensor of indices or ``{"class": c}``.
 
-    Options are the fields of :class:`gif.options.EditOptions` (method, selection, ratio,
-    damping, solver, hessian_samples, step, newton_steps, seed, ...); unset ones come from the
-    task's default method (``gif``) and that method's measured defaults.
+    Options are a :class:`gif.EditConfig` (``config``) and/or its fields as keywords (method,
+    selection, ratio, damping, solver, hessian_samples, step, newton_steps, seed, ...), which
+    replace the config's; unset ones come from the task's default method (``gif``) and that
+    method's measured defaults (docs/engine.md, "Defaults").
 
     ``cache`` (a :class:`gif.cache.Cache`) stores the selection, gradients, influence solves
     and curvature fits under digests of their inputs; a repeated request then computes no
     gradient or HVP and returns the same result bit for bit, and ``report["cache"]`` lists the
     entries that hit and missed.
     """
-    opts = EditOptions.for_task("remove", **options)
+    opts = resolve("remove", EditConfig, config, options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
     index, forget_class = _forget_indices(forget, y, num_classes)
@@ -108,11 +110,12 @@ def relabel(
     indices: torch.Tensor | list[int],
     new_labels: torch.Tensor | list[int],
     *,
+    config: EditConfig | None = None,
     validation: DataLike | None = None,
     loss_fn: LossFn | None = None,
     lowrank: LowRankHessian | None = None,
-    callback: Callable[[dict], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    callback: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
     cache: Cache | None = None,
     **options: object,
 ) -> EditResult:
@@ -121,7 +124,7 @@ def relabel(
     Options and ``cache`` as for :func:`remove`; the default method here is ``if`` over all parameters, which
     measured best on the backdoor-repair protocol (docs/benchmarks.md).
     """
-    opts = EditOptions.for_task("relabel", **options)
+    opts = resolve("relabel", EditConfig, config, options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
     index = _check_indices(indices, len(y), "indices")
@@ -180,16 +183,16 @@ def _edit(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
     task: _Task,
-    opts: EditOptions,
+    opts: EditConfig,
     validation: DataLike | None,
     loss_fn: LossFn,
     lowrank: LowRankHessian | None,
-    callback: Callable[[dict], None] | None,
-    should_stop: Callable[[], bool] | None,
+    callback: ProgressCallback | None,
+    should_stop: StopCheck | None,
     cache: Cache | None,
 ) -> EditResult:
     clock = Stopwatch()
-    notify = callback or (lambda event: None)
+    notify: ProgressCallback = callback or (lambda event: None)
     x, y = train
     gen = torch.Generator().manual_seed(opts.seed)
     splits = _split(len(y), task.index, validation is None, opts, gen)
@@ -200,7 +203,7 @@ def _edit(
     memo = Memo(cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute")
     with eval_mode(edited):
         ids = _Ids.of(memo, edited, task, hessian_data, drift_data, loss_fn)
-        notify({"stage": "selecting_parameters"})
+        notify(Progress("selecting_parameters"))
         with clock("selection"):
             params = _select(edited, task, opts, loss_fn, memo, ids)
         space = ParamSpace(edited)
@@ -213,7 +216,7 @@ def _edit(
         work = {"gradients": 0, "hvps": 0}  # computed by this call (cached solves cost nothing)
         after, after_metrics = before, before_metrics
         for k in range(opts.newton_steps):
-            notify({"stage": "computing_gradients", "newton_step": k + 1})
+            notify(Progress("computing_gradients", newton_step=k + 1))
             with clock("gradients"):
                 model_id = ids.theta0 if k == 0 else memo.model(edited)
                 hessian = HessianOperator(
@@ -242,20 +245,14 @@ def _edit(
                     hessian,
                     g,
                     params,
+                    opts,
                     model=model_id,
                     data=ids.hessian,
                     loss=ids.loss,
                     extra=ids.sif_target(task) if opts.method == "sif" else {},
                     monitor=Monitor(callback, should_stop, stage="solving_ihvp"),
-                    method=opts.method,
-                    damping=opts.damping,
-                    solver=opts.solver,
-                    tol=opts.tol,
-                    max_iter=opts.max_iter,
                     target_hvp=target_hvp,
                     group_fraction=task.index.numel() / len(y),
-                    rank=opts.rank,
-                    seed=opts.seed,
                 )
                 hessian.release()
                 drift.release()
@@ -307,12 +304,12 @@ def _edit(
     }
     if cache is not None:
         report["cache"] = memo.report()
-    notify({"stage": "done"})
+    notify(Progress("done"))
     return EditResult(edited, delta, params, report, solves.fit)
 
 
 def _select(
-    model: nn.Module, task: _Task, opts: EditOptions, loss_fn: LossFn, memo: Memo, ids: _Ids
+    model: nn.Module, task: _Task, opts: EditConfig, loss_fn: LossFn, memo: Memo, ids: _Ids
 ) -> torch.Tensor:
     """T: scored on the edited samples under the loss being changed (relabel: new minus old)."""
     loss, loss_key = (loss_fn, ids.loss) if task.kind == "remove" else (task.target_loss, ids.target_loss)
@@ -483,7 +480,7 @@ class _Splits:
         return self.hessian if self.retained is None else self.retained
 
 
-def _split(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions, gen: torch.Generator) -> _Splits:
+def _split(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig, gen: torch.Generator) -> _Splits:
     """Shuffle the untouched samples; carve validation off them (if none given), then the Hessian sample."""
     if opts.pool == "all":
         return _split_shared(n, edited, carve, opts)
@@ -498,7 +495,7 @@ def _split(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions, gen: to
     return _Splits(torch.sort(rest[: opts.hessian_samples]).values, torch.sort(val).values)
 
 
-def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditOptions) -> _Splits:
+def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig) -> _Splits:
     """``hessian_pool="all"``: one seeded permutation of all n samples, whatever is edited. Its
     head is reserved for validation (the untouched samples in it are used); the Hessian sample
     comes after, so it is the same for every edit of this training set with this seed — and so
@@ -584,7 +581,7 @@ class _Objective:
         self.space.set_(self.model, self.params, self.theta_t + t * self.direction)
         value, metrics = self._measure()
         self.calls += 1
-        self.notify({"stage": "step_search", "iteration": self.calls, "scale": t, "objective": value})
+        self.notify(Progress("step_search", iteration=self.calls, scale=t, objective=value))
         return value, metrics
 
     def _measure(self) -> tuple[float, dict]:

@@ -18,7 +18,8 @@ import io
 import os
 import pickletools
 import zipfile
-from typing import BinaryIO
+from collections.abc import Iterator
+from typing import Any, BinaryIO, cast
 
 from ._files import ZIP_MAGIC, PathLike
 
@@ -136,7 +137,9 @@ def check_pickle(f: BinaryIO, end: int) -> bool:
     pushed = 0
     budget = MAX_EXPANDED_NODES
     try:
-        for op, arg, pos in pickletools.genops(f):
+        # genops gives a position for each opcode when the file has tell(); ``f`` has it.
+        ops = cast("Iterator[tuple[pickletools.OpcodeInfo, Any, int]]", pickletools.genops(f))
+        for op, arg, pos in ops:
             action, n, after = _PLANS[op.code]
             floor = marks[-1] if marks else 0
             if action == _POPS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 import safetensors.torch
 import torch
@@ -122,7 +122,8 @@ def describe_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def _torch_load(path: PathLike) -> object:
     version = _torch_version()
-    if version < MIN_TORCH_VERSION:
+    # TorchVersion compares with tuples at runtime (methods set with setattr its stubs don't show).
+    if version < MIN_TORCH_VERSION:  # type: ignore[operator]
         raise UnsafeCheckpointError(
             f"refusing to load a pickle-based checkpoint with torch {version}: versions before 2.10 have "
             "known weights_only bypasses; convert the checkpoint to safetensors"
@@ -170,7 +171,7 @@ def _unwrap(obj: object) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"expected a state dict (str -> Tensor), got a {kind}")
 
 
-def _is_flat_state_dict(obj: object) -> bool:
+def _is_flat_state_dict(obj: object) -> TypeGuard[dict[str, torch.Tensor]]:
     return isinstance(obj, dict) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     )

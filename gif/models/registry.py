@@ -132,7 +132,7 @@ def _load_entry_points() -> None:
 
 
 def _register_entry_point(ep: Any) -> None:
-    name = getattr(ep, "name", None)
+    name: Any = getattr(ep, "name", None)  # unchecked: register() refuses a name that is not a string
     if name in BUILTINS:
         warnings.warn(
             f"entry point {name!r} ignored: it would shadow a built-in", RuntimeWarning, stacklevel=4

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from ..errors import Cancelled
+from ..progress import Progress, ProgressCallback, Stage, StopCheck
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
-ProgressCallback = Callable[[dict], None]
-StopCheck = Callable[[], bool]
 
 
 @dataclass
@@ -76,9 +75,11 @@ class Monitor:
     """Called once per solver iteration: records the residual, reports progress, honours cancel.
 
     Args:
-        callback: receives ``{"stage", "iteration", "max_iter", "residual"}`` every iteration.
+        callback: receives a :class:`gif.progress.Progress` (``stage``, ``iteration``,
+            ``max_iter``, ``residual`` and the ``context`` fields) every iteration.
         should_stop: polled every iteration; when it returns True, :class:`Cancelled` is raised.
-        stage: label passed through to the callback.
+        stage: the events' stage.
+        context: further :class:`Progress` fields, e.g. ``{"query": 3, "num_queries": 20}``.
     """
 
     def __init__(
@@ -86,24 +87,28 @@ class Monitor:
         callback: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
         *,
-        stage: str = "solving",
+        stage: Stage = "solving",
+        context: dict[str, Any] | None = None,
     ) -> None:
         self.callback = callback
         self.should_stop = should_stop
-        self.stage = stage
+        self.stage: Stage = stage
+        self.context = dict(context or {})
         self.history: list[float] = []
+
+    def fresh(self, *, stage: Stage | None = None, **context: Any) -> Monitor:
+        """A monitor with the same callback and stop check, an empty history, and another stage
+        or more context."""
+        merged = {**self.context, **context}
+        return Monitor(self.callback, self.should_stop, stage=stage or self.stage, context=merged)
 
     def __call__(self, iteration: int, residual: float, max_iter: int) -> None:
         self.history.append(float(residual))
         if self.callback is not None:
-            self.callback(
-                {
-                    "stage": self.stage,
-                    "iteration": iteration,
-                    "max_iter": max_iter,
-                    "residual": float(residual),
-                }
+            event = Progress(
+                self.stage, iteration=iteration, max_iter=max_iter, residual=float(residual), **self.context
             )
+            self.callback(event)
         self.check_cancel()
 
     def check_cancel(self) -> None:

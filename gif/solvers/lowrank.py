@@ -61,7 +61,7 @@ class LowRankHessian:
     # -- solves -----------------------------------------------------------------------------------
 
     def solve_if(self, g: torch.Tensor, damping: float) -> torch.Tensor:
-        v, mu = self._cast(g)
+        v, mu = self.pairs(g)
         coords = v @ g
         inside = (coords / (mu + damping)) @ v
         if damping == 0.0:
@@ -69,7 +69,7 @@ class LowRankHessian:
         return inside + (g - coords @ v) / damping
 
     def solve_fif(self, g_t: torch.Tensor, index: torch.Tensor, damping: float) -> torch.Tensor:
-        v, mu = self._cast(g_t)
+        v, mu = self.pairs(g_t)
         vt = v[:, index.to(v.device)]  # [k, |T|]
         gram = vt @ vt.T
         if damping == 0.0:  # pseudo-inverse of V_Tᵀ Λ V_T, in the row space of V_T
@@ -79,7 +79,7 @@ class LowRankHessian:
         return (g_t - vt.T @ y) / damping
 
     def solve_gif(self, g: torch.Tensor, index: torch.Tensor, damping: float) -> torch.Tensor:
-        v, mu = self._cast(g)
+        v, mu = self.pairs(g)
         b = mu.unsqueeze(1) * v[:, index.to(v.device)]  # Λ V_T, [k, |T|]
         rhs = v @ g
         # Minimum-norm ridge solution in the row space of B: x = Bᵀ (B Bᵀ + λI)⁺ rhs (k×k).
@@ -87,7 +87,7 @@ class LowRankHessian:
         y = lstsq(b @ b.T + damping * torch.eye(k, dtype=b.dtype, device=b.device), rhs).to(g)
         return b.T @ y
 
-    def _cast(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pairs(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(V, μ) on ``like``'s device/dtype, without numerically-zero eigenvalues.
 
         Pairs with |μ| ≤ 100·eps·max|μ| carry no curvature (they come from H's null space) and

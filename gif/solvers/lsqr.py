@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .base import Monitor, Problem, SolveResult, safe_norm
+from .base import MatVec, Monitor, Problem, SolveResult, safe_norm
 
 
 def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> SolveResult:
@@ -20,6 +20,8 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
     Stops on the residual of the problem's contract (see :class:`SolveResult`): ‖b − A'x‖/‖b‖
     for symmetric problems, the normal-equation residual for least squares.
     """
+    matvec: MatVec
+    rmatvec: MatVec
     if problem.kind == "symmetric":
         matvec = rmatvec = problem.apply
         damp = 0.0

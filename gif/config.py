@@ -1,0 +1,364 @@
+"""Options of every engine computation: two frozen configuration types and one table of defaults.
+
+* :class:`SolveConfig` — what an inverse-Hessian solve needs (method, damping, solver, tol,
+  max_iter, rank, seed, chunking, HVP back end, solver extras). Used by :func:`gif.influence`,
+  :func:`gif.scores` and :func:`gif.self_influence`.
+* :class:`EditConfig` — a :class:`SolveConfig` plus what an edit adds (selection, step policy,
+  Newton steps, Hessian sample, validation carving). Used by :func:`gif.remove` and
+  :func:`gif.relabel`.
+
+Every field is declared once, here, with its type, default, help text and valid range; the
+engine validates with it and the service generates its request schema from it. The defaults
+that differ between verbs (``influence`` solves the undamped system, ``scores`` damps by 0.01,
+an edit picks its solver and damping by method, ...) are the small tables below; every verb's
+resolved defaults are printed by :func:`defaults_table` (docs/engine.md holds its output, and a
+test keeps the two equal: ``python -m gif.config`` regenerates it).
+
+This module imports nothing but the standard library, so the service can read it without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, get_args
+
+from .errors import InvalidArgumentError
+
+Method = Literal["if", "fif", "gif", "sif"]
+Solver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank"]
+Strategy = Literal[
+    "highest_outputs",
+    "highest_gradients",
+    "lowest_outputs",
+    "lowest_gradients",
+    "exclusive_outputs",
+    "exclusive_gradients",
+    "random",
+    "threshold",
+    "all",
+    "all_params",
+]
+StepPolicy = Literal["newton", "search"]
+HessianPool = Literal["auto", "untouched", "all"]
+HvpBackend = Literal["auto", "func", "graph"]
+
+METHODS: tuple[str, ...] = get_args(Method)
+SOLVERS: tuple[str, ...] = get_args(Solver)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+STEP_POLICIES: tuple[str, ...] = get_args(StepPolicy)
+HESSIAN_POOLS: tuple[str, ...] = get_args(HessianPool)
+HVP_BACKENDS: tuple[str, ...] = get_args(HvpBackend)
+VERBS = ("influence", "scores", "self_influence", "remove", "relabel")
+
+#: Extra keyword options each solver accepts (``solver_options``).
+SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {"neumann": ("normalizer", "step"), "lowrank": ("steps",)}
+
+#: The solver of a plain solve when none is named (bench/solvers.py; docs/benchmarks.md): LSQR for
+#: the GIF least squares, MINRES for the symmetric, possibly indefinite systems.
+SOLVE_SOLVER: dict[str, str] = {"if": "minres", "fif": "minres", "gif": "lsqr", "sif": "minres"}
+
+#: What each method brings to an edit when the request leaves it out (measured on the digits
+#: protocols, examples/; docs/benchmarks.md). ``if``/``sif`` update every parameter; ``cg`` is
+#: used there because its stop on negative curvature acts as a regulariser on these indefinite
+#: Hessians.
+EDIT_PRESETS: dict[str, dict[str, Any]] = {
+    "gif": {"selection": "highest_gradients", "ratio": 0.05, "damping": 0.01, "solver": "lsqr"},
+    "fif": {"selection": "highest_gradients", "ratio": 0.2, "damping": 0.1, "solver": "minres"},
+    "if": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg"},
+    "sif": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg"},
+}
+
+#: Per verb, the defaults that differ from the configuration type's field defaults.
+VERB_DEFAULTS: dict[str, dict[str, Any]] = {
+    "influence": {},
+    "scores": {"method": "if", "damping": 0.01, "chunk_size": 256},
+    "self_influence": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "lowrank"},
+    "remove": {"method": "gif"},
+    "relabel": {"method": "if"},
+}
+
+
+def _meta(
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    service_max: float | None = None,
+    service: bool = True,
+) -> dict[str, Any]:
+    """A configuration field's metadata: help, valid range [low, high] (``low_open``: low
+    excluded; no ``high``: an integer), the service's tighter cap, and whether jobs may set it."""
+    return {"help": help, "low": low, "high": high, "low_open": low_open, "service_max": service_max,
+            "service": service}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SolveConfig:
+    """How to apply (H + λI)⁻¹ or its restricted / least-squares variants (docs/engine.md)."""
+
+    method: Method = field(default="gif", metadata=_meta("if | fif | gif | sif (docs/method.md)"))
+    damping: float = field(
+        default=0.0, metadata=_meta("λ ≥ 0 added to the curvature", low=0.0, high=math.inf, service_max=1e6)
+    )
+    solver: Solver | None = field(
+        default=None, metadata=_meta("cg | minres | lsqr | neumann | direct | lowrank; None: the method's")
+    )
+    tol: float = field(
+        default=1e-4,
+        metadata=_meta(
+            "relative residual at which an iterative solve stops", low=0.0, high=1.0, low_open=True
+        ),
+    )
+    max_iter: int = field(
+        default=100, metadata=_meta("iteration cap of an iterative solve", low=1, service_max=10_000)
+    )
+    rank: int = field(
+        default=64, metadata=_meta("eigenpairs of the lowrank curvature fit", low=1, service_max=1_024)
+    )
+    seed: int = field(
+        default=0,
+        metadata=_meta("seeds selection, sub-sampling and the Lanczos start", low=0, service_max=2**31 - 1),
+    )
+    chunk_size: int = field(default=1024, metadata=_meta("samples per forward pass", low=1, service=False))
+    hvp_backend: HvpBackend = field(
+        default="auto", metadata=_meta("auto | func | graph (gif/hessian.py)", service=False)
+    )
+    solver_options: dict[str, float] = field(
+        default_factory=dict,
+        metadata=_meta("neumann: normalizer, step; lowrank: steps (Lanczos steps)", service=False),
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        if self.solver is None:
+            object.__setattr__(self, "solver", self._default_solver())
+        _check_choice("solver", self.solver, SOLVERS)
+        _check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("low") is not None:
+                _check_range(f, getattr(self, f.name))
+        _check_solver_options(self.solver, self.solver_options)
+
+    def _default_solver(self) -> str:
+        return SOLVE_SOLVER[self.method]
+
+    @property
+    def solver_name(self) -> str:
+        """The solver (never None once constructed)."""
+        assert self.solver is not None
+        return self.solver
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (reports, provenance, cache keys)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def solve_config(self) -> SolveConfig:
+        """The solve part of this configuration (every :class:`SolveConfig` field)."""
+        return SolveConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SolveConfig)})
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EditConfig(SolveConfig):
+    """Every knob of :func:`gif.remove` / :func:`gif.relabel`.
+
+    ``selection``, ``ratio``, ``damping`` and ``solver`` left as None take the method's preset
+    (:data:`EDIT_PRESETS`). The defaults were picked by task quality on the digits protocols
+    (docs/benchmarks.md): applying an influence update at its Newton scale wrecks a trained
+    network, so the default step policy walks along the update and stops by validation metrics,
+    and a few outer Newton steps (each re-estimating the gradient at the new point) close most
+    of the remaining gap to retraining.
+    """
+
+    damping: float | None = field(
+        # type: ignore[assignment]
+        default=None,
+        metadata=_meta(
+            "λ ≥ 0 added to the curvature; None: the method's", low=0.0, high=math.inf, service_max=1e6
+        ),
+    )
+    chunk_size: int = field(default=512, metadata=_meta("samples per forward pass", low=1, service=False))
+    selection: Strategy | None = field(
+        default=None, metadata=_meta("gif.select strategy; None: the method's")
+    )
+    ratio: float | None = field(
+        default=None,
+        metadata=_meta(
+            "fraction of each Conv/Linear layer to update; None: the method's",
+            low=0.0,
+            high=1.0,
+            low_open=True,
+        ),
+    )
+    hessian_samples: int = field(
+        default=2048, metadata=_meta("training samples in the Hessian", low=1, service_max=1_000_000)
+    )
+    hessian_pool: HessianPool = field(
+        default="auto",
+        metadata=_meta(
+            "untouched (samples the edit leaves alone) | all (a seeded sample of the whole training set: the "
+            "same for every edit, so one lowrank fit serves them all) | auto (all with solver=lowrank, else untouched)"
+        ),
+    )
+    validation_fraction: float = field(default=0.1, metadata=_meta("share of the retained data carved for validation when none is given", low=0.0, high=0.5, low_open=True,
+        service=False))  # fmt: skip
+    max_validation: int = field(
+        default=2000, metadata=_meta("cap on carved validation samples", low=1, service=False)
+    )
+    step: StepPolicy = field(default="search", metadata=_meta("newton | search (gif/steps.py)"))
+    newton_steps: int = field(default=10, metadata=_meta("outer Newton steps (gradient re-estimated at each); stops early when no step helps", low=1,
+        service_max=20))  # fmt: skip
+    min_step: float = field(
+        default=1e-5,
+        metadata=_meta(
+            "smallest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True, service=False
+        ),
+    )
+    max_step: float = field(
+        default=1.0,
+        metadata=_meta(
+            "largest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True, service=False
+        ),
+    )
+    growth: float = field(default=math.sqrt(2.0), metadata=_meta("ratio between successive searched steps", low=1.0, high=math.inf, low_open=True,
+        service=False))  # fmt: skip
+    patience: int = field(
+        default=4, metadata=_meta("non-improving steps before the search stops", low=1, service=False)
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        for name, value in EDIT_PRESETS[self.method].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        super().__post_init__()
+        _check_choice("selection", self.selection, STRATEGIES)
+        _check_choice("step", self.step, STEP_POLICIES)
+        _check_choice("hessian_pool", self.hessian_pool, HESSIAN_POOLS)
+        if self.max_step < self.min_step:
+            raise InvalidArgumentError(
+                f"`max_step` ({self.max_step}) must be >= `min_step` ({self.min_step})"
+            )
+
+    @property
+    def pool(self) -> str:
+        """The effective ``hessian_pool``: ``auto`` is ``all`` for the ``lowrank`` solver (its fit is
+        then reused across edits, at the same measured quality) and ``untouched`` otherwise (an
+        iterative solve pays ~3× the HVPs on the whole-set sample; docs/benchmarks.md)."""
+        if self.hessian_pool != "auto":
+            return self.hessian_pool
+        return "all" if self.solver == "lowrank" else "untouched"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready, with ``hessian_pool`` as used (``auto`` resolved)."""
+        return {**super().to_dict(), "hessian_pool": self.pool}
+
+
+Config = TypeVar("Config", bound=SolveConfig)
+
+
+def resolve(verb: str, kind: type[Config], config: Config | None, options: Mapping[str, Any]) -> Config:
+    """The configuration of one call: ``config`` (or the verb's defaults) with the keyword
+    ``options`` replacing its fields.
+
+    Keyword names that are not fields go to ``solver_options`` when the solver takes them
+    (e.g. ``normalizer`` for ``neumann``), else they are an error naming the known options.
+    """
+    if verb not in VERB_DEFAULTS:
+        raise InvalidArgumentError(f"unknown verb {verb!r}")
+    if config is not None and not isinstance(config, kind):
+        raise InvalidArgumentError(f"`config` must be a {kind.__name__}, got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(kind)}
+    fields = {k: v for k, v in options.items() if k in known}
+    extras = {k: v for k, v in options.items() if k not in known}
+    if config is None:
+        resolved = kind(**{**VERB_DEFAULTS[verb], **fields})
+    else:
+        resolved = dataclasses.replace(config, **fields) if fields else config
+    if not extras:
+        return resolved
+    allowed = SOLVER_OPTIONS.get(resolved.solver_name, ())
+    unknown = sorted(set(extras) - set(allowed))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known | set(allowed)))}"
+        )
+    return dataclasses.replace(resolved, solver_options={**resolved.solver_options, **extras})
+
+
+def defaults(verb: str) -> dict[str, Any]:
+    """Every option of ``verb`` at its default, as :func:`resolve` fills it."""
+    kind = EditConfig if verb in ("remove", "relabel") else SolveConfig
+    return resolve(verb, kind, None, {}).to_dict()
+
+
+def defaults_table() -> str:
+    """The defaults of every verb as a Markdown table (docs/engine.md holds this text)."""
+    columns = {verb: defaults(verb) for verb in VERBS}
+    names = list(columns["remove"])
+    lines = ["| option | " + " | ".join(f"`{v}`" for v in VERBS) + " |", "|---" * (len(VERBS) + 1) + "|"]
+    for name in names:
+        cells = [_cell(columns[verb].get(name, "—")) for verb in VERBS]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value == "—":
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return "{}" if not value else ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InvalidArgumentError(f"`{name}` must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_range(f: dataclasses.Field, value: object) -> None:
+    name, low, high = f.name, f.metadata["low"], f.metadata["high"]
+    low_open = f.metadata["low_open"]
+    if value is None:
+        return
+    if high is None:  # integers
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InvalidArgumentError(f"`{name}` must be an integer >= {low}, got {value!r}")
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high  # type: ignore[operator]
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise InvalidArgumentError(
+            f"`{name}` must be a finite number in {bracket}{low}, {high}], got {value!r}"
+        )
+
+
+def _check_solver_options(solver: str | None, options: Mapping[str, Any]) -> None:
+    if not isinstance(options, Mapping):
+        raise InvalidArgumentError(f"`solver_options` must be a mapping, got {type(options).__name__}")
+    allowed = SOLVER_OPTIONS.get(str(solver), ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        tail = f"; it accepts {', '.join(allowed)}" if allowed else "; it takes no extra options"
+        raise InvalidArgumentError(f"unknown option(s) {', '.join(unknown)} for solver {solver!r}" + tail)
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidArgumentError(f"solver option `{name}` must be a finite number, got {value!r}")
+
+
+if __name__ == "__main__":
+    print(defaults_table())

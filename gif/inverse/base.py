@@ -1,0 +1,117 @@
+"""The inverse-Hessian interface every influence method and score is written against.
+
+For one curvature H (the Hessian of a mean loss, or a model of it) and damping λ ≥ 0 an
+:class:`InverseHessian` applies the three inverses the methods need (docs/method.md):
+
+* :meth:`~InverseHessian.solve` — x = (H + λI)⁻¹ b over all parameters (``if``, ``sif``, scores);
+* :meth:`~InverseHessian.solve_restricted` — x = (H[T,T] + λI)⁻¹ b_T, the other parameters
+  frozen (``fif``);
+* :meth:`~InverseHessian.least_squares` — x = argmin ‖H[:,T] x − g‖² + λ‖x‖² (``gif``);
+
+plus :meth:`~InverseHessian.solve_rows` and :meth:`~InverseHessian.quadratic` for many
+right-hand sides at once (scores, self-influence), which structured inverses vectorise.
+:meth:`~InverseHessian.prepare` does the once-per-curvature work (a Lanczos fit, a dense
+factorisation); it is idempotent and called by every solve that needs it.
+
+Implementations: :mod:`.iterative` (matrix-free Krylov solvers), :mod:`.dense` (the explicit
+float64 Hessian, small models), :mod:`.lowrank` (top-k eigenpairs, fitted once). A new curvature
+model is a new file with a subclass, registered in :mod:`gif.inverse`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import NumericalError
+from ..hessian import HessianOperator
+from ..solvers import Monitor
+
+
+@dataclass
+class Solution:
+    """One application of an inverse, with the solve's diagnostics.
+
+    ``residual`` is relative (see :class:`gif.solvers.SolveResult`); structured inverses that
+    are exact for their model report their own accuracy measure (``lowrank``: the fit's largest
+    Ritz residual; ``direct``: 0). ``iterations`` counts solver iterations (``lowrank``: the
+    fit's HVPs, on the solve that triggered the fit).
+    """
+
+    x: torch.Tensor
+    converged: bool = True
+    iterations: int = 0
+    residual: float = 0.0
+    history: list[float] = field(default_factory=list)
+    note: str = ""
+
+
+class InverseHessian(ABC):
+    """(H + λI)⁻¹ and its restricted and least-squares variants, for one H and one λ."""
+
+    #: The ``solver`` name this implementation answers to.
+    name: str = ""
+
+    def __init__(self, hessian: HessianOperator, damping: float) -> None:
+        self.hessian = hessian
+        self.damping = float(damping)
+
+    @property
+    def size(self) -> int:
+        return self.hessian.size
+
+    def prepare(self, monitor: Monitor | None = None) -> None:  # noqa: B027 (optional hook)
+        """Do the once-per-curvature work (idempotent); nothing for matrix-free inverses."""
+
+    @abstractmethod
+    def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
+        """x = (H + λI)⁻¹ b, b of length p."""
+
+    @abstractmethod
+    def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        """x = (H[T,T] + λI)⁻¹ b_T with T = ``index``."""
+
+    @abstractmethod
+    def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        """x = argmin ‖H[:,T] x − g‖² + λ‖x‖² with T = ``index``."""
+
+    def solve_rows(
+        self,
+        rows: torch.Tensor,
+        monitor: Monitor,
+        *,
+        name: str = "query",
+        offset: int = 0,
+        total: int | None = None,
+    ) -> tuple[torch.Tensor, list[Solution]]:
+        """Each row b of ``rows`` [m, p] ↦ (H + λI)⁻¹ b, with one :class:`Solution` per row (its
+        ``x`` left empty). Row j's progress events carry ``name`` (``query`` | ``sample``) =
+        ``offset + j`` and its count ``total`` (default m)."""
+        count = _COUNT[name]
+        total = int(rows.shape[0]) if total is None else total
+        out = torch.empty_like(rows)
+        solutions = []
+        for j in range(int(rows.shape[0])):
+            solution = self.solve(rows[j], monitor.fresh(**{name: offset + j, count: total}))
+            out[j] = solution.x
+            solution.x = solution.x[:0]
+            solutions.append(solution)
+        return _finite(out, self.name), solutions
+
+    def quadratic(
+        self, rows: torch.Tensor, monitor: Monitor, *, offset: int = 0, total: int | None = None
+    ) -> tuple[torch.Tensor, list[Solution]]:
+        """Row-wise bᵀ (H + λI)⁻¹ b for ``rows`` [m, p] (self-influence), shape [m]."""
+        solved, solutions = self.solve_rows(rows, monitor, name="sample", offset=offset, total=total)
+        return (rows * solved).sum(dim=1), solutions
+
+
+_COUNT = {"query": "num_queries", "sample": "num_samples"}
+
+
+def _finite(x: torch.Tensor, solver: str) -> torch.Tensor:
+    if not bool(torch.isfinite(x).all()):
+        raise NumericalError(f"the {solver} solve produced NaN/Inf; add damping or use another solver")
+    return x

@@ -1,0 +1,84 @@
+"""The explicit inverse: H formed densely in float64 (p HVPs, models up to
+:data:`gif.hessian.DENSE_MAX_PARAMS` parameters), the exact reference the tests check against.
+
+Single right-hand sides go through minimum-norm least squares (``gelsd``), so singular systems
+(λ = 0 and a rank-deficient H, common with ReLU networks) give the minimum-norm solution, the
+limit the iterative solvers reach from x₀ = 0. Many right-hand sides (scores) use one
+eigendecomposition of H + λI and its pseudo-inverse (eigenvalues below eps · p · max|e| dropped).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..solvers import Monitor
+from ..solvers import direct as dense
+from .base import InverseHessian, Solution
+
+
+class DenseInverse(InverseHessian):
+    name = "direct"
+
+    _h: torch.Tensor | None = None
+    _eig: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prepare(self, monitor: Monitor | None = None) -> None:
+        if self._h is None:
+            self._h = self.hessian.dense()
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        self.prepare()
+        assert self._h is not None
+        return self._h
+
+    def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
+        return _exact(dense.solve_symmetric(self.matrix, _f64(b), self.damping), b)
+
+    def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        idx = index.cpu()
+        return _exact(dense.solve_symmetric(self.matrix[idx][:, idx], _f64(b_t), self.damping), b_t)
+
+    def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        return _exact(dense.solve_least_squares(self.matrix[:, index.cpu()], _f64(g), self.damping), g)
+
+    def solve_rows(
+        self,
+        rows: torch.Tensor,
+        monitor: Monitor,
+        *,
+        name: str = "query",
+        offset: int = 0,
+        total: int | None = None,
+    ) -> tuple[torch.Tensor, list[Solution]]:
+        monitor.check_cancel()
+        u, inv = self._eigen(rows.device)
+        out = (((rows.to(u.dtype) @ u) * inv) @ u.T).to(rows.dtype)
+        return out, [Solution(rows[:0]) for _ in range(int(rows.shape[0]))]
+
+    def quadratic(
+        self, rows: torch.Tensor, monitor: Monitor, *, offset: int = 0, total: int | None = None
+    ) -> tuple[torch.Tensor, list[Solution]]:
+        u, inv = self._eigen(rows.device)
+        coords = rows.to(u.dtype) @ u
+        return (coords * coords * inv).sum(dim=1).to(rows.dtype), [
+            Solution(rows[:0]) for _ in range(len(rows))
+        ]
+
+    def _eigen(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvectors of H + λI and the pseudo-inverse of its eigenvalues (float64)."""
+        if self._eig is None:
+            h = self.matrix
+            e, u = torch.linalg.eigh(h + self.damping * torch.eye(h.shape[0], dtype=h.dtype, device=h.device))
+            keep = e.abs() > torch.finfo(e.dtype).eps * e.numel() * e.abs().max()
+            inv = torch.where(keep, 1.0 / torch.where(keep, e, torch.ones_like(e)), torch.zeros_like(e))
+            self._eig = (u.to(device), inv.to(device))
+        return self._eig
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float64).cpu()
+
+
+def _exact(x: torch.Tensor, like: torch.Tensor) -> Solution:
+    return Solution(x.to(like))

@@ -1,0 +1,57 @@
+"""Matrix-free inverses: each application is a Krylov solve on HVPs (``cg``, ``minres``, ``lsqr``,
+``neumann``), so any model size works and nothing is prepared.
+
+The three systems as :class:`gif.solvers.Problem`\\ s (T = ``index``, v ↦ Hv one HVP):
+
+* all parameters: symmetric, A = H;
+* restricted: symmetric, A x = (H scatter_T(x))[T];
+* least squares: A x = H scatter_T(x), Aᵀ y = (H y)[T] (H = Hᵀ), two HVPs per iteration.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..hessian import HessianOperator
+from ..solvers import Monitor, Problem, solve
+from .base import InverseHessian, Solution
+
+
+class IterativeInverse(InverseHessian):
+    def __init__(
+        self, hessian: HessianOperator, damping: float, *, solver: str, tol: float, max_iter: int,
+        options: dict[str, float] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(hessian, damping)
+        self.name, self.tol, self.max_iter = solver, tol, max_iter
+        self.options = dict(options or {})
+
+    def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
+        h = self.hessian.hvp
+        return self._run(Problem("symmetric", h, h, b, self.damping, b.numel()), monitor)
+
+    def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        def restricted(x_t: torch.Tensor) -> torch.Tensor:
+            return self.hessian.hvp(_scatter(x_t, index, self.size))[index]
+
+        return self._run(
+            Problem("symmetric", restricted, restricted, b_t, self.damping, index.numel()), monitor
+        )
+
+    def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        h = self.hessian.hvp
+        problem = Problem(
+            "lstsq", lambda x_t: h(_scatter(x_t, index, g.numel())), lambda y: h(y)[index], g, self.damping,
+            index.numel(),
+        )  # fmt: skip
+        return self._run(problem, monitor)
+
+    def _run(self, problem: Problem, monitor: Monitor) -> Solution:
+        out = solve(problem, self.name, tol=self.tol, max_iter=self.max_iter, monitor=monitor, **self.options)
+        return Solution(out.x, out.converged, out.iterations, out.residual, out.history, out.note)
+
+
+def _scatter(x_t: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    full = torch.zeros(size, dtype=x_t.dtype, device=x_t.device)
+    full[index] = x_t
+    return full

@@ -1,0 +1,386 @@
+"""Pairwise influence scores, self-influence and top-k proponents / opponents.
+
+For one sample z let ℓ(z) be its loss (``loss_fn`` on a batch of one) and ∇ℓ(z) its gradient over
+all trainable parameters θ; H is the Hessian of the *mean* loss over the Hessian data (by default
+the training data) and λ ≥ 0 the damping. Then
+
+    score[q, i] = ∇ℓ(z_q)ᵀ (H + λI)⁻¹ ∇ℓ(z_i),        self[i] = ∇ℓ(z_i)ᵀ (H + λI)⁻¹ ∇ℓ(z_i).
+
+Sign convention. If θ minimises (1/n) Σ_j ℓ(z_j) (+ (λ/2)‖θ‖² when λ is the weight decay), then
+dropping z_i moves θ by ≈ (1/n)(H + λI)⁻¹ ∇ℓ(z_i), so the query loss changes by ≈ score[q, i]/n:
+a positive score means z_i *supports* the query (a proponent: removing it raises the query loss),
+a negative one that it works against it (an opponent).
+
+Cost. The inverse (:mod:`gif.inverse`) is applied to the *queries*, not to the training
+samples: one solve per query (iterative solvers: ≤ ``max_iter`` HVPs each; ``lowrank``: one
+Lanczos fit, then k×p products for all queries; ``direct``: one dense eigendecomposition),
+giving S = G_q (H + λI)⁻¹ of shape
+[n_queries, p]. Then a single pass over the training data computes per-sample gradients with
+``torch.func.vmap`` chunk by chunk and fills the block S G_chunkᵀ, so at most ``chunk_size`` × p
+gradient entries are alive at a time, never n_train × p.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+from ._util import check_positive_int, eval_mode
+from .config import SolveConfig, resolve
+from .data import Chunks, DataLike, as_pair
+from .errors import InvalidArgumentError, NumericalError
+from .hessian import FlatModel, HessianOperator, LossFn
+from .inverse import InverseHessian, Solution, inverse_for
+from .progress import Progress, ProgressCallback, StopCheck
+from .solvers import LowRankHessian, Monitor
+
+
+@dataclass
+class ScoresResult:
+    """Influence scores with the solves' diagnostics.
+
+    Attributes:
+        scores: [n_queries, n_train] on the CPU, in the model's dtype.
+        solver: the solver used for (H + λI)⁻¹.
+        converged: True when every solve converged (``lowrank``: every kept Ritz pair has a
+            relative residual ≤ 1e-3; ``direct``: always).
+        iterations: solver iterations per query (0 for ``lowrank`` and ``direct``).
+        residuals: final relative residual per query (``lowrank``: the fit's max Ritz residual).
+        hvps: Hessian-vector products spent (fit + solves).
+        gradients: per-sample gradients computed (queries + training samples).
+        seconds: wall-clock time.
+        self_influence: [n_train] self-influence when requested, else None.
+        lowrank: the curvature fit (solver ``lowrank``), to reuse in later requests.
+        note: solver notes (e.g. CG stopping on negative curvature), deduplicated.
+    """
+
+    scores: torch.Tensor
+    solver: str
+    converged: bool
+    iterations: list[int]
+    residuals: list[float]
+    hvps: int
+    gradients: int
+    seconds: float
+    self_influence: torch.Tensor | None = None
+    lowrank: LowRankHessian | None = None
+    note: str = ""
+
+    def diagnostics(self) -> dict:
+        """JSON-ready summary (no tensors)."""
+        return {
+            "solver": self.solver,
+            "converged": self.converged,
+            "iterations": list(self.iterations),
+            "residuals": list(self.residuals),
+            "hvps": self.hvps,
+            "gradients": self.gradients,
+            "num_queries": int(self.scores.shape[0]),
+            "num_train": int(self.scores.shape[1]),
+            "note": self.note,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def scores(
+    model: nn.Module,
+    train: DataLike,
+    queries: DataLike,
+    *,
+    config: SolveConfig | None = None,
+    loss_fn: LossFn | None = None,
+    hessian_data: DataLike | None = None,
+    lowrank: LowRankHessian | None = None,
+    callback: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """Influence of every training sample on every query: a [n_queries, n_train] tensor (CPU).
+
+    ``score[q, i] = ∇ℓ(z_q)ᵀ (H + λI)⁻¹ ∇ℓ(z_i)``; positive = training sample i supports query q
+    (removing it would raise the query loss by about score/n). See :func:`scores_with_report`
+    for the arguments and the diagnostics.
+    """
+    return scores_with_report(
+        model, train, queries, config=config, loss_fn=loss_fn, hessian_data=hessian_data, lowrank=lowrank,
+        callback=callback, should_stop=should_stop, **options,
+    ).scores  # fmt: skip
+
+
+def scores_with_report(
+    model: nn.Module,
+    train: DataLike,
+    queries: DataLike,
+    *,
+    config: SolveConfig | None = None,
+    loss_fn: LossFn | None = None,
+    hessian_data: DataLike | None = None,
+    lowrank: LowRankHessian | None = None,
+    callback: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    include_self_influence: bool = False,
+    **options: Any,
+) -> ScoresResult:
+    """Pairwise influence scores with diagnostics (the engine behind :func:`scores`).
+
+    Args:
+        model: the trained model (evaluated in eval mode; left unchanged).
+        train: ``(inputs, targets)`` or batches: the columns of the score matrix.
+        queries: ``(inputs, targets)`` or batches: the rows.
+        config: a :class:`gif.SolveConfig` (``method`` must be ``if``); keyword ``options``
+            replace its fields. Defaults: ``scores``'s column of docs/engine.md's table —
+            ``minres`` (H is indefinite), or ``lowrank`` when a ``lowrank`` fit is given;
+            ``damping`` λ = 0.01 (use the training weight decay for the score/n reading);
+            ``chunk_size`` samples per vmapped per-sample-gradient pass (it holds chunk_size × p
+            gradient entries, so lower it for large models).
+        loss_fn: batch-mean loss ``loss_fn(outputs, targets)``; cross-entropy by default.
+        hessian_data: data whose mean-loss Hessian is H; the training data by default.
+        lowrank: a previous :class:`LowRankHessian` fit to reuse (solver ``lowrank``).
+        callback: receives :class:`gif.Progress` events: ``fitting_curvature`` / ``solving``
+            per solver iteration (``solving`` carries ``query``/``num_queries``, per-sample
+            self-influence solves ``sample``/``num_samples``), ``scoring`` after each training
+            chunk (``iteration`` = chunk, ``max_iter`` = chunks).
+        should_stop: polled every solver iteration and every training chunk; returning True
+            raises :class:`gif.errors.Cancelled`.
+        include_self_influence: also compute the training samples' self-influence with the same
+            inverse (vectorised for ``lowrank``/``direct``; one solve per sample otherwise, whose
+            convergence then also counts in ``converged``).
+
+    Raises:
+        InvalidArgumentError: bad data, damping, solver, options or fit.
+        NumericalError: NaN/Inf in gradients or solutions.
+        Cancelled: ``should_stop`` returned True.
+    """
+    if lowrank is not None and config is None:
+        options = {"solver": "lowrank", **options}
+    config = _scores_config("scores", config, options)
+    return _run(
+        model, train, queries, config, want_self=bool(include_self_influence), loss_fn=loss_fn,
+        hessian_data=hessian_data, lowrank=lowrank, monitor=Monitor(callback, should_stop),
+    )  # fmt: skip
+
+
+def self_influence(
+    model: nn.Module,
+    train: DataLike,
+    *,
+    config: SolveConfig | None = None,
+    exact: bool = False,
+    loss_fn: LossFn | None = None,
+    hessian_data: DataLike | None = None,
+    lowrank: LowRankHessian | None = None,
+    callback: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """Self-influence ``∇ℓ(z_i)ᵀ (H + λI)⁻¹ ∇ℓ(z_i)`` of every training sample, shape [n_train] (CPU).
+
+    By default (``exact=False``) the inverse is the low-rank model of
+    :meth:`LowRankHessian.solve_if` (the given ``lowrank`` fit, or a new one of ``rank``
+    eigenpairs): self = Σ_k c_k²/(μ_k + λ) + gᵀ(g − Vᵀc)/λ with c = V g (the last term only for
+    λ > 0), vectorised over a chunk of gradients — exactly gᵀ solve_if(g), at the price of the
+    gradients. ``exact=True`` instead solves per sample with ``solver`` (default ``minres``;
+    ``direct`` for a dense pseudo-inverse), which costs up to ``max_iter`` HVPs per sample.
+    Other arguments as in :func:`scores_with_report`.
+    """
+    if not isinstance(exact, bool):
+        raise InvalidArgumentError(f"`exact` must be True or False, got {exact!r}")
+    named = options.get("solver", None if config is None else config.solver)
+    if exact:
+        if lowrank is not None or named == "lowrank":
+            raise InvalidArgumentError("`exact=True` solves per sample; it does not use a `lowrank` fit")
+        options = {**options, "solver": named or "minres"}
+    elif named not in (None, "lowrank"):
+        raise InvalidArgumentError(
+            f"`solver={named!r}` needs `exact=True`; the default (exact=False) uses the lowrank fit"
+        )
+    config = _scores_config("self_influence", config, options)
+    result = _run(
+        model, train, None, config, want_self=True, loss_fn=loss_fn, hessian_data=hessian_data, lowrank=lowrank,
+        monitor=Monitor(callback, should_stop),
+    )  # fmt: skip
+    assert result.self_influence is not None
+    return result.self_influence
+
+
+def top_k(scores: torch.Tensor, k: int) -> dict:
+    """The k most positive (proponents) and k most negative (opponents) training samples per query.
+
+    Args:
+        scores: [n_queries, n_train] as returned by :func:`scores`.
+        k: how many of each (capped at n_train).
+
+    Returns:
+        JSON-ready ``{"k", "num_queries", "num_train", "queries": [{"query": q, "proponents":
+        [{"index": i, "score": s}, ...], "opponents": [...]}, ...]}``. Proponents are in
+        decreasing score order, opponents in increasing order (most negative first); ties go
+        to the lower training index. With few positive (negative) scores a list can hold
+        scores of the other sign: it is a ranking, not a filter.
+    """
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 2:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise InvalidArgumentError(f"`scores` must be a 2-D tensor [n_queries, n_train], got {shape}")
+    k = check_positive_int("k", k)
+    num_queries, num_train = (int(s) for s in scores.shape)
+    if num_train == 0:
+        raise InvalidArgumentError("`scores` has no training columns")
+    values = scores.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(values).all()):
+        raise NumericalError("`scores` contains NaN or Inf")
+    k = min(k, num_train)
+    # Stable sorts keep ties in index order, so the result is deterministic.
+    down = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+    up = torch.sort(values, dim=1, stable=True).indices[:, :k]
+
+    def entries(row: int, order: torch.Tensor) -> list[dict]:
+        return [{"index": int(i), "score": float(values[row, i])} for i in order.tolist()]
+
+    return {
+        "k": k,
+        "num_queries": num_queries,
+        "num_train": num_train,
+        "queries": [
+            {"query": q, "proponents": entries(q, down[q]), "opponents": entries(q, up[q])}
+            for q in range(num_queries)
+        ],
+    }
+
+
+# -- internals ------------------------------------------------------------------------------------
+
+
+def _scores_config(verb: str, config: SolveConfig | None, options: dict[str, Any]) -> SolveConfig:
+    resolved = resolve(verb, SolveConfig, config, options)
+    if resolved.method != "if":
+        raise InvalidArgumentError(
+            f"scores apply (H + λI)⁻¹ (method 'if'); `method` cannot be {resolved.method!r}"
+        )
+    return resolved
+
+
+def per_sample_gradients(flat: FlatModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """∇θ ℓ(z) for every sample of a chunk, [len(chunk), p], one vmapped pass."""
+    return vmap(grad(flat.per_sample_loss), in_dims=(None, 0, 0))(flat.theta, inputs, targets)
+
+
+def _check_finite(g: torch.Tensor, what: str) -> torch.Tensor:
+    if not bool(torch.isfinite(g).all()):
+        raise NumericalError(f"the per-sample gradients of `{what}` contain NaN or Inf (check weights, data)")
+    return g
+
+
+class _Diagnostics:
+    """The per-row solutions of a scoring pass, folded into a report."""
+
+    def __init__(self) -> None:
+        self.iterations: list[int] = []
+        self.residuals: list[float] = []
+        self.converged = True
+        self.notes: list[str] = []
+
+    def add(self, solutions: list[Solution]) -> None:
+        for s in solutions:
+            self.iterations.append(s.iterations)
+            self.residuals.append(float(s.residual))
+            self.converged = self.converged and s.converged
+            if s.note and s.note not in self.notes:
+                self.notes.append(s.note)
+
+
+def _run(
+    model: nn.Module,
+    train: DataLike,
+    queries: DataLike | None,
+    config: SolveConfig,
+    *,
+    want_self: bool,
+    loss_fn: LossFn | None,
+    hessian_data: DataLike | None,
+    lowrank: LowRankHessian | None,
+    monitor: Monitor,
+) -> ScoresResult:
+    start = time.perf_counter()
+    check_positive_int("chunk_size", config.chunk_size)
+    train_pair = as_pair(train, what="train")  # materialised once: read by H and by the scoring pass
+    query_pair = None if queries is None else as_pair(queries, what="queries")
+    with eval_mode(model):
+        flat = FlatModel(model, loss_fn)
+        train_chunks = Chunks(train_pair, chunk_size=config.chunk_size, device=flat.device, what="train")
+        # H over the training data reuses the scoring pass's chunks (no second copy on the device).
+        shared = [(c.inputs, c.targets) for c in train_chunks]
+        hessian = HessianOperator(
+            flat, shared if hessian_data is None else hessian_data, chunk_size=config.chunk_size,
+            backend=config.hvp_backend, what="train" if hessian_data is None else "hessian_data",
+        )  # fmt: skip
+        inverse = inverse_for(hessian, config, lowrank=lowrank)
+        diagnostics = _Diagnostics()
+        try:
+            out, self_values, gradients = _score(
+                inverse, flat, train_chunks, query_pair, config, want_self, monitor, diagnostics
+            )
+        finally:
+            hessian.release()
+    n_queries = int(out.shape[0])
+    return ScoresResult(
+        scores=out, solver=inverse.name, converged=diagnostics.converged,
+        iterations=diagnostics.iterations[:n_queries], residuals=diagnostics.residuals[:n_queries],
+        hvps=hessian.hvps, gradients=gradients, seconds=time.perf_counter() - start,
+        self_influence=self_values, lowrank=getattr(inverse, "fit", None), note="; ".join(diagnostics.notes),
+    )  # fmt: skip
+
+
+def _score(
+    inverse: InverseHessian,
+    flat: FlatModel,
+    train_chunks: Chunks,
+    query_pair: tuple[torch.Tensor, torch.Tensor] | None,
+    config: SolveConfig,
+    want_self: bool,
+    monitor: Monitor,
+    diagnostics: _Diagnostics,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """S = G_q (H + λI)⁻¹, then one pass over the training chunks: S G_chunkᵀ (and self-influence)."""
+    gradients = 0
+    if query_pair is None:
+        solved = torch.zeros(0, inverse.size, dtype=flat.dtype, device=flat.device)
+    else:
+        query_chunks = Chunks(query_pair, chunk_size=config.chunk_size, device=flat.device, what="queries")
+        g_queries = torch.cat(
+            [_check_finite(per_sample_gradients(flat, c.inputs, c.targets), "queries") for c in query_chunks]
+        )
+        gradients += int(g_queries.shape[0])
+        inverse.prepare(monitor)
+        solved, solutions = inverse.solve_rows(g_queries, monitor.fresh(stage="solving"))  # S, [n_q, p]
+        diagnostics.add(solutions)
+        del g_queries
+    if want_self and query_pair is None:
+        inverse.prepare(monitor)
+    n_train, n_chunks = train_chunks.total, len(train_chunks.chunks)
+    out = torch.empty(solved.shape[0], n_train, dtype=flat.dtype)
+    self_values = torch.empty(n_train, dtype=flat.dtype) if want_self else None
+    offset = 0
+    for index, chunk in enumerate(train_chunks):
+        monitor.check_cancel()
+        g = _check_finite(per_sample_gradients(flat, chunk.inputs, chunk.targets), "train")  # [c, p]
+        gradients += len(chunk)
+        out[:, offset : offset + len(chunk)] = (solved @ g.T).cpu()
+        if self_values is not None:
+            values, solutions = inverse.quadratic(
+                g, monitor.fresh(stage="solving"), offset=offset, total=n_train
+            )
+            if not bool(torch.isfinite(values).all()):
+                raise NumericalError(f"the {inverse.name} self-influence produced NaN/Inf; add damping")
+            self_values[offset : offset + len(chunk)] = values.cpu()
+            diagnostics.add(solutions)
+        offset += len(chunk)
+        if monitor.callback is not None:
+            monitor.callback(Progress("scoring", iteration=index + 1, max_iter=n_chunks))
+    return out, self_values, gradients
+
+
+__all__ = ["ScoresResult", "per_sample_gradients", "scores", "scores_with_report", "self_influence", "top_k"]
