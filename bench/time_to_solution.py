@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import gif
-from gif.options import METHOD_DEFAULTS
+from gif.config import EDIT_PRESETS
 from gif.params import ParamSpace
 from gif.steps import search_step
 
@@ -129,7 +129,7 @@ def main() -> None:
     rows = []
     (x, hvps, c), t_paper = timed(lambda: paper_gif(model, hessian, target, index, max_iter=args.paper_iters))
     rows.append(["paper (Neumann, 200 it, graph rebuilt)", hvps, t_paper, x])
-    damping = METHOD_DEFAULTS["gif"]["damping"]
+    damping = EDIT_PRESETS["gif"]["damping"]
     undamped, t_undamped = timed(lambda: gif.influence(model, hessian, target, method="gif", params=index))
     rows.append(
         [

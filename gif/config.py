@@ -326,7 +326,7 @@ def _plain(value: Any) -> Any:
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise InvalidArgumentError(f"`{name}` must be one of {', '.join(allowed)}; got {value!r}")
+        raise InvalidArgumentError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
 
 
 def _check_range(f: dataclasses.Field, value: object) -> None:

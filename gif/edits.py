@@ -1,7 +1,7 @@
 """Model edits: remove training samples (or a whole class), relabel training samples.
 
 Both are one Newton step on the edited training objective, restricted to parameters T and
-solved by an influence method (gif-method.md §1.9). With θ a (near-)stationary point of the
+solved by an influence method (docs/method.md, "The edit as a Newton step"). With θ a (near-)stationary point of the
 mean training loss over n samples and U the edited samples:
 
 * removal:  the retained loss has gradient ∇L_{S∖U}(θ) = −(|U| / (n − |U|)) ∇L_U(θ);

@@ -93,7 +93,7 @@ def test_report_contents_and_progress_events():
     assert r["metrics"]["before"]["validation"]["n"] == 10
     assert r["metrics"]["after"]["objective"] >= r["metrics"]["before"]["objective"]
     assert r["delta_norm"] == pytest.approx(float(out.delta.norm()))
-    stages = [e["stage"] for e in events]
+    stages = [e.stage for e in events]
     assert stages[0] == "selecting_parameters" and stages[-1] == "done"
     assert {"computing_gradients", "solving_ihvp", "step_search"} <= set(stages)
 
@@ -110,9 +110,9 @@ def test_validation_is_carved_from_retained_data_when_missing():
 
 def test_shared_hessian_pool_is_the_same_sample_whatever_is_edited():
     from gif.edits import _split
-    from gif.options import EditOptions
+    from gif.config import EditConfig
 
-    opts = EditOptions(hessian_pool="all", hessian_samples=30, validation_fraction=0.2, seed=3)
+    opts = EditConfig(hessian_pool="all", hessian_samples=30, validation_fraction=0.2, seed=3)
     a = _split(60, torch.tensor([0, 1, 2]), True, opts, torch.Generator())
     b = _split(60, torch.tensor([10, 40, 59]), True, opts, torch.Generator())
     assert torch.equal(a.hessian, b.hessian) and a.hessian.numel() == 30
@@ -126,12 +126,12 @@ def test_shared_hessian_pool_is_the_same_sample_whatever_is_edited():
         60,
         torch.tensor([0]),
         True,
-        EditOptions(hessian_pool="all", hessian_samples=30, seed=4),
+        EditConfig(hessian_pool="all", hessian_samples=30, seed=4),
         torch.Generator(),
     )
     assert not torch.equal(other_seed.hessian, a.hessian)
     # the default pool leaves edited samples out of the Hessian
-    untouched = _split(60, torch.tensor([0, 1, 2]), True, EditOptions(hessian_samples=100), torch.Generator())
+    untouched = _split(60, torch.tensor([0, 1, 2]), True, EditConfig(hessian_samples=100), torch.Generator())
     assert not {0, 1, 2} & set(untouched.hessian.tolist())
     assert untouched.drift is untouched.hessian
 

@@ -114,7 +114,7 @@ def test_default_path_and_diagnostics(tiny):
     assert out.method == "gif" and out.solver == "lsqr"
     assert out.params.numel() == out.vector.numel() == sum(p.numel() for p in model.parameters())
     assert out.hvps == 2 * out.iterations + 1 and out.grads == 1
-    assert len(events) == out.iterations and events[-1]["residual"] == pytest.approx(out.residual)
+    assert len(events) == out.iterations and events[-1].residual == pytest.approx(out.residual)
     diag = out.diagnostics()
     assert diag["converged"] == out.converged and diag["hvps"] == out.hvps
     if not out.converged:
@@ -184,7 +184,7 @@ def test_argument_errors():
 
 
 def test_second_order_note_thresholds():
-    from gif.influence import second_order_note
+    from gif.methods import second_order_note
 
     first = torch.tensor([3.0, 4.0])  # norm 5
     assert second_order_note(first, torch.tensor([0.0, 4.0])) == ""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gif.errors import Cancelled, InvalidArgumentError, NumericalError
-from gif.scores import ScoresResult, per_sample_gradients, scores, scores_with_report, self_influence, top_k
+from gif.scoring import ScoresResult, per_sample_gradients, scores, scores_with_report, self_influence, top_k
 from gif.solvers import LowRankHessian
 
 from .conftest import BUILDERS, make_data, tiny_mlp
@@ -347,18 +347,18 @@ def test_top_k_on_real_scores():
 
 def test_progress_reports_solving_and_scoring():
     model, train, queries = setup("mlp")
-    seen: list[dict] = []
+    seen: list = []
     out = scores_with_report(model, train, queries, solver="minres", chunk_size=10, callback=seen.append)
-    solving = [e for e in seen if e["stage"] == "solving"]
-    scoring = [e for e in seen if e["stage"] == "scoring"]
+    solving = [e for e in seen if e.stage == "solving"]
+    scoring = [e for e in seen if e.stage == "scoring"]
     assert len(solving) == sum(out.iterations)
-    assert {e["query"] for e in solving} == set(range(N_QUERIES)) and solving[0]["num_queries"] == N_QUERIES
-    assert all(e["max_iter"] == 100 and "residual" in e for e in solving)
-    assert [(e["iteration"], e["max_iter"]) for e in scoring] == [(1, 3), (2, 3), (3, 3)]
+    assert {e.query for e in solving} == set(range(N_QUERIES)) and solving[0].num_queries == N_QUERIES
+    assert all(e.max_iter == 100 and e.residual is not None for e in solving)
+    assert [(e.iteration, e.max_iter) for e in scoring] == [(1, 3), (2, 3), (3, 3)]
     assert seen.index(scoring[0]) > seen.index(solving[-1])
-    fitting: list[dict] = []
+    fitting: list = []
     scores(model, train, queries, solver="lowrank", rank=5, callback=fitting.append)
-    assert {e["stage"] for e in fitting} == {"fitting_curvature", "scoring"}
+    assert {e.stage for e in fitting} == {"fitting_curvature", "scoring"}
 
 
 @pytest.mark.parametrize("solver", ["minres", "lowrank"])
@@ -378,7 +378,7 @@ def test_cancel_while_solving(solver):
 def test_cancel_while_scoring():
     model, train, queries = setup("mlp")
     fit = exact_fit(model, train)
-    seen: list[dict] = []
+    seen: list = []
     with pytest.raises(Cancelled):
         scores(
             model,
@@ -389,7 +389,7 @@ def test_cancel_while_scoring():
             callback=seen.append,
             should_stop=lambda: len(seen) >= 2,
         )
-    assert [e["iteration"] for e in seen] == [1, 2] and all(e["stage"] == "scoring" for e in seen)
+    assert [e.iteration for e in seen] == [1, 2] and all(e.stage == "scoring" for e in seen)
 
 
 # -- validation -----------------------------------------------------------------------------------

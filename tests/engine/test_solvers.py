@@ -171,8 +171,8 @@ def test_progress_and_cancellation_every_iteration():
     a, b = spd(40, 1e4), rhs(40)
     seen = []
     out = solve(symmetric(a, b), "cg", tol=1e-14, max_iter=7, monitor=Monitor(seen.append))
-    assert [e["iteration"] for e in seen] == list(range(1, out.iterations + 1))
-    assert seen[0]["stage"] == "solving" and seen[-1]["residual"] == out.history[-1]
+    assert [e.iteration for e in seen] == list(range(1, out.iterations + 1))
+    assert seen[0].stage == "solving" and seen[-1].residual == out.history[-1]
     for name in ("cg", "minres", "lsqr", "neumann"):
         calls = []
 
