@@ -64,9 +64,9 @@ def create_artifact(
     return artifact
 
 
-def expiry(days: float) -> datetime | None:
-    """When an artifact kept ``days`` days from now expires (None: ``days`` 0, kept until deleted)."""
-    return later(days * 86400) if days > 0 else None
+def expiry(seconds: float) -> datetime | None:
+    """When an artifact kept ``seconds`` from now expires (None: ``seconds`` 0, kept until deleted)."""
+    return later(seconds) if seconds > 0 else None
 
 
 def is_expired(artifact: Artifact) -> bool:

@@ -1,14 +1,40 @@
-"""Settings of the service and its workers, read from the environment (prefix ``GIF_``)."""
+"""Settings of the service and its workers, read from the environment (prefix ``GIF_``).
+
+Every duration is in seconds and its variable ends in ``_SECONDS``; the former variables in hours
+or days (:data:`DEPRECATED`) are still read, converted, with a warning. :func:`cross_check` refuses
+settings that contradict each other (a heartbeat slower than the lease it renews, ...) at start-up.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from . import logs
 
 GIB = 1024**3
 MIB = 1024**2
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+#: Former settings in hours or days → (the setting in seconds that replaces it, seconds per unit).
+DEPRECATED: dict[str, tuple[str, float]] = {
+    "upload_session_hours": ("upload_session_seconds", HOUR),
+    "result_ttl_days": ("result_ttl_seconds", DAY),
+    "upload_ttl_days": ("upload_ttl_seconds", DAY),
+    "idempotency_ttl_hours": ("idempotency_ttl_seconds", HOUR),
+}
+
+#: How long past GIF_VALIDATOR_TIMEOUT_SECONDS the inspector waits before it kills an inspection
+#: (``Inspector.inspect`` in jobs/inspector.py).
+INSPECTOR_KILL_MARGIN = 5.0
+
+log = logs.get(__name__)
+_warned: set[str] = set()
 
 
 class Settings(BaseSettings):
@@ -141,8 +167,11 @@ class Settings(BaseSettings):
         ge=1024,
         description="Part size of upload sessions (every part but the last has exactly this size).",
     )
-    upload_session_hours: float = Field(
-        default=24.0, gt=0, description="How long an upload session accepts parts before it expires (410)."
+    upload_session_seconds: float = Field(
+        default=1 * DAY,
+        gt=0,
+        description="How long an upload session accepts parts before it expires (410). "
+        "Formerly GIF_UPLOAD_SESSION_HOURS.",
     )
     max_open_uploads_per_tenant: int = Field(
         default=16,
@@ -199,19 +228,23 @@ class Settings(BaseSettings):
         description="Blob files that no artifact names (left by a process killed mid-write) and stale "
         "temporary files are deleted once this old, by a sweep every 10 minutes; 0: never.",
     )
-    result_ttl_days: float = Field(
-        default=30.0,
+    result_ttl_seconds: float = Field(
+        default=30 * DAY,
         ge=0,
-        description="How long a job's result artifacts are kept: afterwards they answer 410 gone and their "
-        "blobs are deleted (0: until deleted).",
+        description="How long a job's result artifacts are kept (default 30 days): afterwards they answer "
+        "410 gone and their blobs are deleted (0: until deleted). Formerly GIF_RESULT_TTL_DAYS.",
     )
-    upload_ttl_days: float = Field(
+    upload_ttl_seconds: float = Field(
         default=0.0,
         ge=0,
-        description="How long uploaded artifacts are kept, as GIF_RESULT_TTL_DAYS (0: until deleted).",
+        description="How long uploaded artifacts are kept, as GIF_RESULT_TTL_SECONDS (0: until deleted). "
+        "Formerly GIF_UPLOAD_TTL_DAYS.",
     )
-    idempotency_ttl_hours: float = Field(
-        default=168.0, gt=0, description="How long an Idempotency-Key is remembered (default 7 days)."
+    idempotency_ttl_seconds: float = Field(
+        default=7 * DAY,
+        gt=0,
+        description="How long an Idempotency-Key is remembered (default 7 days). "
+        "Formerly GIF_IDEMPOTENCY_TTL_HOURS.",
     )
     rate_limit_per_second: float = Field(
         default=50.0,
@@ -239,6 +272,59 @@ class Settings(BaseSettings):
         description='The executor started with the API, as "module:Class"; "none" starts no executor; '
         '"auto": the embedded worker processes, or the Celery dispatcher when GIF_BROKER_URL is set.',
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual sources, and the deprecated variables (:class:`_DeprecatedEnv`)."""
+        return (
+            init_settings,
+            env_settings,
+            _DeprecatedEnv(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _convert_deprecated(cls, data: Any) -> Any:
+        """A former setting in hours or days (variable or keyword) becomes its setting in seconds."""
+        if not isinstance(data, dict) or not DEPRECATED.keys() & data.keys():
+            return data
+        data = dict(data)
+        for old, (new, unit) in DEPRECATED.items():
+            if old not in data:
+                continue
+            value = data.pop(old)
+            if new in data:
+                raise ValueError(
+                    f"{env_name(old)} and {env_name(new)} are both set: keep only {env_name(new)} "
+                    f"(in seconds; {env_name(old)} is its deprecated form in {_unit(unit)})"
+                )
+            try:
+                data[new] = float(value) * unit
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{env_name(old)} ({value!r}) is not a number of {_unit(unit)}; "
+                    f"better, set {env_name(new)} in seconds"
+                ) from None
+            if old not in _warned:
+                _warned.add(old)
+                log.warning("deprecated_setting", variable=env_name(old), replacement=env_name(new),
+                            seconds=data[new])  # fmt: skip
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checked(self) -> Settings:
+        if problems := cross_check(self):
+            raise ValueError("\n".join(problems))
+        return self
 
     @field_validator("blob_url", "s3_endpoint_url", "s3_public_endpoint_url", "s3_region", "database_url",
                      "broker_url", "redis_url", mode="before")  # fmt: skip
@@ -277,3 +363,77 @@ class Settings(BaseSettings):
     def key_file(self) -> Path:
         """The API key file: GIF_API_KEY_FILE or <home>/api-keys.txt."""
         return self.api_key_file or self.home / "api-keys.txt"
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``lease_seconds`` → ``GIF_LEASE_SECONDS``."""
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def _unit(seconds: float) -> str:
+    return "hours" if seconds == HOUR else "days"
+
+
+class _DeprecatedEnv(PydanticBaseSettingsSource):
+    """The former variables in hours or days (:data:`DEPRECATED`), under their former names, for
+    ``Settings._convert_deprecated`` to convert (the environment source reads only the fields)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # not used: __call__ reads the variables itself
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        return {old: environ[env_name(old)] for old in DEPRECATED if env_name(old) in environ}
+
+
+def cross_check(settings: Settings) -> list[str]:
+    """What contradicts what in ``settings``, one sentence each naming the variables and what to
+    change (empty: nothing). Only invariants the code relies on are checked."""
+    problems = []
+    # workers/heartbeat.py renews the lease every GIF_HEARTBEAT_SECONDS; a failed renewal is
+    # retried only at the next beat, and the worker gives the job up once a whole lease has
+    # passed without one. So two beats must fit in a lease for one failed renewal (a database
+    # hiccup, a busy SQLite) not to lose the job to the reaper.
+    beat, lease = settings.heartbeat_seconds, settings.lease_seconds
+    if 2 * beat >= lease:
+        why = (
+            "a lease expires before its first renewal, so every running job would be reaped"
+            if beat >= lease
+            else "a failed renewal is retried one beat later, after the lease has expired, so a single "
+            "database hiccup would lose the running job to the reaper"
+        )
+        problems.append(
+            f"GIF_HEARTBEAT_SECONDS ({beat:g}) must be below half of GIF_LEASE_SECONDS ({lease:g}): {why}; "
+            f"set GIF_HEARTBEAT_SECONDS below {lease / 2:g} or GIF_LEASE_SECONDS above {2 * beat:g} "
+            "(defaults: 30 and 120)"
+        )
+    # An upload waits in a temporary file of the blob store while the inspector reads it (for up
+    # to GIF_VALIDATOR_TIMEOUT_SECONDS + INSPECTOR_KILL_MARGIN); the orphan sweep deletes
+    # temporary files older than GIF_ORPHAN_GRACE_SECONDS.
+    grace = settings.orphan_grace_seconds
+    inspection = settings.validator_timeout_seconds + INSPECTOR_KILL_MARGIN
+    if 0 < grace <= inspection:
+        problems.append(
+            f"GIF_ORPHAN_GRACE_SECONDS ({grace:g}) must be 0 (no sweep) or above GIF_VALIDATOR_TIMEOUT_SECONDS "
+            f"+ {INSPECTOR_KILL_MARGIN:g} ({inspection:g}): the orphan sweep would delete an upload's "
+            "temporary file while the inspector still reads it; raise GIF_ORPHAN_GRACE_SECONDS (default "
+            "21600) or lower GIF_VALIDATOR_TIMEOUT_SECONDS"
+        )
+    return problems
+
+
+def describe(error: ValidationError) -> str:
+    """The problems of a refused ``Settings()``, one per line, by environment variable (values of
+    URLs and keys left out: they may hold passwords)."""
+    lines = []
+    for problem in error.errors():
+        cause = (problem.get("ctx") or {}).get("error")
+        message = str(cause) if isinstance(cause, ValueError) else problem["msg"]
+        if not problem["loc"]:  # a model validator: the message names its variables
+            lines += message.splitlines()
+            continue
+        field = str(problem["loc"][0])
+        secret = field.endswith("_url") or field == "api_keys"
+        value = "" if secret else f" ({problem.get('input')!r})"
+        lines.append(f"{env_name(field)}{value}: {message}")
+    return "\n".join(lines)

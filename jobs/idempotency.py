@@ -52,7 +52,7 @@ def lookup(session: Session, tenant_id: str, key: str) -> IdempotencyKey | None:
     return record
 
 
-def remember(session: Session, tenant_id: str, key: str, fp: str, job_id: str, ttl_hours: float) -> None:
+def remember(session: Session, tenant_id: str, key: str, fp: str, job_id: str, ttl_seconds: float) -> None:
     """Record a completed request (same transaction as the job it created)."""
     now = utcnow()
     session.add(
@@ -63,7 +63,7 @@ def remember(session: Session, tenant_id: str, key: str, fp: str, job_id: str, t
             status="done",
             job_id=job_id,
             created_at=now,
-            expires_at=now + timedelta(hours=ttl_hours),
+            expires_at=now + timedelta(seconds=ttl_seconds),
         )
     )
     session.flush()

@@ -32,7 +32,7 @@ class Artifact(Base):
     metadata_json: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
     job_id: Mapped[str | None] = mapped_column(String(40))  # the job that produced it, if any
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
-    #: retention (GIF_RESULT_TTL_DAYS, GIF_UPLOAD_TTL_DAYS): after it, 410 gone; NULL: kept
+    #: retention (GIF_RESULT_TTL_SECONDS, GIF_UPLOAD_TTL_SECONDS): after it, 410 gone; NULL: kept
     expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     #: when the retention sweep let go of its blob (the row stays, to answer 410)
     purged_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -1,4 +1,4 @@
-"""Retention: artifacts past their ``expires_at`` (``GIF_RESULT_TTL_DAYS``, ``GIF_UPLOAD_TTL_DAYS``)
+"""Retention: artifacts past their ``expires_at`` (``GIF_RESULT_TTL_SECONDS``, ``GIF_UPLOAD_TTL_SECONDS``)
 answer 410 ``gone``; :func:`purge_expired` lets go of their blobs.
 
 An expired artifact keeps its row, marked ``purged_at``, so that it is told apart from one that

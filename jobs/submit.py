@@ -60,7 +60,7 @@ def submit_job(
             job = _create(session, settings, tenant_id, spec, fingerprint)
             if idempotency_key is not None:
                 idempotency.remember(
-                    session, tenant_id, idempotency_key, fingerprint, job.id, settings.idempotency_ttl_hours
+                    session, tenant_id, idempotency_key, fingerprint, job.id, settings.idempotency_ttl_seconds
                 )
             return Submission(store.require_job(session, tenant_id, job.id), replayed=False)
     except IntegrityError:

@@ -9,7 +9,7 @@ as a single-shot upload (inspection, per-tenant dedup, registration).
 States: ``open → completing → completed | failed`` (``failed``: the assembled file is not a valid
 artifact; sending it again would not help), ``completing → open`` when the digest does not match
 or storing failed (a part can be resent, or the completion retried), ``open → aborted``, and
-``open | completing → expired`` after ``GIF_UPLOAD_SESSION_HOURS``. Parts live in the blob store's
+``open | completing → expired`` after ``GIF_UPLOAD_SESSION_SECONDS``. Parts live in the blob store's
 part area (a folder, or the bucket, so any API process can take any part) and are removed when
 the session ends; :func:`expire` deletes those of expired sessions, and purges session rows a
 week after they expire.
@@ -128,7 +128,7 @@ def create(
         upload_id = ids.new_id("upload")
         upload = UploadSession(
             id=upload_id, tenant_id=tenant_id, kind=kind, filename=filename, size_bytes=size_bytes,
-            sha256=sha256, part_size=part_size, status="open", expires_at=later(settings.upload_session_hours * 3600),
+            sha256=sha256, part_size=part_size, status="open", expires_at=later(settings.upload_session_seconds),
             remote_id=blobs.start_direct_upload(upload_id) if direct else None,
         )  # fmt: skip
         session.add(upload)

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 
 import gif_client
 from jobs import logs
-from jobs.config import Settings
+from jobs.config import Settings, describe
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 succeeded/ok; 1 job failed; 2 usage or validation error (4xx before submit); "
@@ -53,7 +54,8 @@ def serve(
     from .auth import ensure_key
     from .main import create_app
 
-    settings = Settings()
+    logs.configure(log_level.upper())
+    settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     key = ensure_key(settings)
     if key is not None:
@@ -69,7 +71,6 @@ def serve(
             f"{settings.workers} worker(s))"
         )
         typer.echo("local mode: single machine, SQLite job store; not for multi-host deployments")
-    logs.configure(log_level.upper())
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -96,7 +97,7 @@ def worker(
     Pin one GPU per worker with CUDA_VISIBLE_DEVICES and set REMAP_SIGTERM=SIGQUIT, so that a
     SIGTERM gives running jobs `worker_soft_shutdown_timeout` to finish before their messages return.
     """
-    settings = Settings()
+    settings = _settings()
     if not settings.distributed:
         typer.echo("error: GIF_BROKER_URL is not set (the worker needs a Celery broker)", err=True)
         raise typer.Exit(2)
@@ -127,6 +128,16 @@ def worker(
         "--hostname", name or "gif@%h",
     ]  # fmt: skip
     celery.worker_main(argv)
+
+
+def _settings() -> Settings:
+    """The settings from the environment; invalid or contradictory ones end the command (exit 2)
+    with one line per problem, naming the variables."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        typer.echo("error: invalid settings:\n  " + describe(exc).replace("\n", "\n  "), err=True)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 # -- client commands (gif_client; no torch) ------------------------------------------------------

@@ -236,7 +236,7 @@ def _commit(lease: store.Lease, ctx: WorkerContext, results: Results) -> JobStat
                     filename=output.filename,
                     metadata=output.metadata,
                     job_id=lease.job_id,
-                    expires_at=artifacts.expiry(ctx.settings.result_ttl_days),
+                    expires_at=artifacts.expiry(ctx.settings.result_ttl_seconds),
                 )
                 entries.append(result_artifact_entry(artifact))
             result = {"artifacts": entries, "summary": results.summary, "provenance": results.provenance}

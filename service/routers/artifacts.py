@@ -120,7 +120,7 @@ async def upload(request: Request, services: ServicesDep, tenant: TenantDep) -> 
             kind,
             form.filename,
             declared,
-            artifacts.expiry(services.settings.upload_ttl_days),
+            artifacts.expiry(services.settings.upload_ttl_seconds),
         )
     except DomainError as exc:
         services.metrics.uploads_rejected.labels(exc.code).inc()

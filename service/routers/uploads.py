@@ -45,7 +45,7 @@ _PART_BODY = {
     summary="Start a resumable upload of a large file",
     description="Declare the file's kind, size and SHA-256; send its parts with `PUT /v1/uploads/{id}/parts/{n}` "
     "(any order, in parallel, resending any that failed) and finish with `POST /v1/uploads/{id}/complete`. "
-    "`part_size` is in the answer; the session expires after `GIF_UPLOAD_SESSION_HOURS`.",
+    "`part_size` is in the answer; the session expires after `GIF_UPLOAD_SESSION_SECONDS`.",
     responses={
         201: {
             "headers": {"Location": {"schema": {"type": "string"}}},
@@ -149,7 +149,7 @@ def complete_upload(
     try:
         artifact, created = upload_sessions.complete(
             services.db, services.blobs, services.inspector, tenant, upload_id, body.parts if body else None,
-            artifacts.expiry(services.settings.upload_ttl_days),
+            artifacts.expiry(services.settings.upload_ttl_seconds),
         )  # fmt: skip
     except Exception:
         services.metrics.upload_sessions.labels("refused").inc()

@@ -178,7 +178,7 @@ def test_an_expired_upload_is_gone_then_purged_and_can_be_uploaded_again(tmp_pat
     from jobs import retention
 
     home = tmp_path / "home"
-    app = create_app(make_settings(home, upload_ttl_days=2 / 86400))  # kept two seconds
+    app = create_app(make_settings(home, upload_ttl_seconds=2))  # kept two seconds
     services = app.state.services
     with client_for(app, "tenantA") as client:
         first = upload(client, files["queries"], "dataset").json()
