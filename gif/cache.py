@@ -664,9 +664,9 @@ class Memo:
         *,
         index: torch.Tensor,
         device: torch.device | str | None,
-    ) -> tuple[InfluenceResult, bool]:
-        """An influence solve for ``parts``; (result, computed now). A cached result has no
-        ``lowrank`` (the fit is an entry of its own)."""
+    ) -> InfluenceResult:
+        """An influence solve for ``parts``. A cached result has no ``lowrank`` (the fit is an
+        entry of its own)."""
         fresh: list[InfluenceResult] = []
 
         def compute() -> tuple[dict, dict]:
@@ -674,9 +674,7 @@ class Memo:
             return influence_entry(fresh[0])
 
         tensors, meta = self.fetch("ihvp", parts, compute, device=device)
-        if fresh:
-            return fresh[0], True
-        return influence_from_entry(tensors, meta, index), False
+        return fresh[0] if fresh else influence_from_entry(tensors, meta, index)
 
     def report(self) -> dict:
         out = self.stats.as_dict()
@@ -688,38 +686,21 @@ class Memo:
 # -- engine values <-> entries -------------------------------------------------------------------
 
 
+#: The JSON part of a cached influence solve (its tensor is ``vector``).
+_INFLUENCE_META = ("method", "solver", "converged", "iterations", "hvps", "grads", "residual", "history", "note",
+                   "seconds")  # fmt: skip
+
+
 def influence_entry(result: InfluenceResult) -> tuple[dict[str, torch.Tensor], dict]:
-    meta = {
-        "method": result.method,
-        "solver": result.solver,
-        "converged": result.converged,
-        "iterations": result.iterations,
-        "hvps": result.hvps,
-        "grads": result.grads,
-        "residual": result.residual,
-        "history": list(result.history),
-        "note": result.note,
-        "seconds": result.seconds,
-    }
-    return {"vector": result.vector}, meta
+    return {"vector": result.vector}, {name: getattr(result, name) for name in _INFLUENCE_META}
 
 
 def influence_from_entry(
     tensors: Mapping[str, torch.Tensor], meta: Mapping, index: torch.Tensor
 ) -> InfluenceResult:
+    fields = {name: meta[name] for name in _INFLUENCE_META}
     return InfluenceResult(
-        vector=tensors["vector"],
-        params=index.cpu(),
-        method=meta["method"],
-        solver=meta["solver"],
-        converged=meta["converged"],
-        iterations=meta["iterations"],
-        hvps=meta["hvps"],
-        grads=meta["grads"],
-        residual=meta["residual"],
-        history=list(meta["history"]),
-        note=meta["note"],
-        seconds=meta["seconds"],
+        vector=tensors["vector"], params=index.cpu(), **{**fields, "history": list(fields["history"])}
     )
 
 
@@ -776,7 +757,6 @@ class CachedSolves:
         self.fit = given
         self._id: str | None = None  # the fit's identity in ihvp keys
         self._key: str | None = None  # its cache key when this edit derives it
-        self.hvps = 0  # spent on a fit outside any solve (a cached solve whose fit was evicted)
 
     def solve(
         self,
@@ -792,12 +772,12 @@ class CachedSolves:
         monitor: Monitor,
         target_hvp: Callable[[torch.Tensor], torch.Tensor] | None = None,
         group_fraction: float = 0.0,
-    ) -> tuple[InfluenceResult, bool]:
+    ) -> InfluenceResult:
         """``solve_influence(hessian, g, index, config, ...)``, from the cache when possible.
 
         ``model``/``data``/``loss`` identify θ, the Hessian data and the loss of ``hessian``;
-        ``extra`` holds whatever else the solve depends on (e.g. the target of ``sif``).
-        Returns (result, computed now).
+        ``extra`` holds whatever else the solve depends on (e.g. the target of ``sif``). What is
+        computed is counted in ``hessian.work``; a cached solve costs nothing.
         """
         lowrank = config.solver == "lowrank"
         if lowrank and self.memo.enabled and self._id is None:
@@ -827,13 +807,13 @@ class CachedSolves:
                 return self._solve_and_fit(hessian, run)
             return run(self.fit)
 
-        result, fresh = self.memo.influence(parts, compute, index=index, device=g.device)
+        result = self.memo.influence(parts, compute, index=index, device=g.device)
         if lowrank and self.fit is None:
             if result.lowrank is not None:
                 self.fit = result.lowrank
             else:  # the solve was cached but the fit is not: this edit must still return it
                 self.fit = self._fit(hessian, config, monitor)
-        return result, fresh
+        return result
 
     def _identify_fit(
         self, hessian: HessianOperator, config: SolveConfig, *, model: str, data: str, loss: str
@@ -876,8 +856,6 @@ class CachedSolves:
             return lowrank_entry(inverse.fitted)
 
         entry = self._fetch_fit(compute, hessian)
-        if not entry.hit:
-            self.hvps += int(entry.meta["hvps"])
         return lowrank_from_entry(entry.tensors, entry.meta)
 
     def _fetch_fit(self, compute: Callable[[], tuple[dict, dict]], hessian: HessianOperator) -> Entry:

@@ -21,6 +21,7 @@ and for tests.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -38,6 +39,23 @@ DENSE_MAX_PARAMS = 5000
 GRAPH_BUDGET_BYTES = 1 << 30
 #: Cached graph bytes ≈ this × (activation elements × element size) per sample.
 GRAPH_MEMORY_FACTOR = 6
+
+
+@dataclass
+class Work:
+    """What a computation spent, shared by every operator of one call (a report's ``work``).
+
+    ``gradients``: gradients of a mean loss (a per-sample gradient counts one); ``hvps``:
+    Hessian-vector products (a dense Hessian counts p); ``forward_evaluations``: evaluations
+    of the model on a labelled set (metrics, step-search points). Cached values cost nothing.
+    """
+
+    gradients: int = 0
+    hvps: int = 0
+    forward_evaluations: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -109,6 +127,7 @@ class HessianOperator:
             estimated memory fits ``graph_budget_bytes``, else ``func`` (bench/hvp_cost.py:
             on CPU the cached graph costs ~1.1 gradients per HVP, forward-over-reverse ~2–3).
         graph_budget_bytes: memory the ``graph`` back end may use under ``"auto"``.
+        work: the call's shared counter; this operator's own are ``grads`` and ``hvps``.
     """
 
     def __init__(
@@ -121,6 +140,7 @@ class HessianOperator:
         backend: str = "func",
         what: str = "hessian_data",
         graph_budget_bytes: int = GRAPH_BUDGET_BYTES,
+        work: Work | None = None,
     ) -> None:
         if backend not in ("func", "graph", "auto"):
             raise InvalidArgumentError(f"`backend` must be 'func', 'graph' or 'auto', got {backend!r}")
@@ -135,6 +155,7 @@ class HessianOperator:
         self.backend = backend
         self.hvps = 0
         self.grads = 0
+        self.work = Work() if work is None else work
         self._graph: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
 
     @property
@@ -169,6 +190,7 @@ class HessianOperator:
     def gradient(self) -> torch.Tensor:
         """∇L(θ), a flat vector of length p."""
         self.grads += 1
+        self.work.gradients += 1
         g = torch.zeros_like(self.flat.theta)
         for chunk in self.data:
             g += chunk.weight * grad(self.flat.loss)(self.flat.theta, chunk.inputs, chunk.targets)
@@ -183,6 +205,7 @@ class HessianOperator:
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """H·v for a flat vector v of length p."""
         self.hvps += 1
+        self.work.hvps += 1
         if self.backend == "graph":
             return self._hvp_graph(v)
         out = torch.zeros_like(self.flat.theta)
@@ -238,5 +261,6 @@ class HessianOperator:
                 )(basis)
             cols.append(acc)
         self.hvps += p
+        self.work.hvps += p
         h = torch.cat(cols).to(torch.float64)
         return (h + h.T) / 2  # symmetric up to round-off; make it exactly so

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import gif
-import gif.edits
+import gif.edit_sets
 from gif.cache import (
     DiskCache,
     MemoryCache,
@@ -61,7 +61,7 @@ class Work:
 
     def __init__(self, monkeypatch) -> None:
         self.gradients = self.hvps = self.evaluations = 0
-        gradient, hvp, evaluate = HessianOperator.gradient, HessianOperator.hvp, gif.edits.evaluate
+        gradient, hvp, evaluate = HessianOperator.gradient, HessianOperator.hvp, gif.edit_sets.evaluate
 
         def counted_gradient(op):
             self.gradients += 1
@@ -77,7 +77,7 @@ class Work:
 
         monkeypatch.setattr(HessianOperator, "gradient", counted_gradient)
         monkeypatch.setattr(HessianOperator, "hvp", counted_hvp)
-        monkeypatch.setattr(gif.edits, "evaluate", counted_evaluate)
+        monkeypatch.setattr(gif.edit_sets, "evaluate", counted_evaluate)
 
     def reset(self) -> None:
         self.gradients = self.hvps = self.evaluations = 0
@@ -87,7 +87,7 @@ def comparable(report: dict) -> dict:
     """A report without what legitimately differs between runs: wall-clock times, the cache
     section, and the work counters (what *this* call computed)."""
     out = copy.deepcopy(
-        {k: v for k, v in report.items() if k not in ("timings", "cache", "gradients", "hvps")}
+        {k: v for k, v in report.items() if k not in ("timings", "cache", "gradients", "hvps", "work")}
     )
     for step in out["newton_steps"]:
         step["solver"].pop("seconds")
@@ -413,6 +413,8 @@ def test_warm_removal_equals_cold_and_computes_nothing(problem, cache, options, 
     cold_work = (work.gradients, work.hvps, work.evaluations)
     assert cold_work[0] > 0 and cold_work[2] > 0
     assert cold.report["gradients"] + cold.report["hvps"] > 0
+    # the report's one work counter agrees with an independent count of the calls
+    assert cold.report["work"] == dict(zip(("gradients", "hvps", "forward_evaluations"), cold_work, strict=True))
     if options.get("step", "search") == "search":
         assert len(cold.report["newton_steps"]) >= 2  # the later-step gradient path is covered
     # a cold run only finds what it measured itself (the step search revisits points)
@@ -421,6 +423,7 @@ def test_warm_removal_equals_cold_and_computes_nothing(problem, cache, options, 
     warm = gif.remove(model, train, {"class": 1}, cache=cache, **options)
     assert (work.gradients, work.hvps, work.evaluations) == (0, 0, 0)
     assert warm.report["gradients"] == 0 and warm.report["hvps"] == 0
+    assert warm.report["work"] == {"gradients": 0, "hvps": 0, "forward_evaluations": 0}
     assert warm.report["cache"]["misses"] == []
     looked_up = cold.report["cache"]["hits"] + cold.report["cache"]["misses"]
     assert sorted(map(str, warm.report["cache"]["hits"])) == sorted(map(str, looked_up))

@@ -110,7 +110,7 @@ def test_validation_is_carved_from_retained_data_when_missing():
 
 def test_shared_hessian_pool_is_the_same_sample_whatever_is_edited():
     from gif.config import EditConfig
-    from gif.edits import _split
+    from gif.edit_sets import split as _split
 
     opts = EditConfig(hessian_pool="all", hessian_samples=30, validation_fraction=0.2, seed=3)
     a = _split(60, torch.tensor([0, 1, 2]), True, opts, torch.Generator())

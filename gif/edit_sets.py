@@ -1,0 +1,189 @@
+"""The data an edit works with: where its Hessian sample and validation data come from
+(:func:`split`), and how a step along an update is judged (:class:`Objective`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .cache import Memo, loss_id
+from .config import EditConfig
+from .errors import InvalidArgumentError
+from .hessian import LossFn, Work
+from .metrics import evaluate, f1
+from .params import ParamSpace
+from .progress import Progress, ProgressCallback
+
+if TYPE_CHECKING:
+    from .newton import Task
+
+#: Samples evaluated per set during the step search and in reports (seeded subsample above it).
+EVAL_CAP = 4096
+
+
+@dataclass
+class Splits:
+    hessian: torch.Tensor  # the curvature sample
+    val: torch.Tensor
+    retained: torch.Tensor | None = None  # its untouched part, when it holds edited samples
+
+    @property
+    def drift(self) -> torch.Tensor:
+        """Where the retained loss's gradient drift is estimated: never on edited samples."""
+        return self.hessian if self.retained is None else self.retained
+
+
+def split(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig, gen: torch.Generator) -> Splits:
+    """Shuffle the untouched samples; carve validation off them (if none given), then the Hessian sample."""
+    if opts.pool == "all":
+        return _split_shared(n, edited, carve, opts)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[edited] = False
+    pool = torch.nonzero(keep).flatten()
+    pool = pool[torch.randperm(len(pool), generator=gen)]
+    n_val = min(opts.max_validation, max(1, int(opts.validation_fraction * len(pool)))) if carve else 0
+    if carve and len(pool) - n_val < 1:
+        raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
+    val, rest = pool[:n_val], pool[n_val:]
+    return Splits(torch.sort(rest[: opts.hessian_samples]).values, torch.sort(val).values)
+
+
+def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig) -> Splits:
+    """``hessian_pool="all"``: one seeded permutation of all n samples, whatever is edited. Its
+    head is reserved for validation (the untouched samples in it are used); the Hessian sample
+    comes after, so it is the same for every edit of this training set with this seed — and so
+    are its digest and a ``lowrank`` fit of it. It may hold edited samples: for a small edited
+    set (|U| ≪ n) the Hessian of the mean loss barely changes. The retained loss's gradient
+    (later Newton steps) is still estimated on its untouched samples only (``_Splits.drift``)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed))
+    reserved = min(opts.max_validation, max(1, int(opts.validation_fraction * n))) if carve else 0
+    head, tail = order[:reserved], order[reserved:]
+    untouched = torch.ones(n, dtype=torch.bool)
+    untouched[edited] = False
+    val = head[untouched[head]]
+    if carve and val.numel() == 0:
+        raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
+    if tail.numel() == 0:
+        raise InvalidArgumentError("no training samples left for the Hessian after carving validation data")
+    hessian = torch.sort(tail[: opts.hessian_samples]).values
+    retained = hessian[untouched[hessian]]
+    if retained.numel() == 0:
+        raise InvalidArgumentError("the Hessian sample holds only edited samples; raise `hessian_samples`")
+    return Splits(hessian, torch.sort(val).values, None if retained.numel() == hessian.numel() else retained)
+
+
+class Objective:
+    """t ↦ (objective, metrics) at θ_T = θ_T⁰ + t·d, on validation data and the edited samples.
+
+    Objectives (all in [0, 1], higher is better, F1 = harmonic mean):
+    class removal F1(1 − accuracy on the class, validation accuracy on the other classes);
+    sample removal F1(min(1, loss on the removed / validation loss), validation accuracy),
+    i.e. removed samples should end up looking unseen; relabel F1(accuracy of the edited
+    samples under their new labels, validation accuracy).
+
+    A measurement is a pure function of the model and the evaluated sets, so with a cache it is
+    an ``evaluation`` entry: a repeated request's step search then runs no forward pass.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        loss_fn: LossFn,
+        space: ParamSpace,
+        params: torch.Tensor,
+        gen: torch.Generator,
+        notify: ProgressCallback,
+        memo: Memo,
+        work: Work,
+    ) -> None:
+        self.model, self.task, self.loss_fn, self.notify, self.memo = model, task, loss_fn, notify, memo
+        self.work = work
+        self.space, self.params = space, params
+        self.theta_t = space.gather(model, params)
+        self.direction = torch.zeros_like(self.theta_t)
+        self.calls = 0
+        vx, vy = val
+        ex = train[0][task.index]
+        if task.kind == "relabel":
+            ey, self.old_y = task.new_labels.to(vy.device), train[1][task.index]
+        elif task.forget_class is not None:
+            # forgetting is judged on the class's training samples plus its validation samples
+            in_class = vy == task.forget_class
+            ex = torch.cat([ex, vx[in_class]])
+            ey = torch.full((len(ex),), task.forget_class, dtype=vy.dtype, device=vy.device)
+            vx, vy = vx[~in_class], vy[~in_class]
+        else:
+            ey = train[1][task.index]
+        pick = cap_index(len(ex), gen)
+        self.edited = (ex[pick], ey[pick])
+        if task.kind == "relabel":
+            self.old_y = self.old_y[pick]
+        pick = cap_index(len(vy), gen)
+        self.val = (vx[pick], vy[pick])
+        self.key = (
+            {  # what a measurement depends on besides the model
+                "task": task.kind,
+                "forget_class": task.forget_class is not None,
+                "loss": loss_id(loss_fn),
+                "validation": memo.data(*self.val),
+                "edited": memo.data(*self.edited),
+                "old_labels": memo.data(self.old_y) if task.kind == "relabel" else None,
+            }
+            if memo.enabled
+            else {}
+        )
+
+    def start(self, direction: torch.Tensor) -> None:
+        """Walk along ``direction`` from the model's current θ_T."""
+        self.theta_t = self.space.gather(self.model, self.params)
+        self.direction = direction
+
+    def current(self) -> tuple[float, dict]:
+        return self._measure()
+
+    def __call__(self, t: float) -> tuple[float, dict]:
+        self.space.set_(self.model, self.params, self.theta_t + t * self.direction)
+        value, metrics = self._measure()
+        self.calls += 1
+        self.notify(Progress("step_search", iteration=self.calls, scale=t, objective=value))
+        return value, metrics
+
+    def _measure(self) -> tuple[float, dict]:
+        if not self.memo.enabled:
+            return self._evaluate()
+        key = {"model": self.memo.model(self.model), **self.key}
+        out = self.memo.meta(
+            "evaluation", key, lambda: dict(zip(("objective", "metrics"), self._evaluate(), strict=True))
+        )
+        return out["objective"], out["metrics"]
+
+    def _evaluate(self) -> tuple[float, dict]:
+        val = evaluate(self.model, *self.val, loss_fn=self.loss_fn)
+        edited = evaluate(self.model, *self.edited, loss_fn=self.loss_fn)
+        self.work.forward_evaluations += 2
+        metrics = {"validation": val.as_dict()}
+        if self.task.kind == "relabel":
+            old = evaluate(self.model, self.edited[0], self.old_y, loss_fn=self.loss_fn)
+            self.work.forward_evaluations += 1
+            metrics["edited_new_labels"], metrics["edited_old_labels"] = edited.as_dict(), old.as_dict()
+            value = f1(edited.accuracy, val.accuracy)
+        elif self.task.forget_class is not None:
+            metrics["forget"] = edited.as_dict()
+            value = f1(1.0 - edited.accuracy, val.accuracy)
+        else:
+            metrics["forget"] = edited.as_dict()
+            value = f1(min(1.0, edited.loss / max(val.loss, 1e-12)), val.accuracy)
+        return value, metrics
+
+
+def cap_index(n: int, gen: torch.Generator) -> torch.Tensor:
+    """All of range(n), or a seeded sorted subsample of EVAL_CAP of them."""
+    if n <= EVAL_CAP:
+        return torch.arange(n)
+    return torch.sort(torch.randperm(n, generator=gen)[:EVAL_CAP]).values

@@ -1,0 +1,397 @@
+"""The edit loop: Newton steps on the edited training objective, restricted to T.
+
+With θ a (near-)stationary point of the mean training loss over n samples and U the edited
+samples (docs/method.md, "The edit as a Newton step"):
+
+* removal:  the retained loss has gradient ∇L_{S∖U}(θ) = −(|U| / (n − |U|)) ∇L_U(θ);
+* relabel:  the new loss L_S + (1/n) Σ_U [ℓ(x, y_new) − ℓ(x, y_old)] has gradient
+            (|U| / n) ∇ mean_U [ℓ(x, y_new) − ℓ(x, y_old)]   (the paper's target loss).
+
+Calling that gradient g_new, the update is Δθ_T = −t · v where v is the influence vector of
+g_new (``gif.influence`` semantics: v = (H + λI)⁻¹ g_new for ``if``, the least-squares solution
+for ``gif``, ...), H the Hessian of the mean loss on a sample of retained/clean training data,
+and t the step scale (1 for ``newton``; chosen on validation data for ``search``). Each step
+re-estimates the gradient at the new point (:class:`_EditedGradient`) and stops when no step
+along the update improves the objective.
+
+Caching happens at two boundaries only: gradients (``Memo.gradient``) and influence solves
+(:class:`gif.cache.CachedSolves`); selections and step-search evaluations are memoised too. One
+:class:`gif.hessian.Work` counts what the edit computed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._util import Stopwatch, eval_mode
+from .cache import Cache, CachedSolves, Memo, loss_id
+from .config import EditConfig
+from .data import DataLike, as_pair
+from .edit_sets import Objective, split
+from .hessian import HessianOperator, LossFn, Work
+from .methods import InfluenceResult
+from .params import ParamSpace
+from .progress import Progress, ProgressCallback, StopCheck
+from .selection import select, selection_summary
+from .solvers import LowRankHessian, Monitor
+from .steps import StepOutcome, newton_step, search_step
+
+
+@dataclass
+class EditResult:
+    """An edited copy of the model and what happened.
+
+    Attributes:
+        model: the edited model (a deep copy; the input model is untouched).
+        delta: θ_new − θ as a flat vector over all trainable parameters (zero outside T).
+        params: T, the flat indices that were allowed to change.
+        report: JSON-ready dict: options, selection, solver diagnostics, step search, metrics
+            before/after, delta norms, the work done (``work``: gradients, HVPs, forward
+            evaluations), timings.
+        lowrank: the curvature fit when ``solver="lowrank"`` (reuse it for related requests).
+    """
+
+    model: nn.Module
+    delta: torch.Tensor
+    params: torch.Tensor
+    report: dict
+    lowrank: LowRankHessian | None = None
+
+
+@dataclass
+class Task:
+    """What an edit changes: the edited samples, their target loss and its scale (module docstring)."""
+
+    kind: str
+    index: torch.Tensor
+    target: tuple[torch.Tensor, torch.Tensor]
+    target_loss: LossFn
+    scale: float
+    forget_class: int | None = None
+    new_labels: torch.Tensor | None = None
+
+
+def relabel_loss(base: LossFn) -> LossFn:
+    def loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # labels[:, 0] = old, labels[:, 1] = new; a difference of batch means is the mean difference
+        return base(outputs, labels[:, 1]) - base(outputs, labels[:, 0])
+
+    return loss
+
+
+def run_edit(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    task: Task,
+    config: EditConfig,
+    *,
+    validation: DataLike | None,
+    loss_fn: LossFn,
+    lowrank: LowRankHessian | None,
+    callback: ProgressCallback | None,
+    should_stop: StopCheck | None,
+    cache: Cache | None,
+) -> EditResult:
+    """Edit a copy of ``model`` by Newton steps on ``task`` (module docstring)."""
+    edit = _Newton(model, train, task, config, validation, loss_fn, lowrank, callback, should_stop, cache)
+    with eval_mode(edit.model):
+        return edit.run()
+
+
+class _Newton:
+    """One edit: its data, caches and counters, the loop, and the report."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: tuple[torch.Tensor, torch.Tensor],
+        task: Task,
+        config: EditConfig,
+        validation: DataLike | None,
+        loss_fn: LossFn,
+        lowrank: LowRankHessian | None,
+        callback: ProgressCallback | None,
+        should_stop: StopCheck | None,
+        cache: Cache | None,
+    ) -> None:
+        self.task, self.config, self.loss_fn = task, config, loss_fn
+        self.callback, self.should_stop, self.cache = callback, should_stop, cache
+        self.notify: ProgressCallback = callback or (lambda event: None)
+        self.clock, self.work = Stopwatch(), Work()
+        x, y = self.train = train
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.splits = split(len(y), task.index, validation is None, config, self.gen)
+        self.validation_given = validation is not None
+        self.val = (
+            as_pair(validation, what="validation")
+            if validation is not None
+            else (x[self.splits.val], y[self.splits.val])
+        )
+        self.hessian_data = (x[self.splits.hessian], y[self.splits.hessian])
+        self.drift_data = (x[self.splits.drift], y[self.splits.drift])
+        self.model = copy.deepcopy(model)
+        self.memo = Memo(cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute")
+        self.solves = CachedSolves(self.memo, lowrank)  # one curvature fit serves every Newton step
+
+    def run(self) -> EditResult:
+        memo, model = self.memo, self.model
+        self.ids = Ids.of(memo, model, self.task, self.hessian_data, self.drift_data, self.loss_fn)
+        self.notify(Progress("selecting_parameters"))
+        with self.clock("selection"):
+            params = _select(model, self.task, self.config, self.loss_fn, memo, self.ids)
+        space = ParamSpace(model)
+        theta0 = space.vector(model)
+        objective = Objective(
+            model, self.task, self.train, self.val, self.loss_fn, space, params, self.gen, self.notify, memo,
+            self.work,
+        )  # fmt: skip
+        before = after = objective.current()
+        gradient = _EditedGradient(self.task, len(self.train[1]), self.config.chunk_size, memo, self.ids)
+        steps: list[dict] = []
+        for k in range(self.config.newton_steps):
+            infl = self._solve(k, gradient, params)
+            outcome = self._step(objective, infl)
+            steps.append({"newton_step": k + 1, "solver": infl.diagnostics(), "step": outcome.as_dict()})
+            if outcome.scale == 0.0:
+                break  # no step along this direction improves the objective: done
+            after = (outcome.objective, outcome.metrics)
+        delta = space.vector(model) - theta0
+        report = self._report(params, steps, before, after, delta, theta0)
+        self.notify(Progress("done"))
+        return EditResult(model, delta, params, report, self.solves.fit)
+
+    def _operator(self, data: tuple[torch.Tensor, torch.Tensor]) -> HessianOperator:
+        config = self.config
+        return HessianOperator(
+            self.model, data, loss_fn=self.loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend,
+            work=self.work,
+        )  # fmt: skip
+
+    def _solve(self, k: int, gradient: _EditedGradient, params: torch.Tensor) -> InfluenceResult:
+        """The influence vector of the edited objective's gradient at the current θ_k."""
+        config, task, ids = self.config, self.task, self.ids
+        self.notify(Progress("computing_gradients", newton_step=k + 1))
+        with self.clock("gradients"):
+            model_id = ids.theta0 if k == 0 else self.memo.model(self.model)
+            hessian = self._operator(self.hessian_data)
+            drift = hessian if self.splits.retained is None else self._operator(self.drift_data)
+            g, target_hvp = gradient(
+                hessian, drift, first=k == 0, more=config.newton_steps > 1, model=model_id
+            )
+        with self.clock("solve"):
+            infl = self.solves.solve(
+                hessian, g, params, config, model=model_id, data=ids.hessian, loss=ids.loss,
+                extra=ids.sif_target(task) if config.method == "sif" else {},
+                monitor=Monitor(self.callback, self.should_stop, stage="solving_ihvp"),
+                target_hvp=target_hvp, group_fraction=task.index.numel() / len(self.train[1]),
+            )  # fmt: skip
+            hessian.release()
+            drift.release()
+        return infl
+
+    def _step(self, objective: Objective, infl: InfluenceResult) -> StepOutcome:
+        """Walk along −v by the step policy and leave the model at the chosen point."""
+        config = self.config
+        with self.clock("step"):
+            objective.start(-infl.vector)
+            if config.step == "newton":
+                outcome = newton_step(objective)
+            else:
+                # the grid is over relative step norms, so it does not matter how long d is
+                unit = float(objective.theta_t.norm()) / max(float(infl.vector.norm()), 1e-30)
+                outcome = search_step(
+                    objective, min_scale=config.min_step * unit, max_scale=config.max_step * unit,
+                    growth=config.growth, patience=config.patience, should_stop=self.should_stop,
+                )  # fmt: skip
+            objective(outcome.scale)
+        return outcome
+
+    def _report(
+        self,
+        params: torch.Tensor,
+        steps: list[dict],
+        before: tuple[float, dict],
+        after: tuple[float, dict],
+        delta: torch.Tensor,
+        theta0: torch.Tensor,
+    ) -> dict:
+        task, y = self.task, self.train[1]
+        report = {
+            "task": task.kind,
+            "n_train": len(y),
+            "n_edited": int(task.index.numel()),
+            "forget_class": task.forget_class,
+            "options": self.config.to_dict(),
+            "selection": selection_summary(self.model, params),
+            "hessian_samples": int(self.splits.hessian.numel()),
+            "validation_samples": len(self.val[1]),
+            "validation_source": "given" if self.validation_given else "carved from retained training data",
+            "solver": _solver_summary(steps),
+            "newton_steps": steps,
+            "metrics": {
+                "before": {"objective": before[0], **before[1]},
+                "after": {"objective": after[0], **after[1]},
+            },
+            "delta_norm": float(delta.norm()),
+            "relative_delta_norm": float(
+                delta.norm() / theta0[params.to(theta0.device)].norm().clamp_min(1e-30)
+            ),
+            "gradients": self.work.gradients,
+            "hvps": self.work.hvps,
+            "work": self.work.as_dict(),
+            "timings": {k: round(v, 4) for k, v in self.clock.seconds.items()},
+        }
+        if self.cache is not None:
+            report["cache"] = self.memo.report()
+        return report
+
+
+def _select(
+    model: nn.Module, task: Task, opts: EditConfig, loss_fn: LossFn, memo: Memo, ids: Ids
+) -> torch.Tensor:
+    """T: scored on the edited samples under the loss being changed (relabel: new minus old)."""
+    loss, loss_key = (loss_fn, ids.loss) if task.kind == "remove" else (task.target_loss, ids.target_loss)
+    key = {
+        "model": ids.theta0,
+        "data": ids.target,
+        "loss": loss_key,
+        "strategy": opts.selection,
+        "ratio": opts.ratio,
+        "seed": opts.seed,
+    }
+    return memo.tensor(
+        "selection",
+        key,
+        device="cpu",
+        compute=lambda: select(
+            model, task.target, strategy=opts.selection, ratio=opts.ratio, seed=opts.seed, loss_fn=loss
+        ),
+    )
+
+
+def _solver_summary(steps: list[dict]) -> dict:
+    first = steps[0]["solver"]
+    return {
+        "method": first["method"],
+        "solver": first["solver"],
+        "converged": all(s["solver"]["converged"] for s in steps),
+        "iterations": sum(s["solver"]["iterations"] for s in steps),
+        "hvps": sum(s["solver"]["hvps"] for s in steps),
+        "residual": max(s["solver"]["residual"] for s in steps),
+        "newton_steps": len(steps),
+    }
+
+
+class _EditedGradient:
+    """g_k, the gradient of the edited objective at the current θ_k (module docstring: g_new).
+
+    At θ₀ the training loss is assumed stationary, which gives the closed forms of the module
+    docstring. At later Newton steps θ_k is no longer special, so the retained ("clean") part is
+    estimated on the Hessian sample *as a difference* from θ₀ (the same samples at both points,
+    so the sampling noise cancels):
+
+        removal: g_k = [∇L_h(θ_k) − ∇L_h(θ₀)] − (|U|/(n − |U|)) ∇L_U(θ₀)
+        relabel: g_k = (1 − f)[∇L_h(θ_k) − ∇L_h(θ₀)] + f[∇L_U,new(θ_k) − ∇L_U,old(θ₀)],  f = |U|/n
+
+    with L_h the mean loss on the Hessian sample; both reduce to g_new at k = 0.
+    """
+
+    def __init__(self, task: Task, n: int, chunk_size: int, memo: Memo, ids: Ids) -> None:
+        self.task, self.n, self.chunk_size, self.memo, self.ids = task, n, chunk_size, memo, ids
+        self.base: torch.Tensor | None = None  # the constant term fixed at θ₀
+        self.hessian0: torch.Tensor | None = None  # ∇L_h(θ₀)
+
+    def __call__(
+        self, hessian: HessianOperator, drift: HessianOperator, *, first: bool, more: bool, model: str
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """(g_k, v ↦ H_U v) at the θ of ``hessian``; ``model`` is that θ's digest (cache key).
+        ``drift`` is the retained loss L_h (the Hessian sample, or its untouched part). H_U is
+        the Hessian of the *scaled* target loss, for ``sif`` (the official code passes its target
+        loss already multiplied by |U|/|S|)."""
+        task, u, ids = self.task, self.task.index.numel(), self.ids
+        target = HessianOperator(
+            hessian.flat,
+            task.target,
+            loss_fn=task.target_loss,
+            chunk_size=self.chunk_size,
+            what="edited samples",
+            work=hessian.work,
+        )
+
+        def grad(op: HessianOperator, data: str, loss: str) -> torch.Tensor:
+            return self.memo.gradient(op, model=model, data=data, loss=loss)
+
+        def labelled(column: int) -> HessianOperator:
+            return HessianOperator(
+                hessian.flat,
+                (task.target[0], task.target[1][:, column]),
+                chunk_size=self.chunk_size,
+                what="edited samples",
+                work=hessian.work,
+            )
+
+        if first:
+            g = task.scale * grad(target, ids.target, ids.target_loss)
+            if task.kind == "remove":
+                self.base = g
+            else:
+                self.base = -(u / self.n) * grad(labelled(0), ids.old, ids.loss)
+            if more:
+                self.hessian0 = grad(drift, ids.drift, ids.loss)
+        else:
+            assert self.base is not None and self.hessian0 is not None
+            change = grad(drift, ids.drift, ids.loss) - self.hessian0
+            if task.kind == "remove":
+                g = change + self.base
+            else:
+                g = (
+                    (1 - u / self.n) * change
+                    + (u / self.n) * grad(labelled(1), ids.new, ids.loss)
+                    + self.base
+                )
+        scale = abs(task.scale)
+        return g, lambda v: scale * target.hvp(v)
+
+
+@dataclass(frozen=True)
+class Ids:
+    """Digests of an edit's fixed inputs, for cache keys (all "" when caching is off)."""
+
+    theta0: str  # the model at θ₀
+    loss: str  # the training loss
+    target_loss: str  # the edited samples' loss (relabel: new minus old)
+    target: str  # the edited samples with their target labels
+    hessian: str  # the Hessian sample
+    drift: str  # where the retained loss's gradient drift is estimated (often the Hessian sample)
+    old: str = ""  # relabel: the edited samples with their old / new labels
+    new: str = ""
+
+    @classmethod
+    def of(cls, memo: Memo, model: nn.Module, task: Task, hessian_data, drift_data, loss_fn: LossFn) -> Ids:
+        if not memo.enabled:
+            return cls("", "", "", "", "", "")
+        loss = loss_id(loss_fn) or ""
+        ex, ey = task.target
+        hessian = memo.data(*hessian_data)
+        drift = hessian if drift_data[1].numel() == hessian_data[1].numel() else memo.data(*drift_data)
+        ids = cls(
+            memo.model(model),
+            loss,
+            loss if task.kind == "remove" else f"relabel({loss})",
+            memo.data(ex, ey),
+            hessian,
+            drift,
+        )
+        if task.kind == "relabel":
+            ids = dataclasses.replace(ids, old=memo.data(ex, ey[:, 0]), new=memo.data(ex, ey[:, 1]))
+        return ids
+
+    def sif_target(self, task: Task) -> dict:
+        """What ``sif``'s target Hessian (H_U, scaled) adds to a solve's inputs."""
+        return {"target": self.target, "target_loss": self.target_loss, "scale": task.scale}
