@@ -414,7 +414,9 @@ def test_warm_removal_equals_cold_and_computes_nothing(problem, cache, options, 
     assert cold_work[0] > 0 and cold_work[2] > 0
     assert cold.report["gradients"] + cold.report["hvps"] > 0
     # the report's one work counter agrees with an independent count of the calls
-    assert cold.report["work"] == dict(zip(("gradients", "hvps", "forward_evaluations"), cold_work, strict=True))
+    assert cold.report["work"] == dict(
+        zip(("gradients", "hvps", "forward_evaluations"), cold_work, strict=True)
+    )
     if options.get("step", "search") == "search":
         assert len(cold.report["newton_steps"]) >= 2  # the later-step gradient path is covered
     # a cold run only finds what it measured itself (the step search revisits points)
