@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.orm import Session
@@ -26,8 +26,10 @@ CONTENT_TYPES = {
 }
 
 #: Kinds a client may upload; the others are produced by jobs.
-UPLOAD_KINDS = ("checkpoint", "dataset")
-RESULT_KINDS = ("weights", "report", "plot", "scores", "top_k")
+UploadKind = Literal["checkpoint", "dataset"]
+ResultKind = Literal["weights", "report", "plot", "scores", "top_k"]
+UPLOAD_KINDS: tuple[str, ...] = get_args(UploadKind)
+RESULT_KINDS: tuple[str, ...] = get_args(ResultKind)
 
 
 def create_artifact(

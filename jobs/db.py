@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, CursorResult, Delete, Engine, Update, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -75,6 +75,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def rows_matched(session: Session, statement: Update | Delete) -> int:
+    """Run an UPDATE or DELETE; how many rows it matched. (``Session.execute`` is typed to return
+    a ``Result``; for these statements it is a ``CursorResult``, the one with ``rowcount``.)"""
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount
 
 
 def _make_engine(url: str, is_sqlite: bool, network_timeout: float) -> Engine:

@@ -18,6 +18,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from .clock import utcnow
+from .db import rows_matched
 from .errors import ValidationFailed
 from .models import IdempotencyKey
 
@@ -71,5 +72,4 @@ def remember(session: Session, tenant_id: str, key: str, fp: str, job_id: str, t
 
 def purge_expired(session: Session) -> int:
     """Delete expired records; returns how many."""
-    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= utcnow()))
-    return result.rowcount or 0
+    return rows_matched(session, delete(IdempotencyKey).where(IdempotencyKey.expires_at <= utcnow())) or 0

@@ -24,6 +24,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -194,7 +195,7 @@ class S3BlobStore(BlobStore):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
                 batch = {"Objects": keys}
-                self._call("delete", lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete=b))
+                self._call("delete", partial(self.client.delete_objects, Bucket=self.bucket, Delete=batch))
 
     # -- upload sessions straight to the bucket (S3 multipart upload) ---------------------------
 
@@ -317,9 +318,11 @@ class S3BlobStore(BlobStore):
                 raise FileNotFoundError(f"no such blob in {self.location}") from exc
             raise self._unavailable(f"the blob store refused to {what} ({code})", exc) from exc
         except (BotoCoreError, Boto3Error) as exc:  # Boto3Error: a managed transfer that failed
-            code = _code_in(exc)
+            wrapped = _code_in(exc)
             detail = (
-                f"the blob store refused to {what} ({code})" if code else f"the blob store could not {what}"
+                f"the blob store refused to {what} ({wrapped})"
+                if wrapped
+                else f"the blob store could not {what}"
             )
             raise self._unavailable(detail, exc) from exc
 

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from . import artifacts, logs
 from .blobs import BlobStore
 from .clock import utcnow
-from .db import Database
+from .db import Database, rows_matched
 from .models import Artifact
 
 log = logs.get(__name__)
@@ -39,11 +39,12 @@ def purge_expired(db: Database, blobs: BlobStore, limit: int = 500) -> PurgeResu
             if artifacts.jobs_using(session, artifact.tenant_id, artifact.id):
                 continue  # an unfinished job reads it: after that job
             artifacts.lock_blob(session, artifact.sha256)
-            marked = session.execute(
+            marked = rows_matched(
+                session,
                 update(Artifact)
                 .where(Artifact.id == artifact.id, Artifact.purged_at.is_(None))
-                .values(purged_at=utcnow())
-            ).rowcount
+                .values(purged_at=utcnow()),
+            )
             if not marked:
                 continue  # purged meanwhile by another process
             result.artifacts += 1

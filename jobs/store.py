@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import idempotency
 from .clock import later, utcnow
+from .db import rows_matched
 from .errors import JobNotCancellable, JobNotTerminable, NotFound, ValidationFailed
 from .ids import new_id
 from .models import Job, JobEvent
@@ -144,7 +145,7 @@ def transition(
     if token is not None:
         stmt = stmt.where(Job.lease_token == token)
     stmt = stmt.values(status=new.value, version=Job.version + 1, updated_at=utcnow(), **values)
-    return session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
+    return rows_matched(session, stmt.execution_options(synchronize_session=False)) == 1
 
 
 def _finish(
@@ -411,7 +412,7 @@ def mark_dispatched(session: Session, job_id: str, status: JobStatus) -> bool:
         .values(dispatched_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return session.execute(stmt).rowcount == 1
+    return rows_matched(session, stmt) == 1
 
 
 def due_for_dispatch(session: Session, redispatch_seconds: float, limit: int = 500) -> list[Pending]:
@@ -527,13 +528,13 @@ def expire_waiting(session: Session, deadline_seconds: float) -> list[str]:
             Job.status.in_([S.VALIDATING.value, S.QUEUED.value]), Job.created_at < cutoff
         )
     ).all()
-    error = {"code": "deadline_exceeded", "message": f"not started within {deadline_seconds:g} s of submission",
-             "retryable": True}  # fmt: skip
+    message = f"not started within {deadline_seconds:g} s of submission"
+    error = {"code": "deadline_exceeded", "message": message, "retryable": True}
     expired = []
     for row in waiting:
         if transition(session, row.id, row.tenant_id, JobStatus(row.status), S.FAILED,
                       where=(Job.created_at < cutoff,), finished_at=utcnow(), error_json=json.dumps(error)):  # fmt: skip
-            append_event(session, row.id, row.tenant_id, "job.failed", error["message"], level="error")
+            append_event(session, row.id, row.tenant_id, "job.failed", message, level="error")
             expired.append(row.id)
     return expired
 

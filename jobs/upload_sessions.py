@@ -37,7 +37,7 @@ from . import artifacts, ids, logs
 from .blobs import BlobStore, StagedBlob
 from .clock import later, rfc3339, utcnow
 from .config import Settings
-from .db import Database
+from .db import Database, rows_matched
 from .errors import (
     DigestMismatch,
     DomainError,
@@ -114,11 +114,11 @@ def create(
     if direct:
         part_size = max(part_size, blobs.MIN_PART)
     with db.begin() as session:
-        active = session.scalar(
+        active = int(session.scalar(
             select(func.count()).select_from(UploadSession)
             .where(UploadSession.tenant_id == tenant_id, UploadSession.status.in_(ACTIVE),
                    UploadSession.expires_at > utcnow())
-        )  # fmt: skip
+        ) or 0)  # fmt: skip
         if active >= settings.max_open_uploads_per_tenant:
             raise UploadQuotaExceeded(
                 f"{active} upload sessions are open (at most {settings.max_open_uploads_per_tenant}); "
@@ -200,7 +200,7 @@ def complete(
         if not _move(session, upload_id, ("open",), "completing"):
             raise UploadNotOpen("the upload session is being completed by another request")
     if upload.remote_id is not None:
-        staged = _assemble_direct(db, blobs, upload, received)
+        staged = _assemble_direct(db, blobs, upload, upload.remote_id, received)
     else:
         staged = _assemble_here(db, blobs, upload, expected)
     try:
@@ -358,12 +358,13 @@ def _require_open(session: Session, tenant_id: str, upload_id: str) -> UploadSes
 
 def _move(session: Session, upload_id: str, sources: tuple[str, ...], target: str, **values: Any) -> bool:
     """Compare-and-set of the session's status; True when it moved."""
-    result = session.execute(
+    moved = rows_matched(
+        session,
         update(UploadSession)
         .where(UploadSession.id == upload_id, UploadSession.status.in_(sources))
-        .values(status=target, updated_at=utcnow(), **values)
+        .values(status=target, updated_at=utcnow(), **values),
     )
-    return result.rowcount == 1
+    return moved == 1
 
 
 def _reopen(db: Database, upload_id: str) -> None:
@@ -438,13 +439,17 @@ def _assemble_here(db: Database, blobs: BlobStore, upload: UploadSession, number
 
 
 def _assemble_direct(
-    db: Database, blobs: BlobStore, upload: UploadSession, parts: list[PartInfo]
+    db: Database, blobs: BlobStore, upload: UploadSession, remote_id: str, parts: list[PartInfo]
 ) -> StagedBlob:
-    """S3 assembles the parts; the result is read once (staged, to hash and inspect it). A failure
-    before S3 assembled them reopens the session; after, it ends ``failed``."""
-    listed = [(p.number, p.size_bytes, p.etag) for p in parts]
+    """S3 assembles the parts (``remote_id``: the session's S3 multipart upload); the result is
+    read once (staged, to hash and inspect it). A failure before S3 assembled them reopens the
+    session; after, it ends ``failed``."""
+    listed = []
+    for p in parts:
+        assert p.etag is not None, "a direct session's parts are listed from S3, each with its ETag"
+        listed.append((p.number, p.size_bytes, p.etag))
     try:
-        chunks = blobs.finish_direct_upload(upload.id, upload.remote_id, listed)
+        chunks = blobs.finish_direct_upload(upload.id, remote_id, listed)
     except BaseException:
         _reopen(db, upload.id)
         raise

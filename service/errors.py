@@ -202,6 +202,8 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
+    # Starlette types every handler as taking ``Exception``, though it calls each one only with the
+    # class it is registered for: a handler typed for its own class is refused (the ignores below).
     app.add_exception_handler(DomainError, _domain_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]

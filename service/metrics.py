@@ -59,7 +59,9 @@ class _FinishedJobs(Collector):
                 rows = store.finished_jobs(session)
         except Exception:  # noqa: BLE001 (a scrape must not fail because the DB is busy)
             rows = []
-        run, wait, iters = {}, {}, {}
+        run: dict[tuple[str, ...], list[float]] = {}
+        wait: dict[tuple[str, ...], list[float]] = {}
+        iters: dict[tuple[str, ...], list[float]] = {}
         for kind, status, created, started, finished, result_json in rows:
             if started is not None and finished is not None:
                 run.setdefault((kind, status), []).append((finished - started).total_seconds())
@@ -94,7 +96,13 @@ def _solver_iterations(result_json: str | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _histogram(name: str, doc: str, labels: list[str], groups: dict, buckets: tuple) -> HistogramMetricFamily:
+def _histogram(
+    name: str,
+    doc: str,
+    labels: list[str],
+    groups: dict[tuple[str, ...], list[float]],
+    buckets: tuple[float, ...],
+) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=labels)
     for key, values in sorted(groups.items()):
         cumulative = [(str(b), sum(v <= b for v in values)) for b in buckets] + [("+Inf", len(values))]

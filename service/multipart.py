@@ -6,6 +6,7 @@ small text fields are collected.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -23,6 +24,9 @@ from .upload_body import (
     sanitize_filename,
     staging_errors,
 )
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # defined for type checkers only
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 1024
@@ -51,7 +55,7 @@ class _FormReader:
         self.count = 0
         self.complete = False
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin,
             "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from jobs.artifacts import RESULT_KINDS, UPLOAD_KINDS
+from jobs.artifacts import ResultKind, UploadKind
 from jobs.specs import JOB_TYPES
 from jobs.states import JobStatus
 
@@ -64,7 +64,7 @@ class Artifact(_Open):
 
     id: str = Field(pattern=_ID["artifact"])
     object: Literal["artifact"]
-    kind: Literal[UPLOAD_KINDS + RESULT_KINDS]  # type: ignore[valid-type]
+    kind: Literal[UploadKind, ResultKind]
     format: str = Field(examples=["safetensors"])
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Digest of the stored bytes.")
     size_bytes: int = Field(ge=0)
@@ -86,7 +86,7 @@ class NewUpload(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    kind: Literal[UPLOAD_KINDS]  # type: ignore[valid-type]
+    kind: UploadKind
     size_bytes: int = Field(ge=1, validation_alias=AliasChoices("size_bytes", "bytes"),
                             description="The whole file's size (`bytes` is accepted too).")  # fmt: skip
     sha256: str = Field(
@@ -126,7 +126,7 @@ class Upload(_Open):
     id: str = Field(pattern=r"^upl_[0-9A-HJKMNP-TV-Z]{26}$")
     object: Literal["upload"]
     status: Literal["open", "completing", "completed", "failed", "aborted", "expired"]
-    kind: Literal[UPLOAD_KINDS]  # type: ignore[valid-type]
+    kind: UploadKind
     filename: str | None
     size_bytes: int = Field(ge=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

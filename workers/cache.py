@@ -117,16 +117,17 @@ class RedisCache(BaseCache):
             tensors, meta = decode(fields[b"data"], device)
         else:
             sha256, size = fields[b"sha256"].decode(), int(fields[b"size"])
+            path: Path | None
             try:
                 path = self.blobs.fetch(sha256)
                 found = path.stat().st_size
             except (FileNotFoundError, BlobCorrupted):
                 path, found = None, -1
-            if found != size:
+            if path is None or found != size:
                 log.warning("cache entry %s points at a missing or partial blob %s; dropping it", key, sha256)
                 self.client.delete(name)
                 return None
-            tensors, meta = read_file(path, device)  # type: ignore[arg-type] (found == size: a file)
+            tensors, meta = read_file(path, device)
             self.client.zadd(self.blob_set, {sha256: time.time() + self.ttl_seconds}, gt=True)
         self.client.expire(name, self.ttl_seconds)  # used: keep it
         return Entry(key, tensors, meta)

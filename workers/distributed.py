@@ -45,6 +45,8 @@ class CeleryExecutor:
         self.db = Database.for_settings(settings)
         self.publisher = Publisher(self.app, self.db, settings)
         self._orphans = PeriodicSweep(self.db, open_blob_store(settings), settings.orphan_grace_seconds)
+        if settings.broker_url is None:
+            raise ValueError("the Celery executor needs a broker URL (GIF_BROKER_URL)")
         self.redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None

@@ -38,5 +38,5 @@ async def terminate_job(
     if pid is None:
         raise JobNotTerminable(f"no worker process holds job {job_id} any more (it may have just stopped)")
     with services.db.read() as session:
-        job = store.find_job(session, job_id)
+        job = store.require_job(session, lease.tenant_id, job_id)
     return JSONResponse({**job_view(job), "terminated_pid": pid}, status_code=202)

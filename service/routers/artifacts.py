@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Request, Response
@@ -69,7 +69,7 @@ _LINKS = {
 }
 _STRING = {"schema": {"type": "string"}}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_CONTENT = {  # what downloads are served as (jobs.artifacts.CONTENT_TYPES)
+_CONTENT: dict[str, dict[str, Any]] = {  # what downloads are served as (jobs.artifacts.CONTENT_TYPES)
     content_type: ({"schema": {}} if content_type == "application/json" else _BINARY)
     for content_type in sorted(set(artifacts.CONTENT_TYPES.values()))
 }
