@@ -527,7 +527,7 @@ def _hash_tensor(h: Any, t: torch.Tensor) -> None:
     h.update(f"{t.dtype}:{tuple(t.shape)}\0".encode())
     if t.numel():
         flat = t.to("cpu").contiguous().reshape(-1)
-        h.update(memoryview(flat.view(torch.uint8).numpy()))
+        h.update(flat.view(torch.uint8).numpy().data)
 
 
 def loss_id(loss_fn: Callable | None) -> str | None:
@@ -559,7 +559,7 @@ class CacheStats:
 
     def record(self, key: str, status: str) -> None:
         kind, digest = check_key(key)
-        item = {"kind": kind, "key": digest[:16]}
+        item: dict[str, Any] = {"kind": kind, "key": digest[:16]}
         if status == "waited":
             item["waited"] = True
         (self.misses if status == "computed" else self.hits).append(item)

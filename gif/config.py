@@ -339,7 +339,7 @@ def _check_range(f: dataclasses.Field, value: object) -> None:
             raise InvalidArgumentError(f"`{name}` must be an integer >= {low}, got {value!r}")
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high  # type: ignore[operator]
+    ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
         bracket = "(" if low_open else "["
         raise InvalidArgumentError(

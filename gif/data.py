@@ -74,14 +74,14 @@ def _as_batches(data: DataLike, what: str) -> list[Batch]:
         batches = [tuple(data)]
     else:
         try:
-            batches = [tuple(b) for b in data]  # type: ignore[union-attr]
+            batches = [tuple(b) for b in data]
         except TypeError as exc:
             raise InvalidArgumentError(
                 f"`{what}` must be (inputs, targets) tensors or an iterable of such batches"
             ) from exc
     for i, batch in enumerate(batches):
         _check_batch(batch, f"{what}[{i}]" if len(batches) > 1 else what)
-    return batches  # type: ignore[return-value]
+    return batches
 
 
 def _check_batch(batch: tuple, what: str) -> None:

@@ -111,6 +111,7 @@ class Objective:
         vx, vy = val
         ex = train[0][task.index]
         if task.kind == "relabel":
+            assert task.new_labels is not None
             ey, self.old_y = task.new_labels.to(vy.device), train[1][task.index]
         elif task.forget_class is not None:
             # forgetting is judged on the class's training samples plus its validation samples

@@ -256,22 +256,22 @@ def _select(
     model: nn.Module, task: Task, opts: EditConfig, loss_fn: LossFn, memo: Memo, ids: Ids
 ) -> torch.Tensor:
     """T: scored on the edited samples under the loss being changed (relabel: new minus old)."""
+    strategy, ratio, seed = opts.selection, opts.ratio, opts.seed
+    assert strategy is not None and ratio is not None  # resolved from the method's preset
     loss, loss_key = (loss_fn, ids.loss) if task.kind == "remove" else (task.target_loss, ids.target_loss)
     key = {
         "model": ids.theta0,
         "data": ids.target,
         "loss": loss_key,
-        "strategy": opts.selection,
-        "ratio": opts.ratio,
-        "seed": opts.seed,
+        "strategy": strategy,
+        "ratio": ratio,
+        "seed": seed,
     }
     return memo.tensor(
         "selection",
         key,
         device="cpu",
-        compute=lambda: select(
-            model, task.target, strategy=opts.selection, ratio=opts.ratio, seed=opts.seed, loss_fn=loss
-        ),
+        compute=lambda: select(model, task.target, strategy=strategy, ratio=ratio, seed=seed, loss_fn=loss),
     )
 
 

@@ -94,7 +94,7 @@ class InverseHessian(ABC):
         out = torch.empty_like(rows)
         solutions = []
         for j in range(int(rows.shape[0])):
-            solution = self.solve(rows[j], monitor.fresh(**{name: offset + j, count: total}))
+            solution = self.solve(rows[j], monitor.fresh(context={name: offset + j, count: total}))
             out[j] = solution.x
             solution.x = solution.x[:0]
             solutions.append(solution)

@@ -96,10 +96,10 @@ class Monitor:
         self.context = dict(context or {})
         self.history: list[float] = []
 
-    def fresh(self, *, stage: Stage | None = None, **context: Any) -> Monitor:
+    def fresh(self, *, stage: Stage | None = None, context: dict[str, Any] | None = None) -> Monitor:
         """A monitor with the same callback and stop check, an empty history, and another stage
         or more context."""
-        merged = {**self.context, **context}
+        merged = {**self.context, **(context or {})}
         return Monitor(self.callback, self.should_stop, stage=stage or self.stage, context=merged)
 
     def __call__(self, iteration: int, residual: float, max_iter: int) -> None:
