@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test test-fast examples bench fuzz clean
+.PHONY: install serve lint test test-fast examples bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,15 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/gif-service serve --host $(HOST) --port $(PORT)
 
-## Run the whole test suite.
-test: $(STAMP)
+## Lint, format and type checks (also the first step of `make test`).
+LINTED := gif jobs service workers gif_client
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(LINTED)
+
+## Run the whole test suite (after the lint gate).
+test: lint
 	$(PY) -m pytest -q
 
 ## Everything except tests marked slow.
