@@ -1,7 +1,7 @@
 """Model edits: remove training samples (or a whole class), relabel training samples.
 
 This module checks what the caller asks for and states it as a :class:`gif.newton.Task`;
-:func:`gif.newton.run_edit` does the work (Newton steps restricted to the selected parameters
+:class:`gif.newton.Edit` does the work (Newton steps restricted to the selected parameters
 T, each solved by an influence method: docs/method.md, "The edit as a Newton step").
 """
 
@@ -16,7 +16,7 @@ from .config import EditConfig, resolve
 from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
-from .newton import EditResult, Task, relabel_loss, run_edit
+from .newton import Edit, EditResult, Task, relabel_loss
 from .progress import ProgressCallback, StopCheck
 from .solvers import LowRankHessian
 
@@ -64,10 +64,7 @@ def remove(
         scale=-index.numel() / (len(y) - index.numel()),
         forget_class=forget_class,
     )
-    return run_edit(
-        model, (x, y), task, opts, validation=validation, loss_fn=base, lowrank=lowrank, callback=callback,
-        should_stop=should_stop, cache=cache,
-    )  # fmt: skip
+    return Edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache).run()
 
 
 def relabel(
@@ -115,10 +112,7 @@ def relabel(
         scale=index.numel() / len(y),
         new_labels=new,
     )
-    return run_edit(
-        model, (x, y), task, opts, validation=validation, loss_fn=base, lowrank=lowrank, callback=callback,
-        should_stop=should_stop, cache=cache,
-    )  # fmt: skip
+    return Edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache).run()
 
 
 def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:

@@ -85,27 +85,8 @@ def relabel_loss(base: LossFn) -> LossFn:
     return loss
 
 
-def run_edit(
-    model: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    task: Task,
-    config: EditConfig,
-    *,
-    validation: DataLike | None,
-    loss_fn: LossFn,
-    lowrank: LowRankHessian | None,
-    callback: ProgressCallback | None,
-    should_stop: StopCheck | None,
-    cache: Cache | None,
-) -> EditResult:
-    """Edit a copy of ``model`` by Newton steps on ``task`` (module docstring)."""
-    edit = _Newton(model, train, task, config, validation, loss_fn, lowrank, callback, should_stop, cache)
-    with eval_mode(edit.model):
-        return edit.run()
-
-
-class _Newton:
-    """One edit: its data, caches and counters, the loop, and the report."""
+class Edit:
+    """One edit: its data, caches and counters, the Newton loop (:meth:`run`), and the report."""
 
     def __init__(
         self,
@@ -140,6 +121,11 @@ class _Newton:
         self.solves = CachedSolves(self.memo, lowrank)  # one curvature fit serves every Newton step
 
     def run(self) -> EditResult:
+        """Edit the copy of the model by Newton steps on the task (module docstring)."""
+        with eval_mode(self.model):
+            return self._run()
+
+    def _run(self) -> EditResult:
         memo, model = self.memo, self.model
         self.ids = Ids.of(memo, model, self.task, self.hessian_data, self.drift_data, self.loss_fn)
         self.notify(Progress("selecting_parameters"))

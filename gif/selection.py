@@ -60,24 +60,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import STRATEGIES
 from .data import Chunks, DataLike
 from .errors import InvalidArgumentError, NumericalError
 from .params import ParamSlot, ParamSpace
 
 __all__ = ["STRATEGIES", "select", "selection_summary"]
 
-STRATEGIES: tuple[str, ...] = (
-    "highest_outputs",
-    "highest_gradients",
-    "lowest_outputs",
-    "lowest_gradients",
-    "exclusive_outputs",
-    "exclusive_gradients",
-    "random",
-    "threshold",
-    "all",
-    "all_params",
-)
 
 _LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _THRESHOLD_STEP = 0.01
