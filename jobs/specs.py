@@ -1,12 +1,20 @@
 """Job request bodies (``POST /v1/jobs``): strict pydantic models, discriminated on ``type``.
 
-No torch here: the engine's allowed names (methods, solvers, selection strategies, built-in
-architectures) are duplicated as Literals, and a test checks that they match ``gif``.
+A job's options are the engine's own configuration: :class:`EditOptions` and
+:class:`ScoresOptions` are generated from the fields of ``gif.EditConfig`` / ``gif.SolveConfig``
+that jobs may set (names, types, help, valid ranges and the service's caps all come from
+``gif.config``), and the worker resolves them into that configuration. ``gif.config`` imports
+only the standard library; the built-in architectures live with the models (torch), so their
+names and keywords are mirrored below, and tests/service/test_spec_enums.py checks them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import dataclasses
+import json
+import math
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -14,10 +22,17 @@ from pydantic import (
     Field,
     StringConstraints,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
+
+from gif.config import METHODS as METHODS
+from gif.config import SOLVERS as SOLVERS
+from gif.config import STRATEGIES as STRATEGIES
+from gif.config import EditConfig, SolveConfig
 
 from . import ids
 
@@ -26,26 +41,11 @@ MAX_INDICES = 100_000
 MAX_CLASSES = 100_000
 MAX_TOP_K = 1_000
 
-# Engine names, mirrored from gif (checked by tests/service/test_spec_enums.py).
-ARCHS = ("cnn1d", "embed", "lenet", "mlp", "resnet18", "tinynet", "vgg11")
-METHODS = ("if", "fif", "gif", "sif")
-SOLVERS = ("cg", "minres", "lsqr", "neumann", "direct", "lowrank")
-STRATEGIES = (
-    "highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "exclusive_outputs",
-    "exclusive_gradients", "random", "threshold", "all", "all_params",
-)  # fmt: skip
-STEP_POLICIES = ("newton", "search")
 JOB_TYPES = ("remove", "relabel", "scores")
 
+# Built-in architectures, mirrored from gif.models (torch; checked by tests/service/test_spec_enums.py).
+ARCHS = ("cnn1d", "embed", "lenet", "mlp", "resnet18", "tinynet", "vgg11")
 ArchName = Literal["cnn1d", "embed", "lenet", "mlp", "resnet18", "tinynet", "vgg11"]
-MethodName = Literal["if", "fif", "gif", "sif"]
-SolverName = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank"]
-StrategyName = Literal[
-    "highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "exclusive_outputs",
-    "exclusive_gradients", "random", "threshold", "all", "all_params",
-]  # fmt: skip
-StepPolicy = Literal["newton", "search"]
-HessianPool = Literal["auto", "untouched", "all"]
 
 #: Keyword arguments of each built-in architecture's factory, and its default class count.
 ARCH_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -128,33 +128,55 @@ class ModelSpec(Strict):
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class EditOptions(Strict):
-    """Options of ``remove`` / ``relabel`` (names as in ``gif.EditOptions``); unset = method defaults."""
-
-    method: MethodName | None = None
-    selection: StrategyName | None = None
-    ratio: float | None = Field(None, gt=0, le=1)
-    damping: float | None = Field(None, ge=0, le=1e6)
-    solver: SolverName | None = None
-    tol: float | None = Field(None, gt=0, lt=1)
-    max_iter: int | None = Field(None, ge=1, le=10_000)
-    rank: int | None = Field(None, ge=1, le=1_024)
-    hessian_samples: int | None = Field(None, ge=1, le=1_000_000)
-    hessian_pool: HessianPool | None = None
-    step: StepPolicy | None = None
-    newton_steps: int | None = Field(None, ge=1, le=20)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+def service_fields(kind: type[SolveConfig], exclude: tuple[str, ...] = ()) -> list[dataclasses.Field]:
+    """The fields of the engine configuration ``kind`` that a job may set, in declaration order."""
+    return [f for f in dataclasses.fields(kind) if f.metadata.get("service") and f.name not in exclude]
 
 
-class ScoresOptions(Strict):
-    """Options of ``scores`` (names as in ``gif.scores_with_report``)."""
+def _options_model(
+    name: str, kind: type[SolveConfig], doc: str, exclude: tuple[str, ...] = ()
+) -> type[Strict]:
+    """A strict request model of ``kind``'s service fields: each optional (None: the engine's
+    default for the job's verb and method), typed, described and bounded as ``gif.config`` says."""
+    hints = typing.get_type_hints(kind)
+    fields: dict[str, Any] = {}
+    for f in service_fields(kind, exclude):
+        meta = f.metadata
+        fields[f.name] = (
+            hints[f.name] | None,
+            Field(None, description=meta["help"], **_bounds(meta)),
+        )
+    return create_model(name, __base__=Strict, __doc__=doc, __module__=__name__, **fields)
 
-    damping: float | None = Field(None, ge=0, le=1e6)
-    solver: SolverName | None = None
-    tol: float | None = Field(None, gt=0, lt=1)
-    max_iter: int | None = Field(None, ge=1, le=10_000)
-    rank: int | None = Field(None, ge=1, le=1_024)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+def _bounds(meta: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """pydantic bounds of a field: its engine range, capped by the service's maximum."""
+    bounds: dict[str, Any] = {}
+    if meta["low"] is not None:
+        bounds["gt" if meta["low_open"] else "ge"] = meta["low"]
+    caps = [c for c in (meta["high"], meta["service_max"]) if c is not None and math.isfinite(c)]
+    if caps:
+        bounds["le"] = min(caps)
+    return bounds
+
+
+if TYPE_CHECKING:  # generated below; statically, a strict model
+    EditOptions = Strict
+    ScoresOptions = Strict
+else:
+    EditOptions = _options_model(
+        "EditOptions",
+        EditConfig,
+        "Options of `remove` / `relabel`: the fields of the engine's `gif.EditConfig` that jobs may set; "
+        "unset = the engine's default for the job's type and method.",
+    )
+    ScoresOptions = _options_model(
+        "ScoresOptions",
+        SolveConfig,
+        "Options of `scores`: the fields of the engine's `gif.SolveConfig` that jobs may set, except "
+        "`method` (scores always use the influence-function inverse); unset = the engine's default.",
+        exclude=("method",),
+    )
 
 
 def _unique(values: list[int] | None) -> list[int] | None:
@@ -227,7 +249,8 @@ class ScoresJob(_Job):
     options: ScoresOptions = Field(default_factory=ScoresOptions)
 
 
-JobSpec = Annotated[RemoveJob | RelabelJob | ScoresJob, Field(discriminator="type")]
+Spec = RemoveJob | RelabelJob | ScoresJob
+JobSpec = Annotated[Spec, Field(discriminator="type")]
 JOB_SPEC = TypeAdapter(JobSpec)
 
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -275,11 +298,40 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-def dump(spec: RemoveJob | RelabelJob | ScoresJob) -> dict[str, Any]:
+def dump(spec: Spec) -> dict[str, Any]:
     """The canonical JSON form of a validated spec (unset options left out)."""
     return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def parse(data: dict[str, Any]) -> RemoveJob | RelabelJob | ScoresJob:
+def parse(data: dict[str, Any]) -> Spec:
     """Validate a request body (raises pydantic.ValidationError)."""
     return JOB_SPEC.validate_python(data)
+
+
+class StoredSpecInvalid(Exception):
+    """A stored job request (``jobs.request_json``) that no longer parses as a job spec, e.g. one
+    stored by a version of the service whose options this one does not know. The job fails with
+    ``error.code`` = :attr:`code`; resubmitting it through the API says what to change."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def load(request_json: str) -> Spec:
+    """The spec of a stored job, parsed as at submit (the worker computes from this, typed).
+
+    Raises:
+        StoredSpecInvalid: the stored text is not JSON, or not a valid spec any more.
+    """
+    try:
+        return parse(json.loads(request_json))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise StoredSpecInvalid(f"the stored request is not a valid job spec any more: {problems}") from None
+    except ValueError as exc:  # not JSON
+        raise StoredSpecInvalid(f"the stored request is not JSON: {exc}") from None

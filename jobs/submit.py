@@ -24,9 +24,7 @@ from .config import Settings
 from .db import Database
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyReused, QueueFull, QuotaExceeded, ValidationFailed
 from .models import Artifact, Job
-from .specs import RelabelJob, RemoveJob, ScoresJob, dump
-
-Spec = RemoveJob | RelabelJob | ScoresJob
+from .specs import RelabelJob, RemoveJob, Spec, dump
 
 
 @dataclass

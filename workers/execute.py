@@ -1,86 +1,98 @@
-"""A validated job spec → one engine call (``gif.remove`` / ``gif.relabel`` / ``gif.scores_with_report``)."""
+"""A validated job spec → one engine call (``gif.remove`` / ``gif.relabel`` / ``gif.scores_with_report``).
+
+A job's options are resolved into the engine's own configuration (``gif.EditConfig`` /
+``gif.SolveConfig``) with the verb's defaults, and handed to the engine as ``config``; the
+result carries that configuration (provenance, reports).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 import gif
+from gif.config import EditConfig, SolveConfig, resolve
+from gif.progress import ProgressCallback, StopCheck
+from jobs.specs import RelabelJob, RemoveJob, ScoresJob, Spec
 
 from .loading import Loaded
-
-ProgressCallback = Callable[[dict], None]
-StopCheck = Callable[[], bool]
 
 
 @dataclass
 class EditOutcome:
     result: gif.EditResult
+    config: EditConfig
 
 
 @dataclass
 class ScoresOutcome:
     result: gif.ScoresResult
     top_k: dict
-    options: dict
+    config: SolveConfig
 
 
 Outcome = EditOutcome | ScoresOutcome
 
 
+def edit_config(spec: RemoveJob | RelabelJob) -> EditConfig:
+    """The engine configuration of an edit job: its options over the verb's defaults.
+
+    Raises:
+        gif.errors.InvalidArgumentError: a combination of options the engine refuses.
+    """
+    return resolve(spec.type, EditConfig, None, spec.options.model_dump(exclude_none=True))
+
+
+def scores_config(spec: ScoresJob) -> SolveConfig:
+    """The engine configuration of a scores job (``scores``'s defaults; the method is always ``if``)."""
+    return resolve("scores", SolveConfig, None, spec.options.model_dump(exclude_none=True))
+
+
 def run_engine(
-    request: dict[str, Any],
+    spec: Spec,
     loaded: Loaded,
     callback: ProgressCallback,
     should_stop: StopCheck,
     cache: gif.cache.Cache | None = None,
 ) -> Outcome:
-    """Dispatch on ``request["type"]``; engine errors (``gif.errors.GifError``) propagate.
+    """Dispatch on the job's type; engine errors (``gif.errors.GifError``) propagate.
 
     ``cache`` (content-addressed gradients, selections, solves, curvature fits) serves the edits.
     """
-    kind = request["type"]
-    hooks = {"callback": callback, "should_stop": should_stop}
-    edit_hooks = {**hooks, "cache": cache}
-    if kind == "remove":
-        forget = request["forget"]
-        target = (
-            {"class": forget["class"]}
-            if "class" in forget
-            else torch.tensor(forget["indices"], dtype=torch.long)
-        )
-        return EditOutcome(
-            gif.remove(
-                loaded.model,
-                loaded.train,
-                target,
-                validation=loaded.validation,
-                **edit_hooks,
-                **request.get("options", {}),
-            )
-        )
-    if kind == "relabel":
-        relabel = request["relabel"]
-        return EditOutcome(
-            gif.relabel(
-                loaded.model,
-                loaded.train,
-                torch.tensor(relabel["indices"], dtype=torch.long),
-                torch.tensor(relabel["labels"], dtype=torch.long),
-                validation=loaded.validation,
-                **edit_hooks,
-                **request.get("options", {}),
-            )
-        )
-    if kind == "scores":
+    if isinstance(spec, ScoresJob):
         assert loaded.queries is not None, "a scores job has a queries dataset"
-        options = dict(request.get("options", {}))
-        result = gif.scores_with_report(loaded.model, loaded.train, loaded.queries, **hooks, **options)
-        return ScoresOutcome(result, gif.top_k(result.scores, int(request.get("top_k", 10))), options)
-    raise ValueError(f"unknown job type {kind!r}")
+        solve = scores_config(spec)
+        result = gif.scores_with_report(
+            loaded.model,
+            loaded.train,
+            loaded.queries,
+            config=solve,
+            callback=callback,
+            should_stop=should_stop,
+        )
+        return ScoresOutcome(result, gif.top_k(result.scores, spec.top_k), solve)
+    config = edit_config(spec)
+    if isinstance(spec, RemoveJob):
+        forget = spec.forget
+        target: torch.Tensor | dict[str, int] = (
+            {"class": forget.class_}
+            if forget.class_ is not None
+            else torch.tensor(forget.indices, dtype=torch.long)
+        )
+        edited = gif.remove(
+            loaded.model, loaded.train, target, config=config, validation=loaded.validation,
+            callback=callback, should_stop=should_stop, cache=cache,
+        )  # fmt: skip
+    else:
+        edited = gif.relabel(
+            loaded.model, loaded.train,
+            torch.tensor(spec.relabel.indices, dtype=torch.long),
+            torch.tensor(spec.relabel.labels, dtype=torch.long),
+            config=config, validation=loaded.validation, callback=callback, should_stop=should_stop, cache=cache,
+        )  # fmt: skip
+    return EditOutcome(edited, config)
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -121,8 +133,6 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
             "peak_allocated_bytes": int(torch.cuda.max_memory_allocated(device))}  # fmt: skip
 
 
-def newton_steps(request: dict[str, Any]) -> int:
-    """Outer Newton steps the edit will take (for progress fractions)."""
-    if request["type"] == "scores":
-        return 1
-    return int(request.get("options", {}).get("newton_steps") or gif.EditOptions().newton_steps)
+def newton_steps(spec: Spec) -> int:
+    """Outer Newton steps the edit will take at most (for progress fractions); 1 for scores."""
+    return 1 if isinstance(spec, ScoresJob) else edit_config(spec).newton_steps

@@ -17,6 +17,7 @@ from torch import nn
 import gif
 from gif.errors import DatasetError
 from jobs.blobs import BlobStore
+from jobs.specs import ModelSpec
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -34,14 +35,14 @@ class Loaded:
 
 
 def load_inputs(
-    request: dict[str, Any], inputs: dict[str, Any], blobs: BlobStore, device: torch.device | str = "cpu"
+    spec: ModelSpec, inputs: dict[str, Any], blobs: BlobStore, device: torch.device | str = "cpu"
 ) -> Loaded:
-    """Build the model, load its checkpoint and the datasets named in the job's ``inputs``.
+    """Build the job's model (``spec``: its ``model``), load its checkpoint and the datasets
+    named in the job's ``inputs``.
 
     The model goes to ``device``; datasets stay in host memory (the engine moves chunks).
     """
-    spec = request["model"]
-    model = gif.models.build(spec["arch"], **spec.get("config", {}))
+    model = gif.models.build(spec.arch, **spec.config)
     gif.io.load_checkpoint(blobs.fetch(inputs["checkpoint"]["sha256"]), model)
     model.eval().to(device)
     train = _dataset(blobs, inputs["train"], "train")

@@ -1,8 +1,8 @@
 """Engine progress events → the job's ``progress`` object, written at most every few tenths of a second.
 
-The engine calls ``callback(event)`` with dicts such as ``{"stage": "solving_ihvp", "iteration",
-"max_iter", "residual"}`` (see gif/edits.py and gif/scores.py); this turns them into
-``{stage, fraction, step, total_steps, message, updated_at}``. Each write is fenced by the lease
+The engine calls ``callback(event)`` with typed :class:`gif.progress.Progress` events (a ``stage``
+and the fields that mean something there: ``iteration``/``max_iter``, ``residual``, ``newton_step``,
+``query``, ...); this turns them into ``{stage, fraction, step, total_steps, message, updated_at}``. Each write is fenced by the lease
 and returns the job's status, which feeds the cancel flag too.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gif.progress import Progress
 from jobs import logs, store
 from jobs.clock import rfc3339, utcnow
 from jobs.db import Database
@@ -38,9 +39,9 @@ class ProgressReporter:
             {"stage": name, "fraction": fraction, "step": None, "total_steps": None, "message": message}
         )
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("stage") == "computing_gradients" and "newton_step" in event:
-            self.newton_step = int(event["newton_step"])
+    def __call__(self, event: Progress) -> None:
+        if event.stage == "computing_gradients" and event.newton_step is not None:
+            self.newton_step = event.newton_step
         progress = self._translate(event)
         now = time.monotonic()
         if progress["stage"] != self._stage or now - self._last_write >= self.interval:
@@ -61,23 +62,23 @@ class ProgressReporter:
         self.signals.observe(status)
         self._stage, self._last_write = progress["stage"], time.monotonic()
 
-    def _translate(self, event: dict[str, Any]) -> dict[str, Any]:
-        stage = str(event.get("stage", "running"))
-        step, total = event.get("iteration"), event.get("max_iter")
-        within = step / total if isinstance(step, int) and isinstance(total, int) and total else 0.0
+    def _translate(self, event: Progress) -> dict[str, Any]:
+        stage, step, total = event.stage, event.iteration, event.max_iter
+        within = event.within()
         message = ""
-        if "residual" in event:
-            message = f"iteration {step}/{total}, residual {float(event['residual']):.3e}"
-        if "query" in event:
-            message = f"query {event['query'] + 1}/{event['num_queries']}: {message}"
-            within = (event["query"] + within) / max(1, event["num_queries"])
-        if stage in ("solving_ihvp", "step_search", "computing_gradients", "selecting_parameters"):
+        if event.residual is not None:
+            message = f"iteration {step}/{total}, residual {event.residual:.3e}"
+        solves = [("query", event.query, event.num_queries), ("sample", event.sample, event.num_samples)]
+        for what, index, count in solves:
+            if index is not None:  # one solve of several: the stage's fraction spans them all
+                message = f"{what} {index + 1}/{count}: {message}"
+                within = (index + within) / max(1, count or 1)
+        if stage in _NEWTON_STAGES:
             message = f"newton step {self.newton_step}/{self.newton_steps}" + (
                 f": {message}" if message else ""
             )
-            fraction = (
-                self.newton_step - 1 + (within if stage == "solving_ihvp" else 0.0)
-            ) / self.newton_steps
+            solving = stage in ("solving_ihvp", "second_order")
+            fraction = (self.newton_step - 1 + (within if solving else 0.0)) / self.newton_steps
         elif stage == "scoring":
             fraction = 0.8 + 0.2 * within
             message = f"training chunk {step}/{total}"
@@ -85,14 +86,22 @@ class ProgressReporter:
             fraction = 1.0
         else:
             fraction = 0.8 * within
-        if stage == "step_search" and "scale" in event:
-            message += (
-                f", scale {float(event['scale']):.3g}, objective {float(event.get('objective', 0.0)):.4f}"
-            )
+        if stage == "step_search" and event.scale is not None:
+            message += f", scale {event.scale:.3g}, objective {event.objective or 0.0:.4f}"
         return {
             "stage": stage,
             "fraction": round(min(max(fraction, 0.0), 1.0), 4),
-            "step": step if isinstance(step, int) else None,
-            "total_steps": total if isinstance(total, int) else None,
+            "step": step,
+            "total_steps": total,
             "message": message,
         }
+
+
+#: Stages inside an edit's outer Newton step (their message and fraction name the step).
+_NEWTON_STAGES = (
+    "selecting_parameters",
+    "computing_gradients",
+    "solving_ihvp",
+    "second_order",
+    "step_search",
+)

@@ -2,7 +2,8 @@
 
 Files are written under the blob store's ``tmp`` folder; the runner stages them into the store
 and registers them as artifacts in the same transaction that marks the job ``succeeded``.
-Every result carries provenance: input digests, code versions, the resolved options and seed.
+Every result carries provenance: input digests, code versions, the engine configuration the job
+ran with (``config.to_dict()``: every option, the defaults filled in) and its seed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 import gif
 from jobs.blobs import BlobStore
+from jobs.specs import Spec
 
 from .execute import EditOutcome, Outcome, ScoresOutcome
 from .loading import Loaded
@@ -47,9 +49,7 @@ class Results:
     provenance: dict[str, Any]
 
 
-def provenance(
-    job_id: str, attempt: int, request: dict[str, Any], request_sha256: str, loaded: Loaded
-) -> dict[str, Any]:
+def provenance(job_id: str, attempt: int, spec: Spec, request_sha256: str, loaded: Loaded) -> dict[str, Any]:
     """Where a result came from: inputs by digest, code versions, the request."""
     return {
         "job_id": job_id,
@@ -60,21 +60,21 @@ def provenance(
         "python_version": platform.python_version(),
         "input_digests": dict(loaded.digests),
         "request_sha256": request_sha256,
-        "arch": request["model"]["arch"],
-        "arch_config": request["model"].get("config", {}),
+        "arch": spec.model.arch,
+        "arch_config": dict(spec.model.config),
     }
 
 
 def write_results(
     job_id: str,
-    request: dict[str, Any],
+    spec: Spec,
     loaded: Loaded,
     outcome: Outcome,
     blobs: BlobStore,
     prov: dict[str, Any],
 ) -> Results:
     if isinstance(outcome, EditOutcome):
-        return _edit_results(job_id, request, loaded, outcome.result, blobs, prov)
+        return _edit_results(job_id, spec, loaded, outcome, blobs, prov)
     return _scores_results(job_id, loaded, outcome, blobs, prov)
 
 
@@ -82,15 +82,10 @@ def write_results(
 
 
 def _edit_results(
-    job_id: str,
-    request: dict[str, Any],
-    loaded: Loaded,
-    edit: gif.EditResult,
-    blobs: BlobStore,
-    prov: dict[str, Any],
+    job_id: str, spec: Spec, loaded: Loaded, outcome: EditOutcome, blobs: BlobStore, prov: dict[str, Any]
 ) -> Results:
-    options = edit.report.get("options", {})
-    prov = {**prov, "options": options, "seed": options.get("seed")}
+    edit, options = outcome.result, outcome.config.to_dict()
+    prov = {**prov, "options": options, "seed": outcome.config.seed}
     if "cache" in edit.report:
         prov["cache"] = edit.report["cache"]
     on = "validation" if loaded.validation is not None else "train"
@@ -101,11 +96,11 @@ def _edit_results(
         "after": gif.metrics.per_class_accuracy(edit.model, x, y, loaded.num_classes),
     }
     weights = blobs.tmp_path(".safetensors")
-    gif.io.save_checkpoint(edit.model, weights, metadata=_weights_metadata(job_id, request, options, prov))
+    gif.io.save_checkpoint(edit.model, weights, metadata=_weights_metadata(job_id, spec, options, prov))
     report = {
         "object": "report",
         "job_id": job_id,
-        "type": request["type"],
+        "type": spec.type,
         "report": edit.report,
         "per_class_accuracy": per_class,
         "provenance": prov,
@@ -116,11 +111,11 @@ def _edit_results(
             "safetensors",
             weights,
             f"{job_id}-weights.safetensors",
-            {"arch": request["model"]["arch"]},
+            {"arch": spec.model.arch},
         ),
         _json_output(blobs, "report", report, f"{job_id}-report.json"),
     ]
-    plot = _plot(blobs, per_class, f"{request['type']} ({job_id})")
+    plot = _plot(blobs, per_class, f"{spec.type} ({job_id})")
     if plot is not None:
         outputs.append(Output("plot", "png", plot, f"{job_id}-per-class-accuracy.png", {"data": on}))
     summary = {
@@ -137,16 +132,16 @@ def _edit_results(
 
 
 def _weights_metadata(
-    job_id: str, request: dict[str, Any], options: dict[str, Any], prov: dict[str, Any]
+    job_id: str, spec: Spec, options: dict[str, Any], prov: dict[str, Any]
 ) -> dict[str, str]:
     return {
         "job_id": job_id,
         "source_checkpoint_sha256": prov["input_digests"].get("checkpoint", ""),
         "train_sha256": prov["input_digests"].get("train", ""),
-        "job_type": request["type"],
-        "method": str(options.get("method", "")),
-        "arch": request["model"]["arch"],
-        "arch_config": json.dumps(request["model"].get("config", {}), sort_keys=True),
+        "job_type": spec.type,
+        "method": str(options["method"]),
+        "arch": spec.model.arch,
+        "arch_config": json.dumps(spec.model.config, sort_keys=True),
         "options": json.dumps(clean(options), sort_keys=True),
         "gif_version": prov["gif_version"],
         "torch_version": prov["torch_version"],
@@ -187,7 +182,7 @@ def _plot(blobs: BlobStore, per_class: dict[str, Any], title: str) -> Path | Non
 def _scores_results(
     job_id: str, loaded: Loaded, outcome: ScoresOutcome, blobs: BlobStore, prov: dict[str, Any]
 ) -> Results:
-    prov = {**prov, "options": outcome.options, "seed": outcome.options.get("seed", 0)}
+    prov = {**prov, "options": outcome.config.to_dict(), "seed": outcome.config.seed}
     diagnostics = outcome.result.diagnostics()
     scores_path = blobs.tmp_path(".safetensors")
     safetensors.torch.save_file(

@@ -1,8 +1,10 @@
 """The job runner: claim → load inputs → engine → result artifacts → finish, fenced by the lease.
 
 Shared by every executor: the embedded one (``workers.local``) calls :func:`run_next` in a loop;
-a queue-driven one calls :func:`run_job` with the id it was given. Engine errors end the job
-``failed`` with ``error.code = exc.code``; anything unexpected is ``internal_error``. A
+a queue-driven one calls :func:`run_job` with the id it was given. The stored request is parsed
+again into the typed job spec (``jobs.specs.load``), and everything after reads that spec; a stored
+request that no longer parses ends the job ``failed`` with ``invalid_request``. Engine errors end
+the job ``failed`` with ``error.code = exc.code``; anything unexpected is ``internal_error``. A
 cancellation observed through ``should_stop`` ends it ``cancelled``; a worker shutdown gives
 it back to the queue; a lost lease means another party owns the job, so nothing is written.
 """
@@ -25,7 +27,7 @@ import torch
 
 from gif.cache import Cache, DiskCache
 from gif.errors import Cancelled, GifError
-from jobs import artifacts, logs, store
+from jobs import artifacts, logs, specs, store
 from jobs.blobs import BlobStore, open_blob_store
 from jobs.config import Settings
 from jobs.db import Database
@@ -162,7 +164,7 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
                 results = _compute(lease, ctx, signals)
             except Cancelled:
                 return _stopped(lease, ctx, signals)
-            except GifError as exc:
+            except (GifError, specs.StoredSpecInvalid) as exc:
                 return _fail(lease, ctx, exc.code, exc.message)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
@@ -192,26 +194,23 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
 def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Results:
     with ctx.db.read() as session:
         job = store.require_job(session, lease.tenant_id, lease.job_id)
-        request, inputs, request_sha256 = (
-            json.loads(job.request_json),
-            json.loads(job.inputs_json),
-            job.request_sha256,
-        )
+        stored, inputs, request_sha256 = job.request_json, json.loads(job.inputs_json), job.request_sha256
+    spec = specs.load(stored)
     progress = ProgressReporter(
-        ctx.db, lease, signals, interval=ctx.settings.progress_seconds, newton_steps=newton_steps(request)
+        ctx.db, lease, signals, interval=ctx.settings.progress_seconds, newton_steps=newton_steps(spec)
     )
     progress.stage("loading_inputs", "reading checkpoint and datasets", fraction=0.0)
     device = resolve_device(ctx.settings.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    loaded = load_inputs(request, inputs, ctx.blobs, device)
+    loaded = load_inputs(spec.model, inputs, ctx.blobs, device)
     if signals.should_stop():
         raise Cancelled("stopped before the computation started")
-    outcome = run_engine(request, loaded, progress, signals.should_stop, ctx.cache_for(lease.tenant_id))
+    outcome = run_engine(spec, loaded, progress, signals.should_stop, ctx.cache_for(lease.tenant_id))
     progress.stage("writing_results", "saving result artifacts", fraction=1.0)
-    prov = provenance(lease.job_id, lease.attempt, request, request_sha256, loaded)
+    prov = provenance(lease.job_id, lease.attempt, spec, request_sha256, loaded)
     prov["compute"] = peak_memory(device)
-    return write_results(lease.job_id, request, loaded, outcome, ctx.blobs, prov)
+    return write_results(lease.job_id, spec, loaded, outcome, ctx.blobs, prov)
 
 
 def _commit(lease: store.Lease, ctx: WorkerContext, results: Results) -> JobStatus | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from gif.errors import GifError
-from jobs import logs, store
+from jobs import logs, specs, store
 from jobs.blobs import BlobStore
 from jobs.db import Database
 from jobs.errors import BlobCorrupted, StorageUnavailable
@@ -28,10 +28,10 @@ def validate_job(job_id: str, db: Database, blobs: BlobStore) -> JobStatus | Non
         job = store.find_job(session, job_id)
         if job is None or job.status != JobStatus.VALIDATING.value:
             return None
-        tenant_id, request, inputs = job.tenant_id, json.loads(job.request_json), json.loads(job.inputs_json)
+        tenant_id, stored, inputs = job.tenant_id, job.request_json, json.loads(job.inputs_json)
     try:
-        load_inputs(request, inputs, blobs)
-    except GifError as exc:
+        load_inputs(specs.load(stored).model, inputs, blobs)
+    except (GifError, specs.StoredSpecInvalid) as exc:
         return _fail(db, job_id, tenant_id, exc.code, exc.message)
     except FileNotFoundError:
         return _fail(db, job_id, tenant_id, "artifact_missing", "an input artifact's content is missing")

@@ -57,6 +57,9 @@ def test_valid_bodies_and_canonical_dump():
         {"options": {"max_iter": 0}},
         {"options": {"method": "xif"}},
         {"options": {"newton_steps": True}},
+        {"options": {"newton_steps": 21}},  # the service's cap (the engine takes any positive count)
+        {"options": {"chunk_size": 64}},  # an engine option jobs may not set
+        {"options": {"normalizer": 1.0}},  # solver extras neither
         {"model": {"arch": "mlp", "checkpoint": CKPT, "config": {"num_classes": "10"}}},
         {"model": {"arch": "mlp", "checkpoint": CKPT, "config": {"weights": [1, 2]}}},
         {"model": {"arch": "gpt", "checkpoint": CKPT}},

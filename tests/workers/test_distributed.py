@@ -24,6 +24,7 @@ from workers.dispatch import Publisher
 from workers.validation import validate_job
 
 DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+ART = "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC"  # an artifact id (the job's inputs record holds the digests)
 
 
 def _job(db: Database, *, request: dict | None = None, inputs: dict | None = None) -> str:
@@ -120,15 +121,24 @@ def test_validation_loads_the_inputs_and_rejects_a_checkpoint_of_another_archite
         "checkpoint": _stored(blobs, digits_files["checkpoint"]),
         "train": _stored(blobs, digits_files["train"]),
     }
-    good = {"type": "remove", "model": {"arch": "mlp", "config": dict(factories.MLP_CONFIG)}}
-    other = dict(factories.MLP_CONFIG, hidden_sizes=[7])
-    wrong = {"type": "remove", "model": {"arch": "mlp", "config": other}}
+
+    def request(config: dict) -> dict:
+        return {"type": "remove", "model": {"arch": "mlp", "config": config, "checkpoint": ART}, "train": ART,
+                "forget": {"class": 3}}  # fmt: skip
+
+    good = request(dict(factories.MLP_CONFIG))
+    wrong = request(dict(factories.MLP_CONFIG, hidden_sizes=[7]))
     ok, bad = _job(db, request=good, inputs=inputs), _job(db, request=wrong, inputs=inputs)
     assert validate_job(ok, db, blobs) is JobStatus.QUEUED
     assert validate_job(ok, db, blobs) is None  # a duplicate message: no longer validating
     assert validate_job(bad, db, blobs) is JobStatus.FAILED
     error = json.loads(_row(db, bad).error_json)
     assert error["code"] == "checkpoint_incompatible", error
+    # a stored request that is no longer a valid spec (an option this version does not know)
+    stale = _job(db, request={**good, "options": {"momentum": 0.9}}, inputs=inputs)
+    assert validate_job(stale, db, blobs) is JobStatus.FAILED
+    error = json.loads(_row(db, stale).error_json)
+    assert error["code"] == "invalid_request" and "options.momentum" in error["message"], error
 
 
 def test_publishing_to_a_dead_broker_fails_fast_and_leaves_the_job_for_the_sweeper(db):

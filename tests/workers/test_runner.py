@@ -113,6 +113,12 @@ def test_remove_class_produces_weights_report_and_plot(ctx, inputs, data):
     assert (
         report["provenance"]["torch_version"] == torch.__version__ and report["report"]["forget_class"] == 3
     )
+    options = report["provenance"]["options"]  # the engine configuration the job ran with
+    assert options == report["report"]["options"] and (
+        options["newton_steps"],
+        options["hessian_samples"],
+    ) == (1, 256)
+    assert options["method"] == "gif" and options["chunk_size"] == gif.EditConfig().chunk_size
     summary = json.loads(job.result_json)["summary"]
     assert summary["n_edited"] > 0 and summary["solver"]["method"] == "gif"
     assert json.loads(job.progress_json)["stage"] == "writing_results"
@@ -129,6 +135,9 @@ def test_scores_job(ctx, inputs):
     assert scores.shape == (4, factories.N_TRAIN)
     top = json.loads(files["top_k"])
     assert top["k"] == 3 and len(top["queries"]) == 4 and len(top["queries"][0]["proponents"]) == 3
+    provenance = json.loads(files["report"])["provenance"]
+    assert provenance["options"] == gif.config.defaults("scores") | {"solver": "cg", "max_iter": 5}
+    assert provenance["seed"] == 0
 
 
 def _fails_with(ctx, body, code: str) -> None:
@@ -148,6 +157,22 @@ def test_relabel_to_the_current_label_is_invalid_input(ctx, inputs, data):
     body = _body(inputs, type="relabel", relabel={"indices": [0], "labels": [int(data.y_train[0])]})
     del body["forget"]
     _fails_with(ctx, body, "invalid_input")
+
+
+def test_a_stored_request_that_no_longer_parses_fails_the_job_invalid_request(ctx, inputs):
+    """The worker parses the stored request into the typed spec again: one stored by a version
+    whose options this one does not know ends the job with a precise error, not a crash."""
+    from sqlalchemy import update
+
+    from jobs.models import Job
+
+    job_id = _submit(ctx, _body(inputs))
+    stale = _body(inputs, options={"newton_steps": 1, "momentum": 0.9})
+    with ctx.db.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(request_json=json.dumps(stale)))
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.FAILED
+    error = json.loads(_job(ctx, job_id).error_json)
+    assert error["code"] == "invalid_request" and "remove.options.momentum" in error["message"], error
 
 
 def test_labels_outside_the_model_are_dataset_incompatible(ctx, tmp_path, inputs, data):
