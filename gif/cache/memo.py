@@ -1,0 +1,342 @@
+"""One request's view of a cache (:class:`Memo`) and the wrapper at the inverse-Hessian
+boundary (:class:`CachedSolves`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..config import SolveConfig
+from ..inverse import LowRankInverse
+from ..methods import InfluenceResult, solve_influence
+from ..solvers import LowRankHessian, Monitor
+from .keys import check_key, make_key, model_digest, tensor_digest
+from .store import Cache, Entry
+
+if TYPE_CHECKING:
+    from ..hessian import HessianOperator
+
+
+# -- stats ---------------------------------------------------------------------------------------
+
+
+class CacheStats:
+    """Which entries one request found (``hits``, including ones it waited for while another
+    process computed them) and which it computed (``misses``), as short ``{"kind", "key"}``
+    records (the key's first 16 hex digits), one per lookup; ``counts`` totals them per kind
+    as ``{"hit", "wait", "miss"}`` (the labels of a requests-by-result metric)."""
+
+    def __init__(self) -> None:
+        self.hits: list[dict] = []
+        self.misses: list[dict] = []
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def record(self, key: str, status: str) -> None:
+        kind, digest = check_key(key)
+        item: dict[str, Any] = {"kind": kind, "key": digest[:16]}
+        if status == "waited":
+            item["waited"] = True
+        (self.misses if status == "computed" else self.hits).append(item)
+        result = {"hit": "hit", "waited": "wait", "computed": "miss"}[status]
+        per_kind = self.counts.setdefault(kind, {"hit": 0, "wait": 0, "miss": 0})
+        per_kind[result] += 1
+
+    def as_dict(self) -> dict:
+        return {
+            "hits": list(self.hits),
+            "misses": list(self.misses),
+            "counts": {k: dict(v) for k, v in self.counts.items()},
+        }
+
+
+# -- one request's view ---------------------------------------------------------------------------
+
+
+class Memo:
+    """Get-or-compute against a cache for one request, recording hits and misses.
+
+    With no cache, or when ``disabled`` gives a reason, every lookup simply computes and the
+    digest helpers return ``""`` so that uncached edits pay nothing for hashing.
+    """
+
+    def __init__(self, cache: Cache | None, *, disabled: str | None = None) -> None:
+        self.cache = cache
+        self.disabled = disabled
+        self.stats = CacheStats()
+
+    @property
+    def enabled(self) -> bool:
+        return self.cache is not None and self.disabled is None
+
+    # digests (empty when disabled)
+
+    def model(self, model: nn.Module) -> str:
+        return model_digest(model) if self.enabled else ""
+
+    def data(self, *tensors: torch.Tensor) -> str:
+        return tensor_digest(*tensors) if self.enabled else ""
+
+    # lookups
+
+    def fetch(
+        self,
+        kind: str,
+        parts: Mapping[str, Any],
+        compute: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]],
+        *,
+        device: torch.device | str | None,
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, meta) of the entry for ``parts``, computed (once, under its lock) if absent."""
+        if not self.enabled:
+            tensors, meta = compute()
+            return dict(tensors), dict(meta or {})
+        assert self.cache is not None
+        entry = self.cache.compute_once(make_key(kind, parts), compute, device=device)
+        self.stats.record(entry.key, entry.status)
+        return entry.tensors, entry.meta
+
+    def peek(self, key: str, *, device: torch.device | str | None) -> Entry | None:
+        """The entry under ``key`` if present (nothing recorded; see :meth:`record`)."""
+        if not self.enabled:
+            return None
+        assert self.cache is not None
+        lookup = getattr(self.cache, "lookup", self.cache.get)
+        return lookup(key, device=device)
+
+    def record(self, key: str, status: str) -> None:
+        if self.enabled:
+            self.stats.record(key, status)
+
+    def tensor(
+        self,
+        kind: str,
+        parts: Mapping[str, Any],
+        compute: Callable[[], torch.Tensor],
+        *,
+        device: torch.device | str | None,
+    ) -> torch.Tensor:
+        tensors, _ = self.fetch(kind, parts, lambda: ({"value": compute()}, {}), device=device)
+        return tensors["value"]
+
+    def meta(self, kind: str, parts: Mapping[str, Any], compute: Callable[[], dict]) -> dict:
+        """A JSON-only value (no tensors), e.g. metrics."""
+        return self.fetch(kind, parts, lambda: ({}, compute()), device=None)[1]
+
+    def gradient(self, op: HessianOperator, *, model: str, data: str, loss: str) -> torch.Tensor:
+        """``op.gradient()``: ∇ of the mean loss of ``op``'s data at ``op``'s θ.
+
+        ``model``, ``data`` and ``loss`` identify the model, data and loss ``op`` was built on;
+        the chunk sizes come from ``op`` (chunking changes the round-off).
+        """
+        parts = {"model": model, "data": data, "loss": loss, "chunks": [len(c) for c in op.data]}
+        return self.tensor("gradient", parts, op.gradient, device=op.flat.device)
+
+    def influence(
+        self,
+        parts: Mapping[str, Any],
+        solve: Callable[[], InfluenceResult],
+        *,
+        index: torch.Tensor,
+        device: torch.device | str | None,
+    ) -> InfluenceResult:
+        """An influence solve for ``parts``. A cached result has no ``lowrank`` (the fit is an
+        entry of its own)."""
+        fresh: list[InfluenceResult] = []
+
+        def compute() -> tuple[dict, dict]:
+            fresh.append(solve())
+            return influence_entry(fresh[0])
+
+        tensors, meta = self.fetch("ihvp", parts, compute, device=device)
+        return fresh[0] if fresh else influence_from_entry(tensors, meta, index)
+
+    def report(self) -> dict:
+        out = self.stats.as_dict()
+        if self.disabled is not None:
+            out["bypassed"] = self.disabled
+        return out
+
+
+# -- engine values <-> entries -------------------------------------------------------------------
+
+
+#: The JSON part of a cached influence solve (its tensor is ``vector``).
+_INFLUENCE_META = ("method", "solver", "converged", "iterations", "hvps", "grads", "residual", "history", "note",
+                   "seconds")  # fmt: skip
+
+
+def influence_entry(result: InfluenceResult) -> tuple[dict[str, torch.Tensor], dict]:
+    return {"vector": result.vector}, {name: getattr(result, name) for name in _INFLUENCE_META}
+
+
+def influence_from_entry(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping, index: torch.Tensor
+) -> InfluenceResult:
+    fields = {name: meta[name] for name in _INFLUENCE_META}
+    return InfluenceResult(
+        vector=tensors["vector"], params=index.cpu(), **{**fields, "history": list(fields["history"])}
+    )
+
+
+def lowrank_entry(fit: LowRankHessian) -> tuple[dict[str, torch.Tensor], dict]:
+    return fit.state_dict(), {"hvps": fit.hvps, "meta": dict(fit.meta)}
+
+
+def lowrank_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> LowRankHessian:
+    return LowRankHessian(
+        tensors["eigenvalues"],
+        tensors["eigenvectors"],
+        tensors["residuals"],
+        int(meta.get("hvps", 0)),
+        dict(meta.get("meta", {})),
+    )
+
+
+def lowrank_digest(fit: LowRankHessian) -> str:
+    """Content digest of a caller-supplied fit (its tensors)."""
+    return tensor_digest(fit.eigenvalues, fit.eigenvectors, fit.residuals)
+
+
+#: SolveConfig fields a curvature fit does not depend on; every other field is in its key, so a
+#: field added later is keyed by default (a miss at worst, never a stale hit).
+FIT_INDEPENDENT = frozenset({"method", "damping", "solver", "tol", "max_iter"})
+
+
+def solve_key(config: SolveConfig) -> dict[str, Any]:
+    """What an ``ihvp`` entry's key holds of the configuration: every field of the solve."""
+    return config.solve_config().to_dict()
+
+
+def fit_key(config: SolveConfig) -> dict[str, Any]:
+    """What a ``lowrank`` entry's key holds of the configuration: every field but
+    :data:`FIT_INDEPENDENT`."""
+    return {k: v for k, v in solve_key(config).items() if k not in FIT_INDEPENDENT}
+
+
+class CachedSolves:
+    """The influence solves of one edit through a :class:`Memo`: a wrapper at the
+    inverse-Hessian boundary.
+
+    Each solve is an ``ihvp`` entry keyed on the whole solve configuration (:func:`solve_key`),
+    the digests of θ, the Hessian data, the loss, the right-hand side and T. With
+    ``solver="lowrank"`` the curvature fit is an entry of its own (kind ``lowrank``, keyed by
+    :func:`fit_key` on the model and Hessian data at the first solve), so a related request on
+    the same checkpoint and Hessian data reuses the fit even when its right-hand side differs;
+    the fit then serves every later Newton step, as it does uncached. A fit given by the caller
+    is identified by the digest of its tensors.
+    """
+
+    def __init__(self, memo: Memo, given: LowRankHessian | None) -> None:
+        self.memo = memo
+        self.fit = given
+        self._id: str | None = None  # the fit's identity in ihvp keys
+        self._key: str | None = None  # its cache key when this edit derives it
+
+    def solve(
+        self,
+        hessian: HessianOperator,
+        g: torch.Tensor,
+        index: torch.Tensor,
+        config: SolveConfig,
+        *,
+        model: str,
+        data: str,
+        loss: str,
+        extra: Mapping[str, Any],
+        monitor: Monitor,
+        target_hvp: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        group_fraction: float = 0.0,
+    ) -> InfluenceResult:
+        """``solve_influence(hessian, g, index, config, ...)``, from the cache when possible.
+
+        ``model``/``data``/``loss`` identify θ, the Hessian data and the loss of ``hessian``;
+        ``extra`` holds whatever else the solve depends on (e.g. the target of ``sif``). What is
+        computed is counted in ``hessian.work``; a cached solve costs nothing.
+        """
+        lowrank = config.solver == "lowrank"
+        if lowrank and self.memo.enabled and self._id is None:
+            self._identify_fit(hessian, config, model=model, data=data, loss=loss)
+        parts = {
+            "model": model,
+            "data": data,
+            "loss": loss,
+            "rhs": self.memo.data(g),
+            "params": self.memo.data(index),
+            "backend": hessian.backend,
+            "chunks": [len(c) for c in hessian.data],
+            "curvature": self._id,
+            "config": solve_key(config),
+            "group_fraction": group_fraction,
+            "extra": dict(extra),
+        }
+
+        def run(fit: LowRankHessian | None) -> InfluenceResult:
+            return solve_influence(
+                hessian, g, index, config, target_hvp=target_hvp, group_fraction=group_fraction, lowrank=fit,
+                monitor=monitor,
+            )  # fmt: skip
+
+        def compute() -> InfluenceResult:
+            if lowrank and self.fit is None and self._key is not None:
+                return self._solve_and_fit(hessian, run)
+            return run(self.fit)
+
+        result = self.memo.influence(parts, compute, index=index, device=g.device)
+        if lowrank and self.fit is None:
+            if result.lowrank is not None:
+                self.fit = result.lowrank
+            else:  # the solve was cached but the fit is not: this edit must still return it
+                self.fit = self._fit(hessian, config, monitor)
+        return result
+
+    def _identify_fit(
+        self, hessian: HessianOperator, config: SolveConfig, *, model: str, data: str, loss: str
+    ) -> None:
+        if self.fit is not None:
+            self._id = "given:" + lowrank_digest(self.fit)
+            return
+        parts = {"model": model, "data": data, "loss": loss, "config": fit_key(config), "backend": hessian.backend,
+                 "chunks": [len(c) for c in hessian.data]}  # fmt: skip
+        self._key = self._id = make_key("lowrank", parts)
+        found = self.memo.peek(self._key, device=hessian.flat.device)
+        if found is not None:
+            self.memo.record(self._key, "hit")
+            self.fit = lowrank_from_entry(found.tensors, found.meta)
+
+    def _solve_and_fit(
+        self, hessian: HessianOperator, run: Callable[[LowRankHessian | None], InfluenceResult]
+    ) -> InfluenceResult:
+        """The first solve fits the curvature (under the fit's lock); a fit that appeared in the
+        meantime (another worker) is used instead."""
+        fresh: list[InfluenceResult] = []
+
+        def compute() -> tuple[dict, dict]:
+            fresh.append(run(None))
+            assert fresh[0].lowrank is not None
+            return lowrank_entry(fresh[0].lowrank)
+
+        entry = self._fetch_fit(compute, hessian)
+        if fresh:
+            return fresh[0]
+        self.fit = lowrank_from_entry(entry.tensors, entry.meta)
+        return run(self.fit)
+
+    def _fit(self, hessian: HessianOperator, config: SolveConfig, monitor: Monitor) -> LowRankHessian:
+        def compute() -> tuple[dict, dict]:
+            steps = config.solver_options.get("steps")
+            inverse = LowRankInverse(hessian, config.damping, rank=config.rank, seed=config.seed,
+                                     steps=None if steps is None else int(steps))  # fmt: skip
+            inverse.prepare(monitor)
+            return lowrank_entry(inverse.fitted)
+
+        entry = self._fetch_fit(compute, hessian)
+        return lowrank_from_entry(entry.tensors, entry.meta)
+
+    def _fetch_fit(self, compute: Callable[[], tuple[dict, dict]], hessian: HessianOperator) -> Entry:
+        assert self.memo.cache is not None and self._key is not None
+        entry = self.memo.cache.compute_once(self._key, compute, device=hessian.flat.device)
+        self.memo.record(entry.key, entry.status)
+        return entry
