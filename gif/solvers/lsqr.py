@@ -43,6 +43,7 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
     bnorm = beta
     w = v.clone()
     phibar, rhobar = beta, alpha
+    anorm2 = ddnorm = 0.0  # ‖Ā‖_F² and ‖D‖_F² estimates (D = the search directions / ρ): cond(Ā)
     it = 0
     converged = False
     for it in range(1, max_iter + 1):
@@ -59,6 +60,8 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         cs1 = rhobar / rhobar1
         phibar = cs1 * phibar
         rho = math.hypot(rhobar1, beta)
+        anorm2 += alpha**2 + beta**2 + damp**2
+        ddnorm += (safe_norm(w) / rho) ** 2
         cs, sn = rhobar1 / rho, beta / rho
         theta = sn * alpha
         rhobar = -cs * alpha
@@ -74,6 +77,24 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         if rel <= tol or alpha == 0.0:
             converged = True
             break
+    note = ""
+    if not converged and problem.kind == "lstsq" and problem.damping == 0.0:
+        note = ill_posed_note(math.sqrt(anorm2 * ddnorm), float(x.norm()))
     return SolveResult(
-        x, converged, it, monitor.history[-1] if monitor.history else 0.0, monitor.history, "lsqr"
+        x, converged, it, monitor.history[-1] if monitor.history else 0.0, monitor.history, "lsqr", note
+    )
+
+
+def ill_posed_note(condition: float, x_norm: float) -> str:
+    """Why an undamped least-squares solve ran out of iterations.
+
+    A trained network's H[:,T] is nearly rank-deficient, so min ‖H[:,T] x − g‖ has its optimum
+    far out along directions of tiny curvature: LSQR's residual keeps falling slowly while ‖x‖
+    grows and its condition estimate cond(Ā) = ‖Ā‖_F ‖D‖_F (Paige & Saunders) climbs, and no
+    stopping test is met within the iteration cap (measured on digits CNNs: docs/benchmarks.md).
+    Damping (λ > 0) makes the problem well posed; edits use λ = 0.01 by default.
+    """
+    return (
+        f"the undamped least-squares problem is ill-conditioned (condition estimate {condition:.1e}, "
+        f"‖x‖ = {x_norm:.3g} at the iteration cap): set damping > 0 (edits use 0.01)"
     )

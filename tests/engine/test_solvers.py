@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import gif
 from gif.errors import Cancelled, InvalidArgumentError
 from gif.solvers import Monitor, Problem, fit_lowrank, solve
 
@@ -93,6 +94,39 @@ def test_least_squares(name, damping):
     # the reported residual is the normal-equation residual
     normal = a.T @ (b - a @ out.x) - damping * out.x
     assert float(normal.norm() / (a.T @ b).norm()) <= 1e-9
+
+
+def _ill_posed(n=40, seed=7):
+    """A tall least-squares problem with singular values spread over 1e0..1e-8 and a right-hand
+    side partly outside the range: its optimum lies far out along the tiny directions."""
+    gen = torch.Generator().manual_seed(seed)
+    q1, _ = torch.linalg.qr(torch.randn(2 * n, 2 * n, dtype=torch.float64, generator=gen))
+    q2, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=gen))
+    a = (q1[:, :n] * torch.logspace(0, -8, n, dtype=torch.float64)) @ q2.T
+    return a, torch.randn(2 * n, dtype=torch.float64, generator=gen)
+
+
+def test_lsqr_says_when_an_undamped_least_squares_problem_is_ill_posed():
+    a, b = _ill_posed()
+    out = run(lstsq_problem(a, b), "lsqr", tol=1e-10, max_iter=15)
+    assert not out.converged
+    assert "ill-conditioned" in out.note and "damping" in out.note
+    condition = float(out.note.split("condition estimate ")[1].split(",")[0])
+    assert condition > 1e2  # the estimate grows with the directions taken; the true cond is 1e8
+    # damped, the same problem is well posed: it converges and says nothing
+    damped = run(lstsq_problem(a, b, 1e-2), "lsqr", tol=1e-8, max_iter=500)
+    assert damped.converged and damped.note == ""
+    # a capped damped solve is merely unconverged: no ill-posedness claim
+    assert run(lstsq_problem(a, b, 1e-2), "lsqr", tol=1e-14, max_iter=3).note == ""
+
+
+def test_the_ill_posed_note_reaches_an_influence_result():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    x = torch.randn(30, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (30,))
+    out = gif.influence(model, (x, y), (x[:5], y[:5]), method="gif", tol=1e-12, max_iter=3)
+    assert not out.converged and "ill-conditioned" in out.note
 
 
 def test_lsqr_residual_estimate_tracks_truth():
