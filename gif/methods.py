@@ -67,6 +67,7 @@ class InfluenceResult:
             "iterations": self.iterations,
             "hvps": self.hvps,
             "gradients": self.grads,
+            "work": {"gradients": self.grads, "hvps": self.hvps, "forward_evaluations": 0},
             "residual": self.residual,
             "residual_history": self.history,
             "selected_params": int(self.params.numel()),

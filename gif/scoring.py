@@ -80,6 +80,7 @@ class ScoresResult:
             "residuals": list(self.residuals),
             "hvps": self.hvps,
             "gradients": self.gradients,
+            "work": {"gradients": self.gradients, "hvps": self.hvps, "forward_evaluations": 0},
             "num_queries": int(self.scores.shape[0]),
             "num_train": int(self.scores.shape[1]),
             "note": self.note,

@@ -117,6 +117,7 @@ def test_default_path_and_diagnostics(tiny):
     assert len(events) == out.iterations and events[-1].residual == pytest.approx(out.residual)
     diag = out.diagnostics()
     assert diag["converged"] == out.converged and diag["hvps"] == out.hvps
+    assert diag["work"] == {"gradients": 1, "hvps": 2 * out.iterations + 1, "forward_evaluations": 0}
     if not out.converged:
         assert out.residual > 1e-4
 

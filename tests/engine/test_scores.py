@@ -88,7 +88,12 @@ def test_scores_match_dense_reference(kind, solver):
         assert out.hvps == sum(out.iterations)
     if solver == "lowrank":
         assert out.lowrank is not None and out.hvps == out.lowrank.hvps
-    json.dumps(out.diagnostics())
+    diagnostics = json.loads(json.dumps(out.diagnostics()))
+    assert diagnostics["work"] == {
+        "gradients": N_QUERIES + N_TRAIN,
+        "hvps": out.hvps,
+        "forward_evaluations": 0,
+    }
 
 
 def test_hessian_data_defaults_to_train_and_can_differ():
