@@ -119,6 +119,7 @@ class Edit:
         self.model = copy.deepcopy(model)
         self.memo = Memo(cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute")
         self.solves = CachedSolves(self.memo, lowrank)  # one curvature fit serves every Newton step
+        self.ids = Ids.of(self.memo, self.model, task, self.hessian_data, self.drift_data, loss_fn)
 
     def run(self) -> EditResult:
         """Edit the copy of the model by Newton steps on the task (module docstring)."""
@@ -127,7 +128,6 @@ class Edit:
 
     def _run(self) -> EditResult:
         memo, model = self.memo, self.model
-        self.ids = Ids.of(memo, model, self.task, self.hessian_data, self.drift_data, self.loss_fn)
         self.notify(Progress("selecting_parameters"))
         with self.clock("selection"):
             params = _select(model, self.task, self.config, self.loss_fn, memo, self.ids)
