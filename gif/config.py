@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar, get_args
 from .errors import InvalidArgumentError
 
 Method = Literal["if", "fif", "gif", "sif"]
-Solver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank"]
+Solver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac"]
 Strategy = Literal[
     "highest_outputs",
     "highest_gradients",
@@ -105,7 +105,8 @@ class SolveConfig:
         default=0.0, metadata=_meta("λ ≥ 0 added to the curvature", low=0.0, high=math.inf, service_max=1e6)
     )
     solver: Solver | None = field(
-        default=None, metadata=_meta("cg | minres | lsqr | neumann | direct | lowrank; None: the method's")
+        default=None,
+        metadata=_meta("cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac; None: the method's"),
     )
     tol: float = field(
         default=1e-4,

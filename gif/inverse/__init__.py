@@ -15,6 +15,7 @@ from ..solvers import ITERATIVE, LowRankHessian
 from .base import InverseHessian, Solution
 from .dense import DenseInverse
 from .iterative import IterativeInverse
+from .kfac import KroneckerInverse
 from .lowrank import LowRankInverse
 
 Builder = Callable[[HessianOperator, SolveConfig, "LowRankHessian | None"], InverseHessian]
@@ -39,11 +40,22 @@ def _lowrank(hessian: HessianOperator, config: SolveConfig, fit: LowRankHessian 
     )  # fmt: skip
 
 
+def _kronecker(corrected: bool) -> Builder:
+    def build(hessian: HessianOperator, config: SolveConfig, _fit: LowRankHessian | None) -> InverseHessian:
+        return KroneckerInverse(
+            hessian, config.damping, corrected=corrected, tol=config.tol, max_iter=config.max_iter
+        )
+
+    return build
+
+
 #: solver name → how to build its inverse.
 BUILDERS: dict[str, Builder] = {
     **dict.fromkeys(ITERATIVE, _iterative),
     "direct": _dense,
     "lowrank": _lowrank,
+    "kfac": _kronecker(corrected=False),
+    "ekfac": _kronecker(corrected=True),
 }
 
 
@@ -63,6 +75,7 @@ __all__ = [
     "DenseInverse",
     "InverseHessian",
     "IterativeInverse",
+    "KroneckerInverse",
     "LowRankInverse",
     "Solution",
     "inverse_for",

@@ -72,7 +72,7 @@ def test_every_inverse_solves_all_three_systems_and_the_row_operations(tiny, sol
 
 
 def test_every_solver_name_has_an_implementation():
-    assert set(BUILDERS) == {"cg", "minres", "lsqr", "neumann", "direct", "lowrank"}
+    assert set(BUILDERS) == {"cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac"}
     assert BUILDERS["direct"].__name__ == "_dense" and BUILDERS["lowrank"].__name__ == "_lowrank"
 
 

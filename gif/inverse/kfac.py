@@ -1,0 +1,273 @@
+"""Kronecker-factored curvature (K-FAC) and its eigenvalue-corrected form (EK-FAC).
+
+The curvature is the Gauss-Newton matrix of the mean cross-entropy over the Hessian data,
+G = (1/N) Σ_n J_nᵀ (diag(p_n) − p_n p_nᵀ) J_n (the Hessian without its second-derivative-of-the-
+network term; equal to it for a linear model). For each Linear and Conv1d/Conv2d layer with
+weight matrix W (bias as an extra input column; a convolution's kernel unfolded), the layer's
+block is approximated by a Kronecker product of an input covariance A and an output-gradient
+covariance S, both from one pass over the data:
+
+    A = Σ_{n,l} a_{n,l} a_{n,l}ᵀ / (N L),    S = Σ_{n,c,l} s_{n,c,l} s_{n,c,l}ᵀ / N,
+
+with a the layer's (unfolded, bias-augmented) inputs at position l, and s the gradients of the
+layer's outputs along the C columns r_{n,c} of the square root diag(√p) − p √pᵀ of the softmax's
+curvature (the exact expectation over labels, not a sampled label; C backward passes per chunk).
+With A = Q_A diag(α) Q_Aᵀ and S = Q_S diag(σ) Q_Sᵀ, K-FAC's eigenvalues in the Kronecker
+eigenbasis are σ αᵀ; EK-FAC replaces them by the data's own second moments there,
+
+    Λ = (1/N) Σ_{n,c} (Q_Sᵀ (Σ_l s_{n,c,l} a_{n,l}ᵀ) Q_A)²,
+
+which is exact on the diagonal of the block in that basis. (H + λI)⁻¹ b is then per layer
+Q_S [(Q_Sᵀ B Q_A) / (Λ + λ)] Q_Aᵀ with B the layer's block of b. Parameters outside these layers
+(e.g. normalisation) get no curvature: b/λ (0 when λ = 0). The restricted and least-squares
+systems (``fif``, ``gif``) are solved matrix-free on the factored curvature (CG / LSQR, no HVP).
+
+Both are exact for a single linear layer fitted on one sample (tests/engine/test_kfac.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from ..hessian import HessianOperator, cross_entropy
+from ..solvers import Monitor, Problem, solve
+from .base import InverseHessian, Solution
+
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+@dataclass
+class _Block:
+    """One layer's slice of θ and its factors."""
+
+    module: nn.Module
+    weight: slice
+    bias: slice | None
+    out: int
+    q_in: torch.Tensor | None = None  # Q_A
+    q_out: torch.Tensor | None = None  # Q_S
+    eigen: torch.Tensor | None = None  # Λ (or σ αᵀ), [out, in]
+
+    def matrix(self, v: torch.Tensor) -> torch.Tensor:
+        """The layer's block of a flat vector as [out, in (+1 for the bias)]."""
+        w = v[self.weight].reshape(self.out, -1)
+        return w if self.bias is None else torch.cat([w, v[self.bias].unsqueeze(1)], dim=1)
+
+    def scatter(self, m: torch.Tensor, into: torch.Tensor) -> None:
+        if self.bias is None:
+            into[self.weight] = m.reshape(-1)
+        else:
+            into[self.weight] = m[:, :-1].reshape(-1)
+            into[self.bias] = m[:, -1]
+
+
+class KroneckerInverse(InverseHessian):
+    """(G + λI)⁻¹ with G factored per layer (module docstring); ``corrected`` selects EK-FAC."""
+
+    def __init__(
+        self,
+        hessian: HessianOperator,
+        damping: float,
+        *,
+        corrected: bool,
+        tol: float = 1e-6,
+        max_iter: int = 100,
+    ) -> None:
+        super().__init__(hessian, damping)
+        self.name = "ekfac" if corrected else "kfac"
+        self.corrected, self.tol, self.max_iter = corrected, tol, max_iter
+        loss = hessian.flat.loss_fn
+        if loss is not cross_entropy and loss is not F.cross_entropy:
+            raise InvalidArgumentError(
+                f"solver {self.name!r} models the cross-entropy loss; use another solver"
+            )
+        self.blocks = _blocks(hessian)
+        if not self.blocks:
+            raise InvalidArgumentError(
+                f"solver {self.name!r} needs Linear or Conv layers with trainable weights"
+            )
+        covered = torch.zeros(hessian.size, dtype=torch.bool)
+        for block in self.blocks:
+            covered[block.weight] = True
+            if block.bias is not None:
+                covered[block.bias] = True
+        self.uncovered = torch.nonzero(~covered).flatten().to(hessian.flat.device)
+        self.prepared = False
+
+    def prepare(self, monitor: Monitor | None = None) -> None:
+        if self.prepared:
+            return
+        (monitor or Monitor()).check_cancel()
+        inputs, outputs = _factors(self.hessian, self.blocks)
+        for block, a, s in zip(self.blocks, inputs, outputs, strict=True):
+            alpha, block.q_in = torch.linalg.eigh(a)
+            sigma, block.q_out = torch.linalg.eigh(s)
+            block.eigen = sigma.clamp_min(0).unsqueeze(1) * alpha.clamp_min(0).unsqueeze(0)
+        if self.corrected:
+            (monitor or Monitor()).check_cancel()
+            for block, eigen in zip(
+                self.blocks, _corrected_eigenvalues(self.hessian, self.blocks), strict=True
+            ):
+                block.eigen = eigen
+        self.prepared = True
+
+    # -- the factored curvature and its inverse ---------------------------------------------------
+
+    def _apply(self, b: torch.Tensor, transform) -> torch.Tensor:
+        self.prepare()
+        out = torch.zeros_like(b)
+        for block in self.blocks:
+            q_in, q_out = block.q_in.to(b), block.q_out.to(b)  # type: ignore[union-attr]
+            rotated = q_out.T @ block.matrix(b) @ q_in
+            block.scatter(q_out @ transform(rotated, block.eigen.to(b)) @ q_in.T, out)  # type: ignore[union-attr]
+        return out
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """G·v with the factored G (zero curvature outside the covered layers)."""
+        return self._apply(v, lambda rotated, eigen: rotated * eigen)
+
+    def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
+        self.prepare(monitor)
+        damping = self.damping
+
+        def inverse(rotated: torch.Tensor, eigen: torch.Tensor) -> torch.Tensor:
+            total = eigen + damping
+            keep = total > torch.finfo(total.dtype).eps * total.numel() * total.max().clamp_min(1e-300)
+            return torch.where(keep, rotated / torch.where(keep, total, torch.ones_like(total)), 0.0)
+
+        x = self._apply(b, inverse)
+        if damping > 0.0:
+            x[self.uncovered] = b[self.uncovered] / damping
+        return Solution(x, note=f"{self.name}: {len(self.blocks)} layers factored")
+
+    def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        def restricted(x_t: torch.Tensor) -> torch.Tensor:
+            return self.matvec(_scatter(x_t, index, self.size))[index]
+
+        problem = Problem("symmetric", restricted, restricted, b_t, self.damping, index.numel())
+        return self._run(problem, "cg", monitor)
+
+    def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        problem = Problem(
+            "lstsq", lambda x_t: self.matvec(_scatter(x_t, index, g.numel())), lambda y: self.matvec(y)[index], g,
+            self.damping, index.numel(),
+        )  # fmt: skip
+        return self._run(problem, "lsqr", monitor)
+
+    def _run(self, problem: Problem, solver: str, monitor: Monitor) -> Solution:
+        self.prepare(monitor)
+        out = solve(problem, solver, tol=self.tol, max_iter=self.max_iter, monitor=monitor)
+        return Solution(out.x, out.converged, out.iterations, out.residual, out.history, out.note)
+
+
+def _scatter(x_t: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    full = torch.zeros(size, dtype=x_t.dtype, device=x_t.device)
+    full[index] = x_t
+    return full
+
+
+def _blocks(hessian: HessianOperator) -> list[_Block]:
+    slots = {s.name: slice(s.offset, s.stop) for s in hessian.flat.space.slots}
+    blocks = []
+    for prefix, module in hessian.flat.model.named_modules():
+        if not isinstance(module, _LAYERS) or getattr(module, "groups", 1) != 1:
+            continue
+        weight = slots.get(f"{prefix}.weight" if prefix else "weight")
+        if weight is None:
+            continue
+        bias = slots.get(f"{prefix}.bias" if prefix else "bias")
+        blocks.append(_Block(module, weight, bias, int(module.weight.shape[0])))
+    return blocks
+
+
+def _layer_inputs(block: _Block, x: torch.Tensor) -> torch.Tensor:
+    """The layer's inputs as [batch, positions, in (+1)] (convolutions unfolded)."""
+    m = block.module
+    if isinstance(m, nn.Linear):
+        a = x.reshape(x.shape[0], -1, x.shape[-1])
+    else:
+        assert isinstance(m, (nn.Conv1d, nn.Conv2d))
+        if isinstance(m.padding, str):
+            raise InvalidArgumentError("K-FAC does not support string padding ('same'); use explicit padding")
+        kernel, stride, padding, dilation = m.kernel_size, m.stride, m.padding, m.dilation
+        if isinstance(m, nn.Conv1d):  # as a 2-D convolution over a height of 1
+            x = x.unsqueeze(2)
+            kernel, stride, padding, dilation = (1, *kernel), (1, *stride), (0, *padding), (1, *dilation)
+        a = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
+    if block.bias is not None:
+        a = torch.cat([a, torch.ones(*a.shape[:2], 1, dtype=a.dtype, device=a.device)], dim=2)
+    return a
+
+
+def _layer_outputs(block: _Block, grad: torch.Tensor) -> torch.Tensor:
+    """Output gradients as [batch, positions, out]."""
+    if isinstance(block.module, nn.Linear):
+        return grad.reshape(grad.shape[0], -1, grad.shape[-1])
+    return grad.flatten(2).transpose(1, 2)  # conv: [batch, out, *spatial]
+
+
+def _passes(hessian: HessianOperator, blocks: list[_Block]):
+    """Per chunk and per column c of the softmax curvature's square root: (layer inputs, layer
+    output gradients) for every block, and whether c is the chunk's first column."""
+    model = hessian.flat.model
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(index: int):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen[index] = (args[0].detach(), output)
+
+        return record
+
+    handles = [b.module.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
+    try:
+        for chunk in hessian.data:
+            seen.clear()
+            with torch.enable_grad():
+                logits = model(chunk.inputs)
+            p = torch.softmax(logits.detach(), dim=-1)
+            root = p.sqrt()
+            inputs = [_layer_inputs(b, seen[i][0]) for i, b in enumerate(blocks)]
+            outputs = [seen[i][1] for i in range(len(blocks))]
+            for c in range(logits.shape[-1]):
+                direction = -p * root[:, c : c + 1]
+                direction[:, c] += root[:, c]
+                grads = torch.autograd.grad((logits * direction).sum(), outputs, retain_graph=True)
+                hessian.work.gradients += 1
+                yield inputs, [_layer_outputs(b, g) for b, g in zip(blocks, grads, strict=True)], c == 0
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _factors(hessian: HessianOperator, blocks: list[_Block]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    n = hessian.num_samples
+    a_sum: list[torch.Tensor | None] = [None] * len(blocks)
+    s_sum: list[torch.Tensor | None] = [None] * len(blocks)
+    for inputs, outputs, first_column in _passes(hessian, blocks):
+        for i, (a, s) in enumerate(zip(inputs, outputs, strict=True)):
+            a64, s64 = a.to(torch.float64), s.to(torch.float64)
+            if first_column:
+                term, prev = torch.einsum("bli,blj->ij", a64, a64) / (n * a.shape[1]), a_sum[i]
+                a_sum[i] = term if prev is None else prev + term
+            term, prev = torch.einsum("blo,blp->op", s64, s64) / n, s_sum[i]
+            s_sum[i] = term if prev is None else prev + term
+    return [t for t in a_sum if t is not None], [t for t in s_sum if t is not None]
+
+
+def _corrected_eigenvalues(hessian: HessianOperator, blocks: list[_Block]) -> list[torch.Tensor]:
+    n = hessian.num_samples
+    sums = []
+    for b in blocks:
+        assert b.q_in is not None and b.q_out is not None
+        sums.append(torch.zeros(b.q_out.shape[0], b.q_in.shape[0], dtype=torch.float64, device=b.q_in.device))
+    for inputs, outputs, _ in _passes(hessian, blocks):
+        for i, (block, a, s) in enumerate(zip(blocks, inputs, outputs, strict=True)):
+            assert block.q_in is not None and block.q_out is not None
+            per_sample = torch.einsum("blo,bli->boi", s.to(torch.float64), a.to(torch.float64))
+            sums[i] += ((block.q_out.T @ per_sample @ block.q_in) ** 2).sum(dim=0) / n
+    return sums

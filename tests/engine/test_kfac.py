@@ -1,0 +1,111 @@
+"""K-FAC and EK-FAC against the dense float64 Hessian on models where the Gauss-Newton matrix is
+the Hessian (the network is linear in its parameters): exact for one sample, and EK-FAC's
+eigenvalues equal the Hessian's diagonal in the Kronecker eigenbasis for any number."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gif
+from gif.config import SolveConfig
+from gif.errors import InvalidArgumentError
+from gif.hessian import HessianOperator
+from gif.inverse import KroneckerInverse, inverse_for
+from gif.solvers import Monitor
+
+from .reference import dense_hessian
+
+
+def linear_layer(seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(5, 3).double()
+
+
+def conv_layer(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).double()
+
+
+def conv1d_layer(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv1d(2, 3, 3, padding=1, stride=2), nn.Flatten(), nn.Linear(3 * 4, 4)).double()
+
+
+def samples(shape, n, classes, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, dtype=torch.float64, generator=gen), torch.randint(
+        0, classes, (n,), generator=gen
+    )
+
+
+def to_matrix_layout(layer: nn.Module) -> torch.Tensor:
+    """θ indices of a layer's [out, in + 1] block (weights row-major, then the bias column)."""
+    out, inp = layer.weight.shape[0], layer.weight[0].numel()
+    index = torch.empty(out, inp + 1, dtype=torch.long)
+    index[:, :inp] = torch.arange(out * inp).reshape(out, inp)
+    index[:, inp] = out * inp + torch.arange(out)
+    return index.reshape(-1)
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_exact_for_a_linear_layer_on_one_sample(corrected):
+    model = linear_layer()
+    data = samples((5,), 1, 3)
+    h = dense_hessian(model, *data)
+    damping = 0.05
+    inverse = KroneckerInverse(HessianOperator(model, data), damping, corrected=corrected)
+    b = torch.randn(h.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = torch.linalg.solve(h + damping * torch.eye(h.shape[0], dtype=torch.float64), b)
+    assert torch.allclose(inverse.solve(b, Monitor()).x, expected, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(inverse.matvec(b), h @ b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("build", "shape", "classes"),
+    [(linear_layer, (5,), 3), (conv_layer, (2, 4, 4), 4), (conv1d_layer, (2, 8), 4)],
+)
+def test_ekfac_eigenvalues_are_the_hessian_diagonal_in_the_kronecker_basis(build, shape, classes):
+    model = build()
+    data = samples(shape, 12, classes)
+    h = dense_hessian(model, *data)
+    inverse = KroneckerInverse(HessianOperator(model, data, chunk_size=5), 0.0, corrected=True)
+    inverse.prepare()
+    layer = model if isinstance(model, nn.Linear) else model[0]
+    block = inverse.blocks[0]
+    assert block.module is layer
+    index = to_matrix_layout(layer)
+    basis = torch.kron(block.q_out, block.q_in)  # column j * (in + 1) + k = vec(q_out[:, j] q_in[:, k]ᵀ)
+    in_basis = basis.T @ h[index][:, index] @ basis
+    assert torch.allclose(block.eigen.reshape(-1), torch.diagonal(in_basis), rtol=1e-8, atol=1e-12)
+
+
+def test_influence_scores_and_edits_run_on_the_factored_curvature():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = samples((6,), 40, 3)
+    x = x.float()
+    for method in ("if", "fif", "gif"):
+        out = gif.influence(model, (x, y), (x[:4], y[:4]), method=method, solver="ekfac", damping=0.1,
+                            params={"strategy": "highest_gradients", "ratio": 0.2} if method != "if" else None)  # fmt: skip
+        assert out.solver == "ekfac" and torch.isfinite(out.vector).all() and out.hvps == 0
+    scores = gif.scores_with_report(model, (x, y), (x[:3], y[:3]), solver="kfac", include_self_influence=True)
+    assert scores.scores.shape == (3, 40) and scores.hvps == 0
+    assert torch.isfinite(scores.self_influence).all()
+    edit = gif.remove(model, (x, y), torch.arange(4), solver="ekfac", newton_steps=1)
+    assert edit.report["solver"]["solver"] == "ekfac" and edit.report["hvps"] == 0
+
+
+def test_uncovered_parameters_get_the_damping_only_and_other_losses_are_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3)).double()
+    data = samples((4,), 10, 3)
+    hessian = HessianOperator(model, data)
+    inverse = inverse_for(hessian, SolveConfig(method="if", solver="kfac", damping=0.5))
+    b = torch.ones(hessian.size, dtype=torch.float64)
+    x = inverse.solve(b, Monitor()).x
+    norm = slice(4 * 6 + 6, 4 * 6 + 6 + 12)  # LayerNorm weight and bias
+    assert torch.allclose(x[norm], b[norm] / 0.5)
+    with pytest.raises(InvalidArgumentError, match="cross-entropy"):
+        KroneckerInverse(HessianOperator(model, data, loss_fn=nn.functional.mse_loss), 0.1, corrected=True)
