@@ -47,6 +47,9 @@ HvpBackend = Literal["auto", "func", "graph"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 SOLVERS: tuple[str, ...] = get_args(Solver)
+#: The solvers a service job may name: the Kronecker-factored ones are engine-only until their fit
+#: is fast and cached (they refit at every Newton step of an edit; docs/benchmarks.md).
+SERVICE_SOLVERS: tuple[str, ...] = tuple(s for s in SOLVERS if s not in ("kfac", "ekfac"))
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 STEP_POLICIES: tuple[str, ...] = get_args(StepPolicy)
 HESSIAN_POOLS: tuple[str, ...] = get_args(HessianPool)
@@ -89,11 +92,13 @@ def _meta(
     low_open: bool = False,
     service_max: float | None = None,
     service: bool = True,
+    service_choices: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """A configuration field's metadata: help, valid range [low, high] (``low_open``: low
-    excluded; no ``high``: an integer), the service's tighter cap, and whether jobs may set it."""
+    excluded; no ``high``: an integer), the service's tighter cap, whether jobs may set it, and
+    which of a choice field's values jobs may name (None: all)."""
     return {"help": help, "low": low, "high": high, "low_open": low_open, "service_max": service_max,
-            "service": service}  # fmt: skip
+            "service": service, "service_choices": service_choices}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,10 @@ class SolveConfig:
     )
     solver: Solver | None = field(
         default=None,
-        metadata=_meta("cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac; None: the method's"),
+        metadata=_meta(
+            "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac (engine only); None: the method's",
+            service_choices=SERVICE_SOLVERS,
+        ),
     )
     tol: float = field(
         default=1e-4,

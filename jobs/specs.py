@@ -30,11 +30,13 @@ from pydantic import (
 )
 
 from gif.config import METHODS as METHODS
-from gif.config import SOLVERS as SOLVERS
+from gif.config import SERVICE_SOLVERS, EditConfig, SolveConfig
 from gif.config import STRATEGIES as STRATEGIES
-from gif.config import EditConfig, SolveConfig
 
 from . import ids
+
+#: The solvers a job may name (the health document lists them): the engine-only ones are left out.
+SOLVERS = SERVICE_SOLVERS
 
 #: Longest index / label list accepted inline.
 MAX_INDICES = 100_000
@@ -142,8 +144,10 @@ def _options_model(
     fields: dict[str, Any] = {}
     for f in service_fields(kind, exclude):
         meta = f.metadata
+        choices = meta.get("service_choices")
+        kind_of_value = hints[f.name] if choices is None else Literal[choices]  # a subset jobs may name
         fields[f.name] = (
-            hints[f.name] | None,
+            kind_of_value | None,
             Field(None, description=meta["help"], **_bounds(meta)),
         )
     return create_model(name, __base__=Strict, __doc__=doc, __module__=__name__, **fields)

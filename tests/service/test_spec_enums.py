@@ -42,7 +42,9 @@ def test_each_option_takes_the_engine_fields_type_help_and_range(model, kind):
         assert info.default is None and info.description == f.metadata["help"], name
         choices = [a for a in typing.get_args(hints[name] | None) if typing.get_origin(a) is typing.Literal]
         if choices:
-            assert typing.get_args(info.annotation)[0] == choices[0], name
+            allowed = f.metadata["service_choices"] or typing.get_args(choices[0])
+            assert set(allowed) <= set(typing.get_args(choices[0])), name
+            assert typing.get_args(typing.get_args(info.annotation)[0]) == tuple(allowed), name
             continue
         low, high, cap = f.metadata["low"], f.metadata["high"], f.metadata["service_max"]
         upper = min(c for c in (high, cap, math.inf) if c is not None)
@@ -72,8 +74,18 @@ def test_option_values_are_checked_as_the_engine_checks_them():
             specs.EditOptions.model_validate({name: bad})
 
 
+def test_engine_only_solvers_are_refused_by_the_job_spec():
+    assert set(gif.config.SOLVERS) - set(gif.config.SERVICE_SOLVERS) == {"kfac", "ekfac"}
+    for solver in ("kfac", "ekfac"):
+        with pytest.raises(ValueError):
+            specs.EditOptions.model_validate({"solver": solver})
+        with pytest.raises(ValueError):
+            specs.ScoresOptions.model_validate({"solver": solver})
+    assert specs.EditOptions.model_validate({"solver": "lowrank"}).solver == "lowrank"
+
+
 def test_the_health_document_lists_the_engines_names():
-    assert specs.METHODS == gif.config.METHODS and specs.SOLVERS == gif.config.SOLVERS
+    assert specs.METHODS == gif.config.METHODS and specs.SOLVERS == gif.config.SERVICE_SOLVERS
     assert specs.STRATEGIES == gif.config.STRATEGIES
 
 
