@@ -259,7 +259,14 @@ def _factors(hessian: HessianOperator, blocks: list[_Block]) -> tuple[list[torch
     return [t for t in a_sum if t is not None], [t for t in s_sum if t is not None]
 
 
+#: Bytes of per-sample rotated gradients held at once by the EK-FAC correction.
+_CORRECTION_BUDGET = 64 << 20
+
+
 def _corrected_eigenvalues(hessian: HessianOperator, blocks: list[_Block]) -> list[torch.Tensor]:
+    """Λ = (1/N) Σ_{n,c} (Q_Sᵀ G_{n,c} Q_A)² with G_{n,c} = Σ_l s_{n,c,l} a_{n,l}ᵀ; in the rotated
+    bases Q_Sᵀ G Q_A = Σ_l (s Q_S)_l ᵀ(a Q_A)_l, and with one position (a Linear layer on vectors)
+    the square of that rank-1 matrix is the outer product of the squares: one matmul per chunk."""
     n = hessian.num_samples
     sums = []
     for b in blocks:
@@ -268,6 +275,12 @@ def _corrected_eigenvalues(hessian: HessianOperator, blocks: list[_Block]) -> li
     for inputs, outputs, _ in _passes(hessian, blocks):
         for i, (block, a, s) in enumerate(zip(blocks, inputs, outputs, strict=True)):
             assert block.q_in is not None and block.q_out is not None
-            per_sample = torch.einsum("blo,bli->boi", s.to(torch.float64), a.to(torch.float64))
-            sums[i] += ((block.q_out.T @ per_sample @ block.q_in) ** 2).sum(dim=0) / n
+            a_rot, s_rot = a.to(torch.float64) @ block.q_in, s.to(torch.float64) @ block.q_out  # [B, L, ·]
+            if a.shape[1] == 1:
+                sums[i] += (s_rot[:, 0] ** 2).T @ (a_rot[:, 0] ** 2) / n
+                continue
+            step = max(1, _CORRECTION_BUDGET // (8 * a_rot.shape[2] * s_rot.shape[2]))
+            for j in range(0, a_rot.shape[0], step):
+                rotated = torch.einsum("blo,bli->boi", s_rot[j : j + step], a_rot[j : j + step])
+                sums[i] += (rotated**2).sum(dim=0) / n
     return sums
