@@ -111,6 +111,13 @@ class InverseHessian(ABC):
 _COUNT = {"query": "num_queries", "sample": "num_samples"}
 
 
+def scatter(x_t: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """A vector of length ``size`` holding ``x_t`` at ``index`` and zeros elsewhere."""
+    full = torch.zeros(size, dtype=x_t.dtype, device=x_t.device)
+    full[index] = x_t
+    return full
+
+
 def _finite(x: torch.Tensor, solver: str) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise NumericalError(f"the {solver} solve produced NaN/Inf; add damping or use another solver")

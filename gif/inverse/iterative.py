@@ -14,7 +14,7 @@ import torch
 
 from ..hessian import HessianOperator
 from ..solvers import Monitor, Problem, solve
-from .base import InverseHessian, Solution
+from .base import InverseHessian, Solution, scatter
 
 
 class IterativeInverse(InverseHessian):
@@ -32,7 +32,7 @@ class IterativeInverse(InverseHessian):
 
     def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
         def restricted(x_t: torch.Tensor) -> torch.Tensor:
-            return self.hessian.hvp(_scatter(x_t, index, self.size))[index]
+            return self.hessian.hvp(scatter(x_t, index, self.size))[index]
 
         return self._run(
             Problem("symmetric", restricted, restricted, b_t, self.damping, index.numel()), monitor
@@ -41,7 +41,7 @@ class IterativeInverse(InverseHessian):
     def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
         h = self.hessian.hvp
         problem = Problem(
-            "lstsq", lambda x_t: h(_scatter(x_t, index, g.numel())), lambda y: h(y)[index], g, self.damping,
+            "lstsq", lambda x_t: h(scatter(x_t, index, g.numel())), lambda y: h(y)[index], g, self.damping,
             index.numel(),
         )  # fmt: skip
         return self._run(problem, monitor)
@@ -49,9 +49,3 @@ class IterativeInverse(InverseHessian):
     def _run(self, problem: Problem, monitor: Monitor) -> Solution:
         out = solve(problem, self.name, tol=self.tol, max_iter=self.max_iter, monitor=monitor, **self.options)
         return Solution(out.x, out.converged, out.iterations, out.residual, out.history, out.note)
-
-
-def _scatter(x_t: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    full = torch.zeros(size, dtype=x_t.dtype, device=x_t.device)
-    full[index] = x_t
-    return full

@@ -36,7 +36,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..hessian import HessianOperator, cross_entropy
 from ..solvers import Monitor, Problem, solve
-from .base import InverseHessian, Solution
+from .base import InverseHessian, Solution, scatter
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -147,14 +147,14 @@ class KroneckerInverse(InverseHessian):
 
     def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
         def restricted(x_t: torch.Tensor) -> torch.Tensor:
-            return self.matvec(_scatter(x_t, index, self.size))[index]
+            return self.matvec(scatter(x_t, index, self.size))[index]
 
         problem = Problem("symmetric", restricted, restricted, b_t, self.damping, index.numel())
         return self._run(problem, "cg", monitor)
 
     def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
         problem = Problem(
-            "lstsq", lambda x_t: self.matvec(_scatter(x_t, index, g.numel())), lambda y: self.matvec(y)[index], g,
+            "lstsq", lambda x_t: self.matvec(scatter(x_t, index, g.numel())), lambda y: self.matvec(y)[index], g,
             self.damping, index.numel(),
         )  # fmt: skip
         return self._run(problem, "lsqr", monitor)
@@ -163,12 +163,6 @@ class KroneckerInverse(InverseHessian):
         self.prepare(monitor)
         out = solve(problem, solver, tol=self.tol, max_iter=self.max_iter, monitor=monitor)
         return Solution(out.x, out.converged, out.iterations, out.residual, out.history, out.note)
-
-
-def _scatter(x_t: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    full = torch.zeros(size, dtype=x_t.dtype, device=x_t.device)
-    full[index] = x_t
-    return full
 
 
 def _blocks(hessian: HessianOperator) -> list[_Block]:
