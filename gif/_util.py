@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator
 
@@ -36,13 +35,6 @@ class Stopwatch:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-def check_nonnegative(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise InvalidArgumentError(f"`{name}` must be a finite number >= 0, got {value}")
-    return value
 
 
 def check_positive_int(name: str, value: int) -> int:

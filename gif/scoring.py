@@ -306,7 +306,6 @@ def _run(
     monitor: Monitor,
 ) -> ScoresResult:
     start = time.perf_counter()
-    check_positive_int("chunk_size", config.chunk_size)
     train_pair = as_pair(train, what="train")  # materialised once: read by H and by the scoring pass
     query_pair = None if queries is None else as_pair(queries, what="queries")
     with eval_mode(model):

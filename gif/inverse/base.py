@@ -21,13 +21,14 @@ model is a new file with a subclass, registered in :mod:`gif.inverse`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import NumericalError
 from ..hessian import HessianOperator
-from ..solvers import Monitor
+from ..solvers import Monitor, Problem, SolveResult
 
 
 @dataclass
@@ -46,6 +47,13 @@ class Solution:
     residual: float = 0.0
     history: list[float] = field(default_factory=list)
     note: str = ""
+
+    @classmethod
+    def of(cls, result: SolveResult) -> Solution:
+        """An iterative solver's result as a solution."""
+        return cls(
+            result.x, result.converged, result.iterations, result.residual, result.history, result.note
+        )
 
 
 class InverseHessian(ABC):
@@ -110,12 +118,34 @@ class InverseHessian(ABC):
 
 _COUNT = {"query": "num_queries", "sample": "num_samples"}
 
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+
 
 def scatter(x_t: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """A vector of length ``size`` holding ``x_t`` at ``index`` and zeros elsewhere."""
     full = torch.zeros(size, dtype=x_t.dtype, device=x_t.device)
     full[index] = x_t
     return full
+
+
+def restricted_problem(
+    matvec: MatVec, b_t: torch.Tensor, index: torch.Tensor, size: int, damping: float
+) -> Problem:
+    """(A[T,T] + λI) x = b_T for a symmetric A given as ``matvec`` over all ``size`` coordinates."""
+
+    def restricted(x_t: torch.Tensor) -> torch.Tensor:
+        return matvec(scatter(x_t, index, size))[index]
+
+    return Problem("symmetric", restricted, restricted, b_t, damping, index.numel())
+
+
+def columns_problem(matvec: MatVec, g: torch.Tensor, index: torch.Tensor, damping: float) -> Problem:
+    """min ‖A[:,T] x − g‖² + λ‖x‖² for a symmetric A given as ``matvec``: A[:,T] x = A scatter_T(x)
+    and A[:,T]ᵀ y = (A y)[T], since A = Aᵀ."""
+    return Problem(
+        "lstsq", lambda x_t: matvec(scatter(x_t, index, g.numel())), lambda y: matvec(y)[index], g, damping,
+        index.numel(),
+    )  # fmt: skip
 
 
 def _finite(x: torch.Tensor, solver: str) -> torch.Tensor:

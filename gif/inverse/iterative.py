@@ -14,7 +14,7 @@ import torch
 
 from ..hessian import HessianOperator
 from ..solvers import Monitor, Problem, solve
-from .base import InverseHessian, Solution, scatter
+from .base import InverseHessian, Solution, columns_problem, restricted_problem
 
 
 class IterativeInverse(InverseHessian):
@@ -31,21 +31,11 @@ class IterativeInverse(InverseHessian):
         return self._run(Problem("symmetric", h, h, b, self.damping, b.numel()), monitor)
 
     def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        def restricted(x_t: torch.Tensor) -> torch.Tensor:
-            return self.hessian.hvp(scatter(x_t, index, self.size))[index]
-
-        return self._run(
-            Problem("symmetric", restricted, restricted, b_t, self.damping, index.numel()), monitor
-        )
+        return self._run(restricted_problem(self.hessian.hvp, b_t, index, self.size, self.damping), monitor)
 
     def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        h = self.hessian.hvp
-        problem = Problem(
-            "lstsq", lambda x_t: h(scatter(x_t, index, g.numel())), lambda y: h(y)[index], g, self.damping,
-            index.numel(),
-        )  # fmt: skip
-        return self._run(problem, monitor)
+        return self._run(columns_problem(self.hessian.hvp, g, index, self.damping), monitor)
 
     def _run(self, problem: Problem, monitor: Monitor) -> Solution:
         out = solve(problem, self.name, tol=self.tol, max_iter=self.max_iter, monitor=monitor, **self.options)
-        return Solution(out.x, out.converged, out.iterations, out.residual, out.history, out.note)
+        return Solution.of(out)

@@ -36,7 +36,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..hessian import HessianOperator, cross_entropy
 from ..solvers import Monitor, Problem, solve
-from .base import InverseHessian, Solution, scatter
+from .base import InverseHessian, Solution, columns_problem, restricted_problem
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -146,23 +146,14 @@ class KroneckerInverse(InverseHessian):
         return Solution(x, note=f"{self.name}: {len(self.blocks)} layers factored")
 
     def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        def restricted(x_t: torch.Tensor) -> torch.Tensor:
-            return self.matvec(scatter(x_t, index, self.size))[index]
-
-        problem = Problem("symmetric", restricted, restricted, b_t, self.damping, index.numel())
-        return self._run(problem, "cg", monitor)
+        return self._run(restricted_problem(self.matvec, b_t, index, self.size, self.damping), "cg", monitor)
 
     def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        problem = Problem(
-            "lstsq", lambda x_t: self.matvec(scatter(x_t, index, g.numel())), lambda y: self.matvec(y)[index], g,
-            self.damping, index.numel(),
-        )  # fmt: skip
-        return self._run(problem, "lsqr", monitor)
+        return self._run(columns_problem(self.matvec, g, index, self.damping), "lsqr", monitor)
 
     def _run(self, problem: Problem, solver: str, monitor: Monitor) -> Solution:
         self.prepare(monitor)
-        out = solve(problem, solver, tol=self.tol, max_iter=self.max_iter, monitor=monitor)
-        return Solution(out.x, out.converged, out.iterations, out.residual, out.history, out.note)
+        return Solution.of(solve(problem, solver, tol=self.tol, max_iter=self.max_iter, monitor=monitor))
 
 
 def _blocks(hessian: HessianOperator) -> list[_Block]:
