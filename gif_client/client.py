@@ -6,6 +6,7 @@ import hashlib
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,6 +79,26 @@ class Client:
                 rewind=(f,),
             )
         return response.json()
+
+    def upload_model(self, path: str | os.PathLike[str]) -> dict:
+        """Upload a model file and return the ``model`` object of a job body that names it.
+
+        Accepted: the ``.pt2`` file of ``torch.export.save`` (kind ``program``; the program needs a
+        dynamic batch dimension) -> ``{"format": "torch.export", "program": <artifact id>}``.
+
+        Raises:
+            ValueError: ``path`` is not a model file this client knows how to upload.
+        """
+        path = Path(path)
+        if path.is_dir():
+            return self._upload_model_folder(path)
+        if _is_exported_program(path):
+            return {"format": "torch.export", "program": self.upload(path, "program")["id"]}
+        raise ValueError(f"{path} is not a model this client can upload (a .pt2 file of torch.export.save)")
+
+    def _upload_model_folder(self, path: Path) -> dict:
+        """A model saved as a folder (the place for ``save_pretrained`` directories)."""
+        raise ValueError(f"{path} is a folder; model folders are not supported yet (upload a .pt2 file)")
 
     def upload_resumable(
         self, path: str | os.PathLike[str], kind: str, *, upload_id: str | None = None, parallel: int = 4
@@ -271,6 +292,15 @@ class Client:
             if entry.get("kind") == kind:
                 return entry
         raise KeyError(f"job {job.get('id')} has no result artifact of kind {kind!r}")
+
+
+def _is_exported_program(path: Path) -> bool:
+    """A zip holding ``<folder>/models/model.json`` (the layout of ``torch.export.save``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1] == "models/model.json" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _sha256_of(path: Path) -> str:

@@ -23,11 +23,14 @@ CONTENT_TYPES = {
     "pt": "application/octet-stream",
     "json": "application/json",
     "png": "image/png",
+    "pt2": "application/zip",
 }
 
 #: Kinds a client may upload; the others are produced by jobs.
-UploadKind = Literal["checkpoint", "dataset"]
-ResultKind = Literal["weights", "report", "plot", "scores", "top_k"]
+#: ``program``: the ``.pt2`` archive of ``torch.export.save`` (gif/io/programs.py checks it).
+UploadKind = Literal["checkpoint", "dataset", "program"]
+#: ``program``: an edited exported program, the input ``.pt2`` with the new weights.
+ResultKind = Literal["weights", "report", "plot", "scores", "top_k", "program"]
 UPLOAD_KINDS: tuple[str, ...] = get_args(UploadKind)
 RESULT_KINDS: tuple[str, ...] = get_args(ResultKind)
 

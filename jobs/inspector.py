@@ -99,11 +99,12 @@ class Inspector:
         self._closed = False
 
     def inspect(self, path: Path, kind: str, convert_to: Path) -> Inspection:
-        """Inspect ``path`` as a ``kind`` (checkpoint | dataset); a ``.pt`` converts to ``convert_to``.
+        """Inspect ``path`` as a ``kind`` (checkpoint | dataset | program); a ``.pt`` converts to
+        ``convert_to``.
 
         Raises:
-            CheckpointUnsafe: a pickle that would execute code.
-            InvalidArtifact: anything else that is not a readable checkpoint / dataset.
+            CheckpointUnsafe: a pickle (or a program) that would execute code.
+            InvalidArtifact: anything else that is not a readable checkpoint / dataset / program.
         """
         limit = int(self.timeout_seconds)
         size = path.stat().st_size

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -99,9 +101,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, populate_by_name=True)
 
 
-class ModelSpec(Strict):
+#: The ways a job can name its model (``model.format``); a body without ``format`` is a registry model.
+MODEL_FORMATS = ("registry", "torch.export")
+
+
+class RegistryModel(Strict):
     """Which registered architecture to build, with what configuration, from which checkpoint."""
 
+    format: Literal["registry"] = Field(
+        "registry", exclude=True, description="Optional: a registered architecture (the default)."
+    )
     arch: ArchName = Field(description="A server-side registered architecture.")
     config: dict[ConfigKey, ConfigValue] = Field(
         default_factory=dict, max_length=32, description="Keyword arguments of the architecture's factory."
@@ -124,10 +133,65 @@ class ModelSpec(Strict):
             raise ValueError("; ".join(problems))
         return config
 
+    def artifacts(self) -> dict[str, tuple[str, str]]:
+        """The artifacts the model is made of: role -> (field, required kind)."""
+        return {"checkpoint": ("checkpoint", "checkpoint")}
+
     def num_classes(self) -> int | None:
         """Classes of the configured model: ``config.num_classes`` or the architecture's default."""
         value = self.config.get("num_classes", ARCH_DEFAULT_NUM_CLASSES.get(self.arch))
         return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def input_shape(self) -> list[int] | None:
+        """The sample shape the configuration names (None when it names none)."""
+        shape = self.config.get("input_shape")
+        return list(shape) if isinstance(shape, list) else None
+
+    def record(self) -> dict[str, Any]:
+        """What the job's ``inputs`` and the results' provenance record of the model."""
+        return {"arch": self.arch, "config": dict(self.config)}
+
+
+class ProgramModel(Strict):
+    """An exported program: the `.pt2` file of `torch.export.save`, with a dynamic batch dimension."""
+
+    format: Literal["torch.export"] = Field(description="An exported program (`torch.export`).")
+    program: ArtifactId = Field(description="Artifact id of the `.pt2` file (kind `program`).")
+
+    def artifacts(self) -> dict[str, tuple[str, str]]:
+        """The artifacts the model is made of: role -> (field, required kind)."""
+        return {"program": ("program", "program")}
+
+    def num_classes(self) -> None:
+        """Unknown from the body: read from the program artifact's metadata."""
+        return None
+
+    def input_shape(self) -> None:
+        """Unknown from the body: read from the program artifact's metadata."""
+        return None
+
+    def record(self) -> dict[str, Any]:
+        """What the job's ``inputs`` and the results' provenance record of the model."""
+        return {"format": "torch.export"}
+
+
+def _model_format(value: Any) -> str:
+    """The variant of a ``model`` body: its ``format``, ``registry`` when it names none."""
+    found = value.get("format", "registry") if isinstance(value, dict) else getattr(value, "format", None)
+    return found if isinstance(found, str) else "registry"
+
+
+#: The ``model`` of a job: a union discriminated on ``format`` (a new format is one more member
+#: here, one more name in :data:`MODEL_FORMATS`, and its loader in workers/loading.py).
+ModelSpec = Annotated[
+    Annotated[RegistryModel, Tag("registry")] | Annotated[ProgramModel, Tag("torch.export")],
+    Discriminator(
+        _model_format,
+        custom_error_type="model_format",
+        custom_error_message=f"`format` must be one of {', '.join(MODEL_FORMATS)} (or left out)",
+    ),
+]
+AnyModel = RegistryModel | ProgramModel
 
 
 def service_fields(kind: type[SolveConfig], exclude: tuple[str, ...] = ()) -> list[dataclasses.Field]:

@@ -177,15 +177,20 @@ def check_inputs(session: Session, tenant_id: str, spec: Spec) -> dict[str, Any]
     """
     check = _Checker(session, tenant_id)
     found = {
-        "checkpoint": check.artifact(["model", "checkpoint"], spec.model.checkpoint, "checkpoint"),
+        role: check.artifact(["model", name], getattr(spec.model, name), kind)
+        for role, (name, kind) in spec.model.artifacts().items()
+    }
+    found |= {
         "train": check.artifact(["train"], spec.train, "dataset"),
         "validation": check.artifact(["validation"], getattr(spec, "validation", None), "dataset"),
         "queries": check.artifact(["queries"], getattr(spec, "queries", None), "dataset"),
     }
     train = artifacts.metadata(found["train"]) if found["train"] else {}
     n_train = train.get("n_samples")
-    num_classes = spec.model.num_classes()
-    _check_shapes(check, spec, found, train)
+    program_artifact = found.get("program")
+    program = artifacts.metadata(program_artifact) if program_artifact else {}
+    num_classes = spec.model.num_classes() or _int_or_none(program.get("num_classes"))
+    _check_shapes(check, spec, found, train, program)
     if isinstance(spec, RemoveJob):
         if spec.forget.class_ is not None:
             _check_class(check, spec.forget.class_, num_classes, train)
@@ -196,7 +201,7 @@ def check_inputs(session: Session, tenant_id: str, spec: Spec) -> dict[str, Any]
         check.labels(["relabel", "labels"], spec.relabel.labels, num_classes)
     if check.errors:
         raise ValidationFailed(f"{len(check.errors)} field(s) are invalid", errors=check.errors)
-    inputs: dict[str, Any] = {"model": {"arch": spec.model.arch, "config": spec.model.config}}
+    inputs: dict[str, Any] = {"model": spec.model.record()}
     for role, artifact in found.items():
         if artifact is not None:
             inputs[role] = {"artifact_id": artifact.id, "sha256": artifact.sha256}
@@ -216,16 +221,32 @@ def _check_class(check: _Checker, cls: int, num_classes: int | None, train: dict
         )
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
 def _check_shapes(
-    check: _Checker, spec: Spec, found: dict[str, Artifact | None], train: dict[str, Any]
+    check: _Checker,
+    spec: Spec,
+    found: dict[str, Artifact | None],
+    train: dict[str, Any],
+    program: dict[str, Any],
 ) -> None:
-    """Datasets must share the training data's sample shape (and the model's, when configured)."""
+    """Datasets must share the training data's sample shape (and the model's, when configured or
+    recorded when its program was uploaded)."""
     shape = train.get("input_shape")
-    configured = spec.model.config.get("input_shape")
-    if shape is not None and isinstance(configured, list) and list(configured) != list(shape):
+    configured = spec.model.input_shape()
+    if shape is not None and configured is not None and configured != list(shape):
         check.error(
             ["model", "config", "input_shape"],
             f"is {configured} but the training samples have shape {shape}",
+            "shape_mismatch",
+        )
+    expected = program.get("input_shape")
+    if shape is not None and isinstance(expected, list) and expected != list(shape):
+        check.error(
+            ["model", "program"],
+            f"the program takes samples of shape {expected} but the training samples have shape {shape}",
             "shape_mismatch",
         )
     for role in ("validation", "queries"):

@@ -218,11 +218,19 @@ def submit(
         typer.Option("--output", help="Download all result artifacts into this folder (implies --wait)."),
     ] = None,
     poll: float = typer.Option(None, "--poll", help="Poll interval in seconds (default: Retry-After)."),
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Upload this model file (a .pt2) and use it as the body's `model`."),
+    ] = None,
 ) -> None:
-    """Submit a job; print the job JSON (the final one with --wait)."""
+    """Submit a job; print the job JSON (the final one with --wait). The body's ``model`` may also
+    be the path of a model file (relative to the body's folder): it is uploaded first."""
 
     def action(client: gif_client.Client) -> None:
         spec = json.loads(body.read_text())
+        given = model or (body.parent / spec["model"] if isinstance(spec.get("model"), str) else None)
+        if given is not None:
+            spec["model"] = client.upload_model(given)
         job = client.submit(spec, idempotency_key=idempotency_key)
         typer.echo(f"submitted {job['id']}", err=True)
         if wait or output is not None:
@@ -298,7 +306,7 @@ def list_jobs(
 def upload(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="File to upload.")],
-    kind: str = typer.Option(..., "--kind", help="checkpoint | dataset"),
+    kind: str = typer.Option(..., "--kind", help="checkpoint | dataset | program"),
     resume: str | None = typer.Option(
         None,
         "--resume",
@@ -307,10 +315,11 @@ def upload(
     ),
     parts: bool = typer.Option(False, "--parts", help="Use an upload session even for a small file."),
 ) -> None:
-    """Upload a checkpoint or dataset; print the artifact JSON. Files over 512 MiB go in parts
-    through a resumable upload session (its id is in the error if it stops: pass it to --resume)."""
-    if kind not in ("checkpoint", "dataset"):
-        typer.echo("error: --kind must be checkpoint or dataset", err=True)
+    """Upload a checkpoint, dataset or exported program (.pt2); print the artifact JSON. Files over
+    512 MiB go in parts through a resumable upload session (its id is in the error if it stops:
+    pass it to --resume)."""
+    if kind not in ("checkpoint", "dataset", "program"):
+        typer.echo("error: --kind must be checkpoint, dataset or program", err=True)
         raise typer.Exit(EXIT_USAGE)
 
     def action(client):

@@ -20,7 +20,7 @@ from starlette.types import Scope
 
 from jobs import logs
 from jobs.errors import DomainError, InsufficientStorage, is_storage_full
-from jobs.specs import JOB_TYPES
+from jobs.specs import JOB_TYPES, MODEL_FORMATS
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:gif-service:problem:"
@@ -125,6 +125,8 @@ def _validation_entry(error: dict[str, Any]) -> dict[str, Any]:
     loc = list(error.get("loc", ()))
     if len(loc) > 1 and loc[0] == "body" and loc[1] in JOB_TYPES:
         loc = [loc[0], *loc[2:]]  # drop the discriminator tag pydantic inserts
+    if len(loc) > 2 and loc[:2] == ["body", "model"] and loc[2] in MODEL_FORMATS:
+        loc = [*loc[:2], *loc[3:]]  # and the model format's tag
     msg = str(error.get("msg", "invalid"))
     if error.get("type") == "json_invalid":
         reason = (error.get("ctx") or {}).get("error")

@@ -5,7 +5,9 @@ and CPU-time / address-space / file-size limits. With ``--serve`` it imports the
 then reads its arguments as one JSON list on stdin (so the API can start it ahead of an upload);
 either way it inspects one file and exits. It reads the file only through ``gif.io`` (safetensors
 and npz parsed by hand-checked readers; ``.pt`` only through ``torch.load(weights_only=True)``,
-so a malicious pickle is refused, never run) and prints one JSON line on stdout:
+so a malicious pickle is refused, never run; a ``.pt2`` program only after
+``gif.io.programs.check_program`` has proven it free of pickles and code, and then without any
+unpickling) and prints one JSON line on stdout:
 ``{"ok": true, "format", "metadata", "converted"}`` or ``{"ok": false, "code", "message"}``.
 """
 
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.kind == "checkpoint":
             answer = {"ok": True, **inspect_checkpoint(Path(args.path), Path(args.convert_to))}
+        elif args.kind == "program":
+            answer = {"ok": True, **inspect_program(Path(args.path))}
         else:
             answer = {"ok": True, **inspect_dataset(Path(args.path))}
     except Exception as exc:  # noqa: BLE001 (every failure becomes a JSON answer)
@@ -85,6 +89,35 @@ def inspect_checkpoint(path: Path, convert_to: Path) -> dict[str, Any]:
     if header_meta:
         meta["header_metadata"] = header_meta
     return {"format": "safetensors", "metadata": meta, "converted": False}
+
+
+def inspect_program(path: Path) -> dict[str, Any]:
+    """An exported program's metadata (input shape and dtype, class count, parameter shapes),
+    after the static check, a pickle-free load and one forward pass on a batch of two zero samples."""
+    import torch
+
+    from gif.io import programs
+
+    info = programs.check_program(path)
+    module = programs.program_module(programs.load_program(path))
+    shape = [size for size in info.input_shape if size is not None]
+    if len(shape) != len(info.input_shape):
+        raise programs.ProgramError("only the batch dimension of the program's input may be dynamic")
+    dtype = getattr(torch, info.input_dtype)
+    for batch in (1, 2):
+        sample = torch.zeros(batch, *shape, dtype=dtype)
+        try:
+            with torch.no_grad():
+                out = module(sample)
+        except Exception as exc:  # noqa: BLE001 (whatever the graph raises, the program is unusable)
+            raise programs.ProgramError(
+                f"the program does not run on a batch of {batch}: {type(exc).__name__}: {str(exc)[:300]}"
+            ) from None
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch:
+            raise programs.ProgramError("the program must return logits of shape [batch, classes]")
+    meta = info.describe()
+    meta["num_classes"] = int(out.shape[1])
+    return {"format": "pt2", "metadata": meta, "converted": False}
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:
@@ -144,7 +177,7 @@ def _mapped_bytes() -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--serve", action="store_true", help="read the other arguments from stdin")
-    parser.add_argument("--kind", choices=("checkpoint", "dataset"))
+    parser.add_argument("--kind", choices=("checkpoint", "dataset", "program"))
     parser.add_argument("--path")
     parser.add_argument("--convert-to")
     parser.add_argument("--cpu-seconds", type=int, default=300)

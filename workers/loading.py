@@ -1,8 +1,10 @@
 """Job inputs → a model and tensors, through ``gif.io`` only (safetensors / npz).
 
-The architecture always comes from the registry (``gif.models.build``); user code is never
-imported or unpickled. Problems map to the engine's error codes: a bad configuration is
-``invalid_input``, a checkpoint that does not fit is ``checkpoint_incompatible``, a dataset
+A registry model's architecture comes from the registry (``gif.models.build``); an exported
+program is checked again by ``gif.io.programs`` (no pickle, no code) and built from its raw
+tensors and JSON graph. User code is never imported or unpickled. Problems map to the engine's
+error codes: a bad configuration is ``invalid_input``, a checkpoint or program that does not fit
+is ``checkpoint_incompatible`` (``checkpoint_unsafe`` for one that could run code), a dataset
 that does not fit the model is ``dataset_incompatible``.
 """
 
@@ -16,8 +18,9 @@ from torch import nn
 
 import gif
 from gif.errors import DatasetError
+from gif.io import programs
 from jobs.blobs import BlobStore
-from jobs.specs import ModelSpec
+from jobs.specs import AnyModel, ProgramModel
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -32,22 +35,29 @@ class Loaded:
     validation: Pair | None = None
     queries: Pair | None = None
     digests: dict[str, str] = field(default_factory=dict)
+    #: the exported program the model was built from (its format is ``torch.export``)
+    program: torch.export.ExportedProgram | None = None
 
 
 def load_inputs(
-    spec: ModelSpec, inputs: dict[str, Any], blobs: BlobStore, device: torch.device | str = "cpu"
+    spec: AnyModel, inputs: dict[str, Any], blobs: BlobStore, device: torch.device | str = "cpu"
 ) -> Loaded:
-    """Build the job's model (``spec``: its ``model``), load its checkpoint and the datasets
-    named in the job's ``inputs``.
+    """Build the job's model (``spec``: its ``model``) from its checkpoint or program, and load
+    the datasets named in the job's ``inputs``.
 
     The model goes to ``device``; datasets stay in host memory (the engine moves chunks).
     """
-    model = gif.models.build(spec.arch, **spec.config)
-    gif.io.load_checkpoint(blobs.fetch(inputs["checkpoint"]["sha256"]), model)
+    program = None
+    if isinstance(spec, ProgramModel):
+        program = programs.load_program(blobs.fetch(inputs["program"]["sha256"]))
+        model = programs.program_module(program)
+    else:
+        model = gif.models.build(spec.arch, **spec.config)
+        gif.io.load_checkpoint(blobs.fetch(inputs["checkpoint"]["sha256"]), model)
     model.eval().to(device)
     train = _dataset(blobs, inputs["train"], "train")
     num_classes = _fit(model, train, "train")
-    loaded = Loaded(model=model, num_classes=num_classes, train=train)
+    loaded = Loaded(model=model, num_classes=num_classes, train=train, program=program)
     for role in ("validation", "queries"):
         if role in inputs:
             data = _dataset(blobs, inputs[role], role)
@@ -55,7 +65,7 @@ def load_inputs(
             setattr(loaded, role, data)
     loaded.digests = {
         role: inputs[role]["sha256"]
-        for role in ("checkpoint", "train", "validation", "queries")
+        for role in ("checkpoint", "program", "train", "validation", "queries")
         if role in inputs
     }
     return loaded

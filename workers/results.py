@@ -21,8 +21,9 @@ import safetensors.torch
 import torch
 
 import gif
+from gif.io import programs
 from jobs.blobs import BlobStore
-from jobs.specs import Spec
+from jobs.specs import RegistryModel, Spec
 
 from .execute import EditOutcome, Outcome, ScoresOutcome
 from .loading import Loaded
@@ -60,9 +61,15 @@ def provenance(job_id: str, attempt: int, spec: Spec, request_sha256: str, loade
         "python_version": platform.python_version(),
         "input_digests": dict(loaded.digests),
         "request_sha256": request_sha256,
-        "arch": spec.model.arch,
-        "arch_config": dict(spec.model.config),
+        **_model_provenance(spec),
     }
+
+
+def _model_provenance(spec: Spec) -> dict[str, Any]:
+    """A registry model's ``arch`` and ``arch_config``; another format's ``model`` record."""
+    if isinstance(spec.model, RegistryModel):
+        return {"arch": spec.model.arch, "arch_config": dict(spec.model.config)}
+    return {"model": spec.model.record()}
 
 
 def write_results(
@@ -111,10 +118,12 @@ def _edit_results(
             "safetensors",
             weights,
             f"{job_id}-weights.safetensors",
-            {"arch": spec.model.arch},
+            _model_provenance(spec),
         ),
         _json_output(blobs, "report", report, f"{job_id}-report.json"),
     ]
+    if loaded.program is not None:
+        outputs.append(_program_output(job_id, loaded.program, edit.model, blobs))
     plot = _plot(blobs, per_class, f"{spec.type} ({job_id})")
     if plot is not None:
         outputs.append(Output("plot", "png", plot, f"{job_id}-per-class-accuracy.png", {"data": on}))
@@ -140,12 +149,23 @@ def _weights_metadata(
         "train_sha256": prov["input_digests"].get("train", ""),
         "job_type": spec.type,
         "method": str(options["method"]),
-        "arch": spec.model.arch,
-        "arch_config": json.dumps(spec.model.config, sort_keys=True),
+        **{
+            k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            for k, v in _model_provenance(spec).items()
+        },
         "options": json.dumps(clean(options), sort_keys=True),
         "gif_version": prov["gif_version"],
         "torch_version": prov["torch_version"],
     }
+
+
+def _program_output(
+    job_id: str, program: torch.export.ExportedProgram, edited: torch.nn.Module, blobs: BlobStore
+) -> Output:
+    """The input program with the edited weights, as a ``.pt2`` (``torch.export.save``)."""
+    path = blobs.tmp_path(".pt2")
+    programs.save_program(program, edited.state_dict(), path)
+    return Output("program", "pt2", path, f"{job_id}-program.pt2", {"format": "torch.export"})
 
 
 def _plot(blobs: BlobStore, per_class: dict[str, Any], title: str) -> Path | None:

@@ -30,7 +30,7 @@ _SHA256_HEX = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _UPLOAD_BODY = {
     "parameters": [
         {"name": "X-Artifact-Kind", "in": "header", "required": False,
-         "description": "Raw-body uploads: `checkpoint` or `dataset` (or the `kind` query parameter).",
+         "description": "Raw-body uploads: `checkpoint`, `dataset` or `program` (or the `kind` query parameter).",
          "schema": {"type": "string", "enum": list(artifacts.UPLOAD_KINDS)}},
         {"name": "kind", "in": "query", "required": False, "description": "Raw-body uploads: as `X-Artifact-Kind`.",
          "schema": {"type": "string", "enum": list(artifacts.UPLOAD_KINDS)}},
@@ -84,11 +84,13 @@ _DOWNLOAD_HEADERS = {
     status_code=201,
     operation_id="uploadArtifact",
     response_model=ArtifactBody,
-    summary="Upload a checkpoint or a dataset",
-    description="multipart/form-data with a `file` part and a `kind` field (`checkpoint` | `dataset`), "
+    summary="Upload a checkpoint, a dataset or an exported program",
+    description="multipart/form-data with a `file` part and a `kind` field (`checkpoint` | `dataset` | "
+    "`program`), "
     "or the raw bytes as `application/octet-stream` with `X-Artifact-Kind` (a filename in "
     "`Content-Disposition`). Checkpoints: safetensors, or a `.pt` state dict (converted to "
-    "safetensors). Datasets: safetensors or `.npz` with `inputs` and `labels`. 201 for a new artifact, "
+    "safetensors). Datasets: safetensors or `.npz` with `inputs` and `labels`. Programs: the `.pt2` "
+    "file of `torch.export.save`, with a dynamic batch dimension (docs/models.md). 201 for a new artifact, "
     "200 when the tenant already has it. Larger files: an upload session (`POST /v1/uploads`).",
     openapi_extra=_UPLOAD_BODY,
     responses={

@@ -32,6 +32,7 @@ import torch
 import gif
 from tests import factories
 from tests import hostile as H
+from tests import programs as P
 from tests.stack import KEY, ROOT, Stack
 
 pytestmark = pytest.mark.slow
@@ -355,6 +356,69 @@ def _(ctx: Ctx) -> None:
     response = upload(ctx.client, evil.read_bytes(), "checkpoint", b"evil.pt")
     expect_problem(ctx, response, 422, "checkpoint-unsafe", "would execute code")
     assert not (ctx.work / "CANARY").exists()
+
+
+def _program(ctx: Ctx) -> Path:
+    """A real exported program of a small custom module, dynamic batch (tests/programs.py)."""
+    path = ctx.work / "net.pt2"
+    if not path.exists():
+        torch.manual_seed(0)
+        P.export(P.DigitsNet().eval(), torch.randn(4, 1, 8, 8), path)
+    return path
+
+
+#: Hostile .pt2 archives that torch.export.load would let run code (each creates its canary
+#: there, tests/engine/test_programs.py): refused at upload, the canary never appears.
+PROGRAM_CANARIES = {
+    "program-pickled-weight": (P.pickled_weight, "use_pickle"),
+    "program-pickled-sample-inputs": (P.pickled_sample_inputs, "sample inputs' pickle names"),
+    "program-guard-code": (P.guard_code, "guard code"),
+    "program-sympy-expression": (P.sympy_expression, "sympy.sympify"),
+}
+
+
+def _program_canary(build, detail: str):
+    def run(ctx: Ctx) -> None:
+        canary = ctx.work / "CANARY"
+        evil = build(_program(ctx), ctx.work / "evil.pt2", canary)
+        response = upload(ctx.client, evil.read_bytes(), "program", b"evil.pt2")
+        expect_problem(ctx, response, 422, "checkpoint-unsafe", detail)
+        assert not canary.exists()
+
+    return run
+
+
+for _name, (_build, _detail) in PROGRAM_CANARIES.items():
+    case(_name)(_program_canary(_build, _detail))
+
+
+def _odd_program(how: str):
+    def run(ctx: Ctx) -> None:
+        odd = P.odd_member(_program(ctx), ctx.work / f"{how}.pt2", how)
+        expect_problem(ctx, upload(ctx.client, odd.read_bytes(), "program"), 422, "checkpoint-unsafe")
+        assert not ctx.escape.exists() and not Path("/tmp/escape").exists()
+
+    return run
+
+
+for _how in ("traversal", "absolute", "symlink", "deflated", "duplicate"):
+    case(f"program-zip-{_how}")(_odd_program(_how))
+
+
+@case("program-native-code")
+def _(ctx: Ctx) -> None:
+    evil = P.extra_member(_program(ctx), ctx.work / "aoti.pt2", "data/aotinductor/model/model.so")
+    expect_problem(
+        ctx, upload(ctx.client, evil.read_bytes(), "program"), 422, "checkpoint-unsafe", "native code"
+    )
+
+
+@case("program-foreign-call")
+def _(ctx: Ctx) -> None:
+    evil = P.foreign_target(_program(ctx), ctx.work / "call.pt2", "torch.os.system")
+    expect_problem(
+        ctx, upload(ctx.client, evil.read_bytes(), "program"), 422, "invalid-artifact", "only ATen"
+    )
 
 
 # The upload request itself.
