@@ -20,6 +20,7 @@ model is a new file with a subclass, registered in :mod:`gif.inverse`.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,13 +140,24 @@ def restricted_problem(
     return Problem("symmetric", restricted, restricted, b_t, damping, index.numel())
 
 
-def columns_problem(matvec: MatVec, g: torch.Tensor, index: torch.Tensor, damping: float) -> Problem:
+def columns_problem(
+    matvec: MatVec, g: torch.Tensor, index: torch.Tensor, damping: float, *, accuracy: float = 0.0
+) -> Problem:
     """min ‖A[:,T] x − g‖² + λ‖x‖² for a symmetric A given as ``matvec``: A[:,T] x = A scatter_T(x)
-    and A[:,T]ᵀ y = (A y)[T], since A = Aᵀ."""
+    and A[:,T]ᵀ y = (A y)[T], since A = Aᵀ. ``accuracy``: see :class:`gif.solvers.Problem`."""
     return Problem(
         "lstsq", lambda x_t: matvec(scatter(x_t, index, g.numel())), lambda y: matvec(y)[index], g, damping,
-        index.numel(),
+        index.numel(), accuracy,
     )  # fmt: skip
+
+
+def sampling_accuracy(samples: int, damping: float) -> float:
+    """The relative accuracy of a Hessian averaged over ``samples`` samples, 1/√m, as the stopping
+    accuracy of an undamped least-squares solve (0 for a damped one, which is well posed and solved
+    to ``tol``). 1/√m is the Monte-Carlo error of a mean of m terms of unit relative spread; the
+    per-sample Hessians of a network spread more, so the true error is larger and this stop is
+    conservative (docs/method.md, "When an undamped least-squares solve stops")."""
+    return 1.0 / math.sqrt(samples) if damping == 0.0 and samples > 0 else 0.0
 
 
 def _finite(x: torch.Tensor, solver: str) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 from ..hessian import HessianOperator
 from ..solvers import Monitor, Problem, solve
-from .base import InverseHessian, Solution, columns_problem, restricted_problem
+from .base import InverseHessian, Solution, columns_problem, restricted_problem, sampling_accuracy
 
 
 class IterativeInverse(InverseHessian):
@@ -34,7 +34,10 @@ class IterativeInverse(InverseHessian):
         return self._run(restricted_problem(self.hessian.hvp, b_t, index, self.size, self.damping), monitor)
 
     def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        return self._run(columns_problem(self.hessian.hvp, g, index, self.damping), monitor)
+        accuracy = sampling_accuracy(self.hessian.data.total, self.damping)
+        return self._run(
+            columns_problem(self.hessian.hvp, g, index, self.damping, accuracy=accuracy), monitor
+        )
 
     def _run(self, problem: Problem, monitor: Monitor) -> Solution:
         out = solve(problem, self.name, tol=self.tol, max_iter=self.max_iter, monitor=monitor, **self.options)

@@ -33,6 +33,9 @@ class Problem:
         rhs: b.
         damping: λ ≥ 0.
         size: length of x.
+        accuracy: relative accuracy ε of A's data (0: exact). A least-squares solve may stop once
+            x solves exactly a problem whose matrix is within ε of A (docs/method.md, "When an
+            undamped least-squares solve stops").
     """
 
     kind: Literal["symmetric", "lstsq"]
@@ -41,6 +44,7 @@ class Problem:
     rhs: torch.Tensor
     damping: float
     size: int
+    accuracy: float = 0.0
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """The damped system operator: (A + λI) x, or (AᵀA + λI) x for least squares."""
@@ -59,7 +63,9 @@ class SolveResult:
 
     ``residual`` is relative and solver-independent: ‖b − (A + λI)x‖/‖b‖ for symmetric
     problems and the normal-equation residual ‖Aᵀ(b − Ax) − λx‖/‖Aᵀb‖ for least squares (the
-    quantity that is zero at the solution). ``converged`` is True only if it fell below ``tol``.
+    quantity that is zero at the solution). ``converged`` is True only if it fell below ``tol``,
+    or, for a least-squares problem with an ``accuracy``, if x solves a problem within that accuracy
+    of the given one (then ``note`` says so).
     """
 
     x: torch.Tensor

@@ -18,7 +18,13 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
     """Solve ``problem`` with LSQR from x = 0.
 
     Stops on the residual of the problem's contract (see :class:`SolveResult`): ‖b − A'x‖/‖b‖
-    for symmetric problems, the normal-equation residual for least squares.
+    for symmetric problems, the normal-equation residual for least squares. A least-squares
+    problem with an ``accuracy`` ε also stops on Paige & Saunders' test for inconsistent systems,
+
+        ‖Āᵀ r̄‖ / (‖Ā‖_F ‖r̄‖) ≤ ε,
+
+    which says that x is the exact least-squares solution of a matrix within relative distance ≈ ε
+    of Ā (a backward error), so solving further only fits the noise in A's data.
     """
     matvec: MatVec
     rmatvec: MatVec
@@ -43,9 +49,12 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
     bnorm = beta
     w = v.clone()
     phibar, rhobar = beta, alpha
-    anorm2 = ddnorm = 0.0  # ‖Ā‖_F² and ‖D‖_F² estimates (D = the search directions / ρ): cond(Ā)
+    anorm2 = ddnorm = damped_residual2 = (
+        0.0  # ‖Ā‖_F² and ‖D‖_F² estimates (D = the search directions / ρ): cond(Ā)
+    )
     it = 0
     converged = False
+    stopped_at_accuracy = False
     for it in range(1, max_iter + 1):
         u = matvec(v) - alpha * u
         beta = safe_norm(u)
@@ -58,6 +67,7 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         # Rotate out the damping row, then the subdiagonal β.
         rhobar1 = math.hypot(rhobar, damp)
         cs1 = rhobar / rhobar1
+        damped_residual2 += (damp / rhobar1 * phibar) ** 2  # the damping rows' part of ‖r̄‖²
         phibar = cs1 * phibar
         rho = math.hypot(rhobar1, beta)
         anorm2 += alpha**2 + beta**2 + damp**2
@@ -77,11 +87,26 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         if rel <= tol or alpha == 0.0:
             converged = True
             break
+        if problem.kind == "lstsq" and problem.accuracy > 0.0:
+            r_bar = math.sqrt(phibar**2 + damped_residual2)
+            backward = alpha * abs(sn * phi) / (math.sqrt(anorm2) * r_bar + 1e-300)
+            if backward <= problem.accuracy:
+                converged = stopped_at_accuracy = True
+                break
     note = ""
-    if not converged and problem.kind == "lstsq" and problem.damping == 0.0:
+    if stopped_at_accuracy:
+        note = accuracy_note(problem.accuracy)
+    elif not converged and problem.kind == "lstsq" and problem.damping == 0.0:
         note = ill_posed_note(math.sqrt(anorm2 * ddnorm), float(x.norm()))
     return SolveResult(
         x, converged, it, monitor.history[-1] if monitor.history else 0.0, monitor.history, "lsqr", note
+    )
+
+
+def accuracy_note(accuracy: float) -> str:
+    return (
+        f"stopped at the accuracy of the data: x is the least-squares solution of a matrix within "
+        f"{accuracy:.2g} (relative) of the sampled one"
     )
 
 

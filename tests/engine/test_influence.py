@@ -219,3 +219,20 @@ def test_sif_says_when_its_correction_dominates(tiny, solver, fraction):
     assert ("second-order term is" in out.note) == (ratio > 1.0), (ratio, out.note)
     if ratio > 1.0:
         assert f"{ratio:.1f}x" in out.note
+
+
+def test_undamped_gif_at_its_defaults_stops_at_the_accuracy_of_its_sampled_hessian(tiny):
+    """λ = 0: min ‖H[:,T] x − g‖ over a Hessian averaged over m samples stops once x is the exact
+    solution for a matrix within ≈ 1/√m of H[:,T] (checked on the dense float64 Hessian)."""
+    _, model, hdata, tdata = tiny
+    index = selected(sum(p.numel() for p in model.parameters()))
+    out = gif.influence(model, hdata, tdata, method="gif", params=index)
+    accuracy = len(hdata[1]) ** -0.5
+    assert out.converged and out.iterations < 100 and "accuracy of the data" in out.note
+    a, g = dense_hessian(model, *hdata)[:, index], dense_gradient(model, *tdata)
+    r = g - a @ out.vector
+    relative_e = float((a.T @ r).norm() / r.norm() / a.norm())  # ‖E‖_F/‖A‖_F, E = −r rᵀA/‖r‖²
+    assert relative_e <= 2 * accuracy
+    # the damped default of edits is well posed and still solved to `tol`
+    damped = gif.influence(model, hdata, tdata, method="gif", params=index, damping=0.01)
+    assert damped.converged and damped.residual <= 1e-4 and damped.note == ""

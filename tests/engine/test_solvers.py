@@ -125,8 +125,49 @@ def test_the_ill_posed_note_reaches_an_influence_result():
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
     x = torch.randn(30, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (30,))
-    out = gif.influence(model, (x, y), (x[:5], y[:5]), method="gif", tol=1e-12, max_iter=3)
+    out = gif.influence(model, (x, y), (x[:5], y[:5]), method="gif", tol=1e-12, max_iter=1)
     assert not out.converged and "ill-conditioned" in out.note
+
+
+def backward_error(a, b, x):
+    """x is the exact least-squares solution of A + E, E = −r rᵀA/‖r‖² (r = b − Ax): returns
+    ‖E‖_F/‖A‖_F and the normal-equation residual of the perturbed problem (≈ 0)."""
+    r = b - a @ x
+    e = -torch.outer(r, a.T @ r) / (r @ r)
+    perturbed = a + e
+    normal = perturbed.T @ (b - perturbed @ x)
+    return float(e.norm() / a.norm()), float(normal.norm() / (perturbed.T @ b).norm())
+
+
+@pytest.mark.parametrize("accuracy", [1e-2, 1e-4])
+def test_lsqr_stops_at_the_accuracy_of_the_data(accuracy):
+    a, b = _ill_posed()
+    problem = lstsq_problem(a, b)
+    problem.accuracy = accuracy
+    out = run(problem, "lsqr", tol=1e-12, max_iter=400)
+    assert out.converged and "accuracy of the data" in out.note
+    relative_e, perturbed_normal = backward_error(a, b, out.x)
+    # x solves, to rounding, a least-squares problem whose matrix is within ≈ `accuracy` of A (the
+    # stop uses LSQR's estimate of ‖A‖_F, which loss of orthogonality can inflate a little) ...
+    assert relative_e <= 2 * accuracy and perturbed_normal < 1e-8
+    # ... and the stop is not premature: one iteration earlier it did not
+    earlier = run(problem, "lsqr", tol=1e-12, max_iter=out.iterations - 1)
+    assert backward_error(a, b, earlier.x)[0] > accuracy / 10
+    # without an accuracy the same solve runs on to its tolerance or cap
+    exact = run(lstsq_problem(a, b), "lsqr", tol=1e-12, max_iter=out.iterations + 5)
+    assert exact.iterations == out.iterations + 5 and "accuracy" not in exact.note
+
+
+def test_lsqr_accuracy_stop_accounts_for_damping_rows():
+    a, b = _ill_posed()
+    problem = lstsq_problem(a, b, 1e-3)
+    problem.accuracy = 1e-3
+    out = run(problem, "lsqr", tol=1e-14, max_iter=400)
+    # the damped problem is min ‖[A; √λI]x − [b; 0]‖: its backward error is what the stop bounds
+    n = a.shape[1]
+    a_bar = torch.cat([a, math.sqrt(1e-3) * torch.eye(n, dtype=a.dtype)])
+    b_bar = torch.cat([b, torch.zeros(n, dtype=b.dtype)])
+    assert out.converged and backward_error(a_bar, b_bar, out.x)[0] <= 2e-3
 
 
 def test_lsqr_residual_estimate_tracks_truth():
