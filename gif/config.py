@@ -206,6 +206,14 @@ class EditConfig(SolveConfig):
             low_open=True,
         ),
     )
+    param_names: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_meta(
+            "name patterns (fnmatch) restricting T to matching parameters, e.g. ('classifier.*',) or "
+            "('*lora_*',); combined with the selection strategy and ratio; None: every parameter",
+            service=False,
+        ),
+    )
     hessian_samples: int = field(
         default=2048, metadata=_meta("training samples in the Hessian", low=1, service_max=1_000_000)
     )
@@ -251,6 +259,13 @@ class EditConfig(SolveConfig):
         _check_choice("selection", self.selection, STRATEGIES)
         _check_choice("step", self.step, STEP_POLICIES)
         _check_choice("hessian_pool", self.hessian_pool, HESSIAN_POOLS)
+        if self.param_names is not None:
+            names = self.param_names
+            if isinstance(names, str) or not names or not all(isinstance(n, str) and n for n in names):
+                raise InvalidArgumentError(
+                    f"`param_names` must be a non-empty list of name patterns, got {names!r}"
+                )
+            object.__setattr__(self, "param_names", tuple(names))
         if self.max_step < self.min_step:
             raise InvalidArgumentError(
                 f"`max_step` ({self.max_step}) must be >= `min_step` ({self.min_step})"

@@ -1,5 +1,7 @@
 """Batched data: the one place that turns user data into size-bounded chunks.
 
+A batch is ``(inputs, targets)``, inputs being one tensor or named tensors (gif/inputs.py).
+
 Every loss in the engine is a *mean over samples*. When data arrives in batches of different
 sizes, each batch's mean is weighted by ``len(batch) / N`` so that any batching of the same
 samples gives the same loss, gradient and Hessian-vector product.
@@ -9,18 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from .errors import InvalidArgumentError, NumericalError
+from . import inputs as inputs_
+from .errors import InvalidArgumentError
+from .inputs import Inputs
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[Inputs, torch.Tensor]
 DataLike = Batch | Iterable[Batch]
 
 
 @dataclass(frozen=True)
 class Chunk:
-    inputs: torch.Tensor
+    inputs: Inputs
     targets: torch.Tensor
     weight: float  # len(chunk) / total samples
 
@@ -50,13 +55,11 @@ class Chunks:
         if chunk_size < 1:
             raise InvalidArgumentError(f"`chunk_size` must be >= 1, got {chunk_size}")
         batches = _as_batches(data, what)
-        pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+        pieces: list[Batch] = []
         for x, y in batches:
             for start in range(0, int(y.shape[0]), chunk_size):
-                xs, ys = x[start : start + chunk_size], y[start : start + chunk_size]
-                if dtype is not None and xs.is_floating_point():
-                    xs = xs.to(dtype)
-                pieces.append((xs.to(device), ys.to(device)))
+                part = slice(start, start + chunk_size)
+                pieces.append((inputs_.to(inputs_.take(x, part), device, dtype), y[part].to(device)))
         self.total = sum(int(y.shape[0]) for _, y in pieces)
         if self.total == 0:
             raise InvalidArgumentError(f"`{what}` is empty")
@@ -69,8 +72,19 @@ class Chunks:
         return self.total
 
 
+def is_pair(data: object) -> bool:
+    """Whether ``data`` is one ``(inputs, targets)`` pair (rather than an iterable of batches)."""
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and inputs_.is_inputs(data[0])
+        and isinstance(data[1], torch.Tensor)
+    )
+
+
 def _as_batches(data: DataLike, what: str) -> list[Batch]:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+    batches: list[tuple[Any, ...]]
+    if is_pair(data):
         batches = [tuple(data)]
     else:
         try:
@@ -85,16 +99,12 @@ def _as_batches(data: DataLike, what: str) -> list[Batch]:
 
 
 def _check_batch(batch: tuple, what: str) -> None:
-    if len(batch) != 2 or not all(isinstance(t, torch.Tensor) for t in batch):
+    if len(batch) != 2 or not isinstance(batch[1], torch.Tensor):
         raise InvalidArgumentError(f"`{what}` must be a pair (inputs, targets) of tensors")
     x, y = batch
-    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-        raise InvalidArgumentError(
-            f"`{what}`: inputs and targets must have the same first dimension, "
-            f"got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise NumericalError(f"`{what}`: inputs contain NaN or Inf")
+    if y.ndim == 0:
+        raise InvalidArgumentError(f"`{what}`: targets must have a first (sample) dimension")
+    inputs_.check(x, int(y.shape[0]), what)
 
 
 def as_pair(data: DataLike, *, what: str = "data") -> Batch:
@@ -102,4 +112,4 @@ def as_pair(data: DataLike, *, what: str = "data") -> Batch:
     batches = _as_batches(data, what)
     if len(batches) == 1:
         return batches[0]
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    return inputs_.concat([b[0] for b in batches]), torch.cat([b[1] for b in batches])

@@ -11,8 +11,10 @@ from torch import nn
 
 from .cache import Memo, loss_id
 from .config import EditConfig
+from .data import Batch
 from .errors import InvalidArgumentError
 from .hessian import LossFn, Work
+from .inputs import concat, count, take
 from .metrics import evaluate, f1
 from .params import ParamSpace
 from .progress import Progress, ProgressCallback
@@ -92,8 +94,8 @@ class Objective:
         self,
         model: nn.Module,
         task: Task,
-        train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor],
+        train: Batch,
+        val: Batch,
         loss_fn: LossFn,
         space: ParamSpace,
         params: torch.Tensor,
@@ -109,24 +111,24 @@ class Objective:
         self.direction = torch.zeros_like(self.theta_t)
         self.calls = 0
         vx, vy = val
-        ex = train[0][task.index]
+        ex = take(train[0], task.index)
         if task.kind == "relabel":
             assert task.new_labels is not None
             ey, self.old_y = task.new_labels.to(vy.device), train[1][task.index]
         elif task.forget_class is not None:
             # forgetting is judged on the class's training samples plus its validation samples
             in_class = vy == task.forget_class
-            ex = torch.cat([ex, vx[in_class]])
-            ey = torch.full((len(ex),), task.forget_class, dtype=vy.dtype, device=vy.device)
-            vx, vy = vx[~in_class], vy[~in_class]
+            ex = concat([ex, take(vx, in_class)])
+            ey = torch.full((count(ex),), task.forget_class, dtype=vy.dtype, device=vy.device)
+            vx, vy = take(vx, ~in_class), vy[~in_class]
         else:
             ey = train[1][task.index]
-        pick = cap_index(len(ex), gen)
-        self.edited = (ex[pick], ey[pick])
+        pick = cap_index(count(ex), gen)
+        self.edited = (take(ex, pick), ey[pick])
         if task.kind == "relabel":
             self.old_y = self.old_y[pick]
         pick = cap_index(len(vy), gen)
-        self.val = (vx[pick], vy[pick])
+        self.val = (take(vx, pick), vy[pick])
         self.key = (
             {  # what a measurement depends on besides the model
                 "task": task.kind,

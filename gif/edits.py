@@ -16,6 +16,7 @@ from .config import EditConfig, resolve
 from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
+from .inputs import Inputs, call, take, to
 from .newton import Edit, EditResult, Task, relabel_loss
 from .progress import ProgressCallback, StopCheck
 from .solvers import LowRankHessian
@@ -59,7 +60,7 @@ def remove(
     task = Task(
         kind="remove",
         index=index,
-        target=(x[index], y[index]),
+        target=(take(x, index), y[index]),
         target_loss=base,
         scale=-index.numel() / (len(y) - index.numel()),
         forget_class=forget_class,
@@ -107,7 +108,7 @@ def relabel(
     task = Task(
         kind="relabel",
         index=index,
-        target=(x[index], torch.stack([old, new], dim=1).to(y.device)),
+        target=(take(x, index), torch.stack([old, new], dim=1).to(y.device)),
         target_loss=relabel_loss(base),
         scale=index.numel() / len(y),
         new_labels=new,
@@ -123,10 +124,10 @@ def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
 # -- internals ------------------------------------------------------------------------------------
 
 
-def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+def _num_classes(model: nn.Module, x: Inputs) -> int:
     device = next(model.parameters()).device
     with torch.no_grad(), eval_mode(model):
-        return int(model(x[:1].to(device)).shape[-1])
+        return int(call(model, to(take(x, slice(0, 1)), device)).shape[-1])
 
 
 def _check_indices(indices: object, n: int, what: str) -> torch.Tensor:

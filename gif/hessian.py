@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp
+from torch.func import grad, jvp
 
+from . import inputs as inputs_
 from .data import Chunks, DataLike
 from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
 from .params import ParamSpace
@@ -78,6 +79,7 @@ class FlatModel:
         self._fixed = {n: t.detach() for n, t in model.named_parameters() if n not in trainable}
         self._fixed.update(dict(model.named_buffers()))
         self.theta = self.space.vector(model).clone()
+        self.unbatchable = False  # set when vmap over samples fails (gif/scoring.py)
         if not bool(torch.isfinite(self.theta).all()):
             bad = [
                 s.name
@@ -101,16 +103,29 @@ class FlatModel:
     def dtype(self) -> torch.dtype:
         return self.theta.dtype
 
-    def outputs(self, theta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        params = self.space.unflatten(theta)
-        return functional_call(self.model, (params, self._fixed), (inputs,), strict=False)
+    def outputs(self, theta: torch.Tensor, inputs: inputs_.Inputs) -> torch.Tensor:
+        """The logits at θ = ``theta`` (attention on a differentiable kernel: gif/inputs.py)."""
+        return inputs_.call_functional(self.model, (self.space.unflatten(theta), self._fixed), inputs)
 
-    def loss(self, theta: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, theta: torch.Tensor, inputs: inputs_.Inputs, targets: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.outputs(theta, inputs), targets)
 
-    def per_sample_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def per_sample_loss(self, theta: torch.Tensor, x: inputs_.Inputs, y: torch.Tensor) -> torch.Tensor:
         """Loss of one sample (no batch dimension), for vmap."""
-        return self.loss(theta, x.unsqueeze(0), y.unsqueeze(0))
+        return self.loss(theta, inputs_.one_sample(x), y.unsqueeze(0))
+
+    def check_outputs(self, inputs: inputs_.Inputs, *, rtol: float = 1e-4) -> None:
+        """Raise :class:`NumericalError` unless the functional evaluation the engine differentiates
+        (parameters swapped in, attention on the MATH kernel) gives the model's own outputs."""
+        with torch.no_grad():
+            own = inputs_.call(self.model, inputs)
+            ours = self.outputs(self.theta, inputs)
+        scale = float(own.abs().max()) + 1e-12
+        if own.shape != ours.shape or float((own - ours).abs().max()) > rtol * scale + 1e-6:
+            raise NumericalError(
+                "the model's outputs differ from its functional evaluation (parameters swapped in, "
+                "attention on the MATH kernel): influence cannot be computed for this model"
+            )
 
 
 class HessianOperator:
@@ -149,6 +164,7 @@ class HessianOperator:
         else:
             self.flat = FlatModel(model, loss_fn)
         self.data = Chunks(data, chunk_size=chunk_size, device=self.flat.device, what=what)
+        self.flat.check_outputs(inputs_.take(self.data.chunks[0].inputs, slice(0, 2)))
         self.size = self.flat.space.size
         if backend == "auto":
             backend = "graph" if self.estimate_graph_bytes() <= graph_budget_bytes else "func"
@@ -172,14 +188,15 @@ class HessianOperator:
         counted = [0]
 
         def count(_module, _inputs, output) -> None:
-            if isinstance(output, torch.Tensor):
-                counted[0] += output.numel()
+            for t in output if isinstance(output, tuple) else (output,):
+                if isinstance(t, torch.Tensor):
+                    counted[0] += t.numel()
 
         leaves = [m for m in self.flat.model.modules() if not list(m.children())]
         handles = [m.register_forward_hook(count) for m in leaves]
         try:
             with torch.no_grad():
-                self.flat.outputs(self.flat.theta, self.data.chunks[0].inputs[:1])
+                self.flat.outputs(self.flat.theta, inputs_.take(self.data.chunks[0].inputs, slice(0, 1)))
         finally:
             for h in handles:
                 h.remove()
@@ -208,16 +225,41 @@ class HessianOperator:
         self.work.hvps += 1
         if self.backend == "graph":
             return self._hvp_graph(v)
+        return self._plain_hvp(v)
+
+    def _chunk_hvp(self, v: torch.Tensor, x: inputs_.Inputs, y: torch.Tensor) -> torch.Tensor:
+        def g(theta: torch.Tensor) -> torch.Tensor:
+            return grad(self.flat.loss)(theta, x, y)
+
+        return jvp(g, (self.flat.theta,), (v,))[1]
+
+    def _plain_hvp(self, v: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(self.flat.theta)
         for chunk in self.data:
             out += chunk.weight * self._chunk_hvp(v, chunk.inputs, chunk.targets)
         return out
 
-    def _chunk_hvp(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        def g(theta: torch.Tensor) -> torch.Tensor:
-            return grad(self.flat.loss)(theta, x, y)
+    def _block_hvp(self, basis: torch.Tensor) -> torch.Tensor | None:
+        """H times each row of ``basis``, vmapped over the rows; None when vmap cannot batch this
+        model (data-dependent branches, operations without a batching rule)."""
+        acc = torch.zeros_like(basis)
+        try:
+            for chunk in self.data:
+                acc += chunk.weight * torch.func.vmap(
+                    lambda v, x=chunk.inputs, y=chunk.targets: self._chunk_hvp(v, x, y)
+                )(basis)
+        except RuntimeError:
+            return None
+        return acc
 
-        return jvp(g, (self.flat.theta,), (v,))[1]
+    def _agrees(self, block: torch.Tensor, basis: torch.Tensor) -> bool:
+        """Whether a vmapped block equals plain HVPs, checked on the sum of its columns (one more
+        HVP): vmap's batching rules for some operations (measured: a Hugging Face BERT's) give
+        wrong second derivatives where the same HVP unbatched is right."""
+        expected = self._plain_hvp(basis.sum(0))
+        scale = float(expected.abs().max()) + 1e-30
+        tol = 1e-8 if block.dtype == torch.float64 else 1e-3
+        return float((block.sum(0) - expected).abs().max()) <= tol * scale
 
     def _hvp_graph(self, v: torch.Tensor) -> torch.Tensor:
         if self._graph is None:
@@ -252,13 +294,14 @@ class HessianOperator:
             )
         eye = torch.eye(p, dtype=self.flat.dtype, device=self.flat.device)
         cols = []
+        batched = True
         for start in range(0, p, block):
             basis = eye[start : start + block]
-            acc = torch.zeros_like(basis)
-            for chunk in self.data:
-                acc += chunk.weight * torch.func.vmap(
-                    lambda v, x=chunk.inputs, y=chunk.targets: self._chunk_hvp(v, x, y)
-                )(basis)
+            acc = self._block_hvp(basis) if batched else None
+            if batched and (acc is None or not self._agrees(acc, basis)):
+                batched = False  # vmap fails on, or miscomputes, this model: HVP by HVP from here on
+            if acc is None or not batched:
+                acc = torch.stack([self._plain_hvp(v) for v in basis])
             cols.append(acc)
         self.hvps += p
         self.work.hvps += p

@@ -15,6 +15,7 @@ from torch import nn
 
 from ._util import eval_mode
 from .hessian import LossFn, cross_entropy
+from .inputs import Inputs, call, count, take, to
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,20 @@ class Scores:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: torch.Tensor, *, chunk_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, inputs: Inputs, *, chunk_size: int = 1024) -> torch.Tensor:
     """Logits of ``model`` (eval mode) on ``inputs``, computed in chunks on the model's device."""
     device = next(model.parameters()).device
+    n = count(inputs)
     with eval_mode(model):
-        outs = [model(inputs[i : i + chunk_size].to(device)) for i in range(0, len(inputs), chunk_size)]
+        outs = [
+            call(model, to(take(inputs, slice(i, i + chunk_size)), device)) for i in range(0, n, chunk_size)
+        ]
     return torch.cat(outs) if outs else torch.empty(0)
 
 
 def evaluate(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     labels: torch.Tensor,
     *,
     loss_fn: LossFn | None = None,
@@ -57,7 +61,7 @@ def evaluate(
 
 
 def per_class_accuracy(
-    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, num_classes: int
+    model: nn.Module, inputs: Inputs, labels: torch.Tensor, num_classes: int
 ) -> list[float]:
     """Accuracy on each class (NaN for a class with no samples)."""
     pred = predict(model, inputs).argmax(dim=1).cpu()

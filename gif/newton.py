@@ -32,9 +32,10 @@ from torch import nn
 from ._util import Stopwatch, eval_mode
 from .cache import Cache, CachedSolves, Memo, loss_id
 from .config import EditConfig
-from .data import DataLike, as_pair
+from .data import Batch, DataLike, as_pair
 from .edit_sets import Objective, split
 from .hessian import HessianOperator, LossFn, Work
+from .inputs import take
 from .methods import InfluenceResult
 from .params import ParamSpace
 from .progress import Progress, ProgressCallback, StopCheck
@@ -70,7 +71,7 @@ class Task:
 
     kind: str
     index: torch.Tensor
-    target: tuple[torch.Tensor, torch.Tensor]
+    target: Batch
     target_loss: LossFn
     scale: float
     forget_class: int | None = None
@@ -91,7 +92,7 @@ class Edit:
     def __init__(
         self,
         model: nn.Module,
-        train: tuple[torch.Tensor, torch.Tensor],
+        train: Batch,
         task: Task,
         config: EditConfig,
         validation: DataLike | None,
@@ -112,10 +113,10 @@ class Edit:
         self.val = (
             as_pair(validation, what="validation")
             if validation is not None
-            else (x[self.splits.val], y[self.splits.val])
+            else (take(x, self.splits.val), y[self.splits.val])
         )
-        self.hessian_data = (x[self.splits.hessian], y[self.splits.hessian])
-        self.drift_data = (x[self.splits.drift], y[self.splits.drift])
+        self.hessian_data = (take(x, self.splits.hessian), y[self.splits.hessian])
+        self.drift_data = (take(x, self.splits.drift), y[self.splits.drift])
         self.model = copy.deepcopy(model)
         self.memo = Memo(cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute")
         self.solves = CachedSolves(self.memo, lowrank)  # one curvature fit serves every Newton step
@@ -152,7 +153,7 @@ class Edit:
         self.notify(Progress("done"))
         return EditResult(model, delta, params, report, self.solves.fit)
 
-    def _operator(self, data: tuple[torch.Tensor, torch.Tensor]) -> HessianOperator:
+    def _operator(self, data: Batch) -> HessianOperator:
         config = self.config
         return HessianOperator(
             self.model, data, loss_fn=self.loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend,
@@ -252,12 +253,21 @@ def _select(
         "strategy": strategy,
         "ratio": ratio,
         "seed": seed,
+        "names": opts.param_names,
     }
     return memo.tensor(
         "selection",
         key,
         device="cpu",
-        compute=lambda: select(model, task.target, strategy=strategy, ratio=ratio, seed=seed, loss_fn=loss),
+        compute=lambda: select(
+            model,
+            task.target,
+            strategy=strategy,
+            ratio=ratio,
+            seed=seed,
+            loss_fn=loss,
+            names=opts.param_names,
+        ),
     )
 
 

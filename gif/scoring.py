@@ -32,9 +32,10 @@ from torch.func import grad, vmap
 
 from ._util import check_positive_int, eval_mode
 from .config import SolveConfig, resolve
-from .data import Chunks, DataLike, as_pair
+from .data import Batch, Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
 from .hessian import FlatModel, HessianOperator, LossFn
+from .inputs import Inputs, take
 from .inverse import InverseHessian, Solution, inverse_for
 from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian, Monitor
@@ -264,9 +265,21 @@ def _scores_config(verb: str, config: SolveConfig | None, options: dict[str, Any
     return resolved
 
 
-def per_sample_gradients(flat: FlatModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """∇θ ℓ(z) for every sample of a chunk, [len(chunk), p], one vmapped pass."""
-    return vmap(grad(flat.per_sample_loss), in_dims=(None, 0, 0))(flat.theta, inputs, targets)
+def per_sample_gradients(flat: FlatModel, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
+    """∇θ ℓ(z) for every sample of a chunk, [len(chunk), p]: one vmapped pass, or one gradient per
+    sample for a model whose forward branches on its data (vmap cannot batch ``if mask.all()``, as
+    Hugging Face's attention-mask code does); the model is remembered as such."""
+    if not flat.unbatchable:
+        try:
+            return vmap(grad(flat.per_sample_loss), in_dims=(None, 0, 0))(flat.theta, inputs, targets)
+        except RuntimeError as exc:
+            if "vmap" not in str(exc):
+                raise
+            flat.unbatchable = True
+    one = grad(flat.loss)
+    return torch.stack(
+        [one(flat.theta, take(inputs, slice(i, i + 1)), targets[i : i + 1]) for i in range(len(targets))]
+    )
 
 
 def _check_finite(g: torch.Tensor, what: str) -> torch.Tensor:
@@ -338,7 +351,7 @@ def _score(
     inverse: InverseHessian,
     flat: FlatModel,
     train_chunks: Chunks,
-    query_pair: tuple[torch.Tensor, torch.Tensor] | None,
+    query_pair: Batch | None,
     config: SolveConfig,
     want_self: bool,
     monitor: Monitor,

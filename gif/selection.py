@@ -52,8 +52,9 @@ Fixes relative to the official code:
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,7 @@ from torch import nn
 from .config import STRATEGIES
 from .data import Chunks, DataLike
 from .errors import InvalidArgumentError, NumericalError
+from .inputs import call
 from .params import ParamSlot, ParamSpace
 
 __all__ = ["STRATEGIES", "select", "selection_summary"]
@@ -106,6 +108,7 @@ def select(
     seed: int = 0,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     threshold: float = 1.0,
+    names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Choose the parameters an influence edit may change.
 
@@ -119,6 +122,10 @@ def select(
         loss_fn: ``loss_fn(model(inputs), targets) -> scalar`` (a mean over the batch) for the
             ``*_gradients`` strategies; default cross-entropy.
         threshold: starting threshold of the ``threshold`` strategy.
+        names: shell-style patterns (``fnmatch``: ``*``, ``?``, ``[...]``) on parameter names,
+            e.g. ``["classifier.*"]`` (a head) or ``["*lora_*"]`` (an adapter): T holds only
+            parameters matching one of them. The strategy and ratio then apply to the layers
+            whose weight matches (``all_params``: every matching parameter, whatever its layer).
 
     Returns:
         Sorted, unique flat indices into θ (int64, CPU).
@@ -128,13 +135,18 @@ def select(
     """
     strategy, ratio, seed, threshold = _check_args(strategy, ratio, seed, threshold)
     space = ParamSpace(model)
+    allowed = None if names is None else _matching(space, names)
     if strategy == "all_params":
-        return torch.arange(space.size, dtype=torch.long)
+        return torch.arange(space.size, dtype=torch.long) if allowed is None else allowed
 
     layers = _layers(model, space)
+    if allowed is not None:
+        wanted = set(_matching_names(space, names or ()))
+        layers = [layer for layer in layers if layer.weight.name in wanted]
     if not layers:
+        where = "" if names is None else f" among the parameters matching {list(names)}"
         raise InvalidArgumentError(
-            "the model has no Conv1d/Conv2d/Linear layer with a trainable weight to select from"
+            f"the model has no Conv1d/Conv2d/Linear layer with a trainable weight to select from{where}"
         )
     gen = torch.Generator(device="cpu")
     try:
@@ -175,7 +187,25 @@ def select(
         raise InvalidArgumentError(
             f"`ratio`={ratio} selects no parameter in any layer with strategy {strategy!r}: raise the ratio"
         )
-    return torch.sort(torch.cat(pieces)).values
+    chosen = torch.sort(torch.cat(pieces)).values
+    return chosen if allowed is None else chosen[torch.isin(chosen, allowed)]
+
+
+def _matching_names(space: ParamSpace, patterns: Sequence[str]) -> list[str]:
+    if isinstance(patterns, str) or not all(isinstance(p, str) and p for p in patterns) or not patterns:
+        raise InvalidArgumentError(f"`names` must be a non-empty list of name patterns, got {patterns!r}")
+    return [n for n in space.names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def _matching(space: ParamSpace, patterns: Sequence[str]) -> torch.Tensor:
+    """Sorted flat indices of every trainable parameter whose name matches a pattern."""
+    matched = _matching_names(space, patterns)
+    if not matched:
+        raise InvalidArgumentError(
+            f"no trainable parameter matches {list(patterns)}; names look like {space.names[:3]}"
+        )
+    slots = [space.slot(n) for n in matched]
+    return torch.sort(torch.cat([torch.arange(s.offset, s.stop) for s in slots])).values
 
 
 def selection_summary(model: nn.Module, indices: torch.Tensor) -> dict:
@@ -312,10 +342,10 @@ def _scores(
             fired[:] = [0] * len(layers)
             if kind == "outputs":
                 with torch.no_grad():
-                    model(chunk.inputs)
+                    call(model, chunk.inputs)
                 continue
             with torch.enable_grad():
-                loss = loss_fn(model(chunk.inputs), chunk.targets)
+                loss = loss_fn(call(model, chunk.inputs), chunk.targets)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     raise InvalidArgumentError(
                         "`loss_fn` must return a scalar tensor (a mean over the batch)"

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import is_pair
 from ..hessian import cross_entropy
 
 CACHE_VERSION = 2
@@ -65,15 +66,17 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
 def data_digest(data: Any) -> str:
     """Digest of ``(inputs, targets)`` or an iterable of such batches (batch boundaries count,
     because chunking changes the round-off of a gradient)."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        batches = [tuple(data)]
-    else:
-        batches = [tuple(b) for b in data]
+    batches = [tuple(data)] if is_pair(data) else [tuple(b) for b in data]
     h = hashlib.sha256(b"gif.data\0")
     for batch in batches:
         h.update(f"batch:{len(batch)}\0".encode())
-        for t in batch:
-            _hash_tensor(h, t)
+        for part in batch:
+            if isinstance(part, Mapping):  # named inputs: names count, in sorted order
+                for name in sorted(part):
+                    h.update(f"input:{name}\0".encode())
+                    _hash_tensor(h, part[name])
+            else:
+                _hash_tensor(h, part)
     return h.hexdigest()
 
 

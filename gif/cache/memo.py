@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config import SolveConfig
+from ..inputs import Inputs
 from ..inverse import LowRankInverse
 from ..methods import InfluenceResult, solve_influence
 from ..solvers import LowRankHessian, Monitor
@@ -76,8 +77,20 @@ class Memo:
     def model(self, model: nn.Module) -> str:
         return model_digest(model) if self.enabled else ""
 
-    def data(self, *tensors: torch.Tensor) -> str:
-        return tensor_digest(*tensors) if self.enabled else ""
+    def data(self, *tensors: Inputs) -> str:
+        """Digest of tensors (named inputs: their names and tensors, in name order)."""
+        if not self.enabled:
+            return ""
+        flat: list[torch.Tensor] = []
+        names: list[str] = []
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                flat.append(t)
+            else:
+                names.extend(sorted(t))
+                flat.extend(t[k] for k in sorted(t))
+        digest = tensor_digest(*flat)
+        return digest if not names else make_key("named", {"names": names, "tensors": digest})
 
     # lookups
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..hessian import HessianOperator, cross_entropy
+from ..inputs import call
 from ..solvers import Monitor, Problem, solve
 from .base import InverseHessian, Solution, columns_problem, restricted_problem
 
@@ -213,7 +214,7 @@ def _passes(hessian: HessianOperator, blocks: list[_Block]):
         for chunk in hessian.data:
             seen.clear()
             with torch.enable_grad():
-                logits = model(chunk.inputs)
+                logits = call(model, chunk.inputs)
             p = torch.softmax(logits.detach(), dim=-1)
             root = p.sqrt()
             inputs = [_layer_inputs(b, seen[i][0]) for i, b in enumerate(blocks)]

@@ -25,7 +25,7 @@ ENGINE_LIGHT = ("gif", "gif.config", "gif.progress", "gif.errors")
 _NO_HEAVY = (
     f"engine = sorted(m for m in sys.modules if m.split('.')[0] == 'gif'); "
     f"assert set(engine) <= set({ENGINE_LIGHT!r}), engine; "
-    "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'safetensors')); "
+    "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'safetensors', 'transformers')); "
     "assert not bad, bad"
 )
 
@@ -51,6 +51,15 @@ def test_loading_the_embedded_executor_does_not_import_torch():
 )
 def test_engine_imports_no_service_stack(forbidden):
     _run(f"import sys, gif, gif.io, gif.models; assert {forbidden!r} not in sys.modules, sys.modules.keys()")
+
+
+def test_the_engine_loads_transformers_only_to_build_a_hugging_face_model():
+    _run(
+        "import sys, gif, gif.models, gif.models.huggingface, gif.io; import torch; gif.influence; "
+        "assert 'transformers' not in sys.modules; "
+        "gif.models.huggingface.build({'model_type': 'bert', 'hidden_size': 4, 'num_attention_heads': 2, "
+        "'intermediate_size': 4, 'num_hidden_layers': 1, 'vocab_size': 8}); assert 'transformers' in sys.modules"
+    )
 
 
 def test_workers_and_jobs_never_import_the_http_layer():

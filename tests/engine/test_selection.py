@@ -447,3 +447,70 @@ def test_layer_that_never_runs_is_not_scored() -> None:
     for strategy in ["highest_outputs", "lowest_gradients", "threshold"]:
         assert select(net, data, strategy=strategy, ratio=1.0).tolist() == list(range(8)), strategy
     assert select(net, data, strategy="all").tolist() == list(range(16))
+
+
+# ------------------------------------------------------------------------------- name patterns
+
+
+class Adapted(nn.Module):
+    """A frozen-looking base layer with a LoRA-style adapter and a classifier head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(3, 4)
+        self.lora_a = nn.Linear(3, 2, bias=False)
+        self.lora_b = nn.Linear(2, 4, bias=False)
+        self.classifier = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.relu(self.base(x) + self.lora_b(self.lora_a(x))))
+
+
+def indices_of(model: nn.Module, *names: str) -> set[int]:
+    space = ParamSpace(model)
+    return {i for n in names for i in range(space.slot(n).offset, space.slot(n).stop)}
+
+
+def test_name_patterns_restrict_all_params_to_the_matching_parameters():
+    model = Adapted()
+    head = select(model, None, strategy="all_params", names=["classifier.*"])
+    assert set(head.tolist()) == indices_of(model, "classifier.weight", "classifier.bias")
+    adapter = select(model, None, strategy="all_params", names=["*lora_*"])
+    assert set(adapter.tolist()) == indices_of(model, "lora_a.weight", "lora_b.weight")
+    assert torch.equal(adapter, torch.sort(adapter).values)
+
+
+def test_name_patterns_combine_with_a_scoring_strategy_and_its_ratio():
+    model = Adapted()
+    data = (torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 2)
+    everything = select(model, data, strategy="highest_gradients", ratio=0.5)
+    head = select(model, data, strategy="highest_gradients", ratio=0.5, names=["classifier.weight"])
+    # the classifier's weight, scored and ranked as without patterns; its bias does not match
+    allowed = indices_of(model, "classifier.weight")
+    assert set(head.tolist()) == set(everything.tolist()) & allowed and head.numel() > 0
+    # ratio per considered layer: half of the classifier's 10 parameters is one whole neuron (4
+    # weights and its bias, which does not match the pattern)
+    assert head.numel() == 4
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [(["nothing.*"], "no trainable parameter matches"), ([], "non-empty"), ("classifier.*", "non-empty")],
+)
+def test_name_patterns_that_match_nothing_are_a_clear_error(names, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        select(Adapted(), None, strategy="all_params", names=names)
+
+
+def test_an_edit_changes_only_the_parameters_its_patterns_name():
+    import gif
+
+    torch.manual_seed(0)
+    model = Adapted()
+    x = torch.randn(60, 3, generator=torch.Generator().manual_seed(1))
+    y = (x[:, 0] > 0).long()
+    result = gif.remove(model, (x, y), torch.arange(5), param_names=["*lora_*"], selection="all", ratio=1.0)
+    before, after = model.state_dict(), result.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= {"lora_a.weight", "lora_b.weight"}
+    assert list(result.report["options"]["param_names"]) == ["*lora_*"]
