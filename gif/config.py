@@ -50,6 +50,9 @@ SOLVERS: tuple[str, ...] = get_args(Solver)
 #: The solvers a service job may name: the Kronecker-factored ones are engine-only until their fit
 #: is fast and cached (they refit at every Newton step of an edit; docs/benchmarks.md).
 SERVICE_SOLVERS: tuple[str, ...] = tuple(s for s in SOLVERS if s not in ("kfac", "ekfac"))
+#: Solvers whose curvature is fitted once (eigenpairs, Kronecker factors) and then reused by later
+#: solves on the same θ and Hessian data: Newton steps of an edit, and cached requests.
+FITTED_SOLVERS: tuple[str, ...] = ("lowrank", "kfac", "ekfac")
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 STEP_POLICIES: tuple[str, ...] = get_args(StepPolicy)
 HESSIAN_POOLS: tuple[str, ...] = get_args(HessianPool)
@@ -221,7 +224,8 @@ class EditConfig(SolveConfig):
         default="auto",
         metadata=_meta(
             "untouched (samples the edit leaves alone) | all (a seeded sample of the whole training set: the "
-            "same for every edit, so one lowrank fit serves them all) | auto (all with solver=lowrank, else untouched)"
+            "same for every edit, so one curvature fit serves them all) | auto (all with solver=lowrank, kfac or "
+            "ekfac, else untouched)"
         ),
     )
     validation_fraction: float = field(default=0.1, metadata=_meta("share of the retained data carved for validation when none is given", low=0.0, high=0.5, low_open=True,
@@ -273,12 +277,13 @@ class EditConfig(SolveConfig):
 
     @property
     def pool(self) -> str:
-        """The effective ``hessian_pool``: ``auto`` is ``all`` for the ``lowrank`` solver (its fit is
-        then reused across edits, at the same measured quality) and ``untouched`` otherwise (an
-        iterative solve pays ~3× the HVPs on the whole-set sample; docs/benchmarks.md)."""
+        """The effective ``hessian_pool``: ``auto`` is ``all`` for a fitted curvature (``lowrank``,
+        ``kfac``, ``ekfac``: the fit is then reused across edits of the checkpoint; measured at the
+        same quality for lowrank) and ``untouched`` otherwise (an iterative solve pays ~3× the HVPs
+        on the whole-set sample; docs/benchmarks.md)."""
         if self.hessian_pool != "auto":
             return self.hessian_pool
-        return "all" if self.solver == "lowrank" else "untouched"
+        return "all" if self.solver in FITTED_SOLVERS else "untouched"
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready, with ``hessian_pool`` as used (``auto`` resolved)."""

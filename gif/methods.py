@@ -29,7 +29,7 @@ from .config import SolveConfig, resolve
 from .data import DataLike
 from .errors import InvalidArgumentError, NumericalError
 from .hessian import HessianOperator, LossFn
-from .inverse import InverseHessian, Solution, inverse_for
+from .inverse import CurvatureFit, InverseHessian, Solution, inverse_for
 from .params import ParamSpace
 from .progress import ProgressCallback, StopCheck
 from .solvers import LowRankHessian, Monitor
@@ -56,7 +56,12 @@ class InfluenceResult:
     history: list[float] = field(default_factory=list)
     note: str = ""
     seconds: float = 0.0
-    lowrank: LowRankHessian | None = None
+    fit: CurvatureFit | None = None  # the curvature fit of a lowrank / kfac / ekfac solve
+
+    @property
+    def lowrank(self) -> LowRankHessian | None:
+        """The ``lowrank`` solver's fit (pass it back as ``lowrank=`` to reuse it)."""
+        return self.fit if isinstance(self.fit, LowRankHessian) else None
 
     def diagnostics(self) -> dict:
         """JSON-ready summary of the solve (no tensors)."""
@@ -164,6 +169,7 @@ def solve_influence(
     group_fraction: float = 0.0,
     lowrank: LowRankHessian | None = None,
     monitor: Monitor | None = None,
+    fit: CurvatureFit | None = None,
 ) -> InfluenceResult:
     """Influence vector for a given target gradient ``g`` (the engine-internal entry point).
 
@@ -177,7 +183,7 @@ def solve_influence(
     monitor = monitor or Monitor()
     index = index.to(g.device)
     start, hvps0, grads0 = time.perf_counter(), hessian.hvps, hessian.grads
-    inverse = inverse_for(hessian, config, lowrank=lowrank)
+    inverse = inverse_for(hessian, config, fit=fit if fit is not None else lowrank)
     vector, outcome = influence_vector(inverse, g, index, config.method, target_hvp, group_fraction, monitor)
     if not bool(torch.isfinite(vector).all()):
         raise NumericalError(f"the {inverse.name} solve produced NaN/Inf; add damping or use another solver")
@@ -186,7 +192,7 @@ def solve_influence(
         converged=outcome.converged, iterations=outcome.iterations,
         hvps=hessian.hvps - hvps0, grads=hessian.grads - grads0, residual=outcome.residual,
         history=outcome.history, note=outcome.note, seconds=time.perf_counter() - start,
-        lowrank=getattr(inverse, "fit", None),
+        fit=getattr(inverse, "fit", None),
     )  # fmt: skip
 
 

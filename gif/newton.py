@@ -151,7 +151,8 @@ class Edit:
         delta = space.vector(model) - theta0
         report = self._report(params, steps, before, after, delta, theta0)
         self.notify(Progress("done"))
-        return EditResult(model, delta, params, report, self.solves.fit)
+        fit = self.solves.fit
+        return EditResult(model, delta, params, report, fit if isinstance(fit, LowRankHessian) else None)
 
     def _operator(self, data: Batch) -> HessianOperator:
         config = self.config

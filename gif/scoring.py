@@ -265,6 +265,11 @@ def _scores_config(verb: str, config: SolveConfig | None, options: dict[str, Any
     return resolved
 
 
+def _lowrank_of(inverse: InverseHessian) -> LowRankHessian | None:
+    fit = getattr(inverse, "fit", None)
+    return fit if isinstance(fit, LowRankHessian) else None
+
+
 def per_sample_gradients(flat: FlatModel, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
     """∇θ ℓ(z) for every sample of a chunk, [len(chunk), p]: one vmapped pass, or one gradient per
     sample for a model whose forward branches on its data (vmap cannot batch ``if mask.all()``, as
@@ -330,7 +335,7 @@ def _run(
             flat, shared if hessian_data is None else hessian_data, chunk_size=config.chunk_size,
             backend=config.hvp_backend, what="train" if hessian_data is None else "hessian_data",
         )  # fmt: skip
-        inverse = inverse_for(hessian, config, lowrank=lowrank)
+        inverse = inverse_for(hessian, config, fit=lowrank)
         diagnostics = _Diagnostics()
         try:
             out, self_values, gradients = _score(
@@ -343,7 +348,7 @@ def _run(
         scores=out, solver=inverse.name, converged=diagnostics.converged,
         iterations=diagnostics.iterations[:n_queries], residuals=diagnostics.residuals[:n_queries],
         hvps=hessian.hvps, gradients=gradients, seconds=time.perf_counter() - start,
-        self_influence=self_values, lowrank=getattr(inverse, "fit", None), note="; ".join(diagnostics.notes),
+        self_influence=self_values, lowrank=_lowrank_of(inverse), note="; ".join(diagnostics.notes),
     )  # fmt: skip
 
 

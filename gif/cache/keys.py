@@ -17,7 +17,9 @@ from ..hessian import cross_entropy
 
 CACHE_VERSION = 2
 
-KINDS = ("selection", "gradient", "lowrank", "ihvp", "evaluation")
+#: Kinds of entries (the curvature fits are named by their solver), and ``named``: the digest of
+#: named inputs (their names and tensors), a key part rather than an entry.
+KINDS = ("selection", "gradient", "lowrank", "kfac", "ekfac", "ihvp", "evaluation", "named")
 
 _KEY = re.compile(r"^([a-z]+):([0-9a-f]{64})$")
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import SolveConfig
 from ..inputs import Inputs
-from ..inverse import LowRankInverse
+from ..inverse import FITTED_SOLVERS, CurvatureFit, KroneckerFit, inverse_for
 from ..methods import InfluenceResult, solve_influence
 from ..solvers import LowRankHessian, Monitor
 from .keys import check_key, make_key, model_digest, tensor_digest
@@ -213,6 +213,26 @@ def lowrank_digest(fit: LowRankHessian) -> str:
     return tensor_digest(fit.eigenvalues, fit.eigenvectors, fit.residuals)
 
 
+def fit_entry(fit: CurvatureFit) -> tuple[dict[str, torch.Tensor], dict]:
+    """A curvature fit as a cache entry (a ``lowrank`` fit as before; Kronecker factors with
+    their layer names)."""
+    if isinstance(fit, LowRankHessian):
+        return lowrank_entry(fit)
+    return fit.state_dict(), {"kronecker": fit.meta()}
+
+
+def fit_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> CurvatureFit:
+    if "kronecker" in meta:
+        return KroneckerFit.from_state(tensors, meta["kronecker"])
+    return lowrank_from_entry(tensors, meta)
+
+
+def fit_digest(fit: CurvatureFit) -> str:
+    if isinstance(fit, LowRankHessian):
+        return lowrank_digest(fit)
+    return tensor_digest(*fit.state_dict().values())
+
+
 #: SolveConfig fields a curvature fit does not depend on; every other field is in its key, so a
 #: field added later is keyed by default (a miss at worst, never a stale hit).
 FIT_INDEPENDENT = frozenset({"method", "damping", "solver", "tol", "max_iter"})
@@ -234,15 +254,15 @@ class CachedSolves:
     inverse-Hessian boundary.
 
     Each solve is an ``ihvp`` entry keyed on the whole solve configuration (:func:`solve_key`),
-    the digests of θ, the Hessian data, the loss, the right-hand side and T. With
-    ``solver="lowrank"`` the curvature fit is an entry of its own (kind ``lowrank``, keyed by
+    the digests of θ, the Hessian data, the loss, the right-hand side and T. With a fitted
+    curvature (``lowrank``, ``kfac``, ``ekfac``) the fit is an entry of its own (kind: the solver, keyed by
     :func:`fit_key` on the model and Hessian data at the first solve), so a related request on
     the same checkpoint and Hessian data reuses the fit even when its right-hand side differs;
     the fit then serves every later Newton step, as it does uncached. A fit given by the caller
     is identified by the digest of its tensors.
     """
 
-    def __init__(self, memo: Memo, given: LowRankHessian | None) -> None:
+    def __init__(self, memo: Memo, given: CurvatureFit | None) -> None:
         self.memo = memo
         self.fit = given
         self._id: str | None = None  # the fit's identity in ihvp keys
@@ -269,8 +289,8 @@ class CachedSolves:
         ``extra`` holds whatever else the solve depends on (e.g. the target of ``sif``). What is
         computed is counted in ``hessian.work``; a cached solve costs nothing.
         """
-        lowrank = config.solver == "lowrank"
-        if lowrank and self.memo.enabled and self._id is None:
+        fitted = config.solver_name in FITTED_SOLVERS
+        if fitted and self.memo.enabled and self._id is None:
             self._identify_fit(hessian, config, model=model, data=data, loss=loss)
         parts = {
             "model": model,
@@ -286,21 +306,21 @@ class CachedSolves:
             "extra": dict(extra),
         }
 
-        def run(fit: LowRankHessian | None) -> InfluenceResult:
+        def run(fit: CurvatureFit | None) -> InfluenceResult:
             return solve_influence(
-                hessian, g, index, config, target_hvp=target_hvp, group_fraction=group_fraction, lowrank=fit,
+                hessian, g, index, config, target_hvp=target_hvp, group_fraction=group_fraction, fit=fit,
                 monitor=monitor,
             )  # fmt: skip
 
         def compute() -> InfluenceResult:
-            if lowrank and self.fit is None and self._key is not None:
+            if fitted and self.fit is None and self._key is not None:
                 return self._solve_and_fit(hessian, run)
-            return run(self.fit)
+            return run(self.fit if fitted else None)
 
         result = self.memo.influence(parts, compute, index=index, device=g.device)
-        if lowrank and self.fit is None:
-            if result.lowrank is not None:
-                self.fit = result.lowrank
+        if fitted and self.fit is None:
+            if result.fit is not None:
+                self.fit = result.fit
             else:  # the solve was cached but the fit is not: this edit must still return it
                 self.fit = self._fit(hessian, config, monitor)
         return result
@@ -309,18 +329,18 @@ class CachedSolves:
         self, hessian: HessianOperator, config: SolveConfig, *, model: str, data: str, loss: str
     ) -> None:
         if self.fit is not None:
-            self._id = "given:" + lowrank_digest(self.fit)
+            self._id = "given:" + fit_digest(self.fit)
             return
         parts = {"model": model, "data": data, "loss": loss, "config": fit_key(config), "backend": hessian.backend,
                  "chunks": [len(c) for c in hessian.data]}  # fmt: skip
-        self._key = self._id = make_key("lowrank", parts)
+        self._key = self._id = make_key(config.solver_name, parts)
         found = self.memo.peek(self._key, device=hessian.flat.device)
         if found is not None:
             self.memo.record(self._key, "hit")
-            self.fit = lowrank_from_entry(found.tensors, found.meta)
+            self.fit = fit_from_entry(found.tensors, found.meta)
 
     def _solve_and_fit(
-        self, hessian: HessianOperator, run: Callable[[LowRankHessian | None], InfluenceResult]
+        self, hessian: HessianOperator, run: Callable[[CurvatureFit | None], InfluenceResult]
     ) -> InfluenceResult:
         """The first solve fits the curvature (under the fit's lock); a fit that appeared in the
         meantime (another worker) is used instead."""
@@ -328,25 +348,25 @@ class CachedSolves:
 
         def compute() -> tuple[dict, dict]:
             fresh.append(run(None))
-            assert fresh[0].lowrank is not None
-            return lowrank_entry(fresh[0].lowrank)
+            assert fresh[0].fit is not None
+            return fit_entry(fresh[0].fit)
 
         entry = self._fetch_fit(compute, hessian)
         if fresh:
             return fresh[0]
-        self.fit = lowrank_from_entry(entry.tensors, entry.meta)
+        self.fit = fit_from_entry(entry.tensors, entry.meta)
         return run(self.fit)
 
-    def _fit(self, hessian: HessianOperator, config: SolveConfig, monitor: Monitor) -> LowRankHessian:
+    def _fit(self, hessian: HessianOperator, config: SolveConfig, monitor: Monitor) -> CurvatureFit:
         def compute() -> tuple[dict, dict]:
-            steps = config.solver_options.get("steps")
-            inverse = LowRankInverse(hessian, config.damping, rank=config.rank, seed=config.seed,
-                                     steps=None if steps is None else int(steps))  # fmt: skip
+            inverse = inverse_for(hessian, config)
             inverse.prepare(monitor)
-            return lowrank_entry(inverse.fitted)
+            fit = getattr(inverse, "fit", None)
+            assert fit is not None
+            return fit_entry(fit)
 
         entry = self._fetch_fit(compute, hessian)
-        return lowrank_from_entry(entry.tensors, entry.meta)
+        return fit_from_entry(entry.tensors, entry.meta)
 
     def _fetch_fit(self, compute: Callable[[], tuple[dict, dict]], hessian: HessianOperator) -> Entry:
         assert self.memo.cache is not None and self._key is not None

@@ -8,31 +8,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import SolveConfig
+from ..config import FITTED_SOLVERS, SolveConfig
 from ..errors import InvalidArgumentError
 from ..hessian import HessianOperator
 from ..solvers import ITERATIVE, LowRankHessian
 from .base import InverseHessian, Solution
 from .dense import DenseInverse
 from .iterative import IterativeInverse
-from .kfac import KroneckerInverse
+from .kfac import KroneckerFit, KroneckerInverse
 from .lowrank import LowRankInverse
 
-Builder = Callable[[HessianOperator, SolveConfig, "LowRankHessian | None"], InverseHessian]
+#: A fitted curvature that later solves reuse: the Lanczos eigenpairs (``lowrank``) or the
+#: Kronecker factors (``kfac`` / ``ekfac``).
+CurvatureFit = LowRankHessian | KroneckerFit
+
+Builder = Callable[[HessianOperator, SolveConfig, "CurvatureFit | None"], InverseHessian]
 
 
-def _iterative(hessian: HessianOperator, config: SolveConfig, _fit: LowRankHessian | None) -> InverseHessian:
+def _iterative(hessian: HessianOperator, config: SolveConfig, _fit: CurvatureFit | None) -> InverseHessian:
     return IterativeInverse(
         hessian, config.damping, solver=config.solver_name, tol=config.tol, max_iter=config.max_iter,
         options=dict(config.solver_options),
     )  # fmt: skip
 
 
-def _dense(hessian: HessianOperator, config: SolveConfig, _fit: LowRankHessian | None) -> InverseHessian:
+def _dense(hessian: HessianOperator, config: SolveConfig, _fit: CurvatureFit | None) -> InverseHessian:
     return DenseInverse(hessian, config.damping)
 
 
-def _lowrank(hessian: HessianOperator, config: SolveConfig, fit: LowRankHessian | None) -> InverseHessian:
+def _lowrank(hessian: HessianOperator, config: SolveConfig, fit: CurvatureFit | None) -> InverseHessian:
+    if fit is not None and not isinstance(fit, LowRankHessian):
+        raise InvalidArgumentError("solver 'lowrank' needs a LowRankHessian fit")
     steps = config.solver_options.get("steps")
     return LowRankInverse(
         hessian, config.damping, fit=fit, rank=config.rank, seed=config.seed,
@@ -41,9 +47,11 @@ def _lowrank(hessian: HessianOperator, config: SolveConfig, fit: LowRankHessian 
 
 
 def _kronecker(corrected: bool) -> Builder:
-    def build(hessian: HessianOperator, config: SolveConfig, _fit: LowRankHessian | None) -> InverseHessian:
+    def build(hessian: HessianOperator, config: SolveConfig, fit: CurvatureFit | None) -> InverseHessian:
+        if fit is not None and not isinstance(fit, KroneckerFit):
+            raise InvalidArgumentError(f"solver {config.solver_name!r} needs a KroneckerFit")
         return KroneckerInverse(
-            hessian, config.damping, corrected=corrected, tol=config.tol, max_iter=config.max_iter
+            hessian, config.damping, corrected=corrected, tol=config.tol, max_iter=config.max_iter, fit=fit
         )
 
     return build
@@ -60,21 +68,28 @@ BUILDERS: dict[str, Builder] = {
 
 
 def inverse_for(
-    hessian: HessianOperator, config: SolveConfig, *, lowrank: LowRankHessian | None = None
+    hessian: HessianOperator, config: SolveConfig, *, fit: CurvatureFit | None = None
 ) -> InverseHessian:
-    """The inverse of ``hessian`` + ``config.damping`` that ``config.solver`` names; ``lowrank``
-    is a previously fitted curvature (solver ``lowrank`` only)."""
+    """The inverse of ``hessian`` + ``config.damping`` that ``config.solver`` names; ``fit`` is a
+    previously fitted curvature of that solver (:data:`FITTED_SOLVERS`), used instead of fitting."""
     solver = config.solver_name
-    if lowrank is not None and solver != "lowrank":
+    if fit is not None and solver not in FITTED_SOLVERS:
+        raise InvalidArgumentError(
+            f"a curvature fit is only used with solver={' / '.join(FITTED_SOLVERS)}, not {solver!r}"
+        )
+    if isinstance(fit, LowRankHessian) and solver != "lowrank":
         raise InvalidArgumentError(f"a `lowrank` fit is only used with solver='lowrank', not {solver!r}")
-    return BUILDERS[solver](hessian, config, lowrank)
+    return BUILDERS[solver](hessian, config, fit)
 
 
 __all__ = [
     "BUILDERS",
+    "FITTED_SOLVERS",
+    "CurvatureFit",
     "DenseInverse",
     "InverseHessian",
     "IterativeInverse",
+    "KroneckerFit",
     "KroneckerInverse",
     "LowRankInverse",
     "Solution",

@@ -27,6 +27,7 @@ Both are exact for a single linear layer fitted on one sample (tests/engine/test
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -43,9 +44,43 @@ _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 @dataclass
+class KroneckerFit:
+    """A fitted Kronecker-factored curvature: per factored layer (by module name) Q_A, Q_S and the
+    eigenvalues Λ in their basis. Fitted once per (θ, Hessian data, loss), it serves every later
+    solve on that curvature — the next Newton steps of an edit and, through the cache, later
+    requests on the same checkpoint — so those cost no pass over the data."""
+
+    corrected: bool
+    layers: tuple[str, ...]
+    q_in: list[torch.Tensor]
+    q_out: list[torch.Tensor]
+    eigen: list[torch.Tensor]
+    passes: int = 0  # backward passes the fit took
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, (a, s, e) in enumerate(zip(self.q_in, self.q_out, self.eigen, strict=True)):
+            out.update({f"{i}.q_in": a, f"{i}.q_out": s, f"{i}.eigen": e})
+        return out
+
+    def meta(self) -> dict:
+        return {"corrected": self.corrected, "layers": list(self.layers), "passes": self.passes}
+
+    @classmethod
+    def from_state(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping) -> KroneckerFit:
+        n = len(meta["layers"])
+        return cls(
+            bool(meta["corrected"]), tuple(meta["layers"]), [tensors[f"{i}.q_in"] for i in range(n)],
+            [tensors[f"{i}.q_out"] for i in range(n)], [tensors[f"{i}.eigen"] for i in range(n)],
+            int(meta.get("passes", 0)),
+        )  # fmt: skip
+
+
+@dataclass
 class _Block:
     """One layer's slice of θ and its factors."""
 
+    name: str
     module: nn.Module
     weight: slice
     bias: slice | None
@@ -78,6 +113,7 @@ class KroneckerInverse(InverseHessian):
         corrected: bool,
         tol: float = 1e-6,
         max_iter: int = 100,
+        fit: KroneckerFit | None = None,
     ) -> None:
         super().__init__(hessian, damping)
         self.name = "ekfac" if corrected else "kfac"
@@ -99,11 +135,33 @@ class KroneckerInverse(InverseHessian):
                 covered[block.bias] = True
         self.uncovered = torch.nonzero(~covered).flatten().to(hessian.flat.device)
         self.prepared = False
+        self.fit: KroneckerFit | None = None
+        if fit is not None:
+            self._adopt(fit)
+
+    def _adopt(self, fit: KroneckerFit) -> None:
+        names = tuple(b.name for b in self.blocks)
+        if fit.corrected != self.corrected or fit.layers != names:
+            raise InvalidArgumentError(
+                f"the given curvature fit ({'ekfac' if fit.corrected else 'kfac'}, layers {list(fit.layers)[:3]}…) "
+                f"is not one of this model for solver {self.name!r}"
+            )
+        for block, a, s, e in zip(self.blocks, fit.q_in, fit.q_out, fit.eigen, strict=True):
+            block.q_in, block.q_out, block.eigen = a, s, e
+        self.fit, self.prepared = fit, True
+
+    @property
+    def fitted(self) -> KroneckerFit:
+        """The fitted factors (fitting them first if needed)."""
+        self.prepare()
+        assert self.fit is not None
+        return self.fit
 
     def prepare(self, monitor: Monitor | None = None) -> None:
         if self.prepared:
             return
         (monitor or Monitor()).check_cancel()
+        passes = self.hessian.work.gradients
         inputs, outputs = _factors(self.hessian, self.blocks)
         for block, a, s in zip(self.blocks, inputs, outputs, strict=True):
             alpha, block.q_in = torch.linalg.eigh(a)
@@ -115,6 +173,11 @@ class KroneckerInverse(InverseHessian):
                 self.blocks, _corrected_eigenvalues(self.hessian, self.blocks), strict=True
             ):
                 block.eigen = eigen
+        self.fit = KroneckerFit(
+            self.corrected, tuple(b.name for b in self.blocks), [b.q_in for b in self.blocks],  # type: ignore[misc]
+            [b.q_out for b in self.blocks], [b.eigen for b in self.blocks],  # type: ignore[misc]
+            self.hessian.work.gradients - passes,
+        )  # fmt: skip
         self.prepared = True
 
     # -- the factored curvature and its inverse ---------------------------------------------------
@@ -167,7 +230,7 @@ def _blocks(hessian: HessianOperator) -> list[_Block]:
         if weight is None:
             continue
         bias = slots.get(f"{prefix}.bias" if prefix else "bias")
-        blocks.append(_Block(module, weight, bias, int(module.weight.shape[0])))
+        blocks.append(_Block(prefix, module, weight, bias, int(module.weight.shape[0])))
     return blocks
 
 

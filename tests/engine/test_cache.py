@@ -75,6 +75,14 @@ class Work:
             self.evaluations += 1
             return evaluate(*args, **kwargs)
 
+        passes = gif.inverse.kfac._passes
+
+        def counted_passes(*args):  # a Kronecker factor pass: one backward pass per yield
+            for item in passes(*args):
+                self.gradients += 1
+                yield item
+
+        monkeypatch.setattr(gif.inverse.kfac, "_passes", counted_passes)
         monkeypatch.setattr(HessianOperator, "gradient", counted_gradient)
         monkeypatch.setattr(HessianOperator, "hvp", counted_hvp)
         monkeypatch.setattr(gif.edit_sets, "evaluate", counted_evaluate)
@@ -399,6 +407,8 @@ REMOVALS = [
     pytest.param({"method": "fif", "step": "newton", "newton_steps": 2}, id="fif-newton"),
     pytest.param({"method": "sif"}, id="sif"),
     pytest.param({"solver": "lowrank", "rank": 8}, id="gif-lowrank"),
+    pytest.param({"solver": "kfac"}, id="gif-kfac"),
+    pytest.param({"method": "if", "solver": "ekfac"}, id="if-ekfac"),
 ]
 
 
@@ -434,7 +444,8 @@ def test_warm_removal_equals_cold_and_computes_nothing(problem, cache, options, 
     assert all(c["miss"] == c["wait"] == 0 for c in counts.values())
     kinds = {h["kind"] for h in warm.report["cache"]["hits"]}
     assert {"selection", "gradient", "ihvp", "evaluation"} <= kinds
-    assert ("lowrank" in kinds) == (options.get("solver") == "lowrank")
+    fitted = {"lowrank", "kfac", "ekfac"}
+    assert kinds & fitted == ({options["solver"]} & fitted if "solver" in options else set())
     assert_same_edit(cold, warm)
     # and a cache changes nothing about the answer or the report
     assert_same_edit(plain, cold)

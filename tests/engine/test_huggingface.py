@@ -212,3 +212,34 @@ def test_an_image_classifier_is_built_from_its_config():
         damping=0.1,
     )
     assert out.vector.numel() == sum(p.numel() for p in model.parameters()) and out.converged
+
+
+class TwoInputs(nn.Module):
+    """A plain module taking two named tensors and returning an object with `.logits`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right, self.head = nn.Linear(3, 8), nn.Linear(2, 8), nn.Linear(8, 3)
+
+    def forward(self, image: torch.Tensor, extra: torch.Tensor):
+        return transformers.modeling_outputs.SequenceClassifierOutput(
+            logits=self.head(torch.tanh(self.left(image) + self.right(extra)))
+        )
+
+
+def test_a_warm_repeat_with_named_inputs_is_served_by_the_cache():
+    torch.manual_seed(0)
+    model = TwoInputs()
+    gen = torch.Generator().manual_seed(2)
+    x = {"image": torch.randn(80, 3, generator=gen), "extra": torch.randn(80, 2, generator=gen)}
+    y = (x["image"][:, 0] > 0).long() + (x["extra"][:, 0] > 0).long()
+    cache = gif.MemoryCache()
+    cold = gif.remove(model, (x, y), torch.arange(6), cache=cache, newton_steps=2)
+    warm = gif.remove(model, (x, y), torch.arange(6), cache=cache, newton_steps=2)
+    assert warm.report["work"] == {"gradients": 0, "hvps": 0, "forward_evaluations": 0}
+    assert torch.equal(warm.delta, cold.delta)
+    # the names are part of the data's identity: the same tensors under other names are other data
+    memo = gif.cache.Memo(cache)
+    t, u = torch.zeros(4, 2), torch.ones(4, 2)
+    assert memo.data({"a": t, "b": u}) != memo.data({"a": u, "b": t})
+    assert memo.data({"a": t, "b": u}) == memo.data({"b": u, "a": t})  # order of insertion does not count

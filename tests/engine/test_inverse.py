@@ -85,7 +85,7 @@ def test_prepare_happens_once_and_a_given_fit_is_not_refitted(tiny):
     inverse.prepare()
     inverse.solve(torch.ones(hessian.size, dtype=torch.float64, device=hessian.flat.device), Monitor())
     assert hessian.hvps == spent
-    again = inverse_for(hessian, SolveConfig(solver="lowrank", damping=DAMPING), lowrank=inverse.fit)
+    again = inverse_for(hessian, SolveConfig(solver="lowrank", damping=DAMPING), fit=inverse.fit)
     again.solve(torch.ones(hessian.size, dtype=torch.float64, device=hessian.flat.device), Monitor())
     assert hessian.hvps == spent
     dense = inverse_for(hessian, SolveConfig(solver="direct", damping=DAMPING))

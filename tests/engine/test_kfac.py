@@ -109,3 +109,52 @@ def test_uncovered_parameters_get_the_damping_only_and_other_losses_are_refused(
     assert torch.allclose(x[norm], b[norm] / 0.5)
     with pytest.raises(InvalidArgumentError, match="cross-entropy"):
         KroneckerInverse(HessianOperator(model, data, loss_fn=nn.functional.mse_loss), 0.1, corrected=True)
+
+
+def trained_mlp(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = samples((6,), 90, 3, seed=2)
+    x = x.float()
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(150):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimiser.step()
+    return model.eval(), (x, y)
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_a_given_fit_replaces_the_pass_over_the_data_and_gives_the_same_solves(corrected):
+    model, data = trained_mlp()
+    config = SolveConfig(method="if", solver="ekfac" if corrected else "kfac", damping=0.1)
+    fitted = inverse_for(HessianOperator(model, data), config)
+    fitted.prepare()
+    fit = fitted.fit
+    assert fit is not None and fit.passes > 0
+    again = gif.inverse.KroneckerFit.from_state(fit.state_dict(), fit.meta())
+    operator = HessianOperator(model, data)
+    reused = inverse_for(operator, config, fit=again)
+    b = torch.randn(operator.size, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(reused.solve(b, Monitor()).x, fitted.solve(b, Monitor()).x)
+    assert operator.work.gradients == 0  # nothing recomputed
+    other = SolveConfig(method="if", solver="kfac" if corrected else "ekfac", damping=0.1)
+    with pytest.raises(InvalidArgumentError, match="not one of this model"):
+        inverse_for(HessianOperator(model, data), other, fit=again)
+
+
+def test_an_edit_fits_the_factors_once_and_a_further_edit_reuses_them(monkeypatch):
+    from gif.inverse import kfac
+
+    model, (x, y) = trained_mlp()
+    fits = []
+    real = kfac._factors
+    monkeypatch.setattr(kfac, "_factors", lambda *a: fits.append(1) or real(*a))
+    cache = gif.MemoryCache()
+    first = gif.remove(model, (x, y), {"class": 0}, solver="kfac", newton_steps=3, cache=cache)
+    assert len(first.report["newton_steps"]) >= 2 and len(fits) == 1  # one fit for every Newton step
+    # another deletion request on the same checkpoint: the factors come from the cache
+    second = gif.remove(model, (x, y), {"class": 1}, solver="kfac", newton_steps=3, cache=cache)
+    assert len(fits) == 1
+    assert any(h["kind"] == "kfac" for h in second.report["cache"]["hits"])
+    assert second.report["options"]["hessian_pool"] == "all"
