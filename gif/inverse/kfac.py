@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, NumericalError
 from ..hessian import HessianOperator, cross_entropy
 from ..inputs import call
 from ..solvers import Monitor, Problem, solve
@@ -164,8 +164,8 @@ class KroneckerInverse(InverseHessian):
         passes = self.hessian.work.gradients
         inputs, outputs = _factors(self.hessian, self.blocks)
         for block, a, s in zip(self.blocks, inputs, outputs, strict=True):
-            alpha, block.q_in = torch.linalg.eigh(a)
-            sigma, block.q_out = torch.linalg.eigh(s)
+            alpha, block.q_in = _eigh(a, block.name)
+            sigma, block.q_out = _eigh(s, block.name)
             block.eigen = sigma.clamp_min(0).unsqueeze(1) * alpha.clamp_min(0).unsqueeze(0)
         if self.corrected:
             (monitor or Monitor()).check_cancel()
@@ -218,6 +218,22 @@ class KroneckerInverse(InverseHessian):
     def _run(self, problem: Problem, solver: str, monitor: Monitor) -> Solution:
         self.prepare(monitor)
         return Solution.of(solve(problem, solver, tol=self.tol, max_iter=self.max_iter, monitor=monitor))
+
+
+def _eigh(factor: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition of a symmetric PSD factor; a factor LAPACK cannot decompose (eigenvalues
+    spread over more than float64 resolves) is retried with a relative jitter of 1e-12."""
+    if not bool(torch.isfinite(factor).all()):
+        raise NumericalError(
+            f"the Kronecker factors of layer {layer!r} contain NaN or Inf (the model's activations or "
+            "output gradients overflow on the Hessian data)"
+        )
+    try:
+        return torch.linalg.eigh(factor)
+    except torch.linalg.LinAlgError:
+        jitter = 1e-12 * float(factor.diagonal().abs().max().clamp_min(1e-300))
+        eye = torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
+        return torch.linalg.eigh(factor + jitter * eye)
 
 
 def _blocks(hessian: HessianOperator) -> list[_Block]:

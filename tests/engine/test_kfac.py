@@ -158,3 +158,12 @@ def test_an_edit_fits_the_factors_once_and_a_further_edit_reuses_them(monkeypatc
     assert len(fits) == 1
     assert any(h["kind"] == "kfac" for h in second.report["cache"]["hits"])
     assert second.report["options"]["hessian_pool"] == "all"
+
+
+def test_factors_with_nan_are_a_numerical_error_not_a_lapack_failure():
+    from gif.inverse.kfac import _eigh
+
+    with pytest.raises(gif.errors.NumericalError, match=r"layer '0'.*NaN or Inf"):
+        _eigh(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]], dtype=torch.float64), "0")
+    values, _ = _eigh(torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64), "0")
+    torch.testing.assert_close(values, torch.tensor([1.0, 3.0], dtype=torch.float64))
