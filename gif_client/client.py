@@ -7,13 +7,14 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 
+from . import pretrained
 from ._http import HttpCore, parse_retry_after
 from .errors import ApiError, IntegrityError, JobCancelled, JobFailed, WaitTimeout
 
@@ -83,8 +84,13 @@ class Client:
     def upload_model(self, path: str | os.PathLike[str]) -> dict:
         """Upload a model file and return the ``model`` object of a job body that names it.
 
-        Accepted: the ``.pt2`` file of ``torch.export.save`` (kind ``program``; the program needs a
-        dynamic batch dimension) -> ``{"format": "torch.export", "program": <artifact id>}``.
+        Accepted:
+
+        * the ``.pt2`` file of ``torch.export.save`` (kind ``program``; the program needs a
+          dynamic batch dimension) -> ``{"format": "torch.export", "program": <artifact id>}``;
+        * a ``save_pretrained`` folder of a Hugging Face classifier (``config.json`` and
+          ``model.safetensors``, or shards and their index, merged here into one file) ->
+          ``{"format": "huggingface", "config": {...}, "checkpoint": <artifact id>}``.
 
         Raises:
             ValueError: ``path`` is not a model file this client knows how to upload.
@@ -97,8 +103,31 @@ class Client:
         raise ValueError(f"{path} is not a model this client can upload (a .pt2 file of torch.export.save)")
 
     def _upload_model_folder(self, path: Path) -> dict:
-        """A model saved as a folder (the place for ``save_pretrained`` directories)."""
-        raise ValueError(f"{path} is a folder; model folders are not supported yet (upload a .pt2 file)")
+        """A ``save_pretrained`` folder: its config and its weights as one safetensors checkpoint."""
+        config = pretrained.read_config(path)
+        with tempfile.TemporaryDirectory(prefix="gif-merge-") as scratch:
+            weights = pretrained.checkpoint_file(path, Path(scratch) / pretrained.SINGLE)
+            checkpoint = self.upload(weights, "checkpoint")["id"]
+        return {"format": "huggingface", "config": config, "checkpoint": checkpoint}
+
+    def upload_dataset(self, tensors: Mapping[str, Any], labels: Any) -> dict:
+        """Upload named input tensors and their labels as one dataset (an ``.npz``; needs numpy).
+
+        ``tensors`` maps names to arrays (numpy arrays, torch tensors, a tokenizer's
+        ``BatchEncoding``…), one row per sample: ``{"input_ids": ..., "attention_mask": ...}`` are
+        passed to the model as keyword arguments; ``{"inputs": x}`` is one positional tensor.
+        ``labels`` holds one integer class per sample. Returns the artifact.
+        """
+        import numpy as np  # only here: the SDK itself needs httpx and the standard library
+
+        arrays = {str(name): np.asarray(_host(value)) for name, value in tensors.items()}
+        if "labels" in arrays:
+            raise ValueError("pass the labels as `labels`, not as a tensor named 'labels'")
+        arrays["labels"] = np.asarray(_host(labels))
+        with tempfile.TemporaryDirectory(prefix="gif-dataset-") as scratch:
+            path = Path(scratch) / "dataset.npz"
+            np.savez(path, **arrays)  # type: ignore[arg-type]  # (numpy stubs read a keyword as allow_pickle)
+            return self.upload(path, "dataset")
 
     def upload_resumable(
         self, path: str | os.PathLike[str], kind: str, *, upload_id: str | None = None, parallel: int = 4
@@ -292,6 +321,13 @@ class Client:
             if entry.get("kind") == kind:
                 return entry
         raise KeyError(f"job {job.get('id')} has no result artifact of kind {kind!r}")
+
+
+def _host(value: Any) -> Any:
+    """A torch tensor's values on the host (numpy reads them from there); anything else as is."""
+    for method in ("detach", "cpu"):
+        value = getattr(value, method)() if callable(getattr(value, method, None)) else value
+    return value
 
 
 def _is_exported_program(path: Path) -> bool:

@@ -120,6 +120,24 @@ class Inspector:
             raise InvalidArtifact(f"the file could not be inspected within {limit} s") from None
         return _answer(stdout, status, path, convert_to)
 
+    def check_huggingface(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """A Hugging Face job's checks that need ``transformers`` (jobs/huggingface.py
+        ``inspection_request``), in a sandboxed interpreter; returns the problems, as 422 entries
+        without the leading ``body``.
+
+        Raises:
+            InvalidArtifact: the inspector could not answer (it crashed or timed out).
+        """
+        folder = Path(tempfile.mkdtemp(prefix="gif-hf-check-"))
+        try:
+            question = folder / "request.json"
+            question.write_text(json.dumps(request))
+            found = self.inspect(question, "huggingface", folder / "unused.safetensors")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        problems = found.metadata.get("problems")
+        return [p for p in problems if isinstance(p, dict)] if isinstance(problems, list) else []
+
     def prestart(self) -> None:
         """Start interpreters until ``spares`` are waiting (no-op once closed)."""
         with self._lock:

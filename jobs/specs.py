@@ -30,6 +30,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from gif.config import METHODS as METHODS
 from gif.config import SERVICE_SOLVERS, EditConfig, SolveConfig
@@ -102,7 +103,7 @@ class Strict(BaseModel):
 
 
 #: The ways a job can name its model (``model.format``); a body without ``format`` is a registry model.
-MODEL_FORMATS = ("registry", "torch.export")
+MODEL_FORMATS = ("registry", "torch.export", "huggingface")
 
 
 class RegistryModel(Strict):
@@ -175,6 +176,109 @@ class ProgramModel(Strict):
         return {"format": "torch.export"}
 
 
+#: Largest ``config.json`` object a job may carry (as compact JSON); real ones are a few kB.
+MAX_HF_CONFIG_BYTES = 64 * 1024
+#: Keys of a Hugging Face config that would make ``transformers`` load code from elsewhere.
+REMOTE_CODE_KEYS = ("auto_map", "trust_remote_code")
+#: The loss, and so the labels, a Hugging Face config's ``problem_type`` asks for; jobs take
+#: integer class labels, so only single-label classification runs through the service.
+HF_PROBLEM_TYPES = ("single_label_classification",)
+#: ``transformers``' number of labels when a config names neither ``num_labels`` nor ``id2label``.
+HF_DEFAULT_NUM_LABELS = 2
+
+
+class HuggingFaceModel(Strict):
+    """A Hugging Face `*ForSequenceClassification` / `*ForImageClassification`: the object of its
+    `config.json` and the `model.safetensors` that `save_pretrained` writes (docs/models.md)."""
+
+    format: Literal["huggingface"] = Field(description="A Hugging Face classifier (`transformers`).")
+    config: dict[str, Any] = Field(
+        description="The object in `config.json` (`model_type` required; no `auto_map`: the server "
+        "never runs remote code).",
+    )
+    checkpoint: ArtifactId = Field(
+        description="Artifact id of the `model.safetensors` of `save_pretrained` (kind `checkpoint`)."
+    )
+
+    @field_validator("config")
+    @classmethod
+    def _checked_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """What can be told without ``transformers``: size, ``model_type``, no remote code, labels
+        that agree, a problem type the service's integer labels fit (the rest at submit, in the
+        sandboxed inspector: jobs/submit.py)."""
+        try:
+            size = len(json.dumps(config, allow_nan=False, separators=(",", ":")))
+        except ValueError:
+            raise PydanticCustomError("invalid_config", "the config holds NaN or Infinity") from None
+        if size > MAX_HF_CONFIG_BYTES:
+            raise PydanticCustomError(
+                "config_too_large", "the config is {size} bytes of JSON; at most {limit} are accepted",
+                {"size": size, "limit": MAX_HF_CONFIG_BYTES},
+            )  # fmt: skip
+        found = [key for key in REMOTE_CODE_KEYS if key in config]
+        if found:
+            raise PydanticCustomError(
+                "remote_code",
+                "the config names custom code (`{keys}`); models are built only from classes that "
+                "transformers ships, never with trust_remote_code",
+                {"keys": "`, `".join(found)},
+            )
+        if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+            raise PydanticCustomError("invalid_config", "`model_type` must be a non-empty string")
+        problem = config.get("problem_type") or HF_PROBLEM_TYPES[0]
+        if problem not in HF_PROBLEM_TYPES:
+            raise PydanticCustomError(
+                "unsupported_model",
+                "problem_type {problem} is not supported by jobs (their datasets hold integer class "
+                "labels); use single_label_classification",
+                {"problem": problem},
+            )
+        _hf_num_labels(config)
+        return config
+
+    def artifacts(self) -> dict[str, tuple[str, str]]:
+        """The artifacts the model is made of: role -> (field, required kind)."""
+        return {"checkpoint": ("checkpoint", "checkpoint")}
+
+    def num_classes(self) -> int:
+        """``num_labels``, else the size of ``id2label``, else transformers' default (2)."""
+        return _hf_num_labels(self.config)
+
+    def input_shape(self) -> None:
+        """Hugging Face models take named tensors: their shapes are checked against the config."""
+        return None
+
+    def record(self) -> dict[str, Any]:
+        """What the job's ``inputs`` and the results' provenance record of the model."""
+        architectures = self.config.get("architectures")
+        return {
+            "format": "huggingface",
+            "model_type": self.config["model_type"],
+            "architecture": architectures[0] if isinstance(architectures, list) and architectures else None,
+            "num_labels": self.num_classes(),
+        }
+
+
+def _hf_num_labels(config: dict[str, Any]) -> int:
+    """The class count a config names; ``num_labels`` and ``id2label`` must agree."""
+    num_labels, id2label = config.get("num_labels"), config.get("id2label")
+    if num_labels is not None and not (type(num_labels) is int and 1 <= num_labels <= MAX_CLASSES):
+        raise PydanticCustomError("invalid_config", "`num_labels` must be an integer in [1, {limit}]",
+                                  {"limit": MAX_CLASSES})  # fmt: skip
+    if id2label is not None:
+        if not isinstance(id2label, dict) or not 1 <= len(id2label) <= MAX_CLASSES:
+            raise PydanticCustomError("invalid_config", "`id2label` must be an object of class names")
+        if sorted(id2label) != sorted(str(k) for k in range(len(id2label))):
+            raise PydanticCustomError("invalid_config", "`id2label`'s keys must be the class ids 0..n-1")
+        if num_labels is not None and num_labels != len(id2label):
+            raise PydanticCustomError(
+                "invalid_config", "`num_labels` is {n} but `id2label` names {m} classes",
+                {"n": num_labels, "m": len(id2label)},
+            )  # fmt: skip
+        return len(id2label)
+    return num_labels if num_labels is not None else HF_DEFAULT_NUM_LABELS
+
+
 def _model_format(value: Any) -> str:
     """The variant of a ``model`` body: its ``format``, ``registry`` when it names none."""
     found = value.get("format", "registry") if isinstance(value, dict) else getattr(value, "format", None)
@@ -184,14 +288,16 @@ def _model_format(value: Any) -> str:
 #: The ``model`` of a job: a union discriminated on ``format`` (a new format is one more member
 #: here, one more name in :data:`MODEL_FORMATS`, and its loader in workers/loading.py).
 ModelSpec = Annotated[
-    Annotated[RegistryModel, Tag("registry")] | Annotated[ProgramModel, Tag("torch.export")],
+    Annotated[RegistryModel, Tag("registry")]
+    | Annotated[ProgramModel, Tag("torch.export")]
+    | Annotated[HuggingFaceModel, Tag("huggingface")],
     Discriminator(
         _model_format,
         custom_error_type="model_format",
         custom_error_message=f"`format` must be one of {', '.join(MODEL_FORMATS)} (or left out)",
     ),
 ]
-AnyModel = RegistryModel | ProgramModel
+AnyModel = RegistryModel | ProgramModel | HuggingFaceModel
 
 
 def service_fields(kind: type[SolveConfig], exclude: tuple[str, ...] = ()) -> list[dataclasses.Field]:

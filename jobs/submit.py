@@ -5,6 +5,11 @@ when the artifacts were uploaded: kinds, dataset sizes, input shapes and label c
 checks (loading the checkpoint into the architecture, label ranges of the whole dataset) run in
 the worker, which fails the job with ``checkpoint_incompatible`` / ``dataset_incompatible`` /
 ``invalid_input``.
+A Hugging Face model is also checked against ``transformers`` before the job is created: its
+model type and head, the checkpoint's tensor names and shapes, and the datasets' tensor names
+against ``forward``, in the sandboxed inspector (``jobs.inspector``: the API never imports torch or
+``transformers``), outside the write transaction; token ids against the vocabulary and labels
+against ``num_labels`` from the recorded metadata (``jobs.huggingface``).
 In embedded mode a job goes ``validating → queued`` inside the submit transaction (the local
 workers load the inputs anyway). In distributed mode it stays ``validating`` until a CPU worker
 has loaded the checkpoint into the architecture (``workers.validation``).
@@ -19,12 +24,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import artifacts, idempotency, store
+from . import artifacts, huggingface, idempotency, store
 from .config import Settings
 from .db import Database
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyReused, QueueFull, QuotaExceeded, ValidationFailed
+from .inspector import Inspector
 from .models import Artifact, Job
-from .specs import RelabelJob, RemoveJob, Spec, dump
+from .specs import HuggingFaceModel, RegistryModel, RelabelJob, RemoveJob, Spec, dump
+
+_DATASET_ROLES = ("train", "validation", "queries")
 
 
 @dataclass
@@ -41,14 +49,20 @@ def submit_job(
     *,
     fingerprint: str,
     idempotency_key: str | None = None,
+    inspector: Inspector | None = None,
 ) -> Submission:
     """Create a queued job, or replay the one an earlier request with the same key created.
+
+    ``inspector`` checks a Hugging Face model's config, checkpoint and tensor names first
+    (:func:`preflight`); without one those checks are left to the worker.
 
     Raises:
         ValidationFailed: an artifact is missing or of the wrong kind, an index or label is out of range.
         IdempotencyKeyReused: the key was used with a different request.
         IdempotencyKeyInFlight: the same request is being processed concurrently.
     """
+    if inspector is not None and isinstance(spec.model, HuggingFaceModel):
+        preflight(db, tenant_id, spec, inspector, idempotency_key)
     try:
         with db.begin() as session:
             if idempotency_key is not None:
@@ -71,6 +85,54 @@ def submit_job(
             if earlier is None:
                 raise IdempotencyKeyInFlight("a request with this Idempotency-Key is in progress") from None
             return Submission(earlier, replayed=True)
+
+
+def preflight(
+    db: Database, tenant_id: str, spec: Spec, inspector: Inspector, idempotency_key: str | None = None
+) -> None:
+    """The checks of a Hugging Face model that need ``transformers``, in the sandboxed inspector
+    and outside any write transaction (they take seconds). Skipped for a replay (its job exists)
+    and when an artifact is missing or of another kind (the submit transaction says so).
+
+    Raises:
+        ValidationFailed: an unsupported model type or head, a checkpoint that does not fit,
+            tensor names ``forward`` does not take.
+    """
+    assert isinstance(spec.model, HuggingFaceModel)
+    with db.read() as session:
+        if (
+            idempotency_key is not None
+            and idempotency.lookup(session, tenant_id, idempotency_key) is not None
+        ):
+            return
+        checkpoint = _metadata_of(session, tenant_id, spec.model.checkpoint, "checkpoint")
+        datasets = {
+            role: _metadata_of(session, tenant_id, getattr(spec, role, None), "dataset")
+            for role in _DATASET_ROLES
+        }
+    if checkpoint is None or any(
+        meta is None and getattr(spec, role, None) is not None for role, meta in datasets.items()
+    ):
+        return
+    request = huggingface.inspection_request(
+        spec.model.config, checkpoint, {role: meta for role, meta in datasets.items() if meta is not None}
+    )
+    problems = inspector.check_huggingface(request)
+    if problems:
+        errors = [{**p, "loc": ["body", *p["loc"]]} for p in problems]
+        raise ValidationFailed(f"{len(errors)} field(s) are invalid", errors=errors)
+
+
+def _metadata_of(
+    session: Session, tenant_id: str, artifact_id: str | None, kind: str
+) -> dict[str, Any] | None:
+    """The recorded metadata of a usable artifact of ``kind`` (None for anything else)."""
+    if artifact_id is None:
+        return None
+    found = artifacts.get_artifact(session, tenant_id, artifact_id)
+    if found is None or artifacts.is_expired(found) or found.kind != kind:
+        return None
+    return artifacts.metadata(found)
 
 
 def _replay(session: Session, tenant_id: str, key: str, fingerprint: str) -> Job | None:
@@ -191,6 +253,7 @@ def check_inputs(session: Session, tenant_id: str, spec: Spec) -> dict[str, Any]
     program = artifacts.metadata(program_artifact) if program_artifact else {}
     num_classes = spec.model.num_classes() or _int_or_none(program.get("num_classes"))
     _check_shapes(check, spec, found, train, program)
+    _check_named_inputs(check, spec, found)
     if isinstance(spec, RemoveJob):
         if spec.forget.class_ is not None:
             _check_class(check, spec.forget.class_, num_classes, train)
@@ -255,4 +318,30 @@ def _check_shapes(
         if shape is not None and other_shape is not None and list(other_shape) != list(shape):
             check.error(
                 [role], f"samples have shape {other_shape}, training samples {shape}", "shape_mismatch"
+            )
+
+
+def _check_named_inputs(check: _Checker, spec: Spec, found: dict[str, Artifact | None]) -> None:
+    """Named tensors go only to a Hugging Face model, with the training set's names in every
+    dataset; token ids, sequence lengths and labels must fit its config (jobs.huggingface)."""
+    metas = {role: artifacts.metadata(a) for role in _DATASET_ROLES if (a := found.get(role)) is not None}
+    names = {role: huggingface.tensor_names(meta) for role, meta in metas.items()}
+    for role, meta in metas.items():
+        if isinstance(spec.model, HuggingFaceModel):
+            for p in huggingface.dataset_problems(spec.model.config, role, meta):
+                check.error(p["loc"], p["msg"], p["type"])
+        elif names[role] != ["inputs"]:
+            what = (
+                "a registry architecture" if isinstance(spec.model, RegistryModel) else "an exported program"
+            )
+            check.error(
+                [role],
+                f"the dataset holds named tensors ({', '.join(names[role])}); {what} takes one `inputs` tensor",
+                "unexpected_inputs",
+            )
+        if role != "train" and "train" in names and names[role] != names["train"]:
+            check.error(
+                [role],
+                f"tensors {', '.join(names[role])} differ from the training set's ({', '.join(names['train'])})",
+                "unexpected_inputs",
             )

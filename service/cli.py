@@ -220,11 +220,16 @@ def submit(
     poll: float = typer.Option(None, "--poll", help="Poll interval in seconds (default: Retry-After)."),
     model: Annotated[
         Path | None,
-        typer.Option("--model", help="Upload this model file (a .pt2) and use it as the body's `model`."),
+        typer.Option(
+            "--model",
+            help="Upload this model (a .pt2 file, or a save_pretrained folder of a Hugging Face "
+            "classifier) and use it as the body's `model`.",
+        ),
     ] = None,
 ) -> None:
     """Submit a job; print the job JSON (the final one with --wait). The body's ``model`` may also
-    be the path of a model file (relative to the body's folder): it is uploaded first."""
+    be the path of a model file or ``save_pretrained`` folder (relative to the body's folder): it
+    is uploaded first."""
 
     def action(client: gif_client.Client) -> None:
         spec = json.loads(body.read_text())

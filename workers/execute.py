@@ -69,11 +69,13 @@ def run_engine(
             loaded.train,
             loaded.queries,
             config=solve,
+            loss_fn=loaded.loss_fn,
             callback=callback,
             should_stop=should_stop,
         )
         return ScoresOutcome(result, gif.top_k(result.scores, spec.top_k), solve)
     config = edit_config(spec)
+    cache = cache if _cacheable(loaded) else None
     if isinstance(spec, RemoveJob):
         forget = spec.forget
         target: torch.Tensor | dict[str, int] = (
@@ -83,16 +85,26 @@ def run_engine(
         )
         edited = gif.remove(
             loaded.model, loaded.train, target, config=config, validation=loaded.validation,
-            callback=callback, should_stop=should_stop, cache=cache,
+            loss_fn=loaded.loss_fn, callback=callback, should_stop=should_stop, cache=cache,
         )  # fmt: skip
     else:
         edited = gif.relabel(
             loaded.model, loaded.train,
             torch.tensor(spec.relabel.indices, dtype=torch.long),
             torch.tensor(spec.relabel.labels, dtype=torch.long),
-            config=config, validation=loaded.validation, callback=callback, should_stop=should_stop, cache=cache,
+            config=config, validation=loaded.validation, loss_fn=loaded.loss_fn, callback=callback,
+            should_stop=should_stop, cache=cache,
         )  # fmt: skip
     return EditOutcome(edited, config)
+
+
+def _cacheable(loaded: Loaded) -> bool:
+    """Whether the engine's cache can key this job's data: named inputs are digested under the
+    key kind ``named``, which gif/cache/keys.py's ``KINDS`` must list (until it does, such jobs
+    run without the cache rather than fail)."""
+    from gif.cache.keys import KINDS
+
+    return isinstance(loaded.train[0], torch.Tensor) or "named" in KINDS
 
 
 def resolve_device(setting: str) -> torch.device:

@@ -7,7 +7,8 @@ either way it inspects one file and exits. It reads the file only through ``gif.
 and npz parsed by hand-checked readers; ``.pt`` only through ``torch.load(weights_only=True)``,
 so a malicious pickle is refused, never run; a ``.pt2`` program only after
 ``gif.io.programs.check_program`` has proven it free of pickles and code, and then without any
-unpickling) and prints one JSON line on stdout:
+unpickling; a Hugging Face job's config only through ``gif.models.huggingface.build``, on the
+``meta`` device, never with remote code) and prints one JSON line on stdout:
 ``{"ok": true, "format", "metadata", "converted"}`` or ``{"ok": false, "code", "message"}``.
 """
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             answer = {"ok": True, **inspect_checkpoint(Path(args.path), Path(args.convert_to))}
         elif args.kind == "program":
             answer = {"ok": True, **inspect_program(Path(args.path))}
+        elif args.kind == "huggingface":
+            answer = {"ok": True, **inspect_huggingface(Path(args.path))}
         else:
             answer = {"ok": True, **inspect_dataset(Path(args.path))}
     except Exception as exc:  # noqa: BLE001 (every failure becomes a JSON answer)
@@ -120,6 +123,15 @@ def inspect_program(path: Path) -> dict[str, Any]:
     return {"format": "pt2", "metadata": meta, "converted": False}
 
 
+def inspect_huggingface(path: Path) -> dict[str, Any]:
+    """A Hugging Face job's question from the API (a JSON file, jobs/huggingface.py
+    ``inspection_request``): the problems that need ``transformers`` to see, as 422 entries."""
+    from workers.huggingface import inspect_request
+
+    request = json.loads(path.read_text())
+    return {"format": "json", "metadata": {"problems": inspect_request(request)}, "converted": False}
+
+
 def _safetensors_metadata(path: Path) -> dict[str, str]:
     import safetensors
 
@@ -177,7 +189,7 @@ def _mapped_bytes() -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--serve", action="store_true", help="read the other arguments from stdin")
-    parser.add_argument("--kind", choices=("checkpoint", "dataset", "program"))
+    parser.add_argument("--kind", choices=("checkpoint", "dataset", "program", "huggingface"))
     parser.add_argument("--path")
     parser.add_argument("--convert-to")
     parser.add_argument("--cpu-seconds", type=int, default=300)

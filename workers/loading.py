@@ -2,7 +2,10 @@
 
 A registry model's architecture comes from the registry (``gif.models.build``); an exported
 program is checked again by ``gif.io.programs`` (no pickle, no code) and built from its raw
-tensors and JSON graph. User code is never imported or unpickled. Problems map to the engine's
+tensors and JSON graph; a Hugging Face classifier is built from its config by
+``gif.models.huggingface.build`` (never remote code: ``unsupported_model`` otherwise) and its
+``model.safetensors`` loaded with strict names and shapes. User code is never imported or unpickled.
+Datasets hold one ``inputs`` tensor or named tensors (a dict, passed as keyword arguments). Problems map to the engine's
 error codes: a bad configuration is ``invalid_input``, a checkpoint or program that does not fit
 is ``checkpoint_incompatible`` (``checkpoint_unsafe`` for one that could run code), a dataset
 that does not fit the model is ``dataset_incompatible``.
@@ -18,11 +21,16 @@ from torch import nn
 
 import gif
 from gif.errors import DatasetError
+from gif.hessian import LossFn
+from gif.inputs import Inputs, take
 from gif.io import programs
+from gif.models import huggingface as hf_models
 from jobs.blobs import BlobStore
-from jobs.specs import AnyModel, ProgramModel
+from jobs.specs import AnyModel, HuggingFaceModel, ProgramModel
 
-Pair = tuple[torch.Tensor, torch.Tensor]
+from . import huggingface
+
+Pair = tuple[Inputs, torch.Tensor]
 
 
 @dataclass
@@ -37,6 +45,8 @@ class Loaded:
     digests: dict[str, str] = field(default_factory=dict)
     #: the exported program the model was built from (its format is ``torch.export``)
     program: torch.export.ExportedProgram | None = None
+    #: the engine's loss (None: cross-entropy); a Hugging Face config's ``problem_type`` names it
+    loss_fn: LossFn | None = None
 
 
 def load_inputs(
@@ -47,21 +57,25 @@ def load_inputs(
 
     The model goes to ``device``; datasets stay in host memory (the engine moves chunks).
     """
-    program = None
+    program, loss_fn = None, None
     if isinstance(spec, ProgramModel):
         program = programs.load_program(blobs.fetch(inputs["program"]["sha256"]))
         model = programs.program_module(program)
+    elif isinstance(spec, HuggingFaceModel):
+        model = hf_models.build(spec.config)
+        huggingface.load_checkpoint(blobs.fetch(inputs["checkpoint"]["sha256"]), model)
+        loss_fn = hf_models.loss_for(spec.config)
     else:
         model = gif.models.build(spec.arch, **spec.config)
         gif.io.load_checkpoint(blobs.fetch(inputs["checkpoint"]["sha256"]), model)
     model.eval().to(device)
     train = _dataset(blobs, inputs["train"], "train")
-    num_classes = _fit(model, train, "train")
-    loaded = Loaded(model=model, num_classes=num_classes, train=train, program=program)
+    num_classes = _fit(model, spec, train, "train")
+    loaded = Loaded(model=model, num_classes=num_classes, train=train, program=program, loss_fn=loss_fn)
     for role in ("validation", "queries"):
         if role in inputs:
             data = _dataset(blobs, inputs[role], role)
-            _fit(model, data, role)
+            _fit(model, spec, data, role)
             setattr(loaded, role, data)
     loaded.digests = {
         role: inputs[role]["sha256"]
@@ -78,17 +92,28 @@ def _dataset(blobs: BlobStore, ref: dict[str, str], role: str) -> Pair:
         raise DatasetError(f"{role} dataset {ref['artifact_id']}: {exc.message}", **exc.details) from None
 
 
-def _fit(model: nn.Module, data: Pair, role: str) -> int:
+def _fit(model: nn.Module, spec: AnyModel, data: Pair, role: str) -> int:
     """Check that the samples go through the model and the labels are its classes; returns the class count."""
     x, y = data
-    try:
-        num_classes = gif.io.infer_num_classes(model, x[:1])
-    except RuntimeError as exc:
+    if isinstance(spec, HuggingFaceModel):
+        huggingface.check_dataset(model, spec.config, data, role)
+    elif not isinstance(x, torch.Tensor):
         raise DatasetError(
-            f"{role} samples of shape {list(x.shape[1:])} do not fit the model: {str(exc)[:300]}"
-        ) from None
+            f"{role} dataset holds named tensors ({', '.join(sorted(x))}); this model takes one `inputs` tensor"
+        )
+    try:
+        num_classes = gif.io.infer_num_classes(model, take(x, slice(0, 1)))
+    except (RuntimeError, IndexError, TypeError) as exc:
+        raise DatasetError(f"{role} samples {_shapes(x)} do not fit the model: {str(exc)[:300]}") from None
     try:
         gif.io.check_labels(y, num_classes)
     except DatasetError as exc:
         raise DatasetError(f"{role} dataset: {exc.message}", **exc.details) from None
     return num_classes
+
+
+def _shapes(x: Inputs) -> str:
+    """Per-sample shapes, for messages: ``of shape [..]`` or ``with input_ids [..], ...``."""
+    if isinstance(x, torch.Tensor):
+        return f"of shape {list(x.shape[1:])}"
+    return "with " + ", ".join(f"{k} {list(v.shape[1:])}" for k, v in x.items())

@@ -23,7 +23,7 @@ import torch
 import gif
 from gif.io import programs
 from jobs.blobs import BlobStore
-from jobs.specs import RegistryModel, Spec
+from jobs.specs import HuggingFaceModel, RegistryModel, Spec
 
 from .execute import EditOutcome, Outcome, ScoresOutcome
 from .loading import Loaded
@@ -103,7 +103,10 @@ def _edit_results(
         "after": gif.metrics.per_class_accuracy(edit.model, x, y, loaded.num_classes),
     }
     weights = blobs.tmp_path(".safetensors")
-    gif.io.save_checkpoint(edit.model, weights, metadata=_weights_metadata(job_id, spec, options, prov))
+    metadata = _weights_metadata(job_id, spec, options, prov)
+    if isinstance(spec.model, HuggingFaceModel):
+        metadata["format"] = "pt"  # what transformers' from_pretrained asks of a safetensors file
+    gif.io.save_checkpoint(edit.model, weights, metadata=metadata)
     report = {
         "object": "report",
         "job_id": job_id,

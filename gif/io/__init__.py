@@ -9,7 +9,7 @@ that would need arbitrary code to load is refused, not executed.
 from __future__ import annotations
 
 from ._safetensors import MAX_HEADER_BYTES
-from .checkpoints import MIN_TORCH_VERSION, describe_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import MIN_TORCH_VERSION, describe_checkpoint, load_checkpoint, load_state, save_checkpoint
 from .datasets import check_labels, describe_dataset, infer_num_classes, load_dataset, save_dataset
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "infer_num_classes",
     "load_checkpoint",
     "load_dataset",
+    "load_state",
     "save_checkpoint",
     "save_dataset",
 ]

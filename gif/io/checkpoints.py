@@ -100,12 +100,23 @@ def load_checkpoint(
     if not state:
         raise CheckpointError(f"checkpoint {os.fspath(path)!r} holds no tensors")
     if model is not None:
-        _check_against(state, model, strict=strict)
-        try:
-            model.load_state_dict(state, strict=strict)
-        except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint does not fit the model: {exc}") from None
+        load_state(state, model, strict=strict)
     return state
+
+
+def load_state(state: dict[str, torch.Tensor], model: nn.Module, *, strict: bool = True) -> None:
+    """Check ``state`` against ``model.state_dict()`` (keys, shapes, dtypes, finite values) as
+    :func:`load_checkpoint` does, then load it into ``model``.
+
+    Raises:
+        CheckpointError: Keys or shapes that do not fit.
+        NumericalError: NaN or Inf in a weight.
+    """
+    _check_against(state, model, strict=strict)
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint does not fit the model: {exc}") from None
 
 
 def describe_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -1,11 +1,18 @@
-"""Datasets: load, save, describe and check ``(inputs, labels)`` pairs in safetensors or ``.npz`` files."""
+"""Datasets: load, save, describe and check ``(inputs, labels)`` pairs in safetensors or ``.npz`` files.
+
+A dataset file holds ``labels`` and either one ``inputs`` tensor (passed to the model
+positionally) or several named tensors (``input_ids``, ``attention_mask``, ``pixel_values``, …)
+passed as keyword arguments; the named form loads as a dict (gif/inputs.py).
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
 import os
+import re
 import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -14,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import DatasetError, InvalidArgumentError, NumericalError
+from ..inputs import Inputs, call
 from ._files import (
     MAX_NAMES,
     ZIP_MAGIC,
@@ -28,45 +36,72 @@ from ._safetensors import validate_header
 
 _NPY_MAGIC = b"\x93NUMPY"
 _DATASET_KEYS = ("inputs", "labels")
+#: Most named input tensors a dataset may hold (besides ``labels``).
+MAX_INPUT_TENSORS = 16
+#: A named tensor becomes a keyword argument: an identifier, not private, at most 64 characters.
+_TENSOR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _ZIP_METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
 
 
-def load_dataset(path: PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+def load_dataset(path: PathLike) -> tuple[Inputs, torch.Tensor]:
     """Read ``(inputs, labels)`` from a safetensors or ``.npz`` file (format detected by content).
 
-    The file must contain the keys ``inputs`` and ``labels``; other keys are ignored. Inputs are
-    floating (float16/bfloat16 become float32, float64 is kept) or integer token ids (int64);
-    labels are a non-empty 1-D integer array with one non-negative label per input.
+    The file holds ``labels`` and either ``inputs`` (returned as one tensor; other keys are then
+    ignored) or up to :data:`MAX_INPUT_TENSORS` named tensors (every key but ``labels``, returned
+    as a dict, for models called with keyword arguments). Inputs are floating (float16/bfloat16
+    become float32, float64 is kept) or integers (int64: token ids, masks); labels are a non-empty
+    1-D integer array with one non-negative label per sample.
 
     Raises:
-        DatasetError: Unreadable file, missing key, wrong dtype/shape, or bad labels.
+        DatasetError: Unreadable file, missing key, wrong dtype/shape, bad labels, or named
+            tensors of different lengths, with floating-point ids or negative ids.
         NumericalError: NaN or Inf in floating inputs.
     """
     head = read_head(path, DatasetError)
     if head.startswith(_NPY_MAGIC):
         raise DatasetError("this is a single .npy array; save inputs and labels together with np.savez")
-    reader = _read_npz if head.startswith(ZIP_MAGIC) else _read_safetensors_arrays
-    arrays = reader(path, _DATASET_KEYS)
-    return _check_dataset(arrays["inputs"], arrays["labels"])
+    npz = head.startswith(ZIP_MAGIC)
+    names = _npz_names(path) if npz else validate_header(path, DatasetError)
+    keys = _DATASET_KEYS if "inputs" in names or "labels" not in names else _named_keys(names)
+    arrays = (_read_npz if npz else _read_safetensors_arrays)(path, keys)
+    labels = arrays.pop("labels")
+    if "inputs" in arrays:
+        return _check_dataset(arrays["inputs"], labels)
+    return _check_named(arrays, labels)
 
 
-def save_dataset(inputs: torch.Tensor, labels: torch.Tensor, path: PathLike) -> None:
-    """Validate ``inputs`` and ``labels`` (as :func:`load_dataset` would) and write them to safetensors."""
-    x, y = _check_dataset(torch.as_tensor(inputs), torch.as_tensor(labels))
-    tensors = {"inputs": x.detach().cpu().contiguous(), "labels": y.detach().cpu().contiguous()}
+def save_dataset(inputs: Inputs, labels: torch.Tensor, path: PathLike) -> None:
+    """Validate ``inputs`` (a tensor or a dict of named tensors) and ``labels`` (as
+    :func:`load_dataset` would) and write them to safetensors."""
+    if isinstance(inputs, Mapping):
+        named, y = _check_named({k: torch.as_tensor(v) for k, v in inputs.items()}, torch.as_tensor(labels))
+        tensors = {k: v.detach().cpu().contiguous() for k, v in named.items()}
+    else:
+        x, y = _check_dataset(torch.as_tensor(inputs), torch.as_tensor(labels))
+        tensors = {"inputs": x.detach().cpu().contiguous()}
+    tensors["labels"] = y.detach().cpu().contiguous()
     atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp))
 
 
-def describe_dataset(inputs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """Summary of a dataset: size, per-sample shape and dtype, classes seen and per-class counts."""
+def describe_dataset(inputs: Inputs, labels: torch.Tensor) -> dict[str, Any]:
+    """Summary of a dataset: size, per-sample shape and dtype (each named tensor's, with the range
+    of integer ones: token ids are checked against a model's vocabulary at submit), classes seen
+    and per-class counts."""
     counts = torch.bincount(labels.reshape(-1).long()).tolist() if labels.numel() else []
-    return {
-        "n_samples": int(inputs.shape[0]),
-        "input_shape": list(inputs.shape[1:]),
-        "input_dtype": dtype_name(inputs.dtype),
-        "num_classes_seen": len(counts),
-        "label_counts": counts,
-    }
+    summary: dict[str, Any] = {"n_samples": int(labels.shape[0])}
+    if isinstance(inputs, torch.Tensor):
+        summary.update(input_shape=list(inputs.shape[1:]), input_dtype=dtype_name(inputs.dtype))
+    else:
+        summary["inputs"] = {name: _describe_tensor(t) for name, t in inputs.items()}
+    summary.update(num_classes_seen=len(counts), label_counts=counts)
+    return summary
+
+
+def _describe_tensor(t: torch.Tensor) -> dict[str, Any]:
+    entry: dict[str, Any] = {"shape": list(t.shape[1:]), "dtype": dtype_name(t.dtype)}
+    if not t.dtype.is_floating_point and t.numel():
+        entry.update(min=int(t.min()), max=int(t.max()))
+    return entry
 
 
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:
@@ -87,18 +122,29 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
 
 
 @torch.no_grad()
-def infer_num_classes(model: nn.Module, sample_input: torch.Tensor) -> int:
-    """Number of classes a model predicts: the last dimension of its output on ``sample_input``.
+def infer_num_classes(model: nn.Module, sample_input: Inputs) -> int:
+    """Number of classes a model predicts: the last dimension of its logits on ``sample_input``
+    (a tensor, or named tensors passed as keyword arguments; an output with ``.logits`` counts).
 
     The forward runs in eval mode (the model's mode is restored afterwards) without gradients,
     on the model's device (the sample is moved there: datasets stay in host memory).
     """
     was_training = model.training
-    device = next(itertools.chain(model.parameters(), model.buffers()), sample_input).device
+    first = sample_input if isinstance(sample_input, torch.Tensor) else next(iter(sample_input.values()))
+    device = next(itertools.chain(model.parameters(), model.buffers()), first).device
+    moved = (
+        sample_input.to(device)
+        if isinstance(sample_input, torch.Tensor)
+        else {k: v.to(device) for k, v in sample_input.items()}
+    )
     model.eval()
     try:
         with torch.no_grad():
-            out = model(sample_input.to(device))
+            out = call(model, moved)
+    except InvalidArgumentError:
+        raise InvalidArgumentError(
+            "model output must be a logits tensor [batch, classes] or have `.logits`"
+        ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim < 1:
@@ -106,6 +152,35 @@ def infer_num_classes(model: nn.Module, sample_input: torch.Tensor) -> int:
             f"model output must be a logits tensor [batch, classes], got {type(out).__name__}"
         )
     return int(out.shape[-1])
+
+
+def _npz_names(path: PathLike) -> list[str]:
+    """The array names of an npz archive, nothing unpacked."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [n.removesuffix(".npy") for n in archive.namelist()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DatasetError(f"cannot read npz dataset {os.fspath(path)!r}: {exc}") from None
+
+
+def _named_keys(names: list[str]) -> tuple[str, ...]:
+    """``labels`` and the named input tensors of a dataset without ``inputs``."""
+    named = [n for n in names if n != "labels"]
+    if not named:
+        raise DatasetError(
+            "dataset has labels but no inputs: add `inputs` or named tensors such as `input_ids`"
+        )
+    if len(named) > MAX_INPUT_TENSORS:
+        raise DatasetError(
+            f"dataset holds {len(named)} named tensors; at most {MAX_INPUT_TENSORS} are accepted"
+        )
+    bad = [n for n in named if not _TENSOR_NAME.match(n)]
+    if bad:
+        raise DatasetError(
+            f"tensor name(s) {format_names(bad)} cannot be keyword arguments (letters, digits and "
+            "underscores, starting with a letter, at most 64 characters)"
+        )
+    return ("labels", *named)
 
 
 def _read_npz(path: PathLike, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -192,6 +267,16 @@ def _check_dataset(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
         inputs = inputs.long()
     if inputs.ndim < 1 or inputs.shape[0] == 0:
         raise DatasetError(f"inputs must be a non-empty batch [n, ...], got shape {tuple(inputs.shape)}")
+    labels = _check_labels(labels, int(inputs.shape[0]))
+    if inputs.dtype.is_floating_point:
+        bad = int((~torch.isfinite(inputs)).sum())
+        if bad:
+            raise NumericalError(f"inputs hold {bad} NaN/Inf value(s)")
+    return inputs, labels
+
+
+def _check_labels(labels: torch.Tensor, samples: int) -> torch.Tensor:
+    """1-D non-negative integer labels, one per sample (as int64)."""
     if labels.ndim != 1:
         raise DatasetError(f"labels must be 1-D [n], got shape {tuple(labels.shape)}")
     if dtype_kind(labels.dtype) != "integer":
@@ -199,13 +284,45 @@ def _check_dataset(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
             f"labels must be integers (int32/int64), got {dtype_name(labels.dtype)}; cast them first"
         )
     labels = labels.long()
-    if labels.shape[0] != inputs.shape[0]:
-        raise DatasetError(f"inputs have {inputs.shape[0]} samples but labels have {labels.shape[0]}")
-    if inputs.dtype.is_floating_point:
-        bad = int((~torch.isfinite(inputs)).sum())
-        if bad:
-            raise NumericalError(f"inputs hold {bad} NaN/Inf value(s)")
+    if labels.shape[0] != samples:
+        raise DatasetError(f"inputs have {samples} samples but labels have {labels.shape[0]}")
     negative = labels[labels < 0]
     if negative.numel():
         raise DatasetError(f"{negative.numel()} label(s) are negative, e.g. {int(negative[0])}")
-    return inputs, labels
+    return labels
+
+
+def _check_named(
+    tensors: dict[str, torch.Tensor], labels: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Named inputs: one sample per label in every tensor, integer ids, finite floats."""
+    if not tensors:
+        raise DatasetError("named inputs are empty")
+    _named_keys(list(tensors))
+    lengths = {k: (int(v.shape[0]) if v.ndim else None) for k, v in tensors.items()}
+    if labels.ndim == 1 and any(n != labels.shape[0] for n in lengths.values()):
+        found = ", ".join(f"{k}: {n if n is not None else 'a scalar'}" for k, n in lengths.items())
+        raise DatasetError(
+            f"named tensors must all have one row per label ({labels.shape[0]} labels); first dimensions: {found}"
+        )
+    out = {k: _check_named_tensor(k, v) for k, v in tensors.items()}
+    return out, _check_labels(labels, int(next(iter(out.values())).shape[0]))
+
+
+def _check_named_tensor(name: str, t: torch.Tensor) -> torch.Tensor:
+    if t.ndim < 1 or t.shape[0] == 0:
+        raise DatasetError(f"tensor {name!r} must be a non-empty batch [n, ...], got shape {tuple(t.shape)}")
+    kind = dtype_kind(t.dtype)
+    if name.endswith("_ids") and kind != "integer":
+        raise DatasetError(f"tensor {name!r} holds {dtype_name(t.dtype)} values; token ids must be integers")
+    if kind == "floating":
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise NumericalError(f"tensor {name!r} holds {bad} NaN/Inf value(s)", tensor=name)
+        return t if t.dtype == torch.float64 else t.float()
+    if kind not in ("integer", "bool"):
+        raise DatasetError(f"tensor {name!r} has unsupported dtype {dtype_name(t.dtype)}")
+    t = t.long()
+    if name.endswith("_ids") and t.numel() and int(t.min()) < 0:
+        raise DatasetError(f"tensor {name!r} holds negative ids, e.g. {int(t.min())}")
+    return t

@@ -89,7 +89,9 @@ _DOWNLOAD_HEADERS = {
     "`program`), "
     "or the raw bytes as `application/octet-stream` with `X-Artifact-Kind` (a filename in "
     "`Content-Disposition`). Checkpoints: safetensors, or a `.pt` state dict (converted to "
-    "safetensors). Datasets: safetensors or `.npz` with `inputs` and `labels`. Programs: the `.pt2` "
+    "safetensors). Datasets: safetensors or `.npz` with `labels` and either `inputs` or named tensors "
+    "(`input_ids`, `attention_mask`, `pixel_values`, ...: keyword arguments of a Hugging Face model). "
+    "Programs: the `.pt2` "
     "file of `torch.export.save`, with a dynamic batch dimension (docs/models.md). 201 for a new artifact, "
     "200 when the tenant already has it. Larger files: an upload session (`POST /v1/uploads`).",
     openapi_extra=_UPLOAD_BODY,

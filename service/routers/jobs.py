@@ -101,7 +101,14 @@ async def create_job(
     if executor is not None:
         await run_in_threadpool(executor.check_accepting)
     submission = await run_in_threadpool(
-        submit_job, services.db, services.settings, tenant, spec, fingerprint=fingerprint, idempotency_key=key
+        submit_job,
+        services.db,
+        services.settings,
+        tenant,
+        spec,
+        fingerprint=fingerprint,
+        idempotency_key=key,
+        inspector=services.inspector,
     )
     job = submission.job
     if executor is not None and not submission.replayed:

@@ -1,0 +1,191 @@
+"""Hugging Face jobs in the worker, in-process: a ViT image classifier and a BERT text classifier
+built from their configs, their ``save_pretrained`` safetensors loaded strictly, datasets of
+named tensors; the job's weights load back into a fresh model and give the outputs the job
+reported. Failures with precise codes: a checkpoint of another shape, an unsupported model type,
+tensor names ``forward`` does not take, token ids beyond the vocabulary. The same checks the
+inspector makes at submit (``workers.huggingface.inspect_request``) run here without the sandbox."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import safetensors.torch
+import torch
+import transformers
+
+import gif
+from jobs import artifacts, specs, store
+from jobs.config import Settings
+from jobs.errors import ValidationFailed
+from jobs.huggingface import inspection_request
+from jobs.states import JobStatus
+from jobs.submit import submit_job
+from workers import huggingface
+from workers.runner import WorkerContext, run_job
+
+from . import hf_models as H
+
+TENANT = "t1"
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    settings = Settings(
+        home=tmp_path, executor="none", workers=0, heartbeat_seconds=0.2, progress_seconds=0.0
+    )
+    context = WorkerContext.create(settings, owner="test-worker", shutdown=threading.Event())
+    yield context
+    context.db.dispose()
+
+
+@pytest.fixture(scope="module")
+def vit():
+    x, y = H.image_task(60)
+    return H.train(H.vit_config(), x, y, steps=40), (x, y)
+
+
+@pytest.fixture(scope="module")
+def bert():
+    x, y = H.token_task(60)
+    return H.train(H.bert_config(), x, y, steps=40), (x, y)
+
+
+def _artifact(ctx, path, kind, metadata=None) -> str:
+    with open(path, "rb") as f:
+        blob = ctx.blobs.put(f)
+    with ctx.db.begin() as session:
+        return artifacts.create_artifact(
+            session, tenant_id=TENANT, kind=kind, format="safetensors", sha256=blob.sha256,
+            size_bytes=blob.size, metadata=metadata or {},
+        ).id  # fmt: skip
+
+
+def _checkpoint(ctx, tmp_path, model) -> str:
+    folder = H.save(model, tmp_path / "saved")
+    state = safetensors.torch.load_file(folder / "model.safetensors")
+    return _artifact(ctx, folder / "model.safetensors", "checkpoint", gif.io.describe_checkpoint(state))
+
+
+def _dataset(ctx, tmp_path, x, y, name="train.safetensors") -> str:
+    gif.io.save_dataset(x, y, tmp_path / name)
+    inputs, labels = gif.io.load_dataset(tmp_path / name)
+    meta = {**gif.io.describe_dataset(inputs, labels), "label_max": int(labels.max())}
+    return _artifact(ctx, tmp_path / name, "dataset", meta)
+
+
+def _body(config: dict, checkpoint: str, train: str, **changes) -> dict:
+    body = {
+        "type": "remove", "model": {"format": "huggingface", "config": config, "checkpoint": checkpoint},
+        "train": train, "forget": {"class": 2}, "options": {"newton_steps": 2, "hessian_samples": 40},
+    }  # fmt: skip
+    return {**body, **changes}
+
+
+def _run(ctx, body) -> tuple[JobStatus, object]:
+    job_id = submit_job(ctx.db, ctx.settings, TENANT, specs.parse(body), fingerprint="f").job.id
+    status = run_job(job_id, ctx.settings, ctx)
+    with ctx.db.read() as session:
+        return status, store.require_job(session, TENANT, job_id)
+
+
+def _weights(ctx, job) -> dict[str, torch.Tensor]:
+    entry = next(e for e in json.loads(job.result_json)["artifacts"] if e["kind"] == "weights")
+    with ctx.db.read() as session:
+        art = artifacts.get_artifact(session, TENANT, entry["id"])
+    return safetensors.torch.load(ctx.blobs.path(art.sha256).read_bytes())
+
+
+def test_a_vit_removal_returns_weights_that_load_into_a_fresh_model(ctx, tmp_path, vit):
+    model, (x, y) = vit
+    config = json.loads(model.config.to_json_string())
+    body = _body(config, _checkpoint(ctx, tmp_path, model), _dataset(ctx, tmp_path, x, y))
+    status, job = _run(ctx, body)
+    assert status is JobStatus.SUCCEEDED, job.error_json
+    fresh = transformers.AutoModelForImageClassification.from_config(H.vit_config()).eval()
+    fresh.load_state_dict(_weights(ctx, job), strict=True)
+    reported = json.loads(job.result_json)["summary"]["per_class_accuracy"]
+    assert reported["after"] == pytest.approx(H.accuracy_per_class(fresh, x, y), abs=1e-12)
+    assert reported["before"] == pytest.approx(H.accuracy_per_class(model, x, y), abs=1e-12)
+    assert reported["after"][2] <= 0.2 < reported["before"][2]
+
+
+def test_a_bert_checkpoint_of_another_shape_fails_checkpoint_incompatible(ctx, tmp_path, bert):
+    model, (x, y) = bert
+    other = H.train(H.bert_config(hidden_size=8, intermediate_size=8), x, y, steps=1)
+    config = json.loads(model.config.to_json_string())
+    status, job = _run(ctx, _body(config, _checkpoint(ctx, tmp_path, other), _dataset(ctx, tmp_path, x, y)))
+    assert status is JobStatus.FAILED
+    error = json.loads(job.error_json)
+    assert error["code"] == "checkpoint_incompatible" and "bert.embeddings" in error["message"]
+
+
+def test_an_unknown_model_type_fails_unsupported_model(ctx, tmp_path, bert):
+    model, (x, y) = bert
+    config = {**json.loads(model.config.to_json_string()), "model_type": "bert-from-the-future"}
+    status, job = _run(ctx, _body(config, _checkpoint(ctx, tmp_path, model), _dataset(ctx, tmp_path, x, y)))
+    assert status is JobStatus.FAILED
+    error = json.loads(job.error_json)
+    assert error["code"] == "unsupported_model" and "bert-from-the-future" in error["message"]
+
+
+def test_tensor_names_forward_does_not_take_fail_the_job(ctx, tmp_path, bert):
+    model, (x, y) = bert
+    config = json.loads(model.config.to_json_string())
+    train = _dataset(ctx, tmp_path, {**x, "pixel_values": torch.zeros(len(y), 2)}, y)
+    status, job = _run(ctx, _body(config, _checkpoint(ctx, tmp_path, model), train))
+    assert status is JobStatus.FAILED
+    error = json.loads(job.error_json)
+    assert error["code"] == "dataset_incompatible" and "'pixel_values'" in error["message"]
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused_at_submit_and_by_the_worker(ctx, tmp_path, bert):
+    model, (x, y) = bert
+    config = json.loads(model.config.to_json_string())
+    checkpoint = _checkpoint(ctx, tmp_path, model)
+    ids = x["input_ids"].clone()
+    ids[5, 3] = H.VOCAB + 7
+    train = _dataset(ctx, tmp_path, {**x, "input_ids": ids}, y)
+    with pytest.raises(ValidationFailed) as refused:
+        submit_job(
+            ctx.db, ctx.settings, TENANT, specs.parse(_body(config, checkpoint, train)), fingerprint="f"
+        )
+    assert [(e["loc"], e["type"]) for e in refused.value.errors] == [
+        (["body", "train"], "token_out_of_range")
+    ]
+    assert f"up to {H.VOCAB + 7}" in refused.value.errors[0]["msg"]
+    gif.io.save_dataset({**x, "input_ids": ids}, y, tmp_path / "unrecorded.safetensors")
+    unrecorded = _artifact(
+        ctx, tmp_path / "unrecorded.safetensors", "dataset"
+    )  # no metadata to check at submit
+    status, job = _run(ctx, _body(config, checkpoint, unrecorded))
+    assert status is JobStatus.FAILED
+    assert json.loads(job.error_json)["code"] == "dataset_incompatible"
+    assert "vocab_size" in json.loads(job.error_json)["message"]
+
+
+def test_the_inspectors_checks_name_each_problem(bert):
+    model, _ = bert
+    config = json.loads(model.config.to_json_string())
+    tensors = gif.io.describe_checkpoint(model.state_dict())
+    assert (
+        huggingface.inspect_request(
+            inspection_request(config, tensors, {"train": {"inputs": {"input_ids": {}}}})
+        )
+        == []
+    )
+    wrong = {**tensors, "tensors": [t for t in tensors["tensors"] if t["name"] != "classifier.bias"]}
+    found = huggingface.inspect_request(
+        inspection_request(config, wrong, {"train": {"inputs": {"input_ids": {}, "pixel_values": {}}}})
+    )
+    assert [(p["loc"], p["type"]) for p in found] == [
+        (["model", "checkpoint"], "checkpoint_incompatible"), (["train"], "unexpected_inputs"),
+    ]  # fmt: skip
+    assert "missing: classifier.bias" in found[0]["msg"] and "'pixel_values'" in found[1]["msg"]
+    for change, words in (
+        ({"model_type": "nope"}, "model_type 'nope'"),
+        ({"architectures": ["BertForMaskedLM"]}, "BertForMaskedLM is not a sequence or image classifier"),
+    ):
+        (only,) = huggingface.inspect_request(inspection_request({**config, **change}, tensors, {}))
+        assert only["type"] == "unsupported_model" and words in only["msg"]
