@@ -58,6 +58,20 @@ def unexpected_inputs(model: nn.Module, names: list[str]) -> str | None:
     )
 
 
+def build(config: Mapping[str, Any]) -> nn.Module:
+    """``gif.models.huggingface.build``, with whatever ``transformers`` raises while building (a
+    config it refuses, an attention implementation the class does not support) as
+    ``unsupported_model``."""
+    try:
+        return huggingface.build(config)
+    except huggingface.UnsupportedModelError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise huggingface.UnsupportedModelError(
+            f"transformers cannot build this config: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
+
+
 def saved_names(model: nn.Module) -> dict[str, str]:
     """``state_dict`` name -> the name ``save_pretrained`` writes it under (the same for most models).
 
@@ -116,7 +130,7 @@ def inspect_request(request: Mapping[str, Any]) -> list[Problem]:
     and head, the checkpoint's tensor names and shapes, the datasets' tensor names."""
     try:
         with torch.device("meta"):
-            model = huggingface.build(request["config"])
+            model = build(request["config"])
         saved_names(model)
     except huggingface.UnsupportedModelError as exc:
         return [problem(["model", "config"], exc.message, "unsupported_model")]

@@ -62,7 +62,7 @@ def load_inputs(
         program = programs.load_program(blobs.fetch(inputs["program"]["sha256"]))
         model = programs.program_module(program)
     elif isinstance(spec, HuggingFaceModel):
-        model = hf_models.build(spec.config)
+        model = huggingface.build(spec.config)
         huggingface.load_checkpoint(blobs.fetch(inputs["checkpoint"]["sha256"]), model)
         loss_fn = hf_models.loss_for(spec.config)
     else:

@@ -189,3 +189,18 @@ def test_the_inspectors_checks_name_each_problem(bert):
     ):
         (only,) = huggingface.inspect_request(inspection_request({**config, **change}, tensors, {}))
         assert only["type"] == "unsupported_model" and words in only["msg"]
+
+
+def test_whatever_transformers_raises_while_building_is_unsupported_model():
+    """A ConvNeXt (no attention) cannot take the `sdpa` implementation the engine asks for."""
+    config = transformers.ConvNextConfig(num_channels=1, hidden_sizes=[8, 16], depths=[1, 1]).to_dict()
+    try:
+        huggingface.build(config)
+    except gif.errors.GifError as exc:
+        assert exc.code == "unsupported_model" and "ConvNext" in exc.message
+    broken = {**json.loads(H.bert_config().to_json_string()), "num_attention_heads": 5}  # 16 % 5 != 0
+    with pytest.raises(
+        gif.errors.GifError, match=r"transformers cannot build this config|not a multiple"
+    ) as info:
+        huggingface.build(broken)
+    assert info.value.code == "unsupported_model"
