@@ -136,6 +136,15 @@ class SolveConfig:
         metadata=_meta("seeds selection, sub-sampling and the Lanczos start", low=0, service_max=2**31 - 1),
     )
     chunk_size: int = field(default=1024, metadata=_meta("samples per forward pass", low=1, service=False))
+    memory_budget: int | None = field(
+        default=2 << 30,
+        metadata=_meta(
+            "bytes one chunk may take while differentiated: chunks shrink below chunk_size to fit the "
+            "model's measured activations (gif/memory.py); None: chunk_size alone",
+            low=1,
+            service=False,
+        ),
+    )
     hvp_backend: HvpBackend = field(
         default="auto", metadata=_meta("auto | func | graph (gif/hessian.py)", service=False)
     )

@@ -30,6 +30,7 @@ from torch.func import grad, jvp
 from . import inputs as inputs_
 from .data import Chunks, DataLike
 from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
+from .memory import activation_bytes, fitting_chunk
 from .params import ParamSpace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -143,6 +144,8 @@ class HessianOperator:
             on CPU the cached graph costs ~1.1 gradients per HVP, forward-over-reverse ~2–3).
         graph_budget_bytes: memory the ``graph`` back end may use under ``"auto"``.
         work: the call's shared counter; this operator's own are ``grads`` and ``hvps``.
+        memory_budget: bytes one chunk may take while differentiated; chunks shrink below
+            ``chunk_size`` to fit it (gif/memory.py). None: ``chunk_size`` alone.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class HessianOperator:
         what: str = "hessian_data",
         graph_budget_bytes: int = GRAPH_BUDGET_BYTES,
         work: Work | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         if backend not in ("func", "graph", "auto"):
             raise InvalidArgumentError(f"`backend` must be 'func', 'graph' or 'auto', got {backend!r}")
@@ -165,6 +169,11 @@ class HessianOperator:
             self.flat = FlatModel(model, loss_fn)
         self.data = Chunks(data, chunk_size=chunk_size, device=self.flat.device, what=what)
         self.flat.check_outputs(inputs_.take(self.data.chunks[0].inputs, slice(0, 2)))
+        self.chunk_size = chunk_size
+        if memory_budget is not None:
+            self.chunk_size = fitting_chunk(chunk_size, self.sample_bytes(), memory_budget)
+            if max(len(c) for c in self.data) > self.chunk_size:
+                self.data = Chunks(data, chunk_size=self.chunk_size, device=self.flat.device, what=what)
         self.size = self.flat.space.size
         if backend == "auto":
             backend = "graph" if self.estimate_graph_bytes() <= graph_budget_bytes else "func"
@@ -178,29 +187,20 @@ class HessianOperator:
     def num_samples(self) -> int:
         return self.data.total
 
+    def sample_bytes(self) -> int:
+        """Bytes every leaf module outputs for one sample (gif/memory.py)."""
+        one = inputs_.take(self.data.chunks[0].inputs, slice(0, 1))
+        return activation_bytes(
+            self.flat.model, lambda: self.flat.outputs(self.flat.theta, one), self.flat.theta.element_size()
+        )
+
     def estimate_graph_bytes(self) -> int:
         """Rough memory of the cached double-backward graphs of all chunks.
 
-        One forward on a single sample counts the elements every leaf module outputs; the graph
-        keeps those activations plus their first-order gradients and the intermediates of the
-        double backward, which ``GRAPH_MEMORY_FACTOR`` accounts for.
+        The graph keeps every sample's activations plus their first-order gradients and the
+        intermediates of the double backward, which ``GRAPH_MEMORY_FACTOR`` accounts for.
         """
-        counted = [0]
-
-        def count(_module, _inputs, output) -> None:
-            for t in output if isinstance(output, tuple) else (output,):
-                if isinstance(t, torch.Tensor):
-                    counted[0] += t.numel()
-
-        leaves = [m for m in self.flat.model.modules() if not list(m.children())]
-        handles = [m.register_forward_hook(count) for m in leaves]
-        try:
-            with torch.no_grad():
-                self.flat.outputs(self.flat.theta, inputs_.take(self.data.chunks[0].inputs, slice(0, 1)))
-        finally:
-            for h in handles:
-                h.remove()
-        per_sample = counted[0] * self.flat.theta.element_size() * GRAPH_MEMORY_FACTOR
+        per_sample = self.sample_bytes() * GRAPH_MEMORY_FACTOR
         params = self.size * self.flat.theta.element_size() * 2 * len(self.data.chunks)
         return int(per_sample * self.data.total + params)
 

@@ -118,8 +118,9 @@ def influence(
     config = resolve("influence", SolveConfig, config, options)
     with eval_mode(model):
         hessian = HessianOperator(
-            model, hessian_data, loss_fn=loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend
-        )
+            model, hessian_data, loss_fn=loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend,
+            memory_budget=config.memory_budget,
+        )  # fmt: skip
         target = HessianOperator(hessian.flat, target_data, chunk_size=config.chunk_size, what="target_data")
         index = resolve_params(
             params, model, target_data, loss_fn=loss_fn, seed=config.seed, space=hessian.flat.space

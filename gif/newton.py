@@ -158,7 +158,7 @@ class Edit:
         config = self.config
         return HessianOperator(
             self.model, data, loss_fn=self.loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend,
-            work=self.work,
+            work=self.work, memory_budget=config.memory_budget,
         )  # fmt: skip
 
     def _solve(self, k: int, gradient: _EditedGradient, params: torch.Tensor) -> InfluenceResult:

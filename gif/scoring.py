@@ -35,8 +35,9 @@ from .config import SolveConfig, resolve
 from .data import Batch, Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
 from .hessian import FlatModel, HessianOperator, LossFn
-from .inputs import Inputs, take
+from .inputs import Inputs, take, to
 from .inverse import InverseHessian, Solution, inverse_for
+from .memory import activation_bytes, per_sample_gradient_chunk
 from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian, Monitor
 
@@ -265,6 +266,24 @@ def _scores_config(verb: str, config: SolveConfig | None, options: dict[str, Any
     return resolved
 
 
+def _scoring_chunk(flat: FlatModel, train: Batch, config: SolveConfig) -> int:
+    """Samples per vmapped per-sample-gradient pass: ``chunk_size``, lowered to fit
+    ``memory_budget`` (each sample holds a p-vector and its pass's activations)."""
+    if config.memory_budget is None:
+        return config.chunk_size
+    one = to(take(train[0], slice(0, 1)), flat.device)
+    per_sample = activation_bytes(
+        flat.model, lambda: flat.outputs(flat.theta, one), flat.theta.element_size()
+    )
+    return per_sample_gradient_chunk(
+        config.chunk_size, per_sample, flat.space.size, flat.theta.element_size(), config.memory_budget
+    )
+
+
+def _largest(chunks: Chunks) -> int:
+    return max(len(c) for c in chunks)
+
+
 def _lowrank_of(inverse: InverseHessian) -> LowRankHessian | None:
     fit = getattr(inverse, "fit", None)
     return fit if isinstance(fit, LowRankHessian) else None
@@ -328,12 +347,14 @@ def _run(
     query_pair = None if queries is None else as_pair(queries, what="queries")
     with eval_mode(model):
         flat = FlatModel(model, loss_fn)
-        train_chunks = Chunks(train_pair, chunk_size=config.chunk_size, device=flat.device, what="train")
+        chunk_size = _scoring_chunk(flat, train_pair, config)
+        train_chunks = Chunks(train_pair, chunk_size=chunk_size, device=flat.device, what="train")
         # H over the training data reuses the scoring pass's chunks (no second copy on the device).
         shared = [(c.inputs, c.targets) for c in train_chunks]
         hessian = HessianOperator(
-            flat, shared if hessian_data is None else hessian_data, chunk_size=config.chunk_size,
+            flat, shared if hessian_data is None else hessian_data, chunk_size=chunk_size,
             backend=config.hvp_backend, what="train" if hessian_data is None else "hessian_data",
+            memory_budget=config.memory_budget,
         )  # fmt: skip
         inverse = inverse_for(hessian, config, fit=lowrank)
         diagnostics = _Diagnostics()
@@ -367,7 +388,9 @@ def _score(
     if query_pair is None:
         solved = torch.zeros(0, inverse.size, dtype=flat.dtype, device=flat.device)
     else:
-        query_chunks = Chunks(query_pair, chunk_size=config.chunk_size, device=flat.device, what="queries")
+        query_chunks = Chunks(
+            query_pair, chunk_size=_largest(train_chunks), device=flat.device, what="queries"
+        )
         g_queries = torch.cat(
             [_check_finite(per_sample_gradients(flat, c.inputs, c.targets), "queries") for c in query_chunks]
         )

@@ -29,6 +29,7 @@ OTHER = {
     "rank": 5,
     "seed": 9,
     "chunk_size": 3,
+    "memory_budget": 12345,
     "hvp_backend": "func",
     "solver_options": {"normalizer": 2.0},
 }

@@ -1,0 +1,57 @@
+"""Chunk sizes from a memory budget (gif/memory.py): smaller chunks, the same mathematics."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import gif
+from gif.hessian import HessianOperator
+from gif.memory import FACTOR, fitting_chunk, per_sample_gradient_chunk
+
+
+def wide_cnn() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(16 * 12 * 12, 3)
+    ).double()
+    gen = torch.Generator().manual_seed(1)
+    return model, (torch.randn(40, 1, 12, 12, generator=gen, dtype=torch.float64), torch.arange(40) % 3)
+
+
+def test_the_chunk_is_the_largest_that_fits():
+    assert fitting_chunk(1024, 1000, None) == 1024
+    assert fitting_chunk(1024, 1000, FACTOR * 1000 * 37) == 37
+    assert fitting_chunk(1024, 1000, 10) == 1  # never below one sample
+    assert fitting_chunk(16, 1000, 1 << 40) == 16  # the cap holds
+    assert per_sample_gradient_chunk(256, 100, 1000, 8, (1000 * 8 + FACTOR * 100) * 5) == 5
+
+
+def test_a_small_budget_shrinks_the_chunks_and_changes_no_hessian_vector_product():
+    model, data = wide_cnn()
+    plain = HessianOperator(model, data, chunk_size=1024)
+    per_sample = plain.sample_bytes()
+    # the leaf modules' outputs for one sample: conv 16·12·12, tanh the same, flatten, logits 3
+    assert per_sample == (3 * 16 * 144 + 3) * 8
+    budget = FACTOR * per_sample * 7
+    small = HessianOperator(model, data, chunk_size=1024, memory_budget=budget)
+    assert small.chunk_size == 7 and max(len(c) for c in small.data) == 7 and len(small.data.chunks) == 6
+    v = torch.randn(plain.size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(small.hvp(v), plain.hvp(v), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(small.gradient(), plain.gradient(), rtol=1e-10, atol=1e-12)
+    # a budget the cap already fits leaves the chunks alone (and the results bit-identical)
+    assert HessianOperator(model, data, chunk_size=16, memory_budget=1 << 30).chunk_size == 16
+
+
+def test_influence_and_scores_under_a_small_budget_equal_the_unbudgeted_ones():
+    model, (x, y) = wide_cnn()
+    tight = {"tol": 1e-12, "max_iter": 500, "damping": 0.1}
+    budget = 3 * FACTOR * (3 * 16 * 144 + 3) * 8  # three samples per chunk for HVPs
+    params = sum(p.numel() for p in model.parameters())
+    assert per_sample_gradient_chunk(256, (3 * 16 * 144 + 3) * 8, params, 8, budget) < 12  # scores chunk too
+    a = gif.influence(model, (x, y), (x[:4], y[:4]), method="if", memory_budget=None, **tight)
+    b = gif.influence(model, (x, y), (x[:4], y[:4]), method="if", memory_budget=budget, **tight)
+    torch.testing.assert_close(b.vector, a.vector, rtol=1e-8, atol=1e-12)
+    s = gif.scores(model, (x[:12], y[:12]), (x[:3], y[:3]), solver="minres", memory_budget=None, **tight)
+    t = gif.scores(model, (x[:12], y[:12]), (x[:3], y[:3]), solver="minres", memory_budget=budget, **tight)
+    torch.testing.assert_close(t, s, rtol=1e-8, atol=1e-12)
