@@ -204,3 +204,21 @@ def test_whatever_transformers_raises_while_building_is_unsupported_model():
     ) as info:
         huggingface.build(broken)
     assert info.value.code == "unsupported_model"
+
+
+def test_a_bert_scores_job_takes_named_queries(ctx, tmp_path, bert):
+    model, (x, y) = bert
+    config = json.loads(model.config.to_json_string())
+    queries = {k: v[:4] for k, v in x.items()}
+    body = {
+        "type": "scores", "model": {"format": "huggingface", "config": config, "checkpoint": _checkpoint(ctx, tmp_path, model)},
+        "train": _dataset(ctx, tmp_path, x, y), "queries": _dataset(ctx, tmp_path, queries, y[:4], "queries.safetensors"),
+        "top_k": 3,
+    }  # fmt: skip
+    status, job = _run(ctx, body)
+    assert status is JobStatus.SUCCEEDED, job.error_json
+    kinds = {e["kind"]: e for e in json.loads(job.result_json)["artifacts"]}
+    with ctx.db.read() as session:
+        art = artifacts.get_artifact(session, TENANT, kinds["scores"]["id"])
+    scores = safetensors.torch.load(ctx.blobs.path(art.sha256).read_bytes())["scores"]
+    assert scores.shape == (4, len(y)) and bool(torch.isfinite(scores).all())
