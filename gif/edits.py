@@ -17,7 +17,7 @@ from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
-from .newton import Edit, EditResult, Task, relabel_loss
+from .newton import AuditInputs, Edit, EditResult, Task, relabel_loss
 from .progress import ProgressCallback, StopCheck
 from .solvers import LowRankHessian
 
@@ -31,6 +31,8 @@ def remove(
     *,
     config: EditConfig | None = None,
     validation: DataLike | None = None,
+    holdout: DataLike | None = None,
+    reference: nn.Module | None = None,
     loss_fn: LossFn | None = None,
     lowrank: LowRankHessian | None = None,
     callback: ProgressCallback | None = None,
@@ -49,11 +51,17 @@ def remove(
     and curvature fits under digests of their inputs; a repeated request then computes no
     gradient or HVP and returns the same result bit for bit, and ``report["cache"]`` lists the
     entries that hit and missed.
+
+    ``holdout`` (samples from the training distribution the model never saw) and ``reference``
+    (a model retrained without the forget set) turn on the forgetting audit, ``report["audit"]``:
+    membership-inference figures, accuracies and the gaps to the reference before and after the
+    edit (gif/audit.py, docs/audit.md). Without either the audit only says what it could not compute.
     """
     opts = resolve("remove", EditConfig, config, options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
     index, forget_class = _forget_indices(forget, y, num_classes)
+    audit = _audit_inputs(x, holdout, reference, num_classes)
     if index.numel() >= len(y):
         raise IndexOutOfRangeError("`forget` covers the whole training set; nothing would remain")
     base = loss_fn or cross_entropy
@@ -65,7 +73,9 @@ def remove(
         scale=-index.numel() / (len(y) - index.numel()),
         forget_class=forget_class,
     )
-    return Edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache).run()
+    return Edit(
+        model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit=audit
+    ).run()
 
 
 def relabel(
@@ -76,6 +86,8 @@ def relabel(
     *,
     config: EditConfig | None = None,
     validation: DataLike | None = None,
+    holdout: DataLike | None = None,
+    reference: nn.Module | None = None,
     loss_fn: LossFn | None = None,
     lowrank: LowRankHessian | None = None,
     callback: ProgressCallback | None = None,
@@ -85,13 +97,15 @@ def relabel(
 ) -> EditResult:
     """Correct labels: training sample ``indices[k]`` gets label ``new_labels[k]``.
 
-    Options and ``cache`` as for :func:`remove`; the default method here is ``if`` over all parameters, which
+    Options, ``cache``, ``holdout`` and ``reference`` as for :func:`remove` (the audit's forget
+    set is the relabelled samples under their old labels); the default method here is ``if`` over all parameters, which
     measured best on the backdoor-repair protocol (docs/benchmarks.md).
     """
     opts = resolve("relabel", EditConfig, config, options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
     index = _check_indices(indices, len(y), "indices")
+    audit = _audit_inputs(x, holdout, reference, num_classes)
     new = torch.as_tensor(new_labels)
     if new.dtype.is_floating_point or new.ndim != 1 or new.numel() != index.numel():
         raise InvalidArgumentError("`new_labels` must be integer labels, one per index")
@@ -113,7 +127,9 @@ def relabel(
         scale=index.numel() / len(y),
         new_labels=new,
     )
-    return Edit(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache).run()
+    return Edit(
+        model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit=audit
+    ).run()
 
 
 def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
@@ -128,6 +144,31 @@ def _num_classes(model: nn.Module, x: Inputs) -> int:
     device = next(model.parameters()).device
     with torch.no_grad(), eval_mode(model):
         return int(call(model, to(take(x, slice(0, 1)), device)).shape[-1])
+
+
+def _audit_inputs(
+    x: Inputs, holdout: DataLike | None, reference: nn.Module | None, num_classes: int
+) -> AuditInputs:
+    """The audit's holdout as one pair, and the reference model once checked to give as many
+    classes as the edited one (gif/audit.py)."""
+    data = as_pair(holdout, what="holdout") if holdout is not None else None
+    if data is not None:
+        labels = data[1]
+        if labels.dtype.is_floating_point or labels.ndim != 1:
+            raise InvalidArgumentError("`holdout`: labels must be a 1-D tensor of integer classes")
+        if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+            raise UnknownClassError(f"`holdout` has labels outside [0, {num_classes})")
+    if reference is not None:
+        if not isinstance(reference, nn.Module):
+            raise InvalidArgumentError(
+                f"`reference` must be a torch.nn.Module, got {type(reference).__name__}"
+            )
+        classes = _num_classes(reference, x)
+        if classes != num_classes:
+            raise InvalidArgumentError(
+                f"`reference` gives {classes} classes but the model {num_classes}; it must be the same model retrained"
+            )
+    return AuditInputs(data, reference)
 
 
 def _check_indices(indices: object, n: int, what: str) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ._util import Stopwatch, eval_mode
+from .audit import audit_sets, run_audit, skipped
 from .cache import Cache, CachedSolves, Memo, loss_id
 from .config import EditConfig
 from .data import Batch, DataLike, as_pair
@@ -78,6 +79,15 @@ class Task:
     new_labels: torch.Tensor | None = None
 
 
+@dataclass
+class AuditInputs:
+    """What the forgetting audit gets beside the edit (gif/audit.py): held-out samples and a
+    model retrained without the edited samples, each optional."""
+
+    holdout: Batch | None = None
+    reference: nn.Module | None = None
+
+
 def relabel_loss(base: LossFn) -> LossFn:
     def loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # labels[:, 0] = old, labels[:, 1] = new; a difference of batch means is the mean difference
@@ -101,8 +111,11 @@ class Edit:
         callback: ProgressCallback | None,
         should_stop: StopCheck | None,
         cache: Cache | None,
+        *,
+        audit: AuditInputs | None = None,
     ) -> None:
         self.task, self.config, self.loss_fn = task, config, loss_fn
+        self.original, self.audit_inputs = model, audit or AuditInputs()
         self.callback, self.should_stop, self.cache = callback, should_stop, cache
         self.notify: ProgressCallback = callback or (lambda event: None)
         self.clock, self.work = Stopwatch(), Work()
@@ -149,10 +162,23 @@ class Edit:
                 break  # no step along this direction improves the objective: done
             after = (outcome.objective, outcome.metrics)
         delta = space.vector(model) - theta0
+        audit = self._audit()
         report = self._report(params, steps, before, after, delta, theta0)
+        report["audit"] = audit
         self.notify(Progress("done"))
         fit = self.solves.fit
         return EditResult(model, delta, params, report, fit if isinstance(fit, LowRankHessian) else None)
+
+    def _audit(self) -> dict:
+        """The forgetting audit of the input model and the edited copy (gif/audit.py)."""
+        holdout, reference = self.audit_inputs.holdout, self.audit_inputs.reference
+        if holdout is None and reference is None:
+            return skipped()
+        self.notify(Progress("auditing"))
+        with self.clock("audit"):
+            # the training labels: for a relabel, the old labels the model should stop fitting
+            sets = audit_sets(self.train, self.task.index, holdout, seed=self.config.seed)
+            return run_audit(self.original, self.model, sets, reference, self.work)
 
     def _operator(self, data: Batch) -> HessianOperator:
         config = self.config

@@ -23,6 +23,7 @@ Stage = Literal[
     "second_order",  # the second solve of ``sif``
     "step_search",  # one evaluated step scale (``scale``, ``objective``)
     "scoring",  # one training chunk of a scores pass
+    "auditing",  # an edit's forgetting audit (gif/audit.py)
     "done",
 ]
 STAGES: tuple[str, ...] = get_args(Stage)
