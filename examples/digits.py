@@ -91,19 +91,27 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> str:
 
 
 def report(
-    runs: list[dict[str, list[float]]], *, title: str, columns: list[str], out: Path, stem: str
+    runs: list[dict[str, list[float]]],
+    *,
+    title: str,
+    columns: list[str],
+    out: Path,
+    stem: str,
+    plotted: int | None = None,
 ) -> None:
     """Print the mean ± std table over seeds, save it as markdown and as a grouped bar plot (PNG).
 
-    ``runs``: one dict per seed, method name -> values in ``columns`` order; the last column is
-    the edit time, which the plot leaves out.
+    ``runs``: one dict per seed, method name -> values in ``columns`` order; the plot shows the
+    first ``plotted`` columns (default: all but the last, the edit time).
     """
     names = list(runs[0])
     table = [[n, *(mean_std([r[n][k] for r in runs]) for k in range(len(columns)))] for n in names]
     text = print_table(f"{title}, {len(runs)} seeds (mean ± std)", ["method", *columns], table)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(text + "\n")
-    _plot(runs, names, columns[:-1], title, out / f"{stem}.png")
+    _plot(
+        runs, names, columns[: len(columns) - 1 if plotted is None else plotted], title, out / f"{stem}.png"
+    )
 
 
 def _plot(runs: list[dict], names: list[str], series: list[str], title: str, path: Path) -> None:
