@@ -396,12 +396,24 @@ class _Job(Strict):
     train: ArtifactId = Field(description="Artifact id of the training dataset (kind `dataset`).")
 
 
+HOLDOUT_HELP = (
+    "Optional dataset of samples from the training distribution that the model never saw: turns on "
+    "the forgetting audit (membership inference, accuracies, loss histograms; docs/audit.md)."
+)
+REFERENCE_HELP = (
+    "Optional checkpoint (kind `checkpoint`) of the same model retrained without the edited samples: "
+    "the audit then reports the gap to it."
+)
+
+
 class RemoveJob(_Job):
     """Unlearn training samples or a whole class; returns updated weights and a report."""
 
     type: Literal["remove"]
     forget: Forget
     validation: ArtifactId | None = Field(None, description="Optional validation dataset (step choice).")
+    holdout: ArtifactId | None = Field(None, description=HOLDOUT_HELP)
+    reference: ArtifactId | None = Field(None, description=REFERENCE_HELP)
     options: EditOptions = Field(default_factory=EditOptions)
 
 
@@ -411,6 +423,8 @@ class RelabelJob(_Job):
     type: Literal["relabel"]
     relabel: Relabel
     validation: ArtifactId | None = Field(None, description="Optional validation dataset (step choice).")
+    holdout: ArtifactId | None = Field(None, description=HOLDOUT_HELP)
+    reference: ArtifactId | None = Field(None, description=REFERENCE_HELP)
     options: EditOptions = Field(default_factory=EditOptions)
 
 

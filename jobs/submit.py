@@ -30,9 +30,9 @@ from .db import Database
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyReused, QueueFull, QuotaExceeded, ValidationFailed
 from .inspector import Inspector
 from .models import Artifact, Job
-from .specs import HuggingFaceModel, RegistryModel, RelabelJob, RemoveJob, Spec, dump
+from .specs import HuggingFaceModel, ProgramModel, RegistryModel, RelabelJob, RemoveJob, Spec, dump
 
-_DATASET_ROLES = ("train", "validation", "queries")
+_DATASET_ROLES = ("train", "validation", "holdout", "queries")
 
 
 @dataclass
@@ -245,7 +245,9 @@ def check_inputs(session: Session, tenant_id: str, spec: Spec) -> dict[str, Any]
     found |= {
         "train": check.artifact(["train"], spec.train, "dataset"),
         "validation": check.artifact(["validation"], getattr(spec, "validation", None), "dataset"),
+        "holdout": check.artifact(["holdout"], getattr(spec, "holdout", None), "dataset"),
         "queries": check.artifact(["queries"], getattr(spec, "queries", None), "dataset"),
+        "reference": _reference(check, spec),
     }
     train = artifacts.metadata(found["train"]) if found["train"] else {}
     n_train = train.get("n_samples")
@@ -269,6 +271,19 @@ def check_inputs(session: Session, tenant_id: str, spec: Spec) -> dict[str, Any]
         if artifact is not None:
             inputs[role] = {"artifact_id": artifact.id, "sha256": artifact.sha256}
     return inputs
+
+
+def _reference(check: _Checker, spec: Spec) -> Artifact | None:
+    """The audit's reference checkpoint: loaded into the job's own architecture, so the model must
+    be one built from a checkpoint (not an exported program)."""
+    reference = getattr(spec, "reference", None)
+    if reference is not None and isinstance(spec.model, ProgramModel):
+        check.error(
+            ["reference"], "a reference checkpoint needs a model built from a checkpoint, not a program",
+            "unsupported_reference",
+        )  # fmt: skip
+        return None
+    return check.artifact(["reference"], reference, "checkpoint")
 
 
 def _check_class(check: _Checker, cls: int, num_classes: int | None, train: dict[str, Any]) -> None:
@@ -312,7 +327,7 @@ def _check_shapes(
             f"the program takes samples of shape {expected} but the training samples have shape {shape}",
             "shape_mismatch",
         )
-    for role in ("validation", "queries"):
+    for role in ("validation", "holdout", "queries"):
         other = found[role]
         other_shape = artifacts.metadata(other).get("input_shape") if other else None
         if shape is not None and other_shape is not None and list(other_shape) != list(shape):

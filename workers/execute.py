@@ -85,15 +85,16 @@ def run_engine(
         )
         edited = gif.remove(
             loaded.model, loaded.train, target, config=config, validation=loaded.validation,
-            loss_fn=loaded.loss_fn, callback=callback, should_stop=should_stop, cache=cache,
+            holdout=loaded.holdout, reference=loaded.reference, loss_fn=loaded.loss_fn, callback=callback,
+            should_stop=should_stop, cache=cache,
         )  # fmt: skip
     else:
         edited = gif.relabel(
             loaded.model, loaded.train,
             torch.tensor(spec.relabel.indices, dtype=torch.long),
             torch.tensor(spec.relabel.labels, dtype=torch.long),
-            config=config, validation=loaded.validation, loss_fn=loaded.loss_fn, callback=callback,
-            should_stop=should_stop, cache=cache,
+            config=config, validation=loaded.validation, holdout=loaded.holdout, reference=loaded.reference,
+            loss_fn=loaded.loss_fn, callback=callback, should_stop=should_stop, cache=cache,
         )  # fmt: skip
     return EditOutcome(edited, config)
 

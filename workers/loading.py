@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 import gif
-from gif.errors import DatasetError
+from gif.errors import CheckpointError, DatasetError
 from gif.hessian import LossFn
 from gif.inputs import Inputs, take
 from gif.io import programs
 from gif.models import huggingface as hf_models
 from jobs.blobs import BlobStore
-from jobs.specs import AnyModel, HuggingFaceModel, ProgramModel
+from jobs.specs import AnyModel, HuggingFaceModel, ProgramModel, RegistryModel
 
 from . import huggingface
 
@@ -42,6 +42,10 @@ class Loaded:
     train: Pair
     validation: Pair | None = None
     queries: Pair | None = None
+    #: the forgetting audit's inputs (docs/audit.md): unseen samples, a model retrained without
+    #: the edited samples (the job's own architecture with the ``reference`` checkpoint)
+    holdout: Pair | None = None
+    reference: nn.Module | None = None
     digests: dict[str, str] = field(default_factory=dict)
     #: the exported program the model was built from (its format is ``torch.export``)
     program: torch.export.ExportedProgram | None = None
@@ -61,28 +65,46 @@ def load_inputs(
     if isinstance(spec, ProgramModel):
         program = programs.load_program(blobs.fetch(inputs["program"]["sha256"]))
         model = programs.program_module(program)
-    elif isinstance(spec, HuggingFaceModel):
-        model = huggingface.build(spec.config)
-        huggingface.load_checkpoint(blobs.fetch(inputs["checkpoint"]["sha256"]), model)
-        loss_fn = hf_models.loss_for(spec.config)
     else:
-        model = gif.models.build(spec.arch, **spec.config)
-        gif.io.load_checkpoint(blobs.fetch(inputs["checkpoint"]["sha256"]), model)
+        model = _from_checkpoint(spec, blobs, inputs["checkpoint"])
+        if isinstance(spec, HuggingFaceModel):
+            loss_fn = hf_models.loss_for(spec.config)
     model.eval().to(device)
     train = _dataset(blobs, inputs["train"], "train")
     num_classes = _fit(model, spec, train, "train")
     loaded = Loaded(model=model, num_classes=num_classes, train=train, program=program, loss_fn=loss_fn)
-    for role in ("validation", "queries"):
+    for role in ("validation", "queries", "holdout"):
         if role in inputs:
             data = _dataset(blobs, inputs[role], role)
             _fit(model, spec, data, role)
             setattr(loaded, role, data)
     loaded.digests = {
         role: inputs[role]["sha256"]
-        for role in ("checkpoint", "program", "train", "validation", "queries")
+        for role in ("checkpoint", "program", "train", "validation", "queries", "holdout", "reference")
         if role in inputs
     }
+    if "reference" in inputs and not isinstance(spec, ProgramModel):
+        loaded.reference = _from_checkpoint(spec, blobs, inputs["reference"], "reference").eval().to(device)
     return loaded
+
+
+def _from_checkpoint(
+    spec: RegistryModel | HuggingFaceModel, blobs: BlobStore, ref: dict[str, str], role: str = "checkpoint"
+) -> nn.Module:
+    """The job's architecture with the weights of the checkpoint ``ref`` (strict names and shapes);
+    a checkpoint that does not fit is ``checkpoint_incompatible``, its message naming ``role``."""
+    try:
+        if isinstance(spec, HuggingFaceModel):
+            model = huggingface.build(spec.config)
+            huggingface.load_checkpoint(blobs.fetch(ref["sha256"]), model)
+        else:
+            model = gif.models.build(spec.arch, **spec.config)
+            gif.io.load_checkpoint(blobs.fetch(ref["sha256"]), model)
+    except CheckpointError as exc:
+        if role == "checkpoint":
+            raise
+        raise type(exc)(f"{role} checkpoint {ref['artifact_id']}: {exc.message}", **exc.details) from None
+    return model
 
 
 def _dataset(blobs: BlobStore, ref: dict[str, str], role: str) -> Pair:

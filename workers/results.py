@@ -130,6 +130,14 @@ def _edit_results(
     plot = _plot(blobs, per_class, f"{spec.type} ({job_id})")
     if plot is not None:
         outputs.append(Output("plot", "png", plot, f"{job_id}-per-class-accuracy.png", {"data": on}))
+    audit = edit.report.get("audit") or {}
+    losses = (
+        _audit_plot(blobs, audit["histograms"], f"{spec.type} ({job_id})") if "histograms" in audit else None
+    )
+    if losses is not None:
+        outputs.append(
+            Output("plot", "png", losses, f"{job_id}-audit-losses.png", {"figure": "audit_losses"})
+        )
     summary = {
         "n_train": edit.report.get("n_train"),
         "n_edited": edit.report.get("n_edited"),
@@ -139,6 +147,7 @@ def _edit_results(
         "delta_norm": edit.report.get("delta_norm"),
         "relative_delta_norm": edit.report.get("relative_delta_norm"),
         "per_class_accuracy": per_class,
+        "audit": {k: v for k, v in audit.items() if k != "histograms"},
     }
     return Results(outputs, clean(summary), clean(prov))
 
@@ -171,14 +180,54 @@ def _program_output(
     return Output("program", "pt2", path, f"{job_id}-program.pt2", {"format": "torch.export"})
 
 
-def _plot(blobs: BlobStore, per_class: dict[str, Any], title: str) -> Path | None:
-    """Bar chart of per-class accuracy before/after (None when matplotlib is not installed)."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg back end, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _png(blobs: BlobStore, plt: Any, fig: Any) -> Path:
+    """Write ``fig`` as a PNG under the store's tmp folder and close it."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    path = blobs.tmp_path(".png")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def _audit_plot(blobs: BlobStore, histograms: dict[str, Any], title: str) -> Path | None:
+    """The forgetting audit's loss histograms (gif/audit.py): forget vs holdout samples, before
+    and after the edit, on shared bins (None when matplotlib is not installed)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    edges = histograms["edges"]
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2), dpi=100, sharey=True)
+    for ax, stage in zip(axes, ("before", "after"), strict=True):
+        for series in ("holdout", "forget"):
+            counts = histograms[stage][series]
+            total = max(sum(counts), 1)
+            ax.stairs([c / total for c in counts], edges, label=f"{series} ({sum(counts)})", fill=series == "holdout",
+                      alpha=0.5 if series == "holdout" else 1.0)  # fmt: skip
+        ax.set(title=f"{stage} the edit", xlabel="per-sample loss (last bin: larger)")
+    axes[0].set_ylabel("fraction of samples")
+    axes[1].legend(loc="upper right", frameon=False)
+    fig.suptitle(f"forgetting audit: {title}", fontsize=10)
+    return _png(blobs, plt, fig)
+
+
+def _plot(blobs: BlobStore, per_class: dict[str, Any], title: str) -> Path | None:
+    """Bar chart of per-class accuracy before/after (None when matplotlib is not installed)."""
+    plt = _pyplot()
+    if plt is None:
         return None
     before, after = per_class["before"], per_class["after"]
     classes = list(range(len(before)))
@@ -190,13 +239,7 @@ def _plot(blobs: BlobStore, per_class: dict[str, Any], title: str) -> Path | Non
     ax.set_xticks(classes)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.legend(loc="upper right", ncol=2, frameon=False)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    path = blobs.tmp_path(".png")
-    path.write_bytes(buffer.getvalue())
-    return path
+    return _png(blobs, plt, fig)
 
 
 # -- scores ----------------------------------------------------------------------------------------

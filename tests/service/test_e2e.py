@@ -109,6 +109,27 @@ def test_remove_class_end_to_end(server, inputs, digits):
     assert job["result"]["provenance"]["input_digests"]["checkpoint"] == inputs["checkpoint"]["sha256"]
 
 
+def test_remove_with_holdout_returns_the_audit_and_its_plot(server, inputs, files):
+    """The forgetting audit (docs/audit.md): the test split as holdout, the unedited checkpoint
+    as reference; the audit comes back in the summary and the report, its histograms as a PNG."""
+    holdout = server.upload(files, ("test",))["test"]
+    body = {
+        "type": "remove", "model": _model_spec(inputs), "train": inputs["train"]["id"],
+        "forget": {"indices": list(range(0, factories.N_TRAIN, 20))}, "holdout": holdout["id"],
+        "reference": inputs["checkpoint"]["id"], "options": {"newton_steps": 1, "hessian_samples": 256},
+    }  # fmt: skip
+    job = _wait(server.client, _submit(server.client, body)["id"])
+    assert job["status"] == "succeeded", job["error"]
+    audit = job["result"]["summary"]["audit"]
+    assert audit["samples"]["forget"] == factories.N_TRAIN // 20
+    assert 0.0 <= audit["after"]["mia_auc"] <= 1.0 and audit["gap"]["before"]["avg_gap"] == 0.0
+    plots = [e for e in job["result"]["artifacts"] if e["kind"] == "plot"]
+    assert len(plots) == 2  # per-class accuracy and the audit's loss histograms
+    assert all(_download(server.client, e).startswith(b"\x89PNG") for e in plots)
+    report = json.loads(_download(server.client, _by_kind(job)["report"]))
+    assert report["report"]["audit"]["histograms"]["edges"][0] == 0.0
+
+
 def test_relabel_and_scores_end_to_end(server, inputs, digits):
     labels = [(int(y) + 1) % 10 for y in digits.y_train[:8]]
     relabel = _submit(server.client, {
