@@ -44,7 +44,8 @@ def available() -> bool:
 
 def build(config: Mapping[str, Any]) -> nn.Module:
     """The classifier that ``config`` (a ``config.json`` object) describes, randomly initialised
-    and in eval mode; load its weights with ``load_state_dict``.
+    and in eval mode; load its weights with ``load_state_dict`` (``save_pretrained`` may write some
+    models' tensors under older names, e.g. a ViT's: the service maps them, docs/models.md).
 
     Raises:
         UnsupportedModelError: no ``transformers``, remote code, an unknown ``model_type``, a head
@@ -74,7 +75,12 @@ def build(config: Mapping[str, Any]) -> nn.Module:
         raise UnsupportedModelError(f"{head.__name__} is not a head for model_type {model_type!r}")
     attention = config.get("_attn_implementation") or config.get("attn_implementation")
     hf_config._attn_implementation = attention if attention in ATTENTION else "sdpa"
-    return head(hf_config).eval()
+    try:
+        model = head(hf_config)
+    except ValueError:  # a model without SDPA support (ConvNeXt, ResNet, …): its own eager code
+        hf_config._attn_implementation = "eager"
+        model = head(hf_config)
+    return model.eval()
 
 
 def loss_for(config: Mapping[str, Any]) -> LossFn:

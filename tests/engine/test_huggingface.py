@@ -243,3 +243,21 @@ def test_a_warm_repeat_with_named_inputs_is_served_by_the_cache():
     t, u = torch.zeros(4, 2), torch.ones(4, 2)
     assert memo.data({"a": t, "b": u}) != memo.data({"a": u, "b": t})
     assert memo.data({"a": t, "b": u}) == memo.data({"b": u, "a": t})  # order of insertion does not count
+
+
+def test_a_model_without_attention_kernels_is_built_with_its_own_code():
+    config = transformers.ConvNextConfig(
+        num_labels=3, depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 8, 8], num_channels=1
+    ).to_dict()
+    config["architectures"] = ["ConvNextForImageClassification"]
+    model = huggingface.build(config)
+    assert type(model).__name__ == "ConvNextForImageClassification"
+    pixels = torch.randn(6, 1, 32, 32)
+    out = gif.influence(
+        model,
+        ({"pixel_values": pixels}, torch.arange(6) % 3),
+        ({"pixel_values": pixels[:2]}, torch.tensor([0, 1])),
+        damping=0.1,
+        max_iter=5,
+    )
+    assert torch.isfinite(out.vector).all()
