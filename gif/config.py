@@ -47,9 +47,9 @@ HvpBackend = Literal["auto", "func", "graph"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 SOLVERS: tuple[str, ...] = get_args(Solver)
-#: The solvers a service job may name: the Kronecker-factored ones are engine-only until their fit
-#: is fast and cached (they refit at every Newton step of an edit; docs/benchmarks.md).
-SERVICE_SOLVERS: tuple[str, ...] = tuple(s for s in SOLVERS if s not in ("kfac", "ekfac"))
+#: The solvers a service job may name: all of them (the Kronecker-factored fits are made once per
+#: checkpoint and cached since 2026-12-05; docs/benchmarks.md, "Edit ÷ retraining").
+SERVICE_SOLVERS: tuple[str, ...] = SOLVERS
 #: Solvers whose curvature is fitted once (eigenpairs, Kronecker factors) and then reused by later
 #: solves on the same θ and Hessian data: Newton steps of an edit, and cached requests.
 FITTED_SOLVERS: tuple[str, ...] = ("lowrank", "kfac", "ekfac")
@@ -115,7 +115,7 @@ class SolveConfig:
     solver: Solver | None = field(
         default=None,
         metadata=_meta(
-            "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac (engine only); None: the method's",
+            "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac; None: the method's",
             service_choices=SERVICE_SOLVERS,
         ),
     )

@@ -282,3 +282,16 @@ def test_a_worker_asked_for_a_gpu_it_lacks_fails_the_job_saying_so(ctx, inputs, 
     assert error["code"] == "internal_error" and "GIF_DEVICE=cuda:7, but " in error["message"]
     if torch.version.cuda is None:
         assert "built without CUDA" in error["message"]
+
+
+def test_a_kronecker_fit_made_by_one_job_serves_the_next_on_the_same_checkpoint(ctx, inputs):
+    """Two deletion requests against one checkpoint: the second reads the factors the first fitted."""
+    options = {"newton_steps": 2, "hessian_samples": 256, "solver": "kfac"}
+    reports = []
+    for cls in (3, 5):
+        job_id = _submit(ctx, _body(inputs, forget={"class": cls}, options=options))
+        assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
+        reports.append(json.loads(_result_files(ctx, _job(ctx, job_id))["report"])["report"])
+    assert all(r["solver"]["solver"] == "kfac" and r["hvps"] == 0 for r in reports)
+    assert not any(h["kind"] == "kfac" for h in reports[0]["cache"]["hits"])
+    assert any(h["kind"] == "kfac" for h in reports[1]["cache"]["hits"])
