@@ -39,6 +39,7 @@ from .cache import make_cache
 from .execute import newton_steps, peak_memory, resolve_device, run_engine
 from .heartbeat import Heartbeat, JobSignals
 from .loading import load_inputs
+from .memory import peak_rss, reset_peak_rss
 from .progress import ProgressReporter
 from .results import Results, provenance, write_results
 
@@ -203,13 +204,14 @@ def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Res
     device = resolve_device(ctx.settings.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    rss_reset = reset_peak_rss()
     loaded = load_inputs(spec.model, inputs, ctx.blobs, device)
     if signals.should_stop():
         raise Cancelled("stopped before the computation started")
     outcome = run_engine(spec, loaded, progress, signals.should_stop, ctx.cache_for(lease.tenant_id))
     progress.stage("writing_results", "saving result artifacts", fraction=1.0)
     prov = provenance(lease.job_id, lease.attempt, spec, request_sha256, loaded)
-    prov["compute"] = peak_memory(device)
+    prov["compute"] = {**peak_memory(device), **peak_rss(rss_reset)}
     return write_results(lease.job_id, spec, loaded, outcome, ctx.blobs, prov)
 
 

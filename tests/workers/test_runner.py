@@ -113,6 +113,8 @@ def test_remove_class_produces_weights_report_and_plot(ctx, inputs, data):
     assert (
         report["provenance"]["torch_version"] == torch.__version__ and report["report"]["forget_class"] == 3
     )
+    compute = report["provenance"]["compute"]  # what the job used (workers/memory.py)
+    assert compute["device"] == "cpu" and compute["peak_rss_bytes"] > 10 * 2**20
     options = report["provenance"]["options"]  # the engine configuration the job ran with
     assert options == report["report"]["options"] and (
         options["newton_steps"],
