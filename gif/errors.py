@@ -66,6 +66,12 @@ class ModelTooLargeError(InvalidArgumentError):
     code = "invalid_input"
 
 
+class MemoryBudgetError(GifError):
+    """A computation sized, before it starts, over the memory it may use."""
+
+    code = "memory_budget_exceeded"
+
+
 class UnknownArchitectureError(InvalidArgumentError):
     """An architecture name that is not registered."""
 

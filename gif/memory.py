@@ -11,9 +11,13 @@ model gets small chunks and a small model keeps the cap (and its results, bit fo
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from .errors import MemoryBudgetError
+from .inputs import Inputs, call, named, take
 
 #: Peak bytes while differentiating ≈ FACTOR × activation bytes (bench/memory.py measures 3–6×).
 FACTOR = 6
@@ -55,3 +59,59 @@ def fitting_chunk(cap: int, per_sample_bytes: int, budget: int | None) -> int:
     if budget is None or per_sample_bytes <= 0:
         return cap
     return max(1, min(cap, budget // (FACTOR * per_sample_bytes)))
+
+
+#: p-length vectors an edit holds at once besides the model: θ and Δθ, the target gradient, a
+#: Krylov solver's work vectors (LSQR: u, v, w, x), an HVP's result and its tangents.
+EDIT_VECTORS = 12
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What an edit or a scoring pass will hold at its peak, in bytes, before it starts."""
+
+    parameters: int  # the model and EDIT_VECTORS p-vectors
+    activations: int  # one chunk being differentiated (FACTOR × chunk × per-sample bytes)
+    data: int  # the samples held on the device
+    chunk: int  # the chunk that fits the configuration's memory budget
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.activations + self.data
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+def estimate(
+    model: nn.Module, inputs: Inputs, samples: int, *, chunk_size: int, memory_budget: int | None
+) -> Estimate:
+    """The peak of an edit of ``model`` whose Hessian data holds ``samples`` samples like
+    ``inputs`` (any number of them; one is evaluated to measure the activations)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    p = sum(t.numel() for t in params)
+    element = params[0].element_size() if params else 4
+    one = take(inputs, slice(0, 1))
+    per_sample = activation_bytes(model, lambda: call(model, one), element)
+    chunk = min(samples, fitting_chunk(chunk_size, per_sample, memory_budget))
+    data = sum(t.element_size() * t.numel() for t in named(one).values()) * samples
+    return Estimate((EDIT_VECTORS + 1) * p * element, FACTOR * chunk * per_sample, data, chunk)
+
+
+def check_fits(estimate: Estimate, budget: int) -> None:
+    """Raise :class:`gif.errors.MemoryBudgetError` naming what to change when ``estimate``
+    exceeds ``budget`` bytes."""
+    if estimate.total <= budget:
+        return
+    gib = 2**30
+    advice = (
+        "lower hessian_samples or use a smaller chunk (memory_budget)"
+        if estimate.data + estimate.activations > estimate.parameters
+        else "the model's parameters alone do not fit: use a worker with more memory"
+    )
+    raise MemoryBudgetError(
+        f"the job needs about {estimate.total / gib:.2f} GiB (parameters and solver vectors "
+        f"{estimate.parameters / gib:.2f}, a chunk of {estimate.chunk} samples being differentiated "
+        f"{estimate.activations / gib:.2f}, data {estimate.data / gib:.2f}) but the budget is "
+        f"{budget / gib:.2f} GiB: {advice}"
+    )

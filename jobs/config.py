@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
         description='Where workers compute: "auto" (the GPU when there is one), "cpu", "cuda" or "cuda:N".',
     )
+    max_memory_bytes: int = Field(
+        default_factory=lambda: _machine_memory() * 4 // 5,
+        ge=0,
+        description="Memory one job may use: a job the engine sizes over it fails at once with "
+        "memory_budget_exceeded, naming what to change (0: no check). Default: 80% of the machine's memory.",
+    )
     gpu_pool: str = Field(
         default="default",
         pattern=r"^[a-z0-9_-]{1,32}$",
@@ -363,6 +369,14 @@ class Settings(BaseSettings):
     def key_file(self) -> Path:
         """The API key file: GIF_API_KEY_FILE or <home>/api-keys.txt."""
         return self.api_key_file or self.home / "api-keys.txt"
+
+
+def _machine_memory() -> int:
+    """Physical memory of this machine in bytes (0 where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def env_name(field: str) -> str:

@@ -42,6 +42,7 @@ from .loading import load_inputs
 from .memory import peak_rss, reset_peak_rss
 from .progress import ProgressReporter
 from .results import Results, provenance, write_results
+from .sizing import check_job_fits
 
 log = logs.get(__name__)
 
@@ -206,12 +207,13 @@ def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Res
         torch.cuda.reset_peak_memory_stats(device)
     rss_reset = reset_peak_rss()
     loaded = load_inputs(spec.model, inputs, ctx.blobs, device)
+    sizing = check_job_fits(spec, loaded, ctx.settings.max_memory_bytes)
     if signals.should_stop():
         raise Cancelled("stopped before the computation started")
     outcome = run_engine(spec, loaded, progress, signals.should_stop, ctx.cache_for(lease.tenant_id))
     progress.stage("writing_results", "saving result artifacts", fraction=1.0)
     prov = provenance(lease.job_id, lease.attempt, spec, request_sha256, loaded)
-    prov["compute"] = {**peak_memory(device), **peak_rss(rss_reset)}
+    prov["compute"] = {**peak_memory(device), **peak_rss(rss_reset), "estimate": sizing}
     return write_results(lease.job_id, spec, loaded, outcome, ctx.blobs, prov)
 
 

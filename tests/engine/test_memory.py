@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -55,3 +56,22 @@ def test_influence_and_scores_under_a_small_budget_equal_the_unbudgeted_ones():
     s = gif.scores(model, (x[:12], y[:12]), (x[:3], y[:3]), solver="minres", memory_budget=None, **tight)
     t = gif.scores(model, (x[:12], y[:12]), (x[:3], y[:3]), solver="minres", memory_budget=budget, **tight)
     torch.testing.assert_close(t, s, rtol=1e-8, atol=1e-12)
+
+
+def test_the_estimate_adds_parameters_a_differentiated_chunk_and_the_data():
+    from gif.errors import MemoryBudgetError
+    from gif.memory import EDIT_VECTORS, check_fits, estimate
+
+    model, (x, _) = wide_cnn()
+    p = sum(t.numel() for t in model.parameters())
+    per_sample = (3 * 16 * 144 + 3) * 8
+    est = estimate(model, x, 40, chunk_size=16, memory_budget=None)
+    assert est.parameters == (EDIT_VECTORS + 1) * p * 8 and est.chunk == 16
+    assert est.activations == FACTOR * 16 * per_sample and est.data == 40 * 144 * 8
+    assert est.as_dict()["total"] == est.parameters + est.activations + est.data
+    # a per-chunk budget shrinks the chunk the estimate assumes
+    assert estimate(model, x, 40, chunk_size=16, memory_budget=FACTOR * per_sample * 4).chunk == 4
+    check_fits(est, est.total)
+    with pytest.raises(MemoryBudgetError, match="hessian_samples") as info:
+        check_fits(est, est.total - 1)
+    assert info.value.code == "memory_budget_exceeded"

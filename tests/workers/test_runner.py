@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
@@ -297,3 +298,21 @@ def test_a_kronecker_fit_made_by_one_job_serves_the_next_on_the_same_checkpoint(
     assert all(r["solver"]["solver"] == "kfac" and r["hvps"] == 0 for r in reports)
     assert not any(h["kind"] == "kfac" for h in reports[0]["cache"]["hits"])
     assert any(h["kind"] == "kfac" for h in reports[1]["cache"]["hits"])
+
+
+def test_a_job_sized_over_the_memory_budget_fails_at_once_naming_what_to_change(ctx, inputs):
+    """GIF_MAX_MEMORY_BYTES below the engine's estimate: memory_budget_exceeded before any
+    computation (the estimate is in every job's provenance; workers/sizing.py)."""
+    ok = _submit(ctx, _body(inputs))
+    assert run_job(ok, ctx.settings, ctx) is JobStatus.SUCCEEDED
+    report = json.loads(_result_files(ctx, _job(ctx, ok))["report"])
+    estimate = report["provenance"]["compute"]["estimate"]
+    assert estimate["total"] == estimate["parameters"] + estimate["activations"] + estimate["data"] > 0
+    tight = dataclasses.replace(
+        ctx, settings=ctx.settings.model_copy(update={"max_memory_bytes": estimate["total"] // 2})
+    )
+    job_id = _submit(ctx, _body(inputs))
+    assert run_job(job_id, tight.settings, tight) is JobStatus.FAILED
+    error = json.loads(_job(ctx, job_id).error_json)
+    assert error["code"] == "memory_budget_exceeded" and "GiB" in error["message"]
+    assert json.loads(_job(ctx, job_id).progress_json)["stage"] == "loading_inputs"  # nothing computed
