@@ -46,7 +46,7 @@ MAX_INDICES = 100_000
 MAX_CLASSES = 100_000
 MAX_TOP_K = 1_000
 
-JOB_TYPES = ("remove", "relabel", "scores")
+JOB_TYPES = ("remove", "relabel", "scores", "self_influence")
 
 # Built-in architectures, mirrored from gif.models (torch; checked by tests/service/test_spec_enums.py).
 ARCHS = ("cnn1d", "embed", "lenet", "mlp", "resnet18", "tinynet", "vgg11")
@@ -437,7 +437,24 @@ class ScoresJob(_Job):
     options: ScoresOptions = Field(default_factory=ScoresOptions)
 
 
-Spec = RemoveJob | RelabelJob | ScoresJob
+class SelfInfluenceJob(_Job):
+    """Mislabel triage: every training sample's self-influence ∇ℓᵀ(H + λI)⁻¹∇ℓ, most suspicious
+    first; with a trusted ``validation`` set, a second ranking by harm to its loss."""
+
+    type: Literal["self_influence"]
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="How many of the highest-scoring samples to list.")
+    validation: ArtifactId | None = Field(
+        None,
+        description="Optional trusted (clean) dataset: a second ranking by each training sample's influence "
+        "on its loss, samples that raise it first.",
+    )
+    options: ScoresOptions = Field(
+        default_factory=ScoresOptions,
+        description="As for `scores`; `solver` other than `lowrank` solves per sample (slower, exact).",
+    )
+
+
+Spec = RemoveJob | RelabelJob | ScoresJob | SelfInfluenceJob
 JobSpec = Annotated[Spec, Field(discriminator="type")]
 JOB_SPEC = TypeAdapter(JobSpec)
 
@@ -467,6 +484,19 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             },
             "train": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBD",
             "relabel": {"indices": [17, 912], "labels": [3, 0]},
+        },
+    },
+    "self_influence": {
+        "summary": "Find mislabelled training samples",
+        "value": {
+            "type": "self_influence",
+            "model": {
+                "arch": "mlp",
+                "config": {"num_classes": 10},
+                "checkpoint": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
+            },
+            "train": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBD",
+            "top_k": 20,
         },
     },
     "scores": {

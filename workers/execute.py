@@ -1,4 +1,5 @@
-"""A validated job spec → one engine call (``gif.remove`` / ``gif.relabel`` / ``gif.scores_with_report``).
+"""A validated job spec → one engine call (``gif.remove`` / ``gif.relabel`` / ``gif.scores_with_report`` /
+``gif.self_influence``).
 
 A job's options are resolved into the engine's own configuration (``gif.EditConfig`` /
 ``gif.SolveConfig``) with the verb's defaults, and handed to the engine as ``config``; the
@@ -14,8 +15,9 @@ import torch
 
 import gif
 from gif.config import EditConfig, SolveConfig, resolve
+from gif.inputs import take
 from gif.progress import ProgressCallback, StopCheck
-from jobs.specs import RelabelJob, RemoveJob, ScoresJob, Spec
+from jobs.specs import RelabelJob, RemoveJob, ScoresJob, SelfInfluenceJob, Spec
 
 from .loading import Loaded
 
@@ -33,7 +35,22 @@ class ScoresOutcome:
     config: SolveConfig
 
 
-Outcome = EditOutcome | ScoresOutcome
+@dataclass
+class SelfInfluenceOutcome:
+    """Every training sample's self-influence and, with a validation set, its harm to it."""
+
+    self_influence: torch.Tensor
+    validation_harm: torch.Tensor | None
+    top_k: dict
+    config: SolveConfig
+    exact: bool
+
+
+Outcome = EditOutcome | ScoresOutcome | SelfInfluenceOutcome
+
+#: Validation samples a ``self_influence`` job's second ranking uses at most (a seeded draw above
+#: it): the scores matrix is [queries, n_train].
+MAX_VALIDATION_QUERIES = 256
 
 
 def edit_config(spec: RemoveJob | RelabelJob) -> EditConfig:
@@ -50,6 +67,42 @@ def scores_config(spec: ScoresJob) -> SolveConfig:
     return resolve("scores", SolveConfig, None, spec.options.model_dump(exclude_none=True))
 
 
+def self_influence_config(spec: SelfInfluenceJob) -> SolveConfig:
+    """The engine configuration of a self-influence job (``self_influence``'s defaults)."""
+    return resolve("self_influence", SolveConfig, None, spec.options.model_dump(exclude_none=True))
+
+
+def ranked(scores: torch.Tensor, k: int) -> list[dict]:
+    """The ``k`` highest scores, highest first (ties: lower index first): ``[{index, score}]``."""
+    return gif.top_k(scores.reshape(1, -1), k)["queries"][0]["proponents"]
+
+
+def run_self_influence(
+    spec: SelfInfluenceJob, loaded: Loaded, callback: ProgressCallback, should_stop: StopCheck
+) -> SelfInfluenceOutcome:
+    """Self-influence of every training sample (``solver="lowrank"``: the closed form of the
+    low-rank fit; any other solver: one exact solve per sample), and with a validation set
+    harm_i = −Σ_q ∇ℓ_qᵀ(H + λI)⁻¹∇ℓ_i over at most :data:`MAX_VALIDATION_QUERIES` of its samples
+    (positive: removing sample i would lower the validation loss)."""
+    config = self_influence_config(spec)
+    exact = config.solver != "lowrank"
+    common: dict[str, Any] = {"loss_fn": loaded.loss_fn, "callback": callback, "should_stop": should_stop}
+    scores = gif.self_influence(loaded.model, loaded.train, config=config, exact=exact, **common)
+    harm = None
+    if loaded.validation is not None:
+        vx, vy = loaded.validation
+        pick = torch.arange(len(vy))
+        if len(vy) > MAX_VALIDATION_QUERIES:
+            gen = torch.Generator().manual_seed(config.seed)
+            pick = torch.sort(torch.randperm(len(vy), generator=gen)[:MAX_VALIDATION_QUERIES]).values
+        queries = (take(vx, pick), vy[pick])
+        harm = -gif.scores(loaded.model, loaded.train, queries, config=config, **common).sum(dim=0)
+    top = {"k": min(spec.top_k, len(scores)), "self_influence": ranked(scores, spec.top_k)}
+    if harm is not None:
+        top["validation_harm"] = ranked(harm, spec.top_k)
+    return SelfInfluenceOutcome(scores, harm, top, config, exact)
+
+
 def run_engine(
     spec: Spec,
     loaded: Loaded,
@@ -61,6 +114,8 @@ def run_engine(
 
     ``cache`` (content-addressed gradients, selections, solves, curvature fits) serves the edits.
     """
+    if isinstance(spec, SelfInfluenceJob):
+        return run_self_influence(spec, loaded, callback, should_stop)
     if isinstance(spec, ScoresJob):
         assert loaded.queries is not None, "a scores job has a queries dataset"
         solve = scores_config(spec)
@@ -148,4 +203,4 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
 
 def newton_steps(spec: Spec) -> int:
     """Outer Newton steps the edit will take at most (for progress fractions); 1 for scores."""
-    return 1 if isinstance(spec, ScoresJob) else edit_config(spec).newton_steps
+    return 1 if isinstance(spec, ScoresJob | SelfInfluenceJob) else edit_config(spec).newton_steps

@@ -25,7 +25,7 @@ from gif.io import programs
 from jobs.blobs import BlobStore
 from jobs.specs import HuggingFaceModel, RegistryModel, Spec
 
-from .execute import EditOutcome, Outcome, ScoresOutcome
+from .execute import EditOutcome, Outcome, ScoresOutcome, SelfInfluenceOutcome
 from .loading import Loaded
 
 #: Longest per-query list copied into the inline summary.
@@ -82,6 +82,8 @@ def write_results(
 ) -> Results:
     if isinstance(outcome, EditOutcome):
         return _edit_results(job_id, spec, loaded, outcome, blobs, prov)
+    if isinstance(outcome, SelfInfluenceOutcome):
+        return _self_influence_results(job_id, outcome, blobs, prov)
     return _scores_results(job_id, loaded, outcome, blobs, prov)
 
 
@@ -284,6 +286,56 @@ def _scores_results(
         for key, value in diagnostics.items()
     }
     summary["top_k"] = outcome.top_k["k"]
+    return Results(outputs, clean(summary), clean(prov))
+
+
+# -- self-influence --------------------------------------------------------------------------------
+
+
+def _self_influence_results(
+    job_id: str, outcome: SelfInfluenceOutcome, blobs: BlobStore, prov: dict[str, Any]
+) -> Results:
+    """``scores`` safetensors (``self_influence`` [n_train], ``validation_harm`` [n_train] with a
+    validation set), ``top_k`` JSON and a report; the summary lists the top-k, highest first."""
+    prov = {**prov, "options": outcome.config.to_dict(), "seed": outcome.config.seed}
+    tensors = {"self_influence": outcome.self_influence}
+    if outcome.validation_harm is not None:
+        tensors["validation_harm"] = outcome.validation_harm
+    path = blobs.tmp_path(".safetensors")
+    safetensors.torch.save_file(
+        {name: t.detach().cpu().contiguous() for name, t in tensors.items()},
+        str(path),
+        metadata={
+            "job_id": job_id,
+            "layout": "[n_train]",
+            "train_sha256": prov["input_digests"].get("train", ""),
+        },
+    )
+    n_train = len(outcome.self_influence)
+    report = {
+        "object": "report", "job_id": job_id, "type": "self_influence", "n_train": n_train,
+        "exact": outcome.exact, "top_k": outcome.top_k, "provenance": prov,
+    }  # fmt: skip
+    outputs = [
+        Output(
+            "scores",
+            "safetensors",
+            path,
+            f"{job_id}-self-influence.safetensors",
+            {"shape": [n_train], "tensors": sorted(tensors)},
+        ),
+        _json_output(blobs, "top_k", outcome.top_k, f"{job_id}-top-k.json"),
+        _json_output(blobs, "report", report, f"{job_id}-report.json"),
+    ]
+    summary = {
+        "n_train": n_train,
+        "solver": outcome.config.solver,
+        "exact": outcome.exact,
+        **{
+            key: value[:SUMMARY_LIST_CAP] if isinstance(value, list) else value
+            for key, value in outcome.top_k.items()
+        },
+    }
     return Results(outputs, clean(summary), clean(prov))
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import gif.memory
-from jobs.specs import ScoresJob, Spec
+from jobs.specs import ScoresJob, SelfInfluenceJob, Spec
 
-from .execute import edit_config, scores_config
+from .execute import edit_config, scores_config, self_influence_config
 from .loading import Loaded
 
 
@@ -22,8 +22,8 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
     when it exceeds ``budget`` bytes (0: no check)."""
     inputs, labels = loaded.train
     n = int(labels.shape[0])
-    if isinstance(spec, ScoresJob):
-        solve = scores_config(spec)
+    if isinstance(spec, ScoresJob | SelfInfluenceJob):
+        solve = scores_config(spec) if isinstance(spec, ScoresJob) else self_influence_config(spec)
         samples, chunk, per_chunk = n, solve.chunk_size, solve.memory_budget
     else:
         edit = edit_config(spec)

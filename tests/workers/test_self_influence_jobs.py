@@ -1,0 +1,123 @@
+"""The ``self_influence`` job (mislabel triage), in-process: every training sample's score as a
+safetensors artifact, the top-k most suspicious samples highest first, a second ranking with a
+trusted validation set."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import safetensors.torch
+import torch
+
+import gif
+from jobs import artifacts, specs, store
+from jobs.config import Settings
+from jobs.states import JobStatus
+from jobs.submit import submit_job
+from tests import factories
+from workers.runner import WorkerContext, run_job
+
+TENANT = "t1"
+SHAPE = [1, 8, 8]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return factories.digits()
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return factories.train_mlp(data, epochs=10)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    settings = Settings(
+        home=tmp_path, executor="none", workers=0, heartbeat_seconds=0.2, progress_seconds=0.0
+    )
+    context = WorkerContext.create(settings, owner="test-worker", shutdown=threading.Event())
+    yield context
+    context.db.dispose()
+
+
+def _artifact(ctx, path, kind, metadata=None) -> str:
+    with open(path, "rb") as f:
+        blob = ctx.blobs.put(f)
+    with ctx.db.begin() as session:
+        return artifacts.create_artifact(
+            session, tenant_id=TENANT, kind=kind, format="safetensors", sha256=blob.sha256, size_bytes=blob.size,
+            metadata=metadata or {},
+        ).id  # fmt: skip
+
+
+@pytest.fixture
+def inputs(ctx, tmp_path, data, model):
+    paths = factories.write_files(tmp_path / "files", data, model)
+    return {
+        "checkpoint": _artifact(ctx, paths["checkpoint"], "checkpoint"),
+        "train": _artifact(
+            ctx, paths["train"], "dataset", {"n_samples": len(data.y_train), "input_shape": SHAPE}
+        ),
+        "test": _artifact(
+            ctx, paths["test"], "dataset", {"n_samples": len(data.y_test), "input_shape": SHAPE}
+        ),
+    }
+
+
+def _run(ctx, body) -> tuple[dict, dict[str, bytes]]:
+    job_id = submit_job(ctx.db, ctx.settings, TENANT, specs.parse(body), fingerprint="f").job.id
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
+    with ctx.db.read() as session:
+        result = json.loads(store.require_job(session, TENANT, job_id).result_json)
+        files = {
+            e["kind"]: ctx.blobs.path(artifacts.get_artifact(session, TENANT, e["id"]).sha256).read_bytes()
+            for e in result["artifacts"]
+        }
+    return result, files
+
+
+def _body(inputs, **changes) -> dict:
+    model = {"arch": "mlp", "config": dict(factories.MLP_CONFIG), "checkpoint": inputs["checkpoint"]}
+    return {"type": "self_influence", "model": model, "train": inputs["train"], "top_k": 15, **changes}
+
+
+def test_self_influence_job_returns_every_score_and_the_top_k(ctx, inputs, data, model):
+    result, files = _run(ctx, _body(inputs, validation=inputs["test"]))
+    assert set(files) == {"scores", "top_k", "report"}
+    tensors = safetensors.torch.load(files["scores"])
+    scores = tensors["self_influence"]
+    assert scores.shape == (len(data.y_train),)
+    expected = gif.self_influence(model, (data.x_train, data.y_train))
+    torch.testing.assert_close(scores, expected)
+    top = result["summary"]["self_influence"]
+    assert [e["index"] for e in top] == torch.sort(expected, descending=True, stable=True).indices[
+        :15
+    ].tolist()
+    assert result["summary"]["k"] == 15 and result["summary"]["exact"] is False
+    harm = tensors["validation_harm"]
+    assert [e["index"] for e in result["summary"]["validation_harm"]] == torch.sort(
+        harm, descending=True, stable=True
+    ).indices[:15].tolist()
+    assert json.loads(files["top_k"])["self_influence"] == top
+
+
+def test_an_exact_solver_solves_per_sample(ctx, inputs, data, tmp_path):
+    path = tmp_path / "small.safetensors"
+    gif.io.save_dataset(data.x_train[:24], data.y_train[:24], path)
+    small = _artifact(ctx, path, "dataset", {"n_samples": 24, "input_shape": SHAPE})
+    result, files = _run(ctx, _body(inputs, train=small, top_k=3, options={"solver": "cg", "max_iter": 3}))
+    assert result["summary"]["exact"] is True and result["summary"]["solver"] == "cg"
+    assert "validation_harm" not in safetensors.torch.load(files["scores"])
+
+
+def test_spec_bounds():
+    body = {"type": "self_influence", "model": {"arch": "mlp", "checkpoint": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC"},
+            "train": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBD"}  # fmt: skip
+    assert specs.parse(body).top_k == 10
+    with pytest.raises(ValueError):
+        specs.parse({**body, "top_k": 0})
+    with pytest.raises(ValueError):
+        specs.parse({**body, "queries": body["train"]})
