@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from digits import CNN, accuracy, add_trigger, load_digits, report, train
+from digits import CNN, accuracy, add_trigger, load_digits, poison, report, train
 
 import gif
 
@@ -45,20 +45,9 @@ METHODS: dict[str, dict] = {
 }
 
 
-def poison(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Trigger + label 4 on 10% of the training set, drawn from samples whose label is not 4."""
-    gen = torch.Generator().manual_seed(seed)
-    candidates = torch.nonzero(y != TARGET).flatten()
-    idx = torch.sort(candidates[torch.randperm(len(candidates), generator=gen)[: len(y) // 10]]).values
-    xp, yp = x.clone(), y.clone()
-    xp[idx] = add_trigger(xp[idx])
-    yp[idx] = TARGET
-    return xp, yp, idx
-
-
 def run(seed: int) -> dict[str, list[float]]:
     s = load_digits(seed)
-    xp, yp, idx = poison(s.x_train, s.y_train, seed)
+    xp, yp, idx = poison(s.x_train, s.y_train, seed, add_trigger, TARGET)
     model = train(CNN, xp, yp, seed=seed)
     fixed = yp.clone()
     fixed[idx] = s.y_train[idx]

@@ -8,6 +8,7 @@ examples run offline. Pixels are scaled to [0, 1]; a fixed seeded split gives 1,
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +41,17 @@ def load_digits(seed: int = 0) -> Split:
     return Split(x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:])
 
 
-def build(arch: dict) -> nn.Module:
+def build(arch: dict | Callable[[], nn.Module]) -> nn.Module:
+    """A registry architecture (``{"name": ..., **config}``) or a user's module factory."""
+    if callable(arch):
+        return arch()
     config = dict(arch)
     return gif.models.build(config.pop("name"), **config)
 
 
-def train(arch: dict, x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int = 40) -> nn.Module:
+def train(
+    arch: dict | Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int = 40
+) -> nn.Module:
     """SGD with momentum and weight decay (the paper's recipe, shortened), batch 64."""
     torch.manual_seed(seed)
     model = build(arch)
@@ -62,6 +68,24 @@ def train(arch: dict, x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: in
             opt.step()
         sched.step()
     return model.eval()
+
+
+def poison(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    trigger: Callable[[torch.Tensor], torch.Tensor],
+    target: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``trigger`` + label ``target`` on 10% of the training set, drawn from samples whose label
+    is not ``target``: (poisoned inputs, poisoned labels, poisoned indices)."""
+    gen = torch.Generator().manual_seed(seed)
+    candidates = torch.nonzero(y != target).flatten()
+    idx = torch.sort(candidates[torch.randperm(len(candidates), generator=gen)[: len(y) // 10]]).values
+    xp, yp = x.clone(), y.clone()
+    xp[idx] = trigger(xp[idx])
+    yp[idx] = target
+    return xp, yp, idx
 
 
 def add_trigger(x: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ import torch
 import gif
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-from backdoor_relabel import TARGET, poison
-from digits import MLP, accuracy, add_trigger, load_digits, train
+from backdoor_relabel import TARGET
+from digits import MLP, accuracy, add_trigger, load_digits, poison, train
 
 pytest.importorskip("sklearn")
 
@@ -38,7 +38,7 @@ def test_default_class_removal_matches_retraining(seed):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_default_backdoor_relabel_approaches_retraining(seed):
     s = load_digits(seed)
-    xp, yp, idx = poison(s.x_train, s.y_train, seed)
+    xp, yp, idx = poison(s.x_train, s.y_train, seed, add_trigger, TARGET)
     model = train(MLP, xp, yp, seed=seed, epochs=30)
     fixed = yp.clone()
     fixed[idx] = s.y_train[idx]
