@@ -130,7 +130,6 @@ def run_engine(
         )
         return ScoresOutcome(result, gif.top_k(result.scores, spec.top_k), solve)
     config = edit_config(spec)
-    cache = cache if _cacheable(loaded) else None
     if isinstance(spec, RemoveJob):
         forget = spec.forget
         target: torch.Tensor | dict[str, int] = (
@@ -152,15 +151,6 @@ def run_engine(
             loss_fn=loaded.loss_fn, callback=callback, should_stop=should_stop, cache=cache,
         )  # fmt: skip
     return EditOutcome(edited, config)
-
-
-def _cacheable(loaded: Loaded) -> bool:
-    """Whether the engine's cache can key this job's data: named inputs are digested under the
-    key kind ``named``, which gif/cache/keys.py's ``KINDS`` must list (until it does, such jobs
-    run without the cache rather than fail)."""
-    from gif.cache.keys import KINDS
-
-    return isinstance(loaded.train[0], torch.Tensor) or "named" in KINDS
 
 
 def resolve_device(setting: str) -> torch.device:

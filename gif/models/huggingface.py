@@ -76,10 +76,15 @@ def build(config: Mapping[str, Any]) -> nn.Module:
     attention = config.get("_attn_implementation") or config.get("attn_implementation")
     hf_config._attn_implementation = attention if attention in ATTENTION else "sdpa"
     try:
-        model = head(hf_config)
-    except ValueError:  # a model without SDPA support (ConvNeXt, ResNet, …): its own eager code
-        hf_config._attn_implementation = "eager"
-        model = head(hf_config)
+        try:
+            model = head(hf_config)
+        except ValueError:  # a model without SDPA support (ConvNeXt, ResNet, …): its own eager code
+            hf_config._attn_implementation = "eager"
+            model = head(hf_config)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise UnsupportedModelError(
+            f"transformers cannot build this {head.__name__} config: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     return model.eval()
 
 

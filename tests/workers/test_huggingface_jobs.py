@@ -192,12 +192,14 @@ def test_the_inspectors_checks_name_each_problem(bert):
 
 
 def test_whatever_transformers_raises_while_building_is_unsupported_model():
-    """A ConvNeXt (no attention) cannot take the `sdpa` implementation the engine asks for."""
+    """A ConvNeXt (no attention) builds with its eager code; one whose stage lists disagree with
+    its stage count makes transformers raise IndexError: unsupported_model, not an internal error."""
+    good = transformers.ConvNextConfig(num_channels=1, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)
+    assert type(huggingface.build(good.to_dict())).__name__ == "ConvNextForImageClassification"
     config = transformers.ConvNextConfig(num_channels=1, hidden_sizes=[8, 16], depths=[1, 1]).to_dict()
-    try:
+    with pytest.raises(gif.errors.GifError, match="transformers cannot build") as bad:
         huggingface.build(config)
-    except gif.errors.GifError as exc:
-        assert exc.code == "unsupported_model" and "ConvNext" in exc.message
+    assert bad.value.code == "unsupported_model"
     broken = {**json.loads(H.bert_config().to_json_string()), "num_attention_heads": 5}  # 16 % 5 != 0
     with pytest.raises(
         gif.errors.GifError, match=r"transformers cannot build this config|not a multiple"
