@@ -174,17 +174,21 @@ def test_npz_declaring_a_huge_array_is_refused(client_a, tmp_path):
 
 def test_an_expired_upload_is_gone_then_purged_and_can_be_uploaded_again(tmp_path, files):
     import time
+    from datetime import UTC, datetime
 
     from jobs import retention
 
     home = tmp_path / "home"
-    app = create_app(make_settings(home, upload_ttl_seconds=2))  # kept two seconds
+    # kept ten seconds: longer than an upload's inspection takes on a loaded 2-core machine (the
+    # expiry counts from the upload's start), then the test waits until the stated expiry
+    app = create_app(make_settings(home, upload_ttl_seconds=10))
     services = app.state.services
     with client_for(app, "tenantA") as client:
         first = upload(client, files["queries"], "dataset").json()
         assert first["expires_at"] is not None
         assert client.get(f"/v1/artifacts/{first['id']}").status_code == 200
-        time.sleep(2.1)
+        expires = datetime.fromisoformat(first["expires_at"].replace("Z", "+00:00"))
+        time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
 
         for url in (f"/v1/artifacts/{first['id']}", f"/v1/artifacts/{first['id']}/content"):
             gone = client.get(url)
