@@ -179,9 +179,9 @@ def test_an_expired_upload_is_gone_then_purged_and_can_be_uploaded_again(tmp_pat
     from jobs import retention
 
     home = tmp_path / "home"
-    # kept ten seconds: longer than an upload's inspection takes on a loaded 2-core machine (the
+    # kept 20 seconds: longer than an upload's inspection takes on a loaded 2-core machine (the
     # expiry counts from the upload's start), then the test waits until the stated expiry
-    app = create_app(make_settings(home, upload_ttl_seconds=10))
+    app = create_app(make_settings(home, upload_ttl_seconds=20))
     services = app.state.services
     with client_for(app, "tenantA") as client:
         first = upload(client, files["queries"], "dataset").json()
