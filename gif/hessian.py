@@ -81,6 +81,7 @@ class FlatModel:
         self._fixed.update(dict(model.named_buffers()))
         self.theta = self.space.vector(model).clone()
         self.unbatchable = False  # set when vmap over samples fails (gif/scoring.py)
+        self._outputs_checked = False
         if not bool(torch.isfinite(self.theta).all()):
             bad = [
                 s.name
@@ -117,7 +118,11 @@ class FlatModel:
 
     def check_outputs(self, inputs: inputs_.Inputs, *, rtol: float = 1e-4) -> None:
         """Raise :class:`NumericalError` unless the functional evaluation the engine differentiates
-        (parameters swapped in, attention on the MATH kernel) gives the model's own outputs."""
+        (parameters swapped in, attention on the MATH kernel) gives the model's own outputs. Only
+        in eval mode (in training mode a forward may update BatchNorm buffers or draw dropout
+        masks), and once per model: operators built on the same FlatModel share the verdict."""
+        if self.model.training or self._outputs_checked:
+            return
         with torch.no_grad():
             own = inputs_.call(self.model, inputs)
             ours = self.outputs(self.theta, inputs)
@@ -127,6 +132,12 @@ class FlatModel:
                 "the model's outputs differ from its functional evaluation (parameters swapped in, "
                 "attention on the MATH kernel): influence cannot be computed for this model"
             )
+        self._outputs_checked = True
+
+    def sample_bytes(self, inputs: inputs_.Inputs) -> int:
+        """Bytes every leaf module outputs for the first sample of ``inputs`` (gif/memory.py)."""
+        one = inputs_.take(inputs, slice(0, 1))
+        return activation_bytes(self.model, lambda: self.outputs(self.theta, one), self.theta.element_size())
 
 
 class HessianOperator:
@@ -170,6 +181,7 @@ class HessianOperator:
         self.data = Chunks(data, chunk_size=chunk_size, device=self.flat.device, what=what)
         self.flat.check_outputs(inputs_.take(self.data.chunks[0].inputs, slice(0, 2)))
         self.chunk_size = chunk_size
+        self._sample_bytes: int | None = None
         if memory_budget is not None:
             self.chunk_size = fitting_chunk(chunk_size, self.sample_bytes(), memory_budget)
             if max(len(c) for c in self.data) > self.chunk_size:
@@ -188,11 +200,10 @@ class HessianOperator:
         return self.data.total
 
     def sample_bytes(self) -> int:
-        """Bytes every leaf module outputs for one sample (gif/memory.py)."""
-        one = inputs_.take(self.data.chunks[0].inputs, slice(0, 1))
-        return activation_bytes(
-            self.flat.model, lambda: self.flat.outputs(self.flat.theta, one), self.flat.theta.element_size()
-        )
+        """Bytes every leaf module outputs for one sample (measured once per operator)."""
+        if self._sample_bytes is None:
+            self._sample_bytes = self.flat.sample_bytes(self.data.chunks[0].inputs)
+        return self._sample_bytes
 
     def estimate_graph_bytes(self) -> int:
         """Rough memory of the cached double-backward graphs of all chunks.

@@ -37,7 +37,7 @@ from .errors import InvalidArgumentError, NumericalError
 from .hessian import FlatModel, HessianOperator, LossFn
 from .inputs import Inputs, take, to
 from .inverse import InverseHessian, Solution, inverse_for
-from .memory import activation_bytes, per_sample_gradient_chunk
+from .memory import per_sample_gradient_chunk
 from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian, Monitor
 
@@ -271,10 +271,7 @@ def _scoring_chunk(flat: FlatModel, train: Batch, config: SolveConfig) -> int:
     ``memory_budget`` (each sample holds a p-vector and its pass's activations)."""
     if config.memory_budget is None:
         return config.chunk_size
-    one = to(take(train[0], slice(0, 1)), flat.device)
-    per_sample = activation_bytes(
-        flat.model, lambda: flat.outputs(flat.theta, one), flat.theta.element_size()
-    )
+    per_sample = flat.sample_bytes(to(take(train[0], slice(0, 1)), flat.device))
     return per_sample_gradient_chunk(
         config.chunk_size, per_sample, flat.space.size, flat.theta.element_size(), config.memory_budget
     )

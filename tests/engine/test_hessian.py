@@ -77,3 +77,13 @@ def test_auto_backend_picks_graph_when_it_fits_and_func_otherwise(tiny):
     assert tight.backend == "func"
     v = torch.randn(small.size, dtype=torch.float64, device=data[0].device)
     torch.testing.assert_close(small.hvp(v), tight.hvp(v), rtol=1e-10, atol=1e-12)
+
+
+def test_building_an_operator_leaves_a_training_mode_model_untouched():
+    """The output check is skipped in training mode: a forward there would update BatchNorm's
+    running statistics."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    HessianOperator(model, (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
