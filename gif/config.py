@@ -257,10 +257,10 @@ class EditConfig(SolveConfig):
             "largest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True, service=False
         ),
     )
-    growth: float = field(default=math.sqrt(2.0), metadata=_meta("ratio between successive searched steps", low=1.0, high=math.inf, low_open=True,
+    growth: float = field(default=4.0, metadata=_meta("ratio between successive searched steps (a golden-section search refines the best)", low=1.0, high=math.inf, low_open=True,
         service=False))  # fmt: skip
     patience: int = field(
-        default=4, metadata=_meta("non-improving steps before the search stops", low=1, service=False)
+        default=2, metadata=_meta("non-improving steps before the search stops", low=1, service=False)
     )
 
     def __post_init__(self) -> None:

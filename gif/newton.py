@@ -161,6 +161,8 @@ class Edit:
             if outcome.scale == 0.0:
                 break  # no step along this direction improves the objective: done
             after = (outcome.objective, outcome.metrics)
+            if outcome.objective >= 1.0:
+                break  # the objective's maximum: another step cannot improve it
         delta = space.vector(model) - theta0
         audit = self._audit()
         report = self._report(params, steps, before, after, delta, theta0)

@@ -10,8 +10,9 @@ the model (docs/benchmarks.md). Two policies:
   "Step chosen on test data"); here t runs over a geometric grid t₀·γ^k between bounds the
   caller sets (edits use relative step norms ‖t·d‖/‖θ_T‖ ∈ [1e-5, 1], so it does not matter
   whether the solver stopped early and returned a short d), stops after ``patience``
-  non-improving steps, then refines between the best point's neighbours. Only validation data
-  and the edited samples themselves are ever evaluated.
+  non-improving steps or at the objective's maximum (1), then refines between the best point's
+  neighbours by a golden-section search. Only validation data and the edited samples themselves
+  are ever evaluated.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ def search_step(
 ) -> StepOutcome:
     """Maximise ``objective(t)`` over t ∈ {0} ∪ geometric grid, then refine around the best.
 
-    Ties go to the smaller step (the smaller change to the model).
+    The grid t₀·γ^k brackets the best step within a factor γ either side; ``refine`` evaluations
+    of a golden-section search on log t then narrow that bracket by 0.618 each (a coarse γ = 4
+    with 4 refinements resolves the step to ~±20% in ~12 evaluations, where a fine γ = √2 grid
+    needs ~30; docs/benchmarks.md). Ties go to the smaller step (the smaller change to the model).
     """
     tried: dict[float, tuple[float, dict]] = {}
 
@@ -76,7 +80,7 @@ def search_step(
     best_t, best = 0.0, visit(0.0)
     misses = 0
     t = min_scale
-    while t <= max_scale * (1 + 1e-12):
+    while t <= max_scale * (1 + 1e-12) and best < 1.0:
         value = visit(t)
         if value > best + 1e-12:
             best_t, best, misses = t, value, 0
@@ -85,12 +89,37 @@ def search_step(
             if misses >= patience and best_t > 0.0:
                 break
         t *= growth
-    if best_t > 0.0:
-        lo, hi = math.log(best_t / growth), math.log(best_t * growth)
-        for k in range(1, refine + 1):
-            t = math.exp(lo + (hi - lo) * k / (refine + 1))
-            value = visit(t)
-            if value > best + 1e-12 or (abs(value - best) <= 1e-12 and t < best_t):
-                best_t, best = t, value
+    if best_t > 0.0 and refine > 0:
+        best_t, best = _golden_refine(visit, best_t, best, growth, refine)
     trace = [{"scale": t, "objective": v} for t, (v, _) in sorted(tried.items())]
     return StepOutcome("search", best_t, best, tried[best_t][1], trace)
+
+
+_INVERSE_PHI = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def _golden_refine(
+    visit: Callable[[float], float], best_t: float, best: float, growth: float, evaluations: int
+) -> tuple[float, float]:
+    """Golden-section search for the maximum on log t ∈ [log(best_t/γ), log(best_t·γ)], keeping
+    the best point seen (the objective is piecewise constant, so the bracket only guides)."""
+    lo, hi = math.log(best_t / growth), math.log(best_t * growth)
+    inner, inner_value = math.log(best_t), best
+    for _ in range(evaluations):
+        # probe the larger side of the bracket at its golden point
+        if hi - inner >= inner - lo:
+            probe = inner + (1.0 - _INVERSE_PHI) * (hi - inner)
+        else:
+            probe = inner - (1.0 - _INVERSE_PHI) * (inner - lo)
+        t = math.exp(probe)
+        value = visit(t)
+        if value > inner_value + 1e-12:
+            lo, hi = (inner, hi) if probe > inner else (lo, inner)
+            inner, inner_value = probe, value
+        elif probe > inner:
+            hi = probe
+        else:
+            lo = probe
+        if value > best + 1e-12 or (abs(value - best) <= 1e-12 and t < best_t):
+            best_t, best = t, value
+    return best_t, best

@@ -428,7 +428,9 @@ def test_warm_removal_equals_cold_and_computes_nothing(problem, cache, options, 
         zip(("gradients", "hvps", "forward_evaluations"), cold_work, strict=True)
     )
     if options.get("step", "search") == "search":
-        assert len(cold.report["newton_steps"]) >= 2  # the later-step gradient path is covered
+        # the later-step gradient path is covered, unless the first step reached the objective's max
+        steps = cold.report["newton_steps"]
+        assert len(steps) >= 2 or steps[0]["step"]["objective"] == 1.0
     # a cold run only finds what it measured itself (the step search revisits points)
     assert {h["kind"] for h in cold.report["cache"]["hits"]} <= {"evaluation"}
     work.reset()

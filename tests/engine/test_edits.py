@@ -184,3 +184,14 @@ def test_bad_requests():
         gif.relabel(model, (x, y), [0], [7])
     with pytest.raises(InvalidArgumentError, match="one per index"):
         gif.relabel(model, (x, y), [0, 1], [1])
+
+
+def test_newton_steps_stop_at_the_objectives_maximum_and_only_there():
+    from .test_cache import trained_problem
+
+    model, train = trained_problem()
+    reached = gif.remove(model, train, {"class": 1}, method="if", newton_steps=4).report["newton_steps"]
+    assert len(reached) == 1
+    assert reached[0]["step"]["objective"] == 1.0 and reached[0]["step"]["scale"] > 0.0
+    below = gif.remove(model, train, {"class": 1}, newton_steps=4).report["newton_steps"]
+    assert len(below) >= 2 and all(s["step"]["objective"] < 1.0 for s in below[:-1])
