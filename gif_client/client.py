@@ -243,9 +243,32 @@ class Client:
                 response.close()
 
     # -- jobs ------------------------------------------------------------------------------------
-    def submit(self, body: dict, idempotency_key: str | None = None) -> dict:
-        """``POST /v1/jobs``; returns the job (202). The same key replays the same job."""
+    def submit(
+        self,
+        body: dict,
+        idempotency_key: str | None = None,
+        *,
+        webhook: str | Mapping[str, Any] | None = None,
+    ) -> dict:
+        """``POST /v1/jobs``; returns the job (202). The same key replays the same job.
+
+        ``webhook``: a URL (notified when the job completes) or ``{"url", "events"}`` with events
+        ``completed`` and/or ``progress``; deliveries are signed with :meth:`webhook_secret`.
+        """
+        if webhook is not None:
+            body = {**body, "webhook": {"url": webhook} if isinstance(webhook, str) else dict(webhook)}
         return self._http.request("POST", "/v1/jobs", json=body, idempotency_key=idempotency_key).json()
+
+    # -- webhooks ----------------------------------------------------------------------------------
+    def webhook_secret(self) -> str:
+        """The ``whsec_…`` secret that signs this tenant's webhook deliveries (created on first use);
+        verify deliveries with it, e.g. ``standardwebhooks.Webhook(secret).verify(body, headers)``."""
+        return self._http.request("GET", "/v1/webhooks/secret").json()["secret"]
+
+    def rotate_webhook_secret(self) -> str:
+        """Replace the secret; returns the new one. Deliveries carry signatures by both the new and
+        the former secret for the server's grace period (``GIF_WEBHOOK_SECRET_GRACE_SECONDS``)."""
+        return self._http.request("POST", "/v1/webhooks/secret/rotate").json()["secret"]
 
     def job(self, job_id: str) -> dict:
         return self._http.request("GET", f"/v1/jobs/{job_id}").json()

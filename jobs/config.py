@@ -273,6 +273,43 @@ class Settings(BaseSettings):
         description="Jobs validating or queued over all tenants (0: no limit); over it the service "
         "answers submissions 503 queue-full (backpressure).",
     )
+    webhook_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated host names (exact) and CIDRs (10.0.0.0/8, ::1/128) that webhook URLs may "
+        "target although they are loopback, private, link-local or reserved; everything else such is refused "
+        "at submit and at each delivery (SSRF guard). Default: none.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Time limit of one webhook delivery attempt (connect, and each read); slower counts as "
+        "failed and is retried.",
+    )
+    webhook_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Delay before the first retry of a failed webhook delivery; it doubles after every "
+        "further failure (5 s, 10 s, 20 s, …).",
+    )
+    webhook_retry_horizon_seconds: float = Field(
+        default=1 * DAY,
+        gt=0,
+        description="How long after its event a webhook delivery is retried (default 24 h); no attempt is "
+        "scheduled past it, and the delivery is then given up.",
+    )
+    webhook_secret_grace_seconds: float = Field(
+        default=1 * DAY,
+        ge=0,
+        description="After POST /v1/webhooks/secret/rotate, how long deliveries stay signed with the former "
+        "secret as well as the new one (default 24 h), so receivers can switch without losing events.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often the API process looks for webhook deliveries that are due.",
+    )
     executor: str = Field(
         default="auto",
         description='The executor started with the API, as "module:Class"; "none" starts no executor; '
@@ -331,6 +368,15 @@ class Settings(BaseSettings):
         if problems := cross_check(self):
             raise ValueError("\n".join(problems))
         return self
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _allow_list_parses(cls, value: str) -> str:
+        """A CIDR that does not parse is refused at start-up, not found wrong at the first delivery."""
+        from .webhook_targets import AllowList
+
+        AllowList.parse(value)
+        return value
 
     @field_validator("blob_url", "s3_endpoint_url", "s3_public_endpoint_url", "s3_region", "database_url",
                      "broker_url", "redis_url", mode="before")  # fmt: skip
@@ -432,6 +478,15 @@ def cross_check(settings: Settings) -> list[str]:
             f"+ {INSPECTOR_KILL_MARGIN:g} ({inspection:g}): the orphan sweep would delete an upload's "
             "temporary file while the inspector still reads it; raise GIF_ORPHAN_GRACE_SECONDS (default "
             "21600) or lower GIF_VALIDATOR_TIMEOUT_SECONDS"
+        )
+    # jobs/webhooks.py (next_attempt) schedules no retry past the horizon: a first retry delay
+    # beyond it would give every failed delivery up after its first attempt.
+    first, horizon = settings.webhook_retry_seconds, settings.webhook_retry_horizon_seconds
+    if first >= horizon:
+        problems.append(
+            f"GIF_WEBHOOK_RETRY_SECONDS ({first:g}) must be below GIF_WEBHOOK_RETRY_HORIZON_SECONDS ({horizon:g}): "
+            "a failed webhook delivery would never be retried; lower the first or raise the second "
+            "(defaults: 5 and 86400)"
         )
     return problems
 

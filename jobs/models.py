@@ -120,6 +120,8 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    #: the request's webhook ``{url, events, deliveries}``, attempts appended (jobs/webhooks.py); NULL: none
+    webhook_json: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -157,3 +159,44 @@ class IdempotencyKey(Base):
     job_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class WebhookSecret(Base):
+    """A tenant's webhook signing secret; after a rotation the former one stays valid a while."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    #: until when deliveries are signed with ``previous_secret`` too
+    previous_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event to deliver to a job's webhook, retried until it is accepted or the
+    retry horizon passes. ``id`` is the ``webhook-id`` header, the same on every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    tenant_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    #: job.succeeded | job.failed | job.cancelled | job.progress
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    #: "completed", or "progress:<stage>": one delivery per job and key
+    event_key: Mapped[str] = mapped_column(String(80), nullable=False)
+    #: pending | delivered | failed (given up)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: when the next attempt may start (also the claim of the attempt under way); NULL once done
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: the body, fixed at the first attempt so that every retry sends the same bytes
+    payload_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+
+    __table_args__ = (
+        Index("ux_webhook_deliveries_job_event", "job_id", "event_key", unique=True),
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    )

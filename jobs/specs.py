@@ -391,9 +391,44 @@ class Relabel(Strict):
         return self
 
 
+WebhookEvent = Literal["completed", "progress"]
+
+
+def _completed_only() -> list[WebhookEvent]:
+    return ["completed"]
+
+
+class Webhook(Strict):
+    """Where to send signed notifications of the job's events (docs/service.md, "Webhooks").
+    The URL's host is checked at submit (jobs/webhook_targets.py), not here: that resolves names."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="An https:// (or http://) URL; its host must not be a loopback, private, link-local "
+        "or reserved address unless the operator allows it (GIF_WEBHOOK_ALLOWED_HOSTS).",
+        examples=["https://hooks.example.com/gif"],
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=_completed_only,
+        min_length=1,
+        max_length=2,
+        description="`completed`: the job ended (succeeded, failed or cancelled); `progress`: the job "
+        "entered a new stage.",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _distinct(cls, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        return sorted(set(events))
+
+
 class _Job(Strict):
     model: ModelSpec
     train: ArtifactId = Field(description="Artifact id of the training dataset (kind `dataset`).")
+    webhook: Webhook | None = Field(
+        None, description="Optional: signed HTTP callbacks when the job completes (and on progress)."
+    )
 
 
 HOLDOUT_HELP = (

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import idempotency
+from . import idempotency, webhooks
 from .clock import later, utcnow
 from .db import rows_matched
 from .errors import JobNotCancellable, JobNotTerminable, NotFound, ValidationFailed
@@ -74,6 +74,7 @@ def create_job(
         request_json=json.dumps(request, sort_keys=True),
         request_sha256=request_sha256,
         inputs_json=json.dumps(inputs, sort_keys=True),
+        webhook_json=webhooks.initial_record(request),
         created_at=now,
         updated_at=now,
     )
@@ -145,7 +146,10 @@ def transition(
     if token is not None:
         stmt = stmt.where(Job.lease_token == token)
     stmt = stmt.values(status=new.value, version=Job.version + 1, updated_at=utcnow(), **values)
-    return rows_matched(session, stmt.execution_options(synchronize_session=False)) == 1
+    changed = rows_matched(session, stmt.execution_options(synchronize_session=False)) == 1
+    if changed and new in TERMINAL:  # the webhook's outbox row, in the same transaction
+        webhooks.on_terminal(session, job_id, tenant_id, new.value)
+    return changed
 
 
 def _finish(
@@ -255,11 +259,14 @@ def update_progress(session: Session, lease: Lease, progress: dict[str, Any]) ->
             Job.status.in_([s.value for s in LEASED]),
         )
         .values(progress_json=json.dumps(progress), updated_at=utcnow())
-        .returning(Job.status)
+        .returning(Job.status, Job.webhook_json)
         .execution_options(synchronize_session=False)
     )
-    status = session.execute(stmt).scalar()
-    return None if status is None else JobStatus(status)
+    row = session.execute(stmt).first()
+    if row is None:
+        return None
+    webhooks.on_progress(session, lease.job_id, lease.tenant_id, row.webhook_json, progress)
+    return JobStatus(row.status)
 
 
 def hold_lease(session: Session, lease: Lease) -> bool:

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import artifacts, huggingface, idempotency, store
+from . import artifacts, huggingface, idempotency, store, webhook_targets
 from .config import Settings
 from .db import Database
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyReused, QueueFull, QuotaExceeded, ValidationFailed
@@ -60,7 +60,12 @@ def submit_job(
         ValidationFailed: an artifact is missing or of the wrong kind, an index or label is out of range.
         IdempotencyKeyReused: the key was used with a different request.
         IdempotencyKeyInFlight: the same request is being processed concurrently.
+        InvalidWebhook, WebhookTargetForbidden: the webhook URL (jobs/webhook_targets.py).
     """
+    if spec.webhook is not None:  # resolves the host: outside the write transaction
+        webhook_targets.check_url(
+            spec.webhook.url, webhook_targets.AllowList.parse(settings.webhook_allowed_hosts)
+        )
     if inspector is not None and isinstance(spec.model, HuggingFaceModel):
         preflight(db, tenant_id, spec, inspector, idempotency_key)
     try:

@@ -2,7 +2,8 @@
 
 Composition root: settings → database, blob store, keys, metrics; middleware; error handlers;
 routers; and a lifespan that starts the executor named by ``GIF_EXECUTOR`` (the embedded
-``workers.local`` executor by default) and stops it on shutdown.
+``workers.local`` executor by default) and the webhook deliverer (service/webhook_delivery.py, in
+both modes), and stops them on shutdown.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from jobs.executor import load_executor
 from . import errors, openapi
 from .deps import Services
 from .middleware import BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware, RequestIdMiddleware
-from .routers import admin, artifacts, health, jobs, uploads
+from .routers import admin, artifacts, health, jobs, uploads, webhooks
+from .webhook_delivery import WebhookDeliverer
 
 log = logs.get(__name__)
 
@@ -44,9 +46,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(executor.start)
         app.state.executor = executor
         await run_in_threadpool(services.inspector.prestart)
+        deliverer = WebhookDeliverer(settings, services.db)
+        deliverer.start()
         try:
             yield
         finally:
+            deliverer.stop()
             services.inspector.close()
             if executor is not None:
                 await run_in_threadpool(executor.stop)
@@ -61,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "jobs", "description": "Influence-function jobs."},
             {"name": "artifacts", "description": "Checkpoints, datasets and results."},
             {"name": "uploads", "description": "Resumable upload sessions for large files."},
+            {"name": "webhooks", "description": "The secret that signs webhook deliveries."},
             {"name": "health", "description": "Probes and versions."},
         ],
     )
@@ -78,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, artifacts, uploads, jobs, admin):
+    for module in (health, artifacts, uploads, jobs, webhooks, admin):
         app.include_router(module.router)
     openapi.install(app)
     return app

@@ -150,6 +150,23 @@ class JobLinks(_Open):
     cancel: str
 
 
+class WebhookAttempt(_Open):
+    """One attempt to deliver one event (a delivery's ``id`` is its ``webhook-id`` header)."""
+
+    id: str = Field(pattern=r"^msg_[0-9A-HJKMNP-TV-Z]{26}$")
+    type: Literal["job.succeeded", "job.failed", "job.cancelled", "job.progress"]
+    attempt: int = Field(ge=1)
+    at: str = _TIMESTAMP
+    status_code: int | None = Field(description="The receiver's HTTP status (null: no response).")
+    error: str | None = Field(description="Why the attempt failed (null: delivered).")
+
+
+class JobWebhook(_Open):
+    url: str
+    events: list[Literal["completed", "progress"]]
+    deliveries: list[WebhookAttempt] = Field(description="Attempts, oldest first (the latest 50).")
+
+
 class Job(_Open):
     """A job and everything known about it; ``result`` once succeeded, ``error`` once failed."""
 
@@ -171,6 +188,7 @@ class Job(_Open):
     )
     result: dict[str, Any] | None = Field(description="{artifacts, summary, provenance} once succeeded.")
     error: dict[str, Any] | None = Field(description="{code, message, …} once failed.")
+    webhook: JobWebhook | None = Field(None, description="The request's webhook and its delivery attempts.")
     links: JobLinks
 
 
@@ -226,3 +244,14 @@ class Version(_Open):
     artifact_kinds: list[str]
     checkpoint_formats: list[str]
     dataset_formats: list[str]
+
+
+class WebhookSecret(_Open):
+    """Verify deliveries with it (Standard Webhooks; e.g. the `standardwebhooks` package)."""
+
+    object: Literal["webhook_secret"]
+    secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/=]+$")
+    created_at: str = _TIMESTAMP
+    previous_secret_expires_at: str | None = Field(
+        description="After a rotation: until when deliveries are also signed with the former secret."
+    )

@@ -1,0 +1,40 @@
+"""``/v1/webhooks``: the tenant's signing secret for webhook deliveries (docs/service.md, "Webhooks")."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from jobs import webhooks
+
+from ..deps import ServicesDep, TenantDep
+from ..schemas import WebhookSecret, problems
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+
+@router.get(
+    "/secret",
+    operation_id="getWebhookSecret",
+    response_model=WebhookSecret,
+    summary="The secret that signs this tenant's webhook deliveries (created on first use)",
+    responses=problems(401),
+)
+def get_secret(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    with services.db.begin() as session:
+        row = webhooks.secret_of(session, tenant)
+        return JSONResponse(webhooks.secret_view(row), headers={"Cache-Control": "no-store"})
+
+
+@router.post(
+    "/secret/rotate",
+    operation_id="rotateWebhookSecret",
+    response_model=WebhookSecret,
+    summary="Replace the secret; the former one keeps signing during GIF_WEBHOOK_SECRET_GRACE_SECONDS",
+    responses=problems(401),
+)
+def rotate_secret(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    grace = services.settings.webhook_secret_grace_seconds
+    with services.db.begin() as session:
+        row = webhooks.rotate(session, tenant, grace)
+        return JSONResponse(webhooks.secret_view(row), headers={"Cache-Control": "no-store"})
