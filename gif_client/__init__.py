@@ -24,6 +24,7 @@ from .errors import (
     ValidationError,
     WaitTimeout,
 )
+from .progress import percent, progress_line
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -41,4 +42,6 @@ __all__ = [
     "ValidationError",
     "WaitTimeout",
     "__version__",
+    "percent",
+    "progress_line",
 ]

@@ -183,17 +183,14 @@ def _run(action: Callable[[gif_client.Client], Any], ctx: typer.Context) -> None
 
 
 def _progress_printer() -> Callable[[dict], None]:
-    last: list[Any] = [None]
+    """Prints each new progress line once; the line is the job page's (gif_client/progress.py)."""
+    last: list[str | None] = [None]
 
     def show(job: dict) -> None:
-        progress = job.get("progress") or {}
-        line = (job["status"], progress.get("stage"), progress.get("fraction"), progress.get("message"))
+        line = gif_client.progress_line(job)
         if line != last[0]:
             last[0] = line
-            fraction = f" {100 * line[2]:.0f}%" if isinstance(line[2], (int, float)) else ""
-            stage = f" {line[1]}" if line[1] else ""
-            message = f" {line[3]}" if line[3] else ""
-            typer.echo(f"[{job['id']}] {line[0]}{stage}{fraction}{message}", err=True)
+            typer.echo(f"[{job['id']}] {line}", err=True)
 
     return show
 
