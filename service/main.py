@@ -21,8 +21,14 @@ from jobs.executor import load_executor
 
 from . import errors, openapi
 from .deps import Services
-from .middleware import BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware, RequestIdMiddleware
-from .routers import admin, artifacts, health, jobs, uploads, webhooks
+from .middleware import (
+    BodyLimitMiddleware,
+    HeadMiddleware,
+    MetricsMiddleware,
+    PageHeadersMiddleware,
+    RequestIdMiddleware,
+)
+from .routers import admin, artifacts, health, jobs, ui, uploads, webhooks
 from .webhook_delivery import WebhookDeliverer
 
 log = logs.get(__name__)
@@ -74,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.executor = None
     errors.install(app)
     app.add_middleware(HeadMiddleware)
+    app.add_middleware(PageHeadersMiddleware, prefix=ui.PREFIX, headers=ui.PAGE_HEADERS)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -84,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, artifacts, uploads, jobs, webhooks, admin):
+    for module in (health, artifacts, uploads, jobs, webhooks, admin, ui):
         app.include_router(module.router)
     openapi.install(app)
     return app

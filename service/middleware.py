@@ -181,3 +181,30 @@ class HeadMiddleware:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         await self.app({**scope, "method": "GET", "head": True}, receive, headers_only)
+
+
+class PageHeadersMiddleware:
+    """Security headers (a Content-Security-Policy above all) on every response under ``prefix``
+    — the job page's routes (service/routers/ui.py), its 404s included. The JSON API's
+    responses are left as they are: they are not documents a browser renders."""
+
+    def __init__(self, app: ASGIApp, *, prefix: str, headers: dict[str, str]) -> None:
+        self.app, self.prefix = app, prefix
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    def applies(self, path: str) -> bool:
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.applies(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        names = {name for name, _ in self.headers}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message["headers"] = [*kept, *self.headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

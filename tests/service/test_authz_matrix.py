@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from service.errors import PROBLEM_JSON, app_routes
+from service.routers import ui
 
 from .asgi import ASGIClient
 from .conftest import KEYS, client_for, remove_body
@@ -40,6 +41,9 @@ PUBLIC = {
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
+    # the job page and its static files (service/routers/ui.py): no tenant data; the page asks for a key
+    ("GET", "/ui"),
+    ("GET", "/ui/static/{asset_version}/{name}"),
 }
 #: What needs the admin scope (GIF_ADMIN_TENANTS; tenant A here): 403 for tenant B, whatever the id.
 ADMIN = {("GET", "/metrics"), ("POST", "/v1/admin/jobs/{job_id}/terminate")}
@@ -49,6 +53,9 @@ NOBODY = {
     "artifact_id": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
     "upload_id": "upl_01JD3Q7W8M6Z5K2R9T0V4X1YBC",
     "number": "1",
+    # a static file of the job page that exists (the public routes must answer 200)
+    "asset_version": ui.version(),
+    "name": "main.js",
 }
 
 Route = tuple[str, str]  # (method, path template)
