@@ -277,12 +277,21 @@ def test_another_tenants_collections_and_submissions_do_not_see_the_owners_objec
     def metrics(response) -> str | None:  # operator counters: the admin scope only
         return _problem(response, 403, "forbidden")  # (and test_admin_routes_are_forbidden_...)
 
+    def webhook_secret(response) -> str | None:  # B's own signing secret (a rotation too), never A's
+        if response.status_code != 200:
+            return f"status {response.status_code}: {response.text[:200]}"
+        with client_for(app, "tenantA") as client_a:
+            secret_of_a = client_a.get("/v1/webhooks/secret").json()["secret"]
+        return "A's webhook secret" if response.json()["secret"] == secret_of_a else None
+
     checks = {
         ("POST", "/v1/jobs"): submit_with_a_ids,
         ("POST", "/v1/artifacts"): upload_a_bytes,
         ("GET", "/v1/jobs"): list_jobs,
         ("POST", "/v1/uploads"): create_upload,
         ("GET", "/metrics"): metrics,
+        ("GET", "/v1/webhooks/secret"): webhook_secret,
+        ("POST", "/v1/webhooks/secret/rotate"): webhook_secret,
     }
     routes = [route for route in protected_routes(app) if "{" not in route[1]]
     unknown = set(routes) - set(checks)

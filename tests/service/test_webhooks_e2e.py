@@ -10,6 +10,9 @@ event like any other); one job per mode runs to success.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -18,7 +21,7 @@ import standardwebhooks
 
 from gif_client import Client
 from tests import factories
-from tests.stack import KEY, Stack
+from tests.stack import KEY, ROOT, Stack, free_port
 
 from .webhook_receiver import Receiver
 
@@ -146,6 +149,32 @@ def test_rotation_signs_with_both_secrets_during_the_grace_then_the_new_only(emb
     assert _verify(new, request)["data"]["id"] == after
     with pytest.raises(standardwebhooks.WebhookVerificationError):
         _verify(old, request)
+
+
+def test_the_example_receiver_verifies_and_prints_a_delivery(embedded, tmp_path):
+    """examples/pipelines/webhook_receiver.py, run as documented, against the real server."""
+    port = free_port()
+    secret = embedded.client.get("/v1/webhooks/secret").json()["secret"]
+    log = tmp_path / "receiver.log"
+    script = ROOT / "examples" / "pipelines" / "webhook_receiver.py"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port)],
+                                env={**os.environ, "GIF_WEBHOOK_SECRET": secret}, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while b"listening" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job_id = _cancelled_job(embedded, f"http://127.0.0.1:{port}/hook")
+        [attempt] = _attempts(embedded.client, job_id, 1)
+        assert attempt["status_code"] == 204, attempt
+        deadline = time.monotonic() + 5
+        while job_id.encode() not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        printed = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        assert {"type": "job.cancelled", "job": job_id, "status": "cancelled"} in printed
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_a_restart_mid_backoff_still_delivers_with_the_same_webhook_id(embedded, receiver):
