@@ -172,6 +172,8 @@ class WebhookSecret(Base):
     previous_secret: Mapped[str | None] = mapped_column(String(128))
     #: until when deliveries are signed with ``previous_secret`` too
     previous_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    #: the Idempotency-Key of the rotation that made ``secret`` (a retried rotation is a no-op)
+    rotation_key: Mapped[str | None] = mapped_column(String(255))
 
 
 class WebhookDelivery(Base):

@@ -112,13 +112,20 @@ def secret_of(session: Session, tenant_id: str) -> WebhookSecret:
     return row
 
 
-def rotate(session: Session, tenant_id: str, grace_seconds: float) -> WebhookSecret:
-    """Replace the tenant's secret; the former one keeps signing for ``grace_seconds``."""
+def rotate(session: Session, tenant_id: str, grace_seconds: float, key: str | None = None) -> WebhookSecret:
+    """Replace the tenant's secret; the former one keeps signing for ``grace_seconds``.
+
+    ``key`` (the request's Idempotency-Key): a retry of the rotation that made the current secret
+    returns it unchanged. Rotating twice would push the secret receivers still use out of the
+    grace, in favour of one nobody received (the SDK retries a POST whose answer was lost).
+    """
     row = secret_of(session, tenant_id)
+    if key is not None and row.rotation_key == key:
+        return row
     now = utcnow()
     row.previous_secret = row.secret if grace_seconds > 0 else None
     row.previous_expires_at = now + timedelta(seconds=grace_seconds) if grace_seconds > 0 else None
-    row.secret, row.created_at = webhook_signing.new_secret(), now
+    row.secret, row.created_at, row.rotation_key = webhook_signing.new_secret(), now, key
     session.flush()
     return row
 

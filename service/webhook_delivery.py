@@ -17,6 +17,7 @@ worker only marks its job terminal, and the outbox row comes with that transacti
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,9 +41,16 @@ USER_AGENT = "gif-service-webhooks/1"
 class WebhookDeliverer:
     """``start()`` a daemon thread polling every ``GIF_WEBHOOK_POLL_SECONDS``; ``stop()`` it."""
 
-    def __init__(self, settings: Settings, db: Database, resolve: Resolver = system_resolver) -> None:
-        """``resolve``: how host names become addresses (the system's resolver; unit tests pass one)."""
-        self.settings, self.db, self.resolve = settings, db, resolve
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        resolve: Resolver = system_resolver,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        """``resolve``: how host names become addresses; ``verify``: which certificate authorities
+        TLS receivers are checked against (httpx's default bundle). Unit tests pass their own."""
+        self.settings, self.db, self.resolve, self.verify = settings, db, resolve, verify
         self.allow = AllowList.parse(settings.webhook_allowed_hosts)
         self._pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="gif-webhook")
         self._running: dict[str, Future[None]] = {}
@@ -122,7 +130,7 @@ class WebhookDeliverer:
         timeout = self.settings.webhook_timeout_seconds
         try:
             with (
-                httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+                httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=self.verify) as client,
                 client.stream("POST", target.url_for(address), content=claimed.body, headers=headers,
                               extensions=extensions) as response,
             ):  # fmt: skip

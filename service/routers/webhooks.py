@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 
-from jobs import webhooks
+from jobs import idempotency, webhooks
 
 from ..deps import ServicesDep, TenantDep
 from ..schemas import WebhookSecret, problems
@@ -31,10 +33,17 @@ def get_secret(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
     operation_id="rotateWebhookSecret",
     response_model=WebhookSecret,
     summary="Replace the secret; the former one keeps signing during GIF_WEBHOOK_SECRET_GRACE_SECONDS",
-    responses=problems(401),
+    responses=problems(401, 422),
 )
-def rotate_secret(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+def rotate_secret(
+    services: ServicesDep,
+    tenant: TenantDep,
+    idempotency_key: Annotated[
+        str | None, Header(description="A retry with the key of the last rotation returns its secret.")
+    ] = None,
+) -> JSONResponse:
     grace = services.settings.webhook_secret_grace_seconds
+    key = idempotency.normalize_key(idempotency_key) if idempotency_key is not None else None
     with services.db.begin() as session:
-        row = webhooks.rotate(session, tenant, grace)
+        row = webhooks.rotate(session, tenant, grace, key)
         return JSONResponse(webhooks.secret_view(row), headers={"Cache-Control": "no-store"})

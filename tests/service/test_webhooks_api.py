@@ -53,6 +53,15 @@ def test_secret_is_per_tenant_created_once_and_rotated(client_a, client_b):
     assert client_a.get("/v1/webhooks/secret").json()["secret"] == rotated["secret"]
 
 
+def test_a_retried_rotation_does_not_rotate_again(client_b):
+    before = client_b.get("/v1/webhooks/secret").json()["secret"]
+    first = client_b.post("/v1/webhooks/secret/rotate", headers={"Idempotency-Key": "rot-1"}).json()
+    again = client_b.post("/v1/webhooks/secret/rotate", headers={"Idempotency-Key": "rot-1"}).json()
+    assert first["secret"] == again["secret"] != before
+    other = client_b.post("/v1/webhooks/secret/rotate", headers={"Idempotency-Key": "rot-2"}).json()
+    assert other["secret"] != first["secret"]
+
+
 def test_secret_needs_a_key(app):
     from .conftest import client_for
 

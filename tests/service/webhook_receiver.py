@@ -4,6 +4,7 @@ redirect), then 204 once the script is used up."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,12 +23,18 @@ class Receiver:
     """``with Receiver() as receiver:``; ``receiver.script`` holds what the next requests get:
     an int (that status), ``("sleep", seconds)`` then 204, or ``("redirect", url)`` (302)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: serve HTTPS with this server context (the names clients asked for, by SNI,
+        land in ``server_names``)."""
         self.received: list[Received] = []
         self.script: list[object] = []
+        self.server_names: list[str | None] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
+        if tls is not None:
+            tls.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)  # type: ignore[assignment,func-returns-value]
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
