@@ -40,6 +40,7 @@ METHODS: dict[str, dict] = {
     "default": {},
     "hessian 512": {"hessian_samples": 512},
     "IF + K-FAC": {"method": "if", "solver": "kfac"},
+    "IF + EK-FAC": {"method": "if", "solver": "ekfac"},
 }
 
 
