@@ -79,8 +79,9 @@ def search_step(
 
     best_t, best = 0.0, visit(0.0)
     misses = 0
-    t = min_scale
-    while t <= max_scale * (1 + 1e-12) and best < 1.0:
+    for t in _grid(min_scale, max_scale, growth):
+        if best >= 1.0:
+            break
         value = visit(t)
         if value > best + 1e-12:
             best_t, best, misses = t, value, 0
@@ -88,7 +89,6 @@ def search_step(
             misses += 1
             if misses >= patience and best_t > 0.0:
                 break
-        t *= growth
     if best_t > 0.0 and refine > 0:
         best_t, best = _golden_refine(visit, best_t, best, growth, refine)
     trace = [{"scale": t, "objective": v} for t, (v, _) in sorted(tried.items())]
@@ -96,6 +96,18 @@ def search_step(
 
 
 _INVERSE_PHI = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def _grid(low: float, high: float, growth: float) -> list[float]:
+    """low·γ^k up to ``high``, ending at ``high`` itself: a coarse grid must not stop short of
+    the largest allowed step (a model may only respond near it)."""
+    points = []
+    t = low
+    while t < high * (1 - 1e-12):
+        points.append(t)
+        t *= growth
+    points.append(high)
+    return points
 
 
 def _golden_refine(
