@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import factories
 from tests.service.conftest import digits, files, trained  # noqa: F401  (fixtures)
+from tests.service.conftest import remove_body as service_remove_body
 from tests.stack import Stack
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -36,21 +36,12 @@ def inputs(stack, files) -> dict[str, dict]:  # noqa: F811  (the imported fixtur
 
 def remove_body(inputs: dict[str, dict], **changes: Any) -> dict:
     """A small digits removal (seconds), with the forgetting audit (holdout and reference)."""
-    body = {
-        "type": "remove",
-        "model": {
-            "arch": "mlp",
-            "config": dict(factories.MLP_CONFIG),
-            "checkpoint": inputs["checkpoint"]["id"],
-        },
-        "train": inputs["train"]["id"],
-        "forget": {"class": 3},
+    audited = {
         "holdout": inputs["test"]["id"],
         "reference": inputs["checkpoint"]["id"],
         "options": {"newton_steps": 2, "hessian_samples": 256},
     }
-    body.update(changes)
-    return body
+    return service_remove_body(inputs, **{**audited, **changes})
 
 
 def submit(client: httpx.Client, body: dict) -> dict:

@@ -20,9 +20,9 @@ import pytest
 import standardwebhooks
 
 from gif_client import Client
-from tests import factories
 from tests.stack import KEY, ROOT, Stack, free_port
 
+from .conftest import remove_body
 from .webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
@@ -50,18 +50,7 @@ def embedded(tmp_path_factory, files):
 
 
 def _body(inputs: dict, url: str, **webhook: object) -> dict:
-    return {
-        "type": "remove",
-        "model": {
-            "arch": "mlp",
-            "config": dict(factories.MLP_CONFIG),
-            "checkpoint": inputs["checkpoint"]["id"],
-        },
-        "train": inputs["train"]["id"],
-        "forget": {"class": 3},
-        "options": {"newton_steps": 1, "hessian_samples": 256},
-        "webhook": {"url": url, **webhook},
-    }
+    return remove_body(inputs, webhook={"url": url, **webhook})
 
 
 def _submit(client: httpx.Client, body: dict) -> dict:
