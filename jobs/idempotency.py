@@ -23,6 +23,9 @@ from .errors import ValidationFailed
 from .models import IdempotencyKey
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+#: What :func:`normalize_key` accepts, as the routes' OpenAPI pattern for the header: a key, or a
+#: key in RFC 8941 sf-string quotes, but not "" (no look-ahead: pydantic's regex engine has none)
+HEADER_PATTERN = r'^(?:[!-~]|[!#-~][!-~]|[!-~][!#-~]|[!-~]{3,255}|"[!-~]{1,255}")$'
 
 
 def normalize_key(raw: str) -> str:

@@ -92,7 +92,11 @@ async def create_job(
     _json: JsonBody,
     spec: Annotated[JobSpec, Body(openapi_examples=EXAMPLES)],
     idempotency_key: Annotated[
-        str | None, Header(description="Replays return the same job; reuse with another body is 422.")
+        str | None,
+        Header(
+            description="Replays return the same job; reuse with another body is 422.",
+            pattern=idempotency.HEADER_PATTERN,
+        ),
     ] = None,
 ) -> JSONResponse:
     key = idempotency.normalize_key(idempotency_key) if idempotency_key is not None else None

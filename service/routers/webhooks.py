@@ -39,7 +39,11 @@ def rotate_secret(
     services: ServicesDep,
     tenant: TenantDep,
     idempotency_key: Annotated[
-        str | None, Header(description="A retry with the key of the last rotation returns its secret.")
+        str | None,
+        Header(
+            description="A retry with the key of the last rotation returns its secret.",
+            pattern=idempotency.HEADER_PATTERN,
+        ),
     ] = None,
 ) -> JSONResponse:
     grace = services.settings.webhook_secret_grace_seconds

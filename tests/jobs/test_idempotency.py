@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobs import idempotency, specs
 from jobs.errors import IdempotencyKeyReused, ValidationFailed
@@ -62,3 +65,18 @@ def test_rejected_request_records_nothing(db, settings):
     assert info.value.errors[0]["type"] == "class_not_found"
     with db.read() as session:
         assert idempotency.lookup(session, TENANT, "k2") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=260)
+    | st.sampled_from(['""', '"', '"a"', "x" * 255, "x" * 256, '"' + "x" * 255 + '"'])
+)
+def test_the_openapi_pattern_of_the_header_accepts_exactly_the_keys_normalize_key_accepts(raw):
+    try:
+        idempotency.normalize_key(raw)
+        accepted = True
+    except ValidationFailed:
+        accepted = False
+    # HTTP strips surrounding whitespace from header values before either sees them
+    assert bool(re.fullmatch(idempotency.HEADER_PATTERN, raw)) == accepted or raw != raw.strip()
