@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import webhook_signing
+from . import store, webhook_signing
 from .clock import rfc3339, utcnow
 from .db import rows_matched
 from .ids import ulid
@@ -242,7 +242,19 @@ def record(session: Session, claimed: Claimed, outcome: Outcome, retry_at: datet
     entry = {"id": claimed.id, "type": claimed.type, "attempt": claimed.attempt, "at": rfc3339(now),
              "status_code": outcome.status_code, "error": outcome.error}  # fmt: skip
     _append_attempt(session, claimed.job_id, entry, now)
+    if state == "failed":
+        store.append_event(
+            session, claimed.job_id, claimed.tenant_id, "webhook.given_up",
+            f"{claimed.type} not delivered after {claimed.attempt} attempts; last: {outcome.error}",
+            level="warning", data={"webhook_id": claimed.id, "attempts": claimed.attempt},
+        )  # fmt: skip
     return state
+
+
+def count_by_state(session: Session) -> dict[str, int]:
+    """Deliveries per state (pending, delivered, failed): the service's metrics."""
+    rows = session.execute(select(WebhookDelivery.state, func.count()).group_by(WebhookDelivery.state)).all()
+    return {state: int(n) for state, n in rows}
 
 
 def _append_attempt(session: Session, job_id: str, entry: dict[str, Any], now: datetime) -> None:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from jobs import store
+from jobs import store, webhooks
 from jobs.db import Database
 from jobs.inspector import Inspector
 from jobs.states import JobStatus
@@ -40,6 +40,27 @@ class _JobsByStatus(Collector):
             counts = {}
         for status in JobStatus:
             family.add_metric([status.value], counts.get(status.value, 0))
+        yield family
+
+
+class _WebhookDeliveries(Collector):
+    """The webhook outbox by state at scrape time: a growing ``pending`` says receivers are down,
+    ``failed`` counts deliveries given up after the retry horizon (jobs/webhooks.py)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "gif_webhook_deliveries", "Webhook deliveries by state (all tenants).", labels=["state"]
+        )
+        try:
+            with self.db.read() as session:
+                counts = webhooks.count_by_state(session)
+        except Exception:  # noqa: BLE001 (a scrape must not fail because the DB is busy)
+            counts = {}
+        for state in ("pending", "delivered", "failed"):
+            family.add_metric([state], counts.get(state, 0))
         yield family
 
 
@@ -154,6 +175,7 @@ class Metrics:
         )
         self.registry.register(_JobsByStatus(db))
         self.registry.register(_FinishedJobs(db))
+        self.registry.register(_WebhookDeliveries(db))
         if inspector is not None:
             self.registry.register(_Inspections(inspector))
 

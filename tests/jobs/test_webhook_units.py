@@ -179,6 +179,11 @@ def test_failed_attempts_back_off_then_give_up_at_the_horizon(db):
         attempts = json.loads(job.webhook_json)["deliveries"]
     assert attempts == [{"id": delivery_id, "type": "job.cancelled", "attempt": 1, "at": attempts[0]["at"],
                          "status_code": 500, "error": "HTTP 500"}]  # fmt: skip
+    with db.read() as session:  # giving up is on the job's event log and in the outbox's counts
+        events = store.list_events(session, TENANT, job_id, limit=100)
+        assert webhooks.count_by_state(session) == {"failed": 1}
+    given_up = [e for e in events.data if e.type == "webhook.given_up"]
+    assert len(given_up) == 1 and given_up[0].level == "warning" and "HTTP 500" in given_up[0].message
 
 
 def test_progress_deliveries_one_per_stage(db):

@@ -51,6 +51,7 @@ def test_probes_need_no_key(app):
 def test_metrics_need_the_admin_scope(client_a, client_b):
     text = client_a.get("/metrics").text  # tenantA is in GIF_ADMIN_TENANTS
     assert "gif_http_requests_total" in text and 'gif_jobs{status="queued"}' in text
+    assert 'gif_webhook_deliveries{state="pending"}' in text
     assert 'gif_upload_inspections_total{start="warm"}' in text
     refused = client_b.get("/metrics")
     assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
