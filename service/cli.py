@@ -215,6 +215,9 @@ def submit(
         typer.Option("--output", help="Download all result artifacts into this folder (implies --wait)."),
     ] = None,
     poll: float = typer.Option(None, "--poll", help="Poll interval in seconds (default: Retry-After)."),
+    webhook: str = typer.Option(
+        None, "--webhook", help="Notify this URL when the job completes (a signed webhook; docs/service.md)."
+    ),
     model: Annotated[
         Path | None,
         typer.Option(
@@ -233,7 +236,7 @@ def submit(
         given = model or (body.parent / spec["model"] if isinstance(spec.get("model"), str) else None)
         if given is not None:
             spec["model"] = client.upload_model(given)
-        job = client.submit(spec, idempotency_key=idempotency_key)
+        job = client.submit(spec, idempotency_key=idempotency_key, webhook=webhook)
         typer.echo(f"submitted {job['id']}", err=True)
         if wait or output is not None:
             job = client.wait(job["id"], timeout=timeout, poll=poll, on_progress=_progress_printer())

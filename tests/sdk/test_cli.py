@@ -54,6 +54,9 @@ def test_upload_submit_wait_output(server, files, tmp_path):
     assert cli(server, "cancel", job["id"]).exit_code == 2  # 409 job-not-cancellable
     refused = cli(server, "terminate", job["id"])  # an admin key, but the job is not cancelling
     assert refused.exit_code == 2 and "job-not-terminable" in refused.output
+    # --webhook reaches the server, which refuses a loopback receiver unless the operator allows it
+    hooked = cli(server, "submit", str(body), "--webhook", "http://127.0.0.1:9/hook")
+    assert hooked.exit_code == 2 and "webhook-target-forbidden" in hooked.output
 
 
 def test_exit_codes_for_errors(server, tmp_path):
