@@ -23,12 +23,15 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from .errors import InvalidArgumentError
 
 Method = Literal["if", "fif", "gif", "sif"]
 Solver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac"]
+#: An edit may also ask for ``auto``: K-FAC where the model's curvature can be Kronecker-factored,
+#: else the method's own solver (gif/edits.py, ``choose_solver``).
+EditSolver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac", "auto"]
 Strategy = Literal[
     "highest_outputs",
     "highest_gradients",
@@ -47,6 +50,7 @@ HvpBackend = Literal["auto", "func", "graph"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 SOLVERS: tuple[str, ...] = get_args(Solver)
+EDIT_SOLVERS: tuple[str, ...] = get_args(EditSolver)
 #: The solvers a service job may name: all of them (the Kronecker-factored fits are made once per
 #: checkpoint and cached since 2026-12-05; docs/benchmarks.md, "Edit ÷ retraining").
 SERVICE_SOLVERS: tuple[str, ...] = SOLVERS
@@ -83,6 +87,8 @@ VERB_DEFAULTS: dict[str, dict[str, Any]] = {
     "scores": {"method": "if", "damping": 0.01, "chunk_size": 256},
     "self_influence": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "lowrank"},
     "remove": {"method": "gif"},
+    # not solver="auto" (yet): K-FAC relabels CNNs as well as CG at a third to a tenth of the cost,
+    # but an MLP less well (docs/benchmarks.md, "Choosing the relabel default")
     "relabel": {"method": "if"},
 }
 
@@ -153,11 +159,14 @@ class SolveConfig:
         metadata=_meta("neumann: normalizer, step; lowrank: steps (Lanczos steps)", service=False),
     )
 
+    #: The solver names this configuration takes (edits add ``auto``).
+    SOLVER_CHOICES: ClassVar[tuple[str, ...]] = SOLVERS
+
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
         if self.solver is None:
             object.__setattr__(self, "solver", self._default_solver())
-        _check_choice("solver", self.solver, SOLVERS)
+        _check_choice("solver", self.solver, self.SOLVER_CHOICES)
         _check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
         for f in dataclasses.fields(self):
             if f.metadata.get("low") is not None:
@@ -198,11 +207,21 @@ class EditConfig(SolveConfig):
     of the remaining gap to retraining.
     """
 
+    SOLVER_CHOICES: ClassVar[tuple[str, ...]] = EDIT_SOLVERS
+
     damping: float | None = field(
         # type: ignore[assignment]
         default=None,
         metadata=_meta(
             "λ ≥ 0 added to the curvature; None: the method's", low=0.0, high=math.inf, service_max=1e6
+        ),
+    )
+    solver: EditSolver | None = field(  # type: ignore[assignment]
+        default=None,
+        metadata=_meta(
+            "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac | auto (kfac where the model's "
+            "curvature can be Kronecker-factored, else the method's); None: the method's",
+            service_choices=EDIT_SOLVERS,
         ),
     )
     chunk_size: int = field(default=512, metadata=_meta("samples per forward pass", low=1, service=False))
@@ -290,8 +309,8 @@ class EditConfig(SolveConfig):
         ``kfac``, ``ekfac``: the fit is then reused across edits of the checkpoint; measured at the
         same quality for lowrank) and ``untouched`` otherwise (an iterative solve pays ~3× the HVPs
         on the whole-set sample; docs/benchmarks.md)."""
-        if self.hessian_pool != "auto":
-            return self.hessian_pool
+        if self.hessian_pool != "auto" or self.solver == "auto":
+            return self.hessian_pool  # ``auto`` solver: decided with the solver (gif/edits.py)
         return "all" if self.solver in FITTED_SOLVERS else "untouched"
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,11 +12,12 @@ from torch import nn
 
 from ._util import eval_mode
 from .cache import Cache
-from .config import EditConfig, resolve
+from .config import EDIT_PRESETS, EditConfig, resolve
 from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
+from .inverse.kfac import unfactorable
 from .newton import AuditInputs, Edit, EditResult, Task, relabel_loss
 from .progress import ProgressCallback, StopCheck
 from .solvers import LowRankHessian
@@ -73,9 +74,13 @@ def remove(
         scale=-index.numel() / (len(y) - index.numel()),
         forget_class=forget_class,
     )
-    return Edit(
+    opts, choice = choose_solver(opts, model, base)
+    result = Edit(
         model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit=audit
     ).run()
+    if choice is not None:
+        result.report["solver_choice"] = choice
+    return result
 
 
 def relabel(
@@ -98,8 +103,10 @@ def relabel(
     """Correct labels: training sample ``indices[k]`` gets label ``new_labels[k]``.
 
     Options, ``cache``, ``holdout`` and ``reference`` as for :func:`remove` (the audit's forget
-    set is the relabelled samples under their old labels); the default method here is ``if`` over all parameters, which
-    measured best on the backdoor-repair protocol (docs/benchmarks.md).
+    set is the relabelled samples under their old labels). The default here is ``if`` over all
+    parameters with CG; on CNNs ``solver="auto"`` (Kronecker-factored curvature where the model
+    allows it, :func:`choose_solver`) relabels as well at a third to a tenth of the cost
+    (docs/benchmarks.md, "Choosing the relabel default").
     """
     opts = resolve("relabel", EditConfig, config, options)
     x, y = as_pair(train, what="train")
@@ -127,9 +134,26 @@ def relabel(
         scale=index.numel() / len(y),
         new_labels=new,
     )
-    return Edit(
+    opts, choice = choose_solver(opts, model, base)
+    result = Edit(
         model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit=audit
     ).run()
+    if choice is not None:
+        result.report["solver_choice"] = choice
+    return result
+
+
+def choose_solver(opts: EditConfig, model: nn.Module, loss_fn: LossFn) -> tuple[EditConfig, dict | None]:
+    """``solver="auto"``: K-FAC (fitted once per checkpoint, no HVP) where the model's curvature
+    can be Kronecker-factored (gif/inverse/kfac.py, ``unfactorable``), else the method's own
+    solver. Returns the configuration with a concrete solver and, for ``auto``, what was chosen
+    and why (the report's ``solver_choice``)."""
+    if opts.solver != "auto":
+        return opts, None
+    reason = unfactorable(model, loss_fn)
+    chosen = "kfac" if reason is None else EDIT_PRESETS[opts.method]["solver"]
+    why = reason or "the model's curvature is Kronecker-factored (Linear / Conv layers, cross-entropy)"
+    return opts.replace(solver=chosen), {"requested": "auto", "chosen": chosen, "reason": why}
 
 
 def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:

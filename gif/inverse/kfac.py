@@ -41,6 +41,33 @@ from ..solvers import Monitor, Problem, solve
 from .base import InverseHessian, Solution, columns_problem, restricted_problem
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: The share of the trainable parameters that factored layers must hold for ``solver="auto"`` to
+#: pick K-FAC: the rest get no curvature (b/λ), fine for normalisation layers, not for embeddings.
+MIN_FACTORED_SHARE = 0.9
+
+
+def unfactorable(model: nn.Module, loss_fn: object) -> str | None:
+    """Why K-FAC cannot stand for this model's curvature under ``loss_fn`` (None: it can): the
+    loss must be the cross-entropy, and Linear / Conv layers (ungrouped, explicit padding) must
+    hold at least :data:`MIN_FACTORED_SHARE` of the trainable parameters."""
+    if loss_fn is not cross_entropy and loss_fn is not F.cross_entropy:
+        return "the loss is not the cross-entropy, which K-FAC models"
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    factored = sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, _LAYERS)
+        and getattr(m, "groups", 1) == 1
+        and not isinstance(getattr(m, "padding", 0), str)
+        for p in m.parameters(recurse=False)
+        if p.requires_grad
+    )
+    share = factored / max(total, 1)
+    if share < MIN_FACTORED_SHARE:
+        return (
+            f"Linear / Conv layers hold {share:.0%} of the parameters (K-FAC needs {MIN_FACTORED_SHARE:.0%})"
+        )
+    return None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch import nn
 import gif
 from gif.config import SolveConfig
 from gif.errors import InvalidArgumentError
-from gif.hessian import HessianOperator
+from gif.hessian import HessianOperator, cross_entropy
 from gif.inverse import KroneckerInverse, inverse_for
 from gif.solvers import Monitor
 
@@ -167,3 +167,58 @@ def test_factors_with_nan_are_a_numerical_error_not_a_lapack_failure():
         _eigh(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]], dtype=torch.float64), "0")
     values, _ = _eigh(torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64), "0")
     torch.testing.assert_close(values, torch.tensor([1.0, 3.0], dtype=torch.float64))
+
+
+# -- solver="auto": K-FAC where the curvature can be factored ---------------------------------------
+
+
+def _embedding_classifier() -> nn.Module:
+    class Bag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(500, 16)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(tokens).mean(dim=1))
+
+    return Bag().double().eval()
+
+
+def test_auto_takes_kfac_where_linear_layers_hold_the_parameters_under_cross_entropy():
+    from gif.inverse.kfac import unfactorable
+
+    # 40 + 27 of 83 parameters in Linear layers (81%): LayerNorm's 16 would get no curvature
+    small = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 3))
+    assert "hold 81%" in str(unfactorable(small, cross_entropy))
+    # 3,280 + 243 of 3,683 (96%)
+    bigger = nn.Sequential(nn.Linear(40, 80), nn.LayerNorm(80), nn.Tanh(), nn.Linear(80, 3))
+    assert unfactorable(bigger, cross_entropy) is None
+    assert "cross-entropy" in str(unfactorable(bigger, torch.nn.functional.mse_loss))
+    assert "hold 1%" in str(unfactorable(_embedding_classifier(), cross_entropy))
+
+
+def test_auto_chooses_kfac_or_falls_back_to_the_methods_solver():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x, y = torch.randn(60, 1, 8, 8), torch.randint(0, 3, (60,))
+    idx = torch.tensor([0, 1, 2])
+    out = gif.relabel(cnn, (x, y), idx, (y[idx] + 1) % 3, newton_steps=1, solver="auto")
+    assert out.report["solver_choice"]["chosen"] == "kfac"
+    assert out.report["options"]["solver"] == "kfac" and out.report["options"]["hessian_pool"] == "all"
+    bag = _embedding_classifier()
+    tokens, labels = torch.randint(0, 500, (60, 5)), torch.randint(0, 3, (60,))
+    out = gif.relabel(bag, (tokens, labels), idx, (labels[idx] + 1) % 3, newton_steps=1, solver="auto")
+    assert out.report["solver_choice"]["chosen"] == "cg" and "hold" in out.report["solver_choice"]["reason"]
+    assert out.report["options"]["solver"] == "cg" and out.report["options"]["hessian_pool"] == "untouched"
+    # a solver named by the caller is used as named, and reported without a choice
+    named = gif.relabel(cnn, (x, y), idx, (y[idx] + 1) % 3, newton_steps=1, solver="cg")
+    assert "solver_choice" not in named.report and named.report["options"]["solver"] == "cg"
+    removed = gif.remove(bag, (tokens, labels), idx, newton_steps=1, solver="auto")  # GIF's own: LSQR
+    assert removed.report["solver_choice"]["chosen"] == "lsqr"
+
+
+def test_auto_is_for_edits_only():
+    with pytest.raises(InvalidArgumentError, match="unknown solver 'auto'"):
+        gif.SolveConfig(solver="auto")
+    assert gif.EditConfig(solver="auto").solver == "auto"

@@ -316,3 +316,20 @@ def test_a_job_sized_over_the_memory_budget_fails_at_once_naming_what_to_change(
     error = json.loads(_job(ctx, job_id).error_json)
     assert error["code"] == "memory_budget_exceeded" and "GiB" in error["message"]
     assert json.loads(_job(ctx, job_id).progress_json)["stage"] == "loading_inputs"  # nothing computed
+
+
+def test_a_relabel_job_may_leave_the_solver_to_the_engine(ctx, inputs, data):
+    """``solver: auto``: K-FAC for this MLP of Linear layers; the report says what was chosen."""
+    indices = [0, 1, 2]
+    labels = [(int(data.y_train[i]) + 1) % 10 for i in indices]
+    options = {"solver": "auto", "newton_steps": 1, "hessian_samples": 256}
+    body = _body(inputs, type="relabel", relabel={"indices": indices, "labels": labels}, options=options)
+    body.pop("forget")
+    job_id = _submit(ctx, body)
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED, _job(ctx, job_id).error_json
+    report = json.loads(_result_files(ctx, _job(ctx, job_id))["report"])
+    assert report["report"]["solver_choice"]["chosen"] == "kfac"
+    assert (
+        report["report"]["options"]["solver"] == "kfac"
+        and report["provenance"]["options"]["solver"] == "auto"
+    )
