@@ -200,6 +200,9 @@ class Edit:
             g, target_hvp = gradient(
                 hessian, drift, first=k == 0, more=config.newton_steps > 1, model=model_id
             )
+        if k > 0:  # a correction: solved to correction_tol (never tighter than tol)
+            assert config.correction_tol is not None  # resolved from the method's preset
+            config = config.replace(tol=max(config.tol, config.correction_tol))
         with self.clock("solve"):
             infl = self.solves.solve(
                 hessian, g, params, config, model=model_id, data=ids.hessian, loss=ids.loss,
