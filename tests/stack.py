@@ -274,6 +274,21 @@ class PostgresServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def wait_finished(client: httpx.Client, job_id: str, timeout: float = 300) -> dict:
+    """Poll ``GET /v1/jobs/{id}`` until the job is terminal; its last state when it is not in time."""
+    deadline = time.monotonic() + timeout
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in TERMINAL:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"job {job_id} still {job['status']} after {timeout} s: {job.get('progress')}"
+            )
+        time.sleep(0.2)
+    return job
+
+
 def job_owner_pid(client: httpx.Client, job_id: str) -> int:
     """The pid of the process that last claimed the job: its lease owner is ``host:pid[:...]``."""
     events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 100}).json()["data"]

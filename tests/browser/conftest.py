@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from tests.service.conftest import digits, files, trained  # noqa: F401  (fixtur
 from tests.service.conftest import remove_body as service_remove_body
 from tests.stack import Stack
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -48,16 +46,6 @@ def submit(client: httpx.Client, body: dict) -> dict:
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 202, response.text
     return response.json()
-
-
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in TERMINAL:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
 
 
 def _binary(names: tuple[str, ...]) -> str | None:

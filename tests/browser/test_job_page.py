@@ -12,9 +12,9 @@ import time
 import pytest
 
 from gif_client import progress_line
-from tests.stack import KEY
+from tests.stack import KEY, wait_finished
 
-from .conftest import remove_body, submit, wait_job
+from .conftest import remove_body, submit
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_text_an_uploader_chose_is_shown_as_text(stack, inputs, files, browser, 
     assert browser.execute_script("return window.__xss") is None
     shots(browser, "uploader-text")
     assert console_problems(browser) == []
-    wait_job(stack.client, job["id"])  # leave no job running for the next test
+    wait_finished(stack.client, job["id"])  # leave no job running for the next test
 
 
 def test_the_page_formats_progress_as_the_sdk_does(stack, browser, until):

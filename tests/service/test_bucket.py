@@ -19,7 +19,7 @@ import torch
 
 import gif
 from tests import factories
-from tests.stack import Stack
+from tests.stack import Stack, wait_finished
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +40,6 @@ def _local_copy(home: Path, sha256: str) -> Path:
     return home / "blobs" / "sha256" / sha256[:2] / sha256[2:4] / sha256
 
 
-def _wait(client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in {"succeeded", "failed", "cancelled"}:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['status']}")
-
-
 def _remove_class(stack: Stack, inputs: dict, cls: int) -> dict:
     body = {
         "type": "remove", "train": inputs["train"]["id"], "forget": {"class": cls},
@@ -58,7 +48,7 @@ def _remove_class(stack: Stack, inputs: dict, cls: int) -> dict:
     }  # fmt: skip
     response = stack.client.post("/v1/jobs", json=body)
     assert response.status_code == 202, response.text
-    return _wait(stack.client, response.json()["id"])
+    return wait_finished(stack.client, response.json()["id"])
 
 
 def test_a_removal_flows_through_the_bucket(stack, inputs, digits):

@@ -8,14 +8,13 @@ job store lives outside the tmpfs, as a deployment would keep its database apart
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests import factories
-from tests.stack import Stack
+from tests.stack import Stack, wait_finished
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +30,6 @@ def small_blob_store(tmp_path):
     assert mounted.returncode == 0, f"mounting a tmpfs needs root: {mounted.stderr}"
     yield blobs
     subprocess.run(["umount", "-l", str(blobs)], capture_output=True, check=False)
-
-
-def _wait(client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
-        "succeeded",
-        "failed",
-        "cancelled",
-    ):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
-    return job
 
 
 def _fill(filler: Path, blobs: Path, leave: int) -> None:
@@ -80,7 +67,7 @@ def test_uploads_and_jobs_that_do_not_fit(tmp_path, small_blob_store, files):
                 "model": {"arch": "mlp", "config": dict(factories.MLP_CONFIG),
                           "checkpoint": inputs["checkpoint"]["id"]},
                 "options": {"newton_steps": 1, "hessian_samples": 128}}  # fmt: skip
-        failed = _wait(client, client.post("/v1/jobs", json=body).json()["id"])
+        failed = wait_finished(client, client.post("/v1/jobs", json=body).json()["id"])
         assert failed["status"] == "failed" and failed["error"]["code"] == "storage_error", failed
         assert _store_files(small_blob_store) == stored and list((small_blob_store / "tmp").iterdir()) == []
 
@@ -101,6 +88,6 @@ def test_uploads_and_jobs_that_do_not_fit(tmp_path, small_blob_store, files):
 
         # space freed: the same request runs, and the server never went down
         filler.unlink()
-        done = _wait(client, client.post("/v1/jobs", json=body).json()["id"])
+        done = wait_finished(client, client.post("/v1/jobs", json=body).json()["id"])
         assert done["status"] == "succeeded", done["error"]
         assert stack.api.alive() and client.get("/readyz").status_code == 200

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 
 import pytest
 import safetensors.torch
@@ -21,12 +20,10 @@ import torch
 import transformers
 
 import gif_client
-from tests.stack import KEY, Stack
+from tests.stack import KEY, Stack, wait_finished
 from tests.workers import hf_models as H
 
 pytestmark = pytest.mark.slow
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +59,6 @@ def uploaded(sdk, saved, data):
     return sdk.upload_model(saved), sdk.upload_dataset(x, y)["id"]
 
 
-def _wait(client, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in TERMINAL:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {job.get('progress')}")
-
-
 def _download(client, entry: dict) -> bytes:
     content = client.get(entry["download_url"]).content
     assert hashlib.sha256(content).hexdigest() == entry["sha256"]
@@ -86,7 +73,7 @@ def test_remove_a_class_from_a_bert_and_load_the_weights_back(
     assert sdk.artifact(train)["metadata"]["inputs"]["input_ids"]["max"] < H.VOCAB
     body = {"type": "remove", "model": model, "train": train, "forget": {"class": 2},
             "options": {"newton_steps": 2, "hessian_samples": 40, "ratio": 0.3}}  # fmt: skip
-    job = _wait(server.client, sdk.submit(body)["id"])
+    job = wait_finished(server.client, sdk.submit(body)["id"])
     assert job["status"] == "succeeded", job["error"]
     assert job["result"]["provenance"]["model"] == {
         "format": "huggingface", "model_type": "bert", "architecture": "BertForSequenceClassification",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 import zipfile
 from pathlib import Path
 
@@ -20,11 +19,9 @@ import torch
 
 import gif_client
 from tests import programs as P
-from tests.stack import KEY, Stack
+from tests.stack import KEY, Stack, wait_finished
 
 pytestmark = pytest.mark.slow
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +51,6 @@ def train(server, files) -> str:
     return server.upload(files, ("train",))["train"]["id"]
 
 
-def _wait(client, job_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in TERMINAL:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {job.get('progress')}")
-
-
 def _download(client, entry: dict) -> bytes:
     content = client.get(entry["download_url"]).content
     assert hashlib.sha256(content).hexdigest() == entry["sha256"]
@@ -84,7 +71,7 @@ def test_remove_a_class_from_an_exported_program(server, sdk, pt2, net, train, d
     assert set(meta["parameters"]) == {n for n, _ in net.named_parameters()}
     body = {"type": "remove", "model": model, "train": train, "forget": {"class": 3},
             "options": {"newton_steps": 2, "hessian_samples": 256}}  # fmt: skip
-    job = _wait(server.client, server.client.post("/v1/jobs", json=body).json()["id"])
+    job = wait_finished(server.client, server.client.post("/v1/jobs", json=body).json()["id"])
     assert job["status"] == "succeeded", job["error"]
     results = {entry["kind"]: entry for entry in job["result"]["artifacts"]}
     assert set(results) >= {"weights", "program", "report"}
