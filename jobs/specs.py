@@ -423,6 +423,29 @@ class Webhook(Strict):
         return sorted(set(events))
 
 
+#: An fnmatch pattern over parameter names as ``named_parameters()`` gives them (``*``, ``?``, ``[...]``).
+ParamNamePattern = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.*?\[\]!-]+$")
+]
+
+
+class Params(Strict):
+    """Which parameters an edit may change, by name (the engine's ``EditConfig.param_names``)."""
+
+    names: list[ParamNamePattern] = Field(
+        min_length=1,
+        max_length=64,
+        description="fnmatch patterns over the model's parameter names (`named_parameters()`), e.g. "
+        "`classifier.*` (a Hugging Face head) or `*lora_*` (a LoRA adapter): the selection strategy and "
+        "ratio then choose T among the matching parameters only; patterns that match no trainable "
+        "parameter fail the job with `invalid_input`.",
+        examples=[["classifier.*"], ["*lora_*"]],
+    )
+
+
+PARAMS_HELP = "Optional: restrict the parameters the edit may change to those whose names match."
+
+
 class _Job(Strict):
     model: ModelSpec
     train: ArtifactId = Field(description="Artifact id of the training dataset (kind `dataset`).")
@@ -449,6 +472,7 @@ class RemoveJob(_Job):
     validation: ArtifactId | None = Field(None, description="Optional validation dataset (step choice).")
     holdout: ArtifactId | None = Field(None, description=HOLDOUT_HELP)
     reference: ArtifactId | None = Field(None, description=REFERENCE_HELP)
+    params: Params | None = Field(None, description=PARAMS_HELP)
     options: EditOptions = Field(default_factory=EditOptions)
 
 
@@ -460,6 +484,7 @@ class RelabelJob(_Job):
     validation: ArtifactId | None = Field(None, description="Optional validation dataset (step choice).")
     holdout: ArtifactId | None = Field(None, description=HOLDOUT_HELP)
     reference: ArtifactId | None = Field(None, description=REFERENCE_HELP)
+    params: Params | None = Field(None, description=PARAMS_HELP)
     options: EditOptions = Field(default_factory=EditOptions)
 
 

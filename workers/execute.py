@@ -59,7 +59,10 @@ def edit_config(spec: RemoveJob | RelabelJob) -> EditConfig:
     Raises:
         gif.errors.InvalidArgumentError: a combination of options the engine refuses.
     """
-    return resolve(spec.type, EditConfig, None, spec.options.model_dump(exclude_none=True))
+    options = spec.options.model_dump(exclude_none=True)
+    if spec.params is not None:
+        options["param_names"] = tuple(spec.params.names)
+    return resolve(spec.type, EditConfig, None, options)
 
 
 def scores_config(spec: ScoresJob) -> SolveConfig:

@@ -76,3 +76,19 @@ def test_num_classes_from_config_or_arch_default():
     spec = specs.parse(_body(model={"arch": "mlp", "checkpoint": CKPT, "config": {"num_classes": 3}}))
     assert spec.model.num_classes() == 3
     assert specs.parse(_body(model={"arch": "embed", "checkpoint": CKPT})).model.num_classes() == 2
+
+
+def test_params_names_are_bounded_fnmatch_patterns():
+    spec = specs.parse(_body(params={"names": ["classifier.*", "*lora_[AB].weight"]}))
+    assert spec.params is not None and spec.params.names == ["classifier.*", "*lora_[AB].weight"]
+    assert specs.dump(spec)["params"] == {"names": ["classifier.*", "*lora_[AB].weight"]}
+    assert specs.parse(_body()).params is None
+    for bad in ([], ["a b"], ["x;rm -rf"], [""], ["x" * 201], ["p"] * 65):
+        assert _locs(_body(params={"names": bad}))[0][:3] == ("remove", "params", "names"), bad
+    assert _locs(_body(params={"names": ["fc.*"], "other": 1})) == [("remove", "params", "other")]
+    scores = {
+        k: v
+        for k, v in _body(type="scores", queries=TRAIN, params={"names": ["fc.*"]}).items()
+        if k != "forget"
+    }
+    assert ("scores", "params") in _locs(scores)  # edits only

@@ -333,3 +333,21 @@ def test_a_relabel_job_may_leave_the_solver_to_the_engine(ctx, inputs, data):
         report["report"]["options"]["solver"] == "kfac"
         and report["provenance"]["options"]["solver"] == "auto"
     )
+
+
+def test_an_edit_job_changes_only_the_parameters_its_params_name(ctx, inputs, model):
+    body = _body(
+        inputs, params={"names": ["3.*"]}, options={"newton_steps": 1, "hessian_samples": 256, "ratio": 1.0}
+    )
+    job_id = _submit(ctx, body)
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED, _job(ctx, job_id).error_json
+    weights = safetensors.torch.load(_result_files(ctx, _job(ctx, job_id))["weights"])
+    before = model.state_dict()
+    assert torch.equal(weights["1.weight"], before["1.weight"]) and torch.equal(
+        weights["1.bias"], before["1.bias"]
+    )
+    assert not torch.equal(weights["3.weight"], before["3.weight"])
+    nothing = _submit(ctx, _body(inputs, params={"names": ["classifier.*"]}))
+    assert run_job(nothing, ctx.settings, ctx) is JobStatus.FAILED
+    error = json.loads(_job(ctx, nothing).error_json)
+    assert error["code"] == "invalid_input" and "no trainable parameter matches" in error["message"]
