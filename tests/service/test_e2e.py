@@ -140,8 +140,12 @@ def test_relabel_and_scores_end_to_end(server, inputs, digits):
         "type": "scores", "model": _model_spec(inputs), "train": inputs["train"]["id"],
         "queries": inputs["queries"]["id"], "top_k": 5, "options": {"solver": "cg", "max_iter": 10},
     })  # fmt: skip
+    triage = _submit(server.client, {
+        "type": "self_influence", "model": _model_spec(inputs), "train": inputs["train"]["id"], "top_k": 7,
+    })  # fmt: skip
     for job_id, kinds in (
         (relabel["id"], {"weights", "report"}),
+        (triage["id"], {"scores", "top_k", "report"}),
         (scores["id"], {"scores", "top_k", "report"}),
     ):
         job = _wait(server.client, job_id)
@@ -150,6 +154,13 @@ def test_relabel_and_scores_end_to_end(server, inputs, digits):
         assert kinds <= set(artifacts)
         for entry in artifacts.values():
             _download(server.client, entry)
+        if job_id == triage["id"]:  # mislabel triage: every sample's score, the top 7 highest first
+            own = safetensors.torch.load(_download(server.client, artifacts["scores"]))["self_influence"]
+            top = [e["index"] for e in job["result"]["summary"]["self_influence"]]
+            assert (
+                own.shape == (factories.N_TRAIN,)
+                and top == own.argsort(descending=True, stable=True)[:7].tolist()
+            )
     matrix = safetensors.torch.load(_download(server.client, _by_kind(job)["scores"]))["scores"]
     assert tuple(matrix.shape) == (4, factories.N_TRAIN)
     metrics = server.client.get("/metrics").text
