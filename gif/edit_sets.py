@@ -50,7 +50,7 @@ def split(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig, gen: torc
     if carve and len(pool) - n_val < 1:
         raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
     val, rest = pool[:n_val], pool[n_val:]
-    return Splits(torch.sort(rest[: opts.hessian_samples]).values, torch.sort(val).values)
+    return Splits(torch.sort(rest[: opts.hessian_size]).values, torch.sort(val).values)
 
 
 def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig) -> Splits:
@@ -70,7 +70,7 @@ def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig) -
         raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
     if tail.numel() == 0:
         raise InvalidArgumentError("no training samples left for the Hessian after carving validation data")
-    hessian = torch.sort(tail[: opts.hessian_samples]).values
+    hessian = torch.sort(tail[: opts.hessian_size]).values
     retained = hessian[untouched[hessian]]
     if retained.numel() == 0:
         raise InvalidArgumentError("the Hessian sample holds only edited samples; raise `hessian_samples`")

@@ -27,7 +27,7 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
         samples, chunk, per_chunk = n, solve.chunk_size, solve.memory_budget
     else:
         edit = edit_config(spec)
-        samples, chunk, per_chunk = min(n, edit.hessian_samples), edit.chunk_size, edit.memory_budget
+        samples, chunk, per_chunk = min(n, edit.hessian_size), edit.chunk_size, edit.memory_budget
     estimate = gif.memory.estimate(loaded.model, inputs, samples, chunk_size=chunk, memory_budget=per_chunk)
     if budget > 0:
         gif.memory.check_fits(estimate, budget)
