@@ -30,7 +30,7 @@ from .errors import InvalidArgumentError
 Method = Literal["if", "fif", "gif", "sif"]
 Solver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac"]
 #: An edit may also ask for ``auto``: K-FAC where the model's curvature can be Kronecker-factored,
-#: else the method's own solver (gif/edits.py, ``choose_solver``).
+#: else the method's own solver (gif/newton.py, ``choose_solver``).
 EditSolver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac", "auto"]
 Strategy = Literal[
     "highest_outputs",

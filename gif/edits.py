@@ -12,12 +12,11 @@ from torch import nn
 
 from ._util import eval_mode
 from .cache import Cache
-from .config import EDIT_PRESETS, EditConfig, resolve
+from .config import EditConfig, resolve
 from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
-from .inverse.kfac import unfactorable
 from .newton import AuditInputs, Edit, EditResult, Task, relabel_loss
 from .progress import ProgressCallback, StopCheck
 from .solvers import LowRankHessian
@@ -74,13 +73,9 @@ def remove(
         scale=-index.numel() / (len(y) - index.numel()),
         forget_class=forget_class,
     )
-    opts, choice = choose_solver(opts, model, base)
-    result = Edit(
+    return Edit(
         model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit=audit
     ).run()
-    if choice is not None:
-        result.report["solver_choice"] = choice
-    return result
 
 
 def relabel(
@@ -105,7 +100,7 @@ def relabel(
     Options, ``cache``, ``holdout`` and ``reference`` as for :func:`remove` (the audit's forget
     set is the relabelled samples under their old labels). The default here is ``if`` over all
     parameters with CG; on CNNs ``solver="auto"`` (Kronecker-factored curvature where the model
-    allows it, :func:`choose_solver`) relabels as well at a third to a tenth of the cost
+    allows it, gif/newton.py ``choose_solver``) relabels as well at a third to a tenth of the cost
     (docs/benchmarks.md, "Choosing the relabel default").
     """
     opts = resolve("relabel", EditConfig, config, options)
@@ -134,26 +129,9 @@ def relabel(
         scale=index.numel() / len(y),
         new_labels=new,
     )
-    opts, choice = choose_solver(opts, model, base)
-    result = Edit(
+    return Edit(
         model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit=audit
     ).run()
-    if choice is not None:
-        result.report["solver_choice"] = choice
-    return result
-
-
-def choose_solver(opts: EditConfig, model: nn.Module, loss_fn: LossFn) -> tuple[EditConfig, dict | None]:
-    """``solver="auto"``: K-FAC (fitted once per checkpoint, no HVP) where the model's curvature
-    can be Kronecker-factored (gif/inverse/kfac.py, ``unfactorable``), else the method's own
-    solver. Returns the configuration with a concrete solver and, for ``auto``, what was chosen
-    and why (the report's ``solver_choice``)."""
-    if opts.solver != "auto":
-        return opts, None
-    reason = unfactorable(model, loss_fn)
-    chosen = "kfac" if reason is None else EDIT_PRESETS[opts.method]["solver"]
-    why = reason or "the model's curvature is Kronecker-factored (Linear / Conv layers, cross-entropy)"
-    return opts.replace(solver=chosen), {"requested": "auto", "chosen": chosen, "reason": why}
 
 
 def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
