@@ -11,16 +11,19 @@ precision cut-off), mean ± std over seeds.
 Rankings:
 
 * ``loss`` — the per-sample training loss −log p_y (the baseline any user has);
-* ``self`` — ``gif.self_influence`` with its defaults (∇ℓ_iᵀ(H + λI)⁻¹∇ℓ_i, low-rank H);
+* ``self`` — ``gif.self_influence`` with its defaults: on these single-label classifiers the
+  label's log-odds m = log p_y − log(1 − p_y) as the measure, −∇m_iᵀ(H + λI)⁻¹∇ℓ_i, low-rank H;
+* ``self (loss)`` — the classic self-influence ∇ℓ_iᵀ(H + λI)⁻¹∇ℓ_i (``measure="loss"``);
 * ``self/class`` — self-influence divided by the median self-influence of the sample's (given)
   class, so that classes with larger gradients do not crowd the top;
 * ``self-ekfac`` — self-influence with the EK-FAC curvature (``exact=True, solver="ekfac"``);
-* ``self λ=0.001`` / ``self rank=128`` — the default with a smaller damping / a larger rank;
+* ``self λ=0.001`` / ``self rank=128`` — the classic self-influence with a smaller damping / a
+  larger rank;
 * ``val-influence`` — influence of each training sample on the mean loss of a trusted, clean
   validation set (200 test samples): ``gif.scores`` summed over the validation queries, most
   negative first (samples whose removal would lower the validation loss).
 
-    python bench/mislabel.py [--seeds 0 1 2] [--steps 1000] [--threads 2] [--rankings loss self ...]
+    python bench/mislabel.py [--arch mlp|cnn] [--seeds 0 1 2] [--steps 1000] [--threads 2] [--rankings loss self ...]
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from torch import nn
 import gif
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from digits import MLP, build, load_digits
+from digits import CNN, MLP, build, load_digits
 
 FLIP_FRACTION = 0.1
 N_VALIDATION = 200
@@ -60,10 +63,14 @@ def flip_labels(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tens
     return noisy, flipped
 
 
-def memorise(x: torch.Tensor, y: torch.Tensor, *, seed: int, steps: int) -> nn.Module:
-    """MLP [256] fitted to (x, y) by full-batch Adam (lr 3e-3, no weight decay)."""
+ARCHS = {"mlp": {**MLP, "hidden_sizes": [256]}, "cnn": CNN}
+
+
+def memorise(x: torch.Tensor, y: torch.Tensor, *, seed: int, steps: int, arch: str = "mlp") -> nn.Module:
+    """``arch`` (MLP [256], or the digits CNN: TinyNet, 390k parameters) fitted to (x, y) by
+    full-batch Adam (lr 3e-3, no weight decay)."""
     torch.manual_seed(seed)
-    model = build({**MLP, "hidden_sizes": [256]})
+    model = build(ARCHS[arch])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(steps):
         opt.zero_grad()
@@ -81,6 +88,10 @@ def by_self_influence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: t
     return gif.self_influence(model, (x, y))
 
 
+def by_self_on_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
+    return gif.self_influence(model, (x, y), measure="loss")
+
+
 def per_class(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``scores`` divided by the median score of each sample's class."""
     out = scores.clone().double()
@@ -91,11 +102,11 @@ def per_class(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def by_self_per_class(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
-    return per_class(gif.self_influence(model, (x, y)), y)
+    return per_class(gif.self_influence(model, (x, y), measure="loss"), y)
 
 
 def by_self_ekfac(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
-    return gif.self_influence(model, (x, y), exact=True, solver="ekfac")
+    return gif.self_influence(model, (x, y), exact=True, solver="ekfac", measure="loss")
 
 
 def by_validation_influence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
@@ -103,16 +114,17 @@ def by_validation_influence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 def by_self_small_damping(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
-    return gif.self_influence(model, (x, y), damping=1e-3)
+    return gif.self_influence(model, (x, y), damping=1e-3, measure="loss")
 
 
 def by_self_rank128(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
-    return gif.self_influence(model, (x, y), rank=128)
+    return gif.self_influence(model, (x, y), rank=128, measure="loss")
 
 
 RANKINGS: dict[str, Ranking] = {
     "loss": by_loss,
     "self": by_self_influence,
+    "self (loss)": by_self_on_loss,
     "self λ=0.001": by_self_small_damping,
     "self rank=128": by_self_rank128,
     "self/class": by_self_per_class,
@@ -128,10 +140,10 @@ def found(scores: torch.Tensor, flipped: torch.Tensor, cut: float) -> float:
     return float(torch.isin(flipped, top).double().mean())
 
 
-def run_seed(seed: int, steps: int, names: list[str]) -> dict[str, dict]:
+def run_seed(seed: int, steps: int, names: list[str], arch: str) -> dict[str, dict]:
     s = load_digits(seed)
     noisy, flipped = flip_labels(s.y_train, FLIP_FRACTION, seed)
-    model = memorise(s.x_train, noisy, seed=seed, steps=steps)
+    model = memorise(s.x_train, noisy, seed=seed, steps=steps, arch=arch)
     with torch.no_grad():
         fitted = float((model(s.x_train[flipped]).argmax(1) == noisy[flipped]).double().mean())
     val = (s.x_test[:N_VALIDATION], s.y_test[:N_VALIDATION])
@@ -165,13 +177,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="mlp")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rankings", nargs="*", default=[], help=f"a subset of {', '.join(RANKINGS)}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runs = [run_seed(seed, args.steps, args.rankings) for seed in args.seeds]
+    runs = [run_seed(seed, args.steps, args.rankings, args.arch) for seed in args.seeds]
     fitted = [r["_fitted"]["flipped_fitted"] for r in runs]
-    print(f"# mislabel triage — digits, {FLIP_FRACTION:.0%} flipped labels, MLP [256] {args.steps} full-batch Adam steps, "
+    model = "MLP [256]" if args.arch == "mlp" else "CNN (TinyNet)"
+    print(f"# mislabel triage — digits, {FLIP_FRACTION:.0%} flipped labels, {model} {args.steps} full-batch Adam steps, "
           f"seeds {args.seeds}; {machine()}, {args.threads} threads, {datetime.date.today()}")  # fmt: skip
     print(f"flipped labels fitted by the model (training accuracy on them): {mean_std(fitted)}\n")
     print("| ranking | flipped in top 10% | flipped in top 20% | seconds |")

@@ -116,6 +116,18 @@ class FlatModel:
         """Loss of one sample (no batch dimension), for vmap."""
         return self.loss(theta, inputs_.one_sample(x), y.unsqueeze(0))
 
+    def margin(self, theta: torch.Tensor, inputs: inputs_.Inputs, targets: torch.Tensor) -> torch.Tensor:
+        """Sum over the batch of each sample's label log-odds m = z_y − log Σ_{k≠y} exp z_k =
+        log p_y − log(1 − p_y), from its logits z and integer class y."""
+        z = self.outputs(theta, inputs)
+        is_label = torch.arange(z.shape[-1], device=z.device) == targets.unsqueeze(-1)
+        others = torch.logsumexp(z.masked_fill(is_label, float("-inf")), dim=-1)
+        return ((z * is_label).sum(dim=-1) - others).sum()
+
+    def per_sample_margin(self, theta: torch.Tensor, x: inputs_.Inputs, y: torch.Tensor) -> torch.Tensor:
+        """Label log-odds of one sample (no batch dimension), for vmap."""
+        return self.margin(theta, inputs_.one_sample(x), y.unsqueeze(0))
+
     def check_outputs(self, inputs: inputs_.Inputs, *, rtol: float = 1e-4) -> None:
         """Raise :class:`NumericalError` unless the functional evaluation the engine differentiates
         (parameters swapped in, attention on the MATH kernel) gives the model's own outputs. Only

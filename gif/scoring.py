@@ -32,9 +32,9 @@ from torch.func import grad, vmap
 
 from ._util import check_positive_int, eval_mode
 from .config import SolveConfig, resolve
-from .data import Batch, Chunks, DataLike, as_pair
+from .data import Batch, Chunk, Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
-from .hessian import FlatModel, HessianOperator, LossFn
+from .hessian import FlatModel, HessianOperator, LossFn, cross_entropy
 from .inputs import Inputs, take, to
 from .inverse import InverseHessian, Solution, inverse_for
 from .memory import per_sample_gradient_chunk
@@ -163,7 +163,7 @@ def scores_with_report(
         options = {"solver": "lowrank", **options}
     config = _scores_config("scores", config, options)
     return _run(
-        model, train, queries, config, want_self=bool(include_self_influence), loss_fn=loss_fn,
+        model, train, queries, config, want_self="loss" if include_self_influence else None, loss_fn=loss_fn,
         hessian_data=hessian_data, lowrank=lowrank, monitor=Monitor(callback, should_stop),
     )  # fmt: skip
 
@@ -179,14 +179,27 @@ def self_influence(
     lowrank: LowRankHessian | None = None,
     callback: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    measure: str = "auto",
     **options: Any,
 ) -> torch.Tensor:
-    """Self-influence ``∇ℓ(z_i)ᵀ (H + λI)⁻¹ ∇ℓ(z_i)`` of every training sample, shape [n_train] (CPU).
+    """Self-influence of every training sample, shape [n_train] (CPU); higher = more suspicious.
+
+    ``measure`` says what the sample's own influence is measured on:
+
+    * ``"loss"``: self_i = ∇ℓ_iᵀ (H + λI)⁻¹ ∇ℓ_i, n times the rise of the sample's own loss
+      when it is left out (the classic self-influence);
+    * ``"margin"``: self_i = −∇m_iᵀ (H + λI)⁻¹ ∇ℓ_i with m_i = log p_y − log(1 − p_y) the
+      log-odds of the sample's (given) label: n times the fall of that log-odds when the sample is
+      left out, i.e. how much the model's belief in the label rests on the sample itself. It
+      finds fitted wrong labels better (docs/benchmarks.md, "Mislabel triage") and needs
+      single-label classification (the default cross-entropy over integer labels);
+    * ``"auto"`` (default): ``margin`` where it applies, else ``loss``
+      (:func:`self_influence_measure`).
 
     By default (``exact=False``) the inverse is the low-rank model of
     :meth:`LowRankHessian.solve_if` (the given ``lowrank`` fit, or a new one of ``rank``
-    eigenpairs): self = Σ_k c_k²/(μ_k + λ) + gᵀ(g − Vᵀc)/λ with c = V g (the last term only for
-    λ > 0), vectorised over a chunk of gradients — exactly gᵀ solve_if(g), at the price of the
+    eigenpairs): aᵀ(H + λI)⁻¹b = Σ_k c_k d_k/(μ_k + λ) + aᵀ(b − Vᵀd)/λ with c = V a, d = V b
+    (the last term only for λ > 0), vectorised over a chunk of gradients, at the price of the
     gradients. ``exact=True`` instead solves per sample with ``solver`` (default ``minres``;
     ``direct`` for a dense pseudo-inverse), which costs up to ``max_iter`` HVPs per sample.
     Other arguments as in :func:`scores_with_report`.
@@ -202,13 +215,31 @@ def self_influence(
         raise InvalidArgumentError(
             f"`solver={named!r}` needs `exact=True`; the default (exact=False) uses the lowrank fit"
         )
+    if measure not in MEASURES:
+        raise InvalidArgumentError(f"`measure` must be one of {', '.join(MEASURES)}, got {measure!r}")
     config = _scores_config("self_influence", config, options)
     result = _run(
-        model, train, None, config, want_self=True, loss_fn=loss_fn, hessian_data=hessian_data, lowrank=lowrank,
-        monitor=Monitor(callback, should_stop),
+        model, train, None, config, want_self=measure, loss_fn=loss_fn, hessian_data=hessian_data,
+        lowrank=lowrank, monitor=Monitor(callback, should_stop),
     )  # fmt: skip
     assert result.self_influence is not None
     return result.self_influence
+
+
+#: What :func:`self_influence` measures each sample's influence on.
+MEASURES = ("auto", "loss", "margin")
+
+
+def self_influence_measure(
+    model: nn.Module, train: DataLike, measure: str = "auto", *, loss_fn: LossFn | None = None
+) -> str:
+    """The measure :func:`self_influence` uses for this model and data: ``auto`` resolves to
+    ``margin`` for single-label classification (the default cross-entropy, integer labels, ≥ 2
+    logits), else ``loss``; an explicit ``margin`` where it does not apply is an error."""
+    if measure not in MEASURES:
+        raise InvalidArgumentError(f"`measure` must be one of {', '.join(MEASURES)}, got {measure!r}")
+    with eval_mode(model):
+        return _resolve_measure(FlatModel(model, loss_fn), as_pair(train, what="train"), measure)
 
 
 def top_k(scores: torch.Tensor, k: int) -> dict:
@@ -277,6 +308,23 @@ def _scoring_chunk(flat: FlatModel, train: Batch, config: SolveConfig) -> int:
     )
 
 
+def _resolve_measure(flat: FlatModel, train: Batch, measure: str) -> str:
+    if measure == "loss":
+        return measure
+    inputs, targets = train
+    single_label = flat.loss_fn is cross_entropy and targets.ndim == 1 and not targets.is_floating_point()
+    if single_label:
+        with torch.no_grad():
+            logits = flat.outputs(flat.theta, to(take(inputs, slice(0, 1)), flat.device))
+        single_label = logits.ndim == 2 and logits.shape[1] >= 2
+    if measure == "margin" and not single_label:
+        raise InvalidArgumentError(
+            "`measure='margin'` needs single-label classification (the default cross-entropy over "
+            "integer labels, at least 2 logits); use measure='loss'"
+        )
+    return "margin" if single_label else "loss"
+
+
 def _largest(chunks: Chunks) -> int:
     return max(len(c) for c in chunks)
 
@@ -286,21 +334,38 @@ def _lowrank_of(inverse: InverseHessian) -> LowRankHessian | None:
     return fit if isinstance(fit, LowRankHessian) else None
 
 
-def per_sample_gradients(flat: FlatModel, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
-    """∇θ ℓ(z) for every sample of a chunk, [len(chunk), p]: one vmapped pass, or one gradient per
-    sample for a model whose forward branches on its data (vmap cannot batch ``if mask.all()``, as
-    Hugging Face's attention-mask code does); the model is remembered as such."""
+def per_sample_gradients(
+    flat: FlatModel, inputs: Inputs, targets: torch.Tensor, *, of: str = "loss"
+) -> torch.Tensor:
+    """∇θ ℓ(z) (``of="loss"``) or ∇θ m(z) (``of="margin"``, :meth:`FlatModel.per_sample_margin`)
+    for every sample of a chunk, [len(chunk), p]: one vmapped pass, or one gradient per sample for
+    a model whose forward branches on its data (vmap cannot batch ``if mask.all()``, as Hugging
+    Face's attention-mask code does); the model is remembered as such."""
+    per_sample = flat.per_sample_loss if of == "loss" else flat.per_sample_margin
     if not flat.unbatchable:
         try:
-            return vmap(grad(flat.per_sample_loss), in_dims=(None, 0, 0))(flat.theta, inputs, targets)
+            return vmap(grad(per_sample), in_dims=(None, 0, 0))(flat.theta, inputs, targets)
         except RuntimeError as exc:
             if "vmap" not in str(exc):
                 raise
             flat.unbatchable = True
-    one = grad(flat.loss)
+    one = grad(flat.loss if of == "loss" else flat.margin)
     return torch.stack(
         [one(flat.theta, take(inputs, slice(i, i + 1)), targets[i : i + 1]) for i in range(len(targets))]
     )
+
+
+def _self_values(
+    inverse: InverseHessian, flat: FlatModel, chunk: Chunk, g: torch.Tensor, measure: str | None,
+    monitor: Monitor, offset: int, total: int,
+) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
+    """A chunk's self-influence: gᵀ(H + λI)⁻¹g on the loss, −∇mᵀ(H + λI)⁻¹g on the margin."""
+    solving = monitor.fresh(stage="solving")
+    if measure == "loss":
+        return inverse.quadratic(g, solving, offset=offset, total=total)
+    g_margin = _check_finite(per_sample_gradients(flat, chunk.inputs, chunk.targets, of="margin"), "train")
+    values, solutions = inverse.bilinear(g_margin, g, solving, offset=offset, total=total)
+    return -values, solutions
 
 
 def _check_finite(g: torch.Tensor, what: str) -> torch.Tensor:
@@ -333,7 +398,7 @@ def _run(
     queries: DataLike | None,
     config: SolveConfig,
     *,
-    want_self: bool,
+    want_self: str | None,
     loss_fn: LossFn | None,
     hessian_data: DataLike | None,
     lowrank: LowRankHessian | None,
@@ -344,6 +409,7 @@ def _run(
     query_pair = None if queries is None else as_pair(queries, what="queries")
     with eval_mode(model):
         flat = FlatModel(model, loss_fn)
+        measure = None if want_self is None else _resolve_measure(flat, train_pair, want_self)
         chunk_size = _scoring_chunk(flat, train_pair, config)
         train_chunks = Chunks(train_pair, chunk_size=chunk_size, device=flat.device, what="train")
         # H over the training data reuses the scoring pass's chunks (no second copy on the device).
@@ -357,7 +423,7 @@ def _run(
         diagnostics = _Diagnostics()
         try:
             out, self_values, gradients = _score(
-                inverse, flat, train_chunks, query_pair, config, want_self, monitor, diagnostics
+                inverse, flat, train_chunks, query_pair, config, measure, monitor, diagnostics
             )
         finally:
             hessian.release()
@@ -376,11 +442,12 @@ def _score(
     train_chunks: Chunks,
     query_pair: Batch | None,
     config: SolveConfig,
-    want_self: bool,
+    measure: str | None,
     monitor: Monitor,
     diagnostics: _Diagnostics,
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """S = G_q (H + λI)⁻¹, then one pass over the training chunks: S G_chunkᵀ (and self-influence)."""
+    """S = G_q (H + λI)⁻¹, then one pass over the training chunks: S G_chunkᵀ (and self-influence
+    on ``measure``, when given)."""
     gradients = 0
     if query_pair is None:
         solved = torch.zeros(0, inverse.size, dtype=flat.dtype, device=flat.device)
@@ -396,11 +463,11 @@ def _score(
         solved, solutions = inverse.solve_rows(g_queries, monitor.fresh(stage="solving"))  # S, [n_q, p]
         diagnostics.add(solutions)
         del g_queries
-    if want_self and query_pair is None:
+    if measure is not None and query_pair is None:
         inverse.prepare(monitor)
     n_train, n_chunks = train_chunks.total, len(train_chunks.chunks)
     out = torch.empty(solved.shape[0], n_train, dtype=flat.dtype)
-    self_values = torch.empty(n_train, dtype=flat.dtype) if want_self else None
+    self_values = torch.empty(n_train, dtype=flat.dtype) if measure is not None else None
     offset = 0
     for index, chunk in enumerate(train_chunks):
         monitor.check_cancel()
@@ -408,9 +475,8 @@ def _score(
         gradients += len(chunk)
         out[:, offset : offset + len(chunk)] = (solved @ g.T).cpu()
         if self_values is not None:
-            values, solutions = inverse.quadratic(
-                g, monitor.fresh(stage="solving"), offset=offset, total=n_train
-            )
+            values, solutions = _self_values(inverse, flat, chunk, g, measure, monitor, offset, n_train)
+            gradients += len(chunk) if measure == "margin" else 0
             if not bool(torch.isfinite(values).all()):
                 raise NumericalError(f"the {inverse.name} self-influence produced NaN/Inf; add damping")
             self_values[offset : offset + len(chunk)] = values.cpu()
@@ -421,4 +487,13 @@ def _score(
     return out, self_values, gradients
 
 
-__all__ = ["ScoresResult", "per_sample_gradients", "scores", "scores_with_report", "self_influence", "top_k"]
+__all__ = [
+    "MEASURES",
+    "ScoresResult",
+    "per_sample_gradients",
+    "scores",
+    "scores_with_report",
+    "self_influence",
+    "self_influence_measure",
+    "top_k",
+]

@@ -498,11 +498,18 @@ class ScoresJob(_Job):
 
 
 class SelfInfluenceJob(_Job):
-    """Mislabel triage: every training sample's self-influence ∇ℓᵀ(H + λI)⁻¹∇ℓ, most suspicious
-    first; with a trusted ``validation`` set, a second ranking by harm to its loss."""
+    """Mislabel triage: every training sample's self-influence, most suspicious first; with a
+    trusted ``validation`` set, a second ranking by harm to its loss."""
 
     type: Literal["self_influence"]
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="How many of the highest-scoring samples to list.")
+    measure: Literal["auto", "loss", "margin"] = Field(
+        "auto",
+        description="What a sample's own influence is measured on: `loss` (∇ℓᵀ(H + λI)⁻¹∇ℓ, the classic "
+        "self-influence), `margin` (−∇mᵀ(H + λI)⁻¹∇ℓ, m the log-odds of the sample's label: how much "
+        "the model's belief in that label rests on the sample; single-label classifiers only) or "
+        "`auto`: `margin` where it applies, else `loss`. The report says which was used.",
+    )
     validation: ArtifactId | None = Field(
         None,
         description="Optional trusted (clean) dataset: a second ranking by each training sample's influence "

@@ -17,6 +17,7 @@ import gif
 from gif.config import EditConfig, SolveConfig, resolve
 from gif.inputs import take
 from gif.progress import ProgressCallback, StopCheck
+from gif.scoring import self_influence_measure
 from jobs.specs import RelabelJob, RemoveJob, ScoresJob, SelfInfluenceJob, Spec
 
 from .loading import Loaded
@@ -44,6 +45,7 @@ class SelfInfluenceOutcome:
     top_k: dict
     config: SolveConfig
     exact: bool
+    measure: str
 
 
 Outcome = EditOutcome | ScoresOutcome | SelfInfluenceOutcome
@@ -83,14 +85,17 @@ def ranked(scores: torch.Tensor, k: int) -> list[dict]:
 def run_self_influence(
     spec: SelfInfluenceJob, loaded: Loaded, callback: ProgressCallback, should_stop: StopCheck
 ) -> SelfInfluenceOutcome:
-    """Self-influence of every training sample (``solver="lowrank"``: the closed form of the
-    low-rank fit; any other solver: one exact solve per sample), and with a validation set
+    """Self-influence of every training sample on the job's ``measure`` (``solver="lowrank"``: the
+    closed form of the low-rank fit; any other solver: one exact solve per sample), and with a validation set
     harm_i = −Σ_q ∇ℓ_qᵀ(H + λI)⁻¹∇ℓ_i over at most :data:`MAX_VALIDATION_QUERIES` of its samples
     (positive: removing sample i would lower the validation loss)."""
     config = self_influence_config(spec)
     exact = config.solver != "lowrank"
     common: dict[str, Any] = {"loss_fn": loaded.loss_fn, "callback": callback, "should_stop": should_stop}
-    scores = gif.self_influence(loaded.model, loaded.train, config=config, exact=exact, **common)
+    measure = self_influence_measure(loaded.model, loaded.train, spec.measure, loss_fn=loaded.loss_fn)
+    scores = gif.self_influence(
+        loaded.model, loaded.train, config=config, exact=exact, measure=measure, **common
+    )
     harm = None
     if loaded.validation is not None:
         vx, vy = loaded.validation
@@ -103,7 +108,7 @@ def run_self_influence(
     top = {"k": min(spec.top_k, len(scores)), "self_influence": ranked(scores, spec.top_k)}
     if harm is not None:
         top["validation_harm"] = ranked(harm, spec.top_k)
-    return SelfInfluenceOutcome(scores, harm, top, config, exact)
+    return SelfInfluenceOutcome(scores, harm, top, config, exact, measure)
 
 
 def run_engine(

@@ -314,7 +314,7 @@ def _self_influence_results(
     n_train = len(outcome.self_influence)
     report = {
         "object": "report", "job_id": job_id, "type": "self_influence", "n_train": n_train,
-        "exact": outcome.exact, "top_k": outcome.top_k, "provenance": prov,
+        "exact": outcome.exact, "measure": outcome.measure, "top_k": outcome.top_k, "provenance": prov,
     }  # fmt: skip
     outputs = [
         Output(
@@ -331,6 +331,7 @@ def _self_influence_results(
         "n_train": n_train,
         "solver": outcome.config.solver,
         "exact": outcome.exact,
+        "measure": outcome.measure,
         **{
             key: value[:SUMMARY_LIST_CAP] if isinstance(value, list) else value
             for key, value in outcome.top_k.items()

@@ -8,8 +8,9 @@ For one curvature H (the Hessian of a mean loss, or a model of it) and damping �
   frozen (``fif``);
 * :meth:`~InverseHessian.least_squares` — x = argmin ‖H[:,T] x − g‖² + λ‖x‖² (``gif``);
 
-plus :meth:`~InverseHessian.solve_rows` and :meth:`~InverseHessian.quadratic` for many
-right-hand sides at once (scores, self-influence), which structured inverses vectorise.
+plus :meth:`~InverseHessian.solve_rows`, :meth:`~InverseHessian.quadratic` and
+:meth:`~InverseHessian.bilinear` for many right-hand sides at once (scores, self-influence), which
+structured inverses vectorise.
 :meth:`~InverseHessian.prepare` does the once-per-curvature work (a Lanczos fit, a dense
 factorisation); it is idempotent and called by every solve that needs it.
 
@@ -113,8 +114,21 @@ class InverseHessian(ABC):
         self, rows: torch.Tensor, monitor: Monitor, *, offset: int = 0, total: int | None = None
     ) -> tuple[torch.Tensor, list[Solution]]:
         """Row-wise bᵀ (H + λI)⁻¹ b for ``rows`` [m, p] (self-influence), shape [m]."""
-        solved, solutions = self.solve_rows(rows, monitor, name="sample", offset=offset, total=total)
-        return (rows * solved).sum(dim=1), solutions
+        return self.bilinear(rows, rows, monitor, offset=offset, total=total)
+
+    def bilinear(
+        self,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        monitor: Monitor,
+        *,
+        offset: int = 0,
+        total: int | None = None,
+    ) -> tuple[torch.Tensor, list[Solution]]:
+        """Row-wise aᵀ (H + λI)⁻¹ b for rows a of ``left`` and b of ``right`` (both [m, p]), shape
+        [m]: one solve per row of ``right``."""
+        solved, solutions = self.solve_rows(right, monitor, name="sample", offset=offset, total=total)
+        return (left * solved).sum(dim=1), solutions
 
 
 _COUNT = {"query": "num_queries", "sample": "num_samples"}

@@ -56,14 +56,19 @@ class DenseInverse(InverseHessian):
         out = (((rows.to(u.dtype) @ u) * inv) @ u.T).to(rows.dtype)
         return out, [Solution(rows[:0]) for _ in range(int(rows.shape[0]))]
 
-    def quadratic(
-        self, rows: torch.Tensor, monitor: Monitor, *, offset: int = 0, total: int | None = None
+    def bilinear(
+        self,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        monitor: Monitor,
+        *,
+        offset: int = 0,
+        total: int | None = None,
     ) -> tuple[torch.Tensor, list[Solution]]:
-        u, inv = self._eigen(rows.device)
-        coords = rows.to(u.dtype) @ u
-        return (coords * coords * inv).sum(dim=1).to(rows.dtype), [
-            Solution(rows[:0]) for _ in range(len(rows))
-        ]
+        u, inv = self._eigen(right.device)
+        d = right.to(u.dtype) @ u
+        c = d if left is right else left.to(u.dtype) @ u
+        return (c * d * inv).sum(dim=1).to(right.dtype), [Solution(right[:0]) for _ in range(len(right))]
 
     def _eigen(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigenvectors of H + λI and the pseudo-inverse of its eigenvalues (float64)."""

@@ -87,17 +87,25 @@ class LowRankInverse(InverseHessian):
             out = out + (rows - c @ v) / self.damping
         return out, self._row_solutions(rows)
 
-    def quadratic(
-        self, rows: torch.Tensor, monitor: Monitor, *, offset: int = 0, total: int | None = None
+    def bilinear(
+        self,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        monitor: Monitor,
+        *,
+        offset: int = 0,
+        total: int | None = None,
     ) -> tuple[torch.Tensor, list[Solution]]:
-        """gᵀ z = Σ_k c_k²/(μ_k + λ) + gᵀ(g − Vᵀc)/λ with c = V g (the last term for λ > 0 only)."""
+        """aᵀ z = Σ_k c_k d_k/(μ_k + λ) + aᵀ(b − Vᵀd)/λ with c = V a, d = V b (the last term for
+        λ > 0 only): the flat complement of the fitted subspace."""
         self.prepare(monitor)
         monitor.check_cancel()
-        v, mu, c = self._coords(rows)
-        out = (c * c / (mu + self.damping)).sum(dim=1)
-        if self.damping != 0.0:  # the flat complement of the fitted subspace
-            out = out + (rows * (rows - c @ v)).sum(dim=1) / self.damping
-        return out, self._row_solutions(rows)
+        v, mu, d = self._coords(right)
+        c = d if left is right else left @ v.T
+        out = (c * d / (mu + self.damping)).sum(dim=1)
+        if self.damping != 0.0:
+            out = out + (left * (right - d @ v)).sum(dim=1) / self.damping
+        return out, self._row_solutions(right)
 
     def _coords(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._pairs is None or self._pairs[0].dtype != rows.dtype:

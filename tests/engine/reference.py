@@ -40,6 +40,12 @@ def dense_gradient(
     return torch.cat([g.reshape(-1) for g in grads]).detach()
 
 
+def label_log_odds(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Σ_i log p_y − log(1 − p_y) over a batch, from the softmax (the margin self-influence measures)."""
+    p = torch.softmax(outputs, dim=1).gather(1, targets[:, None])[:, 0]
+    return (torch.log(p) - torch.log1p(-p)).sum()
+
+
 def reference_influence(method, h, g, index, damping, h_target=None, fraction=0.0):
     """The four variants by dense linear algebra (numpy-free, float64, pseudo-inverses)."""
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)

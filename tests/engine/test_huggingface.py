@@ -15,7 +15,7 @@ from torch import nn
 import gif
 from gif.models import huggingface
 
-from .reference import dense_gradient, dense_hessian, reference_influence
+from .reference import dense_gradient, dense_hessian, label_log_odds, reference_influence
 
 VOCAB, LENGTH, SAMPLES = 10, 6, 24
 
@@ -110,8 +110,14 @@ def test_scores_and_self_influence_take_named_inputs(bert):
     g_query = torch.stack([dense_gradient(ref, take(tdata[0], [i]), tdata[1][i : i + 1]) for i in range(4)])
     scores = gif.scores(model, train, tdata, hessian_data=hdata, damping=damping, solver="direct")
     assert_rel_close(scores, g_query @ inverse @ g_train.T)  # tests/engine/test_scores.py's reading
-    own = gif.self_influence(model, train, hessian_data=hdata, damping=damping, solver="direct", exact=True)
+    exact = {"hessian_data": hdata, "damping": damping, "solver": "direct", "exact": True}
+    own = gif.self_influence(model, train, measure="loss", **exact)
     assert_rel_close(own, torch.einsum("ip,pq,iq->i", g_train, inverse, g_train))
+    g_margin = torch.stack(
+        [dense_gradient(ref, take(train[0], [i]), train[1][i : i + 1], label_log_odds) for i in range(6)]
+    )
+    margin = gif.self_influence(model, train, **exact)  # auto: a single-label classifier
+    assert_rel_close(margin, -torch.einsum("ip,pq,iq->i", g_margin, inverse, g_train))
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,19 @@ import torch
 from torch import nn
 
 from gif.errors import Cancelled, InvalidArgumentError, NumericalError
-from gif.scoring import ScoresResult, per_sample_gradients, scores, scores_with_report, self_influence, top_k
+from gif.scoring import (
+    ScoresResult,
+    per_sample_gradients,
+    scores,
+    scores_with_report,
+    self_influence,
+    self_influence_measure,
+    top_k,
+)
 from gif.solvers import LowRankHessian
 
 from .conftest import BUILDERS, make_data, tiny_mlp
-from .reference import dense_gradient, dense_hessian
+from .reference import dense_gradient, dense_hessian, label_log_odds
 
 TIGHT = {"tol": 1e-12, "max_iter": 3000}
 N_TRAIN, N_QUERIES = 24, 3
@@ -271,15 +279,63 @@ def test_self_influence_lowrank_exact_and_dense_agree(kind):
     model, train, _ = setup(kind)
     g = dense_grads(model, train)
     expected = torch.einsum("ip,pq,iq->i", g, dense_inverse(model, train, 0.01), g)
-    fitted = self_influence(model, train, rank=10_000)  # default: lowrank, full rank here
-    given = self_influence(model, train, lowrank=exact_fit(model, train))
-    dense = self_influence(model, train, exact=True, solver="direct")
+    on_loss = {"measure": "loss"}
+    fitted = self_influence(model, train, rank=10_000, **on_loss)  # default: lowrank, full rank here
+    given = self_influence(model, train, lowrank=exact_fit(model, train), **on_loss)
+    dense = self_influence(model, train, exact=True, solver="direct", **on_loss)
     results = [fitted, given, dense]
     if kind != "cnn":  # one solve per sample: keep it to the small models
-        results.append(self_influence(model, train, exact=True, hvp_backend="graph", **TIGHT))
+        results.append(self_influence(model, train, exact=True, hvp_backend="graph", **TIGHT, **on_loss))
     for out in results:
         assert out.shape == (N_TRAIN,) and out.dtype == torch.float64
         assert rel_err(out, expected) <= 1e-6
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_margin_self_influence_matches_dense_reference(kind):
+    """self_i = −∇m_iᵀ (H + λI)⁻¹ ∇ℓ_i, m_i the label's log-odds; `auto` picks it for these
+    cross-entropy classifiers."""
+    model, train, _ = setup(kind)
+    x, y = train
+    g = dense_grads(model, train)
+    g_margin = torch.stack(
+        [dense_gradient(model, x[i : i + 1], y[i : i + 1], label_log_odds) for i in range(len(y))]
+    )
+    expected = -torch.einsum("ip,pq,iq->i", g_margin, dense_inverse(model, train, 0.01), g)
+    assert bool((expected > 0).any()) and bool((expected < 0).any())  # a bilinear form, not a square
+    results = [
+        self_influence(model, train, rank=10_000),
+        self_influence(model, train, lowrank=exact_fit(model, train), measure="margin", chunk_size=5),
+        self_influence(model, train, exact=True, solver="direct", measure="margin"),
+    ]
+    if kind != "cnn":
+        results.append(
+            self_influence(model, train, exact=True, hvp_backend="graph", measure="margin", **TIGHT)
+        )
+    for out in results:
+        assert out.shape == (N_TRAIN,) and out.dtype == torch.float64
+        assert rel_err(out, expected) <= 1e-6
+    assert self_influence_measure(model, train) == "margin"
+
+
+def test_self_influence_measure_falls_back_to_the_loss():
+    """A loss other than the default cross-entropy (or float targets) has no label log-odds:
+    `auto` measures the loss, an explicit `margin` is refused."""
+    model, train, _ = setup("mlp")
+    x, y = train
+    soft = (x, torch.nn.functional.one_hot(y, 3).double())
+    mse = lambda out, t: ((out - t) ** 2).sum(dim=1).mean()  # noqa: E731
+    assert self_influence_measure(model, soft, loss_fn=mse) == "loss"
+    assert self_influence_measure(model, train, "loss") == "loss"
+    auto = self_influence(model, soft, loss_fn=mse, rank=10_000)
+    assert torch.allclose(auto, self_influence(model, soft, loss_fn=mse, rank=10_000, measure="loss"))
+    for call in (
+        lambda: self_influence(model, soft, loss_fn=mse, measure="margin"),
+        lambda: self_influence_measure(model, (x, y.double()), "margin"),
+        lambda: self_influence(model, train, measure="log_odds"),
+    ):
+        with pytest.raises(InvalidArgumentError, match="measure"):
+            call()
 
 
 @pytest.mark.parametrize("damping", [0.0, 0.01, 1.0])
@@ -290,7 +346,7 @@ def test_self_influence_mirrors_lowrank_solve_if(damping):
     fit = LowRankHessian(fit.eigenvalues[:6], fit.eigenvectors[:6], fit.residuals[:6])
     g = dense_grads(model, train)
     expected = torch.stack([row @ fit.solve_if(row, damping) for row in g])
-    out = self_influence(model, train, lowrank=fit, damping=damping, chunk_size=5)
+    out = self_influence(model, train, lowrank=fit, damping=damping, chunk_size=5, measure="loss")
     assert torch.allclose(out, expected, rtol=1e-10, atol=1e-12)
     # ... and the pairwise scores use the same model: score[q, i] = g_qᵀ solve_if(g_i).
     _, _, queries = setup("mlp")
@@ -309,7 +365,7 @@ def test_scores_report_with_self_influence_and_fit_reuse():
     again = scores_with_report(model, train, queries, lowrank=first.lowrank, include_self_influence=True)
     assert again.hvps == 0 and again.solver == "lowrank"
     assert torch.allclose(again.scores, first.scores, rtol=0, atol=1e-12)
-    alone = self_influence(model, train, lowrank=first.lowrank)
+    alone = self_influence(model, train, lowrank=first.lowrank, measure="loss")
     assert torch.allclose(first.self_influence, alone, rtol=0, atol=1e-12)
     exact = scores_with_report(
         model, train, queries, solver="minres", include_self_influence=True, hvp_backend="graph", **TIGHT

@@ -97,11 +97,22 @@ def test_self_influence_job_returns_every_score_and_the_top_k(ctx, inputs, data,
         :15
     ].tolist()
     assert result["summary"]["k"] == 15 and result["summary"]["exact"] is False
+    assert result["summary"]["measure"] == "margin"  # auto, for this cross-entropy classifier
+    assert json.loads(files["report"])["measure"] == "margin"
     harm = tensors["validation_harm"]
     assert [e["index"] for e in result["summary"]["validation_harm"]] == torch.sort(
         harm, descending=True, stable=True
     ).indices[:15].tolist()
     assert json.loads(files["top_k"])["self_influence"] == top
+
+
+def test_the_loss_measure_is_the_classic_self_influence(ctx, inputs, data, model):
+    result, files = _run(ctx, _body(inputs, measure="loss"))
+    expected = gif.self_influence(model, (data.x_train, data.y_train), measure="loss")
+    torch.testing.assert_close(safetensors.torch.load(files["scores"])["self_influence"], expected)
+    assert result["summary"]["measure"] == "loss"
+    margin = gif.self_influence(model, (data.x_train, data.y_train), measure="margin")
+    assert not torch.allclose(expected, margin)
 
 
 def test_an_exact_solver_solves_per_sample(ctx, inputs, data, tmp_path):
@@ -121,3 +132,6 @@ def test_spec_bounds():
         specs.parse({**body, "top_k": 0})
     with pytest.raises(ValueError):
         specs.parse({**body, "queries": body["train"]})
+    assert specs.parse(body).measure == "auto"
+    with pytest.raises(ValueError):
+        specs.parse({**body, "measure": "log_odds"})
