@@ -4,7 +4,8 @@ Protocol: the first 100 scikit-learn digits training samples (examples/digits.py
 fitted to them by full-batch Adam (300 steps: it memorises them), 30 of them removed at random
 with ``gif.remove``'s defaults, the test split as holdout, and a reference retrained on the other
 70 with the same recipe. Prints the audit's figures before and after the edit and the
-reference's, and the average gap to it, per seed.
+reference's, the average gap to it, and the edit's seconds (the audit's own time excluded) next to
+retraining's, per seed.
 
     python bench/audit.py [--seeds 0 1 2] [--threads 2]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -45,9 +47,14 @@ def run(seed: int) -> dict:
     forget = torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(seed))[:N_FORGET]
     keep = torch.ones(N_TRAIN, dtype=torch.bool)
     keep[forget] = False
-    model, reference = memorise(x, y, seed), memorise(x[keep], y[keep], seed)
+    model = memorise(x, y, seed)
+    start = time.perf_counter()
+    reference = memorise(x[keep], y[keep], seed)
+    retrain_seconds = time.perf_counter() - start
+    start = time.perf_counter()
     edit = gif.remove(model, (x, y), forget, seed=seed, holdout=(s.x_test, s.y_test), reference=reference)
-    return edit.report["audit"]
+    edit_seconds = time.perf_counter() - start - edit.report["timings"].get("audit", 0.0)
+    return {**edit.report["audit"], "seconds": (edit_seconds, retrain_seconds)}
 
 
 def main() -> None:
@@ -56,14 +63,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print("| seed | model | " + " | ".join(FIGURES) + " | avg_gap |")
-    print("|---|---|" + "---|" * (len(FIGURES) + 1))
+    print("| seed | model | " + " | ".join(FIGURES) + " | avg_gap | seconds |")
+    print("|---|---|" + "---|" * (len(FIGURES) + 2))
     for seed in args.seeds:
         audit = run(seed)
+        edit_seconds, retrain_seconds = audit["seconds"]
+        seconds = {
+            "after": f"{edit_seconds:.2f} ({edit_seconds / retrain_seconds:.2f}× retraining)",
+            "reference": f"{retrain_seconds:.2f}",
+        }
         for stage in ("before", "after", "reference"):
             gap = audit["gap"][stage]["avg_gap"] if stage in audit["gap"] else 0.0
             cells = " | ".join(f"{audit[stage][f]:.3f}" for f in FIGURES)
-            print(f"| {seed} | {stage} | {cells} | {gap:.3f} |")
+            print(f"| {seed} | {stage} | {cells} | {gap:.3f} | {seconds.get(stage, '')} |")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ class Edit:
         theta0 = space.vector(model)
         objective = Objective(
             model, self.task, self.train, self.val, self.loss_fn, space, params, self.gen, self.notify, memo,
-            self.work,
+            self.work, unseen=self.audit_inputs.holdout,
         )  # fmt: skip
         before = after = objective.current()
         gradient = _EditedGradient(self.task, len(self.train[1]), self.config.chunk_size, memo, self.ids)

@@ -21,6 +21,7 @@ from gif.audit import (
     mia_auc,
     mia_efficacy,
 )
+from gif.edit_sets import ACCURACY_PENALTY, ACCURACY_TOLERANCE
 from gif.errors import InvalidArgumentError, UnknownClassError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
@@ -155,6 +156,31 @@ def test_sample_removal_audit_sees_membership_before_the_edit(memorised):
     assert set(audit["before"]) == set(FIGURES) and "gap" in audit["not_computed"]
     assert sum(audit["histograms"]["before"]["forget"]) == 30
     assert edit.report["work"]["forward_evaluations"] >= 6  # 3 sets × before / after
+
+
+def test_with_a_holdout_sample_removal_is_judged_against_unseen_data(memorised):
+    """On a memorising model, carved validation data was seen in training: judged against it the
+    removed samples already look unseen and no step is taken. Judged against the holdout, the
+    edit raises their loss towards unseen samples' (the attack's AUC falls towards 0.5) while
+    the validation accuracy stays within ACCURACY_TOLERANCE of its start or is penalised."""
+    s, model = memorised
+    forget = torch.randperm(len(s.y_train), generator=torch.Generator().manual_seed(0))[:30]
+    data, holdout = (s.x_train, s.y_train), (s.x_test, s.y_test)
+    blind = gif.remove(model, data, forget, newton_steps=1)
+    assert blind.report["newton_steps"][0]["step"]["scale"] == 0.0  # no step improves the objective
+    edit = gif.remove(model, data, forget, newton_steps=1, holdout=holdout)
+    step = edit.report["newton_steps"][0]["step"]
+    assert step["scale"] > 0.0
+    audit = edit.report["audit"]
+    assert audit["after"]["mia_auc"] < audit["before"]["mia_auc"] - 0.05
+    removed, unseen = _losses(edit.model, s.x_train[forget], s.y_train[forget]), _losses(edit.model, *holdout)
+    before = _losses(model, s.x_train[forget], s.y_train[forget]).mean() / _losses(model, *holdout).mean()
+    assert float(removed.mean() / unseen.mean()) > 5 * float(before)
+    start, after = (edit.report["metrics"][k]["validation"]["accuracy"] for k in ("before", "after"))
+    ratio = min(1.0, float(removed.mean() / unseen.mean()))
+    floor = start - ACCURACY_TOLERANCE
+    expected = ratio if after >= floor else ratio * (after / floor) ** ACCURACY_PENALTY
+    assert step["objective"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_class_removal_audit_with_a_reference(memorised):
