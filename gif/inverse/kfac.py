@@ -48,10 +48,16 @@ MIN_FACTORED_SHARE = 0.9
 
 def unfactorable(model: nn.Module, loss_fn: object) -> str | None:
     """Why K-FAC cannot stand for this model's curvature under ``loss_fn`` (None: it can): the
-    loss must be the cross-entropy, and Linear / Conv layers (ungrouped, explicit padding) must
+    loss must be the cross-entropy, no module may compute attention (queries times keys: the
+    curvature of a product of two Linear layers' outputs is not one Kronecker product per layer;
+    on a small ViT an IF + K-FAC class removal left 33% on the class, docs/benchmarks.md "A small
+    Hugging Face ViT on MNIST-5k"), and Linear / Conv layers (ungrouped, explicit padding) must
     hold at least :data:`MIN_FACTORED_SHARE` of the trainable parameters."""
     if loss_fn is not cross_entropy and loss_fn is not F.cross_entropy:
         return "the loss is not the cross-entropy, which K-FAC models"
+    attention = next((m for m in model.modules() if _computes_attention(m)), None)
+    if attention is not None:
+        return f"the model computes attention ({type(attention).__name__}), which K-FAC does not factor"
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     factored = sum(
         p.numel()
@@ -68,6 +74,12 @@ def unfactorable(model: nn.Module, loss_fn: object) -> str | None:
             f"Linear / Conv layers hold {share:.0%} of the parameters (K-FAC needs {MIN_FACTORED_SHARE:.0%})"
         )
     return None
+
+
+def _computes_attention(module: nn.Module) -> bool:
+    """``nn.MultiheadAttention``, or a module named like Hugging Face's (``ViTSelfAttention``,
+    ``BertAttention``, ...)."""
+    return isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith("Attention")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from torch import nn
 
 import gif
@@ -196,6 +197,36 @@ def test_auto_takes_kfac_where_linear_layers_hold_the_parameters_under_cross_ent
     assert unfactorable(bigger, cross_entropy) is None
     assert "cross-entropy" in str(unfactorable(bigger, torch.nn.functional.mse_loss))
     assert "hold 1%" in str(unfactorable(_embedding_classifier(), cross_entropy))
+
+
+def test_auto_does_not_take_kfac_for_attention():
+    """Linear layers hold > 90% of a transformer's parameters, but attention multiplies two of
+    their outputs: `auto` keeps the method's solver (measured: K-FAC removes poorly on a ViT)."""
+    from gif.inverse.kfac import unfactorable
+    from gif.models import huggingface
+
+    class Attend(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(40, 4, batch_first=True)
+            self.head = nn.Linear(40, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.attn(x, x, x)[0].mean(dim=1))
+
+    assert "attention (MultiheadAttention)" in str(unfactorable(Attend(), cross_entropy))
+    config = transformers.ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3,
+    ).to_dict()  # fmt: skip
+    vit = huggingface.build(config)
+    assert "attention (ViT" in str(unfactorable(vit, cross_entropy))
+    x, y = torch.rand(24, 1, 8, 8), torch.randint(0, 3, (24,))
+    out = gif.remove(vit.eval(), ({"pixel_values": x}, y), {"class": 0}, solver="auto", newton_steps=1)
+    assert (
+        out.report["solver_choice"]["chosen"] == "lsqr"
+        and "attention" in out.report["solver_choice"]["reason"]
+    )
 
 
 def test_auto_chooses_kfac_or_falls_back_to_the_methods_solver():
