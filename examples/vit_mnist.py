@@ -9,7 +9,7 @@ without the class, timed in the same run.
 Columns: test accuracy on the retained classes and on the removed class, seconds, edit ÷
 retraining.
 
-    python examples/vit_mnist.py [--seeds 1] [--cls 3] [--epochs 8]
+    python examples/vit_mnist.py [--seeds 1] [--cls 3] [--epochs 8] [--methods "default,hessian 1024"]
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ CONFIG = transformers.ViTConfig(
 ).to_dict()  # fmt: skip
 
 #: name -> gif.remove options ({} = the engine's defaults)
-METHODS: dict[str, dict] = {"default": {}, "IF + K-FAC": {"method": "if", "solver": "kfac"}}
+METHODS: dict[str, dict] = {
+    "default": {},
+    "hessian 1024": {"hessian_samples": 1024},
+    "IF + K-FAC": {"method": "if", "solver": "kfac"},
+}
 
 
 def train(x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int) -> nn.Module:
@@ -95,7 +99,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"a subset of {', '.join(METHODS)}")
     args = parser.parse_args()
+    for name in set(METHODS) - set(args.methods.split(",")):
+        del METHODS[name]
     torch.set_num_threads(args.threads)
     runs = [run(seed, args.cls, args.epochs) for seed in range(args.seeds)]
     report(runs, title=f"Class {args.cls} removal, MNIST-5k, ViT (Hugging Face, 2 layers)",
