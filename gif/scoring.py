@@ -22,6 +22,7 @@ gradient entries are alive at a time, never n_train × p.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -56,9 +57,11 @@ class ScoresResult:
         hvps: Hessian-vector products spent (fit + solves).
         gradients: per-sample gradients computed (queries + training samples).
         seconds: wall-clock time.
-        self_influence: [n_train] self-influence when requested, else None.
+        self_influence: [n_train] self-influence (on the loss) when requested, else None.
         lowrank: the curvature fit (solver ``lowrank``), to reuse in later requests.
         note: solver notes (e.g. CG stopping on negative curvature), deduplicated.
+        normalize: how ``scores`` was normalised (:data:`NORMALIZATIONS`; ``none``: raw).
+        query_self_influence: [n_queries] ∇ℓ_qᵀ(H + λI)⁻¹∇ℓ_q, with ``self_influence``.
     """
 
     scores: torch.Tensor
@@ -72,6 +75,8 @@ class ScoresResult:
     self_influence: torch.Tensor | None = None
     lowrank: LowRankHessian | None = None
     note: str = ""
+    normalize: str = "none"
+    query_self_influence: torch.Tensor | None = None
 
     def diagnostics(self) -> dict:
         """JSON-ready summary (no tensors)."""
@@ -86,8 +91,13 @@ class ScoresResult:
             "num_queries": int(self.scores.shape[0]),
             "num_train": int(self.scores.shape[1]),
             "note": self.note,
+            "normalize": self.normalize,
             "seconds": round(self.seconds, 4),
         }
+
+
+#: How :func:`scores_with_report` may normalise scores.
+NORMALIZATIONS = ("none", "relative", "cosine")
 
 
 def scores(
@@ -101,17 +111,19 @@ def scores(
     lowrank: LowRankHessian | None = None,
     callback: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    normalize: str = "none",
     **options: Any,
 ) -> torch.Tensor:
     """Influence of every training sample on every query: a [n_queries, n_train] tensor (CPU).
 
     ``score[q, i] = ∇ℓ(z_q)ᵀ (H + λI)⁻¹ ∇ℓ(z_i)``; positive = training sample i supports query q
-    (removing it would raise the query loss by about score/n). See :func:`scores_with_report`
-    for the arguments and the diagnostics.
+    (removing it would raise the query loss by about score/n). ``normalize`` (``relative``,
+    ``cosine``) divides by the samples' own influence: see :func:`scores_with_report` for it, the
+    other arguments and the diagnostics.
     """
     return scores_with_report(
         model, train, queries, config=config, loss_fn=loss_fn, hessian_data=hessian_data, lowrank=lowrank,
-        callback=callback, should_stop=should_stop, **options,
+        callback=callback, should_stop=should_stop, normalize=normalize, **options,
     ).scores  # fmt: skip
 
 
@@ -127,6 +139,7 @@ def scores_with_report(
     callback: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     include_self_influence: bool = False,
+    normalize: str = "none",
     **options: Any,
 ) -> ScoresResult:
     """Pairwise influence scores with diagnostics (the engine behind :func:`scores`).
@@ -153,19 +166,51 @@ def scores_with_report(
         include_self_influence: also compute the training samples' self-influence with the same
             inverse (vectorised for ``lowrank``/``direct``; one solve per sample otherwise, whose
             convergence then also counts in ``converged``).
+        normalize: ``none`` (raw scores), ``relative`` or ``cosine``. With s_i = ∇ℓ_iᵀ(H + λI)⁻¹∇ℓ_i
+            the training samples' self-influence and s_q the queries' own,
+            relative[q, i] = score[q, i] / √|s_i| (RelatIF: a training sample with a huge
+            gradient, typically an outlier or a wrong label, no longer tops every query's list)
+            and cosine[q, i] = score[q, i] / √(|s_q| |s_i|), the cosine of the two gradients in
+            the (H + λI)⁻¹ inner product: in [−1, 1] when H + λI is positive definite, and
+            comparable across queries and models. A zero self-influence gives 0. Needs the
+            training self-influence: free with ``lowrank``/``direct``/``kfac``/``ekfac``, one
+            solve per training sample with an iterative solver.
 
     Raises:
         InvalidArgumentError: bad data, damping, solver, options or fit.
         NumericalError: NaN/Inf in gradients or solutions.
         Cancelled: ``should_stop`` returned True.
     """
+    if normalize not in NORMALIZATIONS:
+        raise InvalidArgumentError(
+            f"`normalize` must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}"
+        )
     if lowrank is not None and config is None:
         options = {"solver": "lowrank", **options}
     config = _scores_config("scores", config, options)
-    return _run(
-        model, train, queries, config, want_self="loss" if include_self_influence else None, loss_fn=loss_fn,
+    wanted = include_self_influence or normalize != "none"
+    result = _run(
+        model, train, queries, config, want_self="loss" if wanted else None, loss_fn=loss_fn,
         hessian_data=hessian_data, lowrank=lowrank, monitor=Monitor(callback, should_stop),
     )  # fmt: skip
+    if normalize == "none":
+        return result
+    assert result.self_influence is not None and result.query_self_influence is not None
+    scale = _inverse_root(result.self_influence)[None, :]
+    if normalize == "cosine":
+        scale = scale * _inverse_root(result.query_self_influence)[:, None]
+    return dataclasses.replace(
+        result, scores=result.scores * scale, normalize=normalize,
+        self_influence=result.self_influence if include_self_influence else None,
+    )  # fmt: skip
+
+
+def _inverse_root(values: torch.Tensor) -> torch.Tensor:
+    """1/√|v|, and 0 where v = 0 (a sample with no gradient has no influence to normalise)."""
+    root = values.abs().sqrt()
+    return torch.where(
+        root > 0, 1.0 / torch.where(root > 0, root, torch.ones_like(root)), torch.zeros_like(root)
+    )
 
 
 def self_influence(
@@ -422,7 +467,7 @@ def _run(
         inverse = inverse_for(hessian, config, fit=lowrank)
         diagnostics = _Diagnostics()
         try:
-            out, self_values, gradients = _score(
+            out, self_values, gradients, query_self = _score(
                 inverse, flat, train_chunks, query_pair, config, measure, monitor, diagnostics
             )
         finally:
@@ -433,6 +478,7 @@ def _run(
         iterations=diagnostics.iterations[:n_queries], residuals=diagnostics.residuals[:n_queries],
         hvps=hessian.hvps, gradients=gradients, seconds=time.perf_counter() - start,
         self_influence=self_values, lowrank=_lowrank_of(inverse), note="; ".join(diagnostics.notes),
+        query_self_influence=query_self if self_values is not None else None,
     )  # fmt: skip
 
 
@@ -445,10 +491,11 @@ def _score(
     measure: str | None,
     monitor: Monitor,
     diagnostics: _Diagnostics,
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]:
     """S = G_q (H + λI)⁻¹, then one pass over the training chunks: S G_chunkᵀ (and self-influence
-    on ``measure``, when given)."""
+    on ``measure``, when given). Also returns the queries' own gᵀ(H + λI)⁻¹g."""
     gradients = 0
+    query_self = None
     if query_pair is None:
         solved = torch.zeros(0, inverse.size, dtype=flat.dtype, device=flat.device)
     else:
@@ -462,6 +509,7 @@ def _score(
         inverse.prepare(monitor)
         solved, solutions = inverse.solve_rows(g_queries, monitor.fresh(stage="solving"))  # S, [n_q, p]
         diagnostics.add(solutions)
+        query_self = (g_queries * solved).sum(dim=1).cpu()
         del g_queries
     if measure is not None and query_pair is None:
         inverse.prepare(monitor)
@@ -484,11 +532,12 @@ def _score(
         offset += len(chunk)
         if monitor.callback is not None:
             monitor.callback(Progress("scoring", iteration=index + 1, max_iter=n_chunks))
-    return out, self_values, gradients
+    return out, self_values, gradients, query_self
 
 
 __all__ = [
     "MEASURES",
+    "NORMALIZATIONS",
     "ScoresResult",
     "per_sample_gradients",
     "scores",

@@ -494,6 +494,14 @@ class ScoresJob(_Job):
     type: Literal["scores"]
     queries: ArtifactId = Field(description="Artifact id of the query dataset (kind `dataset`).")
     top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+    normalize: Literal["none", "relative", "cosine"] = Field(
+        "none",
+        description="`none`: raw scores ∇ℓ_qᵀ(H + λI)⁻¹∇ℓ_i (positive: sample i supports query q; removing "
+        "it raises the query loss by about score/n). `relative`: divided by √ of sample i's self-influence, "
+        "so outliers with huge gradients do not top every list. `cosine`: divided by √ of both "
+        "self-influences, in [−1, 1]. The training self-influence costs one solve per sample with an "
+        "iterative solver; use `lowrank`.",
+    )
     options: ScoresOptions = Field(default_factory=ScoresOptions)
 
 

@@ -135,6 +135,7 @@ def run_engine(
             loss_fn=loaded.loss_fn,
             callback=callback,
             should_stop=should_stop,
+            normalize=spec.normalize,
         )
         return ScoresOutcome(result, gif.top_k(result.scores, spec.top_k), solve)
     config = edit_config(spec)

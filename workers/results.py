@@ -259,6 +259,7 @@ def _scores_results(
         metadata={
             "job_id": job_id,
             "layout": "[n_queries, n_train]",
+            "normalize": outcome.result.normalize,
             "train_sha256": prov["input_digests"].get("train", ""),
             "queries_sha256": prov["input_digests"].get("queries", ""),
         },

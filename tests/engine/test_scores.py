@@ -338,6 +338,53 @@ def test_self_influence_measure_falls_back_to_the_loss():
             call()
 
 
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_normalized_scores_match_dense_reference(kind):
+    """relative[q, i] = score / √|s_i|, cosine[q, i] = score / √(|s_q| |s_i|) with s the samples'
+    own gᵀ(H + λI)⁻¹g; with a positive-definite H + λI the cosine lies in [−1, 1] and is 1 for a
+    query that is a training sample."""
+    model, train, queries = setup(kind)
+    damping = pd_damping(model, train)
+    inverse = dense_inverse(model, train, damping)
+    g_train, g_query = dense_grads(model, train), dense_grads(model, queries)
+    raw = g_query @ inverse @ g_train.T
+    s_train = torch.einsum("ip,pq,iq->i", g_train, inverse, g_train)
+    s_query = torch.einsum("ip,pq,iq->i", g_query, inverse, g_query)
+    common = {"damping": damping, "solver": "direct"}
+    relative = scores_with_report(model, train, queries, normalize="relative", **common)
+    assert relative.normalize == "relative" and relative.self_influence is None
+    assert rel_err(relative.scores, raw / s_train.sqrt()) <= 1e-8
+    cosine = scores(model, train, queries, normalize="cosine", **common)
+    assert rel_err(cosine, raw / torch.outer(s_query.sqrt(), s_train.sqrt())) <= 1e-8
+    assert float(cosine.abs().max()) <= 1.0 + 1e-9
+    both = (torch.cat([queries[0], train[0]]), torch.cat([queries[1], train[1]]))
+    own = scores(model, both, queries, normalize="cosine", hessian_data=train, **common)
+    assert torch.allclose(own[:, :N_QUERIES].diagonal(), torch.ones(N_QUERIES, dtype=own.dtype))
+    lowrank = scores_with_report(
+        model, train, queries, normalize="cosine", damping=damping, lowrank=exact_fit(model, train),
+        include_self_influence=True,
+    )  # fmt: skip
+    assert rel_err(lowrank.scores, cosine) <= 1e-6 and rel_err(lowrank.self_influence, s_train) <= 1e-6
+    assert lowrank.diagnostics()["normalize"] == "cosine"
+
+
+def test_a_sample_without_gradient_normalizes_to_zero():
+    """Under a squared error, a sample whose target equals the model's output has no gradient,
+    no self-influence and no influence: its normalised column is 0, not NaN."""
+    model, (x, _), (xq, _) = setup("mlp")
+    with torch.no_grad():
+        fitted, fitted_q = model(x), model(xq)
+    noise = torch.randn(fitted.shape, generator=torch.Generator().manual_seed(3), dtype=fitted.dtype)
+    noise[-1] = 0.0
+    mse = lambda out, t: ((out - t) ** 2).sum(dim=1).mean()  # noqa: E731
+    train, queries = (x, fitted + noise), (xq, fitted_q + 1.0)
+    out = scores(model, train, queries, normalize="cosine", solver="direct", damping=0.1, loss_fn=mse)
+    assert bool(torch.isfinite(out).all()) and bool((out[:, -1] == 0).all())
+    assert bool((out[:, :-1] != 0).all())
+    with pytest.raises(InvalidArgumentError, match="normalize"):
+        scores(model, train, queries, normalize="l2", loss_fn=mse)
+
+
 @pytest.mark.parametrize("damping", [0.0, 0.01, 1.0])
 def test_self_influence_mirrors_lowrank_solve_if(damping):
     """With a truncated fit, self = gᵀ fit.solve_if(g) exactly (complement term included)."""

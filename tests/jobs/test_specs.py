@@ -37,8 +37,12 @@ def test_valid_bodies_and_canonical_dump():
     del body["forget"]
     relabel = specs.parse(body)
     assert relabel.relabel.labels == [0, 1]
-    scores = specs.parse({k: v for k, v in _body(type="scores", queries=TRAIN).items() if k != "forget"})
-    assert scores.top_k == 10
+    scores_body = {k: v for k, v in _body(type="scores", queries=TRAIN).items() if k != "forget"}
+    scores = specs.parse(scores_body)
+    assert scores.top_k == 10 and scores.normalize == "none"
+    assert specs.parse({**scores_body, "normalize": "cosine"}).normalize == "cosine"
+    with pytest.raises(ValueError):
+        specs.parse({**scores_body, "normalize": "l2"})
 
 
 @pytest.mark.parametrize(

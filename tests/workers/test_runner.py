@@ -141,6 +141,27 @@ def test_scores_job(ctx, inputs):
     provenance = json.loads(files["report"])["provenance"]
     assert provenance["options"] == gif.config.defaults("scores") | {"solver": "cg", "max_iter": 5}
     assert provenance["seed"] == 0
+    assert json.loads(files["report"])["diagnostics"]["normalize"] == "none"
+
+
+def test_a_cosine_scores_job(ctx, inputs, data, model):
+    """`normalize: cosine` returns the engine's normalised matrix, its top-k ranked on it."""
+    body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=2).items()
+            if k not in ("forget", "options")}  # fmt: skip
+    body |= {"normalize": "cosine", "options": {"solver": "lowrank"}}
+    job_id = _submit(ctx, body)
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
+    files = _result_files(ctx, _job(ctx, job_id))
+    scores = safetensors.torch.load(files["scores"])["scores"]
+    queries = (data.x_test[:4], data.y_test[:4])  # what factories.write_files uploaded
+    expected = gif.scores(model, (data.x_train, data.y_train), queries, solver="lowrank", normalize="cosine")
+    torch.testing.assert_close(scores, expected)
+    assert float(scores.abs().max()) <= 1.0 + 1e-5
+    top = json.loads(files["top_k"])["queries"][0]["proponents"]
+    assert [e["index"] for e in top] == torch.sort(expected[0], descending=True, stable=True).indices[
+        :2
+    ].tolist()
+    assert json.loads(files["report"])["diagnostics"]["normalize"] == "cosine"
 
 
 def _fails_with(ctx, body, code: str) -> None:
