@@ -169,11 +169,11 @@ class SolveConfig:
     SOLVER_CHOICES: ClassVar[tuple[str, ...]] = SOLVERS
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
+        check_choice("method", self.method, METHODS)
         if self.solver is None:
             object.__setattr__(self, "solver", self._default_solver())
-        _check_choice("solver", self.solver, self.SOLVER_CHOICES)
-        _check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
+        check_choice("solver", self.solver, self.SOLVER_CHOICES)
+        check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
         for f in dataclasses.fields(self):
             if f.metadata.get("low") is not None:
                 _check_range(f, getattr(self, f.name))
@@ -301,14 +301,14 @@ class EditConfig(SolveConfig):
     )
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
+        check_choice("method", self.method, METHODS)
         for name, value in EDIT_PRESETS[self.method].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         super().__post_init__()
-        _check_choice("selection", self.selection, STRATEGIES)
-        _check_choice("step", self.step, STEP_POLICIES)
-        _check_choice("hessian_pool", self.hessian_pool, HESSIAN_POOLS)
+        check_choice("selection", self.selection, STRATEGIES)
+        check_choice("step", self.step, STEP_POLICIES)
+        check_choice("hessian_pool", self.hessian_pool, HESSIAN_POOLS)
         if self.param_names is not None:
             names = self.param_names
             if isinstance(names, str) or not names or not all(isinstance(n, str) and n for n in names):
@@ -405,7 +405,8 @@ def _plain(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
 
 
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise InvalidArgumentError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from ._util import check_positive_int, eval_mode
-from .config import SolveConfig, resolve
+from .config import SolveConfig, check_choice, resolve
 from .data import Batch, Chunk, Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
 from .hessian import FlatModel, HessianOperator, LossFn, cross_entropy
@@ -61,7 +61,7 @@ class ScoresResult:
         lowrank: the curvature fit (solver ``lowrank``), to reuse in later requests.
         note: solver notes (e.g. CG stopping on negative curvature), deduplicated.
         normalize: how ``scores`` was normalised (:data:`NORMALIZATIONS`; ``none``: raw).
-        query_self_influence: [n_queries] ∇ℓ_qᵀ(H + λI)⁻¹∇ℓ_q, with ``self_influence``.
+        query_self_influence: [n_queries] ∇ℓ_qᵀ(H + λI)⁻¹∇ℓ_q (None without queries).
     """
 
     scores: torch.Tensor
@@ -181,10 +181,7 @@ def scores_with_report(
         NumericalError: NaN/Inf in gradients or solutions.
         Cancelled: ``should_stop`` returned True.
     """
-    if normalize not in NORMALIZATIONS:
-        raise InvalidArgumentError(
-            f"`normalize` must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}"
-        )
+    check_choice("normalize", normalize, NORMALIZATIONS)
     if lowrank is not None and config is None:
         options = {"solver": "lowrank", **options}
     config = _scores_config("scores", config, options)
@@ -208,9 +205,7 @@ def scores_with_report(
 def _inverse_root(values: torch.Tensor) -> torch.Tensor:
     """1/√|v|, and 0 where v = 0 (a sample with no gradient has no influence to normalise)."""
     root = values.abs().sqrt()
-    return torch.where(
-        root > 0, 1.0 / torch.where(root > 0, root, torch.ones_like(root)), torch.zeros_like(root)
-    )
+    return torch.where(root > 0, 1.0 / root, torch.zeros_like(root))
 
 
 def self_influence(
@@ -260,8 +255,7 @@ def self_influence(
         raise InvalidArgumentError(
             f"`solver={named!r}` needs `exact=True`; the default (exact=False) uses the lowrank fit"
         )
-    if measure not in MEASURES:
-        raise InvalidArgumentError(f"`measure` must be one of {', '.join(MEASURES)}, got {measure!r}")
+    check_choice("measure", measure, MEASURES)
     config = _scores_config("self_influence", config, options)
     result = _run(
         model, train, None, config, want_self=measure, loss_fn=loss_fn, hessian_data=hessian_data,
@@ -281,8 +275,7 @@ def self_influence_measure(
     """The measure :func:`self_influence` uses for this model and data: ``auto`` resolves to
     ``margin`` for single-label classification (the default cross-entropy, integer labels, ≥ 2
     logits), else ``loss``; an explicit ``margin`` where it does not apply is an error."""
-    if measure not in MEASURES:
-        raise InvalidArgumentError(f"`measure` must be one of {', '.join(MEASURES)}, got {measure!r}")
+    check_choice("measure", measure, MEASURES)
     with eval_mode(model):
         return _resolve_measure(FlatModel(model, loss_fn), as_pair(train, what="train"), measure)
 
@@ -478,7 +471,7 @@ def _run(
         iterations=diagnostics.iterations[:n_queries], residuals=diagnostics.residuals[:n_queries],
         hvps=hessian.hvps, gradients=gradients, seconds=time.perf_counter() - start,
         self_influence=self_values, lowrank=_lowrank_of(inverse), note="; ".join(diagnostics.notes),
-        query_self_influence=query_self if self_values is not None else None,
+        query_self_influence=query_self,
     )  # fmt: skip
 
 
