@@ -4,6 +4,8 @@ eigenvalues equal the Hessian's diagonal in the Kronecker eigenbasis for any num
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers
@@ -80,6 +82,28 @@ def test_ekfac_eigenvalues_are_the_hessian_diagonal_in_the_kronecker_basis(build
     basis = torch.kron(block.q_out, block.q_in)  # column j * (in + 1) + k = vec(q_out[:, j] q_in[:, k]ᵀ)
     in_basis = basis.T @ h[index][:, index] @ basis
     assert torch.allclose(block.eigen.reshape(-1), torch.diagonal(in_basis), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_a_float32_model_is_fitted_to_float32_accuracy(corrected):
+    """The factors' products run in the activations' precision and are summed in float64: a
+    float32 copy of a model gives the float64 fit's solves to ~1e-5."""
+    model = conv_layer()
+    x, y = samples((2, 4, 4), 300, 4)
+    damping = 0.01
+    exact = KroneckerInverse(HessianOperator(model, (x, y), chunk_size=64), damping, corrected=corrected)
+    single = KroneckerInverse(
+        HessianOperator(copy.deepcopy(model).float(), (x.float(), y), chunk_size=64),
+        damping,
+        corrected=corrected,
+    )
+    b = torch.randn(exact.size, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = exact.solve(b, Monitor()).x
+    got = single.solve(b.float(), Monitor()).x.double()
+    assert float((got - expected).norm() / expected.norm()) < 1e-4
+    for fitted32, fitted64 in zip(single.fitted.eigen, exact.fitted.eigen, strict=True):
+        assert fitted32.dtype == torch.float64
+        assert torch.allclose(fitted32, fitted64, rtol=1e-4, atol=1e-6 * float(fitted64.max()))
 
 
 def test_influence_scores_and_edits_run_on_the_factored_curvature():
