@@ -280,12 +280,14 @@ def self_influence_measure(
         return _resolve_measure(FlatModel(model, loss_fn), as_pair(train, what="train"), measure)
 
 
-def top_k(scores: torch.Tensor, k: int) -> dict:
+def top_k(scores: torch.Tensor, k: int, *, ids: torch.Tensor | None = None) -> dict:
     """The k most positive (proponents) and k most negative (opponents) training samples per query.
 
     Args:
         scores: [n_queries, n_train] as returned by :func:`scores`.
         k: how many of each (capped at n_train).
+        ids: the training samples' own ids (int [n_train], e.g. a dataset's ``sample_ids``):
+            each entry then carries ``"id"`` beside its row ``"index"``.
 
     Returns:
         JSON-ready ``{"k", "num_queries", "num_train", "queries": [{"query": q, "proponents":
@@ -304,13 +306,16 @@ def top_k(scores: torch.Tensor, k: int) -> dict:
     values = scores.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(values).all()):
         raise NumericalError("`scores` contains NaN or Inf")
+    names = _sample_ids(ids, num_train)
     k = min(k, num_train)
     # Stable sorts keep ties in index order, so the result is deterministic.
     down = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
     up = torch.sort(values, dim=1, stable=True).indices[:, :k]
 
     def entries(row: int, order: torch.Tensor) -> list[dict]:
-        return [{"index": int(i), "score": float(values[row, i])} for i in order.tolist()]
+        if names is None:
+            return [{"index": i, "score": float(values[row, i])} for i in order.tolist()]
+        return [{"index": i, "id": names[i], "score": float(values[row, i])} for i in order.tolist()]
 
     return {
         "k": k,
@@ -539,3 +544,18 @@ __all__ = [
     "self_influence_measure",
     "top_k",
 ]
+
+
+def _sample_ids(ids: torch.Tensor | None, num_train: int) -> list[int] | None:
+    if ids is None:
+        return None
+    if (
+        not isinstance(ids, torch.Tensor)
+        or ids.ndim != 1
+        or ids.dtype.is_floating_point
+        or ids.dtype == torch.bool
+    ):
+        raise InvalidArgumentError("`ids` must be a 1-D integer tensor, one id per training sample")
+    if ids.numel() != num_train:
+        raise InvalidArgumentError(f"`ids` holds {ids.numel()} ids for {num_train} training samples")
+    return ids.tolist()

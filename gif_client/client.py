@@ -110,20 +110,25 @@ class Client:
             checkpoint = self.upload(weights, "checkpoint")["id"]
         return {"format": "huggingface", "config": config, "checkpoint": checkpoint}
 
-    def upload_dataset(self, tensors: Mapping[str, Any], labels: Any) -> dict:
+    def upload_dataset(self, tensors: Mapping[str, Any], labels: Any, *, sample_ids: Any = None) -> dict:
         """Upload named input tensors and their labels as one dataset (an ``.npz``; needs numpy).
 
         ``tensors`` maps names to arrays (numpy arrays, torch tensors, a tokenizer's
         ``BatchEncoding``…), one row per sample: ``{"input_ids": ..., "attention_mask": ...}`` are
         passed to the model as keyword arguments; ``{"inputs": x}`` is one positional tensor.
-        ``labels`` holds one integer class per sample. Returns the artifact.
+        ``labels`` holds one integer class per sample; ``sample_ids`` (optional) one distinct
+        integer per sample, your own key for it, which rankings (top-k of scores and
+        self-influence jobs) then name beside the row index. Returns the artifact.
         """
         import numpy as np  # only here: the SDK itself needs httpx and the standard library
 
         arrays = {str(name): np.asarray(_host(value)) for name, value in tensors.items()}
-        if "labels" in arrays:
-            raise ValueError("pass the labels as `labels`, not as a tensor named 'labels'")
+        for reserved in ("labels", "sample_ids"):
+            if reserved in arrays:
+                raise ValueError(f"pass `{reserved}` as its own argument, not as a tensor named {reserved!r}")
         arrays["labels"] = np.asarray(_host(labels))
+        if sample_ids is not None:
+            arrays["sample_ids"] = np.asarray(_host(sample_ids))
         with tempfile.TemporaryDirectory(prefix="gif-dataset-") as scratch:
             path = Path(scratch) / "dataset.npz"
             np.savez(path, **arrays)  # type: ignore[arg-type]  # (numpy stubs read a keyword as allow_pickle)

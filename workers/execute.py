@@ -77,9 +77,10 @@ def self_influence_config(spec: SelfInfluenceJob) -> SolveConfig:
     return resolve("self_influence", SolveConfig, None, spec.options.model_dump(exclude_none=True))
 
 
-def ranked(scores: torch.Tensor, k: int) -> list[dict]:
-    """The ``k`` highest scores, highest first (ties: lower index first): ``[{index, score}]``."""
-    return gif.top_k(scores.reshape(1, -1), k)["queries"][0]["proponents"]
+def ranked(scores: torch.Tensor, k: int, ids: torch.Tensor | None = None) -> list[dict]:
+    """The ``k`` highest scores, highest first (ties: lower index first): ``[{index, score}]``,
+    each with the sample's ``id`` when the training set names its samples."""
+    return gif.top_k(scores.reshape(1, -1), k, ids=ids)["queries"][0]["proponents"]
 
 
 def run_self_influence(
@@ -105,9 +106,10 @@ def run_self_influence(
             pick = torch.sort(torch.randperm(len(vy), generator=gen)[:MAX_VALIDATION_QUERIES]).values
         queries = (take(vx, pick), vy[pick])
         harm = -gif.scores(loaded.model, loaded.train, queries, config=config, **common).sum(dim=0)
-    top = {"k": min(spec.top_k, len(scores)), "self_influence": ranked(scores, spec.top_k)}
+    ids = loaded.train_ids
+    top = {"k": min(spec.top_k, len(scores)), "self_influence": ranked(scores, spec.top_k, ids)}
     if harm is not None:
-        top["validation_harm"] = ranked(harm, spec.top_k)
+        top["validation_harm"] = ranked(harm, spec.top_k, ids)
     return SelfInfluenceOutcome(scores, harm, top, config, exact, measure)
 
 
@@ -137,7 +139,7 @@ def run_engine(
             should_stop=should_stop,
             normalize=spec.normalize,
         )
-        return ScoresOutcome(result, gif.top_k(result.scores, spec.top_k), solve)
+        return ScoresOutcome(result, gif.top_k(result.scores, spec.top_k, ids=loaded.train_ids), solve)
     config = edit_config(spec)
     if isinstance(spec, RemoveJob):
         forget = spec.forget

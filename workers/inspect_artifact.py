@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def inspect_dataset(path: Path) -> dict[str, Any]:
-    """Dataset metadata: size, sample shape and dtype, label range and per-class counts."""
+    """Dataset metadata: size, sample shape and dtype, label range and per-class counts, and
+    whether it names its samples (``sample_ids``, checked here: one distinct integer per sample)."""
     import gif.io
     from gif.errors import DatasetError
 
@@ -69,7 +70,8 @@ def inspect_dataset(path: Path) -> dict[str, Any]:
     top = int(labels.max())
     if top >= MAX_LABEL:
         raise DatasetError(f"labels must be < {MAX_LABEL}; found {top}")
-    meta = gif.io.describe_dataset(inputs, labels)
+    ids = gif.io.load_sample_ids(path, len(labels))
+    meta = gif.io.describe_dataset(inputs, labels, ids)
     meta.update(label_min=int(labels.min()), label_max=top)
     return {
         "format": "npz" if _head(path).startswith(_ZIP) else "safetensors",

@@ -51,6 +51,8 @@ class Loaded:
     program: torch.export.ExportedProgram | None = None
     #: the engine's loss (None: cross-entropy); a Hugging Face config's ``problem_type`` names it
     loss_fn: LossFn | None = None
+    #: the training samples' own ids (the train dataset's ``sample_ids``), which rankings name
+    train_ids: torch.Tensor | None = None
 
 
 def load_inputs(
@@ -73,6 +75,7 @@ def load_inputs(
     train = _dataset(blobs, inputs["train"], "train")
     num_classes = _fit(model, spec, train, "train")
     loaded = Loaded(model=model, num_classes=num_classes, train=train, program=program, loss_fn=loss_fn)
+    loaded.train_ids = _sample_ids(blobs, inputs["train"], len(train[1]))
     for role in ("validation", "queries", "holdout"):
         if role in inputs:
             data = _dataset(blobs, inputs[role], role)
@@ -112,6 +115,13 @@ def _dataset(blobs: BlobStore, ref: dict[str, str], role: str) -> Pair:
         return gif.io.load_dataset(blobs.fetch(ref["sha256"]))
     except DatasetError as exc:
         raise DatasetError(f"{role} dataset {ref['artifact_id']}: {exc.message}", **exc.details) from None
+
+
+def _sample_ids(blobs: BlobStore, ref: dict[str, str], num_samples: int) -> torch.Tensor | None:
+    try:
+        return gif.io.load_sample_ids(blobs.fetch(ref["sha256"]), num_samples)
+    except DatasetError as exc:
+        raise DatasetError(f"train dataset {ref['artifact_id']}: {exc.message}", **exc.details) from None
 
 
 def _fit(model: nn.Module, spec: AnyModel, data: Pair, role: str) -> int:

@@ -83,7 +83,7 @@ def write_results(
     if isinstance(outcome, EditOutcome):
         return _edit_results(job_id, spec, loaded, outcome, blobs, prov)
     if isinstance(outcome, SelfInfluenceOutcome):
-        return _self_influence_results(job_id, outcome, blobs, prov)
+        return _self_influence_results(job_id, loaded, outcome, blobs, prov)
     return _scores_results(job_id, loaded, outcome, blobs, prov)
 
 
@@ -254,7 +254,7 @@ def _scores_results(
     diagnostics = outcome.result.diagnostics()
     scores_path = blobs.tmp_path(".safetensors")
     safetensors.torch.save_file(
-        {"scores": outcome.result.scores.detach().cpu().contiguous()},
+        _with_sample_ids({"scores": outcome.result.scores}, loaded),
         str(scores_path),
         metadata={
             "job_id": job_id,
@@ -294,17 +294,18 @@ def _scores_results(
 
 
 def _self_influence_results(
-    job_id: str, outcome: SelfInfluenceOutcome, blobs: BlobStore, prov: dict[str, Any]
+    job_id: str, loaded: Loaded, outcome: SelfInfluenceOutcome, blobs: BlobStore, prov: dict[str, Any]
 ) -> Results:
     """``scores`` safetensors (``self_influence`` [n_train], ``validation_harm`` [n_train] with a
-    validation set), ``top_k`` JSON and a report; the summary lists the top-k, highest first."""
+    validation set, ``sample_ids`` when the training set names its samples), ``top_k`` JSON and a
+    report; the summary lists the top-k, highest first."""
     prov = {**prov, "options": outcome.config.to_dict(), "seed": outcome.config.seed}
     tensors = {"self_influence": outcome.self_influence}
     if outcome.validation_harm is not None:
         tensors["validation_harm"] = outcome.validation_harm
     path = blobs.tmp_path(".safetensors")
     safetensors.torch.save_file(
-        {name: t.detach().cpu().contiguous() for name, t in tensors.items()},
+        _with_sample_ids(tensors, loaded),
         str(path),
         metadata={
             "job_id": job_id,
@@ -342,6 +343,15 @@ def _self_influence_results(
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _with_sample_ids(tensors: dict[str, torch.Tensor], loaded: Loaded) -> dict[str, torch.Tensor]:
+    """A scores file's tensors, host-contiguous, with the training set's ``sample_ids`` (the
+    column order) when it has them."""
+    out = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    if loaded.train_ids is not None:
+        out["sample_ids"] = loaded.train_ids.cpu().contiguous()
+    return out
 
 
 def _json_output(blobs: BlobStore, kind: str, document: dict[str, Any], filename: str) -> Output:

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from ._safetensors import MAX_HEADER_BYTES
 from .checkpoints import MIN_TORCH_VERSION, describe_checkpoint, load_checkpoint, load_state, save_checkpoint
-from .datasets import check_labels, describe_dataset, infer_num_classes, load_dataset, save_dataset
+from .datasets import (
+    check_labels,
+    describe_dataset,
+    infer_num_classes,
+    load_dataset,
+    load_sample_ids,
+    save_dataset,
+)
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -21,6 +28,7 @@ __all__ = [
     "infer_num_classes",
     "load_checkpoint",
     "load_dataset",
+    "load_sample_ids",
     "load_state",
     "save_checkpoint",
     "save_dataset",

@@ -2,7 +2,9 @@
 
 A dataset file holds ``labels`` and either one ``inputs`` tensor (passed to the model
 positionally) or several named tensors (``input_ids``, ``attention_mask``, ``pixel_values``, …)
-passed as keyword arguments; the named form loads as a dict (gif/inputs.py).
+passed as keyword arguments; the named form loads as a dict (gif/inputs.py). An optional
+``sample_ids`` tensor (one distinct integer per sample: the caller's own key, e.g. a database
+row id) is never given to the model; rankings name samples by it (:func:`load_sample_ids`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from ._safetensors import validate_header
 
 _NPY_MAGIC = b"\x93NUMPY"
 _DATASET_KEYS = ("inputs", "labels")
+#: The optional per-sample key of a dataset: not an input of the model.
+SAMPLE_IDS = "sample_ids"
 #: Most named input tensors a dataset may hold (besides ``labels``).
 MAX_INPUT_TENSORS = 16
 #: A named tensor becomes a keyword argument: an identifier, not private, at most 64 characters.
@@ -62,6 +66,7 @@ def load_dataset(path: PathLike) -> tuple[Inputs, torch.Tensor]:
         raise DatasetError("this is a single .npy array; save inputs and labels together with np.savez")
     npz = head.startswith(ZIP_MAGIC)
     names = _npz_names(path) if npz else validate_header(path, DatasetError)
+    names = [n for n in names if n != SAMPLE_IDS]
     keys = _DATASET_KEYS if "inputs" in names or "labels" not in names else _named_keys(names)
     arrays = (_read_npz if npz else _read_safetensors_arrays)(path, keys)
     labels = arrays.pop("labels")
@@ -70,30 +75,76 @@ def load_dataset(path: PathLike) -> tuple[Inputs, torch.Tensor]:
     return _check_named(arrays, labels)
 
 
-def save_dataset(inputs: Inputs, labels: torch.Tensor, path: PathLike) -> None:
-    """Validate ``inputs`` (a tensor or a dict of named tensors) and ``labels`` (as
-    :func:`load_dataset` would) and write them to safetensors."""
+def load_sample_ids(path: PathLike, num_samples: int) -> torch.Tensor | None:
+    """The dataset's ``sample_ids`` (int64 [n]), or None when it has none.
+
+    ``num_samples`` is the dataset's length (its labels'), which the ids must match.
+
+    Raises:
+        DatasetError: ids that are not a 1-D integer array, one per sample, all distinct.
+    """
+    npz = read_head(path, DatasetError).startswith(ZIP_MAGIC)
+    names = _npz_names(path) if npz else validate_header(path, DatasetError)
+    if SAMPLE_IDS not in names:
+        return None
+    ids = (_read_npz if npz else _read_safetensors_arrays)(path, (SAMPLE_IDS,))[SAMPLE_IDS]
+    return check_sample_ids(ids, num_samples)
+
+
+def check_sample_ids(ids: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """``ids`` as int64 [num_samples] if they are one distinct integer per sample, else a
+    :class:`DatasetError` naming what is wrong (a repeated id is shown with its rows)."""
+    if ids.ndim != 1 or dtype_kind(ids.dtype) != "integer":
+        raise DatasetError(
+            f"`{SAMPLE_IDS}` must be a 1-D integer array, got {dtype_name(ids.dtype)} of shape {tuple(ids.shape)}"
+        )
+    if ids.shape[0] != num_samples:
+        raise DatasetError(f"`{SAMPLE_IDS}` holds {ids.shape[0]} ids for {num_samples} samples")
+    ids = ids.long()
+    values, counts = torch.unique(ids, return_counts=True)
+    if values.numel() != ids.numel():
+        repeated = int(values[counts > 1][0])
+        rows = torch.nonzero(ids == repeated).flatten()[:MAX_NAMES].tolist()
+        raise DatasetError(
+            f"`{SAMPLE_IDS}` must be distinct: {repeated} appears {int(counts.max())} times (rows {rows})",
+            id=repeated,
+        )
+    return ids
+
+
+def save_dataset(
+    inputs: Inputs, labels: torch.Tensor, path: PathLike, *, sample_ids: torch.Tensor | None = None
+) -> None:
+    """Validate ``inputs`` (a tensor or a dict of named tensors), ``labels`` and the optional
+    ``sample_ids`` (as :func:`load_dataset` and :func:`load_sample_ids` would) and write them to
+    safetensors."""
     if isinstance(inputs, Mapping):
+        if SAMPLE_IDS in inputs:
+            raise DatasetError(f"pass `{SAMPLE_IDS}` as `sample_ids=`, not as an input tensor")
         named, y = _check_named({k: torch.as_tensor(v) for k, v in inputs.items()}, torch.as_tensor(labels))
         tensors = {k: v.detach().cpu().contiguous() for k, v in named.items()}
     else:
         x, y = _check_dataset(torch.as_tensor(inputs), torch.as_tensor(labels))
         tensors = {"inputs": x.detach().cpu().contiguous()}
     tensors["labels"] = y.detach().cpu().contiguous()
+    if sample_ids is not None:
+        tensors[SAMPLE_IDS] = check_sample_ids(torch.as_tensor(sample_ids), len(y)).cpu().contiguous()
     atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp))
 
 
-def describe_dataset(inputs: Inputs, labels: torch.Tensor) -> dict[str, Any]:
+def describe_dataset(
+    inputs: Inputs, labels: torch.Tensor, sample_ids: torch.Tensor | None = None
+) -> dict[str, Any]:
     """Summary of a dataset: size, per-sample shape and dtype (each named tensor's, with the range
-    of integer ones: token ids are checked against a model's vocabulary at submit), classes seen
-    and per-class counts."""
+    of integer ones: token ids are checked against a model's vocabulary at submit), classes seen,
+    per-class counts, and whether it names its samples (``sample_ids``)."""
     counts = torch.bincount(labels.reshape(-1).long()).tolist() if labels.numel() else []
     summary: dict[str, Any] = {"n_samples": int(labels.shape[0])}
     if isinstance(inputs, torch.Tensor):
         summary.update(input_shape=list(inputs.shape[1:]), input_dtype=dtype_name(inputs.dtype))
     else:
         summary["inputs"] = {name: _describe_tensor(t) for name, t in inputs.items()}
-    summary.update(num_classes_seen=len(counts), label_counts=counts)
+    summary.update(num_classes_seen=len(counts), label_counts=counts, sample_ids=sample_ids is not None)
     return summary
 
 

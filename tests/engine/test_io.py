@@ -380,7 +380,57 @@ def test_describe_dataset():
         "input_dtype": "float32",
         "num_classes_seen": 3,
         "label_counts": [2, 0, 3],
+        "sample_ids": False,
     }
+    assert (
+        io.describe_dataset(torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor([7, 9]))["sample_ids"]
+        is True
+    )
+
+
+def test_sample_ids_round_trip_and_are_never_an_input(tmp_path):
+    x, y, ids = torch.randn(4, 3), torch.tensor([0, 1, 1, 0]), torch.tensor([1001, 7, -3, 2**40])
+    io.save_dataset(x, y, tmp_path / "plain.st", sample_ids=ids)
+    lx, ly = io.load_dataset(tmp_path / "plain.st")
+    assert torch.equal(lx, x) and torch.equal(ly, y)
+    assert io.load_sample_ids(tmp_path / "plain.st", 4).tolist() == ids.tolist()
+    named = {"input_ids": torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]]), "attention_mask": torch.ones(4, 2)}
+    io.save_dataset(named, y, tmp_path / "named.st", sample_ids=ids)
+    nx, _ = io.load_dataset(tmp_path / "named.st")
+    assert set(nx) == {"input_ids", "attention_mask"}  # not passed to the model as a keyword
+    loaded = io.load_sample_ids(tmp_path / "named.st", 4)
+    assert loaded.dtype == torch.int64 and loaded.tolist() == ids.tolist()
+    np.savez(
+        tmp_path / "d.npz", inputs=x.numpy(), labels=y.numpy(), sample_ids=np.array([5, 6, 7, 8], np.int32)
+    )
+    assert io.load_sample_ids(tmp_path / "d.npz", 4).tolist() == [5, 6, 7, 8]
+    io.save_dataset(x, y, tmp_path / "none.st")
+    assert io.load_sample_ids(tmp_path / "none.st", 4) is None
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (np.array([3, 8, 3, 1]), r"must be distinct: 3 appears 2 times \(rows \[0, 2\]\)"),
+        (np.array([1, 2, 3]), "holds 3 ids for 4 samples"),
+        (np.array([1.0, 2.0, 3.0, 4.0]), "1-D integer array"),
+        (np.array([[1, 2], [3, 4]]), "1-D integer array"),
+    ],
+)
+def test_bad_sample_ids_are_dataset_errors(tmp_path, ids, message):
+    np.savez(
+        tmp_path / "d.npz", inputs=np.zeros((4, 2), np.float32), labels=np.zeros(4, np.int64), sample_ids=ids
+    )
+    io.load_dataset(tmp_path / "d.npz")  # the inputs and labels themselves are fine
+    with pytest.raises(DatasetError, match=message):
+        io.load_sample_ids(tmp_path / "d.npz", 4)
+    with pytest.raises(DatasetError, match=message):
+        io.save_dataset(
+            torch.zeros(4, 2),
+            torch.zeros(4, dtype=torch.long),
+            tmp_path / "x.st",
+            sample_ids=torch.as_tensor(ids),
+        )
 
 
 def test_check_labels():

@@ -440,6 +440,22 @@ def test_top_k_orders_and_ties():
     assert capped["k"] == 5 and len(capped["queries"][0]["opponents"]) == 5
 
 
+def test_top_k_names_each_sample_by_its_id_when_given():
+    s = torch.tensor([[0.5, -1.0, 2.0, 0.5, -3.0]])
+    ids = torch.tensor([900, 17, 2**40, -5, 3])
+    q0 = top_k(s, 2, ids=ids)["queries"][0]
+    assert q0["proponents"] == [
+        {"index": 2, "id": 2**40, "score": 2.0},
+        {"index": 0, "id": 900, "score": 0.5},
+    ]
+    assert [(e["index"], e["id"]) for e in q0["opponents"]] == [(4, 3), (1, 17)]
+    assert "id" not in top_k(s, 2)["queries"][0]["proponents"][0]
+    with pytest.raises(InvalidArgumentError, match="holds 4 ids for 5 training samples"):
+        top_k(s, 2, ids=ids[:4])
+    with pytest.raises(InvalidArgumentError, match="1-D integer"):
+        top_k(s, 2, ids=ids.double())
+
+
 def test_top_k_on_real_scores():
     model, train, queries = setup("mlp")
     s = scores(model, train, queries, solver="direct")

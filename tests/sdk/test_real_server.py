@@ -120,3 +120,23 @@ def test_a_changed_file_is_refused_by_its_declared_digest(server, files, tmp_pat
         with pytest.raises(ApiError) as refused:
             corrupting.upload(files["queries"], "dataset")
     assert refused.value.status == 422 and refused.value.code == "digest-mismatch"
+
+
+def test_a_dataset_with_sample_ids_gets_rankings_by_id(client, uploaded, digits):
+    """``upload_dataset(..., sample_ids=)`` through a real server: a self-influence job's top-k
+    names each sample by the caller's id as well as its row."""
+    x, y = digits.x_train, digits.y_train
+    train = client.upload_dataset({"inputs": x}, y, sample_ids=[i * 10 + 1 for i in range(len(y))])
+    assert client.artifact(train["id"])["metadata"]["sample_ids"] is True
+    body = {
+        "type": "self_influence",
+        "model": remove_body(uploaded)["model"],
+        "train": train["id"],
+        "top_k": 5,
+    }
+    done = client.wait(client.submit(body)["id"], timeout=120, poll=0.2)
+    assert done["status"] == "succeeded", done.get("error")
+    top = done["result"]["summary"]["self_influence"]
+    assert len(top) == 5 and all(e["id"] == e["index"] * 10 + 1 for e in top)
+    with pytest.raises(ValueError, match="sample_ids"):
+        client.upload_dataset({"inputs": x, "sample_ids": y}, y)

@@ -34,6 +34,23 @@ def test_dataset_upload_records_shape_and_labels(uploaded):
     assert meta["num_classes_seen"] == 10 and meta["label_min"] == 0 and meta["label_max"] == 9
 
 
+def test_a_dataset_names_its_samples_and_repeated_ids_are_refused_at_upload(client_a, tmp_path, digits):
+    x, y = digits.x_test[:20].numpy(), digits.y_test[:20].numpy()
+    ids = np.arange(500, 520)
+    np.savez(tmp_path / "ids.npz", inputs=x, labels=y, sample_ids=ids)
+    response = upload(client_a, tmp_path / "ids.npz", "dataset")
+    assert response.status_code == 201, response.text
+    assert response.json()["metadata"]["sample_ids"] is True
+    ids[7] = ids[3]
+    np.savez(tmp_path / "repeated.npz", inputs=x, labels=y, sample_ids=ids)
+    refused = upload(client_a, tmp_path / "repeated.npz", "dataset")
+    assert refused.status_code == 422 and refused.headers["content-type"].startswith(
+        "application/problem+json"
+    )
+    assert refused.json()["code"] == "invalid-artifact"
+    assert "503 appears 2 times (rows [3, 7])" in refused.json()["detail"]
+
+
 def test_dedup_per_tenant(client_a, client_b, files, uploaded):
     again = upload(client_a, files["checkpoint"], "checkpoint")
     assert again.status_code == 200 and again.json()["id"] == uploaded["checkpoint"]["id"]

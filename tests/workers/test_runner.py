@@ -144,6 +144,23 @@ def test_scores_job(ctx, inputs):
     assert json.loads(files["report"])["diagnostics"]["normalize"] == "none"
 
 
+def test_a_scores_job_names_training_samples_by_their_ids(ctx, inputs, data, tmp_path):
+    ids = torch.arange(len(data.y_train)) * 3 + 100
+    path = tmp_path / "train-ids.safetensors"
+    gif.io.save_dataset(data.x_train, data.y_train, path, sample_ids=ids)
+    train = _artifact(ctx, path, "dataset", {"n_samples": len(data.y_train), "input_shape": [1, 8, 8]})
+    body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=4, train=train).items()
+            if k not in ("forget", "options")}  # fmt: skip
+    body["options"] = {"solver": "lowrank"}
+    job_id = _submit(ctx, body)
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
+    files = _result_files(ctx, _job(ctx, job_id))
+    for query in json.loads(files["top_k"])["queries"]:
+        for entry in query["proponents"] + query["opponents"]:
+            assert entry["id"] == 100 + 3 * entry["index"]
+    assert torch.equal(safetensors.torch.load(files["scores"])["sample_ids"], ids)
+
+
 def test_a_cosine_scores_job(ctx, inputs, data, model):
     """`normalize: cosine` returns the engine's normalised matrix, its top-k ranked on it."""
     body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=2).items()

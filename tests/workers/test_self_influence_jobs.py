@@ -124,6 +124,41 @@ def test_an_exact_solver_solves_per_sample(ctx, inputs, data, tmp_path):
     assert "validation_harm" not in safetensors.torch.load(files["scores"])
 
 
+def test_rankings_name_samples_by_the_datasets_own_ids(ctx, inputs, data, tmp_path):
+    """A training set with ``sample_ids``: every top-k entry carries the id of its row, and the
+    scores file carries the ids in its column order."""
+    n = len(data.y_train)
+    ids = 10_000_000_000 + 7 * torch.arange(n).flip(0)  # user keys: large, not the row order
+    path = tmp_path / "named.safetensors"
+    gif.io.save_dataset(data.x_train, data.y_train, path, sample_ids=ids)
+    train = _artifact(ctx, path, "dataset", {"n_samples": n, "input_shape": SHAPE, "sample_ids": True})
+    result, files = _run(ctx, _body(inputs, train=train, validation=inputs["test"], top_k=5))
+    for ranking in ("self_influence", "validation_harm"):
+        entries = result["summary"][ranking]
+        assert len(entries) == 5 and all(e["id"] == int(ids[e["index"]]) for e in entries)
+    assert torch.equal(safetensors.torch.load(files["scores"])["sample_ids"], ids)
+    plain, plain_files = _run(ctx, _body(inputs, top_k=5))
+    assert "id" not in plain["summary"]["self_influence"][0]
+    assert "sample_ids" not in safetensors.torch.load(plain_files["scores"])
+
+
+def test_a_training_set_with_repeated_ids_fails_the_job_clearly(ctx, inputs, data, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "repeated.npz"
+    ids = np.arange(len(data.y_train))
+    ids[5] = ids[2]
+    np.savez(path, inputs=data.x_train.numpy(), labels=data.y_train.numpy(), sample_ids=ids)
+    train = _artifact(ctx, path, "dataset", {"n_samples": len(data.y_train), "input_shape": SHAPE})
+    job_id = submit_job(
+        ctx.db, ctx.settings, TENANT, specs.parse(_body(inputs, train=train)), fingerprint="f"
+    ).job.id
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.FAILED
+    with ctx.db.read() as session:
+        error = json.loads(store.require_job(session, TENANT, job_id).error_json)
+    assert error["code"] == "dataset_incompatible" and "2 appears 2 times (rows [2, 5])" in error["message"]
+
+
 def test_spec_bounds():
     body = {"type": "self_influence", "model": {"arch": "mlp", "checkpoint": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBC"},
             "train": "art_01JD3Q7W8M6Z5K2R9T0V4X1YBD"}  # fmt: skip
