@@ -93,6 +93,8 @@ ConfigValue = (
     | Annotated[list[Annotated[int, Field(ge=0, le=2**20)]], Field(max_length=64)]
 )
 Index = Annotated[int, Field(ge=0)]
+#: A training sample's own id (a dataset's ``sample_ids``: int64)
+SampleId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 Label = Annotated[int, Field(ge=0, lt=MAX_CLASSES)]
 
 
@@ -361,18 +363,28 @@ def _unique(values: list[int] | None) -> list[int] | None:
     return values
 
 
+def _unique_ids(values: list[int] | None) -> list[int] | None:
+    try:
+        return _unique(values)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("index", "id")) from None
+
+
 class Forget(Strict):
-    """What to remove: a whole class ``{"class": c}`` or training ``{"indices": [...]}``."""
+    """What to remove: a whole class ``{"class": c}``, training rows ``{"indices": [...]}``, or
+    training samples by their own ids ``{"ids": [...]}`` (the train dataset's ``sample_ids``)."""
 
     class_: Label | None = Field(None, alias="class")
     indices: list[Index] | None = Field(None, min_length=1, max_length=MAX_INDICES)
+    ids: list[SampleId] | None = Field(None, min_length=1, max_length=MAX_INDICES)
 
     _unique_indices = field_validator("indices")(_unique)
+    _unique_sample_ids = field_validator("ids")(_unique_ids)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Forget:
-        if (self.class_ is None) == (self.indices is None):
-            raise ValueError('give exactly one of "class" or "indices"')
+        if sum(v is not None for v in (self.class_, self.indices, self.ids)) != 1:
+            raise ValueError('give exactly one of "class", "indices" or "ids"')
         return self
 
 

@@ -57,8 +57,8 @@ def request_summary(request: dict[str, Any]) -> dict[str, Any]:
     """The request as stored, with long index/label lists replaced by a count and a digest."""
     out = dict(request)
     forget = out.get("forget")
-    if isinstance(forget, dict) and "indices" in forget:
-        out["forget"] = {"indices": _digest(forget["indices"])}
+    if isinstance(forget, dict):
+        out["forget"] = {k: _digest(v) if k in ("indices", "ids") else v for k, v in forget.items()}
     relabel = out.get("relabel")
     if isinstance(relabel, dict):
         out["relabel"] = {"indices": _digest(relabel["indices"]), "labels": _digest(relabel["labels"])}

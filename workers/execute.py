@@ -15,6 +15,7 @@ import torch
 
 import gif
 from gif.config import EditConfig, SolveConfig, resolve
+from gif.errors import DatasetError, IndexOutOfRangeError
 from gif.inputs import take
 from gif.progress import ProgressCallback, StopCheck
 from gif.scoring import self_influence_measure
@@ -83,6 +84,31 @@ def ranked(scores: torch.Tensor, k: int, ids: torch.Tensor | None = None) -> lis
     return gif.top_k(scores.reshape(1, -1), k, ids=ids)["queries"][0]["proponents"]
 
 
+def rows_of(ids: list[int], train_ids: torch.Tensor | None) -> torch.Tensor:
+    """The training rows of the samples named by ``ids`` (the train dataset's ``sample_ids``),
+    ascending.
+
+    Raises:
+        gif.errors.DatasetError: the training set names no samples.
+        gif.errors.IndexOutOfRangeError: an id that is not in it (up to 10 named).
+    """
+    if train_ids is None:
+        raise DatasetError("the train dataset has no `sample_ids`, so `forget.ids` names no sample")
+    wanted = torch.tensor(ids, dtype=torch.long)
+    order = torch.argsort(train_ids)
+    sorted_ids = train_ids[order]
+    at = torch.searchsorted(sorted_ids, wanted).clamp_max(len(sorted_ids) - 1)
+    found = sorted_ids[at] == wanted
+    if not bool(found.all()):
+        missing = wanted[~found]
+        raise IndexOutOfRangeError(
+            f"{missing.numel()} id(s) of `forget.ids` are not in the train dataset's sample_ids: "
+            f"{missing[:10].tolist()}",
+            ids=missing[:10].tolist(),
+        )
+    return torch.sort(order[at]).values  # a set of samples: the order the ids came in is not kept
+
+
 def run_self_influence(
     spec: SelfInfluenceJob, loaded: Loaded, callback: ProgressCallback, should_stop: StopCheck
 ) -> SelfInfluenceOutcome:
@@ -143,11 +169,13 @@ def run_engine(
     config = edit_config(spec)
     if isinstance(spec, RemoveJob):
         forget = spec.forget
-        target: torch.Tensor | dict[str, int] = (
-            {"class": forget.class_}
-            if forget.class_ is not None
-            else torch.tensor(forget.indices, dtype=torch.long)
-        )
+        target: torch.Tensor | dict[str, int]
+        if forget.class_ is not None:
+            target = {"class": forget.class_}
+        elif forget.ids is not None:
+            target = rows_of(forget.ids, loaded.train_ids)
+        else:
+            target = torch.tensor(forget.indices, dtype=torch.long)
         edited = gif.remove(
             loaded.model, loaded.train, target, config=config, validation=loaded.validation,
             holdout=loaded.holdout, reference=loaded.reference, loss_fn=loaded.loss_fn, callback=callback,

@@ -87,6 +87,21 @@ def test_indices_out_of_range_or_duplicated_are_422(client_a, uploaded):
     assert both.status_code == 422
 
 
+def test_ids_need_a_training_set_that_names_its_samples(client_a, uploaded):
+    """``forget.ids`` against a training set uploaded without ``sample_ids`` is refused at submit;
+    ids are int64, distinct, and exclusive with ``class`` / ``indices``."""
+    refused = client_a.post("/v1/jobs", json=remove_body(uploaded, forget={"ids": [12, 2**40]}))
+    assert refused.status_code == 422
+    assert _codes(refused) == [(("body", "forget", "ids"), "sample_ids_missing")]
+    dup = client_a.post("/v1/jobs", json=remove_body(uploaded, forget={"ids": [-4, 9, -4]}))
+    assert dup.status_code == 422 and "duplicated id -4" in dup.json()["errors"][0]["msg"]
+    too_big = client_a.post("/v1/jobs", json=remove_body(uploaded, forget={"ids": [2**63]}))
+    assert too_big.status_code == 422
+    both = client_a.post("/v1/jobs", json=remove_body(uploaded, forget={"indices": [1], "ids": [1]}))
+    assert both.status_code == 422
+    assert both.json()["errors"][0]["msg"].endswith('give exactly one of "class", "indices" or "ids"')
+
+
 def test_labels_and_classes_out_of_range_are_422(client_a, uploaded):
     body = remove_body(uploaded, type="relabel", relabel={"indices": [1, 2, 3], "labels": [0, 10, 4]})
     del body["forget"]

@@ -161,6 +161,33 @@ def test_a_scores_job_names_training_samples_by_their_ids(ctx, inputs, data, tmp
     assert torch.equal(safetensors.torch.load(files["scores"])["sample_ids"], ids)
 
 
+def test_a_removal_names_samples_by_their_ids(ctx, inputs, data, tmp_path):
+    """``forget: {"ids": [...]}`` removes the rows whose ``sample_ids`` those are: the same weights
+    as naming the rows; an id the training set lacks fails the job, naming it."""
+    n = len(data.y_train)
+    ids = torch.randperm(n, generator=torch.Generator().manual_seed(0)) + 5_000  # ids in no row order
+    path = tmp_path / "train-ids.safetensors"
+    gif.io.save_dataset(data.x_train, data.y_train, path, sample_ids=ids)
+    train = _artifact(ctx, path, "dataset", {"n_samples": n, "input_shape": [1, 8, 8], "sample_ids": True})
+    rows = [3, 40, 41, 99, 250]
+    by_id = _submit(ctx, _body(inputs, train=train, forget={"ids": [int(ids[r]) for r in reversed(rows)]}))
+    by_row = _submit(ctx, _body(inputs, train=train, forget={"indices": rows}))
+    weights = []
+    for job_id in (by_id, by_row):
+        assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
+        weights.append(safetensors.torch.load(_result_files(ctx, _job(ctx, job_id))["weights"]))
+        assert json.loads(_job(ctx, job_id).result_json)["summary"]["n_edited"] == len(rows)
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    missing = _submit(ctx, _body(inputs, train=train, forget={"ids": [int(ids[3]), 17, 4]}))
+    assert run_job(missing, ctx.settings, ctx) is JobStatus.FAILED
+    error = json.loads(_job(ctx, missing).error_json)
+    assert error["code"] == "index_out_of_range" and "[17, 4]" in error["message"]
+    plain = _submit(ctx, _body(inputs, forget={"ids": [5_003]}))  # a training set without ids
+    assert run_job(plain, ctx.settings, ctx) is JobStatus.FAILED
+    assert json.loads(_job(ctx, plain).error_json)["code"] == "dataset_incompatible"
+
+
 def test_a_cosine_scores_job(ctx, inputs, data, model):
     """`normalize: cosine` returns the engine's normalised matrix, its top-k ranked on it."""
     body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=2).items()
