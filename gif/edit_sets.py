@@ -15,7 +15,7 @@ from .data import Batch
 from .errors import InvalidArgumentError
 from .hessian import LossFn, Work
 from .inputs import concat, count, take
-from .metrics import evaluate, f1
+from .metrics import evaluate, f1, predict
 from .params import ParamSpace
 from .progress import Progress, ProgressCallback
 
@@ -191,12 +191,12 @@ class Objective:
 
     def _evaluate(self) -> tuple[float, dict]:
         val = evaluate(self.model, *self.val, loss_fn=self.loss_fn)
-        edited = evaluate(self.model, *self.edited, loss_fn=self.loss_fn)
+        logits = predict(self.model, self.edited[0])
+        edited = evaluate(self.model, *self.edited, loss_fn=self.loss_fn, logits=logits)
         self.work.forward_evaluations += 2
         metrics = {"validation": val.as_dict()}
-        if self.task.kind == "relabel":
-            old = evaluate(self.model, self.edited[0], self.old_y, loss_fn=self.loss_fn)
-            self.work.forward_evaluations += 1
+        if self.task.kind == "relabel":  # the same samples under their old labels: the same logits
+            old = evaluate(self.model, self.edited[0], self.old_y, loss_fn=self.loss_fn, logits=logits)
             metrics["edited_new_labels"], metrics["edited_old_labels"] = edited.as_dict(), old.as_dict()
             value = f1(edited.accuracy, val.accuracy)
         elif self.task.forget_class is not None:

@@ -10,7 +10,9 @@ the model (docs/benchmarks.md). Two policies:
   "Step chosen on test data"); here t runs over a geometric grid t₀·γ^k between bounds the
   caller sets (edits use relative step norms ‖t·d‖/‖θ_T‖ ∈ [1e-5, 1], so it does not matter
   whether the solver stopped early and returned a short d), stops after ``patience``
-  non-improving steps or at the objective's maximum (1), then refines between the best point's
+  non-improving steps past an improvement, after ``patience`` steps in a row that leave the
+  model worse than no step (no longer step will help), or at the objective's maximum (1), then
+  refines between the best point's
   neighbours by a golden-section search. Only validation data and the edited samples themselves
   are ever evaluated.
 """
@@ -78,17 +80,19 @@ def search_step(
         return tried[t][0]
 
     best_t, best = 0.0, visit(0.0)
-    misses = 0
+    misses = worse = 0
     for t in _grid(min_scale, max_scale, growth):
         if best >= 1.0:
             break
         value = visit(t)
         if value > best + 1e-12:
-            best_t, best, misses = t, value, 0
-        else:
-            misses += 1
-            if misses >= patience and best_t > 0.0:
-                break
+            best_t, best, misses, worse = t, value, 0, 0
+            continue
+        misses += 1
+        # below the model as it is, ``patience`` times in a row: longer steps will not help
+        worse = worse + 1 if value < best - 1e-12 else 0
+        if misses >= patience and (best_t > 0.0 or worse >= patience):
+            break
     if best_t > 0.0 and refine > 0:
         best_t, best = _golden_refine(visit, best_t, best, growth, refine)
     trace = [{"scale": t, "objective": v} for t, (v, _) in sorted(tried.items())]

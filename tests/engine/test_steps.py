@@ -48,6 +48,27 @@ def test_no_improving_step_returns_zero():
     assert out.scale == 0.0 and out.objective == 0.5
 
 
+def test_a_search_that_only_makes_the_model_worse_stops_after_patience_falls():
+    """Tiny steps leave the (piecewise-constant) objective as it is; once steps make it worse
+    ``patience`` times in a row, longer ones are not tried."""
+    calls: list[float] = []
+
+    def objective(t: float) -> tuple[float, dict]:
+        calls.append(t)
+        return (0.8 if t < 1e-3 else 0.8 - t), {}
+
+    out = search_step(objective, **GRID)
+    assert out.scale == 0.0 and out.objective == 0.8
+    assert calls == [0.0, 1e-5, 4e-5, 1.6e-4, 6.4e-4, 2.56e-3, 1.024e-2]  # not up to max_scale = 1
+    flat_then_better: list[float] = []
+
+    def late(t: float) -> tuple[float, dict]:  # equal values are no reason to stop
+        flat_then_better.append(t)
+        return (0.9 if t >= 0.1 else 0.8), {}
+
+    assert search_step(late, **GRID, refine=0).scale == pytest.approx(0.16384)
+
+
 def test_the_search_stops_at_the_objectives_maximum_and_keeps_the_smallest_such_step():
     calls: list[float] = []
 
