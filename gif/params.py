@@ -124,9 +124,12 @@ class ParamSpace:
         self, model: nn.Module, indices: torch.Tensor, values: torch.Tensor, *, accumulate: bool
     ) -> None:
         named = dict(model.named_parameters())
-        indices = indices.to("cpu")
-        order = torch.argsort(indices)
-        indices, values = indices[order], values.reshape(-1)[order.to(values.device)]
+        indices, values = indices.to("cpu"), values.reshape(-1)
+        if indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all()):
+            # a selection is kept sorted, so this sort (14 ms for 390k indices, at every
+            # step-search point) is for callers' own orders only
+            order = torch.argsort(indices)
+            indices, values = indices[order], values[order.to(values.device)]
         for s in self.slots:
             lo = int(torch.searchsorted(indices, s.offset))
             hi = int(torch.searchsorted(indices, s.stop))

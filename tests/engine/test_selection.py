@@ -514,3 +514,24 @@ def test_an_edit_changes_only_the_parameters_its_patterns_name():
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= {"lora_a.weight", "lora_b.weight"}
     assert list(result.report["options"]["param_names"]) == ["*lora_*"]
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_writing_theta_at_indices_matches_the_flat_vector(order):
+    """ParamSpace.set_ / add_ write θ[indices] whatever the indices' order (a sorted selection
+    skips the sort): checked against the same write on the flat vector."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    space = ParamSpace(model)
+    gen = torch.Generator().manual_seed(1)
+    index = torch.sort(torch.randperm(space.size, generator=gen)[:20]).values
+    if order == "shuffled":
+        index = index[torch.randperm(20, generator=gen)]
+    values = torch.randn(20, generator=gen)
+    expected = space.vector(model).clone()
+    expected[index] = values
+    space.set_(model, index, values)
+    assert torch.equal(space.vector(model), expected)
+    expected[index] += values
+    space.add_(model, index, values)
+    assert torch.allclose(space.vector(model), expected)
