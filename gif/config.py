@@ -237,7 +237,7 @@ class EditConfig(SolveConfig):
     ratio: float | None = field(
         default=None,
         metadata=_meta(
-            "fraction of each Conv/Linear layer to update; None: the method's",
+            "fraction of each Conv/Linear/Embedding layer to update; None: the method's",
             low=0.0,
             high=1.0,
             low_open=True,

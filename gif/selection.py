@@ -4,9 +4,10 @@
 Generalized Influence Function. It follows the per-layer, whole-neuron rule of the paper's
 official selection code (Lyu et al., arXiv 2312.05586, ``src/selection/``):
 
-* Only leaf ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` modules with a trainable weight are
-  considered, in ``model.named_modules()`` order. BatchNorm, Embedding and every other parameter
-  are never selected (except by ``strategy="all_params"``).
+* Only leaf ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` / ``nn.Embedding`` modules with a
+  trainable weight are considered, in ``model.named_modules()`` order (wherever they sit:
+  attention projections, MLPs, heads, token / position embeddings). BatchNorm, LayerNorm and
+  every other parameter are never selected (except by ``strategy="all_params"``).
 * The ratio applies **per layer**: ``n = int(ratio * (weight.numel() + bias.numel()))``.
 * A *neuron* is one output channel (conv) or output unit (linear): the contiguous block
   ``[j*w, (j+1)*w)`` of the flattened weight, ``w = weight.numel() // out_features`` (so grouped
@@ -14,6 +15,10 @@ official selection code (Lyu et al., arXiv 2312.05586, ``src/selection/``):
   divmod(n, w + 1)``, without one ``divmod(n, w)``. The selection is every weight and the bias of
   the first ``n_full`` ranked neurons plus ``leftover`` randomly chosen weights (never the bias) of
   the next ranked neuron.
+* An Embedding's neuron is likewise one output unit: coordinate j of every token's vector, i.e.
+  column j of its [num_embeddings, dim] weight (``w = num_embeddings`` strided entries, no bias),
+  scored on the module's output (or output gradient) at coordinate j. Rows of tokens absent from
+  the data get no gradient, so an edit leaves them as they are whatever is selected.
 * Neuron scores are ``|mean over samples and spatial positions|`` of the module's own output
   (``*_outputs``, before any following BatchNorm/activation) or of ``d loss / d output``
   (``*_gradients``, loss = ``loss_fn(model(inputs), targets)``, a mean over the samples). The
@@ -70,7 +75,7 @@ from .params import ParamSlot, ParamSpace
 __all__ = ["STRATEGIES", "select", "selection_summary"]
 
 
-_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)
 _THRESHOLD_STEP = 0.01
 _CHUNK_SIZE = 1024
 
@@ -92,8 +97,23 @@ class _Layer:
     def numel(self) -> int:
         return self.weight.numel + (self.bias.numel if self.bias is not None else 0)
 
+    @property
+    def columns(self) -> bool:
+        """Whether a neuron's weights are a column of the weight matrix (Embedding), not a row."""
+        return isinstance(self.module, nn.Embedding)
+
+    def weights_of(self, neurons: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat θ indices of the weights of ``neurons`` (all of them, or the ``local`` k-th weight
+        of each): a contiguous block of ``width`` (Conv / Linear), or a strided column (Embedding)."""
+        k = torch.arange(self.width) if local is None else local
+        if self.columns:
+            flat = neurons[:, None] + self.neurons * k[None, :]
+        else:
+            flat = neurons[:, None] * self.width + k[None, :]
+        return flat.reshape(-1) + self.weight.offset
+
     def channel_dim(self, out: torch.Tensor) -> int:
-        if isinstance(self.module, nn.Linear):
+        if isinstance(self.module, (nn.Linear, nn.Embedding)):
             return out.ndim - 1
         batched_ndim = 3 if isinstance(self.module, nn.Conv1d) else 4
         return 1 if out.ndim == batched_ndim else 0
@@ -117,7 +137,7 @@ def select(
         data: ``(inputs, targets)`` or an iterable of such batches: the samples being edited.
             Not used (may be ``None``) by ``random``, ``all`` and ``all_params``.
         strategy: one of :data:`STRATEGIES`.
-        ratio: fraction of each Conv/Linear layer to select, in (0, 1].
+        ratio: fraction of each Conv / Linear / Embedding layer to select, in (0, 1].
         seed: seed of the generator behind every random choice.
         loss_fn: ``loss_fn(model(inputs), targets) -> scalar`` (a mean over the batch) for the
             ``*_gradients`` strategies; default cross-entropy.
@@ -146,7 +166,7 @@ def select(
     if not layers:
         where = "" if names is None else f" among the parameters matching {list(names)}"
         raise InvalidArgumentError(
-            f"the model has no Conv1d/Conv2d/Linear layer with a trainable weight to select from{where}"
+            f"the model has no Conv1d/Conv2d/Linear/Embedding layer with a trainable weight to select from{where}"
         )
     gen = torch.Generator(device="cpu")
     try:
@@ -264,7 +284,7 @@ def _layers(model: nn.Module, space: ParamSpace) -> list[_Layer]:
             continue
         bias = getattr(module, "bias", None)
         bslot = space.slot(bname) if isinstance(bias, nn.Parameter) and bname in names else None
-        out = int(weight.shape[0])
+        out = int(weight.shape[1] if isinstance(module, nn.Embedding) else weight.shape[0])
         if out == 0 or weight.numel() == 0:
             continue
         layers.append(_Layer(mname, module, space.slot(wname), bslot, out, weight.numel() // out))
@@ -380,8 +400,7 @@ def _scores(
 
 def _neuron_block(layer: _Layer, neurons: torch.Tensor) -> torch.Tensor:
     """Flat θ indices of all weights and the bias of the given neurons."""
-    w = layer.width
-    weights = (neurons[:, None] * w + torch.arange(w)[None, :]).reshape(-1) + layer.weight.offset
+    weights = layer.weights_of(neurons)
     if layer.bias is None:
         return weights
     return torch.cat([weights, neurons + layer.bias.offset])
@@ -400,7 +419,7 @@ def _take_ranked(layer: _Layer, order: torch.Tensor, n: int, gen: torch.Generato
     if leftover and n_full < order.numel():
         j = int(order[n_full])
         local = torch.randperm(layer.width, generator=gen)[:leftover]
-        parts.append(layer.weight.offset + j * layer.width + local)
+        parts.append(layer.weights_of(torch.tensor([j]), local))
     return torch.cat(parts)
 
 

@@ -267,3 +267,46 @@ def test_a_model_without_attention_kernels_is_built_with_its_own_code():
         max_iter=5,
     )
     assert torch.isfinite(out.vector).all()
+
+
+FAMILIES = {
+    "bert": lambda: transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=4, num_hidden_layers=1, num_attention_heads=2, intermediate_size=4,
+        max_position_embeddings=8, type_vocab_size=2, num_labels=3),
+    "distilbert": lambda: transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=4, n_layers=1, n_heads=2, hidden_dim=4, max_position_embeddings=8, num_labels=3),
+    "roberta": lambda: transformers.RobertaConfig(
+        vocab_size=VOCAB, hidden_size=4, num_hidden_layers=1, num_attention_heads=2, intermediate_size=4,
+        max_position_embeddings=LENGTH + 2, type_vocab_size=1, pad_token_id=0, num_labels=3),
+    "gpt2": lambda: transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=4, n_layer=1, n_head=2, n_positions=8, pad_token_id=0, num_labels=3),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_selection_takes_whole_embedding_coordinates_in_every_family(family):
+    """Token (and position / segment) embeddings are layers like the others: each one that runs
+    gives int(ratio · its size) entries, as whole columns (every token's coordinate j) plus part of
+    one more, and an edit moves embedding entries only inside the selection."""
+    torch.manual_seed(0)
+    model = huggingface.build(FAMILIES[family]().to_dict()).double().eval()
+    x, y = token_data()
+    ratio = 0.3
+    idx = gif.select(model, (x, y), strategy="highest_gradients", ratio=ratio)
+    space = gif.params.ParamSpace(model)
+    embeddings = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    assert embeddings
+    for name, module in embeddings:
+        slot = space.slot(f"{name}.weight")
+        rows, dim = module.weight.shape
+        local = idx[(idx >= slot.offset) & (idx < slot.stop)] - slot.offset
+        assert local.numel() == int(ratio * rows * dim), name
+        counts = torch.bincount(local % dim, minlength=dim)
+        whole, partial = int((counts == rows).sum()), counts[(counts > 0) & (counts < rows)]
+        assert whole == int(ratio * rows * dim) // rows and partial.numel() <= 1, (name, counts.tolist())
+    result = gif.remove(model, (x, y), torch.arange(4), selection="highest_gradients", ratio=ratio,
+                        newton_steps=1, hessian_samples=16, step="newton", damping=1.0)  # fmt: skip
+    moved = torch.nonzero(result.delta).flatten()
+    assert moved.numel() > 0 and bool(torch.isin(moved, result.params).all())
+    words = space.slot(f"{embeddings[0][0]}.weight")  # the token embeddings come first in every family
+    assert bool(((moved >= words.offset) & (moved < words.stop)).any())  # they take part in the edit

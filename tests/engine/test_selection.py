@@ -246,7 +246,7 @@ def test_offsets_by_name_with_own_and_frozen_params() -> None:
 
     net = Net()
     data = (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
-    assert select(net, data, strategy="all").tolist() == list(range(5, 13))
+    assert select(net, data, strategy="all").tolist() == list(range(5, 25))  # the unused embedding too
     assert select(net, None, strategy="all_params").tolist() == list(range(25))
     idx = select(net, data, strategy="highest_gradients", ratio=1.0)
     assert idx.tolist() == list(range(5, 13))
@@ -409,8 +409,8 @@ def test_argument_errors() -> None:
         select(model, None, strategy="random", ratio=0.01)
     with pytest.raises(InvalidArgumentError, match="seed"):
         select(model, data, seed=1.5)
-    with pytest.raises(InvalidArgumentError, match="Conv1d/Conv2d/Linear"):
-        select(nn.Sequential(nn.Embedding(4, 2)), None, strategy="random")
+    with pytest.raises(InvalidArgumentError, match="Conv1d/Conv2d/Linear/Embedding"):
+        select(nn.Sequential(nn.LayerNorm(4)), None, strategy="random")
 
 
 def test_selection_summary() -> None:
@@ -535,3 +535,46 @@ def test_writing_theta_at_indices_matches_the_flat_vector(order):
     expected[index] += values
     space.add_(model, index, values)
     assert torch.allclose(space.vector(model), expected)
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+class _Bag(nn.Module):
+    """Token ids → Embedding(7, 5) → mean over positions → Linear(5, 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(7, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(ids).mean(dim=1))
+
+
+def _columns(idx: torch.Tensor, offset: int, rows: int, dim: int) -> dict[int, int]:
+    """Selected entries per column of a [rows, dim] weight stored row-major at ``offset``."""
+    local = idx[(idx >= offset) & (idx < offset + rows * dim)] - offset
+    return {int(c): int((local % dim == c).sum()) for c in torch.unique(local % dim)}
+
+
+@pytest.mark.parametrize("kind", ["outputs", "gradients"])
+def test_an_embeddings_neurons_are_its_output_coordinates(kind):
+    """Ranked by |mean| of the embedding's output (or its gradient) per coordinate, computed here
+    with plain autograd: the top coordinates' columns whole, then a part of the next one."""
+    model = _Bag()
+    gen = torch.Generator().manual_seed(2)
+    ids, y = torch.randint(0, 7, (12, 4), generator=gen), torch.randint(0, 3, (12,), generator=gen)
+    out = model.emb(ids)
+    out.retain_grad()
+    F.cross_entropy(model.head(out.mean(dim=1)), y).backward()
+    signal = out.grad if kind == "gradients" else out.detach()
+    expected_order = torch.sort(-signal.sum(dim=(0, 1)).abs(), stable=True).indices
+    idx = select(model, (ids, y), strategy=f"highest_{kind}", ratio=0.5)
+    n = int(0.5 * 35)  # 17 = 2 whole columns of 7 rows + 3 entries of the next
+    per_column = _columns(idx, ParamSpace(model).slot("emb.weight").offset, 7, 5)
+    assert sum(per_column.values()) == n
+    assert {c for c, k in per_column.items() if k == 7} == set(expected_order[:2].tolist())
+    assert {c: k for c, k in per_column.items() if k < 7} == {int(expected_order[2]): 3}
+    assert set(select(model, (ids, y), strategy="all").tolist()) == set(range(ParamSpace(model).size))
