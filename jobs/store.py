@@ -21,6 +21,7 @@ from . import idempotency, webhooks
 from .clock import later, utcnow
 from .db import rows_matched
 from .errors import JobNotCancellable, JobNotTerminable, NotFound, ValidationFailed
+from .events import append_event
 from .ids import new_id
 from .models import Job, JobEvent
 from .states import LEASED, TERMINAL, JobStatus, check_transition
@@ -557,30 +558,6 @@ def housekeeping(session: Session, *, queue_deadline_seconds: float = 0.0) -> li
 
 
 # -- events ----------------------------------------------------------------------------------------
-
-
-def append_event(
-    session: Session,
-    job_id: str,
-    tenant_id: str,
-    type_: str,
-    message: str = "",
-    *,
-    level: str = "info",
-    data: dict[str, Any] | None = None,
-) -> None:
-    session.add(
-        JobEvent(
-            job_id=job_id,
-            tenant_id=tenant_id,
-            created_at=utcnow(),
-            type=type_,
-            level=level,
-            message=message,
-            data_json=None if data is None else json.dumps(data),
-        )
-    )
-    session.flush()
 
 
 def list_events(

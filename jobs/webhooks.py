@@ -23,9 +23,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import store, webhook_signing
+from . import webhook_signing
 from .clock import rfc3339, utcnow
 from .db import rows_matched
+from .events import append_event
 from .ids import ulid
 from .models import Job, WebhookDelivery, WebhookSecret
 from .views import job_view
@@ -243,7 +244,7 @@ def record(session: Session, claimed: Claimed, outcome: Outcome, retry_at: datet
              "status_code": outcome.status_code, "error": outcome.error}  # fmt: skip
     _append_attempt(session, claimed.job_id, entry, now)
     if state == "failed":
-        store.append_event(
+        append_event(
             session, claimed.job_id, claimed.tenant_id, "webhook.given_up",
             f"{claimed.type} not delivered after {claimed.attempt} attempts; last: {outcome.error}",
             level="warning", data={"webhook_id": claimed.id, "attempts": claimed.attempt},
