@@ -17,12 +17,14 @@ job's weights come back under the ``state_dict`` names (``load_state_dict`` + ``
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from gif.errors import CheckpointError, DatasetError
 from gif.inputs import Inputs
@@ -125,16 +127,56 @@ def _module_names(state: Mapping[str, Any], names: Mapping[str, str]) -> dict[st
     return renamed
 
 
+#: A config may build this many modules per tensor of its checkpoint, plus :data:`MODULE_ALLOWANCE`
+#: (a transformer registers one or two modules per weight tensor): more means layer counts the
+#: checkpoint cannot fill, and building them, even on the meta device, only costs time and memory.
+MODULES_PER_TENSOR = 16
+MODULE_ALLOWANCE = 4096
+
+
+class _TooManyModules(Exception):
+    pass
+
+
+@contextmanager
+def _module_budget(limit: int) -> Iterator[None]:
+    """Raise :class:`_TooManyModules` from inside the build once it registers ``limit`` modules
+    (PyTorch's global module-registration hook sees every submodule as it is attached)."""
+    registered = 0
+
+    def count(module: nn.Module, name: str, submodule: nn.Module) -> None:
+        nonlocal registered
+        registered += 1
+        if registered > limit:
+            raise _TooManyModules
+
+    handle = register_module_module_registration_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def inspect_request(request: Mapping[str, Any]) -> list[Problem]:
     """Every problem with a Hugging Face job that needs ``transformers`` to see: the model type
-    and head, the checkpoint's tensor names and shapes, the datasets' tensor names."""
+    and head, a config that builds far more modules than its checkpoint holds tensors (e.g.
+    ``num_hidden_layers: 1000000``, refused after :func:`_module_budget`'s count, not after
+    building it), the checkpoint's tensor names and shapes, the datasets' tensor names."""
+    tensors = request.get("checkpoint") or []
+    limit = MODULE_ALLOWANCE + MODULES_PER_TENSOR * len(tensors)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _module_budget(limit):
             model = build(request["config"])
         saved_names(model)
     except huggingface.UnsupportedModelError as exc:
         return [problem(["model", "config"], exc.message, "unsupported_model")]
-    found = _checkpoint_problems(model, request.get("checkpoint") or [])
+    except _TooManyModules:
+        message = (
+            f"the config builds more than {limit:,} modules, more than a checkpoint of {len(tensors)} "
+            "tensors can fill: check its layer counts"
+        )
+        return [problem(["model", "config"], message, "checkpoint_incompatible")]
+    found = _checkpoint_problems(model, tensors)
     for role, names in (request.get("datasets") or {}).items():
         why = unexpected_inputs(model, list(names))
         if why is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 
 import pytest
 import safetensors.torch
@@ -153,6 +154,16 @@ def test_models_transformers_cannot_build_as_classifiers_are_refused(server, upl
     model, train = uploaded
     [(loc, code, msg)] = _refused(server, {**model, "config": {**model["config"], **change}}, train)
     assert (loc, code) == (["body", "model", "config"], "unsupported_model") and words in msg
+
+
+def test_a_config_with_a_million_layers_is_refused_quickly_through_the_sandbox(server, uploaded):
+    model, train = uploaded
+    config = {**model["config"], "num_hidden_layers": 10**6}
+    start = time.monotonic()
+    [(loc, code, msg)] = _refused(server, {**model, "config": config}, train)
+    assert (loc, code) == (["body", "model", "config"], "checkpoint_incompatible") and "layer counts" in msg
+    assert time.monotonic() - start < 60
+    assert server.client.get("/v1/jobs").status_code == 200  # the API is still answering
 
 
 def test_a_checkpoint_of_another_shape_and_tensors_forward_does_not_take_are_refused(

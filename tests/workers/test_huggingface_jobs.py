@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import safetensors.torch
@@ -189,6 +190,27 @@ def test_the_inspectors_checks_name_each_problem(bert):
     ):
         (only,) = huggingface.inspect_request(inspection_request({**config, **change}, tensors, {}))
         assert only["type"] == "unsupported_model" and words in only["msg"]
+
+
+def test_a_config_with_a_million_layers_is_refused_without_building_them(bert):
+    """Layer counts far beyond what the checkpoint holds stop the (meta-device) build after a
+    module budget, in seconds: a hostile config costs the inspector no more than a real one."""
+    model, _ = bert
+    config = json.loads(model.config.to_json_string())
+    tensors = gif.io.describe_checkpoint(model.state_dict())
+    start = time.monotonic()
+    (only,) = huggingface.inspect_request(
+        inspection_request({**config, "num_hidden_layers": 10**6}, tensors, {})
+    )
+    assert time.monotonic() - start < 60
+    assert (only["loc"], only["type"]) == (["model", "config"], "checkpoint_incompatible")
+    limit = huggingface.MODULE_ALLOWANCE + huggingface.MODULES_PER_TENSOR * len(tensors["tensors"])
+    assert f"more than {limit:,} modules" in only["msg"] and "layer counts" in only["msg"]
+    twice = {**config, "num_hidden_layers": 2 * config["num_hidden_layers"]}  # a plausible size still builds
+    assert [p["type"] for p in huggingface.inspect_request(inspection_request(twice, tensors, {}))] == [
+        "checkpoint_incompatible"
+    ]  # the ordinary shape check (missing tensors), not the budget
+    assert "missing" in huggingface.inspect_request(inspection_request(twice, tensors, {}))[0]["msg"]
 
 
 def test_whatever_transformers_raises_while_building_is_unsupported_model():
