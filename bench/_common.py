@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -259,3 +262,31 @@ def fmt_ms(seconds: float | None) -> str:
 
 def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# a measurement in a fresh interpreter
+
+#: How a child process marks its result line on stdout.
+RESULT_TAG = "RESULT "
+
+
+def answer_as_child(spec: str, run: Callable[[dict], dict]) -> int:
+    """In the child (``script --child SPEC``): run ``run`` on the JSON ``spec`` and print the result."""
+    print(RESULT_TAG + json.dumps(run(json.loads(spec))), flush=True)
+    return 0
+
+
+def in_child(script: str, spec: dict, timeout: float | None = None) -> dict:
+    """Run ``script --child SPEC`` in a fresh interpreter (so no measurement inherits another's
+    memory high-water mark); its result, or ``{"error": ...}`` when it timed out or printed none."""
+    cmd = [sys.executable, os.path.abspath(script), "--child", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"exit {proc.returncode}: {tail}"}

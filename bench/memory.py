@@ -41,10 +41,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import os
 import resource
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,7 +53,6 @@ import gif
 from gif.hessian import HessianOperator
 
 DEFAULT_MODELS = "tinynet-28,lenet-28,vgg11-w16,resnet18-w16"
-RESULT_TAG = "RESULT "
 DEFAULT_JOBS = min(2, os.cpu_count() or 1)
 TINY_TOL = 1e-30  # the solve runs all --max-iter iterations (the engine needs tol > 0)
 
@@ -193,19 +190,10 @@ def run_child(cfg: dict) -> dict:
 
 
 def spawn(cfg: dict, timeout: float) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_TAG):
-            out = json.loads(line[len(RESULT_TAG) :])
-            if out.get("errors"):
-                out["error"] = "; ".join(out.pop("errors"))
-            return out
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"exit {proc.returncode}: {tail}"}
+    out = C.in_child(__file__, cfg, timeout)
+    if out.get("errors"):
+        out["error"] = "; ".join(out.pop("errors"))
+    return out
 
 
 def grid(args: argparse.Namespace) -> list[tuple[str, int, int, str]]:
@@ -265,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.child is not None:
-        print(RESULT_TAG + json.dumps(run_child(json.loads(args.child))), flush=True)
-        return 0
+        return C.answer_as_child(args.child, run_child)
 
     for name in args.models:
         C.model_spec(name)

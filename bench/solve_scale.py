@@ -21,9 +21,7 @@ hide in another's):
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
 import sys
 import time
 
@@ -31,8 +29,6 @@ import _common as C
 
 import gif
 from gif.hessian import HessianOperator
-
-RESULT_TAG = "RESULT "
 
 
 def run_child(spec: dict) -> dict:
@@ -89,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(RESULT_TAG + json.dumps(run_child(json.loads(args.child))), flush=True)
-        return 0
+        return C.answer_as_child(args.child, run_child)
     for name in args.models:
         C.model_spec(name)
     C.apply_threads(args.threads)  # as the children do: the machine line reports it
@@ -98,17 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         spec = {"model": name, "samples": args.samples, "target": args.target, "max_iter": args.max_iter,
                 "threads": args.threads, "seed": args.seed}  # fmt: skip
-        child = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        found = [line for line in child.stdout.splitlines() if line.startswith(RESULT_TAG)]
-        if child.returncode != 0 or not found:
-            print(f"{name}: failed (exit {child.returncode})\n{child.stderr[-2000:]}", file=sys.stderr)
+        r = C.in_child(__file__, spec)
+        if "error" in r:
+            print(f"{name}: {r['error']}", file=sys.stderr)
             return 1
-        r = json.loads(found[-1][len(RESULT_TAG) :])
         per_hvp = r["solve_s"] / max(r["hvps"], 1)
         rows.append([
             name, f"{r['params']:,}", args.samples, f"{r['backend']}, chunks {r['chunks']}",
