@@ -12,9 +12,8 @@ the model (docs/benchmarks.md). Two policies:
   whether the solver stopped early and returned a short d), stops after ``patience``
   non-improving steps past an improvement, after ``patience`` steps in a row that leave the
   model worse than no step (no longer step will help), or at the objective's maximum (1), then
-  refines between the best point's
-  neighbours by a golden-section search. Only validation data and the edited samples themselves
-  are ever evaluated.
+  refines between the best point's neighbours by a golden-section search. Only validation data
+  and the edited samples themselves are ever evaluated.
 """
 
 from __future__ import annotations
