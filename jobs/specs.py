@@ -389,17 +389,25 @@ class Forget(Strict):
 
 
 class Relabel(Strict):
-    """Training sample ``indices[k]`` gets label ``labels[k]``."""
+    """Training sample ``indices[k]`` (or the sample whose ``sample_ids`` entry is ``ids[k]``)
+    gets label ``labels[k]``."""
 
-    indices: list[Index] = Field(min_length=1, max_length=MAX_INDICES)
+    indices: list[Index] | None = Field(None, min_length=1, max_length=MAX_INDICES)
+    ids: list[SampleId] | None = Field(None, min_length=1, max_length=MAX_INDICES)
     labels: list[Label] = Field(min_length=1, max_length=MAX_INDICES)
 
     _unique_indices = field_validator("indices")(_unique)
+    _unique_sample_ids = field_validator("ids")(_unique_ids)
 
     @model_validator(mode="after")
     def _same_length(self) -> Relabel:
-        if len(self.indices) != len(self.labels):
-            raise ValueError(f"{len(self.indices)} indices but {len(self.labels)} labels")
+        if (self.indices is None) == (self.ids is None):
+            raise ValueError('give exactly one of "indices" or "ids"')
+        named = self.indices if self.indices is not None else self.ids
+        assert named is not None
+        if len(named) != len(self.labels):
+            what = "indices" if self.indices is not None else "ids"
+            raise ValueError(f"{len(named)} {what} but {len(self.labels)} labels")
         return self
 
 

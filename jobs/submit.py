@@ -265,11 +265,14 @@ def check_inputs(session: Session, tenant_id: str, spec: Spec) -> dict[str, Any]
         if spec.forget.class_ is not None:
             _check_class(check, spec.forget.class_, num_classes, train)
         elif spec.forget.ids is not None:
-            _check_ids(check, spec.forget.ids, train)
+            _check_ids(check, ["forget", "ids"], spec.forget.ids, train)
         else:
             check.indices(["forget", "indices"], spec.forget.indices or [], n_train)
     elif isinstance(spec, RelabelJob):
-        check.indices(["relabel", "indices"], spec.relabel.indices, n_train)
+        if spec.relabel.ids is not None:
+            _check_ids(check, ["relabel", "ids"], spec.relabel.ids, train)
+        else:
+            check.indices(["relabel", "indices"], spec.relabel.indices or [], n_train)
         check.labels(["relabel", "labels"], spec.relabel.labels, num_classes)
     if check.errors:
         raise ValidationFailed(f"{len(check.errors)} field(s) are invalid", errors=check.errors)
@@ -293,19 +296,19 @@ def _reference(check: _Checker, spec: Spec) -> Artifact | None:
     return check.artifact(["reference"], reference, "checkpoint")
 
 
-def _check_ids(check: _Checker, ids: list[int], train: dict[str, Any]) -> None:
+def _check_ids(check: _Checker, loc: list, ids: list[int], train: dict[str, Any]) -> None:
     """Samples named by id need a training set that names its samples (``sample_ids``); whether
     each id is in it is checked by the worker, which reads the ids (so does a dataset whose
     metadata predates the flag)."""
     if train.get("sample_ids") is False:
         check.error(
-            ["forget", "ids"],
+            loc,
             "the train dataset has no `sample_ids`: upload it with them, or name samples by `indices`",
             "sample_ids_missing",
         )
     elif train.get("n_samples") is not None and len(ids) >= train["n_samples"]:
         check.error(
-            ["forget", "ids"],
+            loc,
             f"covers all {train['n_samples']} training samples; nothing would remain",
             "index_out_of_range",
         )

@@ -61,7 +61,7 @@ def request_summary(request: dict[str, Any]) -> dict[str, Any]:
         out["forget"] = {k: _digest(v) if k in ("indices", "ids") else v for k, v in forget.items()}
     relabel = out.get("relabel")
     if isinstance(relabel, dict):
-        out["relabel"] = {"indices": _digest(relabel["indices"]), "labels": _digest(relabel["labels"])}
+        out["relabel"] = {k: _digest(v) if isinstance(v, list) else v for k, v in relabel.items()}
     return out
 
 

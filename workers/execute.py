@@ -84,16 +84,16 @@ def ranked(scores: torch.Tensor, k: int, ids: torch.Tensor | None = None) -> lis
     return gif.top_k(scores.reshape(1, -1), k, ids=ids)["queries"][0]["proponents"]
 
 
-def rows_of(ids: list[int], train_ids: torch.Tensor | None) -> torch.Tensor:
-    """The training rows of the samples named by ``ids`` (the train dataset's ``sample_ids``),
-    ascending.
+def rows_of(ids: list[int], train_ids: torch.Tensor | None, field: str = "forget.ids") -> torch.Tensor:
+    """The training rows of the samples named by ``ids`` (the train dataset's ``sample_ids``), in
+    the order of ``ids``.
 
     Raises:
         gif.errors.DatasetError: the training set names no samples.
         gif.errors.IndexOutOfRangeError: an id that is not in it (up to 10 named).
     """
     if train_ids is None:
-        raise DatasetError("the train dataset has no `sample_ids`, so `forget.ids` names no sample")
+        raise DatasetError(f"the train dataset has no `sample_ids`, so `{field}` names no sample")
     wanted = torch.tensor(ids, dtype=torch.long)
     order = torch.argsort(train_ids)
     sorted_ids = train_ids[order]
@@ -102,11 +102,11 @@ def rows_of(ids: list[int], train_ids: torch.Tensor | None) -> torch.Tensor:
     if not bool(found.all()):
         missing = wanted[~found]
         raise IndexOutOfRangeError(
-            f"{missing.numel()} id(s) of `forget.ids` are not in the train dataset's sample_ids: "
+            f"{missing.numel()} id(s) of `{field}` are not in the train dataset's sample_ids: "
             f"{missing[:10].tolist()}",
             ids=missing[:10].tolist(),
         )
-    return torch.sort(order[at]).values  # a set of samples: the order the ids came in is not kept
+    return order[at]
 
 
 def run_self_influence(
@@ -173,7 +173,7 @@ def run_engine(
         if forget.class_ is not None:
             target = {"class": forget.class_}
         elif forget.ids is not None:
-            target = rows_of(forget.ids, loaded.train_ids)
+            target = torch.sort(rows_of(forget.ids, loaded.train_ids)).values  # a set: any order
         else:
             target = torch.tensor(forget.indices, dtype=torch.long)
         edited = gif.remove(
@@ -182,10 +182,14 @@ def run_engine(
             should_stop=should_stop, cache=cache,
         )  # fmt: skip
     else:
+        relabel = spec.relabel
+        rows, labels = torch.tensor(relabel.indices or [], dtype=torch.long), torch.tensor(relabel.labels)
+        if relabel.ids is not None:  # (row, label) pairs in row order, as if the rows were named
+            rows = rows_of(relabel.ids, loaded.train_ids, "relabel.ids")
+            rows, order = torch.sort(rows)
+            labels = labels[order]
         edited = gif.relabel(
-            loaded.model, loaded.train,
-            torch.tensor(spec.relabel.indices, dtype=torch.long),
-            torch.tensor(spec.relabel.labels, dtype=torch.long),
+            loaded.model, loaded.train, rows, labels.long(),
             config=config, validation=loaded.validation, holdout=loaded.holdout, reference=loaded.reference,
             loss_fn=loaded.loss_fn, callback=callback, should_stop=should_stop, cache=cache,
         )  # fmt: skip

@@ -97,6 +97,13 @@ def test_ids_need_a_training_set_that_names_its_samples(client_a, uploaded):
     assert dup.status_code == 422 and "duplicated id -4" in dup.json()["errors"][0]["msg"]
     too_big = client_a.post("/v1/jobs", json=remove_body(uploaded, forget={"ids": [2**63]}))
     assert too_big.status_code == 422
+    relabel = remove_body(uploaded, type="relabel", relabel={"ids": [3, 4], "labels": [1, 2]})
+    del relabel["forget"]
+    assert _codes(client_a.post("/v1/jobs", json=relabel)) == [
+        (("body", "relabel", "ids"), "sample_ids_missing")
+    ]
+    uneven = client_a.post("/v1/jobs", json={**relabel, "relabel": {"ids": [3, 4], "labels": [1]}})
+    assert uneven.status_code == 422 and "2 ids but 1 labels" in uneven.text
     both = client_a.post("/v1/jobs", json=remove_body(uploaded, forget={"indices": [1], "ids": [1]}))
     assert both.status_code == 422
     assert both.json()["errors"][0]["msg"].endswith('give exactly one of "class", "indices" or "ids"')

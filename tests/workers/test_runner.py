@@ -188,6 +188,37 @@ def test_a_removal_names_samples_by_their_ids(ctx, inputs, data, tmp_path):
     assert json.loads(_job(ctx, plain).error_json)["code"] == "dataset_incompatible"
 
 
+def test_a_relabel_names_samples_by_their_ids(ctx, inputs, data, tmp_path):
+    """``relabel: {"ids", "labels"}``: labels[k] goes to the row holding ids[k], whatever their
+    order: the same weights as naming the rows; an unknown id fails the job naming it."""
+    n = len(data.y_train)
+    ids = torch.randperm(n, generator=torch.Generator().manual_seed(1)) * 2 + 1
+    path = tmp_path / "train-ids.safetensors"
+    gif.io.save_dataset(data.x_train, data.y_train, path, sample_ids=ids)
+    train = _artifact(ctx, path, "dataset", {"n_samples": n, "input_shape": [1, 8, 8], "sample_ids": True})
+    rows = [7, 30, 200]
+    labels = [int((data.y_train[r] + 1) % 10) for r in rows]
+    body = {k: v for k, v in _body(inputs, type="relabel", train=train).items() if k != "forget"}
+    by_id = _submit(
+        ctx, {**body, "relabel": {"ids": [int(ids[r]) for r in reversed(rows)], "labels": labels[::-1]}}
+    )
+    by_row = _submit(ctx, {**body, "relabel": {"indices": rows, "labels": labels}})
+    weights = []
+    for job_id in (by_id, by_row):
+        assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
+        weights.append(safetensors.torch.load(_result_files(ctx, _job(ctx, job_id))["weights"]))
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+    missing = _submit(ctx, {**body, "relabel": {"ids": [int(ids[7]), 0], "labels": [1, 2]}})  # ids are odd
+    assert run_job(missing, ctx.settings, ctx) is JobStatus.FAILED
+    error = json.loads(_job(ctx, missing).error_json)
+    assert (
+        error["code"] == "index_out_of_range"
+        and "`relabel.ids`" in error["message"]
+        and "[0]" in error["message"]
+    )
+
+
 def test_a_cosine_scores_job(ctx, inputs, data, model):
     """`normalize: cosine` returns the engine's normalised matrix, its top-k ranked on it."""
     body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=2).items()
