@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import typing
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -355,19 +356,17 @@ else:
     )
 
 
-def _unique(values: list[int] | None) -> list[int] | None:
-    if values is not None and len(set(values)) != len(values):
-        seen: set[int] = set()
-        dup = next(v for v in values if v in seen or seen.add(v))  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicated index {dup}")
-    return values
+def _distinct(what: str) -> Callable[[list[int] | None], list[int] | None]:
+    """A validator refusing a list that names one ``what`` (index, id) twice."""
 
+    def check(values: list[int] | None) -> list[int] | None:
+        if values is not None and len(set(values)) != len(values):
+            seen: set[int] = set()
+            dup = next(v for v in values if v in seen or seen.add(v))  # type: ignore[func-returns-value]
+            raise ValueError(f"duplicated {what} {dup}")
+        return values
 
-def _unique_ids(values: list[int] | None) -> list[int] | None:
-    try:
-        return _unique(values)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("index", "id")) from None
+    return check
 
 
 class Forget(Strict):
@@ -378,8 +377,8 @@ class Forget(Strict):
     indices: list[Index] | None = Field(None, min_length=1, max_length=MAX_INDICES)
     ids: list[SampleId] | None = Field(None, min_length=1, max_length=MAX_INDICES)
 
-    _unique_indices = field_validator("indices")(_unique)
-    _unique_sample_ids = field_validator("ids")(_unique_ids)
+    _unique_indices = field_validator("indices")(_distinct("index"))
+    _unique_sample_ids = field_validator("ids")(_distinct("id"))
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Forget:
@@ -396,8 +395,8 @@ class Relabel(Strict):
     ids: list[SampleId] | None = Field(None, min_length=1, max_length=MAX_INDICES)
     labels: list[Label] = Field(min_length=1, max_length=MAX_INDICES)
 
-    _unique_indices = field_validator("indices")(_unique)
-    _unique_sample_ids = field_validator("ids")(_unique_ids)
+    _unique_indices = field_validator("indices")(_distinct("index"))
+    _unique_sample_ids = field_validator("ids")(_distinct("id"))
 
     @model_validator(mode="after")
     def _same_length(self) -> Relabel:

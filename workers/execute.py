@@ -183,13 +183,14 @@ def run_engine(
         )  # fmt: skip
     else:
         relabel = spec.relabel
-        rows, labels = torch.tensor(relabel.indices or [], dtype=torch.long), torch.tensor(relabel.labels)
+        labels = torch.tensor(relabel.labels, dtype=torch.long)
         if relabel.ids is not None:  # (row, label) pairs in row order, as if the rows were named
-            rows = rows_of(relabel.ids, loaded.train_ids, "relabel.ids")
-            rows, order = torch.sort(rows)
+            rows, order = torch.sort(rows_of(relabel.ids, loaded.train_ids, "relabel.ids"))
             labels = labels[order]
+        else:
+            rows = torch.tensor(relabel.indices, dtype=torch.long)
         edited = gif.relabel(
-            loaded.model, loaded.train, rows, labels.long(),
+            loaded.model, loaded.train, rows, labels,
             config=config, validation=loaded.validation, holdout=loaded.holdout, reference=loaded.reference,
             loss_fn=loaded.loss_fn, callback=callback, should_stop=should_stop, cache=cache,
         )  # fmt: skip

@@ -13,6 +13,8 @@ that does not fit the model is ``dataset_incompatible``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,18 +112,23 @@ def _from_checkpoint(
     return model
 
 
-def _dataset(blobs: BlobStore, ref: dict[str, str], role: str) -> Pair:
+@contextmanager
+def _naming(role: str, ref: dict[str, str]) -> Iterator[None]:
+    """A dataset error raised inside names the dataset's role and artifact."""
     try:
-        return gif.io.load_dataset(blobs.fetch(ref["sha256"]))
+        yield
     except DatasetError as exc:
         raise DatasetError(f"{role} dataset {ref['artifact_id']}: {exc.message}", **exc.details) from None
 
 
+def _dataset(blobs: BlobStore, ref: dict[str, str], role: str) -> Pair:
+    with _naming(role, ref):
+        return gif.io.load_dataset(blobs.fetch(ref["sha256"]))
+
+
 def _sample_ids(blobs: BlobStore, ref: dict[str, str], num_samples: int) -> torch.Tensor | None:
-    try:
+    with _naming("train", ref):
         return gif.io.load_sample_ids(blobs.fetch(ref["sha256"]), num_samples)
-    except DatasetError as exc:
-        raise DatasetError(f"train dataset {ref['artifact_id']}: {exc.message}", **exc.details) from None
 
 
 def _fit(model: nn.Module, spec: AnyModel, data: Pair, role: str) -> int:
