@@ -25,9 +25,19 @@ class ProgressReporter:
     """Callable handed to ``gif.remove`` / ``gif.relabel`` / ``gif.scores_with_report``."""
 
     def __init__(
-        self, db: Database, lease: store.Lease, signals: JobSignals, *, interval: float, newton_steps: int = 1
+        self,
+        db: Database,
+        lease: store.Lease,
+        signals: JobSignals,
+        *,
+        interval: float,
+        newton_steps: int = 1,
+        deadline_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
+        """``deadline_errors``: what the job's time limit raises asynchronously (Celery's soft
+        limit): it may land inside a write, and must reach the runner, not the warning below."""
         self.db, self.lease, self.signals, self.interval = db, lease, signals, interval
+        self.deadline_errors = deadline_errors
         self.newton_steps = max(1, newton_steps)
         self.newton_step = 1
         self._stage: str | None = None
@@ -54,6 +64,8 @@ class ProgressReporter:
         try:
             with self.db.begin() as session:
                 status = store.update_progress(session, self.lease, progress)
+        except self.deadline_errors:
+            raise
         except Exception as exc:  # noqa: BLE001 (progress is best effort; the heartbeat keeps the lease)
             log.warning("progress_write_failed", error=f"{type(exc).__name__}: {exc}")
             # the next try waits an interval, as after a write (every write carries the stage)

@@ -199,8 +199,9 @@ def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Res
         stored, inputs, request_sha256 = job.request_json, json.loads(job.inputs_json), job.request_sha256
     spec = specs.load(stored)
     progress = ProgressReporter(
-        ctx.db, lease, signals, interval=ctx.settings.progress_seconds, newton_steps=newton_steps(spec)
-    )
+        ctx.db, lease, signals, interval=ctx.settings.progress_seconds, newton_steps=newton_steps(spec),
+        deadline_errors=ctx.deadline_errors,
+    )  # fmt: skip
     progress.stage("loading_inputs", "reading checkpoint and datasets", fraction=0.0)
     device = resolve_device(ctx.settings.device)
     if device.type == "cuda":

@@ -81,3 +81,34 @@ def test_writes_are_throttled_within_a_stage_and_feed_the_cancel_flag(db, runnin
     assert _stored(db, running)["stage"] == "scoring" and signals.cancel_requested.is_set()
     with db.read() as session:
         assert store.find_job(session, running.job_id).status == JobStatus.CANCELLING.value
+
+
+class _TimeLimit(Exception):
+    """Stands in for Celery's SoftTimeLimitExceeded, an Exception raised asynchronously."""
+
+
+class _FailingDatabase:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def begin(self):
+        raise self.error
+
+
+def test_a_time_limit_during_a_write_reaches_the_runner_and_other_failures_do_not(running):
+    """A failed write is only a warning (progress is best effort), but the job's time limit may
+    land inside one, and swallowing it let a job run past its deadline (a flaky
+    test_a_job_over_the_time_limit_fails_deadline_exceeded)."""
+    deadline = ProgressReporter(
+        _FailingDatabase(_TimeLimit()), running, JobSignals(), interval=0.0, deadline_errors=(_TimeLimit,)
+    )
+    with pytest.raises(_TimeLimit):
+        deadline(Progress("solving", iteration=1, max_iter=10))
+    busy = ProgressReporter(
+        _FailingDatabase(RuntimeError("busy")),
+        running,
+        JobSignals(),
+        interval=0.0,
+        deadline_errors=(_TimeLimit,),
+    )
+    busy(Progress("solving", iteration=1, max_iter=10))  # logged, not raised
