@@ -102,6 +102,9 @@ def test_a_vit_removal_returns_weights_that_load_into_a_fresh_model(ctx, tmp_pat
     model, (x, y) = vit
     config = json.loads(model.config.to_json_string())
     body = _body(config, _checkpoint(ctx, tmp_path, model), _dataset(ctx, tmp_path, x, y))
+    # IF over every parameter: this ViT fits its 60 images to a loss of ~1e-6, where 5% of the
+    # parameters (GIF) cannot move class 2 within the step search's bounds (docs/models.md)
+    body["options"] = {**body["options"], "method": "if"}
     status, job = _run(ctx, body)
     assert status is JobStatus.SUCCEEDED, job.error_json
     fresh = transformers.AutoModelForImageClassification.from_config(H.vit_config()).eval()
