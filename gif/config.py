@@ -23,15 +23,14 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from .errors import InvalidArgumentError
 
 Method = Literal["if", "fif", "gif", "sif"]
-Solver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac"]
-#: An edit may also ask for ``auto``: K-FAC where the model's curvature can be Kronecker-factored,
-#: else the method's own solver (gif/newton.py, ``choose_solver``).
-EditSolver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac", "auto"]
+#: ``auto``: K-FAC where the model's curvature can be Kronecker-factored, else the method's own
+#: solver (gif/inverse/choice.py, ``choose_solver``).
+Solver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac", "auto"]
 Strategy = Literal[
     "highest_outputs",
     "highest_gradients",
@@ -50,7 +49,6 @@ HvpBackend = Literal["auto", "func", "graph"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 SOLVERS: tuple[str, ...] = get_args(Solver)
-EDIT_SOLVERS: tuple[str, ...] = get_args(EditSolver)
 #: The solvers a service job may name: all of them (the Kronecker-factored fits are made once per
 #: checkpoint and cached since 2026-12-05; docs/benchmarks.md, "Edit ÷ retraining").
 SERVICE_SOLVERS: tuple[str, ...] = SOLVERS
@@ -87,10 +85,13 @@ EDIT_PRESETS: dict[str, dict[str, Any]] = {
             "hessian_samples": 2048},
 }  # fmt: skip
 
-#: Per verb, the defaults that differ from the configuration type's field defaults.
+#: Per verb, the defaults that differ from the configuration type's field defaults. Scores take
+#: K-FAC with kronfluence's per-layer damping where the model allows it: on the digits CNN its
+#: linear datamodeling score is 0.17 in 1.7 s where MINRES at λ = 0.01 gave 0.03 in 253 s
+#: (docs/benchmarks.md, "Scores: LDS against retraining").
 VERB_DEFAULTS: dict[str, dict[str, Any]] = {
     "influence": {},
-    "scores": {"method": "if", "damping": 0.01, "chunk_size": 256},
+    "scores": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "auto", "layer_damping": 0.1},
     "self_influence": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "lowrank"},
     "remove": {"method": "gif"},
     # not solver="auto" (yet): K-FAC relabels CNNs as well as CG at a third to a tenth of the cost,
@@ -127,8 +128,20 @@ class SolveConfig:
     solver: Solver | None = field(
         default=None,
         metadata=_meta(
-            "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac; None: the method's",
+            "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac | auto (kfac where the model's "
+            "curvature can be Kronecker-factored, else the method's); None: the method's",
             service_choices=SERVICE_SOLVERS,
+        ),
+    )
+    layer_damping: float = field(
+        default=0.0,
+        metadata=_meta(
+            "kfac / ekfac with method if or sif: each factored layer is damped by this multiple of its mean "
+            "curvature eigenvalue instead of by `damping` (kronfluence's heuristic: 0.1); 0: `damping` "
+            "everywhere; other solvers ignore it",
+            low=0.0,
+            high=math.inf,
+            service_max=1e6,
         ),
     )
     tol: float = field(
@@ -165,19 +178,21 @@ class SolveConfig:
         metadata=_meta("neumann: normalizer, step; lowrank: steps (Lanczos steps)", service=False),
     )
 
-    #: The solver names this configuration takes (edits add ``auto``).
-    SOLVER_CHOICES: ClassVar[tuple[str, ...]] = SOLVERS
-
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
         if self.solver is None:
             object.__setattr__(self, "solver", self._default_solver())
-        check_choice("solver", self.solver, self.SOLVER_CHOICES)
+        check_choice("solver", self.solver, SOLVERS)
         check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
         for f in dataclasses.fields(self):
             if f.metadata.get("low") is not None:
                 _check_range(f, getattr(self, f.name))
         _check_solver_options(self.solver, self.solver_options)
+        if self.layer_damping > 0 and self.method in ("fif", "gif") and self.solver in ("kfac", "ekfac"):
+            raise InvalidArgumentError(
+                "`layer_damping` damps the (H + λI)⁻¹ of methods if / sif; fif and gif solve restricted "
+                "and least-squares problems: use `damping`"
+            )
 
     def _default_solver(self) -> str:
         return SOLVE_SOLVER[self.method]
@@ -213,21 +228,11 @@ class EditConfig(SolveConfig):
     of the remaining gap to retraining.
     """
 
-    SOLVER_CHOICES: ClassVar[tuple[str, ...]] = EDIT_SOLVERS
-
     damping: float | None = field(
         # type: ignore[assignment]
         default=None,
         metadata=_meta(
             "λ ≥ 0 added to the curvature; None: the method's", low=0.0, high=math.inf, service_max=1e6
-        ),
-    )
-    solver: EditSolver | None = field(  # type: ignore[assignment]
-        default=None,
-        metadata=_meta(
-            "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac | auto (kfac where the model's "
-            "curvature can be Kronecker-factored, else the method's); None: the method's",
-            service_choices=EDIT_SOLVERS,
         ),
     )
     chunk_size: int = field(default=512, metadata=_meta("samples per forward pass", low=1, service=False))

@@ -37,7 +37,7 @@ from .data import Batch, DataLike, as_pair
 from .edit_sets import Objective, split
 from .hessian import HessianOperator, LossFn, Work
 from .inputs import take
-from .inverse.kfac import unfactorable
+from .inverse.choice import choose_solver
 from .methods import InfluenceResult
 from .params import ParamSpace
 from .progress import Progress, ProgressCallback, StopCheck
@@ -115,7 +115,9 @@ class Edit:
         *,
         audit: AuditInputs | None = None,
     ) -> None:
-        config, self.solver_choice = choose_solver(config, model, loss_fn)
+        config, self.solver_choice = choose_solver(
+            config, model, loss_fn, EDIT_PRESETS[config.method]["solver"]
+        )
         self.task, self.config, self.loss_fn = task, config, loss_fn
         self.original, self.audit_inputs = model, audit or AuditInputs()
         self.callback, self.should_stop, self.cache = callback, should_stop, cache
@@ -273,19 +275,6 @@ class Edit:
         if self.cache is not None:
             report["cache"] = self.memo.report()
         return report
-
-
-def choose_solver(config: EditConfig, model: nn.Module, loss_fn: LossFn) -> tuple[EditConfig, dict | None]:
-    """``solver="auto"``: K-FAC (fitted once per checkpoint, no HVP) where the model's curvature
-    can be Kronecker-factored (gif/inverse/kfac.py, ``unfactorable``), else the method's own
-    solver. Returns the configuration with a concrete solver and, for ``auto``, what was chosen
-    and why (the report's ``solver_choice``)."""
-    if config.solver != "auto":
-        return config, None
-    reason = unfactorable(model, loss_fn)
-    chosen = "kfac" if reason is None else EDIT_PRESETS[config.method]["solver"]
-    why = reason or "the model's curvature is Kronecker-factored (Linear / Conv layers, cross-entropy)"
-    return config.replace(solver=chosen), {"requested": "auto", "chosen": chosen, "reason": why}
 
 
 def _select(

@@ -15,9 +15,16 @@ Cost. The inverse (:mod:`gif.inverse`) is applied to the *queries*, not to the t
 samples: one solve per query (iterative solvers: ≤ ``max_iter`` HVPs each; ``lowrank``: one
 Lanczos fit, then k×p products for all queries; ``direct``: one dense eigendecomposition),
 giving S = G_q (H + λI)⁻¹ of shape
-[n_queries, p]. Then a single pass over the training data computes per-sample gradients with
-``torch.func.vmap`` chunk by chunk and fills the block S G_chunkᵀ, so at most ``chunk_size`` × p
-gradient entries are alive at a time, never n_train × p.
+[n_queries, p]. Then a single pass over the training data fills the block S G_chunkᵀ chunk by
+chunk without forming G_chunk: row q of that block is the derivative of the chunk's per-sample
+losses along the direction s_q, one forward-mode pass (``torch.func.jvp``, batched over queries
+with ``vmap``; :func:`directional_derivatives`). A forward pass along a few directions costs far
+less than a backward pass per sample (digits TinyNet, 20 queries: 0.4 ms per training sample
+against 6–30 ms for vmapped per-sample gradients; docs/benchmarks.md "Scores: LDS against
+retraining"). Self-influence and normalised scores need each sample's own gᵀ(H + λI)⁻¹g, so
+they compute per-sample gradients (``torch.func.vmap`` of ``grad``) and take the block from them;
+so does a model whose forward-mode derivative PyTorch does not implement. Either way at most
+``chunk_size`` × p entries are alive at a time, never n_train × p.
 """
 
 from __future__ import annotations
@@ -29,15 +36,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import grad, jvp, vmap
 
 from ._util import check_positive_int, eval_mode
-from .config import SolveConfig, check_choice, resolve
+from .config import SOLVE_SOLVER, SolveConfig, check_choice, resolve
 from .data import Batch, Chunk, Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
 from .hessian import FlatModel, HessianOperator, LossFn, cross_entropy
-from .inputs import Inputs, take, to
-from .inverse import InverseHessian, Solution, inverse_for
+from .inputs import Inputs, count, take, to
+from .inverse import InverseHessian, Solution, choose_solver, inverse_for
 from .memory import per_sample_gradient_chunk
 from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian, Monitor
@@ -55,7 +62,8 @@ class ScoresResult:
         iterations: solver iterations per query (0 for ``lowrank`` and ``direct``).
         residuals: final relative residual per query (``lowrank``: the fit's max Ritz residual).
         hvps: Hessian-vector products spent (fit + solves).
-        gradients: per-sample gradients computed (queries + training samples).
+        gradients: per-sample gradients computed: the queries', and the training samples' when
+            self-influence is wanted or the model has no forward-mode derivative (module docstring).
         seconds: wall-clock time.
         self_influence: [n_train] self-influence (on the loss) when requested, else None.
         lowrank: the curvature fit (solver ``lowrank``), to reuse in later requests.
@@ -387,7 +395,17 @@ def per_sample_gradients(
     per_sample = flat.per_sample_loss if of == "loss" else flat.per_sample_margin
     if not flat.unbatchable:
         try:
-            return vmap(grad(per_sample), in_dims=(None, 0, 0))(flat.theta, inputs, targets)
+            batched = vmap(grad(per_sample), in_dims=(None, 0, 0))
+            step = gradient_rows(flat.space.size, flat.theta.element_size())
+            n = len(targets)
+            if n <= step:
+                return batched(flat.theta, inputs, targets)
+            return torch.cat(
+                [
+                    batched(flat.theta, take(inputs, slice(i, i + step)), targets[i : i + step])
+                    for i in range(0, n, step)
+                ]
+            )
         except RuntimeError as exc:
             if "vmap" not in str(exc):
                 raise
@@ -396,6 +414,19 @@ def per_sample_gradients(
     return torch.stack(
         [one(flat.theta, take(inputs, slice(i, i + 1)), targets[i : i + 1]) for i in range(len(targets))]
     )
+
+
+#: Bytes of per-sample gradients one vmapped pass produces at most. Larger passes cost more per
+#: sample, not less (digits TinyNet, 390k parameters: 5 ms per sample in passes of 4, 27 ms in
+#: passes of 256; a 85k-parameter MLP: 0.39 ms in passes of 32, 2.1 ms in passes of 256), so a
+#: chunk's gradients are computed this many bytes at a time (docs/benchmarks.md, "Scores: LDS
+#: against retraining").
+GRADIENT_PASS_BYTES = 16 << 20
+
+
+def gradient_rows(params: int, element_size: int) -> int:
+    """Samples per vmapped per-sample-gradient pass: :data:`GRADIENT_PASS_BYTES` of gradients."""
+    return max(1, GRADIENT_PASS_BYTES // max(1, params * element_size))
 
 
 def _self_values(
@@ -462,8 +493,11 @@ def _run(
             backend=config.hvp_backend, what="train" if hessian_data is None else "hessian_data",
             memory_budget=config.memory_budget,
         )  # fmt: skip
+        config, choice = choose_solver(config, model, flat.loss_fn, SOLVE_SOLVER[config.method])
         inverse = inverse_for(hessian, config, fit=lowrank)
         diagnostics = _Diagnostics()
+        if choice is not None:
+            diagnostics.notes.append(f"solver auto: {choice['chosen']} ({choice['reason']})")
         try:
             out, self_values, gradients, query_self = _score(
                 inverse, flat, train_chunks, query_pair, config, measure, monitor, diagnostics
@@ -515,22 +549,114 @@ def _score(
     out = torch.empty(solved.shape[0], n_train, dtype=flat.dtype)
     self_values = torch.empty(n_train, dtype=flat.dtype) if measure is not None else None
     offset = 0
+    forward = measure is None and solved.shape[0] > 0
     for index, chunk in enumerate(train_chunks):
         monitor.check_cancel()
-        g = _check_finite(per_sample_gradients(flat, chunk.inputs, chunk.targets), "train")  # [c, p]
-        gradients += len(chunk)
-        out[:, offset : offset + len(chunk)] = (solved @ g.T).cpu()
-        if self_values is not None:
-            values, solutions = _self_values(inverse, flat, chunk, g, measure, monitor, offset, n_train)
-            gradients += len(chunk) if measure == "margin" else 0
-            if not bool(torch.isfinite(values).all()):
-                raise NumericalError(f"the {inverse.name} self-influence produced NaN/Inf; add damping")
-            self_values[offset : offset + len(chunk)] = values.cpu()
-            diagnostics.add(solutions)
-        offset += len(chunk)
-        if monitor.callback is not None:
-            monitor.callback(Progress("scoring", iteration=index + 1, max_iter=n_chunks))
+        block = _forward_block(flat, solved, chunk, config) if forward else None
+        if block is not None:
+            out[:, offset : offset + len(chunk)] = block.cpu()
+            offset += len(chunk)
+            _report_chunk(monitor, index, n_chunks)
+            continue
+        forward = False  # no forward-mode derivative for this model: gradients from here on
+        for piece in _pieces(chunk, gradient_rows(flat.space.size, flat.theta.element_size())):
+            g = _check_finite(per_sample_gradients(flat, piece.inputs, piece.targets), "train")  # [c, p]
+            gradients += len(piece)
+            out[:, offset : offset + len(piece)] = (solved @ g.T).cpu()
+            if self_values is not None:
+                values, solutions = _self_values(inverse, flat, piece, g, measure, monitor, offset, n_train)
+                gradients += len(piece) if measure == "margin" else 0
+                if not bool(torch.isfinite(values).all()):
+                    raise NumericalError(f"the {inverse.name} self-influence produced NaN/Inf; add damping")
+                self_values[offset : offset + len(piece)] = values.cpu()
+                diagnostics.add(solutions)
+            offset += len(piece)
+        _report_chunk(monitor, index, n_chunks)
     return out, self_values, gradients, query_self
+
+
+def _pieces(chunk: Chunk, rows: int) -> list[Chunk]:
+    """``chunk`` in consecutive pieces of at most ``rows`` samples (a piece's gradients are one
+    vmapped pass: :data:`GRADIENT_PASS_BYTES`)."""
+    n = len(chunk)
+    if n <= rows:
+        return [chunk]
+    return [
+        Chunk(
+            take(chunk.inputs, slice(i, i + rows)),
+            chunk.targets[i : i + rows],
+            chunk.weight * min(rows, n - i) / n,
+        )
+        for i in range(0, n, rows)
+    ]
+
+
+def _report_chunk(monitor: Monitor, index: int, n_chunks: int) -> None:
+    if monitor.callback is not None:
+        monitor.callback(Progress("scoring", iteration=index + 1, max_iter=n_chunks))
+
+
+#: How PyTorch says an operation has no forward-mode derivative ("... not implemented", a custom
+#: autograd.Function: "You must implement the jvp function ... forward mode AD").
+_NO_FORWARD_MODE = ("not implemented", "forward mode", "forward ad", "jvp")
+
+
+def _forward_block(
+    flat: FlatModel, solved: torch.Tensor, chunk: Chunk, config: SolveConfig
+) -> torch.Tensor | None:
+    """S G_chunkᵀ by forward-mode derivatives, or None when the model has none (an operation
+    without a forward-mode formula): the caller then takes per-sample gradients."""
+    try:
+        block = directional_derivatives(
+            flat, solved, chunk.inputs, chunk.targets, memory_budget=config.memory_budget
+        )
+    except (RuntimeError, NotImplementedError) as exc:
+        if not any(words in str(exc).lower() for words in _NO_FORWARD_MODE):
+            raise
+        return None
+    if not bool(torch.isfinite(block).all()):
+        raise NumericalError("the scores of `train` contain NaN or Inf (check weights, data)")
+    return block
+
+
+def directional_derivatives(
+    flat: FlatModel,
+    directions: torch.Tensor,
+    inputs: Inputs,
+    targets: torch.Tensor,
+    *,
+    memory_budget: int | None = None,
+) -> torch.Tensor:
+    """D[j, i] = ∇θ ℓ(z_i) · d_j for the rows d_j of ``directions`` [m, p] and the samples z_i of
+    a chunk: [m, len(chunk)].
+
+    Row j is the forward-mode derivative (a JVP) of the vector of per-sample losses
+    (ℓ(z_1), …, ℓ(z_c)) at θ along d_j; directions are batched with ``vmap``, as many at a time
+    as ``memory_budget`` allows (each holds the chunk's activations and their tangents). The
+    model runs once per batch of directions on the whole chunk (no per-sample ``vmap`` of the
+    forward), and ℓ is ``loss_fn`` on each row of the outputs."""
+    per_row = vmap(lambda o, t: flat.loss_fn(o.unsqueeze(0), t.unsqueeze(0)))
+
+    def losses(theta: torch.Tensor) -> torch.Tensor:
+        return per_row(flat.outputs(theta, inputs), targets)
+
+    def along(direction: torch.Tensor) -> torch.Tensor:
+        return jvp(losses, (flat.theta,), (direction,))[1]
+
+    step = _directions_per_pass(flat, inputs, int(directions.shape[0]), memory_budget)
+    return torch.cat(
+        [vmap(along)(directions[j : j + step]) for j in range(0, int(directions.shape[0]), step)]
+    )
+
+
+def _directions_per_pass(flat: FlatModel, inputs: Inputs, m: int, budget: int | None) -> int:
+    """How many directions one batched JVP takes: the chunk's activations and their tangents
+    (2 × its samples × one sample's activation bytes) per direction, within ``budget``."""
+    if budget is None:
+        return m
+    activations = 2 * count(inputs) * flat.sample_bytes(inputs)
+    per_direction = activations + flat.space.size * flat.theta.element_size()
+    return max(1, min(m, budget // max(per_direction, 1)))
 
 
 __all__ = [

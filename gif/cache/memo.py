@@ -235,7 +235,7 @@ def fit_digest(fit: CurvatureFit) -> str:
 
 #: SolveConfig fields a curvature fit does not depend on; every other field is in its key, so a
 #: field added later is keyed by default (a miss at worst, never a stale hit).
-FIT_INDEPENDENT = frozenset({"method", "damping", "solver", "tol", "max_iter"})
+FIT_INDEPENDENT = frozenset({"method", "damping", "layer_damping", "solver", "tol", "max_iter"})
 
 
 def solve_key(config: SolveConfig) -> dict[str, Any]:

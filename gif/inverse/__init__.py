@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import FITTED_SOLVERS, SolveConfig
+from ..config import FITTED_SOLVERS, SOLVE_SOLVER, SolveConfig
 from ..errors import InvalidArgumentError
 from ..hessian import HessianOperator
 from ..solvers import ITERATIVE, LowRankHessian
 from .base import InverseHessian, Solution
+from .choice import choose_solver
 from .dense import DenseInverse
 from .iterative import IterativeInverse
 from .kfac import KroneckerFit, KroneckerInverse
@@ -51,8 +52,9 @@ def _kronecker(corrected: bool) -> Builder:
         if fit is not None and not isinstance(fit, KroneckerFit):
             raise InvalidArgumentError(f"solver {config.solver_name!r} needs a KroneckerFit")
         return KroneckerInverse(
-            hessian, config.damping, corrected=corrected, tol=config.tol, max_iter=config.max_iter, fit=fit
-        )
+            hessian, config.damping, corrected=corrected, tol=config.tol, max_iter=config.max_iter, fit=fit,
+            layer_damping=config.layer_damping,
+        )  # fmt: skip
 
     return build
 
@@ -70,8 +72,11 @@ BUILDERS: dict[str, Builder] = {
 def inverse_for(
     hessian: HessianOperator, config: SolveConfig, *, fit: CurvatureFit | None = None
 ) -> InverseHessian:
-    """The inverse of ``hessian`` + ``config.damping`` that ``config.solver`` names; ``fit`` is a
-    previously fitted curvature of that solver (:data:`FITTED_SOLVERS`), used instead of fitting."""
+    """The inverse of ``hessian`` + ``config.damping`` that ``config.solver`` names (``auto``:
+    :func:`choose_solver`, falling back on the method's solver); ``fit`` is a previously fitted
+    curvature of that solver (:data:`FITTED_SOLVERS`), used instead of fitting."""
+    flat = hessian.flat
+    config, _ = choose_solver(config, flat.model, flat.loss_fn, SOLVE_SOLVER[config.method])
     solver = config.solver_name
     if fit is not None and solver not in FITTED_SOLVERS:
         raise InvalidArgumentError(
@@ -93,5 +98,6 @@ __all__ = [
     "KroneckerInverse",
     "LowRankInverse",
     "Solution",
+    "choose_solver",
     "inverse_for",
 ]

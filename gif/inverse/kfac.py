@@ -18,8 +18,10 @@ eigenbasis are σ αᵀ; EK-FAC replaces them by the data's own second moments t
     Λ = (1/N) Σ_{n,c} (Q_Sᵀ (Σ_l s_{n,c,l} a_{n,l}ᵀ) Q_A)²,
 
 which is exact on the diagonal of the block in that basis. (H + λI)⁻¹ b is then per layer
-Q_S [(Q_Sᵀ B Q_A) / (Λ + λ)] Q_Aᵀ with B the layer's block of b. Parameters outside these layers
-(e.g. normalisation) get no curvature: b/λ (0 when λ = 0). The restricted and least-squares
+Q_S [(Q_Sᵀ B Q_A) / (Λ + λ)] Q_Aᵀ with B the layer's block of b. With ``layer_damping`` ρ > 0
+each layer's λ is ρ · mean(Λ) instead (kronfluence's heuristic, ρ = 0.1: one absolute λ swamps
+the layers whose curvature is small; docs/benchmarks.md, "Scores: LDS against retraining").
+Parameters outside these layers (e.g. normalisation) get no curvature: b/λ (0 when λ = 0). The restricted and least-squares
 systems (``fif``, ``gif``) are solved matrix-free on the factored curvature (CG / LSQR, no HVP).
 
 Both are exact for a single linear layer fitted on one sample (tests/engine/test_kfac.py).
@@ -153,9 +155,11 @@ class KroneckerInverse(InverseHessian):
         tol: float = 1e-6,
         max_iter: int = 100,
         fit: KroneckerFit | None = None,
+        layer_damping: float = 0.0,
     ) -> None:
         super().__init__(hessian, damping)
         self.name = "ekfac" if corrected else "kfac"
+        self.layer_damping = float(layer_damping)
         self.corrected, self.tol, self.max_iter = corrected, tol, max_iter
         loss = hessian.flat.loss_fn
         if loss is not cross_entropy and loss is not F.cross_entropy:
@@ -221,38 +225,60 @@ class KroneckerInverse(InverseHessian):
 
     # -- the factored curvature and its inverse ---------------------------------------------------
 
-    def _apply(self, b: torch.Tensor, transform) -> torch.Tensor:
+    def _apply(self, b: torch.Tensor, transform, dampings: list[float] | None = None) -> torch.Tensor:
+        """Per layer, Q_S transform(Q_Sᵀ B Q_A, Λ, λ_layer) Q_Aᵀ (``dampings``: λ per layer, else 0)."""
         self.prepare()
         out = torch.zeros_like(b)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             q_in, q_out = block.q_in.to(b), block.q_out.to(b)  # type: ignore[union-attr]
             rotated = q_out.T @ block.matrix(b) @ q_in
-            block.scatter(q_out @ transform(rotated, block.eigen.to(b)) @ q_in.T, out)  # type: ignore[union-attr]
+            changed = transform(rotated, block.eigen.to(b), 0.0 if dampings is None else dampings[i])  # type: ignore[union-attr]
+            block.scatter(q_out @ changed @ q_in.T, out)
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """G·v with the factored G (zero curvature outside the covered layers)."""
-        return self._apply(v, lambda rotated, eigen: rotated * eigen)
+        return self._apply(v, lambda rotated, eigen, _: rotated * eigen)
+
+    def layer_dampings(self) -> list[float]:
+        """Each factored layer's λ: ``layer_damping`` × its mean eigenvalue, or ``damping``."""
+        self.prepare()
+        if self.layer_damping == 0.0:
+            return [self.damping] * len(self.blocks)
+        return [self.layer_damping * float(b.eigen.mean()) for b in self.blocks]  # type: ignore[union-attr]
 
     def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
         self.prepare(monitor)
-        damping = self.damping
 
-        def inverse(rotated: torch.Tensor, eigen: torch.Tensor) -> torch.Tensor:
+        def inverse(rotated: torch.Tensor, eigen: torch.Tensor, damping: float) -> torch.Tensor:
             total = eigen + damping
+            if damping > 0.0:
+                return rotated / total
+            # undamped: a pseudo-inverse, numerically zero eigenvalues dropped. Not with damping:
+            # this tolerance (~3% of the largest eigenvalue of a 256 × 1,153 layer) dropped the
+            # directions a small per-layer λ keeps, and with them a quarter of the scores' LDS
             keep = total > torch.finfo(total.dtype).eps * total.numel() * total.max().clamp_min(1e-300)
             return torch.where(keep, rotated / torch.where(keep, total, torch.ones_like(total)), 0.0)
 
-        x = self._apply(b, inverse)
-        if damping > 0.0:
-            x[self.uncovered] = b[self.uncovered] / damping
+        x = self._apply(b, inverse, self.layer_dampings())
+        if self.damping > 0.0:
+            x[self.uncovered] = b[self.uncovered] / self.damping
         return Solution(x, note=f"{self.name}: {len(self.blocks)} layers factored")
 
     def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        self._absolute_damping_only()
         return self._run(restricted_problem(self.matvec, b_t, index, self.size, self.damping), "cg", monitor)
 
     def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
+        self._absolute_damping_only()
         return self._run(columns_problem(self.matvec, g, index, self.damping), "lsqr", monitor)
+
+    def _absolute_damping_only(self) -> None:
+        if self.layer_damping > 0.0:
+            raise InvalidArgumentError(
+                "`layer_damping` damps (H + λI)⁻¹ (methods if / sif); the restricted and least-squares "
+                "systems of fif / gif take `damping`"
+            )
 
     def _run(self, problem: Problem, solver: str, monitor: Monitor) -> Solution:
         self.prepare(monitor)

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OTHER = {
     "method": "fif",
     "damping": 0.5,
+    "layer_damping": 0.1,
     "solver": "cg",
     "tol": 1e-3,
     "max_iter": 7,
@@ -42,7 +43,7 @@ def test_docs_hold_the_generated_defaults_table():
 
 def test_each_verb_resolves_its_documented_defaults():
     assert defaults("influence")["damping"] == 0.0 and defaults("influence")["solver"] == "lsqr"
-    assert defaults("scores")["method"] == "if" and defaults("scores")["solver"] == "minres"
+    assert defaults("scores")["method"] == "if" and defaults("scores")["solver"] == "auto"
     assert defaults("self_influence")["solver"] == "lowrank"
     for verb, method in (("remove", "gif"), ("relabel", "if")):
         resolved = defaults(verb)

@@ -65,6 +65,23 @@ def test_exact_for_a_linear_layer_on_one_sample(corrected):
     assert torch.allclose(inverse.matvec(b), h @ b, rtol=1e-8, atol=1e-10)
 
 
+def test_a_damped_solve_keeps_the_directions_of_zero_curvature():
+    """(G + λI)⁻¹ divides every direction by at least λ: none is dropped, however small λ is next
+    to the largest eigenvalue (a float32 layer on one sample: rank-one factors, mostly zero
+    eigenvalues, each kept at 1/λ)."""
+    model = linear_layer()
+    x, y = samples((5,), 1, 3)
+    damping = 1e-6
+    h = dense_hessian(model, x, y)
+    assert float(torch.linalg.eigvalsh(h).max()) > 1e5 * damping
+    b = torch.randn(h.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    expected = torch.linalg.solve(h + damping * torch.eye(h.shape[0], dtype=torch.float64), b)
+    model.float()
+    inverse = KroneckerInverse(HessianOperator(model, (x.float(), y)), damping, corrected=False)
+    solved = inverse.solve(b.float(), Monitor()).x.double()
+    assert float((solved - expected).norm() / expected.norm()) < 1e-2
+
+
 @pytest.mark.parametrize(
     ("build", "shape", "classes"),
     [(linear_layer, (5,), 3), (conv_layer, (2, 4, 4), 4), (conv1d_layer, (2, 8), 4)],
@@ -273,7 +290,54 @@ def test_auto_chooses_kfac_or_falls_back_to_the_methods_solver():
     assert removed.report["solver_choice"]["chosen"] == "lsqr"
 
 
-def test_auto_is_for_edits_only():
-    with pytest.raises(InvalidArgumentError, match="unknown solver 'auto'"):
-        gif.SolveConfig(solver="auto")
-    assert gif.EditConfig(solver="auto").solver == "auto"
+def test_scores_take_kfac_with_layer_damping_by_default_and_fall_back_to_minres():
+    model, (x, y) = trained_mlp()
+    auto = gif.scores_with_report(model, (x, y), (x[:3], y[:3]))
+    assert auto.solver == "kfac" and auto.hvps == 0 and "solver auto: kfac" in auto.note
+    expected = gif.scores(model, (x, y), (x[:3], y[:3]), solver="kfac", damping=0.01, layer_damping=0.1)
+    assert torch.equal(auto.scores, expected)
+
+    def mse(out, target):  # not the cross-entropy: K-FAC does not model it
+        return nn.functional.mse_loss(out, nn.functional.one_hot(target, 3).float())
+
+    fallback = gif.scores_with_report(model, (x, y), (x[:3], y[:3]), loss_fn=mse)
+    assert fallback.solver == "minres" and fallback.hvps > 0 and "cross-entropy" in fallback.note
+    named = gif.scores(model, (x, y), (x[:3], y[:3]), loss_fn=mse, solver="minres", damping=0.01)
+    assert torch.allclose(fallback.scores, named, rtol=0, atol=0)
+    # gif.influence takes auto too: the method's own solver where K-FAC does not apply
+    out = gif.influence(model, (x, y), (x[:3], y[:3]), method="if", solver="auto", damping=0.1, loss_fn=mse)
+    assert out.solver == "minres"
+
+
+def _dense_kfac(inverse: KroneckerInverse) -> torch.Tensor:
+    """The factored curvature as a dense matrix, one matvec per column."""
+    eye = torch.eye(inverse.size, dtype=torch.float64)
+    return torch.stack([inverse.matvec(eye[:, j]) for j in range(inverse.size)], dim=1)
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_layer_damping_damps_each_layer_by_its_mean_eigenvalue(corrected):
+    """(G + D)⁻¹b with D diagonal: ρ × the mean eigenvalue of each factored layer on its
+    parameters, `damping` on the parameters outside them (LayerNorm)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3)).double()
+    data = samples((4,), 30, 3)
+    rho, damping = 0.3, 0.5
+    inverse = KroneckerInverse(HessianOperator(model, data), damping, corrected=corrected, layer_damping=rho)
+    g = _dense_kfac(inverse)
+    eigen = torch.linalg.eigvalsh(g)
+    d = torch.full((inverse.size,), damping, dtype=torch.float64)
+    first, second = slice(0, 4 * 6 + 6), slice(4 * 6 + 6 + 12, inverse.size)  # the two Linear layers
+    for layer, block in zip((first, second), inverse.blocks, strict=True):
+        block_eigen = torch.linalg.eigvalsh(g[layer, layer])  # the layer's block of G
+        assert torch.allclose(block_eigen.mean(), block.eigen.mean(), rtol=1e-8)
+        d[layer] = rho * block_eigen.mean()
+    assert inverse.layer_dampings() == pytest.approx([float(d[first][0]), float(d[second][0])])
+    assert float(eigen.min()) > -1e-10
+    b = torch.randn(inverse.size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    expected = torch.linalg.solve(g + torch.diag(d), b)
+    assert torch.allclose(inverse.solve(b, Monitor()).x, expected, rtol=1e-8, atol=1e-10)
+    with pytest.raises(InvalidArgumentError, match="layer_damping"):
+        inverse.least_squares(b, torch.arange(5), Monitor())
+    with pytest.raises(InvalidArgumentError, match="layer_damping"):
+        SolveConfig(method="gif", solver="kfac", layer_damping=0.1)

@@ -18,6 +18,7 @@ from torch import nn
 from gif.errors import Cancelled, InvalidArgumentError, NumericalError
 from gif.scoring import (
     ScoresResult,
+    directional_derivatives,
     per_sample_gradients,
     scores,
     scores_with_report,
@@ -90,7 +91,7 @@ def test_scores_match_dense_reference(kind, solver):
     assert out.converged, out.note
     assert rel_err(out.scores, expected) <= 1e-6
     assert len(out.iterations) == len(out.residuals) == N_QUERIES
-    assert out.gradients == N_QUERIES + N_TRAIN
+    assert out.gradients == N_QUERIES  # the training side runs forward-mode, no per-sample gradient
     if solver in ("minres", "cg"):
         assert all(i > 0 for i in out.iterations) and max(out.residuals) <= TIGHT["tol"]
         assert out.hvps == sum(out.iterations)
@@ -98,7 +99,7 @@ def test_scores_match_dense_reference(kind, solver):
         assert out.lowrank is not None and out.hvps == out.lowrank.hvps
     diagnostics = json.loads(json.dumps(out.diagnostics()))
     assert diagnostics["work"] == {
-        "gradients": N_QUERIES + N_TRAIN,
+        "gradients": N_QUERIES,
         "hvps": out.hvps,
         "forward_evaluations": 0,
     }
@@ -244,6 +245,22 @@ def test_chunk_size_and_batching_invariance(kind):
     assert torch.allclose(out, reference, rtol=0, atol=1e-12 * float(reference.abs().max()))
 
 
+def test_gradients_computed_a_few_samples_at_a_time_give_the_same_scores(monkeypatch):
+    """Per-sample gradients run in passes of GRADIENT_PASS_BYTES (here: one sample per pass)."""
+    from gif import scoring
+
+    model, train, queries = setup("cnn")
+    fit = exact_fit(model, train)
+    whole = scores_with_report(model, train, queries, lowrank=fit, include_self_influence=True)
+    monkeypatch.setattr(scoring, "GRADIENT_PASS_BYTES", 1)
+    assert scoring.gradient_rows(10**6, 4) == 1
+    pieces = scores_with_report(model, train, queries, lowrank=fit, include_self_influence=True)
+    assert pieces.gradients == whole.gradients == N_QUERIES + N_TRAIN
+    assert torch.allclose(pieces.scores, whole.scores, rtol=0, atol=1e-12 * float(whole.scores.abs().max()))
+    assert pieces.self_influence is not None and whole.self_influence is not None
+    assert torch.allclose(pieces.self_influence, whole.self_influence, rtol=1e-12, atol=0)
+
+
 def test_hessian_chunking_invariance():
     """Iterative solvers read H through HVPs over chunks of ``chunk_size`` samples."""
     model, train, queries = setup("mlp")
@@ -262,6 +279,61 @@ def test_model_is_used_in_eval_mode_and_left_unchanged():
     assert model.training, "training mode must be restored"
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert rel_err(out, expected) <= 1e-6
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_directional_derivatives_are_gradients_along_each_direction(kind):
+    """D[j, i] = ∇ℓ(z_i)·d_j: the forward-mode block equals the per-sample gradients' product, also
+    when the memory budget allows one direction per batched pass."""
+    from gif.hessian import FlatModel
+
+    model, train, _ = setup(kind)
+    flat = FlatModel(model.eval())
+    directions = torch.randn(
+        5, flat.space.size, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    expected = directions @ dense_grads(model, train).T
+    for budget in (None, 1):
+        out = directional_derivatives(flat, directions, *train, memory_budget=budget)
+        assert out.shape == (5, N_TRAIN)
+        assert rel_err(out, expected) < 1e-12
+
+
+class _DoubleWithoutJvp(torch.autograd.Function):
+    """2x, with a backward and a vmap rule but no forward-mode (jvp) formula."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return 2 * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+class _NoForwardMode(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return _DoubleWithoutJvp.apply(self.inner(x))
+
+
+def test_a_model_without_forward_mode_is_scored_from_per_sample_gradients():
+    model, train, queries = setup("mlp")
+    wrapped = _NoForwardMode(model)
+    expected = dense_scores(wrapped, train, queries, 0.01)
+    # the inverse from the dense eigendecomposition: the engine's HVPs would need the formula too
+    out = scores_with_report(wrapped, train, queries, lowrank=exact_fit(wrapped, train), damping=0.01)
+    assert rel_err(out.scores, expected) <= 1e-6
+    assert out.gradients == N_QUERIES + N_TRAIN
 
 
 def test_per_sample_gradients_match_loops():

@@ -55,7 +55,7 @@ def test_each_option_takes_the_engine_fields_type_help_and_range(model, kind):
 
 def test_option_values_are_checked_as_the_engine_checks_them():
     """Every value the spec accepts at its bounds builds the engine configuration."""
-    edge = {"method": "sif", "damping": 1e6, "solver": "neumann", "tol": 1.0, "max_iter": 10_000, "rank": 1_024,
+    edge = {"method": "sif", "damping": 1e6, "layer_damping": 1e6, "solver": "neumann", "tol": 1.0, "max_iter": 10_000, "rank": 1_024,
             "seed": 2**31 - 1, "selection": "threshold", "ratio": 1.0, "hessian_samples": 1_000_000,
             "hessian_pool": "all", "step": "newton", "newton_steps": 20}  # fmt: skip
     options = specs.EditOptions.model_validate(edge).model_dump(exclude_none=True)
@@ -67,6 +67,7 @@ def test_option_values_are_checked_as_the_engine_checks_them():
         ("tol", 0.0),
         ("ratio", 0.0),
         ("damping", -1.0),
+        ("layer_damping", 1e7),
         ("newton_steps", 21),
         ("step", "jump"),
     ]:
@@ -76,7 +77,7 @@ def test_option_values_are_checked_as_the_engine_checks_them():
 
 def test_jobs_may_name_every_solver_including_the_kronecker_factored_ones():
     assert gif.config.SERVICE_SOLVERS == gif.config.SOLVERS
-    for solver in ("kfac", "ekfac", "lowrank"):
+    for solver in ("kfac", "ekfac", "lowrank", "auto"):
         assert specs.EditOptions.model_validate({"solver": solver}).solver == solver
         assert specs.ScoresOptions.model_validate({"solver": solver}).solver == solver
     with pytest.raises(ValueError):
