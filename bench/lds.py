@@ -1,0 +1,227 @@
+"""Attribution quality by the linear datamodeling score (LDS): ``gif.scores`` beside kronfluence.
+
+Protocol (the LDS of TRAK and dattri; docs/benchmarks.md "Scores: LDS against retraining"):
+train the model on the full training set, score ``--queries`` test samples against every training
+sample, then retrain ``--subsets`` models, each on a seeded random half of the training set
+(α = 0.5, same recipe). For a query z and subset S_j the attribution predicts the change of z's
+loss as −Σ_{i∈S_j} score(z, i) (a positive score = sample i lowers z's loss, gif's convention and
+kronfluence's); LDS(z) is the Spearman correlation, over the subsets, of that prediction with the
+query loss the retrained model actually has. The table gives LDS averaged over queries (± the
+standard error over queries) and the seconds each method took to produce its [queries, train]
+matrix (fit included; one process, ``--threads`` threads).
+
+Model and data: examples/digits.py (scikit-learn digits, 1,200 training images, the TinyNet CNN,
+40 epochs of SGD).
+
+Rankings (``--methods``):
+
+* ``gif default`` — ``gif.scores`` at its defaults;
+* ``gif <solver>`` — ``gif.scores(solver=...)`` for ``ekfac``, ``kfac``, ``lowrank``, ``cg``;
+* ``kronfluence ekfac`` / ``kronfluence kfac`` — kronfluence (``pip install kronfluence==1.0.1``;
+  skipped with a note when it is not installed), its factors fitted on the training set, damping
+  its heuristic (0.1 × the mean eigenvalue), measurement the query loss. Its Fisher draws labels
+  from the model's predictions: ``kronfluence ekfac seed=1`` seeds that draw (default 0).
+
+    python bench/lds.py [--subsets 40] [--queries 20] [--methods "gif default,gif ekfac,kronfluence ekfac"]
+    python bench/lds.py --methods "gif ekfac layer_damping=0.1,kronfluence ekfac seed=1"   # options
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "examples"))
+from _common import apply_threads, machine_description, markdown_table  # noqa: E402
+from digits import CNN, load_digits, train  # noqa: E402
+
+import gif  # noqa: E402
+
+ALPHA = 0.5
+METHODS = ("gif default", "gif ekfac", "gif kfac", "gif lowrank", "kronfluence ekfac", "kronfluence kfac")
+Scorer = Callable[
+    [nn.Module, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], torch.Tensor
+]
+
+
+def query_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model(x), y, reduction="none")
+
+
+def subset_masks(n: int, subsets: int, seed: int) -> torch.Tensor:
+    """[subsets, n] booleans, each row a seeded random α-fraction of the training set."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(subsets, n, dtype=torch.bool)
+    for j in range(subsets):
+        masks[j, torch.randperm(n, generator=gen)[: int(ALPHA * n)]] = True
+    return masks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D tensors (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.numpy(), b.numpy()).statistic)
+
+
+def lds(scores: torch.Tensor, masks: torch.Tensor, losses: torch.Tensor) -> list[float]:
+    """Per query: Spearman(−Σ_{i∈S_j} score(q, i), loss of the model trained on S_j) over j.
+
+    ``scores`` [queries, n], ``masks`` [subsets, n], ``losses`` [subsets, queries]."""
+    predicted = -(masks.double() @ scores.double().T)  # [subsets, queries]
+    return [spearman(predicted[:, q], losses[:, q].double()) for q in range(scores.shape[0])]
+
+
+def gif_scorer(options: dict) -> Scorer:
+    def run(model, train_data, queries):
+        return gif.scores(model, train_data, queries, **options)
+
+    return run
+
+
+def kronfluence_scorer(strategy: str, seed: int = 0) -> Scorer:
+    def run(model, train_data, queries):
+        from kronfluence.analyzer import Analyzer, prepare_model
+        from kronfluence.arguments import FactorArguments, ScoreArguments
+        from kronfluence.task import Task
+
+        class Classification(Task):
+            def compute_train_loss(self, batch, model, sample=False):
+                x, y = batch
+                logits = model(x)
+                if sample:  # the true Fisher: labels drawn from the model's own predictions
+                    with torch.no_grad():
+                        y = torch.multinomial(torch.softmax(logits.detach(), dim=-1), 1).flatten()
+                return nn.functional.cross_entropy(logits, y, reduction="sum")
+
+            def compute_measurement(self, batch, model):
+                x, y = batch
+                return nn.functional.cross_entropy(model(x), y, reduction="sum")
+
+        torch.manual_seed(seed)  # the sampled labels of its Fisher draw on the global generator
+        task = Classification()
+        wrapped = prepare_model(_copy(model), task)
+        train_set = torch.utils.data.TensorDataset(*train_data)
+        query_set = torch.utils.data.TensorDataset(*queries)
+        with tempfile.TemporaryDirectory() as out:
+            analyzer = Analyzer("lds", wrapped, task, cpu=True, disable_tqdm=True, output_dir=out)
+            analyzer.fit_all_factors(
+                "factors", train_set, per_device_batch_size=256,
+                factor_args=FactorArguments(strategy=strategy), overwrite_output_dir=True,
+            )  # fmt: skip
+            analyzer.compute_pairwise_scores(
+                "scores", "factors", query_set, train_set, per_device_query_batch_size=len(query_set),
+                per_device_train_batch_size=256, score_args=ScoreArguments(damping_factor=None),
+                overwrite_output_dir=True,
+            )  # fmt: skip
+            scores = analyzer.load_pairwise_scores("scores")
+            assert scores is not None
+            return scores["all_modules"].detach().cpu()
+
+    return run
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def scorer(name: str) -> Scorer | None:
+    """The method named ``name`` (module docstring), or None when its library is missing.
+    ``gif`` methods may add options as ``key=value`` words: ``gif ekfac damping=0.1``."""
+    library, _, rest = name.partition(" ")
+    variant, *settings = rest.split()
+    options: dict = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        options[key] = float(value) if "." in value or "e" in value else int(value)
+    if library == "gif":
+        return gif_scorer(options if variant == "default" else {"solver": variant, **options})
+    if library == "kronfluence":
+        try:
+            import kronfluence  # noqa: F401
+        except ImportError:
+            return None
+        return kronfluence_scorer(variant, **options)
+    raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subsets", type=int, default=40)
+    parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", type=Path, help="a folder keeping the retrained models' query losses")
+    args = parser.parse_args()
+    apply_threads(args.threads)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    scorers = {name: scorer(name) for name in names}
+
+    split = load_digits(args.seed)
+    x, y = split.x_train, split.y_train
+    pick = torch.randperm(len(split.y_test), generator=torch.Generator().manual_seed(args.seed))[
+        : args.queries
+    ]
+    queries = (split.x_test[pick], split.y_test[pick])
+    start = time.perf_counter()
+    model = train(CNN, x, y, seed=args.seed, epochs=args.epochs)
+    train_seconds = time.perf_counter() - start
+
+    masks = subset_masks(len(y), args.subsets, args.seed)
+    saved = None
+    if args.cache is not None:
+        saved = args.cache / f"lds-s{args.seed}-m{args.subsets}-q{args.queries}-e{args.epochs}.pt"
+    if saved is not None and saved.exists():
+        losses = torch.load(saved)
+    else:
+        losses = torch.stack(
+            [
+                query_losses(
+                    train(CNN, x[mask], y[mask], seed=args.seed + 1 + j, epochs=args.epochs), *queries
+                )
+                for j, mask in enumerate(masks)
+            ]
+        )
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(losses, saved)
+    print(
+        f"{args.subsets} models retrained on halves ({train_seconds:.1f} s to train one on all)", flush=True
+    )
+
+    rows = []
+    for name, run in scorers.items():
+        if run is None:
+            rows.append([name, "—", "—", "not installed"])
+            continue
+        start = time.perf_counter()
+        scores = run(model, (x, y), queries)
+        seconds = time.perf_counter() - start
+        values = lds(scores, masks, losses)
+        error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+        rows.append([name, f"{seconds:.2f}", f"{statistics.mean(values):.3f} ± {error:.3f}", ""])
+        print(f"  {name}: {seconds:.2f} s, LDS {statistics.mean(values):.3f}", flush=True)
+    print(f"\n{machine_description()}; digits TinyNet, {len(y)} training samples, {args.queries} queries, "
+          f"{args.subsets} subsets of α = {ALPHA}, seed {args.seed}\n")  # fmt: skip
+    print(markdown_table(["method", "seconds", "LDS", "note"], rows))
+
+
+if __name__ == "__main__":
+    main()
