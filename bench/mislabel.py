@@ -17,6 +17,8 @@ Rankings:
 * ``self/class`` — self-influence divided by the median self-influence of the sample's (given)
   class, so that classes with larger gradients do not crowd the top;
 * ``self-ekfac`` — self-influence with the EK-FAC curvature (``exact=True, solver="ekfac"``);
+* ``self kfac`` / ``self ekfac`` — ``self`` (the margin measure) with the K-FAC / EK-FAC curvature,
+  each layer damped by 0.1 × its mean eigenvalue (``layer_damping``, the scores' default);
 * ``self λ=0.001`` / ``self rank=128`` — the classic self-influence with a smaller damping / a
   larger rank;
 * ``val-influence`` — influence of each training sample on the mean loss of a trusted, clean
@@ -109,6 +111,14 @@ def by_self_ekfac(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple
     return gif.self_influence(model, (x, y), exact=True, solver="ekfac", measure="loss")
 
 
+def by_self_kfac(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
+    return gif.self_influence(model, (x, y), solver="kfac", layer_damping=0.1)
+
+
+def by_self_ekfac_margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
+    return gif.self_influence(model, (x, y), solver="ekfac", layer_damping=0.1)
+
+
 def by_validation_influence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
     return -gif.scores(model, (x, y), val, solver="lowrank").sum(dim=0)
 
@@ -129,6 +139,8 @@ RANKINGS: dict[str, Ranking] = {
     "self rank=128": by_self_rank128,
     "self/class": by_self_per_class,
     "self-ekfac": by_self_ekfac,
+    "self kfac": by_self_kfac,
+    "self ekfac": by_self_ekfac_margin,
     "val-influence": by_validation_influence,
 }
 

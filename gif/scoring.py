@@ -244,13 +244,14 @@ def self_influence(
     * ``"auto"`` (default): ``margin`` where it applies, else ``loss``
       (:func:`self_influence_measure`).
 
-    By default (``exact=False``) the inverse is the low-rank model of
+    By default (``exact=False``) the inverse is a fitted curvature applied to a chunk of
+    gradients at once, at the price of the gradients: the low-rank model of
     :meth:`LowRankHessian.solve_if` (the given ``lowrank`` fit, or a new one of ``rank``
     eigenpairs): aᵀ(H + λI)⁻¹b = Σ_k c_k d_k/(μ_k + λ) + aᵀ(b − Vᵀd)/λ with c = V a, d = V b
-    (the last term only for λ > 0), vectorised over a chunk of gradients, at the price of the
-    gradients. ``exact=True`` instead solves per sample with ``solver`` (default ``minres``;
-    ``direct`` for a dense pseudo-inverse), which costs up to ``max_iter`` HVPs per sample.
-    Other arguments as in :func:`scores_with_report`.
+    (the last term only for λ > 0); or, with ``solver="kfac"`` / ``"ekfac"``, the Kronecker
+    factors (:class:`gif.inverse.KroneckerInverse`). ``exact=True`` instead solves per sample
+    with ``solver`` (default ``minres``; ``direct`` for a dense pseudo-inverse), which costs up
+    to ``max_iter`` HVPs per sample. Other arguments as in :func:`scores_with_report`.
     """
     if not isinstance(exact, bool):
         raise InvalidArgumentError(f"`exact` must be True or False, got {exact!r}")
@@ -259,9 +260,10 @@ def self_influence(
         if lowrank is not None or named == "lowrank":
             raise InvalidArgumentError("`exact=True` solves per sample; it does not use a `lowrank` fit")
         options = {**options, "solver": named or "minres"}
-    elif named not in (None, "lowrank"):
+    elif named not in (None, "lowrank", "kfac", "ekfac"):
         raise InvalidArgumentError(
-            f"`solver={named!r}` needs `exact=True`; the default (exact=False) uses the lowrank fit"
+            f"`solver={named!r}` needs `exact=True`; the default (exact=False) uses a fitted curvature "
+            "(lowrank, kfac or ekfac)"
         )
     check_choice("measure", measure, MEASURES)
     config = _scores_config("self_influence", config, options)

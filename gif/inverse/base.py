@@ -108,7 +108,7 @@ class InverseHessian(ABC):
             out[j] = solution.x
             solution.x = solution.x[:0]
             solutions.append(solution)
-        return _finite(out, self.name), solutions
+        return finite_rows(out, self.name), solutions
 
     def quadratic(
         self, rows: torch.Tensor, monitor: Monitor, *, offset: int = 0, total: int | None = None
@@ -174,7 +174,8 @@ def sampling_accuracy(samples: int, damping: float) -> float:
     return 1.0 / math.sqrt(samples) if damping == 0.0 and samples > 0 else 0.0
 
 
-def _finite(x: torch.Tensor, solver: str) -> torch.Tensor:
+def finite_rows(x: torch.Tensor, solver: str) -> torch.Tensor:
+    """``x``, unless a solve left NaN or Inf in it (then a :class:`NumericalError`)."""
     if not bool(torch.isfinite(x).all()):
         raise NumericalError(f"the {solver} solve produced NaN/Inf; add damping or use another solver")
     return x

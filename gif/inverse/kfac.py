@@ -40,7 +40,7 @@ from ..errors import InvalidArgumentError, NumericalError
 from ..hessian import HessianOperator, cross_entropy
 from ..inputs import call
 from ..solvers import Monitor, Problem, solve
-from .base import InverseHessian, Solution, columns_problem, restricted_problem
+from .base import InverseHessian, Solution, columns_problem, finite_rows, restricted_problem
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 #: The share of the trainable parameters that factored layers must hold for ``solver="auto"`` to
@@ -131,16 +131,19 @@ class _Block:
     eigen: torch.Tensor | None = None  # Λ (or σ αᵀ), [out, in]
 
     def matrix(self, v: torch.Tensor) -> torch.Tensor:
-        """The layer's block of a flat vector as [out, in (+1 for the bias)]."""
-        w = v[self.weight].reshape(self.out, -1)
-        return w if self.bias is None else torch.cat([w, v[self.bias].unsqueeze(1)], dim=1)
+        """The layer's block of a flat vector as [out, in (+1 for the bias)]; of a batch of
+        vectors [m, p] as [m, out, in (+1)]."""
+        lead = v.shape[:-1]
+        w = v[..., self.weight].reshape(*lead, self.out, -1)
+        return w if self.bias is None else torch.cat([w, v[..., self.bias].unsqueeze(-1)], dim=-1)
 
     def scatter(self, m: torch.Tensor, into: torch.Tensor) -> None:
+        lead = into.shape[:-1]
         if self.bias is None:
-            into[self.weight] = m.reshape(-1)
+            into[..., self.weight] = m.reshape(*lead, -1)
         else:
-            into[self.weight] = m[:, :-1].reshape(-1)
-            into[self.bias] = m[:, -1]
+            into[..., self.weight] = m[..., :-1].reshape(*lead, -1)
+            into[..., self.bias] = m[..., -1]
 
 
 class KroneckerInverse(InverseHessian):
@@ -249,6 +252,28 @@ class KroneckerInverse(InverseHessian):
 
     def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
         self.prepare(monitor)
+        return Solution(self._inverse(b), note=self._note())
+
+    def solve_rows(
+        self,
+        rows: torch.Tensor,
+        monitor: Monitor,
+        *,
+        name: str = "query",
+        offset: int = 0,
+        total: int | None = None,
+    ) -> tuple[torch.Tensor, list[Solution]]:
+        """Every row at once: each layer's rotations act on the whole batch [m, out, in]."""
+        self.prepare(monitor)
+        monitor.check_cancel()
+        out = finite_rows(self._inverse(rows), self.name)
+        return out, [Solution(rows[:0], note=self._note()) for _ in range(int(rows.shape[0]))]
+
+    def _note(self) -> str:
+        return f"{self.name}: {len(self.blocks)} layers factored"
+
+    def _inverse(self, b: torch.Tensor) -> torch.Tensor:
+        """(G + λI)⁻¹ b for b of shape [p] or [m, p] (module docstring)."""
 
         def inverse(rotated: torch.Tensor, eigen: torch.Tensor, damping: float) -> torch.Tensor:
             total = eigen + damping
@@ -262,8 +287,8 @@ class KroneckerInverse(InverseHessian):
 
         x = self._apply(b, inverse, self.layer_dampings())
         if self.damping > 0.0:
-            x[self.uncovered] = b[self.uncovered] / self.damping
-        return Solution(x, note=f"{self.name}: {len(self.blocks)} layers factored")
+            x[..., self.uncovered] = b[..., self.uncovered] / self.damping
+        return x
 
     def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
         self._absolute_damping_only()

@@ -341,3 +341,43 @@ def test_layer_damping_damps_each_layer_by_its_mean_eigenvalue(corrected):
         inverse.least_squares(b, torch.arange(5), Monitor())
     with pytest.raises(InvalidArgumentError, match="layer_damping"):
         SolveConfig(method="gif", solver="kfac", layer_damping=0.1)
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+@pytest.mark.parametrize("layer_damping", [0.0, 0.1])
+def test_rows_are_solved_at_once_as_each_alone(corrected, layer_damping):
+    """solve_rows batches the rotations over rows: the same as one solve per row, LayerNorm
+    parameters (no curvature) included; bilinear forms follow."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3)).double()
+    data = samples((4,), 20, 3)
+    inverse = KroneckerInverse(
+        HessianOperator(model, data), 0.2, corrected=corrected, layer_damping=layer_damping
+    )
+    rows = torch.randn(5, inverse.size, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    solved, solutions = inverse.solve_rows(rows, Monitor())
+    assert len(solutions) == 5 and all(s.x.numel() == 0 for s in solutions)
+    each = torch.stack([inverse.solve(r, Monitor()).x for r in rows])
+    assert torch.allclose(solved, each, rtol=1e-12, atol=1e-12)
+    values, _ = inverse.bilinear(rows.flip(0), rows, Monitor())
+    assert torch.allclose(values, (rows.flip(0) * each).sum(dim=1), rtol=1e-12, atol=1e-12)
+
+
+def test_self_influence_takes_the_factored_curvature_without_exact():
+    """gᵢᵀ(G + λI)⁻¹gᵢ with G the dense matrix of the fitted factors and gᵢ autograd's gradients."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    data = samples((4,), 12, 3)
+    values = gif.self_influence(model, data, solver="kfac", damping=0.2, measure="loss")
+    inverse = KroneckerInverse(HessianOperator(model, data), 0.2, corrected=False)
+    g = _dense_kfac(inverse)
+    params = list(model.parameters())
+    grads = []
+    for i in range(12):
+        loss = nn.functional.cross_entropy(model(data[0][i : i + 1]), data[1][i : i + 1])
+        grads.append(torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params)]))
+    rows = torch.stack(grads)
+    expected = (rows * torch.linalg.solve(g + 0.2 * torch.eye(g.shape[0], dtype=g.dtype), rows.T).T).sum(
+        dim=1
+    )
+    assert torch.allclose(values, expected, rtol=1e-8, atol=1e-10)
