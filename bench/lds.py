@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
+import _kronfluence  # noqa: E402
 from _common import apply_threads, machine_description, markdown_table  # noqa: E402
 from digits import CNN, load_digits, train  # noqa: E402
 
@@ -92,50 +92,9 @@ def gif_scorer(options: dict) -> Scorer:
 
 def kronfluence_scorer(strategy: str, seed: int = 0) -> Scorer:
     def run(model, train_data, queries):
-        from kronfluence.analyzer import Analyzer, prepare_model
-        from kronfluence.arguments import FactorArguments, ScoreArguments
-        from kronfluence.task import Task
-
-        class Classification(Task):
-            def compute_train_loss(self, batch, model, sample=False):
-                x, y = batch
-                logits = model(x)
-                if sample:  # the true Fisher: labels drawn from the model's own predictions
-                    with torch.no_grad():
-                        y = torch.multinomial(torch.softmax(logits.detach(), dim=-1), 1).flatten()
-                return nn.functional.cross_entropy(logits, y, reduction="sum")
-
-            def compute_measurement(self, batch, model):
-                x, y = batch
-                return nn.functional.cross_entropy(model(x), y, reduction="sum")
-
-        torch.manual_seed(seed)  # the sampled labels of its Fisher draw on the global generator
-        task = Classification()
-        wrapped = prepare_model(_copy(model), task)
-        train_set = torch.utils.data.TensorDataset(*train_data)
-        query_set = torch.utils.data.TensorDataset(*queries)
-        with tempfile.TemporaryDirectory() as out:
-            analyzer = Analyzer("lds", wrapped, task, cpu=True, disable_tqdm=True, output_dir=out)
-            analyzer.fit_all_factors(
-                "factors", train_set, per_device_batch_size=256,
-                factor_args=FactorArguments(strategy=strategy), overwrite_output_dir=True,
-            )  # fmt: skip
-            analyzer.compute_pairwise_scores(
-                "scores", "factors", query_set, train_set, per_device_query_batch_size=len(query_set),
-                per_device_train_batch_size=256, score_args=ScoreArguments(damping_factor=None),
-                overwrite_output_dir=True,
-            )  # fmt: skip
-            scores = analyzer.load_pairwise_scores("scores")
-            assert scores is not None
-            return scores["all_modules"].detach().cpu()
+        return _kronfluence.pairwise_scores(model, train_data, queries, strategy=strategy, seed=seed)
 
     return run
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def scorer(name: str) -> Scorer | None:
@@ -150,11 +109,7 @@ def scorer(name: str) -> Scorer | None:
     if library == "gif":
         return gif_scorer(options if variant == "default" else {"solver": variant, **options})
     if library == "kronfluence":
-        try:
-            import kronfluence  # noqa: F401
-        except ImportError:
-            return None
-        return kronfluence_scorer(variant, **options)
+        return kronfluence_scorer(variant, **options) if _kronfluence.available() else None
     raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 

@@ -21,6 +21,8 @@ Rankings:
   each layer damped by 0.1 × its mean eigenvalue (``layer_damping``, the scores' default);
 * ``self λ=0.001`` / ``self rank=128`` — the classic self-influence with a smaller damping / a
   larger rank;
+* ``kronfluence self`` — kronfluence 1.0.1's self-influence with its EK-FAC defaults
+  (bench/_kronfluence.py; ``pip install kronfluence==1.0.1``), the peer's answer to this task;
 * ``val-influence`` — influence of each training sample on the mean loss of a trusted, clean
   validation set (200 test samples): ``gif.scores`` summed over the validation queries, most
   negative first (samples whose removal would lower the validation loss).
@@ -119,6 +121,14 @@ def by_self_ekfac_margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val
     return gif.self_influence(model, (x, y), solver="ekfac", layer_damping=0.1)
 
 
+def by_kronfluence_self(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
+    import _kronfluence
+
+    if not _kronfluence.available():
+        raise SystemExit("ranking 'kronfluence self' needs `pip install kronfluence==1.0.1`")
+    return _kronfluence.self_scores(model, (x, y))
+
+
 def by_validation_influence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
     return -gif.scores(model, (x, y), val, solver="lowrank").sum(dim=0)
 
@@ -141,6 +151,7 @@ RANKINGS: dict[str, Ranking] = {
     "self-ekfac": by_self_ekfac,
     "self kfac": by_self_kfac,
     "self ekfac": by_self_ekfac_margin,
+    "kronfluence self": by_kronfluence_self,
     "val-influence": by_validation_influence,
 }
 
