@@ -48,6 +48,11 @@ STATEFUL_SCENARIOS = int(os.environ.get("GIF_FUZZ_STATEFUL_SCENARIOS", "20"))
 STATEFUL_STEPS = int(os.environ.get("GIF_FUZZ_STATEFUL_STEPS", "8"))
 #: A running server (bench/fuzz.py); unset: the app in-process.
 URL = os.environ.get("GIF_FUZZ_URL")
+#: In the suite the state machine draws the same scenarios every run: the app's state outlives a
+#: scenario, so Hypothesis, replaying a choice sequence against a server that answers differently
+#: the second time, can fail with FlakyStrategyDefinition (seen about one run in five with 60
+#: scenarios, before and after 2026-12-06). ``bench/fuzz.py`` (``GIF_FUZZ_URL``) explores at random.
+STATEFUL_DERANDOMIZE = URL is None
 
 #: Schema-valid requests that can still be refused, by checks that no JSON Schema can express.
 SEMANTIC_REFUSALS = {
@@ -169,6 +174,7 @@ def test_stateful(client_a, files):
         settings=settings(
             max_examples=STATEFUL_SCENARIOS,
             stateful_step_count=STATEFUL_STEPS,
+            derandomize=STATEFUL_DERANDOMIZE,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             database=None,
