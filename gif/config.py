@@ -87,7 +87,7 @@ EDIT_PRESETS: dict[str, dict[str, Any]] = {
 
 #: Per verb, the defaults that differ from the configuration type's field defaults. Scores take
 #: K-FAC with kronfluence's per-layer damping where the model allows it: on the digits CNN its
-#: linear datamodeling score is 0.17 in 1.7 s where MINRES at λ = 0.01 gave 0.03 in 253 s
+#: linear datamodeling score is 0.17 in 2.5 s where MINRES at λ = 0.01 gave 0.03 in 262 s
 #: (docs/benchmarks.md, "Scores: LDS against retraining").
 VERB_DEFAULTS: dict[str, dict[str, Any]] = {
     "influence": {},
