@@ -54,8 +54,10 @@ def main() -> int:
     stack = Stack(args.mode, home, workers=args.workers)
     stack.env.update(
         GIF_API_KEYS=",".join(f"{tenant}:{key}" for tenant, key in KEYS.items()),
-        # no admission limits: the fuzzer sends thousands of requests and submits many jobs
+        # no admission limits: the fuzzer sends thousands of requests, submits many jobs and opens
+        # many upload sessions (a limit reached changes later answers: tests/service/test_contract_fuzz.py)
         GIF_RATE_LIMIT_PER_SECOND="0", GIF_MAX_ACTIVE_JOBS_PER_TENANT="0", GIF_MAX_WAITING_JOBS="0",
+        GIF_MAX_OPEN_UPLOADS_PER_TENANT="1000000",
     )  # fmt: skip
     started = time.monotonic()
     status = 1
