@@ -80,7 +80,8 @@ class FlatModel:
         self._fixed = {n: t.detach() for n, t in model.named_parameters() if n not in trainable}
         self._fixed.update(dict(model.named_buffers()))
         self.theta = self.space.vector(model).clone()
-        self.unbatchable = False  # set when vmap over samples fails (gif/scoring.py)
+        self.unbatchable = False  # set when vmap over samples fails (gif/per_sample.py)
+        self.by_layer: bool | None = None  # per-sample gradients by layer (gif/per_sample.py)
         self._outputs_checked = False
         if not bool(torch.isfinite(self.theta).all()):
             bad = [
@@ -117,12 +118,16 @@ class FlatModel:
         return self.loss(theta, inputs_.one_sample(x), y.unsqueeze(0))
 
     def margin(self, theta: torch.Tensor, inputs: inputs_.Inputs, targets: torch.Tensor) -> torch.Tensor:
-        """Sum over the batch of each sample's label log-odds m = z_y − log Σ_{k≠y} exp z_k =
-        log p_y − log(1 − p_y), from its logits z and integer class y."""
-        z = self.outputs(theta, inputs)
+        """Sum over the batch of each sample's label log-odds (:meth:`label_log_odds`)."""
+        return self.label_log_odds(self.outputs(theta, inputs), targets).sum()
+
+    @staticmethod
+    def label_log_odds(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each sample's label log-odds m = z_y − log Σ_{k≠y} exp z_k = log p_y − log(1 − p_y),
+        from its logits z [B, k] and integer class y [B]: shape [B]."""
         is_label = torch.arange(z.shape[-1], device=z.device) == targets.unsqueeze(-1)
         others = torch.logsumexp(z.masked_fill(is_label, float("-inf")), dim=-1)
-        return ((z * is_label).sum(dim=-1) - others).sum()
+        return (z * is_label).sum(dim=-1) - others
 
     def per_sample_margin(self, theta: torch.Tensor, x: inputs_.Inputs, y: torch.Tensor) -> torch.Tensor:
         """Label log-odds of one sample (no batch dimension), for vmap."""

@@ -22,8 +22,8 @@ with ``vmap``; :func:`directional_derivatives`). A forward pass along a few dire
 less than a backward pass per sample (digits TinyNet, 20 queries: 0.4 ms per training sample
 against 6–30 ms for vmapped per-sample gradients; docs/benchmarks.md "Scores: LDS against
 retraining"). Self-influence and normalised scores need each sample's own gᵀ(H + λI)⁻¹g, so
-they compute per-sample gradients (``torch.func.vmap`` of ``grad``) and take the block from them;
-so does a model whose forward-mode derivative PyTorch does not implement. Either way at most
+they compute per-sample gradients (gif/per_sample.py: by layer or vmapped) and take the block
+from them; so does a model whose forward-mode derivative PyTorch does not implement. Either way at most
 ``chunk_size`` × p entries are alive at a time, never n_train × p.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import grad, jvp, vmap
+from torch.func import jvp, vmap
 
 from ._util import check_positive_int, eval_mode
 from .config import SOLVE_SOLVER, SolveConfig, check_choice, resolve
@@ -46,6 +46,7 @@ from .hessian import FlatModel, HessianOperator, LossFn, cross_entropy
 from .inputs import Inputs, count, take, to
 from .inverse import InverseHessian, Solution, choose_solver, inverse_for
 from .memory import per_sample_gradient_chunk
+from .per_sample import gradient_rows, per_row, per_sample_gradients
 from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian, Monitor
 
@@ -387,50 +388,6 @@ def _lowrank_of(inverse: InverseHessian) -> LowRankHessian | None:
     return fit if isinstance(fit, LowRankHessian) else None
 
 
-def per_sample_gradients(
-    flat: FlatModel, inputs: Inputs, targets: torch.Tensor, *, of: str = "loss"
-) -> torch.Tensor:
-    """∇θ ℓ(z) (``of="loss"``) or ∇θ m(z) (``of="margin"``, :meth:`FlatModel.per_sample_margin`)
-    for every sample of a chunk, [len(chunk), p]: one vmapped pass, or one gradient per sample for
-    a model whose forward branches on its data (vmap cannot batch ``if mask.all()``, as Hugging
-    Face's attention-mask code does); the model is remembered as such."""
-    per_sample = flat.per_sample_loss if of == "loss" else flat.per_sample_margin
-    if not flat.unbatchable:
-        try:
-            batched = vmap(grad(per_sample), in_dims=(None, 0, 0))
-            step = gradient_rows(flat.space.size, flat.theta.element_size())
-            n = len(targets)
-            if n <= step:
-                return batched(flat.theta, inputs, targets)
-            return torch.cat(
-                [
-                    batched(flat.theta, take(inputs, slice(i, i + step)), targets[i : i + step])
-                    for i in range(0, n, step)
-                ]
-            )
-        except RuntimeError as exc:
-            if "vmap" not in str(exc):
-                raise
-            flat.unbatchable = True
-    one = grad(flat.loss if of == "loss" else flat.margin)
-    return torch.stack(
-        [one(flat.theta, take(inputs, slice(i, i + 1)), targets[i : i + 1]) for i in range(len(targets))]
-    )
-
-
-#: Bytes of per-sample gradients one vmapped pass produces at most. Larger passes cost more per
-#: sample, not less (digits TinyNet, 390k parameters: 5 ms per sample in passes of 4, 27 ms in
-#: passes of 256; a 85k-parameter MLP: 0.39 ms in passes of 32, 2.1 ms in passes of 256), so a
-#: chunk's gradients are computed this many bytes at a time (docs/benchmarks.md, "Scores: LDS
-#: against retraining").
-GRADIENT_PASS_BYTES = 16 << 20
-
-
-def gradient_rows(params: int, element_size: int) -> int:
-    """Samples per vmapped per-sample-gradient pass: :data:`GRADIENT_PASS_BYTES` of gradients."""
-    return max(1, GRADIENT_PASS_BYTES // max(1, params * element_size))
-
-
 def _self_values(
     inverse: InverseHessian, flat: FlatModel, chunk: Chunk, g: torch.Tensor, measure: str | None,
     monitor: Monitor, offset: int, total: int,
@@ -637,10 +594,10 @@ def directional_derivatives(
     as ``memory_budget`` allows (each holds the chunk's activations and their tangents). The
     model runs once per batch of directions on the whole chunk (no per-sample ``vmap`` of the
     forward), and ℓ is ``loss_fn`` on each row of the outputs."""
-    per_row = vmap(lambda o, t: flat.loss_fn(o.unsqueeze(0), t.unsqueeze(0)))
+    losses_of = per_row(flat, "loss")
 
     def losses(theta: torch.Tensor) -> torch.Tensor:
-        return per_row(flat.outputs(theta, inputs), targets)
+        return losses_of(flat.outputs(theta, inputs), targets)
 
     def along(direction: torch.Tensor) -> torch.Tensor:
         return jvp(losses, (flat.theta,), (direction,))[1]

@@ -39,10 +39,10 @@ from torch import nn
 from ..errors import InvalidArgumentError, NumericalError
 from ..hessian import HessianOperator, cross_entropy
 from ..inputs import call
+from ..layers import LAYERS, LayerBlock, layer_blocks, layer_inputs, layer_outputs
 from ..solvers import Monitor, Problem, solve
 from .base import InverseHessian, Solution, columns_problem, finite_rows, restricted_problem
 
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 #: The share of the trainable parameters that factored layers must hold for ``solver="auto"`` to
 #: pick K-FAC: the rest get no curvature (b/λ), fine for normalisation layers, not for embeddings.
 MIN_FACTORED_SHARE = 0.9
@@ -64,7 +64,7 @@ def unfactorable(model: nn.Module, loss_fn: object) -> str | None:
     factored = sum(
         p.numel()
         for m in model.modules()
-        if isinstance(m, _LAYERS)
+        if isinstance(m, LAYERS)
         and getattr(m, "groups", 1) == 1
         and not isinstance(getattr(m, "padding", 0), str)
         for p in m.parameters(recurse=False)
@@ -117,35 +117,6 @@ class KroneckerFit:
         )  # fmt: skip
 
 
-@dataclass
-class _Block:
-    """One layer's slice of θ and its factors."""
-
-    name: str
-    module: nn.Module
-    weight: slice
-    bias: slice | None
-    out: int
-    q_in: torch.Tensor | None = None  # Q_A
-    q_out: torch.Tensor | None = None  # Q_S
-    eigen: torch.Tensor | None = None  # Λ (or σ αᵀ), [out, in]
-
-    def matrix(self, v: torch.Tensor) -> torch.Tensor:
-        """The layer's block of a flat vector as [out, in (+1 for the bias)]; of a batch of
-        vectors [m, p] as [m, out, in (+1)]."""
-        lead = v.shape[:-1]
-        w = v[..., self.weight].reshape(*lead, self.out, -1)
-        return w if self.bias is None else torch.cat([w, v[..., self.bias].unsqueeze(-1)], dim=-1)
-
-    def scatter(self, m: torch.Tensor, into: torch.Tensor) -> None:
-        lead = into.shape[:-1]
-        if self.bias is None:
-            into[..., self.weight] = m.reshape(*lead, -1)
-        else:
-            into[..., self.weight] = m[..., :-1].reshape(*lead, -1)
-            into[..., self.bias] = m[..., -1]
-
-
 class KroneckerInverse(InverseHessian):
     """(G + λI)⁻¹ with G factored per layer (module docstring); ``corrected`` selects EK-FAC."""
 
@@ -169,7 +140,7 @@ class KroneckerInverse(InverseHessian):
             raise InvalidArgumentError(
                 f"solver {self.name!r} models the cross-entropy loss; use another solver"
             )
-        self.blocks = _blocks(hessian)
+        self.blocks = layer_blocks(hessian.flat)
         if not self.blocks:
             raise InvalidArgumentError(
                 f"solver {self.name!r} needs Linear or Conv layers with trainable weights"
@@ -326,47 +297,7 @@ def _eigh(factor: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]
         return torch.linalg.eigh(factor + jitter * eye)
 
 
-def _blocks(hessian: HessianOperator) -> list[_Block]:
-    slots = {s.name: slice(s.offset, s.stop) for s in hessian.flat.space.slots}
-    blocks = []
-    for prefix, module in hessian.flat.model.named_modules():
-        if not isinstance(module, _LAYERS) or getattr(module, "groups", 1) != 1:
-            continue
-        weight = slots.get(f"{prefix}.weight" if prefix else "weight")
-        if weight is None:
-            continue
-        bias = slots.get(f"{prefix}.bias" if prefix else "bias")
-        blocks.append(_Block(prefix, module, weight, bias, int(module.weight.shape[0])))
-    return blocks
-
-
-def _layer_inputs(block: _Block, x: torch.Tensor) -> torch.Tensor:
-    """The layer's inputs as [batch, positions, in (+1)] (convolutions unfolded)."""
-    m = block.module
-    if isinstance(m, nn.Linear):
-        a = x.reshape(x.shape[0], -1, x.shape[-1])
-    else:
-        assert isinstance(m, (nn.Conv1d, nn.Conv2d))
-        if isinstance(m.padding, str):
-            raise InvalidArgumentError("K-FAC does not support string padding ('same'); use explicit padding")
-        kernel, stride, padding, dilation = m.kernel_size, m.stride, m.padding, m.dilation
-        if isinstance(m, nn.Conv1d):  # as a 2-D convolution over a height of 1
-            x = x.unsqueeze(2)
-            kernel, stride, padding, dilation = (1, *kernel), (1, *stride), (0, *padding), (1, *dilation)
-        a = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride).transpose(1, 2)
-    if block.bias is not None:
-        a = torch.cat([a, torch.ones(*a.shape[:2], 1, dtype=a.dtype, device=a.device)], dim=2)
-    return a
-
-
-def _layer_outputs(block: _Block, grad: torch.Tensor) -> torch.Tensor:
-    """Output gradients as [batch, positions, out]."""
-    if isinstance(block.module, nn.Linear):
-        return grad.reshape(grad.shape[0], -1, grad.shape[-1])
-    return grad.flatten(2).transpose(1, 2)  # conv: [batch, out, *spatial]
-
-
-def _passes(hessian: HessianOperator, blocks: list[_Block]):
+def _passes(hessian: HessianOperator, blocks: list[LayerBlock]):
     """Per chunk and per column c of the softmax curvature's square root: (layer inputs, layer
     output gradients) for every block, and whether c is the chunk's first column."""
     model = hessian.flat.model
@@ -386,20 +317,22 @@ def _passes(hessian: HessianOperator, blocks: list[_Block]):
                 logits = call(model, chunk.inputs)
             p = torch.softmax(logits.detach(), dim=-1)
             root = p.sqrt()
-            inputs = [_layer_inputs(b, seen[i][0]) for i, b in enumerate(blocks)]
+            inputs = [layer_inputs(b, seen[i][0]) for i, b in enumerate(blocks)]
             outputs = [seen[i][1] for i in range(len(blocks))]
             for c in range(logits.shape[-1]):
                 direction = -p * root[:, c : c + 1]
                 direction[:, c] += root[:, c]
                 grads = torch.autograd.grad((logits * direction).sum(), outputs, retain_graph=True)
                 hessian.work.gradients += 1
-                yield inputs, [_layer_outputs(b, g) for b, g in zip(blocks, grads, strict=True)], c == 0
+                yield inputs, [layer_outputs(b, g) for b, g in zip(blocks, grads, strict=True)], c == 0
     finally:
         for h in handles:
             h.remove()
 
 
-def _factors(hessian: HessianOperator, blocks: list[_Block]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _factors(
+    hessian: HessianOperator, blocks: list[LayerBlock]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     n = hessian.num_samples
     a_sum: list[torch.Tensor | None] = [None] * len(blocks)
     s_sum: list[torch.Tensor | None] = [None] * len(blocks)
@@ -426,7 +359,7 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
 _CORRECTION_BUDGET = 64 << 20
 
 
-def _corrected_eigenvalues(hessian: HessianOperator, blocks: list[_Block]) -> list[torch.Tensor]:
+def _corrected_eigenvalues(hessian: HessianOperator, blocks: list[LayerBlock]) -> list[torch.Tensor]:
     """Λ = (1/N) Σ_{n,c} (Q_Sᵀ G_{n,c} Q_A)² with G_{n,c} = Σ_l s_{n,c,l} a_{n,l}ᵀ; in the rotated
     bases Q_Sᵀ G Q_A = Σ_l (s Q_S)_l ᵀ(a Q_A)_l, and with one position (a Linear layer on vectors)
     the square of that rank-1 matrix is the outer product of the squares: one matmul per chunk."""

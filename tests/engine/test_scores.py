@@ -247,13 +247,13 @@ def test_chunk_size_and_batching_invariance(kind):
 
 def test_gradients_computed_a_few_samples_at_a_time_give_the_same_scores(monkeypatch):
     """Per-sample gradients run in passes of GRADIENT_PASS_BYTES (here: one sample per pass)."""
-    from gif import scoring
+    from gif import per_sample
 
     model, train, queries = setup("cnn")
     fit = exact_fit(model, train)
     whole = scores_with_report(model, train, queries, lowrank=fit, include_self_influence=True)
-    monkeypatch.setattr(scoring, "GRADIENT_PASS_BYTES", 1)
-    assert scoring.gradient_rows(10**6, 4) == 1
+    monkeypatch.setattr(per_sample, "GRADIENT_PASS_BYTES", 1)
+    assert per_sample.gradient_rows(10**6, 4) == 1
     pieces = scores_with_report(model, train, queries, lowrank=fit, include_self_influence=True)
     assert pieces.gradients == whole.gradients == N_QUERIES + N_TRAIN
     assert torch.allclose(pieces.scores, whole.scores, rtol=0, atol=1e-12 * float(whole.scores.abs().max()))

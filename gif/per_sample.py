@@ -1,0 +1,146 @@
+"""Per-sample gradients: ∇θ f(z_i) for every sample z_i of a chunk, as a [len(chunk), p] tensor,
+with f the sample's loss ℓ or its label log-odds m (:meth:`gif.hessian.FlatModel.margin`).
+
+Two ways, the same numbers:
+
+* **by layer**, when every trainable parameter sits in a Linear / Conv1d / Conv2d layer
+  (ungrouped, zero padding given explicitly) that runs once per forward pass: one forward and one
+  backward pass of Σ_i f(z_i) give each layer's inputs a and output gradients s, and sample i's
+  gradient of the layer's W is Σ_l s_{i,l} a_{i,l}ᵀ (gif/layers.py). Samples do not mix in an
+  eval-mode network, so s_i is the gradient of f(z_i) alone. One backward pass for the chunk
+  instead of a vmapped gradient per sample: 2–5× faster (digits TinyNet 3.1 against 9.7 ms per
+  sample, MNIST TinyNet 1.4 against 5.5, an MLP 0.15 against 0.75; docs/benchmarks.md, "Scores:
+  LDS against retraining");
+* **vmapped**: ``torch.func.vmap`` of ``grad`` per sample, :data:`GRADIENT_PASS_BYTES` of
+  gradients per pass (larger passes cost more per sample, not less), for every other model; one
+  gradient at a time for a model whose forward branches on its data (``if mask.all()`` in Hugging
+  Face's attention-mask code), which vmap cannot batch.
+
+Which way a model takes is decided on its first chunk and remembered on its
+:class:`~gif.hessian.FlatModel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+from .hessian import FlatModel
+from .inputs import Inputs, take
+from .layers import LayerBlock, layer_blocks, layer_inputs, layer_outputs
+
+#: Bytes of per-sample gradients one vmapped pass produces at most. Larger passes cost more per
+#: sample, not less (digits TinyNet, 390k parameters: 5 ms per sample in passes of 4, 27 ms in
+#: passes of 256; a 85k-parameter MLP: 0.39 ms in passes of 32, 2.1 ms in passes of 256).
+GRADIENT_PASS_BYTES = 16 << 20
+
+PerRow = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gradient_rows(params: int, element_size: int) -> int:
+    """Samples per vmapped per-sample-gradient pass: :data:`GRADIENT_PASS_BYTES` of gradients."""
+    return max(1, GRADIENT_PASS_BYTES // max(1, params * element_size))
+
+
+def per_sample_gradients(
+    flat: FlatModel, inputs: Inputs, targets: torch.Tensor, *, of: str = "loss"
+) -> torch.Tensor:
+    """∇θ ℓ(z) (``of="loss"``) or ∇θ m(z) (``of="margin"``) for every sample of a chunk,
+    [len(chunk), p] (module docstring)."""
+    if flat.by_layer is not False:
+        blocks = _covering_blocks(flat) if flat.by_layer is None else layer_blocks(flat)
+        flat.by_layer = blocks is not None
+        if blocks is not None:
+            out = _by_layer(flat, blocks, inputs, targets, of)
+            if out is not None:
+                return out
+            flat.by_layer = False  # a layer ran twice (shared weights): vmapped from now on
+    return _vmapped(flat, inputs, targets, of)
+
+
+def per_row(flat: FlatModel, of: str) -> PerRow:
+    """(outputs [B, k], targets [B]) ↦ [B]: each sample's loss (``loss_fn`` on a batch of one) or
+    label log-odds."""
+    if of == "margin":
+        return flat.label_log_odds
+    return vmap(lambda o, t: flat.loss_fn(o.unsqueeze(0), t.unsqueeze(0)))
+
+
+def _covering_blocks(flat: FlatModel) -> list[LayerBlock] | None:
+    """The layer blocks when they hold every trainable parameter and unfold exactly, else None."""
+    blocks = layer_blocks(flat)
+    covered = sum(
+        b.weight.stop - b.weight.start + (0 if b.bias is None else b.bias.stop - b.bias.start) for b in blocks
+    )
+    if covered != flat.space.size:
+        return None
+    for b in blocks:
+        m = b.module
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and (
+            isinstance(m.padding, str) or m.padding_mode != "zeros"
+        ):
+            return None
+    return blocks
+
+
+def _by_layer(
+    flat: FlatModel, blocks: list[LayerBlock], inputs: Inputs, targets: torch.Tensor, of: str
+) -> torch.Tensor | None:
+    """One forward and backward pass of Σ_i f(z_i) (module docstring); None when a layer ran
+    more or less than once."""
+    seen: dict[int, list[tuple[torch.Tensor | None, torch.Tensor]]] = {i: [] for i in range(len(blocks))}
+
+    def hook(index: int):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen[index].append((args[0].detach() if args else None, output))
+
+        return record
+
+    handles = [b.module.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
+    try:
+        with torch.enable_grad():
+            theta = flat.theta.detach().requires_grad_(True)
+            total = per_row(flat, of)(flat.outputs(theta, inputs), targets).sum()
+    finally:
+        for h in handles:
+            h.remove()
+    if any(len(calls) != 1 or calls[0][0] is None for calls in seen.values()):
+        return None  # a layer shared, skipped or called with its input by keyword
+    outputs = [seen[i][0][1] for i in range(len(blocks))]
+    grads = torch.autograd.grad(total, outputs, allow_unused=True)
+    n = int(targets.shape[0])
+    out = torch.zeros(n, flat.space.size, dtype=flat.dtype, device=flat.device)
+    for i, (block, g) in enumerate(zip(blocks, grads, strict=True)):
+        if g is None:  # the layer does not reach f: a zero gradient
+            continue
+        x = seen[i][0][0]
+        assert x is not None
+        a, s = layer_inputs(block, x), layer_outputs(block, g)
+        block.scatter(torch.einsum("bpo,bpi->boi", s, a), out)
+    return out
+
+
+def _vmapped(flat: FlatModel, inputs: Inputs, targets: torch.Tensor, of: str) -> torch.Tensor:
+    per_sample = flat.per_sample_loss if of == "loss" else flat.per_sample_margin
+    if not flat.unbatchable:
+        try:
+            batched = vmap(grad(per_sample), in_dims=(None, 0, 0))
+            step, n = gradient_rows(flat.space.size, flat.theta.element_size()), len(targets)
+            if n <= step:
+                return batched(flat.theta, inputs, targets)
+            pieces = [
+                batched(flat.theta, take(inputs, slice(i, i + step)), targets[i : i + step])
+                for i in range(0, n, step)
+            ]
+            return torch.cat(pieces)
+        except RuntimeError as exc:
+            if "vmap" not in str(exc):
+                raise
+            flat.unbatchable = True
+    one = grad(flat.loss if of == "loss" else flat.margin)
+    return torch.stack(
+        [one(flat.theta, take(inputs, slice(i, i + 1)), targets[i : i + 1]) for i in range(len(targets))]
+    )
