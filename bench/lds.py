@@ -10,8 +10,8 @@ query loss the retrained model actually has. The table gives LDS averaged over q
 standard error over queries) and the seconds each method took to produce its [queries, train]
 matrix (fit included; one process, ``--threads`` threads).
 
-Model and data: examples/digits.py (scikit-learn digits, 1,200 training images, the TinyNet CNN,
-40 epochs of SGD).
+Model and data: examples/digits.py (scikit-learn digits, 1,200 training images, the TinyNet CNN
+or, with ``--arch mlp``, the MLP; 40 epochs of SGD).
 
 Rankings (``--methods``):
 
@@ -43,11 +43,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 import _kronfluence  # noqa: E402
 from _common import apply_threads, machine_description, markdown_table  # noqa: E402
-from digits import CNN, load_digits, train  # noqa: E402
+from digits import CNN, MLP, load_digits, train  # noqa: E402
 
 import gif  # noqa: E402
 
 ALPHA = 0.5
+#: The models of examples/digits.py: TinyNet (390k parameters) and an MLP (one hidden layer of 64).
+ARCHS = {"cnn": CNN, "mlp": MLP}
 METHODS = ("gif default", "gif ekfac", "gif kfac", "gif lowrank", "kronfluence ekfac", "kronfluence kfac")
 Scorer = Callable[
     [nn.Module, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], torch.Tensor
@@ -121,6 +123,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="cnn")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, help="a folder keeping the retrained models' query losses")
@@ -136,13 +139,14 @@ def main() -> None:
     ]
     queries = (split.x_test[pick], split.y_test[pick])
     start = time.perf_counter()
-    model = train(CNN, x, y, seed=args.seed, epochs=args.epochs)
+    arch = ARCHS[args.arch]
+    model = train(arch, x, y, seed=args.seed, epochs=args.epochs)
     train_seconds = time.perf_counter() - start
 
     masks = subset_masks(len(y), args.subsets, args.seed)
     saved = None
     if args.cache is not None:
-        saved = args.cache / f"lds-s{args.seed}-m{args.subsets}-q{args.queries}-e{args.epochs}.pt"
+        saved = args.cache / f"lds-{args.arch}-s{args.seed}-m{args.subsets}-q{args.queries}-e{args.epochs}.pt"
     if saved is not None and saved.exists():
         losses = torch.load(saved)
     else:
@@ -173,7 +177,7 @@ def main() -> None:
         error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
         rows.append([name, f"{seconds:.2f}", f"{statistics.mean(values):.3f} ± {error:.3f}", ""])
         print(f"  {name}: {seconds:.2f} s, LDS {statistics.mean(values):.3f}", flush=True)
-    print(f"\n{machine_description()}; digits TinyNet, {len(y)} training samples, {args.queries} queries, "
+    print(f"\n{machine_description()}; digits {args.arch}, {len(y)} training samples, {args.queries} queries, "
           f"{args.subsets} subsets of α = {ALPHA}, seed {args.seed}\n")  # fmt: skip
     print(markdown_table(["method", "seconds", "LDS", "note"], rows))
 
