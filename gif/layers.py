@@ -10,6 +10,8 @@ factors from these a and s (gif/inverse/kfac.py); per-sample gradients contract 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -92,3 +94,26 @@ def layer_outputs(block: LayerBlock, grad: torch.Tensor) -> torch.Tensor:
     if isinstance(block.module, nn.Linear):
         return grad.reshape(grad.shape[0], -1, grad.shape[-1])
     return grad.flatten(2).transpose(1, 2)  # conv: [batch, out, *spatial]
+
+
+#: One layer call: its (detached) input, None when it came by keyword, and its output.
+Call = tuple[torch.Tensor | None, torch.Tensor]
+
+
+@contextmanager
+def recorded_calls(blocks: list[LayerBlock]) -> Iterator[list[list[Call]]]:
+    """While open, every forward call of block i's module appends (input, output) to list i."""
+    calls: list[list[Call]] = [[] for _ in blocks]
+
+    def hook(index: int):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            calls[index].append((args[0].detach() if args else None, output))
+
+        return record
+
+    handles = [b.module.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()

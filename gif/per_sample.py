@@ -30,7 +30,7 @@ from torch.func import grad, vmap
 
 from .hessian import FlatModel
 from .inputs import Inputs, take
-from .layers import LayerBlock, layer_blocks, layer_inputs, layer_outputs
+from .layers import LayerBlock, layer_blocks, layer_inputs, layer_outputs, recorded_calls
 
 #: Bytes of per-sample gradients one vmapped pass produces at most. Larger passes cost more per
 #: sample, not less (digits TinyNet, 390k parameters: 5 ms per sample in passes of 4, 27 ms in
@@ -91,25 +91,12 @@ def _by_layer(
 ) -> torch.Tensor | None:
     """One forward and backward pass of Σ_i f(z_i) (module docstring); None when a layer ran
     more or less than once."""
-    seen: dict[int, list[tuple[torch.Tensor | None, torch.Tensor]]] = {i: [] for i in range(len(blocks))}
-
-    def hook(index: int):
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            seen[index].append((args[0].detach() if args else None, output))
-
-        return record
-
-    handles = [b.module.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
-    try:
-        with torch.enable_grad():
-            theta = flat.theta.detach().requires_grad_(True)
-            total = per_row(flat, of)(flat.outputs(theta, inputs), targets).sum()
-    finally:
-        for h in handles:
-            h.remove()
-    if any(len(calls) != 1 or calls[0][0] is None for calls in seen.values()):
+    with recorded_calls(blocks) as seen, torch.enable_grad():
+        theta = flat.theta.detach().requires_grad_(True)
+        total = per_row(flat, of)(flat.outputs(theta, inputs), targets).sum()
+    if any(len(calls) != 1 or calls[0][0] is None for calls in seen):
         return None  # a layer shared, skipped or called with its input by keyword
-    outputs = [seen[i][0][1] for i in range(len(blocks))]
+    outputs = [calls[0][1] for calls in seen]
     grads = torch.autograd.grad(total, outputs, allow_unused=True)
     n = int(targets.shape[0])
     out = torch.zeros(n, flat.space.size, dtype=flat.dtype, device=flat.device)

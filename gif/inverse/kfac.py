@@ -21,8 +21,9 @@ which is exact on the diagonal of the block in that basis. (H + λI)⁻¹ b is t
 Q_S [(Q_Sᵀ B Q_A) / (Λ + λ)] Q_Aᵀ with B the layer's block of b. With ``layer_damping`` ρ > 0
 each layer's λ is ρ · mean(Λ) instead (kronfluence's heuristic, ρ = 0.1: one absolute λ swamps
 the layers whose curvature is small; docs/benchmarks.md, "Scores: LDS against retraining").
-Parameters outside these layers (e.g. normalisation) get no curvature: b/λ (0 when λ = 0). The restricted and least-squares
-systems (``fif``, ``gif``) are solved matrix-free on the factored curvature (CG / LSQR, no HVP).
+Parameters outside these layers (e.g. normalisation) get no curvature: b/λ (0 when λ = 0). The
+restricted and least-squares systems (``fif``, ``gif``) are solved matrix-free on the factored
+curvature (CG / LSQR, no HVP).
 
 Both are exact for a single linear layer fitted on one sample (tests/engine/test_kfac.py).
 """
@@ -39,7 +40,7 @@ from torch import nn
 from ..errors import InvalidArgumentError, NumericalError
 from ..hessian import HessianOperator, cross_entropy
 from ..inputs import call
-from ..layers import LAYERS, LayerBlock, layer_blocks, layer_inputs, layer_outputs
+from ..layers import LAYERS, Call, LayerBlock, layer_blocks, layer_inputs, layer_outputs, recorded_calls
 from ..solvers import Monitor, Problem, solve
 from .base import InverseHessian, Solution, columns_problem, finite_rows, restricted_problem
 
@@ -301,33 +302,30 @@ def _passes(hessian: HessianOperator, blocks: list[LayerBlock]):
     """Per chunk and per column c of the softmax curvature's square root: (layer inputs, layer
     output gradients) for every block, and whether c is the chunk's first column."""
     model = hessian.flat.model
-    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def hook(index: int):
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            seen[index] = (args[0].detach(), output)
-
-        return record
-
-    handles = [b.module.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
-    try:
+    with recorded_calls(blocks) as seen:
         for chunk in hessian.data:
-            seen.clear()
+            for calls in seen:
+                calls.clear()
             with torch.enable_grad():
                 logits = call(model, chunk.inputs)
             p = torch.softmax(logits.detach(), dim=-1)
             root = p.sqrt()
-            inputs = [layer_inputs(b, seen[i][0]) for i, b in enumerate(blocks)]
-            outputs = [seen[i][1] for i in range(len(blocks))]
+            inputs = [layer_inputs(b, _input(b, calls)) for b, calls in zip(blocks, seen, strict=True)]
+            outputs = [calls[-1][1] for calls in seen]
             for c in range(logits.shape[-1]):
                 direction = -p * root[:, c : c + 1]
                 direction[:, c] += root[:, c]
                 grads = torch.autograd.grad((logits * direction).sum(), outputs, retain_graph=True)
                 hessian.work.gradients += 1
                 yield inputs, [layer_outputs(b, g) for b, g in zip(blocks, grads, strict=True)], c == 0
-    finally:
-        for h in handles:
-            h.remove()
+
+
+def _input(block: LayerBlock, calls: list[Call]) -> torch.Tensor:
+    """The input of the layer's last call this chunk."""
+    x = calls[-1][0]
+    if x is None:
+        raise InvalidArgumentError(f"layer {block.name!r} takes its input by keyword; K-FAC cannot record it")
+    return x
 
 
 def _factors(
