@@ -45,6 +45,7 @@ from .errors import InvalidArgumentError, NumericalError
 from .hessian import FlatModel, HessianOperator, LossFn, cross_entropy
 from .inputs import Inputs, count, take, to
 from .inverse import InverseHessian, Solution, choose_solver, inverse_for
+from .loo_head import head_of, loo_margins
 from .memory import per_sample_gradient_chunk
 from .per_sample import gradient_rows, per_row, per_sample_gradients
 from .progress import Progress, ProgressCallback, StopCheck
@@ -242,8 +243,14 @@ def self_influence(
       left out, i.e. how much the model's belief in the label rests on the sample itself. It
       finds fitted wrong labels better (docs/benchmarks.md, "Mislabel triage") and needs
       single-label classification (the default cross-entropy over integer labels);
-    * ``"auto"`` (default): ``margin`` where it applies, else ``loss``
-      (:func:`self_influence_measure`).
+    * ``"head"``: no Hessian of the network: the exact leave-one-out margin of a ridge head
+      refitted on the model's penultimate features (:mod:`gif.loo_head`): positive when the head,
+      refitted without the sample, would give it another class. The best ranking of fitted wrong
+      labels measured (docs/benchmarks.md, "Mislabel triage"); needs single-label classification
+      with logits computed by a last Linear layer, and ignores every curvature option;
+    * ``"auto"`` (default): ``head`` where it applies and the call asks for no curvature (no
+      ``exact``, ``lowrank``, ``hessian_data``, ``config`` or option of :data:`CURVATURE_OPTIONS`),
+      else ``margin`` where it applies, else ``loss`` (:func:`self_influence_measure`).
 
     By default (``exact=False``) the inverse is a fitted curvature applied to a chunk of
     gradients at once, at the price of the gradients: the low-rank model of
@@ -267,7 +274,15 @@ def self_influence(
             "(lowrank, kfac or ekfac)"
         )
     check_choice("measure", measure, MEASURES)
+    curvature = exact or lowrank is not None or hessian_data is not None or config is not None
+    curvature = curvature or any(name in CURVATURE_OPTIONS for name in options)
     config = _scores_config("self_influence", config, options)
+    if measure == "head" or (measure == "auto" and not curvature):
+        pair = as_pair(train, what="train")
+        with eval_mode(model):
+            flat = FlatModel(model, loss_fn)
+            if _resolve_measure(flat, pair, measure, curvature=curvature) == "head":
+                return loo_margins(model, pair, chunk_size=config.chunk_size).to(flat.dtype)
     result = _run(
         model, train, None, config, want_self=measure, loss_fn=loss_fn, hessian_data=hessian_data,
         lowrank=lowrank, monitor=Monitor(callback, should_stop),
@@ -277,18 +292,32 @@ def self_influence(
 
 
 #: What :func:`self_influence` measures each sample's influence on.
-MEASURES = ("auto", "loss", "margin")
+MEASURES = ("auto", "loss", "margin", "head")
+
+#: Options of :func:`self_influence` that ask for a curvature of the network (so ``auto`` does not
+#: pick the ``head`` measure, which has none).
+CURVATURE_OPTIONS = tuple(
+    f.name for f in dataclasses.fields(SolveConfig) if f.name not in ("seed", "chunk_size", "memory_budget")
+)
 
 
 def self_influence_measure(
-    model: nn.Module, train: DataLike, measure: str = "auto", *, loss_fn: LossFn | None = None
+    model: nn.Module,
+    train: DataLike,
+    measure: str = "auto",
+    *,
+    loss_fn: LossFn | None = None,
+    curvature: bool = False,
 ) -> str:
     """The measure :func:`self_influence` uses for this model and data: ``auto`` resolves to
-    ``margin`` for single-label classification (the default cross-entropy, integer labels, ≥ 2
-    logits), else ``loss``; an explicit ``margin`` where it does not apply is an error."""
+    ``head`` for single-label classification (the default cross-entropy, integer labels, ≥ 2
+    logits) whose logits a last Linear layer computes, unless ``curvature`` (the call asks for a
+    curvature of the network), then to ``margin`` for single-label classification, else ``loss``;
+    an explicit ``head`` or ``margin`` where it does not apply is an error."""
     check_choice("measure", measure, MEASURES)
     with eval_mode(model):
-        return _resolve_measure(FlatModel(model, loss_fn), as_pair(train, what="train"), measure)
+        flat = FlatModel(model, loss_fn)
+        return _resolve_measure(flat, as_pair(train, what="train"), measure, curvature=curvature)
 
 
 def top_k(scores: torch.Tensor, k: int, *, ids: torch.Tensor | None = None) -> dict:
@@ -362,20 +391,28 @@ def _scoring_chunk(flat: FlatModel, train: Batch, config: SolveConfig) -> int:
     )
 
 
-def _resolve_measure(flat: FlatModel, train: Batch, measure: str) -> str:
+def _resolve_measure(flat: FlatModel, train: Batch, measure: str, *, curvature: bool = False) -> str:
     if measure == "loss":
         return measure
     inputs, targets = train
     single_label = flat.loss_fn is cross_entropy and targets.ndim == 1 and not targets.is_floating_point()
+    first = to(take(inputs, slice(0, 1)), flat.device)
     if single_label:
         with torch.no_grad():
-            logits = flat.outputs(flat.theta, to(take(inputs, slice(0, 1)), flat.device))
+            logits = flat.outputs(flat.theta, first)
         single_label = logits.ndim == 2 and logits.shape[1] >= 2
-    if measure == "margin" and not single_label:
+    if measure in ("margin", "head") and not single_label:
         raise InvalidArgumentError(
-            "`measure='margin'` needs single-label classification (the default cross-entropy over "
+            f"`measure={measure!r}` needs single-label classification (the default cross-entropy over "
             "integer labels, at least 2 logits); use measure='loss'"
         )
+    if measure == "head" or (measure == "auto" and single_label and not curvature):
+        if head_of(flat.model, first) is not None:
+            return "head"
+        if measure == "head":
+            raise InvalidArgumentError(
+                "`measure='head'` needs logits computed by a last Linear layer; use measure='margin'"
+            )
     return "margin" if single_label else "loss"
 
 

@@ -530,12 +530,16 @@ class SelfInfluenceJob(_Job):
 
     type: Literal["self_influence"]
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="How many of the highest-scoring samples to list.")
-    measure: Literal["auto", "loss", "margin"] = Field(
+    measure: Literal["auto", "loss", "margin", "head"] = Field(
         "auto",
         description="What a sample's own influence is measured on: `loss` (∇ℓᵀ(H + λI)⁻¹∇ℓ, the classic "
         "self-influence), `margin` (−∇mᵀ(H + λI)⁻¹∇ℓ, m the log-odds of the sample's label: how much "
-        "the model's belief in that label rests on the sample; single-label classifiers only) or "
-        "`auto`: `margin` where it applies, else `loss`. The report says which was used.",
+        "the model's belief in that label rests on the sample; single-label classifiers only), `head` "
+        "(no curvature: the exact leave-one-out margin of a ridge head refitted on the model's "
+        "penultimate features, positive when the head refitted without the sample gives it another "
+        "class; single-label classifiers whose logits a last Linear layer computes) or `auto`: `head` "
+        "where it applies and no option but `seed` is given, else `margin` where it applies, else "
+        "`loss`. The report says which was used.",
     )
     validation: ArtifactId | None = Field(
         None,

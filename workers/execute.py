@@ -112,14 +112,19 @@ def rows_of(ids: list[int], train_ids: torch.Tensor | None, field: str = "forget
 def run_self_influence(
     spec: SelfInfluenceJob, loaded: Loaded, callback: ProgressCallback, should_stop: StopCheck
 ) -> SelfInfluenceOutcome:
-    """Self-influence of every training sample on the job's ``measure`` (``solver="lowrank"``: the
-    closed form of the low-rank fit; any other solver: one exact solve per sample), and with a validation set
+    """Self-influence of every training sample on the job's ``measure`` (``head``: the leave-one-out
+    head, no curvature, where ``auto`` finds one and no option but ``seed`` is given;
+    ``solver="lowrank"``: the closed form of the low-rank fit; any other solver: one exact solve
+    per sample), and with a validation set
     harm_i = −Σ_q ∇ℓ_qᵀ(H + λI)⁻¹∇ℓ_i over at most :data:`MAX_VALIDATION_QUERIES` of its samples
     (positive: removing sample i would lower the validation loss)."""
     config = self_influence_config(spec)
     exact = config.solver != "lowrank"
     common: dict[str, Any] = {"loss_fn": loaded.loss_fn, "callback": callback, "should_stop": should_stop}
-    measure = self_influence_measure(loaded.model, loaded.train, spec.measure, loss_fn=loaded.loss_fn)
+    curvature = bool(set(spec.options.model_dump(exclude_none=True)) - {"seed"})
+    measure = self_influence_measure(
+        loaded.model, loaded.train, spec.measure, loss_fn=loaded.loss_fn, curvature=curvature
+    )
     scores = gif.self_influence(
         loaded.model, loaded.train, config=config, exact=exact, measure=measure, **common
     )

@@ -120,6 +120,32 @@ def test_scores_and_self_influence_take_named_inputs(bert):
     assert_rel_close(margin, -torch.einsum("ip,pq,iq->i", g_margin, inverse, g_train))
 
 
+def test_the_leave_one_out_head_refits_the_classifier_on_named_inputs(bert):
+    """`auto` without a curvature refits the classifier (the Linear layer computing `.logits`) on
+    the features BERT feeds it: the same scores as the closed form on those features."""
+    from gif.loo_head import loo_margins
+
+    model, hdata, _, _, _ = bert
+    assert gif.scoring.self_influence_measure(model, hdata) == "head"
+    seen = []
+    handle = model.classifier.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model(**hdata[0])
+    handle.remove()
+
+    class Head(nn.Module):  # the classifier alone, on the captured features
+        def __init__(self) -> None:
+            super().__init__()
+            self.classifier = model.classifier
+
+        def forward(self, f: torch.Tensor) -> torch.Tensor:
+            return self.classifier(f)
+
+    expected = loo_margins(Head(), (seen[0], hdata[1]))
+    torch.testing.assert_close(gif.self_influence(model, hdata), expected.double())
+    torch.testing.assert_close(loo_margins(model, hdata, chunk_size=3), expected)
+
+
 @pytest.mark.parametrize(
     ("problem", "labels", "targets"),
     [

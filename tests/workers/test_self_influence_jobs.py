@@ -97,8 +97,8 @@ def test_self_influence_job_returns_every_score_and_the_top_k(ctx, inputs, data,
         :15
     ].tolist()
     assert result["summary"]["k"] == 15 and result["summary"]["exact"] is False
-    assert result["summary"]["measure"] == "margin"  # auto, for this cross-entropy classifier
-    assert json.loads(files["report"])["measure"] == "margin"
+    assert result["summary"]["measure"] == "head"  # auto, for this classifier ending in a Linear layer
+    assert json.loads(files["report"])["measure"] == "head"
     harm = tensors["validation_harm"]
     assert [e["index"] for e in result["summary"]["validation_harm"]] == torch.sort(
         harm, descending=True, stable=True
@@ -113,6 +113,20 @@ def test_the_loss_measure_is_the_classic_self_influence(ctx, inputs, data, model
     assert result["summary"]["measure"] == "loss"
     margin = gif.self_influence(model, (data.x_train, data.y_train), measure="margin")
     assert not torch.allclose(expected, margin)
+
+
+def test_a_curvature_option_measures_the_margin_and_head_can_be_named(ctx, inputs, data, model):
+    """`auto` refits the head only when the job asks for no curvature; `head` named explicitly
+    is the engine's leave-one-out head whatever the options."""
+    train = (data.x_train, data.y_train)
+    result, files = _run(ctx, _body(inputs, options={"rank": 32}))
+    assert result["summary"]["measure"] == "margin"
+    expected = gif.self_influence(model, train, rank=32, measure="margin")
+    torch.testing.assert_close(safetensors.torch.load(files["scores"])["self_influence"], expected)
+    result, files = _run(ctx, _body(inputs, measure="head", options={"rank": 32}))
+    assert result["summary"]["measure"] == "head"
+    expected = gif.self_influence(model, train, measure="head")
+    torch.testing.assert_close(safetensors.torch.load(files["scores"])["self_influence"], expected)
 
 
 def test_an_exact_solver_solves_per_sample(ctx, inputs, data, tmp_path):
