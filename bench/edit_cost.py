@@ -1,7 +1,8 @@
 """What an edit costs next to retraining from scratch, and where its time goes.
 
 The digits class-removal protocol (examples/class_removal.py: the CNN of examples/digits.py, 40
-epochs of Adam; remove class ``--cls``). Per seed: train the model, time retraining it without the
+epochs of SGD; remove class ``--cls``), or with ``--data mnist`` the MNIST-5k one
+(examples/mnist_protocols.py: TinyNet at 28×28, 15 epochs). Per seed: train the model, time retraining it without the
 class (the same recipe: the reference every edit is compared with), then time
 ``gif.remove(model, train, {"class": cls}, **variant)`` for each variant:
 
@@ -13,7 +14,7 @@ Columns: edit seconds and edit ÷ retraining, test accuracy on the retained clas
 removed class, the engine's work counters (gradients, HVPs, forward evaluations) and its
 timings by stage (selection, gradients, solve, step search).
 
-    python bench/edit_cost.py [--seeds 1] [--cls 3] [--cls2 5] [--threads 1] [--variants default,kfac]
+    python bench/edit_cost.py [--data digits|mnist] [--seeds 1] [--cls 3] [--cls2 5] [--threads 1] [--variants default,kfac]
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ import gif
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 from digits import CNN, accuracy, load_digits, train  # noqa: E402
+from mnist import TINYNET, load_mnist  # noqa: E402
+
+#: --data -> (loader, architecture, training epochs): the recipes of examples/class_removal.py
+#: and examples/mnist_protocols.py
+DATA = {"digits": (load_digits, CNN, 40), "mnist": (load_mnist, TINYNET, 15)}
 
 #: name -> gif.remove options ({} = the engine's defaults)
 VARIANTS: dict[str, dict] = {
@@ -60,10 +66,11 @@ def quality(model, split, cls: int) -> tuple[float, float]:
 
 
 def run_seed(seed: int, args, names: list[str]) -> list[dict]:
-    s = load_digits(seed)
-    model = train(CNN, s.x_train, s.y_train, seed=seed)
+    load, arch, epochs = DATA[args.data]
+    s = load(seed)
+    model = train(arch, s.x_train, s.y_train, seed=seed, epochs=epochs)
     keep = s.y_train != args.cls
-    _, retrain = timed(lambda: train(CNN, s.x_train[keep], s.y_train[keep], seed=seed))
+    _, retrain = timed(lambda: train(arch, s.x_train[keep], s.y_train[keep], seed=seed, epochs=epochs))
     rows = [{"variant": "retraining from scratch", "seconds": retrain, "ratio": 1.0}]
     for name in names:
         cache = gif.MemoryCache()
@@ -93,6 +100,7 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--data", choices=sorted(DATA), default="digits")
     ap.add_argument("--cls", type=int, default=3)
     ap.add_argument("--cls2", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
@@ -105,7 +113,7 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
     runs = [run_seed(seed, args, names) for seed in range(args.seeds)]
     print(
-        f"\n### Edit vs retraining, digits CNN, remove class {args.cls} (further edit: class {args.cls2}), "
+        f"\n### Edit vs retraining, {args.data} TinyNet, remove class {args.cls} (further edit: class {args.cls2}), "
         f"{args.seeds} seed(s), {args.threads} thread(s)\n"
     )
     print(

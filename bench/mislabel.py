@@ -1,9 +1,10 @@
 """Mislabel triage: how many flipped labels each ranking puts in its top 10% / 20%.
 
-Protocol: scikit-learn digits (1,200 training samples, examples/digits.py split), 10% of the
-training labels flipped to another class at random, an MLP (one hidden layer of 256) trained on
-the noisy labels by full-batch Adam for ``--steps`` steps, long enough to fit every flipped label
-(the regime where a large loss no longer gives them away). Each ranking
+Protocol: scikit-learn digits (1,200 training samples, examples/digits.py split; ``--data
+mnist``: MNIST-5k's 4,000, examples/mnist.py), 10% of the training labels flipped to another
+class at random, an MLP (one hidden layer of 256) or TinyNet (``--arch cnn``) trained on the noisy
+labels by Adam for ``--steps`` steps (full-batch, or ``--batch`` samples per step), long enough to
+fit every flipped label (the regime where a large loss no longer gives them away). Each ranking
 orders the training samples, most suspicious first; the table gives the fraction of the
 flipped samples found in the top 10% and top 20% (recall; 10% is also the best possible
 precision cut-off), mean ± std over seeds.
@@ -11,8 +12,11 @@ precision cut-off), mean ± std over seeds.
 Rankings:
 
 * ``loss`` — the per-sample training loss −log p_y (the baseline any user has);
-* ``self`` — ``gif.self_influence`` with its defaults: on these single-label classifiers the
-  label's log-odds m = log p_y − log(1 − p_y) as the measure, −∇m_iᵀ(H + λI)⁻¹∇ℓ_i, low-rank H;
+* ``self`` — ``gif.self_influence`` with its defaults: on these classifiers (logits from a last
+  Linear layer) the leave-one-out head (``measure="head"``, gif/loo_head.py): the margin against
+  the given label of a ridge head refitted on the penultimate features without the sample;
+* ``self margin`` — the previous default: the label's log-odds m = log p_y − log(1 − p_y) as the
+  measure, −∇m_iᵀ(H + λI)⁻¹∇ℓ_i, low-rank H (``measure="margin"``);
 * ``self (loss)`` — the classic self-influence ∇ℓ_iᵀ(H + λI)⁻¹∇ℓ_i (``measure="loss"``);
 * ``self/class`` — self-influence divided by the median self-influence of the sample's (given)
   class, so that classes with larger gradients do not crowd the top;
@@ -27,7 +31,8 @@ Rankings:
   validation set (200 test samples): ``gif.scores`` summed over the validation queries, most
   negative first (samples whose removal would lower the validation loss).
 
-    python bench/mislabel.py [--arch mlp|cnn] [--seeds 0 1 2] [--steps 1000] [--threads 2] [--rankings loss self ...]
+    python bench/mislabel.py [--data digits|mnist] [--arch mlp|cnn] [--seeds 0 1 2] [--steps 1000]
+        [--batch B] [--threads 2] [--rankings loss self ...]
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import gif
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from digits import CNN, MLP, build, load_digits
+from mnist import TINYNET, load_mnist
 
 FLIP_FRACTION = 0.1
 N_VALIDATION = 200
@@ -67,18 +73,33 @@ def flip_labels(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tens
     return noisy, flipped
 
 
-ARCHS = {"mlp": {**MLP, "hidden_sizes": [256]}, "cnn": CNN}
+ARCHS = {
+    "digits": {"mlp": {**MLP, "hidden_sizes": [256]}, "cnn": CNN},
+    "mnist": {"mlp": {**MLP, "input_shape": [1, 28, 28], "hidden_sizes": [256]}, "cnn": TINYNET},
+}
+LOADERS = {"digits": load_digits, "mnist": load_mnist}
 
 
-def memorise(x: torch.Tensor, y: torch.Tensor, *, seed: int, steps: int, arch: str = "mlp") -> nn.Module:
-    """``arch`` (MLP [256], or the digits CNN: TinyNet, 390k parameters) fitted to (x, y) by
-    full-batch Adam (lr 3e-3, no weight decay)."""
+def memorise(
+    x: torch.Tensor, y: torch.Tensor, *, seed: int, steps: int, arch: str = "mlp", data: str = "digits",
+    batch: int | None = None,
+) -> nn.Module:  # fmt: skip
+    """``arch`` (MLP [256], or TinyNet: 390k parameters on digits, 398k on MNIST) fitted to (x, y)
+    by ``steps`` Adam steps (lr 3e-3, no weight decay) on the full batch, or on shuffled batches of
+    ``batch`` samples."""
     torch.manual_seed(seed)
-    model = build(ARCHS[arch])
+    model = build(ARCHS[data][arch])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
+    order = torch.arange(len(y))
+    for step in range(steps):
+        rows = order
+        if batch is not None:
+            start = (step * batch) % len(y)
+            if start < batch:
+                order = torch.randperm(len(y))
+            rows = order[start : start + batch]
         opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x[rows]), y[rows]).backward()
         opt.step()
     return model.eval()
 
@@ -90,6 +111,10 @@ def by_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> t
 
 def by_self_influence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
     return gif.self_influence(model, (x, y))
+
+
+def by_self_margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
+    return gif.self_influence(model, (x, y), measure="margin")
 
 
 def by_self_on_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tuple) -> torch.Tensor:
@@ -144,6 +169,7 @@ def by_self_rank128(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val: tup
 RANKINGS: dict[str, Ranking] = {
     "loss": by_loss,
     "self": by_self_influence,
+    "self margin": by_self_margin,
     "self (loss)": by_self_on_loss,
     "self λ=0.001": by_self_small_damping,
     "self rank=128": by_self_rank128,
@@ -163,10 +189,12 @@ def found(scores: torch.Tensor, flipped: torch.Tensor, cut: float) -> float:
     return float(torch.isin(flipped, top).double().mean())
 
 
-def run_seed(seed: int, steps: int, names: list[str], arch: str) -> dict[str, dict]:
-    s = load_digits(seed)
+def run_seed(
+    seed: int, steps: int, names: list[str], arch: str, data: str = "digits", batch: int | None = None
+) -> dict[str, dict]:
+    s = LOADERS[data](seed)
     noisy, flipped = flip_labels(s.y_train, FLIP_FRACTION, seed)
-    model = memorise(s.x_train, noisy, seed=seed, steps=steps, arch=arch)
+    model = memorise(s.x_train, noisy, seed=seed, steps=steps, arch=arch, data=data, batch=batch)
     with torch.no_grad():
         fitted = float((model(s.x_train[flipped]).argmax(1) == noisy[flipped]).double().mean())
     val = (s.x_test[:N_VALIDATION], s.y_test[:N_VALIDATION])
@@ -200,16 +228,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="mlp")
+    parser.add_argument("--arch", choices=["cnn", "mlp"], default="mlp")
+    parser.add_argument("--data", choices=sorted(LOADERS), default="digits")
+    parser.add_argument("--batch", type=int, default=None, help="Adam batch size (default: the full batch)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rankings", nargs="*", default=[], help=f"a subset of {', '.join(RANKINGS)}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runs = [run_seed(seed, args.steps, args.rankings, args.arch) for seed in args.seeds]
+    runs = [
+        run_seed(seed, args.steps, args.rankings, args.arch, args.data, args.batch) for seed in args.seeds
+    ]
     fitted = [r["_fitted"]["flipped_fitted"] for r in runs]
     model = "MLP [256]" if args.arch == "mlp" else "CNN (TinyNet)"
-    print(f"# mislabel triage — digits, {FLIP_FRACTION:.0%} flipped labels, {model} {args.steps} full-batch Adam steps, "
-          f"seeds {args.seeds}; {machine()}, {args.threads} threads, {datetime.date.today()}")  # fmt: skip
+    batch = "full-batch" if args.batch is None else f"batch-{args.batch}"
+    print(f"# mislabel triage — {args.data}, {FLIP_FRACTION:.0%} flipped labels, {model} {args.steps} {batch} Adam "
+          f"steps, seeds {args.seeds}; {machine()}, {args.threads} threads, {datetime.date.today()}")  # fmt: skip
     print(f"flipped labels fitted by the model (training accuracy on them): {mean_std(fitted)}\n")
     print("| ranking | flipped in top 10% | flipped in top 20% | seconds |")
     print("|---|---|---|---|")

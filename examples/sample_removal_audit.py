@@ -1,38 +1,38 @@
 """The forgetting audit (gif/audit.py) of a sample removal, next to retraining.
 
-Protocol: the first 100 scikit-learn digits training samples (examples/digits.py split), an MLP
-fitted to them by full-batch Adam (300 steps: it memorises them), 30 of them removed at random
-with ``gif.remove``'s defaults, the test split as holdout, and a reference retrained on the other
-70 with the same recipe. Prints the audit's figures before and after the edit and the
-reference's, the average gap to it, and the edit's seconds (the audit's own time excluded) next to
-retraining's, per seed.
+Protocol: the first ``N`` training samples (digits: 100, examples/digits.py split; ``--data
+mnist``: 1,000 of MNIST-5k, examples/mnist.py), an MLP fitted to them by full-batch Adam (300
+steps: it memorises them), 30% of them removed at random with ``gif.remove``'s defaults (by row;
+a dataset with ``sample_ids`` can name them by id, docs/audit.md), the test split as holdout, and
+a reference retrained on the rest with the same recipe. Prints the audit's figures before and
+after the edit and the reference's, the average gap to it, and the edit's seconds (the audit's
+own time excluded) next to retraining's, per seed.
 
-    python bench/audit.py [--seeds 0 1 2] [--threads 2]
+    python examples/sample_removal_audit.py [--data digits|mnist] [--seeds 0 1 2] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
+from digits import MLP, build, load_digits
+from mnist import load_mnist
 from torch import nn
 
 import gif
 from gif.audit import FIGURES
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from digits import MLP, build, load_digits
-
-N_TRAIN, N_FORGET = 100, 30
+#: --data -> (loader, training samples used)
+DATA = {"digits": (load_digits, 100), "mnist": (load_mnist, 1000)}
+FORGET_FRACTION = 0.3
 
 
 def memorise(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
     """MLP [64] fitted to (x, y) by full-batch Adam (lr 1e-2, 300 steps)."""
     torch.manual_seed(seed)
-    model = build(MLP)
+    model = build({**MLP, "input_shape": list(x.shape[1:])})
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):
         opt.zero_grad()
@@ -41,11 +41,13 @@ def memorise(x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
     return model.eval()
 
 
-def run(seed: int) -> dict:
-    s = load_digits(seed)
-    x, y = s.x_train[:N_TRAIN], s.y_train[:N_TRAIN]
-    forget = torch.randperm(N_TRAIN, generator=torch.Generator().manual_seed(seed))[:N_FORGET]
-    keep = torch.ones(N_TRAIN, dtype=torch.bool)
+def run(seed: int, data: str) -> dict:
+    load, n_train = DATA[data]
+    s = load(seed)
+    x, y = s.x_train[:n_train], s.y_train[:n_train]
+    n_forget = round(FORGET_FRACTION * n_train)
+    forget = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))[:n_forget]
+    keep = torch.ones(n_train, dtype=torch.bool)
     keep[forget] = False
     model = memorise(x, y, seed)
     start = time.perf_counter()
@@ -61,12 +63,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", choices=sorted(DATA), default="digits")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print("| seed | model | " + " | ".join(FIGURES) + " | avg_gap | seconds |")
     print("|---|---|" + "---|" * (len(FIGURES) + 2))
     for seed in args.seeds:
-        audit = run(seed)
+        audit = run(seed, args.data)
         edit_seconds, retrain_seconds = audit["seconds"]
         seconds = {
             "after": f"{edit_seconds:.2f} ({edit_seconds / retrain_seconds:.2f}× retraining)",
