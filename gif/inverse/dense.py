@@ -65,6 +65,7 @@ class DenseInverse(InverseHessian):
         offset: int = 0,
         total: int | None = None,
     ) -> tuple[torch.Tensor, list[Solution]]:
+        monitor.check_cancel()
         u, inv = self._eigen(right.device)
         d = right.to(u.dtype) @ u
         c = d if left is right else left.to(u.dtype) @ u

@@ -93,3 +93,23 @@ def test_prepare_happens_once_and_a_given_fit_is_not_refitted(tiny):
     dense.prepare()
     assert hessian.hvps == spent + hessian.size
     assert isinstance(inverse_for(hessian, SolveConfig(solver="minres")), IterativeInverse)
+
+
+@pytest.mark.parametrize("solver", ["direct", "lowrank", "minres"])
+def test_every_form_honours_a_cancel_before_it_computes(tiny, solver):
+    """solve_rows, quadratic and bilinear each check for cancellation first, whatever the
+    inverse (the dense one forms H + λI once, then answers every chunk from it)."""
+    from gif.errors import Cancelled
+
+    hessian, inverse = _inverse(tiny, solver)
+    inverse.prepare()
+    rows = torch.randn(3, hessian.size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    stop = Monitor(should_stop=lambda: True)
+    for form in (
+        lambda: inverse.solve_rows(rows, stop),
+        lambda: inverse.quadratic(rows, stop),
+        lambda: inverse.bilinear(rows, rows.flip(0), stop),
+    ):
+        with pytest.raises(Cancelled):
+            form()
+    inverse.bilinear(rows, rows.flip(0), Monitor())  # without a cancel it answers
