@@ -37,6 +37,10 @@ METHODS: dict[str, dict] = {
     "default": {},
     "hessian 1024": {"hessian_samples": 1024},
     "IF + K-FAC": {"method": "if", "solver": "kfac"},
+    "IF": {"method": "if"},
+    "FIF": {"method": "fif"},
+    "GIF 20%": {"ratio": 0.2},
+    "IF classifier only": {"method": "if", "param_names": ("classifier.*",)},
 }
 
 

@@ -316,7 +316,8 @@ def _self_influence_results(
     n_train = len(outcome.self_influence)
     report = {
         "object": "report", "job_id": job_id, "type": "self_influence", "n_train": n_train,
-        "exact": outcome.exact, "measure": outcome.measure, "top_k": outcome.top_k, "provenance": prov,
+        "exact": outcome.exact, "measure": outcome.measure, **_flagged(outcome), "top_k": outcome.top_k,
+        "provenance": prov,
     }  # fmt: skip
     outputs = [
         Output(
@@ -334,6 +335,7 @@ def _self_influence_results(
         "solver": outcome.config.solver,
         "exact": outcome.exact,
         "measure": outcome.measure,
+        **_flagged(outcome),
         **{
             key: value[:SUMMARY_LIST_CAP] if isinstance(value, list) else value
             for key, value in outcome.top_k.items()
@@ -343,6 +345,15 @@ def _self_influence_results(
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def _flagged(outcome: SelfInfluenceOutcome) -> dict[str, int]:
+    """``{"flagged": n}`` for the leave-one-out head: how many samples a head refitted without
+    them would give another class (a positive score); nothing for the other measures, whose
+    scores have no such threshold."""
+    if outcome.measure != "head":
+        return {}
+    return {"flagged": int((outcome.self_influence > 0).sum())}
 
 
 def _with_sample_ids(tensors: dict[str, torch.Tensor], loaded: Loaded) -> dict[str, torch.Tensor]:

@@ -99,6 +99,9 @@ def test_self_influence_job_returns_every_score_and_the_top_k(ctx, inputs, data,
     assert result["summary"]["k"] == 15 and result["summary"]["exact"] is False
     assert result["summary"]["measure"] == "head"  # auto, for this classifier ending in a Linear layer
     assert json.loads(files["report"])["measure"] == "head"
+    flagged = int((expected > 0).sum())  # a head refitted without them gives these another class
+    assert 0 < flagged < len(expected) // 2
+    assert result["summary"]["flagged"] == flagged == json.loads(files["report"])["flagged"]
     harm = tensors["validation_harm"]
     assert [e["index"] for e in result["summary"]["validation_harm"]] == torch.sort(
         harm, descending=True, stable=True
@@ -120,7 +123,7 @@ def test_a_curvature_option_measures_the_margin_and_head_can_be_named(ctx, input
     is the engine's leave-one-out head whatever the options."""
     train = (data.x_train, data.y_train)
     result, files = _run(ctx, _body(inputs, options={"rank": 32}))
-    assert result["summary"]["measure"] == "margin"
+    assert result["summary"]["measure"] == "margin" and "flagged" not in result["summary"]
     expected = gif.self_influence(model, train, rank=32, measure="margin")
     torch.testing.assert_close(safetensors.torch.load(files["scores"])["self_influence"], expected)
     result, files = _run(ctx, _body(inputs, measure="head", options={"rank": 32}))
