@@ -41,6 +41,7 @@ METHODS: dict[str, dict] = {
     "FIF": {"method": "fif"},
     "GIF 20%": {"ratio": 0.2},
     "IF classifier only": {"method": "if", "param_names": ("classifier.*",)},
+    "FIF classifier only": {"method": "fif", "ratio": 1.0, "param_names": ("classifier.*",)},
 }
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import head_edit
 from ._util import eval_mode
 from .cache import Cache
 from .config import EditConfig, resolve
-from .data import DataLike, as_pair
+from .data import Batch, DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
@@ -73,9 +74,7 @@ def remove(
         scale=-index.numel() / (len(y) - index.numel()),
         forget_class=forget_class,
     )
-    return Edit(
-        model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit=audit
-    ).run()
+    return _run(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit)
 
 
 def relabel(
@@ -129,9 +128,7 @@ def relabel(
         scale=index.numel() / len(y),
         new_labels=new,
     )
-    return Edit(
-        model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit=audit
-    ).run()
+    return _run(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit)
 
 
 def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
@@ -140,6 +137,23 @@ def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
 
 
 # -- internals ------------------------------------------------------------------------------------
+
+
+def _run(
+    model: nn.Module, train: Batch, task: Task, opts: EditConfig, validation: DataLike | None, loss_fn: LossFn,
+    lowrank: LowRankHessian | None, callback: ProgressCallback | None, should_stop: StopCheck | None,
+    cache: Cache | None, audit: AuditInputs,
+) -> EditResult:  # fmt: skip
+    """The edit, on the head's features alone where that is the same computation (gif/head_edit.py)."""
+    whole_network = lowrank is not None or audit.reference is not None
+    head = head_edit.frozen_head(model, train[0], opts, whole_network=whole_network)
+    if head is not None:
+        return head_edit.run(
+            head, model, train, task, opts, validation, loss_fn, callback, should_stop, cache, audit
+        )
+    return Edit(
+        model, train, task, opts, validation, loss_fn, lowrank, callback, should_stop, cache, audit=audit
+    ).run()
 
 
 def _num_classes(model: nn.Module, x: Inputs) -> int:

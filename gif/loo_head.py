@@ -45,8 +45,9 @@ MAX_FEATURES = 8192
 
 
 def head_of(model: nn.Module, inputs: Inputs) -> nn.Linear | None:
-    """The Linear layer whose output is the model's logits on ``inputs`` (its last call), or
-    None when the logits are not a Linear layer's output or it is wider than :data:`MAX_FEATURES`."""
+    """The Linear layer whose output is the model's logits on ``inputs``, or None when the logits
+    are not a Linear layer's output, that layer runs more than once per forward pass, or it is
+    wider than :data:`MAX_FEATURES`."""
     calls: list[tuple[nn.Linear, torch.Tensor]] = []
     handles = [
         m.register_forward_hook(lambda mod, args, out: calls.append((mod, out)))
@@ -61,7 +62,8 @@ def head_of(model: nn.Module, inputs: Inputs) -> nn.Linear | None:
             h.remove()
     for module, out in reversed(calls):
         if out.shape == logits.shape and torch.equal(out, logits):
-            return module if module.in_features + 1 <= MAX_FEATURES else None
+            once = sum(m is module for m, _ in calls) == 1  # its input is then the logits' features
+            return module if once and module.in_features + 1 <= MAX_FEATURES else None
     return None
 
 
@@ -108,6 +110,23 @@ def loo_margins(
     return torch.cat(out)
 
 
+def feature_chunks(
+    model: nn.Module, head: nn.Module, inputs: Inputs, chunk_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """The input of ``head`` (flattened to [chunk, d], as computed, on ``device``) for each chunk
+    of ``inputs``, the model in eval mode and without gradients."""
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for start in range(0, count(inputs), chunk_size):
+                seen.clear()
+                call(model, to(take(inputs, slice(start, start + chunk_size)), device))
+                yield seen[-1].detach().flatten(1)
+    finally:
+        handle.remove()
+
+
 def _features(
     model: nn.Module,
     head: nn.Linear,
@@ -117,18 +136,14 @@ def _features(
     device: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """[f_i, 1] in float64 on the CPU and the labels, chunk by chunk."""
-    seen: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            for start in range(0, count(inputs), chunk_size):
-                rows = slice(start, start + chunk_size)
-                seen.clear()
-                call(model, to(take(inputs, rows), device))
-                f = seen[-1].detach().to("cpu", torch.float64).flatten(1)
-                yield torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], dim=1), labels[rows].cpu()
-    finally:
-        handle.remove()
+    for start, f in zip(
+        range(0, count(inputs), chunk_size),
+        feature_chunks(model, head, inputs, chunk_size, device),
+        strict=True,
+    ):
+        f = f.to("cpu", torch.float64)
+        ones = torch.ones(len(f), 1, dtype=torch.float64)
+        yield torch.cat([f, ones], dim=1), labels[start : start + chunk_size].cpu()
 
 
 def _one_hot(y: torch.Tensor, classes: int) -> torch.Tensor:

@@ -203,6 +203,31 @@ def test_a_removal_edits_a_hugging_face_model_through_named_inputs():
     )
 
 
+def test_an_edit_of_the_classifier_alone_runs_on_its_features_with_the_same_result():
+    """FIF on `classifier.*` runs on the classifier's input features (gif/head_edit.py); the
+    same edit on the whole BERT gives the same weights."""
+    from gif.config import EditConfig, resolve
+    from gif.hessian import cross_entropy
+    from gif.newton import Edit, Task
+
+    model = tiny_bert(seed=1)
+    x, y = token_data(60, seed=5)
+    options = {"method": "fif", "ratio": 1.0, "param_names": ["classifier.*"], "newton_steps": 2}
+    fast = gif.remove(model, (x, y), [0, 1, 2, 3, 4, 5], **options)
+    assert fast.report["head_features"]["layer"] == "classifier"
+    index = torch.arange(6)
+    task = Task(
+        kind="remove", index=index, target=(take(x, index), y[index]), target_loss=cross_entropy,
+        scale=-6 / 54,
+    )  # fmt: skip
+    opts = resolve("remove", EditConfig, None, options)
+    whole = Edit(model, (x, y), task, opts, None, cross_entropy, None, None, None, None).run()
+    assert "head_features" not in whole.report
+    assert all(step["step"]["scale"] > 0 for step in fast.report["newton_steps"])  # two steps taken
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(fast.model.state_dict()[name], value, rtol=1e-7, atol=1e-9, msg=name)
+
+
 def test_named_inputs_with_mismatched_lengths_are_a_clear_error(bert):
     model, hdata, tdata, _, _ = bert
     broken = dict(hdata[0])

@@ -1,0 +1,146 @@
+"""An edit of a classifier's head alone, run on the head's input features computed once.
+
+When everything an edit may change lies in the Linear layer that computes the logits (the head)
+and the edit's solve involves only that layer's block of the Hessian, the rest of the network is
+a fixed function of each sample: the edit is the same computation on a model that *is* the head,
+fed the features the network computes for it. One forward pass over the data replaces a forward
+pass of the whole network per HVP, gradient and step-search evaluation. That holds when
+
+* every trainable parameter lies in the head (the rest frozen, ``requires_grad=False``), for
+  any method; or
+* the method is ``fif`` and ``param_names`` names only the head's parameters: FIF solves
+  (H[T,T] + λI)⁻¹ g[T] and moves only T, so it never needs the Hessian's other rows.
+
+``if`` and ``gif`` with ``param_names`` on the head still use H's rows over every trainable
+parameter (docs/method.md), so they keep the whole network, as does an edit given a ``lowrank``
+fit or an audit ``reference`` model (both belong to the whole network). The edited copy is the
+input model with the head's new weights; ``delta`` and ``params`` are over the whole model's
+parameters, as for any edit; the report says the shortcut was taken (``head_features``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import time
+
+import torch
+from torch import nn
+
+from .cache import Cache
+from .config import EDIT_PRESETS, EditConfig
+from .data import Batch, DataLike, as_pair
+from .hessian import LossFn
+from .inputs import Inputs, take, to
+from .inverse import choose_solver
+from .loo_head import feature_chunks, head_of
+from .newton import AuditInputs, Edit, EditResult, Task
+from .params import ParamSpace
+from .progress import ProgressCallback, StopCheck
+
+
+@dataclasses.dataclass
+class Head:
+    """The logits' Linear layer and its name in the model."""
+
+    path: str
+    module: nn.Linear
+
+
+def frozen_head(model: nn.Module, x: Inputs, config: EditConfig, *, whole_network: bool) -> Head | None:
+    """The head an edit can run on alone (module docstring), or None. ``whole_network``: the edit
+    was given something that belongs to the whole network (a ``lowrank`` fit, a reference)."""
+    if whole_network:
+        return None
+    device = next(model.parameters()).device
+    module = head_of(model, to(take(x, slice(0, 1)), device))
+    if module is None:
+        return None
+    path = next(name for name, m in model.named_modules() if m is module)
+    own = {f"{path}.{name}" for name, _ in module.named_parameters()}
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    if set(trainable) <= own:
+        return Head(path, module)
+    if config.method == "fif" and config.param_names is not None:
+        named = {n for n in trainable if any(fnmatch.fnmatchcase(n, p) for p in config.param_names)}
+        if named and named <= own:
+            return Head(path, module)
+    return None
+
+
+def run(
+    head: Head,
+    model: nn.Module,
+    train: Batch,
+    task: Task,
+    config: EditConfig,
+    validation: DataLike | None,
+    loss_fn: LossFn,
+    callback: ProgressCallback | None,
+    should_stop: StopCheck | None,
+    cache: Cache | None,
+    audit: AuditInputs,
+) -> EditResult:
+    """The edit of ``head`` on its features; the result as for the whole model."""
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    chunk = config.chunk_size
+
+    def features(inputs: Inputs) -> torch.Tensor:
+        return torch.cat(list(feature_chunks(model, head.module, inputs, chunk, device)))
+
+    x, y = train
+    f = features(x)
+    val = None if validation is None else as_pair(validation, what="validation")
+    val_f = None if val is None else (features(val[0]), val[1])
+    holdout = None if audit.holdout is None else (features(audit.holdout[0]), audit.holdout[1])
+    seconds = time.perf_counter() - start
+    config, choice = choose_solver(config, model, loss_fn, EDIT_PRESETS[config.method]["solver"])
+    surrogate = _Surrogate(head.path, copy.deepcopy(head.module))
+    result = Edit(
+        surrogate, (f, y), dataclasses.replace(task, target=(take(f, task.index), task.target[1])), config,
+        val_f, loss_fn, None, callback, should_stop, cache, audit=AuditInputs(holdout=holdout),
+    ).run()  # fmt: skip
+    edited = copy.deepcopy(model)
+    edited.get_submodule(head.path).load_state_dict(result.model.get_submodule(head.path).state_dict())
+    delta, params = _in_whole_model(model, surrogate, result)
+    report = result.report
+    if choice is not None:
+        report["solver_choice"] = choice
+    report["head_features"] = {"layer": head.path, "features": int(f.shape[1]), "seconds": round(seconds, 4)}
+    report["timings"]["features"] = round(seconds, 4)
+    return EditResult(edited, delta, params, report)
+
+
+class _Surrogate(nn.Module):
+    """The head alone, registered under its name in the model, so that parameter names (and
+    ``param_names`` patterns, cache entries, reports) read as in the whole model."""
+
+    def __init__(self, path: str, layer: nn.Linear) -> None:
+        super().__init__()
+        *parents, leaf = path.split(".")
+        node: nn.Module = self
+        for name in parents:
+            child = nn.Module()
+            node.add_module(name, child)
+            node = child
+        node.add_module(leaf, layer)
+        self.path = path
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.get_submodule(self.path)(features)
+
+
+def _in_whole_model(
+    model: nn.Module, surrogate: nn.Module, result: EditResult
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``delta`` and ``params`` of the surrogate's edit, over the whole model's parameter vector."""
+    whole, part = ParamSpace(model), ParamSpace(surrogate)
+    offsets = {s.name: s.offset for s in whole.slots}
+    where = torch.empty(part.size, dtype=torch.long)
+    for s in part.slots:
+        where[s.offset : s.stop] = torch.arange(offsets[s.name], offsets[s.name] + s.stop - s.offset)
+    delta = torch.zeros(whole.size, dtype=result.delta.dtype, device=result.delta.device)
+    delta[where.to(delta.device)] = result.delta
+    return delta, torch.sort(where[result.params.cpu()]).values

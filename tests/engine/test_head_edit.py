@@ -1,0 +1,109 @@
+"""Edits of the classifier head on its features (gif/head_edit.py): the same edit as on the whole
+network, where the shortcut applies, and the whole network everywhere else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gif
+from gif.config import EditConfig, resolve
+from gif.edits import class_indices
+from gif.hessian import cross_entropy
+from gif.newton import AuditInputs, Edit, Task
+
+from .conftest import BUILDERS, make_data
+
+N = 90
+HEADS = {"mlp": "2", "cnn": "5", "embed": "head"}
+
+
+def whole_network_removal(model, train, cls: int, holdout=None, **options):
+    """The class removal on the whole network: gif.edits' own path, without the shortcut."""
+    opts = resolve("remove", EditConfig, None, options)
+    x, y = train
+    index = class_indices(y, cls)
+    task = Task(
+        kind="remove", index=index, target=(x[index], y[index]), target_loss=cross_entropy,
+        scale=-index.numel() / (len(y) - index.numel()), forget_class=cls,
+    )  # fmt: skip
+    audit = AuditInputs(holdout=holdout)
+    return Edit(model, train, task, opts, None, cross_entropy, None, None, None, None, audit=audit).run()
+
+
+def leaves(tree, prefix=""):
+    """A nested report as {"a.b.c": number}."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def assert_same_edit(fast, whole):
+    assert "head_features" in fast.report and "head_features" not in whole.report
+    for (name, a), (_, b) in zip(
+        fast.model.state_dict().items(), whole.model.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=name)
+    torch.testing.assert_close(fast.delta, whole.delta, rtol=1e-7, atol=1e-9)
+    assert torch.equal(fast.params, whole.params)
+    assert leaves(fast.report["metrics"]) == pytest.approx(leaves(whole.report["metrics"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_fif_on_the_head_is_the_whole_networks_edit(kind):
+    model, train = BUILDERS[kind](), make_data(kind, N, 5)
+    options = {"method": "fif", "ratio": 1.0, "param_names": [f"{HEADS[kind]}.*"], "newton_steps": 2}
+    fast = gif.remove(model, train, {"class": 2}, **options)
+    assert_same_edit(fast, whole_network_removal(model, train, 2, **options))
+    changed = {n for n, p in fast.model.named_parameters() if not torch.equal(p, model.get_parameter(n))}
+    assert changed and changed <= {f"{HEADS[kind]}.weight", f"{HEADS[kind]}.bias"}
+    assert fast.report["head_features"]["layer"] == HEADS[kind]
+
+
+def test_a_frozen_backbone_takes_any_method_on_the_head():
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 3)
+    model[0].requires_grad_(False)
+    holdout = make_data("mlp", 40, 4)
+    fast = gif.remove(model, train, {"class": 2}, holdout=holdout, ratio=0.5)  # GIF, the default method
+    whole = whole_network_removal(model, train, 2, holdout=holdout, ratio=0.5)
+    assert fast.report["newton_steps"][0]["step"]["scale"] > 0
+    assert_same_edit(fast, whole)
+    fast_audit, whole_audit = leaves(fast.report["audit"]), leaves(whole.report["audit"])
+    numbers = {k: v for k, v in whole_audit.items() if isinstance(v, float)}
+    assert numbers and {k: fast_audit[k] for k in numbers} == pytest.approx(numbers, rel=1e-6)
+
+
+def test_a_relabel_of_a_frozen_backbone_is_the_same_on_the_head():
+    model, train = BUILDERS["embed"](), make_data("embed", N, 3)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("head."))
+    x, y = train
+    rows, new = torch.tensor([3, 7, 11]), (y[[3, 7, 11]] + 1) % 3
+    fast = gif.relabel(model, train, rows, new, newton_steps=2)
+    opts = resolve("relabel", EditConfig, None, {"newton_steps": 2})
+    task = Task(
+        kind="relabel", index=rows, target=(x[rows], torch.stack([y[rows], new], dim=1)),
+        target_loss=gif.newton.relabel_loss(cross_entropy), scale=3 / N, new_labels=new,
+    )  # fmt: skip
+    whole = Edit(model, train, task, opts, None, cross_entropy, None, None, None, None).run()
+    assert_same_edit(fast, whole)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "if", "param_names": ["2.*"]},  # IF's solve spans every trainable parameter
+        {"method": "gif", "param_names": ["2.*"], "ratio": 0.5},  # so do GIF's rows
+        {"method": "fif", "param_names": ["2.*", "0.bias"]},  # not the head alone
+    ],
+)
+def test_everything_else_keeps_the_whole_network(options):
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 3)
+    assert "head_features" not in gif.remove(model, train, {"class": 1}, newton_steps=1, **options).report
+
+
+def test_a_reference_model_keeps_the_whole_network():
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 3)
+    model[0].requires_grad_(False)
+    edit = gif.remove(model, train, {"class": 1}, newton_steps=1, ratio=0.5, reference=BUILDERS["mlp"]())
+    assert "head_features" not in edit.report and "gap" in edit.report["audit"]
