@@ -98,19 +98,24 @@ def test_remove_a_class_from_a_bert_and_load_the_weights_back(
         torch.testing.assert_close(again(**x).logits, fresh(**x).logits, rtol=0, atol=0)
 
 
-def test_params_names_restrict_the_edit_to_the_classifier_head(server, sdk, uploaded, bert):
-    # IF over the whole head with a plain Newton step: every matching parameter moves (this test BERT is
-    # so confident that GIF's 5% of a 3-row head would move below float32 resolution)
+@pytest.mark.parametrize("method", ["if", "fif"])
+def test_params_names_restrict_the_edit_to_the_classifier_head(server, sdk, uploaded, bert, method):
+    # the whole head with a plain Newton step: every matching parameter moves (this test BERT is so
+    # confident that GIF's 5% of a 3-row head would move below float32 resolution). FIF on the head
+    # alone runs on the classifier's features (gif/head_edit.py); IF needs the whole network.
     model, train = uploaded
     body = {"type": "remove", "model": model, "train": train, "forget": {"class": 2},
             "params": {"names": ["classifier.*"]},
-            "options": {"method": "if", "step": "newton", "newton_steps": 1, "hessian_samples": 40}}  # fmt: skip
+            "options": {"method": method, "ratio": 1.0, "step": "newton", "newton_steps": 1,
+                        "hessian_samples": 40}}  # fmt: skip
     job = wait_finished(server.client, sdk.submit(body)["id"])
     assert job["status"] == "succeeded", job["error"]
     weights = safetensors.torch.load(_download(server.client, sdk.result_artifact(job, "weights")))
     before = bert.state_dict()
     changed = sorted(name for name, w in weights.items() if not torch.equal(w, before[name]))
     assert changed == ["classifier.bias", "classifier.weight"], changed
+    report = json.loads(_download(server.client, sdk.result_artifact(job, "report")))["report"]
+    assert ("head_features" in report) is (method == "fif")
 
 
 def test_the_cli_submits_a_save_pretrained_folder(server, saved, uploaded, tmp_path):
