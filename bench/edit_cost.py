@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import gif
+from gif.loo_head import head_of
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -48,7 +49,16 @@ VARIANTS: dict[str, dict] = {
     "if + kfac": {"method": "if", "solver": "kfac"},
     "if + ekfac": {"method": "if", "solver": "ekfac"},
     "1 Newton step": {"newton_steps": 1},
+    # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
+    # (gif/head_edit.py)
+    "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},
 }
+
+
+def head_names(model, x) -> list[str]:
+    """``[<name of the logits' Linear layer>.*]``."""
+    head = head_of(model, x[:1])
+    return [next(f"{name}.*" for name, m in model.named_modules() if m is head)]
 
 
 def timed(fn):
@@ -74,9 +84,12 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
     rows = [{"variant": "retraining from scratch", "seconds": retrain, "ratio": 1.0}]
     for name in names:
         cache = gif.MemoryCache()
+        options = dict(VARIANTS[name])
+        if options.get("param_names") == "head":
+            options["param_names"] = head_names(model, s.x_train)
         for label, cls in (("cold", args.cls), ("further edit", args.cls2)):
             result, seconds = timed(
-                lambda cls=cls, cache=cache, options=VARIANTS[name]: gif.remove(
+                lambda cls=cls, cache=cache, options=options: gif.remove(
                     model, (s.x_train, s.y_train), {"class": cls}, seed=seed, cache=cache, **options
                 )
             )

@@ -13,8 +13,10 @@ pass of the whole network per HVP, gradient and step-search evaluation. That hol
 
 ``if`` and ``gif`` with ``param_names`` on the head still use H's rows over every trainable
 parameter (docs/method.md), so they keep the whole network, as does an edit given a ``lowrank``
-fit or an audit ``reference`` model (both belong to the whole network). The edited copy is the
-input model with the head's new weights; ``delta`` and ``params`` are over the whole model's
+fit or an audit ``reference`` model (both belong to the whole network). With a cache the features
+are an entry of it (kind ``features``: the whole model's digest, the data's, the layer), so a
+further edit of the same checkpoint and data runs no forward pass of the network. The edited copy
+is the input model with the head's new weights; ``delta`` and ``params`` are over the whole model's
 parameters, as for any edit; the report says the shortcut was taken (``head_features``).
 """
 
@@ -28,7 +30,7 @@ import time
 import torch
 from torch import nn
 
-from .cache import Cache
+from .cache import Cache, Memo
 from .config import EDIT_PRESETS, EditConfig
 from .data import Batch, DataLike, as_pair
 from .hessian import LossFn
@@ -85,10 +87,15 @@ def run(
     """The edit of ``head`` on its features; the result as for the whole model."""
     start = time.perf_counter()
     device = next(model.parameters()).device
-    chunk = config.chunk_size
+    memo = Memo(cache)
+    whole = memo.model(model)
 
     def features(inputs: Inputs) -> torch.Tensor:
-        return torch.cat(list(feature_chunks(model, head.module, inputs, chunk, device)))
+        def compute() -> torch.Tensor:
+            return torch.cat(list(feature_chunks(model, head.module, inputs, config.chunk_size, device)))
+
+        key = {"model": whole, "data": memo.data(inputs), "layer": head.path}
+        return memo.tensor("features", key, compute, device=device)
 
     x, y = train
     f = features(x)
@@ -108,7 +115,9 @@ def run(
     report = result.report
     if choice is not None:
         report["solver_choice"] = choice
-    report["head_features"] = {"layer": head.path, "features": int(f.shape[1]), "seconds": round(seconds, 4)}
+    report["head_features"] = {
+        "layer": head.path, "features": int(f.shape[1]), "seconds": round(seconds, 4), "cache": memo.report(),
+    }  # fmt: skip
     report["timings"]["features"] = round(seconds, 4)
     return EditResult(edited, delta, params, report)
 

@@ -17,9 +17,10 @@ from ..hessian import cross_entropy
 
 CACHE_VERSION = 2
 
-#: Kinds of entries (the curvature fits are named by their solver), and ``named``: the digest of
-#: named inputs (their names and tensors), a key part rather than an entry.
-KINDS = ("selection", "gradient", "lowrank", "kfac", "ekfac", "ihvp", "evaluation", "named")
+#: Kinds of entries (the curvature fits are named by their solver; ``features``: a head's input
+#: features, gif/head_edit.py), and ``named``: the digest of named inputs (their names and
+#: tensors), a key part rather than an entry.
+KINDS = ("selection", "gradient", "lowrank", "kfac", "ekfac", "ihvp", "evaluation", "features", "named")
 
 _KEY = re.compile(r"^([a-z]+):([0-9a-f]{64})$")
 

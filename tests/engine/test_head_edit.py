@@ -107,3 +107,21 @@ def test_a_reference_model_keeps_the_whole_network():
     model[0].requires_grad_(False)
     edit = gif.remove(model, train, {"class": 1}, newton_steps=1, ratio=0.5, reference=BUILDERS["mlp"]())
     assert "head_features" not in edit.report and "gap" in edit.report["audit"]
+
+
+def test_a_further_edit_takes_the_features_from_the_cache():
+    """The features are a cache entry: a second request on the same checkpoint and data (another
+    class) runs no forward pass of the network, and gives the same edit as without a cache."""
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    options = {"method": "fif", "ratio": 1.0, "param_names": ["2.*"]}
+    cache = gif.MemoryCache()
+    first = gif.remove(model, train, {"class": 2}, cache=cache, **options)
+    assert first.report["head_features"]["cache"]["counts"]["features"] == {"hit": 0, "wait": 0, "miss": 1}
+    calls = []
+    handle = model[0].register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    further = gif.remove(model, train, {"class": 1}, cache=cache, **options)
+    handle.remove()
+    assert further.report["head_features"]["cache"]["counts"]["features"] == {"hit": 1, "wait": 0, "miss": 0}
+    assert calls and set(calls) == {1}  # single samples (the class count, the head); no pass over the data
+    plain = gif.remove(model, train, {"class": 1}, **options)
+    assert torch.equal(further.delta, plain.delta)
