@@ -42,6 +42,7 @@ Strategy = Literal[
     "threshold",
     "all",
     "all_params",
+    "head",
 ]
 StepPolicy = Literal["newton", "search"]
 HessianPool = Literal["auto", "untouched", "all"]

@@ -8,8 +8,9 @@ pass of the whole network per HVP, gradient and step-search evaluation. That hol
 
 * every trainable parameter lies in the head (the rest frozen, ``requires_grad=False``), for
   any method; or
-* the method is ``fif`` and ``param_names`` names only the head's parameters: FIF solves
-  (H[T,T] + λI)⁻¹ g[T] and moves only T, so it never needs the Hessian's other rows.
+* the method is ``fif`` and T lies in the head (``selection="head"``, or ``param_names`` naming
+  only the head's parameters): FIF solves (H[T,T] + λI)⁻¹ g[T] and moves only T, so it never
+  needs the Hessian's other rows.
 
 ``if`` and ``gif`` with ``param_names`` on the head still use H's rows over every trainable
 parameter (docs/method.md), so they keep the whole network, as does an edit given a ``lowrank``
@@ -64,7 +65,11 @@ def frozen_head(model: nn.Module, x: Inputs, config: EditConfig, *, whole_networ
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     if set(trainable) <= own:
         return Head(path, module)
-    if config.method == "fif" and config.param_names is not None:
+    if config.method != "fif":
+        return None
+    if config.selection == "head" and config.param_names is None:
+        return Head(path, module)
+    if config.param_names is not None:
         named = {n for n in trainable if any(fnmatch.fnmatchcase(n, p) for p in config.param_names)}
         if named and named <= own:
             return Head(path, module)

@@ -35,7 +35,9 @@ the top ``n_full`` neurons, then take random ones from the rest; needs ``ratio <
 bias.numel())`` biases per layer, no forward pass), ``threshold`` (neurons whose output score
 exceeds ``threshold`` form a pool, the threshold is lowered in steps of 0.01 until the pool holds
 at least ``n`` parameters, then ``n`` random pool parameters are taken), ``all`` (every parameter
-of every considered layer: the paper's 100 % "naive IF") and ``all_params`` (all of θ).
+of every considered layer: the paper's 100 % "naive IF"), ``all_params`` (all of θ) and ``head``
+(every parameter of the Linear layer that computes the logits, whatever the ratio; with
+``method="fif"`` such an edit runs on the head's input features alone, gif/head_edit.py).
 
 Fixes relative to the official code:
 
@@ -67,9 +69,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import STRATEGIES
-from .data import Chunks, DataLike
+from .data import Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
-from .inputs import call
+from .inputs import call, take, to
+from .loo_head import head_of
 from .params import ParamSlot, ParamSpace
 
 __all__ = ["STRATEGIES", "select", "selection_summary"]
@@ -158,6 +161,9 @@ def select(
     allowed = None if names is None else _matching(space, names)
     if strategy == "all_params":
         return torch.arange(space.size, dtype=torch.long) if allowed is None else allowed
+    if strategy == "head":
+        chosen = _head(model, space, data)
+        return chosen if allowed is None else chosen[torch.isin(chosen, allowed)]
 
     layers = _layers(model, space)
     if allowed is not None:
@@ -209,6 +215,24 @@ def select(
         )
     chosen = torch.sort(torch.cat(pieces)).values
     return chosen if allowed is None else chosen[torch.isin(chosen, allowed)]
+
+
+def _head(model: nn.Module, space: ParamSpace, data: DataLike | None) -> torch.Tensor:
+    """Sorted flat indices of the trainable parameters of the Linear layer computing the logits."""
+    if data is None:
+        raise InvalidArgumentError("`strategy='head'` needs the edited samples to find the model's head")
+    inputs, _ = as_pair(data, what="data")
+    device = next(model.parameters()).device
+    head = head_of(model, to(take(inputs, slice(0, 1)), device))
+    if head is None:
+        raise InvalidArgumentError(
+            "`strategy='head'` needs logits computed by a last Linear layer run once per forward pass"
+        )
+    path = next(name for name, m in model.named_modules() if m is head)
+    slots = [space.slot(n) for n in space.names if (n.rsplit(".", 1)[0] if "." in n else "") == path]
+    if not slots:
+        raise InvalidArgumentError(f"the head `{path}` has no trainable parameter")
+    return torch.sort(torch.cat([torch.arange(s.offset, s.stop) for s in slots])).values
 
 
 def _matching_names(space: ParamSpace, patterns: Sequence[str]) -> list[str]:

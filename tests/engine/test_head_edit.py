@@ -125,3 +125,35 @@ def test_a_further_edit_takes_the_features_from_the_cache():
     assert calls and set(calls) == {1}  # single samples (the class count, the head); no pass over the data
     plain = gif.remove(model, train, {"class": 1}, **options)
     assert torch.equal(further.delta, plain.delta)
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_the_head_selection_is_the_logits_layer(kind):
+    model, train = BUILDERS[kind](), make_data(kind, N, 5)
+    chosen = gif.select(model, train, strategy="head", ratio=0.05)  # the ratio does not apply
+    space = gif.params.ParamSpace(model)
+    slots = [space.slot(f"{HEADS[kind]}.weight"), space.slot(f"{HEADS[kind]}.bias")]
+    assert torch.equal(chosen, torch.cat([torch.arange(s.offset, s.stop) for s in slots]))
+    by_name = gif.remove(
+        model, train, {"class": 2}, method="fif", ratio=1.0, param_names=[f"{HEADS[kind]}.*"]
+    )
+    by_selection = gif.remove(model, train, {"class": 2}, method="fif", selection="head")
+    assert "head_features" in by_selection.report
+    assert torch.equal(by_selection.delta, by_name.delta)
+
+
+def test_the_head_selection_needs_a_linear_head():
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = BUILDERS["mlp"]()
+
+        def forward(self, x):
+            return self.body(x) * 2.0
+
+    train = make_data("mlp", N, 5)
+    with pytest.raises(gif.errors.InvalidArgumentError, match="last Linear layer"):
+        gif.remove(Scaled(), train, {"class": 2}, method="fif", selection="head")
+    gif_on_head = gif.remove(BUILDERS["mlp"](), train, {"class": 2}, selection="head")  # GIF: rows over all
+    assert "head_features" not in gif_on_head.report
+    assert set(gif_on_head.report["selection"]["counts"]) == {"2.weight", "2.bias"}
