@@ -41,6 +41,7 @@ METHODS: dict[str, dict] = {
     "hessian 512": {"hessian_samples": 512},
     "IF + K-FAC": {"method": "if", "solver": "kfac"},
     "IF + EK-FAC": {"method": "if", "solver": "ekfac"},
+    "FIF head": {"method": "fif", "selection": "head"},
 }
 
 

@@ -25,7 +25,8 @@ from gif.edit_sets import ACCURACY_PENALTY, ACCURACY_TOLERANCE
 from gif.errors import InvalidArgumentError, UnknownClassError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-from digits import MLP, Split, build, load_digits
+from digits import Split, load_digits
+from sample_removal_audit import memorise
 
 # -- the figures ------------------------------------------------------------------------------------
 
@@ -105,18 +106,6 @@ def test_histograms_share_edges_and_count_every_sample():
 N_MEMORISED = 100
 
 
-def memorise(x: torch.Tensor, y: torch.Tensor) -> nn.Module:
-    """An MLP fitted to a small training set (full-batch Adam, 300 steps: training loss ~1e-3)."""
-    torch.manual_seed(0)
-    model = build(MLP)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def memorised():
     """The first 100 digits training samples, the test split as holdout, and a model that
@@ -124,7 +113,7 @@ def memorised():
     pytest.importorskip("sklearn")
     s = load_digits(0)
     s = Split(s.x_train[:N_MEMORISED], s.y_train[:N_MEMORISED], s.x_test, s.y_test)
-    return s, memorise(s.x_train, s.y_train)
+    return s, memorise(s.x_train, s.y_train, seed=0)  # examples/sample_removal_audit.py's recipe
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -191,7 +180,7 @@ def test_with_a_holdout_sample_removal_is_judged_against_unseen_data(memorised):
 def test_class_removal_audit_with_a_reference(memorised):
     s, model = memorised
     cls, keep = 3, s.y_train != 3
-    retrained = memorise(s.x_train[keep], s.y_train[keep])
+    retrained = memorise(s.x_train[keep], s.y_train[keep], seed=0)
     edit = gif.remove(
         model, (s.x_train, s.y_train), {"class": cls}, holdout=(s.x_test, s.y_test), reference=retrained
     )
