@@ -10,7 +10,7 @@ Columns (test split): clean accuracy on untouched test images; relabel accuracy 
 test images (true label ≠ 4) classified as their true label; attack success = triggered test
 images classified as 4; edit time.
 
-    python examples/backdoor_relabel.py [--seeds 3]
+    python examples/backdoor_relabel.py [--seeds 3] [--methods NAME ...]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ METHODS: dict[str, dict] = {
         "tol": 1e-9,
         "newton_steps": 1,
     },
+    "FIF head": {"method": "fif", "selection": "head"},
 }
 
 
@@ -81,7 +82,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help="names of METHODS (default: all)")
     args = parser.parse_args()
+    for name in set(METHODS) - set(args.methods):
+        del METHODS[name]
     torch.set_num_threads(args.threads)
     runs = [run(seed) for seed in range(args.seeds)]
     report(

@@ -42,6 +42,10 @@ from .newton import AuditInputs, Edit, EditResult, Task
 from .params import ParamSpace
 from .progress import ProgressCallback, StopCheck
 
+#: Samples per forward pass of the whole network when computing the features (no graph is kept,
+#: so the pass holds one chunk's activations at a time; the edit's own chunk size is for the head).
+FEATURE_CHUNK = 256
+
 
 @dataclasses.dataclass
 class Head:
@@ -97,7 +101,8 @@ def run(
 
     def features(inputs: Inputs) -> torch.Tensor:
         def compute() -> torch.Tensor:
-            return torch.cat(list(feature_chunks(model, head.module, inputs, config.chunk_size, device)))
+            chunks = feature_chunks(model, head.module, inputs, min(config.chunk_size, FEATURE_CHUNK), device)
+            return torch.cat(list(chunks))
 
         key = {"model": whole, "data": memo.data(inputs), "layer": head.path}
         return memo.tensor("features", key, compute, device=device)
