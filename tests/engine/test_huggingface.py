@@ -124,9 +124,10 @@ def test_the_leave_one_out_head_refits_the_classifier_on_named_inputs(bert):
     """`auto` without a curvature refits the classifier (the Linear layer computing `.logits`) on
     the features BERT feeds it: the same scores as the closed form on those features."""
     from gif.loo_head import loo_margins
+    from gif.scoring import self_influence_measure
 
     model, hdata, _, _, _ = bert
-    assert gif.scoring.self_influence_measure(model, hdata) == "head"
+    assert self_influence_measure(model, hdata) == "head"
     seen = []
     handle = model.classifier.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     with torch.no_grad():
