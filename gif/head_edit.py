@@ -65,6 +65,8 @@ def frozen_head(model: nn.Module, x: Inputs, config: EditConfig, *, whole_networ
     if module is None:
         return None
     path = next(name for name, m in model.named_modules() if m is module)
+    if not path:
+        return None  # the model is the Linear layer: there is no network to skip
     own = {f"{path}.{name}" for name, _ in module.named_parameters()}
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     if set(trainable) <= own:

@@ -157,3 +157,11 @@ def test_the_head_selection_needs_a_linear_head():
     gif_on_head = gif.remove(BUILDERS["mlp"](), train, {"class": 2}, selection="head")  # GIF: rows over all
     assert "head_features" not in gif_on_head.report
     assert set(gif_on_head.report["selection"]["counts"]) == {"2.weight", "2.bias"}
+
+
+def test_a_model_that_is_its_head_is_edited_as_it_is():
+    model = torch.nn.Linear(4, 3).double()
+    x, y = make_data("mlp", N, 5)
+    edit = gif.remove(model, (x, y), {"class": 2}, method="fif", selection="head")
+    assert "head_features" not in edit.report
+    assert set(edit.report["selection"]["counts"]) == {"weight", "bias"}
