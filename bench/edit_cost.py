@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import gif
-from gif.loo_head import head_of
+from gif.loo_head import named_head
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -57,8 +57,9 @@ VARIANTS: dict[str, dict] = {
 
 def head_names(model, x) -> list[str]:
     """``[<name of the logits' Linear layer>.*]``."""
-    head = head_of(model, x[:1])
-    return [next(f"{name}.*" for name, m in model.named_modules() if m is head)]
+    found = named_head(model, x[:1])
+    assert found is not None, "the model's logits are not a Linear layer's output"
+    return [f"{found[0]}.*"]
 
 
 def timed(fn):

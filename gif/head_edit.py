@@ -37,7 +37,7 @@ from .data import Batch, DataLike, as_pair
 from .hessian import LossFn
 from .inputs import Inputs, take, to
 from .inverse import choose_solver
-from .loo_head import feature_chunks, head_of
+from .loo_head import feature_chunks, named_head
 from .newton import AuditInputs, Edit, EditResult, Task
 from .params import ParamSpace
 from .progress import ProgressCallback, StopCheck
@@ -61,12 +61,10 @@ def frozen_head(model: nn.Module, x: Inputs, config: EditConfig, *, whole_networ
     if whole_network:
         return None
     device = next(model.parameters()).device
-    module = head_of(model, to(take(x, slice(0, 1)), device))
-    if module is None:
-        return None
-    path = next(name for name, m in model.named_modules() if m is module)
-    if not path:
-        return None  # the model is the Linear layer: there is no network to skip
+    found = named_head(model, to(take(x, slice(0, 1)), device))
+    if found is None or not found[0]:
+        return None  # no head, or the model is the Linear layer: there is no network to skip
+    path, module = found
     own = {f"{path}.{name}" for name, _ in module.named_parameters()}
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     if set(trainable) <= own:

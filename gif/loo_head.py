@@ -67,6 +67,14 @@ def head_of(model: nn.Module, inputs: Inputs) -> nn.Linear | None:
     return None
 
 
+def named_head(model: nn.Module, inputs: Inputs) -> tuple[str, nn.Linear] | None:
+    """The head (:func:`head_of`) and its name in ``model`` (``""`` when the model is the layer)."""
+    head = head_of(model, inputs)
+    if head is None:
+        return None
+    return next(name for name, m in model.named_modules() if m is head), head
+
+
 def loo_margins(
     model: nn.Module, train: Batch, *, chunk_size: int = 512, ridge: float = RIDGE
 ) -> torch.Tensor:

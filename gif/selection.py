@@ -72,7 +72,7 @@ from .config import STRATEGIES
 from .data import Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
 from .inputs import call, take, to
-from .loo_head import head_of
+from .loo_head import named_head
 from .params import ParamSlot, ParamSpace
 
 __all__ = ["STRATEGIES", "select", "selection_summary"]
@@ -223,12 +223,12 @@ def _head(model: nn.Module, space: ParamSpace, data: DataLike | None) -> torch.T
         raise InvalidArgumentError("`strategy='head'` needs the edited samples to find the model's head")
     inputs, _ = as_pair(data, what="data")
     device = next(model.parameters()).device
-    head = head_of(model, to(take(inputs, slice(0, 1)), device))
-    if head is None:
+    found = named_head(model, to(take(inputs, slice(0, 1)), device))
+    if found is None:
         raise InvalidArgumentError(
             "`strategy='head'` needs logits computed by a last Linear layer run once per forward pass"
         )
-    path = next(name for name, m in model.named_modules() if m is head)
+    path = found[0]
     slots = [space.slot(n) for n in space.names if (n.rsplit(".", 1)[0] if "." in n else "") == path]
     if not slots:
         raise InvalidArgumentError(f"the head `{path}` has no trainable parameter")

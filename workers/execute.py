@@ -18,7 +18,7 @@ from gif.config import EditConfig, SolveConfig, resolve
 from gif.errors import DatasetError, IndexOutOfRangeError
 from gif.inputs import take
 from gif.progress import ProgressCallback, StopCheck
-from gif.scoring import self_influence_measure
+from gif.scoring import CURVATURE_OPTIONS, self_influence_measure
 from jobs.specs import RelabelJob, RemoveJob, ScoresJob, SelfInfluenceJob, Spec
 
 from .loading import Loaded
@@ -121,7 +121,7 @@ def run_self_influence(
     config = self_influence_config(spec)
     exact = config.solver != "lowrank"
     common: dict[str, Any] = {"loss_fn": loaded.loss_fn, "callback": callback, "should_stop": should_stop}
-    curvature = bool(set(spec.options.model_dump(exclude_none=True)) - {"seed"})
+    curvature = any(name in CURVATURE_OPTIONS for name in spec.options.model_dump(exclude_none=True))
     measure = self_influence_measure(
         loaded.model, loaded.train, spec.measure, loss_fn=loaded.loss_fn, curvature=curvature
     )
