@@ -38,6 +38,7 @@ TARGET = 4
 #: name -> options of the edit ({} = the engine's defaults)
 METHODS: dict[str, dict] = {
     "default": {},
+    "GIF 5%": {"method": "gif"},
     "hessian 512": {"hessian_samples": 512},
     "IF + K-FAC": {"method": "if", "solver": "kfac"},
     "IF + EK-FAC": {"method": "if", "solver": "ekfac"},

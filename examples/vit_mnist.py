@@ -35,7 +35,8 @@ CONFIG = transformers.ViTConfig(
 #: name -> gif.remove options ({} = the engine's defaults)
 METHODS: dict[str, dict] = {
     "default": {},
-    "hessian 1024": {"hessian_samples": 1024},
+    "GIF 5%": {"method": "gif"},
+    "hessian 1024": {"method": "gif", "hessian_samples": 1024},
     "IF + K-FAC": {"method": "if", "solver": "kfac"},
     "IF": {"method": "if"},
     "FIF": {"method": "fif"},

@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from torch import nn
 
 from .errors import InvalidArgumentError
+
+#: A forward hook: (module, positional inputs, output) -> None.
+ForwardHook = Callable[[nn.Module, tuple, Any], None]
+
+
+@contextlib.contextmanager
+def forward_hooks(hooks: Iterable[tuple[nn.Module, ForwardHook]]) -> Iterator[None]:
+    """While open, each (module, hook) pair's hook sees that module's forward calls made by *this*
+    thread. A model is often shared (a service's checkpoint, a notebook's model edited from two
+    threads): a hook that also recorded the other thread's passes would mix its samples in."""
+    owner = threading.get_ident()
+
+    def mine(hook: ForwardHook) -> ForwardHook:
+        def call(module: nn.Module, args: tuple, output: Any) -> None:
+            if threading.get_ident() == owner:
+                hook(module, args, output)
+
+        return call
+
+    handles = [module.register_forward_hook(mine(hook)) for module, hook in hooks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager

@@ -28,6 +28,9 @@ from typing import Any, Literal, TypeVar, get_args
 from .errors import InvalidArgumentError
 
 Method = Literal["if", "fif", "gif", "sif"]
+#: An edit's method may also be ``auto``: chosen per request from the model and the task
+#: (gif/method_choice.py, ``choose_method``).
+EditMethod = Literal["auto", "if", "fif", "gif", "sif"]
 #: ``auto``: K-FAC where the model's curvature can be Kronecker-factored, else the method's own
 #: solver (gif/inverse/choice.py, ``choose_solver``).
 Solver = Literal["cg", "minres", "lsqr", "neumann", "direct", "lowrank", "kfac", "ekfac", "auto"]
@@ -49,6 +52,7 @@ HessianPool = Literal["auto", "untouched", "all"]
 HvpBackend = Literal["auto", "func", "graph"]
 
 METHODS: tuple[str, ...] = get_args(Method)
+EDIT_METHODS: tuple[str, ...] = get_args(EditMethod)
 SOLVERS: tuple[str, ...] = get_args(Solver)
 #: The solvers a service job may name: all of them (the Kronecker-factored fits are made once per
 #: checkpoint and cached since 2026-12-05; docs/benchmarks.md, "Edit ÷ retraining").
@@ -94,7 +98,9 @@ VERB_DEFAULTS: dict[str, dict[str, Any]] = {
     "influence": {},
     "scores": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "auto", "layer_damping": 0.1},
     "self_influence": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "lowrank"},
-    "remove": {"method": "gif"},
+    # auto: FIF on the classifier's head for a whole class where the logits come from a Linear
+    # layer, else GIF (gif/method_choice.py; docs/benchmarks.md, "Edit ÷ retraining")
+    "remove": {"method": "auto"},
     # not solver="auto" (yet): K-FAC relabels CNNs as well as CG at a third to a tenth of the cost,
     # but an MLP less well (docs/benchmarks.md, "Choosing the relabel default")
     "relabel": {"method": "if"},
@@ -180,10 +186,11 @@ class SolveConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
-        if self.solver is None:
-            object.__setattr__(self, "solver", self._default_solver())
-        check_choice("solver", self.solver, SOLVERS)
+        check_choice("method", self.method, self._methods())
+        if self.solver is None and self.method != "auto":
+            object.__setattr__(self, "solver", SOLVE_SOLVER[self.method])
+        if self.solver is not None:
+            check_choice("solver", self.solver, SOLVERS)
         check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
         for f in dataclasses.fields(self):
             if f.metadata.get("low") is not None:
@@ -195,12 +202,14 @@ class SolveConfig:
                 "and least-squares problems: use `damping`"
             )
 
-    def _default_solver(self) -> str:
-        return SOLVE_SOLVER[self.method]
+    @staticmethod
+    def _methods() -> tuple[str, ...]:
+        return METHODS
 
     @property
     def solver_name(self) -> str:
-        """The solver (never None once constructed)."""
+        """The solver (set once constructed, except in an edit's configuration whose method is
+        still ``auto``: gif/method_choice.py resolves it before any solve)."""
         assert self.solver is not None
         return self.solver
 
@@ -222,13 +231,21 @@ class EditConfig(SolveConfig):
     """Every knob of :func:`gif.remove` / :func:`gif.relabel`.
 
     ``selection``, ``ratio``, ``damping`` and ``solver`` left as None take the method's preset
-    (:data:`EDIT_PRESETS`). The defaults were picked by task quality on the digits protocols
+    (:data:`EDIT_PRESETS`); with ``method="auto"`` they stay None until the edit chooses its
+    method from the model and the task (gif/method_choice.py). The defaults were picked by task quality on the digits protocols
     (docs/benchmarks.md): applying an influence update at its Newton scale wrecks a trained
     network, so the default step policy walks along the update and stops by validation metrics,
     and a few outer Newton steps (each re-estimating the gradient at the new point) close most
     of the remaining gap to retraining.
     """
 
+    method: EditMethod = field(  # type: ignore[assignment]
+        default="gif",
+        metadata=_meta(
+            "auto | if | fif | gif | sif (docs/method.md); auto: fif on the classifier's head for a "
+            "whole-class removal where a Linear layer computes the logits, else the verb's method"
+        ),
+    )
     damping: float | None = field(
         # type: ignore[assignment]
         default=None,
@@ -307,12 +324,13 @@ class EditConfig(SolveConfig):
     )
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
-        for name, value in EDIT_PRESETS[self.method].items():
+        check_choice("method", self.method, EDIT_METHODS)
+        for name, value in EDIT_PRESETS.get(self.method, {}).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         super().__post_init__()
-        check_choice("selection", self.selection, STRATEGIES)
+        if self.selection is not None:
+            check_choice("selection", self.selection, STRATEGIES)
         check_choice("step", self.step, STEP_POLICIES)
         check_choice("hessian_pool", self.hessian_pool, HESSIAN_POOLS)
         if self.param_names is not None:
@@ -327,11 +345,17 @@ class EditConfig(SolveConfig):
                 f"`max_step` ({self.max_step}) must be >= `min_step` ({self.min_step})"
             )
 
+    @staticmethod
+    def _methods() -> tuple[str, ...]:
+        return EDIT_METHODS
+
     @property
     def hessian_size(self) -> int:
-        """``hessian_samples`` (never None once constructed: the method's preset fills it)."""
-        assert self.hessian_samples is not None
-        return self.hessian_samples
+        """``hessian_samples``: the method's preset fills it; while the method is ``auto``, the
+        most any method takes (what sizing a job before it runs must allow for)."""
+        if self.hessian_samples is not None:
+            return self.hessian_samples
+        return max(int(preset["hessian_samples"]) for preset in EDIT_PRESETS.values())
 
     @property
     def pool(self) -> str:
@@ -339,7 +363,7 @@ class EditConfig(SolveConfig):
         ``kfac``, ``ekfac``: the fit is then reused across edits of the checkpoint; measured at the
         same quality for lowrank) and ``untouched`` otherwise (an iterative solve pays ~3× the HVPs
         on the whole-set sample; docs/benchmarks.md)."""
-        if self.hessian_pool != "auto" or self.solver == "auto":
+        if self.hessian_pool != "auto" or self.solver in (None, "auto"):
             return self.hessian_pool  # ``auto`` solver: decided with the solver (gif/edits.py)
         return "all" if self.solver in FITTED_SOLVERS else "untouched"
 
@@ -371,7 +395,7 @@ def resolve(verb: str, kind: type[Config], config: Config | None, options: Mappi
         resolved = dataclasses.replace(config, **fields) if fields else config
     if not extras:
         return resolved
-    allowed = SOLVER_OPTIONS.get(resolved.solver_name, ())
+    allowed = SOLVER_OPTIONS.get(str(resolved.solver), ())
     unknown = sorted(set(extras) - set(allowed))
     if unknown:
         raise InvalidArgumentError(
@@ -387,19 +411,27 @@ def defaults(verb: str) -> dict[str, Any]:
 
 
 def defaults_table() -> str:
-    """The defaults of every verb as a Markdown table (docs/engine.md holds this text)."""
+    """The defaults of every verb, then what each edit method brings, as two Markdown tables
+    (docs/engine.md holds this text). "method's": filled from the second table once the
+    method is chosen."""
     columns = {verb: defaults(verb) for verb in VERBS}
     names = list(columns["remove"])
     lines = ["| option | " + " | ".join(f"`{v}`" for v in VERBS) + " |", "|---" * (len(VERBS) + 1) + "|"]
     for name in names:
-        cells = [_cell(columns[verb].get(name, "—")) for verb in VERBS]
+        cells = [_cell(columns[verb].get(name, "—"), preset=name in EDIT_PRESETS["gif"]) for verb in VERBS]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines += ["", "| edit method | " + " | ".join(f"`{n}`" for n in EDIT_PRESETS["gif"]) + " |"]
+    lines.append("|---" * (len(EDIT_PRESETS["gif"]) + 1) + "|")
+    for method, preset in EDIT_PRESETS.items():
+        lines.append(f"| `{method}` | " + " | ".join(_cell(v) for v in preset.values()) + " |")
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, *, preset: bool = False) -> str:
     if value == "—":
         return "—"
+    if value is None and preset:
+        return "method's"
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, dict):

@@ -18,6 +18,7 @@ from .data import Batch, DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
+from .method_choice import choose_method
 from .newton import AuditInputs, Edit, EditResult, Task, relabel_loss
 from .progress import ProgressCallback, StopCheck
 from .solvers import LowRankHessian
@@ -144,16 +145,21 @@ def _run(
     lowrank: LowRankHessian | None, callback: ProgressCallback | None, should_stop: StopCheck | None,
     cache: Cache | None, audit: AuditInputs,
 ) -> EditResult:  # fmt: skip
-    """The edit, on the head's features alone where that is the same computation (gif/head_edit.py)."""
-    whole_network = lowrank is not None or audit.reference is not None
-    head = head_edit.frozen_head(model, train[0], opts, whole_network=whole_network)
+    """The edit with its method chosen (gif/method_choice.py), on the head's features alone where
+    that is the same computation (gif/head_edit.py)."""
+    opts, choice = choose_method(opts, model, train[0], task.kind, task.forget_class is not None)
+    head = head_edit.frozen_head(model, train[0], opts, whole_network=lowrank is not None)
     if head is not None:
-        return head_edit.run(
+        result = head_edit.run(
             head, model, train, task, opts, validation, loss_fn, callback, should_stop, cache, audit
         )
-    return Edit(
-        model, train, task, opts, validation, loss_fn, lowrank, callback, should_stop, cache, audit=audit
-    ).run()
+    else:
+        result = Edit(
+            model, train, task, opts, validation, loss_fn, lowrank, callback, should_stop, cache, audit=audit
+        ).run()
+    if choice is not None:
+        result.report["method_choice"] = choice
+    return result
 
 
 def _num_classes(model: nn.Module, x: Inputs) -> int:

@@ -14,7 +14,8 @@ pass of the whole network per HVP, gradient and step-search evaluation. That hol
 
 ``if`` and ``gif`` with ``param_names`` on the head still use H's rows over every trainable
 parameter (docs/method.md), so they keep the whole network, as does an edit given a ``lowrank``
-fit or an audit ``reference`` model (both belong to the whole network). With a cache the features
+fit (it belongs to the whole network). An audit ``reference`` model is a whole network too: with
+one, the audit runs on the whole input and edited models after the edit. With a cache the features
 are an entry of it (kind ``features``: the whole model's digest, the data's, the layer), so a
 further edit of the same checkpoint and data runs no forward pass of the network. The edited copy
 is the input model with the head's new weights; ``delta`` and ``params`` are over the whole model's
@@ -31,10 +32,11 @@ import time
 import torch
 from torch import nn
 
+from .audit import audit_sets, run_audit
 from .cache import Cache, Memo
 from .config import EDIT_PRESETS, EditConfig
 from .data import Batch, DataLike, as_pair
-from .hessian import LossFn
+from .hessian import LossFn, Work
 from .inputs import Inputs, take, to
 from .inverse import choose_solver
 from .loo_head import feature_chunks, named_head
@@ -123,6 +125,8 @@ def run(
     edited.get_submodule(head.path).load_state_dict(result.model.get_submodule(head.path).state_dict())
     delta, params = _in_whole_model(model, surrogate, result)
     report = result.report
+    if audit.reference is not None:
+        report["audit"] = _whole_model_audit(model, edited, train, task, audit, config.seed, report["work"])
     if choice is not None:
         report["solver_choice"] = choice
     report["head_features"] = {
@@ -149,6 +153,19 @@ class _Surrogate(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.get_submodule(self.path)(features)
+
+
+def _whole_model_audit(
+    model: nn.Module, edited: nn.Module, train: Batch, task: Task, audit: AuditInputs, seed: int, work: dict
+) -> dict:
+    """The forgetting audit of the input and edited models against the reference (gif/audit.py),
+    on the inputs themselves: the reference computes its own features. Its forward evaluations
+    are added to the report's ``work``."""
+    spent = Work()
+    sets = audit_sets(train, task.index, audit.holdout, seed=seed)
+    figures = run_audit(model, edited, sets, audit.reference, spent)
+    work["forward_evaluations"] += spent.forward_evaluations
+    return figures
 
 
 def _in_whole_model(

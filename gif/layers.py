@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._util import forward_hooks
 from .errors import InvalidArgumentError
 from .hessian import FlatModel
 
@@ -111,9 +112,5 @@ def recorded_calls(blocks: list[LayerBlock]) -> Iterator[list[list[Call]]]:
 
         return record
 
-    handles = [b.module.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
-    try:
+    with forward_hooks((b.module, hook(i)) for i, b in enumerate(blocks)):
         yield calls
-    finally:
-        for h in handles:
-            h.remove()

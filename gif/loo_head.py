@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ._util import eval_mode
+from ._util import ForwardHook, eval_mode, forward_hooks
 from .data import Batch
 from .errors import InvalidArgumentError
 from .inputs import Inputs, call, count, take, to
@@ -48,21 +48,15 @@ def head_of(model: nn.Module, inputs: Inputs) -> nn.Linear | None:
     """The Linear layer whose output is the model's logits on ``inputs``, or None when the logits
     are not a Linear layer's output, that layer runs more than once per forward pass, or it is
     wider than :data:`MAX_FEATURES`."""
-    calls: list[tuple[nn.Linear, torch.Tensor]] = []
-    handles = [
-        m.register_forward_hook(lambda mod, args, out: calls.append((mod, out)))
-        for m in model.modules()
-        if isinstance(m, nn.Linear)
-    ]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            logits = call(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    calls: list[tuple[nn.Module, torch.Tensor]] = []
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    record: ForwardHook = lambda mod, args, out: calls.append((mod, out))  # noqa: E731
+    with forward_hooks((m, record) for m in linears), torch.no_grad(), eval_mode(model):
+        logits = call(model, inputs)
     for module, out in reversed(calls):
         if out.shape == logits.shape and torch.equal(out, logits):
             once = sum(m is module for m, _ in calls) == 1  # its input is then the logits' features
+            assert isinstance(module, nn.Linear)
             return module if once and module.in_features + 1 <= MAX_FEATURES else None
     return None
 
@@ -124,15 +118,12 @@ def feature_chunks(
     """The input of ``head`` (flattened to [chunk, d], as computed, on ``device``) for each chunk
     of ``inputs``, the model in eval mode and without gradients."""
     seen: list[torch.Tensor] = []
-    handle = head.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            for start in range(0, count(inputs), chunk_size):
-                seen.clear()
-                call(model, to(take(inputs, slice(start, start + chunk_size)), device))
-                yield seen[-1].detach().flatten(1)
-    finally:
-        handle.remove()
+    record: ForwardHook = lambda mod, args, out: seen.append(args[0])  # noqa: E731
+    with forward_hooks([(head, record)]), torch.no_grad(), eval_mode(model):
+        for start in range(0, count(inputs), chunk_size):
+            seen.clear()
+            call(model, to(take(inputs, slice(start, start + chunk_size)), device))
+            yield seen[-1].detach().flatten(1)
 
 
 def _features(

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ._util import forward_hooks
 from .errors import MemoryBudgetError
 from .inputs import Inputs, call, named, take
 
@@ -33,13 +34,8 @@ def activation_bytes(model: nn.Module, forward: Callable[[], object], element_si
                 counted[0] += t.numel()
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with torch.no_grad():
-            forward()
-    finally:
-        for h in handles:
-            h.remove()
+    with forward_hooks((m, count) for m in leaves), torch.no_grad():
+        forward()
     return counted[0] * element_size
 
 

@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._util import forward_hooks
 from .config import STRATEGIES
 from .data import Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
@@ -377,33 +378,29 @@ def _scores(
 
     named = dict(model.named_parameters())
     flags = [(m, m.training) for m in model.modules()]
-    handles = []
     try:
         model.eval()
-        for i, layer in enumerate(layers):
-            handles.append(layer.module.register_forward_hook(make_hook(i, layer)))
-        for chunk in chunks:
-            fired[:] = [0] * len(layers)
-            if kind == "outputs":
-                with torch.no_grad():
-                    call(model, chunk.inputs)
-                continue
-            with torch.enable_grad():
-                loss = loss_fn(call(model, chunk.inputs), chunk.targets)
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise InvalidArgumentError(
-                        "`loss_fn` must return a scalar tensor (a mean over the batch)"
-                    )
-                if not loss.requires_grad:
-                    raise InvalidArgumentError("the loss does not depend on any trainable parameter")
-                ran = [named[layers[i].weight.name] for i in range(len(layers)) if fired[i]]
-                if ran:
-                    # Weighting each chunk's mean loss by its share makes the gradients those of
-                    # the mean loss over all samples, independent of the batching.
-                    torch.autograd.grad(loss.reshape(()) * chunk.weight, ran, allow_unused=True)
+        with forward_hooks((layer.module, make_hook(i, layer)) for i, layer in enumerate(layers)):
+            for chunk in chunks:
+                fired[:] = [0] * len(layers)
+                if kind == "outputs":
+                    with torch.no_grad():
+                        call(model, chunk.inputs)
+                    continue
+                with torch.enable_grad():
+                    loss = loss_fn(call(model, chunk.inputs), chunk.targets)
+                    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                        raise InvalidArgumentError(
+                            "`loss_fn` must return a scalar tensor (a mean over the batch)"
+                        )
+                    if not loss.requires_grad:
+                        raise InvalidArgumentError("the loss does not depend on any trainable parameter")
+                    ran = [named[layers[i].weight.name] for i in range(len(layers)) if fired[i]]
+                    if ran:
+                        # Weighting each chunk's mean loss by its share makes the gradients those of
+                        # the mean loss over all samples, independent of the batching.
+                        torch.autograd.grad(loss.reshape(()) * chunk.weight, ran, allow_unused=True)
     finally:
-        for h in handles:
-            h.remove()
         for m, flag in flags:
             m.training = flag
 

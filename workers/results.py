@@ -93,7 +93,9 @@ def write_results(
 def _edit_results(
     job_id: str, spec: Spec, loaded: Loaded, outcome: EditOutcome, blobs: BlobStore, prov: dict[str, Any]
 ) -> Results:
-    edit, options = outcome.result, outcome.config.to_dict()
+    # the options the edit ran with: ``method="auto"`` resolved (the report's ``method_choice``)
+    edit = outcome.result
+    options = edit.report["options"]
     prov = {**prov, "options": options, "seed": outcome.config.seed}
     if "cache" in edit.report:
         prov["cache"] = edit.report["cache"]

@@ -193,7 +193,7 @@ def test_newton_steps_stop_at_the_objectives_maximum_and_only_there():
     reached = gif.remove(model, train, {"class": 1}, method="if", newton_steps=4).report["newton_steps"]
     assert len(reached) == 1
     assert reached[0]["step"]["objective"] == 1.0 and reached[0]["step"]["scale"] > 0.0
-    below = gif.remove(model, train, {"class": 1}, newton_steps=4).report["newton_steps"]
+    below = gif.remove(model, train, {"class": 1}, method="gif", newton_steps=4).report["newton_steps"]
     assert len(below) >= 2 and all(s["step"]["objective"] < 1.0 for s in below[:-1])
 
 
@@ -202,7 +202,9 @@ def test_newton_corrections_are_solved_to_correction_tol_and_the_first_step_to_t
 
     model, train = trained_problem()
     loose, tight = (
-        gif.remove(model, train, {"class": 1}, newton_steps=2, correction_tol=c).report["newton_steps"]
+        gif.remove(model, train, {"class": 1}, method="gif", newton_steps=2, correction_tol=c).report[
+            "newton_steps"
+        ]
         for c in (0.5, 1e-6)
     )
     assert len(loose) == len(tight) == 2

@@ -10,6 +10,7 @@ import gif
 from gif.config import EditConfig, resolve
 from gif.edits import class_indices
 from gif.hessian import cross_entropy
+from gif.method_choice import choose_method
 from gif.newton import AuditInputs, Edit, Task
 
 from .conftest import BUILDERS, make_data
@@ -18,16 +19,16 @@ N = 90
 HEADS = {"mlp": "2", "cnn": "5", "embed": "head"}
 
 
-def whole_network_removal(model, train, cls: int, holdout=None, **options):
+def whole_network_removal(model, train, cls: int, holdout=None, reference=None, **options):
     """The class removal on the whole network: gif.edits' own path, without the shortcut."""
-    opts = resolve("remove", EditConfig, None, options)
     x, y = train
+    opts, _ = choose_method(resolve("remove", EditConfig, None, options), model, x, "remove", True)
     index = class_indices(y, cls)
     task = Task(
         kind="remove", index=index, target=(x[index], y[index]), target_loss=cross_entropy,
         scale=-index.numel() / (len(y) - index.numel()), forget_class=cls,
     )  # fmt: skip
-    audit = AuditInputs(holdout=holdout)
+    audit = AuditInputs(holdout=holdout, reference=reference)
     return Edit(model, train, task, opts, None, cross_entropy, None, None, None, None, audit=audit).run()
 
 
@@ -102,11 +103,19 @@ def test_everything_else_keeps_the_whole_network(options):
     assert "head_features" not in gif.remove(model, train, {"class": 1}, newton_steps=1, **options).report
 
 
-def test_a_reference_model_keeps_the_whole_network():
+def test_with_a_reference_the_audit_runs_on_the_whole_models():
+    """The reference is a whole network: the edit still runs on the head's features, and the audit
+    (figures, gaps to the reference) is the whole-network edit's."""
     model, train = BUILDERS["mlp"](), make_data("mlp", N, 3)
-    model[0].requires_grad_(False)
-    edit = gif.remove(model, train, {"class": 1}, newton_steps=1, ratio=0.5, reference=BUILDERS["mlp"]())
-    assert "head_features" not in edit.report and "gap" in edit.report["audit"]
+    holdout, reference = make_data("mlp", 40, 4), BUILDERS["mlp"]()
+    options = {"method": "fif", "selection": "head", "newton_steps": 2}
+    fast = gif.remove(model, train, {"class": 1}, holdout=holdout, reference=reference, **options)
+    whole = whole_network_removal(model, train, 1, holdout=holdout, reference=reference, **options)
+    assert_same_edit(fast, whole)
+    fast_audit, whole_audit = leaves(fast.report["audit"]), leaves(whole.report["audit"])
+    numbers = {k: v for k, v in whole_audit.items() if isinstance(v, float)}
+    assert any(k.startswith("gap.") for k in numbers)
+    assert {k: fast_audit[k] for k in numbers} == pytest.approx(numbers, rel=1e-6)
 
 
 def test_a_further_edit_takes_the_features_from_the_cache():

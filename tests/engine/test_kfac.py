@@ -193,10 +193,10 @@ def test_an_edit_fits_the_factors_once_and_a_further_edit_reuses_them(monkeypatc
     real = kfac._factors
     monkeypatch.setattr(kfac, "_factors", lambda *a: fits.append(1) or real(*a))
     cache = gif.MemoryCache()
-    first = gif.remove(model, (x, y), {"class": 0}, solver="kfac", newton_steps=3, cache=cache)
+    first = gif.remove(model, (x, y), {"class": 0}, method="gif", solver="kfac", newton_steps=3, cache=cache)
     assert len(first.report["newton_steps"]) >= 2 and len(fits) == 1  # one fit for every Newton step
     # another deletion request on the same checkpoint: the factors come from the cache
-    second = gif.remove(model, (x, y), {"class": 1}, solver="kfac", newton_steps=3, cache=cache)
+    second = gif.remove(model, (x, y), {"class": 1}, method="gif", solver="kfac", newton_steps=3, cache=cache)
     assert len(fits) == 1
     assert any(h["kind"] == "kfac" for h in second.report["cache"]["hits"])
     assert second.report["options"]["hessian_pool"] == "all"
@@ -263,7 +263,9 @@ def test_auto_does_not_take_kfac_for_attention():
     vit = huggingface.build(config)
     assert "attention (ViT" in str(unfactorable(vit, cross_entropy))
     x, y = torch.rand(24, 1, 8, 8), torch.randint(0, 3, (24,))
-    out = gif.remove(vit.eval(), ({"pixel_values": x}, y), {"class": 0}, solver="auto", newton_steps=1)
+    out = gif.remove(
+        vit.eval(), ({"pixel_values": x}, y), {"class": 0}, method="gif", solver="auto", newton_steps=1
+    )
     assert (
         out.report["solver_choice"]["chosen"] == "lsqr"
         and "attention" in out.report["solver_choice"]["reason"]

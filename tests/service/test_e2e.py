@@ -105,7 +105,9 @@ def test_remove_class_end_to_end(server, inputs, digits):
     assert min(acc for cls, acc in enumerate(per_class) if cls != 3) >= 0.85, per_class
     for entry in artifacts.values():
         _download(server.client, entry)
-    assert job["result"]["summary"]["solver"]["method"] == "gif"
+    # the default removal of a class: FIF on the logits' layer (gif/method_choice.py)
+    assert job["result"]["summary"]["solver"]["method"] == "fif"
+    assert job["result"]["provenance"]["options"]["selection"] == "head"
     assert job["result"]["provenance"]["input_digests"]["checkpoint"] == inputs["checkpoint"]["sha256"]
 
 

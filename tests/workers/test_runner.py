@@ -121,9 +121,12 @@ def test_remove_class_produces_weights_report_and_plot(ctx, inputs, data):
         options["newton_steps"],
         options["hessian_samples"],
     ) == (1, 256)
-    assert options["method"] == "gif" and options["chunk_size"] == gif.EditConfig().chunk_size
+    # ``method="auto"`` as it resolved for a class removal (gif/method_choice.py)
+    assert (options["method"], options["selection"]) == ("fif", "head")
+    assert options["chunk_size"] == gif.EditConfig().chunk_size
+    assert report["report"]["method_choice"]["requested"] == "auto"
     summary = json.loads(job.result_json)["summary"]
-    assert summary["n_edited"] > 0 and summary["solver"]["method"] == "gif"
+    assert summary["n_edited"] > 0 and summary["solver"]["method"] == "fif"
     assert json.loads(job.progress_json)["stage"] == "writing_results"
 
 

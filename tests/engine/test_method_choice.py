@@ -1,0 +1,116 @@
+"""``method="auto"`` (gif/method_choice.py): FIF on the head for a whole class, the verb's method
+everywhere else, and the choice in the report."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import gif
+from gif._util import forward_hooks
+
+from .conftest import BUILDERS, make_data
+
+N = 90
+
+
+def changed(model: nn.Module, edited: nn.Module) -> set[str]:
+    return {n for n, p in edited.named_parameters() if not torch.equal(p, model.get_parameter(n))}
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_a_class_removal_by_default_is_fif_on_the_head(kind):
+    model, train = BUILDERS[kind](), make_data(kind, N, 5)
+    out = gif.remove(model, train, {"class": 2}, newton_steps=2)
+    choice = out.report["method_choice"]
+    assert (choice["requested"], choice["chosen"], choice["selection"]) == ("auto", "fif", "head")
+    assert out.report["options"]["method"] == "fif" and out.report["options"]["selection"] == "head"
+    assert out.report["options"]["damping"] == gif.config.EDIT_PRESETS["fif"]["damping"]
+    head = out.report["head_features"]["layer"]
+    assert changed(model, out.model) <= {f"{head}.weight", f"{head}.bias"}
+    explicit = gif.remove(model, train, {"class": 2}, method="fif", selection="head", newton_steps=2)
+    assert torch.equal(out.delta, explicit.delta) and "method_choice" not in explicit.report
+
+
+def test_indices_that_are_exactly_one_class_are_a_class_removal():
+    model, (x, y) = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    out = gif.remove(model, (x, y), torch.nonzero(y == 1).flatten(), newton_steps=1)
+    assert out.report["method_choice"]["chosen"] == "fif"
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"selection": "highest_outputs"}, "names the parameters to change (selection)"),
+        ({"ratio": 0.1}, "(ratio)"),
+        ({"param_names": ["0.*"]}, "(param_names)"),
+    ],
+)
+def test_a_request_that_names_its_parameters_gets_gif(options, reason):
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    out = gif.remove(model, train, {"class": 2}, newton_steps=1, **options)
+    assert out.report["method_choice"]["chosen"] == "gif" and reason in out.report["method_choice"]["reason"]
+    assert out.report["options"]["method"] == "gif" and "head_features" not in out.report
+
+
+def test_a_sample_removal_gets_gif_and_a_relabel_if():
+    model, (x, y) = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    samples = gif.remove(model, (x, y), [0, 1, 2], newton_steps=1)
+    assert samples.report["method_choice"]["chosen"] == "gif"
+    assert "not of a whole class" in samples.report["method_choice"]["reason"]
+    assert samples.report["options"]["damping"] == gif.config.EDIT_PRESETS["gif"]["damping"]
+    rows = torch.tensor([0, 1])
+    relabel = gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, method="auto", newton_steps=1)
+    assert relabel.report["method_choice"]["chosen"] == "if"
+    assert "method_choice" not in gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, newton_steps=1).report
+
+
+class Scaled(nn.Module):
+    """Logits that are not a Linear layer's output (scaled after it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = BUILDERS["mlp"]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * self.body(x)
+
+
+def test_without_a_linear_head_or_with_a_frozen_one_it_is_gif():
+    train = make_data("mlp", N, 5)
+    out = gif.remove(Scaled(), train, {"class": 2}, newton_steps=1)
+    assert (
+        out.report["method_choice"]["chosen"] == "gif"
+        and "no Linear layer" in out.report["method_choice"]["reason"]
+    )
+    frozen = BUILDERS["mlp"]()
+    frozen[2].requires_grad_(False)
+    out = gif.remove(frozen, train, {"class": 2}, newton_steps=1)
+    assert (
+        out.report["method_choice"]["chosen"] == "gif" and "frozen" in out.report["method_choice"]["reason"]
+    )
+
+
+def test_forward_hooks_see_only_their_own_threads_passes():
+    """Two threads computing with one model at once: each hook records its own thread's inputs."""
+    model = nn.Linear(3, 2)
+    seen: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+    barrier = threading.Barrier(2)
+
+    def work(name: str, value: float) -> None:
+        with forward_hooks([(model, lambda m, args, out: seen[name].append(args[0]))]):
+            barrier.wait()
+            for _ in range(20):
+                model(torch.full((1, 3), value))
+            barrier.wait()
+
+    threads = [threading.Thread(target=work, args=(n, v)) for n, v in (("a", 1.0), ("b", 2.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(seen["a"]) == len(seen["b"]) == 20
+    assert all(bool((t == 1.0).all()) for t in seen["a"]) and all(bool((t == 2.0).all()) for t in seen["b"])
