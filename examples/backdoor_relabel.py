@@ -8,7 +8,7 @@ split is used once, for this table.
 
 Columns (test split): clean accuracy on untouched test images; relabel accuracy = triggered
 test images (true label ≠ 4) classified as their true label; attack success = triggered test
-images classified as 4; edit time.
+images classified as 4; edit time, and edit time ÷ the time retraining took in the same run.
 
     python examples/backdoor_relabel.py [--seeds 3] [--methods NAME ...]
 """
@@ -52,7 +52,9 @@ def run(seed: int) -> dict[str, list[float]]:
     model = train(CNN, xp, yp, seed=seed)
     fixed = yp.clone()
     fixed[idx] = s.y_train[idx]
+    start = time.perf_counter()
     retrained = train(CNN, xp, fixed, seed=seed)
+    retrain_seconds = time.perf_counter() - start
     not_target = s.y_test != TARGET
     x_trig, y_true = add_trigger(s.x_test[not_target]), s.y_test[not_target]
     rows: dict[str, list[float]] = {}
@@ -61,15 +63,15 @@ def run(seed: int) -> dict[str, list[float]]:
         clean = accuracy(m, s.x_test, s.y_test)
         relabel = accuracy(m, x_trig, y_true)
         attack = accuracy(m, x_trig, torch.full_like(y_true, TARGET))
-        rows[name] = [clean, relabel, attack, seconds]
+        rows[name] = [clean, relabel, attack, seconds, seconds / retrain_seconds]
         print(
             f"  seed {seed} {name:36s} clean {clean:6.2f}  relabel {relabel:6.2f}  attack {attack:6.2f}"
-            f"  ({seconds:.1f}s)",
+            f"  ({seconds:.2f}s, {seconds / retrain_seconds:.2f}× retraining)",
             flush=True,
         )
 
     record("poisoned (original)", model, 0.0)
-    record("retrained on fixed labels", retrained, 0.0)
+    record("retrained on fixed labels", retrained, retrain_seconds)
     for name, options in METHODS.items():
         start = time.perf_counter()
         result = gif.relabel(model, (xp, yp), idx, s.y_train[idx], seed=seed, **options)
@@ -91,7 +93,8 @@ def main() -> None:
     report(
         runs,
         title="Backdoor relabelling, digits, TinyNet",
-        columns=["clean acc", "relabel acc", "attack success", "edit seconds"],
+        columns=["clean acc", "relabel acc", "attack success", "edit seconds", "÷ retraining"],
+        plotted=3,
         out=args.out,
         stem="backdoor_relabel",
     )
