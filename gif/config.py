@@ -240,10 +240,10 @@ class EditConfig(SolveConfig):
     """
 
     method: EditMethod = field(  # type: ignore[assignment]
-        default="gif",
+        default="auto",
         metadata=_meta(
             "auto | if | fif | gif | sif (docs/method.md); auto: fif on the classifier's head for a "
-            "whole-class removal where a Linear layer computes the logits, else the verb's method"
+            "whole-class removal where a Linear layer computes the logits, else gif (remove) / if (relabel)"
         ),
     )
     damping: float | None = field(

@@ -139,7 +139,7 @@ def test_the_fit_key_holds_every_field_a_fit_depends_on():
 
 
 def test_an_edit_key_is_the_solve_part_only():
-    edit = EditConfig(newton_steps=2)
+    edit = EditConfig(method="gif", newton_steps=2)  # an edit solves once its method is chosen
     assert solve_key(edit) == solve_key(dataclasses.replace(edit, newton_steps=3, step="newton"))
     assert set(solve_key(edit)) == {f.name for f in dataclasses.fields(SolveConfig)}
 
