@@ -101,9 +101,10 @@ VERB_DEFAULTS: dict[str, dict[str, Any]] = {
     # auto: FIF on the classifier's head for a whole class where the logits come from a Linear
     # layer, else GIF (gif/method_choice.py; docs/benchmarks.md, "Edit ÷ retraining")
     "remove": {"method": "auto"},
-    # not solver="auto" (yet): K-FAC relabels CNNs as well as CG at a third to a tenth of the cost,
-    # but an MLP less well (docs/benchmarks.md, "Choosing the relabel default")
-    "relabel": {"method": "if"},
+    # auto: K-FAC where the curvature can be factored, redone with CG when the K-FAC edit's
+    # validation objective ends low (gif/method_choice.py, ``guarded``; docs/benchmarks.md, "A
+    # relabel default guarded by validation")
+    "relabel": {"method": "if", "solver": "auto"},
 }
 
 

@@ -18,7 +18,7 @@ from .data import Batch, DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
-from .method_choice import choose_method
+from .method_choice import choose_method, guarded
 from .newton import AuditInputs, Edit, EditResult, Task, relabel_loss
 from .progress import ProgressCallback, StopCheck
 from .solvers import LowRankHessian
@@ -145,18 +145,31 @@ def _run(
     lowrank: LowRankHessian | None, callback: ProgressCallback | None, should_stop: StopCheck | None,
     cache: Cache | None, audit: AuditInputs,
 ) -> EditResult:  # fmt: skip
-    """The edit with its method chosen (gif/method_choice.py), on the head's features alone where
-    that is the same computation (gif/head_edit.py)."""
+    """The edit with its method chosen and its ``solver="auto"`` guarded (gif/method_choice.py), on
+    the head's features alone where that is the same computation (gif/head_edit.py)."""
     opts, choice = choose_method(opts, model, train[0], task.kind, task.forget_class is not None)
     head = head_edit.frozen_head(model, train[0], opts, whole_network=lowrank is not None)
-    if head is not None:
-        result = head_edit.run(
-            head, model, train, task, opts, validation, loss_fn, callback, should_stop, cache, audit
-        )
-    else:
-        result = Edit(
-            model, train, task, opts, validation, loss_fn, lowrank, callback, should_stop, cache, audit=audit
+
+    def run(config: EditConfig) -> EditResult:
+        if head is not None:
+            return head_edit.run(
+                head, model, train, task, config, validation, loss_fn, callback, should_stop, cache, audit
+            )
+        return Edit(
+            model,
+            train,
+            task,
+            config,
+            validation,
+            loss_fn,
+            lowrank,
+            callback,
+            should_stop,
+            cache,
+            audit=audit,
         ).run()
+
+    result = guarded(run, opts)
     if choice is not None:
         result.report["method_choice"] = choice
     return result

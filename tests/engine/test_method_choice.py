@@ -114,3 +114,42 @@ def test_forward_hooks_see_only_their_own_threads_passes():
         t.join(timeout=30)
     assert len(seen["a"]) == len(seen["b"]) == 20
     assert all(bool((t == 1.0).all()) for t in seen["a"]) and all(bool((t == 2.0).all()) for t in seen["b"])
+
+
+def _relabel(model, train, **options):
+    y = train[1]
+    rows = torch.tensor([0, 1, 2, 3])
+    return gif.relabel(model, train, rows, (y[rows] + 1) % 3, newton_steps=2, **options)
+
+
+@pytest.mark.parametrize("accept", [0.0, 1.01])
+def test_solver_auto_is_guarded_by_the_validation_objective(monkeypatch, accept):
+    """K-FAC kept when its validation objective reaches the threshold; else the method's own solver
+    is run too and the edit with the higher objective kept, both runs' work counted."""
+    from gif import method_choice
+
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    kfac, cg = _relabel(model, train, solver="kfac"), _relabel(model, train, solver="cg")
+    monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", accept)
+    out = _relabel(model, train)  # the relabel default: solver="auto"
+    guard = out.report["solver_choice"]["guard"]
+    objective = {r.report["options"]["solver"]: r.report["metrics"]["after"]["objective"] for r in (kfac, cg)}
+    if accept == 0.0:
+        assert guard == {"threshold": 0.0, "objectives": {"kfac": objective["kfac"]}, "kept": "kfac"}
+        assert torch.equal(out.delta, kfac.delta) and out.report["work"] == kfac.report["work"]
+        return
+    assert guard["objectives"] == objective
+    best = max(
+        (kfac, cg), key=lambda r: (r.report["metrics"]["after"]["objective"], r is kfac)
+    )  # a tie keeps K-FAC
+    assert guard["kept"] == out.report["solver_choice"]["chosen"] == best.report["options"]["solver"]
+    assert torch.equal(out.delta, best.delta)
+    assert out.report["work"] == {
+        k: kfac.report["work"][k] + cg.report["work"][k] for k in kfac.report["work"]
+    }
+    assert out.report["hvps"] == out.report["work"]["hvps"] > 0
+
+
+def test_a_solver_named_by_the_request_is_not_guarded():
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    assert "solver_choice" not in _relabel(model, train, solver="kfac").report
