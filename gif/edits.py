@@ -46,7 +46,8 @@ def remove(
 
     Options are a :class:`gif.EditConfig` (``config``) and/or its fields as keywords (method,
     selection, ratio, damping, solver, hessian_samples, step, newton_steps, seed, ...), which
-    replace the config's; unset ones come from the task's default method (``gif``) and that
+    replace the config's; unset ones come from the method — by default ``auto``: FIF on the
+    classifier's head for a whole class, GIF otherwise (gif/method_choice.py) — and that
     method's measured defaults (docs/engine.md, "Defaults").
 
     ``cache`` (a :class:`gif.cache.Cache`) stores the selection, gradients, influence solves
@@ -99,9 +100,9 @@ def relabel(
 
     Options, ``cache``, ``holdout`` and ``reference`` as for :func:`remove` (the audit's forget
     set is the relabelled samples under their old labels). The default here is ``if`` over all
-    parameters with CG; on CNNs ``solver="auto"`` (Kronecker-factored curvature where the model
-    allows it, gif/newton.py ``choose_solver``) relabels as well at a third to a tenth of the cost
-    (docs/benchmarks.md, "Choosing the relabel default").
+    parameters with ``solver="auto"``: Kronecker-factored curvature where the model allows it,
+    redone with CG when the K-FAC edit's validation objective falls short (gif/method_choice.py,
+    ``guarded``; docs/benchmarks.md, "A relabel default guarded by validation").
     """
     opts = resolve("relabel", EditConfig, config, options)
     x, y = as_pair(train, what="train")
