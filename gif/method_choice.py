@@ -6,9 +6,9 @@ Removing a whole class is a change of what the classifier outputs, and the logit
 (the head) carries it: FIF restricted to the head — (H[T,T] + λI)⁻¹ g[T] over the head's weight
 and bias, then Newton steps walked by validation — removes the class to 0% while keeping the
 retained accuracy at retraining's, on every model measured (an MLP and TinyNet on digits, TinyNet
-and ResNet-18 on MNIST-5k, a ViT), and it runs on features computed once (gif/head_edit.py): 1–4%
-of retraining's time where GIF's 5% of every layer took 60–145% (docs/benchmarks.md,
-"Edit ÷ retraining"). A linear probe finds the class in the features afterwards, as it does in the
+and ResNet-18 on MNIST-5k, a ViT, an exported CNN), and it runs on features computed once
+(gif/head_edit.py): 1–10% of retraining's time where GIF's 5% of every layer took 50–250%
+(docs/benchmarks.md, "Class removal at the defaults"). A linear probe finds the class in the features afterwards, as it does in the
 model GIF edits and in the model retrained without it (bench/feature_probe.py): the head edit
 changes what the model answers, not what its backbone computes.
 
