@@ -60,7 +60,7 @@ VARIANTS: dict[str, dict] = {
 
 def head_names(model, x) -> list[str]:
     """``[<name of the logits' Linear layer>.*]``."""
-    found = named_head(model, x[:1])
+    found = named_head(model, x)
     assert found is not None, "the model's logits are not a Linear layer's output"
     return [f"{found[0]}.*"]
 

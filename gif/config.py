@@ -325,8 +325,7 @@ class EditConfig(SolveConfig):
     )
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, EDIT_METHODS)
-        for name, value in EDIT_PRESETS.get(self.method, {}).items():
+        for name, value in EDIT_PRESETS.get(self.method, {}).items():  # the method is checked below
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         super().__post_init__()

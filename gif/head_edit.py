@@ -37,9 +37,9 @@ from .cache import Cache, Memo
 from .config import EDIT_PRESETS, EditConfig
 from .data import Batch, DataLike, as_pair
 from .hessian import LossFn, Work
-from .inputs import Inputs, take, to
+from .inputs import Inputs, take
 from .inverse import choose_solver
-from .loo_head import feature_chunks, named_head
+from .loo_head import feature_chunks, head_parameter_names, named_head
 from .newton import AuditInputs, Edit, EditResult, Task
 from .params import ParamSpace
 from .progress import ProgressCallback, StopCheck
@@ -62,12 +62,11 @@ def frozen_head(model: nn.Module, x: Inputs, config: EditConfig, *, whole_networ
     was given something that belongs to the whole network (a ``lowrank`` fit, a reference)."""
     if whole_network:
         return None
-    device = next(model.parameters()).device
-    found = named_head(model, to(take(x, slice(0, 1)), device))
+    found = named_head(model, x)
     if found is None or not found[0]:
         return None  # no head, or the model is the Linear layer: there is no network to skip
     path, module = found
-    own = {f"{path}.{name}" for name, _ in module.named_parameters()}
+    own = head_parameter_names(path, module)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     if set(trainable) <= own:
         return Head(path, module)

@@ -62,11 +62,18 @@ def head_of(model: nn.Module, inputs: Inputs) -> nn.Linear | None:
 
 
 def named_head(model: nn.Module, inputs: Inputs) -> tuple[str, nn.Linear] | None:
-    """The head (:func:`head_of`) and its name in ``model`` (``""`` when the model is the layer)."""
-    head = head_of(model, inputs)
+    """The head (:func:`head_of`, found on the first sample of ``inputs``, moved to the model's
+    device) and its name in ``model`` (``""`` when the model is the layer)."""
+    device = next(model.parameters()).device
+    head = head_of(model, to(take(inputs, slice(0, 1)), device))
     if head is None:
         return None
     return next(name for name, m in model.named_modules() if m is head), head
+
+
+def head_parameter_names(path: str, head: nn.Module) -> set[str]:
+    """The names in the model of the parameters of ``head`` (``path``: its name there)."""
+    return {f"{path}.{name}" if path else name for name, _ in head.named_parameters()}
 
 
 def loo_margins(

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from torch import nn
 
 from .config import EDIT_PRESETS, EditConfig
-from .inputs import Inputs, take, to
+from .inputs import Inputs
 from .loo_head import named_head
 from .newton import EditResult
 
@@ -80,8 +80,7 @@ def _why_not_head(
     named = [n for n in ("selection", "ratio", "param_names") if getattr(config, n) is not None]
     if named:
         return f"the request names the parameters to change ({', '.join(named)})"
-    device = next(model.parameters()).device
-    found = named_head(model, to(take(inputs, slice(0, 1)), device))
+    found = named_head(model, inputs)
     if found is None or not found[0]:
         return "no Linear layer inside the model computes its logits"
     if not all(p.requires_grad for p in found[1].parameters()):

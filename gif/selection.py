@@ -72,8 +72,8 @@ from ._util import forward_hooks
 from .config import STRATEGIES
 from .data import Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
-from .inputs import call, take, to
-from .loo_head import named_head
+from .inputs import call
+from .loo_head import head_parameter_names, named_head
 from .params import ParamSlot, ParamSpace
 
 __all__ = ["STRATEGIES", "select", "selection_summary"]
@@ -222,15 +222,14 @@ def _head(model: nn.Module, space: ParamSpace, data: DataLike | None) -> torch.T
     """Sorted flat indices of the trainable parameters of the Linear layer computing the logits."""
     if data is None:
         raise InvalidArgumentError("`strategy='head'` needs the edited samples to find the model's head")
-    inputs, _ = as_pair(data, what="data")
-    device = next(model.parameters()).device
-    found = named_head(model, to(take(inputs, slice(0, 1)), device))
+    found = named_head(model, as_pair(data, what="data")[0])
     if found is None:
         raise InvalidArgumentError(
             "`strategy='head'` needs logits computed by a last Linear layer run once per forward pass"
         )
-    path = found[0]
-    slots = [space.slot(n) for n in space.names if (n.rsplit(".", 1)[0] if "." in n else "") == path]
+    path, head = found
+    own = head_parameter_names(path, head)
+    slots = [space.slot(n) for n in space.names if n in own]
     if not slots:
         raise InvalidArgumentError(f"the head `{path}` has no trainable parameter")
     return torch.sort(torch.cat([torch.arange(s.offset, s.stop) for s in slots])).values
