@@ -32,7 +32,7 @@ METHODS: dict[str, dict] = {
     "GIF 5%": {"method": "gif"},
     "GIF 5%, 1 Newton step": {"method": "gif", "newton_steps": 1},
     "FIF 20%": {"method": "fif"},
-    "IF 100%": {"method": "if"},
+    "IF 100%, guarded K-FAC (the default before the head first)": {"method": "if"},
     "IF 100%, CG (the default until 2026-12-06)": {"method": "if", "solver": "cg"},
     "SIF 100%": {"method": "sif"},
     "paper: GIF 5% outputs, Neumann 200": {

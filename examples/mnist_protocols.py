@@ -40,6 +40,7 @@ METHODS: dict[str, dict] = {
     "default": {},
     "GIF 5%": {"method": "gif"},
     "IF + CG": {"method": "if", "solver": "cg"},
+    "IF, guarded K-FAC": {"method": "if"},
     "hessian 512": {"hessian_samples": 512},
     "IF + K-FAC": {"method": "if", "solver": "kfac"},
     "IF + EK-FAC": {"method": "if", "solver": "ekfac"},

@@ -101,10 +101,10 @@ VERB_DEFAULTS: dict[str, dict[str, Any]] = {
     # auto: FIF on the classifier's head for a whole class where the logits come from a Linear
     # layer, else GIF (gif/method_choice.py; docs/benchmarks.md, "Edit ÷ retraining")
     "remove": {"method": "auto"},
-    # auto: K-FAC where the curvature can be factored, redone with CG when the K-FAC edit's
-    # validation objective ends low (gif/method_choice.py, ``guarded``; docs/benchmarks.md, "A
-    # relabel default guarded by validation")
-    "relabel": {"method": "if", "solver": "auto"},
+    # auto: FIF on the head where that edit generalises to held-out relabelled samples, else IF;
+    # solver auto: K-FAC where the curvature can be factored, redone with the method's solver
+    # when the K-FAC edit's validation objective ends low (gif/method_choice.py)
+    "relabel": {"method": "auto", "solver": "auto"},
 }
 
 

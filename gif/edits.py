@@ -14,12 +14,12 @@ from . import head_edit
 from ._util import eval_mode
 from .cache import Cache
 from .config import EditConfig, resolve
-from .data import Batch, DataLike, as_pair
+from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
-from .method_choice import choose_method, guarded
-from .newton import AuditInputs, Edit, EditResult, Task, relabel_loss
+from .method_choice import CHECK_FRACTION, choose_method, guarded, head_first
+from .newton import AuditInputs, Edit, EditResult, Request, Task, relabel_loss
 from .progress import ProgressCallback, StopCheck
 from .solvers import LowRankHessian
 
@@ -76,7 +76,9 @@ def remove(
         scale=-index.numel() / (len(y) - index.numel()),
         forget_class=forget_class,
     )
-    return _run(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit)
+    return _run(
+        Request(model, (x, y), task, base, validation, lowrank, callback, should_stop, cache, audit), opts
+    )
 
 
 def relabel(
@@ -130,7 +132,9 @@ def relabel(
         scale=index.numel() / len(y),
         new_labels=new,
     )
-    return _run(model, (x, y), task, opts, validation, base, lowrank, callback, should_stop, cache, audit)
+    return _run(
+        Request(model, (x, y), task, base, validation, lowrank, callback, should_stop, cache, audit), opts
+    )
 
 
 def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
@@ -141,36 +145,34 @@ def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
 # -- internals ------------------------------------------------------------------------------------
 
 
-def _run(
-    model: nn.Module, train: Batch, task: Task, opts: EditConfig, validation: DataLike | None, loss_fn: LossFn,
-    lowrank: LowRankHessian | None, callback: ProgressCallback | None, should_stop: StopCheck | None,
-    cache: Cache | None, audit: AuditInputs,
-) -> EditResult:  # fmt: skip
+def _run(request: Request, opts: EditConfig) -> EditResult:
     """The edit with its method chosen and its ``solver="auto"`` guarded (gif/method_choice.py), on
     the head's features alone where that is the same computation (gif/head_edit.py)."""
-    opts, choice = choose_method(opts, model, train[0], task.kind, task.forget_class is not None)
-    head = head_edit.frozen_head(model, train[0], opts, whole_network=lowrank is not None)
+    x = request.train[0]
+    requested = opts
+    opts, choice = choose_method(opts, request.model, x, request.task)
+    computed: dict[str, head_edit.Features] = {}
+
+    def features(head: head_edit.Head, config: EditConfig) -> head_edit.Features:
+        if head.path not in computed:  # once per request, whichever edits run on them
+            computed[head.path] = head_edit.features(head, request, config)
+        return computed[head.path]
 
     def run(config: EditConfig) -> EditResult:
+        head = head_edit.frozen_head(request.model, x, config, whole_network=request.lowrank is not None)
         if head is not None:
-            return head_edit.run(
-                head, model, train, task, config, validation, loss_fn, callback, should_stop, cache, audit
-            )
-        return Edit(
-            model,
-            train,
-            task,
-            config,
-            validation,
-            loss_fn,
-            lowrank,
-            callback,
-            should_stop,
-            cache,
-            audit=audit,
-        ).run()
+            return head_edit.run(features(head, config), request, config)
+        return Edit(request, config).run()
 
-    result = guarded(run, opts)
+    def check(config: EditConfig) -> dict:
+        head = head_edit.frozen_head(request.model, x, config, whole_network=False)
+        assert head is not None
+        return head_edit.held_out_check(features(head, config), request, config, CHECK_FRACTION)
+
+    if choice is not None and "fallback" in choice:
+        result = head_first(run, check, opts, requested.replace(method=choice["fallback"]), choice)
+    else:
+        result = guarded(run, opts)
     if choice is not None:
         result.report["method_choice"] = choice
     return result

@@ -33,16 +33,16 @@ import torch
 from torch import nn
 
 from .audit import audit_sets, run_audit
-from .cache import Cache, Memo
+from .cache import Memo
 from .config import EDIT_PRESETS, EditConfig
-from .data import Batch, DataLike, as_pair
-from .hessian import LossFn, Work
+from .data import Batch, as_pair
+from .hessian import Work
 from .inputs import Inputs, take
 from .inverse import choose_solver
 from .loo_head import feature_chunks, head_parameter_names, named_head
-from .newton import AuditInputs, Edit, EditResult, Task
+from .metrics import evaluate
+from .newton import AuditInputs, Edit, EditResult, Request
 from .params import ParamSpace
-from .progress import ProgressCallback, StopCheck
 
 #: Samples per forward pass of the whole network when computing the features (no graph is kept,
 #: so the pass holds one chunk's activations at a time; the edit's own chunk size is for the head).
@@ -81,26 +81,30 @@ def frozen_head(model: nn.Module, x: Inputs, config: EditConfig, *, whole_networ
     return None
 
 
-def run(
-    head: Head,
-    model: nn.Module,
-    train: Batch,
-    task: Task,
-    config: EditConfig,
-    validation: DataLike | None,
-    loss_fn: LossFn,
-    callback: ProgressCallback | None,
-    should_stop: StopCheck | None,
-    cache: Cache | None,
-    audit: AuditInputs,
-) -> EditResult:
-    """The edit of ``head`` on its features; the result as for the whole model."""
+@dataclasses.dataclass
+class Features:
+    """The head's inputs for one request, computed once: for the training data, the validation
+    data and the audit's holdout (each given or None), with the seconds it took and what the
+    cache served."""
+
+    head: Head
+    train: torch.Tensor
+    validation: Batch | None
+    holdout: Batch | None
+    seconds: float
+    cache: dict
+
+
+def features(head: Head, request: Request, config: EditConfig) -> Features:
+    """One forward pass of the whole network over each set, stopped at the head's input (with a
+    cache: an entry per set, kind ``features``)."""
     start = time.perf_counter()
+    model = request.model
     device = next(model.parameters()).device
-    memo = Memo(cache)
+    memo = Memo(request.cache)
     whole = memo.model(model)
 
-    def features(inputs: Inputs) -> torch.Tensor:
+    def of(inputs: Inputs) -> torch.Tensor:
         def compute() -> torch.Tensor:
             chunks = feature_chunks(model, head.module, inputs, min(config.chunk_size, FEATURE_CHUNK), device)
             return torch.cat(list(chunks))
@@ -108,31 +112,92 @@ def run(
         key = {"model": whole, "data": memo.data(inputs), "layer": head.path}
         return memo.tensor("features", key, compute, device=device)
 
-    x, y = train
-    f = features(x)
-    val = None if validation is None else as_pair(validation, what="validation")
-    val_f = None if val is None else (features(val[0]), val[1])
-    holdout = None if audit.holdout is None else (features(audit.holdout[0]), audit.holdout[1])
-    seconds = time.perf_counter() - start
-    config, choice = choose_solver(config, model, loss_fn, EDIT_PRESETS[config.method]["solver"])
+    f = of(request.train[0])
+    val = None if request.validation is None else as_pair(request.validation, what="validation")
+    holdout = request.audit.holdout
+    return Features(
+        head,
+        f,
+        None if val is None else (of(val[0]), val[1]),
+        None if holdout is None else (of(holdout[0]), holdout[1]),
+        time.perf_counter() - start,
+        memo.report(),
+    )
+
+
+def run(feats: Features, request: Request, config: EditConfig) -> EditResult:
+    """The edit of the head on its features; the result as for the whole model."""
+    model, head = request.model, feats.head
+    config, choice = choose_solver(config, model, request.loss_fn, EDIT_PRESETS[config.method]["solver"])
     surrogate = _Surrogate(head.path, copy.deepcopy(head.module))
-    result = Edit(
-        surrogate, (f, y), dataclasses.replace(task, target=(take(f, task.index), task.target[1])), config,
-        val_f, loss_fn, None, callback, should_stop, cache, audit=AuditInputs(holdout=holdout),
-    ).run()  # fmt: skip
+    result = Edit(_on_features(feats, request, surrogate), config).run()
     edited = copy.deepcopy(model)
     edited.get_submodule(head.path).load_state_dict(result.model.get_submodule(head.path).state_dict())
     delta, params = _in_whole_model(model, surrogate, result)
     report = result.report
-    if audit.reference is not None:
-        report["audit"] = _whole_model_audit(model, edited, train, task, audit, config.seed, report["work"])
+    if request.audit.reference is not None:
+        report["audit"] = _whole_model_audit(model, edited, request, config.seed, report["work"])
     if choice is not None:
         report["solver_choice"] = choice
     report["head_features"] = {
-        "layer": head.path, "features": int(f.shape[1]), "seconds": round(seconds, 4), "cache": memo.report(),
+        "layer": head.path, "features": int(feats.train.shape[1]), "seconds": round(feats.seconds, 4),
+        "cache": feats.cache,
     }  # fmt: skip
-    report["timings"]["features"] = round(seconds, 4)
+    report["timings"]["features"] = round(feats.seconds, 4)
     return EditResult(edited, delta, params, report)
+
+
+def held_out_check(feats: Features, request: Request, config: EditConfig, fraction: float) -> dict:
+    """Does a relabel of the head generalise to relabelled samples it did not see?
+
+    A seeded ``fraction`` of the relabelled samples is held out — dropped from the training
+    data altogether, so that their old labels do not pull against the edit — and the same edit
+    is run on the rest. Returned: the accuracy under the new labels of the samples the check
+    edited (``edited``) and of the held-out ones (``held_out``), their counts, and the work."""
+    task = request.task
+    assert task.kind == "relabel" and task.new_labels is not None
+    n, k = len(request.train[1]), task.index.numel()
+    order = torch.randperm(k, generator=torch.Generator().manual_seed(config.seed))
+    held = torch.sort(order[: max(1, round(fraction * k))]).values
+    kept = torch.sort(order[held.numel() :]).values
+    keep_rows = torch.ones(n, dtype=torch.bool)
+    keep_rows[task.index[held]] = False
+    position = torch.cumsum(keep_rows, 0) - 1  # row of each kept sample in the reduced data
+    index = position[task.index[kept]]
+    train = (take(request.train[0], keep_rows), request.train[1][keep_rows])
+    sub = dataclasses.replace(
+        task, index=index, target=(take(train[0], index), task.target[1][kept]),
+        scale=index.numel() / (n - held.numel()), new_labels=task.new_labels[kept],
+    )  # fmt: skip
+    reduced = dataclasses.replace(feats, train=feats.train[keep_rows.to(feats.train.device)], holdout=None)
+    check = run(reduced, dataclasses.replace(request, train=train, task=sub, callback=None, audit=AuditInputs()),
+                config)  # fmt: skip
+    edited_head = check.model.get_submodule(feats.head.path)
+    new = task.new_labels.to(feats.train.device)
+    rows = task.index.to(feats.train.device)
+
+    def accuracy(part: torch.Tensor) -> float:
+        return evaluate(edited_head, feats.train[rows[part]], new[part], loss_fn=request.loss_fn).accuracy
+
+    return {
+        "edited": accuracy(kept), "held_out": accuracy(held), "samples": [kept.numel(), held.numel()],
+        "work": check.report["work"],
+    }  # fmt: skip
+
+
+def _on_features(feats: Features, request: Request, surrogate: nn.Module) -> Request:
+    """The request as the surrogate sees it: features in place of inputs."""
+    task = request.task
+    _, y = request.train
+    return dataclasses.replace(
+        request,
+        model=surrogate,
+        train=(feats.train, y),
+        task=dataclasses.replace(task, target=(take(feats.train, task.index), task.target[1])),
+        validation=feats.validation,
+        lowrank=None,
+        audit=AuditInputs(holdout=feats.holdout),
+    )
 
 
 class _Surrogate(nn.Module):
@@ -154,14 +219,12 @@ class _Surrogate(nn.Module):
         return self.get_submodule(self.path)(features)
 
 
-def _whole_model_audit(
-    model: nn.Module, edited: nn.Module, train: Batch, task: Task, audit: AuditInputs, seed: int, work: dict
-) -> dict:
+def _whole_model_audit(model: nn.Module, edited: nn.Module, request: Request, seed: int, work: dict) -> dict:
     """The forgetting audit of the input and edited models against the reference (gif/audit.py),
     on the inputs themselves: the reference computes its own features. Its forward evaluations
     are added to the report's ``work``."""
-    spent = Work()
-    sets = audit_sets(train, task.index, audit.holdout, seed=seed)
+    spent, audit = Work(), request.audit
+    sets = audit_sets(request.train, request.task.index, audit.holdout, seed=seed)
     figures = run_audit(model, edited, sets, audit.reference, spent)
     work["forward_evaluations"] += spent.forward_evaluations
     return figures

@@ -97,33 +97,38 @@ def relabel_loss(base: LossFn) -> LossFn:
     return loss
 
 
+@dataclass
+class Request:
+    """What one edit request brings besides its configuration: the model and training data, the
+    task, and the optional validation data, loss, curvature fit, progress hooks, cache and audit
+    inputs. Every way of running an edit (the whole network, the head's features) takes one."""
+
+    model: nn.Module
+    train: Batch
+    task: Task
+    loss_fn: LossFn
+    validation: DataLike | None = None
+    lowrank: LowRankHessian | None = None
+    callback: ProgressCallback | None = None
+    should_stop: StopCheck | None = None
+    cache: Cache | None = None
+    audit: AuditInputs = dataclasses.field(default_factory=AuditInputs)
+
+
 class Edit:
     """One edit: its data, caches and counters, the Newton loop (:meth:`run`), and the report."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        train: Batch,
-        task: Task,
-        config: EditConfig,
-        validation: DataLike | None,
-        loss_fn: LossFn,
-        lowrank: LowRankHessian | None,
-        callback: ProgressCallback | None,
-        should_stop: StopCheck | None,
-        cache: Cache | None,
-        *,
-        audit: AuditInputs | None = None,
-    ) -> None:
+    def __init__(self, request: Request, config: EditConfig) -> None:
+        model, task, loss_fn, validation = request.model, request.task, request.loss_fn, request.validation
         config, self.solver_choice = choose_solver(
             config, model, loss_fn, EDIT_PRESETS[config.method]["solver"]
         )
         self.task, self.config, self.loss_fn = task, config, loss_fn
-        self.original, self.audit_inputs = model, audit or AuditInputs()
-        self.callback, self.should_stop, self.cache = callback, should_stop, cache
-        self.notify: ProgressCallback = callback or (lambda event: None)
+        self.original, self.audit_inputs = model, request.audit
+        self.callback, self.should_stop, self.cache = request.callback, request.should_stop, request.cache
+        self.notify: ProgressCallback = self.callback or (lambda event: None)
         self.clock, self.work = Stopwatch(), Work()
-        x, y = self.train = train
+        x, y = self.train = request.train
         self.gen = torch.Generator().manual_seed(config.seed)
         self.splits = split(len(y), task.index, validation is None, config, self.gen)
         self.validation_given = validation is not None
@@ -135,8 +140,10 @@ class Edit:
         self.hessian_data = (take(x, self.splits.hessian), y[self.splits.hessian])
         self.drift_data = (take(x, self.splits.drift), y[self.splits.drift])
         self.model = copy.deepcopy(model)
-        self.memo = Memo(cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute")
-        self.solves = CachedSolves(self.memo, lowrank)  # one curvature fit serves every Newton step
+        self.memo = Memo(
+            self.cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute"
+        )
+        self.solves = CachedSolves(self.memo, request.lowrank)  # one curvature fit serves every Newton step
         self.ids = Ids.of(self.memo, self.model, task, self.hessian_data, self.drift_data, loss_fn)
 
     def run(self) -> EditResult:

@@ -11,7 +11,7 @@ from gif.config import EditConfig, resolve
 from gif.edits import class_indices
 from gif.hessian import cross_entropy
 from gif.method_choice import choose_method
-from gif.newton import AuditInputs, Edit, Task
+from gif.newton import AuditInputs, Edit, Request, Task
 
 from .conftest import BUILDERS, make_data
 
@@ -22,14 +22,14 @@ HEADS = {"mlp": "2", "cnn": "5", "embed": "head"}
 def whole_network_removal(model, train, cls: int, holdout=None, reference=None, **options):
     """The class removal on the whole network: gif.edits' own path, without the shortcut."""
     x, y = train
-    opts, _ = choose_method(resolve("remove", EditConfig, None, options), model, x, "remove", True)
     index = class_indices(y, cls)
     task = Task(
         kind="remove", index=index, target=(x[index], y[index]), target_loss=cross_entropy,
         scale=-index.numel() / (len(y) - index.numel()), forget_class=cls,
     )  # fmt: skip
+    opts, _ = choose_method(resolve("remove", EditConfig, None, options), model, x, task)
     audit = AuditInputs(holdout=holdout, reference=reference)
-    return Edit(model, train, task, opts, None, cross_entropy, None, None, None, None, audit=audit).run()
+    return Edit(Request(model, train, task, cross_entropy, audit=audit), opts).run()
 
 
 def leaves(tree, prefix=""):
@@ -81,12 +81,12 @@ def test_a_relabel_of_a_frozen_backbone_is_the_same_on_the_head():
     x, y = train
     rows, new = torch.tensor([3, 7, 11]), (y[[3, 7, 11]] + 1) % 3
     fast = gif.relabel(model, train, rows, new, newton_steps=2)
-    opts = resolve("relabel", EditConfig, None, {"newton_steps": 2})
+    opts = resolve("relabel", EditConfig, None, {"method": "if", "newton_steps": 2})
     task = Task(
         kind="relabel", index=rows, target=(x[rows], torch.stack([y[rows], new], dim=1)),
         target_loss=gif.newton.relabel_loss(cross_entropy), scale=3 / N, new_labels=new,
     )  # fmt: skip
-    whole = Edit(model, train, task, opts, None, cross_entropy, None, None, None, None).run()
+    whole = Edit(Request(model, train, task, cross_entropy), opts).run()
     assert_same_edit(fast, whole)
 
 

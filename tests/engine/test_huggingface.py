@@ -209,7 +209,7 @@ def test_an_edit_of_the_classifier_alone_runs_on_its_features_with_the_same_resu
     same edit on the whole BERT gives the same weights."""
     from gif.config import EditConfig, resolve
     from gif.hessian import cross_entropy
-    from gif.newton import Edit, Task
+    from gif.newton import Edit, Request, Task
 
     model = tiny_bert(seed=1)
     x, y = token_data(60, seed=5)
@@ -222,7 +222,7 @@ def test_an_edit_of_the_classifier_alone_runs_on_its_features_with_the_same_resu
         scale=-6 / 54,
     )  # fmt: skip
     opts = resolve("remove", EditConfig, None, options)
-    whole = Edit(model, (x, y), task, opts, None, cross_entropy, None, None, None, None).run()
+    whole = Edit(Request(model, (x, y), task, cross_entropy), opts).run()
     assert "head_features" not in whole.report
     assert all(step["step"]["scale"] > 0 for step in fast.report["newton_steps"])  # two steps taken
     for name, value in whole.model.state_dict().items():

@@ -63,9 +63,11 @@ def test_a_sample_removal_gets_gif_and_a_relabel_if():
     assert "not of a whole class" in samples.report["method_choice"]["reason"]
     assert samples.report["options"]["damping"] == gif.config.EDIT_PRESETS["gif"]["damping"]
     rows = torch.tensor([0, 1])
-    relabel = gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, method="auto", newton_steps=1)
-    assert relabel.report["method_choice"]["chosen"] == "if"
-    assert "method_choice" not in gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, newton_steps=1).report
+    relabel = gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, newton_steps=1)  # the default: auto
+    assert relabel.report["method_choice"]["chosen"] == "if" and "head_first" not in relabel.report["method_choice"]
+    assert "fewer than 20 samples relabelled" in relabel.report["method_choice"]["reason"]
+    explicit = gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, method="if", newton_steps=1)
+    assert "method_choice" not in explicit.report and torch.equal(explicit.delta, relabel.delta)
 
 
 class Scaled(nn.Module):
@@ -153,3 +155,79 @@ def test_solver_auto_is_guarded_by_the_validation_objective(monkeypatch, accept)
 def test_a_solver_named_by_the_request_is_not_guarded():
     model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
     assert "solver_choice" not in _relabel(model, train, solver="kfac").report
+
+
+def _relabel_many(model, train, **options):
+    """A relabel of 24 samples: enough for the head-first default's held-out check."""
+    y = train[1]
+    rows = torch.arange(0, 72, 3)
+    return rows, gif.relabel(model, train, rows, (y[rows] + 1) % 3, newton_steps=2, **options)
+
+
+def _work_sum(*reports):
+    return {k: sum(r["work"][k] for r in reports) for k in reports[0]["work"]}
+
+
+def test_a_relabel_keeps_the_head_edit_when_it_generalises(monkeypatch):
+    from gif import method_choice
+
+    monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", 0.0)
+    monkeypatch.setattr(method_choice, "MAX_GENERALISATION_GAP", 1.0)
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    _, out = _relabel_many(model, train)
+    choice = out.report["method_choice"]
+    assert (choice["chosen"], choice["selection"], choice["head_first"]["kept"]) == ("fif", "head", "fif")
+    check = choice["head_first"]["held_out_check"]
+    assert check["samples"] == [18, 6] and check["gap"] == pytest.approx(check["edited"] - check["held_out"])
+    _, head = _relabel_many(model, train, method="fif", selection="head", solver="minres")
+    assert torch.equal(out.delta, head.delta)
+    assert changed(model, out.model) <= {"2.weight", "2.bias"} and out.report["options"]["solver"] == "minres"
+    assert out.report["work"]["forward_evaluations"] > head.report["work"]["forward_evaluations"]  # + the check
+
+
+@pytest.mark.parametrize(("accept", "gap", "checked"), [(1.01, 1.0, False), (0.0, -1.0, True)])
+def test_a_relabel_falls_back_to_if_when_the_head_edit_falls_short(monkeypatch, accept, gap, checked):
+    """Below the objective threshold (no check run) or failing the held-out check, the edit is IF's
+    (solver auto, guarded) and counts the head attempt's work too."""
+    from gif import method_choice
+
+    monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", accept)
+    monkeypatch.setattr(method_choice, "MAX_GENERALISATION_GAP", gap)
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    _, out = _relabel_many(model, train)
+    choice = out.report["method_choice"]
+    assert (choice["chosen"], choice["head_first"]["kept"]) == ("if", "if")
+    assert ("held_out_check" in choice["head_first"]) is checked
+    assert out.report["options"]["method"] == "if" and "head_features" not in out.report
+    _, fallback = _relabel_many(model, train, method="if")
+    _, head = _relabel_many(model, train, method="fif", selection="head", solver="minres")
+    assert torch.equal(out.delta, fallback.delta)
+    if not checked:
+        assert out.report["work"] == _work_sum(fallback.report, head.report)
+    else:
+        assert out.report["work"]["gradients"] > _work_sum(fallback.report, head.report)["gradients"]
+
+
+def test_the_held_out_check_is_the_edit_without_the_held_out_samples(monkeypatch):
+    """The check's figures are those of the same head edit on the training data with the held-out
+    relabelled samples dropped, evaluated on them and on the samples it relabelled."""
+    from gif import method_choice
+
+    monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", 0.0)
+    model, (x, y) = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    rows, out = _relabel_many(model, (x, y), seed=3)
+    check = out.report["method_choice"]["head_first"]["held_out_check"]
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(3))
+    held, kept = torch.sort(order[:6]).values, torch.sort(order[6:]).values
+    keep = torch.ones(N, dtype=torch.bool)
+    keep[rows[held]] = False
+    position = torch.cumsum(keep, 0) - 1
+    new = (y[rows] + 1) % 3
+    solver = out.report["options"]["solver"]  # the check runs with the solver the head edit kept
+    reduced = gif.relabel(
+        model, (x[keep], y[keep]), position[rows[kept]], new[kept], method="fif", selection="head",
+        newton_steps=2, seed=3, solver=solver,
+    )  # fmt: skip
+    edited = gif.metrics.evaluate(reduced.model, x[rows[kept]], new[kept]).accuracy
+    held_out = gif.metrics.evaluate(reduced.model, x[rows[held]], new[held]).accuracy
+    assert (check["edited"], check["held_out"]) == pytest.approx((edited, held_out))
