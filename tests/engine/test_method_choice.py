@@ -64,7 +64,10 @@ def test_a_sample_removal_gets_gif_and_a_relabel_if():
     assert samples.report["options"]["damping"] == gif.config.EDIT_PRESETS["gif"]["damping"]
     rows = torch.tensor([0, 1])
     relabel = gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, newton_steps=1)  # the default: auto
-    assert relabel.report["method_choice"]["chosen"] == "if" and "head_first" not in relabel.report["method_choice"]
+    assert (
+        relabel.report["method_choice"]["chosen"] == "if"
+        and "head_first" not in relabel.report["method_choice"]
+    )
     assert "fewer than 20 samples relabelled" in relabel.report["method_choice"]["reason"]
     explicit = gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, method="if", newton_steps=1)
     assert "method_choice" not in explicit.report and torch.equal(explicit.delta, relabel.delta)
@@ -182,7 +185,9 @@ def test_a_relabel_keeps_the_head_edit_when_it_generalises(monkeypatch):
     _, head = _relabel_many(model, train, method="fif", selection="head", solver="minres")
     assert torch.equal(out.delta, head.delta)
     assert changed(model, out.model) <= {"2.weight", "2.bias"} and out.report["options"]["solver"] == "minres"
-    assert out.report["work"]["forward_evaluations"] > head.report["work"]["forward_evaluations"]  # + the check
+    assert (
+        out.report["work"]["forward_evaluations"] > head.report["work"]["forward_evaluations"]
+    )  # + the check
 
 
 @pytest.mark.parametrize(("accept", "gap", "checked"), [(1.01, 1.0, False), (0.0, -1.0, True)])
