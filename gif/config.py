@@ -243,8 +243,9 @@ class EditConfig(SolveConfig):
     method: EditMethod = field(  # type: ignore[assignment]
         default="auto",
         metadata=_meta(
-            "auto | if | fif | gif | sif (docs/method.md); auto: fif on the classifier's head for a "
-            "whole-class removal where a Linear layer computes the logits, else gif (remove) / if (relabel)"
+            "auto | if | fif | gif | sif (docs/method.md); auto: fif on the classifier's head where a "
+            "Linear layer computes the logits, for a whole-class removal or a relabel whose head edit "
+            "generalises to held-out relabelled samples; else gif (remove) / if (relabel)"
         ),
     )
     damping: float | None = field(

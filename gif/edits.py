@@ -101,10 +101,11 @@ def relabel(
     """Correct labels: training sample ``indices[k]`` gets label ``new_labels[k]``.
 
     Options, ``cache``, ``holdout`` and ``reference`` as for :func:`remove` (the audit's forget
-    set is the relabelled samples under their old labels). The default here is ``if`` over all
-    parameters with ``solver="auto"``: Kronecker-factored curvature where the model allows it,
-    redone with CG when the K-FAC edit's validation objective falls short (gif/method_choice.py,
-    ``guarded``; docs/benchmarks.md, "A relabel default guarded by validation").
+    set is the relabelled samples under their old labels). The default here is ``auto``: FIF on
+    the classifier's head where that edit generalises to relabelled samples held out of it, else
+    ``if`` over all parameters with ``solver="auto"`` — Kronecker-factored curvature where the
+    model allows it, redone with CG when the K-FAC edit's validation objective falls short
+    (gif/method_choice.py; docs/benchmarks.md, "A relabel by the head first").
     """
     opts = resolve("relabel", EditConfig, config, options)
     x, y = as_pair(train, what="train")
