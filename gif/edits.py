@@ -151,7 +151,9 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
     the head's features alone where that is the same computation (gif/head_edit.py)."""
     x = request.train[0]
     requested = opts
-    opts, choice = choose_method(opts, request.model, x, request.task)
+    opts, choice = choose_method(
+        opts, request.model, x, request.task, lowrank_given=request.lowrank is not None
+    )
     computed: dict[str, head_edit.Features] = {}
 
     def features(head: head_edit.Head, config: EditConfig) -> head_edit.Features:
@@ -167,7 +169,7 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
 
     def check(config: EditConfig) -> dict:
         head = head_edit.frozen_head(request.model, x, config, whole_network=False)
-        assert head is not None
+        assert head is not None  # head_first runs only where choose_method chose the head
         return head_edit.held_out_check(features(head, config), request, config, CHECK_FRACTION)
 
     if choice is not None and "fallback" in choice:

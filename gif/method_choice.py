@@ -61,7 +61,7 @@ FALLBACK = {"remove": "gif", "relabel": "if"}
 
 
 def choose_method(
-    config: EditConfig, model: nn.Module, inputs: Inputs, task: Task
+    config: EditConfig, model: nn.Module, inputs: Inputs, task: Task, *, lowrank_given: bool = False
 ) -> tuple[EditConfig, dict | None]:
     """The configuration with a concrete method and, for ``auto``, what was chosen and why.
 
@@ -69,12 +69,15 @@ def choose_method(
     relabel of at least :data:`MIN_CHECKED_SAMPLES` samples, from a model whose logits a
     trainable Linear layer computes, unless the request names the parameters to change itself
     (``selection``, ``ratio`` or ``param_names``); else the verb's fallback (:data:`FALLBACK`).
-    A relabel's head edit is tentative: the choice holds ``fallback`` (:func:`head_first`). Any
+    A relabel's head edit is tentative: the choice holds ``fallback`` (:func:`head_first`); with a
+    ``lowrank`` fit given (the whole network's curvature) a relabel takes the fallback at once. Any
     other method is kept, with no choice to report."""
     if config.method != "auto":
         return config, None
     fallback = FALLBACK[task.kind]
     reason = _why_not_head(config, model, inputs, task)
+    if reason is None and task.kind == "relabel" and lowrank_given:
+        reason = f"a lowrank fit of the whole network was given: {fallback} over the model's parameters"
     choice: dict = {"requested": "auto"}
     if reason is None:
         # the head's block of the Hessian is small: ``auto`` is FIF's own solver there

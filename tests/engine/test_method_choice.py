@@ -236,3 +236,16 @@ def test_the_held_out_check_is_the_edit_without_the_held_out_samples(monkeypatch
     edited = gif.metrics.evaluate(reduced.model, x[rows[kept]], new[kept]).accuracy
     held_out = gif.metrics.evaluate(reduced.model, x[rows[held]], new[held]).accuracy
     assert (check["edited"], check["held_out"]) == pytest.approx((edited, held_out))
+
+
+def test_a_relabel_given_a_whole_network_fit_skips_the_head():
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    rows, fitted = _relabel_many(model, train, method="if", solver="lowrank")
+    assert fitted.lowrank is not None
+    y = train[1]
+    out = gif.relabel(
+        model, train, rows, (y[rows] + 1) % 3, newton_steps=2, solver="lowrank", lowrank=fitted.lowrank
+    )
+    choice = out.report["method_choice"]
+    assert choice["chosen"] == "if" and "lowrank fit" in choice["reason"] and "head_first" not in choice
+    assert torch.equal(out.delta, fitted.delta)
