@@ -20,7 +20,7 @@ from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
 from .method_choice import CHECK_FRACTION, choose_method, guarded, head_first
 from .newton import AuditInputs, Edit, EditResult, Request, Task, relabel_loss
-from .progress import ProgressCallback, StopCheck
+from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian
 
 __all__ = ["EditResult", "class_indices", "relabel", "remove"]
@@ -178,6 +178,8 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
         result = guarded(run, opts)
     if choice is not None:
         result.report["method_choice"] = choice
+    if request.callback is not None:  # once, after every run the choice and the guard made
+        request.callback(Progress("done"))
     return result
 
 

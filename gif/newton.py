@@ -178,7 +178,6 @@ class Edit:
         audit = self._audit()
         report = self._report(params, steps, before, after, delta, theta0)
         report["audit"] = audit
-        self.notify(Progress("done"))
         fit = self.solves.fit
         return EditResult(model, delta, params, report, fit if isinstance(fit, LowRankHessian) else None)
 

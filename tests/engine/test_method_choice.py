@@ -249,3 +249,19 @@ def test_a_relabel_given_a_whole_network_fit_skips_the_head():
     choice = out.report["method_choice"]
     assert choice["chosen"] == "if" and "lowrank fit" in choice["reason"] and "head_first" not in choice
     assert torch.equal(out.delta, fitted.delta)
+
+
+def test_an_edit_that_runs_twice_reports_done_once_at_the_end(monkeypatch):
+    """The head attempt and the guard's first run are tentative: ``done`` comes once, last."""
+    from gif import method_choice
+
+    monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", 1.01)  # head rejected, then K-FAC and CG
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    events = []
+    _, out = _relabel_many(model, train, callback=events.append)
+    assert (
+        out.report["method_choice"]["head_first"]["kept"] == "if" and "guard" in out.report["solver_choice"]
+    )
+    stages = [e.stage for e in events]
+    assert stages.count("done") == 1 and stages[-1] == "done"
+    assert stages.count("selecting_parameters") == 3  # the head, K-FAC and CG runs
