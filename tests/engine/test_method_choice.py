@@ -127,7 +127,7 @@ def _relabel(model, train, **options):
     return gif.relabel(model, train, rows, (y[rows] + 1) % 3, newton_steps=2, **options)
 
 
-@pytest.mark.parametrize("accept", [0.0, 1.01])
+@pytest.mark.parametrize("accept", [0.0, float("inf")])
 def test_solver_auto_is_guarded_by_the_validation_objective(monkeypatch, accept):
     """K-FAC kept when its validation objective reaches the threshold; else the method's own solver
     is run too and the edit with the higher objective kept, both runs' work counted."""
@@ -190,7 +190,7 @@ def test_a_relabel_keeps_the_head_edit_when_it_generalises(monkeypatch):
     )  # + the check
 
 
-@pytest.mark.parametrize(("accept", "gap", "checked"), [(1.01, 1.0, False), (0.0, -1.0, True)])
+@pytest.mark.parametrize(("accept", "gap", "checked"), [(float("inf"), 1.0, False), (0.0, -1.0, True)])
 def test_a_relabel_falls_back_to_if_when_the_head_edit_falls_short(monkeypatch, accept, gap, checked):
     """Below the objective threshold (no check run) or failing the held-out check, the edit is IF's
     (solver auto, guarded) and counts the head attempt's work too."""
@@ -255,7 +255,7 @@ def test_an_edit_that_runs_twice_reports_done_once_at_the_end(monkeypatch):
     """The head attempt and the guard's first run are tentative: ``done`` comes once, last."""
     from gif import method_choice
 
-    monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", 1.01)  # head rejected, then K-FAC and CG
+    monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", float("inf"))  # head rejected, then K-FAC and CG
     model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
     events = []
     _, out = _relabel_many(model, train, callback=events.append)
@@ -265,3 +265,53 @@ def test_an_edit_that_runs_twice_reports_done_once_at_the_end(monkeypatch):
     stages = [e.stage for e in events]
     assert stages.count("done") == 1 and stages[-1] == "done"
     assert stages.count("selecting_parameters") == 3  # the head, K-FAC and CG runs
+
+
+def test_the_acceptance_bar_is_relative_to_the_best_reachable_objective():
+    """0.98 of F1(1, validation accuracy before the edit): a user's validation data at 90% cannot
+    give an F1 of 0.98, so an absolute bar would reject every edit there."""
+    from gif import method_choice
+    from gif.newton import EditResult
+
+    def result(accuracy: float, unseen: bool = False) -> EditResult:
+        after: dict = {"objective": 0.5, **({"unseen": {}} if unseen else {})}
+        report = {"metrics": {"before": {"validation": {"accuracy": accuracy}}, "after": after}}
+        return EditResult(nn.Linear(1, 1), torch.zeros(1), torch.zeros(1), report)
+
+    assert method_choice.threshold(result(1.0)) == pytest.approx(0.98)
+    assert method_choice.threshold(result(0.9)) == pytest.approx(0.98 * 2 * 0.9 / 1.9)
+    assert method_choice.threshold(result(0.9, unseen=True)) == pytest.approx(0.98)
+
+
+def test_a_head_edit_that_took_no_step_is_not_kept():
+    """Unit test of ``head_first`` alone (stub runs): an unmoved head falls back without a check."""
+    from gif import method_choice
+    from gif.config import EditConfig
+    from gif.newton import EditResult
+
+    def result(method: str, scale: float) -> EditResult:
+        report = {
+            "options": {"method": method, "solver": "minres", "selection": None},
+            "newton_steps": [{"step": {"scale": scale}}],
+            "metrics": {"before": {"validation": {"accuracy": 1.0}}, "after": {"objective": 1.0}},
+            "work": {"gradients": 1, "hvps": 2, "forward_evaluations": 3},
+        }
+        return EditResult(nn.Linear(1, 1), torch.zeros(1), torch.zeros(1), report)
+
+    def run(config):
+        return result(config.method, 0.0)
+
+    def check(config):
+        raise AssertionError("no check for a head that did not move")
+
+    choice: dict = {"fallback": "if"}
+    head, fallback = EditConfig(method="fif", selection="head"), EditConfig(method="if")
+    out = method_choice.head_first(run, check, head, fallback, choice)
+    assert out.report["options"]["method"] == "if" and choice["chosen"] == "if"
+    assert choice["head_first"] == {
+        "objective": 1.0,
+        "threshold": pytest.approx(0.98),
+        "moved": False,
+        "kept": "if",
+    }
+    assert out.report["work"] == {"gradients": 2, "hvps": 4, "forward_evaluations": 6}
