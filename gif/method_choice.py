@@ -17,8 +17,8 @@ Samples (not a class) are remembered throughout the network, so their removal ke
 A relabel tries the head first too (:func:`head_first`), but a head edit can fit the relabelled
 samples without fixing what makes the network mislabel them: on the digits CNN's backdoor it
 left 7-27% of triggered test images at the attacker's label, on MNIST-5k's it generalised to
-them (docs/benchmarks.md, "A relabel by the head first"). So the head edit is kept only when its
-validation objective reaches :data:`ACCEPT_OBJECTIVE` *and* it generalises: the same edit with a
+them (docs/benchmarks.md, "A relabel by the head first"). So the head edit is kept only when it
+took a step, its validation objective reaches :data:`ACCEPT_OBJECTIVE` *and* it generalises: the same edit with a
 quarter of the relabelled samples held out of the training data gets those right under their new
 labels nearly as often as the ones it edited. Otherwise the relabel is IF over every parameter.
 
