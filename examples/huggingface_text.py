@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import tempfile
 import time
@@ -109,7 +110,7 @@ def quality(model: nn.Module, clean: tuple, triggered: dict[str, torch.Tensor]) 
 def repair(client: Client, model: nn.Module, train_set: tuple, index: torch.Tensor, truth: torch.Tensor,
            folder: Path) -> tuple[nn.Module, float, float]:  # fmt: skip
     """The relabel job through the service: the edited model, the wall time end to end and the
-    job's own (started to finished)."""
+    job's own (started to finished). Prints what the engine chose (the report's method_choice)."""
     model.save_pretrained(folder / "poisoned")
     started = time.perf_counter()
     body = {
@@ -121,6 +122,12 @@ def repair(client: Client, model: nn.Module, train_set: tuple, index: torch.Tens
     job = client.wait(client.submit(body)["id"], on_progress=_progress)
     weights = client.download(client.result_artifact(job, "weights")["id"], folder / "edited.safetensors")
     seconds = time.perf_counter() - started
+    report = json.loads(
+        client.download(client.result_artifact(job, "report")["id"], folder / "report.json").read_text()
+    )
+    choice = report["report"].get("method_choice") or {}
+    print(f"  method: {choice.get('chosen')} ({choice.get('reason')}); head first: {choice.get('head_first')}",
+          file=sys.stderr)  # fmt: skip
     edited = transformers.AutoModelForSequenceClassification.from_config(config())
     edited.load_state_dict(safetensors.torch.load_file(weights))
     return edited.eval(), seconds, _elapsed(job["started_at"], job["finished_at"])
