@@ -133,10 +133,10 @@ def test_remove_with_holdout_returns_the_audit_and_its_plot(server, inputs, file
 
 
 def test_relabel_and_scores_end_to_end(server, inputs, digits):
-    labels = [(int(y) + 1) % 10 for y in digits.y_train[:8]]
+    labels = [(int(y) + 1) % 10 for y in digits.y_train[:24]]  # enough for the head-first check
     relabel = _submit(server.client, {
         "type": "relabel", "model": _model_spec(inputs), "train": inputs["train"]["id"],
-        "relabel": {"indices": list(range(8)), "labels": labels}, "options": {"newton_steps": 1, "hessian_samples": 256},
+        "relabel": {"indices": list(range(24)), "labels": labels}, "options": {"newton_steps": 1, "hessian_samples": 256},
     })  # fmt: skip
     scores = _submit(server.client, {
         "type": "scores", "model": _model_spec(inputs), "train": inputs["train"]["id"],
@@ -156,6 +156,11 @@ def test_relabel_and_scores_end_to_end(server, inputs, digits):
         assert kinds <= set(artifacts)
         for entry in artifacts.values():
             _download(server.client, entry)
+        if job_id == relabel["id"]:  # the default relabel tried the head first; the report says what ran
+            edit = json.loads(_download(server.client, artifacts["report"]))["report"]
+            choice = edit["method_choice"]
+            assert choice["requested"] == "auto" and choice["head_first"]["kept"] == edit["options"]["method"]
+            assert edit["options"]["method"] in ("fif", "if") and "threshold" in choice["head_first"]
         if job_id == triage["id"]:  # mislabel triage: every sample's score, the top 7 highest first
             own = safetensors.torch.load(_download(server.client, artifacts["scores"]))["self_influence"]
             top = [e["index"] for e in job["result"]["summary"]["self_influence"]]
