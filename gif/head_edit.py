@@ -164,12 +164,13 @@ def held_out_check(feats: Features, request: Request, config: EditConfig, fracti
     keep_rows[task.index[held]] = False
     position = torch.cumsum(keep_rows, 0) - 1  # row of each kept sample in the reduced data
     index = position[task.index[kept]]
-    train = (take(request.train[0], keep_rows), request.train[1][keep_rows])
+    reduced = dataclasses.replace(feats, train=feats.train[keep_rows.to(feats.train.device)], holdout=None)
+    # the check runs on features only (no audit): its request carries them, not a copy of the inputs
+    train = (reduced.train, request.train[1][keep_rows])
     sub = dataclasses.replace(
-        task, index=index, target=(take(train[0], index), task.target[1][kept]),
+        task, index=index, target=(take(task.target[0], kept), task.target[1][kept]),
         scale=index.numel() / (n - held.numel()), new_labels=task.new_labels[kept],
     )  # fmt: skip
-    reduced = dataclasses.replace(feats, train=feats.train[keep_rows.to(feats.train.device)], holdout=None)
     check = run(reduced, dataclasses.replace(request, train=train, task=sub, callback=None, audit=AuditInputs()),
                 config)  # fmt: skip
     edited_head = check.model.get_submodule(feats.head.path)
