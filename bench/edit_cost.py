@@ -1,20 +1,25 @@
 """What an edit costs next to retraining from scratch, and where its time goes.
 
-The digits class-removal protocol (examples/class_removal.py: the CNN of examples/digits.py, 40
-epochs of SGD; remove class ``--cls``), or with ``--data mnist`` the MNIST-5k one
-(examples/mnist_protocols.py: TinyNet at 28×28, 15 epochs). Per seed: train the model, time retraining it without the
-class (the same recipe: the reference every edit is compared with), then time
-``gif.remove(model, train, {"class": cls}, **variant)`` for each variant:
+The digits protocols (examples/class_removal.py, examples/backdoor_relabel.py: the CNN of
+examples/digits.py, 40 epochs of SGD), or with ``--data mnist`` the MNIST-5k ones
+(examples/mnist_protocols.py: TinyNet at 28×28, 15 epochs). Per seed: train the model, time
+retraining it with the edit applied to the data (the same recipe: the reference every edit is
+compared with), then time the edit for each variant:
 
-* cold — an empty cache (``gif.MemoryCache``) per variant;
-* further edit — the same checkpoint and cache, another class (``--cls2``): what a service pays
-  for the second deletion request against a production checkpoint.
+* ``--protocol removal``: ``gif.remove(model, train, {"class": cls}, **variant)``;
+  cold — an empty cache (``gif.MemoryCache``) per variant; further edit — the same checkpoint and
+  cache, another class (``--cls2``): what a service pays for the second deletion request against a
+  production checkpoint.
+* ``--protocol relabel``: the backdoor protocol (10% of the training images triggered and
+  labelled 4); cold — ``gif.relabel`` of every poisoned sample to its true label, an empty cache;
+  further edit — the same checkpoint and cache, a relabel of a seeded half of them (another
+  request against the same checkpoint; its quality columns are a partial repair's).
 
-Columns: edit seconds and edit ÷ retraining, test accuracy on the retained classes and on the
-removed class, the engine's work counters (gradients, HVPs, forward evaluations) and its
-timings by stage (selection, gradients, solve, step search).
+Columns: edit seconds and edit ÷ retraining, test accuracies (removal: retained classes, removed
+class; relabel: clean, relabel, attack success), the engine's work counters (gradients, HVPs,
+forward evaluations) and its timings by stage (selection, gradients, solve, step search).
 
-    python bench/edit_cost.py [--data digits|mnist] [--seeds 1] [--cls 3] [--cls2 5] [--threads 1] [--variants default,kfac]
+    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--seeds 1] [--cls 3] [--cls2 5] [--threads 1] [--variants default,kfac]
 """
 
 from __future__ import annotations
@@ -32,12 +37,19 @@ from gif.loo_head import named_head
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-from digits import CNN, accuracy, load_digits, train  # noqa: E402
+import digits  # noqa: E402
+import mnist  # noqa: E402
+from digits import CNN, accuracy, load_digits, poison, train  # noqa: E402
 from mnist import TINYNET, load_mnist  # noqa: E402
 
-#: --data -> (loader, architecture, training epochs): the recipes of examples/class_removal.py
-#: and examples/mnist_protocols.py
-DATA = {"digits": (load_digits, CNN, 40), "mnist": (load_mnist, TINYNET, 15)}
+#: --data -> (loader, architecture, training epochs, backdoor trigger): the recipes of
+#: examples/class_removal.py, examples/backdoor_relabel.py and examples/mnist_protocols.py
+DATA = {
+    "digits": (load_digits, CNN, 40, digits.add_trigger),
+    "mnist": (load_mnist, TINYNET, 15, mnist.add_trigger),
+}
+#: the backdoor's target label (examples/backdoor_relabel.py)
+TARGET = 4
 
 #: name -> gif.remove options ({} = the engine's defaults: FIF on the head since 2026-12-06; the
 #: GIF variants keep the names they had when GIF was the default, so earlier commands in
@@ -71,41 +83,88 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def quality(model, split, cls: int) -> tuple[float, float]:
+def removal_quality(model, split, cls: int) -> list[float]:
     keep = split.y_test != cls
-    return (
+    return [
         accuracy(model, split.x_test[keep], split.y_test[keep]),
         accuracy(model, split.x_test[~keep], split.y_test[~keep]),
-    )
+    ]
 
 
-def run_seed(seed: int, args, names: list[str]) -> list[dict]:
-    load, arch, epochs = DATA[args.data]
+def removal(seed: int, args):
+    """(model, training inputs, retraining seconds, [(label, edit(cache, options) -> result,
+    quality(model) -> test accuracies)])."""
+    load, arch, epochs, _ = DATA[args.data]
     s = load(seed)
     model = train(arch, s.x_train, s.y_train, seed=seed, epochs=epochs)
     keep = s.y_train != args.cls
     _, retrain = timed(lambda: train(arch, s.x_train[keep], s.y_train[keep], seed=seed, epochs=epochs))
+
+    def edit(cls: int):
+        return lambda cache, options: gif.remove(
+            model, (s.x_train, s.y_train), {"class": cls}, seed=seed, cache=cache, **options
+        )
+
+    return (
+        model,
+        s.x_train,
+        retrain,
+        [
+            ("cold", edit(args.cls), lambda m: removal_quality(m, s, args.cls)),
+            ("further edit", edit(args.cls2), lambda m: removal_quality(m, s, args.cls2)),
+        ],
+    )
+
+
+def relabel(seed: int, args):
+    """As :func:`removal`, for the backdoor relabel: all poisoned samples, then a seeded half."""
+    load, arch, epochs, trigger = DATA[args.data]
+    s = load(seed)
+    xp, yp, idx = poison(s.x_train, s.y_train, seed, trigger, TARGET)
+    model = train(arch, xp, yp, seed=seed, epochs=epochs)
+    fixed = yp.clone()
+    fixed[idx] = s.y_train[idx]
+    _, retrain = timed(lambda: train(arch, xp, fixed, seed=seed, epochs=epochs))
+    half = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[: len(idx) // 2]]
+    not_target = s.y_test != TARGET
+    x_trig, y_true = trigger(s.x_test[not_target]), s.y_test[not_target]
+
+    def edit(rows: torch.Tensor):
+        return lambda cache, options: gif.relabel(
+            model, (xp, yp), rows, s.y_train[rows], seed=seed, cache=cache, **options
+        )
+
+    def quality(m) -> list[float]:
+        attack = accuracy(m, x_trig, torch.full_like(y_true, TARGET))
+        return [accuracy(m, s.x_test, s.y_test), accuracy(m, x_trig, y_true), attack]
+
+    return model, xp, retrain, [("cold", edit(idx), quality), ("further edit, half", edit(half), quality)]
+
+
+PROTOCOLS = {"removal": removal, "relabel": relabel}
+COLUMNS = {
+    "removal": "retained (test) | removed class (test)",
+    "relabel": "clean (test) | relabel (test) | attack success (test)",
+}
+
+
+def run_seed(seed: int, args, names: list[str]) -> list[dict]:
+    model, x_train, retrain, edits = PROTOCOLS[args.protocol](seed, args)
     rows = [{"variant": "retraining from scratch", "seconds": retrain, "ratio": 1.0}]
     for name in names:
         cache = gif.MemoryCache()
         options = dict(VARIANTS[name])
         if options.get("param_names") == "head":
-            options["param_names"] = head_names(model, s.x_train)
-        for label, cls in (("cold", args.cls), ("further edit", args.cls2)):
-            result, seconds = timed(
-                lambda cls=cls, cache=cache, options=options: gif.remove(
-                    model, (s.x_train, s.y_train), {"class": cls}, seed=seed, cache=cache, **options
-                )
-            )
-            retained, removed = quality(result.model, s, cls)
+            options["param_names"] = head_names(model, x_train)
+        for label, edit, quality in edits:
+            result, seconds = timed(lambda edit=edit, cache=cache, options=options: edit(cache, options))
             report = result.report
             rows.append(
                 {
                     "variant": f"{name}, {label}",
                     "seconds": seconds,
                     "ratio": seconds / retrain,
-                    "retained": retained,
-                    "removed": removed,
+                    "quality": quality(result.model),
                     "work": report["work"],
                     "timings": report["timings"],
                 }
@@ -116,6 +175,7 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="removal")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--data", choices=sorted(DATA), default="digits")
     ap.add_argument("--cls", type=int, default=3)
@@ -129,27 +189,36 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
     runs = [run_seed(seed, args, names) for seed in range(args.seeds)]
-    print(
-        f"\n### Edit vs retraining, {args.data} TinyNet, remove class {args.cls} (further edit: class {args.cls2}), "
-        f"{args.seeds} seed(s), {args.threads} thread(s)\n"
+    what = (
+        f"remove class {args.cls} (further edit: class {args.cls2})"
+        if args.protocol == "removal"
+        else "backdoor relabel (further edit: half the poisoned samples)"
     )
     print(
-        "| variant | seconds | edit ÷ retraining | retained (test) | removed class (test) | gradients / HVPs / "
+        f"\n### Edit vs retraining, {args.data} TinyNet, {what}, {args.seeds} seed(s), {args.threads} thread(s)\n"
+    )
+    columns = COLUMNS[args.protocol]
+    blank = " |" * (columns.count("|") + 3)
+    print(
+        f"| variant | seconds | edit ÷ retraining | {columns} | gradients / HVPs / "
         "forward evals | selection / gradients / solve / step s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|" + "---|" * (columns.count("|") + 1) + "---|---|")
     for i, first in enumerate(runs[0]):
         rows = [r[i] for r in runs]
         seconds = statistics.mean(r["seconds"] for r in rows)
         ratio = statistics.mean(r["ratio"] for r in rows)
         if "work" not in first:
-            print(f"| {first['variant']} | {seconds:.2f} | 1 | | | | |")
+            print(f"| {first['variant']} | {seconds:.2f} | 1 |{blank}")
             continue
         work, timings = first["work"], first["timings"]
         print(
             f"| {first['variant']} | {seconds:.2f} | {ratio:.2f}× | "
-            f"{statistics.mean(r['retained'] for r in rows):.2f} | {statistics.mean(r['removed'] for r in rows):.2f} | "
-            f"{work['gradients']} / {work['hvps']} / {work['forward_evaluations']} | "
+            + "".join(
+                f"{statistics.mean(r['quality'][j] for r in rows):.2f} | "
+                for j in range(len(first["quality"]))
+            )
+            + f"{work['gradients']} / {work['hvps']} / {work['forward_evaluations']} | "
             + " / ".join(f"{timings.get(k, 0.0):.2f}" for k in ("selection", "gradients", "solve", "step"))
             + " |"
         )

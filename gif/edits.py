@@ -7,6 +7,9 @@ T, each solved by an influence method: docs/method.md, "The edit as a Newton ste
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import torch
 from torch import nn
 
@@ -155,6 +158,7 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
         opts, request.model, x, request.task, lowrank_given=request.lowrank is not None
     )
     computed: dict[str, head_edit.Features] = {}
+    attempts, started = _most_runs(requested, opts, choice), itertools.count(1)
 
     def features(head: head_edit.Head, config: EditConfig) -> head_edit.Features:
         if head.path not in computed:  # once per request, whichever edits run on them
@@ -162,10 +166,11 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
         return computed[head.path]
 
     def run(config: EditConfig) -> EditResult:
+        attempt = _in_attempt(request, next(started), attempts)
         head = head_edit.frozen_head(request.model, x, config, whole_network=request.lowrank is not None)
         if head is not None:
-            return head_edit.run(features(head, config), request, config)
-        return Edit(request, config).run()
+            return head_edit.run(features(head, config), attempt, config)
+        return Edit(attempt, config).run()
 
     def check(config: EditConfig) -> dict:
         head = head_edit.frozen_head(request.model, x, config, whole_network=False)
@@ -181,6 +186,31 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
     if request.callback is not None:  # once, after every run the choice and the guard made
         request.callback(Progress("done"))
     return result
+
+
+def _most_runs(requested: EditConfig, chosen: EditConfig, choice: dict | None) -> int:
+    """How many edits a request may run (gif/method_choice.py): a K-FAC run that
+    ``solver="auto"`` chose and the guard's second run; a relabel's head attempt (FIF's own
+    solver, one run) before its fallback (with the requested solver)."""
+
+    def guarded_runs(config: EditConfig) -> int:
+        return 2 if config.solver == "auto" else 1
+
+    if choice is not None and "fallback" in choice:
+        return 1 + guarded_runs(requested)
+    return guarded_runs(chosen)
+
+
+def _in_attempt(request: Request, attempt: int, attempts: int) -> Request:
+    """``request`` whose progress events say which of ``attempts`` runs they belong to (as is
+    when there can be only one)."""
+    callback = request.callback
+    if callback is None or attempts == 1:
+        return request
+    return dataclasses.replace(
+        request,
+        callback=lambda event: callback(dataclasses.replace(event, attempt=attempt, attempts=attempts)),
+    )
 
 
 def _num_classes(model: nn.Module, x: Inputs) -> int:

@@ -42,6 +42,10 @@ class Progress:
         query, num_queries: which query's solve this is (scores; 0-based).
         sample, num_samples: which training sample's solve (exact self-influence; 0-based).
         scale, objective: the step scale tried and its validation objective (``step_search``).
+        attempt, attempts: which run of the edit this is (1-based) and the most runs it may make,
+            when it may make more than one (``method="auto"``'s head attempt and fallback,
+            ``solver="auto"``'s K-FAC run and its guard, gif/method_choice.py): each run starts
+            its Newton steps again, so progress within a run is progress within its attempt.
     """
 
     stage: Stage
@@ -55,6 +59,8 @@ class Progress:
     num_samples: int | None = None
     scale: float | None = None
     objective: float | None = None
+    attempt: int | None = None
+    attempts: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, JSON-ready."""

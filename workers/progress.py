@@ -2,7 +2,8 @@
 
 The engine calls ``callback(event)`` with typed :class:`gif.progress.Progress` events (a ``stage``
 and the fields that mean something there: ``iteration``/``max_iter``, ``residual``, ``newton_step``,
-``query``, ...); this turns them into ``{stage, fraction, step, total_steps, message, updated_at}``. Each write is fenced by the lease
+``query``, ``attempt``, ...); this turns them into ``{stage, fraction, step, total_steps, message,
+updated_at}``. Each write is fenced by the lease
 and returns the job's status, which feeds the cancel flag too.
 """
 
@@ -100,6 +101,11 @@ class ProgressReporter:
             fraction = 0.8 * within
         if stage == "step_search" and event.scale is not None:
             message += f", scale {event.scale:.3g}, objective {event.objective or 0.0:.4f}"
+        if event.attempt is not None and event.attempts:
+            # each run of an edit that may run several (a head attempt, a guard) starts its Newton
+            # steps again: its share of the job, so the fraction never goes back
+            fraction = (event.attempt - 1 + min(max(fraction, 0.0), 1.0)) / event.attempts
+            message = f"attempt {event.attempt}/{event.attempts}" + (f": {message}" if message else "")
         return {
             "stage": stage,
             "fraction": round(min(max(fraction, 0.0), 1.0), 4),

@@ -265,6 +265,19 @@ def test_an_edit_that_runs_twice_reports_done_once_at_the_end(monkeypatch):
     stages = [e.stage for e in events]
     assert stages.count("done") == 1 and stages[-1] == "done"
     assert stages.count("selecting_parameters") == 3  # the head, K-FAC and CG runs
+    # each run's events say which attempt of the three they belong to; ``done`` is the request's
+    runs = [(e.attempt, e.attempts) for e in events if e.stage == "selecting_parameters"]
+    assert runs == [(1, 3), (2, 3), (3, 3)]
+    attempts = [e.attempt for e in events[:-1]]
+    assert None not in attempts and attempts == sorted(attempts)
+    assert (events[-1].attempt, events[-1].attempts) == (None, None)
+
+
+def test_an_edit_that_runs_once_reports_no_attempts():
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    events = []
+    _relabel_many(model, train, method="if", solver="cg", callback=events.append)
+    assert events and all(e.attempt is None and e.attempts is None for e in events)
 
 
 def test_a_head_edit_that_took_no_step_is_not_kept():

@@ -53,6 +53,23 @@ def test_an_edits_events_name_its_newton_step_and_advance_by_steps(db, running):
     assert _stored(db, running)["fraction"] == 1.0
 
 
+def test_an_edits_later_attempts_never_move_the_fraction_back(db, running):
+    """A relabel's head attempt, then its fallback: each attempt is a share of the job."""
+    report = _reporter(db, running, newton_steps=4)
+    report(Progress("solving_ihvp", iteration=5, max_iter=10, newton_step=3, attempt=1, attempts=3))
+    report(Progress("computing_gradients", newton_step=3, attempt=1, attempts=3))
+    first = _stored(db, running)
+    assert first["fraction"] == pytest.approx((2 / 4) / 3, abs=1e-4)
+    assert first["message"] == "attempt 1/3: newton step 3/4"
+    report(Progress("computing_gradients", newton_step=1, attempt=2, attempts=3))
+    second = _stored(db, running)
+    assert second["fraction"] == pytest.approx(1 / 3, abs=1e-4) and second["message"] == "attempt 2/3: newton step 1/4"
+    report(Progress("solving_ihvp", iteration=1, max_iter=2, attempt=2, attempts=3))
+    assert _stored(db, running)["fraction"] == pytest.approx((1 + 0.5 / 4) / 3, abs=1e-4)
+    report(Progress("done"))
+    assert _stored(db, running)["fraction"] == 1.0
+
+
 def test_scores_events_span_the_queries_then_the_training_chunks(db, running):
     report = _reporter(db, running, newton_steps=1)
     report(Progress("solving", iteration=50, max_iter=100, residual=0.01, query=1, num_queries=4))
