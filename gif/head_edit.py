@@ -153,7 +153,8 @@ def held_out_check(feats: Features, request: Request, config: EditConfig, fracti
     A seeded ``fraction`` of the relabelled samples is held out — dropped from the training
     data altogether, so that their old labels do not pull against the edit — and the same edit
     is run on the rest. Returned: the accuracy under the new labels of the samples the check
-    edited (``edited``) and of the held-out ones (``held_out``), their counts, and the work."""
+    edited (``edited``) and of the held-out ones (``held_out``), their counts, and the check's
+    edit's ``work`` and ``timings``."""
     task = request.task
     assert task.kind == "relabel" and task.new_labels is not None
     n, k = len(request.train[1]), task.index.numel()
@@ -182,7 +183,7 @@ def held_out_check(feats: Features, request: Request, config: EditConfig, fracti
 
     return {
         "edited": accuracy(kept), "held_out": accuracy(held), "samples": [kept.numel(), held.numel()],
-        "work": check.report["work"],
+        "work": check.report["work"], "timings": check.report["timings"],
     }  # fmt: skip
 
 

@@ -135,14 +135,14 @@ def head_first(
     verdict: dict = {"objective": objective, "threshold": ACCEPT_OBJECTIVE, "moved": moved}
     if moved and objective >= ACCEPT_OBJECTIVE:
         held = check(config.replace(solver=first.report["options"]["solver"]))
-        _add_work(first, held.pop("work"))
+        _add_work(first, {"work": held.pop("work"), "timings": held.pop("timings")})
         gap = held["edited"] - held["held_out"]
         verdict["held_out_check"] = {**held, "gap": gap, "max_gap": MAX_GENERALISATION_GAP}
         if gap <= MAX_GENERALISATION_GAP:
             choice["head_first"] = {**verdict, "kept": "fif"}
             return first
     second = guarded(run, fallback)
-    _add_work(second, first.report["work"])
+    _add_work(second, first.report)
     choice.update(chosen=fallback.method, selection=second.report["options"]["selection"])
     choice["head_first"] = {**verdict, "kept": fallback.method}
     return second
@@ -168,18 +168,28 @@ def guarded(run: Callable[[EditConfig], EditResult], config: EditConfig) -> Edit
     kept, other = (second, first) if _objective(second) > objective else (first, second)
     solver = kept.report["options"]["solver"]
     kept.report["solver_choice"] = {**choice, "chosen": solver, "guard": {**guard, "kept": solver}}
-    _add_work(kept, other.report["work"])
+    _add_work(kept, other.report)
     return kept
 
 
-def _add_work(result: EditResult, work: dict) -> None:
-    """Count ``work`` (another run's) in ``result``'s report."""
-    for name, count in work.items():
+def _add_work(result: EditResult, other: dict) -> None:
+    """Count another run's ``work`` and ``timings`` (``other``: its report, or the held-out
+    check's figures) in ``result``'s report: they say what the whole request cost and where its
+    time went. The head's features are computed once per request, so their time counts once."""
+    for name, count in other["work"].items():
         result.report["work"][name] += count
     result.report["gradients"], result.report["hvps"] = (
         result.report["work"]["gradients"],
         result.report["work"]["hvps"],
     )
+    timings = result.report["timings"]
+    for stage, seconds in other["timings"].items():
+        spent = (
+            max(timings.get(stage, 0.0), seconds)
+            if stage == "features"
+            else timings.get(stage, 0.0) + seconds
+        )
+        timings[stage] = round(spent, 4)
 
 
 def _objective(result: EditResult) -> float:

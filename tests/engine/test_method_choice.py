@@ -292,6 +292,7 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
             "newton_steps": [{"step": {"scale": scale}}],
             "metrics": {"before": {"validation": {"accuracy": 1.0}}, "after": {"objective": 1.0}},
             "work": {"gradients": 1, "hvps": 2, "forward_evaluations": 3},
+            "timings": {"solve": 0.5, "features": 0.25} if method == "fif" else {"solve": 0.5},
         }
         return EditResult(nn.Linear(1, 1), torch.zeros(1), torch.zeros(1), report)
 
@@ -312,3 +313,5 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
         "kept": "if",
     }
     assert out.report["work"] == {"gradients": 2, "hvps": 4, "forward_evaluations": 6}
+    # both runs' time, the head's features (computed once per request) once
+    assert out.report["timings"] == {"solve": 1.0, "features": 0.25}
