@@ -200,7 +200,13 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
                     "timings": report["timings"],
                 }
             )
-            print(f"  seed {seed} {name}, {label}: {seconds:.2f}s ({seconds / retrain:.2f}×)", flush=True)
+            kept = report["options"]["method"] + ", " + report["options"]["solver"]
+            figures = " / ".join(f"{v:.2f}" for v in rows[-1]["quality"])
+            print(
+                f"  seed {seed} {name}, {label}: {seconds:.2f}s ({seconds / retrain:.2f}×), {figures}, "
+                f"kept {kept} (retrained: {' / '.join(f'{v:.2f}' for v in rows[0]['quality'])})",
+                flush=True,
+            )
     return rows
 
 
