@@ -63,7 +63,10 @@ def test_an_edits_later_attempts_never_move_the_fraction_back(db, running):
     assert first["message"] == "attempt 1/3: newton step 3/4"
     report(Progress("computing_gradients", newton_step=1, attempt=2, attempts=3))
     second = _stored(db, running)
-    assert second["fraction"] == pytest.approx(1 / 3, abs=1e-4) and second["message"] == "attempt 2/3: newton step 1/4"
+    assert (
+        second["fraction"] == pytest.approx(1 / 3, abs=1e-4)
+        and second["message"] == "attempt 2/3: newton step 1/4"
+    )
     report(Progress("solving_ihvp", iteration=1, max_iter=2, attempt=2, attempts=3))
     assert _stored(db, running)["fraction"] == pytest.approx((1 + 0.5 / 4) / 3, abs=1e-4)
     report(Progress("done"))
