@@ -128,7 +128,9 @@ def relabel(seed: int, args):
     load, arch, epochs, trigger = DATA[args.data]
     s = load(seed)
     xp, yp, idx = poison(s.x_train, s.y_train, seed, trigger, TARGET)
-    gen = torch.Generator().manual_seed(seed)
+    # a generator of its own: the engine draws its validation carve-out with ``seed`` from the
+    # same untouched samples, and flips drawn alike would fill it
+    gen = torch.Generator().manual_seed(FLIP_SEED + seed)
     clean = torch.nonzero(torch.isin(torch.arange(len(yp)), idx, invert=True)).flatten()
     flipped = torch.sort(clean[torch.randperm(len(clean), generator=gen)[: int(FLIPPED * len(yp))]]).values
     yp[flipped] = (yp[flipped] + torch.randint(1, 10, (len(flipped),), generator=gen)) % 10
@@ -163,6 +165,7 @@ def relabel(seed: int, args):
 #: The share of the training set whose labels the relabel protocol's checkpoint has wrong besides
 #: the backdoor's (:func:`relabel`).
 FLIPPED = 0.05
+FLIP_SEED = 1_000
 
 
 PROTOCOLS = {"removal": removal, "relabel": relabel}
