@@ -67,15 +67,22 @@ def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig) -
     comes after, so it is the same for every edit of this training set with this seed — and so
     are its digest and a ``lowrank`` fit of it. It may hold edited samples: for a small edited
     set (|U| ≪ n) the Hessian of the mean loss barely changes. The retained loss's gradient
-    (later Newton steps) is still estimated on its untouched samples only (``_Splits.drift``)."""
+    (later Newton steps) is still estimated on its untouched samples only (``_Splits.drift``).
+    Should the edited samples fill most of the reserved head, validation is topped up from the
+    untouched samples at the permutation's far end (then the Hessian sample may change)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed))
     reserved = min(opts.max_validation, max(1, int(opts.validation_fraction * n))) if carve else 0
     head, tail = order[:reserved], order[reserved:]
     untouched = torch.ones(n, dtype=torch.bool)
     untouched[edited] = False
     val = head[untouched[head]]
+    if carve and 2 * val.numel() < reserved:
+        # most of the head is edited (say, samples drawn by the same seeded permutation): top the
+        # validation up from the permutation's far end, outside the Hessian sample where n allows
+        spare = tail[untouched[tail]].flip(0)[: reserved - val.numel()]
+        val, tail = torch.cat([val, spare]), tail[~torch.isin(tail, spare)]
     if carve and val.numel() == 0:
-        raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
+        raise InvalidArgumentError("no untouched samples to carve validation data from; pass `validation`")
     if tail.numel() == 0:
         raise InvalidArgumentError("no training samples left for the Hessian after carving validation data")
     hessian = torch.sort(tail[: opts.hessian_size]).values

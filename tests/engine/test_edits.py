@@ -136,6 +136,30 @@ def test_shared_hessian_pool_is_the_same_sample_whatever_is_edited():
     assert untouched.drift is untouched.hessian
 
 
+def test_shared_pool_tops_validation_up_when_the_edited_samples_fill_its_head():
+    """Samples drawn by the same seeded permutation as the split (a user's ``randperm`` with the
+    edit's seed) fill the reserved head: validation comes from the far end instead of failing."""
+    from gif.config import EditConfig
+    from gif.edit_sets import split as _split
+
+    opts = EditConfig(hessian_pool="all", hessian_samples=30, validation_fraction=0.2, seed=3)
+    head = torch.randperm(60, generator=torch.Generator().manual_seed(3))[:12]
+    most = _split(60, head[:10], True, opts, torch.Generator())  # 2 of 12 left: topped up
+    every = _split(60, head, True, opts, torch.Generator())
+    for split, edited in ((most, head[:10]), (every, head)):
+        assert split.val.numel() == 12
+        assert not set(split.val.tolist()) & set(edited.tolist())
+        assert not set(split.val.tolist()) & set(split.hessian.tolist())
+        assert split.hessian.numel() == 30  # n = 60 leaves room outside it: the same Hessian sample
+    fewer = _split(60, head[:5], True, opts, torch.Generator())  # 7 of 12 untouched: as before
+    assert fewer.val.numel() == 7 and torch.equal(fewer.hessian, most.hessian)
+    model, (x, y), _ = tiny_problem(n=60)
+    out = gif.relabel(
+        model, (x, y), head, (y[head] + 1) % 3, hessian_pool="all", seed=3, validation_fraction=0.2
+    )
+    assert out.report["validation_samples"] == 12
+
+
 def test_shared_pool_edits_with_several_newton_steps():
     model, (x, y), _ = tiny_problem(n=60)
     shared = gif.remove(model, (x, y), {"class": 1}, damping=0.1, newton_steps=3, hessian_pool="all")
