@@ -204,13 +204,16 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
                 }
             )
             kept = report["options"]["method"] + ", " + report["options"]["solver"]
-            figures = " / ".join(f"{v:.2f}" for v in rows[-1]["quality"])
             print(
-                f"  seed {seed} {name}, {label}: {seconds:.2f}s ({seconds / retrain:.2f}×), {figures}, "
-                f"kept {kept} (retrained: {' / '.join(f'{v:.2f}' for v in rows[0]['quality'])})",
+                f"  seed {seed} {name}, {label}: {seconds:.2f}s ({seconds / retrain:.2f}×), "
+                f"{_figures(rows[-1])}, kept {kept} (retrained: {_figures(rows[0])})",
                 flush=True,
             )
     return rows
+
+
+def _figures(row: dict) -> str:
+    return " / ".join(f"{v:.2f}" for v in row["quality"])
 
 
 def main() -> None:

@@ -121,7 +121,7 @@ def main() -> None:
     keep = s.y_train != args.cls
     _, t_retrain = timed(lambda: train(CNN, s.x_train[keep], s.y_train[keep], seed=0))
     gen = torch.Generator().manual_seed(0)
-    retained = torch.nonzero(s.y_train != args.cls).flatten()
+    retained = torch.nonzero(keep).flatten()
     retained = retained[torch.randperm(len(retained), generator=gen)]
     val_idx, hess_idx = retained[:108], retained[108 : 108 + args.hessian_samples]
     forget_idx = torch.nonzero(s.y_train == args.cls).flatten()

@@ -21,7 +21,7 @@ from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
-from .method_choice import CHECK_FRACTION, choose_method, guarded, head_first
+from .method_choice import CHECK_FRACTION, choose_method, guarded, head_first, most_runs
 from .newton import AuditInputs, Edit, EditResult, Request, Task, relabel_loss
 from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian
@@ -158,7 +158,7 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
         opts, request.model, x, request.task, lowrank_given=request.lowrank is not None
     )
     computed: dict[str, head_edit.Features] = {}
-    attempts, started = _most_runs(requested, opts, choice), itertools.count(1)
+    attempts, started = most_runs(requested, opts, choice), itertools.count(1)
 
     def features(head: head_edit.Head, config: EditConfig) -> head_edit.Features:
         if head.path not in computed:  # once per request, whichever edits run on them
@@ -186,19 +186,6 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
     if request.callback is not None:  # once, after every run the choice and the guard made
         request.callback(Progress("done"))
     return result
-
-
-def _most_runs(requested: EditConfig, chosen: EditConfig, choice: dict | None) -> int:
-    """How many edits a request may run (gif/method_choice.py): a K-FAC run that
-    ``solver="auto"`` chose and the guard's second run; a relabel's head attempt (FIF's own
-    solver, one run) before its fallback (with the requested solver)."""
-
-    def guarded_runs(config: EditConfig) -> int:
-        return 2 if config.solver == "auto" else 1
-
-    if choice is not None and "fallback" in choice:
-        return 1 + guarded_runs(requested)
-    return guarded_runs(chosen)
 
 
 def _in_attempt(request: Request, attempt: int, attempts: int) -> Request:

@@ -172,6 +172,19 @@ def guarded(run: Callable[[EditConfig], EditResult], config: EditConfig) -> Edit
     return kept
 
 
+def most_runs(requested: EditConfig, chosen: EditConfig, choice: dict | None) -> int:
+    """How many edits a request may run, for its progress (``attempt`` of ``attempts``): two
+    where :func:`guarded` may redo a ``solver="auto"`` edit; a relabel's head attempt (FIF's own
+    solver: one run) before its fallback (with the requested solver), as in :func:`head_first`."""
+
+    def guarded_runs(config: EditConfig) -> int:
+        return 2 if config.solver == "auto" else 1
+
+    if choice is not None and "fallback" in choice:
+        return 1 + guarded_runs(requested)
+    return guarded_runs(chosen)
+
+
 def _add_work(result: EditResult, other: dict) -> None:
     """Count another run's ``work`` and ``timings`` (``other``: its report, or the held-out
     check's figures) in ``result``'s report: they say what the whole request cost and where its
