@@ -17,11 +17,17 @@ compared with), then time the edit for each variant:
   request against the checkpoint; the backdoor stays, so its attack column stays high).
   Retraining: the same recipe with the backdoor's labels fixed.
 
+``--copies K`` (default 1) trains on each training image and K − 1 copies shifted by up to
+:data:`SHIFT` pixels (seeded; the test split is unchanged): a training set K times larger, for how
+the ratio moves with the data. The edit's own cost is set by its Hessian sample, validation and
+edited samples, not by the training set, while retraining grows with it (docs/benchmarks.md, "A
+larger training set").
+
 Columns: edit seconds and edit ÷ retraining, test accuracies (removal: retained classes, removed
 class; relabel: clean, relabel, attack success), the engine's work counters (gradients, HVPs,
 forward evaluations) and its timings by stage (selection, gradients, solve, step search).
 
-    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--seeds 1] [--cls 3] [--cls2 5] [--threads 1] [--variants default,kfac]
+    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--copies 1] [--seeds 1] [--cls 3] [--cls2 5] [--threads 1] [--variants default,kfac]
 """
 
 from __future__ import annotations
@@ -79,6 +85,31 @@ def head_names(model, x) -> list[str]:
     return [f"{found[0]}.*"]
 
 
+#: --copies: the largest shift of a copy, in pixels along each axis
+SHIFT = 2
+
+
+def load(seed: int, args) -> digits.Split:
+    """The split of ``--data`` for ``seed``, its training part with ``--copies`` (module docstring)."""
+    s = DATA[args.data][0](seed)
+    if args.copies == 1:
+        return s
+    gen = torch.Generator().manual_seed(FLIP_SEED + seed)
+    copies = [s.x_train] + [shifted(s.x_train, gen) for _ in range(args.copies - 1)]
+    return digits.Split(torch.cat(copies), s.y_train.repeat(args.copies), s.x_test, s.y_test)
+
+
+def shifted(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image of ``x`` [n, c, h, w] moved by its own integer offset in [−SHIFT, SHIFT]² (zeros
+    shifted in)."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (SHIFT, SHIFT, SHIFT, SHIFT))
+    dy, dx = (torch.randint(0, 2 * SHIFT + 1, (n,), generator=gen) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -96,8 +127,8 @@ def removal_quality(model, split, cls: int) -> list[float]:
 def removal(seed: int, args):
     """(model, training inputs, retrained model, retraining seconds, [(label, edit(cache, options)
     -> result, quality(model) -> test accuracies)]): the first edit is what retraining did."""
-    load, arch, epochs, _ = DATA[args.data]
-    s = load(seed)
+    _, arch, epochs, _ = DATA[args.data]
+    s = load(seed, args)
     model = train(arch, s.x_train, s.y_train, seed=seed, epochs=epochs)
     keep = s.y_train != args.cls
     retrained, retrain = timed(
@@ -125,8 +156,8 @@ def relabel(seed: int, args):
     """As :func:`removal`, for a checkpoint with two defects: the backdoor, and :data:`FLIPPED` of
     the other training samples with a wrong label. The cold edit relabels the poisoned samples,
     the further one the flipped samples (another request against the same checkpoint)."""
-    load, arch, epochs, trigger = DATA[args.data]
-    s = load(seed)
+    _, arch, epochs, trigger = DATA[args.data]
+    s = load(seed, args)
     xp, yp, idx = poison(s.x_train, s.y_train, seed, trigger, TARGET)
     # a generator of its own: the engine draws its validation carve-out with ``seed`` from the
     # same untouched samples, and flips drawn alike would fill it
@@ -221,6 +252,7 @@ def main() -> None:
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="removal")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--data", choices=sorted(DATA), default="digits")
+    ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--cls", type=int, default=3)
     ap.add_argument("--cls2", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
@@ -238,7 +270,7 @@ def main() -> None:
         else "backdoor relabel (further edit: the flipped labels)"
     )
     print(
-        f"\n### Edit vs retraining, {args.data} TinyNet, {what}, {args.seeds} seed(s), {args.threads} thread(s)\n"
+        f"\n### Edit vs retraining, {args.data} TinyNet ×{args.copies} training set, {what}, {args.seeds} seed(s), {args.threads} thread(s)\n"
     )
     columns = COLUMNS[args.protocol]
     print(

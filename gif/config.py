@@ -353,7 +353,8 @@ class EditConfig(SolveConfig):
     @property
     def hessian_size(self) -> int:
         """``hessian_samples``: the method's preset fills it; while the method is ``auto``, the
-        most any method takes (what sizing a job before it runs must allow for)."""
+        most any method takes (a job of a known verb is sized by
+        ``gif.method_choice.most_hessian_samples``)."""
         if self.hessian_samples is not None:
             return self.hessian_samples
         return max(int(preset["hessian_samples"]) for preset in EDIT_PRESETS.values())

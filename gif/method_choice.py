@@ -185,6 +185,16 @@ def most_runs(requested: EditConfig, chosen: EditConfig, choice: dict | None) ->
     return guarded_runs(chosen)
 
 
+def most_hessian_samples(config: EditConfig, kind: str) -> int:
+    """The most samples the whole network's Hessian takes in an edit of ``kind`` (``remove`` |
+    ``relabel``) under ``config``, for sizing a job before it runs: the method's own, and for
+    ``auto`` its fallback's (:data:`FALLBACK`) — the head edit it may try first runs on the head's
+    features, whose Hessian data is a feature matrix, not the network's inputs."""
+    if config.method != "auto" or config.hessian_samples is not None:
+        return config.hessian_size
+    return int(EDIT_PRESETS[FALLBACK[kind]]["hessian_samples"])
+
+
 def _add_work(result: EditResult, other: dict) -> None:
     """Count another run's ``work`` and ``timings`` (``other``: its report, or the held-out
     check's figures) in ``result``'s report: they say what the whole request cost and where its

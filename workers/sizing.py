@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import gif.memory
-from jobs.specs import ScoresJob, SelfInfluenceJob, Spec
+from gif.method_choice import most_hessian_samples
+from jobs.specs import RelabelJob, ScoresJob, SelfInfluenceJob, Spec
 
 from .execute import edit_config, scores_config, self_influence_config
 from .loading import Loaded
@@ -27,7 +28,9 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
         samples, chunk, per_chunk = n, solve.chunk_size, solve.memory_budget
     else:
         edit = edit_config(spec)
-        samples, chunk, per_chunk = min(n, edit.hessian_size), edit.chunk_size, edit.memory_budget
+        kind = "relabel" if isinstance(spec, RelabelJob) else "remove"
+        samples = min(n, most_hessian_samples(edit, kind))
+        chunk, per_chunk = edit.chunk_size, edit.memory_budget
     estimate = gif.memory.estimate(loaded.model, inputs, samples, chunk_size=chunk, memory_budget=per_chunk)
     if budget > 0:
         gif.memory.check_fits(estimate, budget)
