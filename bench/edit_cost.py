@@ -107,7 +107,9 @@ def shifted(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     dy, dx = (torch.randint(0, 2 * SHIFT + 1, (n,), generator=gen) for _ in range(2))
     rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+    return padded[
+        torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols
+    ]
 
 
 def timed(fn):
