@@ -27,7 +27,7 @@ Columns: edit seconds and edit ÷ retraining, test accuracies (removal: retained
 class; relabel: clean, relabel, attack success), the engine's work counters (gradients, HVPs,
 forward evaluations) and its timings by stage (selection, gradients, solve, step search).
 
-    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--copies 1] [--seeds 1] [--cls 3] [--cls2 5] [--threads 1] [--variants default,kfac]
+    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--copies 1] [--seeds 1] [--first-seed 0] [--cls 3] [--cls2 5] [--threads 1] [--variants default,kfac]
 """
 
 from __future__ import annotations
@@ -253,6 +253,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="removal")
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--data", choices=sorted(DATA), default="digits")
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--cls", type=int, default=3)
@@ -265,7 +266,7 @@ def main() -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
-    runs = [run_seed(seed, args, names) for seed in range(args.seeds)]
+    runs = [run_seed(seed, args, names) for seed in range(args.first_seed, args.first_seed + args.seeds)]
     what = (
         f"remove class {args.cls} (further edit: class {args.cls2})"
         if args.protocol == "removal"

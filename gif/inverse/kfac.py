@@ -26,6 +26,11 @@ restricted and least-squares systems (``fif``, ``gif``) are solved matrix-free o
 curvature (CG / LSQR, no HVP).
 
 Both are exact for a single linear layer fitted on one sample (tests/engine/test_kfac.py).
+
+The factors are summed and decomposed in float64, then kept (and cached) in the model's precision,
+at least float32: every solve runs in the vectors' precision, so a float32 model's solves are
+the same as with float64 factors, at half the memory and cache bytes (docs/benchmarks.md,
+"Kronecker factors in the model's precision").
 """
 
 from __future__ import annotations
@@ -191,6 +196,12 @@ class KroneckerInverse(InverseHessian):
                 self.blocks, _corrected_eigenvalues(self.hessian, self.blocks), strict=True
             ):
                 block.eigen = eigen
+        stored = torch.promote_types(self.hessian.flat.theta.dtype, torch.float32)
+        for block in self.blocks:  # decomposed in float64; kept in the precision solves use
+            assert block.q_in is not None and block.q_out is not None and block.eigen is not None
+            block.q_in, block.q_out, block.eigen = (
+                t.to(stored) for t in (block.q_in, block.q_out, block.eigen)
+            )
         self.fit = KroneckerFit(
             self.corrected, tuple(b.name for b in self.blocks), [b.q_in for b in self.blocks],  # type: ignore[misc]
             [b.q_out for b in self.blocks], [b.eigen for b in self.blocks],  # type: ignore[misc]
@@ -220,7 +231,7 @@ class KroneckerInverse(InverseHessian):
         self.prepare()
         if self.layer_damping == 0.0:
             return [self.damping] * len(self.blocks)
-        return [self.layer_damping * float(b.eigen.mean()) for b in self.blocks]  # type: ignore[union-attr]
+        return [self.layer_damping * float(b.eigen.double().mean()) for b in self.blocks]  # type: ignore[union-attr]
 
     def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
         self.prepare(monitor)

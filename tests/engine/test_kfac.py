@@ -119,8 +119,26 @@ def test_a_float32_model_is_fitted_to_float32_accuracy(corrected):
     got = single.solve(b.float(), Monitor()).x.double()
     assert float((got - expected).norm() / expected.norm()) < 1e-4
     for fitted32, fitted64 in zip(single.fitted.eigen, exact.fitted.eigen, strict=True):
-        assert fitted32.dtype == torch.float64
-        assert torch.allclose(fitted32, fitted64, rtol=1e-4, atol=1e-6 * float(fitted64.max()))
+        assert fitted32.dtype == torch.float32 and fitted64.dtype == torch.float64  # the model's
+        assert torch.allclose(fitted32.double(), fitted64, rtol=1e-4, atol=1e-6 * float(fitted64.max()))
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+def test_a_float32_fit_is_kept_in_float32_and_solves_as_its_float64_entry_did(corrected):
+    """Factors decomposed in float64 are kept in the model's precision (solves cast to it
+    anyway): half the bytes, and a fit cached in float64 before gives the same solves."""
+    model, data = trained_mlp()
+    config = SolveConfig(method="if", solver="ekfac" if corrected else "kfac", damping=0.1, layer_damping=0.1)
+    fitted = inverse_for(HessianOperator(model, data), config)
+    fit = fitted.fitted
+    assert {t.dtype for t in fit.state_dict().values()} == {torch.float32}
+    wide = {k: t.double() for k, t in fit.state_dict().items()}  # an entry written before
+    old = inverse_for(
+        HessianOperator(model, data), config, fit=gif.inverse.KroneckerFit.from_state(wide, fit.meta())
+    )
+    rows = torch.randn(3, fitted.size, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(old.solve_rows(rows, Monitor())[0], fitted.solve_rows(rows, Monitor())[0])
+    assert torch.equal(old.matvec(rows[0]), fitted.matvec(rows[0]))
 
 
 def test_influence_scores_and_edits_run_on_the_factored_curvature():
