@@ -5,19 +5,17 @@ histograms as a PNG."""
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
-from jobs import artifacts, specs, store
-from jobs.config import Settings
+from jobs import artifacts, store
 from jobs.errors import ValidationFailed
 from jobs.states import JobStatus
-from jobs.submit import submit_job
 from tests import factories
-from workers.runner import WorkerContext, run_job
+from workers.runner import run_job
 
-TENANT = "t1"
+from .conftest import TENANT, register, submit
+
 SHAPE = [1, 8, 8]
 
 
@@ -32,37 +30,17 @@ def model(data):
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    settings = Settings(
-        home=tmp_path, executor="none", workers=0, heartbeat_seconds=0.2, progress_seconds=0.0
-    )
-    context = WorkerContext.create(settings, owner="test-worker", shutdown=threading.Event())
-    yield context
-    context.db.dispose()
-
-
-def _artifact(ctx, path, kind, metadata=None) -> str:
-    with open(path, "rb") as f:
-        blob = ctx.blobs.put(f)
-    with ctx.db.begin() as session:
-        return artifacts.create_artifact(
-            session, tenant_id=TENANT, kind=kind, format="safetensors", sha256=blob.sha256, size_bytes=blob.size,
-            metadata=metadata or {},
-        ).id  # fmt: skip
-
-
-@pytest.fixture
 def inputs(ctx, tmp_path, data, model):
     paths = factories.write_files(tmp_path / "files", data, model)
     return {
-        "checkpoint": _artifact(ctx, paths["checkpoint"], "checkpoint"),
-        "train": _artifact(
+        "checkpoint": register(ctx, paths["checkpoint"], "checkpoint"),
+        "train": register(
             ctx, paths["train"], "dataset", {"n_samples": len(data.y_train), "input_shape": SHAPE}
         ),
-        "test": _artifact(
+        "test": register(
             ctx, paths["test"], "dataset", {"n_samples": len(data.y_test), "input_shape": SHAPE}
         ),
-        "odd": _artifact(ctx, paths["queries"], "dataset", {"n_samples": 4, "input_shape": [1, 4, 4]}),
+        "odd": register(ctx, paths["queries"], "dataset", {"n_samples": 4, "input_shape": [1, 4, 4]}),
     }
 
 
@@ -74,10 +52,6 @@ def _body(inputs, **changes):
     }  # fmt: skip
     body.update(changes)
     return body
-
-
-def _submit(ctx, body) -> str:
-    return submit_job(ctx.db, ctx.settings, TENANT, specs.parse(body), fingerprint="f").job.id
 
 
 def _entries(ctx, job_id) -> tuple[dict, list[tuple[dict, bytes]]]:
@@ -94,7 +68,7 @@ def _entries(ctx, job_id) -> tuple[dict, list[tuple[dict, bytes]]]:
 
 def test_remove_job_with_holdout_and_reference_returns_the_audit_and_its_plot(ctx, inputs):
     body = _body(inputs, holdout=inputs["test"], reference=inputs["checkpoint"])
-    job_id = _submit(ctx, body)
+    job_id = submit(ctx, body)
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
     result, files = _entries(ctx, job_id)
     audit = result["summary"]["audit"]
@@ -112,7 +86,7 @@ def test_remove_job_with_holdout_and_reference_returns_the_audit_and_its_plot(ct
 
 
 def test_without_holdout_the_summary_says_why_and_no_audit_plot(ctx, inputs):
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
     result, files = _entries(ctx, job_id)
     assert "no holdout" in result["summary"]["audit"]["not_computed"]["mia_auc"]
@@ -130,5 +104,5 @@ def test_without_holdout_the_summary_says_why_and_no_audit_plot(ctx, inputs):
 def test_audit_inputs_are_checked_at_submit(ctx, inputs, change, where, kind):
     body = _body(inputs, **{key: inputs[value] for key, value in change.items()})
     with pytest.raises(ValidationFailed) as caught:
-        _submit(ctx, body)
+        submit(ctx, body)
     assert [(e["loc"], e["type"]) for e in caught.value.errors] == [(["body", where], kind)]

@@ -8,7 +8,6 @@ inspector makes at submit (``workers.huggingface.inspect_request``) run here wit
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
@@ -18,27 +17,15 @@ import transformers
 
 import gif
 from jobs import artifacts, specs, store
-from jobs.config import Settings
 from jobs.errors import ValidationFailed
 from jobs.huggingface import inspection_request
 from jobs.states import JobStatus
 from jobs.submit import submit_job
 from workers import huggingface
-from workers.runner import WorkerContext, run_job
+from workers.runner import run_job
 
 from . import hf_models as H
-
-TENANT = "t1"
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    settings = Settings(
-        home=tmp_path, executor="none", workers=0, heartbeat_seconds=0.2, progress_seconds=0.0
-    )
-    context = WorkerContext.create(settings, owner="test-worker", shutdown=threading.Event())
-    yield context
-    context.db.dispose()
+from .conftest import TENANT, register, submit
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +40,17 @@ def bert():
     return H.train(H.bert_config(), x, y, steps=40), (x, y)
 
 
-def _artifact(ctx, path, kind, metadata=None) -> str:
-    with open(path, "rb") as f:
-        blob = ctx.blobs.put(f)
-    with ctx.db.begin() as session:
-        return artifacts.create_artifact(
-            session, tenant_id=TENANT, kind=kind, format="safetensors", sha256=blob.sha256,
-            size_bytes=blob.size, metadata=metadata or {},
-        ).id  # fmt: skip
-
-
 def _checkpoint(ctx, tmp_path, model) -> str:
     folder = H.save(model, tmp_path / "saved")
     state = safetensors.torch.load_file(folder / "model.safetensors")
-    return _artifact(ctx, folder / "model.safetensors", "checkpoint", gif.io.describe_checkpoint(state))
+    return register(ctx, folder / "model.safetensors", "checkpoint", gif.io.describe_checkpoint(state))
 
 
 def _dataset(ctx, tmp_path, x, y, name="train.safetensors") -> str:
     gif.io.save_dataset(x, y, tmp_path / name)
     inputs, labels = gif.io.load_dataset(tmp_path / name)
     meta = {**gif.io.describe_dataset(inputs, labels), "label_max": int(labels.max())}
-    return _artifact(ctx, tmp_path / name, "dataset", meta)
+    return register(ctx, tmp_path / name, "dataset", meta)
 
 
 def _body(config: dict, checkpoint: str, train: str, **changes) -> dict:
@@ -85,7 +62,7 @@ def _body(config: dict, checkpoint: str, train: str, **changes) -> dict:
 
 
 def _run(ctx, body) -> tuple[JobStatus, object]:
-    job_id = submit_job(ctx.db, ctx.settings, TENANT, specs.parse(body), fingerprint="f").job.id
+    job_id = submit(ctx, body)
     status = run_job(job_id, ctx.settings, ctx)
     with ctx.db.read() as session:
         return status, store.require_job(session, TENANT, job_id)
@@ -160,7 +137,7 @@ def test_token_ids_beyond_the_vocabulary_are_refused_at_submit_and_by_the_worker
     ]
     assert f"up to {H.VOCAB + 7}" in refused.value.errors[0]["msg"]
     gif.io.save_dataset({**x, "input_ids": ids}, y, tmp_path / "unrecorded.safetensors")
-    unrecorded = _artifact(
+    unrecorded = register(
         ctx, tmp_path / "unrecorded.safetensors", "dataset"
     )  # no metadata to check at submit
     status, job = _run(ctx, _body(config, checkpoint, unrecorded))

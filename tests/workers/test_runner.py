@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 
 import pytest
 import safetensors.torch
 import torch
 
 import gif
-from jobs import artifacts, specs, store
-from jobs.config import Settings
+from jobs import artifacts, store
 from jobs.states import JobStatus
-from jobs.submit import submit_job
 from tests import factories
-from workers.runner import WorkerContext, execute, run_job
+from workers.runner import execute, run_job
 
-TENANT = "t1"
+from .conftest import TENANT, register, submit
 
 
 @pytest.fixture(scope="module")
@@ -32,43 +29,14 @@ def model(data):
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    settings = Settings(
-        home=tmp_path, executor="none", workers=0, heartbeat_seconds=0.2, progress_seconds=0.0
-    )
-    context = WorkerContext.create(settings, owner="test-worker", shutdown=threading.Event())
-    yield context
-    context.db.dispose()
-
-
-def _artifact(ctx, path, kind, metadata=None) -> str:
-    with open(path, "rb") as f:
-        blob = ctx.blobs.put(f)
-    with ctx.db.begin() as session:
-        return artifacts.create_artifact(
-            session,
-            tenant_id=TENANT,
-            kind=kind,
-            format="safetensors",
-            sha256=blob.sha256,
-            size_bytes=blob.size,
-            metadata=metadata or {},
-        ).id
-
-
-@pytest.fixture
 def inputs(ctx, tmp_path, data, model):
     paths = factories.write_files(tmp_path / "files", data, model)
     meta = {"n_samples": len(data.y_train), "input_shape": [1, 8, 8]}
     return {
-        "checkpoint": _artifact(ctx, paths["checkpoint"], "checkpoint"),
-        "train": _artifact(ctx, paths["train"], "dataset", meta),
-        "queries": _artifact(ctx, paths["queries"], "dataset", {"n_samples": 4, "input_shape": [1, 8, 8]}),
+        "checkpoint": register(ctx, paths["checkpoint"], "checkpoint"),
+        "train": register(ctx, paths["train"], "dataset", meta),
+        "queries": register(ctx, paths["queries"], "dataset", {"n_samples": 4, "input_shape": [1, 8, 8]}),
     }
-
-
-def _submit(ctx, body) -> str:
-    return submit_job(ctx.db, ctx.settings, TENANT, specs.parse(body), fingerprint="f").job.id
 
 
 def _body(inputs, **changes):
@@ -97,7 +65,7 @@ def _result_files(ctx, job) -> dict[str, bytes]:
 
 
 def test_remove_class_produces_weights_report_and_plot(ctx, inputs, data):
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
     job = _job(ctx, job_id)
     files = _result_files(ctx, job)
@@ -134,7 +102,7 @@ def test_scores_job(ctx, inputs):
     body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=3).items()
             if k not in ("forget", "options")}  # fmt: skip
     body["options"] = {"solver": "cg", "max_iter": 5}
-    job_id = _submit(ctx, body)
+    job_id = submit(ctx, body)
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
     files = _result_files(ctx, _job(ctx, job_id))
     scores = safetensors.torch.load(files["scores"])["scores"]
@@ -151,11 +119,11 @@ def test_a_scores_job_names_training_samples_by_their_ids(ctx, inputs, data, tmp
     ids = torch.arange(len(data.y_train)) * 3 + 100
     path = tmp_path / "train-ids.safetensors"
     gif.io.save_dataset(data.x_train, data.y_train, path, sample_ids=ids)
-    train = _artifact(ctx, path, "dataset", {"n_samples": len(data.y_train), "input_shape": [1, 8, 8]})
+    train = register(ctx, path, "dataset", {"n_samples": len(data.y_train), "input_shape": [1, 8, 8]})
     body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=4, train=train).items()
             if k not in ("forget", "options")}  # fmt: skip
     body["options"] = {"solver": "lowrank"}
-    job_id = _submit(ctx, body)
+    job_id = submit(ctx, body)
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
     files = _result_files(ctx, _job(ctx, job_id))
     for query in json.loads(files["top_k"])["queries"]:
@@ -171,10 +139,10 @@ def test_a_removal_names_samples_by_their_ids(ctx, inputs, data, tmp_path):
     ids = torch.randperm(n, generator=torch.Generator().manual_seed(0)) + 5_000  # ids in no row order
     path = tmp_path / "train-ids.safetensors"
     gif.io.save_dataset(data.x_train, data.y_train, path, sample_ids=ids)
-    train = _artifact(ctx, path, "dataset", {"n_samples": n, "input_shape": [1, 8, 8], "sample_ids": True})
+    train = register(ctx, path, "dataset", {"n_samples": n, "input_shape": [1, 8, 8], "sample_ids": True})
     rows = [3, 40, 41, 99, 250]
-    by_id = _submit(ctx, _body(inputs, train=train, forget={"ids": [int(ids[r]) for r in reversed(rows)]}))
-    by_row = _submit(ctx, _body(inputs, train=train, forget={"indices": rows}))
+    by_id = submit(ctx, _body(inputs, train=train, forget={"ids": [int(ids[r]) for r in reversed(rows)]}))
+    by_row = submit(ctx, _body(inputs, train=train, forget={"indices": rows}))
     weights = []
     for job_id in (by_id, by_row):
         assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
@@ -182,11 +150,11 @@ def test_a_removal_names_samples_by_their_ids(ctx, inputs, data, tmp_path):
         assert json.loads(_job(ctx, job_id).result_json)["summary"]["n_edited"] == len(rows)
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
-    missing = _submit(ctx, _body(inputs, train=train, forget={"ids": [int(ids[3]), 17, 4]}))
+    missing = submit(ctx, _body(inputs, train=train, forget={"ids": [int(ids[3]), 17, 4]}))
     assert run_job(missing, ctx.settings, ctx) is JobStatus.FAILED
     error = json.loads(_job(ctx, missing).error_json)
     assert error["code"] == "index_out_of_range" and "[17, 4]" in error["message"]
-    plain = _submit(ctx, _body(inputs, forget={"ids": [5_003]}))  # a training set without ids
+    plain = submit(ctx, _body(inputs, forget={"ids": [5_003]}))  # a training set without ids
     assert run_job(plain, ctx.settings, ctx) is JobStatus.FAILED
     assert json.loads(_job(ctx, plain).error_json)["code"] == "dataset_incompatible"
 
@@ -198,21 +166,21 @@ def test_a_relabel_names_samples_by_their_ids(ctx, inputs, data, tmp_path):
     ids = torch.randperm(n, generator=torch.Generator().manual_seed(1)) * 2 + 1
     path = tmp_path / "train-ids.safetensors"
     gif.io.save_dataset(data.x_train, data.y_train, path, sample_ids=ids)
-    train = _artifact(ctx, path, "dataset", {"n_samples": n, "input_shape": [1, 8, 8], "sample_ids": True})
+    train = register(ctx, path, "dataset", {"n_samples": n, "input_shape": [1, 8, 8], "sample_ids": True})
     rows = [7, 30, 200]
     labels = [int((data.y_train[r] + 1) % 10) for r in rows]
     body = {k: v for k, v in _body(inputs, type="relabel", train=train).items() if k != "forget"}
-    by_id = _submit(
+    by_id = submit(
         ctx, {**body, "relabel": {"ids": [int(ids[r]) for r in reversed(rows)], "labels": labels[::-1]}}
     )
-    by_row = _submit(ctx, {**body, "relabel": {"indices": rows, "labels": labels}})
+    by_row = submit(ctx, {**body, "relabel": {"indices": rows, "labels": labels}})
     weights = []
     for job_id in (by_id, by_row):
         assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
         weights.append(safetensors.torch.load(_result_files(ctx, _job(ctx, job_id))["weights"]))
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
-    missing = _submit(ctx, {**body, "relabel": {"ids": [int(ids[7]), 0], "labels": [1, 2]}})  # ids are odd
+    missing = submit(ctx, {**body, "relabel": {"ids": [int(ids[7]), 0], "labels": [1, 2]}})  # ids are odd
     assert run_job(missing, ctx.settings, ctx) is JobStatus.FAILED
     error = json.loads(_job(ctx, missing).error_json)
     assert (
@@ -227,7 +195,7 @@ def test_a_cosine_scores_job(ctx, inputs, data, model):
     body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=2).items()
             if k not in ("forget", "options")}  # fmt: skip
     body |= {"normalize": "cosine", "options": {"solver": "lowrank"}}
-    job_id = _submit(ctx, body)
+    job_id = submit(ctx, body)
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
     files = _result_files(ctx, _job(ctx, job_id))
     scores = safetensors.torch.load(files["scores"])["scores"]
@@ -243,7 +211,7 @@ def test_a_cosine_scores_job(ctx, inputs, data, model):
 
 
 def _fails_with(ctx, body, code: str) -> None:
-    job_id = _submit(ctx, body)
+    job_id = submit(ctx, body)
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.FAILED
     error = json.loads(_job(ctx, job_id).error_json)
     assert error["code"] == code and str(ctx.blobs.root) not in error["message"]
@@ -268,7 +236,7 @@ def test_a_stored_request_that_no_longer_parses_fails_the_job_invalid_request(ct
 
     from jobs.models import Job
 
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     stale = _body(inputs, options={"newton_steps": 1, "momentum": 0.9})
     with ctx.db.begin() as session:
         session.execute(update(Job).where(Job.id == job_id).values(request_json=json.dumps(stale)))
@@ -280,8 +248,8 @@ def test_a_stored_request_that_no_longer_parses_fails_the_job_invalid_request(ct
 def test_labels_outside_the_model_are_dataset_incompatible(ctx, tmp_path, inputs, data):
     path = tmp_path / "bad.safetensors"
     gif.io.save_dataset(data.x_train[:100], torch.full((100,), 12), path)
-    bad = _artifact(ctx, path, "dataset", {"n_samples": 100})
-    job_id = _submit(ctx, _body(inputs, train=bad, forget={"indices": [1]}))
+    bad = register(ctx, path, "dataset", {"n_samples": 100})
+    job_id = submit(ctx, _body(inputs, train=bad, forget={"indices": [1]}))
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.FAILED
     assert json.loads(_job(ctx, job_id).error_json)["code"] == "dataset_incompatible"
 
@@ -292,7 +260,7 @@ def _claimed(ctx, job_id):
 
 
 def test_cancel_observed_by_the_worker(ctx, inputs):
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     lease = _claimed(ctx, job_id)
     with ctx.db.begin() as session:
         store.request_cancel(session, TENANT, job_id)
@@ -301,7 +269,7 @@ def test_cancel_observed_by_the_worker(ctx, inputs):
 
 
 def test_shutdown_gives_the_job_back(ctx, inputs):
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     lease = _claimed(ctx, job_id)
     ctx.shutdown.set()
     assert execute(lease, ctx) is JobStatus.QUEUED
@@ -310,7 +278,7 @@ def test_shutdown_gives_the_job_back(ctx, inputs):
 
 
 def test_a_worker_that_lost_its_lease_writes_nothing(ctx, inputs):
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     lease = _claimed(ctx, job_id)
     with ctx.db.begin() as session:  # as if the reaper had taken the job back
         store.transition(session, job_id, TENANT, JobStatus.RUNNING, JobStatus.QUEUED, token=lease.token,
@@ -326,7 +294,7 @@ def test_results_of_a_lost_lease_never_reach_the_blob_store(ctx, inputs):
     from workers.results import Output, Results
     from workers.runner import _commit
 
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     lease = _claimed(ctx, job_id)
     with ctx.db.begin() as session:
         store.transition(session, job_id, TENANT, JobStatus.RUNNING, JobStatus.QUEUED, token=lease.token,
@@ -357,7 +325,7 @@ def test_a_full_blob_store_fails_the_job_with_storage_error(ctx, inputs, monkeyp
     else:
         monkeypatch.setattr(StagedBlob, "commit", full)
     blobs_before = set(ctx.blobs.committed())
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.FAILED
     error = json.loads(_job(ctx, job_id).error_json)
     assert error["code"] == "storage_error" and "blob store is full" in error["message"]
@@ -374,7 +342,7 @@ def test_a_worker_asked_for_a_gpu_it_lacks_fails_the_job_saying_so(ctx, inputs, 
     """``GIF_DEVICE=cuda:7`` on a worker without that device: the job's error names the setting
     and the reason (on a machine with 8+ GPUs it would simply run there)."""
     monkeypatch.setattr(ctx, "settings", ctx.settings.model_copy(update={"device": "cuda:7"}))
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     status = run_job(job_id, ctx.settings, ctx)
     if torch.cuda.is_available() and torch.cuda.device_count() > 7:
         assert status is JobStatus.SUCCEEDED
@@ -391,7 +359,7 @@ def test_a_kronecker_fit_made_by_one_job_serves_the_next_on_the_same_checkpoint(
     options = {"newton_steps": 2, "hessian_samples": 256, "solver": "kfac"}
     reports = []
     for cls in (3, 5):
-        job_id = _submit(ctx, _body(inputs, forget={"class": cls}, options=options))
+        job_id = submit(ctx, _body(inputs, forget={"class": cls}, options=options))
         assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
         reports.append(json.loads(_result_files(ctx, _job(ctx, job_id))["report"])["report"])
     assert all(r["solver"]["solver"] == "kfac" and r["hvps"] == 0 for r in reports)
@@ -402,7 +370,7 @@ def test_a_kronecker_fit_made_by_one_job_serves_the_next_on_the_same_checkpoint(
 def test_a_job_sized_over_the_memory_budget_fails_at_once_naming_what_to_change(ctx, inputs):
     """GIF_MAX_MEMORY_BYTES below the engine's estimate: memory_budget_exceeded before any
     computation (the estimate is in every job's provenance; workers/sizing.py)."""
-    ok = _submit(ctx, _body(inputs))
+    ok = submit(ctx, _body(inputs))
     assert run_job(ok, ctx.settings, ctx) is JobStatus.SUCCEEDED
     report = json.loads(_result_files(ctx, _job(ctx, ok))["report"])
     estimate = report["provenance"]["compute"]["estimate"]
@@ -410,7 +378,7 @@ def test_a_job_sized_over_the_memory_budget_fails_at_once_naming_what_to_change(
     tight = dataclasses.replace(
         ctx, settings=ctx.settings.model_copy(update={"max_memory_bytes": estimate["total"] // 2})
     )
-    job_id = _submit(ctx, _body(inputs))
+    job_id = submit(ctx, _body(inputs))
     assert run_job(job_id, tight.settings, tight) is JobStatus.FAILED
     error = json.loads(_job(ctx, job_id).error_json)
     assert error["code"] == "memory_budget_exceeded" and "GiB" in error["message"]
@@ -424,7 +392,7 @@ def test_a_relabel_job_may_leave_the_solver_to_the_engine(ctx, inputs, data):
     options = {"solver": "auto", "newton_steps": 1, "hessian_samples": 256}
     body = _body(inputs, type="relabel", relabel={"indices": indices, "labels": labels}, options=options)
     body.pop("forget")
-    job_id = _submit(ctx, body)
+    job_id = submit(ctx, body)
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED, _job(ctx, job_id).error_json
     report = json.loads(_result_files(ctx, _job(ctx, job_id))["report"])
     assert report["report"]["solver_choice"] == {
@@ -440,7 +408,7 @@ def test_an_edit_job_changes_only_the_parameters_its_params_name(ctx, inputs, mo
     body = _body(
         inputs, params={"names": ["3.*"]}, options={"newton_steps": 1, "hessian_samples": 256, "ratio": 1.0}
     )
-    job_id = _submit(ctx, body)
+    job_id = submit(ctx, body)
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED, _job(ctx, job_id).error_json
     weights = safetensors.torch.load(_result_files(ctx, _job(ctx, job_id))["weights"])
     before = model.state_dict()
@@ -448,7 +416,7 @@ def test_an_edit_job_changes_only_the_parameters_its_params_name(ctx, inputs, mo
         weights["1.bias"], before["1.bias"]
     )
     assert not torch.equal(weights["3.weight"], before["3.weight"])
-    nothing = _submit(ctx, _body(inputs, params={"names": ["classifier.*"]}))
+    nothing = submit(ctx, _body(inputs, params={"names": ["classifier.*"]}))
     assert run_job(nothing, ctx.settings, ctx) is JobStatus.FAILED
     error = json.loads(_job(ctx, nothing).error_json)
     assert error["code"] == "invalid_input" and "no trainable parameter matches" in error["message"]

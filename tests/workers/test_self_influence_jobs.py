@@ -5,7 +5,6 @@ trusted validation set."""
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import safetensors.torch
@@ -13,13 +12,13 @@ import torch
 
 import gif
 from jobs import artifacts, specs, store
-from jobs.config import Settings
 from jobs.states import JobStatus
 from jobs.submit import submit_job
 from tests import factories
-from workers.runner import WorkerContext, run_job
+from workers.runner import run_job
 
-TENANT = "t1"
+from .conftest import TENANT, register, submit
+
 SHAPE = [1, 8, 8]
 
 
@@ -34,41 +33,21 @@ def model(data):
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    settings = Settings(
-        home=tmp_path, executor="none", workers=0, heartbeat_seconds=0.2, progress_seconds=0.0
-    )
-    context = WorkerContext.create(settings, owner="test-worker", shutdown=threading.Event())
-    yield context
-    context.db.dispose()
-
-
-def _artifact(ctx, path, kind, metadata=None) -> str:
-    with open(path, "rb") as f:
-        blob = ctx.blobs.put(f)
-    with ctx.db.begin() as session:
-        return artifacts.create_artifact(
-            session, tenant_id=TENANT, kind=kind, format="safetensors", sha256=blob.sha256, size_bytes=blob.size,
-            metadata=metadata or {},
-        ).id  # fmt: skip
-
-
-@pytest.fixture
 def inputs(ctx, tmp_path, data, model):
     paths = factories.write_files(tmp_path / "files", data, model)
     return {
-        "checkpoint": _artifact(ctx, paths["checkpoint"], "checkpoint"),
-        "train": _artifact(
+        "checkpoint": register(ctx, paths["checkpoint"], "checkpoint"),
+        "train": register(
             ctx, paths["train"], "dataset", {"n_samples": len(data.y_train), "input_shape": SHAPE}
         ),
-        "test": _artifact(
+        "test": register(
             ctx, paths["test"], "dataset", {"n_samples": len(data.y_test), "input_shape": SHAPE}
         ),
     }
 
 
 def _run(ctx, body) -> tuple[dict, dict[str, bytes]]:
-    job_id = submit_job(ctx.db, ctx.settings, TENANT, specs.parse(body), fingerprint="f").job.id
+    job_id = submit(ctx, body)
     assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
     with ctx.db.read() as session:
         result = json.loads(store.require_job(session, TENANT, job_id).result_json)
@@ -135,7 +114,7 @@ def test_a_curvature_option_measures_the_margin_and_head_can_be_named(ctx, input
 def test_an_exact_solver_solves_per_sample(ctx, inputs, data, tmp_path):
     path = tmp_path / "small.safetensors"
     gif.io.save_dataset(data.x_train[:24], data.y_train[:24], path)
-    small = _artifact(ctx, path, "dataset", {"n_samples": 24, "input_shape": SHAPE})
+    small = register(ctx, path, "dataset", {"n_samples": 24, "input_shape": SHAPE})
     result, files = _run(ctx, _body(inputs, train=small, top_k=3, options={"solver": "cg", "max_iter": 3}))
     assert result["summary"]["exact"] is True and result["summary"]["solver"] == "cg"
     assert "validation_harm" not in safetensors.torch.load(files["scores"])
@@ -148,7 +127,7 @@ def test_rankings_name_samples_by_the_datasets_own_ids(ctx, inputs, data, tmp_pa
     ids = 10_000_000_000 + 7 * torch.arange(n).flip(0)  # user keys: large, not the row order
     path = tmp_path / "named.safetensors"
     gif.io.save_dataset(data.x_train, data.y_train, path, sample_ids=ids)
-    train = _artifact(ctx, path, "dataset", {"n_samples": n, "input_shape": SHAPE, "sample_ids": True})
+    train = register(ctx, path, "dataset", {"n_samples": n, "input_shape": SHAPE, "sample_ids": True})
     result, files = _run(ctx, _body(inputs, train=train, validation=inputs["test"], top_k=5))
     for ranking in ("self_influence", "validation_harm"):
         entries = result["summary"][ranking]
@@ -166,7 +145,7 @@ def test_a_training_set_with_repeated_ids_fails_the_job_clearly(ctx, inputs, dat
     ids = np.arange(len(data.y_train))
     ids[5] = ids[2]
     np.savez(path, inputs=data.x_train.numpy(), labels=data.y_train.numpy(), sample_ids=ids)
-    train = _artifact(ctx, path, "dataset", {"n_samples": len(data.y_train), "input_shape": SHAPE})
+    train = register(ctx, path, "dataset", {"n_samples": len(data.y_train), "input_shape": SHAPE})
     job_id = submit_job(
         ctx.db, ctx.settings, TENANT, specs.parse(_body(inputs, train=train)), fingerprint="f"
     ).job.id
