@@ -22,8 +22,11 @@ from .progress import Progress, ProgressCallback
 if TYPE_CHECKING:
     from .newton import Task
 
-#: Samples evaluated per set during the step search and in reports (seeded subsample above it).
-EVAL_CAP = 4096
+#: Samples evaluated per set during the step search and in reports (a seeded subsample above
+#: it). A step search compares its points on the same samples, and 1,000 told them apart:
+#: 4,096 made the step search a third of a cold relabel's time on 60,000 images, with no better
+#: edits (docs/benchmarks.md, "A larger training set").
+EVAL_CAP = 1_000
 #: A sample removal judged against unseen data may lose this much validation (and unseen)
 #: accuracy freely ...
 ACCURACY_TOLERANCE = 0.01

@@ -235,3 +235,28 @@ def test_newton_corrections_are_solved_to_correction_tol_and_the_first_step_to_t
     assert loose[0]["solver"] == {**tight[0]["solver"], "seconds": loose[0]["solver"]["seconds"]}
     assert loose[1]["solver"]["converged"] and loose[1]["solver"]["residual"] <= 0.5
     assert loose[1]["solver"]["iterations"] < tight[1]["solver"]["iterations"]
+
+
+def test_the_step_search_evaluates_a_seeded_capped_sample_of_each_set():
+    """Above ``EVAL_CAP`` samples the edited and validation sets are judged on a seeded subsample
+    of that many (gif/edit_sets.py): the same one on every run."""
+    from gif.edit_sets import EVAL_CAP
+
+    model, _, _ = tiny_problem()
+    gen = torch.Generator().manual_seed(5)
+    n, edited = 3 * EVAL_CAP, EVAL_CAP + 200
+    x = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    val = (
+        torch.randn(EVAL_CAP + 50, 4, generator=gen, dtype=torch.float64),
+        torch.randint(0, 3, (EVAL_CAP + 50,)),
+    )
+    rows = torch.arange(edited)
+    runs = [
+        gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, validation=val, method="if", solver="cg",
+                    newton_steps=1, hessian_samples=256)
+        for _ in range(2)
+    ]  # fmt: skip
+    after = runs[0].report["metrics"]["after"]
+    assert after["edited_new_labels"]["n"] == after["validation"]["n"] == EVAL_CAP
+    assert runs[0].report["metrics"] == runs[1].report["metrics"]
