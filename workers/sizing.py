@@ -12,7 +12,7 @@ from typing import Any
 
 import gif.memory
 from gif.method_choice import most_hessian_samples
-from jobs.specs import RelabelJob, ScoresJob, SelfInfluenceJob, Spec
+from jobs.specs import ScoresJob, SelfInfluenceJob, Spec
 
 from .execute import edit_config, scores_config, self_influence_config
 from .loading import Loaded
@@ -28,8 +28,7 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
         samples, chunk, per_chunk = n, solve.chunk_size, solve.memory_budget
     else:
         edit = edit_config(spec)
-        kind = "relabel" if isinstance(spec, RelabelJob) else "remove"
-        samples = min(n, most_hessian_samples(edit, kind))
+        samples = min(n, most_hessian_samples(edit, spec.type))
         chunk, per_chunk = edit.chunk_size, edit.memory_budget
     estimate = gif.memory.estimate(loaded.model, inputs, samples, chunk_size=chunk, memory_budget=per_chunk)
     if budget > 0:
