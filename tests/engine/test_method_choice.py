@@ -156,7 +156,12 @@ def test_solver_auto_is_guarded_by_the_validation_objective(monkeypatch, accept)
     guard = out.report["solver_choice"]["guard"]
     objective = {r.report["options"]["solver"]: r.report["metrics"]["after"]["objective"] for r in (kfac, cg)}
     if accept == 0.0:
-        assert guard == {"threshold": 0.0, "objectives": {"kfac": objective["kfac"]}, "kept": "kfac"}
+        assert guard == {
+            "threshold": 0.0,
+            "objectives": {"kfac": objective["kfac"]},
+            "accepted_by": "objective",
+            "kept": "kfac",
+        }
         assert torch.equal(out.delta, kfac.delta) and out.report["work"] == kfac.report["work"]
         return
     assert guard["objectives"] == objective
@@ -324,6 +329,7 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
     assert out.report["options"]["method"] == "if" and choice["chosen"] == "if"
     assert choice["head_first"] == {
         "objective": 1.0,
+        "accepted": "objective",
         "threshold": pytest.approx(0.98),
         "moved": False,
         "kept": "if",
@@ -331,3 +337,47 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
     assert out.report["work"] == {"gradients": 2, "hvps": 4, "forward_evaluations": 6}
     # both runs' time, the head's features (computed once per request) once
     assert out.report["timings"] == {"solve": 1.0, "features": 0.25}
+
+
+def _metrics(objective, edited, val_before, val_after):
+    def state(obj, val, ed):
+        return {"objective": obj, "validation": {"accuracy": val}, "edited_new_labels": {"accuracy": ed}}
+
+    return {"before": state(0.0, val_before, 0.0), "after": state(objective, val_after, edited)}
+
+
+def test_an_edit_is_accepted_on_its_objective_or_on_its_edited_samples_with_validation_kept():
+    from gif.method_choice import accepted
+
+    assert accepted(_metrics(0.985, 0.97, 1.0, 1.0)) == "objective"
+    # validation with wrong labels (95.5% right before): F1 ≤ 0.977 whatever the edit does
+    noisy = _metrics(0.970, 0.987, 0.955, 0.954)
+    assert accepted(noisy) == "edited samples, validation kept"
+    assert accepted(_metrics(0.955, 0.9525, 0.978, 0.959)) is None  # validation lost 1.9 points
+    assert accepted(_metrics(0.968, 0.979, 0.955, 0.958)) is None  # edited samples short of the bar
+    assert accepted(_metrics(0.970, 0.99, 0.955, 0.949)) is None  # lost more than the slack
+    removal = {"before": {"objective": 0.0}, "after": {"objective": 0.97, "forget": {"accuracy": 0.0}}}
+    assert accepted(removal) is None  # only the objective judges a removal
+
+
+def test_the_edited_samples_rule_changes_nothing_where_validation_was_right_before():
+    """Where at least 98.5% of the validation data was right before the edit, every edit the second
+    rule accepts reaches the objective's bar already (an F1 is at least its smaller argument)."""
+    from gif.method_choice import ACCEPT_OBJECTIVE, VALIDATION_SLACK, accepted
+    from gif.metrics import f1
+
+    grid = [i / 200 for i in range(150, 201)]
+    for before in (v for v in grid if v >= ACCEPT_OBJECTIVE + VALIDATION_SLACK):
+        for after in grid:
+            for edited in grid:
+                objective = f1(edited, after)
+                if accepted(_metrics(objective, edited, before, after)) is not None:
+                    assert objective >= ACCEPT_OBJECTIVE - 1e-12
+
+
+def test_the_head_first_verdict_records_what_it_was_judged_on():
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    _, out = _relabel_many(model, train)
+    verdict = out.report["method_choice"]["head_first"]
+    assert set(verdict) >= {"objective", "accepted", "edited", "validation", "threshold", "moved"}
+    assert len(verdict["validation"]) == 2 and 0.0 <= verdict["edited"] <= 1.0
