@@ -236,13 +236,25 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
                     "timings": report["timings"],
                 }
             )
-            kept = report["options"]["method"] + ", " + report["options"]["solver"]
+            kept = report["options"]["method"] + ", " + report["options"]["solver"] + _why_kept(report)
             print(
                 f"  seed {seed} {name}, {label}: {seconds:.2f}s ({_times(seconds / retrain)}), "
                 f"{_figures(rows[-1])}, kept {kept} (retrained: {_figures(rows[0])})",
                 flush=True,
             )
     return rows
+
+
+def _why_kept(report: dict) -> str:
+    """Why ``auto`` kept the edit it kept (gif/method_choice.py, ``accepted``), where it chose."""
+    head = (report.get("method_choice") or {}).get("head_first")
+    guard = (report.get("solver_choice") or {}).get("guard")
+    if head is not None and head["kept"] == "fif":
+        return f" (accepted on its {head['accepted']}, held-out gap {head['held_out_check']['gap']:.3f})"
+    if guard is not None:
+        why = guard.get("accepted_by")
+        return f" (guard: {'K-FAC accepted on its ' + why if why else 'the higher objective of two'})"
+    return ""
 
 
 def _times(ratio: float) -> str:

@@ -148,7 +148,11 @@ def worker_main(settings: Settings, index: int, parent_pid: int) -> None:
     import torch
 
     torch.set_num_threads(settings.torch_threads)
+    from gif._util import preload
+
     from .runner import IDLE, WorkerContext, run_next
+
+    preload()
 
     ctx = WorkerContext.create(
         settings, owner=f"{socket.gethostname()}:{os.getpid()}:w{index}", shutdown=shutdown

@@ -26,14 +26,18 @@ _context = None
 
 @worker_process_init.connect
 def _init_child(**_: object) -> None:
-    """In each pool child (never the parent): logging and torch threads; CUDA stays lazy."""
+    """In each pool child (never the parent): logging, torch threads and the engine's modules
+    (``preload``: out of the first job's time); CUDA stays lazy."""
     logs.configure()
     settings = app.conf.gif_settings
     threads = str(settings.torch_threads)
     os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     import torch
 
+    from gif._util import preload
+
     torch.set_num_threads(settings.torch_threads)
+    preload()
 
 
 def context():

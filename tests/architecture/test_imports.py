@@ -74,3 +74,18 @@ def test_the_distributed_api_side_does_not_import_torch():
     """The API process of distributed mode loads the Celery app and the sweeper, never torch
     (and so never CUDA: a prefork parent that initialised it would break its children)."""
     _run("import sys, workers.celery_app, workers.distributed, workers.dispatch; " + _NO_HEAVY)
+
+
+def test_after_preload_a_first_edit_imports_nothing_more():
+    """What a worker imports at start (``gif._util.preload``) is everything an edit and a scores
+    call import on first use, torch.func's lazy ``torch._dynamo`` included."""
+    _run(
+        "import sys, torch; from torch import nn; import gif; from gif._util import preload; preload(); "
+        "before = set(sys.modules); "
+        "m = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)); x = torch.randn(24, 1, 4, 4); "
+        "y = torch.arange(24) % 3; "
+        "gif.relabel(m, (x, y), torch.arange(4), (y[:4] + 1) % 3, method='if', hessian_samples=16, newton_steps=1); "
+        "gif.scores(m, (x, y), (x[:2], y[:2])); "
+        "new = sorted(k for k in set(sys.modules) - before if k.split('.')[0] in ('gif', 'torch')); "
+        "assert not new, new"
+    )
