@@ -339,11 +339,14 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
     assert out.report["timings"] == {"solve": 1.0, "features": 0.25}
 
 
-def _metrics(objective, edited, val_before, val_after):
+def _metrics(objective, edited, val_before, val_after, source="carved from retained training data"):
+    """The parts of a relabel's report that ``accepted`` reads."""
+
     def state(obj, val, ed):
         return {"objective": obj, "validation": {"accuracy": val}, "edited_new_labels": {"accuracy": ed}}
 
-    return {"before": state(0.0, val_before, 0.0), "after": state(objective, val_after, edited)}
+    metrics = {"before": state(0.0, val_before, 0.0), "after": state(objective, val_after, edited)}
+    return {"metrics": metrics, "validation_source": source}
 
 
 def test_an_edit_is_accepted_on_its_objective_or_on_its_edited_samples_with_validation_kept():
@@ -356,8 +359,9 @@ def test_an_edit_is_accepted_on_its_objective_or_on_its_edited_samples_with_vali
     assert accepted(_metrics(0.955, 0.9525, 0.978, 0.959)) is None  # validation lost 1.9 points
     assert accepted(_metrics(0.968, 0.979, 0.955, 0.958)) is None  # edited samples short of the bar
     assert accepted(_metrics(0.970, 0.99, 0.955, 0.949)) is None  # lost more than the slack
+    assert accepted({**noisy, "validation_source": "given"}) is None  # held-out: the objective alone
     removal = {"before": {"objective": 0.0}, "after": {"objective": 0.97, "forget": {"accuracy": 0.0}}}
-    assert accepted(removal) is None  # only the objective judges a removal
+    assert accepted({"metrics": removal}) is None  # only the objective judges a removal
 
 
 def test_the_edited_samples_rule_changes_nothing_where_validation_was_right_before():
