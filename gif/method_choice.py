@@ -47,21 +47,19 @@ from .newton import EditResult, Task
 
 #: The validation objective (F1 of the edit's two goals, gif/edit_sets.py) below which an edit
 #: whose ``solver="auto"`` took K-FAC is redone with the method's own solver, and below which a
-#: relabel of the head alone is not kept (module docstring). An absolute bar: with validation
-#: data the model gets less than ~96% right it cannot be reached, so such edits always take the
-#: slower, safer path; a bar relative to the reachable F1 let a head edit 2.3 points below
-#: retraining through (docs/benchmarks.md, "A relabel by the head first").
+#: relabel of the head alone is not kept (module docstring). An absolute bar: a bar relative to
+#: the F1 reachable on a request's own validation data let a head edit 2.3 points below
+#: retraining through (docs/benchmarks.md, "A relabel by the head first") ...
 ACCEPT_OBJECTIVE = 0.98
 
-#: ... unless the edit falls short only because its validation data cannot be got right: carved
-#: from training samples some of which carry wrong labels, it caps the F1 below the bar (95.5%
-#: right before the edit caps it at 0.977). Such an edit (on carved validation, :func:`accepted`)
-#: is accepted when it gets the edited
-#: samples right as often as the bar asks (≥ :data:`ACCEPT_OBJECTIVE` under their new labels)
-#: and loses at most this much of the validation accuracy it started from. Where the validation
-#: accuracy before the edit is 98.5% or more the rule changes nothing (an F1 is at least its
-#: smaller argument, so such an edit already reaches the bar); an edit that trades validation
-#: accuracy for the edited samples — what an F1 cannot see — stays rejected
+#: ... unless the edit falls short only because its validation data cannot be got right:
+#: carved from training samples some of which carry wrong labels, it caps the F1 below the bar
+#: (95.5% right before the edit caps it at 0.977). Such an edit (:func:`accepted`) is accepted
+#: when it gets the edited samples right as often as the bar asks (≥ :data:`ACCEPT_OBJECTIVE`
+#: under their new labels) and loses at most this much of the validation accuracy it started
+#: from. Where validation was 98.5% right or more before the edit this changes nothing (an F1 is
+#: at least its smaller argument, so such an edit reaches the bar already); an edit that trades
+#: validation accuracy for the edited samples — what an F1 cannot see — stays rejected
 #: (docs/benchmarks.md, "Validation data with wrong labels").
 VALIDATION_SLACK = 0.005
 
