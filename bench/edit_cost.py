@@ -11,11 +11,11 @@ compared with), then time the edit for each variant:
   cache, another class (``--cls2``): what a service pays for the second deletion request against a
   production checkpoint.
 * ``--protocol relabel``: the backdoor protocol (10% of the training images triggered and
-  labelled 4) on a checkpoint with a second defect, 5% of the other training samples given a
-  wrong label; cold — ``gif.relabel`` of every poisoned sample to its true label, an empty cache;
+  labelled 4) on a checkpoint with a second defect, ``--flipped`` (default 5%) of the other
+  training samples given a wrong label; cold — ``gif.relabel`` of every poisoned sample to its true label, an empty cache;
   further edit — the same checkpoint and cache, a relabel of the flipped samples (the second
-  request against the checkpoint; the backdoor stays, so its attack column stays high).
-  Retraining: the same recipe with the backdoor's labels fixed.
+  request against the checkpoint; the backdoor stays, so its attack column stays high; none with
+  ``--flipped 0``). Retraining: the same recipe with the backdoor's labels fixed.
 
 ``--copies K`` (default 1) trains on each training image and K − 1 copies shifted by up to
 :data:`SHIFT` pixels (seeded; the test split is unchanged): a training set K times larger, for how
@@ -27,7 +27,7 @@ Columns: edit seconds and edit ÷ retraining, test accuracies (removal: retained
 class; relabel: clean, relabel, attack success), the engine's work counters (gradients, HVPs,
 forward evaluations) and its timings by stage (selection, gradients, solve, step search).
 
-    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--copies 1] [--seeds 1] [--first-seed 0] [--cls 3] [--cls2 5] [--threads 1] [--variants default,kfac]
+    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--copies 1] [--seeds 1] [--first-seed 0] [--cls 3] [--cls2 5] [--flipped 0.05] [--threads 1] [--variants default,kfac]
 """
 
 from __future__ import annotations
@@ -155,9 +155,10 @@ def removal(seed: int, args):
 
 
 def relabel(seed: int, args):
-    """As :func:`removal`, for a checkpoint with two defects: the backdoor, and :data:`FLIPPED` of
+    """As :func:`removal`, for a checkpoint with two defects: the backdoor, and ``--flipped`` of
     the other training samples with a wrong label. The cold edit relabels the poisoned samples,
-    the further one the flipped samples (another request against the same checkpoint)."""
+    the further one the flipped samples (another request against the same checkpoint; none with
+    ``--flipped 0``, the backdoor protocol of examples/backdoor_relabel.py alone)."""
     _, arch, epochs, trigger = DATA[args.data]
     s = load(seed, args)
     xp, yp, idx = poison(s.x_train, s.y_train, seed, trigger, TARGET)
@@ -165,7 +166,9 @@ def relabel(seed: int, args):
     # same untouched samples, and flips drawn alike would fill it
     gen = torch.Generator().manual_seed(FLIP_SEED + seed)
     clean = torch.nonzero(torch.isin(torch.arange(len(yp)), idx, invert=True)).flatten()
-    flipped = torch.sort(clean[torch.randperm(len(clean), generator=gen)[: int(FLIPPED * len(yp))]]).values
+    flipped = torch.sort(
+        clean[torch.randperm(len(clean), generator=gen)[: int(args.flipped * len(yp))]]
+    ).values
     yp[flipped] = (yp[flipped] + torch.randint(1, 10, (len(flipped),), generator=gen)) % 10
     model = train(arch, xp, yp, seed=seed, epochs=epochs)
     fixed = yp.clone()
@@ -183,21 +186,13 @@ def relabel(seed: int, args):
         attack = accuracy(m, x_trig, torch.full_like(y_true, TARGET))
         return [accuracy(m, s.x_test, s.y_test), accuracy(m, x_trig, y_true), attack]
 
-    return (
-        model,
-        xp,
-        retrained,
-        retrain,
-        [
-            ("cold (the backdoor)", edit(idx), quality),
-            ("further edit (the flipped labels)", edit(flipped), quality),
-        ],
-    )
+    edits = [("cold (the backdoor)", edit(idx), quality)]
+    if len(flipped):
+        edits.append(("further edit (the flipped labels)", edit(flipped), quality))
+    return model, xp, retrained, retrain, edits
 
 
-#: The share of the training set whose labels the relabel protocol's checkpoint has wrong besides
-#: the backdoor's (:func:`relabel`).
-FLIPPED = 0.05
+#: The relabel protocol's flips (``--flipped``) are drawn with a generator of this seed + the seed.
 FLIP_SEED = 1_000
 
 
@@ -275,6 +270,12 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--cls", type=int, default=3)
     ap.add_argument("--cls2", type=int, default=5)
+    ap.add_argument(
+        "--flipped",
+        type=float,
+        default=0.05,
+        help="relabel protocol: the share of the other training labels made wrong (0: the backdoor alone)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
@@ -287,7 +288,7 @@ def main() -> None:
     what = (
         f"remove class {args.cls} (further edit: class {args.cls2})"
         if args.protocol == "removal"
-        else "backdoor relabel (further edit: the flipped labels)"
+        else f"backdoor relabel, {args.flipped:.0%} of the other labels flipped (further edit: those)"
     )
     print(
         f"\n### Edit vs retraining, {args.data} TinyNet ×{args.copies} training set, {what}, {args.seeds} seed(s), {args.threads} thread(s)\n"
