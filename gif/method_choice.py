@@ -43,7 +43,7 @@ from torch import nn
 from .config import EDIT_PRESETS, EditConfig
 from .inputs import Inputs
 from .loo_head import named_head
-from .newton import EditResult, Task
+from .newton import VALIDATION_GIVEN, EditResult, Task
 
 #: The validation objective (F1 of the edit's two goals, gif/edit_sets.py) below which an edit
 #: whose ``solver="auto"`` took K-FAC is redone with the method's own solver, and below which a
@@ -245,11 +245,11 @@ def accepted(report: dict) -> str | None:
     after = metrics["after"]
     if after["objective"] >= ACCEPT_OBJECTIVE:
         return "objective"
-    before = metrics.get("before")
-    if "edited_new_labels" not in after or before is None or report.get("validation_source") == "given":
+    if "edited_new_labels" not in after or report.get("validation_source") == VALIDATION_GIVEN:
         return None
     edited = after["edited_new_labels"]["accuracy"]
-    kept = after["validation"]["accuracy"] >= before["validation"]["accuracy"] - VALIDATION_SLACK
+    before = metrics["before"]["validation"]["accuracy"]
+    kept = after["validation"]["accuracy"] >= before - VALIDATION_SLACK
     return "edited samples, validation kept" if edited >= ACCEPT_OBJECTIVE and kept else None
 
 
@@ -259,7 +259,5 @@ def _judged(result: EditResult) -> dict:
     figures: dict = {"objective": _objective(result), "accepted": accepted(result.report)}
     if "edited_new_labels" in metrics["after"]:
         figures["edited"] = metrics["after"]["edited_new_labels"]["accuracy"]
-        figures["validation"] = [
-            metrics[k]["validation"]["accuracy"] for k in ("before", "after") if k in metrics
-        ]
+        figures["validation"] = [metrics[k]["validation"]["accuracy"] for k in ("before", "after")]
     return figures

@@ -45,6 +45,10 @@ from .selection import select, selection_summary
 from .solvers import LowRankHessian, Monitor
 from .steps import StepOutcome, newton_step, search_step
 
+#: The report's ``validation_source``: validation data the request gave, or carved from the training data.
+VALIDATION_GIVEN = "given"
+VALIDATION_CARVED = "carved from retained training data"
+
 
 @dataclass
 class EditResult:
@@ -260,7 +264,7 @@ class Edit:
             "selection": selection_summary(self.model, params),
             "hessian_samples": int(self.splits.hessian.numel()),
             "validation_samples": len(self.val[1]),
-            "validation_source": "given" if self.validation_given else "carved from retained training data",
+            "validation_source": VALIDATION_GIVEN if self.validation_given else VALIDATION_CARVED,
             "solver": _solver_summary(steps),
             "newton_steps": steps,
             "metrics": {

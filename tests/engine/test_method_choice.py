@@ -11,6 +11,7 @@ from torch import nn
 
 import gif
 from gif._util import forward_hooks
+from gif.newton import VALIDATION_CARVED, VALIDATION_GIVEN
 
 from .conftest import BUILDERS, make_data
 
@@ -339,7 +340,7 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
     assert out.report["timings"] == {"solve": 1.0, "features": 0.25}
 
 
-def _metrics(objective, edited, val_before, val_after, source="carved from retained training data"):
+def _metrics(objective, edited, val_before, val_after, source=VALIDATION_CARVED):
     """The parts of a relabel's report that ``accepted`` reads."""
 
     def state(obj, val, ed):
@@ -359,7 +360,7 @@ def test_an_edit_is_accepted_on_its_objective_or_on_its_edited_samples_with_vali
     assert accepted(_metrics(0.955, 0.9525, 0.978, 0.959)) is None  # validation lost 1.9 points
     assert accepted(_metrics(0.968, 0.979, 0.955, 0.958)) is None  # edited samples short of the bar
     assert accepted(_metrics(0.970, 0.99, 0.955, 0.949)) is None  # lost more than the slack
-    assert accepted({**noisy, "validation_source": "given"}) is None  # held-out: the objective alone
+    assert accepted({**noisy, "validation_source": VALIDATION_GIVEN}) is None  # held-out: the objective alone
     removal = {"before": {"objective": 0.0}, "after": {"objective": 0.97, "forget": {"accuracy": 0.0}}}
     assert accepted({"metrics": removal}) is None  # only the objective judges a removal
 
