@@ -197,7 +197,7 @@ def scores_with_report(
     config = _scores_config("scores", config, options)
     wanted = include_self_influence or normalize != "none"
     result = _run(
-        model, train, queries, config, want_self="loss" if wanted else None, loss_fn=loss_fn,
+        model, train, queries, config, measure="loss" if wanted else None, loss_fn=loss_fn,
         hessian_data=hessian_data, lowrank=lowrank, monitor=Monitor(callback, should_stop),
     )  # fmt: skip
     if normalize == "none":
@@ -277,14 +277,12 @@ def self_influence(
     curvature = exact or lowrank is not None or hessian_data is not None or config is not None
     curvature = curvature or any(name in CURVATURE_OPTIONS for name in options)
     config = _scores_config("self_influence", config, options)
-    if measure == "head" or (measure == "auto" and not curvature):
-        pair = as_pair(train, what="train")
-        with eval_mode(model):
-            flat = FlatModel(model, loss_fn)
-            if _resolve_measure(flat, pair, measure, curvature=curvature) == "head":
-                return loo_margins(model, pair, chunk_size=config.chunk_size).to(flat.dtype)
+    pair = as_pair(train, what="train")
+    measure = self_influence_measure(model, pair, measure, loss_fn=loss_fn, curvature=curvature)
+    if measure == "head":
+        return loo_margins(model, pair, chunk_size=config.chunk_size).to(FlatModel(model, loss_fn).dtype)
     result = _run(
-        model, train, None, config, want_self=measure, loss_fn=loss_fn, hessian_data=hessian_data,
+        model, pair, None, config, measure=measure, loss_fn=loss_fn, hessian_data=hessian_data,
         lowrank=lowrank, monitor=Monitor(callback, should_stop),
     )  # fmt: skip
     assert result.self_influence is not None
@@ -317,7 +315,28 @@ def self_influence_measure(
     check_choice("measure", measure, MEASURES)
     with eval_mode(model):
         flat = FlatModel(model, loss_fn)
-        return _resolve_measure(flat, as_pair(train, what="train"), measure, curvature=curvature)
+        inputs, targets = as_pair(train, what="train")
+        if measure == "loss":
+            return measure
+        single_label = flat.loss_fn is cross_entropy and targets.ndim == 1 and not targets.is_floating_point()
+        first = to(take(inputs, slice(0, 1)), flat.device)
+        if single_label:
+            with torch.no_grad():
+                logits = flat.outputs(flat.theta, first)
+            single_label = logits.ndim == 2 and logits.shape[1] >= 2
+    if measure in ("margin", "head") and not single_label:
+        raise InvalidArgumentError(
+            f"`measure={measure!r}` needs single-label classification (the default cross-entropy over "
+            "integer labels, at least 2 logits); use measure='loss'"
+        )
+    if measure == "head" or (measure == "auto" and single_label and not curvature):
+        if head_of(model, first) is not None:
+            return "head"
+        if measure == "head":
+            raise InvalidArgumentError(
+                "`measure='head'` needs logits computed by a last Linear layer; use measure='margin'"
+            )
+    return "margin" if single_label else "loss"
 
 
 def top_k(scores: torch.Tensor, k: int, *, ids: torch.Tensor | None = None) -> dict:
@@ -346,7 +365,7 @@ def top_k(scores: torch.Tensor, k: int, *, ids: torch.Tensor | None = None) -> d
     values = scores.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(values).all()):
         raise NumericalError("`scores` contains NaN or Inf")
-    names = _sample_ids(ids, num_train)
+    names = None if ids is None else _sample_ids(ids, num_train)
     k = min(k, num_train)
     # Stable sorts keep ties in index order, so the result is deterministic.
     down = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
@@ -357,15 +376,11 @@ def top_k(scores: torch.Tensor, k: int, *, ids: torch.Tensor | None = None) -> d
             return [{"index": i, "score": float(values[row, i])} for i in order.tolist()]
         return [{"index": i, "id": names[i], "score": float(values[row, i])} for i in order.tolist()]
 
-    return {
-        "k": k,
-        "num_queries": num_queries,
-        "num_train": num_train,
-        "queries": [
-            {"query": q, "proponents": entries(q, down[q]), "opponents": entries(q, up[q])}
-            for q in range(num_queries)
-        ],
-    }
+    queries = [
+        {"query": q, "proponents": entries(q, down[q]), "opponents": entries(q, up[q])}
+        for q in range(num_queries)
+    ]
+    return {"k": k, "num_queries": num_queries, "num_train": num_train, "queries": queries}
 
 
 # -- internals ------------------------------------------------------------------------------------
@@ -380,107 +395,27 @@ def _scores_config(verb: str, config: SolveConfig | None, options: dict[str, Any
     return resolved
 
 
-def _scoring_chunk(flat: FlatModel, train: Batch, config: SolveConfig) -> int:
-    """Samples per vmapped per-sample-gradient pass: ``chunk_size``, lowered to fit
-    ``memory_budget`` (each sample holds a p-vector and its pass's activations)."""
-    if config.memory_budget is None:
-        return config.chunk_size
-    per_sample = flat.sample_bytes(to(take(train[0], slice(0, 1)), flat.device))
-    return per_sample_gradient_chunk(
-        config.chunk_size, per_sample, flat.space.size, flat.theta.element_size(), config.memory_budget
-    )
-
-
-def _resolve_measure(flat: FlatModel, train: Batch, measure: str, *, curvature: bool = False) -> str:
-    if measure == "loss":
-        return measure
-    inputs, targets = train
-    single_label = flat.loss_fn is cross_entropy and targets.ndim == 1 and not targets.is_floating_point()
-    first = to(take(inputs, slice(0, 1)), flat.device)
-    if single_label:
-        with torch.no_grad():
-            logits = flat.outputs(flat.theta, first)
-        single_label = logits.ndim == 2 and logits.shape[1] >= 2
-    if measure in ("margin", "head") and not single_label:
-        raise InvalidArgumentError(
-            f"`measure={measure!r}` needs single-label classification (the default cross-entropy over "
-            "integer labels, at least 2 logits); use measure='loss'"
-        )
-    if measure == "head" or (measure == "auto" and single_label and not curvature):
-        if head_of(flat.model, first) is not None:
-            return "head"
-        if measure == "head":
-            raise InvalidArgumentError(
-                "`measure='head'` needs logits computed by a last Linear layer; use measure='margin'"
-            )
-    return "margin" if single_label else "loss"
-
-
-def _largest(chunks: Chunks) -> int:
-    return max(len(c) for c in chunks)
-
-
-def _lowrank_of(inverse: InverseHessian) -> LowRankHessian | None:
-    fit = getattr(inverse, "fit", None)
-    return fit if isinstance(fit, LowRankHessian) else None
-
-
-def _self_values(
-    inverse: InverseHessian, flat: FlatModel, chunk: Chunk, g: torch.Tensor, measure: str | None,
-    monitor: Monitor, offset: int, total: int,
-) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
-    """A chunk's self-influence: gᵀ(H + λI)⁻¹g on the loss, −∇mᵀ(H + λI)⁻¹g on the margin."""
-    solving = monitor.fresh(stage="solving")
-    if measure == "loss":
-        return inverse.quadratic(g, solving, offset=offset, total=total)
-    g_margin = _check_finite(per_sample_gradients(flat, chunk.inputs, chunk.targets, of="margin"), "train")
-    values, solutions = inverse.bilinear(g_margin, g, solving, offset=offset, total=total)
-    return -values, solutions
-
-
 def _check_finite(g: torch.Tensor, what: str) -> torch.Tensor:
     if not bool(torch.isfinite(g).all()):
         raise NumericalError(f"the per-sample gradients of `{what}` contain NaN or Inf (check weights, data)")
     return g
 
 
-class _Diagnostics:
-    """The per-row solutions of a scoring pass, folded into a report."""
-
-    def __init__(self) -> None:
-        self.iterations: list[int] = []
-        self.residuals: list[float] = []
-        self.converged = True
-        self.notes: list[str] = []
-
-    def add(self, solutions: list[Solution]) -> None:
-        for s in solutions:
-            self.iterations.append(s.iterations)
-            self.residuals.append(float(s.residual))
-            self.converged = self.converged and s.converged
-            if s.note and s.note not in self.notes:
-                self.notes.append(s.note)
-
-
 def _run(
-    model: nn.Module,
-    train: DataLike,
-    queries: DataLike | None,
-    config: SolveConfig,
-    *,
-    want_self: str | None,
-    loss_fn: LossFn | None,
-    hessian_data: DataLike | None,
-    lowrank: LowRankHessian | None,
-    monitor: Monitor,
-) -> ScoresResult:
+    model: nn.Module, train: DataLike, queries: DataLike | None, config: SolveConfig, *, measure: str | None,
+    loss_fn: LossFn | None, hessian_data: DataLike | None, lowrank: LowRankHessian | None, monitor: Monitor,
+) -> ScoresResult:  # fmt: skip
     start = time.perf_counter()
     train_pair = as_pair(train, what="train")  # materialised once: read by H and by the scoring pass
     query_pair = None if queries is None else as_pair(queries, what="queries")
     with eval_mode(model):
         flat = FlatModel(model, loss_fn)
-        measure = None if want_self is None else _resolve_measure(flat, train_pair, want_self)
-        chunk_size = _scoring_chunk(flat, train_pair, config)
+        chunk_size = config.chunk_size
+        if config.memory_budget is not None:  # lowered to fit: a sample holds a p-vector and activations
+            per_sample = flat.sample_bytes(to(take(train_pair[0], slice(0, 1)), flat.device))
+            chunk_size = per_sample_gradient_chunk(
+                chunk_size, per_sample, flat.space.size, flat.theta.element_size(), config.memory_budget
+            )
         train_chunks = Chunks(train_pair, chunk_size=chunk_size, device=flat.device, what="train")
         # H over the training data reuses the scoring pass's chunks (no second copy on the device).
         shared = [(c.inputs, c.targets) for c in train_chunks]
@@ -491,52 +426,46 @@ def _run(
         )  # fmt: skip
         config, choice = choose_solver(config, model, flat.loss_fn, SOLVE_SOLVER[config.method])
         inverse = inverse_for(hessian, config, fit=lowrank)
-        diagnostics = _Diagnostics()
-        if choice is not None:
-            diagnostics.notes.append(f"solver auto: {choice['chosen']} ({choice['reason']})")
+        notes = [] if choice is None else [f"solver auto: {choice['chosen']} ({choice['reason']})"]
         try:
-            out, self_values, gradients, query_self = _score(
-                inverse, flat, train_chunks, query_pair, config, measure, monitor, diagnostics
+            out, self_values, query_self, solutions, gradients = _score(
+                inverse, flat, train_chunks, query_pair, config, measure, monitor
             )
         finally:
             hessian.release()
-    n_queries = int(out.shape[0])
+    n_queries, fit = int(out.shape[0]), getattr(inverse, "fit", None)
     return ScoresResult(
-        scores=out, solver=inverse.name, converged=diagnostics.converged,
-        iterations=diagnostics.iterations[:n_queries], residuals=diagnostics.residuals[:n_queries],
+        scores=out, solver=inverse.name, converged=all(s.converged for s in solutions),
+        iterations=[s.iterations for s in solutions[:n_queries]],
+        residuals=[float(s.residual) for s in solutions[:n_queries]],
         hvps=hessian.hvps, gradients=gradients, seconds=time.perf_counter() - start,
-        self_influence=self_values, lowrank=_lowrank_of(inverse), note="; ".join(diagnostics.notes),
+        self_influence=self_values, lowrank=fit if isinstance(fit, LowRankHessian) else None,
+        note="; ".join(dict.fromkeys(notes + [s.note for s in solutions if s.note])),
         query_self_influence=query_self,
     )  # fmt: skip
 
 
 def _score(
-    inverse: InverseHessian,
-    flat: FlatModel,
-    train_chunks: Chunks,
-    query_pair: Batch | None,
-    config: SolveConfig,
-    measure: str | None,
-    monitor: Monitor,
-    diagnostics: _Diagnostics,
-) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]:
+    inverse: InverseHessian, flat: FlatModel, train_chunks: Chunks, query_pair: Batch | None,
+    config: SolveConfig, measure: str | None, monitor: Monitor,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[Solution], int]:  # fmt: skip
     """S = G_q (H + λI)⁻¹, then one pass over the training chunks: S G_chunkᵀ (and self-influence
-    on ``measure``, when given). Also returns the queries' own gᵀ(H + λI)⁻¹g."""
+    on ``measure``, when given). Also returns the queries' own gᵀ(H + λI)⁻¹g, every solve's
+    solution (the queries' first) and how many per-sample gradients were computed."""
     gradients = 0
     query_self = None
+    solutions: list[Solution] = []
     if query_pair is None:
         solved = torch.zeros(0, inverse.size, dtype=flat.dtype, device=flat.device)
     else:
-        query_chunks = Chunks(
-            query_pair, chunk_size=_largest(train_chunks), device=flat.device, what="queries"
-        )
+        largest = max(len(c) for c in train_chunks)
+        query_chunks = Chunks(query_pair, chunk_size=largest, device=flat.device, what="queries")
         g_queries = torch.cat(
             [_check_finite(per_sample_gradients(flat, c.inputs, c.targets), "queries") for c in query_chunks]
         )
         gradients += int(g_queries.shape[0])
         inverse.prepare(monitor)
         solved, solutions = inverse.solve_rows(g_queries, monitor.fresh(stage="solving"))  # S, [n_q, p]
-        diagnostics.add(solutions)
         query_self = (g_queries * solved).sum(dim=1).cpu()
         del g_queries
     if measure is not None and query_pair is None:
@@ -546,50 +475,47 @@ def _score(
     self_values = torch.empty(n_train, dtype=flat.dtype) if measure is not None else None
     offset = 0
     forward = measure is None and solved.shape[0] > 0
+    rows = gradient_rows(flat.space.size, flat.theta.element_size())  # a piece: one vmapped pass
     for index, chunk in enumerate(train_chunks):
         monitor.check_cancel()
-        block = _forward_block(flat, solved, chunk, config) if forward else None
+        block = _forward_block(flat, solved, chunk, config.memory_budget) if forward else None
         if block is not None:
             out[:, offset : offset + len(chunk)] = block.cpu()
             offset += len(chunk)
-            _report_chunk(monitor, index, n_chunks)
-            continue
-        forward = False  # no forward-mode derivative for this model: gradients from here on
-        for piece in _pieces(chunk, gradient_rows(flat.space.size, flat.theta.element_size())):
-            g = _check_finite(per_sample_gradients(flat, piece.inputs, piece.targets), "train")  # [c, p]
-            gradients += len(piece)
-            out[:, offset : offset + len(piece)] = (solved @ g.T).cpu()
-            if self_values is not None:
-                values, solutions = _self_values(inverse, flat, piece, g, measure, monitor, offset, n_train)
-                gradients += len(piece) if measure == "margin" else 0
-                if not bool(torch.isfinite(values).all()):
-                    raise NumericalError(f"the {inverse.name} self-influence produced NaN/Inf; add damping")
-                self_values[offset : offset + len(piece)] = values.cpu()
-                diagnostics.add(solutions)
-            offset += len(piece)
-        _report_chunk(monitor, index, n_chunks)
-    return out, self_values, gradients, query_self
+        else:
+            forward = False  # no forward-mode derivative for this model: gradients from here on
+            for i in range(0, len(chunk), rows):
+                piece = take(chunk.inputs, slice(i, i + rows)), chunk.targets[i : i + rows]
+                n = len(piece[1])
+                g = _check_finite(per_sample_gradients(flat, *piece), "train")  # [n, p]
+                gradients += n
+                out[:, offset : offset + n] = (solved @ g.T).cpu()
+                if self_values is not None:
+                    values, more = _self_values(inverse, flat, piece, g, measure, monitor, offset, n_train)
+                    gradients += n if measure == "margin" else 0
+                    self_values[offset : offset + n] = values.cpu()
+                    solutions += more
+                offset += n
+        if monitor.callback is not None:
+            monitor.callback(Progress("scoring", iteration=index + 1, max_iter=n_chunks))
+    return out, self_values, query_self, solutions, gradients
 
 
-def _pieces(chunk: Chunk, rows: int) -> list[Chunk]:
-    """``chunk`` in consecutive pieces of at most ``rows`` samples (a piece's gradients are one
-    vmapped pass: :data:`GRADIENT_PASS_BYTES`)."""
-    n = len(chunk)
-    if n <= rows:
-        return [chunk]
-    return [
-        Chunk(
-            take(chunk.inputs, slice(i, i + rows)),
-            chunk.targets[i : i + rows],
-            chunk.weight * min(rows, n - i) / n,
-        )
-        for i in range(0, n, rows)
-    ]
-
-
-def _report_chunk(monitor: Monitor, index: int, n_chunks: int) -> None:
-    if monitor.callback is not None:
-        monitor.callback(Progress("scoring", iteration=index + 1, max_iter=n_chunks))
+def _self_values(
+    inverse: InverseHessian, flat: FlatModel, piece: Batch, g: torch.Tensor, measure: str | None,
+    monitor: Monitor, offset: int, total: int,
+) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
+    """A piece's self-influence: gᵀ(H + λI)⁻¹g on the loss, −∇mᵀ(H + λI)⁻¹g on the margin."""
+    solving = monitor.fresh(stage="solving")
+    if measure == "loss":
+        values, solutions = inverse.quadratic(g, solving, offset=offset, total=total)
+    else:
+        g_margin = _check_finite(per_sample_gradients(flat, *piece, of="margin"), "train")
+        values, solutions = inverse.bilinear(g_margin, g, solving, offset=offset, total=total)
+        values = -values
+    if not bool(torch.isfinite(values).all()):
+        raise NumericalError(f"the {inverse.name} self-influence produced NaN/Inf; add damping")
+    return values, solutions
 
 
 #: How PyTorch says an operation has no forward-mode derivative ("... not implemented", a custom
@@ -598,14 +524,12 @@ _NO_FORWARD_MODE = ("not implemented", "forward mode", "forward ad", "jvp")
 
 
 def _forward_block(
-    flat: FlatModel, solved: torch.Tensor, chunk: Chunk, config: SolveConfig
+    flat: FlatModel, solved: torch.Tensor, chunk: Chunk, budget: int | None
 ) -> torch.Tensor | None:
     """S G_chunkᵀ by forward-mode derivatives, or None when the model has none (an operation
     without a forward-mode formula): the caller then takes per-sample gradients."""
     try:
-        block = directional_derivatives(
-            flat, solved, chunk.inputs, chunk.targets, memory_budget=config.memory_budget
-        )
+        block = directional_derivatives(flat, solved, chunk.inputs, chunk.targets, memory_budget=budget)
     except (RuntimeError, NotImplementedError) as exc:
         if not any(words in str(exc).lower() for words in _NO_FORWARD_MODE):
             raise
@@ -631,28 +555,19 @@ def directional_derivatives(
     as ``memory_budget`` allows (each holds the chunk's activations and their tangents). The
     model runs once per batch of directions on the whole chunk (no per-sample ``vmap`` of the
     forward), and ℓ is ``loss_fn`` on each row of the outputs."""
-    losses_of = per_row(flat, "loss")
 
     def losses(theta: torch.Tensor) -> torch.Tensor:
-        return losses_of(flat.outputs(theta, inputs), targets)
+        return per_row(flat, "loss")(flat.outputs(theta, inputs), targets)
 
     def along(direction: torch.Tensor) -> torch.Tensor:
         return jvp(losses, (flat.theta,), (direction,))[1]
 
-    step = _directions_per_pass(flat, inputs, int(directions.shape[0]), memory_budget)
-    return torch.cat(
-        [vmap(along)(directions[j : j + step]) for j in range(0, int(directions.shape[0]), step)]
-    )
-
-
-def _directions_per_pass(flat: FlatModel, inputs: Inputs, m: int, budget: int | None) -> int:
-    """How many directions one batched JVP takes: the chunk's activations and their tangents
-    (2 × its samples × one sample's activation bytes) per direction, within ``budget``."""
-    if budget is None:
-        return m
-    activations = 2 * count(inputs) * flat.sample_bytes(inputs)
-    per_direction = activations + flat.space.size * flat.theta.element_size()
-    return max(1, min(m, budget // max(per_direction, 1)))
+    m = step = int(directions.shape[0])
+    if memory_budget is not None:  # per direction: the chunk's activations, their tangents and a p-vector
+        activations = 2 * count(inputs) * flat.sample_bytes(inputs)
+        per_direction = activations + flat.space.size * flat.theta.element_size()
+        step = max(1, min(m, memory_budget // max(per_direction, 1)))
+    return torch.cat([vmap(along)(directions[j : j + step]) for j in range(0, m, step)])
 
 
 __all__ = [
@@ -668,15 +583,9 @@ __all__ = [
 ]
 
 
-def _sample_ids(ids: torch.Tensor | None, num_train: int) -> list[int] | None:
-    if ids is None:
-        return None
-    if (
-        not isinstance(ids, torch.Tensor)
-        or ids.ndim != 1
-        or ids.dtype.is_floating_point
-        or ids.dtype == torch.bool
-    ):
+def _sample_ids(ids: torch.Tensor, num_train: int) -> list[int]:
+    integer = isinstance(ids, torch.Tensor) and not ids.dtype.is_floating_point and ids.dtype != torch.bool
+    if not integer or ids.ndim != 1:
         raise InvalidArgumentError("`ids` must be a 1-D integer tensor, one id per training sample")
     if ids.numel() != num_train:
         raise InvalidArgumentError(f"`ids` holds {ids.numel()} ids for {num_train} training samples")
