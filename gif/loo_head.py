@@ -102,14 +102,14 @@ def loo_margins(
     d = head.in_features + 1
     gram = torch.zeros(d, d, dtype=torch.float64)
     cross = torch.zeros(d, classes, dtype=torch.float64)
-    for f, y in _features(model, head, inputs, labels, chunk_size, device):
+    for f, y in _features(model, head, train, chunk_size, device):
         gram += f.T @ f
         cross += f.T @ _one_hot(y, classes)
     lam = ridge * float(torch.linalg.eigvalsh(gram)[-1])
     inverse = torch.linalg.inv(gram + lam * torch.eye(d, dtype=torch.float64))
     weights = inverse @ cross
     out = []
-    for f, y in _features(model, head, inputs, labels, chunk_size, device):
+    for f, y in _features(model, head, train, chunk_size, device):
         leverage = ((f @ inverse) * f).sum(dim=1, keepdim=True)
         own_onehot = _one_hot(y, classes)
         left_out = (f @ weights - leverage * own_onehot) / (1 - leverage)
@@ -134,22 +134,14 @@ def feature_chunks(
 
 
 def _features(
-    model: nn.Module,
-    head: nn.Linear,
-    inputs: Inputs,
-    labels: torch.Tensor,
-    chunk_size: int,
-    device: torch.device,
+    model: nn.Module, head: nn.Linear, train: Batch, chunk_size: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """[f_i, 1] in float64 on the CPU and the labels, chunk by chunk."""
-    for start, f in zip(
-        range(0, count(inputs), chunk_size),
-        feature_chunks(model, head, inputs, chunk_size, device),
-        strict=True,
-    ):
-        f = f.to("cpu", torch.float64)
+    inputs, labels = train
+    chunks = feature_chunks(model, head, inputs, chunk_size, device)
+    for start, f in zip(range(0, count(inputs), chunk_size), chunks, strict=True):
         ones = torch.ones(len(f), 1, dtype=torch.float64)
-        yield torch.cat([f, ones], dim=1), labels[start : start + chunk_size].cpu()
+        yield torch.cat([f.to("cpu", torch.float64), ones], dim=1), labels[start : start + chunk_size].cpu()
 
 
 def _one_hot(y: torch.Tensor, classes: int) -> torch.Tensor:
