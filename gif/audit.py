@@ -114,8 +114,7 @@ class Attack:
     scale: torch.Tensor
 
     def member_probability(self, features: torch.Tensor) -> torch.Tensor:
-        z = ((features.double() - self.mean) / self.scale) @ self.weight + self.bias
-        return torch.sigmoid(z)
+        return torch.sigmoid(((features.double() - self.mean) / self.scale) @ self.weight + self.bias)
 
 
 def fit_attack(
@@ -158,8 +157,7 @@ def mia_efficacy(retained: torch.Tensor, holdout: torch.Tensor, forget: torch.Te
     (non-members) features predicts non-member (P(member) < ½): :func:`fit_attack`."""
     if forget.shape[0] == 0:
         return float("nan")
-    attack = fit_attack(retained, holdout)
-    return float((attack.member_probability(forget) < 0.5).double().mean())
+    return float((fit_attack(retained, holdout).member_probability(forget) < 0.5).double().mean())
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -189,12 +187,11 @@ def loss_histograms(losses: dict[str, dict[str, torch.Tensor]], bins: int = HIST
     edges = torch.linspace(0.0, top, bins + 1, dtype=torch.float64)
     out: dict = {"edges": edges.tolist(), "clipped": {}}
     for stage, series in losses.items():
-        out[stage] = {}
-        out["clipped"][stage] = {}
-        for name, values in series.items():
-            v = values.double().clamp(0.0, top)
-            out[stage][name] = torch.histc(v, bins=bins, min=0.0, max=top).long().tolist()
-            out["clipped"][stage][name] = int((values > top).sum())
+        out["clipped"][stage] = {name: int((v > top).sum()) for name, v in series.items()}
+        out[stage] = {
+            name: torch.histc(v.double().clamp(0.0, top), bins=bins, min=0.0, max=top).long().tolist()
+            for name, v in series.items()
+        }
     return out
 
 
@@ -210,15 +207,14 @@ class AuditSets:
     holdout: Batch | None
 
     def sizes(self) -> dict[str, int]:
-        sets = {"forget": self.forget, "retained": self.retained, "holdout": self.holdout}
-        return {name: 0 if s is None else len(s[1]) for name, s in sets.items()}
+        return {name: 0 if s is None else len(s[1]) for name, s in vars(self).items()}
 
 
-def _draw(n: int, cap: int, gen: torch.Generator) -> torch.Tensor:
-    """All of 0..n−1, or a sorted seeded sample of ``cap`` of them."""
-    if n <= cap:
-        return torch.arange(n)
-    return torch.sort(torch.randperm(n, generator=gen)[:cap]).values
+def _draw(rows: torch.Tensor, cap: int, gen: torch.Generator) -> torch.Tensor:
+    """All of ``rows``, or a seeded sample of ``cap`` of them, in their order."""
+    if rows.numel() <= cap:
+        return rows
+    return rows[torch.sort(torch.randperm(rows.numel(), generator=gen)[:cap]).values]
 
 
 def audit_sets(
@@ -230,32 +226,25 @@ def audit_sets(
     gen = torch.Generator().manual_seed(seed)
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[edited.cpu()] = False
-    retained = torch.nonzero(keep).flatten()
-    forget = edited.cpu()[_draw(edited.numel(), cap, gen)]
-    retained = retained[_draw(retained.numel(), cap, gen)]
+    forget = _draw(edited.cpu(), cap, gen)
+    retained = _draw(torch.nonzero(keep).flatten(), cap, gen)
     d = None
     if holdout is not None:
         hx, hy = holdout
-        pick = _draw(count(hx), cap, gen)
+        pick = _draw(torch.arange(count(hx)), cap, gen)
         d = (take(hx, pick), hy[pick])
     return AuditSets((take(x, forget), y[forget]), (take(x, retained), y[retained]), d)
 
 
-@dataclass
-class _Evaluated:
-    figures: dict[str, float]
-    losses: dict[str, torch.Tensor]  # per-sample losses of ``forget`` and ``holdout``
-
-
-def _evaluate(model: nn.Module, sets: AuditSets, work: Work) -> _Evaluated:
-    """Every figure of one model (one forward evaluation per set, counted in ``work``)."""
-    named = {"forget": sets.forget, "retained": sets.retained, "holdout": sets.holdout}
-    logits: dict[str, torch.Tensor] = {}
-    for name, data in named.items():
-        if data is not None:
-            logits[name] = predict(model, data[0]).detach().cpu()
-            work.forward_evaluations += 1
-    labels = {name: data[1].cpu() for name, data in named.items() if data is not None}
+def _evaluate(
+    model: nn.Module, sets: AuditSets, work: Work
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Every figure of one model, and the per-sample losses of ``forget`` and ``holdout`` (one
+    forward evaluation per set, counted in ``work``)."""
+    present: dict[str, Batch] = {name: data for name, data in vars(sets).items() if data is not None}
+    logits = {name: predict(model, x).detach().cpu() for name, (x, _) in present.items()}
+    work.forward_evaluations += len(logits)
+    labels = {name: y.cpu() for name, (_, y) in present.items()}
     figures = {f"{name}_accuracy": accuracy(logits[name], labels[name]) for name in logits}
     losses: dict[str, torch.Tensor] = {
         name: per_sample_loss(logits[name], labels[name]) for name in ("forget", "holdout") if name in logits
@@ -264,7 +253,7 @@ def _evaluate(model: nn.Module, sets: AuditSets, work: Work) -> _Evaluated:
         figures["mia_auc"] = mia_auc(losses["forget"], losses["holdout"])
         features = {name: attack_features(logits[name], labels[name]) for name in logits}
         figures["mia_efficacy"] = mia_efficacy(features["retained"], features["holdout"], features["forget"])
-    return _Evaluated({k: figures[k] for k in FIGURES if k in figures}, losses)
+    return {k: figures[k] for k in FIGURES if k in figures}, losses
 
 
 def _gap(figures: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
@@ -298,16 +287,14 @@ def run_audit(
     out: dict = {
         "samples": sets.sizes(),
         "features": list(ATTACK_FEATURES),
-        "before": stages["before"].figures,
-        "after": stages["after"].figures,
+        **{stage: figures for stage, (figures, _) in stages.items()},
         "not_computed": not_computed(sets.holdout is not None, reference is not None),
     }
     if reference is not None:
-        ref = _evaluate(reference, sets, work).figures
-        out["reference"] = ref
-        out["gap"] = {stage: _gap(e.figures, ref) for stage, e in stages.items()}
+        out["reference"] = ref = _evaluate(reference, sets, work)[0]
+        out["gap"] = {stage: _gap(figures, ref) for stage, (figures, _) in stages.items()}
     if sets.holdout is not None:
-        out["histograms"] = loss_histograms({stage: e.losses for stage, e in stages.items()})
+        out["histograms"] = loss_histograms({stage: losses for stage, (_, losses) in stages.items()})
     return out
 
 
