@@ -65,12 +65,10 @@ def per_class_accuracy(
 ) -> list[float]:
     """Accuracy on each class (NaN for a class with no samples)."""
     pred = predict(model, inputs).argmax(dim=1).cpu()
-    labels = labels.cpu()
-    out = []
-    for c in range(num_classes):
-        mask = labels == c
-        out.append(float((pred[mask] == c).double().mean()) if bool(mask.any()) else float("nan"))
-    return out
+    masks = [labels.cpu() == c for c in range(num_classes)]
+    return [
+        float((pred[m] == c).double().mean()) if bool(m.any()) else float("nan") for c, m in enumerate(masks)
+    ]
 
 
 def f1(a: float, b: float) -> float:
