@@ -104,14 +104,14 @@ def loo_margins(
     cross = torch.zeros(d, classes, dtype=torch.float64)
     for f, y in _features(model, head, train, chunk_size, device):
         gram += f.T @ f
-        cross += f.T @ _one_hot(y, classes)
+        cross += f.T @ nn.functional.one_hot(y, classes).to(torch.float64)
     lam = ridge * float(torch.linalg.eigvalsh(gram)[-1])
     inverse = torch.linalg.inv(gram + lam * torch.eye(d, dtype=torch.float64))
     weights = inverse @ cross
     out = []
     for f, y in _features(model, head, train, chunk_size, device):
         leverage = ((f @ inverse) * f).sum(dim=1, keepdim=True)
-        own_onehot = _one_hot(y, classes)
+        own_onehot = nn.functional.one_hot(y, classes).to(torch.float64)
         left_out = (f @ weights - leverage * own_onehot) / (1 - leverage)
         own = left_out.gather(1, y.unsqueeze(1)).squeeze(1)
         others = left_out.masked_fill(own_onehot.bool(), float("-inf")).amax(dim=1)
@@ -142,7 +142,3 @@ def _features(
     for start, f in zip(range(0, count(inputs), chunk_size), chunks, strict=True):
         ones = torch.ones(len(f), 1, dtype=torch.float64)
         yield torch.cat([f.to("cpu", torch.float64), ones], dim=1), labels[start : start + chunk_size].cpu()
-
-
-def _one_hot(y: torch.Tensor, classes: int) -> torch.Tensor:
-    return torch.nn.functional.one_hot(y, classes).to(torch.float64)

@@ -418,11 +418,10 @@ def _run(
             )
         train_chunks = Chunks(train_pair, chunk_size=chunk_size, device=flat.device, what="train")
         # H over the training data reuses the scoring pass's chunks (no second copy on the device).
-        shared = [(c.inputs, c.targets) for c in train_chunks]
         hessian = HessianOperator(
-            flat, shared if hessian_data is None else hessian_data, chunk_size=chunk_size,
-            backend=config.hvp_backend, what="train" if hessian_data is None else "hessian_data",
-            memory_budget=config.memory_budget,
+            flat, [(c.inputs, c.targets) for c in train_chunks] if hessian_data is None else hessian_data,
+            chunk_size=chunk_size, backend=config.hvp_backend, memory_budget=config.memory_budget,
+            what="train" if hessian_data is None else "hessian_data",
         )  # fmt: skip
         config, choice = choose_solver(config, model, flat.loss_fn, SOLVE_SOLVER[config.method])
         inverse = inverse_for(hessian, config, fit=lowrank)
