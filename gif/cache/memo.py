@@ -15,7 +15,7 @@ from ..inverse import FITTED_SOLVERS, CurvatureFit, KroneckerFit, inverse_for
 from ..methods import InfluenceResult, solve_influence
 from ..solvers import LowRankHessian, Monitor
 from .keys import check_key, make_key, model_digest, tensor_digest
-from .store import Cache, Entry
+from .store import Cache, Compute, Device, Entry
 
 if TYPE_CHECKING:
     from ..hessian import HessianOperator
@@ -42,8 +42,7 @@ class CacheStats:
             item["waited"] = True
         (self.misses if status == "computed" else self.hits).append(item)
         result = {"hit": "hit", "waited": "wait", "computed": "miss"}[status]
-        per_kind = self.counts.setdefault(kind, {"hit": 0, "wait": 0, "miss": 0})
-        per_kind[result] += 1
+        self.counts.setdefault(kind, {"hit": 0, "wait": 0, "miss": 0})[result] += 1
 
     def as_dict(self) -> dict:
         return {
@@ -95,12 +94,7 @@ class Memo:
     # lookups
 
     def fetch(
-        self,
-        kind: str,
-        parts: Mapping[str, Any],
-        compute: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]],
-        *,
-        device: torch.device | str | None,
+        self, kind: str, parts: Mapping[str, Any], compute: Compute, *, device: Device
     ) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, meta) of the entry for ``parts``, computed (once, under its lock) if absent."""
         if not self.enabled:
@@ -111,7 +105,7 @@ class Memo:
         self.stats.record(entry.key, entry.status)
         return entry.tensors, entry.meta
 
-    def peek(self, key: str, *, device: torch.device | str | None) -> Entry | None:
+    def peek(self, key: str, *, device: Device) -> Entry | None:
         """The entry under ``key`` if present (nothing recorded; see :meth:`record`)."""
         if not self.enabled:
             return None
@@ -124,12 +118,7 @@ class Memo:
             self.stats.record(key, status)
 
     def tensor(
-        self,
-        kind: str,
-        parts: Mapping[str, Any],
-        compute: Callable[[], torch.Tensor],
-        *,
-        device: torch.device | str | None,
+        self, kind: str, parts: Mapping[str, Any], compute: Callable[[], torch.Tensor], *, device: Device
     ) -> torch.Tensor:
         tensors, _ = self.fetch(kind, parts, lambda: ({"value": compute()}, {}), device=device)
         return tensors["value"]
@@ -153,18 +142,23 @@ class Memo:
         solve: Callable[[], InfluenceResult],
         *,
         index: torch.Tensor,
-        device: torch.device | str | None,
+        device: Device,
     ) -> InfluenceResult:
-        """An influence solve for ``parts``. A cached result has no ``lowrank`` (the fit is an
-        entry of its own)."""
+        """An influence solve for ``parts``: its ``vector`` and the diagnostics of
+        :data:`_INFLUENCE_META`. A cached result has no ``fit`` (the fit is an entry of its own)."""
         fresh: list[InfluenceResult] = []
 
         def compute() -> tuple[dict, dict]:
             fresh.append(solve())
-            return influence_entry(fresh[0])
+            return {"vector": fresh[0].vector}, {name: getattr(fresh[0], name) for name in _INFLUENCE_META}
 
         tensors, meta = self.fetch("ihvp", parts, compute, device=device)
-        return fresh[0] if fresh else influence_from_entry(tensors, meta, index)
+        if fresh:
+            return fresh[0]
+        fields = {name: meta[name] for name in _INFLUENCE_META}
+        return InfluenceResult(
+            vector=tensors["vector"], params=index.cpu(), **{**fields, "history": list(fields["history"])}
+        )
 
     def report(self) -> dict:
         out = self.stats.as_dict()
@@ -181,24 +175,17 @@ _INFLUENCE_META = ("method", "solver", "converged", "iterations", "hvps", "grads
                    "seconds")  # fmt: skip
 
 
-def influence_entry(result: InfluenceResult) -> tuple[dict[str, torch.Tensor], dict]:
-    return {"vector": result.vector}, {name: getattr(result, name) for name in _INFLUENCE_META}
+def fit_entry(fit: CurvatureFit) -> tuple[dict[str, torch.Tensor], dict]:
+    """A curvature fit as a cache entry: its tensors, with a ``lowrank`` fit's HVP count and meta
+    or the Kronecker factors' layer names."""
+    if isinstance(fit, LowRankHessian):
+        return fit.state_dict(), {"hvps": fit.hvps, "meta": dict(fit.meta)}
+    return fit.state_dict(), {"kronecker": fit.meta()}
 
 
-def influence_from_entry(
-    tensors: Mapping[str, torch.Tensor], meta: Mapping, index: torch.Tensor
-) -> InfluenceResult:
-    fields = {name: meta[name] for name in _INFLUENCE_META}
-    return InfluenceResult(
-        vector=tensors["vector"], params=index.cpu(), **{**fields, "history": list(fields["history"])}
-    )
-
-
-def lowrank_entry(fit: LowRankHessian) -> tuple[dict[str, torch.Tensor], dict]:
-    return fit.state_dict(), {"hvps": fit.hvps, "meta": dict(fit.meta)}
-
-
-def lowrank_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> LowRankHessian:
+def fit_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> CurvatureFit:
+    if "kronecker" in meta:
+        return KroneckerFit.from_state(tensors, meta["kronecker"])
     return LowRankHessian(
         tensors["eigenvalues"],
         tensors["eigenvectors"],
@@ -208,28 +195,8 @@ def lowrank_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> Lo
     )
 
 
-def lowrank_digest(fit: LowRankHessian) -> str:
-    """Content digest of a caller-supplied fit (its tensors)."""
-    return tensor_digest(fit.eigenvalues, fit.eigenvectors, fit.residuals)
-
-
-def fit_entry(fit: CurvatureFit) -> tuple[dict[str, torch.Tensor], dict]:
-    """A curvature fit as a cache entry (a ``lowrank`` fit as before; Kronecker factors with
-    their layer names)."""
-    if isinstance(fit, LowRankHessian):
-        return lowrank_entry(fit)
-    return fit.state_dict(), {"kronecker": fit.meta()}
-
-
-def fit_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> CurvatureFit:
-    if "kronecker" in meta:
-        return KroneckerFit.from_state(tensors, meta["kronecker"])
-    return lowrank_from_entry(tensors, meta)
-
-
 def fit_digest(fit: CurvatureFit) -> str:
-    if isinstance(fit, LowRankHessian):
-        return lowrank_digest(fit)
+    """Content digest of a caller-supplied fit: its tensors (CPU copies digest like the originals)."""
     return tensor_digest(*fit.state_dict().values())
 
 
@@ -290,16 +257,21 @@ class CachedSolves:
         computed is counted in ``hessian.work``; a cached solve costs nothing.
         """
         fitted = config.solver_name in FITTED_SOLVERS
-        if fitted and self.memo.enabled and self._id is None:
-            self._identify_fit(hessian, config, model=model, data=data, loss=loss)
+        common = {"model": model, "data": data, "loss": loss, "backend": hessian.backend,
+                  "chunks": [len(c) for c in hessian.data]}  # fmt: skip
+        if fitted and self.memo.enabled and self._id is None:  # identify the fit
+            if self.fit is not None:
+                self._id = "given:" + fit_digest(self.fit)
+            else:
+                self._key = self._id = make_key(config.solver_name, {**common, "config": fit_key(config)})
+                found = self.memo.peek(self._key, device=hessian.flat.device)
+                if found is not None:
+                    self.memo.record(self._key, "hit")
+                    self.fit = fit_from_entry(found.tensors, found.meta)
         parts = {
-            "model": model,
-            "data": data,
-            "loss": loss,
+            **common,
             "rhs": self.memo.data(g),
             "params": self.memo.data(index),
-            "backend": hessian.backend,
-            "chunks": [len(c) for c in hessian.data],
             "curvature": self._id,
             "config": solve_key(config),
             "group_fraction": group_fraction,
@@ -324,20 +296,6 @@ class CachedSolves:
             else:  # the solve was cached but the fit is not: this edit must still return it
                 self.fit = self._fit(hessian, config, monitor)
         return result
-
-    def _identify_fit(
-        self, hessian: HessianOperator, config: SolveConfig, *, model: str, data: str, loss: str
-    ) -> None:
-        if self.fit is not None:
-            self._id = "given:" + fit_digest(self.fit)
-            return
-        parts = {"model": model, "data": data, "loss": loss, "config": fit_key(config), "backend": hessian.backend,
-                 "chunks": [len(c) for c in hessian.data]}  # fmt: skip
-        self._key = self._id = make_key(config.solver_name, parts)
-        found = self.memo.peek(self._key, device=hessian.flat.device)
-        if found is not None:
-            self.memo.record(self._key, "hit")
-            self.fit = fit_from_entry(found.tensors, found.meta)
 
     def _solve_and_fit(
         self, hessian: HessianOperator, run: Callable[[CurvatureFit | None], InfluenceResult]
@@ -368,7 +326,7 @@ class CachedSolves:
         entry = self._fetch_fit(compute, hessian)
         return fit_from_entry(entry.tensors, entry.meta)
 
-    def _fetch_fit(self, compute: Callable[[], tuple[dict, dict]], hessian: HessianOperator) -> Entry:
+    def _fetch_fit(self, compute: Compute, hessian: HessianOperator) -> Entry:
         assert self.memo.cache is not None and self._key is not None
         entry = self.memo.cache.compute_once(self._key, compute, device=hessian.flat.device)
         self.memo.record(entry.key, entry.status)

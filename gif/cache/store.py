@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 _META = "gif.cache.meta"
 _KEY_FIELD = "gif.cache.key"
 
+#: Where a cache hands back tensors (None: the CPU), and a computation that makes an entry's value.
+Device = torch.device | str | None
+Compute = Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]]
+
 
 # -- entries and backends ------------------------------------------------------------------------
 
@@ -51,7 +55,7 @@ class Entry:
 class Cache(Protocol):
     """What :class:`Memo` (and so every edit) needs from a cache backend."""
 
-    def get(self, key: str, *, device: torch.device | str | None = None) -> Entry | None:
+    def get(self, key: str, *, device: Device = None) -> Entry | None:
         """The entry stored under ``key`` (tensors on ``device``, default CPU), or None."""
 
     def put(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> None:
@@ -60,13 +64,7 @@ class Cache(Protocol):
     def lock(self, key: str) -> AbstractContextManager[None]:
         """Exclusive, blocking, per-key lock shared by every process using this cache."""
 
-    def compute_once(
-        self,
-        key: str,
-        fn: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]],
-        *,
-        device: torch.device | str | None = None,
-    ) -> Entry:
+    def compute_once(self, key: str, fn: Compute, *, device: Device = None) -> Entry:
         """The entry under ``key``; if absent, ``fn()`` → (tensors, meta) is computed and stored
         under the key's lock, so concurrent callers compute it once and the others read it."""
 
@@ -86,7 +84,7 @@ class BaseCache:
     retry_after: float = 30.0
     _down_until: float = 0.0
 
-    def get(self, key: str, *, device: torch.device | str | None = None) -> Entry | None:
+    def get(self, key: str, *, device: Device = None) -> Entry | None:
         raise NotImplementedError
 
     def put(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> None:
@@ -99,7 +97,7 @@ class BaseCache:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def lookup(self, key: str, *, device: torch.device | str | None = None) -> Entry | None:
+    def lookup(self, key: str, *, device: Device = None) -> Entry | None:
         """``get`` that answers None (a miss) while the backend is unavailable."""
         if not self.available:
             return None
@@ -109,26 +107,17 @@ class BaseCache:
             self._failed("lookup of", key, exc)
             return None
 
-    def compute_once(
-        self,
-        key: str,
-        fn: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]],
-        *,
-        device: torch.device | str | None = None,
-    ) -> Entry:
+    def compute_once(self, key: str, fn: Compute, *, device: Device = None) -> Entry:
         check_key(key)
         entry = self.lookup(key, device=device)
         if entry is not None:
             return entry
-        guard: AbstractContextManager = contextlib.nullcontext()
-        if self.available:
-            try:
-                guard = self.lock(key)
-                guard.__enter__()
-            except self.unavailable as exc:
-                self._failed("lock for", key, exc)
-                guard = contextlib.nullcontext()
-        with _entered(guard):
+        with contextlib.ExitStack() as held:
+            if self.available:
+                try:
+                    held.enter_context(self.lock(key))
+                except self.unavailable as exc:
+                    self._failed("lock for", key, exc)
             entry = self.lookup(key, device=device)
             if entry is not None:
                 return replace(entry, status="waited")
@@ -144,18 +133,6 @@ class BaseCache:
     def _failed(self, what: str, key: str, exc: BaseException) -> None:
         log.warning("cache %s %s failed (%s); bypassing the cache for %ss", what, key, exc, self.retry_after)
         self._down_until = time.monotonic() + self.retry_after
-
-
-@contextlib.contextmanager
-def _entered(guard: AbstractContextManager) -> Iterator[None]:
-    """Exit an already entered context manager when the block ends."""
-    try:
-        yield
-    except BaseException as exc:
-        if not guard.__exit__(type(exc), exc, exc.__traceback__):
-            raise
-    else:
-        guard.__exit__(None, None, None)
 
 
 class MemoryCache(BaseCache):
@@ -178,7 +155,7 @@ class MemoryCache(BaseCache):
         with self._guard:
             return list(self._entries)
 
-    def get(self, key: str, *, device: torch.device | str | None = None) -> Entry | None:
+    def get(self, key: str, *, device: Device = None) -> Entry | None:
         check_key(key)
         with self._guard:
             found = self._entries.get(key)
@@ -233,7 +210,7 @@ class DiskCache(BaseCache):
         kind, digest = check_key(key)
         return self.root / kind / digest[:2] / f"{digest}.safetensors"
 
-    def get(self, key: str, *, device: torch.device | str | None = None) -> Entry | None:
+    def get(self, key: str, *, device: Device = None) -> Entry | None:
         path = self.path(key)
         try:
             tensors, meta = read_file(path, device)
@@ -270,18 +247,23 @@ class DiskCache(BaseCache):
     def entries(self) -> list[Path]:
         return [p for p in self.root.glob("*/*/*.safetensors") if p.parent.parent.name != "locks"]
 
-    def size_bytes(self) -> int:
-        return sum(_size(p) for p in self.entries())
-
-    def evict(self, *, keep: Path | None = None) -> None:
-        """Delete least recently used entries until the folder holds at most ``max_bytes``."""
-        if self.max_bytes is None:
-            return
+    def _stats(self) -> list[tuple[float, int, Path]]:
+        """(modification time, size, path) of each entry (one deleted meanwhile is left out)."""
         files = []
         for p in self.entries():
             with contextlib.suppress(FileNotFoundError):
                 st = p.stat()
                 files.append((st.st_mtime, st.st_size, p))
+        return files
+
+    def size_bytes(self) -> int:
+        return sum(size for _, size, _ in self._stats())
+
+    def evict(self, *, keep: Path | None = None) -> None:
+        """Delete least recently used entries until the folder holds at most ``max_bytes``."""
+        if self.max_bytes is None:
+            return
+        files = self._stats()
         total = sum(s for _, s, _ in files)
         for _, size, p in sorted(files, key=lambda f: (f[0], str(f[2]))):
             if total <= self.max_bytes:
@@ -312,13 +294,6 @@ class DiskCache(BaseCache):
             os.close(fd)
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
 # -- serialisation -------------------------------------------------------------------------------
 
 
@@ -335,7 +310,7 @@ def encode(
     return save(_cpu_copies(tensors), metadata=header)
 
 
-def decode(data: bytes, device: torch.device | str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+def decode(data: bytes, device: Device = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Inverse of :func:`encode`: (tensors on ``device``, meta)."""
     from safetensors.torch import load
 
@@ -343,21 +318,16 @@ def decode(data: bytes, device: torch.device | str | None = None) -> tuple[dict[
     header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header length, JSON header
     header = json.loads(data[8 : 8 + header_len])
     meta = json.loads((header.get("__metadata__") or {}).get(_META, "{}"))
-    return {k: t.to(device) if device is not None else t for k, t in tensors.items()}, meta
+    return {k: t.to(device) for k, t in tensors.items()}, meta  # to(None): the tensor itself
 
 
-def read_file(
-    path: str | os.PathLike, device: torch.device | str | None = None
-) -> tuple[dict[str, torch.Tensor], dict]:
+def read_file(path: str | os.PathLike, device: Device = None) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, meta) of a file written with :func:`encode` (memory-mapped read)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = json.loads((f.metadata() or {}).get(_META, "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    if device is not None:
-        tensors = {k: t.to(device) for k, t in tensors.items()}
-    return tensors, meta
+        return {k: f.get_tensor(k).to(device) for k in f.keys()}, meta  # noqa: SIM118 (no __iter__)
 
 
 def _cpu_copies(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
