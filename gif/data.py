@@ -49,17 +49,15 @@ class Chunks:
         *,
         chunk_size: int = 1024,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
         what: str = "data",
     ) -> None:
         if chunk_size < 1:
             raise InvalidArgumentError(f"`chunk_size` must be >= 1, got {chunk_size}")
-        batches = _as_batches(data, what)
         pieces: list[Batch] = []
-        for x, y in batches:
+        for x, y in _as_batches(data, what):
             for start in range(0, int(y.shape[0]), chunk_size):
                 part = slice(start, start + chunk_size)
-                pieces.append((inputs_.to(inputs_.take(x, part), device, dtype), y[part].to(device)))
+                pieces.append((inputs_.to(inputs_.take(x, part), device), y[part].to(device)))
         self.total = sum(int(y.shape[0]) for _, y in pieces)
         if self.total == 0:
             raise InvalidArgumentError(f"`{what}` is empty")
@@ -94,17 +92,13 @@ def _as_batches(data: DataLike, what: str) -> list[Batch]:
                 f"`{what}` must be (inputs, targets) tensors or an iterable of such batches"
             ) from exc
     for i, batch in enumerate(batches):
-        _check_batch(batch, f"{what}[{i}]" if len(batches) > 1 else what)
+        name = f"{what}[{i}]" if len(batches) > 1 else what
+        if len(batch) != 2 or not isinstance(batch[1], torch.Tensor):
+            raise InvalidArgumentError(f"`{name}` must be a pair (inputs, targets) of tensors")
+        if batch[1].ndim == 0:
+            raise InvalidArgumentError(f"`{name}`: targets must have a first (sample) dimension")
+        inputs_.check(batch[0], int(batch[1].shape[0]), name)
     return batches
-
-
-def _check_batch(batch: tuple, what: str) -> None:
-    if len(batch) != 2 or not isinstance(batch[1], torch.Tensor):
-        raise InvalidArgumentError(f"`{what}` must be a pair (inputs, targets) of tensors")
-    x, y = batch
-    if y.ndim == 0:
-        raise InvalidArgumentError(f"`{what}`: targets must have a first (sample) dimension")
-    inputs_.check(x, int(y.shape[0]), what)
 
 
 def as_pair(data: DataLike, *, what: str = "data") -> Batch:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import grad, jvp
 
 from . import inputs as inputs_
-from .data import Chunks, DataLike
+from .data import Chunk, Chunks, DataLike
 from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
 from .memory import activation_bytes, fitting_chunk
 from .params import ParamSpace
@@ -236,10 +236,7 @@ class HessianOperator:
         """∇L(θ), a flat vector of length p."""
         self.grads += 1
         self.work.gradients += 1
-        g = torch.zeros_like(self.flat.theta)
-        for chunk in self.data:
-            g += chunk.weight * grad(self.flat.loss)(self.flat.theta, chunk.inputs, chunk.targets)
-        return g
+        return self._sum(lambda c: grad(self.flat.loss)(self.flat.theta, c.inputs, c.targets))
 
     def loss(self) -> float:
         with torch.no_grad():
@@ -255,30 +252,27 @@ class HessianOperator:
             return self._hvp_graph(v)
         return self._plain_hvp(v)
 
-    def _chunk_hvp(self, v: torch.Tensor, x: inputs_.Inputs, y: torch.Tensor) -> torch.Tensor:
-        def g(theta: torch.Tensor) -> torch.Tensor:
-            return grad(self.flat.loss)(theta, x, y)
+    def _sum(self, term: Callable[[Chunk], torch.Tensor], like: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_c (n_c / N) · term(c) over the chunks, accumulated in order into zeros like ``like`` (θ)."""
+        out = torch.zeros_like(self.flat.theta if like is None else like)
+        for chunk in self.data:
+            out += chunk.weight * term(chunk)
+        return out
 
-        return jvp(g, (self.flat.theta,), (v,))[1]
+    def _chunk_hvp(self, v: torch.Tensor, c: Chunk) -> torch.Tensor:
+        primal_and_hv = jvp(lambda t: grad(self.flat.loss)(t, c.inputs, c.targets), (self.flat.theta,), (v,))
+        return primal_and_hv[1]
 
     def _plain_hvp(self, v: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(self.flat.theta)
-        for chunk in self.data:
-            out += chunk.weight * self._chunk_hvp(v, chunk.inputs, chunk.targets)
-        return out
+        return self._sum(lambda c: self._chunk_hvp(v, c))
 
     def _block_hvp(self, basis: torch.Tensor) -> torch.Tensor | None:
         """H times each row of ``basis``, vmapped over the rows; None when vmap cannot batch this
         model (data-dependent branches, operations without a batching rule)."""
-        acc = torch.zeros_like(basis)
         try:
-            for chunk in self.data:
-                acc += chunk.weight * torch.func.vmap(
-                    lambda v, x=chunk.inputs, y=chunk.targets: self._chunk_hvp(v, x, y)
-                )(basis)
+            return self._sum(lambda c: torch.func.vmap(lambda v: self._chunk_hvp(v, c))(basis), like=basis)
         except RuntimeError:
             return None
-        return acc
 
     def _agrees(self, block: torch.Tensor, basis: torch.Tensor) -> bool:
         """Whether a vmapped block equals plain HVPs, checked on the sum of its columns (one more
@@ -326,9 +320,8 @@ class HessianOperator:
         for start in range(0, p, block):
             basis = eye[start : start + block]
             acc = self._block_hvp(basis) if batched else None
-            if batched and (acc is None or not self._agrees(acc, basis)):
+            if acc is None or not self._agrees(acc, basis):
                 batched = False  # vmap fails on, or miscomputes, this model: HVP by HVP from here on
-            if acc is None or not batched:
                 acc = torch.stack([self._plain_hvp(v) for v in basis])
             cols.append(acc)
         self.hvps += p

@@ -14,8 +14,8 @@ function): :func:`differentiable_attention`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -46,16 +46,17 @@ def named(inputs: Inputs) -> dict[str, torch.Tensor]:
 
 def count(inputs: Inputs) -> int:
     """Number of samples (the first dimension)."""
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0])
-    return int(next(iter(inputs.values())).shape[0])
+    return int(next(iter(named(inputs).values())).shape[0])
+
+
+def _each(inputs: Inputs, fn: Callable[[torch.Tensor], torch.Tensor]) -> Inputs:
+    """``fn`` applied to the tensor, or to each named tensor."""
+    return fn(inputs) if isinstance(inputs, torch.Tensor) else {k: fn(v) for k, v in inputs.items()}
 
 
 def take(inputs: Inputs, index: Index) -> Inputs:
     """The samples at ``index`` (a slice, or an index / boolean tensor)."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs[index]
-    return {k: v[index] for k, v in inputs.items()}
+    return _each(inputs, lambda t: t[index])
 
 
 def concat(parts: Sequence[Inputs]) -> Inputs:
@@ -65,22 +66,14 @@ def concat(parts: Sequence[Inputs]) -> Inputs:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]
 
 
-def to(inputs: Inputs, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Inputs:
-    """``inputs`` on ``device``; floating-point tensors also cast to ``dtype`` (ids stay integers)."""
-
-    def move(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point() else None)
-
-    if isinstance(inputs, torch.Tensor):
-        return move(inputs)
-    return {k: move(v) for k, v in inputs.items()}
+def to(inputs: Inputs, device: torch.device | str | None = None) -> Inputs:
+    """``inputs`` on ``device``."""
+    return _each(inputs, lambda t: t.to(device=device))
 
 
 def one_sample(inputs: Inputs) -> Inputs:
     """A single sample's inputs (no batch dimension) as a batch of one, for ``vmap``."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs.unsqueeze(0)
-    return {k: v.unsqueeze(0) for k, v in inputs.items()}
+    return _each(inputs, lambda t: t.unsqueeze(0))
 
 
 def check(inputs: Any, samples: int, what: str) -> None:
@@ -117,9 +110,7 @@ def logits(output: Any) -> torch.Tensor:
 
 def call(model: nn.Module, inputs: Inputs) -> torch.Tensor:
     """``model``'s logits on ``inputs`` (keyword arguments for named inputs)."""
-    if isinstance(inputs, torch.Tensor):
-        return logits(model(inputs))
-    return logits(model(**inputs))
+    return logits(model(inputs) if isinstance(inputs, torch.Tensor) else model(**inputs))
 
 
 def call_functional(
@@ -132,9 +123,7 @@ def call_functional(
         return logits(torch.func.functional_call(model, tensors, args, kwargs, strict=False))
 
 
-@contextlib.contextmanager
-def differentiable_attention() -> Iterator[None]:
+def differentiable_attention() -> AbstractContextManager[None]:
     """Scaled-dot-product attention on its MATH kernel, which forward-mode AD and double backward
     go through (the fused CPU kernels implement neither)."""
-    with sdpa_kernel(SDPBackend.MATH):
-        yield
+    return sdpa_kernel(SDPBackend.MATH)

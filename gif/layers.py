@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._util import forward_hooks
+from ._util import ForwardHook, forward_hooks
 from .errors import InvalidArgumentError
 from .hessian import FlatModel
 
@@ -106,11 +106,8 @@ def recorded_calls(blocks: list[LayerBlock]) -> Iterator[list[list[Call]]]:
     """While open, every forward call of block i's module appends (input, output) to list i."""
     calls: list[list[Call]] = [[] for _ in blocks]
 
-    def hook(index: int):
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            calls[index].append((args[0].detach() if args else None, output))
+    def hook(seen: list[Call]) -> ForwardHook:
+        return lambda module, args, output: seen.append((args[0].detach() if args else None, output))
 
-        return record
-
-    with forward_hooks((b.module, hook(i)) for i, b in enumerate(blocks)):
+    with forward_hooks((b.module, hook(seen)) for b, seen in zip(blocks, calls, strict=True)):
         yield calls

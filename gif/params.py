@@ -8,6 +8,7 @@ offsets line up.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,10 +27,7 @@ class ParamSlot:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
     @property
     def stop(self) -> int:
@@ -48,13 +46,10 @@ class ParamSpace:
     def __init__(self, model: nn.Module) -> None:
         slots: list[ParamSlot] = []
         offset = 0
-        seen: set[int] = set()
-        for name, p in model.named_parameters():
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            slots.append(ParamSlot(name, tuple(p.shape), offset))
-            offset += p.numel()
+        for name, p in model.named_parameters():  # each shared (tied) parameter once, by its first name
+            if p.requires_grad:
+                slots.append(ParamSlot(name, tuple(p.shape), offset))
+                offset += p.numel()
         if offset == 0:
             raise InvalidArgumentError("model has no trainable parameters")
         self.slots: tuple[ParamSlot, ...] = tuple(slots)

@@ -101,16 +101,11 @@ class _Layer:
     def numel(self) -> int:
         return self.weight.numel + (self.bias.numel if self.bias is not None else 0)
 
-    @property
-    def columns(self) -> bool:
-        """Whether a neuron's weights are a column of the weight matrix (Embedding), not a row."""
-        return isinstance(self.module, nn.Embedding)
-
     def weights_of(self, neurons: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
         """Flat θ indices of the weights of ``neurons`` (all of them, or the ``local`` k-th weight
         of each): a contiguous block of ``width`` (Conv / Linear), or a strided column (Embedding)."""
         k = torch.arange(self.width) if local is None else local
-        if self.columns:
+        if isinstance(self.module, nn.Embedding):
             flat = neurons[:, None] + self.neurons * k[None, :]
         else:
             flat = neurons[:, None] * self.width + k[None, :]
@@ -198,11 +193,8 @@ def select(
             continue  # the layer never ran on the data (no signal), or nothing to take
         elif strategy == "threshold":
             pieces.append(_threshold(layer, score, n, threshold, gen))
-        else:
-            if strategy.startswith(("highest_", "exclusive_")):
-                order = torch.sort(-score, stable=True).indices
-            else:
-                order = torch.sort(score, stable=True).indices
+        else:  # descending for highest_ and exclusive_, ascending for lowest_
+            order = torch.sort(score if strategy.startswith("lowest_") else -score, stable=True).indices
             if strategy.startswith("exclusive_"):
                 n_full = n // layer.per_neuron
                 rest = order[n_full:]
@@ -232,7 +224,7 @@ def _head(model: nn.Module, space: ParamSpace, data: DataLike | None) -> torch.T
     slots = [space.slot(n) for n in space.names if n in own]
     if not slots:
         raise InvalidArgumentError(f"the head `{path}` has no trainable parameter")
-    return torch.sort(torch.cat([torch.arange(s.offset, s.stop) for s in slots])).values
+    return _indices(slots)
 
 
 def _matching_names(space: ParamSpace, patterns: Sequence[str]) -> list[str]:
@@ -248,7 +240,11 @@ def _matching(space: ParamSpace, patterns: Sequence[str]) -> torch.Tensor:
         raise InvalidArgumentError(
             f"no trainable parameter matches {list(patterns)}; names look like {space.names[:3]}"
         )
-    slots = [space.slot(n) for n in matched]
+    return _indices([space.slot(n) for n in matched])
+
+
+def _indices(slots: list[ParamSlot]) -> torch.Tensor:
+    """Sorted flat indices of every entry of ``slots``."""
     return torch.sort(torch.cat([torch.arange(s.offset, s.stop) for s in slots])).values
 
 
@@ -328,8 +324,7 @@ def _scores(
     """|mean| per neuron of each layer's output (or of d loss / d output); None if it never ran."""
     if data is None:
         raise InvalidArgumentError("`data` is required to score neurons: pass (inputs, targets)")
-    if loss_fn is None:
-        loss_fn = F.cross_entropy
+    loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     device = next(p.device for p in model.parameters())
     chunks = Chunks(data, chunk_size=_CHUNK_SIZE, device=device, what="data")
 
@@ -342,12 +337,6 @@ def _scores(
         return t.sum(dim=dims, dtype=torch.float64) if dims else t.to(torch.float64)
 
     def make_hook(i: int, layer: _Layer) -> Callable:
-        def grad_hook(cdim: int) -> Callable:
-            def hook(g: torch.Tensor) -> None:
-                sums[i].add_(channel_sum(g.detach(), cdim))
-
-            return hook
-
         def forward_hook(module: nn.Module, args: object, out: object) -> None:
             fired[i] += 1
             if fired[i] > 1:
@@ -371,7 +360,10 @@ def _scores(
             elif out.requires_grad:
                 # Registered now, the hook sees the gradient w.r.t. this value even if a later op
                 # (e.g. ReLU(inplace=True)) overwrites the tensor.
-                out.register_hook(grad_hook(cdim))
+                def grad_hook(g: torch.Tensor) -> None:
+                    sums[i].add_(channel_sum(g.detach(), cdim))
+
+                out.register_hook(grad_hook)
 
         return forward_hook
 
@@ -394,7 +386,7 @@ def _scores(
                         )
                     if not loss.requires_grad:
                         raise InvalidArgumentError("the loss does not depend on any trainable parameter")
-                    ran = [named[layers[i].weight.name] for i in range(len(layers)) if fired[i]]
+                    ran = [named[layer.weight.name] for layer, f in zip(layers, fired, strict=True) if f]
                     if ran:
                         # Weighting each chunk's mean loss by its share makes the gradients those of
                         # the mean loss over all samples, independent of the batching.
@@ -403,15 +395,10 @@ def _scores(
         for m, flag in flags:
             m.training = flag
 
-    scores: list[torch.Tensor | None] = []
-    for layer, s, c in zip(layers, sums, counts, strict=True):
-        if c == 0:
-            scores.append(None)
-            continue
-        score = (s / c).abs().cpu()
-        if not bool(torch.isfinite(score).all()):
+    scores = [None if c == 0 else (s / c).abs().cpu() for s, c in zip(sums, counts, strict=True)]
+    for layer, score in zip(layers, scores, strict=True):
+        if score is not None and not bool(torch.isfinite(score).all()):
             raise NumericalError(f"layer {layer.name!r}: NaN or Inf in the neuron {kind}")
-        scores.append(score)
     return scores
 
 
@@ -444,12 +431,11 @@ def _take_ranked(layer: _Layer, order: torch.Tensor, n: int, gen: torch.Generato
 
 
 def _random(layer: _Layer, ratio: float, gen: torch.Generator) -> torch.Tensor:
-    k = int(ratio * layer.weight.numel)
-    parts = [layer.weight.offset + torch.randperm(layer.weight.numel, generator=gen)[:k]]
-    if layer.bias is not None:
-        kb = int(ratio * layer.bias.numel)
-        parts.append(layer.bias.offset + torch.randperm(layer.bias.numel, generator=gen)[:kb])
-    return torch.cat(parts)
+    """``int(ratio * numel)`` random entries of the weight, then of the bias (in that order)."""
+    slots = [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
+    return torch.cat(
+        [s.offset + torch.randperm(s.numel, generator=gen)[: int(ratio * s.numel)] for s in slots]
+    )
 
 
 def _threshold(
