@@ -84,11 +84,7 @@ class FlatModel:
         self.by_layer: bool | None = None  # per-sample gradients by layer (gif/per_sample.py)
         self._outputs_checked = False
         if not bool(torch.isfinite(self.theta).all()):
-            bad = [
-                s.name
-                for s in self.space.slots
-                if not bool(torch.isfinite(self.theta[s.offset : s.stop]).all())
-            ]
+            bad = [n for n, t in self.space.unflatten(self.theta).items() if not torch.isfinite(t).all()]
             raise NumericalError(f"model parameters contain NaN or Inf: {', '.join(bad[:5])}")
 
     def with_loss(self, loss_fn: LossFn) -> FlatModel:

@@ -30,9 +30,7 @@ Index = slice | torch.Tensor
 
 def is_inputs(value: Any) -> bool:
     """A tensor, or a non-empty mapping of names to tensors."""
-    if isinstance(value, torch.Tensor):
-        return True
-    return (
+    return isinstance(value, torch.Tensor) or (
         isinstance(value, Mapping)
         and len(value) > 0
         and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())

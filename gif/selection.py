@@ -196,8 +196,7 @@ def select(
         else:  # descending for highest_ and exclusive_, ascending for lowest_
             order = torch.sort(score if strategy.startswith("lowest_") else -score, stable=True).indices
             if strategy.startswith("exclusive_"):
-                n_full = n // layer.per_neuron
-                rest = order[n_full:]
+                rest = order[n // layer.per_neuron :]  # all but the top n_full neurons
                 order = rest[torch.randperm(rest.numel(), generator=gen)]
             pieces.append(_take_ranked(layer, order, n, gen))
 

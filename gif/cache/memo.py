@@ -4,6 +4,7 @@ boundary (:class:`CachedSolves`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,16 +25,16 @@ if TYPE_CHECKING:
 # -- stats ---------------------------------------------------------------------------------------
 
 
+@dataclass
 class CacheStats:
     """Which entries one request found (``hits``, including ones it waited for while another
     process computed them) and which it computed (``misses``), as short ``{"kind", "key"}``
     records (the key's first 16 hex digits), one per lookup; ``counts`` totals them per kind
     as ``{"hit", "wait", "miss"}`` (the labels of a requests-by-result metric)."""
 
-    def __init__(self) -> None:
-        self.hits: list[dict] = []
-        self.misses: list[dict] = []
-        self.counts: dict[str, dict[str, int]] = {}
+    hits: list[dict] = field(default_factory=list)
+    misses: list[dict] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def record(self, key: str, status: str) -> None:
         kind, digest = check_key(key)
@@ -45,11 +46,7 @@ class CacheStats:
         self.counts.setdefault(kind, {"hit": 0, "wait": 0, "miss": 0})[result] += 1
 
     def as_dict(self) -> dict:
-        return {
-            "hits": list(self.hits),
-            "misses": list(self.misses),
-            "counts": {k: dict(v) for k, v in self.counts.items()},
-        }
+        return asdict(self)  # copies, JSON-ready
 
 
 # -- one request's view ---------------------------------------------------------------------------
@@ -110,8 +107,7 @@ class Memo:
         if not self.enabled:
             return None
         assert self.cache is not None
-        lookup = getattr(self.cache, "lookup", self.cache.get)
-        return lookup(key, device=device)
+        return getattr(self.cache, "lookup", self.cache.get)(key, device=device)
 
     def record(self, key: str, status: str) -> None:
         if self.enabled:
@@ -186,13 +182,8 @@ def fit_entry(fit: CurvatureFit) -> tuple[dict[str, torch.Tensor], dict]:
 def fit_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> CurvatureFit:
     if "kronecker" in meta:
         return KroneckerFit.from_state(tensors, meta["kronecker"])
-    return LowRankHessian(
-        tensors["eigenvalues"],
-        tensors["eigenvectors"],
-        tensors["residuals"],
-        int(meta.get("hvps", 0)),
-        dict(meta.get("meta", {})),
-    )
+    # the tensors are the three of LowRankHessian.state_dict: eigenvalues, eigenvectors, residuals
+    return LowRankHessian(**tensors, hvps=int(meta.get("hvps", 0)), meta=dict(meta.get("meta", {})))
 
 
 def fit_digest(fit: CurvatureFit) -> str:
