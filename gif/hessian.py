@@ -244,9 +244,7 @@ class HessianOperator:
         """H·v for a flat vector v of length p."""
         self.hvps += 1
         self.work.hvps += 1
-        if self.backend == "graph":
-            return self._hvp_graph(v)
-        return self._plain_hvp(v)
+        return self._hvp_graph(v) if self.backend == "graph" else self._plain_hvp(v)
 
     def _sum(self, term: Callable[[Chunk], torch.Tensor], like: torch.Tensor | None = None) -> torch.Tensor:
         """Σ_c (n_c / N) · term(c) over the chunks, accumulated in order into zeros like ``like`` (θ)."""
