@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +30,7 @@ import torch
 from ..errors import NumericalError
 from ..hessian import HessianOperator
 from ..solvers import Monitor, Problem, SolveResult
+from ..solvers.base import MatVec
 
 
 @dataclass
@@ -88,14 +88,9 @@ class InverseHessian(ABC):
         """x = argmin ‖H[:,T] x − g‖² + λ‖x‖² with T = ``index``."""
 
     def solve_rows(
-        self,
-        rows: torch.Tensor,
-        monitor: Monitor,
-        *,
-        name: str = "query",
-        offset: int = 0,
+        self, rows: torch.Tensor, monitor: Monitor, *, name: str = "query", offset: int = 0,
         total: int | None = None,
-    ) -> tuple[torch.Tensor, list[Solution]]:
+    ) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
         """Each row b of ``rows`` [m, p] ↦ (H + λI)⁻¹ b, with one :class:`Solution` per row (its
         ``x`` left empty). Row j's progress events carry ``name`` (``query`` | ``sample``) =
         ``offset + j`` and its count ``total`` (default m)."""
@@ -117,14 +112,9 @@ class InverseHessian(ABC):
         return self.bilinear(rows, rows, monitor, offset=offset, total=total)
 
     def bilinear(
-        self,
-        left: torch.Tensor,
-        right: torch.Tensor,
-        monitor: Monitor,
-        *,
-        offset: int = 0,
+        self, left: torch.Tensor, right: torch.Tensor, monitor: Monitor, *, offset: int = 0,
         total: int | None = None,
-    ) -> tuple[torch.Tensor, list[Solution]]:
+    ) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
         """Row-wise aᵀ (H + λI)⁻¹ b for rows a of ``left`` and b of ``right`` (both [m, p]), shape
         [m]: one solve per row of ``right``."""
         solved, solutions = self.solve_rows(right, monitor, name="sample", offset=offset, total=total)
@@ -132,8 +122,6 @@ class InverseHessian(ABC):
 
 
 _COUNT = {"query": "num_queries", "sample": "num_samples"}
-
-MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 
 def scatter(x_t: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:

@@ -33,38 +33,28 @@ class DenseInverse(InverseHessian):
         return self._h
 
     def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
-        return _exact(dense.solve_symmetric(self.matrix, _f64(b), self.damping), b)
+        return Solution(dense.solve_symmetric(self.matrix, b, self.damping).to(b))
 
     def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
         idx = index.cpu()
-        return _exact(dense.solve_symmetric(self.matrix[idx][:, idx], _f64(b_t), self.damping), b_t)
+        return Solution(dense.solve_symmetric(self.matrix[idx][:, idx], b_t, self.damping).to(b_t))
 
     def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        return _exact(dense.solve_least_squares(self.matrix[:, index.cpu()], _f64(g), self.damping), g)
+        return Solution(dense.solve_least_squares(self.matrix[:, index.cpu()], g, self.damping).to(g))
 
     def solve_rows(
-        self,
-        rows: torch.Tensor,
-        monitor: Monitor,
-        *,
-        name: str = "query",
-        offset: int = 0,
+        self, rows: torch.Tensor, monitor: Monitor, *, name: str = "query", offset: int = 0,
         total: int | None = None,
-    ) -> tuple[torch.Tensor, list[Solution]]:
+    ) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
         monitor.check_cancel()
         u, inv = self._eigen(rows.device)
         out = (((rows.to(u.dtype) @ u) * inv) @ u.T).to(rows.dtype)
         return out, [Solution(rows[:0]) for _ in range(int(rows.shape[0]))]
 
     def bilinear(
-        self,
-        left: torch.Tensor,
-        right: torch.Tensor,
-        monitor: Monitor,
-        *,
-        offset: int = 0,
+        self, left: torch.Tensor, right: torch.Tensor, monitor: Monitor, *, offset: int = 0,
         total: int | None = None,
-    ) -> tuple[torch.Tensor, list[Solution]]:
+    ) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
         monitor.check_cancel()
         u, inv = self._eigen(right.device)
         d = right.to(u.dtype) @ u
@@ -80,11 +70,3 @@ class DenseInverse(InverseHessian):
             inv = torch.where(keep, 1.0 / torch.where(keep, e, torch.ones_like(e)), torch.zeros_like(e))
             self._eig = (u.to(device), inv.to(device))
         return self._eig
-
-
-def _f64(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.float64).cpu()
-
-
-def _exact(x: torch.Tensor, like: torch.Tensor) -> Solution:
-    return Solution(x.to(like))

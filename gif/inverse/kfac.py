@@ -127,16 +127,9 @@ class KroneckerInverse(InverseHessian):
     """(G + λI)⁻¹ with G factored per layer (module docstring); ``corrected`` selects EK-FAC."""
 
     def __init__(
-        self,
-        hessian: HessianOperator,
-        damping: float,
-        *,
-        corrected: bool,
-        tol: float = 1e-6,
-        max_iter: int = 100,
-        fit: KroneckerFit | None = None,
-        layer_damping: float = 0.0,
-    ) -> None:
+        self, hessian: HessianOperator, damping: float, *, corrected: bool, tol: float = 1e-6,
+        max_iter: int = 100, fit: KroneckerFit | None = None, layer_damping: float = 0.0,
+    ) -> None:  # fmt: skip
         super().__init__(hessian, damping)
         self.name = "ekfac" if corrected else "kfac"
         self.layer_damping = float(layer_damping)
@@ -157,7 +150,6 @@ class KroneckerInverse(InverseHessian):
             if block.bias is not None:
                 covered[block.bias] = True
         self.uncovered = torch.nonzero(~covered).flatten().to(hessian.flat.device)
-        self.prepared = False
         self.fit: KroneckerFit | None = None
         if fit is not None:
             self._adopt(fit)
@@ -171,7 +163,7 @@ class KroneckerInverse(InverseHessian):
             )
         for block, a, s, e in zip(self.blocks, fit.q_in, fit.q_out, fit.eigen, strict=True):
             block.q_in, block.q_out, block.eigen = a, s, e
-        self.fit, self.prepared = fit, True
+        self.fit = fit
 
     @property
     def fitted(self) -> KroneckerFit:
@@ -181,9 +173,10 @@ class KroneckerInverse(InverseHessian):
         return self.fit
 
     def prepare(self, monitor: Monitor | None = None) -> None:
-        if self.prepared:
+        if self.fit is not None:
             return
-        (monitor or Monitor()).check_cancel()
+        monitor = monitor or Monitor()
+        monitor.check_cancel()
         passes = self.hessian.work.gradients
         inputs, outputs = _factors(self.hessian, self.blocks)
         for block, a, s in zip(self.blocks, inputs, outputs, strict=True):
@@ -191,7 +184,7 @@ class KroneckerInverse(InverseHessian):
             sigma, block.q_out = _eigh(s, block.name)
             block.eigen = sigma.clamp_min(0).unsqueeze(1) * alpha.clamp_min(0).unsqueeze(0)
         if self.corrected:
-            (monitor or Monitor()).check_cancel()
+            monitor.check_cancel()
             for block, eigen in zip(
                 self.blocks, _corrected_eigenvalues(self.hessian, self.blocks), strict=True
             ):
@@ -207,7 +200,6 @@ class KroneckerInverse(InverseHessian):
             [b.q_out for b in self.blocks], [b.eigen for b in self.blocks],  # type: ignore[misc]
             self.hessian.work.gradients - passes,
         )  # fmt: skip
-        self.prepared = True
 
     # -- the factored curvature and its inverse ---------------------------------------------------
 
@@ -238,14 +230,9 @@ class KroneckerInverse(InverseHessian):
         return Solution(self._inverse(b), note=self._note())
 
     def solve_rows(
-        self,
-        rows: torch.Tensor,
-        monitor: Monitor,
-        *,
-        name: str = "query",
-        offset: int = 0,
+        self, rows: torch.Tensor, monitor: Monitor, *, name: str = "query", offset: int = 0,
         total: int | None = None,
-    ) -> tuple[torch.Tensor, list[Solution]]:
+    ) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
         """Every row at once: each layer's rotations act on the whole batch [m, out, in]."""
         self.prepare(monitor)
         monitor.check_cancel()
@@ -274,21 +261,18 @@ class KroneckerInverse(InverseHessian):
         return x
 
     def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        self._absolute_damping_only()
         return self._run(restricted_problem(self.matvec, b_t, index, self.size, self.damping), "cg", monitor)
 
     def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        self._absolute_damping_only()
         return self._run(columns_problem(self.matvec, g, index, self.damping), "lsqr", monitor)
 
-    def _absolute_damping_only(self) -> None:
+    def _run(self, problem: Problem, solver: str, monitor: Monitor) -> Solution:
+        """Solve a restricted or least-squares system on the factored curvature (absolute λ only)."""
         if self.layer_damping > 0.0:
             raise InvalidArgumentError(
                 "`layer_damping` damps (H + λI)⁻¹ (methods if / sif); the restricted and least-squares "
                 "systems of fif / gif take `damping`"
             )
-
-    def _run(self, problem: Problem, solver: str, monitor: Monitor) -> Solution:
         self.prepare(monitor)
         return Solution.of(solve(problem, solver, tol=self.tol, max_iter=self.max_iter, monitor=monitor))
 

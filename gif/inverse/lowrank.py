@@ -38,88 +38,69 @@ class LowRankInverse(InverseHessian):
     def prepare(self, monitor: Monitor | None = None) -> None:
         if self.fit is not None:
             return
-        theta = self.hessian.flat.theta
-        monitor = (monitor or Monitor()).fresh(stage="fitting_curvature")
         self.fit = fit_lowrank(
-            self.hessian.hvp,
-            self.size,
-            rank=self.rank,
-            like=theta,
-            seed=self.seed,
-            steps=self.steps,
-            monitor=monitor,
-        )
+            self.hessian.hvp, self.size, rank=self.rank, like=self.hessian.flat.theta, seed=self.seed,
+            steps=self.steps, monitor=(monitor or Monitor()).fresh(stage="fitting_curvature"),
+        )  # fmt: skip
         self._unreported_hvps = self.fit.hvps
 
-    @property
-    def fitted(self) -> LowRankHessian:
-        self.prepare()
+    def _fitted(self, monitor: Monitor | None = None) -> LowRankHessian:
+        """The fit (made first if needed)."""
+        self.prepare(monitor)
         assert self.fit is not None
         return self.fit
 
     def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
-        self.prepare(monitor)
-        return self._solution(self.fitted.solve_if(b, self.damping))
+        return self._solution(self._fitted(monitor).solve_if(b, self.damping))
 
     def solve_restricted(self, b_t: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        self.prepare(monitor)
-        return self._solution(self.fitted.solve_fif(b_t, index, self.damping))
+        return self._solution(self._fitted(monitor).solve_fif(b_t, index, self.damping))
 
     def least_squares(self, g: torch.Tensor, index: torch.Tensor, monitor: Monitor) -> Solution:
-        self.prepare(monitor)
-        return self._solution(self.fitted.solve_gif(g, index, self.damping))
+        return self._solution(self._fitted(monitor).solve_gif(g, index, self.damping))
 
     def solve_rows(
-        self,
-        rows: torch.Tensor,
-        monitor: Monitor,
-        *,
-        name: str = "query",
-        offset: int = 0,
+        self, rows: torch.Tensor, monitor: Monitor, *, name: str = "query", offset: int = 0,
         total: int | None = None,
-    ) -> tuple[torch.Tensor, list[Solution]]:
+    ) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
         """z = Vᵀ diag(1/(μ+λ)) V g + (g − VᵀV g)/λ for every row g, vectorised."""
-        self.prepare(monitor)
-        monitor.check_cancel()
-        v, mu, c = self._coords(rows)
+        v, mu, c = self._coords(rows, monitor)
         out = (c / (mu + self.damping)) @ v
         if self.damping != 0.0:
             out = out + (rows - c @ v) / self.damping
         return out, self._row_solutions(rows)
 
     def bilinear(
-        self,
-        left: torch.Tensor,
-        right: torch.Tensor,
-        monitor: Monitor,
-        *,
-        offset: int = 0,
+        self, left: torch.Tensor, right: torch.Tensor, monitor: Monitor, *, offset: int = 0,
         total: int | None = None,
-    ) -> tuple[torch.Tensor, list[Solution]]:
+    ) -> tuple[torch.Tensor, list[Solution]]:  # fmt: skip
         """aᵀ z = Σ_k c_k d_k/(μ_k + λ) + aᵀ(b − Vᵀd)/λ with c = V a, d = V b (the last term for
         λ > 0 only): the flat complement of the fitted subspace."""
-        self.prepare(monitor)
-        monitor.check_cancel()
-        v, mu, d = self._coords(right)
+        v, mu, d = self._coords(right, monitor)
         c = d if left is right else left @ v.T
         out = (c * d / (mu + self.damping)).sum(dim=1)
         if self.damping != 0.0:
             out = out + (left * (right - d @ v)).sum(dim=1) / self.damping
         return out, self._row_solutions(right)
 
-    def _coords(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _coords(
+        self, rows: torch.Tensor, monitor: Monitor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(V, μ) (cached) and c = V g per row, once fitted and unless cancelled."""
+        fit = self._fitted(monitor)
+        monitor.check_cancel()
         if self._pairs is None or self._pairs[0].dtype != rows.dtype:
-            self._pairs = self.fitted.pairs(rows)
+            self._pairs = fit.pairs(rows)
         v, mu = self._pairs
         return v, mu, rows @ v.T  # c = V g per row, [m, k]
 
     def _solution(self, x: torch.Tensor) -> Solution:
-        fit = self.fitted
+        fit = self._fitted()
         residual = float(fit.residuals.max())
         iterations, self._unreported_hvps = self._unreported_hvps, 0
         note = f"rank {fit.rank}; max Ritz residual {residual:.2e}"
         return Solution(x, fit.converged(), iterations, residual, [], note)
 
     def _row_solutions(self, rows: torch.Tensor) -> list[Solution]:
-        fit = self.fitted
+        fit = self._fitted()
         return [Solution(rows[:0], fit.converged(), 0, float(fit.residuals.max())) for _ in range(len(rows))]

@@ -30,13 +30,11 @@ def solve(
     problem: Problem, solver: str, *, tol: float, max_iter: int, monitor: Monitor, **options: float
 ) -> SolveResult:
     """Run one of the iterative solvers on ``problem``."""
-    try:
-        fn = ITERATIVE[solver]
-    except KeyError:
-        raise InvalidArgumentError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}") from None
+    if solver not in ITERATIVE:
+        raise InvalidArgumentError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if tol <= 0 or max_iter < 1:
         raise InvalidArgumentError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
-    return fn(problem, tol=tol, max_iter=max_iter, monitor=monitor, **options)
+    return ITERATIVE[solver](problem, tol=tol, max_iter=max_iter, monitor=monitor, **options)
 
 
 __all__ = ["SOLVERS", "LowRankHessian", "Monitor", "Problem", "SolveResult", "fit_lowrank", "solve"]

@@ -23,14 +23,12 @@ def cg(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> Solv
         return _cgls(problem, tol=tol, max_iter=max_iter, monitor=monitor)
     b = problem.rhs
     x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
     bnorm = safe_norm(b)
     if bnorm == 0.0:
         return SolveResult(x, True, 0, 0.0, [], "cg")
+    r, p = b.clone(), b.clone()
     gamma = float(r @ r)
     note = ""
-    it = 0
     converged = False
     for it in range(1, max_iter + 1):
         q = problem.apply(p)
@@ -69,7 +67,6 @@ def _cgls(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> S
         return SolveResult(x, True, 0, 0.0, [], "cg")
     p = s.clone()
     gamma = float(s @ s)
-    it = 0
     converged = False
     for it in range(1, max_iter + 1):
         q = problem.matvec(p)

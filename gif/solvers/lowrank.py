@@ -81,10 +81,8 @@ class LowRankHessian:
     def solve_gif(self, g: torch.Tensor, index: torch.Tensor, damping: float) -> torch.Tensor:
         v, mu = self.pairs(g)
         b = mu.unsqueeze(1) * v[:, index.to(v.device)]  # Λ V_T, [k, |T|]
-        rhs = v @ g
-        # Minimum-norm ridge solution in the row space of B: x = Bᵀ (B Bᵀ + λI)⁺ rhs (k×k).
-        k = b.shape[0]
-        y = lstsq(b @ b.T + damping * torch.eye(k, dtype=b.dtype, device=b.device), rhs).to(g)
+        # Minimum-norm ridge solution in the row space of B: x = Bᵀ (B Bᵀ + λI)⁺ V g (k×k).
+        y = lstsq(b @ b.T + damping * torch.eye(b.shape[0], dtype=b.dtype, device=b.device), v @ g).to(g)
         return b.T @ y
 
     def pairs(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,11 +98,7 @@ class LowRankHessian:
     # -- persistence ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            "eigenvalues": self.eigenvalues.cpu().contiguous(),
-            "eigenvectors": self.eigenvectors.cpu().contiguous(),
-            "residuals": self.residuals.cpu().contiguous(),
-        }
+        return {name: getattr(self, name).cpu().contiguous() for name in _TENSORS}
 
     def save(self, path: str) -> None:
         """Write to a safetensors file (tensors + string metadata)."""
@@ -118,9 +112,12 @@ class LowRankHessian:
 
         with safe_open(path, framework="pt") as f:
             meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in ("eigenvalues", "eigenvectors", "residuals")}
-        hvps = int(meta.pop("hvps", "0"))
-        return cls(tensors["eigenvalues"], tensors["eigenvectors"], tensors["residuals"], hvps, meta)
+            eigenvalues, eigenvectors, residuals = (f.get_tensor(name) for name in _TENSORS)
+        return cls(eigenvalues, eigenvectors, residuals, int(meta.pop("hvps", "0")), meta)
+
+
+#: The fit's tensors, as saved.
+_TENSORS = ("eigenvalues", "eigenvectors", "residuals")
 
 
 def fit_lowrank(

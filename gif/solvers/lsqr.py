@@ -26,13 +26,10 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
     which says that x is the exact least-squares solution of a matrix within relative distance ≈ ε
     of Ā (a backward error), so solving further only fits the noise in A's data.
     """
-    matvec: MatVec
-    rmatvec: MatVec
-    if problem.kind == "symmetric":
-        matvec = rmatvec = problem.apply
-        damp = 0.0
-    else:
-        matvec, rmatvec, damp = problem.matvec, problem.rmatvec, math.sqrt(problem.damping)
+    symmetric = problem.kind == "symmetric"
+    matvec: MatVec = problem.apply if symmetric else problem.matvec
+    rmatvec: MatVec = problem.apply if symmetric else problem.rmatvec
+    damp = 0.0 if symmetric else math.sqrt(problem.damping)
     b = problem.rhs
     x = torch.zeros(problem.size, dtype=b.dtype, device=b.device)
     u = b.clone()
@@ -49,12 +46,10 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
     bnorm = beta
     w = v.clone()
     phibar, rhobar = beta, alpha
-    anorm2 = ddnorm = damped_residual2 = (
-        0.0  # ‖Ā‖_F² and ‖D‖_F² estimates (D = the search directions / ρ): cond(Ā)
-    )
-    it = 0
+    # ‖Ā‖_F² and ‖D‖_F² estimates (D = the search directions / ρ): cond(Ā)
+    anorm2 = ddnorm = damped_residual2 = 0.0
     converged = False
-    stopped_at_accuracy = False
+    note = ""
     for it in range(1, max_iter + 1):
         u = matvec(v) - alpha * u
         beta = safe_norm(u)
@@ -79,7 +74,7 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         phibar = sn * phibar
         x = x + (phi / rho) * w
         w = v - (theta / rho) * w
-        if problem.kind == "symmetric":
+        if symmetric:
             rel = abs(phibar) / bnorm  # ‖b − A'x‖ (no damping row): the symmetric contract's residual
         else:
             rel = alpha * abs(sn * phi) / arnorm0  # ‖Aᵀr − λx‖ estimate (Paige & Saunders, §5.1)
@@ -87,27 +82,19 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         if rel <= tol or alpha == 0.0:
             converged = True
             break
-        if problem.kind == "lstsq" and problem.accuracy > 0.0:
+        if not symmetric and problem.accuracy > 0.0:
             r_bar = math.sqrt(phibar**2 + damped_residual2)
             backward = alpha * abs(sn * phi) / (math.sqrt(anorm2) * r_bar + 1e-300)
             if backward <= problem.accuracy:
-                converged = stopped_at_accuracy = True
+                converged = True
+                note = (
+                    "stopped at the accuracy of the data: x is the least-squares solution of a matrix "
+                    f"within {problem.accuracy:.2g} (relative) of the sampled one"
+                )
                 break
-    note = ""
-    if stopped_at_accuracy:
-        note = accuracy_note(problem.accuracy)
-    elif not converged and problem.kind == "lstsq" and problem.damping == 0.0:
+    if not converged and not symmetric and problem.damping == 0.0:
         note = ill_posed_note(math.sqrt(anorm2 * ddnorm), float(x.norm()))
-    return SolveResult(
-        x, converged, it, monitor.history[-1] if monitor.history else 0.0, monitor.history, "lsqr", note
-    )
-
-
-def accuracy_note(accuracy: float) -> str:
-    return (
-        f"stopped at the accuracy of the data: x is the least-squares solution of a matrix within "
-        f"{accuracy:.2g} (relative) of the sampled one"
-    )
+    return SolveResult(x, converged, it, rel, monitor.history, "lsqr", note)
 
 
 def ill_posed_note(condition: float, x_norm: float) -> str:

@@ -29,7 +29,6 @@ def minres(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> 
     w2 = torch.zeros_like(b)
     oldb, beta, dbar, epsln, phibar = 0.0, beta1, 0.0, 0.0, beta1
     cs, sn = -1.0, 0.0
-    it = 0
     converged = False
     for it in range(1, max_iter + 1):
         v = y / beta
@@ -55,8 +54,6 @@ def minres(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> 
         rel = phibar / beta1
         monitor(it, rel, max_iter)
         if rel <= tol or beta == 0.0:
-            converged = rel <= tol or beta == 0.0
+            converged = True
             break
-    return SolveResult(
-        x, converged, it, monitor.history[-1] if monitor.history else 0.0, monitor.history, "minres"
-    )
+    return SolveResult(x, converged, it, rel, monitor.history, "minres")

@@ -46,31 +46,22 @@ def neumann(
         normal, rhs = problem.apply, problem.rmatvec(problem.rhs)
     threshold = tol * math.sqrt(problem.size)
     c = normalizer
-    total_iters = 0
-    restarts = 0
+    total_iters = restarts = 0
     while True:
         b = rhs / c**2
         x = b.clone()
         prev_even = math.inf
-        diverged = False
-        stopped = False
         for k in range(max_iter):
             x_new = b + x - normal(x) / c**2
             diff = safe_norm(x_new - x)
             x = x_new
             total_iters += 1
             monitor(total_iters, diff, max_iter)
-            if not math.isfinite(diff):
-                diverged = True
+            diverged = not math.isfinite(diff) or (k % 2 == 0 and diff > prev_even)
+            if diverged or diff <= threshold:
                 break
             if k % 2 == 0:
-                if diff > prev_even:
-                    diverged = True
-                    break
                 prev_even = diff
-            if diff <= threshold:
-                stopped = True
-                break
         if not diverged or restarts >= MAX_RESTARTS:
             break
         restarts += 1
@@ -81,7 +72,7 @@ def neumann(
     note = f"normalizer c={c:g} after {restarts} restart(s)"
     if diverged:
         note += "; still diverging at the restart cap"
-    elif stopped:
+    elif diff <= threshold:
         note += "; stopped by the paper's rule ‖Δx‖ ≤ tol·√n"
     # The paper's rule only says the steps got small; convergence is judged on the residual.
     return SolveResult(x, residual <= tol, total_iters, residual, monitor.history, "neumann", note)
