@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import InvalidArgumentError
-from .base import Monitor, Problem, SolveResult
+from .base import MatVec, Monitor, Problem, SolveResult
 from .cg import cg
 from .lowrank import LowRankHessian, fit_lowrank
 from .lsqr import lsqr
@@ -37,4 +37,4 @@ def solve(
     return ITERATIVE[solver](problem, tol=tol, max_iter=max_iter, monitor=monitor, **options)
 
 
-__all__ = ["SOLVERS", "LowRankHessian", "Monitor", "Problem", "SolveResult", "fit_lowrank", "solve"]
+__all__ = ["SOLVERS", "LowRankHessian", "MatVec", "Monitor", "Problem", "SolveResult", "fit_lowrank", "solve"]

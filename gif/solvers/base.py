@@ -89,13 +89,9 @@ class Monitor:
     """
 
     def __init__(
-        self,
-        callback: ProgressCallback | None = None,
-        should_stop: StopCheck | None = None,
-        *,
-        stage: Stage = "solving",
-        context: dict[str, Any] | None = None,
-    ) -> None:
+        self, callback: ProgressCallback | None = None, should_stop: StopCheck | None = None, *,
+        stage: Stage = "solving", context: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.callback = callback
         self.should_stop = should_stop
         self.stage: Stage = stage

@@ -53,8 +53,7 @@ def cg(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> Solv
             break
         p = r + (gamma_new / gamma) * p
         gamma = gamma_new
-    rel = float(r.norm()) / bnorm
-    return SolveResult(x, converged, it, rel, monitor.history, "cg", note)
+    return SolveResult(x, converged, it, float(r.norm()) / bnorm, monitor.history, "cg", note)
 
 
 def _cgls(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> SolveResult:

@@ -19,13 +19,12 @@ top-k subspace is treated as zero, so damping λ sets how far the update moves t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InvalidArgumentError
-from .base import Monitor
+from .base import MatVec, Monitor
 from .direct import lstsq
 
 
@@ -73,10 +72,8 @@ class LowRankHessian:
         vt = v[:, index.to(v.device)]  # [k, |T|]
         gram = vt @ vt.T
         if damping == 0.0:  # pseudo-inverse of V_Tᵀ Λ V_T, in the row space of V_T
-            y = lstsq(gram @ torch.diag(mu) @ gram, vt @ g_t).to(g_t)
-            return vt.T @ y
-        y = lstsq(damping * torch.diag(1.0 / mu) + gram, vt @ g_t).to(g_t)
-        return (g_t - vt.T @ y) / damping
+            return vt.T @ lstsq(gram @ torch.diag(mu) @ gram, vt @ g_t).to(g_t)
+        return (g_t - vt.T @ lstsq(damping * torch.diag(1.0 / mu) + gram, vt @ g_t).to(g_t)) / damping
 
     def solve_gif(self, g: torch.Tensor, index: torch.Tensor, damping: float) -> torch.Tensor:
         v, mu = self.pairs(g)
@@ -121,15 +118,9 @@ _TENSORS = ("eigenvalues", "eigenvectors", "residuals")
 
 
 def fit_lowrank(
-    hvp: Callable[[torch.Tensor], torch.Tensor],
-    size: int,
-    *,
-    rank: int,
-    steps: int | None = None,
-    like: torch.Tensor,
-    seed: int = 0,
+    hvp: MatVec, size: int, *, rank: int, steps: int | None = None, like: torch.Tensor, seed: int = 0,
     monitor: Monitor | None = None,
-) -> LowRankHessian:
+) -> LowRankHessian:  # fmt: skip
     """Lanczos with full re-orthogonalisation; keeps the ``rank`` Ritz pairs of largest |μ|.
 
     Args:
@@ -174,8 +165,7 @@ def fit_lowrank(
         tri += torch.diag(off, 1) + torch.diag(off, -1)
     theta, s = torch.linalg.eigh(tri)
     keep = torch.argsort(theta.abs(), descending=True)[:rank]
-    mu = theta[keep]
     vectors = s[:, keep].T.to(basis) @ basis[:m]  # [k, p]
     # ‖H v − μ v‖ = |β_m s_{m,i}|, relative to the spectral scale max|μ|.
     ritz_res = (abs(beta) * s[m - 1, keep].abs()) / max(float(theta.abs().max()), 1e-300)
-    return LowRankHessian(mu.to(like.dtype), vectors, ritz_res, hvps=m)
+    return LowRankHessian(theta[keep].to(like.dtype), vectors, ritz_res, hvps=m)

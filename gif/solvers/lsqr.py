@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .base import MatVec, Monitor, Problem, SolveResult, safe_norm
+from .base import Monitor, Problem, SolveResult, safe_norm
 
 
 def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> SolveResult:
@@ -27,28 +27,24 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
     of Ā (a backward error), so solving further only fits the noise in A's data.
     """
     symmetric = problem.kind == "symmetric"
-    matvec: MatVec = problem.apply if symmetric else problem.matvec
-    rmatvec: MatVec = problem.apply if symmetric else problem.rmatvec
+    matvec, rmatvec = (problem.apply, problem.apply) if symmetric else (problem.matvec, problem.rmatvec)
     damp = 0.0 if symmetric else math.sqrt(problem.damping)
     b = problem.rhs
     x = torch.zeros(problem.size, dtype=b.dtype, device=b.device)
-    u = b.clone()
-    beta = safe_norm(u)
+    bnorm = beta = safe_norm(b)
     if beta == 0.0:
         return SolveResult(x, True, 0, 0.0, [], "lsqr")
-    u /= beta
+    u = b / beta
     v = rmatvec(u)
     alpha = safe_norm(v)
     if alpha == 0.0:
         return SolveResult(x, True, 0, 0.0, [], "lsqr")
     v /= alpha
     arnorm0 = alpha * beta  # ‖Aᵀb‖
-    bnorm = beta
     w = v.clone()
     phibar, rhobar = beta, alpha
     # ‖Ā‖_F² and ‖D‖_F² estimates (D = the search directions / ρ): cond(Ā)
     anorm2 = ddnorm = damped_residual2 = 0.0
-    converged = False
     note = ""
     for it in range(1, max_iter + 1):
         u = matvec(v) - alpha * u
@@ -74,24 +70,22 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
         phibar = sn * phibar
         x = x + (phi / rho) * w
         w = v - (theta / rho) * w
-        if symmetric:
-            rel = abs(phibar) / bnorm  # ‖b − A'x‖ (no damping row): the symmetric contract's residual
-        else:
-            rel = alpha * abs(sn * phi) / arnorm0  # ‖Aᵀr − λx‖ estimate (Paige & Saunders, §5.1)
+        # the contract's residual: ‖b − A'x‖ (no damping row) for a symmetric problem, else the
+        # estimate of ‖Aᵀr − λx‖ (Paige & Saunders, §5.1)
+        rel = abs(phibar) / bnorm if symmetric else alpha * abs(sn * phi) / arnorm0
         monitor(it, rel, max_iter)
         if rel <= tol or alpha == 0.0:
-            converged = True
             break
         if not symmetric and problem.accuracy > 0.0:
             r_bar = math.sqrt(phibar**2 + damped_residual2)
             backward = alpha * abs(sn * phi) / (math.sqrt(anorm2) * r_bar + 1e-300)
             if backward <= problem.accuracy:
-                converged = True
                 note = (
                     "stopped at the accuracy of the data: x is the least-squares solution of a matrix "
                     f"within {problem.accuracy:.2g} (relative) of the sampled one"
                 )
                 break
+    converged = rel <= tol or alpha == 0.0 or bool(note)  # bool(note): stopped at the data's accuracy
     if not converged and not symmetric and problem.damping == 0.0:
         note = ill_posed_note(math.sqrt(anorm2 * ddnorm), float(x.norm()))
     return SolveResult(x, converged, it, rel, monitor.history, "lsqr", note)

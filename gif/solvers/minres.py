@@ -21,15 +21,12 @@ def minres(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> 
     beta1 = safe_norm(b)
     if beta1 == 0.0:
         return SolveResult(x, True, 0, 0.0, [], "minres")
-    # Lanczos vectors r1, r2 and search directions w, w1, w2, as in the classical recurrence.
-    r1 = b.clone()
-    r2 = b.clone()
-    y = b.clone()
-    w = torch.zeros_like(b)
-    w2 = torch.zeros_like(b)
+    # Lanczos vectors r1, r2 and search directions w, w1, w2, as in the classical recurrence
+    # (nothing is updated in place, so they start as b itself).
+    r1 = r2 = y = b
+    w = w2 = torch.zeros_like(b)
     oldb, beta, dbar, epsln, phibar = 0.0, beta1, 0.0, 0.0, beta1
     cs, sn = -1.0, 0.0
-    converged = False
     for it in range(1, max_iter + 1):
         v = y / beta
         y = problem.apply(v)
@@ -54,6 +51,5 @@ def minres(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> 
         rel = phibar / beta1
         monitor(it, rel, max_iter)
         if rel <= tol or beta == 0.0:
-            converged = True
             break
-    return SolveResult(x, converged, it, rel, monitor.history, "minres")
+    return SolveResult(x, rel <= tol or beta == 0.0, it, rel, monitor.history, "minres")

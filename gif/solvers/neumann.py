@@ -19,37 +19,24 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from .base import Monitor, Problem, SolveResult, safe_norm
+from .base import MatVec, Monitor, Problem, SolveResult, safe_norm
 
 MAX_RESTARTS = 100
 
 
 def neumann(
-    problem: Problem,
-    *,
-    tol: float,
-    max_iter: int,
-    monitor: Monitor,
-    normalizer: float = 1.0,
+    problem: Problem, *, tol: float, max_iter: int, monitor: Monitor, normalizer: float = 1.0,
     step: float = 0.5,
-) -> SolveResult:
+) -> SolveResult:  # fmt: skip
     """Run the paper's iteration; ``normalizer`` is the starting c, ``step`` its increment."""
-    if problem.kind == "symmetric":
-
-        def normal(x: torch.Tensor) -> torch.Tensor:
-            return problem.apply(problem.apply(x))
-
-        rhs = problem.apply(problem.rhs)
-    else:
-        normal, rhs = problem.apply, problem.rmatvec(problem.rhs)
+    symmetric = problem.kind == "symmetric"
+    normal: MatVec = (lambda x: problem.apply(problem.apply(x))) if symmetric else problem.apply
+    rhs = problem.apply(problem.rhs) if symmetric else problem.rmatvec(problem.rhs)
     threshold = tol * math.sqrt(problem.size)
     c = normalizer
     total_iters = restarts = 0
     while True:
-        b = rhs / c**2
-        x = b.clone()
+        x = b = rhs / c**2
         prev_even = math.inf
         for k in range(max_iter):
             x_new = b + x - normal(x) / c**2
