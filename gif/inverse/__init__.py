@@ -47,16 +47,13 @@ def _lowrank(hessian: HessianOperator, config: SolveConfig, fit: CurvatureFit | 
     )  # fmt: skip
 
 
-def _kronecker(corrected: bool) -> Builder:
-    def build(hessian: HessianOperator, config: SolveConfig, fit: CurvatureFit | None) -> InverseHessian:
-        if fit is not None and not isinstance(fit, KroneckerFit):
-            raise InvalidArgumentError(f"solver {config.solver_name!r} needs a KroneckerFit")
-        return KroneckerInverse(
-            hessian, config.damping, corrected=corrected, tol=config.tol, max_iter=config.max_iter, fit=fit,
-            layer_damping=config.layer_damping,
-        )  # fmt: skip
-
-    return build
+def _kronecker(hessian: HessianOperator, config: SolveConfig, fit: CurvatureFit | None) -> InverseHessian:
+    if fit is not None and not isinstance(fit, KroneckerFit):
+        raise InvalidArgumentError(f"solver {config.solver_name!r} needs a KroneckerFit")
+    return KroneckerInverse(
+        hessian, config.damping, corrected=config.solver_name == "ekfac", tol=config.tol,
+        max_iter=config.max_iter, fit=fit, layer_damping=config.layer_damping,
+    )  # fmt: skip
 
 
 #: solver name → how to build its inverse.
@@ -64,8 +61,7 @@ BUILDERS: dict[str, Builder] = {
     **dict.fromkeys(ITERATIVE, _iterative),
     "direct": _dense,
     "lowrank": _lowrank,
-    "kfac": _kronecker(corrected=False),
-    "ekfac": _kronecker(corrected=True),
+    **dict.fromkeys(("kfac", "ekfac"), _kronecker),
 }
 
 
@@ -75,8 +71,7 @@ def inverse_for(
     """The inverse of ``hessian`` + ``config.damping`` that ``config.solver`` names (``auto``:
     :func:`choose_solver`, falling back on the method's solver); ``fit`` is a previously fitted
     curvature of that solver (:data:`FITTED_SOLVERS`), used instead of fitting."""
-    flat = hessian.flat
-    config, _ = choose_solver(config, flat.model, flat.loss_fn, SOLVE_SOLVER[config.method])
+    config, _ = choose_solver(config, hessian.flat.model, hessian.flat.loss_fn, SOLVE_SOLVER[config.method])
     solver = config.solver_name
     if fit is not None and solver not in FITTED_SOLVERS:
         raise InvalidArgumentError(
@@ -88,16 +83,6 @@ def inverse_for(
 
 
 __all__ = [
-    "BUILDERS",
-    "FITTED_SOLVERS",
-    "CurvatureFit",
-    "DenseInverse",
-    "InverseHessian",
-    "IterativeInverse",
-    "KroneckerFit",
-    "KroneckerInverse",
-    "LowRankInverse",
-    "Solution",
-    "choose_solver",
-    "inverse_for",
-]
+    "BUILDERS", "FITTED_SOLVERS", "CurvatureFit", "DenseInverse", "InverseHessian", "IterativeInverse",
+    "KroneckerFit", "KroneckerInverse", "LowRankInverse", "Solution", "choose_solver", "inverse_for",
+]  # fmt: skip

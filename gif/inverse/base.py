@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from ..errors import NumericalError
 from ..hessian import HessianOperator
-from ..solvers import Monitor, Problem, SolveResult
-from ..solvers.base import MatVec
+from ..solvers import MatVec, Monitor, Problem, SolveResult
 
 
 @dataclass
@@ -52,10 +51,8 @@ class Solution:
 
     @classmethod
     def of(cls, result: SolveResult) -> Solution:
-        """An iterative solver's result as a solution."""
-        return cls(
-            result.x, result.converged, result.iterations, result.residual, result.history, result.note
-        )
+        """An iterative solver's result as a solution (the fields they share)."""
+        return cls(**{f.name: getattr(result, f.name) for f in fields(cls)})
 
 
 class InverseHessian(ABC):
@@ -94,12 +91,11 @@ class InverseHessian(ABC):
         """Each row b of ``rows`` [m, p] ↦ (H + λI)⁻¹ b, with one :class:`Solution` per row (its
         ``x`` left empty). Row j's progress events carry ``name`` (``query`` | ``sample``) =
         ``offset + j`` and its count ``total`` (default m)."""
-        count = _COUNT[name]
         total = int(rows.shape[0]) if total is None else total
         out = torch.empty_like(rows)
         solutions = []
         for j in range(int(rows.shape[0])):
-            solution = self.solve(rows[j], monitor.fresh(context={name: offset + j, count: total}))
+            solution = self.solve(rows[j], monitor.fresh(context={name: offset + j, _COUNT[name]: total}))
             out[j] = solution.x
             solution.x = solution.x[:0]
             solutions.append(solution)

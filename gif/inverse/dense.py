@@ -9,6 +9,8 @@ eigendecomposition of H + λI and its pseudo-inverse (eigenvalues below eps · p
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 
 from ..solvers import Monitor
@@ -19,18 +21,15 @@ from .base import InverseHessian, Solution
 class DenseInverse(InverseHessian):
     name = "direct"
 
-    _h: torch.Tensor | None = None
     _eig: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def prepare(self, monitor: Monitor | None = None) -> None:
-        if self._h is None:
-            self._h = self.hessian.dense()
+        _ = self.matrix
 
-    @property
+    @cached_property
     def matrix(self) -> torch.Tensor:
-        self.prepare()
-        assert self._h is not None
-        return self._h
+        """H, formed on first use."""
+        return self.hessian.dense()
 
     def solve(self, b: torch.Tensor, monitor: Monitor) -> Solution:
         return Solution(dense.solve_symmetric(self.matrix, b, self.damping).to(b))

@@ -61,7 +61,7 @@ def unfactorable(model: nn.Module, loss_fn: object) -> str | None:
     on a small ViT an IF + K-FAC class removal left 33% on the class, docs/benchmarks.md "A small
     Hugging Face ViT on MNIST-5k"), and Linear / Conv layers (ungrouped, explicit padding) must
     hold at least :data:`MIN_FACTORED_SHARE` of the trainable parameters."""
-    if loss_fn is not cross_entropy and loss_fn is not F.cross_entropy:
+    if loss_fn not in (cross_entropy, F.cross_entropy):
         return "the loss is not the cross-entropy, which K-FAC models"
     attention = next((m for m in model.modules() if _computes_attention(m)), None)
     if attention is not None:
@@ -115,12 +115,13 @@ class KroneckerFit:
 
     @classmethod
     def from_state(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping) -> KroneckerFit:
-        n = len(meta["layers"])
-        return cls(
-            bool(meta["corrected"]), tuple(meta["layers"]), [tensors[f"{i}.q_in"] for i in range(n)],
-            [tensors[f"{i}.q_out"] for i in range(n)], [tensors[f"{i}.eigen"] for i in range(n)],
-            int(meta.get("passes", 0)),
-        )  # fmt: skip
+        layers = tuple(meta["layers"])
+        q_in, q_out, eigen = ([tensors[f"{i}.{name}"] for i in range(len(layers))] for name in _FACTORS)
+        return cls(bool(meta["corrected"]), layers, q_in, q_out, eigen, int(meta.get("passes", 0)))
+
+
+#: A fitted layer's tensors (:meth:`KroneckerFit.state_dict` names them ``{layer}.{name}``).
+_FACTORS = ("q_in", "q_out", "eigen")
 
 
 class KroneckerInverse(InverseHessian):
@@ -134,8 +135,7 @@ class KroneckerInverse(InverseHessian):
         self.name = "ekfac" if corrected else "kfac"
         self.layer_damping = float(layer_damping)
         self.corrected, self.tol, self.max_iter = corrected, tol, max_iter
-        loss = hessian.flat.loss_fn
-        if loss is not cross_entropy and loss is not F.cross_entropy:
+        if hessian.flat.loss_fn not in (cross_entropy, F.cross_entropy):
             raise InvalidArgumentError(
                 f"solver {self.name!r} models the cross-entropy loss; use another solver"
             )
@@ -155,8 +155,7 @@ class KroneckerInverse(InverseHessian):
             self._adopt(fit)
 
     def _adopt(self, fit: KroneckerFit) -> None:
-        names = tuple(b.name for b in self.blocks)
-        if fit.corrected != self.corrected or fit.layers != names:
+        if fit.corrected != self.corrected or fit.layers != tuple(b.name for b in self.blocks):
             raise InvalidArgumentError(
                 f"the given curvature fit ({'ekfac' if fit.corrected else 'kfac'}, layers {list(fit.layers)[:3]}…) "
                 f"is not one of this model for solver {self.name!r}"
@@ -175,8 +174,7 @@ class KroneckerInverse(InverseHessian):
     def prepare(self, monitor: Monitor | None = None) -> None:
         if self.fit is not None:
             return
-        monitor = monitor or Monitor()
-        monitor.check_cancel()
+        (monitor or Monitor()).check_cancel()
         passes = self.hessian.work.gradients
         inputs, outputs = _factors(self.hessian, self.blocks)
         for block, a, s in zip(self.blocks, inputs, outputs, strict=True):
@@ -184,22 +182,18 @@ class KroneckerInverse(InverseHessian):
             sigma, block.q_out = _eigh(s, block.name)
             block.eigen = sigma.clamp_min(0).unsqueeze(1) * alpha.clamp_min(0).unsqueeze(0)
         if self.corrected:
-            monitor.check_cancel()
-            for block, eigen in zip(
-                self.blocks, _corrected_eigenvalues(self.hessian, self.blocks), strict=True
-            ):
-                block.eigen = eigen
+            (monitor or Monitor()).check_cancel()
+            for block, e in zip(self.blocks, _corrected_eigenvalues(self.hessian, self.blocks), strict=True):
+                block.eigen = e
         stored = torch.promote_types(self.hessian.flat.theta.dtype, torch.float32)
-        for block in self.blocks:  # decomposed in float64; kept in the precision solves use
-            assert block.q_in is not None and block.q_out is not None and block.eigen is not None
-            block.q_in, block.q_out, block.eigen = (
-                t.to(stored) for t in (block.q_in, block.q_out, block.eigen)
-            )
-        self.fit = KroneckerFit(
-            self.corrected, tuple(b.name for b in self.blocks), [b.q_in for b in self.blocks],  # type: ignore[misc]
-            [b.q_out for b in self.blocks], [b.eigen for b in self.blocks],  # type: ignore[misc]
-            self.hessian.work.gradients - passes,
-        )  # fmt: skip
+        # decomposed in float64; kept in the precision solves use
+        q_in = [b.q_in.to(stored) for b in self.blocks]  # type: ignore[union-attr]
+        q_out = [b.q_out.to(stored) for b in self.blocks]  # type: ignore[union-attr]
+        eigen = [b.eigen.to(stored) for b in self.blocks]  # type: ignore[union-attr]
+        layers = tuple(b.name for b in self.blocks)
+        self._adopt(
+            KroneckerFit(self.corrected, layers, q_in, q_out, eigen, self.hessian.work.gradients - passes)
+        )
 
     # -- the factored curvature and its inverse ---------------------------------------------------
 
@@ -296,13 +290,12 @@ def _eigh(factor: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]
 def _passes(hessian: HessianOperator, blocks: list[LayerBlock]):
     """Per chunk and per column c of the softmax curvature's square root: (layer inputs, layer
     output gradients) for every block, and whether c is the chunk's first column."""
-    model = hessian.flat.model
     with recorded_calls(blocks) as seen:
         for chunk in hessian.data:
             for calls in seen:
                 calls.clear()
             with torch.enable_grad():
-                logits = call(model, chunk.inputs)
+                logits = call(hessian.flat.model, chunk.inputs)
             p = torch.softmax(logits.detach(), dim=-1)
             root = p.sqrt()
             inputs = [layer_inputs(b, _input(b, calls)) for b, calls in zip(blocks, seen, strict=True)]
@@ -357,15 +350,12 @@ def _corrected_eigenvalues(hessian: HessianOperator, blocks: list[LayerBlock]) -
     bases Q_Sᵀ G Q_A = Σ_l (s Q_S)_l ᵀ(a Q_A)_l, and with one position (a Linear layer on vectors)
     the square of that rank-1 matrix is the outer product of the squares: one matmul per chunk."""
     n = hessian.num_samples
-    sums = []
-    for b in blocks:
-        assert b.q_in is not None and b.q_out is not None
-        sums.append(torch.zeros(b.q_out.shape[0], b.q_in.shape[0], dtype=torch.float64, device=b.q_in.device))
+    # shaped like K-FAC's eigenvalues σ αᵀ: float64, [out, in]
+    sums = [torch.zeros_like(b.eigen) for b in blocks]  # type: ignore[arg-type]
     for inputs, outputs, _ in _passes(hessian, blocks):
         for i, (block, a, s) in enumerate(zip(blocks, inputs, outputs, strict=True)):
-            assert block.q_in is not None and block.q_out is not None
-            # rotated in the activations' precision (as _gram), summed in float64
-            a_rot, s_rot = a @ block.q_in.to(a), s @ block.q_out.to(s)  # [B, L, ·]
+            # rotated in the activations' precision (as _gram), summed in float64; [B, L, ·]
+            a_rot, s_rot = a @ block.q_in.to(a), s @ block.q_out.to(s)  # type: ignore[union-attr]
             if a.shape[1] == 1:
                 sums[i] += ((s_rot[:, 0] ** 2).T @ (a_rot[:, 0] ** 2)).to(torch.float64) / n
                 continue
