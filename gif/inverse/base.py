@@ -91,11 +91,12 @@ class InverseHessian(ABC):
         """Each row b of ``rows`` [m, p] ↦ (H + λI)⁻¹ b, with one :class:`Solution` per row (its
         ``x`` left empty). Row j's progress events carry ``name`` (``query`` | ``sample``) =
         ``offset + j`` and its count ``total`` (default m)."""
+        count = _COUNT[name]
         total = int(rows.shape[0]) if total is None else total
         out = torch.empty_like(rows)
         solutions = []
         for j in range(int(rows.shape[0])):
-            solution = self.solve(rows[j], monitor.fresh(context={name: offset + j, _COUNT[name]: total}))
+            solution = self.solve(rows[j], monitor.fresh(context={name: offset + j, count: total}))
             out[j] = solution.x
             solution.x = solution.x[:0]
             solutions.append(solution)
