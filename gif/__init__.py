@@ -37,21 +37,16 @@ __version__ = "0.1.0"
 
 #: name → the module that defines it, imported on first access.
 _LAZY = {
-    "influence": "methods",
-    "InfluenceResult": "methods",
-    "remove": "edits",
-    "relabel": "edits",
-    "class_indices": "edits",
-    "EditResult": "edits",
-    "scores": "scoring",
-    "scores_with_report": "scoring",
-    "self_influence": "scoring",
-    "top_k": "scoring",
-    "ScoresResult": "scoring",
-    "select": "selection",
-    "DiskCache": "cache",
-    "MemoryCache": "cache",
-    "LowRankHessian": "solvers",
+    name: module
+    for module, names in {
+        "methods": ("influence", "InfluenceResult"),
+        "edits": ("remove", "relabel", "class_indices", "EditResult"),
+        "scoring": ("scores", "scores_with_report", "self_influence", "top_k", "ScoresResult"),
+        "selection": ("select",),
+        "cache": ("DiskCache", "MemoryCache"),
+        "solvers": ("LowRankHessian",),
+    }.items()
+    for name in names
 }
 _SUBMODULES = ("cache", "errors", "io", "metrics", "models")
 

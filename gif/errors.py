@@ -1,7 +1,8 @@
 """Exceptions raised by the engine.
 
 Every exception carries a stable machine-readable ``code`` so that the job runner can map it
-one-to-one onto a job's ``error.code`` without parsing messages.
+one-to-one onto a job's ``error.code`` without parsing messages; a class that sets none has its
+base's.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ class GifError(Exception):
 class InvalidArgumentError(GifError, ValueError):
     """An argument has the wrong type, value or range (names the argument)."""
 
-    code = "invalid_input"
-
 
 class IndexOutOfRangeError(InvalidArgumentError):
     """Sample indices that are negative, too large, duplicated or empty."""
@@ -32,8 +31,6 @@ class IndexOutOfRangeError(InvalidArgumentError):
 
 class UnknownClassError(InvalidArgumentError):
     """A class label that the model or the dataset does not have."""
-
-    code = "invalid_input"
 
 
 class CheckpointError(GifError, ValueError):
@@ -63,8 +60,6 @@ class NumericalError(GifError, ArithmeticError):
 class ModelTooLargeError(InvalidArgumentError):
     """A request that would need more memory than allowed (e.g. a dense Hessian)."""
 
-    code = "invalid_input"
-
 
 class MemoryBudgetError(GifError):
     """A computation sized, before it starts, over the memory it may use."""
@@ -74,8 +69,6 @@ class MemoryBudgetError(GifError):
 
 class UnknownArchitectureError(InvalidArgumentError):
     """An architecture name that is not registered."""
-
-    code = "invalid_input"
 
 
 class Cancelled(GifError):
