@@ -23,7 +23,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from .errors import InvalidArgumentError
 
@@ -125,69 +125,57 @@ def _meta(
             "service": service, "service_choices": service_choices}  # fmt: skip
 
 
+def _field(default: Any, help: str, **meta: Any) -> Any:
+    """A configuration field: ``default``, and the metadata :func:`_meta` makes of ``help`` and ``meta``
+    (a ``dataclasses.Field``, which ruff's RUF009 cannot see where the annotation is a ``Literal``)."""
+    return field(default=default, metadata=_meta(help, **meta))
+
+
 @dataclass(frozen=True)
 class SolveConfig:
     """How to apply (H + λI)⁻¹ or its restricted / least-squares variants (docs/engine.md)."""
 
-    method: Method = field(default="gif", metadata=_meta("if | fif | gif | sif (docs/method.md)"))
-    damping: float = field(
-        default=0.0, metadata=_meta("λ ≥ 0 added to the curvature", low=0.0, high=math.inf, service_max=1e6)
+    _METHODS: ClassVar[tuple[str, ...]] = METHODS
+
+    method: Method = _field("gif", "if | fif | gif | sif (docs/method.md)")  # noqa: RUF009
+    damping: float = _field(0.0, "λ ≥ 0 added to the curvature", low=0.0, high=math.inf, service_max=1e6)
+    solver: Solver | None = _field(  # noqa: RUF009
+        None,
+        "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac | auto (kfac where the model's "
+        "curvature can be Kronecker-factored, else the method's); None: the method's",
+        service_choices=SERVICE_SOLVERS,
     )
-    solver: Solver | None = field(
-        default=None,
-        metadata=_meta(
-            "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac | auto (kfac where the model's "
-            "curvature can be Kronecker-factored, else the method's); None: the method's",
-            service_choices=SERVICE_SOLVERS,
-        ),
+    layer_damping: float = _field(
+        0.0,
+        "kfac / ekfac with method if or sif: each factored layer is damped by this multiple of its mean "
+        "curvature eigenvalue instead of by `damping` (kronfluence's heuristic: 0.1); 0: `damping` "
+        "everywhere; other solvers ignore it",
+        low=0.0,
+        high=math.inf,
+        service_max=1e6,
     )
-    layer_damping: float = field(
-        default=0.0,
-        metadata=_meta(
-            "kfac / ekfac with method if or sif: each factored layer is damped by this multiple of its mean "
-            "curvature eigenvalue instead of by `damping` (kronfluence's heuristic: 0.1); 0: `damping` "
-            "everywhere; other solvers ignore it",
-            low=0.0,
-            high=math.inf,
-            service_max=1e6,
-        ),
+    tol: float = _field(
+        1e-4, "relative residual at which an iterative solve stops", low=0.0, high=1.0, low_open=True
     )
-    tol: float = field(
-        default=1e-4,
-        metadata=_meta(
-            "relative residual at which an iterative solve stops", low=0.0, high=1.0, low_open=True
-        ),
+    max_iter: int = _field(100, "iteration cap of an iterative solve", low=1, service_max=10_000)
+    rank: int = _field(64, "eigenpairs of the lowrank curvature fit", low=1, service_max=1_024)
+    seed: int = _field(0, "seeds selection, sub-sampling and the Lanczos start", low=0, service_max=2**31 - 1)
+    chunk_size: int = _field(1024, "samples per forward pass", low=1, service=False)
+    memory_budget: int | None = _field(
+        2 << 30,
+        "bytes one chunk may take while differentiated: chunks shrink below chunk_size to fit the "
+        "model's measured activations (gif/memory.py); None: chunk_size alone",
+        low=1,
+        service=False,
     )
-    max_iter: int = field(
-        default=100, metadata=_meta("iteration cap of an iterative solve", low=1, service_max=10_000)
-    )
-    rank: int = field(
-        default=64, metadata=_meta("eigenpairs of the lowrank curvature fit", low=1, service_max=1_024)
-    )
-    seed: int = field(
-        default=0,
-        metadata=_meta("seeds selection, sub-sampling and the Lanczos start", low=0, service_max=2**31 - 1),
-    )
-    chunk_size: int = field(default=1024, metadata=_meta("samples per forward pass", low=1, service=False))
-    memory_budget: int | None = field(
-        default=2 << 30,
-        metadata=_meta(
-            "bytes one chunk may take while differentiated: chunks shrink below chunk_size to fit the "
-            "model's measured activations (gif/memory.py); None: chunk_size alone",
-            low=1,
-            service=False,
-        ),
-    )
-    hvp_backend: HvpBackend = field(
-        default="auto", metadata=_meta("auto | func | graph (gif/hessian.py)", service=False)
-    )
+    hvp_backend: HvpBackend = _field("auto", "auto | func | graph (gif/hessian.py)", service=False)  # noqa: RUF009
     solver_options: dict[str, float] = field(
         default_factory=dict,
         metadata=_meta("neumann: normalizer, step; lowrank: steps (Lanczos steps)", service=False),
     )
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, self._methods())
+        check_choice("method", self.method, self._METHODS)
         if self.solver is None and self.method != "auto":
             object.__setattr__(self, "solver", SOLVE_SOLVER[self.method])
         if self.solver is not None:
@@ -202,10 +190,6 @@ class SolveConfig:
                 "`layer_damping` damps the (H + λI)⁻¹ of methods if / sif; fif and gif solve restricted "
                 "and least-squares problems: use `damping`"
             )
-
-    @staticmethod
-    def _methods() -> tuple[str, ...]:
-        return METHODS
 
     @property
     def solver_name(self) -> str:
@@ -240,89 +224,63 @@ class EditConfig(SolveConfig):
     of the remaining gap to retraining.
     """
 
-    method: EditMethod = field(  # type: ignore[assignment]
-        default="auto",
-        metadata=_meta(
-            "auto | if | fif | gif | sif (docs/method.md); auto: fif on the classifier's head where a "
-            "Linear layer computes the logits, for a whole-class removal or a relabel whose head edit "
-            "generalises to held-out relabelled samples; else gif (remove) / if (relabel)"
-        ),
+    _METHODS: ClassVar[tuple[str, ...]] = EDIT_METHODS
+
+    method: EditMethod = _field(  # type: ignore[assignment]  # noqa: RUF009
+        "auto",
+        "auto | if | fif | gif | sif (docs/method.md); auto: fif on the classifier's head where a "
+        "Linear layer computes the logits, for a whole-class removal or a relabel whose head edit "
+        "generalises to held-out relabelled samples; else gif (remove) / if (relabel)",
     )
-    damping: float | None = field(
-        # type: ignore[assignment]
-        default=None,
-        metadata=_meta(
-            "λ ≥ 0 added to the curvature; None: the method's", low=0.0, high=math.inf, service_max=1e6
-        ),
+    damping: float | None = _field(  # type: ignore[assignment]
+        None, "λ ≥ 0 added to the curvature; None: the method's", low=0.0, high=math.inf, service_max=1e6
     )
-    chunk_size: int = field(default=512, metadata=_meta("samples per forward pass", low=1, service=False))
-    selection: Strategy | None = field(
-        default=None, metadata=_meta("gif.select strategy; None: the method's")
+    chunk_size: int = _field(512, "samples per forward pass", low=1, service=False)
+    selection: Strategy | None = _field(None, "gif.select strategy; None: the method's")  # noqa: RUF009
+    ratio: float | None = _field(
+        None,
+        "fraction of each Conv/Linear/Embedding layer to update; None: the method's",
+        low=0.0,
+        high=1.0,
+        low_open=True,
     )
-    ratio: float | None = field(
-        default=None,
-        metadata=_meta(
-            "fraction of each Conv/Linear/Embedding layer to update; None: the method's",
-            low=0.0,
-            high=1.0,
-            low_open=True,
-        ),
+    param_names: tuple[str, ...] | None = _field(
+        None,
+        "name patterns (fnmatch) restricting T to matching parameters, e.g. ('classifier.*',) or "
+        "('*lora_*',); combined with the selection strategy and ratio; None: every parameter",
+        service=False,
     )
-    param_names: tuple[str, ...] | None = field(
-        default=None,
-        metadata=_meta(
-            "name patterns (fnmatch) restricting T to matching parameters, e.g. ('classifier.*',) or "
-            "('*lora_*',); combined with the selection strategy and ratio; None: every parameter",
-            service=False,
-        ),
+    hessian_samples: int | None = _field(
+        None, "training samples in the Hessian; None: the method's", low=1, service_max=1_000_000
     )
-    hessian_samples: int | None = field(
-        default=None,
-        metadata=_meta("training samples in the Hessian; None: the method's", low=1, service_max=1_000_000),
+    hessian_pool: HessianPool = _field(  # noqa: RUF009
+        "auto",
+        "untouched (samples the edit leaves alone) | all (a seeded sample of the whole training set: the "
+        "same for every edit, so one curvature fit serves them all) | auto (all with solver=lowrank, kfac or "
+        "ekfac, else untouched)",
     )
-    hessian_pool: HessianPool = field(
-        default="auto",
-        metadata=_meta(
-            "untouched (samples the edit leaves alone) | all (a seeded sample of the whole training set: the "
-            "same for every edit, so one curvature fit serves them all) | auto (all with solver=lowrank, kfac or "
-            "ekfac, else untouched)"
-        ),
+    validation_fraction: float = _field(0.1, "share of the retained data carved for validation when none is given", low=0.0,
+        high=0.5, low_open=True, service=False)  # fmt: skip
+    max_validation: int = _field(2000, "cap on carved validation samples", low=1, service=False)
+    step: StepPolicy = _field("search", "newton | search (gif/steps.py)")  # noqa: RUF009
+    newton_steps: int = _field(10, "outer Newton steps (gradient re-estimated at each); stops early when no step helps",
+        low=1, service_max=20)  # fmt: skip
+    min_step: float = _field(1e-5, "smallest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True,
+        service=False)  # fmt: skip
+    max_step: float = _field(
+        1.0, "largest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True, service=False
     )
-    validation_fraction: float = field(default=0.1, metadata=_meta("share of the retained data carved for validation when none is given", low=0.0, high=0.5, low_open=True,
-        service=False))  # fmt: skip
-    max_validation: int = field(
-        default=2000, metadata=_meta("cap on carved validation samples", low=1, service=False)
-    )
-    step: StepPolicy = field(default="search", metadata=_meta("newton | search (gif/steps.py)"))
-    newton_steps: int = field(default=10, metadata=_meta("outer Newton steps (gradient re-estimated at each); stops early when no step helps", low=1,
-        service_max=20))  # fmt: skip
-    min_step: float = field(
-        default=1e-5,
-        metadata=_meta(
-            "smallest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True, service=False
-        ),
-    )
-    max_step: float = field(
-        default=1.0,
-        metadata=_meta(
-            "largest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True, service=False
-        ),
-    )
-    growth: float = field(default=4.0, metadata=_meta("ratio between successive searched steps (a golden-section search refines the best)", low=1.0, high=math.inf, low_open=True,
-        service=False))  # fmt: skip
-    patience: int = field(
-        default=2, metadata=_meta("non-improving steps before the search stops", low=1, service=False)
-    )
-    correction_tol: float | None = field(
-        default=None,
-        metadata=_meta(
-            "relative residual at which the solves of Newton steps after the first stop (inexact Newton: "
-            "a correction needs no more accuracy than the step it corrects; never tighter than tol); None: "
-            "the method's",
-            low=0.0,
-            high=1.0,
-            low_open=True,
-        ),
+    growth: float = _field(4.0, "ratio between successive searched steps (a golden-section search refines the best)",
+        low=1.0, high=math.inf, low_open=True, service=False)  # fmt: skip
+    patience: int = _field(2, "non-improving steps before the search stops", low=1, service=False)
+    correction_tol: float | None = _field(
+        None,
+        "relative residual at which the solves of Newton steps after the first stop (inexact Newton: "
+        "a correction needs no more accuracy than the step it corrects; never tighter than tol); None: "
+        "the method's",
+        low=0.0,
+        high=1.0,
+        low_open=True,
     )
 
     def __post_init__(self) -> None:
@@ -345,10 +303,6 @@ class EditConfig(SolveConfig):
             raise InvalidArgumentError(
                 f"`max_step` ({self.max_step}) must be >= `min_step` ({self.min_step})"
             )
-
-    @staticmethod
-    def _methods() -> tuple[str, ...]:
-        return EDIT_METHODS
 
     @property
     def hessian_size(self) -> int:
@@ -417,9 +371,8 @@ def defaults_table() -> str:
     (docs/engine.md holds this text). "method's": filled from the second table once the
     method is chosen."""
     columns = {verb: defaults(verb) for verb in VERBS}
-    names = list(columns["remove"])
     lines = ["| option | " + " | ".join(f"`{v}`" for v in VERBS) + " |", "|---" * (len(VERBS) + 1) + "|"]
-    for name in names:
+    for name in columns["remove"]:
         cells = [_cell(columns[verb].get(name, "—"), preset=name in EDIT_PRESETS["gif"]) for verb in VERBS]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     lines += ["", "| edit method | " + " | ".join(f"`{n}`" for n in EDIT_PRESETS["gif"]) + " |"]
@@ -430,8 +383,6 @@ def defaults_table() -> str:
 
 
 def _cell(value: Any, *, preset: bool = False) -> str:
-    if value == "—":
-        return "—"
     if value is None and preset:
         return "method's"
     if isinstance(value, float):
@@ -452,8 +403,7 @@ def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 
 def _check_range(f: dataclasses.Field, value: object) -> None:
-    name, low, high = f.name, f.metadata["low"], f.metadata["high"]
-    low_open = f.metadata["low_open"]
+    name, low, high, low_open = f.name, f.metadata["low"], f.metadata["high"], f.metadata["low_open"]
     if value is None:
         return
     if high is None:  # integers
@@ -463,9 +413,8 @@ def _check_range(f: dataclasses.Field, value: object) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
-        bracket = "(" if low_open else "["
         raise InvalidArgumentError(
-            f"`{name}` must be a finite number in {bracket}{low}, {high}], got {value!r}"
+            f"`{name}` must be a finite number in {'(' if low_open else '['}{low}, {high}], got {value!r}"
         )
 
 
