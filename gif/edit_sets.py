@@ -7,20 +7,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from .cache import Memo, loss_id
+from .cache import loss_id
 from .config import EditConfig
-from .data import Batch
 from .errors import InvalidArgumentError
-from .hessian import LossFn, Work
 from .inputs import concat, count, take
 from .metrics import evaluate, f1, predict
 from .params import ParamSpace
-from .progress import Progress, ProgressCallback
+from .progress import Progress
 
 if TYPE_CHECKING:
-    from .newton import Task
+    from .newton import Edit
 
 #: Samples evaluated per set during the step search and in reports (a seeded subsample above
 #: it). A step search compares its points on the same samples, and 1,000 told them apart:
@@ -119,40 +116,25 @@ class Objective:
     an ``evaluation`` entry: a repeated request's step search then runs no forward pass.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        task: Task,
-        train: Batch,
-        val: Batch,
-        loss_fn: LossFn,
-        space: ParamSpace,
-        params: torch.Tensor,
-        gen: torch.Generator,
-        notify: ProgressCallback,
-        memo: Memo,
-        work: Work,
-        unseen: Batch | None = None,
-    ) -> None:
-        self.model, self.task, self.loss_fn, self.notify, self.memo = model, task, loss_fn, notify, memo
-        self.work = work
-        self.space, self.params = space, params
+    def __init__(self, edit: Edit, space: ParamSpace, params: torch.Tensor) -> None:
+        """On ``edit``'s model, task, data (``unseen``: the audit's holdout), loss, cache and counters."""
+        model, task, loss_fn, memo, gen = edit.model, edit.task, edit.loss_fn, edit.memo, edit.gen
+        self.model, self.task, self.loss_fn, self.notify, self.memo = model, task, loss_fn, edit.notify, memo
+        self.work, self.space, self.params = edit.work, space, params
         self.theta_t = space.gather(model, params)
         self.direction = torch.zeros_like(self.theta_t)
         self.calls = 0
-        vx, vy = val
-        ex = take(train[0], task.index)
+        (vx, vy), train, unseen = edit.val, edit.train, edit.request.audit.holdout
+        ex, ey = take(train[0], task.index), train[1][task.index]
         if task.kind == "relabel":
             assert task.new_labels is not None
-            ey, self.old_y = task.new_labels.to(vy.device), train[1][task.index]
+            ey, self.old_y = task.new_labels.to(vy.device), ey
         elif task.forget_class is not None:
             # forgetting is judged on the class's training samples plus its validation samples
             in_class = vy == task.forget_class
             ex = concat([ex, take(vx, in_class)])
             ey = torch.full((count(ex),), task.forget_class, dtype=vy.dtype, device=vy.device)
             vx, vy = take(vx, ~in_class), vy[~in_class]
-        else:
-            ey = train[1][task.index]
         pick = cap_index(count(ex), gen)
         self.edited = (take(ex, pick), ey[pick])
         if task.kind == "relabel":
@@ -188,17 +170,15 @@ class Objective:
         self.theta_t = self.space.gather(self.model, self.params)
         self.direction = direction
 
-    def current(self) -> tuple[float, dict]:
-        return self._measure()
-
     def __call__(self, t: float) -> tuple[float, dict]:
         self.space.set_(self.model, self.params, self.theta_t + t * self.direction)
-        value, metrics = self._measure()
+        value, metrics = self.current()
         self.calls += 1
         self.notify(Progress("step_search", iteration=self.calls, scale=t, objective=value))
         return value, metrics
 
-    def _measure(self) -> tuple[float, dict]:
+    def current(self) -> tuple[float, dict]:
+        """(objective, metrics) at the model's current θ."""
         if not self.memo.enabled:
             return self._evaluate()
         key = {"model": self.memo.model(self.model), **self.key}
@@ -216,15 +196,13 @@ class Objective:
         if self.task.kind == "relabel":  # the same samples under their old labels: the same logits
             old = evaluate(self.model, self.edited[0], self.old_y, loss_fn=self.loss_fn, logits=logits)
             metrics["edited_new_labels"], metrics["edited_old_labels"] = edited.as_dict(), old.as_dict()
-            value = f1(edited.accuracy, val.accuracy)
-        elif self.task.forget_class is not None:
-            metrics["forget"] = edited.as_dict()
+            return f1(edited.accuracy, val.accuracy), metrics
+        metrics["forget"] = edited.as_dict()
+        if self.task.forget_class is not None:
             value = f1(1.0 - edited.accuracy, val.accuracy)
         elif self.unseen is None:
-            metrics["forget"] = edited.as_dict()
             value = f1(min(1.0, edited.loss / max(val.loss, 1e-12)), val.accuracy)
         else:
-            metrics["forget"] = edited.as_dict()
             unseen = evaluate(self.model, *self.unseen, loss_fn=self.loss_fn)
             self.work.forward_evaluations += 1
             metrics["unseen"] = unseen.as_dict()

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -127,25 +128,21 @@ class Edit:
         config, self.solver_choice = choose_solver(
             config, model, loss_fn, EDIT_PRESETS[config.method]["solver"]
         )
-        self.task, self.config, self.loss_fn = task, config, loss_fn
-        self.original, self.audit_inputs = model, request.audit
-        self.callback, self.should_stop, self.cache = request.callback, request.should_stop, request.cache
-        self.notify: ProgressCallback = self.callback or (lambda event: None)
+        self.request, self.task, self.config, self.loss_fn = request, task, config, loss_fn
+        self.notify: ProgressCallback = request.callback or (lambda event: None)
         self.clock, self.work = Stopwatch(), Work()
         x, y = self.train = request.train
         self.gen = torch.Generator().manual_seed(config.seed)
         self.splits = split(len(y), task.index, validation is None, config, self.gen)
-        self.validation_given = validation is not None
-        self.val = (
-            as_pair(validation, what="validation")
-            if validation is not None
-            else (take(x, self.splits.val), y[self.splits.val])
-        )
-        self.hessian_data = (take(x, self.splits.hessian), y[self.splits.hessian])
-        self.drift_data = (take(x, self.splits.drift), y[self.splits.drift])
+
+        def rows(index: torch.Tensor) -> Batch:
+            return take(x, index), y[index]
+
+        self.val = rows(self.splits.val) if validation is None else as_pair(validation, what="validation")
+        self.hessian_data, self.drift_data = rows(self.splits.hessian), rows(self.splits.drift)
         self.model = copy.deepcopy(model)
         self.memo = Memo(
-            self.cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute"
+            request.cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute"
         )
         self.solves = CachedSolves(self.memo, request.lowrank)  # one curvature fit serves every Newton step
         self.ids = Ids.of(self.memo, self.model, task, self.hessian_data, self.drift_data, loss_fn)
@@ -162,10 +159,7 @@ class Edit:
             params = _select(model, self.task, self.config, self.loss_fn, memo, self.ids)
         space = ParamSpace(model)
         theta0 = space.vector(model)
-        objective = Objective(
-            model, self.task, self.train, self.val, self.loss_fn, space, params, self.gen, self.notify, memo,
-            self.work, unseen=self.audit_inputs.holdout,
-        )  # fmt: skip
+        objective = Objective(self, space, params)
         before = after = objective.current()
         gradient = _EditedGradient(self.task, len(self.train[1]), self.config.chunk_size, memo, self.ids)
         steps: list[dict] = []
@@ -187,14 +181,14 @@ class Edit:
 
     def _audit(self) -> dict:
         """The forgetting audit of the input model and the edited copy (gif/audit.py)."""
-        holdout, reference = self.audit_inputs.holdout, self.audit_inputs.reference
+        holdout, reference = self.request.audit.holdout, self.request.audit.reference
         if holdout is None and reference is None:
             return skipped()
         self.notify(Progress("auditing"))
         with self.clock("audit"):
             # the training labels: for a relabel, the old labels the model should stop fitting
             sets = audit_sets(self.train, self.task.index, holdout, seed=self.config.seed)
-            return run_audit(self.original, self.model, sets, reference, self.work)
+            return run_audit(self.request.model, self.model, sets, reference, self.work)
 
     def _operator(self, data: Batch) -> HessianOperator:
         config = self.config
@@ -221,7 +215,7 @@ class Edit:
             infl = self.solves.solve(
                 hessian, g, params, config, model=model_id, data=ids.hessian, loss=ids.loss,
                 extra=ids.sif_target(task) if config.method == "sif" else {},
-                monitor=Monitor(self.callback, self.should_stop, stage="solving_ihvp"),
+                monitor=Monitor(self.request.callback, self.request.should_stop, stage="solving_ihvp"),
                 target_hvp=target_hvp, group_fraction=task.index.numel() / len(self.train[1]),
             )  # fmt: skip
             hessian.release()
@@ -240,7 +234,7 @@ class Edit:
                 unit = float(objective.theta_t.norm()) / max(float(infl.vector.norm()), 1e-30)
                 outcome = search_step(
                     objective, min_scale=config.min_step * unit, max_scale=config.max_step * unit,
-                    growth=config.growth, patience=config.patience, should_stop=self.should_stop,
+                    growth=config.growth, patience=config.patience, should_stop=self.request.should_stop,
                 )  # fmt: skip
             objective(outcome.scale)
         return outcome
@@ -264,7 +258,7 @@ class Edit:
             "selection": selection_summary(self.model, params),
             "hessian_samples": int(self.splits.hessian.numel()),
             "validation_samples": len(self.val[1]),
-            "validation_source": VALIDATION_GIVEN if self.validation_given else VALIDATION_CARVED,
+            "validation_source": VALIDATION_CARVED if self.request.validation is None else VALIDATION_GIVEN,
             "solver": _solver_summary(steps),
             "newton_steps": steps,
             "metrics": {
@@ -282,7 +276,7 @@ class Edit:
         }
         if self.solver_choice is not None:
             report["solver_choice"] = self.solver_choice
-        if self.cache is not None:
+        if self.request.cache is not None:
             report["cache"] = self.memo.report()
         return report
 
@@ -291,31 +285,14 @@ def _select(
     model: nn.Module, task: Task, opts: EditConfig, loss_fn: LossFn, memo: Memo, ids: Ids
 ) -> torch.Tensor:
     """T: scored on the edited samples under the loss being changed (relabel: new minus old)."""
-    strategy, ratio, seed = opts.selection, opts.ratio, opts.seed
-    assert strategy is not None and ratio is not None  # resolved from the method's preset
+    assert opts.selection is not None and opts.ratio is not None  # resolved from the method's preset
     loss, loss_key = (loss_fn, ids.loss) if task.kind == "remove" else (task.target_loss, ids.target_loss)
-    key = {
-        "model": ids.theta0,
-        "data": ids.target,
-        "loss": loss_key,
-        "strategy": strategy,
-        "ratio": ratio,
-        "seed": seed,
-        "names": opts.param_names,
-    }
+    how: dict[str, Any] = {
+        "strategy": opts.selection, "ratio": opts.ratio, "seed": opts.seed, "names": opts.param_names
+    }  # fmt: skip
+    key = {"model": ids.theta0, "data": ids.target, "loss": loss_key, **how}
     return memo.tensor(
-        "selection",
-        key,
-        device="cpu",
-        compute=lambda: select(
-            model,
-            task.target,
-            strategy=strategy,
-            ratio=ratio,
-            seed=seed,
-            loss_fn=loss,
-            names=opts.param_names,
-        ),
+        "selection", key, device="cpu", compute=lambda: select(model, task.target, loss_fn=loss, **how)
     )
 
 
@@ -358,34 +335,23 @@ class _EditedGradient:
         ``drift`` is the retained loss L_h (the Hessian sample, or its untouched part). H_U is
         the Hessian of the *scaled* target loss, for ``sif`` (the official code passes its target
         loss already multiplied by |U|/|S|)."""
-        task, u, ids = self.task, self.task.index.numel(), self.ids
-        target = HessianOperator(
-            hessian.flat,
-            task.target,
-            loss_fn=task.target_loss,
-            chunk_size=self.chunk_size,
-            what="edited samples",
-            work=hessian.work,
-        )
+        task, f, ids = self.task, self.task.index.numel() / self.n, self.ids
+        ex, ey = task.target
+
+        def edited(labels: torch.Tensor, loss_fn: LossFn | None = None) -> HessianOperator:
+            """The edited samples under ``labels`` (their loss: ``loss_fn``, else the training loss)."""
+            return HessianOperator(
+                hessian.flat, (ex, labels), loss_fn=loss_fn, chunk_size=self.chunk_size, what="edited samples",
+                work=hessian.work,
+            )  # fmt: skip
 
         def grad(op: HessianOperator, data: str, loss: str) -> torch.Tensor:
             return self.memo.gradient(op, model=model, data=data, loss=loss)
 
-        def labelled(column: int) -> HessianOperator:
-            return HessianOperator(
-                hessian.flat,
-                (task.target[0], task.target[1][:, column]),
-                chunk_size=self.chunk_size,
-                what="edited samples",
-                work=hessian.work,
-            )
-
+        target = edited(ey, task.target_loss)
         if first:
             g = task.scale * grad(target, ids.target, ids.target_loss)
-            if task.kind == "remove":
-                self.base = g
-            else:
-                self.base = -(u / self.n) * grad(labelled(0), ids.old, ids.loss)
+            self.base = g if task.kind == "remove" else -f * grad(edited(ey[:, 0]), ids.old, ids.loss)
             if more:
                 self.hessian0 = grad(drift, ids.drift, ids.loss)
         else:
@@ -394,11 +360,7 @@ class _EditedGradient:
             if task.kind == "remove":
                 g = change + self.base
             else:
-                g = (
-                    (1 - u / self.n) * change
-                    + (u / self.n) * grad(labelled(1), ids.new, ids.loss)
-                    + self.base
-                )
+                g = (1 - f) * change + f * grad(edited(ey[:, 1]), ids.new, ids.loss) + self.base
         scale = abs(task.scale)
         return g, lambda v: scale * target.hvp(v)
 
@@ -420,21 +382,12 @@ class Ids:
     def of(cls, memo: Memo, model: nn.Module, task: Task, hessian_data, drift_data, loss_fn: LossFn) -> Ids:
         if not memo.enabled:
             return cls("", "", "", "", "", "")
-        loss = loss_id(loss_fn) or ""
-        ex, ey = task.target
+        loss, (ex, ey), relabel = loss_id(loss_fn) or "", task.target, task.kind == "relabel"
         hessian = memo.data(*hessian_data)
         drift = hessian if drift_data[1].numel() == hessian_data[1].numel() else memo.data(*drift_data)
-        ids = cls(
-            memo.model(model),
-            loss,
-            loss if task.kind == "remove" else f"relabel({loss})",
-            memo.data(ex, ey),
-            hessian,
-            drift,
-        )
-        if task.kind == "relabel":
-            ids = dataclasses.replace(ids, old=memo.data(ex, ey[:, 0]), new=memo.data(ex, ey[:, 1]))
-        return ids
+        old, new = (memo.data(ex, ey[:, 0]), memo.data(ex, ey[:, 1])) if relabel else ("", "")
+        target_loss = f"relabel({loss})" if relabel else loss
+        return cls(memo.model(model), loss, target_loss, memo.data(ex, ey), hessian, drift, old, new)
 
     def sif_target(self, task: Task) -> dict:
         """What ``sif``'s target Hessian (H_U, scaled) adds to a solve's inputs."""
