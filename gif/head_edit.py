@@ -60,25 +60,16 @@ class Head:
 def frozen_head(model: nn.Module, x: Inputs, config: EditConfig, *, whole_network: bool) -> Head | None:
     """The head an edit can run on alone (module docstring), or None. ``whole_network``: the edit
     was given something that belongs to the whole network (a ``lowrank`` fit, a reference)."""
-    if whole_network:
-        return None
-    found = named_head(model, x)
-    if found is None or not found[0]:
+    if whole_network or (found := named_head(model, x)) is None or not found[0]:
         return None  # no head, or the model is the Linear layer: there is no network to skip
-    path, module = found
-    own = head_parameter_names(path, module)
+    own = head_parameter_names(*found)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    if set(trainable) <= own:
-        return Head(path, module)
-    if config.method != "fif":
-        return None
-    if config.selection == "head" and config.param_names is None:
-        return Head(path, module)
-    if config.param_names is not None:
+    if config.param_names is None:
+        t_in_head = config.selection == "head"
+    else:
         named = {n for n in trainable if any(fnmatch.fnmatchcase(n, p) for p in config.param_names)}
-        if named and named <= own:
-            return Head(path, module)
-    return None
+        t_in_head = bool(named) and named <= own
+    return Head(*found) if set(trainable) <= own or (config.method == "fif" and t_in_head) else None
 
 
 @dataclasses.dataclass
@@ -112,17 +103,13 @@ def features(head: Head, request: Request, config: EditConfig) -> Features:
         key = {"model": whole, "data": memo.data(inputs), "layer": head.path}
         return memo.tensor("features", key, compute, device=device)
 
-    f = of(request.train[0])
-    val = None if request.validation is None else as_pair(request.validation, what="validation")
-    holdout = request.audit.holdout
-    return Features(
-        head,
-        f,
-        None if val is None else (of(val[0]), val[1]),
-        None if holdout is None else (of(holdout[0]), holdout[1]),
-        time.perf_counter() - start,
-        memo.report(),
-    )
+    def pair(data: Batch | None) -> Batch | None:
+        return None if data is None else (of(data[0]), data[1])
+
+    train = of(request.train[0])
+    validation = pair(None if request.validation is None else as_pair(request.validation, what="validation"))
+    holdout = pair(request.audit.holdout)
+    return Features(head, train, validation, holdout, time.perf_counter() - start, memo.report())
 
 
 def run(feats: Features, request: Request, config: EditConfig) -> EditResult:
@@ -135,8 +122,12 @@ def run(feats: Features, request: Request, config: EditConfig) -> EditResult:
     edited.get_submodule(head.path).load_state_dict(result.model.get_submodule(head.path).state_dict())
     delta, params = _in_whole_model(model, surrogate, result)
     report = result.report
-    if request.audit.reference is not None:
-        report["audit"] = _whole_model_audit(model, edited, request, config.seed, report["work"])
+    audit = request.audit
+    if audit.reference is not None:  # on the inputs themselves: the reference computes its own features
+        spent = Work()
+        sets = audit_sets(request.train, request.task.index, audit.holdout, seed=config.seed)
+        report["audit"] = run_audit(model, edited, sets, audit.reference, spent)
+        report["work"]["forward_evaluations"] += spent.forward_evaluations
     if choice is not None:
         report["solver_choice"] = choice
     report["head_features"] = {
@@ -190,11 +181,10 @@ def held_out_check(feats: Features, request: Request, config: EditConfig, fracti
 def _on_features(feats: Features, request: Request, surrogate: nn.Module) -> Request:
     """The request as the surrogate sees it: features in place of inputs."""
     task = request.task
-    _, y = request.train
     return dataclasses.replace(
         request,
         model=surrogate,
-        train=(feats.train, y),
+        train=(feats.train, request.train[1]),
         task=dataclasses.replace(task, target=(take(feats.train, task.index), task.target[1])),
         validation=feats.validation,
         lowrank=None,
@@ -221,26 +211,12 @@ class _Surrogate(nn.Module):
         return self.get_submodule(self.path)(features)
 
 
-def _whole_model_audit(model: nn.Module, edited: nn.Module, request: Request, seed: int, work: dict) -> dict:
-    """The forgetting audit of the input and edited models against the reference (gif/audit.py),
-    on the inputs themselves: the reference computes its own features. Its forward evaluations
-    are added to the report's ``work``."""
-    spent, audit = Work(), request.audit
-    sets = audit_sets(request.train, request.task.index, audit.holdout, seed=seed)
-    figures = run_audit(model, edited, sets, audit.reference, spent)
-    work["forward_evaluations"] += spent.forward_evaluations
-    return figures
-
-
 def _in_whole_model(
     model: nn.Module, surrogate: nn.Module, result: EditResult
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``delta`` and ``params`` of the surrogate's edit, over the whole model's parameter vector."""
     whole, part = ParamSpace(model), ParamSpace(surrogate)
-    offsets = {s.name: s.offset for s in whole.slots}
-    where = torch.empty(part.size, dtype=torch.long)
-    for s in part.slots:
-        where[s.offset : s.stop] = torch.arange(offsets[s.name], offsets[s.name] + s.stop - s.offset)
+    where = torch.cat([whole.slot(s.name).offset + torch.arange(s.numel) for s in part.slots])
     delta = torch.zeros(whole.size, dtype=result.delta.dtype, device=result.delta.device)
     delta[where.to(delta.device)] = result.delta
     return delta, torch.sort(where[result.params.cpu()]).values

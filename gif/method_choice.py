@@ -188,13 +188,9 @@ def most_runs(requested: EditConfig, chosen: EditConfig, choice: dict | None) ->
     """How many edits a request may run, for its progress (``attempt`` of ``attempts``): two
     where :func:`guarded` may redo a ``solver="auto"`` edit; a relabel's head attempt (FIF's own
     solver: one run) before its fallback (with the requested solver), as in :func:`head_first`."""
-
-    def guarded_runs(config: EditConfig) -> int:
-        return 2 if config.solver == "auto" else 1
-
     if choice is not None and "fallback" in choice:
-        return 1 + guarded_runs(requested)
-    return guarded_runs(chosen)
+        return 1 + (2 if requested.solver == "auto" else 1)
+    return 2 if chosen.solver == "auto" else 1
 
 
 def most_hessian_samples(config: EditConfig, kind: str) -> int:
@@ -211,20 +207,14 @@ def _add_work(result: EditResult, other: dict) -> None:
     """Count another run's ``work`` and ``timings`` (``other``: its report, or the held-out
     check's figures) in ``result``'s report: they say what the whole request cost and where its
     time went. The head's features are computed once per request, so their time counts once."""
+    report = result.report
+    work, timings = report["work"], report["timings"]
     for name, count in other["work"].items():
-        result.report["work"][name] += count
-    result.report["gradients"], result.report["hvps"] = (
-        result.report["work"]["gradients"],
-        result.report["work"]["hvps"],
-    )
-    timings = result.report["timings"]
+        work[name] += count
+    report["gradients"], report["hvps"] = work["gradients"], work["hvps"]
     for stage, seconds in other["timings"].items():
-        spent = (
-            max(timings.get(stage, 0.0), seconds)
-            if stage == "features"
-            else timings.get(stage, 0.0) + seconds
-        )
-        timings[stage] = round(spent, 4)
+        before = timings.get(stage, 0.0)
+        timings[stage] = round(max(before, seconds) if stage == "features" else before + seconds, 4)
 
 
 def _objective(result: EditResult) -> float:
