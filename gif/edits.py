@@ -153,12 +153,11 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
     """The edit with its method chosen and its ``solver="auto"`` guarded (gif/method_choice.py), on
     the head's features alone where that is the same computation (gif/head_edit.py)."""
     x = request.train[0]
-    requested = opts
-    opts, choice = choose_method(
+    chosen, choice = choose_method(
         opts, request.model, x, request.task, lowrank_given=request.lowrank is not None
     )
     computed: dict[str, head_edit.Features] = {}
-    attempts, started = most_runs(requested, opts, choice), itertools.count(1)
+    attempts, started = most_runs(opts, chosen, choice), itertools.count(1)
 
     def features(head: head_edit.Head, config: EditConfig) -> head_edit.Features:
         if head.path not in computed:  # once per request, whichever edits run on them
@@ -178,9 +177,9 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
         return head_edit.held_out_check(features(head, config), request, config, CHECK_FRACTION)
 
     if choice is not None and "fallback" in choice:
-        result = head_first(run, check, opts, requested.replace(method=choice["fallback"]), choice)
+        result = head_first(run, check, chosen, opts.replace(method=choice["fallback"]), choice)
     else:
-        result = guarded(run, opts)
+        result = guarded(run, chosen)
     if choice is not None:
         result.report["method_choice"] = choice
     if request.callback is not None:  # once, after every run the choice and the guard made
