@@ -108,21 +108,17 @@ VERB_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _meta(
-    help: str,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    service_max: float | None = None,
-    service: bool = True,
-    service_choices: tuple[str, ...] | None = None,
-) -> dict[str, Any]:
-    """A configuration field's metadata: help, valid range [low, high] (``low_open``: low
-    excluded; no ``high``: an integer), the service's tighter cap, whether jobs may set it, and
-    which of a choice field's values jobs may name (None: all)."""
-    return {"help": help, "low": low, "high": high, "low_open": low_open, "service_max": service_max,
-            "service": service, "service_choices": service_choices}  # fmt: skip
+#: A configuration field's metadata besides its help text, as :func:`_meta` fills it: the valid range
+#: [low, high] (``low_open``: low excluded; no ``high``: an integer), the service's tighter cap, whether
+#: jobs may set the field, and which of a choice field's values jobs may name (None: all).
+_NO_LIMITS: dict[str, Any] = {"low": None, "high": None, "low_open": False, "service_max": None, "service": True,
+                              "service_choices": None}  # fmt: skip
+
+
+def _meta(help: str, **limits: Any) -> dict[str, Any]:
+    """A configuration field's metadata: ``help`` and :data:`_NO_LIMITS` with ``limits`` applied."""
+    assert set(limits) <= set(_NO_LIMITS), f"unknown field metadata {set(limits) - set(_NO_LIMITS)}"
+    return {"help": help, **_NO_LIMITS, **limits}
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -292,8 +288,7 @@ class EditConfig(SolveConfig):
             check_choice("selection", self.selection, STRATEGIES)
         check_choice("step", self.step, STEP_POLICIES)
         check_choice("hessian_pool", self.hessian_pool, HESSIAN_POOLS)
-        if self.param_names is not None:
-            names = self.param_names
+        if (names := self.param_names) is not None:
             if isinstance(names, str) or not names or not all(isinstance(n, str) and n for n in names):
                 raise InvalidArgumentError(
                     f"`param_names` must be a non-empty list of name patterns, got {names!r}"
