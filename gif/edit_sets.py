@@ -48,20 +48,19 @@ class Splits:
 
 def split(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig, gen: torch.Generator) -> Splits:
     """Shuffle the untouched samples; carve validation off them (if none given), then the Hessian sample."""
+    untouched = torch.ones(n, dtype=torch.bool)
+    untouched[edited] = False
     if opts.pool == "all":
-        return _split_shared(n, edited, carve, opts)
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[edited] = False
-    pool = torch.nonzero(keep).flatten()
+        return _split_shared(untouched, carve, opts)
+    pool = torch.nonzero(untouched).flatten()
     pool = pool[torch.randperm(len(pool), generator=gen)]
     n_val = min(opts.max_validation, max(1, int(opts.validation_fraction * len(pool)))) if carve else 0
     if carve and len(pool) - n_val < 1:
         raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
-    val, rest = pool[:n_val], pool[n_val:]
-    return Splits(torch.sort(rest[: opts.hessian_size]).values, torch.sort(val).values)
+    return Splits(torch.sort(pool[n_val:][: opts.hessian_size]).values, torch.sort(pool[:n_val]).values)
 
 
-def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig) -> Splits:
+def _split_shared(untouched: torch.Tensor, carve: bool, opts: EditConfig) -> Splits:
     """``hessian_pool="all"``: one seeded permutation of all n samples, whatever is edited. Its
     head is reserved for validation (the untouched samples in it are used); the Hessian sample
     comes after, so it is the same for every edit of this training set with this seed — and so
@@ -70,11 +69,10 @@ def _split_shared(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig) -
     (later Newton steps) is still estimated on its untouched samples only (``_Splits.drift``).
     Should the edited samples fill most of the reserved head, validation is topped up from the
     untouched samples at the permutation's far end (then the Hessian sample may change)."""
+    n = len(untouched)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed))
     reserved = min(opts.max_validation, max(1, int(opts.validation_fraction * n))) if carve else 0
     head, tail = order[:reserved], order[reserved:]
-    untouched = torch.ones(n, dtype=torch.bool)
-    untouched[edited] = False
     val = head[untouched[head]]
     if carve and 2 * val.numel() < reserved:
         # most of the head is edited (say, samples drawn by the same seeded permutation): top the
@@ -149,8 +147,9 @@ class Objective:
             before = evaluate(model, *self.unseen, loss_fn=loss_fn)
             self.unseen_floor, self.unseen_loss = before.accuracy - ACCURACY_TOLERANCE, before.loss
             self.work.forward_evaluations += 2
-        self.key = (
-            {  # what a measurement depends on besides the model
+        self.key: dict = {}  # what a measurement depends on besides the model
+        if memo.enabled:
+            self.key = {
                 "task": task.kind,
                 "forget_class": task.forget_class is not None,
                 "loss": loss_id(loss_fn),
@@ -161,9 +160,6 @@ class Objective:
                 "accuracy_floor": self.accuracy_floor,
                 "unseen_before": (self.unseen_floor, self.unseen_loss),
             }
-            if memo.enabled
-            else {}
-        )
 
     def start(self, direction: torch.Tensor) -> None:
         """Walk along ``direction`` from the model's current θ_T."""

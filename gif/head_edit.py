@@ -201,9 +201,8 @@ class _Surrogate(nn.Module):
         *parents, leaf = path.split(".")
         node: nn.Module = self
         for name in parents:
-            child = nn.Module()
-            node.add_module(name, child)
-            node = child
+            node.add_module(name, nn.Module())
+            node = node.get_submodule(name)
         node.add_module(leaf, layer)
         self.path = path
 

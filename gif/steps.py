@@ -19,7 +19,7 @@ the model (docs/benchmarks.md). Two policies:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import Cancelled
@@ -101,16 +101,14 @@ def search_step(
 _INVERSE_PHI = (math.sqrt(5.0) - 1.0) / 2.0
 
 
-def _grid(low: float, high: float, growth: float) -> list[float]:
+def _grid(low: float, high: float, growth: float) -> Iterator[float]:
     """low·γ^k up to ``high``, ending at ``high`` itself: a coarse grid must not stop short of
     the largest allowed step (a model may only respond near it)."""
-    points = []
     t = low
     while t < high * (1 - 1e-12):
-        points.append(t)
+        yield t
         t *= growth
-    points.append(high)
-    return points
+    yield high
 
 
 def _golden_refine(
