@@ -153,15 +153,15 @@ class Edit:
             return self._run()
 
     def _run(self) -> EditResult:
-        memo, model = self.memo, self.model
+        model = self.model
         self.notify(Progress("selecting_parameters"))
         with self.clock("selection"):
-            params = _select(model, self.task, self.config, self.loss_fn, memo, self.ids)
+            params = _select(model, self.task, self.config, self.loss_fn, self.memo, self.ids)
         space = ParamSpace(model)
         theta0 = space.vector(model)
         objective = Objective(self, space, params)
-        before = after = objective.current()
-        gradient = _EditedGradient(self.task, len(self.train[1]), self.config.chunk_size, memo, self.ids)
+        metrics = dict.fromkeys(("before", "after"), objective.current())  # (objective, its figures)
+        gradient = _EditedGradient(self)
         steps: list[dict] = []
         for k in range(self.config.newton_steps):
             infl = self._solve(k, gradient, params)
@@ -169,12 +169,12 @@ class Edit:
             steps.append({"newton_step": k + 1, "solver": infl.diagnostics(), "step": outcome.as_dict()})
             if outcome.scale == 0.0:
                 break  # no step along this direction improves the objective: done
-            after = (outcome.objective, outcome.metrics)
+            metrics["after"] = (outcome.objective, outcome.metrics)
             if outcome.objective >= 1.0:
                 break  # the objective's maximum: another step cannot improve it
         delta = space.vector(model) - theta0
         audit = self._audit()
-        report = self._report(params, steps, before, after, delta, theta0)
+        report = self._report(params, steps, metrics, delta, theta0)
         report["audit"] = audit
         fit = self.solves.fit
         return EditResult(model, delta, params, report, fit if isinstance(fit, LowRankHessian) else None)
@@ -205,9 +205,7 @@ class Edit:
             model_id = ids.theta0 if k == 0 else self.memo.model(self.model)
             hessian = self._operator(self.hessian_data)
             drift = hessian if self.splits.retained is None else self._operator(self.drift_data)
-            g, target_hvp = gradient(
-                hessian, drift, first=k == 0, more=config.newton_steps > 1, model=model_id
-            )
+            g, target_hvp = gradient(hessian, drift, model=model_id)
         if k > 0:  # a correction: solved to correction_tol (never tighter than tol)
             assert config.correction_tol is not None  # resolved from the method's preset
             config = config.replace(tol=max(config.tol, config.correction_tol))
@@ -243,8 +241,7 @@ class Edit:
         self,
         params: torch.Tensor,
         steps: list[dict],
-        before: tuple[float, dict],
-        after: tuple[float, dict],
+        metrics: dict,
         delta: torch.Tensor,
         theta0: torch.Tensor,
     ) -> dict:
@@ -261,10 +258,7 @@ class Edit:
             "validation_source": VALIDATION_CARVED if self.request.validation is None else VALIDATION_GIVEN,
             "solver": _solver_summary(steps),
             "newton_steps": steps,
-            "metrics": {
-                "before": {"objective": before[0], **before[1]},
-                "after": {"objective": after[0], **after[1]},
-            },
+            "metrics": {k: {"objective": value, **figures} for k, (value, figures) in metrics.items()},
             "delta_norm": float(delta.norm()),
             "relative_delta_norm": float(
                 delta.norm() / theta0[params.to(theta0.device)].norm().clamp_min(1e-30)
@@ -323,15 +317,17 @@ class _EditedGradient:
     with L_h the mean loss on the Hessian sample; both reduce to g_new at k = 0.
     """
 
-    def __init__(self, task: Task, n: int, chunk_size: int, memo: Memo, ids: Ids) -> None:
-        self.task, self.n, self.chunk_size, self.memo, self.ids = task, n, chunk_size, memo, ids
+    def __init__(self, edit: Edit) -> None:
+        self.task, self.n, self.memo, self.ids = edit.task, len(edit.train[1]), edit.memo, edit.ids
+        self.chunk_size, self.more = edit.config.chunk_size, edit.config.newton_steps > 1
         self.base: torch.Tensor | None = None  # the constant term fixed at θ₀
         self.hessian0: torch.Tensor | None = None  # ∇L_h(θ₀)
 
     def __call__(
-        self, hessian: HessianOperator, drift: HessianOperator, *, first: bool, more: bool, model: str
+        self, hessian: HessianOperator, drift: HessianOperator, *, model: str
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """(g_k, v ↦ H_U v) at the θ of ``hessian``; ``model`` is that θ's digest (cache key).
+        """(g_k, v ↦ H_U v) at the θ of ``hessian`` (θ₀ at the first call); ``model`` is that θ's
+        digest (cache key).
         ``drift`` is the retained loss L_h (the Hessian sample, or its untouched part). H_U is
         the Hessian of the *scaled* target loss, for ``sif`` (the official code passes its target
         loss already multiplied by |U|/|S|)."""
@@ -349,13 +345,13 @@ class _EditedGradient:
             return self.memo.gradient(op, model=model, data=data, loss=loss)
 
         target = edited(ey, task.target_loss)
-        if first:
+        if self.base is None:  # at θ₀
             g = task.scale * grad(target, ids.target, ids.target_loss)
             self.base = g if task.kind == "remove" else -f * grad(edited(ey[:, 0]), ids.old, ids.loss)
-            if more:
+            if self.more:
                 self.hessian0 = grad(drift, ids.drift, ids.loss)
         else:
-            assert self.base is not None and self.hessian0 is not None
+            assert self.hessian0 is not None
             change = grad(drift, ids.drift, ids.loss) - self.hessian0
             if task.kind == "remove":
                 g = change + self.base
