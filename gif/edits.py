@@ -237,10 +237,9 @@ def _check_indices(indices: object, n: int, what: str) -> torch.Tensor:
     idx = idx.long().cpu()
     if idx.numel() == 0:
         raise IndexOutOfRangeError(f"`{what}` is empty")
-    if int(idx.min()) < 0 or int(idx.max()) >= n:
-        raise IndexOutOfRangeError(
-            f"`{what}` has indices in [{int(idx.min())}, {int(idx.max())}], outside [0, {n})"
-        )
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= n:
+        raise IndexOutOfRangeError(f"`{what}` has indices in [{low}, {high}], outside [0, {n})")
     if torch.unique(idx).numel() != idx.numel():
         raise IndexOutOfRangeError(f"`{what}` contains duplicated indices")
     return idx

@@ -15,8 +15,7 @@ class GifError(Exception):
 
     def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)
-        self.message = message
-        self.details = details
+        self.message, self.details = message, details
 
 
 class InvalidArgumentError(GifError, ValueError):
