@@ -123,7 +123,7 @@ def _meta(help: str, **limits: Any) -> dict[str, Any]:
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
     """A configuration field: ``default``, and the metadata :func:`_meta` makes of ``help`` and ``meta``
-    (a ``dataclasses.Field``, which ruff's RUF009 cannot see where the annotation is a ``Literal``)."""
+    (a ``dataclasses.Field``: pyproject.toml tells ruff's RUF009 so)."""
     return field(default=default, metadata=_meta(help, **meta))
 
 
@@ -133,9 +133,9 @@ class SolveConfig:
 
     _METHODS: ClassVar[tuple[str, ...]] = METHODS
 
-    method: Method = _field("gif", "if | fif | gif | sif (docs/method.md)")  # noqa: RUF009
+    method: Method = _field("gif", "if | fif | gif | sif (docs/method.md)")
     damping: float = _field(0.0, "λ ≥ 0 added to the curvature", low=0.0, high=math.inf, service_max=1e6)
-    solver: Solver | None = _field(  # noqa: RUF009
+    solver: Solver | None = _field(
         None,
         "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac | auto (kfac where the model's "
         "curvature can be Kronecker-factored, else the method's); None: the method's",
@@ -164,7 +164,7 @@ class SolveConfig:
         low=1,
         service=False,
     )
-    hvp_backend: HvpBackend = _field("auto", "auto | func | graph (gif/hessian.py)", service=False)  # noqa: RUF009
+    hvp_backend: HvpBackend = _field("auto", "auto | func | graph (gif/hessian.py)", service=False)
     solver_options: dict[str, float] = field(
         default_factory=dict,
         metadata=_meta("neumann: normalizer, step; lowrank: steps (Lanczos steps)", service=False),
@@ -222,7 +222,7 @@ class EditConfig(SolveConfig):
 
     _METHODS: ClassVar[tuple[str, ...]] = EDIT_METHODS
 
-    method: EditMethod = _field(  # type: ignore[assignment]  # noqa: RUF009
+    method: EditMethod = _field(  # type: ignore[assignment]
         "auto",
         "auto | if | fif | gif | sif (docs/method.md); auto: fif on the classifier's head where a "
         "Linear layer computes the logits, for a whole-class removal or a relabel whose head edit "
@@ -232,7 +232,7 @@ class EditConfig(SolveConfig):
         None, "λ ≥ 0 added to the curvature; None: the method's", low=0.0, high=math.inf, service_max=1e6
     )
     chunk_size: int = _field(512, "samples per forward pass", low=1, service=False)
-    selection: Strategy | None = _field(None, "gif.select strategy; None: the method's")  # noqa: RUF009
+    selection: Strategy | None = _field(None, "gif.select strategy; None: the method's")
     ratio: float | None = _field(
         None,
         "fraction of each Conv/Linear/Embedding layer to update; None: the method's",
@@ -249,7 +249,7 @@ class EditConfig(SolveConfig):
     hessian_samples: int | None = _field(
         None, "training samples in the Hessian; None: the method's", low=1, service_max=1_000_000
     )
-    hessian_pool: HessianPool = _field(  # noqa: RUF009
+    hessian_pool: HessianPool = _field(
         "auto",
         "untouched (samples the edit leaves alone) | all (a seeded sample of the whole training set: the "
         "same for every edit, so one curvature fit serves them all) | auto (all with solver=lowrank, kfac or "
@@ -258,7 +258,7 @@ class EditConfig(SolveConfig):
     validation_fraction: float = _field(0.1, "share of the retained data carved for validation when none is given", low=0.0,
         high=0.5, low_open=True, service=False)  # fmt: skip
     max_validation: int = _field(2000, "cap on carved validation samples", low=1, service=False)
-    step: StepPolicy = _field("search", "newton | search (gif/steps.py)")  # noqa: RUF009
+    step: StepPolicy = _field("search", "newton | search (gif/steps.py)")
     newton_steps: int = _field(10, "outer Newton steps (gradient re-estimated at each); stops early when no step helps",
         low=1, service_max=20)  # fmt: skip
     min_step: float = _field(1e-5, "smallest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True,
