@@ -35,31 +35,21 @@ LEGACY_PICKLES = 5
 
 _OPAQUE = (1, 0)  # (expanded size, tuple depth) of anything but a tuple
 _TUPLES = {"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
-_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
-_GETS = {"GET", "BINGET", "LONG_BINGET"}
-_MARKED, _POPS, _TUPLE, _PUT, _MEMOIZE, _GET, _DUP, _MARK, _STOP = range(9)
+_STOP, _MARK, _PUT, _MEMOIZE, _GET, _DUP, _TUPLE, _OTHER = range(8)
+#: Opcodes with an action of their own; any other pops its operands and pushes opaque values.
+_ACTIONS = dict.fromkeys(_TUPLES, _TUPLE) | {
+    "STOP": _STOP, "MARK": _MARK, "MEMOIZE": _MEMOIZE, "DUP": _DUP, "PUT": _PUT, "BINPUT": _PUT,
+    "LONG_BINPUT": _PUT, "GET": _GET, "BINGET": _GET, "LONG_BINGET": _GET,
+}  # fmt: skip
 
 
-def _plan(op: pickletools.OpcodeInfo) -> tuple[int, int, int]:
-    """(action, operands popped [below the mark for marked ones], values pushed) of an opcode."""
-    before, after = op.stack_before, len(op.stack_after)
+def _plan(op: pickletools.OpcodeInfo) -> tuple[int, bool, int, int]:
+    """(action, whether it pops back to a mark, operands popped [below the mark for marked ones],
+    values pushed) of an opcode."""
+    before = op.stack_before
     marked = pickletools.markobject in before
     below = before.index(pickletools.markobject) if marked else len(before)
-    if op.name == "STOP":
-        return _STOP, 0, 0
-    if op.name == "MARK":
-        return _MARK, 0, 0
-    if op.name in _PUTS:
-        return _PUT, 0, 0
-    if op.name == "MEMOIZE":
-        return _MEMOIZE, 0, 0
-    if op.name in _GETS:
-        return _GET, 0, 1
-    if op.name == "DUP":
-        return _DUP, 0, 1
-    if op.name in _TUPLES:
-        return _TUPLE, -1 if marked else below, 1
-    return (_MARKED if marked else _POPS), below, after
+    return _ACTIONS.get(op.name, _OTHER), marked, below, len(op.stack_after)
 
 
 _PLANS = {op.code: _plan(op) for op in pickletools.opcodes}
@@ -83,11 +73,10 @@ def check_torch_file(path: PathLike) -> None:
     Anything that is not a well-formed pickle is left to ``torch.load`` to report.
     """
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(ZIP_MAGIC):
-        _check_zip(path)
-        return
-    with open(path, "rb") as f:
+        if f.read(4).startswith(ZIP_MAGIC):
+            _check_zip(path)
+            return
+        f.seek(0)
         buffer = io.BytesIO(f.read(MAX_PICKLE_BYTES + 1))
     for _ in range(LEGACY_PICKLES):
         if not check_pickle(buffer, MAX_PICKLE_BYTES):
@@ -140,56 +129,40 @@ def check_pickle(f: BinaryIO, end: int) -> bool:
         # genops gives a position for each opcode when the file has tell(); ``f`` has it.
         ops = cast("Iterator[tuple[pickletools.OpcodeInfo, Any, int]]", pickletools.genops(f))
         for op, arg, pos in ops:
-            action, n, after = _PLANS[op.code]
+            action, marked, n, after = _PLANS[op.code]
             floor = marks[-1] if marks else 0
-            if action == _POPS:
-                if n:
-                    if len(stack) - n < floor:
-                        return False
-                    del stack[-n:]
-                stack.extend([_OPAQUE] * after)
-                pushed += after
-            elif action == _GET:
-                item = memo[arg]
+            if action == _STOP:
+                return True
+            if action == _MARK:
+                marks.append(len(stack))
+            elif action in (_PUT, _MEMOIZE, _DUP) and len(stack) <= floor:
+                return False
+            elif action in (_PUT, _MEMOIZE):
+                memo[len(memo) if action == _MEMOIZE else arg] = stack[-1]
+            elif action in (_GET, _DUP):
+                item = memo[arg] if action == _GET else stack[-1]
                 stack.append(item)
                 pushed += item[0]
-            elif action in (_PUT, _MEMOIZE):
-                if len(stack) <= floor:
-                    return False
-                memo[len(memo) if action == _MEMOIZE else arg] = stack[-1]
-            elif action == _MARK:
-                marks.append(len(stack))
-            elif action == _MARKED:
-                if not marks:
-                    return False
-                del stack[marks.pop() :]
-                if n:
-                    del stack[-n:]
-                stack.extend([_OPAQUE] * after)
-                pushed += after
-            elif action == _TUPLE:
-                if n < 0:
+            else:  # pop the operands (back to the mark and ``n`` below it, or ``n``), push the results
+                if marked:
                     if not marks:
                         return False
                     k = marks.pop()
                 else:
                     k = len(stack) - n
-                    if k < floor:
+                    if n and k < floor:
                         return False
                 children = stack[k:]
                 del stack[k:]
-                item = (1 + sum(c[0] for c in children), 1 + max((c[1] for c in children), default=0))
-                if item[1] > MAX_TUPLE_DEPTH:
-                    raise PickleBomb(f"it nests tuples more than {MAX_TUPLE_DEPTH} deep")
-                stack.append(item)
-                pushed += item[0]
-            elif action == _DUP:
-                if len(stack) <= floor:
-                    return False
-                stack.append(stack[-1])
-                pushed += stack[-1][0]
-            else:  # STOP
-                return True
+                if marked and n:
+                    del stack[-n:]
+                new = [_OPAQUE] * after
+                if action == _TUPLE:
+                    new = [(1 + sum(c[0] for c in children), 1 + max((c[1] for c in children), default=0))]
+                    if new[0][1] > MAX_TUPLE_DEPTH:
+                        raise PickleBomb(f"it nests tuples more than {MAX_TUPLE_DEPTH} deep")
+                stack.extend(new)
+                pushed += sum(size for size, _ in new)
             if pos >= end:
                 raise PickleTooLarge(f"its pickle data is over the limit of {MAX_PICKLE_BYTES} bytes")
             if pushed > budget:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickletools
 import re
@@ -95,85 +96,27 @@ _TARGET = re.compile(
     r"^(torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operator\.[a-z_]+|torch\.sym_[a-z_]+)$"
 )
 #: Names a shape expression may use (sympy classes and torch's sympy functions), and symbols.
-_EXPR_NAMES = frozenset(
-    [
-        "Symbol",
-        "Integer",
-        "Rational",
-        "Add",
-        "Mul",
-        "Pow",
-        "Max",
-        "Min",
-        "Mod",
-        "Abs",
-        "floor",
-        "ceiling",
-        "Eq",
-        "Ne",
-        "Lt",
-        "Le",
-        "Gt",
-        "Ge",
-        "And",
-        "Or",
-        "Not",
-        "True",
-        "False",
-        "positive",
-        "integer",
-        "nonnegative",
-        "real",
-        "oo",
-        "FloorDiv",
-        "ModularIndexing",
-        "Where",
-        "PythonMod",
-        "CleanDiv",
-        "CeilToInt",
-        "FloorToInt",
-        "CeilDiv",
-        "LShift",
-        "RShift",
-        "PowByNatural",
-        "FloatPow",
-        "FloatTrueDiv",
-        "IntTrueDiv",
-        "IsNonOverlappingAndDenseIndicator",
-        "TruncToFloat",
-        "TruncToInt",
-        "RoundToInt",
-        "RoundDecimal",
-        "ToFloat",
-        "Identity",
-    ]
-)
+_EXPR_NAMES = frozenset({
+    "Symbol", "Integer", "Rational", "Add", "Mul", "Pow", "Max", "Min", "Mod", "Abs", "floor", "ceiling",
+    "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "True", "False", "positive", "integer",
+    "nonnegative", "real", "oo", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt",
+    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
+    "ToFloat", "Identity",
+})  # fmt: skip
 _SYMBOL = re.compile(r"^[a-z]{1,8}\d{1,9}$")
 _EXPR_OPS = frozenset(
-    ["(", ")", ",", "+", "-", "*", "/", "%", "**", "//", "=", "==", "!=", "<", "<=", ">", ">="]
+    {"(", ")", ",", "+", "-", "*", "/", "%", "**", "//", "=", "==", "!=", "<", "<=", ">", ">="}
 )
 _EXPR_STRING = re.compile(r"^'[a-z]{1,8}\d{1,9}'$")
 #: Globals the sample inputs' pickle may name: what a tuple / dict of tensors needs.
 _SAMPLE_GLOBALS = frozenset(
     {"torch._utils _rebuild_tensor_v2", "collections OrderedDict", "torch device"}
-    | {
-        f"torch {kind}Storage"
-        for kind in (
-            "Float",
-            "Double",
-            "Half",
-            "BFloat16",
-            "Long",
-            "Int",
-            "Short",
-            "Char",
-            "Byte",
-            "Bool",
-            "ComplexFloat",
-            "ComplexDouble",
-        )
-    }
-)
+    | {f"torch {kind}Storage" for kind in (
+        "Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool", "ComplexFloat",
+        "ComplexDouble",
+    )}
+)  # fmt: skip
 _FORBIDDEN_OPS = frozenset({"STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4"})
 
 
@@ -209,7 +152,7 @@ class ProgramInfo:
             "input_dtype": self.input_dtype,
             "num_classes": self.num_outputs,
             "parameters": dict(list(self.parameters.items())[:1000]),
-            "n_parameters": sum(_numel(s) for s in self.parameters.values()),
+            "n_parameters": sum(math.prod(s) for s in self.parameters.values()),
             "buffers": sorted(self.buffers)[:1000],
         }
 
@@ -328,11 +271,10 @@ class _Reader:
 def _check_header(read: _Reader) -> None:
     from torch.export.pt2_archive import constants
 
-    expected = {
-        "archive_format": constants.ARCHIVE_FORMAT_VALUE,
-        "archive_version": constants.ARCHIVE_VERSION_VALUE,
-    }
-    for name, value in expected.items():
+    for name, value in (
+        ("archive_format", constants.ARCHIVE_FORMAT_VALUE),
+        ("archive_version", constants.ARCHIVE_VERSION_VALUE),
+    ):
         found = read.text(name)
         if found != value:
             raise ProgramError(f"{name!r} is {found[:32]!r}, expected {value!r} (torch.export.save's format)")
@@ -385,20 +327,12 @@ def _payload(read: _Reader, folder: str, prefix: str, fqn: str, entry: Any) -> _
     meta = entry.get("tensor_meta")
     if not isinstance(meta, dict):
         raise ProgramError(f"{fqn!r}: no tensor_meta")
-    dtype, sizes, strides, offset = _tensor_layout(fqn, meta)
-    _check_extent(fqn, dtype, sizes, strides, offset, read.members[record])
-    return _Payload(
-        record,
-        dtype,
-        sizes,
-        strides,
-        offset,
-        entry.get("is_param") is True,
-        meta.get("requires_grad") is True,
-    )
+    layout = _tensor_layout(fqn, meta, read.members[record])
+    return _Payload(record, *layout, entry.get("is_param") is True, meta.get("requires_grad") is True)
 
 
-def _tensor_layout(fqn: str, meta: dict[str, Any]) -> tuple[torch.dtype, tuple, tuple, int]:
+def _tensor_layout(fqn: str, meta: dict[str, Any], nbytes: int) -> tuple[torch.dtype, tuple, tuple, int]:
+    """Dtype, sizes, strides and offset of a tensor, checked to lie within its ``nbytes``-byte record."""
     from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE, _SERIALIZE_TO_TORCH_LAYOUT
 
     dtype = _SERIALIZE_TO_TORCH_DTYPE.get(meta.get("dtype"))
@@ -411,6 +345,12 @@ def _tensor_layout(fqn: str, meta: dict[str, Any]) -> tuple[torch.dtype, tuple, 
     offset = _static_int(fqn, meta.get("storage_offset") or {"as_int": 0})
     if len(sizes) != len(strides) or len(sizes) > 16:
         raise ProgramError(f"{fqn!r}: sizes {list(sizes)} and strides {list(strides)} do not match")
+    element = torch.empty((), dtype=dtype).element_size()
+    if nbytes % element:
+        raise ProgramError(f"{fqn!r}: its record's {nbytes} bytes are not a whole number of {dtype}")
+    last = offset + sum((n - 1) * st for n, st in zip(sizes, strides, strict=True))
+    if all(sizes) and (last + 1) * element > nbytes:
+        raise ProgramError(f"{fqn!r}: shape {list(sizes)} reaches past the end of its {nbytes}-byte record")
     return dtype, sizes, strides, offset
 
 
@@ -419,19 +359,6 @@ def _static_int(fqn: str, value: Any) -> int:
     if type(number) is not int or not 0 <= number < 2**62:
         raise ProgramError(f"{fqn!r}: sizes, strides and offsets must be non-negative integers")
     return number
-
-
-def _check_extent(
-    fqn: str, dtype: torch.dtype, sizes: tuple, strides: tuple, offset: int, nbytes: int
-) -> None:
-    element = torch.empty((), dtype=dtype).element_size()
-    if nbytes % element:
-        raise ProgramError(f"{fqn!r}: its record's {nbytes} bytes are not a whole number of {dtype}")
-    if any(s == 0 for s in sizes):
-        return
-    last = offset + sum((n - 1) * st for n, st in zip(sizes, strides, strict=True))
-    if (last + 1) * element > nbytes:
-        raise ProgramError(f"{fqn!r}: shape {list(sizes)} reaches past the end of its {nbytes}-byte record")
 
 
 # -- the sample inputs ----------------------------------------------------------------------------
@@ -663,13 +590,6 @@ def _num_outputs(module: dict[str, Any], tensor_values: dict[str, Any]) -> int |
     return last if type(last) is int else None
 
 
-def _numel(shape: list[int]) -> int:
-    total = 1
-    for n in shape:
-        total *= n
-    return total
-
-
 # -- loading --------------------------------------------------------------------------------------
 
 
@@ -698,7 +618,7 @@ def _tensors(read: _Reader, payloads: dict[str, _Payload]) -> dict[str, torch.Te
         if p.record not in flat:
             data = bytearray(read.bytes(p.record, limit=2**62))
             flat[p.record] = torch.frombuffer(data, dtype=p.dtype) if data else torch.empty(0, dtype=p.dtype)
-        tensor = torch.as_strided(flat[p.record], p.sizes, p.strides, p.offset) if _numel(list(p.sizes)) else (
+        tensor = torch.as_strided(flat[p.record], p.sizes, p.strides, p.offset) if math.prod(p.sizes) else (
             torch.zeros(p.sizes, dtype=p.dtype)
         )  # fmt: skip
         out[fqn] = nn.Parameter(tensor, requires_grad=p.requires_grad) if p.is_param else tensor
@@ -779,11 +699,7 @@ def _layer_of(module: torch.fx.GraphModule, node: torch.fx.Node) -> tuple[str, n
         return None
     sub = module.get_submodule(owner)
     expected = {"weight"} | ({"bias"} if bias is not None else set())
-    if (
-        set(dict(sub.named_parameters())) != expected
-        or any(True for _ in sub.buffers())
-        or any(True for _ in sub.children())
-    ):
+    if set(dict(sub.named_parameters())) != expected or [*sub.buffers(), *sub.children()]:
         return None
     built = _build_layer(kind, sub, args)
     return None if built is None else (owner, built)
@@ -832,17 +748,13 @@ def _build_layer(kind: str, sub: nn.Module, args: list[Any]) -> nn.Module | None
 def _conv_options(rest: list[Any], dims: int) -> tuple[tuple, tuple, tuple, int] | None:
     """``stride, padding, dilation, groups`` of an ``aten.conv*d.default`` call (its defaults filled in)."""
     defaults: list[Any] = [[1] * dims, [0] * dims, [1] * dims, 1]
-    values = list(rest) + defaults[len(rest) :]
-    if (
-        len(values) != 4
-        or not all(isinstance(v, (list, tuple)) for v in values[:3])
-        or type(values[3]) is not int
-    ):
+    *lists, groups = list(rest) + defaults[len(rest) :]
+    if len(lists) != 3 or type(groups) is not int:
         return None
-    if not all(type(x) is int for v in values[:3] for x in v):
+    if not all(isinstance(v, (list, tuple)) and all(type(x) is int for x in v) for v in lists):
         return None
-    stride, padding, dilation = (tuple(v) if len(v) == dims else tuple(v) * dims for v in values[:3])
-    return stride, padding, dilation, values[3]
+    stride, padding, dilation = (tuple(v) if len(v) == dims else tuple(v) * dims for v in lists)
+    return stride, padding, dilation, groups
 
 
 # -- saving ---------------------------------------------------------------------------------------
