@@ -14,7 +14,7 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from .._util import eval_mode
 from ..errors import DatasetError, InvalidArgumentError, NumericalError
-from ..inputs import Inputs, call
+from ..inputs import Inputs, call, to
 from ._files import (
     MAX_NAMES,
     ZIP_MAGIC,
@@ -45,6 +46,8 @@ MAX_INPUT_TENSORS = 16
 #: A named tensor becomes a keyword argument: an identifier, not private, at most 64 characters.
 _TENSOR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _ZIP_METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+#: Reads the named arrays of a dataset file (npz or safetensors).
+_Read = Callable[[PathLike, tuple[str, ...]], dict[str, torch.Tensor]]
 
 
 def load_dataset(path: PathLike) -> tuple[Inputs, torch.Tensor]:
@@ -61,14 +64,12 @@ def load_dataset(path: PathLike) -> tuple[Inputs, torch.Tensor]:
             tensors of different lengths, with floating-point ids or negative ids.
         NumericalError: NaN or Inf in floating inputs.
     """
-    head = read_head(path, DatasetError)
-    if head.startswith(_NPY_MAGIC):
+    if read_head(path, DatasetError).startswith(_NPY_MAGIC):
         raise DatasetError("this is a single .npy array; save inputs and labels together with np.savez")
-    npz = head.startswith(ZIP_MAGIC)
-    names = _npz_names(path) if npz else validate_header(path, DatasetError)
+    names, read = _contents(path)
     names = [n for n in names if n != SAMPLE_IDS]
     keys = _DATASET_KEYS if "inputs" in names or "labels" not in names else _named_keys(names)
-    arrays = (_read_npz if npz else _read_safetensors_arrays)(path, keys)
+    arrays = read(path, keys)
     labels = arrays.pop("labels")
     if "inputs" in arrays:
         return _check_dataset(arrays["inputs"], labels)
@@ -83,12 +84,10 @@ def load_sample_ids(path: PathLike, num_samples: int) -> torch.Tensor | None:
     Raises:
         DatasetError: ids that are not a 1-D integer array, one per sample, all distinct.
     """
-    npz = read_head(path, DatasetError).startswith(ZIP_MAGIC)
-    names = _npz_names(path) if npz else validate_header(path, DatasetError)
+    names, read = _contents(path)
     if SAMPLE_IDS not in names:
         return None
-    ids = (_read_npz if npz else _read_safetensors_arrays)(path, (SAMPLE_IDS,))[SAMPLE_IDS]
-    return check_sample_ids(ids, num_samples)
+    return check_sample_ids(read(path, (SAMPLE_IDS,))[SAMPLE_IDS], num_samples)
 
 
 def check_sample_ids(ids: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -121,14 +120,14 @@ def save_dataset(
     if isinstance(inputs, Mapping):
         if SAMPLE_IDS in inputs:
             raise DatasetError(f"pass `{SAMPLE_IDS}` as `sample_ids=`, not as an input tensor")
-        named, y = _check_named({k: torch.as_tensor(v) for k, v in inputs.items()}, torch.as_tensor(labels))
-        tensors = {k: v.detach().cpu().contiguous() for k, v in named.items()}
+        tensors, y = _check_named({k: torch.as_tensor(v) for k, v in inputs.items()}, torch.as_tensor(labels))
     else:
         x, y = _check_dataset(torch.as_tensor(inputs), torch.as_tensor(labels))
-        tensors = {"inputs": x.detach().cpu().contiguous()}
-    tensors["labels"] = y.detach().cpu().contiguous()
+        tensors = {"inputs": x}
+    tensors["labels"] = y
     if sample_ids is not None:
-        tensors[SAMPLE_IDS] = check_sample_ids(torch.as_tensor(sample_ids), len(y)).cpu().contiguous()
+        tensors[SAMPLE_IDS] = check_sample_ids(torch.as_tensor(sample_ids), len(y))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp))
 
 
@@ -180,24 +179,15 @@ def infer_num_classes(model: nn.Module, sample_input: Inputs) -> int:
     The forward runs in eval mode (the model's mode is restored afterwards) without gradients,
     on the model's device (the sample is moved there: datasets stay in host memory).
     """
-    was_training = model.training
     first = sample_input if isinstance(sample_input, torch.Tensor) else next(iter(sample_input.values()))
-    device = next(itertools.chain(model.parameters(), model.buffers()), first).device
-    moved = (
-        sample_input.to(device)
-        if isinstance(sample_input, torch.Tensor)
-        else {k: v.to(device) for k, v in sample_input.items()}
-    )
-    model.eval()
+    moved = to(sample_input, next(itertools.chain(model.parameters(), model.buffers()), first).device)
     try:
-        with torch.no_grad():
+        with eval_mode(model):
             out = call(model, moved)
     except InvalidArgumentError:
         raise InvalidArgumentError(
             "model output must be a logits tensor [batch, classes] or have `.logits`"
         ) from None
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim < 1:
         raise InvalidArgumentError(
             f"model output must be a logits tensor [batch, classes], got {type(out).__name__}"
@@ -205,11 +195,14 @@ def infer_num_classes(model: nn.Module, sample_input: Inputs) -> int:
     return int(out.shape[-1])
 
 
-def _npz_names(path: PathLike) -> list[str]:
-    """The array names of an npz archive, nothing unpacked."""
+def _contents(path: PathLike) -> tuple[list[str], _Read]:
+    """The array names of an npz archive (nothing unpacked) or a safetensors file (its header
+    validated), and the reader of the format."""
+    if not read_head(path, DatasetError).startswith(ZIP_MAGIC):
+        return validate_header(path, DatasetError), _read_safetensors_arrays
     try:
         with zipfile.ZipFile(path) as archive:
-            return [n.removesuffix(".npy") for n in archive.namelist()]
+            return [n.removesuffix(".npy") for n in archive.namelist()], _read_npz
     except (zipfile.BadZipFile, OSError) as exc:
         raise DatasetError(f"cannot read npz dataset {os.fspath(path)!r}: {exc}") from None
 
@@ -244,13 +237,11 @@ def _read_npz(path: PathLike, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
             arrays = {k: npz[k] for k in keys}
     except DatasetError:
         raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
+    except Exception as exc:  # noqa: BLE001 (bad zip, bad .npy header, object arrays, ...)
+        if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
             raise DatasetError(
                 f"npz dataset holds object (pickled) arrays, which are not allowed: {exc}"
             ) from None
-        raise DatasetError(f"cannot read npz dataset {os.fspath(path)!r}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 (bad zip, bad .npy header, ...)
         raise DatasetError(f"cannot read npz dataset {os.fspath(path)!r}: {exc}") from None
     out = {}
     for key, arr in arrays.items():

@@ -511,13 +511,10 @@ def _signature_inputs(
     users = 0
     for spec in signature.get("input_specs") or []:
         kind, body = _only_item(spec, "input spec")
-        if kind == "parameter":
-            name = str(body.get("parameter_name"))
-            params[name] = list(_require(weights, name, "parameter").sizes)
-        elif kind == "buffer":
-            name = str(body.get("buffer_name"))
-            pool = weights if body.get("persistent") else {**weights, **constants}
-            buffers[name] = list(_require(pool, name, "buffer").sizes)
+        if kind in ("parameter", "buffer"):  # a non-persistent buffer may be stored as a constant
+            name = str(body.get(f"{kind}_name"))
+            pool = weights if kind == "parameter" or body.get("persistent") else {**weights, **constants}
+            (params if kind == "parameter" else buffers)[name] = list(_require(pool, name, kind).sizes)
         elif kind == "tensor_constant":
             _require(constants, body.get("tensor_constant_name"), "constant")
         elif kind == "user_input":

@@ -56,15 +56,17 @@ def build(config: Mapping[str, Any]) -> nn.Module:
     import transformers
     from transformers.models.auto import modeling_auto
 
-    _refuse_remote_code(config)
+    if "auto_map" in config or config.get("trust_remote_code"):
+        raise UnsupportedModelError(
+            "the config points at custom code (`auto_map`); models are built only from the classes "
+            "transformers ships (trust_remote_code is never enabled)"
+        )
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in transformers.CONFIG_MAPPING:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not one that transformers {transformers.__version__} ships"
         )
-    problem = config.get("problem_type") or PROBLEM_TYPES[0]
-    if problem not in PROBLEM_TYPES:
-        raise UnsupportedModelError(f"problem_type {problem!r} is not one of {', '.join(PROBLEM_TYPES)}")
+    loss_for(config)  # refuses an unknown problem_type
     head = _head(model_type, config.get("architectures"), modeling_auto)
     settings = {k: v for k, v in config.items() if k not in ("model_type", "_attn_implementation")}
     try:
@@ -121,31 +123,19 @@ mean_squared_error.cache_key = "hf.mse"  # type: ignore[attr-defined]
 binary_cross_entropy.cache_key = "hf.bce_with_logits"  # type: ignore[attr-defined]
 
 
-def _refuse_remote_code(config: Mapping[str, Any]) -> None:
-    if "auto_map" in config or config.get("trust_remote_code"):
-        raise UnsupportedModelError(
-            "the config points at custom code (`auto_map`); models are built only from the classes "
-            "transformers ships (trust_remote_code is never enabled)"
-        )
-
-
 def _head(model_type: str, architectures: Any, modeling_auto: Any) -> Any:
     """The classifier class: the one ``architectures`` names when it is a sequence or image
     classifier, else the task's class for ``model_type`` (sequence classification first)."""
     import transformers
 
-    heads = {
-        **modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-        **modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-    }
-    classifier_names = set(modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()) | set(
-        modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values()
-    )
+    image = modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    sequence = modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    heads = {**image, **sequence}
     if architectures:
         if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
             raise UnsupportedModelError("`architectures` must be a list of class names")
         name = architectures[0]
-        if name not in classifier_names:
+        if name not in {*sequence.values(), *image.values()}:
             raise UnsupportedModelError(
                 f"{name} is not a sequence or image classifier; supported heads are "
                 "*ForSequenceClassification and *ForImageClassification"

@@ -128,23 +128,18 @@ def _load_entry_points() -> None:
         )
         return
     for ep in entry_points:
-        _register_entry_point(ep)
-
-
-def _register_entry_point(ep: Any) -> None:
-    name: Any = getattr(ep, "name", None)  # unchecked: register() refuses a name that is not a string
-    if name in BUILTINS:
-        warnings.warn(
-            f"entry point {name!r} ignored: it would shadow a built-in", RuntimeWarning, stacklevel=4
-        )
-        return
-    try:
-        factory = ep.load()
-        register(name, factory)
-    except Exception as exc:  # noqa: BLE001 (any import-time failure in third-party code: skip, keep going)
-        warnings.warn(
-            f"skipping architecture entry point {name!r} ({getattr(ep, 'value', '?')}): "
-            f"{type(exc).__name__}: {exc}",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        name: Any = getattr(ep, "name", None)  # unchecked: register() refuses a name that is not a string
+        if name in BUILTINS:
+            warnings.warn(
+                f"entry point {name!r} ignored: it would shadow a built-in", RuntimeWarning, stacklevel=3
+            )
+            continue
+        try:
+            register(name, ep.load())
+        except Exception as exc:  # noqa: BLE001 (any import-time failure in third-party code: skip, keep going)
+            warnings.warn(
+                f"skipping architecture entry point {name!r} ({getattr(ep, 'value', '?')}): "
+                f"{type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=3,
+            )

@@ -8,12 +8,14 @@ only PyTorch's default initialisers, so it is deterministic under ``torch.manual
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 
 import torch
 from torch import nn
 
+from .._util import eval_mode
 from ..errors import InvalidArgumentError
 
 TRAINABLE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -51,14 +53,11 @@ def _probability(name: str, value: object) -> float:
 @torch.no_grad()
 def _flat_size(module: nn.Module, input_shape: tuple[int, ...], what: str) -> int:
     """Features per sample that ``module`` produces for one input of ``input_shape`` (a dry run)."""
-    was_training = module.training
-    module.eval()  # eval mode: BatchNorm must not update its running statistics here
     try:
-        out = module(torch.zeros(1, *input_shape))
+        with eval_mode(module):  # eval mode: BatchNorm must not update its running statistics here
+            out = module(torch.zeros(1, *input_shape))
     except RuntimeError as exc:
         raise InvalidArgumentError(f"{what} is too small for this architecture: {exc}") from None
-    finally:
-        module.train(was_training)
     if out.numel() == 0:
         raise InvalidArgumentError(f"{what} is too small for this architecture")
     return out.numel()
@@ -86,9 +85,7 @@ def mlp(
     shape = _ints("input_shape", input_shape)
     hidden = _ints("hidden_sizes", hidden_sizes, allow_empty=True)
     classes, p = _int("num_classes", num_classes), _probability("dropout", dropout)
-    features = 1
-    for s in shape:
-        features *= s
+    features = math.prod(shape)
     layers: list[nn.Module] = [nn.Flatten()]
     for width in hidden:
         layers += [nn.Linear(features, width), nn.ReLU()]
@@ -239,13 +236,7 @@ def embed(
 
 
 BUILTINS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp,
-    "tinynet": tinynet,
-    "lenet": lenet,
-    "vgg11": vgg11,
-    "resnet18": resnet18,
-    "cnn1d": cnn1d,
-    "embed": embed,
+    f.__name__: f for f in (mlp, tinynet, lenet, vgg11, resnet18, cnn1d, embed)
 }
 
 
