@@ -196,13 +196,12 @@ def _members(archive: zipfile.ZipFile, size: int) -> tuple[str, dict[str, int]]:
         raise ProgramError(f"the archive holds {len(infos)} members (1 to {MAX_MEMBERS} expected)")
     root = infos[0].filename.split("/", 1)[0]
     members: dict[str, int] = {}
-    total = 0
     for info in infos:
         name = _member_name(info, root)
         if name in members:
             raise UnsafeProgramError(f"member {info.filename!r} appears twice in the archive")
         members[name] = info.file_size
-        total += info.file_size
+    total = sum(members.values())
     if total > size:
         raise ProgramError(f"the members add up to {total} bytes, more than the {size}-byte archive")
     for name in members:

@@ -195,12 +195,9 @@ def cnn1d(*, in_channels: int = 1, length: int = 64, num_classes: int = 10, chan
     _int("length", length)
     classes, c = _int("num_classes", num_classes), _int("channels", channels)
     return nn.Sequential(
-        nn.Conv1d(cin, c, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool1d(1),
-        nn.Flatten(),
-        nn.Linear(c, classes),
-    )
+        nn.Conv1d(cin, c, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, classes),
+    )  # fmt: skip
 
 
 class MeanEmbeddingClassifier(nn.Module):
