@@ -244,12 +244,18 @@ def _why_kept(report: dict) -> str:
     """Why ``auto`` kept the edit it kept (gif/method_choice.py, ``accepted``), where it chose."""
     head = (report.get("method_choice") or {}).get("head_first")
     guard = (report.get("solver_choice") or {}).get("guard")
+    tried = (
+        ""
+        if head is None
+        else ", head tried at λ " + "/".join(f"{v['damping']:g}" for v in (*head.get("earlier", []), head))
+    )
     if head is not None and head["kept"] == "fif":
-        return f" (accepted on its {head['accepted']}, held-out gap {head['held_out_check']['gap']:.3f})"
+        why = f"accepted on its {head['accepted']}, held-out gap {head['held_out_check']['gap']:.3f}"
+        return f" (λ {head['damping']:g} {why}{tried})"
     if guard is not None:
         why = guard.get("accepted_by")
-        return f" (guard: {'K-FAC accepted on its ' + why if why else 'the higher objective of two'})"
-    return ""
+        return f" (guard: {'K-FAC accepted on its ' + why if why else 'the higher objective of two'}{tried})"
+    return f" ({tried[2:]})" if tried else ""
 
 
 def _times(ratio: float) -> str:

@@ -21,7 +21,7 @@ from .data import DataLike, as_pair
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
-from .method_choice import CHECK_FRACTION, choose_method, guarded, head_first, most_runs
+from .method_choice import CHECK_FRACTION, choose_method, guarded, head_dampings, head_first, most_runs
 from .newton import AuditInputs, Edit, EditResult, Request, Task, relabel_loss
 from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian
@@ -177,7 +177,8 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
         return head_edit.held_out_check(features(head, config), request, config, CHECK_FRACTION)
 
     if choice is not None and "fallback" in choice:
-        result = head_first(run, check, chosen, opts.replace(method=choice["fallback"]), choice)
+        fallback = opts.replace(method=choice["fallback"])
+        result = head_first(run, check, chosen, fallback, choice, head_dampings(opts))
     else:
         result = guarded(run, chosen)
     if choice is not None:

@@ -11,7 +11,7 @@ from torch import nn
 
 import gif
 from gif._util import forward_hooks
-from gif.newton import VALIDATION_CARVED, VALIDATION_GIVEN
+from gif.newton import VALIDATION_CARVED, VALIDATION_GIVEN, EditResult
 
 from .conftest import BUILDERS, make_data
 
@@ -227,12 +227,19 @@ def test_a_relabel_falls_back_to_if_when_the_head_edit_falls_short(monkeypatch, 
     assert ("held_out_check" in choice["head_first"]) is checked
     assert out.report["options"]["method"] == "if" and "head_features" not in out.report
     _, fallback = _relabel_many(model, train, method="if")
-    _, head = _relabel_many(model, train, method="fif", selection="head", solver="minres")
+    # the head at FIF's own damping, then at each retry damping
+    heads = [
+        _relabel_many(model, train, method="fif", selection="head", solver="minres", damping=d)[1].report
+        for d in (0.1, *method_choice.HEAD_RETRY_DAMPINGS)
+    ]
+    assert [v["damping"] for v in (*choice["head_first"]["earlier"], choice["head_first"])] == [
+        pytest.approx(d) for d in (0.1, *method_choice.HEAD_RETRY_DAMPINGS)
+    ]
     assert torch.equal(out.delta, fallback.delta)
     if not checked:
-        assert out.report["work"] == _work_sum(fallback.report, head.report)
+        assert out.report["work"] == _work_sum(fallback.report, *heads)
     else:
-        assert out.report["work"]["gradients"] > _work_sum(fallback.report, head.report)["gradients"]
+        assert out.report["work"]["gradients"] > _work_sum(fallback.report, *heads)["gradients"]
 
 
 def test_the_held_out_check_is_the_edit_without_the_held_out_samples(monkeypatch):
@@ -286,10 +293,10 @@ def test_an_edit_that_runs_twice_reports_done_once_at_the_end(monkeypatch):
     )
     stages = [e.stage for e in events]
     assert stages.count("done") == 1 and stages[-1] == "done"
-    assert stages.count("selecting_parameters") == 3  # the head, K-FAC and CG runs
-    # each run's events say which attempt of the three they belong to; ``done`` is the request's
+    assert stages.count("selecting_parameters") == 4  # the head at two dampings, K-FAC and CG runs
+    # each run's events say which attempt of the four they belong to; ``done`` is the request's
     runs = [(e.attempt, e.attempts) for e in events if e.stage == "selecting_parameters"]
-    assert runs == [(1, 3), (2, 3), (3, 3)]
+    assert runs == [(1, 4), (2, 4), (3, 4), (4, 4)]
     attempts = [e.attempt for e in events[:-1]]
     assert None not in attempts and attempts == sorted(attempts)
     assert (events[-1].attempt, events[-1].attempts) == (None, None)
@@ -306,7 +313,6 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
     """Unit test of ``head_first`` alone (stub runs): an unmoved head falls back without a check."""
     from gif import method_choice
     from gif.config import EditConfig
-    from gif.newton import EditResult
 
     def result(method: str, scale: float) -> EditResult:
         report = {
@@ -329,6 +335,7 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
     out = method_choice.head_first(run, check, head, fallback, choice)
     assert out.report["options"]["method"] == "if" and choice["chosen"] == "if"
     assert choice["head_first"] == {
+        "damping": pytest.approx(0.1),
         "objective": 1.0,
         "accepted": "objective",
         "threshold": pytest.approx(0.98),
@@ -338,6 +345,71 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
     assert out.report["work"] == {"gradients": 2, "hvps": 4, "forward_evaluations": 6}
     # both runs' time, the head's features (computed once per request) once
     assert out.report["timings"] == {"solve": 1.0, "features": 0.25}
+
+
+def _stub_result(method: str, damping: float, objective: float) -> EditResult:
+    """An edit's report as ``head_first`` reads it: a moved edit with ``objective``."""
+    report = {
+        "options": {"method": method, "solver": "minres", "selection": "head", "damping": damping},
+        "newton_steps": [{"step": {"scale": 1.0}}],
+        "metrics": {"before": {"validation": {"accuracy": 1.0}}, "after": {"objective": objective}},
+        "work": {"gradients": 1, "hvps": 2, "forward_evaluations": 3},
+        "timings": {"solve": 0.5, "features": 0.25} if method == "fif" else {"solve": 0.5},
+    }
+    return EditResult(nn.Linear(1, 1), torch.zeros(1), torch.zeros(1), report)
+
+
+def test_a_rejected_head_is_tried_again_at_the_next_damping_before_the_fallback():
+    """``head_first`` with ``dampings``: a head attempt that falls short is retried at each
+    damping in turn; the first kept one is returned with every attempt's work, and the verdicts
+    of the rejected attempts are recorded under ``earlier``."""
+    from gif import method_choice
+    from gif.config import EditConfig
+
+    ran, checked = [], []
+
+    def run(config):
+        ran.append((config.method, config.damping))
+        return _stub_result(config.method, config.damping, 0.99 if config.damping == 0.3 else 0.9)
+
+    def check(config):
+        checked.append(config.damping)
+        return {"edited": 0.97, "held_out": 0.95, "samples": [30, 10], "work": {"gradients": 0, "hvps": 1,
+                "forward_evaluations": 1}, "timings": {"solve": 0.1}}  # fmt: skip
+
+    choice: dict = {"fallback": "if"}
+    head, fallback = EditConfig(method="fif", selection="head"), EditConfig(method="if")
+    out = method_choice.head_first(run, check, head, fallback, choice, (0.3,))
+    assert ran == [("fif", 0.1), ("fif", 0.3)] and checked == [0.3]  # no fallback run
+    assert out.report["options"]["damping"] == 0.3 and choice["head_first"]["kept"] == "fif"
+    assert choice["head_first"]["damping"] == pytest.approx(0.3)
+    assert choice["head_first"]["held_out_check"]["gap"] == pytest.approx(0.02)
+    (earlier,) = choice["head_first"]["earlier"]
+    assert earlier["damping"] == pytest.approx(0.1) and earlier["accepted"] is None
+    assert "held_out_check" not in earlier  # rejected on its objective: no check run
+    # two head runs and the check
+    assert out.report["work"] == {"gradients": 2, "hvps": 5, "forward_evaluations": 7}
+    assert out.report["timings"] == {"solve": pytest.approx(1.1), "features": 0.25}
+
+    # every damping rejected: the fallback, with every head attempt's work and both verdicts
+    ran.clear()
+    choice = {"fallback": "if"}
+    out = method_choice.head_first(run, check, head, fallback, choice, (0.05,))
+    assert ran == [("fif", 0.1), ("fif", 0.05), ("if", 0.03)]
+    assert choice["chosen"] == "if" and choice["head_first"]["kept"] == "if"
+    assert [choice["head_first"]["damping"], choice["head_first"]["earlier"][0]["damping"]] == [
+        pytest.approx(0.05),
+        pytest.approx(0.1),
+    ]
+    assert out.report["work"] == {"gradients": 3, "hvps": 6, "forward_evaluations": 9}
+
+
+def test_the_head_is_retried_only_where_the_request_left_damping_to_the_method():
+    from gif import method_choice
+    from gif.config import EditConfig
+
+    assert method_choice.head_dampings(EditConfig()) == method_choice.HEAD_RETRY_DAMPINGS
+    assert method_choice.head_dampings(EditConfig(damping=0.1)) == ()
 
 
 def _metrics(objective, edited, val_before, val_after, source=VALIDATION_CARVED):
