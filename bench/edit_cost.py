@@ -244,10 +244,10 @@ def _why_kept(report: dict) -> str:
     """Why ``auto`` kept the edit it kept (gif/method_choice.py, ``accepted``), where it chose."""
     head = (report.get("method_choice") or {}).get("head_first")
     guard = (report.get("solver_choice") or {}).get("guard")
-    tried = (
-        ""
-        if head is None
-        else ", head tried at λ " + "/".join(f"{v['damping']:g}" for v in (*head.get("earlier", []), head))
+    tried = (  # where a rejected head was tried again at another damping
+        ", head tried at λ " + "/".join(f"{v['damping']:g}" for v in (*head["earlier"], head))
+        if head is not None and head.get("earlier")
+        else ""
     )
     if head is not None and head["kept"] == "fif":
         why = f"accepted on its {head['accepted']}, held-out gap {head['held_out_check']['gap']:.3f}"
