@@ -161,19 +161,17 @@ def head_first(
         result = guarded(run, attempt)
         verdict = _head_verdict(result, check, attempt)
         if verdict.pop("generalises", False):
-            for other in rejected:
-                _add_work(result, other.report)
-            choice["head_first"] = {**verdict, "kept": "fif", **({"earlier": verdicts} if verdicts else {})}
-            return result
+            kept = "fif"
+            break
         rejected.append(result)
         verdicts.append(verdict)
-    second = guarded(run, fallback)
+    else:  # no head attempt kept: the fallback, judged by the last attempt's verdict
+        result, kept, verdict = guarded(run, fallback), fallback.method, verdicts.pop()
+        choice.update(chosen=kept, selection=result.report["options"]["selection"])
     for other in rejected:
-        _add_work(second, other.report)
-    choice.update(chosen=fallback.method, selection=second.report["options"]["selection"])
-    last = verdicts.pop()
-    choice["head_first"] = {**last, "kept": fallback.method, **({"earlier": verdicts} if verdicts else {})}
-    return second
+        _add_work(result, other.report)
+    choice["head_first"] = {**verdict, "kept": kept, **({"earlier": verdicts} if verdicts else {})}
+    return result
 
 
 def _head_verdict(result: EditResult, check: Callable[[EditConfig], dict], config: EditConfig) -> dict:
