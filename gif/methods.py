@@ -17,7 +17,7 @@ loss, λ ≥ 0. With an :class:`gif.inverse.InverseHessian` for H and λ:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -93,10 +93,9 @@ def influence(
         model: the trained model (used in eval mode; left unchanged).
         hessian_data: ``(inputs, targets)`` or batches; H is the Hessian of their mean loss.
         target_data: ``(inputs, targets)`` or batches; g is the gradient of their mean loss.
-        config: a :class:`gif.SolveConfig`; keyword ``options`` (its field names: ``method``,
-            ``damping``, ``solver``, ``tol``, ``max_iter``, ``rank``, ``seed``, ``chunk_size``,
-            ``hvp_backend``, and solver extras such as ``normalizer``) replace its fields. The
-            defaults are ``influence``'s column of docs/engine.md's table.
+        config: a :class:`gif.SolveConfig`; keyword ``options`` (its field names, and solver
+            extras such as ``normalizer``) replace its fields. The defaults are ``influence``'s
+            column of docs/engine.md's table.
         params: flat indices (LongTensor), a selection strategy name, a dict of
             :func:`gif.select` keyword arguments, or None for all parameters.
         lowrank: a previously fitted :class:`LowRankHessian` to reuse (solver ``lowrank``).
@@ -122,7 +121,7 @@ def influence(
             group_fraction = target.num_samples / (target.num_samples + hessian.num_samples)
         result = solve_influence(
             hessian, g, index, config, target_hvp=target.hvp if config.method == "sif" else None,
-            group_fraction=group_fraction, lowrank=lowrank, monitor=Monitor(callback, should_stop),
+            group_fraction=group_fraction, fit=lowrank, monitor=Monitor(callback, should_stop),
         )  # fmt: skip
         result.grads += target.grads
         result.hvps += target.hvps
@@ -149,8 +148,8 @@ def resolve_params(
 
 def solve_influence(
     hessian: HessianOperator, g: torch.Tensor, index: torch.Tensor, config: SolveConfig, *,
-    target_hvp: MatVec | None = None, group_fraction: float = 0.0, lowrank: LowRankHessian | None = None,
-    monitor: Monitor | None = None, fit: CurvatureFit | None = None,
+    target_hvp: MatVec | None = None, group_fraction: float = 0.0, monitor: Monitor | None = None,
+    fit: CurvatureFit | None = None,
 ) -> InfluenceResult:  # fmt: skip
     """Influence vector for a given target gradient ``g`` (the engine-internal entry point).
 
@@ -164,10 +163,10 @@ def solve_influence(
     monitor = monitor or Monitor()
     index = index.to(g.device)
     start, hvps0, grads0 = time.perf_counter(), hessian.hvps, hessian.grads
-    inverse = inverse_for(hessian, config, fit=fit if fit is not None else lowrank)
-    vector, outcome = influence_vector(inverse, g, index, config.method, target_hvp, group_fraction, monitor)
+    inverse = inverse_for(hessian, config, fit=fit)
+    outcome = influence_vector(inverse, g, index, config.method, target_hvp, group_fraction, monitor)
     return InfluenceResult(
-        vector=finite_rows(vector, inverse.name), params=index.cpu(), method=config.method,
+        vector=finite_rows(outcome.x, inverse.name), params=index.cpu(), method=config.method,
         solver=inverse.name, converged=outcome.converged, iterations=outcome.iterations,
         hvps=hessian.hvps - hvps0, grads=hessian.grads - grads0, residual=outcome.residual,
         history=outcome.history, note=outcome.note, seconds=time.perf_counter() - start,
@@ -178,28 +177,25 @@ def solve_influence(
 def influence_vector(
     inverse: InverseHessian, g: torch.Tensor, index: torch.Tensor, method: str, target_hvp: MatVec | None,
     group_fraction: float, monitor: Monitor,
-) -> tuple[torch.Tensor, Solution]:  # fmt: skip
-    """The four methods over one inverse: (vector over T, the solve's diagnostics)."""
+) -> Solution:  # fmt: skip
+    """The four methods over one inverse: the solve's diagnostics, its ``x`` the vector over T."""
     if method == "fif":
-        out = inverse.solve_restricted(g[index], index, monitor)
-        return out.x, out
+        return inverse.solve_restricted(g[index], index, monitor)
     if method == "gif":
-        out = inverse.least_squares(g, index, monitor)
-        return out.x, out
+        return inverse.least_squares(g, index, monitor)
     first = inverse.solve(g, monitor)
     if method == "if":
-        return first.x[index], first
+        return replace(first, x=first.x[index])
     assert target_hvp is not None
     z = first.x
     rhs = group_fraction / (1.0 - group_fraction) * (inverse.hessian.hvp(z) - target_hvp(z))
     second = inverse.solve(rhs, monitor.fresh(stage="second_order"))
     notes = [first.note, second.note, second_order_note(z, second.x)]
-    merged = Solution(
-        z + second.x, first.converged and second.converged, first.iterations + second.iterations,
+    return Solution(
+        (z + second.x)[index], first.converged and second.converged, first.iterations + second.iterations,
         max(first.residual, second.residual), first.history + second.history,
         "; ".join(dict.fromkeys(n for n in notes if n)),
     )  # fmt: skip
-    return merged.x[index], merged
 
 
 def second_order_note(first: torch.Tensor, second: torch.Tensor) -> str:
