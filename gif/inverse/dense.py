@@ -1,10 +1,9 @@
 """The explicit inverse: H formed densely in float64 (p HVPs, models up to
 :data:`gif.hessian.DENSE_MAX_PARAMS` parameters), the exact reference the tests check against.
 
-Single right-hand sides go through minimum-norm least squares (``gelsd``), so singular systems
-(λ = 0 and a rank-deficient H, common with ReLU networks) give the minimum-norm solution, the
-limit the iterative solvers reach from x₀ = 0. Many right-hand sides (scores) use one
-eigendecomposition of H + λI and its pseudo-inverse (eigenvalues below eps · p · max|e| dropped).
+Single right-hand sides go through :mod:`gif.solvers.direct` (minimum-norm least squares); many
+(scores) through one eigendecomposition of H + λI and its pseudo-inverse (eigenvalues below
+eps · p · max|e| dropped).
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
 """Matrix-free inverses: each application is a Krylov solve on HVPs (``cg``, ``minres``, ``lsqr``,
-``neumann``), so any model size works and nothing is prepared.
-
-The three systems as :class:`gif.solvers.Problem`\\ s (T = ``index``, v ↦ Hv one HVP):
-
-* all parameters: symmetric, A = H;
-* restricted: symmetric, A x = (H scatter_T(x))[T];
-* least squares: A x = H scatter_T(x), Aᵀ y = (H y)[T] (H = Hᵀ), two HVPs per iteration.
-"""
+``neumann``; the systems are :mod:`.base`'s problems with A = H), so any model size works and
+nothing is prepared."""
 
 from __future__ import annotations
 

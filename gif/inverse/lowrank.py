@@ -1,10 +1,6 @@
 """The low-rank inverse: the top-k eigenpairs of H (:class:`gif.solvers.LowRankHessian`), fitted
-once by Lanczos and then applied in closed form, exactly for that model (docs/engine.md).
-
-Fitting costs ~2k + 20 HVPs; afterwards every application is a few k×p products, so many
-right-hand sides (scores, self-influence, later edits reusing a cached fit) cost only their
-gradients.
-"""
+once by Lanczos (~2k + 20 HVPs) and then applied in closed form, exactly for that model, at a few
+k×p products per right-hand side."""
 
 from __future__ import annotations
 
@@ -24,8 +20,6 @@ class LowRankInverse(InverseHessian):
         seed: int = 0, steps: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__(hessian, damping)
-        if fit is not None and not isinstance(fit, LowRankHessian):
-            raise InvalidArgumentError(f"`lowrank` must be a LowRankHessian fit, got {type(fit).__name__}")
         if fit is not None and fit.size != hessian.size:
             raise InvalidArgumentError(
                 f"the lowrank fit has {fit.size} parameters but the model has {hessian.size}"

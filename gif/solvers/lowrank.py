@@ -1,20 +1,18 @@
 """Low-rank curvature: the top-k eigenpairs of H, fitted once and reused by many requests.
 
-Lanczos with full re-orthogonalisation on the HVP operator gives H ≈ Vᵀ diag(μ) V, V ∈ R^{k×p}
-with orthonormal rows, μ the k eigenvalues of largest magnitude (H is indefinite, so both ends
-of the spectrum count). Fitting costs ~m HVPs (m Lanczos steps, default 2k + 20); afterwards
-every solve is a handful of k×k dense operations on gradients, so an influence request costs
-only its gradients. The model is H ≈ Vᵀ diag(μ) V with zero curvature outside the fitted
-subspace, and each solve is *exact for that model* (pseudo-inverse when λ = 0):
+Lanczos with full re-orthogonalisation on the HVP operator (m steps, one HVP each, default
+2k + 20) gives H ≈ Vᵀ diag(μ) V, V ∈ R^{k×p} with orthonormal rows, μ the k eigenvalues of
+largest magnitude (H is indefinite, so both ends of the spectrum count), and zero curvature
+outside the fitted subspace. Each solve is *exact for that model* (pseudo-inverse when λ = 0):
 
 * ``if``:   z = Vᵀ diag(1/(μ+λ)) V g + (g − VᵀV g)/λ                       (z restricted to T)
 * ``fif``:  Woodbury on (V_Tᵀ Λ V_T + λI)⁻¹ g_T with V_T = V[:, T]:
             x = (g_T − V_Tᵀ y)/λ,  (λΛ⁻¹ + V_T V_Tᵀ) y = V_T g_T
 * ``gif``:  x = argmin ‖Vᵀ Λ V_T x − g‖² + λ‖x‖² = Bᵀ (B Bᵀ + λI)⁺ V g,  B = Λ V_T
 
-If the fitted subspace holds every non-zero eigenvalue (k ≥ rank(H)), the solves are exact,
-which is how the tests check them against dense algebra. With k ≪ p the curvature outside the
-top-k subspace is treated as zero, so damping λ sets how far the update moves there.
+If the fitted subspace holds every non-zero eigenvalue (k ≥ rank(H)), the solves are exact (the
+tests check them against dense algebra); with k ≪ p, damping λ sets how far the update moves
+outside the subspace.
 """
 
 from __future__ import annotations

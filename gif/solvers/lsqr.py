@@ -92,14 +92,9 @@ def lsqr(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> So
 
 
 def ill_posed_note(condition: float, x_norm: float) -> str:
-    """Why an undamped least-squares solve ran out of iterations.
-
-    A trained network's H[:,T] is nearly rank-deficient, so min ‖H[:,T] x − g‖ has its optimum
-    far out along directions of tiny curvature: LSQR's residual keeps falling slowly while ‖x‖
-    grows and its condition estimate cond(Ā) = ‖Ā‖_F ‖D‖_F (Paige & Saunders) climbs, and no
-    stopping test is met within the iteration cap (measured on digits CNNs: docs/benchmarks.md).
-    Damping (λ > 0) makes the problem well posed; edits use λ = 0.01 by default.
-    """
+    """Why an undamped least-squares solve ran out of iterations: a nearly rank-deficient H[:,T]
+    puts the optimum far out along directions of tiny curvature, so ‖x‖ and the condition estimate
+    cond(Ā) = ‖Ā‖_F ‖D‖_F climb (docs/method.md, "When an undamped least-squares solve stops")."""
     return (
         f"the undamped least-squares problem is ill-conditioned (condition estimate {condition:.1e}, "
         f"‖x‖ = {x_norm:.3g} at the iteration cap): set damping > 0 (edits use 0.01)"
