@@ -11,20 +11,11 @@ dropping z_i moves θ by ≈ (1/n)(H + λI)⁻¹ ∇ℓ(z_i), so the query loss 
 a positive score means z_i *supports* the query (a proponent: removing it raises the query loss),
 a negative one that it works against it (an opponent).
 
-Cost. The inverse (:mod:`gif.inverse`) is applied to the *queries*, not to the training
-samples: one solve per query (iterative solvers: ≤ ``max_iter`` HVPs each; ``lowrank``: one
-Lanczos fit, then k×p products for all queries; ``direct``: one dense eigendecomposition),
-giving S = G_q (H + λI)⁻¹ of shape
-[n_queries, p]. Then a single pass over the training data fills the block S G_chunkᵀ chunk by
-chunk without forming G_chunk: row q of that block is the derivative of the chunk's per-sample
-losses along the direction s_q, one forward-mode pass (``torch.func.jvp``, batched over queries
-with ``vmap``; :func:`directional_derivatives`). A forward pass along a few directions costs far
-less than a backward pass per sample (digits TinyNet, 20 queries: 0.4 ms per training sample
-against 6–30 ms for vmapped per-sample gradients; docs/benchmarks.md "Scores: LDS against
-retraining"). Self-influence and normalised scores need each sample's own gᵀ(H + λI)⁻¹g, so
-they compute per-sample gradients (gif/per_sample.py: by layer or vmapped) and take the block
-from them; so does a model whose forward-mode derivative PyTorch does not implement. Either way at most
-``chunk_size`` × p entries are alive at a time, never n_train × p.
+Cost. The inverse (:mod:`gif.inverse`) is applied to the queries, S = G_q (H + λI)⁻¹ [n_queries, p];
+one pass over the training data then fills S G_chunkᵀ chunk by chunk, by forward-mode derivatives
+along the rows of S (:func:`directional_derivatives`), or from per-sample gradients where
+self-influence is wanted or the model has no forward-mode derivative. At most ``chunk_size`` × p
+entries are alive at a time (docs/engine.md, "Scores (`gif.scores`)").
 """
 
 from __future__ import annotations
@@ -253,13 +244,12 @@ def self_influence(
       else ``margin`` where it applies, else ``loss`` (:func:`self_influence_measure`).
 
     By default (``exact=False``) the inverse is a fitted curvature applied to a chunk of
-    gradients at once, at the price of the gradients: the low-rank model of
-    :meth:`LowRankHessian.solve_if` (the given ``lowrank`` fit, or a new one of ``rank``
-    eigenpairs): aᵀ(H + λI)⁻¹b = Σ_k c_k d_k/(μ_k + λ) + aᵀ(b − Vᵀd)/λ with c = V a, d = V b
-    (the last term only for λ > 0); or, with ``solver="kfac"`` / ``"ekfac"``, the Kronecker
-    factors (:class:`gif.inverse.KroneckerInverse`). ``exact=True`` instead solves per sample
-    with ``solver`` (default ``minres``; ``direct`` for a dense pseudo-inverse), which costs up
-    to ``max_iter`` HVPs per sample. Other arguments as in :func:`scores_with_report`.
+    gradients at once, at the price of the gradients: the low-rank model
+    (:meth:`gif.inverse.LowRankInverse.bilinear`; the given ``lowrank`` fit, or a new one of
+    ``rank`` eigenpairs) or, with ``solver="kfac"`` / ``"ekfac"``, the Kronecker factors.
+    ``exact=True`` instead solves per sample with ``solver`` (default ``minres``; ``direct`` for a
+    dense pseudo-inverse), up to ``max_iter`` HVPs per sample. Other arguments as in
+    :func:`scores_with_report`.
     """
     if not isinstance(exact, bool):
         raise InvalidArgumentError(f"`exact` must be True or False, got {exact!r}")
@@ -307,11 +297,9 @@ def self_influence_measure(
     loss_fn: LossFn | None = None,
     curvature: bool = False,
 ) -> str:
-    """The measure :func:`self_influence` uses for this model and data: ``auto`` resolves to
-    ``head`` for single-label classification (the default cross-entropy, integer labels, ≥ 2
-    logits) whose logits a last Linear layer computes, unless ``curvature`` (the call asks for a
-    curvature of the network), then to ``margin`` for single-label classification, else ``loss``;
-    an explicit ``head`` or ``margin`` where it does not apply is an error."""
+    """The measure :func:`self_influence` uses for this model and data (its ``auto`` rule;
+    ``curvature``: the call asks for a curvature of the network); an explicit ``head`` or
+    ``margin`` where it does not apply is an error."""
     check_choice("measure", measure, MEASURES)
     with eval_mode(model):
         flat = FlatModel(model, loss_fn)
@@ -549,11 +537,9 @@ def directional_derivatives(
     """D[j, i] = ∇θ ℓ(z_i) · d_j for the rows d_j of ``directions`` [m, p] and the samples z_i of
     a chunk: [m, len(chunk)].
 
-    Row j is the forward-mode derivative (a JVP) of the vector of per-sample losses
-    (ℓ(z_1), …, ℓ(z_c)) at θ along d_j; directions are batched with ``vmap``, as many at a time
-    as ``memory_budget`` allows (each holds the chunk's activations and their tangents). The
-    model runs once per batch of directions on the whole chunk (no per-sample ``vmap`` of the
-    forward), and ℓ is ``loss_fn`` on each row of the outputs."""
+    Row j is the forward-mode derivative (a JVP) of the per-sample losses (ℓ(z_1), …, ℓ(z_c)) at
+    θ along d_j, the model run once on the whole chunk; directions are batched with ``vmap``, as
+    many at a time as ``memory_budget`` allows."""
 
     def losses(theta: torch.Tensor) -> torch.Tensor:
         return per_row(flat, "loss")(flat.outputs(theta, inputs), targets)

@@ -1,22 +1,12 @@
-"""The inverse-Hessian interface every influence method and score is written against.
+"""The inverse-Hessian interface every influence method and score is written against
+(docs/engine.md, "The inverse-Hessian interface").
 
 For one curvature H (the Hessian of a mean loss, or a model of it) and damping λ ≥ 0 an
-:class:`InverseHessian` applies the three inverses the methods need (docs/method.md):
-
-* :meth:`~InverseHessian.solve` — x = (H + λI)⁻¹ b over all parameters (``if``, ``sif``, scores);
-* :meth:`~InverseHessian.solve_restricted` — x = (H[T,T] + λI)⁻¹ b_T, the other parameters
-  frozen (``fif``);
-* :meth:`~InverseHessian.least_squares` — x = argmin ‖H[:,T] x − g‖² + λ‖x‖² (``gif``);
-
-plus :meth:`~InverseHessian.solve_rows`, :meth:`~InverseHessian.quadratic` and
-:meth:`~InverseHessian.bilinear` for many right-hand sides at once (scores, self-influence), which
-structured inverses vectorise.
-:meth:`~InverseHessian.prepare` does the once-per-curvature work (a Lanczos fit, a dense
-factorisation); it is idempotent and called by every solve that needs it.
-
-Implementations: :mod:`.iterative` (matrix-free Krylov solvers), :mod:`.dense` (the explicit
-float64 Hessian, small models), :mod:`.lowrank` (top-k eigenpairs, fitted once). A new curvature
-model is a new file with a subclass, registered in :mod:`gif.inverse`.
+:class:`InverseHessian` applies the three inverses of docs/method.md (``solve``,
+``solve_restricted``, ``least_squares``) and, for many right-hand sides at once (scores,
+self-influence), ``solve_rows``, ``quadratic`` and ``bilinear``, which structured inverses
+vectorise. :meth:`~InverseHessian.prepare` does the once-per-curvature work (a Lanczos fit, a
+dense factorisation); it is idempotent and called by every solve that needs it.
 """
 
 from __future__ import annotations
@@ -91,7 +81,7 @@ class InverseHessian(ABC):
         """Each row b of ``rows`` [m, p] ↦ (H + λI)⁻¹ b, with one :class:`Solution` per row (its
         ``x`` left empty). Row j's progress events carry ``name`` (``query`` | ``sample``) =
         ``offset + j`` and its count ``total`` (default m)."""
-        count = _COUNT[name]
+        count = {"query": "num_queries", "sample": "num_samples"}[name]
         total = int(rows.shape[0]) if total is None else total
         out = torch.empty_like(rows)
         solutions = []
@@ -116,9 +106,6 @@ class InverseHessian(ABC):
         [m]: one solve per row of ``right``."""
         solved, solutions = self.solve_rows(right, monitor, name="sample", offset=offset, total=total)
         return (left * solved).sum(dim=1), solutions
-
-
-_COUNT = {"query": "num_queries", "sample": "num_samples"}
 
 
 def scatter(x_t: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
@@ -151,11 +138,9 @@ def columns_problem(
 
 
 def sampling_accuracy(samples: int, damping: float) -> float:
-    """The relative accuracy of a Hessian averaged over ``samples`` samples, 1/√m, as the stopping
-    accuracy of an undamped least-squares solve (0 for a damped one, which is well posed and solved
-    to ``tol``). 1/√m is the Monte-Carlo error of a mean of m terms of unit relative spread; the
-    per-sample Hessians of a network spread more, so the true error is larger and this stop is
-    conservative (docs/method.md, "When an undamped least-squares solve stops")."""
+    """The relative accuracy of a Hessian averaged over ``samples`` samples, 1/√m (the Monte-Carlo
+    error of a mean), as the stopping accuracy of an undamped least-squares solve; 0 for a damped
+    one, which is well posed (docs/method.md, "When an undamped least-squares solve stops")."""
     return 1.0 / math.sqrt(samples) if damping == 0.0 and samples > 0 else 0.0
 
 
