@@ -150,11 +150,10 @@ def scores_with_report(
         train: ``(inputs, targets)`` or batches: the columns of the score matrix.
         queries: ``(inputs, targets)`` or batches: the rows.
         config: a :class:`gif.SolveConfig` (``method`` must be ``if``); keyword ``options``
-            replace its fields. Defaults: ``scores``'s column of docs/engine.md's table —
-            ``minres`` (H is indefinite), or ``lowrank`` when a ``lowrank`` fit is given;
-            ``damping`` λ = 0.01 (use the training weight decay for the score/n reading);
-            ``chunk_size`` samples per vmapped per-sample-gradient pass (it holds chunk_size × p
-            gradient entries, so lower it for large models).
+            replace its fields. Defaults: ``scores``'s column of docs/engine.md's table (solver
+            ``lowrank`` when a ``lowrank`` fit is given); the training weight decay as ``damping``
+            gives the score/n reading; a per-sample-gradient pass holds ``chunk_size`` × p
+            gradient entries, so lower it for large models.
         loss_fn: batch-mean loss ``loss_fn(outputs, targets)``; cross-entropy by default.
         hessian_data: data whose mean-loss Hessian is H; the training data by default.
         lowrank: a previous :class:`LowRankHessian` fit to reuse (solver ``lowrank``).
@@ -350,9 +349,7 @@ def top_k(scores: torch.Tensor, k: int, *, ids: torch.Tensor | None = None) -> d
     num_queries, num_train = (int(s) for s in scores.shape)
     if num_train == 0:
         raise InvalidArgumentError("`scores` has no training columns")
-    values = scores.detach().to("cpu", torch.float64)
-    if not bool(torch.isfinite(values).all()):
-        raise NumericalError("`scores` contains NaN or Inf")
+    values = _finite(scores.detach().to("cpu", torch.float64), "`scores` contains NaN or Inf")
     names = None if ids is None else _sample_ids(ids, num_train)
     k = min(k, num_train)
     # Stable sorts keep ties in index order, so the result is deterministic.
@@ -383,10 +380,19 @@ def _scores_config(verb: str, config: SolveConfig | None, options: dict[str, Any
     return resolved
 
 
-def _check_finite(g: torch.Tensor, what: str) -> torch.Tensor:
-    if not bool(torch.isfinite(g).all()):
-        raise NumericalError(f"the per-sample gradients of `{what}` contain NaN or Inf (check weights, data)")
-    return g
+def _finite(values: torch.Tensor, message: str) -> torch.Tensor:
+    """``values``, unless they hold NaN or Inf (then a :class:`NumericalError` saying ``message``)."""
+    if not bool(torch.isfinite(values).all()):
+        raise NumericalError(message)
+    return values
+
+
+def _gradients(
+    flat: FlatModel, inputs: Inputs, targets: torch.Tensor, what: str, of: str = "loss"
+) -> torch.Tensor:
+    """Checked per-sample gradients of a chunk of ``what`` (``train`` / ``queries``), [n, p]."""
+    g = per_sample_gradients(flat, inputs, targets, of=of)
+    return _finite(g, f"the per-sample gradients of `{what}` contain NaN or Inf (check weights, data)")
 
 
 def _run(
@@ -447,9 +453,7 @@ def _score(
     else:
         largest = max(len(c) for c in train_chunks)
         query_chunks = Chunks(query_pair, chunk_size=largest, device=flat.device, what="queries")
-        g_queries = torch.cat(
-            [_check_finite(per_sample_gradients(flat, c.inputs, c.targets), "queries") for c in query_chunks]
-        )
+        g_queries = torch.cat([_gradients(flat, c.inputs, c.targets, "queries") for c in query_chunks])
         gradients += int(g_queries.shape[0])
         inverse.prepare(monitor)
         solved, solutions = inverse.solve_rows(g_queries, monitor.fresh(stage="solving"))  # S, [n_q, p]
@@ -474,7 +478,7 @@ def _score(
             for i in range(0, len(chunk), rows):
                 piece = take(chunk.inputs, slice(i, i + rows)), chunk.targets[i : i + rows]
                 n = len(piece[1])
-                g = _check_finite(per_sample_gradients(flat, *piece), "train")  # [n, p]
+                g = _gradients(flat, *piece, "train")
                 gradients += n
                 out[:, offset : offset + n] = (solved @ g.T).cpu()
                 if self_values is not None:
@@ -497,12 +501,10 @@ def _self_values(
     if measure == "loss":
         values, solutions = inverse.quadratic(g, solving, offset=offset, total=total)
     else:
-        g_margin = _check_finite(per_sample_gradients(flat, *piece, of="margin"), "train")
+        g_margin = _gradients(flat, *piece, "train", of="margin")
         values, solutions = inverse.bilinear(g_margin, g, solving, offset=offset, total=total)
         values = -values
-    if not bool(torch.isfinite(values).all()):
-        raise NumericalError(f"the {inverse.name} self-influence produced NaN/Inf; add damping")
-    return values, solutions
+    return _finite(values, f"the {inverse.name} self-influence produced NaN/Inf; add damping"), solutions
 
 
 #: How PyTorch says an operation has no forward-mode derivative ("... not implemented", a custom
@@ -521,9 +523,7 @@ def _forward_block(
         if not any(words in str(exc).lower() for words in _NO_FORWARD_MODE):
             raise
         return None
-    if not bool(torch.isfinite(block).all()):
-        raise NumericalError("the scores of `train` contain NaN or Inf (check weights, data)")
-    return block
+    return _finite(block, "the scores of `train` contain NaN or Inf (check weights, data)")
 
 
 def directional_derivatives(
