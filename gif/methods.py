@@ -130,11 +130,10 @@ def influence(
 
 
 def resolve_params(
-    params: ParamsSpec, model: nn.Module, data: DataLike, *, loss_fn: LossFn | None = None, seed: int = 0,
-    space: ParamSpace | None = None,
+    params: ParamsSpec, model: nn.Module, data: DataLike, *, loss_fn: LossFn | None, seed: int,
+    space: ParamSpace,
 ) -> torch.Tensor:  # fmt: skip
-    """Turn a ``params`` argument into sorted, validated flat indices."""
-    space = space or ParamSpace(model)
+    """Turn a ``params`` argument into sorted, validated flat indices of ``space`` (the model's)."""
     if params is None:
         return torch.arange(space.size)
     if isinstance(params, (str, dict)):

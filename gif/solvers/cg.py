@@ -35,9 +35,7 @@ def cg(problem: Problem, *, tol: float, max_iter: int, monitor: Monitor) -> Solv
         curvature = float(p @ q)
         if curvature <= 0.0:
             note = "stopped on non-positive curvature (indefinite system): use minres or more damping"
-            if it == 1:
-                # x would still be 0: return the steepest-descent step instead (truncated-Newton
-                # practice), so callers get a usable direction rather than nothing.
+            if it == 1:  # x would still be 0: the steepest-descent step instead (module docstring)
                 x = (gamma / max(abs(curvature), torch.finfo(b.dtype).tiny)) * p
                 r = b - problem.apply(x)
             it -= 1
