@@ -107,8 +107,10 @@ class Monitor:
     def __call__(self, iteration: int, residual: float, max_iter: int) -> None:
         self.history.append(float(residual))
         if self.callback is not None:
-            fields = {"iteration": iteration, "max_iter": max_iter, "residual": float(residual)}
-            self.callback(Progress(self.stage, **fields, **self.context))
+            event = Progress(
+                self.stage, iteration=iteration, max_iter=max_iter, residual=float(residual), **self.context
+            )
+            self.callback(event)
         self.check_cancel()
 
     def check_cancel(self) -> None:
