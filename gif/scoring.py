@@ -173,8 +173,7 @@ def scores_with_report(
             and cosine[q, i] = score[q, i] / √(|s_q| |s_i|), the cosine of the two gradients in
             the (H + λI)⁻¹ inner product: in [−1, 1] when H + λI is positive definite, and
             comparable across queries and models. A zero self-influence gives 0. Needs the
-            training self-influence: free with ``lowrank``/``direct``/``kfac``/``ekfac``, one
-            solve per training sample with an iterative solver.
+            training self-influence (its cost: ``include_self_influence``).
 
     Raises:
         InvalidArgumentError: bad data, damping, solver, options or fit.

@@ -1,9 +1,5 @@
-"""Solvers for the linear systems behind every influence variant.
-
-Iterative (matrix-free, any model size): ``cg`` (CG / CGLS), ``minres``, ``lsqr``, ``neumann``
-(the paper's series, for comparison). Structured: ``direct`` (dense float64, small models only)
-and ``lowrank`` (top-k eigenpairs of H, fitted once, reusable).
-"""
+"""Solvers for the linear systems behind every influence variant (docs/engine.md, "Solvers"): the
+matrix-free ones of :data:`ITERATIVE`, and the structured ``direct`` and ``lowrank``."""
 
 from __future__ import annotations
 
