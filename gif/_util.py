@@ -73,9 +73,8 @@ def check_positive_int(name: str, value: int) -> int:
 def preload() -> None:
     """Import now what an engine call would import inside the first job of a process: the
     engine's own modules (``gif`` loads them on first use), and ``torch._dynamo`` and the jvp
-    decompositions, which torch.func imports on its first transforms (1.1 s of a tiny first
-    edit's 1.2 s on one core). A long-lived worker calls this at start, so that a job's time is
-    the job's."""
+    decompositions, which torch.func imports on its first transforms (docs/engine.md, "What an
+    edit costs"). A long-lived worker calls this at start, so that a job's time is the job's."""
     import importlib
 
     import gif

@@ -81,9 +81,8 @@ def is_pair(data: object) -> bool:
 
 
 def _as_batches(data: DataLike, what: str) -> list[Batch]:
-    batches: list[tuple[Any, ...]]
     if is_pair(data):
-        batches = [tuple(data)]
+        batches: list[tuple[Any, ...]] = [tuple(data)]
     else:
         try:
             batches = [tuple(b) for b in data]

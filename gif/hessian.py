@@ -164,8 +164,8 @@ class HessianOperator:
         chunk_size: at most this many samples per forward pass.
         backend: ``"func"`` (forward-over-reverse, bounded memory), ``"graph"`` (cached
             first-order graph, one double-backward per HVP) or ``"auto"``: ``graph`` when its
-            estimated memory fits ``graph_budget_bytes``, else ``func`` (bench/hvp_cost.py:
-            on CPU the cached graph costs ~1.1 gradients per HVP, forward-over-reverse ~2–3).
+            estimated memory fits ``graph_budget_bytes``, else ``func`` (docs/benchmarks.md,
+            "HVP cost ÷ gradient cost").
         graph_budget_bytes: memory the ``graph`` back end may use under ``"auto"``.
         work: the call's shared counter; this operator's own are ``grads`` and ``hvps``.
         memory_budget: bytes one chunk may take while differentiated; chunks shrink below
@@ -219,11 +219,8 @@ class HessianOperator:
         return self._sample_bytes
 
     def estimate_graph_bytes(self) -> int:
-        """Rough memory of the cached double-backward graphs of all chunks.
-
-        The graph keeps every sample's activations plus their first-order gradients and the
-        intermediates of the double backward, which ``GRAPH_MEMORY_FACTOR`` accounts for.
-        """
+        """Rough memory of the cached double-backward graphs of all chunks: every sample's
+        activations, their first-order gradients and the double backward's intermediates."""
         per_sample = self.sample_bytes() * GRAPH_MEMORY_FACTOR
         params = self.size * self.flat.theta.element_size() * 2 * len(self.data.chunks)
         return int(per_sample * self.data.total + params)
@@ -254,8 +251,7 @@ class HessianOperator:
         return out
 
     def _chunk_hvp(self, v: torch.Tensor, c: Chunk) -> torch.Tensor:
-        primal_and_hv = jvp(lambda t: grad(self.flat.loss)(t, c.inputs, c.targets), (self.flat.theta,), (v,))
-        return primal_and_hv[1]
+        return jvp(lambda t: grad(self.flat.loss)(t, c.inputs, c.targets), (self.flat.theta,), (v,))[1]
 
     def _plain_hvp(self, v: torch.Tensor) -> torch.Tensor:
         return self._sum(lambda c: self._chunk_hvp(v, c))

@@ -63,17 +63,6 @@ class ParamSpace:
     def slot(self, name: str) -> ParamSlot:
         return self._by_name[name]
 
-    def params(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The trainable parameters of ``model`` (detached), keyed by name, in θ order."""
-        named = dict(model.named_parameters())
-        return {s.name: named[s.name].detach() for s in self.slots}
-
-    def flatten(self, tensors: dict[str, torch.Tensor] | list[torch.Tensor] | tuple) -> torch.Tensor:
-        """Concatenate per-parameter tensors (dict by name, or a sequence in θ order) into θ layout."""
-        if isinstance(tensors, dict):
-            tensors = [tensors[s.name] for s in self.slots]
-        return torch.cat([t.reshape(-1) for t in tensors])
-
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a θ-shaped vector into per-parameter views, keyed by name."""
         if flat.ndim != 1 or flat.numel() != self.size:
@@ -99,7 +88,8 @@ class ParamSpace:
 
     def vector(self, model: nn.Module) -> torch.Tensor:
         """θ of ``model`` as one detached flat vector."""
-        return self.flatten(self.params(model))
+        named = dict(model.named_parameters())
+        return torch.cat([named[s.name].detach().reshape(-1) for s in self.slots])
 
     def add_(self, model: nn.Module, indices: torch.Tensor, values: torch.Tensor) -> None:
         """In place: θ[indices] += values (values on any device/dtype; cast to each parameter)."""
@@ -121,8 +111,8 @@ class ParamSpace:
         named = dict(model.named_parameters())
         indices, values = indices.to("cpu"), values.reshape(-1)
         if indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all()):
-            # a selection is kept sorted, so this sort (14 ms for 390k indices, at every
-            # step-search point) is for callers' own orders only
+            # for callers' own orders only: a selection is kept sorted (docs/benchmarks.md,
+            # "A further edit is its gradients, its solve and a short step search")
             order = torch.argsort(indices)
             indices, values = indices[order], values[order.to(values.device)]
         for s in self.slots:

@@ -1,60 +1,43 @@
 """Parameter selection: which entries of θ an edit is allowed to change.
 
 :func:`select` returns sorted flat indices into θ (see :mod:`gif.params`), the set T of the
-Generalized Influence Function. It follows the per-layer, whole-neuron rule of the paper's
-official selection code (Lyu et al., arXiv 2312.05586, ``src/selection/``):
+Generalized Influence Function, by the per-layer, whole-neuron rule of the paper's official
+selection code (Lyu et al., arXiv 2312.05586, ``src/selection/``; docs/method.md, "Parameter
+selection"):
 
 * Only leaf ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` / ``nn.Embedding`` modules with a
-  trainable weight are considered, in ``model.named_modules()`` order (wherever they sit:
-  attention projections, MLPs, heads, token / position embeddings). BatchNorm, LayerNorm and
-  every other parameter are never selected (except by ``strategy="all_params"``).
-* The ratio applies **per layer**: ``n = int(ratio * (weight.numel() + bias.numel()))``.
-* A *neuron* is one output channel (conv) or output unit (linear): the contiguous block
-  ``[j*w, (j+1)*w)`` of the flattened weight, ``w = weight.numel() // out_features`` (so grouped
-  and depthwise convolutions work), plus ``bias[j]``. With a bias ``n_full, leftover =
-  divmod(n, w + 1)``, without one ``divmod(n, w)``. The selection is every weight and the bias of
-  the first ``n_full`` ranked neurons plus ``leftover`` randomly chosen weights (never the bias) of
-  the next ranked neuron.
-* An Embedding's neuron is likewise one output unit: coordinate j of every token's vector, i.e.
-  column j of its [num_embeddings, dim] weight (``w = num_embeddings`` strided entries, no bias),
-  scored on the module's output (or output gradient) at coordinate j. Rows of tokens absent from
-  the data get no gradient, so an edit leaves them as they are whatever is selected.
-* Neuron scores are ``|mean over samples and spatial positions|`` of the module's own output
-  (``*_outputs``, before any following BatchNorm/activation) or of ``d loss / d output``
-  (``*_gradients``, loss = ``loss_fn(model(inputs), targets)``, a mean over the samples). The
-  model runs in eval mode on the samples being edited; the mean is signed before the absolute
-  value, as in the official code. With several batches each batch's mean loss is weighted by its
-  share of the samples, so the gradients are those of the mean loss over all of ``data``.
-* A layer that never runs as a module in the forward pass (an unused head, or the ``out_proj`` of
-  ``nn.MultiheadAttention``, whose weight is used functionally) gives no score and is not
-  selected by the scoring strategies; ``random`` and ``all`` still cover it.
+  trainable weight take part, in ``model.named_modules()`` order; no other parameter is ever
+  selected (except by ``strategy="all_params"``).
+* Per layer ``n = int(ratio * (weight.numel() + bias.numel()))``. A *neuron* is one output
+  channel or unit: the block ``[j*w, (j+1)*w)`` of the flattened weight, ``w = weight.numel() //
+  out_features`` (so grouped and depthwise convolutions work), plus ``bias[j]``; an Embedding's
+  is column j of its [num_embeddings, dim] weight (``w = num_embeddings`` strided entries, no
+  bias; rows of tokens absent from the data get no gradient, so an edit leaves them as they are).
+  The selection is the first ``n_full`` ranked neurons whole plus ``leftover`` random weights
+  (never the bias) of the next, ``n_full, leftover = divmod(n, w + 1)`` (``divmod(n, w)``
+  without a bias).
+* Neuron scores are ``|mean over samples and spatial positions|`` (signed mean, then absolute
+  value) of the module's own output (``*_outputs``, before any following BatchNorm/activation)
+  or of ``d loss / d output`` (``*_gradients``, the gradient of the mean loss over all of
+  ``data``), with the model in eval mode. A layer that never runs as a module in the forward
+  pass (an unused head, ``nn.MultiheadAttention``'s functionally used ``out_proj``) gets no
+  score and is selected only by ``random`` and ``all``.
 
 Strategies: ``highest_*`` (descending score), ``lowest_*`` (ascending), ``exclusive_*`` (drop
 the top ``n_full`` neurons, then take random ones from the rest; needs ``ratio <= 0.5``),
 ``random`` (element-wise: ``int(ratio * weight.numel())`` weights and ``int(ratio *
-bias.numel())`` biases per layer, no forward pass), ``threshold`` (neurons whose output score
-exceeds ``threshold`` form a pool, the threshold is lowered in steps of 0.01 until the pool holds
-at least ``n`` parameters, then ``n`` random pool parameters are taken), ``all`` (every parameter
-of every considered layer: the paper's 100 % "naive IF"), ``all_params`` (all of θ) and ``head``
-(every parameter of the Linear layer that computes the logits, whatever the ratio; with
-``method="fif"`` such an edit runs on the head's input features alone, gif/head_edit.py).
+bias.numel())`` biases per layer, no forward pass), ``threshold`` (``n`` random parameters from
+the neurons whose output score exceeds ``threshold``, lowered in steps of 0.01 until they hold at
+least ``n``), ``all`` (every considered layer: the paper's 100 % "naive IF"), ``all_params`` (all
+of θ) and ``head`` (the Linear layer computing the logits, whatever the ratio; with
+``method="fif"`` the edit runs on its input features alone, gif/head_edit.py).
 
-Fixes relative to the official code:
-
-* ``threshold`` restarts from the given threshold in **every** layer (the official class never
-  resets it, so later layers inherit an ever lower threshold), and pools are exact integer index
-  tensors (the official pool is a float array).
-* Offsets come from :class:`gif.params.ParamSpace` by parameter name instead of assuming that
-  ``modules()`` order equals ``parameters()`` order.
-* Gradients are read with tensor hooks on the module outputs and ``torch.autograd.grad`` (no
-  module full-backward hooks, which break on in-place ops; no ``.grad`` side effects).
-* Hooks are removed in ``finally`` blocks and must fire exactly once per forward (a module called
-  twice in one forward is rejected instead of silently mis-aligning scores).
-* Everything is vectorised (no per-neuron Python loops / ``np.concatenate``) and reproducible:
-  all randomness comes from one ``torch.Generator`` seeded with ``seed``; ties are broken by
-  neuron index (stable sorts).
-* Batches are accumulated as signed sums and divided by the total count once, so any batching
-  of the same samples gives the same selection.
+Departures from the official code (docs/method.md, "Parameter selection", 7.6): the threshold
+restarts in every layer; offsets come from :class:`gif.params.ParamSpace` by name; gradients are
+read with tensor hooks and ``torch.autograd.grad`` (module full-backward hooks break on in-place
+ops); a module run twice in one forward is rejected; all randomness comes from one generator
+seeded with ``seed``, ties broken by neuron index; batches are summed and divided once, so any
+batching of the same samples gives the same selection.
 """
 
 from __future__ import annotations
@@ -154,17 +137,15 @@ def select(
     """
     strategy, ratio, seed, threshold = _check_args(strategy, ratio, seed, threshold)
     space = ParamSpace(model)
-    allowed = None if names is None else _matching(space, names)
+    wanted = None if names is None else _matching(space, names)
+    allowed = None if wanted is None else _indices([space.slot(n) for n in wanted])
     if strategy == "all_params":
         return torch.arange(space.size, dtype=torch.long) if allowed is None else allowed
     if strategy == "head":
         chosen = _head(model, space, data)
         return chosen if allowed is None else chosen[torch.isin(chosen, allowed)]
 
-    layers = _layers(model, space)
-    if allowed is not None:
-        wanted = set(_matching_names(space, names or ()))
-        layers = [layer for layer in layers if layer.weight.name in wanted]
+    layers = [layer for layer in _layers(model, space) if wanted is None or layer.weight.name in wanted]
     if not layers:
         where = "" if names is None else f" among the parameters matching {list(names)}"
         raise InvalidArgumentError(
@@ -176,17 +157,15 @@ def select(
     except RuntimeError as exc:
         raise InvalidArgumentError(f"`seed` is out of range: {seed}") from exc
 
-    if strategy in ("all", "random"):
-        scores: list[torch.Tensor | None] = [None] * len(layers)
-    else:
-        kind = "gradients" if strategy.endswith("_gradients") else "outputs"
-        scores = _scores(model, layers, data, kind, loss_fn)
+    kind = "gradients" if strategy.endswith("_gradients") else "outputs"
+    unscored = strategy in ("all", "random")
+    scores = [None] * len(layers) if unscored else _scores(model, layers, data, kind, loss_fn)
 
     pieces: list[torch.Tensor] = []
     for layer, score in zip(layers, scores, strict=True):
         n = int(ratio * layer.numel)
         if strategy == "all":
-            pieces.append(_whole(layer))
+            pieces.append(_neuron_block(layer, torch.arange(layer.neurons)))
         elif strategy == "random":
             pieces.append(_random(layer, ratio, gen))
         elif score is None or n == 0:
@@ -226,20 +205,16 @@ def _head(model: nn.Module, space: ParamSpace, data: DataLike | None) -> torch.T
     return _indices(slots)
 
 
-def _matching_names(space: ParamSpace, patterns: Sequence[str]) -> list[str]:
+def _matching(space: ParamSpace, patterns: Sequence[str]) -> list[str]:
+    """Names of the trainable parameters that match one of ``patterns`` (at least one)."""
     if isinstance(patterns, str) or not all(isinstance(p, str) and p for p in patterns) or not patterns:
         raise InvalidArgumentError(f"`names` must be a non-empty list of name patterns, got {patterns!r}")
-    return [n for n in space.names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-
-
-def _matching(space: ParamSpace, patterns: Sequence[str]) -> torch.Tensor:
-    """Sorted flat indices of every trainable parameter whose name matches a pattern."""
-    matched = _matching_names(space, patterns)
+    matched = [n for n in space.names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     if not matched:
         raise InvalidArgumentError(
             f"no trainable parameter matches {list(patterns)}; names look like {space.names[:3]}"
         )
-    return _indices([space.slot(n) for n in matched])
+    return matched
 
 
 def _indices(slots: list[ParamSlot]) -> torch.Tensor:
@@ -412,15 +387,9 @@ def _neuron_block(layer: _Layer, neurons: torch.Tensor) -> torch.Tensor:
     return torch.cat([weights, neurons + layer.bias.offset])
 
 
-def _whole(layer: _Layer) -> torch.Tensor:
-    return _neuron_block(layer, torch.arange(layer.neurons))
-
-
 def _take_ranked(layer: _Layer, order: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """The first n_full neurons of ``order`` whole, plus ``leftover`` random weights of the next."""
     n_full, leftover = divmod(n, layer.per_neuron)
-    if n_full >= layer.neurons:
-        return _whole(layer)
     parts = [_neuron_block(layer, order[:n_full])]
     if leftover and n_full < order.numel():
         j = int(order[n_full])
@@ -441,8 +410,7 @@ def _threshold(
     layer: _Layer, score: torch.Tensor, n: int, start: float, gen: torch.Generator
 ) -> torch.Tensor:
     """Pool = neurons scoring above the threshold, lowered by 0.01 (from ``start``, per layer)."""
-    per = layer.per_neuron
-    need = -(-n // per)  # neurons the pool must hold to contain n parameters
+    need = -(-n // layer.per_neuron)  # neurons the pool must hold to contain n parameters
     kth = float(torch.sort(score.double(), descending=True).values[need - 1])
     # The official loop lowers the threshold by 0.01 until the pool is big enough, i.e. stops at
     # the smallest k >= 0 with start - k*step < kth, so the final level lies in [kth - step, kth).
@@ -463,6 +431,5 @@ def _threshold(
         if level >= kth:
             level = math.nextafter(kth, -math.inf)
         level = max(level, kth - _THRESHOLD_STEP)
-    pool_neurons = torch.nonzero(score.double() > level).reshape(-1)
-    pool = _neuron_block(layer, pool_neurons)
+    pool = _neuron_block(layer, torch.nonzero(score.double() > level).reshape(-1))
     return pool[torch.randperm(pool.numel(), generator=gen)[:n]]
