@@ -162,10 +162,9 @@ class HessianOperator:
         loss_fn: batch-mean loss ``loss_fn(outputs, targets)``; cross-entropy by default (or,
             when ``model`` is a :class:`FlatModel`, that model's loss).
         chunk_size: at most this many samples per forward pass.
-        backend: ``"func"`` (forward-over-reverse, bounded memory), ``"graph"`` (cached
-            first-order graph, one double-backward per HVP) or ``"auto"``: ``graph`` when its
-            estimated memory fits ``graph_budget_bytes``, else ``func`` (docs/benchmarks.md,
-            "HVP cost ÷ gradient cost").
+        backend: ``"func"``, ``"graph"`` (the module's docstring) or ``"auto"``: ``graph`` when
+            its estimated memory fits ``graph_budget_bytes``, else ``func`` (docs/benchmarks.md,
+            "HVP cost").
         graph_budget_bytes: memory the ``graph`` back end may use under ``"auto"``.
         work: the call's shared counter; this operator's own are ``grads`` and ``hvps``.
         memory_budget: bytes one chunk may take while differentiated; chunks shrink below

@@ -2,42 +2,30 @@
 
 :func:`select` returns sorted flat indices into θ (see :mod:`gif.params`), the set T of the
 Generalized Influence Function, by the per-layer, whole-neuron rule of the paper's official
-selection code (Lyu et al., arXiv 2312.05586, ``src/selection/``; docs/method.md, "Parameter
-selection"):
+selection code (Lyu et al., arXiv 2312.05586, ``src/selection/``), as docs/method.md, "Parameter
+selection" describes it, with the official code's bugs fixed (its section 7.6). Precisely:
 
-* Only leaf ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` / ``nn.Embedding`` modules with a
-  trainable weight take part, in ``model.named_modules()`` order; no other parameter is ever
-  selected (except by ``strategy="all_params"``).
-* Per layer ``n = int(ratio * (weight.numel() + bias.numel()))``. A *neuron* is one output
-  channel or unit: the block ``[j*w, (j+1)*w)`` of the flattened weight, ``w = weight.numel() //
-  out_features`` (so grouped and depthwise convolutions work), plus ``bias[j]``; an Embedding's
-  is column j of its [num_embeddings, dim] weight (``w = num_embeddings`` strided entries, no
-  bias; rows of tokens absent from the data get no gradient, so an edit leaves them as they are).
-  The selection is the first ``n_full`` ranked neurons whole plus ``leftover`` random weights
-  (never the bias) of the next, ``n_full, leftover = divmod(n, w + 1)`` (``divmod(n, w)``
-  without a bias).
-* Neuron scores are ``|mean over samples and spatial positions|`` (signed mean, then absolute
-  value) of the module's own output (``*_outputs``, before any following BatchNorm/activation)
-  or of ``d loss / d output`` (``*_gradients``, the gradient of the mean loss over all of
-  ``data``), with the model in eval mode. A layer that never runs as a module in the forward
-  pass (an unused head, ``nn.MultiheadAttention``'s functionally used ``out_proj``) gets no
-  score and is selected only by ``random`` and ``all``.
-
-Strategies: ``highest_*`` (descending score), ``lowest_*`` (ascending), ``exclusive_*`` (drop
-the top ``n_full`` neurons, then take random ones from the rest; needs ``ratio <= 0.5``),
-``random`` (element-wise: ``int(ratio * weight.numel())`` weights and ``int(ratio *
-bias.numel())`` biases per layer, no forward pass), ``threshold`` (``n`` random parameters from
-the neurons whose output score exceeds ``threshold``, lowered in steps of 0.01 until they hold at
-least ``n``), ``all`` (every considered layer: the paper's 100 % "naive IF"), ``all_params`` (all
-of θ) and ``head`` (the Linear layer computing the logits, whatever the ratio; with
-``method="fif"`` the edit runs on its input features alone, gif/head_edit.py).
-
-Departures from the official code (docs/method.md, "Parameter selection", 7.6): the threshold
-restarts in every layer; offsets come from :class:`gif.params.ParamSpace` by name; gradients are
-read with tensor hooks and ``torch.autograd.grad`` (module full-backward hooks break on in-place
-ops); a module run twice in one forward is rejected; all randomness comes from one generator
-seeded with ``seed``, ties broken by neuron index; batches are summed and divided once, so any
-batching of the same samples gives the same selection.
+* Layers: leaf Conv1d / Conv2d / Linear / Embedding modules with a trainable weight, in
+  ``model.named_modules()`` order. Per layer ``n = int(ratio * (weight.numel() +
+  bias.numel()))``, and ``n_full, leftover = divmod(n, w + 1)`` (``divmod(n, w)`` without a
+  bias): every weight and the bias of ``n_full`` ranked neurons, plus ``leftover`` random
+  weights of the next one.
+* Neuron j: the weights ``[j*w, (j+1)*w)`` of the flattened weight, ``w = weight.numel() //
+  out_features`` (so grouped and depthwise convolutions work), plus ``bias[j]``; of an
+  Embedding, column j of its [num_embeddings, dim] weight (rows of tokens absent from the data
+  get no gradient, so an edit leaves them as they are).
+* Scores: ``|mean over samples and spatial positions|`` of the module's own output or of
+  ``d loss / d output`` (the mean loss over all of ``data``), in eval mode. A layer that never
+  runs as a module in the forward pass (an unused head, ``nn.MultiheadAttention``'s
+  ``out_proj``) gets no score: only ``random`` and ``all`` select it.
+* ``random`` takes ``int(ratio * weight.numel())`` weights and ``int(ratio * bias.numel())``
+  biases per layer; ``threshold`` lowers its threshold in steps of 0.01 from ``threshold`` in
+  every layer; ``head`` takes the whole Linear layer computing the logits, whatever the ratio
+  (with ``method="fif"`` the edit then runs on its features alone, gif/head_edit.py).
+* Batches are summed and divided once, so any batching of the same samples gives the same
+  selection; all randomness comes from one generator seeded with ``seed``, ties broken by neuron
+  index. Gradients come from tensor hooks and ``torch.autograd.grad`` (module full-backward
+  hooks break on in-place ops).
 """
 
 from __future__ import annotations
@@ -64,7 +52,6 @@ __all__ = ["STRATEGIES", "select", "selection_summary"]
 
 _LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)
 _THRESHOLD_STEP = 0.01
-_CHUNK_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -151,9 +138,8 @@ def select(
         raise InvalidArgumentError(
             f"the model has no Conv1d/Conv2d/Linear/Embedding layer with a trainable weight to select from{where}"
         )
-    gen = torch.Generator(device="cpu")
     try:
-        gen.manual_seed(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
     except RuntimeError as exc:
         raise InvalidArgumentError(f"`seed` is out of range: {seed}") from exc
 
@@ -300,7 +286,7 @@ def _scores(
         raise InvalidArgumentError("`data` is required to score neurons: pass (inputs, targets)")
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     device = next(p.device for p in model.parameters())
-    chunks = Chunks(data, chunk_size=_CHUNK_SIZE, device=device, what="data")
+    chunks = Chunks(data, device=device)
 
     sums = [torch.zeros(layer.neurons, dtype=torch.float64, device=device) for layer in layers]
     counts = [0] * len(layers)
