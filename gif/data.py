@@ -66,9 +66,6 @@ class Chunks:
     def __iter__(self) -> Iterator[Chunk]:
         return iter(self.chunks)
 
-    def __len__(self) -> int:
-        return self.total
-
 
 def is_pair(data: object) -> bool:
     """Whether ``data`` is one ``(inputs, targets)`` pair (rather than an iterable of batches)."""
