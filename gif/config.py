@@ -1,18 +1,11 @@
-"""Options of every engine computation: two frozen configuration types and one table of defaults.
-
-* :class:`SolveConfig` — what an inverse-Hessian solve needs (method, damping, solver, tol,
-  max_iter, rank, seed, chunking, HVP back end, solver extras). Used by :func:`gif.influence`,
-  :func:`gif.scores` and :func:`gif.self_influence`.
-* :class:`EditConfig` — a :class:`SolveConfig` plus what an edit adds (selection, step policy,
-  Newton steps, Hessian sample, validation carving). Used by :func:`gif.remove` and
-  :func:`gif.relabel`.
+"""Options of every engine computation: :class:`SolveConfig` (:func:`gif.influence`,
+:func:`gif.scores`, :func:`gif.self_influence`), :class:`EditConfig` (:func:`gif.remove`,
+:func:`gif.relabel`) and the defaults of each verb (docs/engine.md, "Configuration").
 
 Every field is declared once, here, with its type, default, help text and valid range; the
-engine validates with it and the service generates its request schema from it. The defaults
-that differ between verbs (``influence`` solves the undamped system, ``scores`` damps by 0.01,
-an edit picks its solver and damping by method, ...) are the small tables below; every verb's
-resolved defaults are printed by :func:`defaults_table` (docs/engine.md holds its output, and a
-test keeps the two equal: ``python -m gif.config`` regenerates it).
+engine validates with it and the service generates its request schema from it. Where a verb's
+defaults differ from the fields' own, the small tables below say so; ``python -m gif.config``
+prints every verb's resolved defaults (docs/engine.md, "Defaults", which a test keeps equal).
 
 This module imports nothing but the standard library, so the service can read it without torch.
 """
@@ -54,8 +47,7 @@ HvpBackend = Literal["auto", "func", "graph"]
 METHODS: tuple[str, ...] = get_args(Method)
 EDIT_METHODS: tuple[str, ...] = get_args(EditMethod)
 SOLVERS: tuple[str, ...] = get_args(Solver)
-#: The solvers a service job may name: all of them (the Kronecker-factored fits are made once per
-#: checkpoint and cached since 2026-12-05; docs/benchmarks.md, "Edit ÷ retraining").
+#: The solvers a service job may name: all of them (docs/benchmarks.md, "Edit ÷ retraining").
 SERVICE_SOLVERS: tuple[str, ...] = SOLVERS
 #: Solvers whose curvature is fitted once (eigenpairs, Kronecker factors) and then reused by later
 #: solves on the same θ and Hessian data: Newton steps of an edit, and cached requests.
@@ -73,12 +65,10 @@ SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {"neumann": ("normalizer", "step"),
 #: the GIF least squares, MINRES for the symmetric, possibly indefinite systems.
 SOLVE_SOLVER: dict[str, str] = {"if": "minres", "fif": "minres", "gif": "lsqr", "sif": "minres"}
 
-#: What each method brings to an edit when the request leaves it out (measured on the digits
-#: protocols, examples/; docs/benchmarks.md). ``if``/``sif`` update every parameter; ``cg`` is
-#: used there because its stop on negative curvature acts as a regulariser on these indefinite
-#: Hessians. GIF solves its Newton corrections loosely (``correction_tol``: MNIST-5k class removal
-#: 2.7× cheaper at the same quality) on 512 Hessian samples (2.8× cheaper again, retained accuracy
-#: within 0.2 points); IF keeps 2,048 samples and tight corrections (either cost relabel accuracy).
+#: What each method brings to an edit when the request leaves it out, measured on the digits
+#: protocols: ``cg``'s stop on negative curvature regularises the indefinite Hessians of
+#: ``if``/``sif``; GIF's loose corrections and 512 Hessian samples cost it no quality
+#: (docs/benchmarks.md, "A cheaper step search, and choosing the relabel default").
 EDIT_PRESETS: dict[str, dict[str, Any]] = {
     "gif": {"selection": "highest_gradients", "ratio": 0.05, "damping": 0.01, "solver": "lsqr", "correction_tol": 1e-2,
             "hessian_samples": 512},
@@ -91,40 +81,37 @@ EDIT_PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 #: Per verb, the defaults that differ from the configuration type's field defaults. Scores take
-#: K-FAC with kronfluence's per-layer damping where the model allows it: on the digits CNN its
-#: linear datamodeling score is 0.17 in 2.5 s where MINRES at λ = 0.01 gave 0.03 in 262 s
-#: (docs/benchmarks.md, "Scores: LDS against retraining").
+#: K-FAC with kronfluence's per-layer damping where the model allows it (docs/benchmarks.md,
+#: "Scores: LDS against retraining").
 VERB_DEFAULTS: dict[str, dict[str, Any]] = {
     "influence": {},
     "scores": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "auto", "layer_damping": 0.1},
     "self_influence": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "lowrank"},
-    # auto: FIF on the classifier's head for a whole class where the logits come from a Linear
-    # layer, else GIF (gif/method_choice.py; docs/benchmarks.md, "Edit ÷ retraining")
-    "remove": {"method": "auto"},
-    # auto: FIF on the head where that edit generalises to held-out relabelled samples, else IF;
-    # solver auto: K-FAC where the curvature can be factored, redone with the method's solver
-    # when the K-FAC edit's validation objective ends low (gif/method_choice.py)
+    "remove": {"method": "auto"},  # method and solver "auto": gif/method_choice.py
     "relabel": {"method": "auto", "solver": "auto"},
 }
 
 
-#: A configuration field's metadata besides its help text, as :func:`_meta` fills it: the valid range
-#: [low, high] (``low_open``: low excluded; no ``high``: an integer), the service's tighter cap, whether
-#: jobs may set the field, and which of a choice field's values jobs may name (None: all).
+#: A configuration field's metadata besides its help text: the valid range [low, high]
+#: (``low_open``: low excluded; no ``high``: an integer), the service's tighter cap, whether jobs
+#: may set the field, and which of a choice field's values jobs may name (None: all).
 _NO_LIMITS: dict[str, Any] = {"low": None, "high": None, "low_open": False, "service_max": None, "service": True,
                               "service_choices": None}  # fmt: skip
+#: The ranges of the real-valued fields.
+_AT_LEAST_ZERO: dict[str, Any] = {"low": 0.0, "high": math.inf}
+_POSITIVE: dict[str, Any] = {"low": 0.0, "high": math.inf, "low_open": True}
+_FRACTION: dict[str, Any] = {"low": 0.0, "high": 1.0, "low_open": True}
 
 
-def _meta(help: str, **limits: Any) -> dict[str, Any]:
-    """A configuration field's metadata: ``help`` and :data:`_NO_LIMITS` with ``limits`` applied."""
+def _field(default: Any, help: str, **limits: Any) -> Any:
+    """A configuration field (a ``dataclasses.Field``: pyproject.toml tells ruff's RUF009 so) of
+    ``default`` (a type: the factory of each instance's default), with ``help`` and
+    :data:`_NO_LIMITS` updated by ``limits`` as its metadata."""
     assert set(limits) <= set(_NO_LIMITS), f"unknown field metadata {set(limits) - set(_NO_LIMITS)}"
-    return {"help": help, **_NO_LIMITS, **limits}
-
-
-def _field(default: Any, help: str, **meta: Any) -> Any:
-    """A configuration field: ``default``, and the metadata :func:`_meta` makes of ``help`` and ``meta``
-    (a ``dataclasses.Field``: pyproject.toml tells ruff's RUF009 so)."""
-    return field(default=default, metadata=_meta(help, **meta))
+    metadata = {"help": help, **_NO_LIMITS, **limits}
+    if isinstance(default, type):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -134,7 +121,7 @@ class SolveConfig:
     _METHODS: ClassVar[tuple[str, ...]] = METHODS
 
     method: Method = _field("gif", "if | fif | gif | sif (docs/method.md)")
-    damping: float = _field(0.0, "λ ≥ 0 added to the curvature", low=0.0, high=math.inf, service_max=1e6)
+    damping: float = _field(0.0, "λ ≥ 0 added to the curvature", **_AT_LEAST_ZERO, service_max=1e6)
     solver: Solver | None = _field(
         None,
         "cg | minres | lsqr | neumann | direct | lowrank | kfac | ekfac | auto (kfac where the model's "
@@ -146,13 +133,10 @@ class SolveConfig:
         "kfac / ekfac with method if or sif: each factored layer is damped by this multiple of its mean "
         "curvature eigenvalue instead of by `damping` (kronfluence's heuristic: 0.1); 0: `damping` "
         "everywhere; other solvers ignore it",
-        low=0.0,
-        high=math.inf,
+        **_AT_LEAST_ZERO,
         service_max=1e6,
     )
-    tol: float = _field(
-        1e-4, "relative residual at which an iterative solve stops", low=0.0, high=1.0, low_open=True
-    )
+    tol: float = _field(1e-4, "relative residual at which an iterative solve stops", **_FRACTION)
     max_iter: int = _field(100, "iteration cap of an iterative solve", low=1, service_max=10_000)
     rank: int = _field(64, "eigenpairs of the lowrank curvature fit", low=1, service_max=1_024)
     seed: int = _field(0, "seeds selection, sub-sampling and the Lanczos start", low=0, service_max=2**31 - 1)
@@ -165,9 +149,8 @@ class SolveConfig:
         service=False,
     )
     hvp_backend: HvpBackend = _field("auto", "auto | func | graph (gif/hessian.py)", service=False)
-    solver_options: dict[str, float] = field(
-        default_factory=dict,
-        metadata=_meta("neumann: normalizer, step; lowrank: steps (Lanczos steps)", service=False),
+    solver_options: dict[str, float] = _field(
+        dict, "neumann: normalizer, step; lowrank: steps (Lanczos steps)", service=False
     )
 
     def __post_init__(self) -> None:
@@ -178,8 +161,7 @@ class SolveConfig:
             check_choice("solver", self.solver, SOLVERS)
         check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
         for f in dataclasses.fields(self):
-            if f.metadata.get("low") is not None:
-                _check_range(f, getattr(self, f.name))
+            _check_range(f, getattr(self, f.name))
         _check_solver_options(self.solver, self.solver_options)
         if self.layer_damping > 0 and self.method in ("fif", "gif") and self.solver in ("kfac", "ekfac"):
             raise InvalidArgumentError(
@@ -189,8 +171,7 @@ class SolveConfig:
 
     @property
     def solver_name(self) -> str:
-        """The solver (set once constructed, except in an edit's configuration whose method is
-        still ``auto``: gif/method_choice.py resolves it before any solve)."""
+        """The solver (None only while an edit's method is ``auto``: resolved before any solve)."""
         assert self.solver is not None
         return self.solver
 
@@ -213,11 +194,9 @@ class EditConfig(SolveConfig):
 
     ``selection``, ``ratio``, ``damping`` and ``solver`` left as None take the method's preset
     (:data:`EDIT_PRESETS`); with ``method="auto"`` they stay None until the edit chooses its
-    method from the model and the task (gif/method_choice.py). The defaults were picked by task quality on the digits protocols
-    (docs/benchmarks.md): applying an influence update at its Newton scale wrecks a trained
-    network, so the default step policy walks along the update and stops by validation metrics,
-    and a few outer Newton steps (each re-estimating the gradient at the new point) close most
-    of the remaining gap to retraining.
+    method from the model and the task (gif/method_choice.py). An influence update at its Newton
+    scale wrecks a trained network, so the default step policy walks along it and stops by
+    validation metrics (docs/method.md, "Step size").
     """
 
     _METHODS: ClassVar[tuple[str, ...]] = EDIT_METHODS
@@ -229,16 +208,12 @@ class EditConfig(SolveConfig):
         "generalises to held-out relabelled samples; else gif (remove) / if (relabel)",
     )
     damping: float | None = _field(  # type: ignore[assignment]
-        None, "λ ≥ 0 added to the curvature; None: the method's", low=0.0, high=math.inf, service_max=1e6
+        None, "λ ≥ 0 added to the curvature; None: the method's", **_AT_LEAST_ZERO, service_max=1e6
     )
     chunk_size: int = _field(512, "samples per forward pass", low=1, service=False)
     selection: Strategy | None = _field(None, "gif.select strategy; None: the method's")
     ratio: float | None = _field(
-        None,
-        "fraction of each Conv/Linear/Embedding layer to update; None: the method's",
-        low=0.0,
-        high=1.0,
-        low_open=True,
+        None, "fraction of each Conv/Linear/Embedding layer to update; None: the method's", **_FRACTION
     )
     param_names: tuple[str, ...] | None = _field(
         None,
@@ -261,11 +236,8 @@ class EditConfig(SolveConfig):
     step: StepPolicy = _field("search", "newton | search (gif/steps.py)")
     newton_steps: int = _field(10, "outer Newton steps (gradient re-estimated at each); stops early when no step helps",
         low=1, service_max=20)  # fmt: skip
-    min_step: float = _field(1e-5, "smallest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True,
-        service=False)  # fmt: skip
-    max_step: float = _field(
-        1.0, "largest searched step, as ‖Δθ_T‖ / ‖θ_T‖", low=0.0, high=math.inf, low_open=True, service=False
-    )
+    min_step: float = _field(1e-5, "smallest searched step, as ‖Δθ_T‖ / ‖θ_T‖", **_POSITIVE, service=False)
+    max_step: float = _field(1.0, "largest searched step, as ‖Δθ_T‖ / ‖θ_T‖", **_POSITIVE, service=False)
     growth: float = _field(4.0, "ratio between successive searched steps (a golden-section search refines the best)",
         low=1.0, high=math.inf, low_open=True, service=False)  # fmt: skip
     patience: int = _field(2, "non-improving steps before the search stops", low=1, service=False)
@@ -274,9 +246,7 @@ class EditConfig(SolveConfig):
         "relative residual at which the solves of Newton steps after the first stop (inexact Newton: "
         "a correction needs no more accuracy than the step it corrects; never tighter than tol); None: "
         "the method's",
-        low=0.0,
-        high=1.0,
-        low_open=True,
+        **_FRACTION,
     )
 
     def __post_init__(self) -> None:
@@ -301,19 +271,15 @@ class EditConfig(SolveConfig):
 
     @property
     def hessian_size(self) -> int:
-        """``hessian_samples``: the method's preset fills it; while the method is ``auto``, the
-        most any method takes (a job of a known verb is sized by
-        ``gif.method_choice.most_hessian_samples``)."""
+        """``hessian_samples``, or while the method is ``auto`` the most any method takes."""
         if self.hessian_samples is not None:
             return self.hessian_samples
         return max(int(preset["hessian_samples"]) for preset in EDIT_PRESETS.values())
 
     @property
     def pool(self) -> str:
-        """The effective ``hessian_pool``: ``auto`` is ``all`` for a fitted curvature (``lowrank``,
-        ``kfac``, ``ekfac``: the fit is then reused across edits of the checkpoint; measured at the
-        same quality for lowrank) and ``untouched`` otherwise (an iterative solve pays ~3× the HVPs
-        on the whole-set sample; docs/benchmarks.md)."""
+        """The effective ``hessian_pool``: ``auto`` is ``all`` for a fitted curvature, whose fit is
+        then reused across edits, else ``untouched`` (docs/engine.md, "Edits")."""
         if self.hessian_pool != "auto" or self.solver in (None, "auto"):
             return self.hessian_pool  # ``auto`` solver: decided with the solver (gif/edits.py)
         return "all" if self.solver in FITTED_SOLVERS else "untouched"
@@ -398,18 +364,17 @@ def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 
 def _check_range(f: dataclasses.Field, value: object) -> None:
-    name, low, high, low_open = f.name, f.metadata["low"], f.metadata["high"], f.metadata["low_open"]
-    if value is None:
+    low, high, low_open = f.metadata["low"], f.metadata["high"], f.metadata["low_open"]
+    if value is None or low is None:  # unset, or a field without a range
         return
     if high is None:  # integers
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InvalidArgumentError(f"`{name}` must be an integer >= {low}, got {value!r}")
+            raise InvalidArgumentError(f"`{f.name}` must be an integer >= {low}, got {value!r}")
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
+    if not (ok and (value > low if low_open else value >= low) and value <= high):
         raise InvalidArgumentError(
-            f"`{name}` must be a finite number in {'(' if low_open else '['}{low}, {high}], got {value!r}"
+            f"`{f.name}` must be a finite number in {'(' if low_open else '['}{low}, {high}], got {value!r}"
         )
 
 
