@@ -149,33 +149,29 @@ class Edit:
 
     def run(self) -> EditResult:
         """Edit the copy of the model by Newton steps on the task (module docstring)."""
-        with eval_mode(self.model):
-            return self._run()
-
-    def _run(self) -> EditResult:
         model = self.model
-        self.notify(Progress("selecting_parameters"))
-        with self.clock("selection"):
-            params = _select(model, self.task, self.config, self.loss_fn, self.memo, self.ids)
-        space = ParamSpace(model)
-        theta0 = space.vector(model)
-        objective = Objective(self, space, params)
-        metrics = dict.fromkeys(("before", "after"), objective.current())  # (objective, its figures)
-        gradient = _EditedGradient(self)
-        steps: list[dict] = []
-        for k in range(self.config.newton_steps):
-            infl = self._solve(k, gradient, params)
-            outcome = self._step(objective, infl)
-            steps.append({"newton_step": k + 1, "solver": infl.diagnostics(), "step": outcome.as_dict()})
-            if outcome.scale == 0.0:
-                break  # no step along this direction improves the objective: done
-            metrics["after"] = (outcome.objective, outcome.metrics)
-            if outcome.objective >= 1.0:
-                break  # the objective's maximum: another step cannot improve it
-        delta = space.vector(model) - theta0
-        audit = self._audit()
-        report = self._report(params, steps, metrics, delta, theta0)
-        report["audit"] = audit
+        with eval_mode(model):
+            self.notify(Progress("selecting_parameters"))
+            with self.clock("selection"):
+                params = _select(model, self.task, self.config, self.loss_fn, self.memo, self.ids)
+            space = ParamSpace(model)
+            theta0 = space.vector(model)
+            objective = Objective(self, space, params)
+            metrics = dict.fromkeys(("before", "after"), objective.current())  # (objective, its figures)
+            gradient = _EditedGradient(self)
+            steps: list[dict] = []
+            for k in range(self.config.newton_steps):
+                infl = self._solve(k, gradient, params)
+                outcome = self._step(objective, infl)
+                steps.append({"newton_step": k + 1, "solver": infl.diagnostics(), "step": outcome.as_dict()})
+                if outcome.scale == 0.0:
+                    break  # no step along this direction improves the objective: done
+                metrics["after"] = (outcome.objective, outcome.metrics)
+                if outcome.objective >= 1.0:
+                    break  # the objective's maximum: another step cannot improve it
+            delta = space.vector(model) - theta0
+            audit = self._audit()
+            report = {**self._report(params, steps, metrics, delta, theta0), "audit": audit}
         fit = self.solves.fit
         return EditResult(model, delta, params, report, fit if isinstance(fit, LowRankHessian) else None)
 
