@@ -19,18 +19,15 @@ from .progress import Progress
 if TYPE_CHECKING:
     from .newton import Edit
 
-#: Samples evaluated per set during the step search and in reports (a seeded subsample above
-#: it). A step search compares its points on the same samples, and 1,000 told them apart:
-#: 4,096 made the step search a third of a cold relabel's time on 60,000 images, with no better
-#: edits (docs/benchmarks.md, "A larger training set").
+#: Samples evaluated per set during the step search and in reports (a seeded subsample above it;
+#: docs/benchmarks.md, "A larger training set").
 EVAL_CAP = 1_000
 #: A sample removal judged against unseen data may lose this much validation (and unseen)
 #: accuracy freely ...
 ACCURACY_TOLERANCE = 0.01
-#: ... and below it the objective is multiplied by (accuracy / floor) to this power: each point
-#: further below costs ~87% of it, so a step that keeps the accuracies beats nearly any that does
-#: not (at 20, ~18% a point, steps losing 3-9 points of retained accuracy won; docs/benchmarks.md,
-#: "Forgetting audit of a sample removal").
+#: ... and below it the objective is multiplied by (accuracy / floor) to this power, so a step that
+#: keeps the accuracies beats nearly any that does not (docs/benchmarks.md, "Forgetting audit of a
+#: sample removal").
 ACCURACY_PENALTY = 200
 
 
@@ -62,13 +59,9 @@ def split(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig, gen: torc
 
 def _split_shared(untouched: torch.Tensor, carve: bool, opts: EditConfig) -> Splits:
     """``hessian_pool="all"``: one seeded permutation of all n samples, whatever is edited. Its
-    head is reserved for validation (the untouched samples in it are used); the Hessian sample
-    comes after, so it is the same for every edit of this training set with this seed — and so
-    are its digest and a ``lowrank`` fit of it. It may hold edited samples: for a small edited
-    set (|U| ≪ n) the Hessian of the mean loss barely changes. The retained loss's gradient
-    (later Newton steps) is still estimated on its untouched samples only (``_Splits.drift``).
-    Should the edited samples fill most of the reserved head, validation is topped up from the
-    untouched samples at the permutation's far end (then the Hessian sample may change)."""
+    head is reserved for validation (its untouched samples); the Hessian sample comes after, so it
+    and its curvature fit are the same for every edit of this training set with this seed. It may
+    hold edited samples (``Splits.drift`` leaves them out; docs/engine.md, "Edits")."""
     n = len(untouched)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed))
     reserved = min(opts.max_validation, max(1, int(opts.validation_fraction * n))) if carve else 0
@@ -95,23 +88,17 @@ class Objective:
 
     Objectives (all in [0, 1], higher is better, F1 = harmonic mean):
     class removal F1(1 − accuracy on the class, validation accuracy on the other classes);
-    sample removal F1(min(1, loss on the removed / loss on unseen data), validation accuracy),
+    sample removal F1(min(1, loss on the removed / loss on validation), validation accuracy),
     i.e. removed samples should end up looking unseen; relabel F1(accuracy of the edited
     samples under their new labels, validation accuracy).
 
-    "Unseen data" is the validation data, or ``unseen`` when given (the audit's holdout: samples
-    the model never saw). Validation carved from the training set was seen in training, so on a
-    model that memorised its data it has as low a loss as the removed samples: the ratio is
-    already ~1 and no step is taken. With ``unseen`` the sample-removal objective is instead
-    min(1, loss on the removed / loss on ``unseen`` *before the edit*) as long as the validation
-    and ``unseen`` accuracies each stay within :data:`ACCURACY_TOLERANCE` of their values before
-    the edit, and falls steeply below that (× (accuracy / floor)^:data:`ACCURACY_PENALTY` for
-    each): a harmonic mean would trade ten points of accuracy for looking unseen, and a ratio to
-    the current unseen loss is met by a step that raises every loss (docs/benchmarks.md,
-    "Forgetting audit of a sample removal").
+    With ``unseen`` (the audit's holdout: samples the model never saw, unlike carved validation)
+    the sample-removal objective is instead min(1, loss on the removed / loss on ``unseen``
+    *before the edit*), × (accuracy / floor)^:data:`ACCURACY_PENALTY` for each of the validation
+    and ``unseen`` accuracies below its floor, its value before the edit less
+    :data:`ACCURACY_TOLERANCE` (docs/benchmarks.md, "Forgetting audit of a sample removal").
 
-    A measurement is a pure function of the model and the evaluated sets, so with a cache it is
-    an ``evaluation`` entry: a repeated request's step search then runs no forward pass.
+    With a cache a measurement is an ``evaluation`` entry: a repeated step search runs no forward pass.
     """
 
     def __init__(self, edit: Edit, space: ParamSpace, params: torch.Tensor) -> None:
