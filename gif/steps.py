@@ -1,19 +1,10 @@
-"""Step policies: how far to move along an influence update.
+"""Step policies: how far to move along an influence update d (docs/method.md, "Step size").
 
-An influence update d is a Newton step on the edited objective. On a trained network the
-quadratic model behind it is only trusted near θ, and applying d at full scale usually wrecks
-the model (docs/benchmarks.md). Two policies:
-
-* ``newton`` — θ_T ← θ_T + d (the theory's answer).
-* ``search`` — θ_T ← θ_T + t·d for the t that maximises a validation objective. The paper walks
-  with fixed-norm increments and keeps the best F1 measured on *test* data (docs/method.md,
-  "Step chosen on test data"); here t runs over a geometric grid t₀·γ^k between bounds the
-  caller sets (edits use relative step norms ‖t·d‖/‖θ_T‖ ∈ [1e-5, 1], so it does not matter
-  whether the solver stopped early and returned a short d), stops after ``patience``
-  non-improving steps past an improvement, after ``patience`` steps in a row that leave the
-  model worse than no step (no longer step will help), or at the objective's maximum (1), then
-  refines between the best point's neighbours by a golden-section search. Only validation data
-  and the edited samples themselves are ever evaluated.
+d is a Newton step on the edited objective, but on a trained network the quadratic model behind
+it is only trusted near θ, and d at full scale usually wrecks the model. ``newton`` takes
+θ_T ← θ_T + d (the theory's answer); ``search`` takes θ_T ← θ_T + t·d for the t that maximises a
+validation objective (:func:`search_step`). Unlike the paper's search (docs/method.md, "Step
+chosen on test data"), only validation data and the edited samples themselves are evaluated.
 """
 
 from __future__ import annotations
@@ -62,12 +53,13 @@ def search_step(
     refine: int = 4,
     should_stop: Callable[[], bool] | None = None,
 ) -> StepOutcome:
-    """Maximise ``objective(t)`` over t ∈ {0} ∪ geometric grid, then refine around the best.
+    """Maximise ``objective(t)`` over t ∈ {0} ∪ a geometric grid t₀·γ^k, then refine around the best.
 
-    The grid t₀·γ^k brackets the best step within a factor γ either side; ``refine`` evaluations
-    of a golden-section search on log t then narrow that bracket by 0.618 each (a coarse γ = 4
-    with 4 refinements resolves the step to ~±20% in ~12 evaluations, where a fine γ = √2 grid
-    needs ~30; docs/benchmarks.md). Ties go to the smaller step (the smaller change to the model).
+    The grid stops after ``patience`` non-improving steps past an improvement, after ``patience``
+    steps in a row worse than no step, or at the objective's maximum (1). It brackets the best
+    step within a factor γ either side; ``refine`` evaluations of a golden-section search on log t
+    then narrow that bracket by 0.618 each (docs/benchmarks.md, "A cheaper step search"). Ties go
+    to the smaller step (the smaller change to the model).
     """
     tried: dict[float, tuple[float, dict]] = {}
 
