@@ -14,17 +14,15 @@ and t the step scale (1 for ``newton``; chosen on validation data for ``search``
 re-estimates the gradient at the new point (:class:`_EditedGradient`) and stops when no step
 along the update improves the objective.
 
-Caching happens at two boundaries only: gradients (``Memo.gradient``) and influence solves
-(:class:`gif.cache.CachedSolves`); selections and step-search evaluations are memoised too. One
-:class:`gif.hessian.Work` counts what the edit computed.
+Caching: docs/engine.md, "Where caching happens". One :class:`gif.hessian.Work` counts what the
+edit computed.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -117,7 +115,7 @@ class Request:
     callback: ProgressCallback | None = None
     should_stop: StopCheck | None = None
     cache: Cache | None = None
-    audit: AuditInputs = dataclasses.field(default_factory=AuditInputs)
+    audit: AuditInputs = field(default_factory=AuditInputs)
 
 
 class Edit:
