@@ -1,9 +1,5 @@
-"""Exceptions raised by the engine.
-
-Every exception carries a stable machine-readable ``code`` so that the job runner can map it
-one-to-one onto a job's ``error.code`` without parsing messages; a class that sets none has its
-base's.
-"""
+"""Exceptions raised by the engine, each with a stable machine-readable ``code`` (its base's
+unless it sets one) that the job runner maps one-to-one onto a job's ``error.code``."""
 
 from __future__ import annotations
 

@@ -1,17 +1,15 @@
 """Typed progress events: what the engine tells a ``callback`` while it works.
 
 Every long computation (:func:`gif.influence`, :func:`gif.scores`, :func:`gif.remove`, ...)
-accepts ``callback`` and calls it with :class:`Progress` events. ``stage`` says what is running;
-the other fields are set where they mean something and None elsewhere.
+calls its ``callback`` with :class:`Progress` events; fields that mean nothing at a stage are None.
 
 This module imports nothing but the standard library, so the service can read it without torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 Stage = Literal[
@@ -43,9 +41,7 @@ class Progress:
         sample, num_samples: which training sample's solve (exact self-influence; 0-based).
         scale, objective: the step scale tried and its validation objective (``step_search``).
         attempt, attempts: which run of the edit this is (1-based) and the most runs it may make,
-            when it may make more than one (``method="auto"``'s head attempt and fallback,
-            ``solver="auto"``'s K-FAC run and its guard, gif/method_choice.py): each run starts
-            its Newton steps again, so progress within a run is progress within its attempt.
+            when more than one (gif/method_choice.py); each run starts its Newton steps again.
     """
 
     stage: Stage
@@ -64,7 +60,7 @@ class Progress:
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, JSON-ready."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     def within(self) -> float:
         """Fraction of the stage done, in [0, 1] (0 when the stage does not count)."""
