@@ -151,7 +151,7 @@ class Edit:
         with eval_mode(model):
             self.notify(Progress("selecting_parameters"))
             with self.clock("selection"):
-                params = _select(model, self.task, self.config, self.loss_fn, self.memo, self.ids)
+                params = self._select()
             space = ParamSpace(model)
             theta0 = space.vector(model)
             objective = Objective(self, space, params)
@@ -172,6 +172,19 @@ class Edit:
             report = {**self._report(params, steps, metrics, delta, theta0), "audit": audit}
         fit = self.solves.fit
         return EditResult(model, delta, params, report, fit if isinstance(fit, LowRankHessian) else None)
+
+    def _select(self) -> torch.Tensor:
+        """T: scored on the edited samples under the loss being changed (relabel: new minus old)."""
+        model, task, opts, ids, loss_fn = self.model, self.task, self.config, self.ids, self.loss_fn
+        assert opts.selection is not None and opts.ratio is not None  # resolved from the method's preset
+        loss, loss_key = (loss_fn, ids.loss) if task.kind == "remove" else (task.target_loss, ids.target_loss)
+        how: dict[str, Any] = {
+            "strategy": opts.selection, "ratio": opts.ratio, "seed": opts.seed, "names": opts.param_names
+        }  # fmt: skip
+        key = {"model": ids.theta0, "data": ids.target, "loss": loss_key, **how}
+        return self.memo.tensor(
+            "selection", key, device="cpu", compute=lambda: select(model, task.target, loss_fn=loss, **how)
+        )
 
     def _audit(self) -> dict:
         """The forgetting audit of the input model and the edited copy (gif/audit.py)."""
@@ -267,21 +280,6 @@ class Edit:
         if self.request.cache is not None:
             report["cache"] = self.memo.report()
         return report
-
-
-def _select(
-    model: nn.Module, task: Task, opts: EditConfig, loss_fn: LossFn, memo: Memo, ids: Ids
-) -> torch.Tensor:
-    """T: scored on the edited samples under the loss being changed (relabel: new minus old)."""
-    assert opts.selection is not None and opts.ratio is not None  # resolved from the method's preset
-    loss, loss_key = (loss_fn, ids.loss) if task.kind == "remove" else (task.target_loss, ids.target_loss)
-    how: dict[str, Any] = {
-        "strategy": opts.selection, "ratio": opts.ratio, "seed": opts.seed, "names": opts.param_names
-    }  # fmt: skip
-    key = {"model": ids.theta0, "data": ids.target, "loss": loss_key, **how}
-    return memo.tensor(
-        "selection", key, device="cpu", compute=lambda: select(model, task.target, loss_fn=loss, **how)
-    )
 
 
 def _solver_summary(steps: list[dict]) -> dict:
