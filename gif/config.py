@@ -177,7 +177,8 @@ class SolveConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (reports, provenance, cache keys)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**fields, "solver_options": dict(self.solver_options)}
 
     def solve_config(self) -> SolveConfig:
         """The solve part of this configuration (every :class:`SolveConfig` field)."""
@@ -351,10 +352,6 @@ def _cell(value: Any, *, preset: bool = False) -> str:
     if isinstance(value, dict):
         return "{}" if not value else ", ".join(f"{k}={v}" for k, v in value.items())
     return str(value)
-
-
-def _plain(value: Any) -> Any:
-    return dict(value) if isinstance(value, Mapping) else value
 
 
 def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
