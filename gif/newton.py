@@ -318,11 +318,10 @@ class _EditedGradient:
     def __call__(
         self, hessian: HessianOperator, drift: HessianOperator, *, model: str
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """(g_k, v ↦ H_U v) at the θ of ``hessian`` (θ₀ at the first call); ``model`` is that θ's
-        digest (cache key).
-        ``drift`` is the retained loss L_h (the Hessian sample, or its untouched part). H_U is
-        the Hessian of the *scaled* target loss, for ``sif`` (the official code passes its target
-        loss already multiplied by |U|/|S|)."""
+        """(g_k, v ↦ H_U v) at the θ of ``hessian`` (θ₀ at the first call), ``model`` that θ's
+        digest; ``drift`` is the retained loss L_h (the Hessian sample, or its untouched part). H_U
+        is the Hessian of the *scaled* target loss, for ``sif`` (the official code passes its
+        target loss already multiplied by |U|/|S|)."""
         task, f, ids = self.task, self.task.index.numel() / self.n, self.ids
         ex, ey = task.target
 
