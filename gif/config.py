@@ -97,7 +97,7 @@ VERB_DEFAULTS: dict[str, dict[str, Any]] = {
 #: may set the field, and which of a choice field's values jobs may name (None: all).
 _NO_LIMITS: dict[str, Any] = {"low": None, "high": None, "low_open": False, "service_max": None, "service": True,
                               "service_choices": None}  # fmt: skip
-#: The ranges of the real-valued fields.
+#: Ranges that real-valued fields share: [0, ∞), (0, ∞) and (0, 1].
 _AT_LEAST_ZERO: dict[str, Any] = {"low": 0.0, "high": math.inf}
 _POSITIVE: dict[str, Any] = {"low": 0.0, "high": math.inf, "low_open": True}
 _FRACTION: dict[str, Any] = {"low": 0.0, "high": 1.0, "low_open": True}
