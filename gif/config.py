@@ -47,7 +47,8 @@ HvpBackend = Literal["auto", "func", "graph"]
 METHODS: tuple[str, ...] = get_args(Method)
 EDIT_METHODS: tuple[str, ...] = get_args(EditMethod)
 SOLVERS: tuple[str, ...] = get_args(Solver)
-#: The solvers a service job may name: all of them (docs/benchmarks.md, "Edit ÷ retraining").
+#: The solvers a service job may name: all of them, the fitted ones cached per checkpoint
+#: (docs/benchmarks.md, "Edit ÷ retraining").
 SERVICE_SOLVERS: tuple[str, ...] = SOLVERS
 #: Solvers whose curvature is fitted once (eigenpairs, Kronecker factors) and then reused by later
 #: solves on the same θ and Hessian data: Newton steps of an edit, and cached requests.
@@ -87,7 +88,8 @@ VERB_DEFAULTS: dict[str, dict[str, Any]] = {
     "influence": {},
     "scores": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "auto", "layer_damping": 0.1},
     "self_influence": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "lowrank"},
-    "remove": {"method": "auto"},  # method and solver "auto": gif/method_choice.py
+    # method and solver "auto": chosen per request (gif/method_choice.py, gif/inverse/choice.py)
+    "remove": {"method": "auto"},
     "relabel": {"method": "auto", "solver": "auto"},
 }
 
