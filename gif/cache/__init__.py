@@ -1,24 +1,11 @@
 """Content-addressed cache of an edit's expensive intermediate results.
 
 An edit (:func:`gif.remove`, :func:`gif.relabel`) spends nearly all its time on gradients and
-Hessian-vector products. Their results are pure functions of their inputs, so they can be
-stored under a digest of those inputs and reused by a repeated or related request:
+Hessian-vector products, pure functions of their inputs: they are stored under a digest of
+those inputs and reused by a repeated or related request. The kinds of entries and what each
+key covers: (docs/engine.md, "Cache (`gif.cache`)").
 
-========== ===================================================================================
-kind       value, and what its key covers
-========== ===================================================================================
-selection  the selected flat indices T: model, edited samples, strategy, ratio, seed, loss
-gradient   ∇ of a mean loss: model (θ and everything else that shapes the output), data,
-           loss, chunking
-lowrank    a Lanczos curvature fit: model, Hessian data, every solve option a fit depends on
-           (:func:`fit_key`), loss, HVP back end, chunking
-ihvp       an influence solve (vector + diagnostics): model, Hessian data, right-hand side g,
-           selected indices, the whole solve configuration (:func:`solve_key`), loss, back end,
-           chunking, the curvature fit used, and for ``sif`` the target data and group fraction
-evaluation the metrics of a model on a labelled set: model, data, loss
-========== ===================================================================================
-
-A key is ``"<kind>:<sha256 hex>"`` of the canonical JSON of those parts plus
+A key is ``"<kind>:<sha256 hex>"`` of the canonical JSON of its parts plus
 :data:`CACHE_VERSION`. Nothing is ever invalidated: a changed input is a different key, and a
 change of the engine's numerics bumps :data:`CACHE_VERSION`. The device is not part of a key
 (a value computed on a GPU serves a CPU worker); dtypes are (through the model digest).

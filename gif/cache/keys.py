@@ -24,8 +24,6 @@ KINDS = ("selection", "gradient", "lowrank", "kfac", "ekfac", "ihvp", "evaluatio
 
 _KEY = re.compile(r"^([a-z]+):([0-9a-f]{64})$")
 
-# -- keys and digests ----------------------------------------------------------------------------
-
 
 def check_key(key: str) -> tuple[str, str]:
     """Split ``"<kind>:<64 hex>"`` into (kind, hex); ValueError for anything else."""

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..hessian import HessianOperator
 
 
-# -- stats ---------------------------------------------------------------------------------------
+# -- one request's view ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -47,9 +47,6 @@ class CacheStats:
 
     def as_dict(self) -> dict:
         return asdict(self)  # copies, JSON-ready
-
-
-# -- one request's view ---------------------------------------------------------------------------
 
 
 class Memo:
@@ -103,15 +100,11 @@ class Memo:
         return entry.tensors, entry.meta
 
     def peek(self, key: str, *, device: Device) -> Entry | None:
-        """The entry under ``key`` if present (nothing recorded; see :meth:`record`)."""
+        """The entry under ``key`` if present (nothing recorded)."""
         if not self.enabled:
             return None
         assert self.cache is not None
         return getattr(self.cache, "lookup", self.cache.get)(key, device=device)
-
-    def record(self, key: str, status: str) -> None:
-        if self.enabled:
-            self.stats.record(key, status)
 
     def tensor(
         self, kind: str, parts: Mapping[str, Any], compute: Callable[[], torch.Tensor], *, device: Device
@@ -152,9 +145,8 @@ class Memo:
         if fresh:
             return fresh[0]
         fields = {name: meta[name] for name in _INFLUENCE_META}
-        return InfluenceResult(
-            vector=tensors["vector"], params=index.cpu(), **{**fields, "history": list(fields["history"])}
-        )
+        fields["history"] = list(fields["history"])
+        return InfluenceResult(vector=tensors["vector"], params=index.cpu(), **fields)
 
     def report(self) -> dict:
         out = self.stats.as_dict()
@@ -186,11 +178,6 @@ def fit_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> Curvat
     return LowRankHessian(**tensors, hvps=int(meta.get("hvps", 0)), meta=dict(meta.get("meta", {})))
 
 
-def fit_digest(fit: CurvatureFit) -> str:
-    """Content digest of a caller-supplied fit: its tensors (CPU copies digest like the originals)."""
-    return tensor_digest(*fit.state_dict().values())
-
-
 #: SolveConfig fields a curvature fit does not depend on; every other field is in its key, so a
 #: field added later is keyed by default (a miss at worst, never a stale hit).
 FIT_INDEPENDENT = frozenset({"method", "damping", "layer_damping", "solver", "tol", "max_iter"})
@@ -209,15 +196,12 @@ def fit_key(config: SolveConfig) -> dict[str, Any]:
 
 class CachedSolves:
     """The influence solves of one edit through a :class:`Memo`: a wrapper at the
-    inverse-Hessian boundary.
+    inverse-Hessian boundary (docs/engine.md, "Where caching happens").
 
-    Each solve is an ``ihvp`` entry keyed on the whole solve configuration (:func:`solve_key`),
-    the digests of θ, the Hessian data, the loss, the right-hand side and T. With a fitted
-    curvature (``lowrank``, ``kfac``, ``ekfac``) the fit is an entry of its own (kind: the solver, keyed by
-    :func:`fit_key` on the model and Hessian data at the first solve), so a related request on
-    the same checkpoint and Hessian data reuses the fit even when its right-hand side differs;
-    the fit then serves every later Newton step, as it does uncached. A fit given by the caller
-    is identified by the digest of its tensors.
+    Each solve is an ``ihvp`` entry keyed by :func:`solve_key`. A fitted curvature (``lowrank``,
+    ``kfac``, ``ekfac``) is an entry of its own (kind: the solver, keyed by :func:`fit_key` at the
+    first solve), so a related request reuses the fit even when its right-hand side differs. A
+    fit given by the caller is identified by the digest of its tensors.
     """
 
     def __init__(self, memo: Memo, given: CurvatureFit | None) -> None:
@@ -252,12 +236,12 @@ class CachedSolves:
                   "chunks": [len(c) for c in hessian.data]}  # fmt: skip
         if fitted and self.memo.enabled and self._id is None:  # identify the fit
             if self.fit is not None:
-                self._id = "given:" + fit_digest(self.fit)
+                self._id = "given:" + tensor_digest(*self.fit.state_dict().values())
             else:
                 self._key = self._id = make_key(config.solver_name, {**common, "config": fit_key(config)})
                 found = self.memo.peek(self._key, device=hessian.flat.device)
                 if found is not None:
-                    self.memo.record(self._key, "hit")
+                    self.memo.stats.record(self._key, "hit")
                     self.fit = fit_from_entry(found.tensors, found.meta)
         parts = {
             **common,
@@ -320,5 +304,5 @@ class CachedSolves:
     def _fetch_fit(self, compute: Compute, hessian: HessianOperator) -> Entry:
         assert self.memo.cache is not None and self._key is not None
         entry = self.memo.cache.compute_once(self._key, compute, device=hessian.flat.device)
-        self.memo.record(entry.key, entry.status)
+        self.memo.stats.record(entry.key, entry.status)
         return entry

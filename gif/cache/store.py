@@ -11,7 +11,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -61,7 +60,7 @@ class Cache(Protocol):
     def put(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> None:
         """Store a value (tensors are copied to the CPU; ``meta`` must be JSON-serialisable)."""
 
-    def lock(self, key: str) -> AbstractContextManager[None]:
+    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
         """Exclusive, blocking, per-key lock shared by every process using this cache."""
 
     def compute_once(self, key: str, fn: Compute, *, device: Device = None) -> Entry:
@@ -69,7 +68,7 @@ class Cache(Protocol):
         under the key's lock, so concurrent callers compute it once and the others read it."""
 
 
-class BaseCache:
+class BaseCache(Cache):
     """``compute_once`` on top of ``get`` / ``put`` / ``lock``; backends subclass this.
 
     A backend that is unreachable or full (its ``unavailable`` errors) never fails an edit: the
@@ -83,15 +82,6 @@ class BaseCache:
     #: Seconds a backend that failed is bypassed.
     retry_after: float = 30.0
     _down_until: float = 0.0
-
-    def get(self, key: str, *, device: Device = None) -> Entry | None:
-        raise NotImplementedError
-
-    def put(self, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> None:
-        raise NotImplementedError
-
-    def lock(self, key: str) -> AbstractContextManager[None]:
-        raise NotImplementedError
 
     @property
     def available(self) -> bool:
@@ -197,8 +187,9 @@ class DiskCache(BaseCache):
     reader sees a complete entry or none (not fsynced: it is a cache, and an entry torn by a
     crash fails to parse, is deleted and recomputed). Locks are ``fcntl.flock`` on
     ``root/locks/<kind>-<hex>.lock`` (removed on release): exclusive across processes and
-    threads, and released by the kernel if the holder dies. With ``max_bytes`` set, a ``put`` evicts the least recently used
-    entries (by modification time, refreshed on every hit) until the folder fits.
+    threads, and released by the kernel if the holder dies. With ``max_bytes`` set, a ``put``
+    evicts the least recently used entries (by modification time, refreshed on every hit) until
+    the folder fits.
     """
 
     def __init__(self, root: str | os.PathLike, *, max_bytes: int | None = None) -> None:
@@ -235,11 +226,10 @@ class DiskCache(BaseCache):
         try:
             with open(tmp, "xb") as f:
                 f.write(data)
-            os.replace(tmp, path)  # no fsync: after a crash a torn entry fails to parse and is dropped
+            os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        if self.max_bytes is not None:
-            self.evict(keep=path)
+        self.evict(keep=path)
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -315,8 +305,8 @@ def decode(data: bytes, device: Device = None) -> tuple[dict[str, torch.Tensor],
     from safetensors.torch import load
 
     tensors = load(data)
-    header_len = int.from_bytes(data[:8], "little")  # safetensors: u64 header length, JSON header
-    header = json.loads(data[8 : 8 + header_len])
+    # safetensors: a little-endian u64 header length, then the JSON header
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     meta = json.loads((header.get("__metadata__") or {}).get(_META, "{}"))
     return {k: t.to(device) for k, t in tensors.items()}, meta  # to(None): the tensor itself
 
