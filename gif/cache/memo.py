@@ -94,15 +94,19 @@ class Memo:
         if not self.enabled:
             tensors, meta = compute()
             return dict(tensors), dict(meta or {})
+        return self.fetch_key(make_key(kind, parts), compute, device=device)
+
+    def fetch_key(
+        self, key: str, compute: Compute, *, device: Device
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """:meth:`fetch` by the entry's key (the cache must be enabled)."""
         assert self.cache is not None
-        entry = self.cache.compute_once(make_key(kind, parts), compute, device=device)
+        entry = self.cache.compute_once(key, compute, device=device)
         self.stats.record(entry.key, entry.status)
         return entry.tensors, entry.meta
 
     def peek(self, key: str, *, device: Device) -> Entry | None:
-        """The entry under ``key`` if present (nothing recorded)."""
-        if not self.enabled:
-            return None
+        """The entry under ``key`` if present (the cache must be enabled; nothing recorded)."""
         assert self.cache is not None
         return getattr(self.cache, "lookup", self.cache.get)(key, device=device)
 
@@ -208,7 +212,7 @@ class CachedSolves:
         self.memo = memo
         self.fit = given
         self._id: str | None = None  # the fit's identity in ihvp keys
-        self._key: str | None = None  # its cache key when this edit derives it
+        self._key = ""  # its cache key when this edit derives it
 
     def solve(
         self,
@@ -260,7 +264,7 @@ class CachedSolves:
             )  # fmt: skip
 
         def compute() -> InfluenceResult:
-            if fitted and self.fit is None and self._key is not None:
+            if fitted and self.fit is None and self._key:
                 return self._solve_and_fit(hessian, run)
             return run(self.fit if fitted else None)
 
@@ -284,10 +288,10 @@ class CachedSolves:
             assert fresh[0].fit is not None
             return fit_entry(fresh[0].fit)
 
-        entry = self._fetch_fit(compute, hessian)
+        tensors, meta = self.memo.fetch_key(self._key, compute, device=hessian.flat.device)
         if fresh:
             return fresh[0]
-        self.fit = fit_from_entry(entry.tensors, entry.meta)
+        self.fit = fit_from_entry(tensors, meta)
         return run(self.fit)
 
     def _fit(self, hessian: HessianOperator, config: SolveConfig, monitor: Monitor) -> CurvatureFit:
@@ -298,11 +302,4 @@ class CachedSolves:
             assert fit is not None
             return fit_entry(fit)
 
-        entry = self._fetch_fit(compute, hessian)
-        return fit_from_entry(entry.tensors, entry.meta)
-
-    def _fetch_fit(self, compute: Compute, hessian: HessianOperator) -> Entry:
-        assert self.memo.cache is not None and self._key is not None
-        entry = self.memo.cache.compute_once(self._key, compute, device=hessian.flat.device)
-        self.memo.stats.record(entry.key, entry.status)
-        return entry
+        return fit_from_entry(*self.memo.fetch_key(self._key, compute, device=hessian.flat.device))

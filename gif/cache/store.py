@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -27,6 +27,7 @@ _KEY_FIELD = "gif.cache.key"
 #: Where a cache hands back tensors (None: the CPU), and a computation that makes an entry's value.
 Device = torch.device | str | None
 Compute = Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]]
+_T = TypeVar("_T")
 
 
 # -- entries and backends ------------------------------------------------------------------------
@@ -89,13 +90,7 @@ class BaseCache(Cache):
 
     def lookup(self, key: str, *, device: Device = None) -> Entry | None:
         """``get`` that answers None (a miss) while the backend is unavailable."""
-        if not self.available:
-            return None
-        try:
-            return self.get(key, device=device)
-        except self.unavailable as exc:
-            self._failed("lookup of", key, exc)
-            return None
+        return self._attempt("lookup of", key, lambda: self.get(key, device=device))
 
     def compute_once(self, key: str, fn: Compute, *, device: Device = None) -> Entry:
         check_key(key)
@@ -103,26 +98,28 @@ class BaseCache(Cache):
         if entry is not None:
             return entry
         with contextlib.ExitStack() as held:
-            if self.available:
-                try:
-                    held.enter_context(self.lock(key))
-                except self.unavailable as exc:
-                    self._failed("lock for", key, exc)
+            self._attempt("lock for", key, lambda: held.enter_context(self.lock(key)))
             entry = self.lookup(key, device=device)
             if entry is not None:
                 return replace(entry, status="waited")
             tensors, meta = fn()
-            if self.available:
-                try:
-                    self.put(key, tensors, meta)
-                except self.unavailable as exc:
-                    self._failed("store of", key, exc)
+            self._attempt("store of", key, lambda: self.put(key, tensors, meta))
         # the computed tensors themselves (bit-equal to what a later get returns)
         return Entry(key, dict(tensors), dict(meta or {}), "computed")
 
-    def _failed(self, what: str, key: str, exc: BaseException) -> None:
-        log.warning("cache %s %s failed (%s); bypassing the cache for %ss", what, key, exc, self.retry_after)
-        self._down_until = time.monotonic() + self.retry_after
+    def _attempt(self, what: str, key: str, call: Callable[[], _T]) -> _T | None:
+        """``call()``, or None while the backend is unavailable or when it fails as unavailable
+        (which makes it unavailable for ``retry_after`` seconds)."""
+        if not self.available:
+            return None
+        try:
+            return call()
+        except self.unavailable as exc:
+            log.warning(
+                "cache %s %s failed (%s); bypassing the cache for %ss", what, key, exc, self.retry_after
+            )
+            self._down_until = time.monotonic() + self.retry_after
+            return None
 
 
 class MemoryCache(BaseCache):
