@@ -16,7 +16,7 @@ from ..inverse import FITTED_SOLVERS, CurvatureFit, KroneckerFit, inverse_for
 from ..methods import InfluenceResult, solve_influence
 from ..solvers import LowRankHessian, Monitor
 from .keys import check_key, make_key, model_digest, tensor_digest
-from .store import Cache, Compute, Device, Entry
+from .store import Cache, Compute, Device, Entry, Value
 
 if TYPE_CHECKING:
     from ..hessian import HessianOperator
@@ -87,18 +87,14 @@ class Memo:
 
     # lookups
 
-    def fetch(
-        self, kind: str, parts: Mapping[str, Any], compute: Compute, *, device: Device
-    ) -> tuple[dict[str, torch.Tensor], dict]:
+    def fetch(self, kind: str, parts: Mapping[str, Any], compute: Compute, *, device: Device) -> Value:
         """(tensors, meta) of the entry for ``parts``, computed (once, under its lock) if absent."""
         if not self.enabled:
             tensors, meta = compute()
             return dict(tensors), dict(meta or {})
         return self.fetch_key(make_key(kind, parts), compute, device=device)
 
-    def fetch_key(
-        self, key: str, compute: Compute, *, device: Device
-    ) -> tuple[dict[str, torch.Tensor], dict]:
+    def fetch_key(self, key: str, compute: Compute, *, device: Device) -> Value:
         """:meth:`fetch` by the entry's key (the cache must be enabled)."""
         assert self.cache is not None
         entry = self.cache.compute_once(key, compute, device=device)
@@ -141,7 +137,7 @@ class Memo:
         :data:`_INFLUENCE_META`. A cached result has no ``fit`` (the fit is an entry of its own)."""
         fresh: list[InfluenceResult] = []
 
-        def compute() -> tuple[dict, dict]:
+        def compute() -> Value:
             fresh.append(solve())
             return {"vector": fresh[0].vector}, {name: getattr(fresh[0], name) for name in _INFLUENCE_META}
 
@@ -167,7 +163,7 @@ _INFLUENCE_META = ("method", "solver", "converged", "iterations", "hvps", "grads
                    "seconds")  # fmt: skip
 
 
-def fit_entry(fit: CurvatureFit) -> tuple[dict[str, torch.Tensor], dict]:
+def fit_entry(fit: CurvatureFit) -> Value:
     """A curvature fit as a cache entry: its tensors, with a ``lowrank`` fit's HVP count and meta
     or the Kronecker factors' layer names."""
     if isinstance(fit, LowRankHessian):
@@ -269,11 +265,8 @@ class CachedSolves:
             return run(self.fit if fitted else None)
 
         result = self.memo.influence(parts, compute, index=index, device=g.device)
-        if fitted and self.fit is None:
-            if result.fit is not None:
-                self.fit = result.fit
-            else:  # the solve was cached but the fit is not: this edit must still return it
-                self.fit = self._fit(hessian, config, monitor)
+        if fitted and self.fit is None:  # a cached solve has no fit: this edit must still return one
+            self.fit = result.fit if result.fit is not None else self._fit(hessian, config, monitor)
         return result
 
     def _solve_and_fit(
@@ -283,7 +276,7 @@ class CachedSolves:
         meantime (another worker) is used instead."""
         fresh: list[InfluenceResult] = []
 
-        def compute() -> tuple[dict, dict]:
+        def compute() -> Value:
             fresh.append(run(None))
             assert fresh[0].fit is not None
             return fit_entry(fresh[0].fit)
@@ -295,7 +288,7 @@ class CachedSolves:
         return run(self.fit)
 
     def _fit(self, hessian: HessianOperator, config: SolveConfig, monitor: Monitor) -> CurvatureFit:
-        def compute() -> tuple[dict, dict]:
+        def compute() -> Value:
             inverse = inverse_for(hessian, config)
             inverse.prepare(monitor)
             fit = getattr(inverse, "fit", None)

@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 _META = "gif.cache.meta"
 _KEY_FIELD = "gif.cache.key"
 
-#: Where a cache hands back tensors (None: the CPU), and a computation that makes an entry's value.
+#: Where a cache hands back tensors (None: the CPU), an entry's value (tensors, meta) and a
+#: computation that makes one.
 Device = torch.device | str | None
+Value = tuple[dict[str, torch.Tensor], dict]
 Compute = Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]]
 _T = TypeVar("_T")
 
@@ -108,8 +110,7 @@ class BaseCache(Cache):
         return Entry(key, dict(tensors), dict(meta or {}), "computed")
 
     def _attempt(self, what: str, key: str, call: Callable[[], _T]) -> _T | None:
-        """``call()``, or None while the backend is unavailable or when it fails as unavailable
-        (which makes it unavailable for ``retry_after`` seconds)."""
+        """``call()``; None while the backend is unavailable, and when it fails as such."""
         if not self.available:
             return None
         try:
@@ -297,18 +298,17 @@ def encode(
     return save(_cpu_copies(tensors), metadata=header)
 
 
-def decode(data: bytes, device: Device = None) -> tuple[dict[str, torch.Tensor], dict]:
+def decode(data: bytes, device: Device = None) -> Value:
     """Inverse of :func:`encode`: (tensors on ``device``, meta)."""
     from safetensors.torch import load
 
     tensors = load(data)
-    # safetensors: a little-endian u64 header length, then the JSON header
-    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])  # u64 size, JSON header
     meta = json.loads((header.get("__metadata__") or {}).get(_META, "{}"))
     return {k: t.to(device) for k, t in tensors.items()}, meta  # to(None): the tensor itself
 
 
-def read_file(path: str | os.PathLike, device: Device = None) -> tuple[dict[str, torch.Tensor], dict]:
+def read_file(path: str | os.PathLike, device: Device = None) -> Value:
     """(tensors, meta) of a file written with :func:`encode` (memory-mapped read)."""
     from safetensors import safe_open
 
