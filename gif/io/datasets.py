@@ -38,7 +38,6 @@ from ._files import (
 from ._safetensors import validate_header
 
 _NPY_MAGIC = b"\x93NUMPY"
-_DATASET_KEYS = ("inputs", "labels")
 #: The optional per-sample key of a dataset: not an input of the model.
 SAMPLE_IDS = "sample_ids"
 #: Most named input tensors a dataset may hold (besides ``labels``).
@@ -66,9 +65,14 @@ def load_dataset(path: PathLike) -> tuple[Inputs, torch.Tensor]:
     """
     if read_head(path, DatasetError).startswith(_NPY_MAGIC):
         raise DatasetError("this is a single .npy array; save inputs and labels together with np.savez")
-    names, read = _contents(path)
-    names = [n for n in names if n != SAMPLE_IDS]
-    keys = _DATASET_KEYS if "inputs" in names or "labels" not in names else _named_keys(names)
+    found, read = _contents(path)
+    names = [n for n in found if n != SAMPLE_IDS]
+    keys = ("inputs", "labels") if "inputs" in names or "labels" not in names else _named_keys(names)
+    for key in keys:
+        if key not in found:
+            raise DatasetError(
+                f"dataset has no {key!r} array (found: {format_names(sorted(found)) or 'none'})", key=key
+            )
     arrays = read(path, keys)
     labels = arrays.pop("labels")
     if "inputs" in arrays:
@@ -181,23 +185,20 @@ def infer_num_classes(model: nn.Module, sample_input: Inputs) -> int:
     """
     first = sample_input if isinstance(sample_input, torch.Tensor) else next(iter(sample_input.values()))
     moved = to(sample_input, next(itertools.chain(model.parameters(), model.buffers()), first).device)
+    expected = "model output must be a logits tensor [batch, classes]"
     try:
         with eval_mode(model):
             out = call(model, moved)
     except InvalidArgumentError:
-        raise InvalidArgumentError(
-            "model output must be a logits tensor [batch, classes] or have `.logits`"
-        ) from None
+        raise InvalidArgumentError(f"{expected} or have `.logits`") from None
     if not isinstance(out, torch.Tensor) or out.ndim < 1:
-        raise InvalidArgumentError(
-            f"model output must be a logits tensor [batch, classes], got {type(out).__name__}"
-        )
+        raise InvalidArgumentError(f"{expected}, got {type(out).__name__}")
     return int(out.shape[-1])
 
 
 def _contents(path: PathLike) -> tuple[list[str], _Read]:
     """The array names of an npz archive (nothing unpacked) or a safetensors file (its header
-    validated), and the reader of the format."""
+    validated), and the reader of the format (which loads the given names, all present)."""
     if not read_head(path, DatasetError).startswith(ZIP_MAGIC):
         return validate_header(path, DatasetError), _read_safetensors_arrays
     try:
@@ -231,7 +232,6 @@ def _read_npz(path: PathLike, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Load only ``keys`` from an npz archive (extra arrays are never unpacked)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            _require_keys(keys, npz.files)
             for key in keys:
                 _check_npz_member(npz.zip, key)
             arrays = {k: npz[k] for k in keys}
@@ -255,8 +255,7 @@ def _check_npz_member(archive: zipfile.ZipFile, key: str) -> None:
     """Refuse a member before it is unpacked: a compression other than np.savez's (Python's zipfile
     inflates bzip2 and lzma without bound), or a size that differs from what its .npy header declares
     (a truncated member, or a bomb inflating past its array)."""
-    names = archive.namelist()
-    info = archive.getinfo(f"{key}.npy" if f"{key}.npy" in names else key)
+    info = archive.getinfo(f"{key}.npy" if f"{key}.npy" in archive.namelist() else key)
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise DatasetError(
             f"npz member {info.filename!r} is compressed with "
@@ -283,21 +282,12 @@ def _check_npz_member(archive: zipfile.ZipFile, key: str) -> None:
 
 
 def _read_safetensors_arrays(path: PathLike, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Load only ``keys`` from a safetensors file, after validating its header."""
-    _require_keys(keys, validate_header(path, DatasetError))
+    """Load only ``keys`` from a safetensors file (its header validated by :func:`_contents`)."""
     try:
         with safetensors.safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in keys}
     except Exception as exc:  # noqa: BLE001 (the library raises several types for a corrupt file)
         raise DatasetError(f"cannot read safetensors dataset {os.fspath(path)!r}: {exc}") from None
-
-
-def _require_keys(keys: tuple[str, ...], found: list[str]) -> None:
-    for key in keys:
-        if key not in found:
-            raise DatasetError(
-                f"dataset has no {key!r} array (found: {format_names(sorted(found)) or 'none'})", key=key
-            )
 
 
 def _check_dataset(inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
