@@ -1,8 +1,4 @@
-"""Checkpoints: save, load (safetensors or weights-only PyTorch pickles) and describe state dicts.
-
-Pickle-based PyTorch files are only ever opened with ``torch.load(weights_only=True)``: a file
-that would need arbitrary code to load is refused, not executed.
-"""
+"""Checkpoints: save, load (safetensors or weights-only PyTorch pickles) and describe state dicts."""
 
 from __future__ import annotations
 
@@ -50,11 +46,9 @@ def save_checkpoint(
         path: Destination file.
         metadata: Optional ``str -> str`` pairs stored in the header.
     """
-    sd = (
-        model_or_state_dict.state_dict()
-        if isinstance(model_or_state_dict, nn.Module)
-        else model_or_state_dict
-    )
+    sd = model_or_state_dict
+    if isinstance(sd, nn.Module):
+        sd = sd.state_dict()
     if not _is_flat_state_dict(sd):
         raise InvalidArgumentError("`model_or_state_dict` must be an nn.Module or a dict of str -> Tensor")
     if metadata is not None and not all(
@@ -80,8 +74,7 @@ def load_checkpoint(
 
     Args:
         path: The checkpoint file; its format is detected from its content.
-        model: If given, the state dict is checked against ``model.state_dict()`` (keys, shapes,
-            dtypes, finite values) and then loaded into it.
+        model: If given, the state dict is checked against it and loaded into it (:func:`load_state`).
         strict: Require exactly the model's keys (otherwise missing/extra keys are tolerated).
 
     Returns:
@@ -172,13 +165,12 @@ def _unwrap(obj: object) -> dict[str, torch.Tensor]:
     """Accept a flat state dict, or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``."""
     if _is_flat_state_dict(obj):
         return dict(obj)
+    kind = type(obj).__name__
     if isinstance(obj, dict):
         for key in _WRAPPER_KEYS:
             if _is_flat_state_dict(obj.get(key)):
                 return dict(obj[key])
-    kind = (
-        f"dict with keys {sorted(map(str, obj))[:MAX_NAMES]}" if isinstance(obj, dict) else type(obj).__name__
-    )
+        kind = f"dict with keys {sorted(map(str, obj))[:MAX_NAMES]}"
     raise CheckpointError(f"expected a state dict (str -> Tensor), got a {kind}")
 
 
