@@ -124,7 +124,6 @@ def check_pickle(f: BinaryIO, end: int) -> bool:
     marks: list[int] = []
     memo: dict[int, tuple[int, int]] = {}
     pushed = 0
-    budget = MAX_EXPANDED_NODES
     try:
         # genops gives a position for each opcode when the file has tell(); ``f`` has it.
         ops = cast("Iterator[tuple[pickletools.OpcodeInfo, Any, int]]", pickletools.genops(f))
@@ -165,13 +164,11 @@ def check_pickle(f: BinaryIO, end: int) -> bool:
                 pushed += sum(size for size, _ in new)
             if pos >= end:
                 raise PickleTooLarge(f"its pickle data is over the limit of {MAX_PICKLE_BYTES} bytes")
-            if pushed > budget:
-                budget = MAX_EXPANDED_NODES + 16 * (pos - start + 1)
-                if pushed > budget:
-                    raise PickleBomb(
-                        "its pickle shares sub-tuples so that loading it would hash or print more than "
-                        f"{pushed} nodes from {pos - start + 1} bytes (a pickle bomb)"
-                    )
+            if pushed > MAX_EXPANDED_NODES + 16 * (pos - start + 1):
+                raise PickleBomb(
+                    "its pickle shares sub-tuples so that loading it would hash or print more than "
+                    f"{pushed} nodes from {pos - start + 1} bytes (a pickle bomb)"
+                )
     except (ValueError, KeyError, IndexError, EOFError, TypeError):
         return False  # not a well-formed pickle: torch reports it
     return False  # no STOP: truncated
