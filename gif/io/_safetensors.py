@@ -1,8 +1,4 @@
-"""Safetensors header validation, done by hand before the library reads a file.
-
-The length prefix, JSON header and data offsets are checked without reading the tensor data, so
-that a malformed file fails with a precise message rather than a library error.
-"""
+"""Safetensors header validation, done by hand so that a malformed file fails with a precise message."""
 
 from __future__ import annotations
 
