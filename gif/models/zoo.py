@@ -23,16 +23,12 @@ TRAINABLE_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.L
 _VGG11_PLAN: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-# ---------------------------------------------------------------------------------------------
-# argument validation
-
-
-def _int(name: str, value: object, *, minimum: int = 1) -> int:
+def _int(name: str, value: object) -> int:
     # bool is an Integral subclass, but `num_classes=True` is never what the caller meant.
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise InvalidArgumentError(f"`{name}` must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise InvalidArgumentError(f"`{name}` must be >= {minimum}, got {value}")
+    if value < 1:
+        raise InvalidArgumentError(f"`{name}` must be >= 1, got {value}")
     return int(value)
 
 
@@ -61,10 +57,6 @@ def _flat_size(module: nn.Module, input_shape: tuple[int, ...], what: str) -> in
     if out.numel() == 0:
         raise InvalidArgumentError(f"{what} is too small for this architecture")
     return out.numel()
-
-
-# ---------------------------------------------------------------------------------------------
-# architectures
 
 
 def mlp(
