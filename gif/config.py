@@ -99,6 +99,8 @@ VERB_DEFAULTS: dict[str, dict[str, Any]] = {
 #: may set the field, and which of a choice field's values jobs may name (None: all).
 _NO_LIMITS: dict[str, Any] = {"low": None, "high": None, "low_open": False, "service_max": None, "service": True,
                               "service_choices": None}  # fmt: skip
+#: Seeds are 64-bit (torch.Generator.manual_seed).
+SEED_LIMIT = 2**64
 #: Ranges that real-valued fields share: [0, ∞), (0, ∞) and (0, 1].
 _AT_LEAST_ZERO: dict[str, Any] = {"low": 0.0, "high": math.inf}
 _POSITIVE: dict[str, Any] = {"low": 0.0, "high": math.inf, "low_open": True}
@@ -164,6 +166,8 @@ class SolveConfig:
         check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
         for f in dataclasses.fields(self):
             _check_range(f, getattr(self, f.name))
+        if self.seed >= SEED_LIMIT:  # torch's generators refuse it with a bare ValueError
+            raise InvalidArgumentError(f"`seed` must be an integer in [0, {SEED_LIMIT - 1}], got {self.seed}")
         _check_solver_options(self.solver, self.solver_options)
         if self.layer_damping > 0 and self.method in ("fif", "gif") and self.solver in ("kfac", "ekfac"):
             raise InvalidArgumentError(

@@ -140,7 +140,7 @@ def select(
         )
     try:
         gen = torch.Generator(device="cpu").manual_seed(seed)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # torch raises either, by version and sign
         raise InvalidArgumentError(f"`seed` is out of range: {seed}") from exc
 
     kind = "gradients" if strategy.endswith("_gradients") else "outputs"

@@ -95,6 +95,8 @@ def test_engine_entry_points_accept_a_config():
         ({"rank": 1.5}, "rank"),
         ({"chunk_size": True}, "chunk_size"),
         ({"hvp_backend": "jax"}, "hvp_backend"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**64}, r"`seed` must be an integer in \[0, 18446744073709551615\]"),
         ({"solver": "cg", "solver_options": {"normalizer": 1.0}}, "normalizer"),
         ({"solver": "neumann", "solver_options": {"normalizer": float("inf")}}, "finite"),
     ],
@@ -109,6 +111,8 @@ def test_invalid_edit_options_and_unknown_keywords():
         EditConfig(ratio=0.0)
     with pytest.raises(InvalidArgumentError, match="max_step"):
         EditConfig(min_step=0.5, max_step=0.1)
+    with pytest.raises(InvalidArgumentError, match="seed"):  # through the verb, not only the type
+        resolve("remove", EditConfig, None, {"seed": 2**70})
     with pytest.raises(InvalidArgumentError, match="unknown option"):
         resolve("remove", EditConfig, None, {"newton_stepz": 3})
     with pytest.raises(InvalidArgumentError, match="EditConfig"):

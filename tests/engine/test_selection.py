@@ -391,6 +391,9 @@ def test_shared_module_rejected_and_hooks_removed() -> None:
 
 def test_argument_errors() -> None:
     model, data = hand_mlp()
+    for seed in (2**64, 2**70):  # torch refuses these with a ValueError: the caller gets our error
+        with pytest.raises(InvalidArgumentError, match="`seed` is out of range"):
+            select(model, data, strategy="random", ratio=0.5, seed=seed)
     for bad in [0, 0.0, -0.1, 1.5, float("nan"), True, "0.1"]:
         with pytest.raises(InvalidArgumentError, match="ratio"):
             select(model, data, ratio=bad)
