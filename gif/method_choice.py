@@ -2,36 +2,26 @@
 forgets as well as retraining at a small fraction of its cost, else the verb's own method), and
 the validation guard on ``solver="auto"`` (:func:`guarded`).
 
-Removing a whole class is a change of what the classifier outputs, and the logits' Linear layer
-(the head) carries it: FIF restricted to the head — (H[T,T] + λI)⁻¹ g[T] over the head's weight
-and bias, then Newton steps walked by validation — removes the class to 0% while keeping the
-retained accuracy at retraining's, on every model measured (an MLP and TinyNet on digits, TinyNet
-and ResNet-18 on MNIST-5k, a ViT, an exported CNN), and it runs on features computed once
-(gif/head_edit.py): 1–10% of retraining's time where GIF's 5% of every layer took 50–250%
-(docs/benchmarks.md, "Class removal at the defaults"). A linear probe finds the class in the features afterwards, as it does in the
-model GIF edits and in the model retrained without it (bench/feature_probe.py): the head edit
-changes what the model answers, not what its backbone computes.
-
-Samples (not a class) are remembered throughout the network, so their removal keeps GIF.
+A whole class is a change of what the classifier outputs, and the logits' Linear layer (the head)
+carries it: FIF restricted to the head — (H[T,T] + λI)⁻¹ g[T] over its weight and bias, then
+Newton steps walked by validation — removes the class at retraining's retained accuracy on every
+model measured, on features computed once (gif/head_edit.py), at 1–10% of retraining's time
+(docs/benchmarks.md, "Class removal at the defaults"). It changes what the model answers, not
+what its backbone computes (bench/feature_probe.py). Samples, not a class, are remembered
+throughout the network, so their removal keeps GIF.
 
 A relabel tries the head first too (:func:`head_first`), but a head edit can fit the relabelled
-samples without fixing what makes the network mislabel them: on the digits CNN's backdoor it
-left 7-27% of triggered test images at the attacker's label, on MNIST-5k's it generalised to
-them (docs/benchmarks.md, "A relabel by the head first"). So the head edit is kept only when it
-took a step, :func:`accepted` accepts it (its validation objective reaches
-:data:`ACCEPT_OBJECTIVE`, or validation holding wrong labels keeps it below that while the edited
-samples reach it and validation accuracy is kept) *and* it generalises: the same edit with a
-quarter of the relabelled samples held out of the training data gets those right under their new
-labels nearly as often as the ones it edited. Otherwise the relabel is IF over every parameter.
+samples without fixing what makes the network mislabel them (a backdoor's trigger). So it is kept
+only when it took a step, :func:`accepted` accepts it, and it generalises: the same edit with a
+quarter of the relabelled samples held out of the training data gets those right under their
+new labels nearly as often as the ones it edited (docs/benchmarks.md, "A relabel by the head
+first"). Otherwise the relabel is IF over every parameter.
 
 ``solver="auto"`` takes K-FAC where the model's curvature can be Kronecker-factored
 (gif/inverse/choice.py): fitted once, it makes a relabel 3–30× cheaper than CG on CNNs, but on
-some seeds its direction is worse (backdoor relabels, digits CNN and MLP and MNIST-5k TinyNet:
-four runs of nine missed a target where CG met it, and CG missed by 8.5 points on one where
-K-FAC did not). The edit's own validation objective mostly tells them apart: unless :func:`accepted`
-accepts the K-FAC edit, the edit is redone with the
-method's own solver and the better of the two kept (docs/benchmarks.md, "A relabel default
-guarded by validation"). It buys quality, not time: most relabels then run both.
+some seeds its direction is worse. Unless :func:`accepted` accepts the K-FAC edit, it is redone
+with the method's own solver and the one with the better validation objective kept
+(docs/benchmarks.md, "A relabel default guarded by validation"): quality, not time.
 """
 
 from __future__ import annotations
@@ -47,20 +37,14 @@ from .newton import VALIDATION_GIVEN, EditResult, Task
 
 #: The validation objective (F1 of the edit's two goals, gif/edit_sets.py) below which an edit
 #: whose ``solver="auto"`` took K-FAC is redone with the method's own solver, and below which a
-#: relabel of the head alone is not kept (module docstring). An absolute bar: a bar relative to
-#: the F1 reachable on a request's own validation data let a head edit 2.3 points below
-#: retraining through (docs/benchmarks.md, "A relabel by the head first") ...
+#: relabel of the head alone is not kept. Absolute: a bar relative to the F1 reachable on a
+#: request's own validation data let a head edit 2.3 points below retraining through ...
 ACCEPT_OBJECTIVE = 0.98
 
-#: ... unless the edit falls short only because its validation data cannot be got right:
-#: carved from training samples some of which carry wrong labels, it caps the F1 below the bar
-#: (95.5% right before the edit caps it at 0.977). Such an edit (:func:`accepted`) is accepted
-#: when it gets the edited samples right as often as the bar asks (≥ :data:`ACCEPT_OBJECTIVE`
-#: under their new labels) and loses at most this much of the validation accuracy it started
-#: from. Where validation was 98.5% right or more before the edit this changes nothing (an F1 is
-#: at least its smaller argument, so such an edit reaches the bar already); an edit that trades
-#: validation accuracy for the edited samples — what an F1 cannot see — stays rejected
-#: (docs/benchmarks.md, "Validation data with wrong labels").
+#: ... unless validation carved from training samples with wrong labels caps the F1 below the bar:
+#: then an edit that gets the edited samples right as often as the bar asks and loses at most this
+#: much of the validation accuracy it started from is accepted (:func:`accepted`;
+#: docs/benchmarks.md, "Validation data with wrong labels").
 VALIDATION_SLACK = 0.005
 
 #: A relabel of the head is kept only if, with this fraction of the relabelled samples held out
@@ -72,13 +56,10 @@ MAX_GENERALISATION_GAP = 0.05
 MIN_CHECKED_SAMPLES = 20
 
 #: Where a relabel's head edit at FIF's own damping (0.1) is not kept and the request left
-#: ``damping`` to the method, the head is tried again at each of these before the fallback. A
-#: head attempt costs a small fraction of the fallback (on MNIST-5k at 4,000 images ~0.06× retraining
-#: against 5–16× for IF over the network) and is judged by the same rules, so a second damping
-#: costs little where it fails and saves most of the request where it holds: at λ = 0.3 the
-#: two MNIST-5k seeds of six whose head λ = 0.1 rejected were kept within every target, while one
-#: that λ = 0.1 kept was lost (docs/benchmarks.md, "A relabel by the head first", "A second
-#: damping for the head").
+#: ``damping`` to the method, the head is tried again at each of these before the fallback: a head
+#: attempt costs a small fraction of IF over the network, so a second damping costs little where
+#: it fails and saves most of the request where it holds
+#: (docs/benchmarks.md, "A second damping for the head").
 HEAD_RETRY_DAMPINGS = (0.3,)
 
 #: What ``auto`` falls back to, per edit verb.
