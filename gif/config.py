@@ -257,7 +257,8 @@ class EditConfig(SolveConfig):
     )
 
     def __post_init__(self) -> None:
-        for name, value in EDIT_PRESETS.get(self.method, {}).items():  # the method is checked below
+        preset = EDIT_PRESETS.get(self.method, {}) if isinstance(self.method, str) else {}
+        for name, value in preset.items():  # the method is checked below
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         super().__post_init__()
@@ -368,7 +369,7 @@ def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 def _check_range(f: dataclasses.Field, value: object) -> None:
     low, high, low_open = f.metadata["low"], f.metadata["high"], f.metadata["low_open"]
-    if value is None or low is None:  # unset, or a field without a range
+    if low is None or (value is None and "None" in str(f.type)):  # no range, or an optional field unset
         return
     if high is None:  # integers
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

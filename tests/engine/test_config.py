@@ -97,6 +97,10 @@ def test_engine_entry_points_accept_a_config():
         ({"hvp_backend": "jax"}, "hvp_backend"),
         ({"seed": -1}, "seed"),
         ({"seed": 2**64}, r"`seed` must be an integer in \[0, 18446744073709551615\]"),
+        ({"seed": None}, "`seed` must be an integer"),  # None only where a field is optional
+        ({"max_iter": None}, "`max_iter` must be an integer"),
+        ({"tol": None}, "`tol` must be a finite number"),
+        ({"layer_damping": None}, "`layer_damping` must be a finite number"),
         ({"solver": "cg", "solver_options": {"normalizer": 1.0}}, "normalizer"),
         ({"solver": "neumann", "solver_options": {"normalizer": float("inf")}}, "finite"),
     ],
@@ -111,6 +115,13 @@ def test_invalid_edit_options_and_unknown_keywords():
         EditConfig(ratio=0.0)
     with pytest.raises(InvalidArgumentError, match="max_step"):
         EditConfig(min_step=0.5, max_step=0.1)
+    with pytest.raises(InvalidArgumentError, match="`newton_steps` must be an integer"):
+        EditConfig(newton_steps=None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="`min_step` must be a finite number"):
+        EditConfig(min_step=None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="unknown method"):
+        EditConfig(method=["gif"])  # type: ignore[arg-type]
+    assert EditConfig(damping=None, memory_budget=None).memory_budget is None  # optional fields
     with pytest.raises(InvalidArgumentError, match="seed"):  # through the verb, not only the type
         resolve("remove", EditConfig, None, {"seed": 2**70})
     with pytest.raises(InvalidArgumentError, match="unknown option"):
