@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import inputs as inputs_
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, UnknownClassError
 from .inputs import Inputs
 
 Batch = tuple[Inputs, torch.Tensor]
@@ -103,3 +103,22 @@ def as_pair(data: DataLike, *, what: str = "data") -> Batch:
     if len(batches) == 1:
         return batches[0]
     return inputs_.concat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+#: Label dtypes the default cross-entropy takes (torch's ``nll_loss``: Long or Byte).
+LABEL_DTYPES = (torch.int64, torch.uint8)
+
+
+def check_class_labels(labels: torch.Tensor, num_classes: int, what: str) -> None:
+    """Raise unless ``labels`` are what the default cross-entropy takes: a 1-D int64 (or uint8)
+    tensor of classes in [0, ``num_classes``) (:class:`UnknownClassError` for the range)."""
+    if labels.dtype not in LABEL_DTYPES or labels.ndim != 1:
+        raise InvalidArgumentError(
+            f"`{what}`: labels must be a 1-D int64 tensor of classes for the default cross-entropy loss, "
+            f"got {str(labels.dtype).removeprefix('torch.')} of shape {tuple(labels.shape)}"
+        )
+    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+        low, high = int(labels.min()), int(labels.max())
+        raise UnknownClassError(
+            f"`{what}` has labels in [{low}, {high}], outside the model's [0, {num_classes})"
+        )

@@ -17,7 +17,7 @@ from . import head_edit
 from ._util import eval_mode
 from .cache import Cache
 from .config import EditConfig, resolve
-from .data import DataLike, as_pair
+from .data import DataLike, as_pair, check_class_labels
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call, take, to
@@ -66,6 +66,7 @@ def remove(
     opts = resolve("remove", EditConfig, config, options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
+    validation = _check_labels(y, validation, num_classes, loss_fn)
     index, forget_class = _forget_indices(forget, y, num_classes)
     audit = _audit_inputs(x, holdout, reference, num_classes)
     if index.numel() >= len(y):
@@ -113,6 +114,7 @@ def relabel(
     opts = resolve("relabel", EditConfig, config, options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
+    validation = _check_labels(y, validation, num_classes, loss_fn)
     index = _check_indices(indices, len(y), "indices")
     audit = _audit_inputs(x, holdout, reference, num_classes)
     new = torch.as_tensor(new_labels)
@@ -204,6 +206,21 @@ def _num_classes(model: nn.Module, x: Inputs) -> int:
     device = next(model.parameters()).device
     with torch.no_grad(), eval_mode(model):
         return int(call(model, to(take(x, slice(0, 1)), device)).shape[-1])
+
+
+def _check_labels(
+    labels: torch.Tensor, validation: DataLike | None, num_classes: int, loss_fn: LossFn | None
+) -> DataLike | None:
+    """``validation`` as one pair (None if not given), once non-empty and, with the default
+    cross-entropy, once it and the training ``labels`` hold classes of the model."""
+    pair = None if validation is None else as_pair(validation, what="validation")
+    if pair is not None and len(pair[1]) == 0:
+        raise InvalidArgumentError("`validation` is empty; pass samples or leave it out to carve them")
+    if loss_fn is None:
+        check_class_labels(labels, num_classes, "train")
+        if pair is not None:
+            check_class_labels(pair[1], num_classes, "validation")
+    return pair
 
 
 def _audit_inputs(

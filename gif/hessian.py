@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import grad, jvp
 
 from . import inputs as inputs_
-from .data import Chunk, Chunks, DataLike
+from .data import Chunk, Chunks, DataLike, check_class_labels
 from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
 from .memory import activation_bytes, fitting_chunk
 from .params import ParamSpace
@@ -83,6 +83,7 @@ class FlatModel:
         self.unbatchable = False  # set when vmap over samples fails (gif/per_sample.py)
         self.by_layer: bool | None = None  # per-sample gradients by layer (gif/per_sample.py)
         self._outputs_checked = False
+        self._num_classes: int | None = None
         if not bool(torch.isfinite(self.theta).all()):
             bad = [n for n, t in self.space.unflatten(self.theta).items() if not torch.isfinite(t).all()]
             raise NumericalError(f"model parameters contain NaN or Inf: {', '.join(bad[:5])}")
@@ -147,6 +148,18 @@ class FlatModel:
             )
         self._outputs_checked = True
 
+    def check_targets(self, inputs: inputs_.Inputs, targets: torch.Tensor, what: str) -> None:
+        """Under the default cross-entropy, raise unless ``targets`` are 1-D integer classes of the
+        model (its logits' last dimension, measured once on ``inputs``' first sample); a custom
+        loss takes whatever targets it defines."""
+        if self.loss_fn is not cross_entropy:
+            return
+        if self._num_classes is None:
+            with torch.no_grad():
+                one = inputs_.to(inputs_.take(inputs, slice(0, 1)), self.device)
+                self._num_classes = int(self.outputs(self.theta, one).shape[-1])
+        check_class_labels(targets, self._num_classes, what)
+
     def sample_bytes(self, inputs: inputs_.Inputs) -> int:
         """Bytes every leaf module outputs for the first sample of ``inputs`` (gif/memory.py)."""
         one = inputs_.take(inputs, slice(0, 1))
@@ -192,6 +205,8 @@ class HessianOperator:
             self.flat = FlatModel(model, loss_fn)
         self.data = Chunks(data, chunk_size=chunk_size, device=self.flat.device, what=what)
         self.flat.check_outputs(inputs_.take(self.data.chunks[0].inputs, slice(0, 2)))
+        for chunk in self.data:
+            self.flat.check_targets(chunk.inputs, chunk.targets, what)
         self.chunk_size = chunk_size
         self._sample_bytes: int | None = None
         if memory_budget is not None:

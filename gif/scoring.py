@@ -266,6 +266,8 @@ def self_influence(
     curvature = curvature or any(name in CURVATURE_OPTIONS for name in options)
     config = _scores_config("self_influence", config, options)
     pair = as_pair(train, what="train")
+    with eval_mode(model):
+        FlatModel(model, loss_fn).check_targets(*pair, "train")
     measure = self_influence_measure(model, pair, measure, loss_fn=loss_fn, curvature=curvature)
     if measure == "head":
         return loo_margins(model, pair, chunk_size=config.chunk_size).to(FlatModel(model, loss_fn).dtype)
@@ -403,6 +405,9 @@ def _run(
     query_pair = None if queries is None else as_pair(queries, what="queries")
     with eval_mode(model):
         flat = FlatModel(model, loss_fn)
+        flat.check_targets(*train_pair, "train")
+        if query_pair is not None:
+            flat.check_targets(*query_pair, "queries")
         chunk_size = config.chunk_size
         if config.memory_budget is not None:  # lowered to fit: a sample holds a p-vector and activations
             per_sample = flat.sample_bytes(to(take(train_pair[0], slice(0, 1)), flat.device))

@@ -41,7 +41,7 @@ from torch import nn
 
 from ._util import forward_hooks
 from .config import STRATEGIES
-from .data import Chunks, DataLike, as_pair
+from .data import Chunks, DataLike, as_pair, check_class_labels
 from .errors import InvalidArgumentError, NumericalError
 from .inputs import call
 from .loo_head import head_parameter_names, named_head
@@ -284,6 +284,7 @@ def _scores(
     """|mean| per neuron of each layer's output (or of d loss / d output); None if it never ran."""
     if data is None:
         raise InvalidArgumentError("`data` is required to score neurons: pass (inputs, targets)")
+    default_loss = loss_fn is None
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     device = next(p.device for p in model.parameters())
     chunks = Chunks(data, device=device)
@@ -339,7 +340,10 @@ def _scores(
                         call(model, chunk.inputs)
                     continue
                 with torch.enable_grad():
-                    loss = loss_fn(call(model, chunk.inputs), chunk.targets)
+                    out = call(model, chunk.inputs)
+                    if default_loss:
+                        check_class_labels(chunk.targets, int(out.shape[-1]), "data")
+                    loss = loss_fn(out, chunk.targets)
                     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                         raise InvalidArgumentError(
                             "`loss_fn` must return a scalar tensor (a mean over the batch)"

@@ -210,6 +210,28 @@ def test_bad_requests():
         gif.relabel(model, (x, y), [0, 1], [1])
 
 
+def test_labels_the_default_loss_cannot_take_name_their_argument():
+    """Training or validation labels outside the model's classes, of another dtype or shape, and
+    an empty validation set, are refused up front (torch raised bare IndexError / RuntimeError /
+    ValueError mid-edit; an empty validation set was silently accepted)."""
+    model, (x, y), (vx, vy) = tiny_problem()
+    for edit in (lambda train, **k: gif.remove(model, train, [1], **k),
+                 lambda train, **k: gif.relabel(model, train, [1], [(int(y[1]) + 1) % 3], **k)):  # fmt: skip
+        with pytest.raises(UnknownClassError, match=r"`train` has labels .* outside the model's \[0, 3\)"):
+            edit((x, torch.where(y == 0, 5, y)))
+        with pytest.raises(UnknownClassError, match="`train` has labels"):
+            edit((x, y - 3))
+        for bad in (y.float(), y.int(), y[:, None]):
+            with pytest.raises(InvalidArgumentError, match="`train`: labels must be a 1-D int64 tensor"):
+                edit((x, bad))
+        with pytest.raises(UnknownClassError, match="`validation` has labels"):
+            edit((x, y), validation=(vx, vy + 3))
+        with pytest.raises(InvalidArgumentError, match="`validation`: labels must be"):
+            edit((x, y), validation=(vx, vy.float()))
+        with pytest.raises(InvalidArgumentError, match="`validation` is empty"):
+            edit((x, y), validation=(vx[:0], vy[:0]))
+
+
 def test_newton_steps_stop_at_the_objectives_maximum_and_only_there():
     from .test_cache import trained_problem
 

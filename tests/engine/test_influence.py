@@ -184,6 +184,27 @@ def test_argument_errors():
         gif.influence(broken, data, data)
 
 
+def test_labels_the_default_loss_cannot_take_name_their_argument():
+    """Under the default cross-entropy, labels outside the model's classes or of another dtype or
+    shape are refused naming the data they came in (torch raised a bare IndexError / RuntimeError)."""
+    from gif.errors import UnknownClassError
+
+    from .conftest import make_data, tiny_mlp
+
+    model, (x, y) = tiny_mlp(), make_data("mlp", 8, 1)
+    classes = int(model(x[:1]).shape[-1])
+    with pytest.raises(
+        UnknownClassError, match=rf"`hessian_data` has labels .* outside the model's \[0, {classes}\)"
+    ):
+        gif.influence(model, (x, y + classes), (x, y))
+    with pytest.raises(UnknownClassError, match="`target_data` has labels"):
+        gif.influence(model, (x, y), (x, y - classes))
+    for bad in (y.float(), y.int(), y > 0, y[:, None]):
+        with pytest.raises(InvalidArgumentError, match="`hessian_data`: labels must be a 1-D int64 tensor"):
+            gif.influence(model, (x, bad), (x, y))
+    gif.influence(model, (x, y.float()), (x, y.float()), loss_fn=lambda z, t: ((z[:, 0] - t) ** 2).mean())
+
+
 def test_second_order_note_thresholds():
     from gif.methods import second_order_note
 

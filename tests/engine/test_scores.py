@@ -618,6 +618,12 @@ def test_invalid_arguments():
         (lambda: top_k(torch.zeros(2, 3), 0), "k"),
         (lambda: top_k(torch.zeros(2, 3), 1.5), "k"),
         (lambda: top_k(torch.zeros(2, 0), 1), "no training"),
+        # labels the default cross-entropy cannot take (torch raised IndexError / RuntimeError)
+        (lambda: scores(model, (train[0], train[1] + 10), queries), "`train` has labels"),
+        (lambda: scores(model, train, (queries[0], queries[1].float())), "`queries`: labels must be"),
+        (lambda: scores(model, train, queries, hessian_data=(train[0], train[1] - 10)), "`hessian_data` has"),
+        (lambda: self_influence(model, (train[0], train[1] + 10)), "`train` has labels"),
+        (lambda: self_influence(model, (train[0], train[1][:, None]), measure="loss"), "`train`: labels"),
     ]
     for call, needle in cases:
         with pytest.raises(InvalidArgumentError, match=needle):

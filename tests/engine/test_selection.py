@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gif.errors import InvalidArgumentError
+from gif.errors import InvalidArgumentError, UnknownClassError
 from gif.params import ParamSpace
 from gif.selection import STRATEGIES, select, selection_summary
 
@@ -414,6 +414,11 @@ def test_argument_errors() -> None:
         select(model, data, seed=1.5)
     with pytest.raises(InvalidArgumentError, match="Conv1d/Conv2d/Linear/Embedding"):
         select(nn.Sequential(nn.LayerNorm(4)), None, strategy="random")
+    x, y = data  # gradient strategies under the default cross-entropy: the labels are classes
+    with pytest.raises(UnknownClassError, match=r"`data` has labels .* outside the model's \[0, 2\)"):
+        select(model, (x, y + 2), strategy="highest_gradients", ratio=0.5)
+    with pytest.raises(InvalidArgumentError, match="`data`: labels must be a 1-D int64 tensor"):
+        select(model, (x, y.float()), strategy="highest_gradients", ratio=0.5)
 
 
 def test_selection_summary() -> None:
