@@ -117,7 +117,7 @@ def relabel(
     validation = _check_labels(y, validation, num_classes, loss_fn)
     index = _check_indices(indices, len(y), "indices")
     audit = _audit_inputs(x, holdout, reference, num_classes)
-    new = torch.as_tensor(new_labels)
+    new = _integers(new_labels, "`new_labels` must be integer labels, one per index")
     if new.dtype.is_floating_point or new.ndim != 1 or new.numel() != index.numel():
         raise InvalidArgumentError("`new_labels` must be integer labels, one per index")
     new = new.long().cpu()
@@ -248,8 +248,17 @@ def _audit_inputs(
     return AuditInputs(data, reference)
 
 
+def _integers(values: object, message: str) -> torch.Tensor:
+    """``values`` as a tensor; what torch cannot convert (strings, None, ints past int64) raises
+    :class:`InvalidArgumentError` saying ``message``."""
+    try:
+        return torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise InvalidArgumentError(f"{message}, got {values!r:.80}") from exc
+
+
 def _check_indices(indices: object, n: int, what: str) -> torch.Tensor:
-    idx = torch.as_tensor(indices)
+    idx = _integers(indices, f"`{what}` must be a 1-D tensor or list of integer sample indices")
     if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.ndim != 1:
         raise InvalidArgumentError(f"`{what}` must be a 1-D tensor or list of integer sample indices")
     idx = idx.long().cpu()

@@ -36,6 +36,9 @@ from .solvers import LowRankHessian, MatVec, Monitor
 
 ParamsSpec = torch.Tensor | list[int] | str | dict | None
 
+#: The :func:`gif.select` keyword arguments a ``params`` dict may hold (its data and loss are the call's).
+SELECT_OPTIONS = ("strategy", "ratio", "seed", "threshold", "names")
+
 #: ‖second-order term‖ / ‖first-order term‖ of ``sif`` above which the result says so.
 SECOND_ORDER_LIMIT = 1.0
 
@@ -107,6 +110,11 @@ def influence(
         :class:`InfluenceResult` with ``.vector`` aligned with ``.params``.
     """
     config = resolve("influence", SolveConfig, config, options)
+    if group_fraction is not None and (
+        isinstance(group_fraction, bool) or not isinstance(group_fraction, (int, float))
+        or not 0.0 <= group_fraction < 1.0
+    ):  # fmt: skip
+        raise InvalidArgumentError(f"`group_fraction` must be a number in [0, 1), got {group_fraction!r}")
     with eval_mode(model):
         hessian = HessianOperator(
             model, hessian_data, loss_fn=loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend,
@@ -140,9 +148,14 @@ def resolve_params(
         from .selection import select
 
         spec = {"strategy": params} if isinstance(params, str) else dict(params)
+        unknown = sorted(map(str, set(spec) - set(SELECT_OPTIONS)))
+        if unknown:
+            raise InvalidArgumentError(
+                f"`params`: unknown gif.select option(s) {', '.join(unknown)}; known: {', '.join(SELECT_OPTIONS)}"
+            )
         spec.setdefault("seed", seed)
         return select(model, data, loss_fn=loss_fn, **spec)
-    return torch.sort(space.check_indices(torch.as_tensor(params))).values
+    return torch.sort(space.check_indices(params)).values
 
 
 def solve_influence(

@@ -71,9 +71,12 @@ class ParamSpace:
             )
         return {s.name: flat[s.offset : s.stop].view(s.shape) for s in self.slots}
 
-    def check_indices(self, indices: torch.Tensor, *, what: str = "params") -> torch.Tensor:
+    def check_indices(self, indices: object, *, what: str = "params") -> torch.Tensor:
         """Validate flat indices (1-D, integer, unique, in range) and return them as int64 on CPU."""
-        idx = torch.as_tensor(indices)
+        try:
+            idx = torch.as_tensor(indices)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # strings, None, past int64
+            raise InvalidArgumentError(f"`{what}` must be integer flat indices, got {indices!r:.80}") from exc
         if idx.dtype.is_floating_point or idx.dtype == torch.bool:
             raise InvalidArgumentError(f"`{what}` must be integer flat indices, got dtype {idx.dtype}")
         idx = idx.to(dtype=torch.long, device="cpu").reshape(-1)

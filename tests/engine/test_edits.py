@@ -208,6 +208,14 @@ def test_bad_requests():
         gif.relabel(model, (x, y), [0], [7])
     with pytest.raises(InvalidArgumentError, match="one per index"):
         gif.relabel(model, (x, y), [0, 1], [1])
+    # what torch cannot turn into a tensor (its TypeError / RuntimeError / ValueError escaped before)
+    for bad in ("abc", None, [2**70], [1, "a"]):
+        with pytest.raises(InvalidArgumentError, match="`forget` must be a 1-D tensor or list"):
+            gif.remove(model, (x, y), bad)
+        with pytest.raises(InvalidArgumentError, match="`indices` must be a 1-D tensor or list"):
+            gif.relabel(model, (x, y), bad, [1])
+        with pytest.raises(InvalidArgumentError, match="`new_labels` must be integer labels"):
+            gif.relabel(model, (x, y), [0], bad)
 
 
 def test_labels_the_default_loss_cannot_take_name_their_argument():

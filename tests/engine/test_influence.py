@@ -177,6 +177,16 @@ def test_argument_errors():
         gif.influence(model, data, data, params=torch.tensor([1, 1]))
     with pytest.raises(InvalidArgumentError, match="empty"):
         gif.influence(model, data, data, params=torch.tensor([], dtype=torch.long))
+    # what torch cannot turn into indices, a select option gif.select does not take, a group
+    # fraction that is no number (torch's or Python's TypeError / ValueError escaped before)
+    for bad in (["a"], [None], [2**70]):
+        with pytest.raises(InvalidArgumentError, match="`params` must be integer flat indices"):
+            gif.influence(model, data, data, params=bad)
+    with pytest.raises(InvalidArgumentError, match=r"`params`: unknown gif\.select option"):
+        gif.influence(model, data, data, params={"strategy": "random", "ratoi": 0.5})
+    for fraction in ("0.5", [0.5], 1.0, -0.1, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="`group_fraction` must be a number in"):
+            gif.influence(model, data, data, method="sif", group_fraction=fraction)
     broken = tiny_mlp()
     with torch.no_grad():
         broken[0].weight[0, 0] = float("inf")
