@@ -266,9 +266,9 @@ def self_influence(
     curvature = curvature or any(name in CURVATURE_OPTIONS for name in options)
     config = _scores_config("self_influence", config, options)
     pair = as_pair(train, what="train")
-    with eval_mode(model):
-        FlatModel(model, loss_fn).check_targets(*pair, "train")
     measure = self_influence_measure(model, pair, measure, loss_fn=loss_fn, curvature=curvature)
+    with eval_mode(model):  # after the measure, whose own refusal names it
+        FlatModel(model, loss_fn).check_targets(*pair, "train")
     if measure == "head":
         return loo_margins(model, pair, chunk_size=config.chunk_size).to(FlatModel(model, loss_fn).dtype)
     result = _run(
