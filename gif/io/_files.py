@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidArgumentError
+
 PathLike = str | os.PathLike
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -15,7 +17,10 @@ MAX_NAMES = 10
 
 
 def read_head(path: PathLike, error: type[Exception]) -> bytes:
-    """The first 16 bytes of ``path`` (for format sniffing); an unopenable file raises ``error``."""
+    """The first 16 bytes of ``path`` (for format sniffing); an unopenable file raises ``error``,
+    a ``path`` that is no file path :class:`InvalidArgumentError`."""
+    if not isinstance(path, (str, bytes, os.PathLike)):  # open() would take an int as a descriptor
+        raise InvalidArgumentError(f"`path` must be a file path, got {type(path).__name__}")
     try:
         with open(path, "rb") as f:
             return f.read(16)

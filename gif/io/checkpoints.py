@@ -105,6 +105,8 @@ def load_state(state: dict[str, torch.Tensor], model: nn.Module, *, strict: bool
         CheckpointError: Keys or shapes that do not fit.
         NumericalError: NaN or Inf in a weight.
     """
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     _check_against(state, model, strict=strict)
     try:
         model.load_state_dict(state, strict=strict)

@@ -222,6 +222,20 @@ def test_unrecognised_content_and_missing_file(tmp_path):
         io.load_checkpoint(tmp_path / "does-not-exist")
 
 
+def test_a_path_or_model_of_the_wrong_type_is_named(tmp_path):
+    """Not a path (None; an int, which open() would take as a file descriptor) or not a model: the
+    argument is named (Python's TypeError / AttributeError escaped before)."""
+    for bad in (None, 3, ["a"]):
+        with pytest.raises(InvalidArgumentError, match="`path` must be a file path"):
+            io.load_checkpoint(bad)
+        with pytest.raises(InvalidArgumentError, match="`path` must be a file path"):
+            io.load_dataset(bad)
+    path = tmp_path / "w.safetensors"
+    io.save_checkpoint(nn.Linear(2, 2), path)
+    with pytest.raises(InvalidArgumentError, match=r"`model` must be a torch\.nn\.Module"):
+        io.load_checkpoint(path, "model")
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints: PyTorch files
 
