@@ -203,7 +203,12 @@ def _in_attempt(request: Request, attempt: int, attempts: int) -> Request:
 
 
 def _num_classes(model: nn.Module, x: Inputs) -> int:
-    device = next(model.parameters()).device
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    first = next(model.parameters(), None)
+    if first is None:  # a bare next() raised StopIteration
+        raise InvalidArgumentError("model has no trainable parameters")
+    device = first.device
     with torch.no_grad(), eval_mode(model):
         return int(call(model, to(take(x, slice(0, 1)), device)).shape[-1])
 

@@ -208,6 +208,12 @@ def test_bad_requests():
         gif.relabel(model, (x, y), [0], [7])
     with pytest.raises(InvalidArgumentError, match="one per index"):
         gif.relabel(model, (x, y), [0, 1], [1])
+    for bad_model, message in (
+        (None, r"`model` must be a torch\.nn\.Module"),
+        (nn.Flatten(), "no trainable"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=message):  # AttributeError / StopIteration before
+            gif.remove(bad_model, (x, y), [1])
     # what torch cannot turn into a tensor (its TypeError / RuntimeError / ValueError escaped before)
     for bad in ("abc", None, [2**70], [1, "a"]):
         with pytest.raises(InvalidArgumentError, match="`forget` must be a 1-D tensor or list"):
