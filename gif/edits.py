@@ -20,7 +20,7 @@ from .config import EditConfig, resolve
 from .data import DataLike, as_pair, check_class_labels
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
-from .inputs import Inputs, call, take, to
+from .inputs import Inputs, call_on, take, to
 from .method_choice import CHECK_FRACTION, choose_method, guarded, head_dampings, head_first, most_runs
 from .newton import AuditInputs, Edit, EditResult, Request, Task, relabel_loss
 from .progress import Progress, ProgressCallback, StopCheck
@@ -66,9 +66,9 @@ def remove(
     opts = resolve("remove", EditConfig, config, options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
-    validation = _check_labels(y, validation, num_classes, loss_fn)
+    validation = _check_labels(model, y, validation, num_classes, loss_fn)
     index, forget_class = _forget_indices(forget, y, num_classes)
-    audit = _audit_inputs(x, holdout, reference, num_classes)
+    audit = _audit_inputs(model, x, holdout, reference, num_classes)
     if index.numel() >= len(y):
         raise IndexOutOfRangeError("`forget` covers the whole training set; nothing would remain")
     base = loss_fn or cross_entropy
@@ -114,9 +114,9 @@ def relabel(
     opts = resolve("relabel", EditConfig, config, options)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
-    validation = _check_labels(y, validation, num_classes, loss_fn)
+    validation = _check_labels(model, y, validation, num_classes, loss_fn)
     index = _check_indices(indices, len(y), "indices")
-    audit = _audit_inputs(x, holdout, reference, num_classes)
+    audit = _audit_inputs(model, x, holdout, reference, num_classes)
     new = _integers(new_labels, "`new_labels` must be integer labels, one per index")
     if new.dtype.is_floating_point or new.ndim != 1 or new.numel() != index.numel():
         raise InvalidArgumentError("`new_labels` must be integer labels, one per index")
@@ -202,7 +202,8 @@ def _in_attempt(request: Request, attempt: int, attempts: int) -> Request:
     )
 
 
-def _num_classes(model: nn.Module, x: Inputs) -> int:
+def _num_classes(model: nn.Module, x: Inputs, what: str = "train") -> int:
+    """The model's class count, from its logits on the first sample of ``x`` (the argument ``what``)."""
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     first = next(model.parameters(), None)
@@ -210,17 +211,23 @@ def _num_classes(model: nn.Module, x: Inputs) -> int:
         raise InvalidArgumentError("model has no trainable parameters")
     device = first.device
     with torch.no_grad(), eval_mode(model):
-        return int(call(model, to(take(x, slice(0, 1)), device)).shape[-1])
+        return int(call_on(model, to(take(x, slice(0, 1)), device), what).shape[-1])
 
 
 def _check_labels(
-    labels: torch.Tensor, validation: DataLike | None, num_classes: int, loss_fn: LossFn | None
+    model: nn.Module,
+    labels: torch.Tensor,
+    validation: DataLike | None,
+    num_classes: int,
+    loss_fn: LossFn | None,
 ) -> DataLike | None:
     """``validation`` as one pair (None if not given), once non-empty and, with the default
     cross-entropy, once it and the training ``labels`` hold classes of the model."""
     pair = None if validation is None else as_pair(validation, what="validation")
     if pair is not None and len(pair[1]) == 0:
         raise InvalidArgumentError("`validation` is empty; pass samples or leave it out to carve them")
+    if pair is not None:
+        _num_classes(model, pair[0], "validation")  # the model runs on it
     if loss_fn is None:
         check_class_labels(labels, num_classes, "train")
         if pair is not None:
@@ -229,12 +236,17 @@ def _check_labels(
 
 
 def _audit_inputs(
-    x: Inputs, holdout: DataLike | None, reference: nn.Module | None, num_classes: int
+    model: nn.Module, x: Inputs, holdout: DataLike | None, reference: nn.Module | None, num_classes: int
 ) -> AuditInputs:
     """The audit's holdout as one pair, and the reference model once checked to give as many
     classes as the edited one (gif/audit.py)."""
     data = as_pair(holdout, what="holdout") if holdout is not None else None
     if data is not None:
+        if len(data[1]) == 0:
+            raise InvalidArgumentError(
+                "`holdout` is empty; pass samples the model never saw, or leave it out"
+            )
+        _num_classes(model, data[0], "holdout")  # the model runs on it
         labels = data[1]
         if labels.dtype.is_floating_point or labels.ndim != 1:
             raise InvalidArgumentError("`holdout`: labels must be a 1-D tensor of integer classes")
@@ -245,7 +257,7 @@ def _audit_inputs(
             raise InvalidArgumentError(
                 f"`reference` must be a torch.nn.Module, got {type(reference).__name__}"
             )
-        classes = _num_classes(reference, x)
+        classes = _num_classes(reference, x, "train, by `reference`")
         if classes != num_classes:
             raise InvalidArgumentError(
                 f"`reference` gives {classes} classes but the model {num_classes}; it must be the same model retrained"

@@ -83,7 +83,6 @@ class FlatModel:
         self.unbatchable = False  # set when vmap over samples fails (gif/per_sample.py)
         self.by_layer: bool | None = None  # per-sample gradients by layer (gif/per_sample.py)
         self._outputs_checked = False
-        self._num_classes: int | None = None
         if not bool(torch.isfinite(self.theta).all()):
             bad = [n for n, t in self.space.unflatten(self.theta).items() if not torch.isfinite(t).all()]
             raise NumericalError(f"model parameters contain NaN or Inf: {', '.join(bad[:5])}")
@@ -148,17 +147,16 @@ class FlatModel:
             )
         self._outputs_checked = True
 
-    def check_targets(self, inputs: inputs_.Inputs, targets: torch.Tensor, what: str) -> None:
-        """Under the default cross-entropy, raise unless ``targets`` are 1-D integer classes of the
-        model (its logits' last dimension, measured once on ``inputs``' first sample); a custom
-        loss takes whatever targets it defines."""
-        if self.loss_fn is not cross_entropy:
-            return
-        if self._num_classes is None:
-            with torch.no_grad():
-                one = inputs_.to(inputs_.take(inputs, slice(0, 1)), self.device)
-                self._num_classes = int(self.outputs(self.theta, one).shape[-1])
-        check_class_labels(targets, self._num_classes, what)
+    def check_data(self, inputs: inputs_.Inputs, targets: torch.Tensor, what: str) -> None:
+        """Raise :class:`InvalidArgumentError` naming ``what`` unless the model runs on the first
+        sample of ``inputs`` and, under the default cross-entropy, ``targets`` are 1-D integer
+        classes of its logits; a custom loss takes whatever targets it defines."""
+        with torch.no_grad():
+            one = inputs_.call_on(
+                self.model, inputs_.to(inputs_.take(inputs, slice(0, 1)), self.device), what
+            )
+        if self.loss_fn is cross_entropy:
+            check_class_labels(targets, int(one.shape[-1]), what)
 
     def sample_bytes(self, inputs: inputs_.Inputs) -> int:
         """Bytes every leaf module outputs for the first sample of ``inputs`` (gif/memory.py)."""
@@ -204,9 +202,8 @@ class HessianOperator:
         else:
             self.flat = FlatModel(model, loss_fn)
         self.data = Chunks(data, chunk_size=chunk_size, device=self.flat.device, what=what)
+        self.flat.check_data(self.data.chunks[0].inputs, torch.cat([c.targets for c in self.data]), what)
         self.flat.check_outputs(inputs_.take(self.data.chunks[0].inputs, slice(0, 2)))
-        for chunk in self.data:
-            self.flat.check_targets(chunk.inputs, chunk.targets, what)
         self.chunk_size = chunk_size
         self._sample_bytes: int | None = None
         if memory_budget is not None:

@@ -111,6 +111,19 @@ def call(model: nn.Module, inputs: Inputs) -> torch.Tensor:
     return logits(model(inputs) if isinstance(inputs, torch.Tensor) else model(**inputs))
 
 
+def call_on(model: nn.Module, inputs: Inputs, what: str) -> torch.Tensor:
+    """:func:`call`, where the model failing on ``inputs`` (another feature size, dtype or input
+    names than it takes) is an :class:`InvalidArgumentError` naming the argument ``what``."""
+    try:
+        return call(model, inputs)
+    except InvalidArgumentError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        raise InvalidArgumentError(
+            f"the model cannot run on `{what}`: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+
+
 def call_functional(
     model: nn.Module, tensors: tuple[dict[str, torch.Tensor], ...], inputs: Inputs
 ) -> torch.Tensor:

@@ -34,7 +34,7 @@ from .config import SOLVE_SOLVER, SolveConfig, check_choice, resolve
 from .data import Batch, Chunk, Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
 from .hessian import FlatModel, HessianOperator, LossFn, cross_entropy
-from .inputs import Inputs, count, take, to
+from .inputs import Inputs, call_on, count, take, to
 from .inverse import InverseHessian, Solution, choose_solver, inverse_for
 from .loo_head import head_of, loo_margins
 from .memory import per_sample_gradient_chunk
@@ -268,7 +268,7 @@ def self_influence(
     pair = as_pair(train, what="train")
     measure = self_influence_measure(model, pair, measure, loss_fn=loss_fn, curvature=curvature)
     with eval_mode(model):  # after the measure, whose own refusal names it
-        FlatModel(model, loss_fn).check_targets(*pair, "train")
+        FlatModel(model, loss_fn).check_data(*pair, "train")
     if measure == "head":
         return loo_margins(model, pair, chunk_size=config.chunk_size).to(FlatModel(model, loss_fn).dtype)
     result = _run(
@@ -310,7 +310,7 @@ def self_influence_measure(
         first = to(take(inputs, slice(0, 1)), flat.device)
         if single_label:
             with torch.no_grad():
-                logits = flat.outputs(flat.theta, first)
+                logits = call_on(model, first, "train")
             single_label = logits.ndim == 2 and logits.shape[1] >= 2
     if measure in ("margin", "head") and not single_label:
         raise InvalidArgumentError(
@@ -405,9 +405,9 @@ def _run(
     query_pair = None if queries is None else as_pair(queries, what="queries")
     with eval_mode(model):
         flat = FlatModel(model, loss_fn)
-        flat.check_targets(*train_pair, "train")
+        flat.check_data(*train_pair, "train")
         if query_pair is not None:
-            flat.check_targets(*query_pair, "queries")
+            flat.check_data(*query_pair, "queries")
         chunk_size = config.chunk_size
         if config.memory_budget is not None:  # lowered to fit: a sample holds a p-vector and activations
             per_sample = flat.sample_bytes(to(take(train_pair[0], slice(0, 1)), flat.device))

@@ -244,6 +244,26 @@ def test_labels_the_default_loss_cannot_take_name_their_argument():
             edit((x, y), validation=(vx, vy.float()))
         with pytest.raises(InvalidArgumentError, match="`validation` is empty"):
             edit((x, y), validation=(vx[:0], vy[:0]))
+        with pytest.raises(InvalidArgumentError, match="`holdout` is empty"):
+            edit((x, y), holdout=(vx[:0], vy[:0]))
+
+
+def test_inputs_the_model_cannot_run_on_name_their_argument():
+    """Inputs of another feature size or dtype than the model takes are refused naming the
+    argument they came in, before any work (the model's own RuntimeError escaped before)."""
+    model, (x, y), (vx, vy) = tiny_problem()
+    wide, ints = torch.cat([x, x], dim=1), x.long()
+    with pytest.raises(InvalidArgumentError, match=r"the model cannot run on `train`: RuntimeError"):
+        gif.remove(model, (wide, y), [1])
+    with pytest.raises(InvalidArgumentError, match="the model cannot run on `train`"):
+        gif.relabel(model, (ints, y), [1], [(int(y[1]) + 1) % 3])
+    with pytest.raises(InvalidArgumentError, match="the model cannot run on `validation`"):
+        gif.remove(model, (x, y), [1], validation=(torch.cat([vx, vx], dim=1), vy))
+    with pytest.raises(InvalidArgumentError, match="the model cannot run on `holdout`"):
+        gif.remove(model, (x, y), [1], holdout=(torch.cat([vx, vx], dim=1), vy))
+    other = torch.nn.Sequential(torch.nn.Linear(2 * x.shape[1], 3))
+    with pytest.raises(InvalidArgumentError, match="the model cannot run on `train, by `reference``"):
+        gif.remove(model, (x, y), [1], reference=other)
 
 
 def test_newton_steps_stop_at_the_objectives_maximum_and_only_there():

@@ -213,6 +213,11 @@ def test_labels_the_default_loss_cannot_take_name_their_argument():
         with pytest.raises(InvalidArgumentError, match="`hessian_data`: labels must be a 1-D int64 tensor"):
             gif.influence(model, (x, bad), (x, y))
     gif.influence(model, (x, y.float()), (x, y.float()), loss_fn=lambda z, t: ((z[:, 0] - t) ** 2).mean())
+    wide = torch.cat([x, x], dim=-1)
+    with pytest.raises(InvalidArgumentError, match="the model cannot run on `hessian_data`: RuntimeError"):
+        gif.influence(model, (wide, y), (x, y))
+    with pytest.raises(InvalidArgumentError, match="the model cannot run on `target_data`"):
+        gif.influence(model, (x, y), (wide, y))
 
 
 def test_second_order_note_thresholds():

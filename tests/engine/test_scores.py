@@ -623,6 +623,9 @@ def test_invalid_arguments():
         (lambda: scores(model, train, (queries[0], queries[1].float())), "`queries`: labels must be"),
         (lambda: scores(model, train, queries, hessian_data=(train[0], train[1] - 10)), "`hessian_data` has"),
         (lambda: self_influence(model, (train[0], train[1] + 10)), "`train` has labels"),
+        # inputs the model cannot run on (its own RuntimeError escaped)
+        (lambda: scores(model, train, (queries[0][:, :-1], queries[1])), "the model cannot run on `queries`"),
+        (lambda: self_influence(model, (train[0][:, :-1], train[1])), "the model cannot run on `train`"),
         (lambda: self_influence(model, (train[0], train[1][:, None]), measure="loss"), "`train`: labels"),
     ]
     for call, needle in cases:
