@@ -12,6 +12,15 @@ from torch import nn
 
 from .errors import InvalidArgumentError
 
+
+def check_callables(**given: object) -> None:
+    """Raise :class:`InvalidArgumentError` naming each argument that is neither None nor callable
+    (a progress callback, a stop check, a loss) before it is first called deep inside a run."""
+    for name, value in given.items():
+        if value is not None and not callable(value):
+            raise InvalidArgumentError(f"`{name}` must be callable or None, got {type(value).__name__}")
+
+
 #: A forward hook: (module, positional inputs, output) -> None.
 ForwardHook = Callable[[nn.Module, tuple, Any], None]
 

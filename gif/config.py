@@ -393,6 +393,10 @@ def _check_solver_options(solver: str | None, options: Mapping[str, Any]) -> Non
     for name, value in options.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise InvalidArgumentError(f"solver option `{name}` must be a finite number, got {value!r}")
+        if value <= 0:  # neumann's starting c and its increment, lowrank's Lanczos steps
+            raise InvalidArgumentError(f"solver option `{name}` must be > 0, got {value!r}")
+        if name == "steps" and value != int(value):
+            raise InvalidArgumentError(f"solver option `steps` must be a whole number, got {value!r}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import head_edit
-from ._util import eval_mode
+from ._util import check_callables, eval_mode
 from .cache import Cache
 from .config import EditConfig, resolve
 from .data import DataLike, as_pair, check_class_labels
@@ -64,6 +64,7 @@ def remove(
     edit (gif/audit.py, docs/audit.md). Without either the audit only says what it could not compute.
     """
     opts = resolve("remove", EditConfig, config, options)
+    _check_hooks(loss_fn, callback, should_stop, cache)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
     validation = _check_labels(model, y, validation, num_classes, loss_fn)
@@ -112,6 +113,7 @@ def relabel(
     (gif/method_choice.py; docs/benchmarks.md, "A relabel by the head first").
     """
     opts = resolve("relabel", EditConfig, config, options)
+    _check_hooks(loss_fn, callback, should_stop, cache)
     x, y = as_pair(train, what="train")
     num_classes = _num_classes(model, x)
     validation = _check_labels(model, y, validation, num_classes, loss_fn)
@@ -200,6 +202,14 @@ def _in_attempt(request: Request, attempt: int, attempts: int) -> Request:
         request,
         callback=lambda event: callback(dataclasses.replace(event, attempt=attempt, attempts=attempts)),
     )
+
+
+def _check_hooks(loss_fn: object, callback: object, should_stop: object, cache: object) -> None:
+    check_callables(loss_fn=loss_fn, callback=callback, should_stop=should_stop)
+    if cache is not None and not isinstance(cache, Cache):
+        raise InvalidArgumentError(
+            f"`cache` must be a gif.MemoryCache, gif.DiskCache or another gif.cache.Cache, got {type(cache).__name__}"
+        )
 
 
 def _num_classes(model: nn.Module, x: Inputs, what: str = "train") -> int:

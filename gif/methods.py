@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._util import eval_mode
+from ._util import check_callables, eval_mode
 from .config import SolveConfig, resolve
 from .data import DataLike
 from .errors import InvalidArgumentError, NumericalError
@@ -110,6 +110,7 @@ def influence(
         :class:`InfluenceResult` with ``.vector`` aligned with ``.params``.
     """
     config = resolve("influence", SolveConfig, config, options)
+    check_callables(loss_fn=loss_fn, callback=callback, should_stop=should_stop)
     if group_fraction is not None and (
         isinstance(group_fraction, bool) or not isinstance(group_fraction, (int, float))
         or not 0.0 <= group_fraction < 1.0

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.func import jvp, vmap
 
-from ._util import check_positive_int, eval_mode
+from ._util import check_callables, check_positive_int, eval_mode
 from .config import SOLVE_SOLVER, SolveConfig, check_choice, resolve
 from .data import Batch, Chunk, Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
@@ -184,6 +184,11 @@ def scores_with_report(
     if lowrank is not None and config is None:
         options = {"solver": "lowrank", **options}
     config = _scores_config("scores", config, options)
+    check_callables(loss_fn=loss_fn, callback=callback, should_stop=should_stop)
+    if not isinstance(include_self_influence, bool):
+        raise InvalidArgumentError(
+            f"`include_self_influence` must be True or False, got {include_self_influence!r}"
+        )
     wanted = include_self_influence or normalize != "none"
     result = _run(
         model, train, queries, config, measure="loss" if wanted else None, loss_fn=loss_fn,
@@ -265,6 +270,7 @@ def self_influence(
     curvature = exact or lowrank is not None or hessian_data is not None or config is not None
     curvature = curvature or any(name in CURVATURE_OPTIONS for name in options)
     config = _scores_config("self_influence", config, options)
+    check_callables(loss_fn=loss_fn, callback=callback, should_stop=should_stop)
     pair = as_pair(train, what="train")
     measure = self_influence_measure(model, pair, measure, loss_fn=loss_fn, curvature=curvature)
     with eval_mode(model):  # after the measure, whose own refusal names it

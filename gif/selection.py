@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._util import forward_hooks
+from ._util import check_callables, forward_hooks
 from .config import STRATEGIES
 from .data import Chunks, DataLike, as_pair, check_class_labels
 from .errors import InvalidArgumentError, NumericalError
@@ -123,6 +123,7 @@ def select(
         >>> idx = select(model, (x_forget, y_forget), strategy="highest_gradients", ratio=0.05)
     """
     strategy, ratio, seed, threshold = _check_args(strategy, ratio, seed, threshold)
+    check_callables(loss_fn=loss_fn)
     space = ParamSpace(model)
     wanted = None if names is None else _matching(space, names)
     allowed = None if wanted is None else _indices([space.slot(n) for n in wanted])

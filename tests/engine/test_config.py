@@ -103,6 +103,10 @@ def test_engine_entry_points_accept_a_config():
         ({"layer_damping": None}, "`layer_damping` must be a finite number"),
         ({"solver": "cg", "solver_options": {"normalizer": 1.0}}, "normalizer"),
         ({"solver": "neumann", "solver_options": {"normalizer": float("inf")}}, "finite"),
+        ({"solver": "neumann", "solver_options": {"normalizer": 0.0}}, "`normalizer` must be > 0"),
+        ({"solver": "neumann", "solver_options": {"step": -0.5}}, "`step` must be > 0"),
+        ({"solver": "lowrank", "solver_options": {"steps": 0}}, "`steps` must be > 0"),
+        ({"solver": "lowrank", "solver_options": {"steps": 40.5}}, "`steps` must be a whole number"),
     ],
 )
 def test_invalid_solve_options_name_themselves(changes, needle):

@@ -248,6 +248,27 @@ def test_labels_the_default_loss_cannot_take_name_their_argument():
             edit((x, y), holdout=(vx[:0], vy[:0]))
 
 
+def test_hooks_that_are_not_callable_or_a_cache_name_their_argument():
+    """A callback, stop check or loss that cannot be called, or a cache that is not one, is refused
+    up front (a TypeError / AttributeError escaped mid-edit, at its first use)."""
+    model, (x, y), _ = tiny_problem()
+    for name in ("callback", "should_stop", "loss_fn"):
+        with pytest.raises(InvalidArgumentError, match=f"`{name}` must be callable or None, got str"):
+            gif.remove(model, (x, y), [1], **{name: "x"})
+    with pytest.raises(InvalidArgumentError, match=r"`cache` must be a gif\.MemoryCache"):
+        gif.relabel(model, (x, y), [1], [(int(y[1]) + 1) % 3], cache="folder")
+    with pytest.raises(InvalidArgumentError, match="`loss_fn` must be callable"):
+        gif.influence(model, (x, y), (x, y), loss_fn=3)
+    with pytest.raises(InvalidArgumentError, match="`callback` must be callable"):
+        gif.scores(model, (x, y), (x[:2], y[:2]), callback=[])
+    with pytest.raises(InvalidArgumentError, match="`should_stop` must be callable"):
+        gif.self_influence(model, (x, y), should_stop=True)
+    with pytest.raises(InvalidArgumentError, match="`loss_fn` must be callable"):
+        gif.select(model, (x, y), loss_fn="ce")
+    with pytest.raises(InvalidArgumentError, match="`include_self_influence` must be True or False"):
+        gif.scores_with_report(model, (x, y), (x[:2], y[:2]), include_self_influence="yes")
+
+
 def test_inputs_the_model_cannot_run_on_name_their_argument():
     """Inputs of another feature size or dtype than the model takes are refused naming the
     argument they came in, before any work (the model's own RuntimeError escaped before)."""
