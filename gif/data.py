@@ -109,15 +109,16 @@ def as_pair(data: DataLike, *, what: str = "data") -> Batch:
 LABEL_DTYPES = (torch.int64, torch.uint8)
 
 
-def check_class_labels(labels: torch.Tensor, num_classes: int, what: str) -> None:
+def check_class_labels(labels: torch.Tensor, num_classes: int | None, what: str) -> None:
     """Raise unless ``labels`` are what the default cross-entropy takes: a 1-D int64 (or uint8)
-    tensor of classes in [0, ``num_classes``) (:class:`UnknownClassError` for the range)."""
+    tensor of classes in [0, ``num_classes``) (:class:`UnknownClassError` for the range; None:
+    the class count is not known, the range is not checked)."""
     if labels.dtype not in LABEL_DTYPES or labels.ndim != 1:
         raise InvalidArgumentError(
             f"`{what}`: labels must be a 1-D int64 tensor of classes for the default cross-entropy loss, "
             f"got {str(labels.dtype).removeprefix('torch.')} of shape {tuple(labels.shape)}"
         )
-    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+    if num_classes is not None and labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
         low, high = int(labels.min()), int(labels.max())
         raise UnknownClassError(
             f"`{what}` has labels in [{low}, {high}], outside the model's [0, {num_classes})"

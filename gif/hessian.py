@@ -150,13 +150,16 @@ class FlatModel:
     def check_data(self, inputs: inputs_.Inputs, targets: torch.Tensor, what: str) -> None:
         """Raise :class:`InvalidArgumentError` naming ``what`` unless the model runs on the first
         sample of ``inputs`` and, under the default cross-entropy, ``targets`` are 1-D integer
-        classes of its logits; a custom loss takes whatever targets it defines."""
-        with torch.no_grad():
-            one = inputs_.call_on(
-                self.model, inputs_.to(inputs_.take(inputs, slice(0, 1)), self.device), what
-            )
+        classes of its logits; a custom loss takes whatever targets it defines. In training mode
+        the model is not run (a forward would update BatchNorm's running statistics): only the
+        labels' type and shape are checked."""
+        classes = None
+        if not self.model.training:
+            with torch.no_grad():
+                one = inputs_.to(inputs_.take(inputs, slice(0, 1)), self.device)
+                classes = int(inputs_.call_on(self.model, one, what).shape[-1])
         if self.loss_fn is cross_entropy:
-            check_class_labels(targets, int(one.shape[-1]), what)
+            check_class_labels(targets, classes, what)
 
     def sample_bytes(self, inputs: inputs_.Inputs) -> int:
         """Bytes every leaf module outputs for the first sample of ``inputs`` (gif/memory.py)."""

@@ -87,3 +87,7 @@ def test_building_an_operator_leaves_a_training_mode_model_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     HessianOperator(model, (torch.randn(8, 3), torch.zeros(8, dtype=torch.long)))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # the labels' type is still checked there (not the class range: that needs a forward)
+    with pytest.raises(InvalidArgumentError, match="`hessian_data`: labels must be a 1-D int64 tensor"):
+        HessianOperator(model, (torch.randn(8, 3), torch.zeros(8)))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training
