@@ -183,6 +183,9 @@ class HessianOperator:
         work: the call's shared counter; this operator's own are ``grads`` and ``hvps``.
         memory_budget: bytes one chunk may take while differentiated; chunks shrink below
             ``chunk_size`` to fit it (gif/memory.py). None: ``chunk_size`` alone.
+        check: run :meth:`FlatModel.check_data` on ``data`` (named ``what`` in its errors); False
+            where the caller has checked this data already (an edit checks its data once, at
+            entry, and builds operators on it at every Newton step).
     """
 
     def __init__(
@@ -197,6 +200,7 @@ class HessianOperator:
         graph_budget_bytes: int = GRAPH_BUDGET_BYTES,
         work: Work | None = None,
         memory_budget: int | None = None,
+        check: bool = True,
     ) -> None:
         if backend not in ("func", "graph", "auto"):
             raise InvalidArgumentError(f"`backend` must be 'func', 'graph' or 'auto', got {backend!r}")
@@ -205,7 +209,8 @@ class HessianOperator:
         else:
             self.flat = FlatModel(model, loss_fn)
         self.data = Chunks(data, chunk_size=chunk_size, device=self.flat.device, what=what)
-        self.flat.check_data(self.data.chunks[0].inputs, torch.cat([c.targets for c in self.data]), what)
+        if check:
+            self.flat.check_data(self.data.chunks[0].inputs, torch.cat([c.targets for c in self.data]), what)
         self.flat.check_outputs(inputs_.take(self.data.chunks[0].inputs, slice(0, 2)))
         self.chunk_size = chunk_size
         self._sample_bytes: int | None = None

@@ -273,10 +273,11 @@ def self_influence(
     check_callables(loss_fn=loss_fn, callback=callback, should_stop=should_stop)
     pair = as_pair(train, what="train")
     measure = self_influence_measure(model, pair, measure, loss_fn=loss_fn, curvature=curvature)
-    with eval_mode(model):  # after the measure, whose own refusal names it
-        FlatModel(model, loss_fn).check_data(*pair, "train")
-    if measure == "head":
-        return loo_margins(model, pair, chunk_size=config.chunk_size).to(FlatModel(model, loss_fn).dtype)
+    if measure == "head":  # the other measures' run checks the data
+        with eval_mode(model):  # after the measure, whose own refusal names it
+            flat = FlatModel(model, loss_fn)
+            flat.check_data(*pair, "train")
+        return loo_margins(model, pair, chunk_size=config.chunk_size).to(flat.dtype)
     result = _run(
         model, pair, None, config, measure=measure, loss_fn=loss_fn, hessian_data=hessian_data,
         lowrank=lowrank, monitor=Monitor(callback, should_stop),
@@ -425,7 +426,7 @@ def _run(
         hessian = HessianOperator(
             flat, [(c.inputs, c.targets) for c in train_chunks] if hessian_data is None else hessian_data,
             chunk_size=chunk_size, backend=config.hvp_backend, memory_budget=config.memory_budget,
-            what="train" if hessian_data is None else "hessian_data",
+            what="train" if hessian_data is None else "hessian_data", check=hessian_data is not None,
         )  # fmt: skip
         config, choice = choose_solver(config, model, flat.loss_fn, SOLVE_SOLVER[config.method])
         inverse = inverse_for(hessian, config, fit=lowrank)
