@@ -16,7 +16,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_type_hints
 
 from .errors import InvalidArgumentError
 
@@ -165,7 +165,7 @@ class SolveConfig:
             check_choice("solver", self.solver, SOLVERS)
         check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
         for f in dataclasses.fields(self):
-            _check_range(f, getattr(self, f.name))
+            _check_range(f, getattr(self, f.name), optional=f.name in _optional_fields(type(self)))
         if self.seed >= SEED_LIMIT:  # torch's generators refuse it with a bare ValueError
             raise InvalidArgumentError(f"`seed` must be an integer in [0, {SEED_LIMIT - 1}], got {self.seed}")
         _check_solver_options(self.solver, self.solver_options)
@@ -367,9 +367,20 @@ def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
         raise InvalidArgumentError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
 
 
-def _check_range(f: dataclasses.Field, value: object) -> None:
+_OPTIONAL: dict[type, frozenset[str]] = {}
+
+
+def _optional_fields(cls: type) -> frozenset[str]:
+    """The fields of ``cls`` whose annotation admits None (resolved once per class)."""
+    if cls not in _OPTIONAL:
+        hints = get_type_hints(cls)
+        _OPTIONAL[cls] = frozenset(name for name, hint in hints.items() if type(None) in get_args(hint))
+    return _OPTIONAL[cls]
+
+
+def _check_range(f: dataclasses.Field, value: object, *, optional: bool) -> None:
     low, high, low_open = f.metadata["low"], f.metadata["high"], f.metadata["low_open"]
-    if low is None or (value is None and "None" in str(f.type)):  # no range, or an optional field unset
+    if low is None or (value is None and optional):  # no range, or an optional field unset
         return
     if high is None:  # integers
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
