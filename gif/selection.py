@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._util import check_callables, forward_hooks
-from .config import STRATEGIES
+from .config import SEED_LIMIT, STRATEGIES
 from .data import Chunks, DataLike, as_pair, check_class_labels
 from .errors import InvalidArgumentError, NumericalError
 from .inputs import call
@@ -139,10 +139,7 @@ def select(
         raise InvalidArgumentError(
             f"the model has no Conv1d/Conv2d/Linear/Embedding layer with a trainable weight to select from{where}"
         )
-    try:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-    except (RuntimeError, ValueError) as exc:  # torch raises either, by version and sign
-        raise InvalidArgumentError(f"`seed` is out of range: {seed}") from exc
+    gen = torch.Generator(device="cpu").manual_seed(seed)
 
     kind = "gradients" if strategy.endswith("_gradients") else "outputs"
     unscored = strategy in ("all", "random")
@@ -244,8 +241,8 @@ def _check_args(
         raise InvalidArgumentError(f"`ratio` must be in (0, 1], got {ratio}")
     if strategy.startswith("exclusive_") and ratio > 0.5:
         raise InvalidArgumentError(f"strategy {strategy!r} needs `ratio` <= 0.5, got {ratio}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InvalidArgumentError(f"`seed` must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise InvalidArgumentError(f"`seed` must be an integer in [0, {SEED_LIMIT - 1}], got {seed!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise InvalidArgumentError(f"`threshold` must be a finite number, got {threshold!r}")
     return strategy, ratio, seed, float(threshold)
