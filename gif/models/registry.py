@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import InvalidArgumentError, UnknownArchitectureError
+from ..errors import InvalidArgumentError, ModelTooLargeError, UnknownArchitectureError
 from .zoo import BUILTINS
 
 ENTRY_POINT_GROUP = "gif.models"
@@ -66,6 +66,7 @@ def build(name: str, **config: Any) -> nn.Module:
     Raises:
         UnknownArchitectureError: ``name`` is not registered (the message lists the known ones).
         InvalidArgumentError: An unknown keyword or a bad value, naming the argument.
+        ModelTooLargeError: sizes whose parameters the allocator cannot hold.
     """
     factory = _lookup(name)
     _check_keywords(name, factory, config)
@@ -75,6 +76,12 @@ def build(name: str, **config: Any) -> nn.Module:
         raise type(exc)(f"architecture {name!r}: {exc.message}", **exc.details) from exc
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"architecture {name!r} rejected its configuration: {exc}") from exc
+    except (MemoryError, RuntimeError) as exc:  # torch's allocator refuses a size with a RuntimeError
+        if isinstance(exc, RuntimeError) and "allocate" not in str(exc):
+            raise
+        raise ModelTooLargeError(
+            f"architecture {name!r}: its parameters do not fit in memory ({exc})"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"factory for {name!r} returned {type(model).__name__}, not an nn.Module")
     return model

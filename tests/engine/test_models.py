@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import gif.models
-from gif.errors import InvalidArgumentError, UnknownArchitectureError
+from gif.errors import InvalidArgumentError, ModelTooLargeError, UnknownArchitectureError
 from gif.models import registry
 
 # name -> (small config, input for a batch of 2, num_classes)
@@ -84,6 +84,13 @@ def test_tinynet_and_lenet_work_on_tiny_images():
 def test_lenet_rejects_images_too_small():
     with pytest.raises(InvalidArgumentError, match="image_size"):
         gif.models.build("lenet", image_size=2)
+
+
+def test_sizes_the_allocator_refuses_are_a_model_too_large_error():
+    """10¹² inputs × 10⁶ hidden units is 4·10¹⁸ bytes of weights: torch's allocator raised a bare
+    RuntimeError."""
+    with pytest.raises(ModelTooLargeError, match="architecture 'mlp': its parameters do not fit in memory"):
+        gif.models.build("mlp", input_shape=[10**12], hidden_sizes=[10**6], num_classes=3)
 
 
 def test_construction_is_deterministic_under_seed():
