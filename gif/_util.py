@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
-from .errors import InvalidArgumentError
+from .errors import GifError, InvalidArgumentError
 
 
 def check_callables(**given: object) -> None:
@@ -19,6 +20,15 @@ def check_callables(**given: object) -> None:
     for name, value in given.items():
         if value is not None and not callable(value):
             raise InvalidArgumentError(f"`{name}` must be callable or None, got {type(value).__name__}")
+
+
+def as_tensor(values: object, message: str, error: type[GifError] = InvalidArgumentError) -> torch.Tensor:
+    """``values`` as a tensor; what torch cannot convert (strings, None, ints past int64) raises
+    ``error`` saying ``message``."""
+    try:
+        return torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise error(f"{message}, got {values!r:.80}") from exc
 
 
 #: A forward hook: (module, positional inputs, output) -> None.

@@ -22,7 +22,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .._util import eval_mode
+from .._util import as_tensor, eval_mode
 from ..errors import DatasetError, InvalidArgumentError, NumericalError
 from ..inputs import Inputs, call, to
 from ._files import (
@@ -121,16 +121,24 @@ def save_dataset(
     """Validate ``inputs`` (a tensor or a dict of named tensors), ``labels`` and the optional
     ``sample_ids`` (as :func:`load_dataset` and :func:`load_sample_ids` would) and write them to
     safetensors."""
+    labels = as_tensor(labels, "`labels` must be a tensor or an array of integers", DatasetError)
     if isinstance(inputs, Mapping):
         if SAMPLE_IDS in inputs:
             raise DatasetError(f"pass `{SAMPLE_IDS}` as `sample_ids=`, not as an input tensor")
-        tensors, y = _check_named({k: torch.as_tensor(v) for k, v in inputs.items()}, torch.as_tensor(labels))
+        named = {
+            k: as_tensor(v, f"input `{k}` must be a tensor or an array", DatasetError)
+            for k, v in inputs.items()
+        }
+        tensors, y = _check_named(named, labels)
     else:
-        x, y = _check_dataset(torch.as_tensor(inputs), torch.as_tensor(labels))
+        x, y = _check_dataset(
+            as_tensor(inputs, "`inputs` must be a tensor or an array", DatasetError), labels
+        )
         tensors = {"inputs": x}
     tensors["labels"] = y
     if sample_ids is not None:
-        tensors[SAMPLE_IDS] = check_sample_ids(torch.as_tensor(sample_ids), len(y))
+        ids = as_tensor(sample_ids, "`sample_ids` must be a tensor or an array of integers", DatasetError)
+        tensors[SAMPLE_IDS] = check_sample_ids(ids, len(y))
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, tmp))
 
@@ -162,7 +170,7 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
     """Raise :class:`DatasetError` if any label lies outside ``[0, num_classes)``."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise InvalidArgumentError(f"`num_classes` must be a positive integer, got {num_classes!r}")
-    labels = torch.as_tensor(labels).reshape(-1)
+    labels = as_tensor(labels, "`labels` must be a tensor or an array of integers", DatasetError).reshape(-1)
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.numel():
         values, counts = torch.unique(bad, return_counts=True)

@@ -384,6 +384,15 @@ def test_single_npy_and_garbage_are_rejected(tmp_path):
 def test_save_dataset_validates():
     with pytest.raises(DatasetError, match="labels must be integers"):
         io.save_dataset(torch.zeros(2, 2), torch.tensor([0.0, 1.0]), "unused.st")
+    # what torch cannot make a tensor of is named (a bare TypeError / RuntimeError before)
+    with pytest.raises(DatasetError, match="`inputs` must be a tensor or an array, got 'abc'"):
+        io.save_dataset("abc", [0, 1], "unused.st")
+    with pytest.raises(DatasetError, match="`labels` must be a tensor or an array of integers, got None"):
+        io.save_dataset(torch.zeros(2, 2), None, "unused.st")
+    with pytest.raises(DatasetError, match="input `ids` must be a tensor or an array"):
+        io.save_dataset({"ids": ["a", "b"]}, [0, 1], "unused.st")
+    with pytest.raises(DatasetError, match="`sample_ids` must be a tensor or an array of integers"):
+        io.save_dataset(torch.zeros(2, 2), [0, 1], "unused.st", sample_ids=object())
 
 
 def test_describe_dataset():
@@ -456,6 +465,8 @@ def test_check_labels():
         io.check_labels(torch.tensor([-1, 3]), 3)
     with pytest.raises(InvalidArgumentError, match="num_classes"):
         io.check_labels(torch.tensor([0]), 0)
+    with pytest.raises(DatasetError, match="`labels` must be a tensor or an array of integers, got 'abc'"):
+        io.check_labels("abc", 3)
 
 
 def test_infer_num_classes_keeps_training_mode():
