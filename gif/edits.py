@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from . import head_edit
-from ._util import check_callables, eval_mode
+from ._util import as_tensor, check_callables, eval_mode
 from .cache import Cache
 from .config import EditConfig, resolve
 from .data import DataLike, as_pair, check_class_labels
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call_on, take, to
+from .loo_head import named_head
 from .method_choice import CHECK_FRACTION, choose_method, guarded, head_dampings, head_first, most_runs
 from .newton import AuditInputs, Edit, EditResult, Request, Task, relabel_loss
 from .progress import Progress, ProgressCallback, StopCheck
@@ -119,7 +120,7 @@ def relabel(
     validation = _check_labels(model, y, validation, num_classes, loss_fn)
     index = _check_indices(indices, len(y), "indices")
     audit = _audit_inputs(model, x, holdout, reference, num_classes)
-    new = _integers(new_labels, "`new_labels` must be integer labels, one per index")
+    new = as_tensor(new_labels, "`new_labels` must be integer labels, one per index")
     if new.dtype.is_floating_point or new.ndim != 1 or new.numel() != index.numel():
         raise InvalidArgumentError("`new_labels` must be integer labels, one per index")
     new = new.long().cpu()
@@ -157,9 +158,12 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
     """The edit with its method chosen and its ``solver="auto"`` guarded (gif/method_choice.py), on
     the head's features alone where that is the same computation (gif/head_edit.py)."""
     x = request.train[0]
-    chosen, choice = choose_method(
-        opts, request.model, x, request.task, lowrank_given=request.lowrank is not None
-    )
+    if request.lowrank is not None and opts.solver != "lowrank":  # it would go unused
+        raise InvalidArgumentError(
+            f"a `lowrank` fit is used by solver='lowrank' only: pass that solver with it, got solver={opts.solver!r}"
+        )
+    found = named_head(request.model, x)  # the logits' Linear layer, looked up once per request
+    chosen, choice = choose_method(opts, found, request.task, lowrank_given=request.lowrank is not None)
     computed: dict[str, head_edit.Features] = {}
     attempts, started = most_runs(opts, chosen, choice), itertools.count(1)
 
@@ -170,13 +174,13 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
 
     def run(config: EditConfig) -> EditResult:
         attempt = _in_attempt(request, next(started), attempts)
-        head = head_edit.frozen_head(request.model, x, config, whole_network=request.lowrank is not None)
+        head = head_edit.frozen_head(request.model, found, config, whole_network=request.lowrank is not None)
         if head is not None:
             return head_edit.run(features(head, config), attempt, config)
         return Edit(attempt, config).run()
 
     def check(config: EditConfig) -> dict:
-        head = head_edit.frozen_head(request.model, x, config, whole_network=False)
+        head = head_edit.frozen_head(request.model, found, config, whole_network=False)
         assert head is not None  # head_first runs only where choose_method chose the head
         return head_edit.held_out_check(features(head, config), request, config, CHECK_FRACTION)
 
@@ -257,11 +261,7 @@ def _audit_inputs(
                 "`holdout` is empty; pass samples the model never saw, or leave it out"
             )
         _num_classes(model, data[0], "holdout")  # the model runs on it
-        labels = data[1]
-        if labels.dtype.is_floating_point or labels.ndim != 1:
-            raise InvalidArgumentError("`holdout`: labels must be a 1-D tensor of integer classes")
-        if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
-            raise UnknownClassError(f"`holdout` has labels outside [0, {num_classes})")
+        check_class_labels(data[1], num_classes, "holdout")
     if reference is not None:
         if not isinstance(reference, nn.Module):
             raise InvalidArgumentError(
@@ -275,17 +275,8 @@ def _audit_inputs(
     return AuditInputs(data, reference)
 
 
-def _integers(values: object, message: str) -> torch.Tensor:
-    """``values`` as a tensor; what torch cannot convert (strings, None, ints past int64) raises
-    :class:`InvalidArgumentError` saying ``message``."""
-    try:
-        return torch.as_tensor(values)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise InvalidArgumentError(f"{message}, got {values!r:.80}") from exc
-
-
 def _check_indices(indices: object, n: int, what: str) -> torch.Tensor:
-    idx = _integers(indices, f"`{what}` must be a 1-D tensor or list of integer sample indices")
+    idx = as_tensor(indices, f"`{what}` must be a 1-D tensor or list of integer sample indices")
     if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.ndim != 1:
         raise InvalidArgumentError(f"`{what}` must be a 1-D tensor or list of integer sample indices")
     idx = idx.long().cpu()

@@ -39,7 +39,7 @@ from .data import Batch, as_pair
 from .hessian import Work
 from .inputs import Inputs, take
 from .inverse import choose_solver
-from .loo_head import feature_chunks, head_parameter_names, named_head
+from .loo_head import feature_chunks, head_parameter_names
 from .metrics import evaluate
 from .newton import AuditInputs, Edit, EditResult, Request
 from .params import ParamSpace
@@ -57,10 +57,13 @@ class Head:
     module: nn.Linear
 
 
-def frozen_head(model: nn.Module, x: Inputs, config: EditConfig, *, whole_network: bool) -> Head | None:
-    """The head an edit can run on alone (module docstring), or None. ``whole_network``: the edit
-    was given something that belongs to the whole network (a ``lowrank`` fit, a reference)."""
-    if whole_network or (found := named_head(model, x)) is None or not found[0]:
+def frozen_head(
+    model: nn.Module, found: tuple[str, nn.Linear] | None, config: EditConfig, *, whole_network: bool
+) -> Head | None:
+    """The head an edit can run on alone (module docstring), or None; ``found``: the model's
+    :func:`~gif.loo_head.named_head`. ``whole_network``: the edit was given something that belongs
+    to the whole network (a ``lowrank`` fit, a reference)."""
+    if whole_network or found is None or not found[0]:
         return None  # no head, or the model is the Linear layer: there is no network to skip
     own = head_parameter_names(*found)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]

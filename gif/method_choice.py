@@ -31,8 +31,6 @@ from collections.abc import Callable
 from torch import nn
 
 from .config import EDIT_PRESETS, EditConfig
-from .inputs import Inputs
-from .loo_head import named_head
 from .newton import VALIDATION_GIVEN, EditResult, Task
 
 #: The validation objective (F1 of the edit's two goals, gif/edit_sets.py) below which an edit
@@ -67,22 +65,27 @@ FALLBACK = {"remove": "gif", "relabel": "if"}
 
 
 def choose_method(
-    config: EditConfig, model: nn.Module, inputs: Inputs, task: Task, *, lowrank_given: bool = False
+    config: EditConfig,
+    head: tuple[str, nn.Linear] | None,
+    task: Task,
+    *,
+    lowrank_given: bool = False,
 ) -> tuple[EditConfig, dict | None]:
-    """The configuration with a concrete method and, for ``auto``, what was chosen and why.
+    """The configuration with a concrete method and, for ``auto``, what was chosen and why;
+    ``head``: the model's :func:`~gif.loo_head.named_head` on the training inputs.
 
     ``auto`` becomes ``fif`` with ``selection="head"`` for the removal of a whole class, or a
     relabel of at least :data:`MIN_CHECKED_SAMPLES` samples, from a model whose logits a
     trainable Linear layer computes, unless the request names the parameters to change itself
     (``selection``, ``ratio`` or ``param_names``); else the verb's fallback (:data:`FALLBACK`).
-    A relabel's head edit is tentative: the choice holds ``fallback`` (:func:`head_first`); with a
-    ``lowrank`` fit given (the whole network's curvature) a relabel takes the fallback at once. Any
+    A relabel's head edit is tentative: the choice holds ``fallback`` (:func:`head_first`). With a
+    ``lowrank`` fit given (the whole network's curvature) the edit takes the fallback at once. Any
     other method is kept, with no choice to report."""
     if config.method != "auto":
         return config, None
     fallback = FALLBACK[task.kind]
-    reason = _why_not_head(config, model, inputs, task)
-    if reason is None and task.kind == "relabel" and lowrank_given:
+    reason = _why_not_head(config, head, task)
+    if reason is None and lowrank_given:
         reason = f"a lowrank fit of the whole network was given: {fallback} over the model's parameters"
     choice: dict = {"requested": "auto"}
     if reason is None:
@@ -99,7 +102,7 @@ def choose_method(
     return chosen, {**choice, "chosen": chosen.method, "selection": chosen.selection, "reason": why}
 
 
-def _why_not_head(config: EditConfig, model: nn.Module, inputs: Inputs, task: Task) -> str | None:
+def _why_not_head(config: EditConfig, found: tuple[str, nn.Linear] | None, task: Task) -> str | None:
     if task.kind == "remove" and task.forget_class is None:
         return "a removal of samples, not of a whole class: they are remembered throughout the network"
     if task.kind == "relabel" and task.index.numel() < MIN_CHECKED_SAMPLES:
@@ -110,7 +113,6 @@ def _why_not_head(config: EditConfig, model: nn.Module, inputs: Inputs, task: Ta
     named = [n for n in ("selection", "ratio", "param_names") if getattr(config, n) is not None]
     if named:
         return f"the request names the parameters to change ({', '.join(named)})"
-    found = named_head(model, inputs)
     if found is None or not found[0]:
         return "no Linear layer inside the model computes its logits"
     if not all(p.requires_grad for p in found[1].parameters()):

@@ -225,8 +225,8 @@ def test_bad_requests():
 
 
 def test_labels_the_default_loss_cannot_take_name_their_argument():
-    """Training or validation labels outside the model's classes, of another dtype or shape, and
-    an empty validation set, are refused up front (torch raised bare IndexError / RuntimeError /
+    """Training, validation or holdout labels outside the model's classes, of another dtype or
+    shape, and an empty validation set, are refused up front (torch raised bare IndexError / RuntimeError /
     ValueError mid-edit; an empty validation set was silently accepted)."""
     model, (x, y), (vx, vy) = tiny_problem()
     for edit in (lambda train, **k: gif.remove(model, train, [1], **k),
@@ -246,6 +246,10 @@ def test_labels_the_default_loss_cannot_take_name_their_argument():
             edit((x, y), validation=(vx[:0], vy[:0]))
         with pytest.raises(InvalidArgumentError, match="`holdout` is empty"):
             edit((x, y), holdout=(vx[:0], vy[:0]))
+        with pytest.raises(UnknownClassError, match=r"`holdout` has labels .* outside the model's \[0, 3\)"):
+            edit((x, y), holdout=(vx, vy + 3))
+        with pytest.raises(InvalidArgumentError, match="`holdout`: labels must be a 1-D int64 tensor"):
+            edit((x, y), holdout=(vx, vy.float()))
 
 
 def test_hooks_that_are_not_callable_or_a_cache_name_their_argument():

@@ -10,6 +10,7 @@ import gif
 from gif.config import EditConfig, resolve
 from gif.edits import class_indices
 from gif.hessian import cross_entropy
+from gif.loo_head import named_head
 from gif.method_choice import choose_method
 from gif.newton import AuditInputs, Edit, Request, Task
 
@@ -27,7 +28,7 @@ def whole_network_removal(model, train, cls: int, holdout=None, reference=None, 
         kind="remove", index=index, target=(x[index], y[index]), target_loss=cross_entropy,
         scale=-index.numel() / (len(y) - index.numel()), forget_class=cls,
     )  # fmt: skip
-    opts, _ = choose_method(resolve("remove", EditConfig, None, options), model, x, task)
+    opts, _ = choose_method(resolve("remove", EditConfig, None, options), named_head(model, x), task)
     audit = AuditInputs(holdout=holdout, reference=reference)
     return Edit(Request(model, train, task, cross_entropy, audit=audit), opts).run()
 

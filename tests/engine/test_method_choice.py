@@ -11,6 +11,7 @@ from torch import nn
 
 import gif
 from gif._util import forward_hooks
+from gif.errors import InvalidArgumentError
 from gif.newton import VALIDATION_CARVED, VALIDATION_GIVEN, EditResult
 
 from .conftest import BUILDERS, make_data
@@ -278,6 +279,29 @@ def test_a_relabel_given_a_whole_network_fit_skips_the_head():
     choice = out.report["method_choice"]
     assert choice["chosen"] == "if" and "lowrank fit" in choice["reason"] and "head_first" not in choice
     assert torch.equal(out.delta, fitted.delta)
+
+
+def test_a_class_removal_given_a_whole_network_fit_skips_the_head():
+    """The fit is the whole network's curvature: the edit that uses it is the fallback's, not FIF
+    on the head (which ignored the fit)."""
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    fitted = gif.remove(model, train, {"class": 1}, method="gif", solver="lowrank", newton_steps=1)
+    out = gif.remove(model, train, {"class": 1}, solver="lowrank", newton_steps=1, lowrank=fitted.lowrank)
+    choice = out.report["method_choice"]
+    assert choice["chosen"] == "gif" and "lowrank fit" in choice["reason"]
+    assert torch.equal(out.delta, fitted.delta)
+
+
+def test_a_fit_the_edits_solver_would_not_use_is_refused():
+    """A ``lowrank`` fit beside another solver was ignored without a word."""
+    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    fit = gif.remove(model, train, [1, 2], method="gif", solver="lowrank", newton_steps=1).lowrank
+    for solver in (None, "cg", "kfac", "auto"):
+        options = {} if solver is None else {"solver": solver}
+        with pytest.raises(InvalidArgumentError, match="a `lowrank` fit is used by solver='lowrank' only"):
+            gif.remove(model, train, [1, 2], lowrank=fit, **options)
+        with pytest.raises(InvalidArgumentError, match="pass that solver with it"):
+            gif.relabel(model, train, [1], [(int(train[1][1]) + 1) % 3], lowrank=fit, **options)
 
 
 def test_an_edit_that_runs_twice_reports_done_once_at_the_end(monkeypatch):
