@@ -1,7 +1,9 @@
-"""kronfluence 1.0.1 as a peer in the benchmarks (``pip install kronfluence==1.0.1``): a
-classifier's pairwise and self-influence scores with its own defaults (damping: 0.1 × the mean
-eigenvalue; Fisher labels drawn from the model's predictions, seeded here; measurement: the
-cross-entropy). Imported only when a benchmark asks for it."""
+"""kronfluence 1.0.1 as a peer in the benchmarks: a classifier's pairwise and self-influence
+scores with its own defaults (damping: 0.1 × the mean eigenvalue; Fisher labels drawn from the
+model's predictions, seeded here; measurement: the cross-entropy). Imported only when a benchmark
+asks for it. Install it without its dependencies' resolution (:data:`INSTALL`): a plain ``pip
+install kronfluence==1.0.1`` pulls the newest torchvision, which replaces the venv's torch with
+another (CUDA) build; kronfluence does not import torchvision."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import torch
 from torch import nn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+#: How to install the peer into the project's venv.
+INSTALL = "pip install --no-deps kronfluence==1.0.1 accelerate einops einconv opt-einsum"
 
 
 def available() -> bool:

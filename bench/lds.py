@@ -11,13 +11,14 @@ standard error over queries) and the seconds each method took to produce its [qu
 matrix (fit included; one process, ``--threads`` threads).
 
 Model and data: examples/digits.py (scikit-learn digits, 1,200 training images, the TinyNet CNN
-or, with ``--arch mlp``, the MLP; 40 epochs of SGD).
+or, with ``--arch mlp``, the MLP, or ``--arch lenet``, LeNet-5; 40 epochs of SGD). Each subset's
+model is the same architecture, retrained with the same recipe.
 
 Rankings (``--methods``):
 
 * ``gif default`` — ``gif.scores`` at its defaults;
 * ``gif <solver>`` — ``gif.scores(solver=...)`` for ``ekfac``, ``kfac``, ``lowrank``, ``cg``;
-* ``kronfluence ekfac`` / ``kronfluence kfac`` — kronfluence (``pip install kronfluence==1.0.1``;
+* ``kronfluence ekfac`` / ``kronfluence kfac`` — kronfluence (bench/_kronfluence.py says how to install it;
   skipped with a note when it is not installed), its factors fitted on the training set, damping
   its heuristic (0.1 × the mean eigenvalue), measurement the query loss. Its Fisher draws labels
   from the model's predictions: ``kronfluence ekfac seed=1`` seeds that draw (default 0).
@@ -48,8 +49,13 @@ from digits import CNN, MLP, load_digits, train  # noqa: E402
 import gif  # noqa: E402
 
 ALPHA = 0.5
-#: The models of examples/digits.py: TinyNet (390k parameters) and an MLP (one hidden layer of 64).
-ARCHS = {"cnn": CNN, "mlp": MLP}
+#: The models of examples/digits.py — TinyNet (390k parameters) and an MLP (one hidden layer of
+#: 64, 4.8k) — and LeNet-5 at 8×8 (21k parameters, gif.models.build("lenet")).
+ARCHS = {
+    "cnn": CNN,
+    "mlp": MLP,
+    "lenet": {"name": "lenet", "in_channels": 1, "num_classes": 10, "image_size": 8},
+}
 METHODS = ("gif default", "gif ekfac", "gif kfac", "gif lowrank", "kronfluence ekfac", "kronfluence kfac")
 Scorer = Callable[
     [nn.Module, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], torch.Tensor
@@ -153,7 +159,7 @@ def main() -> None:
         losses = torch.stack(
             [
                 query_losses(
-                    train(CNN, x[mask], y[mask], seed=args.seed + 1 + j, epochs=args.epochs), *queries
+                    train(arch, x[mask], y[mask], seed=args.seed + 1 + j, epochs=args.epochs), *queries
                 )
                 for j, mask in enumerate(masks)
             ]

@@ -26,7 +26,7 @@ Rankings:
 * ``self λ=0.001`` / ``self rank=128`` — the classic self-influence with a smaller damping / a
   larger rank;
 * ``kronfluence self`` — kronfluence 1.0.1's self-influence with its EK-FAC defaults
-  (bench/_kronfluence.py; ``pip install kronfluence==1.0.1``), the peer's answer to this task;
+  (bench/_kronfluence.py, which says how to install it), the peer's answer to this task;
 * ``val-influence`` — influence of each training sample on the mean loss of a trusted, clean
   validation set (200 test samples): ``gif.scores`` summed over the validation queries, most
   negative first (samples whose removal would lower the validation loss).
@@ -150,7 +150,7 @@ def by_kronfluence_self(model: nn.Module, x: torch.Tensor, y: torch.Tensor, val:
     import _kronfluence
 
     if not _kronfluence.available():
-        raise SystemExit("ranking 'kronfluence self' needs `pip install kronfluence==1.0.1`")
+        raise SystemExit("ranking 'kronfluence self' needs kronfluence 1.0.1: " + _kronfluence.INSTALL)
     return _kronfluence.self_scores(model, (x, y))
 
 
