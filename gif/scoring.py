@@ -35,7 +35,7 @@ from .data import Batch, Chunk, Chunks, DataLike, as_pair
 from .errors import InvalidArgumentError, NumericalError
 from .hessian import FlatModel, HessianOperator, LossFn, cross_entropy
 from .inputs import Inputs, call_on, count, take, to
-from .inverse import InverseHessian, Solution, choose_solver, inverse_for
+from .inverse import InverseHessian, Solution, choose_scores_solver, inverse_for
 from .loo_head import head_of, loo_margins
 from .memory import per_sample_gradient_chunk
 from .per_sample import gradient_rows, per_row, per_sample_gradients
@@ -428,7 +428,7 @@ def _run(
             chunk_size=chunk_size, backend=config.hvp_backend, memory_budget=config.memory_budget,
             what="train" if hessian_data is None else "hessian_data", check=hessian_data is not None,
         )  # fmt: skip
-        config, choice = choose_solver(config, model, flat.loss_fn, SOLVE_SOLVER[config.method])
+        config, choice = choose_scores_solver(config, model, flat.loss_fn, SOLVE_SOLVER[config.method])
         inverse = inverse_for(hessian, config, fit=lowrank)
         notes = [] if choice is None else [f"solver auto: {choice['chosen']} ({choice['reason']})"]
         try:

@@ -13,7 +13,7 @@ from ..errors import InvalidArgumentError
 from ..hessian import HessianOperator
 from ..solvers import ITERATIVE, LowRankHessian
 from .base import InverseHessian, Solution
-from .choice import choose_solver
+from .choice import choose_scores_solver, choose_solver
 from .dense import DenseInverse
 from .iterative import IterativeInverse
 from .kfac import KroneckerFit, KroneckerInverse
@@ -84,5 +84,6 @@ def inverse_for(
 
 __all__ = [
     "BUILDERS", "FITTED_SOLVERS", "CurvatureFit", "DenseInverse", "InverseHessian", "IterativeInverse",
-    "KroneckerFit", "KroneckerInverse", "LowRankInverse", "Solution", "choose_solver", "inverse_for",
+    "KroneckerFit", "KroneckerInverse", "LowRankInverse", "Solution", "choose_scores_solver", "choose_solver",
+    "inverse_for",
 ]  # fmt: skip

@@ -310,12 +310,18 @@ def test_auto_chooses_kfac_or_falls_back_to_the_methods_solver():
     assert removed.report["solver_choice"]["chosen"] == "lsqr"
 
 
-def test_scores_take_kfac_with_layer_damping_by_default_and_fall_back_to_minres():
+def test_scores_take_kfac_with_layer_damping_by_default_and_fall_back_to_minres(monkeypatch):
+    from gif.inverse import choice
+
     model, (x, y) = trained_mlp()
+    # a model of Linear layers this small takes the low-rank fit (tests/engine/test_scores.py);
+    # past the size limit, K-FAC
+    monkeypatch.setattr(choice, "SMALL_LINEAR_PARAMS", sum(p.numel() for p in model.parameters()) - 1)
     auto = gif.scores_with_report(model, (x, y), (x[:3], y[:3]))
     assert auto.solver == "kfac" and auto.hvps == 0 and "solver auto: kfac" in auto.note
     expected = gif.scores(model, (x, y), (x[:3], y[:3]), solver="kfac", damping=0.01, layer_damping=0.1)
     assert torch.equal(auto.scores, expected)
+    monkeypatch.undo()
 
     def mse(out, target):  # not the cross-entropy: K-FAC does not model it
         return nn.functional.mse_loss(out, nn.functional.one_hot(target, 3).float())

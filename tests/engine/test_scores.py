@@ -648,3 +648,22 @@ def test_float32_model_keeps_its_dtype(solver):
     out = scores(model.float(), train32, queries32, damping=0.1, solver=solver, rank=10_000, tol=1e-6)
     assert out.dtype == torch.float32
     assert rel_err(out.double(), expected) < 1e-4
+
+
+def test_auto_takes_a_rank_128_lowrank_fit_on_a_small_model_of_linear_layers():
+    """Scores' ``auto`` on a model of Linear layers with at most SMALL_LINEAR_PARAMS parameters is
+    the low-rank fit at rank 128 (it attributes better than K-FAC there: docs/benchmarks.md), a
+    rank the request sets is kept, and a larger or convolutional model keeps K-FAC."""
+    from gif.inverse.choice import SMALL_LINEAR_PARAMS, SMALL_LINEAR_RANK
+
+    model, train, queries = setup("mlp")
+    out = scores_with_report(model, train, queries)
+    assert out.solver == "lowrank" and "a small model of Linear layers" in out.note
+    assert torch.equal(out.scores, scores(model, train, queries, solver="lowrank", rank=SMALL_LINEAR_RANK))
+    assert "rank-5 Lanczos" in scores_with_report(model, train, queries, rank=5).note
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(train[0][0].numel(), SMALL_LINEAR_PARAMS // 8), nn.ReLU(),
+                         nn.Linear(SMALL_LINEAR_PARAMS // 8, 3)).double()  # fmt: skip
+    assert sum(p.numel() for p in wide.parameters()) > SMALL_LINEAR_PARAMS
+    assert scores_with_report(wide.eval(), train, queries).solver == "kfac"
+    conv_model, conv_train, conv_queries = setup("cnn")
+    assert scores_with_report(conv_model, conv_train, conv_queries).solver == "kfac"
