@@ -1,6 +1,6 @@
 """``solver="auto"``: the Kronecker-factored curvature where it can stand for the model's, else a
-solver that makes no assumption about it; for scores, a low-rank fit on small models of Linear
-layers, where it attributes better than K-FAC at less than kronfluence's time."""
+solver that makes no assumption about it; for scores, a low-rank fit on models of Linear layers
+alone up to a size, where it attributes better than K-FAC at less than kronfluence's time."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from .kfac import unfactorable
 Config = TypeVar("Config", bound=SolveConfig)
 
 #: Scores' ``auto`` takes the Lanczos low-rank fit, not K-FAC, for a model whose trainable
-#: parameters all sit in Linear layers and number at most this: on four MLPs of 4.8k–19k
-#: parameters its LDS was 0.01–0.08 higher than K-FAC's, in less time than kronfluence's EK-FAC;
-#: at 39k and 167k a rank-128 fit took 1.4–1.8× kronfluence's time (docs/benchmarks.md, "Scores:
-#: LDS against retraining").
+#: parameters all sit in Linear layers, up to this many: on five MLPs of 4.8k–167k parameters it
+#: attributed better than K-FAC and than kronfluence's EK-FAC (LDS +0.01 to +0.11) in less time
+#: than the latter (docs/benchmarks.md, "Across architectures, and the default for small MLPs").
+LINEAR_LOWRANK_PARAMS = 200_000
+#: Up to this many parameters, the fit takes :data:`SMALL_LINEAR_RANK` eigenpairs where the
+#: request leaves ``rank`` at its default (64 eigenpairs scored below K-FAC on a 9k MLP; 128 cost
+#: 1.1–1.8× kronfluence's time above 20k).
 SMALL_LINEAR_PARAMS = 20_000
-#: That fit's eigenpairs where the request leaves ``rank`` at its default (64 scored 0.02–0.07
-#: lower on those MLPs).
 SMALL_LINEAR_RANK = 128
 
 
@@ -43,9 +44,10 @@ def choose_solver(
 def choose_scores_solver(
     config: Config, model: nn.Module, loss_fn: object, fallback: str
 ) -> tuple[Config, dict | None]:
-    """:func:`choose_solver` for scores, except that where ``auto`` would take K-FAC on a model of
-    at most :data:`SMALL_LINEAR_PARAMS` trainable parameters, all in Linear layers, it takes
-    ``lowrank`` (rank :data:`SMALL_LINEAR_RANK` unless the request sets another)."""
+    """:func:`choose_solver` for scores, except where ``auto`` would take K-FAC on a model of at
+    most :data:`LINEAR_LOWRANK_PARAMS` trainable parameters, all in Linear layers: there it takes
+    ``lowrank``, with :data:`SMALL_LINEAR_RANK` eigenpairs up to :data:`SMALL_LINEAR_PARAMS`
+    parameters unless the request sets a rank."""
     if config.solver != "auto":
         return config, None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -53,18 +55,11 @@ def choose_scores_solver(
         p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)
         if p.requires_grad
     )  # fmt: skip
-    if linear != trainable or trainable > SMALL_LINEAR_PARAMS or unfactorable(model, loss_fn) is not None:
-        return choose_solver(
-            config, model, loss_fn, fallback
-        )  # K-FAC, or where it does not apply the fallback
-    default_rank = SolveConfig.__dataclass_fields__["rank"].default
-    rank = SMALL_LINEAR_RANK if config.rank == default_rank else config.rank
-    why = (
-        f"a small model of Linear layers ({trainable:,} parameters): a rank-{rank} Lanczos fit attributes "
-        "better than K-FAC there"
-    )
-    return config.replace(solver="lowrank", rank=rank), {
-        "requested": "auto",
-        "chosen": "lowrank",
-        "reason": why,
-    }
+    if linear != trainable or trainable > LINEAR_LOWRANK_PARAMS or unfactorable(model, loss_fn) is not None:
+        return choose_solver(config, model, loss_fn, fallback)  # K-FAC, else the fallback
+    rank = config.rank
+    if trainable <= SMALL_LINEAR_PARAMS and rank == SolveConfig.__dataclass_fields__["rank"].default:
+        rank = SMALL_LINEAR_RANK
+    why = f"a model of Linear layers alone ({trainable:,} parameters): a rank-{rank} Lanczos fit attributes better"
+    choice = {"requested": "auto", "chosen": "lowrank", "reason": why}
+    return config.replace(solver="lowrank", rank=rank), choice

@@ -650,20 +650,26 @@ def test_float32_model_keeps_its_dtype(solver):
     assert rel_err(out.double(), expected) < 1e-4
 
 
-def test_auto_takes_a_rank_128_lowrank_fit_on_a_small_model_of_linear_layers():
-    """Scores' ``auto`` on a model of Linear layers with at most SMALL_LINEAR_PARAMS parameters is
-    the low-rank fit at rank 128 (it attributes better than K-FAC there: docs/benchmarks.md), a
-    rank the request sets is kept, and a larger or convolutional model keeps K-FAC."""
-    from gif.inverse.choice import SMALL_LINEAR_PARAMS, SMALL_LINEAR_RANK
+def test_auto_takes_a_lowrank_fit_on_a_model_of_linear_layers_up_to_a_size(monkeypatch):
+    """Scores' ``auto`` on a model of Linear layers alone is the low-rank fit: rank 128 up to
+    SMALL_LINEAR_PARAMS parameters (a rank the request sets is kept), the default rank up to
+    LINEAR_LOWRANK_PARAMS; past that, and on a convolutional model, K-FAC (docs/benchmarks.md,
+    "Across architectures, and the default for small MLPs")."""
+    from gif.inverse import choice
 
     model, train, queries = setup("mlp")
     out = scores_with_report(model, train, queries)
-    assert out.solver == "lowrank" and "a small model of Linear layers" in out.note
-    assert torch.equal(out.scores, scores(model, train, queries, solver="lowrank", rank=SMALL_LINEAR_RANK))
+    assert out.solver == "lowrank" and "a model of Linear layers alone" in out.note and "rank-128" in out.note
+    assert torch.equal(
+        out.scores, scores(model, train, queries, solver="lowrank", rank=choice.SMALL_LINEAR_RANK)
+    )
     assert "rank-5 Lanczos" in scores_with_report(model, train, queries, rank=5).note
-    wide = nn.Sequential(nn.Flatten(), nn.Linear(train[0][0].numel(), SMALL_LINEAR_PARAMS // 8), nn.ReLU(),
-                         nn.Linear(SMALL_LINEAR_PARAMS // 8, 3)).double()  # fmt: skip
-    assert sum(p.numel() for p in wide.parameters()) > SMALL_LINEAR_PARAMS
-    assert scores_with_report(wide.eval(), train, queries).solver == "kfac"
+    size = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(choice, "SMALL_LINEAR_PARAMS", size - 1)
+    larger = scores_with_report(model, train, queries)
+    assert larger.solver == "lowrank" and "rank-64" in larger.note
+    assert torch.equal(larger.scores, scores(model, train, queries, solver="lowrank", rank=64))
+    monkeypatch.setattr(choice, "LINEAR_LOWRANK_PARAMS", size - 1)
+    assert scores_with_report(model, train, queries).solver == "kfac"
     conv_model, conv_train, conv_queries = setup("cnn")
     assert scores_with_report(conv_model, conv_train, conv_queries).solver == "kfac"
