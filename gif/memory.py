@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._util import forward_hooks
+from .config import SolveConfig
 from .errors import MemoryBudgetError
 from .inputs import Inputs, call, named, take
 
@@ -79,11 +80,28 @@ class Estimate:
         return {**asdict(self), "total": self.total}
 
 
+def solver_vectors(config: SolveConfig, parameters: int) -> int:
+    """p-length vectors a solve under ``config`` holds at once: :data:`EDIT_VECTORS`, and for
+    ``lowrank`` the Lanczos basis of its fit (one vector per step: 2·rank + 20 steps unless
+    ``solver_options`` sets them, at most p; gif/solvers/lowrank.py)."""
+    if config.solver != "lowrank":
+        return EDIT_VECTORS
+    steps = int(config.solver_options.get("steps") or 2 * config.rank + 20)
+    return EDIT_VECTORS + min(parameters, steps)
+
+
 def estimate(
-    model: nn.Module, inputs: Inputs, samples: int, *, chunk_size: int, memory_budget: int | None
+    model: nn.Module,
+    inputs: Inputs,
+    samples: int,
+    *,
+    chunk_size: int,
+    memory_budget: int | None,
+    vectors: int = EDIT_VECTORS,
 ) -> Estimate:
-    """The peak of an edit of ``model`` whose Hessian data holds ``samples`` samples like
-    ``inputs`` (any number of them; one is evaluated to measure the activations)."""
+    """The peak of a computation on ``model`` whose Hessian data holds ``samples`` samples like
+    ``inputs`` (any number of them; one is evaluated to measure the activations) and which holds
+    ``vectors`` p-length vectors besides the model (:func:`solver_vectors`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     p = sum(t.numel() for t in params)
     element = params[0].element_size() if params else 4
@@ -91,7 +109,7 @@ def estimate(
     per_sample = activation_bytes(model, lambda: call(model, one), element)
     chunk = min(samples, fitting_chunk(chunk_size, per_sample, memory_budget))
     data = sum(t.element_size() * t.numel() for t in named(one).values()) * samples
-    return Estimate((EDIT_VECTORS + 1) * p * element, FACTOR * chunk * per_sample, data, chunk)
+    return Estimate((vectors + 1) * p * element, FACTOR * chunk * per_sample, data, chunk)
 
 
 def check_fits(estimate: Estimate, budget: int) -> None:

@@ -109,6 +109,15 @@ def rows_of(ids: list[int], train_ids: torch.Tensor | None, field: str = "forget
     return order[at]
 
 
+def measure_of(spec: SelfInfluenceJob, loaded: Loaded) -> str:
+    """The measure a self-influence job uses (``auto`` resolved as the engine does; an option that
+    asks for a curvature rules out the leave-one-out head)."""
+    curvature = any(name in CURVATURE_OPTIONS for name in spec.options.model_dump(exclude_none=True))
+    return self_influence_measure(
+        loaded.model, loaded.train, spec.measure, loss_fn=loaded.loss_fn, curvature=curvature
+    )
+
+
 def run_self_influence(
     spec: SelfInfluenceJob, loaded: Loaded, callback: ProgressCallback, should_stop: StopCheck
 ) -> SelfInfluenceOutcome:
@@ -121,10 +130,7 @@ def run_self_influence(
     config = self_influence_config(spec)
     exact = config.solver != "lowrank"
     common: dict[str, Any] = {"loss_fn": loaded.loss_fn, "callback": callback, "should_stop": should_stop}
-    curvature = any(name in CURVATURE_OPTIONS for name in spec.options.model_dump(exclude_none=True))
-    measure = self_influence_measure(
-        loaded.model, loaded.train, spec.measure, loss_fn=loaded.loss_fn, curvature=curvature
-    )
+    measure = measure_of(spec, loaded)
     scores = gif.self_influence(
         loaded.model, loaded.train, config=config, exact=exact, measure=measure, **common
     )

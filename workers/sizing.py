@@ -1,7 +1,7 @@
 """Size a job before it computes: the engine's estimate against the worker's memory budget.
 
-A job whose estimate (gif/memory.py: parameters and solver vectors, one chunk being
-differentiated, the data held) exceeds ``GIF_MAX_MEMORY_BYTES`` fails at once with
+A job whose estimate (gif/memory.py: parameters and solver vectors — a low-rank fit's Lanczos
+basis included —, one chunk being differentiated, the data held) exceeds ``GIF_MAX_MEMORY_BYTES`` fails at once with
 ``memory_budget_exceeded`` and a message naming what to change, instead of being killed by the
 operating system's OOM killer half-way.
 """
@@ -11,10 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import gif.memory
+from gif.config import SOLVE_SOLVER, SolveConfig
+from gif.hessian import cross_entropy
+from gif.inverse import choose_scores_solver
 from gif.method_choice import most_hessian_samples
 from jobs.specs import ScoresJob, SelfInfluenceJob, Spec
 
-from .execute import edit_config, scores_config, self_influence_config
+from .execute import edit_config, measure_of, scores_config, self_influence_config
 from .loading import Loaded
 
 
@@ -23,14 +26,25 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
     when it exceeds ``budget`` bytes (0: no check)."""
     inputs, labels = loaded.train
     n = int(labels.shape[0])
-    if isinstance(spec, ScoresJob | SelfInfluenceJob):
-        solve = scores_config(spec) if isinstance(spec, ScoresJob) else self_influence_config(spec)
-        samples, chunk, per_chunk = n, solve.chunk_size, solve.memory_budget
+    p = sum(t.numel() for t in loaded.model.parameters() if t.requires_grad)
+    solve: SolveConfig
+    if isinstance(spec, ScoresJob):
+        solve, _ = choose_scores_solver(
+            scores_config(spec), loaded.model, loaded.loss_fn or cross_entropy, SOLVE_SOLVER["if"]
+        )
+        samples, vectors = n, gif.memory.solver_vectors(solve, p)
+    elif isinstance(spec, SelfInfluenceJob):
+        solve = self_influence_config(spec)
+        head = measure_of(spec, loaded) == "head"  # the leave-one-out head: no curvature fit
+        samples, vectors = n, gif.memory.EDIT_VECTORS if head else gif.memory.solver_vectors(solve, p)
     else:
-        edit = edit_config(spec)
-        samples = min(n, most_hessian_samples(edit, spec.type))
-        chunk, per_chunk = edit.chunk_size, edit.memory_budget
-    estimate = gif.memory.estimate(loaded.model, inputs, samples, chunk_size=chunk, memory_budget=per_chunk)
+        solve = edit_config(spec)
+        samples = min(n, most_hessian_samples(solve, spec.type))
+        vectors = gif.memory.solver_vectors(solve, p)
+    estimate = gif.memory.estimate(
+        loaded.model, inputs, samples, chunk_size=solve.chunk_size, memory_budget=solve.memory_budget,
+        vectors=vectors,
+    )  # fmt: skip
     if budget > 0:
         gif.memory.check_fits(estimate, budget)
     return estimate.as_dict()

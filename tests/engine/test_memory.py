@@ -75,3 +75,22 @@ def test_the_estimate_adds_parameters_a_differentiated_chunk_and_the_data():
     with pytest.raises(MemoryBudgetError, match="hessian_samples") as info:
         check_fits(est, est.total - 1)
     assert info.value.code == "memory_budget_exceeded"
+
+
+def test_a_lowrank_fit_is_sized_with_its_lanczos_basis():
+    """The Lanczos fit holds one p-vector per step (2·rank + 20 unless set, at most p): a scores or
+    edit job at solver lowrank must be sized with them, not with a Krylov solver's dozen."""
+    from gif.config import EditConfig, SolveConfig
+    from gif.memory import EDIT_VECTORS, estimate, solver_vectors
+
+    assert solver_vectors(SolveConfig(solver="minres"), 10_000) == EDIT_VECTORS
+    assert solver_vectors(SolveConfig(solver="kfac"), 10_000) == EDIT_VECTORS
+    assert solver_vectors(SolveConfig(solver="lowrank", rank=8), 10_000) == EDIT_VECTORS + 36
+    assert solver_vectors(SolveConfig(solver="lowrank", rank=8), 30) == EDIT_VECTORS + 30
+    steps = SolveConfig(solver="lowrank", rank=8, solver_options={"steps": 50})
+    assert solver_vectors(steps, 10_000) == EDIT_VECTORS + 50
+    assert solver_vectors(EditConfig(method="gif", solver="lowrank"), 10_000) == EDIT_VECTORS + 2 * 64 + 20
+    model, (x, _) = wide_cnn()
+    p = sum(t.numel() for t in model.parameters())
+    est = estimate(model, x, 40, chunk_size=16, memory_budget=None, vectors=EDIT_VECTORS + 36)
+    assert est.parameters == (EDIT_VECTORS + 37) * p * 8

@@ -115,6 +115,23 @@ def test_scores_job(ctx, inputs):
     assert json.loads(files["report"])["diagnostics"]["normalize"] == "none"
 
 
+def test_a_scores_job_at_its_defaults_is_sized_with_the_fit_it_takes(ctx, inputs, model):
+    """Scores' ``auto`` takes a rank-128 low-rank fit on this MLP (gif/inverse/choice.py): the
+    job's estimate holds its Lanczos basis, one p-vector per step, beside the solver's vectors."""
+    body = {k: v for k, v in _body(inputs, type="scores", queries=inputs["queries"], top_k=2).items()
+            if k not in ("forget", "options")}  # fmt: skip
+    job_id = submit(ctx, body)
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED
+    report = json.loads(_result_files(ctx, _job(ctx, job_id))["report"])
+    from gif.inverse.choice import SMALL_LINEAR_RANK
+
+    p = sum(t.numel() for t in model.parameters())
+    steps = min(p, 2 * SMALL_LINEAR_RANK + 20)
+    estimate = report["provenance"]["compute"]["estimate"]
+    assert estimate["parameters"] == (gif.memory.EDIT_VECTORS + 1 + steps) * p * 4
+    assert "solver auto: lowrank" in json.dumps(report["diagnostics"])
+
+
 def test_a_scores_job_names_training_samples_by_their_ids(ctx, inputs, data, tmp_path):
     ids = torch.arange(len(data.y_train)) * 3 + 100
     path = tmp_path / "train-ids.safetensors"
