@@ -1,9 +1,9 @@
 """Size a job before it computes: the engine's estimate against the worker's memory budget.
 
-A job whose estimate (gif/memory.py: parameters and solver vectors — a low-rank fit's Lanczos
-basis included —, one chunk being differentiated, the data held) exceeds ``GIF_MAX_MEMORY_BYTES`` fails at once with
-``memory_budget_exceeded`` and a message naming what to change, instead of being killed by the
-operating system's OOM killer half-way.
+A job whose estimate (gif/memory.py: parameters and solver vectors, a low-rank fit's Lanczos
+basis included; one chunk being differentiated; the data held) exceeds ``GIF_MAX_MEMORY_BYTES``
+fails at once with ``memory_budget_exceeded`` and a message naming what to change, instead of
+being killed by the operating system's OOM killer half-way.
 """
 
 from __future__ import annotations
