@@ -47,7 +47,7 @@ def choose_scores_solver(
     """:func:`choose_solver` for scores, except where ``auto`` would take K-FAC on a model of at
     most :data:`LINEAR_LOWRANK_PARAMS` trainable parameters, all in Linear layers: there it takes
     ``lowrank``, with :data:`SMALL_LINEAR_RANK` eigenpairs up to :data:`SMALL_LINEAR_PARAMS`
-    parameters unless the request sets a rank."""
+    parameters unless the request sets a rank other than the default (64)."""
     if config.solver != "auto":
         return config, None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
