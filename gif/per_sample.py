@@ -59,6 +59,33 @@ def per_sample_gradients(
     return _vmapped(flat, inputs, targets, of)
 
 
+def weight_reuse(flat: FlatModel, inputs: Inputs) -> float | None:
+    """How many times a weight is applied per sample, averaged over the weights: the Linear / Conv
+    layers' multiply-adds on the first sample of ``inputs`` over their weight count (1 for an MLP
+    on vectors; a convolution's output positions). None where per-sample gradients are not taken
+    by layer (module docstring)."""
+    blocks = _covering_blocks(flat) if flat.by_layer is not False else None
+    if blocks is None:
+        return None
+    with recorded_calls(blocks) as seen, torch.no_grad():
+        flat.outputs(flat.theta, take(inputs, slice(0, 1)))
+    if any(len(calls) != 1 or calls[0][0] is None for calls in seen):
+        return None
+    sizes = [_size(block) for block in blocks]
+    positions = [
+        layer_outputs(block, calls[0][1]).shape[1] for block, calls in zip(blocks, seen, strict=True)
+    ]
+    return sum(n * k for n, k in zip(sizes, positions, strict=True)) / max(1, sum(sizes))
+
+
+def _size(block: LayerBlock) -> int:
+    return (
+        block.weight.stop
+        - block.weight.start
+        + (0 if block.bias is None else block.bias.stop - block.bias.start)
+    )
+
+
 def per_row(flat: FlatModel, of: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(outputs [B, k], targets [B]) ↦ [B]: each sample's loss (``loss_fn`` on a batch of one) or
     label log-odds."""
@@ -70,9 +97,7 @@ def per_row(flat: FlatModel, of: str) -> Callable[[torch.Tensor, torch.Tensor], 
 def _covering_blocks(flat: FlatModel) -> list[LayerBlock] | None:
     """The layer blocks when they hold every trainable parameter and unfold exactly, else None."""
     blocks = layer_blocks(flat)
-    covered = sum(
-        b.weight.stop - b.weight.start + (0 if b.bias is None else b.bias.stop - b.bias.start) for b in blocks
-    )
+    covered = sum(_size(b) for b in blocks)
     convs = [b.module for b in blocks if isinstance(b.module, (nn.Conv1d, nn.Conv2d))]
     unfolds = all(not isinstance(m.padding, str) and m.padding_mode == "zeros" for m in convs)
     return blocks if covered == flat.space.size and unfolds else None

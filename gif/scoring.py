@@ -38,7 +38,7 @@ from .inputs import Inputs, call_on, count, take, to
 from .inverse import InverseHessian, Solution, choose_scores_solver, inverse_for
 from .loo_head import head_of, loo_margins
 from .memory import per_sample_gradient_chunk
-from .per_sample import gradient_rows, per_row, per_sample_gradients
+from .per_sample import gradient_rows, per_row, per_sample_gradients, weight_reuse
 from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian, Monitor
 
@@ -476,7 +476,7 @@ def _score(
     out = torch.empty(solved.shape[0], n_train, dtype=flat.dtype)
     self_values = torch.empty(n_train, dtype=flat.dtype) if measure is not None else None
     offset = 0
-    forward = measure is None and solved.shape[0] > 0
+    forward = measure is None and solved.shape[0] > 0 and not _gradients_cheaper(flat, train_chunks)
     rows = gradient_rows(flat.space.size, flat.theta.element_size())  # a piece: one vmapped pass
     for index, chunk in enumerate(train_chunks):
         monitor.check_cancel()
@@ -516,6 +516,18 @@ def _self_values(
         values, solutions = inverse.bilinear(g_margin, g, solving, offset=offset, total=total)
         values = -values
     return _finite(values, f"the {inverse.name} self-influence produced NaN/Inf; add damping"), solutions
+
+
+#: The training side takes per-sample gradients by layer, not forward-mode derivatives, where the
+#: model applies each weight at least this many times per sample on average (convolutions over
+#: many positions): forward-mode then pays a pass of the chunk per query, against one backward
+#: pass and a product (docs/benchmarks.md, "Scores: the training side by layer or forward-mode").
+BY_LAYER_REUSE = 2.0
+
+
+def _gradients_cheaper(flat: FlatModel, train_chunks: Chunks) -> bool:
+    reuse = weight_reuse(flat, train_chunks.chunks[0].inputs)
+    return reuse is not None and reuse >= BY_LAYER_REUSE
 
 
 #: How PyTorch says an operation has no forward-mode derivative ("... not implemented", a custom

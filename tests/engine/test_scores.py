@@ -673,3 +673,36 @@ def test_auto_takes_a_lowrank_fit_on_a_model_of_linear_layers_up_to_a_size(monke
     assert scores_with_report(model, train, queries).solver == "kfac"
     conv_model, conv_train, conv_queries = setup("cnn")
     assert scores_with_report(conv_model, conv_train, conv_queries).solver == "kfac"
+
+
+def test_the_training_side_takes_gradients_by_layer_where_weights_are_reused(monkeypatch):
+    """A convolution applies each weight at many positions: there the scoring pass takes
+    per-sample gradients by layer (one backward pass) instead of a forward-mode pass per query;
+    an MLP applies each weight once and keeps forward-mode. Both give the same scores."""
+    from gif import scoring
+    from gif.hessian import FlatModel
+    from gif.per_sample import weight_reuse
+
+    torch.manual_seed(0)
+    conv = (
+        nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 36, 3))
+        .double()
+        .eval()
+    )
+    x, y = torch.randn(20, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (20,))
+    assert weight_reuse(FlatModel(conv), x) >= scoring.BY_LAYER_REUSE
+    calls = []
+    original = scoring._forward_block
+    monkeypatch.setattr(scoring, "_forward_block", lambda *a, **k: calls.append(1) or original(*a, **k))
+    by_layer = scores(conv, (x, y), (x[:4], y[:4]), solver="minres", **TIGHT)
+    assert not calls
+    monkeypatch.setattr(scoring, "BY_LAYER_REUSE", float("inf"))
+    forward = scores(conv, (x, y), (x[:4], y[:4]), solver="minres", **TIGHT)
+    assert calls
+    torch.testing.assert_close(by_layer, forward, rtol=1e-9, atol=1e-12)
+    model, train, queries = setup("mlp")
+    assert weight_reuse(FlatModel(model), train[0]) == 1.0
+    calls.clear()
+    monkeypatch.setattr(scoring, "BY_LAYER_REUSE", 2.0)
+    scores(model, train, queries)
+    assert calls
