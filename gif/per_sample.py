@@ -30,7 +30,7 @@ from torch.func import grad, vmap
 
 from .hessian import FlatModel
 from .inputs import Inputs, take
-from .layers import LayerBlock, layer_blocks, layer_inputs, layer_outputs, recorded_calls
+from .layers import Call, LayerBlock, layer_blocks, layer_inputs, layer_outputs, recorded_calls
 
 #: Bytes of per-sample gradients one vmapped pass produces at most. Larger passes cost more per
 #: sample, not less (digits TinyNet, 390k parameters: 5 ms per sample in passes of 4, 27 ms in
@@ -69,13 +69,19 @@ def weight_reuse(flat: FlatModel, inputs: Inputs) -> float | None:
         return None
     with recorded_calls(blocks) as seen, torch.no_grad():
         flat.outputs(flat.theta, take(inputs, slice(0, 1)))
-    if any(len(calls) != 1 or calls[0][0] is None for calls in seen):
+    if not _each_called_once(seen):
         return None
     sizes = [_size(block) for block in blocks]
     positions = [
         layer_outputs(block, calls[0][1]).shape[1] for block, calls in zip(blocks, seen, strict=True)
     ]
     return sum(n * k for n, k in zip(sizes, positions, strict=True)) / max(1, sum(sizes))
+
+
+def _each_called_once(seen: list[list[Call]]) -> bool:
+    """Every layer ran exactly once with its input passed positionally (not shared, skipped or
+    called with its input by keyword): then its recorded input and output are the sample's."""
+    return all(len(calls) == 1 and calls[0][0] is not None for calls in seen)
 
 
 def _size(block: LayerBlock) -> int:
@@ -111,8 +117,8 @@ def _by_layer(
     with recorded_calls(blocks) as seen, torch.enable_grad():
         theta = flat.theta.detach().requires_grad_(True)
         total = per_row(flat, of)(flat.outputs(theta, inputs), targets).sum()
-    if any(len(calls) != 1 or calls[0][0] is None for calls in seen):
-        return None  # a layer shared, skipped or called with its input by keyword
+    if not _each_called_once(seen):
+        return None
     grads = torch.autograd.grad(total, [calls[0][1] for calls in seen], allow_unused=True)
     out = torch.zeros(int(targets.shape[0]), flat.space.size, dtype=flat.dtype, device=flat.device)
     for block, calls, g in zip(blocks, seen, grads, strict=True):

@@ -14,7 +14,8 @@ a negative one that it works against it (an opponent).
 Cost. The inverse (:mod:`gif.inverse`) is applied to the queries, S = G_q (H + λI)⁻¹ [n_queries, p];
 one pass over the training data then fills S G_chunkᵀ chunk by chunk, by forward-mode derivatives
 along the rows of S (:func:`directional_derivatives`), or from per-sample gradients where
-self-influence is wanted or the model has no forward-mode derivative. At most ``chunk_size`` × p
+self-influence is wanted, the model applies its weights at many positions (:data:`BY_LAYER_REUSE`)
+or it has no forward-mode derivative. At most ``chunk_size`` × p
 entries are alive at a time (docs/engine.md, "Scores (`gif.scores`)").
 """
 

@@ -29,8 +29,9 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
     p = sum(t.numel() for t in loaded.model.parameters() if t.requires_grad)
     solve: SolveConfig
     if isinstance(spec, ScoresJob):
+        solve = scores_config(spec)  # solver auto resolved as gif.scores resolves it
         solve, _ = choose_scores_solver(
-            scores_config(spec), loaded.model, loaded.loss_fn or cross_entropy, SOLVE_SOLVER["if"]
+            solve, loaded.model, loaded.loss_fn or cross_entropy, SOLVE_SOLVER[solve.method]
         )
         samples, vectors = n, gif.memory.solver_vectors(solve, p)
     elif isinstance(spec, SelfInfluenceJob):

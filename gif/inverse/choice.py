@@ -58,7 +58,7 @@ def choose_scores_solver(
     if linear != trainable or trainable > LINEAR_LOWRANK_PARAMS or unfactorable(model, loss_fn) is not None:
         return choose_solver(config, model, loss_fn, fallback)  # K-FAC, else the fallback
     rank = config.rank
-    if trainable <= SMALL_LINEAR_PARAMS and rank == SolveConfig.__dataclass_fields__["rank"].default:
+    if trainable <= SMALL_LINEAR_PARAMS and rank == SolveConfig().rank:
         rank = SMALL_LINEAR_RANK
     why = f"a model of Linear layers alone ({trainable:,} parameters): a rank-{rank} Lanczos fit attributes better"
     choice = {"requested": "auto", "chosen": "lowrank", "reason": why}
