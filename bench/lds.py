@@ -8,7 +8,8 @@ loss as −Σ_{i∈S_j} score(z, i) (a positive score = sample i lowers z's loss
 kronfluence's); LDS(z) is the Spearman correlation, over the subsets, of that prediction with the
 query loss the retrained model actually has. The table gives LDS averaged over queries (± the
 standard error over queries) and the seconds each method took to produce its [queries, train]
-matrix (fit included; one process, ``--threads`` threads).
+matrix (fit included; one process, ``--threads`` threads), and each method's mean per-query
+difference from the first one listed, with the standard error of that paired difference.
 
 Model and data: examples/digits.py (scikit-learn digits, 1,200 training images, 40 epochs of
 SGD); ``--arch`` picks the model (:data:`ARCHS`: TinyNet by default, the examples' MLP, LeNet-5,
@@ -207,9 +208,10 @@ def main() -> None:
     )
 
     rows = []
+    first: list[float] | None = None  # the first method's per-query LDS, for the paired Δ column
     for name, run in scorers.items():
         if run is None:
-            rows.append([name, "—", "—", "not installed"])
+            rows.append([name, "—", "—", "—", "not installed"])
             continue
         run(model, (x[:WARM_UP], y[:WARM_UP]), (queries[0][:2], queries[1][:2]))  # one-time costs: untimed
         start = time.perf_counter()
@@ -217,11 +219,30 @@ def main() -> None:
         seconds = time.perf_counter() - start
         values = lds(scores, masks, losses)
         error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-        rows.append([name, f"{seconds:.2f}", f"{statistics.mean(values):.3f} ± {error:.3f}", ""])
+        first = values if first is None else first
+        rows.append(
+            [
+                name,
+                f"{seconds:.2f}",
+                f"{statistics.mean(values):.3f} ± {error:.3f}",
+                paired(values, first),
+                "",
+            ]
+        )
         print(f"  {name}: {seconds:.2f} s, LDS {statistics.mean(values):.3f}", flush=True)
     print(f"\n{machine_description()}; digits {args.arch}, {len(y)} training samples, {args.queries} queries, "
           f"{args.subsets} subsets of α = {ALPHA}, seed {args.seed}\n")  # fmt: skip
-    print(markdown_table(["method", "seconds", "LDS", "note"], rows))
+    print(markdown_table(["method", "seconds", "LDS", f"Δ vs {next(iter(scorers))}", "note"], rows))
+
+
+def paired(values: list[float], first: list[float]) -> str:
+    """Mean per-query difference of two methods' LDS ± its standard error: both are judged on the
+    same queries and retrained models, so this error is far below either LDS's own."""
+    if values is first:
+        return ""
+    diffs = [a - b for a, b in zip(values, first, strict=True)]
+    error = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return f"{statistics.mean(diffs):+.3f} ± {error:.3f}"
 
 
 if __name__ == "__main__":
