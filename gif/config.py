@@ -82,12 +82,12 @@ EDIT_PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 #: Per verb, the defaults that differ from the configuration type's field defaults. Scores take
-#: K-FAC with kronfluence's per-layer damping where the model allows it, a low-rank fit on models
-#: of Linear layers alone up to a size (gif/inverse/choice.py; docs/benchmarks.md, "Scores: LDS
-#: against retraining").
+#: K-FAC with each layer damped by 0.01 × its mean eigenvalue where the model allows it, a low-rank
+#: fit on models of Linear layers alone up to a size (gif/inverse/choice.py; docs/benchmarks.md,
+#: "Scores: LDS against retraining", "A smaller damping per layer").
 VERB_DEFAULTS: dict[str, dict[str, Any]] = {
     "influence": {},
-    "scores": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "auto", "layer_damping": 0.1},
+    "scores": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "auto", "layer_damping": 0.01},
     "self_influence": {"method": "if", "damping": 0.01, "chunk_size": 256, "solver": "lowrank"},
     # method and solver "auto": chosen per request (gif/method_choice.py, gif/inverse/choice.py)
     "remove": {"method": "auto"},

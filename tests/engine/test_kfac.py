@@ -319,7 +319,7 @@ def test_scores_take_kfac_with_layer_damping_by_default_and_fall_back_to_minres(
     monkeypatch.setattr(choice, "LINEAR_LOWRANK_PARAMS", sum(p.numel() for p in model.parameters()) - 1)
     auto = gif.scores_with_report(model, (x, y), (x[:3], y[:3]))
     assert auto.solver == "kfac" and auto.hvps == 0 and "solver auto: kfac" in auto.note
-    expected = gif.scores(model, (x, y), (x[:3], y[:3]), solver="kfac", damping=0.01, layer_damping=0.1)
+    expected = gif.scores(model, (x, y), (x[:3], y[:3]), solver="kfac", damping=0.01, layer_damping=0.01)
     assert torch.equal(auto.scores, expected)
     monkeypatch.undo()
 
