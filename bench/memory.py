@@ -23,7 +23,9 @@ What is measured:
   (tensors only, not the caching allocator's reserve or the CUDA context).
 
 With the ``func`` back end the peak should grow with the chunk size and not with the number of
-samples (one chunk's activations at a time); with ``graph`` it grows with the samples.
+samples (one chunk's activations at a time); with ``graph`` it grows with the samples, and its
+HVP peak should stay below the "graph estimate" column (``HessianOperator.estimate_graph_bytes``,
+what ``hvp_backend="auto"`` compares with its budget).
 
 LSQR reaches its peak in the first iteration (every iteration does the same two HVPs and keeps
 the same few p-vectors), so the default ``--max-iter 2`` measures the same peak as the 20 of a
@@ -155,6 +157,7 @@ def run_child(cfg: dict) -> dict:
 
     def hvp() -> float:
         op = HessianOperator(model, (x, y), chunk_size=chunk, backend=backend)
+        result["graph_estimate"] = op.estimate_graph_bytes() / 2**20  # what ``auto`` compares to its budget
         v = torch.randn(p, generator=torch.Generator().manual_seed(1)).to(device)
         op.hvp(v)  # one call: the peak of every later call is the same (func) or lower (graph)
         return meter.peak_mib()
@@ -300,10 +303,11 @@ def main(argv: list[str] | None = None) -> int:
             return f"{r[key]:.1f}"
         return "error" if "errors" in r else "-"
 
-    headers = ["model", "params", "samples", "chunk", "backend", "peak MiB (HVP)", "peak MiB (solve)"]
+    headers = ["model", "params", "samples", "chunk", "backend", "peak MiB (HVP)", "graph estimate MiB",
+               "peak MiB (solve)"]  # fmt: skip
     table = [
         [r["model"], f"{r['params']:,}" if "params" in r else "-", r["samples"], r["chunk"], r["backend"],
-         cell(r, "hvp"), cell(r, "solve")]
+         cell(r, "hvp"), cell(r, "graph_estimate") if r["backend"] == "graph" else "", cell(r, "solve")]
         for r in rows
     ]  # fmt: skip
     method = next((r["method"] for r in rows if "method" in r), "n/a")

@@ -30,17 +30,13 @@ from torch.func import grad, jvp
 from . import inputs as inputs_
 from .data import Chunk, Chunks, DataLike, check_class_labels
 from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
-from .memory import activation_bytes, fitting_chunk
+from .memory import GRAPH_BUDGET_BYTES, activation_bytes, fitting_chunk, graph_bytes
 from .params import ParamSpace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Above this many parameters ``dense()`` refuses (p² float64 entries = 200 MB at 5000).
 DENSE_MAX_PARAMS = 5000
-#: Memory the cached-graph HVP back end may take under ``backend="auto"``.
-GRAPH_BUDGET_BYTES = 1 << 30
-#: Cached graph bytes ≈ this × (activation elements × element size) per sample.
-GRAPH_MEMORY_FACTOR = 6
 
 
 @dataclass
@@ -238,11 +234,10 @@ class HessianOperator:
         return self._sample_bytes
 
     def estimate_graph_bytes(self) -> int:
-        """Rough memory of the cached double-backward graphs of all chunks: every sample's
-        activations, their first-order gradients and the double backward's intermediates."""
-        per_sample = self.sample_bytes() * GRAPH_MEMORY_FACTOR
-        params = self.size * self.flat.theta.element_size() * 2 * len(self.data.chunks)
-        return int(per_sample * self.data.total + params)
+        """Rough memory of the cached double-backward graphs of all chunks (gif/memory.py,
+        ``graph_bytes``)."""
+        element = self.flat.theta.element_size()
+        return graph_bytes(self.sample_bytes(), self.data.total, self.size, element, len(self.data.chunks))
 
     def gradient(self) -> torch.Tensor:
         """∇L(θ), a flat vector of length p."""

@@ -40,6 +40,21 @@ def activation_bytes(model: nn.Module, forward: Callable[[], object], element_si
     return counted[0] * element_size
 
 
+#: Memory the cached-graph HVP back end may take under ``hvp_backend="auto"`` (gif/hessian.py).
+GRAPH_BUDGET_BYTES = 1 << 30
+#: Cached graph bytes ≈ this × the activation bytes per sample × the samples: the measured HVP
+#: peaks of four CNNs were 0.42–0.50 of the estimate at 2,048 samples and 0.67–0.90 at 512, where
+#: a fixed ~50 MiB weighs more (docs/benchmarks.md, "The graph back end's memory, measured").
+GRAPH_MEMORY_FACTOR = 4
+
+
+def graph_bytes(per_sample_bytes: int, samples: int, params: int, element_size: int, chunks: int) -> int:
+    """Rough memory of the cached double-backward graphs of ``chunks`` chunks holding ``samples``
+    samples: every sample's activations, their first-order gradients and the double backward's
+    intermediates, and two p-vectors per chunk."""
+    return int(GRAPH_MEMORY_FACTOR * per_sample_bytes * samples + params * element_size * 2 * chunks)
+
+
 def per_sample_gradient_chunk(
     cap: int, per_sample_bytes: int, params: int, element_size: int, budget: int | None
 ) -> int:
@@ -68,7 +83,9 @@ class Estimate:
     """What an edit or a scoring pass will hold at its peak, in bytes, before it starts."""
 
     parameters: int  # the model and EDIT_VECTORS p-vectors
-    activations: int  # one chunk being differentiated (FACTOR × chunk × per-sample bytes)
+    # one chunk being differentiated (FACTOR × chunk × per-sample bytes), or where the HVP back end
+    # ``auto`` takes the cached graph, every chunk's graph (:func:`graph_bytes`) if that is more
+    activations: int
     data: int  # the samples held on the device
     chunk: int  # the chunk that fits the configuration's memory budget
 
@@ -98,10 +115,13 @@ def estimate(
     chunk_size: int,
     memory_budget: int | None,
     vectors: int = EDIT_VECTORS,
+    hvp_backend: str = "func",
 ) -> Estimate:
     """The peak of a computation on ``model`` whose Hessian data holds ``samples`` samples like
     ``inputs`` (any number of them; one is evaluated to measure the activations) and which holds
-    ``vectors`` p-length vectors besides the model (:func:`solver_vectors`)."""
+    ``vectors`` p-length vectors besides the model (:func:`solver_vectors`). ``hvp_backend``:
+    the configuration's; under ``graph``, and under ``auto`` where the graph fits
+    :data:`GRAPH_BUDGET_BYTES`, the HVPs hold every chunk's graph at once."""
     params = [p for p in model.parameters() if p.requires_grad]
     p = sum(t.numel() for t in params)
     element = params[0].element_size() if params else 4
@@ -109,7 +129,11 @@ def estimate(
     per_sample = activation_bytes(model, lambda: call(model, one), element)
     chunk = min(samples, fitting_chunk(chunk_size, per_sample, memory_budget))
     data = sum(t.element_size() * t.numel() for t in named(one).values()) * samples
-    return Estimate((vectors + 1) * p * element, FACTOR * chunk * per_sample, data, chunk)
+    activations = FACTOR * chunk * per_sample
+    graph = graph_bytes(per_sample, samples, p, element, -(-samples // chunk))
+    if hvp_backend == "graph" or (hvp_backend == "auto" and graph <= GRAPH_BUDGET_BYTES):
+        activations = max(activations, graph)
+    return Estimate((vectors + 1) * p * element, activations, data, chunk)
 
 
 def check_fits(estimate: Estimate, budget: int) -> None:

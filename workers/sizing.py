@@ -1,7 +1,8 @@
 """Size a job before it computes: the engine's estimate against the worker's memory budget.
 
 A job whose estimate (gif/memory.py: parameters and solver vectors, a low-rank fit's Lanczos
-basis included; one chunk being differentiated; the data held) exceeds ``GIF_MAX_MEMORY_BYTES``
+basis included; one chunk being differentiated, or the HVPs' cached graphs where they are taken;
+the data held) exceeds ``GIF_MAX_MEMORY_BYTES``
 fails at once with ``memory_budget_exceeded`` and a message naming what to change, instead of
 being killed by the operating system's OOM killer half-way.
 """
@@ -19,6 +20,9 @@ from jobs.specs import ScoresJob, SelfInfluenceJob, Spec
 
 from .execute import edit_config, measure_of, scores_config, self_influence_config
 from .loading import Loaded
+
+#: Solvers that take no HVP (a Kronecker-factored fit by chunks), so no cached graph to size for.
+FACTORED = ("kfac", "ekfac")
 
 
 def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
@@ -44,7 +48,7 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
         vectors = gif.memory.solver_vectors(solve, p)
     estimate = gif.memory.estimate(
         loaded.model, inputs, samples, chunk_size=solve.chunk_size, memory_budget=solve.memory_budget,
-        vectors=vectors,
+        vectors=vectors, hvp_backend="func" if solve.solver in FACTORED else solve.hvp_backend,
     )  # fmt: skip
     if budget > 0:
         gif.memory.check_fits(estimate, budget)

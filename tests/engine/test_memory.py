@@ -94,3 +94,24 @@ def test_a_lowrank_fit_is_sized_with_its_lanczos_basis():
     p = sum(t.numel() for t in model.parameters())
     est = estimate(model, x, 40, chunk_size=16, memory_budget=None, vectors=EDIT_VECTORS + 36)
     assert est.parameters == (EDIT_VECTORS + 37) * p * 8
+
+
+def test_the_estimate_holds_the_hvp_graph_where_the_back_end_takes_it():
+    """``auto`` takes the cached graph where it fits GRAPH_BUDGET_BYTES (gif/hessian.py): then the
+    job holds every chunk's graph, which the estimate counts in place of one chunk's peak."""
+    from gif.memory import GRAPH_BUDGET_BYTES, estimate, graph_bytes
+
+    model, (x, y) = wide_cnn()
+    p = sum(t.numel() for t in model.parameters())
+    per_sample = (3 * 16 * 144 + 3) * 8
+    func = estimate(model, x, 40, chunk_size=8, memory_budget=None)
+    auto = estimate(model, x, 40, chunk_size=8, memory_budget=None, hvp_backend="auto")
+    assert func.activations == FACTOR * 8 * per_sample
+    assert auto.activations == graph_bytes(per_sample, 40, p, 8, 5) > func.activations
+    operator = HessianOperator(model, (x, y), chunk_size=8, backend="auto")
+    assert operator.backend == "graph" and operator.estimate_graph_bytes() == auto.activations
+    assert estimate(model, x, 40, chunk_size=8, memory_budget=None, hvp_backend="graph") == auto
+    # a graph over the budget: auto takes forward-over-reverse, one chunk at a time
+    many = GRAPH_BUDGET_BYTES // per_sample
+    big = estimate(model, x, many, chunk_size=8, memory_budget=None, hvp_backend="auto")
+    assert big.activations == FACTOR * 8 * per_sample
