@@ -2,9 +2,9 @@
 
 A job whose estimate (gif/memory.py: parameters and solver vectors, a low-rank fit's Lanczos
 basis included; one chunk being differentiated, or the HVPs' cached graphs where they are taken;
-the data held) exceeds ``GIF_MAX_MEMORY_BYTES``
-fails at once with ``memory_budget_exceeded`` and a message naming what to change, instead of
-being killed by the operating system's OOM killer half-way.
+the data held) exceeds ``GIF_MAX_MEMORY_BYTES`` fails at once with ``memory_budget_exceeded`` and
+a message naming what to change, instead of being killed by the operating system's OOM killer
+half-way.
 """
 
 from __future__ import annotations
