@@ -97,6 +97,16 @@ class Estimate:
         return {**asdict(self), "total": self.total}
 
 
+#: Solvers that take no HVP (a Kronecker-factored fit is built chunk by chunk): no cached graph.
+HVP_FREE_SOLVERS = frozenset({"kfac", "ekfac"})
+
+
+def solver_backend(config: SolveConfig) -> str:
+    """The HVP back end to size a solve under ``config`` for (:func:`estimate`'s ``hvp_backend``):
+    ``func``, one chunk at a time, for a solver that takes no HVP, else the configuration's."""
+    return "func" if config.solver in HVP_FREE_SOLVERS else config.hvp_backend
+
+
 def solver_vectors(config: SolveConfig, parameters: int) -> int:
     """p-length vectors a solve under ``config`` holds at once: :data:`EDIT_VECTORS`, and for
     ``lowrank`` the Lanczos basis of its fit (one vector per step: 2·rank + 20 steps unless

@@ -21,9 +21,6 @@ from jobs.specs import ScoresJob, SelfInfluenceJob, Spec
 from .execute import edit_config, measure_of, scores_config, self_influence_config
 from .loading import Loaded
 
-#: Solvers that take no HVP (a Kronecker-factored fit by chunks), so no cached graph to size for.
-FACTORED = ("kfac", "ekfac")
-
 
 def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
     """The job's estimate (for its provenance); raises :class:`gif.errors.MemoryBudgetError`
@@ -37,18 +34,21 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
         solve, _ = choose_scores_solver(
             solve, loaded.model, loaded.loss_fn or cross_entropy, SOLVE_SOLVER[solve.method]
         )
-        samples, vectors = n, gif.memory.solver_vectors(solve, p)
+        samples, vectors, backend = n, gif.memory.solver_vectors(solve, p), gif.memory.solver_backend(solve)
     elif isinstance(spec, SelfInfluenceJob):
         solve = self_influence_config(spec)
-        head = measure_of(spec, loaded) == "head"  # the leave-one-out head: no curvature fit
-        samples, vectors = n, gif.memory.EDIT_VECTORS if head else gif.memory.solver_vectors(solve, p)
+        samples = n
+        if measure_of(spec, loaded) == "head":  # the leave-one-out head: no curvature fit, no HVP
+            vectors, backend = gif.memory.EDIT_VECTORS, "func"
+        else:
+            vectors, backend = gif.memory.solver_vectors(solve, p), gif.memory.solver_backend(solve)
     else:
         solve = edit_config(spec)
         samples = min(n, most_hessian_samples(solve, spec.type))
-        vectors = gif.memory.solver_vectors(solve, p)
+        vectors, backend = gif.memory.solver_vectors(solve, p), gif.memory.solver_backend(solve)
     estimate = gif.memory.estimate(
         loaded.model, inputs, samples, chunk_size=solve.chunk_size, memory_budget=solve.memory_budget,
-        vectors=vectors, hvp_backend="func" if solve.solver in FACTORED else solve.hvp_backend,
+        vectors=vectors, hvp_backend=backend,
     )  # fmt: skip
     if budget > 0:
         gif.memory.check_fits(estimate, budget)

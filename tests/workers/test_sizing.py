@@ -1,5 +1,5 @@
 """A job's memory estimate before it runs (workers/sizing.py): the HVPs' cached graph is counted
-where the job's solver takes HVPs and the back end takes the graph, and only there."""
+where the job takes HVPs and the back end takes the graph, and only there."""
 
 from __future__ import annotations
 
@@ -44,3 +44,17 @@ def test_an_hvp_solve_is_sized_with_its_graph_and_a_kronecker_fit_without():
     assert graph > chunk
     assert activations(solver="cg") == graph  # the back end (auto; not a service option) takes the graph
     assert activations(solver="kfac") == activations(solver="ekfac") == chunk  # no HVP: no graph
+
+
+def test_a_self_influence_job_is_sized_with_the_graph_only_where_it_fits_a_curvature():
+    """The leave-one-out head (``auto`` on this model) takes no HVP; a low-rank fit of the network's
+    curvature (``measure="loss"``, the self-influence default solver) takes them."""
+    loaded = _loaded()
+    p = sum(t.numel() for t in loaded.model.parameters())
+    per_sample = (16 * 64 * 2 + 16 * 64 + 10) * 4
+
+    def activations(measure: str) -> int:
+        return check_job_fits(_spec("self_influence", measure=measure), loaded, 0)["activations"]
+
+    assert activations("auto") == activations("head") == gif.memory.FACTOR * 256 * per_sample
+    assert activations("loss") == gif.memory.graph_bytes(per_sample, 600, p, 4, 3)
