@@ -15,7 +15,7 @@ from torch import nn
 
 from . import head_edit
 from ._util import as_tensor, check_callables, eval_mode
-from .cache import Cache, MemoryCache
+from .cache import Cache
 from .config import EditConfig, resolve
 from .data import DataLike, as_pair, check_class_labels
 from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
@@ -166,8 +166,6 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
     chosen, choice = choose_method(opts, found, request.task, lowrank_given=request.lowrank is not None)
     computed: dict[str, head_edit.Features] = {}
     attempts, started = most_runs(opts, chosen, choice), itertools.count(1)
-    if request.cache is None and attempts > 1:  # a guard's attempts share one curvature fit
-        request = dataclasses.replace(request, scratch=MemoryCache())
 
     def features(head: head_edit.Head, config: EditConfig) -> head_edit.Features:
         if head.path not in computed:  # once per request, whichever edits run on them

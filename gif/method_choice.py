@@ -60,14 +60,6 @@ MIN_CHECKED_SAMPLES = 20
 #: (docs/benchmarks.md, "A second damping for the head").
 HEAD_RETRY_DAMPINGS = (0.3,)
 
-#: The multiple of each layer's mean curvature eigenvalue that damps the second K-FAC edit
-#: :func:`guarded` tries (methods :data:`LAYER_DAMPED_METHODS`) before the method's own solver: on
-#: the same fit it costs a solve and a step search, and on the checkpoints where λ = 0.03 fell short
-#: it was accepted often enough to spare the whole-network CG solve, 5–30× its cost
-#: (docs/benchmarks.md, "A second K-FAC damping in the guard").
-GUARD_LAYER_DAMPING = 0.01
-LAYER_DAMPED_METHODS = ("if", "sif")
-
 #: What ``auto`` falls back to, per edit verb.
 FALLBACK = {"remove": "gif", "relabel": "if"}
 
@@ -190,60 +182,37 @@ def head_dampings(requested: EditConfig) -> tuple[float, ...]:
 
 def guarded(run: Callable[[EditConfig], EditResult], config: EditConfig) -> EditResult:
     """``run(config)``; when ``solver="auto"`` took K-FAC and :func:`accepted` does not accept the
-    edit, the candidates of :func:`guard_candidates` are run in turn (each from the input model
-    again) until one is accepted: that one is kept, else the edit with the highest validation
-    objective of all (the earlier on a tie). The kept report's ``solver_choice`` says what was
-    compared (``guard``: each candidate's objective by name, the one kept and, where one was
-    accepted, why); its ``work``, ``gradients`` and ``hvps`` count every run."""
+    edit, also ``run`` with the method's own solver (from the input model again) and keep the
+    edit with the higher validation objective. The kept report's ``solver_choice`` says
+    what was compared (``guard``); its ``work``, ``gradients`` and ``hvps`` count both runs."""
     first = run(config)
     choice = first.report.get("solver_choice")
     if config.solver != "auto" or choice is None or choice["chosen"] != "kfac":
         return first
-    guard: dict = {"threshold": ACCEPT_OBJECTIVE, "objectives": {"kfac": _objective(first)}}
-    tried, why = {"kfac": first}, accepted(first.report)
-    for name, candidate in guard_candidates(config):
-        if why is not None:
-            break
-        tried[name] = run(candidate)
-        guard["objectives"][name], why = _objective(tried[name]), accepted(tried[name].report)
-    if why is not None:  # the last one run was accepted
-        name = list(tried)[-1]
-        guard["accepted_by"] = why
-    else:
-        name = max(tried, key=lambda n: _objective(tried[n]))  # max keeps the first of equals
-    kept = tried.pop(name)
-    kept.report["solver_choice"] = {**choice, "chosen": kept.report["options"]["solver"],
-                                    "guard": {**guard, "kept": name}}  # fmt: skip
-    for other in tried.values():
-        _add_work(kept, other.report)
+    objective = _objective(first)
+    guard: dict = {"threshold": ACCEPT_OBJECTIVE, "objectives": {"kfac": objective}}
+    why = accepted(first.report)
+    if why is not None:
+        choice["guard"] = {**guard, "accepted_by": why, "kept": "kfac"}
+        return first
+    own = str(EDIT_PRESETS[config.method]["solver"])
+    second = run(config.replace(solver=own))
+    guard["objectives"][own] = _objective(second)
+    kept, other = (second, first) if _objective(second) > objective else (first, second)
+    solver = kept.report["options"]["solver"]
+    kept.report["solver_choice"] = {**choice, "chosen": solver, "guard": {**guard, "kept": solver}}
+    _add_work(kept, other.report)
     return kept
 
 
-def guard_candidates(config: EditConfig) -> list[tuple[str, EditConfig]]:
-    """What :func:`guarded` tries after a K-FAC edit it does not accept, by name, cheapest first:
-    for IF / SIF where the request left ``layer_damping`` at 0, K-FAC again on the same fit with
-    each layer damped by :data:`GUARD_LAYER_DAMPING` × its mean eigenvalue
-    (``"kfac layer_damping"``); then the method's own solver (CG for IF)."""
-    own = str(EDIT_PRESETS[config.method]["solver"])
-    candidates = []
-    if config.method in LAYER_DAMPED_METHODS and config.layer_damping == 0.0:
-        candidates.append(("kfac layer_damping", config.replace(layer_damping=GUARD_LAYER_DAMPING)))
-    return [*candidates, (own, config.replace(solver=own))]
-
-
 def most_runs(requested: EditConfig, chosen: EditConfig, choice: dict | None) -> int:
-    """How many edits a request may run, for its progress (``attempt`` of ``attempts``): a
-    ``solver="auto"`` edit and every candidate :func:`guarded` may try after it; a relabel's head
-    attempt (FIF's own solver: one run per damping, :func:`head_dampings`) before its fallback
-    (guarded where the request left the solver to ``auto``), as in :func:`head_first`."""
+    """How many edits a request may run, for its progress (``attempt`` of ``attempts``): two
+    where :func:`guarded` may redo a ``solver="auto"`` edit; a relabel's head attempt (FIF's own
+    solver: one run per damping, :func:`head_dampings`) before its fallback (with the requested
+    solver), as in :func:`head_first`."""
     if choice is not None and "fallback" in choice:
-        fallback = requested.replace(method=choice["fallback"])
-        return 1 + len(head_dampings(requested)) + _guarded_runs(fallback)
-    return _guarded_runs(chosen)
-
-
-def _guarded_runs(config: EditConfig) -> int:
-    return 1 + len(guard_candidates(config)) if config.solver == "auto" else 1
+        return 1 + len(head_dampings(requested)) + (2 if requested.solver == "auto" else 1)
+    return 2 if chosen.solver == "auto" else 1
 
 
 def most_hessian_samples(config: EditConfig, kind: str) -> int:

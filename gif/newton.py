@@ -116,9 +116,6 @@ class Request:
     should_stop: StopCheck | None = None
     cache: Cache | None = None
     audit: AuditInputs = field(default_factory=AuditInputs)
-    #: where the caller gave no ``cache``, one private to this request: what its attempts share
-    #: (the curvature fit of a guarded K-FAC edit, gif/method_choice.py); not in the report
-    scratch: Cache | None = None
 
 
 class Edit:
@@ -143,8 +140,7 @@ class Edit:
         self.hessian_data, self.drift_data = rows(self.splits.hessian), rows(self.splits.drift)
         self.model = copy.deepcopy(model)
         self.memo = Memo(
-            request.cache if request.cache is not None else request.scratch,
-            disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute",
+            request.cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute"
         )
         self.solves = CachedSolves(self.memo, request.lowrank)  # one curvature fit serves every Newton step
         self.ids = Ids.of(self.memo, self.model, task, self.hessian_data, self.drift_data, loss_fn)

@@ -12,7 +12,6 @@ from torch import nn
 import gif
 from gif._util import forward_hooks
 from gif.errors import InvalidArgumentError
-from gif.method_choice import GUARD_LAYER_DAMPING
 from gif.newton import VALIDATION_CARVED, VALIDATION_GIVEN, EditResult
 
 from .conftest import BUILDERS, make_data
@@ -146,112 +145,37 @@ def _relabel(model, train, **options):
     return gif.relabel(model, train, rows, (y[rows] + 1) % 3, newton_steps=2, **options)
 
 
-#: the runs solver="auto" may make for an IF relabel, in the guard's order
-GUARD_RUNS = {
-    "kfac": {"solver": "kfac"},
-    "kfac layer_damping": {"solver": "kfac", "layer_damping": GUARD_LAYER_DAMPING},
-    "cg": {"solver": "cg"},
-}
-
-
-def _runs_alone(model, train, names, cache=None):
-    """Each of the guard's runs ``names`` made by a request of its own, in the guard's order; with
-    ``cache``, all through it: what the guard's attempts share (its scratch cache)."""
-    return {name: _relabel(model, train, cache=cache, **GUARD_RUNS[name]) for name in names}
-
-
-def _objective(result: EditResult) -> float:
-    return result.report["metrics"]["after"]["objective"]
-
-
 @pytest.mark.parametrize("accept", [0.0, float("inf")])
 def test_solver_auto_is_guarded_by_the_validation_objective(monkeypatch, accept):
-    """K-FAC kept when its validation objective reaches the threshold; else K-FAC damped per layer
-    and the method's own solver are run too and the edit with the highest objective kept, every
-    run's work counted."""
+    """K-FAC kept when its validation objective reaches the threshold; else the method's own solver
+    is run too and the edit with the higher objective kept, both runs' work counted."""
     from gif import method_choice
 
     model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
+    kfac, cg = _relabel(model, train, solver="kfac"), _relabel(model, train, solver="cg")
     monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", accept)
     out = _relabel(model, train)  # the relabel default: solver="auto"
     guard = out.report["solver_choice"]["guard"]
+    objective = {r.report["options"]["solver"]: r.report["metrics"]["after"]["objective"] for r in (kfac, cg)}
     if accept == 0.0:
-        kfac = _relabel(model, train, solver="kfac")
         assert guard == {
             "threshold": 0.0,
-            "objectives": {"kfac": _objective(kfac)},
+            "objectives": {"kfac": objective["kfac"]},
             "accepted_by": "objective",
             "kept": "kfac",
         }
-        assert torch.equal(out.delta, kfac.delta)
-        assert (
-            out.report["work"]
-            == _relabel(model, train, solver="kfac", cache=gif.MemoryCache()).report["work"]
-        )
+        assert torch.equal(out.delta, kfac.delta) and out.report["work"] == kfac.report["work"]
         return
-    shared = _runs_alone(model, train, GUARD_RUNS, cache=gif.MemoryCache())
-    assert guard["objectives"] == {name: _objective(r) for name, r in shared.items()}
-    best = max(shared, key=lambda name: _objective(shared[name]))  # a tie keeps the earlier
-    assert guard["kept"] == best and "accepted_by" not in guard
-    assert out.report["solver_choice"]["chosen"] == shared[best].report["options"]["solver"]
-    assert torch.equal(out.delta, shared[best].delta)
-    assert out.report["work"] == _work_sum(*(r.report for r in shared.values()))
-    assert out.report["hvps"] == out.report["work"]["hvps"] > 0
-
-
-def test_the_guard_stops_at_the_first_candidate_it_accepts(monkeypatch):
-    """K-FAC rejected, K-FAC damped per layer accepted: kept, and CG never run."""
-    from gif import method_choice
-
-    def accepted(report: dict) -> str | None:
-        return "objective" if report["options"]["layer_damping"] > 0 else None
-
-    monkeypatch.setattr(method_choice, "accepted", accepted)
-    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
-    out = _relabel(model, train)
-    names = ("kfac", "kfac layer_damping")
-    shared = _runs_alone(model, train, names, cache=gif.MemoryCache())
-    assert out.report["solver_choice"]["guard"] == {
-        "threshold": method_choice.ACCEPT_OBJECTIVE,
-        "objectives": {name: _objective(shared[name]) for name in names},
-        "accepted_by": "objective",
-        "kept": "kfac layer_damping",
+    assert guard["objectives"] == objective
+    best = max(
+        (kfac, cg), key=lambda r: (r.report["metrics"]["after"]["objective"], r is kfac)
+    )  # a tie keeps K-FAC
+    assert guard["kept"] == out.report["solver_choice"]["chosen"] == best.report["options"]["solver"]
+    assert torch.equal(out.delta, best.delta)
+    assert out.report["work"] == {
+        k: kfac.report["work"][k] + cg.report["work"][k] for k in kfac.report["work"]
     }
-    assert out.report["options"]["layer_damping"] == GUARD_LAYER_DAMPING
-    assert torch.equal(out.delta, shared["kfac layer_damping"].delta)
-    assert out.report["work"] == _work_sum(*(r.report for r in shared.values()))
-
-
-def test_the_guard_fits_the_curvature_once_without_a_cache(monkeypatch):
-    """Both K-FAC attempts of a guard the caller gave no cache use one fit, and the report says
-    nothing of the request's private cache."""
-    from gif import method_choice
-    from gif.inverse.kfac import KroneckerInverse
-
-    fits = []
-    prepare = KroneckerInverse.prepare
-
-    def counted(self, monitor=None):
-        fits.append(self.fit is None)
-        return prepare(self, monitor)
-
-    monkeypatch.setattr(KroneckerInverse, "prepare", counted)
-    monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", float("inf"))
-    model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
-    out = _relabel(model, train)
-    assert list(out.report["solver_choice"]["guard"]["objectives"]) == list(GUARD_RUNS)
-    assert fits.count(True) == 1 and "cache" not in out.report
-
-
-def test_the_guard_damps_per_layer_only_where_the_request_did_not():
-    """A request that sets ``layer_damping`` itself, or a method that has none (GIF), goes from
-    K-FAC to the method's own solver."""
-    from gif.method_choice import guard_candidates
-
-    relabel = gif.config.resolve("relabel", gif.config.EditConfig, None, {"method": "if"})
-    assert [n for n, _ in guard_candidates(relabel)] == ["kfac layer_damping", "cg"]
-    assert [n for n, _ in guard_candidates(relabel.replace(layer_damping=0.1))] == ["cg"]
-    assert [n for n, _ in guard_candidates(relabel.replace(method="gif"))] == ["lsqr"]
+    assert out.report["hvps"] == out.report["work"]["hvps"] > 0
 
 
 def test_a_solver_named_by_the_request_is_not_guarded():
@@ -303,16 +227,12 @@ def test_a_relabel_falls_back_to_if_when_the_head_edit_falls_short(monkeypatch, 
     assert (choice["chosen"], choice["head_first"]["kept"]) == ("if", "if")
     assert ("held_out_check" in choice["head_first"]) is checked
     assert out.report["options"]["method"] == "if" and "head_features" not in out.report
-    # the head at FIF's own damping, then at each retry damping, then the fallback, sharing what
-    # one cache shares (the request's scratch cache)
-    cache = gif.MemoryCache()
+    _, fallback = _relabel_many(model, train, method="if")
+    # the head at FIF's own damping, then at each retry damping
     heads = [
-        _relabel_many(model, train, method="fif", selection="head", solver="minres", damping=d, cache=cache)[
-            1
-        ].report
+        _relabel_many(model, train, method="fif", selection="head", solver="minres", damping=d)[1].report
         for d in (0.1, *method_choice.HEAD_RETRY_DAMPINGS)
     ]
-    _, fallback = _relabel_many(model, train, method="if", cache=cache)
     assert [v["damping"] for v in (*choice["head_first"]["earlier"], choice["head_first"])] == [
         pytest.approx(d) for d in (0.1, *method_choice.HEAD_RETRY_DAMPINGS)
     ]
@@ -397,11 +317,10 @@ def test_an_edit_that_runs_twice_reports_done_once_at_the_end(monkeypatch):
     )
     stages = [e.stage for e in events]
     assert stages.count("done") == 1 and stages[-1] == "done"
-    # the head at two dampings, then K-FAC, K-FAC damped per layer and CG
-    assert stages.count("selecting_parameters") == 5
-    # each run's events say which attempt of the five they belong to; ``done`` is the request's
+    assert stages.count("selecting_parameters") == 4  # the head at two dampings, K-FAC and CG runs
+    # each run's events say which attempt of the four they belong to; ``done`` is the request's
     runs = [(e.attempt, e.attempts) for e in events if e.stage == "selecting_parameters"]
-    assert runs == [(k, 5) for k in range(1, 6)]
+    assert runs == [(1, 4), (2, 4), (3, 4), (4, 4)]
     attempts = [e.attempt for e in events[:-1]]
     assert None not in attempts and attempts == sorted(attempts)
     assert (events[-1].attempt, events[-1].attempts) == (None, None)
