@@ -56,6 +56,8 @@ DATA = {
     "digits": (load_digits, CNN, 40, digits.add_trigger),
     "mnist": (load_mnist, TINYNET, 15, mnist.add_trigger),
 }
+#: --data -> the model's name in the table's title
+MODEL_NAMES = {"digits": "CNN", "mnist": "TinyNet"}
 #: the backdoor's target label (examples/backdoor_relabel.py)
 TARGET = 4
 
@@ -254,7 +256,10 @@ def _why_kept(report: dict) -> str:
         return f" (λ {head['damping']:g} {why}{tried})"
     if guard is not None:
         why = guard.get("accepted_by")
-        return f" (guard: {'K-FAC accepted on its ' + why if why else 'the higher objective of two'}{tried})"
+        kept = guard["kept"]
+        tried_by_guard = "/".join(f"{name} {v:.3f}" for name, v in guard["objectives"].items())
+        verdict = f"{kept} accepted on its {why}" if why else f"{kept}, the highest objective"
+        return f" (guard: {verdict}; {tried_by_guard}{tried})"
     return f" ({tried[2:]})" if tried else ""
 
 
@@ -297,7 +302,7 @@ def main() -> None:
         else f"backdoor relabel, {args.flipped:.0%} of the other labels flipped (further edit: those)"
     )
     print(
-        f"\n### Edit vs retraining, {args.data} TinyNet ×{args.copies} training set, {what}, {args.seeds} seed(s), {args.threads} thread(s)\n"
+        f"\n### Edit vs retraining, {args.data} {MODEL_NAMES[args.data]} ×{args.copies} training set, {what}, {args.seeds} seed(s), {args.threads} thread(s)\n"
     )
     columns = COLUMNS[args.protocol]
     print(
