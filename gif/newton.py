@@ -183,7 +183,10 @@ class Edit:
         }  # fmt: skip
         key = {"model": ids.theta0, "data": ids.target, "loss": loss_key, **how}
         return self.memo.tensor(
-            "selection", key, device="cpu", compute=lambda: select(model, task.target, loss_fn=loss, **how)
+            "selection",
+            key,
+            device="cpu",
+            compute=lambda: select(model, task.target, loss_fn=loss, chunk_size=opts.chunk_size, **how),
         )
 
     def _audit(self) -> dict:

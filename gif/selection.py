@@ -98,6 +98,7 @@ def select(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     threshold: float = 1.0,
     names: Sequence[str] | None = None,
+    chunk_size: int = 1024,
 ) -> torch.Tensor:
     """Choose the parameters an influence edit may change.
 
@@ -115,6 +116,7 @@ def select(
             e.g. ``["classifier.*"]`` (a head) or ``["*lora_*"]`` (an adapter): T holds only
             parameters matching one of them. The strategy and ratio then apply to the layers
             whose weight matches (``all_params``: every matching parameter, whatever its layer).
+        chunk_size: samples per forward pass while scoring (``*_gradients``: differentiated).
 
     Returns:
         Sorted, unique flat indices into θ (int64, CPU).
@@ -143,7 +145,7 @@ def select(
 
     kind = "gradients" if strategy.endswith("_gradients") else "outputs"
     unscored = strategy in ("all", "random")
-    scores = [None] * len(layers) if unscored else _scores(model, layers, data, kind, loss_fn)
+    scores = [None] * len(layers) if unscored else _scores(model, layers, data, kind, loss_fn, chunk_size)
 
     pieces: list[torch.Tensor] = []
     for layer, score in zip(layers, scores, strict=True):
@@ -278,6 +280,7 @@ def _scores(
     data: DataLike | None,
     kind: str,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    chunk_size: int,
 ) -> list[torch.Tensor | None]:
     """|mean| per neuron of each layer's output (or of d loss / d output); None if it never ran."""
     if data is None:
@@ -285,7 +288,7 @@ def _scores(
     default_loss = loss_fn is None
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     device = next(p.device for p in model.parameters())
-    chunks = Chunks(data, device=device)
+    chunks = Chunks(data, chunk_size=chunk_size, device=device)
 
     sums = [torch.zeros(layer.neurons, dtype=torch.float64, device=device) for layer in layers]
     counts = [0] * len(layers)

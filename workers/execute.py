@@ -9,7 +9,7 @@ result carries that configuration (provenance, reports).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -21,6 +21,7 @@ from gif.progress import ProgressCallback, StopCheck
 from gif.scoring import CURVATURE_OPTIONS, self_influence_measure
 from jobs.specs import RelabelJob, RemoveJob, ScoresJob, SelfInfluenceJob, Spec
 
+from .cuda_memory import Shrink
 from .loading import Loaded
 
 
@@ -50,6 +51,7 @@ class SelfInfluenceOutcome:
 
 
 Outcome = EditOutcome | ScoresOutcome | SelfInfluenceOutcome
+C = TypeVar("C", bound=SolveConfig)
 
 #: Validation samples a ``self_influence`` job's second ranking uses at most (a seeded draw above
 #: it): the scores matrix is [queries, n_train].
@@ -119,7 +121,11 @@ def measure_of(spec: SelfInfluenceJob, loaded: Loaded) -> str:
 
 
 def run_self_influence(
-    spec: SelfInfluenceJob, loaded: Loaded, callback: ProgressCallback, should_stop: StopCheck
+    spec: SelfInfluenceJob,
+    loaded: Loaded,
+    callback: ProgressCallback,
+    should_stop: StopCheck,
+    shrink: Shrink | None = None,
 ) -> SelfInfluenceOutcome:
     """Self-influence of every training sample on the job's ``measure`` (``head``: the leave-one-out
     head, no curvature, where ``auto`` finds one and no option but ``seed`` is given;
@@ -127,7 +133,7 @@ def run_self_influence(
     per sample), and with a validation set
     harm_i = −Σ_q ∇ℓ_qᵀ(H + λI)⁻¹∇ℓ_i over at most :data:`MAX_VALIDATION_QUERIES` of its samples
     (positive: removing sample i would lower the validation loss)."""
-    config = self_influence_config(spec)
+    config = _within(self_influence_config(spec), shrink)
     exact = config.solver != "lowrank"
     common: dict[str, Any] = {"loss_fn": loaded.loss_fn, "callback": callback, "should_stop": should_stop}
     measure = measure_of(spec, loaded)
@@ -156,16 +162,18 @@ def run_engine(
     callback: ProgressCallback,
     should_stop: StopCheck,
     cache: gif.cache.Cache | None = None,
+    shrink: Shrink | None = None,
 ) -> Outcome:
     """Dispatch on the job's type; engine errors (``gif.errors.GifError``) propagate.
 
-    ``cache`` (content-addressed gradients, selections, solves, curvature fits) serves the edits.
+    ``cache`` (content-addressed gradients, selections, solves, curvature fits) serves the edits;
+    ``shrink``: the smaller chunks of a run after a CUDA out-of-memory (workers/cuda_memory.py).
     """
     if isinstance(spec, SelfInfluenceJob):
-        return run_self_influence(spec, loaded, callback, should_stop)
+        return run_self_influence(spec, loaded, callback, should_stop, shrink)
     if isinstance(spec, ScoresJob):
         assert loaded.queries is not None, "a scores job has a queries dataset"
-        solve = scores_config(spec)
+        solve = _within(scores_config(spec), shrink)
         result = gif.scores_with_report(
             loaded.model,
             loaded.train,
@@ -177,7 +185,7 @@ def run_engine(
             normalize=spec.normalize,
         )
         return ScoresOutcome(result, gif.top_k(result.scores, spec.top_k, ids=loaded.train_ids), solve)
-    config = edit_config(spec)
+    config = _within(edit_config(spec), shrink)
     if isinstance(spec, RemoveJob):
         forget = spec.forget
         target: torch.Tensor | dict[str, int]
@@ -206,6 +214,10 @@ def run_engine(
             loss_fn=loaded.loss_fn, callback=callback, should_stop=should_stop, cache=cache,
         )  # fmt: skip
     return EditOutcome(edited, config)
+
+
+def _within(config: C, shrink: Shrink | None) -> C:
+    return config if shrink is None else shrink.apply(config)
 
 
 def resolve_device(setting: str) -> torch.device:

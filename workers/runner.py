@@ -36,6 +36,7 @@ from jobs.states import JobStatus
 from jobs.views import result_artifact_entry
 
 from .cache import make_cache
+from .cuda_memory import OutOfCudaMemory, Shrink, free_cuda_memory, run_shrinking
 from .execute import newton_steps, peak_memory, resolve_device, run_engine
 from .heartbeat import Heartbeat, JobSignals
 from .loading import load_inputs
@@ -168,11 +169,11 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
                 return _stopped(lease, ctx, signals)
             except (GifError, specs.StoredSpecInvalid) as exc:
                 return _fail(lease, ctx, exc.code, exc.message)
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                return _fail(
-                    lease, ctx, "cuda_oom", "the GPU ran out of memory; use a larger GPU or smaller chunks"
-                )
+            except OutOfCudaMemory as exc:
+                return _fail(lease, ctx, "cuda_oom", str(exc))
+            except torch.cuda.OutOfMemoryError:  # outside the engine's runs (loading the inputs)
+                free_cuda_memory()
+                return _fail(lease, ctx, "cuda_oom", "the GPU ran out of memory loading the job's inputs")
             except ctx.deadline_errors:
                 limit = settings.max_job_seconds
                 return _fail(lease, ctx, "deadline_exceeded", f"the job ran longer than {limit:g} s")
@@ -211,10 +212,23 @@ def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Res
     sizing = check_job_fits(spec, loaded, ctx.settings.max_memory_bytes)
     if signals.should_stop():
         raise Cancelled("stopped before the computation started")
-    outcome = run_engine(spec, loaded, progress, signals.should_stop, ctx.cache_for(lease.tenant_id))
+    cache = ctx.cache_for(lease.tenant_id)
+
+    def retrying(shrink: Shrink) -> None:
+        log.warning("cuda_out_of_memory", retry_chunk=shrink.chunk)
+        message = f"the GPU ran out of memory: running again with chunks of {shrink.chunk} samples"
+        progress.stage("retrying", message, fraction=0.0)
+
+    outcome, retries = run_shrinking(
+        lambda shrink: run_engine(spec, loaded, progress, signals.should_stop, cache, shrink),
+        sizing["chunk"],
+        on_retry=retrying,
+    )
     progress.stage("writing_results", "saving result artifacts", fraction=1.0)
     prov = provenance(lease.job_id, lease.attempt, spec, request_sha256, loaded)
     prov["compute"] = {**peak_memory(device), **peak_rss(rss_reset), "estimate": sizing}
+    if retries:
+        prov["compute"]["cuda_oom_retries"] = [shrink.as_dict() for shrink in retries]
     return write_results(lease.job_id, spec, loaded, outcome, ctx.blobs, prov)
 
 

@@ -268,6 +268,23 @@ def test_batching_invariance(strategy: str) -> None:
     assert torch.equal(whole, split)
 
 
+@pytest.mark.parametrize("strategy", ["highest_outputs", "highest_gradients"])
+def test_scoring_forward_passes_hold_at_most_chunk_size_samples(strategy: str) -> None:
+    """``chunk_size`` bounds what one scoring pass holds (an edit passes its configuration's:
+    after a CUDA out-of-memory a job's rerun shrinks it), and leaves the selection as it was."""
+    model = conv_bn_net()
+    gen = torch.Generator().manual_seed(12)
+    x, y = torch.randn(10, 2, 4, 4, generator=gen), torch.randint(0, 4, (10,), generator=gen)
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        chunked = select(model, (x, y), strategy=strategy, ratio=0.3, chunk_size=3)
+    finally:
+        handle.remove()
+    assert seen == [3, 3, 3, 1]
+    assert torch.equal(chunked, select(model, (x, y), strategy=strategy, ratio=0.3))
+
+
 def test_seed_determinism() -> None:
     model = conv_bn_net()
     data = (torch.randn(5, 2, 4, 4), torch.zeros(5, dtype=torch.long))
