@@ -5,7 +5,7 @@ end in distributed mode with a Celery worker computing on the device.
 Prepared for a lent GPU machine (docs/benchmarks.md, "On a GPU"); ``--device cpu --quick`` runs
 every section at toy sizes, which is how it is checked where there is no GPU.
 
-    python bench/device_scale.py --device cuda [--sections tests,scale,mnist,service] [--quick]
+    python bench/device_scale.py --device cuda [--sections tests,scale,mnist,oom,service] [--quick]
 
 * ``tests`` — ``GIF_TEST_DEVICE=<device> pytest tests/engine``.
 * ``scale`` — ResNet-18 and VGG11 at full width on 3×32×32 synthetic data (50,000 samples; the
@@ -15,6 +15,11 @@ every section at toy sizes, which is how it is checked where there is no GPU.
 * ``mnist`` — ResNet-18 at full width on MNIST-5k (28×28, 4,000 training images): train, retrain
   without class 3, edit at the defaults and with GIF 5%: retained / removed-class accuracy on the
   test split, seconds and edit ÷ retraining, with TF32 off and on (does quality hold?).
+* ``oom`` — the worker's CUDA out-of-memory retry (workers/cuda_memory.py) on the real allocator:
+  a ResNet-18 GIF removal (512 Hessian samples, one Newton step) run as the runner runs it, under
+  a per-process memory cap halfway between the peak of its first run and that of a run with a
+  quarter of its chunk: the first run must run out and a rerun with smaller chunks succeed.
+  CUDA only (the cap is the CUDA allocator's).
 * ``service`` — distributed mode (tests/stack.py: the API, one Celery worker on the queue
   ``gpu.<pool>`` with ``GIF_DEVICE=<device>``, a private redis-server and PostgreSQL): a VGG11
   class removal on MNIST-5k from submit to downloaded weights (the issue's target: under 30 s on
@@ -47,7 +52,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT))
 from mnist import load_mnist  # noqa: E402
 
-SECTIONS = ("tests", "scale", "mnist", "service")
+SECTIONS = ("tests", "scale", "mnist", "oom", "service")
 REMOVED = 3
 #: name -> gif.remove options of the edits timed and scored
 EDITS: dict[str, dict] = {
@@ -196,6 +201,55 @@ def _mnist_rows(
     return rows
 
 
+def run_oom(device: torch.device, quick: bool) -> list[dict]:
+    """A removal that runs out of CUDA memory under a cap, rerun by the worker's retry."""
+    from gif.config import EditConfig, resolve
+    from gif.memory import estimate
+    from workers.cuda_memory import Shrink, run_shrinking
+
+    if device.type != "cuda":
+        table(f"CUDA out-of-memory retry, {device}", ["skipped"], [["the memory cap is CUDA's"]])
+        return [{"skipped": "CUDA only"}]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 3, 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (512,), generator=gen).to(device)
+    model = gif.models.build("resnet18", in_channels=3, num_classes=10, width=8 if quick else 64).to(device)
+    config = resolve("remove", EditConfig, None, EDITS["GIF 5%, 512 samples, 1 Newton step"])
+
+    def run(shrink: Shrink | None) -> gif.EditResult:
+        return gif.remove(
+            model, (x, y), {"class": REMOVED}, config=config if shrink is None else shrink.apply(config)
+        )
+
+    chunk = estimate(model, x, 512, chunk_size=config.chunk_size, memory_budget=config.memory_budget,
+                                hvp_backend=config.hvp_backend).chunk  # fmt: skip
+
+    def peak(shrink: Shrink | None) -> int:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        run(shrink)
+        return torch.cuda.max_memory_allocated(device)
+
+    first, quarter = peak(None), peak(Shrink(max(1, chunk // 4)))
+    cap = (first + quarter) // 2
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(
+        cap / torch.cuda.get_device_properties(device).total_memory, device
+    )
+    try:
+        start = time.perf_counter()
+        result, tried = run_shrinking(run, chunk)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    gib = 2**30
+    row = {"chunk": chunk, "first run GiB": first / gib, "quarter chunk GiB": quarter / gib, "cap GiB": cap / gib,
+           "reruns": len(tried), "kept chunk": tried[-1].chunk if tried else chunk, "seconds": seconds,
+           "edited": bool(result.delta.abs().sum() > 0)}  # fmt: skip
+    table(f"CUDA out-of-memory retry, ResNet-18, {device}", list(row), [list(row.values())])
+    return [row]
+
+
 def run_service(device: torch.device, quick: bool) -> list[dict]:
     """A VGG11 class removal through the distributed service, submit to downloaded weights."""
     missing = [
@@ -264,6 +318,7 @@ def main() -> None:
         "tests": lambda: run_tests(device, args.quick),
         "scale": lambda: run_scale(device, args.quick, args.epochs),
         "mnist": lambda: run_mnist(device, args.quick, args.epochs),
+        "oom": lambda: run_oom(device, args.quick),
         "service": lambda: run_service(device, args.quick),
     }
     results = {name: runners[name]() for name in sections}
