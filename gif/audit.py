@@ -237,12 +237,14 @@ def audit_sets(
 
 
 def _evaluate(
-    model: nn.Module, sets: AuditSets, work: Work
+    model: nn.Module, sets: AuditSets, work: Work, chunk_size: int
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Every figure of one model, and the per-sample losses of ``forget`` and ``holdout`` (one
-    forward evaluation per set, counted in ``work``)."""
+    forward evaluation per set, counted in ``work``; ``chunk_size`` samples per forward pass)."""
     present: dict[str, Batch] = {name: data for name, data in vars(sets).items() if data is not None}
-    logits = {name: predict(model, x).detach().cpu() for name, (x, _) in present.items()}
+    logits = {
+        name: predict(model, x, chunk_size=chunk_size).detach().cpu() for name, (x, _) in present.items()
+    }
     work.forward_evaluations += len(logits)
     labels = {name: y.cpu() for name, (_, y) in present.items()}
     figures = {f"{name}_accuracy": accuracy(logits[name], labels[name]) for name in logits}
@@ -278,12 +280,21 @@ def not_computed(holdout: bool, reference: bool) -> dict[str, str]:
 
 
 def run_audit(
-    before: nn.Module, after: nn.Module, sets: AuditSets, reference: nn.Module | None, work: Work
+    before: nn.Module,
+    after: nn.Module,
+    sets: AuditSets,
+    reference: nn.Module | None,
+    work: Work,
+    chunk_size: int = 1024,
 ) -> dict:
     """The audit of one edit (module docstring), JSON-ready: ``before`` / ``after`` figures,
     with a reference its figures and the ``gap`` of each stage to them, the loss histograms of the
-    forget and holdout sets, set sizes, and ``not_computed`` (figure → why)."""
-    stages = {"before": _evaluate(before, sets, work), "after": _evaluate(after, sets, work)}
+    forget and holdout sets, set sizes, and ``not_computed`` (figure → why); ``chunk_size``
+    samples per forward pass."""
+    stages = {
+        name: _evaluate(model, sets, work, chunk_size)
+        for name, model in (("before", before), ("after", after))
+    }
     out: dict = {
         "samples": sets.sizes(),
         "features": list(ATTACK_FEATURES),
@@ -291,7 +302,7 @@ def run_audit(
         "not_computed": not_computed(sets.holdout is not None, reference is not None),
     }
     if reference is not None:
-        out["reference"] = ref = _evaluate(reference, sets, work)[0]
+        out["reference"] = ref = _evaluate(reference, sets, work, chunk_size)[0]
         out["gap"] = {stage: _gap(figures, ref) for stage, (figures, _) in stages.items()}
     if sets.holdout is not None:
         out["histograms"] = loss_histograms({stage: losses for stage, (_, losses) in stages.items()})

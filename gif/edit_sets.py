@@ -11,8 +11,8 @@ import torch
 from .cache import loss_id
 from .config import EditConfig
 from .errors import InvalidArgumentError
-from .inputs import concat, count, take
-from .metrics import evaluate, f1, predict
+from .inputs import Inputs, concat, count, take
+from .metrics import Scores, evaluate, f1, predict
 from .params import ParamSpace
 from .progress import Progress
 
@@ -106,6 +106,7 @@ class Objective:
         model, task, loss_fn, memo, gen = edit.model, edit.task, edit.loss_fn, edit.memo, edit.gen
         self.model, self.task, self.loss_fn, self.notify, self.memo = model, task, loss_fn, edit.notify, memo
         self.work, self.space, self.params = edit.work, space, params
+        self.chunk = edit.config.chunk_size  # samples per forward pass of an evaluation
         self.theta_t = space.gather(model, params)
         self.direction = torch.zeros_like(self.theta_t)
         self.calls = 0
@@ -130,8 +131,8 @@ class Objective:
         if unseen is not None and task.kind == "remove" and task.forget_class is None:
             pick = cap_index(len(unseen[1]), gen)
             self.unseen = (take(unseen[0], pick), unseen[1][pick])
-            self.accuracy_floor = evaluate(model, *self.val, loss_fn=loss_fn).accuracy - ACCURACY_TOLERANCE
-            before = evaluate(model, *self.unseen, loss_fn=loss_fn)
+            self.accuracy_floor = self._scores(*self.val).accuracy - ACCURACY_TOLERANCE
+            before = self._scores(*self.unseen)
             self.unseen_floor, self.unseen_loss = before.accuracy - ACCURACY_TOLERANCE, before.loss
             self.work.forward_evaluations += 2
         self.key: dict = {}  # what a measurement depends on besides the model
@@ -170,14 +171,19 @@ class Objective:
         )
         return out["objective"], out["metrics"]
 
+    def _scores(self, inputs: Inputs, labels: torch.Tensor, logits: torch.Tensor | None = None) -> Scores:
+        return evaluate(
+            self.model, inputs, labels, loss_fn=self.loss_fn, logits=logits, chunk_size=self.chunk
+        )
+
     def _evaluate(self) -> tuple[float, dict]:
-        val = evaluate(self.model, *self.val, loss_fn=self.loss_fn)
-        logits = predict(self.model, self.edited[0])
-        edited = evaluate(self.model, *self.edited, loss_fn=self.loss_fn, logits=logits)
+        val = self._scores(*self.val)
+        logits = predict(self.model, self.edited[0], chunk_size=self.chunk)
+        edited = self._scores(*self.edited, logits=logits)
         self.work.forward_evaluations += 2
         metrics = {"validation": val.as_dict()}
         if self.task.kind == "relabel":  # the same samples under their old labels: the same logits
-            old = evaluate(self.model, self.edited[0], self.old_y, loss_fn=self.loss_fn, logits=logits)
+            old = self._scores(self.edited[0], self.old_y, logits=logits)
             metrics["edited_new_labels"], metrics["edited_old_labels"] = edited.as_dict(), old.as_dict()
             return f1(edited.accuracy, val.accuracy), metrics
         metrics["forget"] = edited.as_dict()
@@ -186,7 +192,7 @@ class Objective:
         elif self.unseen is None:
             value = f1(min(1.0, edited.loss / max(val.loss, 1e-12)), val.accuracy)
         else:
-            unseen = evaluate(self.model, *self.unseen, loss_fn=self.loss_fn)
+            unseen = self._scores(*self.unseen)
             self.work.forward_evaluations += 1
             metrics["unseen"] = unseen.as_dict()
             value = min(1.0, edited.loss / max(self.unseen_loss, 1e-12))

@@ -129,7 +129,7 @@ def run(feats: Features, request: Request, config: EditConfig) -> EditResult:
     if audit.reference is not None:  # on the inputs themselves: the reference computes its own features
         spent = Work()
         sets = audit_sets(request.train, request.task.index, audit.holdout, seed=config.seed)
-        report["audit"] = run_audit(model, edited, sets, audit.reference, spent)
+        report["audit"] = run_audit(model, edited, sets, audit.reference, spent, config.chunk_size)
         report["work"]["forward_evaluations"] += spent.forward_evaluations
     if choice is not None:
         report["solver_choice"] = choice

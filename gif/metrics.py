@@ -49,11 +49,13 @@ def evaluate(
     *,
     loss_fn: LossFn | None = None,
     logits: torch.Tensor | None = None,
+    chunk_size: int = 1024,
 ) -> Scores:
-    """Accuracy and mean loss of ``model`` on ``(inputs, labels)`` (pass ``logits`` to reuse them)."""
+    """Accuracy and mean loss of ``model`` on ``(inputs, labels)`` (pass ``logits`` to reuse them),
+    ``chunk_size`` samples per forward pass."""
     if len(labels) == 0:
         return Scores(float("nan"), float("nan"), 0)
-    logits = predict(model, inputs) if logits is None else logits
+    logits = predict(model, inputs, chunk_size=chunk_size) if logits is None else logits
     labels = labels.to(logits.device)
     loss = (loss_fn or cross_entropy)(logits, labels)
     accuracy = (logits.argmax(dim=1) == labels).double().mean()

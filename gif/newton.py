@@ -198,7 +198,9 @@ class Edit:
         with self.clock("audit"):
             # the training labels: for a relabel, the old labels the model should stop fitting
             sets = audit_sets(self.train, self.task.index, holdout, seed=self.config.seed)
-            return run_audit(self.request.model, self.model, sets, reference, self.work)
+            return run_audit(
+                self.request.model, self.model, sets, reference, self.work, self.config.chunk_size
+            )
 
     def _operator(self, data: Batch) -> HessianOperator:
         config = self.config

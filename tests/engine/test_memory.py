@@ -115,3 +115,34 @@ def test_the_estimate_holds_the_hvp_graph_where_the_back_end_takes_it():
     many = GRAPH_BUDGET_BYTES // per_sample
     big = estimate(model, x, many, chunk_size=8, memory_budget=None, hvp_backend="auto")
     assert big.activations == FACTOR * 8 * per_sample
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda model, train, **o: gif.remove(model, train, {"class": 1}, **o),  # FIF on the head
+        lambda model, train, **o: gif.remove(model, train, torch.arange(0, 40, 4), method="gif", **o),
+        lambda model, train, **o: gif.relabel(
+            model, train, torch.arange(0, 40, 8), (torch.arange(0, 40, 8) % 3 + 1) % 3, **o
+        ),
+    ],
+    ids=["class removal", "sample removal", "relabel"],
+)
+def test_every_forward_pass_of_an_edit_holds_at_most_chunk_size_samples(edit):
+    """Selection, gradients, HVPs, curvature fits, the head's features, the step search's
+    evaluations and the audit all pass ``chunk_size`` samples at a time (a worker reruns a job that
+    ran out of CUDA memory with it halved: workers/cuda_memory.py)."""
+    model, train = wide_cnn()
+    seen: list[int] = []
+
+    def record(module, args):
+        if args[0].dim() == 4:  # under vmap a sample has no batch dimension
+            seen.append(args[0].shape[0])
+
+    handle = model.register_forward_pre_hook(record)
+    try:
+        out = edit(model, train, chunk_size=6, newton_steps=2, holdout=train, reference=model)
+    finally:
+        handle.remove()
+    assert seen and max(seen) <= 6, sorted(set(seen))
+    assert out.report["audit"]["samples"]
