@@ -6,32 +6,50 @@ Start the service first (``make serve``), then::
 
 Uploads the bundled checkpoint and training set, submits a ``remove`` job for class 3, waits
 (printing progress), downloads the updated weights and prints per-class test accuracy before
-and after.
+and after, and what the job took next to retraining the model from scratch without the class
+(the bundle's own recipe, examples/quickstart/make_bundle.py, timed here: run it on the machine
+that serves, as ``make serve`` does, for a like-for-like ratio).
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import gif
 from gif_client import Client
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from digits import MLP, train  # noqa: E402
+
 ARCH = {"arch": "mlp", "config": {"input_shape": [1, 8, 8], "hidden_sizes": [64], "num_classes": 10}}
 CLASS = 3
 
 
-def run(client: Client, cls: int = CLASS) -> tuple[list[float], list[float]]:
-    """The whole session; returns per-class test accuracy before and after the edit."""
+@dataclass
+class Session:
+    """Per-class test accuracy before and after the edit, and the job's wall time (started to
+    finished, as the service recorded it)."""
+
+    before: list[float]
+    after: list[float]
+    job_seconds: float
+
+
+def run(client: Client, cls: int = CLASS) -> Session:
+    """The whole session: upload, submit, wait, download, evaluate."""
     checkpoint = client.upload(HERE / "model.safetensors", "checkpoint")
-    train = client.upload(HERE / "train.safetensors", "dataset")
+    train_set = client.upload(HERE / "train.safetensors", "dataset")
     job = client.submit(
         {
             "type": "remove",
             "model": {**ARCH, "checkpoint": checkpoint["id"]},
-            "train": train["id"],
+            "train": train_set["id"],
             "forget": {"class": cls},
         }
     )
@@ -48,10 +66,24 @@ def run(client: Client, cls: int = CLASS) -> tuple[list[float], list[float]]:
         after_model = _load(path)
     before_model = _load(HERE / "model.safetensors")
     x, y = gif.io.load_dataset(HERE / "test.safetensors")
-    return (
+    return Session(
         gif.metrics.per_class_accuracy(before_model, x, y, 10),
         gif.metrics.per_class_accuracy(after_model, x, y, 10),
+        _seconds(job["started_at"], job["finished_at"]),
     )
+
+
+def retraining_seconds(cls: int = CLASS) -> float:
+    """Seconds to train the bundled model again without class ``cls``: the bundle's recipe."""
+    x, y = gif.io.load_dataset(HERE / "train.safetensors")
+    keep = y != cls
+    start = time.perf_counter()
+    train(MLP, x[keep], y[keep], seed=0, epochs=40)
+    return time.perf_counter() - start
+
+
+def _seconds(started: str, finished: str) -> float:
+    return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
 
 
 def _load(path: Path):
@@ -68,9 +100,16 @@ def print_table(before: list[float], after: list[float], cls: int = CLASS) -> No
         print(f"| {c}{mark} | {100 * b:.1f} | {100 * a:.1f} |")
 
 
+def print_cost(job_seconds: float, retraining: float) -> None:
+    print(f"the job: {job_seconds:.2f} s; retraining from scratch without the class: {retraining:.2f} s "
+          f"({job_seconds / retraining:.2f}× retraining)")  # fmt: skip
+
+
 def main() -> None:
     with Client() as client:  # GIF_BASE_URL (default http://127.0.0.1:8000) and GIF_API_KEY
-        print_table(*run(client))
+        session = run(client)
+    print_table(session.before, session.after)
+    print_cost(session.job_seconds, retraining_seconds())
 
 
 if __name__ == "__main__":

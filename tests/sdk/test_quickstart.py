@@ -8,7 +8,8 @@ import quickstart
 
 
 def test_quickstart_session_forgets_the_class_and_keeps_the_rest(client, capsys):
-    before, after = quickstart.run(client)
+    session = quickstart.run(client)
+    before, after = session.before, session.after
     others = [c for c in range(10) if c != quickstart.CLASS]
     assert before[quickstart.CLASS] > 0.85
     assert after[quickstart.CLASS] <= 0.05
@@ -17,3 +18,9 @@ def test_quickstart_session_forgets_the_class_and_keeps_the_rest(client, capsys)
     quickstart.print_table(before, after)
     table = capsys.readouterr().out
     assert "| 3 (removed) |" in table and table.count("\n") == 12
+    # the job's own wall time, next to retraining with the bundle's recipe
+    assert 0 < session.job_seconds < 600
+    retraining = quickstart.retraining_seconds()
+    quickstart.print_cost(session.job_seconds, retraining)
+    line = capsys.readouterr().out
+    assert f"({session.job_seconds / retraining:.2f}× retraining)" in line
