@@ -1,6 +1,7 @@
 """A fresh SQLite job store per test, and a worker context over a fresh home for the in-process
 job tests (the runner without a server or executor): the context, registering input files as
-artifacts, submitting a job."""
+artifacts, submitting a job; the digits data and MLP most job tests edit (a module may override
+``model``), and their files registered as inputs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from jobs import artifacts, specs
 from jobs.config import Settings
 from jobs.db import Database
 from jobs.submit import submit_job
+from tests import factories
 from workers.runner import WorkerContext
 
 #: The tenant every in-process job test submits as.
@@ -52,3 +54,30 @@ def register(ctx: WorkerContext, path, kind: str, metadata: dict | None = None) 
 def submit(ctx: WorkerContext, body: dict) -> str:
     """The job of request ``body`` submitted as :data:`TENANT` (queued, not run): its id."""
     return submit_job(ctx.db, ctx.settings, TENANT, specs.parse(body), fingerprint="f").job.id
+
+
+#: The shape of one digits sample, as an uploaded dataset's metadata gives it.
+DIGITS_SHAPE = [1, 8, 8]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return factories.digits()
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return factories.train_mlp(data)
+
+
+def register_digits(ctx: WorkerContext, folder, data, model, *splits: str) -> dict[str, str]:
+    """The checkpoint and the training set (and each of ``splits``: ``queries``, ``test``)
+    written under ``folder`` and registered: artifact ids by name."""
+    paths = factories.write_files(folder, data, model)
+    ids = {"checkpoint": register(ctx, paths["checkpoint"], "checkpoint")}
+    sizes = {"train": len(data.y_train), "test": len(data.y_test), "queries": 4}
+    for name in ("train", *splits):
+        ids[name] = register(
+            ctx, paths[name], "dataset", {"n_samples": sizes[name], "input_shape": DIGITS_SHAPE}
+        )
+    return ids

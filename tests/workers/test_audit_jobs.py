@@ -14,34 +14,14 @@ from jobs.states import JobStatus
 from tests import factories
 from workers.runner import run_job
 
-from .conftest import TENANT, register, submit
-
-SHAPE = [1, 8, 8]
-
-
-@pytest.fixture(scope="module")
-def data():
-    return factories.digits()
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    return factories.train_mlp(data)
+from .conftest import TENANT, register, register_digits, submit
 
 
 @pytest.fixture
 def inputs(ctx, tmp_path, data, model):
-    paths = factories.write_files(tmp_path / "files", data, model)
-    return {
-        "checkpoint": register(ctx, paths["checkpoint"], "checkpoint"),
-        "train": register(
-            ctx, paths["train"], "dataset", {"n_samples": len(data.y_train), "input_shape": SHAPE}
-        ),
-        "test": register(
-            ctx, paths["test"], "dataset", {"n_samples": len(data.y_test), "input_shape": SHAPE}
-        ),
-        "odd": register(ctx, paths["queries"], "dataset", {"n_samples": 4, "input_shape": [1, 4, 4]}),
-    }
+    ids = register_digits(ctx, tmp_path / "files", data, model, "test")
+    odd = factories.write_files(tmp_path / "files", data, model)["queries"]
+    return {**ids, "odd": register(ctx, odd, "dataset", {"n_samples": 4, "input_shape": [1, 4, 4]})}
 
 
 def _body(inputs, **changes):

@@ -15,12 +15,11 @@ import torch
 
 import gif
 from jobs.states import JobStatus
-from tests import factories
 from workers import cuda_memory, runner
 from workers.cuda_memory import OutOfCudaMemory, Shrink, run_shrinking
 from workers.runner import run_job
 
-from .conftest import register, submit
+from .conftest import register_digits, submit
 from .test_runner import _body, _job, _result_files
 
 
@@ -94,24 +93,9 @@ def test_a_shrink_lowers_the_chunk_and_takes_hvps_one_chunk_at_a_time():
 LIMIT = 100
 
 
-@pytest.fixture(scope="module")
-def data():
-    return factories.digits()
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    return factories.train_mlp(data)
-
-
 @pytest.fixture
 def inputs(ctx, tmp_path, data, model):
-    paths = factories.write_files(tmp_path / "files", data, model)
-    meta = {"n_samples": len(data.y_train), "input_shape": [1, 8, 8]}
-    return {
-        "checkpoint": register(ctx, paths["checkpoint"], "checkpoint"),
-        "train": register(ctx, paths["train"], "dataset", meta),
-    }
+    return register_digits(ctx, tmp_path / "files", data, model)
 
 
 def _small_gpu(monkeypatch, limit: int) -> list[int]:

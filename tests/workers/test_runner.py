@@ -15,28 +15,12 @@ from jobs.states import JobStatus
 from tests import factories
 from workers.runner import execute, run_job
 
-from .conftest import TENANT, register, submit
-
-
-@pytest.fixture(scope="module")
-def data():
-    return factories.digits()
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    return factories.train_mlp(data)
+from .conftest import TENANT, register, register_digits, submit
 
 
 @pytest.fixture
 def inputs(ctx, tmp_path, data, model):
-    paths = factories.write_files(tmp_path / "files", data, model)
-    meta = {"n_samples": len(data.y_train), "input_shape": [1, 8, 8]}
-    return {
-        "checkpoint": register(ctx, paths["checkpoint"], "checkpoint"),
-        "train": register(ctx, paths["train"], "dataset", meta),
-        "queries": register(ctx, paths["queries"], "dataset", {"n_samples": 4, "input_shape": [1, 8, 8]}),
-    }
+    return register_digits(ctx, tmp_path / "files", data, model, "queries")
 
 
 def _body(inputs, **changes):

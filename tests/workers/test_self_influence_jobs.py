@@ -17,14 +17,8 @@ from jobs.submit import submit_job
 from tests import factories
 from workers.runner import run_job
 
-from .conftest import TENANT, register, submit
-
-SHAPE = [1, 8, 8]
-
-
-@pytest.fixture(scope="module")
-def data():
-    return factories.digits()
+from .conftest import DIGITS_SHAPE as SHAPE
+from .conftest import TENANT, register, register_digits, submit
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +28,7 @@ def model(data):
 
 @pytest.fixture
 def inputs(ctx, tmp_path, data, model):
-    paths = factories.write_files(tmp_path / "files", data, model)
-    return {
-        "checkpoint": register(ctx, paths["checkpoint"], "checkpoint"),
-        "train": register(
-            ctx, paths["train"], "dataset", {"n_samples": len(data.y_train), "input_shape": SHAPE}
-        ),
-        "test": register(
-            ctx, paths["test"], "dataset", {"n_samples": len(data.y_test), "input_shape": SHAPE}
-        ),
-    }
+    return register_digits(ctx, tmp_path / "files", data, model, "test")
 
 
 def _run(ctx, body) -> tuple[dict, dict[str, bytes]]:
