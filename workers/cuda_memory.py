@@ -54,11 +54,11 @@ class OutOfCudaMemory(Exception):
     """Every run of a job ran out of CUDA memory; the message says what was tried."""
 
     def __init__(self, tried: list[Shrink]) -> None:
-        smallest = tried[-1] if tried else None
-        detail = f", last with chunks of {smallest.chunk} samples" if smallest is not None else ""
+        runs = "its only run"
+        if tried:
+            runs = f"{len(tried) + 1} runs, the last with chunks of {tried[-1].chunk} samples and HVPs one chunk at a time"
         super().__init__(
-            f"the GPU ran out of memory in {len(tried) + 1} runs{detail} and HVPs one chunk at a time: "
-            "use a GPU with more free memory, or lower hessian_samples"
+            f"the GPU ran out of memory in {runs}: use a GPU with more free memory, or lower hessian_samples"
         )
         self.tried = tried
 

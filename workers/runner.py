@@ -171,9 +171,10 @@ def execute(lease: store.Lease, ctx: WorkerContext) -> JobStatus | None:
                 return _fail(lease, ctx, exc.code, exc.message)
             except OutOfCudaMemory as exc:
                 return _fail(lease, ctx, "cuda_oom", str(exc))
-            except torch.cuda.OutOfMemoryError:  # outside the engine's runs (loading the inputs)
+            except torch.cuda.OutOfMemoryError:  # outside the engine's runs
                 free_cuda_memory()
-                return _fail(lease, ctx, "cuda_oom", "the GPU ran out of memory loading the job's inputs")
+                message = "the GPU ran out of memory loading the job's inputs or writing its results"
+                return _fail(lease, ctx, "cuda_oom", message)
             except ctx.deadline_errors:
                 limit = settings.max_job_seconds
                 return _fail(lease, ctx, "deadline_exceeded", f"the job ran longer than {limit:g} s")

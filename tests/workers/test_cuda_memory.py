@@ -60,7 +60,7 @@ def test_the_last_out_of_memory_fails_naming_the_smallest_chunk():
     with pytest.raises(OutOfCudaMemory) as info:
         run_shrinking(run, 512, retries=2)
     assert len(calls) == 3 and info.value.tried == [Shrink(256), Shrink(128)]
-    assert "3 runs" in str(info.value) and "chunks of 128 samples" in str(info.value)
+    assert "3 runs, the last with chunks of 128 samples" in str(info.value)
 
 
 def test_another_error_is_not_retried():
@@ -149,3 +149,9 @@ def test_a_job_that_runs_out_in_every_run_fails_with_cuda_oom(ctx, inputs, monke
     error = json.loads(_job(ctx, job_id).error_json)
     assert error["code"] == "cuda_oom" and "chunks of 64 samples" in error["message"]
     assert json.loads(_job(ctx, job_id).result_json or "null") is None
+
+
+def test_without_retries_one_out_of_memory_fails_at_once():
+    with pytest.raises(OutOfCudaMemory, match="in its only run") as info:
+        run_shrinking(lambda shrink: (_ for _ in ()).throw(_oom()), 512, retries=0)
+    assert info.value.tried == []
