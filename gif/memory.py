@@ -146,9 +146,9 @@ def estimate(
     return Estimate((vectors + 1) * p * element, activations, data, chunk)
 
 
-def check_fits(estimate: Estimate, budget: int) -> None:
+def check_fits(estimate: Estimate, budget: int, budget_name: str = "the budget") -> None:
     """Raise :class:`gif.errors.MemoryBudgetError` naming what to change when ``estimate``
-    exceeds ``budget`` bytes."""
+    exceeds ``budget`` bytes (``budget_name``: what that budget is, for the message)."""
     if estimate.total <= budget:
         return
     gib = 2**30
@@ -160,6 +160,6 @@ def check_fits(estimate: Estimate, budget: int) -> None:
     raise MemoryBudgetError(
         f"the job needs about {estimate.total / gib:.2f} GiB (parameters and solver vectors "
         f"{estimate.parameters / gib:.2f}, a chunk of {estimate.chunk} samples being differentiated "
-        f"{estimate.activations / gib:.2f}, data {estimate.data / gib:.2f}) but the budget is "
+        f"{estimate.activations / gib:.2f}, data {estimate.data / gib:.2f}) but {budget_name} is "
         f"{budget / gib:.2f} GiB: {advice}"
     )

@@ -130,7 +130,8 @@ class Settings(BaseSettings):
         default_factory=lambda: _machine_memory() * 4 // 5,
         ge=0,
         description="Memory one job may use: a job the engine sizes over it fails at once with "
-        "memory_budget_exceeded, naming what to change (0: no check). Default: 80% of the machine's memory.",
+        "memory_budget_exceeded, naming what to change (0: no check); on a GPU worker also at most 90% "
+        "of the device's free memory when the job starts. Default: 80% of the machine's memory.",
     )
     gpu_pool: str = Field(
         default="default",

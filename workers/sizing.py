@@ -4,12 +4,17 @@ A job whose estimate (gif/memory.py: parameters and solver vectors, a low-rank f
 basis included; one chunk being differentiated, or the HVPs' cached graphs where they are taken;
 the data held) exceeds ``GIF_MAX_MEMORY_BYTES`` fails at once with ``memory_budget_exceeded`` and
 a message naming what to change, instead of being killed by the operating system's OOM killer
-half-way.
+half-way. On a GPU the job's tensors live in the device's memory, so the budget there is also at
+most what the device has free when the job starts, less :data:`GPU_MARGIN` (:func:`job_budget`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 import gif.memory
 from gif.config import SOLVE_SOLVER, SolveConfig
@@ -21,10 +26,42 @@ from jobs.specs import ScoresJob, SelfInfluenceJob, Spec
 from .execute import edit_config, measure_of, scores_config, self_influence_config
 from .loading import Loaded
 
+#: The fraction of a GPU's free memory a job may plan to hold: the rest is for the allocator's
+#: rounding and fragmentation and for what the estimate leaves out (cuDNN / cuBLAS workspaces).
+GPU_SHARE = 0.9
 
-def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class Budget:
+    """The bytes a job may hold (0: no check), and what they are, for its error message."""
+
+    bytes: int
+    name: str
+
+
+def job_budget(
+    device: torch.device,
+    configured: int,
+    free_memory: Callable[[torch.device], tuple[int, int]] = torch.cuda.mem_get_info,
+) -> Budget:
+    """The budget of a job on ``device``: ``configured`` (``GIF_MAX_MEMORY_BYTES``, 0: no check);
+    on a GPU also at most :data:`GPU_SHARE` of what ``free_memory(device)`` (free, total) says
+    is free now — the setting's default is a share of the host's memory, which a GPU's need not
+    match, and other processes may hold part of the device."""
+    setting = Budget(configured, "the budget (GIF_MAX_MEMORY_BYTES)")
+    if device.type != "cuda" or configured == 0:
+        return setting
+    free, total = free_memory(device)
+    gpu = Budget(
+        int(free * GPU_SHARE),
+        f"{GPU_SHARE:.0%} of the free memory of {device} ({total / 2**30:.1f} GiB in all)",
+    )
+    return gpu if gpu.bytes < configured else setting
+
+
+def check_job_fits(spec: Spec, loaded: Loaded, budget: Budget) -> dict[str, Any]:
     """The job's estimate (for its provenance); raises :class:`gif.errors.MemoryBudgetError`
-    when it exceeds ``budget`` bytes (0: no check)."""
+    when it exceeds the ``budget`` (none when its bytes are 0)."""
     inputs, labels = loaded.train
     n = int(labels.shape[0])
     p = sum(t.numel() for t in loaded.model.parameters() if t.requires_grad)
@@ -50,6 +87,6 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: int) -> dict[str, Any]:
         loaded.model, inputs, samples, chunk_size=solve.chunk_size, memory_budget=solve.memory_budget,
         vectors=vectors, hvp_backend=backend,
     )  # fmt: skip
-    if budget > 0:
-        gif.memory.check_fits(estimate, budget)
-    return estimate.as_dict()
+    if budget.bytes > 0:
+        gif.memory.check_fits(estimate, budget.bytes, budget.name)
+    return {**estimate.as_dict(), "budget": budget.bytes}

@@ -1,15 +1,20 @@
 """A job's memory estimate before it runs (workers/sizing.py): the HVPs' cached graph is counted
-where the job takes HVPs and the back end takes the graph, and only there."""
+where the job takes HVPs and the back end takes the graph, and only there; the budget it is
+checked against, on the CPU and on a GPU."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import gif.memory
+from gif.errors import MemoryBudgetError
 from jobs import ids, specs
 from workers.loading import Loaded
-from workers.sizing import check_job_fits
+from workers.sizing import GPU_SHARE, Budget, check_job_fits, job_budget
+
+NO_CHECK = Budget(0, "no budget")
 
 
 def _loaded() -> Loaded:
@@ -37,7 +42,7 @@ def test_an_hvp_solve_is_sized_with_its_graph_and_a_kronecker_fit_without():
 
     def activations(**options: object) -> int:
         spec = _spec("scores", queries=queries, options=options)
-        return check_job_fits(spec, loaded, 0)["activations"]
+        return check_job_fits(spec, loaded, NO_CHECK)["activations"]
 
     graph = gif.memory.graph_bytes(per_sample, 600, p, 4, 3)  # scores' chunks: 256 samples
     chunk = gif.memory.FACTOR * 256 * per_sample
@@ -54,7 +59,41 @@ def test_a_self_influence_job_is_sized_with_the_graph_only_where_it_fits_a_curva
     per_sample = (16 * 64 * 2 + 16 * 64 + 10) * 4
 
     def activations(measure: str) -> int:
-        return check_job_fits(_spec("self_influence", measure=measure), loaded, 0)["activations"]
+        return check_job_fits(_spec("self_influence", measure=measure), loaded, NO_CHECK)["activations"]
 
     assert activations("auto") == activations("head") == gif.memory.FACTOR * 256 * per_sample
     assert activations("loss") == gif.memory.graph_bytes(per_sample, 600, p, 4, 3)
+
+
+GIB = 2**30
+
+
+def _gpu(free: int, total: int = 80 * GIB):
+    """What ``torch.cuda.mem_get_info`` answers on a GPU with ``free`` bytes free."""
+    return lambda device: (free, total)
+
+
+def test_on_the_cpu_the_budget_is_the_setting():
+    budget = job_budget(torch.device("cpu"), 100 * GIB, _gpu(1))
+    assert budget == Budget(100 * GIB, "the budget (GIF_MAX_MEMORY_BYTES)")
+
+
+def test_on_a_gpu_the_budget_is_at_most_a_share_of_its_free_memory():
+    """The setting's default is a share of the host's memory: a GPU with less free is the limit."""
+    cuda = torch.device("cuda:1")
+    budget = job_budget(cuda, 100 * GIB, _gpu(10 * GIB))
+    assert (
+        budget.bytes == int(10 * GIB * GPU_SHARE) and "free memory of cuda:1 (80.0 GiB in all)" in budget.name
+    )
+    assert job_budget(cuda, 4 * GIB, _gpu(10 * GIB)).bytes == 4 * GIB  # a smaller setting holds
+    assert job_budget(cuda, 0, _gpu(10 * GIB)).bytes == 0  # 0 turns the check off, on a GPU too
+
+
+def test_a_job_over_the_gpus_free_memory_fails_naming_it():
+    loaded, spec = _loaded(), _spec("scores", queries=ids.new_id("artifact"), options={"solver": "cg"})
+    total = check_job_fits(spec, loaded, NO_CHECK)["total"]
+    fits = job_budget(torch.device("cuda"), 100 * GIB, _gpu(2 * total))
+    assert check_job_fits(spec, loaded, fits)["budget"] == fits.bytes
+    tight = job_budget(torch.device("cuda"), 100 * GIB, _gpu(total))  # 90% of it: too little
+    with pytest.raises(MemoryBudgetError, match=r"but 90% of the free memory of cuda"):
+        check_job_fits(spec, loaded, tight)
