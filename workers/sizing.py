@@ -31,6 +31,10 @@ from .loading import Loaded
 GPU_SHARE = 0.9
 
 
+#: The budget's name in messages when it is the setting's.
+SETTING = "the budget (GIF_MAX_MEMORY_BYTES)"
+
+
 @dataclass(frozen=True)
 class Budget:
     """The bytes a job may hold (0: no check), and what they are, for its error message."""
@@ -48,7 +52,7 @@ def job_budget(
     on a GPU also at most :data:`GPU_SHARE` of what ``free_memory(device)`` (free, total) says
     is free now — the setting's default is a share of the host's memory, which a GPU's need not
     match, and other processes may hold part of the device."""
-    setting = Budget(configured, "the budget (GIF_MAX_MEMORY_BYTES)")
+    setting = Budget(configured, SETTING)
     if device.type != "cuda" or configured == 0:
         return setting
     free, total = free_memory(device)

@@ -81,7 +81,7 @@ def validate_job(job_id: str) -> str | None:
     from .validation import validate_job as validate
 
     ctx = context()
-    status = validate(job_id, ctx.db, ctx.blobs)
+    status = validate(job_id, ctx.db, ctx.blobs, ctx.settings.max_memory_bytes)
     if status is JobStatus.QUEUED:
         Publisher(app, ctx.db, ctx.settings).publish(job_id, JobStatus.QUEUED)
     return None if status is None else status.value

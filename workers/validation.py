@@ -4,6 +4,8 @@ The API checks a request against the artifacts' recorded metadata; this step loa
 (the architecture from the registry, the checkpoint into it, every dataset through it) exactly as
 the compute worker will, so a job that cannot run fails here, cheaply and before it takes a GPU
 slot, with the engine's error code (``checkpoint_incompatible``, ``dataset_incompatible``, ...).
+It also sizes the job (workers/sizing.py) against ``GIF_MAX_MEMORY_BYTES``: the compute worker's
+budget is at most that setting, so a job over it would fail there (``memory_budget_exceeded``).
 """
 
 from __future__ import annotations
@@ -18,19 +20,23 @@ from jobs.errors import BlobCorrupted, StorageUnavailable
 from jobs.states import JobStatus
 
 from .loading import load_inputs
+from .sizing import SETTING, Budget, check_job_fits
 
 log = logs.get(__name__)
 
 
-def validate_job(job_id: str, db: Database, blobs: BlobStore) -> JobStatus | None:
-    """Validate a ``validating`` job; returns its new status (None: it was not validating any more)."""
+def validate_job(job_id: str, db: Database, blobs: BlobStore, max_memory_bytes: int = 0) -> JobStatus | None:
+    """Validate a ``validating`` job, sized against ``max_memory_bytes`` (0: not sized); returns
+    its new status (None: it was not validating any more)."""
     with db.read() as session:
         job = store.find_job(session, job_id)
         if job is None or job.status != JobStatus.VALIDATING.value:
             return None
         tenant_id, stored, inputs = job.tenant_id, job.request_json, json.loads(job.inputs_json)
     try:
-        load_inputs(specs.load(stored).model, inputs, blobs)
+        spec = specs.load(stored)
+        loaded = load_inputs(spec.model, inputs, blobs)
+        check_job_fits(spec, loaded, Budget(max_memory_bytes, SETTING))
     except (GifError, specs.StoredSpecInvalid) as exc:
         return _fail(db, job_id, tenant_id, exc.code, exc.message)
     except FileNotFoundError:

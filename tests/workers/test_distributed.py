@@ -141,6 +141,23 @@ def test_validation_loads_the_inputs_and_rejects_a_checkpoint_of_another_archite
     assert error["code"] == "invalid_request" and "options.momentum" in error["message"], error
 
 
+def test_validation_sizes_the_job_against_the_memory_setting(db, tmp_path, digits_files):
+    """A job over GIF_MAX_MEMORY_BYTES fails at validation, before it takes a compute slot; the
+    same job under it is queued."""
+    blobs = BlobStore(tmp_path / "blobs")
+    inputs = {
+        "checkpoint": _stored(blobs, digits_files["checkpoint"]),
+        "train": _stored(blobs, digits_files["train"]),
+    }
+    request = {"type": "remove", "model": {"arch": "mlp", "config": dict(factories.MLP_CONFIG), "checkpoint": ART},
+               "train": ART, "forget": {"class": 3}}  # fmt: skip
+    over, under = _job(db, request=request, inputs=inputs), _job(db, request=request, inputs=inputs)
+    assert validate_job(over, db, blobs, max_memory_bytes=1024) is JobStatus.FAILED
+    error = json.loads(_row(db, over).error_json)
+    assert error["code"] == "memory_budget_exceeded" and "GIF_MAX_MEMORY_BYTES" in error["message"], error
+    assert validate_job(under, db, blobs, max_memory_bytes=1 << 30) is JobStatus.QUEUED
+
+
 def test_publishing_to_a_dead_broker_fails_fast_and_leaves_the_job_for_the_sweeper(db):
     from workers.celery_app import make_app
 
