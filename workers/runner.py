@@ -43,7 +43,7 @@ from .loading import load_inputs
 from .memory import peak_rss, reset_peak_rss
 from .progress import ProgressReporter
 from .results import Results, provenance, write_results
-from .sizing import check_job_fits, job_budget
+from .sizing import check_job_fits, job_budget, model_bytes
 
 log = logs.get(__name__)
 
@@ -210,7 +210,8 @@ def _compute(lease: store.Lease, ctx: WorkerContext, signals: JobSignals) -> Res
         torch.cuda.reset_peak_memory_stats(device)
     rss_reset = reset_peak_rss()
     loaded = load_inputs(spec.model, inputs, ctx.blobs, device)
-    sizing = check_job_fits(spec, loaded, job_budget(device, ctx.settings.max_memory_bytes))
+    budget = job_budget(device, ctx.settings.max_memory_bytes, held=model_bytes(loaded.model))
+    sizing = check_job_fits(spec, loaded, budget)
     if signals.should_stop():
         raise Cancelled("stopped before the computation started")
     cache = ctx.cache_for(lease.tenant_id)

@@ -47,20 +47,28 @@ def job_budget(
     device: torch.device,
     configured: int,
     free_memory: Callable[[torch.device], tuple[int, int]] = torch.cuda.mem_get_info,
+    held: int = 0,
 ) -> Budget:
     """The budget of a job on ``device``: ``configured`` (``GIF_MAX_MEMORY_BYTES``, 0: no check);
     on a GPU also at most :data:`GPU_SHARE` of what ``free_memory(device)`` (free, total) says
-    is free now — the setting's default is a share of the host's memory, which a GPU's need not
+    is free now plus the ``held`` bytes the job's own model already takes there (the estimate
+    counts them) — the setting's default is a share of the host's memory, which a GPU's need not
     match, and other processes may hold part of the device."""
     setting = Budget(configured, SETTING)
     if device.type != "cuda" or configured == 0:
         return setting
     free, total = free_memory(device)
+    free += held
     gpu = Budget(
         int(free * GPU_SHARE),
         f"{GPU_SHARE:.0%} of the free memory of {device} ({total / 2**30:.1f} GiB in all)",
     )
     return gpu if gpu.bytes < configured else setting
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """The bytes ``model``'s parameters and buffers take."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 def check_job_fits(spec: Spec, loaded: Loaded, budget: Budget) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import gif.memory
 from gif.errors import MemoryBudgetError
 from jobs import ids, specs
 from workers.loading import Loaded
-from workers.sizing import GPU_SHARE, Budget, check_job_fits, job_budget
+from workers.sizing import GPU_SHARE, Budget, check_job_fits, job_budget, model_bytes
 
 NO_CHECK = Budget(0, "no budget")
 
@@ -87,6 +87,14 @@ def test_on_a_gpu_the_budget_is_at_most_a_share_of_its_free_memory():
     )
     assert job_budget(cuda, 4 * GIB, _gpu(10 * GIB)).bytes == 4 * GIB  # a smaller setting holds
     assert job_budget(cuda, 0, _gpu(10 * GIB)).bytes == 0  # 0 turns the check off, on a GPU too
+    # the job's model, already on the device, is part of the estimate: not taken twice
+    assert job_budget(cuda, 100 * GIB, _gpu(9 * GIB), held=GIB).bytes == int(10 * GIB * GPU_SHARE)
+
+
+def test_a_models_bytes_are_its_parameters_and_buffers():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).double()
+    # Linear 3·4 + 4, BatchNorm weight, bias 4 + 4, running mean, var 4 + 4, batches tracked (int64)
+    assert model_bytes(model) == (16 + 8 + 8) * 8 + 8
 
 
 def test_a_job_over_the_gpus_free_memory_fails_naming_it():
