@@ -1,6 +1,8 @@
 """One class removal through a real embedded server whose workers compute on ``--device``: prints
 the job's outcome, time, where it ran (provenance ``compute``: device, GPU name, peak memory) and
-its metrics, to compare with a CPU run.
+its metrics, to compare with a CPU run, and the job's time next to retraining the checkpoint's
+MLP without the class by its own recipe (``tests/factories.py``, ``train_mlp``; in this process,
+on the CPU: like for like with ``--device cpu``).
 
     python bench/device_job.py --device cuda      # on a GPU machine
     python bench/device_job.py --device cpu       # the same job on the CPU
@@ -13,6 +15,7 @@ and ``GIF_DEVICE=cuda python -m pytest tests/service/test_e2e.py -k embedded``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -53,7 +56,17 @@ def main() -> None:
                 "failed",
             }:
                 time.sleep(0.2)
-            print(f"status {job['status']} in {time.monotonic() - started:.1f} s", job.get("error") or "")
+            seconds = time.monotonic() - started
+            print(f"status {job['status']} in {seconds:.1f} s", job.get("error") or "")
+            keep = digits.y_train != 3
+            start = time.perf_counter()
+            factories.train_mlp(
+                dataclasses.replace(digits, x_train=digits.x_train[keep], y_train=digits.y_train[keep])
+            )
+            retraining = time.perf_counter() - start
+            print(
+                f"retraining without class 3 (CPU): {retraining:.2f} s; the job {seconds / retraining:.2f}× retraining"
+            )
             if job["status"] == "succeeded":
                 summary = job["result"]["summary"]
                 print("compute", json.dumps(job["result"]["provenance"].get("compute")))
