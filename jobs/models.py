@@ -122,6 +122,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
     #: the request's webhook ``{url, events, deliveries}``, attempts appended (jobs/webhooks.py); NULL: none
     webhook_json: Mapped[str | None] = mapped_column(Text)
+    #: what the job is likely to cost, from the tenant's jobs like it (jobs/estimates.py); NULL: none
+    estimate_json: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),

@@ -17,6 +17,7 @@ has loaded the checkpoint into the architecture (``workers.validation``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import artifacts, huggingface, idempotency, store, webhook_targets
+from . import artifacts, estimates, huggingface, idempotency, store, webhook_targets
 from .config import Settings
 from .db import Database
 from .errors import IdempotencyKeyInFlight, IdempotencyKeyReused, QueueFull, QuotaExceeded, ValidationFailed
@@ -181,6 +182,8 @@ def _create(session: Session, settings: Settings, tenant_id: str, spec: Spec, fi
         inputs=inputs,
         max_attempts=settings.max_attempts,
     )
+    estimate = estimates.from_history(session, tenant_id, job)
+    job.estimate_json = None if estimate is None else json.dumps(estimate)
     if not settings.distributed:
         store.finish_validation(session, job.id, tenant_id)
     return job

@@ -33,6 +33,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "result": _result(job) if status is JobStatus.SUCCEEDED else None,
         "error": json.loads(job.error_json) if status is JobStatus.FAILED and job.error_json else None,
         "webhook": json.loads(job.webhook_json) if job.webhook_json else None,
+        "estimate": json.loads(job.estimate_json) if job.estimate_json else None,
         "links": {
             "self": f"/v1/jobs/{job.id}",
             "events": f"/v1/jobs/{job.id}/events",

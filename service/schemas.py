@@ -167,6 +167,17 @@ class JobWebhook(_Open):
     deliveries: list[WebhookAttempt] = Field(description="Attempts, oldest first (the latest 50).")
 
 
+class JobEstimate(_Open):
+    """What the job is likely to cost: the median of the tenant's succeeded jobs of the same type,
+    inputs and options (whatever samples they edited), the most recent ones first."""
+
+    seconds: float = Field(ge=0, description="Median wall time, started to finished.")
+    based_on: int = Field(ge=1, description="How many earlier jobs it rests on (at most 20).")
+    work: dict[str, float] | None = Field(
+        None, description="Median work of those jobs' reports: gradients, hvps, forward_evaluations."
+    )
+
+
 class Job(_Open):
     """A job and everything known about it; ``result`` once succeeded, ``error`` once failed."""
 
@@ -189,6 +200,10 @@ class Job(_Open):
     result: dict[str, Any] | None = Field(description="{artifacts, summary, provenance} once succeeded.")
     error: dict[str, Any] | None = Field(description="{code, message, …} once failed.")
     webhook: JobWebhook | None = Field(None, description="The request's webhook and its delivery attempts.")
+    estimate: JobEstimate | None = Field(
+        None,
+        description="What the job is likely to cost, from the tenant's jobs like it; null before the first.",
+    )
     links: JobLinks
 
 

@@ -152,6 +152,7 @@ def _edit_results(
         "relative_delta_norm": edit.report.get("relative_delta_norm"),
         "per_class_accuracy": per_class,
         "audit": {k: v for k, v in audit.items() if k != "histograms"},
+        "work": edit.report.get("work"),
     }
     return Results(outputs, clean(summary), clean(prov))
 

@@ -424,3 +424,18 @@ def test_an_edit_job_changes_only_the_parameters_its_params_name(ctx, inputs, mo
     assert run_job(nothing, ctx.settings, ctx) is JobStatus.FAILED
     error = json.loads(_job(ctx, nothing).error_json)
     assert error["code"] == "invalid_input" and "no trainable parameter matches" in error["message"]
+
+
+def test_a_second_job_like_the_first_is_estimated_from_it(ctx, inputs):
+    """Another class removed from the same checkpoint and data with the same options: its estimate
+    is what the first job took (jobs/estimates.py) and the work its report counted."""
+    from jobs.views import job_view
+
+    first = submit(ctx, _body(inputs))
+    assert job_view(_job(ctx, first))["estimate"] is None
+    assert run_job(first, ctx.settings, ctx) is JobStatus.SUCCEEDED
+    done = _job(ctx, first)
+    work = json.loads(_result_files(ctx, done)["report"])["report"]["work"]
+    second = job_view(_job(ctx, submit(ctx, _body(inputs, forget={"class": 5}))))
+    seconds = (done.finished_at - done.started_at).total_seconds()
+    assert second["estimate"] == {"seconds": round(seconds, 3), "based_on": 1, "work": work}
