@@ -182,6 +182,14 @@ def _run(action: Callable[[gif_client.Client], Any], ctx: typer.Context) -> None
         _fail(EXIT_USAGE, str(exc))
 
 
+def _estimated(job: dict) -> str:
+    """``", about N s (the median of K jobs like it)"`` where the job has an estimate."""
+    estimate = job.get("estimate")
+    if not estimate:
+        return ""
+    return f", about {estimate['seconds']:.0f} s (the median of {estimate['based_on']} jobs like it)"
+
+
 def _progress_printer() -> Callable[[dict], None]:
     """Prints each new progress line once; the line is the job page's (gif_client/progress.py)."""
     last: list[str | None] = [None]
@@ -237,7 +245,7 @@ def submit(
         if given is not None:
             spec["model"] = client.upload_model(given)
         job = client.submit(spec, idempotency_key=idempotency_key, webhook=webhook)
-        typer.echo(f"submitted {job['id']}", err=True)
+        typer.echo(f"submitted {job['id']}{_estimated(job)}", err=True)
         if wait or output is not None:
             job = client.wait(job["id"], timeout=timeout, poll=poll, on_progress=_progress_printer())
             if output is not None:

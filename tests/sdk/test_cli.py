@@ -57,6 +57,12 @@ def test_upload_submit_wait_output(server, files, tmp_path):
     # --webhook reaches the server, which refuses a loopback receiver unless the operator allows it
     hooked = cli(server, "submit", str(body), "--webhook", "http://127.0.0.1:9/hook")
     assert hooked.exit_code == 2 and "webhook-target-forbidden" in hooked.output
+    # another class from the same checkpoint and data: estimated from the finished job
+    body.write_text(json.dumps(remove_body(ids, cls=5)))
+    again = cli(server, "submit", str(body))
+    assert again.exit_code == 0, again.output
+    estimate = json.loads(again.stdout)["estimate"]
+    assert estimate["based_on"] >= 1 and f"about {estimate['seconds']:.0f} s (the median of" in again.stderr
 
 
 def test_exit_codes_for_errors(server, tmp_path):
