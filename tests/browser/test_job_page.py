@@ -78,6 +78,17 @@ def test_a_job_is_watched_to_its_charts_and_downloads(stack, inputs, browser, un
     shots(browser, "job-page")
     assert console_problems(browser) == []
 
+    # another class from the same checkpoint, data and options: its page shows the estimate
+    again = submit(stack.client, remove_body(inputs, forget={"class": 5}))
+    browser.get(f"{stack.url}/ui#/jobs/{again['id']}")
+    until(lambda d: d.find_element("css selector", "#job[data-done]"), timeout=60)
+    facts = browser.find_elements("css selector", "dl.facts dt, dl.facts dd")
+    shown = dict(zip([f.text for f in facts[::2]], [f.text for f in facts[1::2]], strict=True))
+    estimate = stack.client.get(f"/v1/jobs/{again['id']}").json()["estimate"]
+    jobs = estimate["based_on"]
+    assert shown["Estimate"].endswith(f"the median of {jobs} job{'' if jobs == 1 else 's'} like it"), shown
+    assert console_problems(browser) == []
+
 
 def test_text_an_uploader_chose_is_shown_as_text(stack, inputs, files, browser, until, shots):
     with open(files["queries"], "rb") as f:

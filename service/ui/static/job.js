@@ -17,6 +17,10 @@ let generation = 0;
 function facts(job) {
   const rows = [["Type", job.type], ["Status", job.status], ["Created", when(job.created_at)],
     ["Duration", duration(durationSeconds(job))], ["Attempt", `${job.attempt} of ${job.max_attempts}`]];
+  if (job.estimate) {
+    const { seconds, based_on: jobs } = job.estimate;
+    rows.push(["Estimate", `${duration(seconds)}, the median of ${jobs} job${jobs === 1 ? "" : "s"} like it`]);
+  }
   return el("dl", { class: "facts" }, ...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
 }
 
