@@ -64,9 +64,8 @@ def from_history(session: Session, tenant_id: str, job: Job) -> dict[str, Any] |
         return None
     seconds = [(row.finished_at - row.started_at).total_seconds() for row in alike]  # type: ignore[operator]
     estimate: dict[str, Any] = {"seconds": round(statistics.median(seconds), 3), "based_on": len(alike)}
-    works = [_work(row) for row in alike]
-    counted = [w for w in works if w is not None]
-    if counted:
+    counted = [work for row in alike if (work := _work(row)) is not None]
+    if counted:  # jobs stored before summaries carried their work have none
         estimate["work"] = {name: statistics.median(w.get(name, 0) for w in counted) for name in counted[0]}
     return estimate
 
