@@ -76,7 +76,6 @@ def run_shrinking(
     before each. Returns the result and the limits of every run after the first. Raises
     :class:`OutOfCudaMemory` when the last runs out too; any other error propagates at once."""
     tried: list[Shrink] = []
-    shrink = Shrink(max(1, chunk))
     while True:
         try:
             return run(tried[-1] if tried else None), tried
@@ -85,10 +84,9 @@ def run_shrinking(
         free_cuda_memory()
         if len(tried) == retries:
             raise OutOfCudaMemory(tried)
-        shrink = shrink.halved()
-        tried.append(shrink)
+        tried.append((tried[-1] if tried else Shrink(max(1, chunk))).halved())
         if on_retry is not None:
-            on_retry(shrink)
+            on_retry(tried[-1])
 
 
 def free_cuda_memory() -> None:

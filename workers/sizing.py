@@ -5,7 +5,7 @@ basis included; one chunk being differentiated, or the HVPs' cached graphs where
 the data held) exceeds ``GIF_MAX_MEMORY_BYTES`` fails at once with ``memory_budget_exceeded`` and
 a message naming what to change, instead of being killed by the operating system's OOM killer
 half-way. On a GPU the job's tensors live in the device's memory, so the budget there is also at
-most what the device has free when the job starts, less :data:`GPU_MARGIN` (:func:`job_budget`).
+most :data:`GPU_SHARE` of what the device has free when the job starts (:func:`job_budget`).
 """
 
 from __future__ import annotations
@@ -31,16 +31,17 @@ from .loading import Loaded
 GPU_SHARE = 0.9
 
 
-#: The budget's name in messages when it is the setting's.
-SETTING = "the budget (GIF_MAX_MEMORY_BYTES)"
-
-
 @dataclass(frozen=True)
 class Budget:
     """The bytes a job may hold (0: no check), and what they are, for its error message."""
 
     bytes: int
     name: str
+
+    @classmethod
+    def setting(cls, configured: int) -> Budget:
+        """``GIF_MAX_MEMORY_BYTES`` as a budget."""
+        return cls(configured, "the budget (GIF_MAX_MEMORY_BYTES)")
 
 
 def job_budget(
@@ -54,7 +55,7 @@ def job_budget(
     is free now plus the ``held`` bytes the job's own model already takes there (the estimate
     counts them) — the setting's default is a share of the host's memory, which a GPU's need not
     match, and other processes may hold part of the device."""
-    setting = Budget(configured, SETTING)
+    setting = Budget.setting(configured)
     if device.type != "cuda" or configured == 0:
         return setting
     free, total = free_memory(device)

@@ -20,7 +20,7 @@ from jobs.errors import BlobCorrupted, StorageUnavailable
 from jobs.states import JobStatus
 
 from .loading import load_inputs
-from .sizing import SETTING, Budget, check_job_fits
+from .sizing import Budget, check_job_fits
 
 log = logs.get(__name__)
 
@@ -36,7 +36,7 @@ def validate_job(job_id: str, db: Database, blobs: BlobStore, max_memory_bytes: 
     try:
         spec = specs.load(stored)
         loaded = load_inputs(spec.model, inputs, blobs)
-        check_job_fits(spec, loaded, Budget(max_memory_bytes, SETTING))
+        check_job_fits(spec, loaded, Budget.setting(max_memory_bytes))
     except (GifError, specs.StoredSpecInvalid) as exc:
         return _fail(db, job_id, tenant_id, exc.code, exc.message)
     except FileNotFoundError:
