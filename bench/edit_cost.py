@@ -74,6 +74,10 @@ VARIANTS: dict[str, dict] = {
     "if + kfac": {"method": "if", "solver": "kfac"},
     "if + ekfac": {"method": "if", "solver": "ekfac"},
     "1 Newton step": {"method": "gif", "newton_steps": 1},
+    # the default with the Gauss–Newton matrix for every HVP-based solve (gif/hessian.py): what
+    # changes is a relabel's guard CG (K-FAC approximates the Gauss–Newton matrix either way)
+    "gauss-newton": {"curvature": "gauss_newton"},
+    "gauss-newton 10 iterations": {"curvature": "gauss_newton", "max_iter": 10},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
     # (gif/head_edit.py)
     "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},

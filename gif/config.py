@@ -43,6 +43,8 @@ Strategy = Literal[
 StepPolicy = Literal["newton", "search"]
 HessianPool = Literal["auto", "untouched", "all"]
 HvpBackend = Literal["auto", "func", "graph"]
+#: What an HVP multiplies by: the loss's Hessian or its Gauss–Newton matrix (gif/hessian.py).
+Curvature = Literal["hessian", "gauss_newton"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 EDIT_METHODS: tuple[str, ...] = get_args(EditMethod)
@@ -57,6 +59,7 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 STEP_POLICIES: tuple[str, ...] = get_args(StepPolicy)
 HESSIAN_POOLS: tuple[str, ...] = get_args(HessianPool)
 HVP_BACKENDS: tuple[str, ...] = get_args(HvpBackend)
+CURVATURES: tuple[str, ...] = get_args(Curvature)
 VERBS = ("influence", "scores", "self_influence", "remove", "relabel")
 
 #: Extra keyword options each solver accepts (``solver_options``).
@@ -141,6 +144,12 @@ class SolveConfig:
         **_AT_LEAST_ZERO,
         service_max=1e6,
     )
+    curvature: Curvature = _field(
+        "hessian",
+        "hessian | gauss_newton: the matrix the HVP-based solvers (cg, minres, lsqr, neumann, direct, "
+        "lowrank) invert, the loss's Hessian or its Gauss–Newton matrix Jᵀ H_z J, positive "
+        "semi-definite for cross-entropy (gif/hessian.py); kfac / ekfac approximate the latter either way",
+    )
     tol: float = _field(1e-4, "relative residual at which an iterative solve stops", **_FRACTION)
     max_iter: int = _field(100, "iteration cap of an iterative solve", low=1, service_max=10_000)
     rank: int = _field(64, "eigenpairs of the lowrank curvature fit", low=1, service_max=1_024)
@@ -165,6 +174,7 @@ class SolveConfig:
         if self.solver is not None:
             check_choice("solver", self.solver, SOLVERS)
         check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
+        check_choice("curvature", self.curvature, CURVATURES)
         for f in dataclasses.fields(self):
             _check_range(f, getattr(self, f.name), optional=f.name in _optional_fields(type(self)))
         if self.seed >= SEED_LIMIT:  # torch's generators refuse it with a bare ValueError

@@ -14,6 +14,17 @@ was batched. Two HVP back ends:
   and each HVP is a single double-backward through it. Faster per HVP, but keeps all chunks'
   graphs alive, so it is for Hessian data that fits in memory.
 
+The curvature need not be the Hessian. With ``curvature="gauss_newton"`` the products are with
+the generalised Gauss–Newton matrix of the same loss, split at the model's outputs z = f(θ, x):
+
+    G·v = Σ_c (n_c / N) · J_cᵀ H_z,c J_c v,     J_c = ∂z/∂θ on chunk c,   H_z,c = ∇²_z ℓ_c(z),
+
+the Hessian without the term Σ (∂ℓ/∂z)·∇²z, which is what makes H indefinite away from a
+minimum. For a loss convex in the outputs (cross-entropy, squared error) G is positive
+semi-definite, so CG runs to its tolerance instead of stopping at negative curvature; where the
+outputs are linear in θ (a Linear head), G = H. J v is a jvp of the outputs, Jᵀu a vjp, and
+H_z w a forward-over-reverse product of the loss in the outputs alone: any loss, no per-loss code.
+
 A dense Hessian is only ever formed by :meth:`HessianOperator.dense`, for the ``direct`` solver
 and for tests.
 """
@@ -25,9 +36,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.func import grad, jvp
+from torch.func import grad, jvp, vjp
 
 from . import inputs as inputs_
+from .config import CURVATURES
 from .data import Chunk, Chunks, DataLike, check_class_labels
 from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
 from .memory import GRAPH_BUDGET_BYTES, activation_bytes, fitting_chunk, graph_bytes
@@ -105,6 +117,14 @@ class FlatModel:
     def loss(self, theta: torch.Tensor, inputs: inputs_.Inputs, targets: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.outputs(theta, inputs), targets)
 
+    def output_hvp(self, z: torch.Tensor, targets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """H_z·w: the Hessian of the loss in the outputs ``z`` (not in θ), times ``w`` (z's shape)."""
+
+        def loss(out: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(out, targets)
+
+        return jvp(grad(loss), (z,), (w,))[1]
+
     def per_sample_loss(self, theta: torch.Tensor, x: inputs_.Inputs, y: torch.Tensor) -> torch.Tensor:
         """Loss of one sample (no batch dimension), for vmap."""
         return self.loss(theta, inputs_.one_sample(x), y.unsqueeze(0))
@@ -175,6 +195,8 @@ class HessianOperator:
         backend: ``"func"``, ``"graph"`` (the module's docstring) or ``"auto"``: ``graph`` when
             its estimated memory fits ``graph_budget_bytes``, else ``func`` (docs/benchmarks.md,
             "HVP cost").
+        curvature: ``"hessian"`` or ``"gauss_newton"``: what :meth:`hvp` and :meth:`dense`
+            multiply by (the module's docstring); gradients and losses are the same either way.
         graph_budget_bytes: memory the ``graph`` back end may use under ``"auto"``.
         work: the call's shared counter; this operator's own are ``grads`` and ``hvps``.
         memory_budget: bytes one chunk may take while differentiated; chunks shrink below
@@ -197,9 +219,13 @@ class HessianOperator:
         work: Work | None = None,
         memory_budget: int | None = None,
         check: bool = True,
+        curvature: str = "hessian",
     ) -> None:
         if backend not in ("func", "graph", "auto"):
             raise InvalidArgumentError(f"`backend` must be 'func', 'graph' or 'auto', got {backend!r}")
+        if curvature not in CURVATURES:
+            raise InvalidArgumentError(f"`curvature` must be 'hessian' or 'gauss_newton', got {curvature!r}")
+        self.curvature = curvature
         if isinstance(model, FlatModel):
             self.flat = model if loss_fn is None else model.with_loss(loss_fn)
         else:
@@ -221,7 +247,7 @@ class HessianOperator:
         self.hvps = 0
         self.grads = 0
         self.work = Work() if work is None else work
-        self._graph: list[tuple[torch.Tensor, torch.Tensor, float]] | None = None
+        self._graph: list[_ChunkGraph] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -252,7 +278,7 @@ class HessianOperator:
             )
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        """H·v for a flat vector v of length p."""
+        """H·v (or G·v, by ``curvature``) for a flat vector v of length p."""
         self.hvps += 1
         self.work.hvps += 1
         return self._hvp_graph(v) if self.backend == "graph" else self._plain_hvp(v)
@@ -265,7 +291,19 @@ class HessianOperator:
         return out
 
     def _chunk_hvp(self, v: torch.Tensor, c: Chunk) -> torch.Tensor:
+        if self.curvature == "gauss_newton":
+            return self._chunk_gnvp(v, c)
         return jvp(lambda t: grad(self.flat.loss)(t, c.inputs, c.targets), (self.flat.theta,), (v,))[1]
+
+    def _chunk_gnvp(self, v: torch.Tensor, c: Chunk) -> torch.Tensor:
+        """Jᵀ H_z J v on chunk ``c``: J v by a jvp of the outputs, Jᵀ(·) by a vjp."""
+
+        def outputs(t: torch.Tensor) -> torch.Tensor:
+            return self.flat.outputs(t, c.inputs)
+
+        z, pull = vjp(outputs, self.flat.theta)[:2]
+        jv = jvp(outputs, (self.flat.theta,), (v,))[1]
+        return pull(self.flat.output_hvp(z.detach(), c.targets, jv))[0]
 
     def _plain_hvp(self, v: torch.Tensor) -> torch.Tensor:
         return self._sum(lambda c: self._chunk_hvp(v, c))
@@ -289,17 +327,10 @@ class HessianOperator:
 
     def _hvp_graph(self, v: torch.Tensor) -> torch.Tensor:
         if self._graph is None:
-            self._graph = []
-            for chunk in self.data:
-                theta = self.flat.theta.detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(
-                    self.flat.loss(theta, chunk.inputs, chunk.targets), theta, create_graph=True
-                )
-                self._graph.append((theta, g, chunk.weight))
+            self._graph = [_ChunkGraph.build(self.flat, chunk, self.curvature) for chunk in self.data]
         out = torch.zeros_like(self.flat.theta)
-        for theta, g, weight in self._graph:
-            (hv,) = torch.autograd.grad(g, theta, grad_outputs=v, retain_graph=True)
-            out += weight * hv
+        for graph in self._graph:
+            out += graph.weight * graph.product(self.flat, v)
         return out
 
     def release(self) -> None:
@@ -332,3 +363,42 @@ class HessianOperator:
         self.work.hvps += p
         h = torch.cat(cols).to(torch.float64)
         return (h + h.T) / 2  # symmetric up to round-off; make it exactly so
+
+
+@dataclass
+class _ChunkGraph:
+    """One chunk's differentiable graph, built once for the ``graph`` back end.
+
+    Hessian: ``g`` = ∇ℓ_c(θ) with its graph; H v is one backward of ``g`` against v. Gauss–Newton:
+    ``g`` = Jᵀu for a free u (``u``) with its graph, and ``z`` the outputs; J v is one backward of
+    ``g`` in u against v, and Jᵀ H_z J v one backward of z against H_z J v: no forward pass per product.
+    """
+
+    theta: torch.Tensor
+    g: torch.Tensor
+    weight: float
+    targets: torch.Tensor
+    z: torch.Tensor | None = None
+    u: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, flat: FlatModel, chunk: Chunk, curvature: str) -> _ChunkGraph:
+        theta = flat.theta.detach().requires_grad_(True)
+        if curvature == "hessian":
+            (g,) = torch.autograd.grad(
+                flat.loss(theta, chunk.inputs, chunk.targets), theta, create_graph=True
+            )
+            return cls(theta, g, chunk.weight, chunk.targets)
+        z = flat.outputs(theta, chunk.inputs)
+        u = torch.zeros_like(z, requires_grad=True)
+        (g,) = torch.autograd.grad(z, theta, grad_outputs=u, create_graph=True)
+        return cls(theta, g, chunk.weight, chunk.targets, z, u)
+
+    def product(self, flat: FlatModel, v: torch.Tensor) -> torch.Tensor:
+        if self.z is None or self.u is None:
+            (hv,) = torch.autograd.grad(self.g, self.theta, grad_outputs=v, retain_graph=True)
+            return hv
+        (jv,) = torch.autograd.grad(self.g, self.u, grad_outputs=v, retain_graph=True)
+        hz = flat.output_hvp(self.z.detach(), self.targets, jv)
+        (gv,) = torch.autograd.grad(self.z, self.theta, grad_outputs=hz, retain_graph=True)
+        return gv

@@ -119,9 +119,15 @@ def influence(
     with eval_mode(model):
         hessian = HessianOperator(
             model, hessian_data, loss_fn=loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend,
-            memory_budget=config.memory_budget,
+            memory_budget=config.memory_budget, curvature=config.curvature,
         )  # fmt: skip
-        target = HessianOperator(hessian.flat, target_data, chunk_size=config.chunk_size, what="target_data")
+        target = HessianOperator(
+            hessian.flat,
+            target_data,
+            chunk_size=config.chunk_size,
+            what="target_data",
+            curvature=config.curvature,
+        )
         index = resolve_params(
             params, model, target_data, loss_fn=loss_fn, seed=config.seed, space=hessian.flat.space
         )

@@ -206,7 +206,7 @@ class Edit:
         config = self.config
         return HessianOperator(
             self.model, data, loss_fn=self.loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend,
-            work=self.work, memory_budget=config.memory_budget, check=False,
+            work=self.work, memory_budget=config.memory_budget, check=False, curvature=config.curvature,
         )  # fmt: skip
 
     def _solve(self, k: int, gradient: _EditedGradient, params: torch.Tensor) -> InfluenceResult:
@@ -334,7 +334,7 @@ class _EditedGradient:
             """The edited samples under ``labels`` (their loss: ``loss_fn``, else the training loss)."""
             return HessianOperator(
                 hessian.flat, (ex, labels), loss_fn=loss_fn, chunk_size=self.chunk_size, what="edited samples",
-                work=hessian.work, check=False,
+                work=hessian.work, check=False, curvature=hessian.curvature,
             )  # fmt: skip
 
         def grad(op: HessianOperator, data: str, loss: str) -> torch.Tensor:

@@ -428,6 +428,7 @@ def _run(
             flat, [(c.inputs, c.targets) for c in train_chunks] if hessian_data is None else hessian_data,
             chunk_size=chunk_size, backend=config.hvp_backend, memory_budget=config.memory_budget,
             what="train" if hessian_data is None else "hessian_data", check=hessian_data is not None,
+            curvature=config.curvature,
         )  # fmt: skip
         config, choice = choose_scores_solver(config, model, flat.loss_fn, SOLVE_SOLVER[config.method])
         inverse = inverse_for(hessian, config, fit=lowrank)

@@ -18,17 +18,38 @@ def dense_hessian(
     params = flat_params(model)
     loss = loss_fn(model(inputs), targets)
     grads = torch.autograd.grad(loss, params, create_graph=True)
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    h = jacobian_rows(torch.cat([g.reshape(-1) for g in grads]), params).detach()
+    return (h + h.T) / 2
+
+
+def jacobian_rows(values: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    """[len(values), p]: the gradient of each entry of a flat vector in the flat parameters."""
     rows = []
-    for i in range(flat.numel()):
-        row = torch.autograd.grad(flat[i], params, retain_graph=True, allow_unused=True)
+    for i in range(values.numel()):
+        row = torch.autograd.grad(values[i], params, retain_graph=True, allow_unused=True)
         rows.append(
             torch.cat(
                 [(r if r is not None else torch.zeros_like(p)).reshape(-1) for r, p in zip(row, params)]
             )
         )
-    h = torch.stack(rows).detach()
-    return (h + h.T) / 2
+    return torch.stack(rows)
+
+
+def dense_gauss_newton(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn=None
+) -> torch.Tensor:
+    """Explicit Gauss–Newton matrix Jᵀ H_z J of the mean loss: J the Jacobian of every output of
+    the batch in the parameters, row by row; H_z the loss's Hessian in those outputs, by double
+    backward with the outputs as a leaf."""
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    params = flat_params(model)
+    outputs = model(inputs)
+    jacobian = jacobian_rows(outputs.reshape(-1), params)
+    z = outputs.detach().requires_grad_(True)
+    (gz,) = torch.autograd.grad(loss_fn(z, targets), z, create_graph=True)
+    hz = jacobian_rows(gz.reshape(-1), [z])
+    g = jacobian.T @ hz @ jacobian
+    return ((g + g.T) / 2).detach()
 
 
 def dense_gradient(

@@ -24,6 +24,7 @@ OTHER = {
     "method": "fif",
     "damping": 0.5,
     "layer_damping": 0.1,
+    "curvature": "gauss_newton",
     "solver": "cg",
     "tol": 1e-3,
     "max_iter": 7,

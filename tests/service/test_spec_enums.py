@@ -55,7 +55,7 @@ def test_each_option_takes_the_engine_fields_type_help_and_range(model, kind):
 
 def test_option_values_are_checked_as_the_engine_checks_them():
     """Every value the spec accepts at its bounds builds the engine configuration."""
-    edge = {"method": "sif", "damping": 1e6, "layer_damping": 1e6, "solver": "neumann", "tol": 1.0, "max_iter": 10_000, "rank": 1_024,
+    edge = {"method": "sif", "damping": 1e6, "layer_damping": 1e6, "curvature": "gauss_newton", "solver": "neumann", "tol": 1.0, "max_iter": 10_000, "rank": 1_024,
             "seed": 2**31 - 1, "selection": "threshold", "ratio": 1.0, "hessian_samples": 1_000_000,
             "hessian_pool": "all", "step": "newton", "newton_steps": 20}  # fmt: skip
     options = specs.EditOptions.model_validate(edge).model_dump(exclude_none=True)
@@ -70,6 +70,7 @@ def test_option_values_are_checked_as_the_engine_checks_them():
         ("layer_damping", 1e7),
         ("newton_steps", 21),
         ("step", "jump"),
+        ("curvature", "fisher"),
     ]:
         with pytest.raises(ValueError):
             specs.EditOptions.model_validate({name: bad})
