@@ -439,3 +439,32 @@ def test_a_second_job_like_the_first_is_estimated_from_it(ctx, inputs):
     second = job_view(_job(ctx, submit(ctx, _body(inputs, forget={"class": 5}))))
     seconds = (done.finished_at - done.started_at).total_seconds()
     assert second["estimate"] == {"seconds": round(seconds, 3), "based_on": 1, "work": work}
+
+
+def test_a_job_may_solve_on_the_gauss_newton_matrix(ctx, inputs, data):
+    """``curvature: gauss_newton`` reaches the engine: the job runs with it (provenance) and its CG
+    edit differs from the same job's on the Hessian."""
+    indices = list(range(20))
+    labels = [(int(data.y_train[i]) + 1) % 10 for i in indices]
+    weights = {}
+    for curvature in ("hessian", "gauss_newton"):
+        options = {
+            "method": "if",
+            "solver": "cg",
+            "curvature": curvature,
+            "newton_steps": 1,
+            "hessian_samples": 256,
+        }
+        body = _body(inputs, type="relabel", relabel={"indices": indices, "labels": labels}, options=options)
+        body.pop("forget")
+        job_id = submit(ctx, body)
+        assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED, _job(ctx, job_id).error_json
+        files = _result_files(ctx, _job(ctx, job_id))
+        report = json.loads(files["report"])
+        assert (
+            report["provenance"]["options"]["curvature"]
+            == report["report"]["options"]["curvature"]
+            == curvature
+        )
+        weights[curvature] = safetensors.torch.load(files["weights"])
+    assert any(not torch.equal(weights["hessian"][k], weights["gauss_newton"][k]) for k in weights["hessian"])
