@@ -74,10 +74,11 @@ VARIANTS: dict[str, dict] = {
     "if + kfac": {"method": "if", "solver": "kfac"},
     "if + ekfac": {"method": "if", "solver": "ekfac"},
     "1 Newton step": {"method": "gif", "newton_steps": 1},
-    # the default with the Gauss–Newton matrix for every HVP-based solve (gif/hessian.py): what
-    # changes is a relabel's guard CG (K-FAC approximates the Gauss–Newton matrix either way)
-    "gauss-newton": {"curvature": "gauss_newton"},
-    "gauss-newton 10 iterations": {"curvature": "gauss_newton", "max_iter": 10},
+    # what a relabel's fallback CG (method "if") runs on: the default since 2026-12-07 is the
+    # Gauss–Newton matrix truncated at 10 iterations; before, the Hessian to convergence or negative
+    # curvature (K-FAC approximates the Gauss–Newton matrix either way; the head is linear: G = H)
+    "hessian cg": {"curvature": "hessian", "max_iter": 100},
+    "gauss-newton untruncated": {"curvature": "gauss_newton", "max_iter": 100},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
     # (gif/head_edit.py)
     "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},

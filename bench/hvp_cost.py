@@ -14,12 +14,15 @@ Each time is the median of ``--repeats`` calls after ``--warmup`` untimed ones; 
 a fresh operator for each timed call (construction itself is not timed). The ratio columns are
 HVP time / gradient time (the engine targets ≤ 2.5 for ``func``). The last column is the largest
 relative difference between the back ends' H·v, a sanity check that they compute the same thing.
+``--curvature gauss_newton`` times products with the Gauss–Newton matrix instead (gif/hessian.py;
+no paper column: the official code has none).
 
 Examples::
 
     python bench/hvp_cost.py                              # defaults, about a minute on 2 cores
     python bench/hvp_cost.py --threads 1 --repeats 2 --samples 64
     python bench/hvp_cost.py --models tinynet-8,vgg11-w16 --samples 256,2048,8192 --repeats 10
+    python bench/hvp_cost.py --curvature gauss_newton
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 import _common as C
 import torch
 
+from gif.config import CURVATURES
 from gif.hessian import HessianOperator, cross_entropy
 
 DEFAULT_MODELS = "tinynet-8,lenet-28,mlp-64,mlp-256x256"
@@ -67,7 +71,7 @@ def bench_one(name: str, samples: int, args: argparse.Namespace, device: torch.d
     model = spec.build(args.seed).to(device)
     x, y, source = C.make_data(samples, spec.input_shape, synthetic=args.synthetic, seed=args.seed)
     data = (x.to(device), y.to(device))
-    kw = {"chunk_size": args.chunk_size}
+    kw = {"chunk_size": args.chunk_size, "curvature": args.curvature}
     func = HessianOperator(model, data, backend="func", **kw)
     gen = torch.Generator().manual_seed(args.seed + 1)
     v = torch.randn(func.size, generator=gen).to(device)
@@ -119,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     add("--repeats", type=int, default=5, help="timed calls per measurement, the median is shown (default 5)")
     add("--warmup", type=int, default=1, help="untimed calls before each measurement (default 1)")
     add("--no-paper", action="store_true", help="skip the paper-style HVP (gradient graph rebuilt per call)")
+    add("--curvature", choices=CURVATURES, default="hessian", help="what H·v multiplies by (default hessian)")
     C.add_common_args(parser)
     args = parser.parse_args(argv)
+    args.no_paper = args.no_paper or args.curvature != "hessian"
     if args.repeats < 1 or args.warmup < 0 or args.chunk_size < 1:
         parser.error("--repeats and --chunk-size must be >= 1, --warmup >= 0")
     for name in args.models:
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         table.append(cells)
 
     sources = sorted({r["source"] for r in rows})
-    print(f"\n### HVP cost / gradient cost ({device.type}, chunk_size {args.chunk_size}, "
+    print(f"\n### HVP cost / gradient cost ({args.curvature}, {device.type}, chunk_size {args.chunk_size}, "
           f"median of {args.repeats}, inputs: {'/'.join(sources)})\n")  # fmt: skip
     print(C.markdown_table(headers, table))
     print(f"\nMachine: {C.machine_description(device)}\n")

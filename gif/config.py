@@ -70,18 +70,21 @@ SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {"neumann": ("normalizer", "step"),
 SOLVE_SOLVER: dict[str, str] = {"if": "minres", "fif": "minres", "gif": "lsqr", "sif": "minres"}
 
 #: What each method brings to an edit when the request leaves it out, measured on the digits
-#: protocols: ``cg``'s stop on negative curvature regularises the indefinite Hessians of
-#: ``if``/``sif``; GIF's loose corrections and 512 Hessian samples cost it no quality
-#: (docs/benchmarks.md, "A cheaper step search, and choosing the relabel default").
+#: protocols: ``cg``'s stop on negative curvature regularises the indefinite Hessians of ``sif``;
+#: ``if`` (a relabel's fallback) runs CG on the positive semi-definite Gauss–Newton matrix truncated
+#: at 10 iterations, better relabels than the Hessian's CG at less cost (docs/benchmarks.md, "The
+#: relabel's CG on the Gauss–Newton matrix, truncated"); GIF's loose corrections and 512 Hessian
+#: samples cost it no quality (docs/benchmarks.md, "A cheaper step search, and choosing the
+#: relabel default").
 EDIT_PRESETS: dict[str, dict[str, Any]] = {
-    "gif": {"selection": "highest_gradients", "ratio": 0.05, "damping": 0.01, "solver": "lsqr", "correction_tol": 1e-2,
-            "hessian_samples": 512},
-    "fif": {"selection": "highest_gradients", "ratio": 0.2, "damping": 0.1, "solver": "minres", "correction_tol": 1e-4,
-            "hessian_samples": 2048},
-    "if": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "correction_tol": 1e-4,
-           "hessian_samples": 2048},
-    "sif": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "correction_tol": 1e-4,
-            "hessian_samples": 2048},
+    "gif": {"selection": "highest_gradients", "ratio": 0.05, "damping": 0.01, "solver": "lsqr", "curvature": "hessian",
+            "max_iter": 100, "correction_tol": 1e-2, "hessian_samples": 512},
+    "fif": {"selection": "highest_gradients", "ratio": 0.2, "damping": 0.1, "solver": "minres", "curvature": "hessian",
+            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048},
+    "if": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "gauss_newton",
+           "max_iter": 10, "correction_tol": 1e-4, "hessian_samples": 2048},
+    "sif": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "hessian",
+            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048},
 }  # fmt: skip
 
 #: Per verb, the defaults that differ from the configuration type's field defaults. Scores take
@@ -174,7 +177,8 @@ class SolveConfig:
         if self.solver is not None:
             check_choice("solver", self.solver, SOLVERS)
         check_choice("hvp_backend", self.hvp_backend, HVP_BACKENDS)
-        check_choice("curvature", self.curvature, CURVATURES)
+        if self.curvature is not None:  # None: an edit's method's, while the method is ``auto``
+            check_choice("curvature", self.curvature, CURVATURES)
         for f in dataclasses.fields(self):
             _check_range(f, getattr(self, f.name), optional=f.name in _optional_fields(type(self)))
         if self.seed >= SEED_LIMIT:  # torch's generators refuse it with a bare ValueError
@@ -191,6 +195,12 @@ class SolveConfig:
         """The solver (None only while an edit's method is ``auto``: resolved before any solve)."""
         assert self.solver is not None
         return self.solver
+
+    @property
+    def curvature_name(self) -> str:
+        """The curvature (None only while an edit's method is ``auto``, as :attr:`solver_name`)."""
+        assert self.curvature is not None
+        return self.curvature
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (reports, provenance, cache keys)."""
@@ -210,7 +220,8 @@ class SolveConfig:
 class EditConfig(SolveConfig):
     """Every knob of :func:`gif.remove` / :func:`gif.relabel`.
 
-    ``selection``, ``ratio``, ``damping`` and ``solver`` left as None take the method's preset
+    ``selection``, ``ratio``, ``damping``, ``solver``, ``curvature``, ``max_iter``, ``correction_tol``
+    and ``hessian_samples`` left as None take the method's preset
     (:data:`EDIT_PRESETS`); with ``method="auto"`` they stay None until the edit chooses its
     method from the model and the task (gif/method_choice.py). An influence update at its Newton
     scale wrecks a trained network, so the default step policy walks along it and stops by
@@ -227,6 +238,13 @@ class EditConfig(SolveConfig):
     )
     damping: float | None = _field(  # type: ignore[assignment]
         None, "λ ≥ 0 added to the curvature; None: the method's", **_AT_LEAST_ZERO, service_max=1e6
+    )
+    curvature: Curvature | None = _field(  # type: ignore[assignment]
+        None,
+        "hessian | gauss_newton: the matrix the HVP-based solvers invert (gif/hessian.py); None: the method's",
+    )
+    max_iter: int | None = _field(  # type: ignore[assignment]
+        None, "iteration cap of an iterative solve; None: the method's", low=1, service_max=10_000
     )
     chunk_size: int = _field(512, "samples per forward pass", low=1, service=False)
     selection: Strategy | None = _field(None, "gif.select strategy; None: the method's")

@@ -24,6 +24,9 @@ minimum. For a loss convex in the outputs (cross-entropy, squared error) G is po
 semi-definite, so CG runs to its tolerance instead of stopping at negative curvature; where the
 outputs are linear in θ (a Linear head), G = H. J v is a jvp of the outputs, Jᵀu a vjp, and
 H_z w a forward-over-reverse product of the loss in the outputs alone: any loss, no per-loss code.
+Computed one chunk at a time it costs 1.5–2.0 gradients on the CNNs measured, where the Hessian's
+costs 2.6–2.8 (1.8–2.2 on the cached graphs), and its ``graph`` form (J v by a double backward)
+is no faster: ``auto`` takes ``func`` for it (docs/benchmarks.md, "HVP cost ÷ gradient cost").
 
 A dense Hessian is only ever formed by :meth:`HessianOperator.dense`, for the ``direct`` solver
 and for tests.
@@ -192,9 +195,9 @@ class HessianOperator:
         loss_fn: batch-mean loss ``loss_fn(outputs, targets)``; cross-entropy by default (or,
             when ``model`` is a :class:`FlatModel`, that model's loss).
         chunk_size: at most this many samples per forward pass.
-        backend: ``"func"``, ``"graph"`` (the module's docstring) or ``"auto"``: ``graph`` when
-            its estimated memory fits ``graph_budget_bytes``, else ``func`` (docs/benchmarks.md,
-            "HVP cost").
+        backend: ``"func"``, ``"graph"`` (the module's docstring) or ``"auto"``: for the Hessian
+            ``graph`` when its estimated memory fits ``graph_budget_bytes``, else ``func``; for
+            the Gauss–Newton matrix ``func`` (docs/benchmarks.md, "HVP cost").
         curvature: ``"hessian"`` or ``"gauss_newton"``: what :meth:`hvp` and :meth:`dense`
             multiply by (the module's docstring); gradients and losses are the same either way.
         graph_budget_bytes: memory the ``graph`` back end may use under ``"auto"``.
@@ -241,8 +244,9 @@ class HessianOperator:
             if max(len(c) for c in self.data) > self.chunk_size:
                 self.data = Chunks(data, chunk_size=self.chunk_size, device=self.flat.device, what=what)
         self.size = self.flat.space.size
-        if backend == "auto":
-            backend = "graph" if self.estimate_graph_bytes() <= graph_budget_bytes else "func"
+        if backend == "auto":  # the Gauss–Newton product is cheaper one chunk at a time (the docstring)
+            fits = curvature == "hessian" and self.estimate_graph_bytes() <= graph_budget_bytes
+            backend = "graph" if fits else "func"
         self.backend = backend
         self.hvps = 0
         self.grads = 0

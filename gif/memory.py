@@ -103,8 +103,10 @@ HVP_FREE_SOLVERS = frozenset({"kfac", "ekfac"})
 
 def solver_backend(config: SolveConfig) -> str:
     """The HVP back end to size a solve under ``config`` for (:func:`estimate`'s ``hvp_backend``):
-    ``func``, one chunk at a time, for a solver that takes no HVP, else the configuration's."""
-    return "func" if config.solver in HVP_FREE_SOLVERS else config.hvp_backend
+    ``func``, one chunk at a time, for a solver that takes no HVP and for ``auto`` on the
+    Gauss–Newton matrix (gif/hessian.py), else the configuration's."""
+    gauss_newton_auto = config.curvature == "gauss_newton" and config.hvp_backend == "auto"
+    return "func" if config.solver in HVP_FREE_SOLVERS or gauss_newton_auto else config.hvp_backend
 
 
 def solver_vectors(config: SolveConfig, parameters: int) -> int:

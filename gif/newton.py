@@ -206,7 +206,7 @@ class Edit:
         config = self.config
         return HessianOperator(
             self.model, data, loss_fn=self.loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend,
-            work=self.work, memory_budget=config.memory_budget, check=False, curvature=config.curvature,
+            work=self.work, memory_budget=config.memory_budget, check=False, curvature=config.curvature_name,
         )  # fmt: skip
 
     def _solve(self, k: int, gradient: _EditedGradient, params: torch.Tensor) -> InfluenceResult:

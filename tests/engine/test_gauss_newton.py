@@ -95,3 +95,12 @@ def test_an_unknown_curvature_is_refused():
         SolveConfig(curvature="fisher")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="curvature"):
         HessianOperator(nn.Linear(2, 2), (torch.randn(3, 2), torch.tensor([0, 1, 0])), curvature="fisher")
+
+
+def test_auto_takes_the_chunk_at_a_time_product_for_the_gauss_newton_matrix(tiny):
+    _, model, data, _ = tiny
+    assert HessianOperator(model, data, backend="auto").backend == "graph"  # it fits: the Hessian's graph
+    assert HessianOperator(model, data, backend="auto", curvature="gauss_newton").backend == "func"
+    config = SolveConfig(method="if", solver="cg", curvature="gauss_newton")
+    assert gif.memory.solver_backend(config) == "func"
+    assert gif.memory.solver_backend(config.replace(curvature="hessian")) == "auto"

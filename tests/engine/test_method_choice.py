@@ -178,6 +178,24 @@ def test_solver_auto_is_guarded_by_the_validation_objective(monkeypatch, accept)
     assert out.report["hvps"] == out.report["work"]["hvps"] > 0
 
 
+def test_the_relabel_fallback_runs_cg_on_the_gauss_newton_matrix_truncated_at_ten_iterations():
+    """The ``if`` preset (what the guard falls back to): CG on Jᵀ H_z J, at most 10 iterations per
+    solve; a request's own ``curvature`` / ``max_iter`` win, and the other methods keep the Hessian."""
+    model, train = BUILDERS["cnn"](), make_data("cnn", N, 5)
+    out = _relabel(model, train, method="if", damping=1e-4, tol=1e-12, correction_tol=1e-12)
+    options, steps = out.report["options"], out.report["newton_steps"]
+    assert (options["solver"], options["curvature"], options["max_iter"]) == ("cg", "gauss_newton", 10)
+    assert [s["solver"]["iterations"] for s in steps] == [10] * len(steps)  # tol unreachable: the cap
+    assert all(s["solver"]["hvps"] == 10 and not s["solver"]["converged"] for s in steps)
+    own = _relabel(model, train, method="if", damping=1e-4, tol=1e-12, correction_tol=1e-12, max_iter=12,
+                   curvature="hessian")  # fmt: skip
+    assert (own.report["options"]["curvature"], own.report["options"]["max_iter"]) == ("hessian", 12)
+    assert not torch.equal(own.delta, out.delta)
+    for method in ("gif", "fif", "sif"):
+        config = gif.EditConfig(method=method)
+        assert (config.curvature, config.max_iter) == ("hessian", 100), method
+
+
 def test_a_solver_named_by_the_request_is_not_guarded():
     model, train = BUILDERS["mlp"](), make_data("mlp", N, 5)
     assert "solver_choice" not in _relabel(model, train, solver="kfac").report
