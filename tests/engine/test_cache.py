@@ -535,13 +535,16 @@ def test_a_related_request_reuses_the_lowrank_fit(problem, monkeypatch):
     )
     assert torch.equal(related.delta, explicit.delta)
     assert comparable(related.report) == comparable(explicit.report)
-    # relabelling the same samples uses the same Hessian sample, hence the same fit
+    # relabelling the same samples uses the same Hessian sample, hence the same fit, on the same
+    # curvature: the relabel's IF defaults to the Gauss-Newton matrix, whose fit is another
     _, (x, y) = problem
     idx = gif.class_indices(y, 1)
-    relabel = gif.relabel(
-        model, (x, y), idx, torch.zeros_like(idx), solver="lowrank", rank=8, newton_steps=2, cache=cache
-    )
+    options = {"solver": "lowrank", "rank": 8, "newton_steps": 2, "cache": cache}
+    relabel = gif.relabel(model, (x, y), idx, torch.zeros_like(idx), curvature="hessian", **options)
     assert "lowrank" in {h["kind"] for h in relabel.report["cache"]["hits"]}
+    gauss_newton = gif.relabel(model, (x, y), idx, torch.zeros_like(idx), **options)
+    assert gauss_newton.report["options"]["curvature"] == "gauss_newton"
+    assert "lowrank" in {m["kind"] for m in gauss_newton.report["cache"]["misses"]}
 
 
 def test_a_different_forget_set_is_a_different_curvature(problem):

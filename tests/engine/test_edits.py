@@ -8,7 +8,7 @@ import gif
 from gif.errors import Cancelled, IndexOutOfRangeError, InvalidArgumentError, UnknownClassError
 from gif.params import ParamSpace
 
-from .reference import dense_gradient, dense_hessian, reference_influence
+from .reference import dense_gauss_newton, dense_gradient, dense_hessian, reference_influence
 
 
 def tiny_problem(n=40, seed=0):
@@ -31,7 +31,13 @@ def test_removal_newton_step_matches_dense(method):
     out = gif.remove(model, (x, y), forget, validation=val, method=method, damping=0.05, **EXACT)
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[forget] = False
-    h = dense_hessian(model, x[keep], y[keep])
+    curvature = (
+        dense_gauss_newton if gif.EditConfig(method=method).curvature == "gauss_newton" else dense_hessian
+    )
+    assert out.report["options"]["curvature"] == (
+        "gauss_newton" if method == "if" else "hessian"
+    )  # the presets
+    h = curvature(model, x[keep], y[keep])
     g_new = -(len(forget) / (len(y) - len(forget))) * dense_gradient(model, x[forget], y[forget])
     h_u = len(forget) / (len(y) - len(forget)) * dense_hessian(model, x[forget], y[forget])
     expected = -reference_influence(method, h, g_new, out.params, 0.05, h_u, len(forget) / len(y))
@@ -295,7 +301,9 @@ def test_newton_steps_stop_at_the_objectives_maximum_and_only_there():
     from .test_cache import trained_problem
 
     model, train = trained_problem()
-    reached = gif.remove(model, train, {"class": 1}, method="if", newton_steps=4).report["newton_steps"]
+    # the Hessian's CG to convergence: an edit that reaches the objective's maximum at its first step
+    options = {"method": "if", "curvature": "hessian", "max_iter": 100, "newton_steps": 4}
+    reached = gif.remove(model, train, {"class": 1}, **options).report["newton_steps"]
     assert len(reached) == 1
     assert reached[0]["step"]["objective"] == 1.0 and reached[0]["step"]["scale"] > 0.0
     below = gif.remove(model, train, {"class": 1}, method="gif", newton_steps=4).report["newton_steps"]
