@@ -181,6 +181,10 @@ def fit_from_entry(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> Curvat
 #: SolveConfig fields a curvature fit does not depend on; every other field is in its key, so a
 #: field added later is keyed by default (a miss at worst, never a stale hit).
 FIT_INDEPENDENT = frozenset({"method", "damping", "layer_damping", "solver", "tol", "max_iter"})
+#: ... and a Kronecker-factored fit approximates the Gauss–Newton matrix whatever ``curvature``
+#: says (gif/inverse/kfac.py), so a removal's fit serves a relabel's, whose ``if`` preset names it.
+KRONECKER_INDEPENDENT = frozenset({"curvature"})
+KRONECKER_SOLVERS = ("kfac", "ekfac")
 
 
 def solve_key(config: SolveConfig) -> dict[str, Any]:
@@ -189,9 +193,11 @@ def solve_key(config: SolveConfig) -> dict[str, Any]:
 
 
 def fit_key(config: SolveConfig) -> dict[str, Any]:
-    """What a ``lowrank`` entry's key holds of the configuration: every field but
-    :data:`FIT_INDEPENDENT`."""
-    return {k: v for k, v in solve_key(config).items() if k not in FIT_INDEPENDENT}
+    """What a curvature fit's key holds of the configuration: every field but
+    :data:`FIT_INDEPENDENT` (and for ``kfac`` / ``ekfac`` :data:`KRONECKER_INDEPENDENT`)."""
+    kronecker = config.solver in KRONECKER_SOLVERS
+    skip = FIT_INDEPENDENT | KRONECKER_INDEPENDENT if kronecker else FIT_INDEPENDENT
+    return {k: v for k, v in solve_key(config).items() if k not in skip}
 
 
 class CachedSolves:
@@ -238,7 +244,10 @@ class CachedSolves:
             if self.fit is not None:
                 self._id = "given:" + tensor_digest(*self.fit.state_dict().values())
             else:
-                self._key = self._id = make_key(config.solver_name, {**common, "config": fit_key(config)})
+                parts = {**common, "config": fit_key(config)}
+                if config.solver_name in KRONECKER_SOLVERS:  # their passes take no HVP
+                    del parts["backend"]
+                self._key = self._id = make_key(config.solver_name, parts)
                 found = self.memo.peek(self._key, device=hessian.flat.device)
                 if found is not None:
                     self.memo.stats.record(self._key, "hit")

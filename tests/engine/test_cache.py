@@ -601,8 +601,29 @@ def test_with_the_shared_hessian_pool_other_forget_sets_reuse_the_fit(problem, m
         newton_steps=1,
         cache=cache,
         hessian_pool="all",
+        curvature="hessian",  # the relabel's IF preset takes the Gauss-Newton matrix: another fit
     )
     assert "lowrank" in {h["kind"] for h in relabel.report["cache"]["hits"]}
+
+
+def test_a_kronecker_fit_serves_edits_under_either_curvature(problem):
+    """K-FAC approximates the Gauss-Newton matrix whatever ``curvature`` says: a removal's fit
+    (GIF: the Hessian) serves a relabel's (IF: the Gauss-Newton preset)."""
+    model, (x, y) = problem
+    cache = MemoryCache()
+    options = {
+        "solver": "kfac",
+        "newton_steps": 1,
+        "cache": cache,
+        "hessian_pool": "all",
+        "hessian_samples": 64,
+    }
+    removal = gif.remove(model, (x, y), [3, 7, 8], method="gif", **options)
+    assert removal.report["options"]["curvature"] == "hessian"
+    assert "kfac" in {m["kind"] for m in removal.report["cache"]["misses"]}
+    relabel = gif.relabel(model, (x, y), [5, 6], (y[[5, 6]] + 1) % 3, method="if", **options)
+    assert relabel.report["options"]["curvature"] == "gauss_newton"
+    assert "kfac" in {h["kind"] for h in relabel.report["cache"]["hits"]}
 
 
 def test_by_default_lowrank_uses_the_shared_pool_and_iterative_solvers_the_untouched_one(problem):

@@ -156,6 +156,11 @@ def test_the_fit_key_holds_every_field_a_fit_depends_on():
             assert fit_key(changed) == fit_key(base), f.name
         else:
             assert fit_key(changed) != fit_key(base), f.name
+    # the Kronecker factors approximate the Gauss-Newton matrix under either curvature
+    for solver in ("kfac", "ekfac"):
+        kronecker = SolveConfig(method="if", solver=solver)
+        assert fit_key(kronecker.replace(curvature="gauss_newton")) == fit_key(kronecker)
+        assert fit_key(kronecker.replace(seed=3)) != fit_key(kronecker)
 
 
 def test_an_edit_key_is_the_solve_part_only():
