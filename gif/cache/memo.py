@@ -244,10 +244,10 @@ class CachedSolves:
             if self.fit is not None:
                 self._id = "given:" + tensor_digest(*self.fit.state_dict().values())
             else:
-                parts = {**common, "config": fit_key(config)}
+                fit_parts = {**common, "config": fit_key(config)}
                 if config.solver_name in KRONECKER_SOLVERS:  # their passes take no HVP
-                    del parts["backend"]
-                self._key = self._id = make_key(config.solver_name, parts)
+                    del fit_parts["backend"]
+                self._key = self._id = make_key(config.solver_name, fit_parts)
                 found = self.memo.peek(self._key, device=hessian.flat.device)
                 if found is not None:
                     self.memo.stats.record(self._key, "hit")
