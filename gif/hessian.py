@@ -25,7 +25,7 @@ semi-definite, so CG runs to its tolerance instead of stopping at negative curva
 outputs are linear in θ (a Linear head), G = H. J v is a jvp of the outputs, Jᵀu a vjp, and
 H_z w a forward-over-reverse product of the loss in the outputs alone: any loss, no per-loss code.
 Computed one chunk at a time it costs 1.5–2.0 gradients on the CNNs measured, where the Hessian's
-costs 2.6–2.8 (1.8–2.2 on the cached graphs), and its ``graph`` form (J v by a double backward)
+costs 2.6–2.8 (1.4–2.2 on its cached graphs), and its ``graph`` form (J v by a double backward)
 is no faster: ``auto`` takes ``func`` for it (docs/benchmarks.md, "HVP cost ÷ gradient cost").
 
 A dense Hessian is only ever formed by :meth:`HessianOperator.dense`, for the ``direct`` solver
