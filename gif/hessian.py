@@ -42,7 +42,7 @@ from torch import nn
 from torch.func import grad, jvp, vjp
 
 from . import inputs as inputs_
-from .config import CURVATURES
+from .config import CURVATURES, check_choice
 from .data import Chunk, Chunks, DataLike, check_class_labels
 from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
 from .memory import GRAPH_BUDGET_BYTES, activation_bytes, fitting_chunk, graph_bytes
@@ -226,8 +226,7 @@ class HessianOperator:
     ) -> None:
         if backend not in ("func", "graph", "auto"):
             raise InvalidArgumentError(f"`backend` must be 'func', 'graph' or 'auto', got {backend!r}")
-        if curvature not in CURVATURES:
-            raise InvalidArgumentError(f"`curvature` must be 'hessian' or 'gauss_newton', got {curvature!r}")
+        check_choice("curvature", curvature, CURVATURES)
         self.curvature = curvature
         if isinstance(model, FlatModel):
             self.flat = model if loss_fn is None else model.with_loss(loss_fn)

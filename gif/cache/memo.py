@@ -13,6 +13,7 @@ from torch import nn
 from ..config import SolveConfig
 from ..inputs import Inputs
 from ..inverse import FITTED_SOLVERS, CurvatureFit, KroneckerFit, inverse_for
+from ..memory import HVP_FREE_SOLVERS
 from ..methods import InfluenceResult, solve_influence
 from ..solvers import LowRankHessian, Monitor
 from .keys import check_key, make_key, model_digest, tensor_digest
@@ -184,7 +185,6 @@ FIT_INDEPENDENT = frozenset({"method", "damping", "layer_damping", "solver", "to
 #: ... and a Kronecker-factored fit approximates the Gauss–Newton matrix whatever ``curvature``
 #: says (gif/inverse/kfac.py), so a removal's fit serves a relabel's, whose ``if`` preset names it.
 KRONECKER_INDEPENDENT = frozenset({"curvature"})
-KRONECKER_SOLVERS = ("kfac", "ekfac")
 
 
 def solve_key(config: SolveConfig) -> dict[str, Any]:
@@ -195,7 +195,7 @@ def solve_key(config: SolveConfig) -> dict[str, Any]:
 def fit_key(config: SolveConfig) -> dict[str, Any]:
     """What a curvature fit's key holds of the configuration: every field but
     :data:`FIT_INDEPENDENT` (and for ``kfac`` / ``ekfac`` :data:`KRONECKER_INDEPENDENT`)."""
-    kronecker = config.solver in KRONECKER_SOLVERS
+    kronecker = config.solver in HVP_FREE_SOLVERS
     skip = FIT_INDEPENDENT | KRONECKER_INDEPENDENT if kronecker else FIT_INDEPENDENT
     return {k: v for k, v in solve_key(config).items() if k not in skip}
 
@@ -245,7 +245,7 @@ class CachedSolves:
                 self._id = "given:" + tensor_digest(*self.fit.state_dict().values())
             else:
                 fit_parts = {**common, "config": fit_key(config)}
-                if config.solver_name in KRONECKER_SOLVERS:  # their passes take no HVP
+                if config.solver_name in HVP_FREE_SOLVERS:  # the Kronecker fits' passes take no HVP
                     del fit_parts["backend"]
                 self._key = self._id = make_key(config.solver_name, fit_parts)
                 found = self.memo.peek(self._key, device=hessian.flat.device)
