@@ -27,7 +27,7 @@ Columns: edit seconds and edit ÷ retraining, test accuracies (removal: retained
 class; relabel: clean, relabel, attack success), the engine's work counters (gradients, HVPs,
 forward evaluations) and its timings by stage (selection, gradients, solve, step search).
 
-    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--copies 1] [--seeds 1] [--first-seed 0] [--cls 3] [--cls2 5] [--flipped 0.05] [--threads 1] [--variants default,kfac]
+    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--copies 1] [--seeds 1] [--first-seed 0] [--cls 3] [--cls2 5] [--flipped 0.05] [--threads 1] [--steps] [--variants default,kfac]
 """
 
 from __future__ import annotations
@@ -244,7 +244,22 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
                 f"{_figures(rows[-1])}, kept {kept} (retrained: {_figures(rows[0])})",
                 flush=True,
             )
+            if args.steps:
+                print(_newton_steps(report), flush=True)
     return rows
+
+
+def _newton_steps(report: dict) -> str:
+    """The kept edit's Newton steps: each solve's iterations and HVPs, the scale the step policy
+    took and the validation objective there (the objective before the edit first)."""
+    steps = [f"objective before {report['metrics']['before']['objective']:.4f}"]
+    for step in report["newton_steps"]:
+        solver, walk = step["solver"], step["step"]
+        steps.append(
+            f"step {step['newton_step']}: {solver['iterations']} iterations, {solver['hvps']} HVPs, "
+            f"scale {walk['scale']:.3g}, objective {walk['objective']:.4f}"
+        )
+    return "    " + "; ".join(steps)
 
 
 def _why_kept(report: dict) -> str:
@@ -293,6 +308,7 @@ def main() -> None:
         help="relabel protocol: the share of the other training labels made wrong (0: the backdoor alone)",
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", action="store_true", help="print each kept edit's Newton steps")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

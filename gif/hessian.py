@@ -45,7 +45,7 @@ from . import inputs as inputs_
 from .config import CURVATURES, check_choice
 from .data import Chunk, Chunks, DataLike, check_class_labels
 from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
-from .memory import GRAPH_BUDGET_BYTES, activation_bytes, fitting_chunk, graph_bytes
+from .memory import GRAPH_BUDGET_BYTES, activation_bytes, fitting_chunk, graph_bytes, resolve_backend
 from .params import ParamSpace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -243,10 +243,9 @@ class HessianOperator:
             if max(len(c) for c in self.data) > self.chunk_size:
                 self.data = Chunks(data, chunk_size=self.chunk_size, device=self.flat.device, what=what)
         self.size = self.flat.space.size
-        if backend == "auto":  # the Gauss–Newton product is cheaper one chunk at a time (the docstring)
-            fits = curvature == "hessian" and self.estimate_graph_bytes() <= graph_budget_bytes
-            backend = "graph" if fits else "func"
-        self.backend = backend
+        self.backend = resolve_backend(
+            backend, curvature, lambda: self.estimate_graph_bytes() <= graph_budget_bytes
+        )
         self.hvps = 0
         self.grads = 0
         self.work = Work() if work is None else work

@@ -102,11 +102,21 @@ HVP_FREE_SOLVERS = frozenset({"kfac", "ekfac"})
 
 
 def solver_backend(config: SolveConfig) -> str:
-    """The HVP back end to size a solve under ``config`` for (:func:`estimate`'s ``hvp_backend``):
-    ``func``, one chunk at a time, for a solver that takes no HVP and for ``auto`` on the
-    Gauss–Newton matrix (gif/hessian.py), else the configuration's."""
-    gauss_newton_auto = config.curvature == "gauss_newton" and config.hvp_backend == "auto"
-    return "func" if config.solver in HVP_FREE_SOLVERS or gauss_newton_auto else config.hvp_backend
+    """The HVP back end to size a solve under ``config`` for (:func:`estimate`'s ``hvp_backend``,
+    resolved there with :func:`resolve_backend`): ``func``, one chunk at a time, for a solver that
+    takes no HVP, else the configuration's."""
+    return "func" if config.solver in HVP_FREE_SOLVERS else config.hvp_backend
+
+
+def resolve_backend(backend: str, curvature: str, graph_fits: Callable[[], bool]) -> str:
+    """The back end the HVPs run on: ``backend`` unless it is ``auto``, which takes the cached
+    graph for the Hessian where it fits its budget (``graph_fits()``, asked only then) and
+    ``func`` otherwise — for the Gauss–Newton matrix always, whose product is cheaper one chunk at
+    a time (docs/benchmarks.md, "The Gauss–Newton product"). One rule for the operator
+    (gif/hessian.py) and for sizing a job before it runs (:func:`estimate`)."""
+    if backend != "auto":
+        return backend
+    return "graph" if curvature == "hessian" and graph_fits() else "func"
 
 
 def solver_vectors(config: SolveConfig, parameters: int) -> int:
@@ -128,12 +138,14 @@ def estimate(
     memory_budget: int | None,
     vectors: int = EDIT_VECTORS,
     hvp_backend: str = "func",
+    curvature: str | None = "hessian",
 ) -> Estimate:
     """The peak of a computation on ``model`` whose Hessian data holds ``samples`` samples like
     ``inputs`` (any number of them; one is evaluated to measure the activations) and which holds
     ``vectors`` p-length vectors besides the model (:func:`solver_vectors`). ``hvp_backend``:
-    the configuration's; under ``graph``, and under ``auto`` where the graph fits
-    :data:`GRAPH_BUDGET_BYTES`, the HVPs hold every chunk's graph at once."""
+    the configuration's; where it resolves to ``graph`` (:func:`resolve_backend`, the graph's
+    budget :data:`GRAPH_BUDGET_BYTES`) the HVPs hold every chunk's graph at once. ``curvature``:
+    the configuration's (None, an edit's method not chosen yet: sized as the Hessian, the larger)."""
     params = [p for p in model.parameters() if p.requires_grad]
     p = sum(t.numel() for t in params)
     element = params[0].element_size() if params else 4
@@ -143,7 +155,7 @@ def estimate(
     data = sum(t.element_size() * t.numel() for t in named(one).values()) * samples
     activations = FACTOR * chunk * per_sample
     graph = graph_bytes(per_sample, samples, p, element, -(-samples // chunk))
-    if hvp_backend == "graph" or (hvp_backend == "auto" and graph <= GRAPH_BUDGET_BYTES):
+    if resolve_backend(hvp_backend, curvature or "hessian", lambda: graph <= GRAPH_BUDGET_BYTES) == "graph":
         activations = max(activations, graph)
     return Estimate((vectors + 1) * p * element, activations, data, chunk)
 

@@ -98,7 +98,7 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: Budget) -> dict[str, Any]
         vectors, backend = gif.memory.solver_vectors(solve, p), gif.memory.solver_backend(solve)
     estimate = gif.memory.estimate(
         loaded.model, inputs, samples, chunk_size=solve.chunk_size, memory_budget=solve.memory_budget,
-        vectors=vectors, hvp_backend=backend,
+        vectors=vectors, hvp_backend=backend, curvature=solve.curvature,
     )  # fmt: skip
     if budget.bytes > 0:
         gif.memory.check_fits(estimate, budget.bytes, budget.name)
