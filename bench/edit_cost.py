@@ -79,6 +79,9 @@ VARIANTS: dict[str, dict] = {
     # curvature (K-FAC approximates the Gauss–Newton matrix either way; the head is linear: G = H)
     "hessian cg": {"curvature": "hessian", "max_iter": 100},
     "gauss-newton untruncated": {"curvature": "gauss_newton", "max_iter": 100},
+    # the Newton loop run until a step cannot improve the validation objective or it reaches its
+    # maximum (before 2026-12-07 for every method; the ``if`` preset now stops at 0.98)
+    "objective 1": {"stop_objective": 1.0},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
     # (gif/head_edit.py)
     "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},

@@ -76,15 +76,19 @@ SOLVE_SOLVER: dict[str, str] = {"if": "minres", "fif": "minres", "gif": "lsqr", 
 #: relabel's CG on the Gauss–Newton matrix, truncated"); GIF's loose corrections and 512 Hessian
 #: samples cost it no quality (docs/benchmarks.md, "A cheaper step search, and choosing the
 #: relabel default").
+#: The validation objective (gif/edit_sets.py) at which an edit is good enough: the relabel's guard
+#: keeps it (gif/method_choice.py, which says why this bar) and ``if``'s Newton steps stop there.
+ACCEPT_OBJECTIVE = 0.98
+
 EDIT_PRESETS: dict[str, dict[str, Any]] = {
     "gif": {"selection": "highest_gradients", "ratio": 0.05, "damping": 0.01, "solver": "lsqr", "curvature": "hessian",
-            "max_iter": 100, "correction_tol": 1e-2, "hessian_samples": 512},
+            "max_iter": 100, "correction_tol": 1e-2, "hessian_samples": 512, "stop_objective": 1.0},
     "fif": {"selection": "highest_gradients", "ratio": 0.2, "damping": 0.1, "solver": "minres", "curvature": "hessian",
-            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048},
+            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "stop_objective": 1.0},
     "if": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "gauss_newton",
-           "max_iter": 10, "correction_tol": 1e-4, "hessian_samples": 2048},
+           "max_iter": 10, "correction_tol": 1e-4, "hessian_samples": 2048, "stop_objective": ACCEPT_OBJECTIVE},
     "sif": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "hessian",
-            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048},
+            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "stop_objective": 1.0},
 }  # fmt: skip
 
 #: Per verb, the defaults that differ from the configuration type's field defaults. Scores take
@@ -220,8 +224,8 @@ class SolveConfig:
 class EditConfig(SolveConfig):
     """Every knob of :func:`gif.remove` / :func:`gif.relabel`.
 
-    ``selection``, ``ratio``, ``damping``, ``solver``, ``curvature``, ``max_iter``, ``correction_tol``
-    and ``hessian_samples`` left as None take the method's preset
+    ``selection``, ``ratio``, ``damping``, ``solver``, ``curvature``, ``max_iter``, ``correction_tol``,
+    ``hessian_samples`` and ``stop_objective`` left as None take the method's preset
     (:data:`EDIT_PRESETS`); with ``method="auto"`` they stay None until the edit chooses its
     method from the model and the task (gif/method_choice.py). An influence update at its Newton
     scale wrecks a trained network, so the default step policy walks along it and stops by
@@ -282,6 +286,12 @@ class EditConfig(SolveConfig):
         "relative residual at which the solves of Newton steps after the first stop (inexact Newton: "
         "a correction needs no more accuracy than the step it corrects; never tighter than tol); None: "
         "the method's",
+        **_FRACTION,
+    )
+    stop_objective: float | None = _field(
+        None,
+        "validation objective (in [0, 1], gif/edit_sets.py) at which the Newton loop stops: a step "
+        "that reaches it is the last; 1: only at the objective's maximum; None: the method's",
         **_FRACTION,
     )
 

@@ -30,14 +30,14 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .config import EDIT_PRESETS, EditConfig
+from .config import ACCEPT_OBJECTIVE, EDIT_PRESETS, EditConfig
 from .newton import VALIDATION_GIVEN, EditResult, Task
 
-#: The validation objective (F1 of the edit's two goals, gif/edit_sets.py) below which an edit
-#: whose ``solver="auto"`` took K-FAC is redone with the method's own solver, and below which a
-#: relabel of the head alone is not kept. Absolute: a bar relative to the F1 reachable on a
-#: request's own validation data let a head edit 2.3 points below retraining through ...
-ACCEPT_OBJECTIVE = 0.98
+# ACCEPT_OBJECTIVE (gif/config.py, 0.98): the validation objective (F1 of the edit's two goals,
+# gif/edit_sets.py) below which an edit whose ``solver="auto"`` took K-FAC is redone with the
+# method's own solver, and below which a relabel of the head alone is not kept. Absolute: a bar
+# relative to the F1 reachable on a request's own validation data let a head edit 2.3 points below
+# retraining through ...
 
 #: ... unless validation carved from training samples with wrong labels caps the F1 below the bar:
 #: then an edit that gets the edited samples right as often as the bar asks and loses at most this

@@ -165,8 +165,9 @@ class Edit:
                 if outcome.scale == 0.0:
                     break  # no step along this direction improves the objective: done
                 metrics["after"] = (outcome.objective, outcome.metrics)
-                if outcome.objective >= 1.0:
-                    break  # the objective's maximum: another step cannot improve it
+                assert self.config.stop_objective is not None  # resolved from the method's preset
+                if outcome.objective >= self.config.stop_objective:
+                    break  # good enough (at 1, the objective's maximum: another step cannot improve it)
             delta = space.vector(model) - theta0
             audit = self._audit()
             report = {**self._report(params, steps, metrics, delta, theta0), "audit": audit}

@@ -310,6 +310,31 @@ def test_newton_steps_stop_at_the_objectives_maximum_and_only_there():
     assert len(below) >= 2 and all(s["step"]["objective"] < 1.0 for s in below[:-1])
 
 
+def test_newton_steps_stop_once_the_objective_reaches_stop_objective():
+    """A step that reaches ``stop_objective`` is the last and every step before it is below; the
+    ``if`` preset (a relabel's fallback CG, where each step costs its HVPs) stops at 0.98, the
+    others at the objective's maximum, and a request's own value wins."""
+    from .test_cache import trained_problem
+
+    model, train = trained_problem()
+    options = {"method": "gif", "newton_steps": 4}
+    full = gif.remove(model, train, {"class": 1}, **options).report
+    steps = full["newton_steps"]
+    assert full["options"]["stop_objective"] == 1.0 and len(steps) >= 2
+    bar = steps[0]["step"]["objective"]
+    assert 0.0 < bar < 1.0
+    stopped = gif.remove(model, train, {"class": 1}, stop_objective=bar, **options).report
+    assert [s["step"] for s in stopped["newton_steps"]] == [steps[0]["step"]]
+    assert stopped["metrics"]["after"]["objective"] == bar
+    assert stopped["hvps"] < full["hvps"]
+    presets = {m: gif.EditConfig(method=m).stop_objective for m in ("gif", "fif", "if", "sif")}
+    assert presets == {"gif": 1.0, "fif": 1.0, "if": 0.98, "sif": 1.0}
+    assert gif.EditConfig(method="if", stop_objective=1.0).stop_objective == 1.0
+    for bad in (0.0, 1.5):
+        with pytest.raises(InvalidArgumentError, match="stop_objective"):
+            gif.EditConfig(method="if", stop_objective=bad)
+
+
 def test_newton_corrections_are_solved_to_correction_tol_and_the_first_step_to_tol():
     from .test_cache import trained_problem
 
