@@ -21,13 +21,14 @@ compared with), then time the edit for each variant:
 :data:`SHIFT` pixels (seeded; the test split is unchanged): a training set K times larger, for how
 the ratio moves with the data. The edit's own cost is set by its Hessian sample, validation and
 edited samples, not by the training set, while retraining grows with it (docs/benchmarks.md, "A
-larger training set").
+larger training set"). ``--arch mlp`` (one hidden layer of 64) or ``--arch resnet18 --width W``
+swaps the model, with the same training recipe.
 
 Columns: edit seconds and edit ÷ retraining, test accuracies (removal: retained classes, removed
 class; relabel: clean, relabel, attack success), the engine's work counters (gradients, HVPs,
 forward evaluations) and its timings by stage (selection, gradients, solve, step search).
 
-    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--copies 1] [--seeds 1] [--first-seed 0] [--cls 3] [--cls2 5] [--flipped 0.05] [--threads 1] [--steps] [--variants default,kfac]
+    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--arch default|mlp|resnet18] [--width 16] [--copies 1] [--seeds 1] [--first-seed 0] [--cls 3] [--cls2 5] [--flipped 0.05] [--threads 1] [--steps] [--variants default,kfac]
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ DATA = {
 }
 #: --data -> the model's name in the table's title
 MODEL_NAMES = {"digits": "CNN", "mnist": "TinyNet"}
+#: --data -> the image side (for ``--arch mlp``'s input shape)
+IMAGE_SIDE = {"digits": 8, "mnist": 28}
+
+
+def architecture(args) -> tuple[dict, str]:
+    """(the registry architecture, its name in the table) of ``--arch``: the protocol's own
+    (``default``), an MLP of one hidden layer of 64, or ResNet-18 at ``--width``."""
+    if args.arch == "mlp":
+        side = IMAGE_SIDE[args.data]
+        return {"name": "mlp", "input_shape": [1, side, side], "hidden_sizes": [64], "num_classes": 10}, "MLP"
+    if args.arch == "resnet18":
+        return mnist.resnet18(args.width), f"ResNet-18 (width {args.width})"
+    return DATA[args.data][1], MODEL_NAMES[args.data]
+
+
 #: the backdoor's target label (examples/backdoor_relabel.py)
 TARGET = 4
 
@@ -82,6 +98,9 @@ VARIANTS: dict[str, dict] = {
     # the Newton loop run until a step cannot improve the validation objective or it reaches its
     # maximum (before 2026-12-07 for every method; the ``if`` preset now stops at 0.98)
     "objective 1": {"stop_objective": 1.0},
+    # the relabel default before 2026-12-07's two changes: IF's Hessian sample at 2,048 (FIF's, so
+    # the head attempts are unchanged) and the Newton loop run until no step helps
+    "2048, objective 1": {"hessian_samples": 2048, "stop_objective": 1.0},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
     # (gif/head_edit.py)
     "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},
@@ -139,7 +158,8 @@ def removal_quality(model, split, cls: int) -> list[float]:
 def removal(seed: int, args):
     """(model, training inputs, retrained model, retraining seconds, [(label, edit(cache, options)
     -> result, quality(model) -> test accuracies)]): the first edit is what retraining did."""
-    _, arch, epochs, _ = DATA[args.data]
+    _, _, epochs, _ = DATA[args.data]
+    arch = architecture(args)[0]
     s = load(seed, args)
     model = train(arch, s.x_train, s.y_train, seed=seed, epochs=epochs)
     keep = s.y_train != args.cls
@@ -169,7 +189,8 @@ def relabel(seed: int, args):
     the other training samples with a wrong label. The cold edit relabels the poisoned samples,
     the further one the flipped samples (another request against the same checkpoint; none with
     ``--flipped 0``, the backdoor protocol of examples/backdoor_relabel.py alone)."""
-    _, arch, epochs, trigger = DATA[args.data]
+    _, _, epochs, trigger = DATA[args.data]
+    arch = architecture(args)[0]
     s = load(seed, args)
     xp, yp, idx = poison(s.x_train, s.y_train, seed, trigger, TARGET)
     # a generator of its own: the engine draws its validation carve-out with ``seed`` from the
@@ -302,6 +323,13 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--data", choices=sorted(DATA), default="digits")
     ap.add_argument("--copies", type=int, default=1)
+    ap.add_argument(
+        "--arch",
+        choices=["default", "mlp", "resnet18"],
+        default="default",
+        help="the model: the protocol's own (default), an MLP, or ResNet-18 at --width",
+    )
+    ap.add_argument("--width", type=int, default=16, help="--arch resnet18: its width (64: full)")
     ap.add_argument("--cls", type=int, default=3)
     ap.add_argument("--cls2", type=int, default=5)
     ap.add_argument(
@@ -326,7 +354,7 @@ def main() -> None:
         else f"backdoor relabel, {args.flipped:.0%} of the other labels flipped (further edit: those)"
     )
     print(
-        f"\n### Edit vs retraining, {args.data} {MODEL_NAMES[args.data]} ×{args.copies} training set, {what}, {args.seeds} seed(s), {args.threads} thread(s)\n"
+        f"\n### Edit vs retraining, {args.data} {architecture(args)[1]} ×{args.copies} training set, {what}, {args.seeds} seed(s), {args.threads} thread(s)\n"
     )
     columns = COLUMNS[args.protocol]
     print(
