@@ -100,7 +100,7 @@ VARIANTS: dict[str, dict] = {
     "objective 1": {"stop_objective": 1.0},
     # the relabel default before 2026-12-07's two changes: IF's Hessian sample at 2,048 (FIF's, so
     # the head attempts are unchanged) and the Newton loop run until no step helps
-    "2048, objective 1": {"hessian_samples": 2048, "stop_objective": 1.0},
+    "previous relabel default": {"hessian_samples": 2048, "stop_objective": 1.0},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
     # (gif/head_edit.py)
     "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},
