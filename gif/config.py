@@ -69,6 +69,10 @@ SOLVER_OPTIONS: dict[str, tuple[str, ...]] = {"neumann": ("normalizer", "step"),
 #: the GIF least squares, MINRES for the symmetric, possibly indefinite systems.
 SOLVE_SOLVER: dict[str, str] = {"if": "minres", "fif": "minres", "gif": "lsqr", "sif": "minres"}
 
+#: The validation objective (gif/edit_sets.py) at which an edit is good enough: the relabel's guard
+#: keeps it (gif/method_choice.py, which says why this bar) and ``if``'s Newton steps stop there.
+ACCEPT_OBJECTIVE = 0.98
+
 #: What each method brings to an edit when the request leaves it out, measured on the digits
 #: protocols: ``cg``'s stop on negative curvature regularises the indefinite Hessians of ``sif``;
 #: ``if`` (a relabel's fallback) runs CG on the positive semi-definite Gauss–Newton matrix truncated
@@ -78,10 +82,6 @@ SOLVE_SOLVER: dict[str, str] = {"if": "minres", "fif": "minres", "gif": "lsqr", 
 #: relabel at the guard's bar, on half the sample"); GIF's loose corrections and 512 Hessian
 #: samples cost it no quality (docs/benchmarks.md, "A cheaper step search, and choosing the
 #: relabel default").
-#: The validation objective (gif/edit_sets.py) at which an edit is good enough: the relabel's guard
-#: keeps it (gif/method_choice.py, which says why this bar) and ``if``'s Newton steps stop there.
-ACCEPT_OBJECTIVE = 0.98
-
 EDIT_PRESETS: dict[str, dict[str, Any]] = {
     "gif": {"selection": "highest_gradients", "ratio": 0.05, "damping": 0.01, "solver": "lsqr", "curvature": "hessian",
             "max_iter": 100, "correction_tol": 1e-2, "hessian_samples": 512, "stop_objective": 1.0},
