@@ -76,9 +76,8 @@ def test_a_sample_removal_gets_gif_and_a_relabel_if():
 
 
 def test_a_job_is_sized_for_the_whole_network_sample_its_request_can_take():
-    """workers/sizing.py sizes an ``auto`` edit by its verb's fallback: a removal never takes the
-    2,048 samples of FIF over the network's inputs (its head edit runs on features, else GIF's 512),
-    a relabel IF's 1,024."""
+    """workers/sizing.py sizes an ``auto`` edit by its verb's fallback: a removal never takes IF's
+    2,048 samples of the network's inputs (its head edit runs on features, else GIF's 512)."""
     from gif.method_choice import most_hessian_samples
 
     model, (x, y) = BUILDERS["mlp"](), make_data("mlp", 2_600, 5)
@@ -87,9 +86,9 @@ def test_a_job_is_sized_for_the_whole_network_sample_its_request_can_take():
     assert removal.report["hessian_samples"] == most_hessian_samples(auto, "remove") == 512
     rows = torch.tensor([0, 1])  # too few for the head: IF over the network
     relabel = gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, newton_steps=1, solver="cg")
-    assert relabel.report["hessian_samples"] == most_hessian_samples(auto, "relabel") == 1_024
+    assert relabel.report["hessian_samples"] == most_hessian_samples(auto, "relabel") == 2_048
     assert most_hessian_samples(gif.EditConfig(hessian_samples=100), "relabel") == 100
-    assert most_hessian_samples(gif.EditConfig(method="fif"), "remove") == 2_048
+    assert most_hessian_samples(gif.EditConfig(method="if"), "remove") == 2_048
 
 
 class Scaled(nn.Module):

@@ -377,7 +377,7 @@ def test_a_job_sized_over_the_memory_budget_fails_at_once_naming_what_to_change(
     report = json.loads(_result_files(ctx, _job(ctx, ok))["report"])
     estimate = report["provenance"]["compute"]["estimate"]
     assert estimate["total"] == estimate["parameters"] + estimate["activations"] + estimate["data"] > 0
-    # a removal is sized for GIF's 512 samples of the 8×8 inputs, not FIF's 2,048 (gif/method_choice.py)
+    # a removal is sized for GIF's 512 samples of the 8×8 inputs, not IF's 2,048 (gif/method_choice.py)
     assert estimate["data"] == 512 * 8 * 8 * 4
     tight = dataclasses.replace(
         ctx, settings=ctx.settings.model_copy(update={"max_memory_bytes": estimate["total"] // 2})
