@@ -77,7 +77,8 @@ ACCEPT_OBJECTIVE = 0.98
 #: protocols: ``cg``'s stop on negative curvature regularises the indefinite Hessians of ``sif``;
 #: ``if`` (a relabel's fallback) runs CG on the positive semi-definite Gauss–Newton matrix truncated
 #: at 10 iterations, better relabels than the Hessian's CG at less cost (docs/benchmarks.md, "The
-#: relabel's CG on the Gauss–Newton matrix, truncated"); GIF's loose corrections and 512 Hessian
+#: relabel's CG on the Gauss–Newton matrix, truncated"), its Newton steps stopped at the guard's
+#: bar (docs/benchmarks.md, "Stopping a relabel at the guard's bar"); GIF's loose corrections and 512 Hessian
 #: samples cost it no quality (docs/benchmarks.md, "A cheaper step search, and choosing the
 #: relabel default").
 EDIT_PRESETS: dict[str, dict[str, Any]] = {
