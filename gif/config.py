@@ -83,13 +83,17 @@ ACCEPT_OBJECTIVE = 0.98
 #: relabel default").
 EDIT_PRESETS: dict[str, dict[str, Any]] = {
     "gif": {"selection": "highest_gradients", "ratio": 0.05, "damping": 0.01, "solver": "lsqr", "curvature": "hessian",
-            "max_iter": 100, "correction_tol": 1e-2, "hessian_samples": 512, "stop_objective": 1.0},
+            "max_iter": 100, "correction_tol": 1e-2, "hessian_samples": 512, "hvp_samples": None,
+            "stop_objective": 1.0},
     "fif": {"selection": "highest_gradients", "ratio": 0.2, "damping": 0.1, "solver": "minres", "curvature": "hessian",
-            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "stop_objective": 1.0},
+            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": None,
+            "stop_objective": 1.0},
     "if": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "gauss_newton",
-           "max_iter": 10, "correction_tol": 1e-4, "hessian_samples": 2048, "stop_objective": ACCEPT_OBJECTIVE},
+           "max_iter": 10, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": None,
+           "stop_objective": ACCEPT_OBJECTIVE},
     "sif": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "hessian",
-            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "stop_objective": 1.0},
+            "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": None,
+            "stop_objective": 1.0},
 }  # fmt: skip
 
 #: Per verb, the defaults that differ from the configuration type's field defaults. Scores take
@@ -226,7 +230,7 @@ class EditConfig(SolveConfig):
     """Every knob of :func:`gif.remove` / :func:`gif.relabel`.
 
     ``selection``, ``ratio``, ``damping``, ``solver``, ``curvature``, ``max_iter``, ``correction_tol``,
-    ``hessian_samples`` and ``stop_objective`` left as None take the method's preset
+    ``hessian_samples``, ``hvp_samples`` and ``stop_objective`` left as None take the method's preset
     (:data:`EDIT_PRESETS`); with ``method="auto"`` they stay None until the edit chooses its
     method from the model and the task (gif/method_choice.py). An influence update at its Newton
     scale wrecks a trained network, so the default step policy walks along it and stops by
@@ -264,6 +268,13 @@ class EditConfig(SolveConfig):
     )
     hessian_samples: int | None = _field(
         None, "training samples in the Hessian; None: the method's", low=1, service_max=1_000_000
+    )
+    hvp_samples: int | None = _field(
+        None,
+        "samples of the Hessian sample that each HVP runs over (a seeded subset; gradients and Kronecker "
+        "fits take the whole sample); None: the method's (None there: all of it)",
+        low=1,
+        service_max=1_000_000,
     )
     hessian_pool: HessianPool = _field(
         "auto",

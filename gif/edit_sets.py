@@ -12,6 +12,7 @@ from .cache import loss_id
 from .config import EditConfig
 from .errors import InvalidArgumentError
 from .inputs import Inputs, concat, count, take
+from .memory import HVP_FREE_SOLVERS
 from .metrics import Scores, evaluate, f1, predict
 from .params import ParamSpace
 from .progress import Progress
@@ -36,25 +37,50 @@ class Splits:
     hessian: torch.Tensor  # the curvature sample
     val: torch.Tensor
     retained: torch.Tensor | None = None  # its untouched part, when it holds edited samples
+    subset: torch.Tensor | None = None  # the part of it the HVPs run over, when not all of it
 
     @property
     def drift(self) -> torch.Tensor:
         """Where the retained loss's gradient drift is estimated: never on edited samples."""
         return self.hessian if self.retained is None else self.retained
 
+    @property
+    def products(self) -> torch.Tensor:
+        """What each HVP runs over: the Hessian sample, or its ``hvp_samples`` subset."""
+        return self.hessian if self.subset is None else self.subset
+
 
 def split(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig, gen: torch.Generator) -> Splits:
-    """Shuffle the untouched samples; carve validation off them (if none given), then the Hessian sample."""
+    """Shuffle the untouched samples; carve validation off them (if none given), then the Hessian
+    sample, and the subset of it the HVPs run over (:func:`product_subset`)."""
     untouched = torch.ones(n, dtype=torch.bool)
     untouched[edited] = False
     if opts.pool == "all":
-        return _split_shared(untouched, carve, opts)
-    pool = torch.nonzero(untouched).flatten()
-    pool = pool[torch.randperm(len(pool), generator=gen)]
-    n_val = min(opts.max_validation, max(1, int(opts.validation_fraction * len(pool)))) if carve else 0
-    if carve and len(pool) - n_val < 1:
-        raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
-    return Splits(torch.sort(pool[n_val:][: opts.hessian_size]).values, torch.sort(pool[:n_val]).values)
+        splits = _split_shared(untouched, carve, opts)
+    else:
+        pool = torch.nonzero(untouched).flatten()
+        pool = pool[torch.randperm(len(pool), generator=gen)]
+        n_val = min(opts.max_validation, max(1, int(opts.validation_fraction * len(pool)))) if carve else 0
+        if carve and len(pool) - n_val < 1:
+            raise InvalidArgumentError(
+                "too few untouched samples to carve validation data; pass `validation`"
+            )
+        splits = Splits(torch.sort(pool[n_val:][: opts.hessian_size]).values, torch.sort(pool[:n_val]).values)
+    splits.subset = product_subset(splits.hessian, opts)
+    return splits
+
+
+def product_subset(hessian: torch.Tensor, opts: EditConfig) -> torch.Tensor | None:
+    """The ``hvp_samples`` of the Hessian sample (sorted indices) that each HVP runs over: drawn
+    with a generator of the edit's seed of their own, so the rest of the edit draws as without
+    it; None where that is all of them, or where the solver takes no HVP (a Kronecker fit: one
+    pass over its data, whose quality wants every sample; docs/benchmarks.md, "Stopping a
+    relabel at the guard's bar")."""
+    size = opts.hvp_samples
+    if size is None or size >= hessian.numel() or opts.solver in HVP_FREE_SOLVERS:
+        return None
+    pick = torch.randperm(hessian.numel(), generator=torch.Generator().manual_seed(opts.seed))[:size]
+    return torch.sort(hessian[pick]).values
 
 
 def _split_shared(untouched: torch.Tensor, carve: bool, opts: EditConfig) -> Splits:

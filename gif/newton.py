@@ -138,12 +138,15 @@ class Edit:
 
         self.val = rows(self.splits.val) if validation is None else as_pair(validation, what="validation")
         self.hessian_data, self.drift_data = rows(self.splits.hessian), rows(self.splits.drift)
+        self.product_data = rows(self.splits.products)
         self.model = copy.deepcopy(model)
         self.memo = Memo(
             request.cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute"
         )
         self.solves = CachedSolves(self.memo, request.lowrank)  # one curvature fit serves every Newton step
-        self.ids = Ids.of(self.memo, self.model, task, self.hessian_data, self.drift_data, loss_fn)
+        self.ids = Ids.of(
+            self.memo, self.model, task, (self.hessian_data, self.drift_data, self.product_data), loss_fn
+        )
 
     def run(self) -> EditResult:
         """Edit the copy of the model by Newton steps on the task (module docstring)."""
@@ -223,14 +226,16 @@ class Edit:
             assert config.correction_tol is not None  # resolved from the method's preset
             config = config.replace(tol=max(config.tol, config.correction_tol))
         with self.clock("solve"):
+            # the HVPs over the ``hvp_samples`` subset, where there is one (gif/edit_sets.py)
+            products = hessian if self.splits.subset is None else self._operator(self.product_data)
             infl = self.solves.solve(
-                hessian, g, params, config, model=model_id, data=ids.hessian, loss=ids.loss,
+                products, g, params, config, model=model_id, data=ids.products, loss=ids.loss,
                 extra=ids.sif_target(task) if config.method == "sif" else {},
                 monitor=Monitor(self.request.callback, self.request.should_stop, stage="solving_ihvp"),
                 target_hvp=target_hvp, group_fraction=task.index.numel() / len(self.train[1]),
             )  # fmt: skip
-            hessian.release()
-            drift.release()
+            for operator in (hessian, drift, products):
+                operator.release()
         return infl
 
     def _step(self, objective: Objective, infl: InfluenceResult) -> StepOutcome:
@@ -267,6 +272,7 @@ class Edit:
             "options": self.config.to_dict(),
             "selection": selection_summary(self.model, params),
             "hessian_samples": int(self.splits.hessian.numel()),
+            "hvp_samples": int(self.splits.products.numel()),
             "validation_samples": len(self.val[1]),
             "validation_source": VALIDATION_CARVED if self.request.validation is None else VALIDATION_GIVEN,
             "solver": _solver_summary(steps),
@@ -368,19 +374,30 @@ class Ids:
     target: str  # the edited samples with their target labels
     hessian: str  # the Hessian sample
     drift: str  # where the retained loss's gradient drift is estimated (often the Hessian sample)
+    products: str  # what the HVPs run over (often the Hessian sample)
     old: str = ""  # relabel: the edited samples with their old / new labels
     new: str = ""
 
     @classmethod
-    def of(cls, memo: Memo, model: nn.Module, task: Task, hessian_data, drift_data, loss_fn: LossFn) -> Ids:
+    def of(
+        cls, memo: Memo, model: nn.Module, task: Task, data: tuple[Batch, Batch, Batch], loss_fn: LossFn
+    ) -> Ids:
+        """``data``: the Hessian sample, where the drift is estimated, and what the HVPs run over."""
         if not memo.enabled:
-            return cls("", "", "", "", "", "")
+            return cls("", "", "", "", "", "", "")
         loss, (ex, ey), relabel = loss_id(loss_fn) or "", task.target, task.kind == "relabel"
+        hessian_data, drift_data, product_data = data
         hessian = memo.data(*hessian_data)
-        drift = hessian if drift_data[1].numel() == hessian_data[1].numel() else memo.data(*drift_data)
+
+        def part(rows: Batch) -> str:  # a part of the Hessian sample: the same digest where it is all of it
+            return hessian if rows[1].numel() == hessian_data[1].numel() else memo.data(*rows)
+
         old, new = (memo.data(ex, ey[:, 0]), memo.data(ex, ey[:, 1])) if relabel else ("", "")
         target_loss = f"relabel({loss})" if relabel else loss
-        return cls(memo.model(model), loss, target_loss, memo.data(ex, ey), hessian, drift, old, new)
+        return cls(
+            memo.model(model), loss, target_loss, memo.data(ex, ey), hessian, part(drift_data),
+            part(product_data), old, new,
+        )  # fmt: skip
 
     def sif_target(self, task: Task) -> dict:
         """What ``sif``'s target Hessian (H_U, scaled) adds to a solve's inputs."""

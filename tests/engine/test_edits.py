@@ -47,6 +47,37 @@ def test_removal_newton_step_matches_dense(method):
     assert bool((out.delta[outside] == 0).all())
 
 
+def test_the_hvps_run_over_a_seeded_subset_of_the_hessian_sample_with_hvp_samples():
+    """``hvp_samples``: the Newton step is the dense one on the subset's curvature (the gradient
+    still over the whole sample); a subset as large as the sample, or a solver that takes no HVP
+    (a Kronecker fit over the whole sample), is the edit without it."""
+    from gif.edit_sets import product_subset
+
+    model, (x, y), val = tiny_problem()
+    forget = torch.tensor([3, 7, 8, 20])
+    options = {"method": "if", "damping": 0.05, **EXACT}
+    cache = gif.MemoryCache()  # shared: a solve over the subset must not serve the whole sample's
+    out = gif.remove(model, (x, y), forget, validation=val, hvp_samples=12, cache=cache, **options)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[forget] = False
+    retained = torch.nonzero(keep).flatten()  # validation given: the Hessian sample is all of them
+    assert (out.report["hessian_samples"], out.report["hvp_samples"]) == (len(retained), 12)
+    subset = product_subset(retained, gif.EditConfig(hvp_samples=12, **options))
+    assert subset is not None and len(subset) == 12 and bool(torch.isin(subset, retained).all())
+    h = dense_gauss_newton(model, x[subset], y[subset])  # the if preset's curvature
+    g_new = -(len(forget) / (len(y) - len(forget))) * dense_gradient(model, x[forget], y[forget])
+    expected = -reference_influence("if", h, g_new, out.params, 0.05)
+    torch.testing.assert_close(out.delta[out.params], expected, rtol=1e-8, atol=1e-10)
+    whole = gif.remove(model, (x, y), forget, validation=val, cache=cache, **options)
+    assert not torch.allclose(whole.delta, out.delta)
+    same = gif.remove(model, (x, y), forget, validation=val, hvp_samples=len(retained), **options)
+    assert torch.equal(same.delta, whole.delta) and same.report["hvp_samples"] == len(retained)
+    kfac = {**options, "solver": "kfac"}
+    fitted = gif.remove(model, (x, y), forget, validation=val, hvp_samples=12, **kfac)
+    assert torch.equal(fitted.delta, gif.remove(model, (x, y), forget, validation=val, **kfac).delta)
+    assert fitted.report["hvp_samples"] == fitted.report["hessian_samples"]  # the whole sample (pool "all")
+
+
 def test_relabel_newton_step_matches_dense():
     model, (x, y), val = tiny_problem()
     idx = torch.tensor([1, 5, 9])
