@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pydantic
 import pytest
 import safetensors.torch
 import torch
 
 import gif
-from jobs import artifacts, store
+from jobs import artifacts, specs, store
 from jobs.states import JobStatus
 from tests import factories
 from workers.runner import execute, run_job
@@ -468,3 +469,31 @@ def test_a_job_may_solve_on_the_gauss_newton_matrix(ctx, inputs, data):
         )
         weights[curvature] = safetensors.torch.load(files["weights"])
     assert any(not torch.equal(weights["hessian"][k], weights["gauss_newton"][k]) for k in weights["hessian"])
+
+
+def test_a_job_may_set_the_hvp_subset_and_the_stop_objective(ctx, inputs, data):
+    """``hvp_samples`` and ``stop_objective`` reach the engine: the report says over how many
+    samples the HVPs ran, and no Newton step but the last reached the stop; out of range, refused
+    at parsing (the API's 422)."""
+    indices = list(range(20))
+    labels = [(int(data.y_train[i]) + 1) % 10 for i in indices]
+    options = {"method": "if", "solver": "cg", "newton_steps": 3, "hessian_samples": 256, "hvp_samples": 64,
+               "stop_objective": 0.47}  # fmt: skip
+    body = _body(inputs, type="relabel", relabel={"indices": indices, "labels": labels}, options=options)
+    body.pop("forget")
+    job_id = submit(ctx, body)
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED, _job(ctx, job_id).error_json
+    report = json.loads(_result_files(ctx, _job(ctx, job_id))["report"])
+    edit = report["report"]
+    assert report["provenance"]["options"]["hvp_samples"] == edit["options"]["hvp_samples"] == 64
+    assert (edit["hessian_samples"], edit["hvp_samples"]) == (256, 64)
+    objectives = [step["step"]["objective"] for step in edit["newton_steps"]]
+    # the first step lands below 0.47 here, the second above: the third is not taken
+    assert objectives[-1] >= 0.47 > max(objectives[:-1]) and len(objectives) == 2, objectives
+    for name, bad in (("stop_objective", 1.5), ("hvp_samples", 0)):
+        wrong = _body(
+            inputs, type="relabel", relabel={"indices": indices, "labels": labels}, options={name: bad}
+        )
+        wrong.pop("forget")
+        with pytest.raises(pydantic.ValidationError, match=name):
+            specs.parse(wrong)
