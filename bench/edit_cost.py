@@ -104,9 +104,9 @@ VARIANTS: dict[str, dict] = {
     # "Stopping a relabel at the guard's bar"); a preset, not a request option, so that FIF's head
     # attempts keep their own 2,048
     "if 1024": {"presets": {"if": {"hessian_samples": 1024}}},
-    # the ``if`` preset's HVPs over 1,024 of its 2,048-sample Hessian sample (its gradients and
-    # K-FAC fit over all of them)
-    "if hvp 1024": {"presets": {"if": {"hvp_samples": 1024}}},
+    # the ``if`` preset before its HVPs ran over 1,024 of its 2,048 samples (``hvp_samples``, the
+    # default since 2026-12-07): every product over the whole Hessian sample
+    "hvp all": {"presets": {"if": {"hvp_samples": None}}},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
     # (gif/head_edit.py)
     "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},
