@@ -58,16 +58,20 @@ def split(n: int, edited: torch.Tensor, carve: bool, opts: EditConfig, gen: torc
     if opts.pool == "all":
         splits = _split_shared(untouched, carve, opts)
     else:
-        pool = torch.nonzero(untouched).flatten()
-        pool = pool[torch.randperm(len(pool), generator=gen)]
-        n_val = min(opts.max_validation, max(1, int(opts.validation_fraction * len(pool)))) if carve else 0
-        if carve and len(pool) - n_val < 1:
-            raise InvalidArgumentError(
-                "too few untouched samples to carve validation data; pass `validation`"
-            )
-        splits = Splits(torch.sort(pool[n_val:][: opts.hessian_size]).values, torch.sort(pool[:n_val]).values)
+        splits = _split_untouched(untouched, carve, opts, gen)
     splits.subset = product_subset(splits.hessian, opts)
     return splits
+
+
+def _split_untouched(untouched: torch.Tensor, carve: bool, opts: EditConfig, gen: torch.Generator) -> Splits:
+    """``hessian_pool="untouched"``: validation, then the Hessian sample, off a shuffle of the
+    samples the edit leaves alone."""
+    pool = torch.nonzero(untouched).flatten()
+    pool = pool[torch.randperm(len(pool), generator=gen)]
+    n_val = min(opts.max_validation, max(1, int(opts.validation_fraction * len(pool)))) if carve else 0
+    if carve and len(pool) - n_val < 1:
+        raise InvalidArgumentError("too few untouched samples to carve validation data; pass `validation`")
+    return Splits(torch.sort(pool[n_val:][: opts.hessian_size]).values, torch.sort(pool[:n_val]).values)
 
 
 def product_subset(hessian: torch.Tensor, opts: EditConfig) -> torch.Tensor | None:
