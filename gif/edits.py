@@ -13,7 +13,7 @@ import itertools
 import torch
 from torch import nn
 
-from . import head_edit
+from . import tail_edit
 from ._util import as_tensor, check_callables, eval_mode
 from .cache import Cache
 from .config import EditConfig, resolve
@@ -156,7 +156,7 @@ def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
 
 def _run(request: Request, opts: EditConfig) -> EditResult:
     """The edit with its method chosen and its ``solver="auto"`` guarded (gif/method_choice.py), on
-    the head's features alone where that is the same computation (gif/head_edit.py)."""
+    its tail's features alone where that is the same computation (gif/tail_edit.py)."""
     x = request.train[0]
     if request.lowrank is not None and opts.solver != "lowrank":  # it would go unused
         raise InvalidArgumentError(
@@ -164,25 +164,29 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
         )
     found = named_head(request.model, x)  # the logits' Linear layer, looked up once per request
     chosen, choice = choose_method(opts, found, request.task, lowrank_given=request.lowrank is not None)
-    computed: dict[str, head_edit.Features] = {}
+    computed: dict[str, tail_edit.Features] = {}
     attempts, started = most_runs(opts, chosen, choice), itertools.count(1)
 
-    def features(head: head_edit.Head, config: EditConfig) -> head_edit.Features:
-        if head.path not in computed:  # once per request, whichever edits run on them
-            computed[head.path] = head_edit.features(head, request, config)
-        return computed[head.path]
+    def tail(config: EditConfig, whole_network: bool) -> tail_edit.Tail | None:
+        found_tail = tail_edit.frozen_tail(request.model, found, config, whole_network=whole_network)
+        return found_tail if found_tail is not None and tail_edit.fits(found_tail, request) else None
+
+    def features(on: tail_edit.Tail, config: EditConfig) -> tail_edit.Features:
+        if on.path not in computed:  # once per request, whichever edits run on them
+            computed[on.path] = tail_edit.features(on, request, config)
+        return computed[on.path]
 
     def run(config: EditConfig) -> EditResult:
         attempt = _in_attempt(request, next(started), attempts)
-        head = head_edit.frozen_head(request.model, found, config, whole_network=request.lowrank is not None)
-        if head is not None:
-            return head_edit.run(features(head, config), attempt, config)
+        on = tail(config, whole_network=request.lowrank is not None)
+        if on is not None:
+            return tail_edit.run(features(on, config), attempt, config)
         return Edit(attempt, config).run()
 
     def check(config: EditConfig) -> dict:
-        head = head_edit.frozen_head(request.model, found, config, whole_network=False)
-        assert head is not None  # head_first runs only where choose_method chose the head
-        return head_edit.held_out_check(features(head, config), request, config, CHECK_FRACTION)
+        on = tail(config, whole_network=False)
+        assert on is not None  # head_first runs only where choose_method chose the head
+        return tail_edit.held_out_check(features(on, config), request, config, CHECK_FRACTION)
 
     if choice is not None and "fallback" in choice:
         fallback = opts.replace(method=choice["fallback"])

@@ -5,7 +5,7 @@ the validation guard on ``solver="auto"`` (:func:`guarded`).
 A whole class is a change of what the classifier outputs, and the logits' Linear layer (the head)
 carries it: FIF restricted to the head — (H[T,T] + λI)⁻¹ g[T] over its weight and bias, then
 Newton steps walked by validation — removes the class at retraining's retained accuracy on every
-model measured, on features computed once (gif/head_edit.py), at 1–10% of retraining's time
+model measured, on features computed once (gif/tail_edit.py), at 1–10% of retraining's time
 (docs/benchmarks.md, "Class removal at the defaults"). It changes what the model answers, not
 what its backbone computes (bench/feature_probe.py). Samples, not a class, are remembered
 throughout the network, so their removal keeps GIF.
@@ -129,7 +129,7 @@ def head_first(
     dampings: tuple[float, ...] = (),
 ) -> EditResult:
     """A relabel by the head alone (``config``, :func:`guarded`), kept when it moved the head,
-    :func:`accepted` accepts it, and ``check`` (gif/head_edit.py, ``held_out_check``, run with
+    :func:`accepted` accepts it, and ``check`` (gif/tail_edit.py, ``held_out_check``, run with
     the solver the head edit kept) finds it generalising to held-out relabelled samples; tried
     at ``config.damping`` and then at each of ``dampings`` until one is kept; else the
     ``fallback`` edit (guarded too). The returned edit counts the work of every attempt.

@@ -21,7 +21,7 @@ selection" describes it, with the official code's bugs fixed (its section 7.6). 
 * ``random`` takes ``int(ratio * weight.numel())`` weights and ``int(ratio * bias.numel())``
   biases per layer; ``threshold`` lowers its threshold in steps of 0.01 from ``threshold`` in
   every layer; ``head`` takes the whole Linear layer computing the logits, whatever the ratio
-  (with ``method="fif"`` the edit then runs on its features alone, gif/head_edit.py).
+  (with ``method="fif"`` the edit then runs on its features alone, gif/tail_edit.py).
 * Batches are summed and divided once, so any batching of the same samples gives the same
   selection; all randomness comes from one generator seeded with ``seed``, ties broken by neuron
   index. Gradients come from tensor hooks and ``torch.autograd.grad`` (module full-backward

@@ -18,7 +18,7 @@ from ..hessian import cross_entropy
 CACHE_VERSION = 2
 
 #: Kinds of entries (the curvature fits are named by their solver; ``features``: a head's input
-#: features, gif/head_edit.py), and ``named``: the digest of named inputs (their names and
+#: features, gif/tail_edit.py), and ``named``: the digest of named inputs (their names and
 #: tensors), a key part rather than an entry.
 KINDS = ("selection", "gradient", "lowrank", "kfac", "ekfac", "ihvp", "evaluation", "features", "named")
 

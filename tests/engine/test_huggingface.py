@@ -205,7 +205,7 @@ def test_a_removal_edits_a_hugging_face_model_through_named_inputs():
 
 
 def test_an_edit_of_the_classifier_alone_runs_on_its_features_with_the_same_result():
-    """FIF on `classifier.*` runs on the classifier's input features (gif/head_edit.py); the
+    """FIF on `classifier.*` runs on the classifier's input features (gif/tail_edit.py); the
     same edit on the whole BERT gives the same weights."""
     from gif.config import EditConfig, resolve
     from gif.hessian import cross_entropy

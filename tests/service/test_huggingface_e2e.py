@@ -102,7 +102,7 @@ def test_remove_a_class_from_a_bert_and_load_the_weights_back(
 def test_params_names_restrict_the_edit_to_the_classifier_head(server, sdk, uploaded, bert, method):
     # the whole head with a plain Newton step: every matching parameter moves (this test BERT is so
     # confident that GIF's 5% of a 3-row head would move below float32 resolution). FIF on the head
-    # alone runs on the classifier's features (gif/head_edit.py); IF needs the whole network.
+    # alone runs on the classifier's features (gif/tail_edit.py); IF needs the whole network.
     model, train = uploaded
     body = {"type": "remove", "model": model, "train": train, "forget": {"class": 2},
             "params": {"names": ["classifier.*"]},

@@ -1,5 +1,6 @@
-"""Edits of the classifier head on its features (gif/head_edit.py): the same edit as on the whole
-network, where the shortcut applies, and the whole network everywhere else."""
+"""Edits of a model's tail on its features (gif/tail_edit.py) — the classifier head, or the last
+children of an nn.Sequential: the same edit as on the whole network, where the shortcut applies,
+and the whole network everywhere else."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 import gif
+from gif import tail_edit
 from gif.config import EditConfig, resolve
 from gif.edits import class_indices
 from gif.hessian import cross_entropy
@@ -89,6 +91,105 @@ def test_a_relabel_of_a_frozen_backbone_is_the_same_on_the_head():
     )  # fmt: skip
     whole = Edit(Request(model, train, task, cross_entropy), opts).run()
     assert_same_edit(fast, whole)
+
+
+def deep_mlp() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)
+    ).double()
+
+
+@pytest.mark.parametrize(
+    ("kind", "names", "modules", "data_seed", "cls"),
+    [
+        (
+            "cnn",
+            ["1.*", "5.*"],
+            ["1", "2", "3", "4", "5"],
+            5,
+            2,
+        ),  # BatchNorm's affine parameters and the head
+        ("mlp", ["2.weight", "4.*"], ["2", "3", "4"], 1, 1),  # the deeper MLP below
+    ],
+)
+def test_fif_on_the_last_children_of_a_sequential_is_the_whole_networks_edit(
+    kind, names, modules, data_seed, cls
+):
+    """T over the last children: the edit runs on the input of the first that holds a named
+    parameter, as computed (not flattened), and equals the whole network's edit."""
+    model = deep_mlp() if kind == "mlp" else BUILDERS[kind]()
+    train = make_data(kind, N, data_seed)
+    options = {"method": "fif", "ratio": 1.0, "param_names": names, "newton_steps": 2}
+    fast = gif.remove(model, train, {"class": cls}, **options)
+    assert_same_edit(fast, whole_network_removal(model, train, cls, **options))
+    assert fast.report["head_features"]["modules"] == modules
+    assert fast.report["head_features"]["layer"] == modules[0]
+    with torch.no_grad():
+        computed = model[: int(modules[0])](train[0][:1])
+    assert fast.report["head_features"]["features"] == computed[0].numel()
+    changed = {n for n, p in fast.model.named_parameters() if not torch.equal(p, model.get_parameter(n))}
+    assert changed and all(n.split(".")[0] in modules for n in changed)
+
+
+def test_a_relabel_of_a_sequential_with_its_first_layer_frozen_runs_on_the_rest():
+    """IF needs every trainable parameter's rows: with the first Linear frozen they all lie in the
+    tail from the second, and the relabel is the whole network's."""
+    model, train = deep_mlp(), make_data("mlp", N, 3)
+    model[0].requires_grad_(False)
+    x, y = train
+    rows, new = torch.tensor([3, 7, 11]), (y[[3, 7, 11]] + 1) % 3
+    fast = gif.relabel(model, train, rows, new, method="if", newton_steps=2)
+    opts = resolve("relabel", EditConfig, None, {"method": "if", "newton_steps": 2})
+    task = Task(
+        kind="relabel", index=rows, target=(x[rows], torch.stack([y[rows], new], dim=1)),
+        target_loss=gif.newton.relabel_loss(cross_entropy), scale=3 / N, new_labels=new,
+    )  # fmt: skip
+    whole = Edit(Request(model, train, task, cross_entropy), opts).run()
+    assert fast.report["newton_steps"][0]["step"]["scale"] > 0
+    assert_same_edit(fast, whole)
+    assert fast.report["head_features"]["modules"] == ["2", "3", "4"]
+
+
+def test_a_sequential_with_a_forward_of_its_own_keeps_the_whole_network():
+    class Doubled(torch.nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    torch.manual_seed(3)
+    model = Doubled(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    train = make_data("mlp", N, 5)
+    edit = gif.remove(
+        model, train, {"class": 2}, method="fif", ratio=1.0, param_names=["2.*"], newton_steps=1
+    )
+    assert "head_features" not in edit.report
+
+
+def test_a_tail_whose_features_exceed_the_cap_keeps_the_whole_network(monkeypatch):
+    model, train = deep_mlp(), make_data("mlp", N, 5)
+    options = {"method": "fif", "ratio": 1.0, "param_names": ["2.*", "4.*"], "newton_steps": 1}
+    # 2 sets' worth of 6 float64 features per sample: the training data's alone fit at the cap
+    monkeypatch.setattr(tail_edit, "TAIL_FEATURE_BYTES", 2 * 6 * 8 * N)
+    assert "head_features" in gif.remove(model, train, {"class": 2}, **options).report
+    monkeypatch.setattr(tail_edit, "TAIL_FEATURE_BYTES", 2 * 6 * 8 * N - 1)
+    assert "head_features" not in gif.remove(model, train, {"class": 2}, **options).report
+
+
+def test_a_further_edit_takes_a_tails_features_from_the_cache():
+    model, train = BUILDERS["cnn"](), make_data("cnn", N, 5)
+    options = {"method": "fif", "ratio": 1.0, "param_names": ["1.*", "5.*"], "newton_steps": 1}
+    cache = gif.MemoryCache()
+    first = gif.remove(model, train, {"class": 2}, cache=cache, **options)
+    assert first.report["head_features"]["cache"]["counts"]["features"] == {"hit": 0, "wait": 0, "miss": 1}
+    head_only = gif.remove(
+        model, train, {"class": 2}, cache=cache, method="fif", selection="head", newton_steps=1
+    )
+    # the head's flattened features at another layer are another entry
+    miss = {"hit": 0, "wait": 0, "miss": 1}
+    assert head_only.report["head_features"]["cache"]["counts"]["features"] == miss
+    further = gif.remove(model, train, {"class": 1}, cache=cache, **options)
+    assert further.report["head_features"]["cache"]["counts"]["features"] == {"hit": 1, "wait": 0, "miss": 0}
+    assert torch.equal(further.delta, gif.remove(model, train, {"class": 1}, **options).delta)
 
 
 @pytest.mark.parametrize(

@@ -1,25 +1,32 @@
-"""An edit of a classifier's head alone, run on the head's input features computed once.
+"""An edit of a model's tail — its last layers — run on the tail's input features computed once.
 
-When everything an edit may change lies in the Linear layer that computes the logits (the head)
-and the edit's solve involves only that layer's block of the Hessian, the rest of the network is
-a fixed function of each sample: the edit is the same computation on a model that *is* the head,
-fed the features the network computes for it. One forward pass over the data replaces a forward
-pass of the whole network per HVP, gradient and step-search evaluation. That holds when
+When everything an edit may change lies in the tail and the edit's solve involves only the
+tail's block of the Hessian, the rest of the network is a fixed function of each sample: the edit
+is the same computation on a model that *is* the tail, fed the features the network computes for
+it. One forward pass over the data replaces a forward pass of the whole network per HVP,
+gradient and step-search evaluation. The tail is
 
-* every trainable parameter lies in the head (the rest frozen, ``requires_grad=False``), for
+* the Linear layer that computes the logits (the head), fed its input flattened to [n, d]; or
+* the last children of an ``nn.Sequential`` model (its own ``forward``), from the first child
+  holding a parameter the edit needs, fed that child's input as computed,
+
+and the edit needs only the tail's block when
+
+* every trainable parameter lies in the tail (the rest frozen, ``requires_grad=False``), for
   any method; or
-* the method is ``fif`` and T lies in the head (``selection="head"``, or ``param_names`` naming
-  only the head's parameters): FIF solves (H[T,T] + λI)⁻¹ g[T] and moves only T, so it never
+* the method is ``fif`` and T lies in the tail (``selection="head"``, or ``param_names``
+  naming only parameters there): FIF solves (H[T,T] + λI)⁻¹ g[T] and moves only T, so it never
   needs the Hessian's other rows.
 
-``if`` and ``gif`` with ``param_names`` on the head still use H's rows over every trainable
+``if`` and ``gif`` with ``param_names`` on the tail still use H's rows over every trainable
 parameter (docs/method.md), so they keep the whole network, as does an edit given a ``lowrank``
 fit (it belongs to the whole network). An audit ``reference`` model is a whole network too: with
 one, the audit runs on the whole input and edited models after the edit. With a cache the features
 are an entry of it (kind ``features``: the whole model's digest, the data's, the layer), so a
 further edit of the same checkpoint and data runs no forward pass of the network. The edited copy
-is the input model with the head's new weights; ``delta`` and ``params`` are over the whole model's
-parameters, as for any edit; the report says the shortcut was taken (``head_features``).
+is the input model with the tail's new weights; ``delta`` and ``params`` are over the whole model's
+parameters, as for any edit; the report says the shortcut was taken (``head_features``, with the
+tail's ``modules``).
 """
 
 from __future__ import annotations
@@ -45,43 +52,86 @@ from .newton import AuditInputs, Edit, EditResult, Request
 from .params import ParamSpace
 
 #: Samples per forward pass of the whole network when computing the features (no graph is kept,
-#: so the pass holds one chunk's activations at a time; the edit's own chunk size is for the head).
+#: so the pass holds one chunk's activations at a time; the edit's own chunk size is for the tail).
 FEATURE_CHUNK = 256
+
+#: The features of every sample of a request are held in memory: a tail of an ``nn.Sequential``
+#: whose features would take more than this runs on the whole network instead.
+TAIL_FEATURE_BYTES = 1 << 30
 
 
 @dataclasses.dataclass
-class Head:
-    """The logits' Linear layer and its name in the model."""
+class Tail:
+    """The modules an edit runs on alone, named as in the model and applied in order to the
+    features, which are the input of the first (``path``) — flattened to [n, d] for the head."""
 
-    path: str
-    module: nn.Linear
+    modules: list[tuple[str, nn.Module]]
+    flatten: bool
+
+    @property
+    def path(self) -> str:
+        return self.modules[0][0]
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.modules]
 
 
-def frozen_head(
+def frozen_tail(
     model: nn.Module, found: tuple[str, nn.Linear] | None, config: EditConfig, *, whole_network: bool
-) -> Head | None:
-    """The head an edit can run on alone (module docstring), or None; ``found``: the model's
+) -> Tail | None:
+    """The tail an edit can run on alone (module docstring), or None; ``found``: the model's
     :func:`~gif.loo_head.named_head`. ``whole_network``: the edit was given something that belongs
     to the whole network (a ``lowrank`` fit, a reference)."""
-    if whole_network or found is None or not found[0]:
-        return None  # no head, or the model is the Linear layer: there is no network to skip
-    own = head_parameter_names(*found)
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    if config.param_names is None:
-        t_in_head = config.selection == "head"
-    else:
-        named = {n for n in trainable if any(fnmatch.fnmatchcase(n, p) for p in config.param_names)}
-        t_in_head = bool(named) and named <= own
-    return Head(*found) if set(trainable) <= own or (config.method == "fif" and t_in_head) else None
+    if whole_network:
+        return None
+    needed = _needed(model, found, config)
+    if not needed:
+        return None
+    if found is not None and found[0] and needed <= head_parameter_names(*found):
+        return Tail([found], flatten=True)
+    if type(model).forward is not nn.Sequential.forward:
+        return None  # a Sequential's children are its computation only with its own forward
+    children = list(model.named_children())
+    holding = [i for i, (name, _) in enumerate(children) if any(n.split(".")[0] == name for n in needed)]
+    first = holding[0] if holding else 0
+    return Tail(children[first:], flatten=False) if first > 0 else None
+
+
+def _needed(model: nn.Module, found: tuple[str, nn.Linear] | None, config: EditConfig) -> set[str]:
+    """The trainable parameters whose rows of the Hessian the edit's solve involves: T's
+    candidates for ``fif`` (named by ``param_names``, or the head's for ``selection="head"``),
+    every trainable parameter otherwise."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if config.method != "fif":
+        return trainable
+    if config.param_names is not None:
+        return {n for n in trainable if any(fnmatch.fnmatchcase(n, p) for p in config.param_names)}
+    if config.selection == "head" and found is not None and found[0]:
+        return head_parameter_names(*found) & trainable
+    return trainable
+
+
+def fits(tail: Tail, request: Request) -> bool:
+    """Whether the tail's features for the training data (and as much again for validation and
+    holdout data) stay within :data:`TAIL_FEATURE_BYTES`; the head's always do."""
+    if tail.flatten:
+        return True
+    model, x = request.model, request.train[0]
+    device = next(model.parameters()).device
+    one = next(
+        feature_chunks(model, model.get_submodule(tail.path), take(x, slice(0, 1)), 1, device, flatten=False)
+    )
+    return 2 * one.numel() * one.element_size() * len(request.train[1]) <= TAIL_FEATURE_BYTES
 
 
 @dataclasses.dataclass
 class Features:
-    """The head's inputs for one request, computed once: for the training data, the validation
+    """The tail's inputs for one request, computed once: for the training data, the validation
     data and the audit's holdout (each given or None), with the seconds it took and what the
     cache served."""
 
-    head: Head
+    tail: Tail
     train: torch.Tensor
     validation: Batch | None
     holdout: Batch | None
@@ -89,21 +139,24 @@ class Features:
     cache: dict
 
 
-def features(head: Head, request: Request, config: EditConfig) -> Features:
-    """One forward pass of the whole network over each set, stopped at the head's input (with a
+def features(tail: Tail, request: Request, config: EditConfig) -> Features:
+    """One forward pass of the whole network over each set, stopped at the tail's input (with a
     cache: an entry per set, kind ``features``)."""
     start = time.perf_counter()
     model = request.model
     device = next(model.parameters()).device
     memo = Memo(request.cache)
     whole = memo.model(model)
+    first = model.get_submodule(tail.path)
+    chunk = min(config.chunk_size, FEATURE_CHUNK)
 
     def of(inputs: Inputs) -> torch.Tensor:
         def compute() -> torch.Tensor:
-            chunks = feature_chunks(model, head.module, inputs, min(config.chunk_size, FEATURE_CHUNK), device)
-            return torch.cat(list(chunks))
+            return torch.cat(list(feature_chunks(model, first, inputs, chunk, device, flatten=tail.flatten)))
 
-        key = {"model": whole, "data": memo.data(inputs), "layer": head.path}
+        # the head's entries keep the key they had before tails of a Sequential (flattened features)
+        shape = {} if tail.flatten else {"flatten": False}
+        key = {"model": whole, "data": memo.data(inputs), "layer": tail.path, **shape}
         return memo.tensor("features", key, compute, device=device)
 
     def pair(data: Batch | None) -> Batch | None:
@@ -112,17 +165,18 @@ def features(head: Head, request: Request, config: EditConfig) -> Features:
     train = of(request.train[0])
     validation = pair(None if request.validation is None else as_pair(request.validation, what="validation"))
     holdout = pair(request.audit.holdout)
-    return Features(head, train, validation, holdout, time.perf_counter() - start, memo.report())
+    return Features(tail, train, validation, holdout, time.perf_counter() - start, memo.report())
 
 
 def run(feats: Features, request: Request, config: EditConfig) -> EditResult:
-    """The edit of the head on its features; the result as for the whole model."""
-    model, head = request.model, feats.head
+    """The edit of the tail on its features; the result as for the whole model."""
+    model, tail = request.model, feats.tail
     config, choice = choose_solver(config, model, request.loss_fn, EDIT_PRESETS[config.method]["solver"])
-    surrogate = _Surrogate(head.path, copy.deepcopy(head.module))
+    surrogate = _Surrogate([(name, copy.deepcopy(module)) for name, module in tail.modules])
     result = Edit(_on_features(feats, request, surrogate), config).run()
     edited = copy.deepcopy(model)
-    edited.get_submodule(head.path).load_state_dict(result.model.get_submodule(head.path).state_dict())
+    for name in tail.names:
+        edited.get_submodule(name).load_state_dict(result.model.get_submodule(name).state_dict())
     delta, params = _in_whole_model(model, surrogate, result)
     report = result.report
     audit = request.audit
@@ -134,15 +188,15 @@ def run(feats: Features, request: Request, config: EditConfig) -> EditResult:
     if choice is not None:
         report["solver_choice"] = choice
     report["head_features"] = {
-        "layer": head.path, "features": int(feats.train.shape[1]), "seconds": round(feats.seconds, 4),
-        "cache": feats.cache,
+        "layer": tail.path, "modules": tail.names, "features": int(feats.train[0].numel()),
+        "seconds": round(feats.seconds, 4), "cache": feats.cache,
     }  # fmt: skip
     report["timings"]["features"] = round(feats.seconds, 4)
     return EditResult(edited, delta, params, report)
 
 
 def held_out_check(feats: Features, request: Request, config: EditConfig, fraction: float) -> dict:
-    """Does a relabel of the head generalise to relabelled samples it did not see?
+    """Does a relabel of the tail generalise to relabelled samples it did not see?
 
     A seeded ``fraction`` of the relabelled samples is held out — dropped from the training
     data altogether, so that their old labels do not pull against the edit — and the same edit
@@ -168,12 +222,12 @@ def held_out_check(feats: Features, request: Request, config: EditConfig, fracti
     )  # fmt: skip
     check = run(reduced, dataclasses.replace(request, train=train, task=sub, callback=None, audit=AuditInputs()),
                 config)  # fmt: skip
-    edited_head = check.model.get_submodule(feats.head.path)
+    edited_tail = _Surrogate([(name, check.model.get_submodule(name)) for name in feats.tail.names])
     new = task.new_labels.to(feats.train.device)
     rows = task.index.to(feats.train.device)
 
     def accuracy(part: torch.Tensor) -> float:
-        return evaluate(edited_head, feats.train[rows[part]], new[part], loss_fn=request.loss_fn).accuracy
+        return evaluate(edited_tail, feats.train[rows[part]], new[part], loss_fn=request.loss_fn).accuracy
 
     return {
         "edited": accuracy(kept), "held_out": accuracy(held), "samples": [kept.numel(), held.numel()],
@@ -196,21 +250,25 @@ def _on_features(feats: Features, request: Request, surrogate: nn.Module) -> Req
 
 
 class _Surrogate(nn.Module):
-    """The head alone, registered under its name in the model, so that parameter names (and
-    ``param_names`` patterns, cache entries, reports) read as in the whole model."""
+    """The tail alone, each module registered under its name in the model, so that parameter
+    names (and ``param_names`` patterns, cache entries, reports) read as in the whole model."""
 
-    def __init__(self, path: str, layer: nn.Linear) -> None:
+    def __init__(self, modules: list[tuple[str, nn.Module]]) -> None:
         super().__init__()
-        *parents, leaf = path.split(".")
-        node: nn.Module = self
-        for name in parents:
-            node.add_module(name, nn.Module())
-            node = node.get_submodule(name)
-        node.add_module(leaf, layer)
-        self.path = path
+        for path, module in modules:
+            *parents, leaf = path.split(".")
+            node: nn.Module = self
+            for name in parents:
+                if not hasattr(node, name):
+                    node.add_module(name, nn.Module())
+                node = node.get_submodule(name)
+            node.add_module(leaf, module)
+        self.order = [path for path, _ in modules]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.get_submodule(self.path)(features)
+        for path in self.order:
+            features = self.get_submodule(path)(features)
+        return features
 
 
 def _in_whole_model(
