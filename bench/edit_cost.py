@@ -45,6 +45,7 @@ import torch
 import gif
 import gif.config
 from gif.loo_head import named_head
+from gif.models.zoo import trainable_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -107,9 +108,27 @@ VARIANTS: dict[str, dict] = {
     # the ``if`` preset before its HVPs ran over 1,024 of its 2,048 samples (``hvp_samples``, the
     # default since 2026-12-07): every product over the whole Hessian sample
     "hvp all": {"presets": {"if": {"hvp_samples": None}}},
+    # the ``if`` preset's products over fewer of its 2,048 samples than the default 1,024
+    "hvp 512": {"presets": {"if": {"hvp_samples": 512}}},
+    "hvp 256": {"presets": {"if": {"hvp_samples": 256}}},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
-    # (gif/head_edit.py)
+    # (gif/tail_edit.py)
     "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},
+    # FIF on the last two trainable layers (the head and the one before it, names filled in per
+    # model): at FIF's preset, with K-FAC, and with the ``if`` preset's truncated Gauss–Newton CG
+    "fif suffix": {"method": "fif", "ratio": 1.0, "param_names": "suffix"},
+    "fif suffix kfac": {"method": "fif", "ratio": 1.0, "param_names": "suffix", "solver": "kfac"},
+    "fif suffix gn": {
+        "method": "fif",
+        "ratio": 1.0,
+        "param_names": "suffix",
+        "solver": "cg",
+        "curvature": "gauss_newton",
+        "damping": 0.03,
+        "max_iter": 10,
+        "hvp_samples": 1024,
+        "stop_objective": 0.98,
+    },
 }
 
 
@@ -270,6 +289,8 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
         presets = options.pop("presets", {})
         if options.get("param_names") == "head":
             options["param_names"] = head_names(model, x_train)
+        if options.get("param_names") == "suffix":
+            options["param_names"] = [f"{name}.*" for name, _ in trainable_layers(model)[-2:]]
         for label, edit, quality in edits:
             with patched_presets(presets):
                 result, seconds = timed(lambda edit=edit, cache=cache, options=options: edit(cache, options))
