@@ -108,8 +108,9 @@ VARIANTS: dict[str, dict] = {
     # the ``if`` preset before its HVPs ran over 1,024 of its 2,048 samples (``hvp_samples``, the
     # default since 2026-12-07): every product over the whole Hessian sample
     "hvp all": {"presets": {"if": {"hvp_samples": None}}},
-    # the ``if`` preset's products over fewer of its 2,048 samples than the default 1,024
-    "hvp 512": {"presets": {"if": {"hvp_samples": 512}}},
+    # the ``if`` preset's products over 1,024 of its samples (the default from ``hvp_samples``'s
+    # introduction until it became 512, 2026-12-07), and over 256 (measured, not adopted)
+    "hvp 1024": {"presets": {"if": {"hvp_samples": 1024}}},
     "hvp 256": {"presets": {"if": {"hvp_samples": 256}}},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
     # (gif/tail_edit.py)

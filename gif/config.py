@@ -77,9 +77,10 @@ ACCEPT_OBJECTIVE = 0.98
 #: protocols: ``cg``'s stop on negative curvature regularises the indefinite Hessians of ``sif``;
 #: ``if`` (a relabel's fallback) runs CG on the positive semi-definite Gauss–Newton matrix truncated
 #: at 10 iterations, better relabels than the Hessian's CG at less cost (docs/benchmarks.md, "The
-#: relabel's CG on the Gauss–Newton matrix, truncated"), its products over 1,024 of the 2,048
-#: samples its K-FAC fit takes, its Newton steps stopped at the guard's bar (docs/benchmarks.md,
-#: "Stopping a relabel at the guard's bar"); GIF's loose corrections and 512 Hessian
+#: relabel's CG on the Gauss–Newton matrix, truncated"), its products over 512 of the 2,048
+#: samples its K-FAC fit takes (docs/benchmarks.md, "The relabel's products over 512 samples"),
+#: its Newton steps stopped at the guard's bar (docs/benchmarks.md, "Stopping a relabel at the
+#: guard's bar"); GIF's loose corrections and 512 Hessian
 #: samples cost it no quality (docs/benchmarks.md, "A cheaper step search, and choosing the
 #: relabel default").
 EDIT_PRESETS: dict[str, dict[str, Any]] = {
@@ -90,7 +91,7 @@ EDIT_PRESETS: dict[str, dict[str, Any]] = {
             "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": None,
             "stop_objective": 1.0},
     "if": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "gauss_newton",
-           "max_iter": 10, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": 1024,
+           "max_iter": 10, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": 512,
            "stop_objective": ACCEPT_OBJECTIVE},
     "sif": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "hessian",
             "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": None,
