@@ -164,7 +164,7 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
         )
     found = named_head(request.model, x)  # the logits' Linear layer, looked up once per request
     chosen, choice = choose_method(opts, found, request.task, lowrank_given=request.lowrank is not None)
-    computed: dict[str, tail_edit.Features] = {}
+    computed: dict[tuple[str, bool], tail_edit.Features] = {}
     attempts, started = most_runs(opts, chosen, choice), itertools.count(1)
 
     def tail(config: EditConfig, whole_network: bool) -> tail_edit.Tail | None:
@@ -172,9 +172,10 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
         return found_tail if found_tail is not None and tail_edit.fits(found_tail, request) else None
 
     def features(on: tail_edit.Tail, config: EditConfig) -> tail_edit.Features:
-        if on.path not in computed:  # once per request, whichever edits run on them
-            computed[on.path] = tail_edit.features(on, request, config)
-        return computed[on.path]
+        key = (on.path, on.flatten)
+        if key not in computed:  # once per request, whichever edits run on them
+            computed[key] = tail_edit.features(on, request, config)
+        return computed[key]
 
     def run(config: EditConfig) -> EditResult:
         attempt = _in_attempt(request, next(started), attempts)
