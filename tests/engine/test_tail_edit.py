@@ -35,6 +35,18 @@ def whole_network_removal(model, train, cls: int, holdout=None, reference=None, 
     return Edit(Request(model, train, task, cross_entropy, audit=audit), opts).run()
 
 
+def whole_network_relabel(model, train, rows, new, **options):
+    """The relabel on the whole network: an :class:`Edit` of the resolved options, without the shortcut."""
+    x, y = train
+    task = Task(
+        kind="relabel", index=rows, target=(x[rows], torch.stack([y[rows], new], dim=1)),
+        target_loss=gif.newton.relabel_loss(cross_entropy), scale=len(rows) / len(y), new_labels=new,
+    )  # fmt: skip
+    return Edit(
+        Request(model, train, task, cross_entropy), resolve("relabel", EditConfig, None, options)
+    ).run()
+
+
 def leaves(tree, prefix=""):
     """A nested report as {"a.b.c": number}."""
     if isinstance(tree, dict):
@@ -81,15 +93,10 @@ def test_a_relabel_of_a_frozen_backbone_is_the_same_on_the_head():
     model, train = BUILDERS["embed"](), make_data("embed", N, 3)
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("head."))
-    x, y = train
-    rows, new = torch.tensor([3, 7, 11]), (y[[3, 7, 11]] + 1) % 3
+    rows = torch.tensor([3, 7, 11])
+    new = (train[1][rows] + 1) % 3
     fast = gif.relabel(model, train, rows, new, newton_steps=2)
-    opts = resolve("relabel", EditConfig, None, {"method": "if", "newton_steps": 2})
-    task = Task(
-        kind="relabel", index=rows, target=(x[rows], torch.stack([y[rows], new], dim=1)),
-        target_loss=gif.newton.relabel_loss(cross_entropy), scale=3 / N, new_labels=new,
-    )  # fmt: skip
-    whole = Edit(Request(model, train, task, cross_entropy), opts).run()
+    whole = whole_network_relabel(model, train, rows, new, method="if", newton_steps=2)
     assert_same_edit(fast, whole)
 
 
@@ -137,15 +144,10 @@ def test_a_relabel_of_a_sequential_with_its_first_layer_frozen_runs_on_the_rest(
     tail from the second, and the relabel is the whole network's."""
     model, train = deep_mlp(), make_data("mlp", N, 3)
     model[0].requires_grad_(False)
-    x, y = train
-    rows, new = torch.tensor([3, 7, 11]), (y[[3, 7, 11]] + 1) % 3
+    rows = torch.tensor([3, 7, 11])
+    new = (train[1][rows] + 1) % 3
     fast = gif.relabel(model, train, rows, new, method="if", newton_steps=2)
-    opts = resolve("relabel", EditConfig, None, {"method": "if", "newton_steps": 2})
-    task = Task(
-        kind="relabel", index=rows, target=(x[rows], torch.stack([y[rows], new], dim=1)),
-        target_loss=gif.newton.relabel_loss(cross_entropy), scale=3 / N, new_labels=new,
-    )  # fmt: skip
-    whole = Edit(Request(model, train, task, cross_entropy), opts).run()
+    whole = whole_network_relabel(model, train, rows, new, method="if", newton_steps=2)
     assert fast.report["newton_steps"][0]["step"]["scale"] > 0
     assert_same_edit(fast, whole)
     assert fast.report["head_features"]["modules"] == ["2", "3", "4"]
