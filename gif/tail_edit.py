@@ -8,7 +8,8 @@ gradient and step-search evaluation. The tail is
 
 * the Linear layer that computes the logits (the head), fed its input flattened to [n, d]; or
 * the last children of an ``nn.Sequential`` model (its own ``forward``), from the first child
-  holding a parameter the edit needs, fed that child's input as computed,
+  holding a parameter the edit needs, fed that child's input as computed — where a child
+  before it has parameters (layers of its own to skip),
 
 and the edit needs only the tail's block when
 
@@ -95,7 +96,9 @@ def frozen_tail(
     children = list(model.named_children())
     holding = [i for i, (name, _) in enumerate(children) if any(n.split(".")[0] == name for n in needed)]
     first = holding[0] if holding else 0
-    return Tail(children[first:], flatten=False) if first > 0 else None
+    skipped = any(True for _, child in children[:first] for _ in child.parameters())
+    # children before the first with parameters (a Flatten, say) cost next to nothing to rerun
+    return Tail(children[first:], flatten=False) if skipped else None
 
 
 def _needed(model: nn.Module, found: tuple[str, nn.Linear] | None, config: EditConfig) -> set[str]:

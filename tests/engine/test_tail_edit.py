@@ -167,6 +167,20 @@ def test_a_sequential_with_a_forward_of_its_own_keeps_the_whole_network():
     assert "head_features" not in edit.report
 
 
+def test_a_sequential_whose_skipped_children_hold_no_parameters_keeps_the_whole_network():
+    """A Flatten before the first Linear is all there would be to skip: not worth a copy of the data."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)
+    ).double()
+    train = make_data("mlp", N, 5)
+    edit = gif.remove(model, train, {"class": 2}, method="gif", ratio=0.5, newton_steps=1)
+    assert "head_features" not in edit.report
+    model[1].requires_grad_(False)  # now the frozen Linear is skipped: the edit runs on the head
+    frozen = gif.remove(model, train, {"class": 2}, method="gif", ratio=0.5, newton_steps=1)
+    assert frozen.report["head_features"]["modules"] == ["3"]
+
+
 def test_a_tail_whose_features_exceed_the_cap_keeps_the_whole_network(monkeypatch):
     model, train = deep_mlp(), make_data("mlp", N, 5)
     options = {"method": "fif", "ratio": 1.0, "param_names": ["2.*", "4.*"], "newton_steps": 1}
