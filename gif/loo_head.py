@@ -121,19 +121,19 @@ def loo_margins(
 
 def feature_chunks(
     model: nn.Module,
-    head: nn.Module,
+    layer: nn.Module,
     inputs: Inputs,
     chunk_size: int,
     device: torch.device,
     *,
     flatten: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """The input of ``head`` (as computed, on ``device``; flattened to [chunk, d] unless
-    ``flatten`` is false) for each chunk of ``inputs``, the model in eval mode and without
-    gradients."""
+    """The input of ``layer`` (the head, or a tail's first module; as computed, on ``device``;
+    flattened to [chunk, d] unless ``flatten`` is false) for each chunk of ``inputs``, the model
+    in eval mode and without gradients."""
     seen: list[torch.Tensor] = []
     record: ForwardHook = lambda mod, args, out: seen.append(args[0])  # noqa: E731
-    with forward_hooks([(head, record)]), torch.no_grad(), eval_mode(model):
+    with forward_hooks([(layer, record)]), torch.no_grad(), eval_mode(model):
         for start in range(0, count(inputs), chunk_size):
             seen.clear()
             call(model, to(take(inputs, slice(start, start + chunk_size)), device))
