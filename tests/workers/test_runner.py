@@ -497,3 +497,25 @@ def test_a_job_may_set_the_hvp_subset_and_the_stop_objective(ctx, inputs, data):
         wrong.pop("forget")
         with pytest.raises(pydantic.ValidationError, match=name):
             specs.parse(wrong)
+
+
+def test_a_job_editing_the_last_layers_of_a_sequential_runs_on_their_features(ctx, tmp_path, data):
+    """FIF on an MLP's last two Linear layers: the job's edit runs on the input of the first of
+    them (gif/tail_edit.py) and changes those layers alone, as the whole network's edit would."""
+    config = {**factories.MLP_CONFIG, "hidden_sizes": [32, 16]}  # Flatten, Linear, ReLU, Linear, ReLU, Linear
+    torch.manual_seed(0)
+    model = gif.models.build("mlp", **config).eval()
+    paths = factories.write_files(tmp_path / "files", data, model)
+    ids = {"checkpoint": register(ctx, paths["checkpoint"], "checkpoint")}
+    ids["train"] = register(ctx, paths["train"], "dataset", {"samples": len(data.y_train)})
+    options = {"method": "fif", "ratio": 1.0, "newton_steps": 1, "hessian_samples": 256}
+    model_spec = {"arch": "mlp", "config": config, "checkpoint": ids["checkpoint"]}
+    body = _body(ids, options=options, model=model_spec, params={"names": ["3.*", "5.*"]})
+    job_id = submit(ctx, body)
+    assert run_job(job_id, ctx.settings, ctx) is JobStatus.SUCCEEDED, _job(ctx, job_id).error_json
+    files = _result_files(ctx, _job(ctx, job_id))
+    edit = json.loads(files["report"])["report"]
+    assert edit["head_features"]["modules"] == ["3", "4", "5"] and edit["head_features"]["features"] == 32
+    weights = safetensors.torch.load(files["weights"])
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(weights[name], value)}
+    assert changed == {"3.weight", "3.bias", "5.weight", "5.bias"}
