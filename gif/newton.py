@@ -137,8 +137,11 @@ class Edit:
             return take(x, index), y[index]
 
         self.val = rows(self.splits.val) if validation is None else as_pair(validation, what="validation")
-        self.hessian_data, self.drift_data = rows(self.splits.hessian), rows(self.splits.drift)
-        self.product_data = rows(self.splits.products)
+        self.hessian_data = rows(self.splits.hessian)
+        # the drift's and the products' rows are often the Hessian sample itself: no second copy of it
+        splits = self.splits
+        self.drift_data = self.hessian_data if splits.retained is None else rows(splits.drift)
+        self.product_data = self.hessian_data if splits.subset is None else rows(splits.products)
         self.model = copy.deepcopy(model)
         self.memo = Memo(
             request.cache, disabled=None if loss_id(loss_fn) else "loss_fn has no `cache_key` attribute"
