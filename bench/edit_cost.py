@@ -105,8 +105,8 @@ VARIANTS: dict[str, dict] = {
     # "Stopping a relabel at the guard's bar"); a preset, not a request option, so that FIF's head
     # attempts keep their own 2,048
     "if 1024": {"presets": {"if": {"hessian_samples": 1024}}},
-    # the ``if`` preset before its HVPs ran over 1,024 of its 2,048 samples (``hvp_samples``, the
-    # default since 2026-12-07): every product over the whole Hessian sample
+    # the ``if`` preset before ``hvp_samples`` (2026-12-07): every product over the whole Hessian
+    # sample
     "hvp all": {"presets": {"if": {"hvp_samples": None}}},
     # the ``if`` preset's products over 1,024 of its samples (the default from ``hvp_samples``'s
     # introduction until it became 512, 2026-12-07), and over 256 (measured, not adopted)
@@ -291,7 +291,7 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
         if options.get("param_names") == "head":
             options["param_names"] = head_names(model, x_train)
         if options.get("param_names") == "suffix":
-            options["param_names"] = [f"{name}.*" for name, _ in trainable_layers(model)[-2:]]
+            options["param_names"] = [f"{layer}.*" for layer, _ in trainable_layers(model)[-2:]]
         for label, edit, quality in edits:
             with patched_presets(presets):
                 result, seconds = timed(lambda edit=edit, cache=cache, options=options: edit(cache, options))
