@@ -505,9 +505,7 @@ def test_a_job_editing_the_last_layers_of_a_sequential_runs_on_their_features(ct
     config = {**factories.MLP_CONFIG, "hidden_sizes": [32, 16]}  # Flatten, Linear, ReLU, Linear, ReLU, Linear
     torch.manual_seed(0)
     model = gif.models.build("mlp", **config).eval()
-    paths = factories.write_files(tmp_path / "files", data, model)
-    ids = {"checkpoint": register(ctx, paths["checkpoint"], "checkpoint")}
-    ids["train"] = register(ctx, paths["train"], "dataset", {"samples": len(data.y_train)})
+    ids = register_digits(ctx, tmp_path / "files", data, model)
     options = {"method": "fif", "ratio": 1.0, "newton_steps": 1, "hessian_samples": 256}
     model_spec = {"arch": "mlp", "config": config, "checkpoint": ids["checkpoint"]}
     body = _body(ids, options=options, model=model_spec, params={"names": ["3.*", "5.*"]})
