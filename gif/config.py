@@ -308,6 +308,14 @@ class EditConfig(SolveConfig):
         "that reaches it is the last; 1: only at the objective's maximum; None: the method's",
         **_FRACTION,
     )
+    give_up_objective: float = _field(
+        0.0,
+        "validation objective below which the Newton loop stops after its first step, for a tentative "
+        "edit that a later one replaces when it falls short (gif/method_choice.py); 0: never",
+        low=0.0,
+        high=1.0,
+        service=False,
+    )
 
     def __post_init__(self) -> None:
         preset = EDIT_PRESETS.get(self.method, {}) if isinstance(self.method, str) else {}

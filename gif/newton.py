@@ -174,11 +174,20 @@ class Edit:
                 assert self.config.stop_objective is not None  # resolved from the method's preset
                 if outcome.objective >= self.config.stop_objective:
                     break  # good enough (at 1, the objective's maximum: another step cannot improve it)
+                if k == 0 and outcome.objective < self.config.give_up_objective:
+                    break  # too far below to be kept: further steps would be wasted
             delta = space.vector(model) - theta0
             audit = self._audit()
             report = {**self._report(params, steps, metrics, delta, theta0), "audit": audit}
         fit = self.solves.fit
         return EditResult(model, delta, params, report, fit if isinstance(fit, LowRankHessian) else None)
+
+    def has_fit(self) -> bool:
+        """Whether the curvature this edit's solver fits (lowrank, kfac, ekfac) is cached already
+        (or was given): its solves then cost no fit (gif/method_choice.py weighs attempts by it)."""
+        products = self._operator(self.product_data)
+        ids = self.ids
+        return self.solves.has_fit(products, self.config, model=ids.theta0, data=ids.products, loss=ids.loss)
 
     def _select(self) -> torch.Tensor:
         """T: scored on the edited samples under the loss being changed (relabel: new minus old)."""

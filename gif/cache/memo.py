@@ -238,16 +238,12 @@ class CachedSolves:
         computed is counted in ``hessian.work``; a cached solve costs nothing.
         """
         fitted = config.solver_name in FITTED_SOLVERS
-        common = {"model": model, "data": data, "loss": loss, "backend": hessian.backend,
-                  "chunks": [len(c) for c in hessian.data]}  # fmt: skip
+        common = _common_parts(hessian, model=model, data=data, loss=loss)
         if fitted and self.memo.enabled and self._id is None:  # identify the fit
             if self.fit is not None:
                 self._id = "given:" + tensor_digest(*self.fit.state_dict().values())
             else:
-                fit_parts = {**common, "config": fit_key(config)}
-                if config.solver_name in HVP_FREE_SOLVERS:  # the Kronecker fits' passes take no HVP
-                    del fit_parts["backend"]
-                self._key = self._id = make_key(config.solver_name, fit_parts)
+                self._key = self._id = _fit_entry_key(common, config)
                 found = self.memo.peek(self._key, device=hessian.flat.device)
                 if found is not None:
                     self.memo.stats.record(self._key, "hit")
@@ -278,6 +274,20 @@ class CachedSolves:
             self.fit = result.fit if result.fit is not None else self._fit(hessian, config, monitor)
         return result
 
+    def has_fit(
+        self, hessian: HessianOperator, config: SolveConfig, *, model: str, data: str, loss: str
+    ) -> bool:
+        """Whether the curvature ``config``'s solver fits (lowrank, kfac, ekfac) on ``hessian`` is
+        in the cache already (or was given), so that a solve would not fit it again."""
+        if config.solver_name not in FITTED_SOLVERS:
+            return False
+        if self.fit is not None:
+            return True
+        if not self.memo.enabled:
+            return False
+        key = _fit_entry_key(_common_parts(hessian, model=model, data=data, loss=loss), config)
+        return self.memo.peek(key, device=hessian.flat.device) is not None
+
     def _solve_and_fit(
         self, hessian: HessianOperator, run: Callable[[CurvatureFit | None], InfluenceResult]
     ) -> InfluenceResult:
@@ -305,3 +315,16 @@ class CachedSolves:
             return fit_entry(fit)
 
         return fit_from_entry(*self.memo.fetch_key(self._key, compute, device=hessian.flat.device))
+
+
+def _common_parts(hessian: HessianOperator, *, model: str, data: str, loss: str) -> dict[str, Any]:
+    """What a solve's and a fit's keys share: θ, the Hessian data, the loss, how HVPs run."""
+    return {"model": model, "data": data, "loss": loss, "backend": hessian.backend,
+            "chunks": [len(c) for c in hessian.data]}  # fmt: skip
+
+
+def _fit_entry_key(common: Mapping[str, Any], config: SolveConfig) -> str:
+    parts = {**common, "config": fit_key(config)}
+    if config.solver_name in HVP_FREE_SOLVERS:  # the Kronecker fits' passes take no HVP
+        del parts["backend"]
+    return make_key(config.solver_name, parts)

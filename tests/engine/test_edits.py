@@ -369,6 +369,27 @@ def test_newton_steps_stop_once_the_objective_reaches_stop_objective():
             gif.EditConfig(method="if", stop_objective=bad)
 
 
+def test_newton_steps_give_up_after_the_first_below_give_up_objective():
+    """A first step whose objective is below ``give_up_objective`` is the only one (the edit is
+    tentative: gif/method_choice.py replaces it); at or above it, or at 0, the loop goes on."""
+    from .test_cache import trained_problem
+
+    model, train = trained_problem()
+    options = {"method": "gif", "newton_steps": 4}
+    full = gif.remove(model, train, {"class": 1}, **options).report
+    first = full["newton_steps"][0]["step"]
+    assert len(full["newton_steps"]) >= 2 and full["options"]["give_up_objective"] == 0.0
+    given_up = gif.remove(
+        model, train, {"class": 1}, give_up_objective=first["objective"] + 1e-6, **options
+    ).report
+    assert [s["step"] for s in given_up["newton_steps"]] == [first]
+    kept_on = gif.remove(model, train, {"class": 1}, give_up_objective=first["objective"], **options).report
+    assert [s["step"] for s in kept_on["newton_steps"]] == [s["step"] for s in full["newton_steps"]]
+    for bad in (-0.1, 1.5):
+        with pytest.raises(InvalidArgumentError, match="give_up_objective"):
+            gif.EditConfig(give_up_objective=bad)
+
+
 def test_newton_corrections_are_solved_to_correction_tol_and_the_first_step_to_tol():
     from .test_cache import trained_problem
 
