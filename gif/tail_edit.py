@@ -9,7 +9,10 @@ gradient and step-search evaluation. The tail is
 * the Linear layer that computes the logits (the head), fed its input flattened to [n, d]; or
 * the last children of an ``nn.Sequential`` model (its own ``forward``), from the first child
   holding a parameter the edit needs, fed that child's input as computed — where a child
-  before it has parameters (layers of its own to skip),
+  before it has parameters (layers of its own to skip); or
+* for a model with a ``forward`` of its own, what its ``torch.fx`` trace computes from the input
+  of the first module holding a needed parameter, where that input is all the rest reads of
+  what came before (``_traced_tail``; a model that cannot be traced keeps the whole network),
 
 and the edit needs only the tail's block when
 
@@ -38,8 +41,9 @@ import fnmatch
 import time
 
 import torch
-from torch import nn
+from torch import fx, nn
 
+from ._util import eval_mode
 from .audit import audit_sets, run_audit
 from .cache import Memo
 from .config import EDIT_PRESETS, EditConfig
@@ -49,6 +53,7 @@ from .inputs import Inputs, take
 from .inverse import choose_solver
 from .loo_head import feature_chunks, head_parameter_names
 from .metrics import evaluate
+from .models.zoo import TRAINABLE_LAYER_TYPES
 from .newton import AuditInputs, Edit, EditResult, Request
 from .params import ParamSpace
 
@@ -63,19 +68,22 @@ TAIL_FEATURE_BYTES = 1 << 30
 
 @dataclasses.dataclass
 class Tail:
-    """The modules an edit runs on alone, named as in the model and applied in order to the
-    features, which are the input of the first (``path``) — flattened to [n, d] for the head."""
+    """The part of a model an edit runs on alone: the modules ``names`` (named as in the model)
+    applied to the features — the input of the module ``path``, flattened to [n, d] for the head —
+    in order, or as the traced ``graph`` (a ``torch.fx`` graph whose one placeholder is the
+    features) computes them."""
 
-    modules: list[tuple[str, nn.Module]]
+    path: str
+    names: list[str]
     flatten: bool
+    graph: fx.Graph | None = None
 
-    @property
-    def path(self) -> str:
-        return self.modules[0][0]
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.modules]
+    def of(self, model: nn.Module) -> nn.Module:
+        """The tail as a module of its own over ``model``'s modules (shared, not copied), its
+        parameters named as in the model."""
+        if self.graph is not None:
+            return fx.GraphModule(model, self.graph)
+        return _Surrogate([(name, model.get_submodule(name)) for name in self.names])
 
 
 def frozen_tail(
@@ -90,15 +98,73 @@ def frozen_tail(
     if not needed:
         return None
     if found is not None and found[0] and needed <= head_parameter_names(*found):
-        return Tail([found], flatten=True)
+        return Tail(found[0], [found[0]], flatten=True)
+    if needed >= {name for name, _ in model.named_parameters()}:
+        return None  # nothing before the tail to skip
     if type(model).forward is not nn.Sequential.forward:
-        return None  # a Sequential's children are its computation only with its own forward
+        return _traced_tail(model, needed)
     children = list(model.named_children())
     holding = [i for i, (name, _) in enumerate(children) if any(n.split(".")[0] == name for n in needed)]
     first = holding[0] if holding else 0
     skipped = any(True for _, child in children[:first] for _ in child.parameters())
     # children before the first with parameters (a Flatten, say) cost next to nothing to rerun
-    return Tail(children[first:], flatten=False) if skipped else None
+    names = [name for name, _ in children[first:]]
+    return Tail(names[0], names, flatten=False) if skipped else None
+
+
+def _traced_tail(model: nn.Module, needed: set[str]) -> Tail | None:
+    """The tail of a model with a ``forward`` of its own, from its ``torch.fx`` trace: everything
+    computed from the input of the first module holding a needed parameter (the cut), where the
+    cut is the only value that crosses — nothing after it reads the model's inputs or anything
+    else computed before it (a residual's skip from before the cut, say) — that module is called
+    once, every module holding a needed parameter is called after it, and the part before holds
+    parameters of its own. None where any of that fails, or the model cannot be traced."""
+    try:
+        with eval_mode(model):  # ``self.training`` read by a traced forward is fixed at trace time
+            graph = fx.Tracer().trace(model)
+    except Exception:  # noqa: BLE001 — a model torch.fx cannot trace keeps the whole network
+        return None
+    holders = {name.rpartition(".")[0] for name in needed}
+    calls = [node for node in graph.nodes if node.op == "call_module"]
+    first = next((node for node in calls if node.target in holders), None)
+    if first is None or len(first.args) != 1 or first.kwargs or not isinstance(first.args[0], fx.Node):
+        return None
+    cut: fx.Node = first.args[0]
+    after: set[fx.Node] = set()  # everything computed from the cut
+    for node in graph.nodes:
+        if any(arg is cut or arg in after for arg in node.all_input_nodes):
+            after.add(node)
+    crossing = any(arg is not cut and arg not in after and arg.op != "get_attr"
+                   for node in after for arg in node.all_input_nodes)  # fmt: skip
+    called = {node.target for node in calls if node in after}
+    before = [node.target for node in calls if node not in after]
+    if (
+        crossing
+        or not any(node.op == "output" for node in after)
+        or not holders <= called
+        or holders & set(before)
+        or sum(node.target == first.target for node in calls) != 1
+        or not any(True for target in before for _ in model.get_submodule(str(target)).parameters())
+    ):
+        return None
+    tail = fx.Graph()
+    env = {cut: tail.placeholder("features")}
+    for node in graph.nodes:
+        if node in after or (node.op == "get_attr" and any(user in after for user in node.users)):
+            env[node] = tail.node_copy(node, lambda arg: env[arg])
+    names = list(dict.fromkeys(str(node.target) for node in calls if node in after))
+    return Tail(str(first.target), names, flatten=False, graph=tail)
+
+
+def last_layers(model: nn.Module, count: int) -> list[str] | None:
+    """The names of the model's last ``count`` trainable Conv1d, Conv2d and Linear layers, in
+    ``named_modules()`` order, or None where it has fewer."""
+    layers = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, TRAINABLE_LAYER_TYPES) and any(p.requires_grad for p in module.parameters())
+    ]
+    return layers[-count:] if len(layers) >= count else None
 
 
 def _needed(model: nn.Module, found: tuple[str, nn.Linear] | None, config: EditConfig) -> set[str]:
@@ -175,11 +241,11 @@ def run(feats: Features, request: Request, config: EditConfig) -> EditResult:
     """The edit of the tail on its features; the result as for the whole model."""
     model, tail = request.model, feats.tail
     config, choice = choose_solver(config, model, request.loss_fn, EDIT_PRESETS[config.method]["solver"])
-    surrogate = _Surrogate([(name, copy.deepcopy(module)) for name, module in tail.modules])
+    surrogate = copy.deepcopy(tail.of(model))
     result = Edit(_on_features(feats, request, surrogate), config).run()
     edited = copy.deepcopy(model)
-    for name in tail.names:
-        edited.get_submodule(name).load_state_dict(result.model.get_submodule(name).state_dict())
+    loaded = edited.load_state_dict(result.model.state_dict(), strict=False)  # the tail's entries alone
+    assert not loaded.unexpected_keys, f"the tail's names are not the model's: {loaded.unexpected_keys}"
     delta, params = _in_whole_model(model, surrogate, result)
     report = result.report
     audit = request.audit
@@ -204,8 +270,8 @@ def held_out_check(feats: Features, request: Request, config: EditConfig, fracti
     A seeded ``fraction`` of the relabelled samples is held out — dropped from the training
     data altogether, so that their old labels do not pull against the edit — and the same edit
     is run on the rest. Returned: the accuracy under the new labels of the samples the check
-    edited (``edited``) and of the held-out ones (``held_out``), their counts, and the check's
-    edit's ``work`` and ``timings``."""
+    edited (``edited``) and of the held-out ones (``held_out``), their counts, the check's edit's
+    validation ``objective`` and ``newton_steps``, its ``work`` and ``timings``."""
     task = request.task
     assert task.kind == "relabel" and task.new_labels is not None
     n, k = len(request.train[1]), task.index.numel()
@@ -225,7 +291,7 @@ def held_out_check(feats: Features, request: Request, config: EditConfig, fracti
     )  # fmt: skip
     check = run(reduced, dataclasses.replace(request, train=train, task=sub, callback=None, audit=AuditInputs()),
                 config)  # fmt: skip
-    edited_tail = _Surrogate([(name, check.model.get_submodule(name)) for name in feats.tail.names])
+    edited_tail = feats.tail.of(check.model)
     new = task.new_labels.to(feats.train.device)
     rows = task.index.to(feats.train.device)
 
@@ -234,6 +300,8 @@ def held_out_check(feats: Features, request: Request, config: EditConfig, fracti
 
     return {
         "edited": accuracy(kept), "held_out": accuracy(held), "samples": [kept.numel(), held.numel()],
+        "objective": float(check.report["metrics"]["after"]["objective"]),
+        "newton_steps": len(check.report["newton_steps"]),
         "work": check.report["work"], "timings": check.report["timings"],
     }  # fmt: skip
 

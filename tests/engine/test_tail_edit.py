@@ -153,7 +153,10 @@ def test_a_relabel_of_a_sequential_with_its_first_layer_frozen_runs_on_the_rest(
     assert fast.report["head_features"]["modules"] == ["2", "3", "4"]
 
 
-def test_a_sequential_with_a_forward_of_its_own_keeps_the_whole_network():
+def test_a_sequential_with_a_forward_of_its_own_runs_on_its_traced_tail():
+    """Its children are not its computation (the doubling): the tail is what its trace computes
+    from the second Linear's input, doubling included."""
+
     class Doubled(torch.nn.Sequential):
         def forward(self, x):
             return super().forward(x) * 2.0
@@ -161,10 +164,97 @@ def test_a_sequential_with_a_forward_of_its_own_keeps_the_whole_network():
     torch.manual_seed(3)
     model = Doubled(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
     train = make_data("mlp", N, 5)
-    edit = gif.remove(
-        model, train, {"class": 2}, method="fif", ratio=1.0, param_names=["2.*"], newton_steps=1
+    options = {"method": "fif", "ratio": 1.0, "param_names": ["2.*"], "newton_steps": 2}
+    fast = gif.remove(model, train, {"class": 2}, **options)
+    assert_same_edit(fast, whole_network_removal(model, train, 2, **options))
+    assert fast.report["head_features"]["modules"] == ["2"]
+
+
+class Residual(torch.nn.Module):
+    """A CNN with a forward of its own: a stem, a residual convolution whose skip is its own
+    input, and a head over the flattened maps (2-channel 5×5 images, 3 classes)."""
+
+    def __init__(self, skip_from_input: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.stem = torch.nn.Conv2d(2, 3, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(3)
+        self.block = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.head = torch.nn.Linear(75, 3)
+        self.skip = torch.nn.Linear(50, 3) if skip_from_input else None
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(-0.5, 0.5)
+            self.norm.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        h = torch.tanh(self.norm(self.stem(x)))
+        h = h + torch.tanh(self.block(h))
+        logits = self.head(h.flatten(1))
+        return logits if self.skip is None else logits + self.skip(x.flatten(1))
+
+
+def test_the_last_layers_of_a_model_with_its_own_forward_run_on_their_traced_features():
+    """FIF over the residual convolution and the head: the tail is the trace from the block's
+    input (the skip reads that input, so it crosses nothing), and the edit is the whole network's,
+    for a removal and for IF's relabel with the stem frozen."""
+    model, train = Residual().double().eval(), make_data("cnn", N, 5)
+    options = {"method": "fif", "ratio": 1.0, "param_names": ["block.*", "head.*"], "newton_steps": 2}
+    fast = gif.remove(model, train, {"class": 2}, **options)
+    assert_same_edit(fast, whole_network_removal(model, train, 2, **options))
+    assert (fast.report["head_features"]["layer"], fast.report["head_features"]["modules"]) == (
+        "block",
+        ["block", "head"],
     )
-    assert "head_features" not in edit.report
+    assert fast.report["head_features"]["features"] == 3 * 5 * 5
+    changed = {n for n, p in fast.model.named_parameters() if not torch.equal(p, model.get_parameter(n))}
+    assert changed and changed <= {"block.weight", "block.bias", "head.weight", "head.bias"}
+    for module in (model.stem, model.norm):
+        module.requires_grad_(False)
+    rows = torch.tensor([3, 7, 11])
+    new = (train[1][rows] + 1) % 3
+    fast = gif.relabel(model, train, rows, new, method="if", newton_steps=2)
+    assert fast.report["newton_steps"][0]["step"]["scale"] > 0
+    assert_same_edit(fast, whole_network_relabel(model, train, rows, new, method="if", newton_steps=2))
+
+
+class Branching(torch.nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.first, self.mid, self.last = torch.nn.Linear(4, 6), torch.nn.Linear(6, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.first(x))
+        h = torch.tanh(self.mid(h if bool(h.sum() > -1e9) else -h))
+        return self.last(h)
+
+
+class Tied(torch.nn.Module):
+    """The module the tail would start at is called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.first, self.mid, self.last = torch.nn.Linear(4, 6), torch.nn.Linear(6, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.last(torch.tanh(self.mid(torch.tanh(self.mid(torch.tanh(self.first(x)))))))
+
+
+@pytest.mark.parametrize(
+    ("build", "kind", "names"),
+    [
+        (lambda: Residual(skip_from_input=True), "cnn", ["block.*", "head.*"]),  # the input crosses the cut
+        (Branching, "mlp", ["mid.*", "last.*"]),
+        (Tied, "mlp", ["mid.*", "last.*"]),
+    ],
+)
+def test_a_model_whose_trace_gives_no_clean_tail_keeps_the_whole_network(build, kind, names):
+    model, (x, _) = build().double().eval(), make_data(kind, N, 5)
+    config = EditConfig(method="fif", ratio=1.0, param_names=tuple(names))
+    assert tail_edit.frozen_tail(model, named_head(model, x), config, whole_network=False) is None
 
 
 def test_a_sequential_whose_skipped_children_hold_no_parameters_keeps_the_whole_network():
