@@ -44,6 +44,7 @@ import torch
 
 import gif
 import gif.config
+import gif.method_choice
 from gif.loo_head import named_head
 from gif.models.zoo import trainable_layers
 
@@ -112,6 +113,11 @@ VARIANTS: dict[str, dict] = {
     # introduction until it became 512, 2026-12-07), and over 256 (measured, not adopted)
     "hvp 1024": {"presets": {"if": {"hvp_samples": 1024}}},
     "hvp 256": {"presets": {"if": {"hvp_samples": 256}}},
+    # the relabel's ``auto`` without its attempt over the last layers (before 2026-12-07), and with
+    # it giving up at another first-step objective (gif/method_choice.py)
+    "no last layers": {"choice": {"LAST_LAYERS": 0}},
+    "give up 0.95": {"choice": {"LAST_LAYERS_GIVE_UP": 0.95}},
+    "last layers cg 5": {"choice": {"LAST_LAYERS_SOLVE": {"max_iter": 5}}},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
     # (gif/tail_edit.py)
     "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},
@@ -145,6 +151,19 @@ def patched_presets(presets: dict[str, dict]):
         for method, preset in saved.items():
             gif.config.EDIT_PRESETS[method].clear()
             gif.config.EDIT_PRESETS[method].update(preset)
+
+
+@contextlib.contextmanager
+def patched_choice(constants: dict[str, object]):
+    """``gif.method_choice``'s module constants set to a variant's ``choice`` entries, while it runs."""
+    saved = {name: getattr(gif.method_choice, name) for name in constants}
+    for name, value in constants.items():
+        setattr(gif.method_choice, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(gif.method_choice, name, value)
 
 
 def head_names(model, x) -> list[str]:
@@ -288,12 +307,13 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
         cache = gif.MemoryCache()
         options = dict(VARIANTS[name])
         presets = options.pop("presets", {})
+        constants = options.pop("choice", {})
         if options.get("param_names") == "head":
             options["param_names"] = head_names(model, x_train)
         if options.get("param_names") == "suffix":
             options["param_names"] = [f"{layer}.*" for layer, _ in trainable_layers(model)[-2:]]
         for label, edit, quality in edits:
-            with patched_presets(presets):
+            with patched_presets(presets), patched_choice(constants):
                 result, seconds = timed(lambda edit=edit, cache=cache, options=options: edit(cache, options))
             report = result.report
             rows.append(
@@ -332,16 +352,22 @@ def _newton_steps(report: dict) -> str:
 
 def _why_kept(report: dict) -> str:
     """Why ``auto`` kept the edit it kept (gif/method_choice.py, ``accepted``), where it chose."""
-    head = (report.get("method_choice") or {}).get("head_first")
+    last = (report.get("method_choice") or {}).get("head_first")
     guard = (report.get("solver_choice") or {}).get("guard")
-    tried = (  # where a rejected head was tried again at another damping
-        ", head tried at λ " + "/".join(f"{v['damping']:g}" for v in (*head["earlier"], head))
-        if head is not None and head.get("earlier")
-        else ""
-    )
-    if head is not None and head["kept"] == "fif":
-        why = f"accepted on its {head['accepted']}, held-out gap {head['held_out_check']['gap']:.3f}"
-        return f" (λ {head['damping']:g} {why}{tried})"
+    verdicts = [*last.get("earlier", []), last] if last is not None else []
+    heads = [v for v in verdicts if v.get("tier", "head") == "head"]
+    tails = [v for v in verdicts if v.get("tier") == "last_layers"]
+    tried = ", head tried at λ " + "/".join(f"{v['damping']:g}" for v in heads) if len(heads) > 1 else ""
+    for v in tails:  # the attempt over the last layers: its check's objective and gap, then its own
+        held = v["held_out_check"]
+        tried += f", last layers' check {held['objective']:.3f} after {held['newton_steps']} steps, gap {held['gap']:.3f}"
+        if v.get("ran", True):
+            tried += f", last layers {v['objective']:.3f} after {v['newton_steps']} steps"
+    if last is not None and last["kept"] == "fif":
+        if last.get("tier") == "last_layers":
+            return f" (last layers accepted on its {last['accepted']}{tried})"
+        why = f"accepted on its {last['accepted']}, held-out gap {last['held_out_check']['gap']:.3f}"
+        return f" (λ {last['damping']:g} {why}{tried})"
     if guard is not None:
         why = guard.get("accepted_by")
         kept = guard["kept"]

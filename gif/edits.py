@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from . import tail_edit
+from . import method_choice, tail_edit
 from ._util import as_tensor, check_callables, eval_mode
 from .cache import Cache
 from .config import EditConfig, resolve
@@ -22,7 +23,15 @@ from .errors import IndexOutOfRangeError, InvalidArgumentError, UnknownClassErro
 from .hessian import LossFn, cross_entropy
 from .inputs import Inputs, call_on, take, to
 from .loo_head import named_head
-from .method_choice import CHECK_FRACTION, choose_method, guarded, head_dampings, head_first, most_runs
+from .method_choice import (
+    CHECK_FRACTION,
+    choose_method,
+    guarded,
+    head_dampings,
+    head_first,
+    last_layers_config,
+    most_runs,
+)
 from .newton import AuditInputs, Edit, EditResult, Request, Task, relabel_loss
 from .progress import Progress, ProgressCallback, StopCheck
 from .solvers import LowRankHessian
@@ -165,11 +174,16 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
     found = named_head(request.model, x)  # the logits' Linear layer, looked up once per request
     chosen, choice = choose_method(opts, found, request.task, lowrank_given=request.lowrank is not None)
     computed: dict[tuple[str, bool], tail_edit.Features] = {}
-    attempts, started = most_runs(opts, chosen, choice), itertools.count(1)
 
     def tail(config: EditConfig, whole_network: bool) -> tail_edit.Tail | None:
         found_tail = tail_edit.frozen_tail(request.model, found, config, whole_network=whole_network)
         return found_tail if found_tail is not None and tail_edit.fits(found_tail, request) else None
+
+    last = None
+    if choice is not None and "fallback" in choice:
+        fallback = opts.replace(method=choice["fallback"])
+        last = _last_layers_attempt(opts, request, tail, fallback=fallback, choice=choice)
+    attempts, started = most_runs(opts, chosen, choice, last_layers=last is not None), itertools.count(1)
 
     def features(on: tail_edit.Tail, config: EditConfig) -> tail_edit.Features:
         key = (on.path, on.flatten)
@@ -186,12 +200,11 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
 
     def check(config: EditConfig) -> dict:
         on = tail(config, whole_network=False)
-        assert on is not None  # head_first runs only where choose_method chose the head
+        assert on is not None  # head_first runs the head, and the last layers only where they are a tail
         return tail_edit.held_out_check(features(on, config), request, config, CHECK_FRACTION)
 
     if choice is not None and "fallback" in choice:
-        fallback = opts.replace(method=choice["fallback"])
-        result = head_first(run, check, chosen, fallback, choice, head_dampings(opts))
+        result = head_first(run, check, chosen, fallback, choice, head_dampings(opts), last)
     else:
         result = guarded(run, chosen)
     if choice is not None:
@@ -199,6 +212,35 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
     if request.callback is not None:  # once, after every run the choice and the guard made
         request.callback(Progress("done"))
     return result
+
+
+def _last_layers_attempt(
+    requested: EditConfig,
+    request: Request,
+    tail: Callable[[EditConfig, bool], tail_edit.Tail | None],
+    *,
+    fallback: EditConfig,
+    choice: dict,
+) -> EditConfig | None:
+    """A relabel's attempt over the model's last layers (gif/method_choice.py,
+    ``last_layers_config``) where they form a tail that runs on its features — over the whole
+    network, FIF's gradients and products cost as much as IF's — and the ``fallback``'s curvature
+    is not fitted already (a further request of the same checkpoint with the same cache, whose
+    fallback is then a solve on the cached fit: cheaper than the attempt). Else None, and where
+    the fit decided it, ``choice["last_layers"]`` says so."""
+    count = method_choice.LAST_LAYERS  # read per request: 0 turns the attempt off (bench/edit_cost.py)
+    names = tail_edit.last_layers(request.model, count) if count > 0 else None
+    if names is None:
+        return None
+    attempt = last_layers_config(requested, names)
+    if tail(attempt, False) is None:
+        return None
+    if request.cache is not None:  # else nothing can be cached
+        edit = Edit(request, fallback)
+        if edit.has_fit():
+            choice["last_layers"] = f"not tried: {fallback.method}'s {edit.config.solver} fit is in the cache"
+            return None
+    return attempt
 
 
 def _in_attempt(request: Request, attempt: int, attempts: int) -> Request:

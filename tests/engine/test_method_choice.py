@@ -377,6 +377,7 @@ def test_a_head_edit_that_took_no_step_is_not_kept():
     out = method_choice.head_first(run, check, head, fallback, choice)
     assert out.report["options"]["method"] == "if" and choice["chosen"] == "if"
     assert choice["head_first"] == {
+        "tier": "head",
         "damping": pytest.approx(0.1),
         "objective": 1.0,
         "accepted": "objective",
@@ -444,6 +445,153 @@ def test_a_rejected_head_is_tried_again_at_the_next_damping_before_the_fallback(
         pytest.approx(0.1),
     ]
     assert out.report["work"] == {"gradients": 3, "hvps": 6, "forward_evaluations": 9}
+
+
+def test_the_last_layers_are_tried_after_the_head_their_check_first():
+    """``head_first`` with ``last_layers`` (stub runs): tried once every head attempt is rejected;
+    its held-out check runs first (giving up as the attempt does), and only where that passes
+    does the attempt run, kept if it reaches the bar; every attempt's and check's work counts.
+    Where it falls short, the fallback runs and the verdicts of all three are recorded."""
+    from gif import method_choice
+    from gif.config import EditConfig
+
+    ran, checked = [], []
+    figures = {"head": 0.9, "last": 0.99, "check": 0.95, "gap": 0.01}
+
+    def run(config):
+        tier = "last" if config.param_names else "head"
+        ran.append(tier if config.method == "fif" else config.method)
+        result = _stub_result(config.method, config.damping, figures.get(tier, 0.95))
+        result.report["options"]["param_names"] = config.param_names
+        return result
+
+    def check(config):
+        checked.append((config.param_names, config.give_up_objective))
+        return {"edited": 0.97, "held_out": 0.97 - figures["gap"], "samples": [30, 10], "objective": figures["check"],
+                "newton_steps": 2, "work": {"gradients": 0, "hvps": 1, "forward_evaluations": 1},
+                "timings": {"solve": 0.1}}  # fmt: skip
+
+    head, fallback = EditConfig(method="fif", selection="head"), EditConfig(method="if")
+    last = method_choice.last_layers_config(EditConfig(method="auto", solver="auto"), ["4", "6"])
+
+    def relabel() -> tuple[EditResult, dict]:
+        ran.clear(), checked.clear()
+        choice: dict = {"fallback": "if"}
+        return method_choice.head_first(run, check, head, fallback, choice, (0.3,), last), choice
+
+    out, choice = relabel()
+    assert ran == ["head", "head", "last"]
+    assert checked == [
+        (("4.*", "6.*"), method_choice.LAST_LAYERS_GIVE_UP)
+    ]  # the check gives up as the attempt
+    assert (choice["chosen"], choice["param_names"], choice["head_first"]["kept"]) == (
+        "fif",
+        ["4.*", "6.*"],
+        "fif",
+    )
+    verdict = choice["head_first"]
+    assert (verdict["tier"], verdict["params"], verdict["ran"], verdict["accepted"]) == (
+        "last_layers",
+        ["4.*", "6.*"],
+        True,
+        "objective",
+    )
+    assert verdict["newton_steps"] == 1 and verdict["held_out_check"]["gap"] == pytest.approx(0.01)
+    assert [v["tier"] for v in verdict["earlier"]] == ["head", "head"]
+    assert out.report["work"] == {"gradients": 3, "hvps": 7, "forward_evaluations": 10}
+
+    figures["last"] = 0.97  # the attempt below the bar: the fallback
+    out, choice = relabel()
+    assert ran == ["head", "head", "last", "if"] and len(checked) == 1
+    assert (choice["chosen"], choice["head_first"]["kept"], choice["head_first"]["tier"]) == (
+        "if",
+        "if",
+        "last_layers",
+    )
+    assert "param_names" not in choice and len(choice["head_first"]["earlier"]) == 2
+    assert out.report["work"] == {"gradients": 4, "hvps": 9, "forward_evaluations": 13}
+
+    for screened in ({"gap": 0.2}, {"check": 0.5}):  # the check does not generalise, or gives up
+        figures.update({"last": 0.99, "check": 0.95, "gap": 0.01, **screened})
+        out, choice = relabel()
+        assert ran == ["head", "head", "if"] and len(checked) == 1  # the attempt itself never ran
+        assert choice["head_first"]["ran"] is False and choice["chosen"] == "if"
+        assert out.report["work"] == {"gradients": 3, "hvps": 7, "forward_evaluations": 10}
+
+
+def test_a_relabel_whose_head_is_rejected_tries_the_last_layers_on_their_features(monkeypatch):
+    """A three-layer MLP whose head attempts are rejected: the relabel runs FIF over its last two
+    layers (on their features), the same edit as that FIF asked for by name, and keeps it."""
+    from gif import method_choice
+
+    monkeypatch.setattr(
+        method_choice,
+        "accepted",
+        lambda report: None if report["options"]["selection"] == "head" else "objective",
+    )
+    monkeypatch.setattr(method_choice, "MAX_GENERALISATION_GAP", 1.0)
+    monkeypatch.setattr(method_choice, "LAST_LAYERS_GIVE_UP", 0.0)  # a toy's objective: never given up
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    train = make_data("mlp", N, 5)
+    events = []
+    rows, out = _relabel_many(model, train, callback=events.append)
+    choice = out.report["method_choice"]
+    assert (choice["chosen"], choice["head_first"]["tier"], choice["param_names"]) == (
+        "fif",
+        "last_layers",
+        ["2.*", "4.*"],
+    )
+    assert [v["tier"] for v in choice["head_first"]["earlier"]] == ["head", "head"]
+    assert "held_out_check" in choice["head_first"]
+    assert out.report["head_features"]["modules"] == ["2", "3", "4"]
+    assert set() < changed(model, out.model) <= {"2.weight", "2.bias", "4.weight", "4.bias"}
+    config = method_choice.last_layers_config(
+        gif.EditConfig(method="auto", solver="auto", newton_steps=2), ["2", "4"]
+    )
+    explicit = gif.relabel(model, train, rows, (train[1][rows] + 1) % 3, config=config)
+    assert torch.equal(out.delta, explicit.delta)
+    # progress: two head attempts, the last layers', and the fallback's two runs at most
+    assert {e.attempts for e in events[:-1]} == {5}
+    assert [e.attempt for e in events if e.stage == "selecting_parameters"] == [1, 2, 3]
+
+
+def test_a_further_relabel_whose_fallback_fit_is_cached_skips_the_last_layers(monkeypatch):
+    """With the fallback's K-FAC fit in the cache (the first request fitted it), its solve is
+    cheaper than an attempt over the last layers: a further request goes from the head to it."""
+    from gif import method_choice
+
+    monkeypatch.setattr(method_choice, "ACCEPT_OBJECTIVE", float("inf"))  # every attempt rejected
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = make_data("mlp", N, 5)
+    cache = gif.MemoryCache()
+    rows, others = torch.arange(0, 72, 3), torch.arange(1, 73, 3)  # enough for the head-first default
+    first = gif.relabel(model, (x, y), rows, (y[rows] + 1) % 3, newton_steps=1, cache=cache)
+    choice = first.report["method_choice"]
+    assert choice["head_first"]["tier"] == "last_layers" and "last_layers" not in choice
+    assert first.report["solver_choice"]["guard"]["objectives"].keys() == {"kfac", "cg"}  # K-FAC fitted
+    further = gif.relabel(model, (x, y), others, (y[others] + 1) % 3, newton_steps=1, cache=cache)
+    choice = further.report["method_choice"]
+    assert choice["last_layers"].startswith("not tried") and choice["head_first"]["tier"] == "head"
+    assert further.report["cache"]["counts"]["kfac"]["hit"] >= 1
+
+
+def test_the_last_layers_attempt_is_fif_over_them_with_the_if_presets_solve():
+    from gif import method_choice
+    from gif.config import EDIT_PRESETS, EditConfig
+
+    config = method_choice.last_layers_config(EditConfig(method="auto", solver="auto"), ["3", "5"])
+    solve = ("solver", "curvature", "damping", "max_iter", "correction_tol", "hvp_samples", "stop_objective")
+    assert {name: getattr(config, name) for name in solve} == {
+        name: EDIT_PRESETS["if"][name] for name in solve
+    }
+    assert (config.method, config.ratio, config.param_names) == ("fif", 1.0, ("3.*", "5.*"))
+    assert config.give_up_objective == method_choice.LAST_LAYERS_GIVE_UP
+    assert config.hessian_samples == EDIT_PRESETS["fif"]["hessian_samples"]
+    # what the request set is kept
+    own = method_choice.last_layers_config(EditConfig(method="auto", solver="kfac", damping=0.2), ["3", "5"])
+    assert (own.solver, own.damping) == ("kfac", 0.2)
 
 
 def test_the_head_is_retried_only_where_the_request_left_damping_to_the_method():
