@@ -174,7 +174,8 @@ def test_with_a_holdout_sample_removal_is_judged_against_unseen_data(memorised):
         floor = metrics["before"][on]["accuracy"] - ACCURACY_TOLERANCE
         after = metrics["after"][on]["accuracy"]
         expected *= 1.0 if after >= floor else (after / floor) ** ACCURACY_PENALTY
-    assert step["objective"] == pytest.approx(expected, rel=1e-6)
+    # float32 losses, summed over other chunks than the engine's: agreement to a few ulps of the mean
+    assert step["objective"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_class_removal_audit_with_a_reference(memorised):
