@@ -154,8 +154,8 @@ def head_first(
     the solver the edit kept) finds it generalising to held-out relabelled samples; tried at
     ``config.damping`` and then at each of ``dampings``, then (where given) by ``last_layers``
     (:func:`last_layers_config`, its check run first: :func:`_last_layers_verdict`), until one
-    is kept; else the ``fallback``
-    edit (guarded too). The returned edit counts the work of every attempt. ``choice`` (the
+    is kept; else the ``fallback`` edit (guarded too). The returned edit counts the work of
+    every attempt and check. ``choice`` (the
     report's ``method_choice``) records the last attempt's verdict (``head_first``, its ``tier``
     ``head`` or ``last_layers``, with the earlier ones in ``earlier``). An edit that took no step
     is not kept even when the model already predicts the new labels: its weights still carry the
@@ -163,11 +163,11 @@ def head_first(
     attempts = [("head", config.replace(damping=damping)) for damping in (config.damping, *dampings)]
     if last_layers is not None:
         attempts.append(("last_layers", last_layers))
-    rejected: list[dict] = []  # the reports of attempts not kept, and checks run ahead of theirs
+    spent: list[dict] = []  # the work of attempts not kept, and of checks run ahead of theirs
     verdicts: list[dict] = []
     for tier, attempt in attempts:
         if tier == "last_layers":
-            tried, verdict = _last_layers_verdict(run, check, attempt, rejected)
+            tried, verdict = _last_layers_verdict(run, check, attempt, spent)
         else:
             tried = guarded(run, attempt)
             verdict = {"tier": tier, **_verdict(tried, check, attempt)}
@@ -176,7 +176,7 @@ def head_first(
             result, kept = tried, "fif"
             break
         if tried is not None:
-            rejected.append(tried.report)
+            spent.append(tried.report)
         verdicts.append(verdict)
     else:  # no attempt kept: the fallback, judged by the last attempt's verdict
         result, kept, verdict = guarded(run, fallback), fallback.method, verdicts.pop()
@@ -184,7 +184,7 @@ def head_first(
     choice.update(chosen=kept, selection=options["selection"])
     if kept == "fif" and verdict["tier"] == "last_layers":
         choice["param_names"] = list(options["param_names"])
-    for other in rejected:
+    for other in spent:
         _add_work(result, other)
     choice["head_first"] = {**verdict, "kept": kept, **({"earlier": verdicts} if verdicts else {})}
     return result
@@ -209,7 +209,7 @@ def _verdict(result: EditResult, check: Callable[[EditConfig], dict], config: Ed
     """What :func:`head_first` judged an attempt on (its ``check`` run only where the edit
     moved and :func:`accepted` accepts it, its work added to ``result``), with ``generalises``
     set where the attempt is to be kept."""
-    moved = any(step["step"]["scale"] > 0 for step in result.report["newton_steps"])
+    moved = _moved(result)
     verdict: dict = {
         "damping": config.damping, **_judged(result), "threshold": ACCEPT_OBJECTIVE, "moved": moved,
     }  # fmt: skip
@@ -245,11 +245,14 @@ def _last_layers_verdict(
     if held["objective"] < ACCEPT_OBJECTIVE - LAST_LAYERS_CHECK_SLACK or gap > MAX_GENERALISATION_GAP:
         return None, {**verdict, "ran": False}
     result = guarded(run, config)
-    moved = any(step["step"]["scale"] > 0 for step in result.report["newton_steps"])
-    verdict.update(_judged(result), threshold=ACCEPT_OBJECTIVE, moved=moved, ran=True)
+    verdict.update(_judged(result), threshold=ACCEPT_OBJECTIVE, moved=_moved(result), ran=True)
     verdict["newton_steps"] = len(result.report["newton_steps"])
-    verdict["generalises"] = moved and verdict["accepted"] is not None
+    verdict["generalises"] = verdict["moved"] and verdict["accepted"] is not None
     return result, verdict
+
+
+def _moved(result: EditResult) -> bool:
+    return any(step["step"]["scale"] > 0 for step in result.report["newton_steps"])
 
 
 def head_dampings(requested: EditConfig) -> tuple[float, ...]:
