@@ -119,10 +119,8 @@ def _traced_tail(model: nn.Module, needed: set[str]) -> Tail | None:
     else computed before it (a residual's skip from before the cut, say) — that module is called
     once, every module holding a needed parameter is called after it, and the part before holds
     parameters of its own. None where any of that fails, or the model cannot be traced."""
-    try:
-        with eval_mode(model):  # ``self.training`` read by a traced forward is fixed at trace time
-            graph = fx.Tracer().trace(model)
-    except Exception:  # noqa: BLE001 — a model torch.fx cannot trace keeps the whole network
+    graph = _trace(model)
+    if graph is None:
         return None
     holders = {name.rpartition(".")[0] for name in needed}
     calls = [node for node in graph.nodes if node.op == "call_module"]
@@ -147,13 +145,29 @@ def _traced_tail(model: nn.Module, needed: set[str]) -> Tail | None:
         or not any(True for target in before for _ in model.get_submodule(str(target)).parameters())
     ):
         return None
+    names = list(dict.fromkeys(str(node.target) for node in calls if node in after))
+    return Tail(str(first.target), names, flatten=False, graph=_graph_after(graph, cut, after))
+
+
+def _trace(model: nn.Module) -> fx.Graph | None:
+    """The model's ``torch.fx`` graph, traced in eval mode (a ``self.training`` the forward reads
+    is fixed at trace time), or None where it cannot be traced."""
+    try:
+        with eval_mode(model):
+            return fx.Tracer().trace(model)
+    except Exception:  # noqa: BLE001 — whatever stops the tracer, the model keeps the whole network
+        return None
+
+
+def _graph_after(graph: fx.Graph, cut: fx.Node, after: set[fx.Node]) -> fx.Graph:
+    """The nodes of ``after`` (and the attributes they read) as a graph of their own, whose one
+    input is the value of ``cut``."""
     tail = fx.Graph()
     env = {cut: tail.placeholder("features")}
     for node in graph.nodes:
         if node in after or (node.op == "get_attr" and any(user in after for user in node.users)):
             env[node] = tail.node_copy(node, lambda arg: env[arg])
-    names = list(dict.fromkeys(str(node.target) for node in calls if node in after))
-    return Tail(str(first.target), names, flatten=False, graph=tail)
+    return tail
 
 
 def last_layers(model: nn.Module, count: int) -> list[str] | None:
