@@ -626,6 +626,33 @@ def test_a_kronecker_fit_serves_edits_under_either_curvature(problem):
     assert "kfac" in {h["kind"] for h in relabel.report["cache"]["hits"]}
 
 
+def test_an_edit_knows_whether_its_solvers_fit_is_cached(problem):
+    """``Edit.has_fit``: False before the fit and for a solver that fits nothing, True once an
+    edit of the same checkpoint and Hessian data has fitted it, False for another checkpoint."""
+    from gif.config import EditConfig, resolve
+    from gif.hessian import cross_entropy
+    from gif.newton import Edit, Request, Task, relabel_loss
+
+    model, (x, y) = problem
+    rows, new = torch.tensor([5, 6]), (y[[5, 6]] + 1) % 3
+
+    def edit(on: nn.Module, cache, **options) -> Edit:
+        task = Task(kind="relabel", index=rows, target=(x[rows], torch.stack([y[rows], new], dim=1)),
+                    target_loss=relabel_loss(cross_entropy), scale=2 / len(y), new_labels=new)  # fmt: skip
+        config = resolve("relabel", EditConfig, None, {"method": "if", "hessian_samples": 64, **options})
+        return Edit(Request(on, (x, y), task, cross_entropy, cache=cache), config)
+
+    cache = MemoryCache()
+    assert not edit(model, cache, solver="kfac").has_fit()
+    assert not edit(model, None, solver="kfac").has_fit()
+    fitted = gif.relabel(model, (x, y), rows, new, method="if", solver="kfac", hessian_samples=64,
+                         newton_steps=1, cache=cache)  # fmt: skip
+    assert "kfac" in {m["kind"] for m in fitted.report["cache"]["misses"]}
+    assert edit(model, cache, solver="kfac").has_fit()
+    assert not edit(model, cache, solver="cg").has_fit()  # CG fits nothing
+    assert not edit(fitted.model, cache, solver="kfac").has_fit()  # another checkpoint
+
+
 def test_by_default_lowrank_uses_the_shared_pool_and_iterative_solvers_the_untouched_one(problem):
     """``hessian_pool="auto"``: the fit of ``solver="lowrank"`` serves later edits of other
     samples; an iterative solve keeps to the samples the edit leaves alone."""
