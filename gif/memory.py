@@ -88,10 +88,11 @@ class Estimate:
     activations: int
     data: int  # the samples held on the device
     chunk: int  # the chunk that fits the configuration's memory budget
+    features: int = 0  # an edit's tail features for every sample (gif/tail_edit.py)
 
     @property
     def total(self) -> int:
-        return self.parameters + self.activations + self.data
+        return self.parameters + self.activations + self.data + self.features
 
     def as_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total}
@@ -139,13 +140,15 @@ def estimate(
     vectors: int = EDIT_VECTORS,
     hvp_backend: str = "func",
     curvature: str | None = "hessian",
+    features: int = 0,
 ) -> Estimate:
     """The peak of a computation on ``model`` whose Hessian data holds ``samples`` samples like
     ``inputs`` (any number of them; one is evaluated to measure the activations) and which holds
     ``vectors`` p-length vectors besides the model (:func:`solver_vectors`). ``hvp_backend``:
     the configuration's; where it resolves to ``graph`` (:func:`resolve_backend`, the graph's
     budget :data:`GRAPH_BUDGET_BYTES`) the HVPs hold every chunk's graph at once. ``curvature``:
-    the configuration's (None, an edit's method not chosen yet: sized as the Hessian, the larger)."""
+    the configuration's (None, an edit's method not chosen yet: sized as the Hessian, the larger).
+    ``features``: the bytes of an edit's tail features (gif/method_choice.py, ``most_feature_bytes``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     p = sum(t.numel() for t in params)
     element = params[0].element_size() if params else 4
@@ -157,7 +160,7 @@ def estimate(
     graph = graph_bytes(per_sample, samples, p, element, -(-samples // chunk))
     if resolve_backend(hvp_backend, curvature or "hessian", lambda: graph <= GRAPH_BUDGET_BYTES) == "graph":
         activations = max(activations, graph)
-    return Estimate((vectors + 1) * p * element, activations, data, chunk)
+    return Estimate((vectors + 1) * p * element, activations, data, chunk, features)
 
 
 def check_fits(estimate: Estimate, budget: int, budget_name: str = "the budget") -> None:
@@ -166,14 +169,22 @@ def check_fits(estimate: Estimate, budget: int, budget_name: str = "the budget")
     if estimate.total <= budget:
         return
     gib = 2**30
-    advice = (
-        "lower hessian_samples or use a smaller chunk (memory_budget)"
-        if estimate.data + estimate.activations > estimate.parameters
-        else "the model's parameters alone do not fit: use a worker with more memory"
-    )
+    parts = {
+        "samples": estimate.data + estimate.activations, "parameters": estimate.parameters,
+        "features": estimate.features,
+    }  # fmt: skip
+    advice = {
+        "samples": "lower hessian_samples or use a smaller chunk (memory_budget)",
+        "parameters": "the model's parameters alone do not fit: use a worker with more memory",
+        "features": "the features an edit of the model's head or last layers holds for every training sample "
+        'take most of it: name method "if" or "gif" (the whole network, without them) or use a worker with '
+        "more memory",
+    }[max(parts, key=lambda part: parts[part])]
     raise MemoryBudgetError(
         f"the job needs about {estimate.total / gib:.2f} GiB (parameters and solver vectors "
         f"{estimate.parameters / gib:.2f}, a chunk of {estimate.chunk} samples being differentiated "
-        f"{estimate.activations / gib:.2f}, data {estimate.data / gib:.2f}) but {budget_name} is "
+        f"{estimate.activations / gib:.2f}, data {estimate.data / gib:.2f}"
+        + (f", the edited layers' input features {estimate.features / gib:.2f}" if estimate.features else "")
+        + f") but {budget_name} is "
         f"{budget / gib:.2f} GiB: {advice}"
     )

@@ -34,7 +34,10 @@ from typing import Any
 
 from torch import nn
 
+from . import tail_edit
 from .config import ACCEPT_OBJECTIVE, EDIT_PRESETS, EditConfig
+from .inputs import Inputs
+from .loo_head import named_head
 from .newton import VALIDATION_GIVEN, EditResult, Task
 
 # ACCEPT_OBJECTIVE (gif/config.py, 0.98): the validation objective (F1 of the edit's two goals,
@@ -307,6 +310,28 @@ def most_hessian_samples(config: EditConfig, kind: str) -> int:
     if config.method != "auto" or config.hessian_samples is not None:
         return config.hessian_size
     return int(EDIT_PRESETS[FALLBACK[kind]]["hessian_samples"])
+
+
+def most_feature_bytes(model: nn.Module, inputs: Inputs, n: int, config: EditConfig, kind: str) -> int:
+    """The most bytes of features (gif/tail_edit.py) an edit of ``kind`` under ``config`` on
+    ``n`` samples like ``inputs`` may hold at once, for sizing a job before it runs: with
+    ``auto``, the head's and, for a relabel, the last layers' (a request keeps every set it
+    computed), else those of the method's own tail — each where the engine would take it."""
+    found = named_head(model, inputs)
+    attempts = [config]
+    if config.method == "auto":
+        solver = None if config.solver == "auto" else config.solver
+        attempts = [config.replace(method="fif", selection="head", solver=solver)]
+        names = tail_edit.last_layers(model, LAST_LAYERS) if kind == "relabel" and LAST_LAYERS > 0 else None
+        if names is not None:
+            attempts.append(last_layers_config(config, names))
+    tails = {}
+    for attempt in attempts:
+        tail = tail_edit.frozen_tail(model, found, attempt, whole_network=False)
+        if tail is not None:
+            tails[tail.path, tail.flatten] = tail
+    held = [(tail, tail_edit.feature_bytes(tail, model, inputs, n)) for tail in tails.values()]
+    return sum(size for tail, size in held if tail.flatten or size <= tail_edit.TAIL_FEATURE_BYTES)
 
 
 def _add_work(result: EditResult, other: dict) -> None:

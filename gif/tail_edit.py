@@ -196,16 +196,20 @@ def _needed(model: nn.Module, found: tuple[str, nn.Linear] | None, config: EditC
 
 
 def fits(tail: Tail, request: Request) -> bool:
-    """Whether the tail's features for the training data (and as much again for validation and
-    holdout data) stay within :data:`TAIL_FEATURE_BYTES`; the head's always do."""
+    """Whether the tail's features (:func:`feature_bytes`) stay within :data:`TAIL_FEATURE_BYTES`;
+    the head's always do."""
     if tail.flatten:
         return True
-    model, x = request.model, request.train[0]
+    return feature_bytes(tail, request.model, request.train[0], len(request.train[1])) <= TAIL_FEATURE_BYTES
+
+
+def feature_bytes(tail: Tail, model: nn.Module, inputs: Inputs, n: int) -> int:
+    """The bytes the tail's features take for ``n`` samples like ``inputs``, and as much again
+    for validation and holdout data (one sample is run through the network to size them)."""
     device = next(model.parameters()).device
-    one = next(
-        feature_chunks(model, model.get_submodule(tail.path), take(x, slice(0, 1)), 1, device, flatten=False)
-    )
-    return 2 * one.numel() * one.element_size() * len(request.train[1]) <= TAIL_FEATURE_BYTES
+    first = model.get_submodule(tail.path)
+    one = next(feature_chunks(model, first, take(inputs, slice(0, 1)), 1, device, flatten=tail.flatten))
+    return 2 * one.numel() * one.element_size() * n
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 A job whose estimate (gif/memory.py: parameters and solver vectors, a low-rank fit's Lanczos
 basis included; one chunk being differentiated, or the HVPs' cached graphs where they are taken;
-the data held) exceeds ``GIF_MAX_MEMORY_BYTES`` fails at once with ``memory_budget_exceeded`` and
+the data held; an edit's features of its head or last layers for every sample) exceeds ``GIF_MAX_MEMORY_BYTES`` fails at once with ``memory_budget_exceeded`` and
 a message naming what to change, instead of being killed by the operating system's OOM killer
 half-way. On a GPU the job's tensors live in the device's memory, so the budget there is also at
 most :data:`GPU_SHARE` of what the device has free when the job starts (:func:`job_budget`).
@@ -20,7 +20,7 @@ import gif.memory
 from gif.config import SOLVE_SOLVER, SolveConfig
 from gif.hessian import cross_entropy
 from gif.inverse import choose_scores_solver
-from gif.method_choice import most_hessian_samples
+from gif.method_choice import most_feature_bytes, most_hessian_samples
 from jobs.specs import ScoresJob, SelfInfluenceJob, Spec
 
 from .execute import edit_config, measure_of, scores_config, self_influence_config
@@ -79,6 +79,7 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: Budget) -> dict[str, Any]
     n = int(labels.shape[0])
     p = sum(t.numel() for t in loaded.model.parameters() if t.requires_grad)
     solve: SolveConfig
+    features = 0
     if isinstance(spec, ScoresJob):
         solve = scores_config(spec)  # solver auto resolved as gif.scores resolves it
         solve, _ = choose_scores_solver(
@@ -93,12 +94,13 @@ def check_job_fits(spec: Spec, loaded: Loaded, budget: Budget) -> dict[str, Any]
         else:
             vectors, backend = gif.memory.solver_vectors(solve, p), gif.memory.solver_backend(solve)
     else:
-        solve = edit_config(spec)
-        samples = min(n, most_hessian_samples(solve, spec.type))
+        edit = edit_config(spec)
+        solve, samples = edit, min(n, most_hessian_samples(edit, spec.type))
         vectors, backend = gif.memory.solver_vectors(solve, p), gif.memory.solver_backend(solve)
+        features = most_feature_bytes(loaded.model, inputs, n, edit, spec.type)
     estimate = gif.memory.estimate(
         loaded.model, inputs, samples, chunk_size=solve.chunk_size, memory_budget=solve.memory_budget,
-        vectors=vectors, hvp_backend=backend, curvature=solve.curvature,
+        vectors=vectors, hvp_backend=backend, curvature=solve.curvature, features=features,
     )  # fmt: skip
     if budget.bytes > 0:
         gif.memory.check_fits(estimate, budget.bytes, budget.name)

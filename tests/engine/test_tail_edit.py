@@ -382,3 +382,22 @@ def test_a_model_that_is_its_head_is_edited_as_it_is():
     edit = gif.remove(model, (x, y), {"class": 2}, method="fif", selection="head")
     assert "head_features" not in edit.report
     assert set(edit.report["selection"]["counts"]) == {"weight", "bias"}
+
+
+def test_a_job_is_sized_for_the_features_its_edit_may_hold(monkeypatch):
+    """``most_feature_bytes``: a relabel at the defaults may hold the head's features (5 per
+    sample on the deeper MLP) and the last two layers' (the second Linear's input, 6), a class
+    removal the head's alone, FIF named on the last layers theirs, IF over everything none —
+    each for every sample and as much again for validation data, float64; a tail over the cap
+    is not taken, so not counted."""
+    from gif.method_choice import most_feature_bytes
+
+    model, (x, _) = deep_mlp(), make_data("mlp", N, 5)
+    auto = EditConfig(method="auto", solver="auto")
+    assert most_feature_bytes(model, x, N, auto, "relabel") == 2 * N * 8 * (5 + 6)
+    assert most_feature_bytes(model, x, N, auto, "remove") == 2 * N * 8 * 5
+    named = EditConfig(method="fif", ratio=1.0, param_names=("2.*", "4.*"))
+    assert most_feature_bytes(model, x, N, named, "remove") == 2 * N * 8 * 6
+    assert most_feature_bytes(model, x, N, EditConfig(method="if"), "relabel") == 0
+    monkeypatch.setattr(tail_edit, "TAIL_FEATURE_BYTES", 2 * N * 8 * 6 - 1)
+    assert most_feature_bytes(model, x, N, auto, "relabel") == 2 * N * 8 * 5

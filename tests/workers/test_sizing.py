@@ -105,3 +105,28 @@ def test_a_job_over_the_gpus_free_memory_fails_naming_it():
     tight = job_budget(torch.device("cuda"), 100 * GIB, _gpu(total))  # 90% of it: too little
     with pytest.raises(MemoryBudgetError, match=r"but 90% of the free memory of cuda"):
         check_job_fits(spec, loaded, tight)
+
+
+def test_an_edit_job_is_sized_with_the_features_its_head_or_last_layers_hold():
+    """A relabel at the defaults may edit the head on its input features (1,024 per sample here),
+    held for every training sample and as much again for validation data; an IF edit of the
+    whole network holds none. A budget the features overflow fails naming them."""
+    loaded = _loaded()
+    relabel = {"relabel": {"indices": list(range(30)), "labels": [1] * 30}}
+    head = 2 * 16 * 64 * 4 * 600
+    assert check_job_fits(_spec("relabel", **relabel), loaded, NO_CHECK)["features"] == head
+    assert (
+        check_job_fits(_spec("relabel", **relabel, options={"method": "if"}), loaded, NO_CHECK)["features"]
+        == 0
+    )
+    sized = check_job_fits(_spec("relabel", **relabel), loaded, NO_CHECK)
+    assert sized["total"] == sized["parameters"] + sized["activations"] + sized["data"] + head
+    tight = Budget(sized["total"] - 1, "the budget")
+    with pytest.raises(MemoryBudgetError, match=r"input features 0\.00.* but the budget"):
+        check_job_fits(_spec("relabel", **relabel), loaded, tight)
+
+
+def test_features_that_take_most_of_an_overflowing_estimate_are_named_as_what_to_change():
+    estimate = gif.memory.Estimate(parameters=10, activations=10, data=10, chunk=1, features=100)
+    with pytest.raises(MemoryBudgetError, match=r'name method "if" or "gif"'):
+        gif.memory.check_fits(estimate, 50)
