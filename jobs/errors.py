@@ -131,6 +131,25 @@ class ServiceUnavailable(DomainError):
     code, status, title = "service-unavailable", 503, "Service unavailable"
 
 
+class DatabaseBusy(ServiceUnavailable):
+    """SQLite's write lock was held by another process for longer than the connection waits
+    (``jobs.db.BUSY_TIMEOUT_MS``): nothing was written, and a retry shortly after may succeed."""
+
+    code, title = "database-busy", "The job table is busy"
+
+    @classmethod
+    def locked(cls) -> DatabaseBusy:
+        return cls(
+            "another process held the job table's write lock too long; nothing was changed, retry shortly",
+            headers={"Retry-After": "2"},
+        )
+
+
+def is_database_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked", as the driver or SQLAlchemy's ``OperationalError`` raises it."""
+    return type(exc).__name__ == "OperationalError" and "database is locked" in str(exc)
+
+
 class StorageUnavailable(ServiceUnavailable):
     """The blob store (an S3-compatible bucket) could not be reached or refused a request.
 

@@ -19,7 +19,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from jobs import logs
-from jobs.errors import DomainError, InsufficientStorage, is_storage_full
+from jobs.errors import DatabaseBusy, DomainError, InsufficientStorage, is_database_busy, is_storage_full
 from jobs.specs import JOB_TYPES, MODEL_FORMATS
 
 PROBLEM_JSON = "application/problem+json"
@@ -196,6 +196,9 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     if is_storage_full(exc):  # the staged file is already gone (the writers clean up on error)
         log.error("storage_full", path=request.url.path, error=str(exc))
         return await _domain_error(request, InsufficientStorage.disk_full())
+    if is_database_busy(exc):  # the transaction rolled back: nothing half-written
+        log.warning("database_busy", path=request.url.path, error=str(exc))
+        return await _domain_error(request, DatabaseBusy.locked())
     log.error("unhandled_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
     return problem_response(
         request.scope, 500, "internal", "Internal server error", "an unexpected error occurred"

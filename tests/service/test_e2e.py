@@ -261,9 +261,8 @@ def test_an_admin_terminates_a_job_that_ignores_its_cancellation(server, inputs)
     pid = job_owner_pid(server.client, job["id"])
     early = server.client.post(f"/v1/admin/jobs/{job['id']}/terminate")
     assert early.status_code == 409 and early.json()["code"] == "job-not-terminable"  # not cancelled yet
-    os.kill(pid, signal.SIGSTOP)
     try:
-        assert server.client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelling"
+        assert _stop_and_cancel(server.client, pid, job["id"]).json()["status"] == "cancelling"
         done = server.client.post(f"/v1/admin/jobs/{job['id']}/terminate")
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -278,6 +277,22 @@ def test_an_admin_terminates_a_job_that_ignores_its_cancellation(server, inputs)
     assert again.status_code == 409 and again.json()["code"] == "job-not-terminable"
     quick = {**body, "forget": {"class": 2}, "options": {"newton_steps": 1, "hessian_samples": 128}}
     assert _wait(server.client, _submit(server.client, quick)["id"])["status"] == "succeeded"
+
+
+def _stop_and_cancel(client: httpx.Client, pid: int, job_id: str, tries: int = 5) -> httpx.Response:
+    """SIGSTOP the worker, then cancel its job. Code stuck in native code holds no transaction,
+    but a SIGSTOP can land inside one of the worker's short writes and leave SQLite's write lock
+    held: the cancel then answers 503 ``database-busy``, and the worker is resumed briefly and
+    stopped again."""
+    for _ in range(tries):
+        os.kill(pid, signal.SIGSTOP)
+        response = client.post(f"/v1/jobs/{job_id}/cancel")
+        if response.status_code != 503:
+            return response
+        assert response.json()["code"] == "database-busy", response.text
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.2)
+    raise AssertionError(f"the job table stayed locked through {tries} stops")
 
 
 def _wait_exited(pid: int, timeout: float = 10) -> None:

@@ -113,3 +113,34 @@ def test_a_full_disk_during_an_upload_is_507_and_leaves_nothing(tmp_path, monkey
     assert list(blobs.temporary()) == [] and list(blobs.committed()) == []
     with app.state.services.db.read() as session:
         assert session.scalar(select(func.count()).select_from(Artifact)) == 0
+
+
+def test_a_write_blocked_by_a_held_sqlite_lock_is_503_database_busy(tmp_path, monkeypatch):
+    """Another process holding the job table's write lock past the busy timeout (a worker stopped
+    inside a transaction, say) makes a write answer 503 ``database-busy`` with Retry-After, not
+    500; nothing is written, and the same request succeeds once the lock is released."""
+    import hashlib
+    import sqlite3
+
+    import jobs.db
+
+    monkeypatch.setattr(jobs.db, "BUSY_TIMEOUT_MS", 200)
+    app = create_app(make_settings(tmp_path))
+    body = {"kind": "dataset", "size_bytes": 10, "sha256": hashlib.sha256(b"0123456789").hexdigest()}
+    with client_for(app, "tenantA") as client:
+        holder = sqlite3.connect(tmp_path / "gif.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            busy = client.post("/v1/uploads", json=body)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        problem = _is_problem(busy, 503, "database-busy")
+        assert busy.headers["retry-after"] == "2" and "retry" in problem["detail"]
+        sessions = sqlite3.connect(tmp_path / "gif.db")
+        try:
+            written = sessions.execute("SELECT count(*) FROM upload_sessions").fetchone()
+            assert written == (0,)  # nothing written
+        finally:
+            sessions.close()
+        assert client.post("/v1/uploads", json=body).status_code == 201
