@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import method_choice, tail_edit
+from . import tail_edit
 from ._util import as_tensor, check_callables, eval_mode
 from .cache import Cache
 from .config import EditConfig, resolve
@@ -29,7 +29,7 @@ from .method_choice import (
     guarded,
     head_dampings,
     head_first,
-    last_layers_config,
+    last_layers_attempt,
     most_runs,
 )
 from .newton import AuditInputs, Edit, EditResult, Request, Task, relabel_loss
@@ -228,12 +228,8 @@ def _last_layers_attempt(
     is not fitted already (a further request of the same checkpoint with the same cache, whose
     fallback is then a solve on the cached fit: cheaper than the attempt). Else None, and where
     the fit decided it, ``choice["last_layers"]`` says so."""
-    count = method_choice.LAST_LAYERS  # read per request: 0 turns the attempt off (bench/edit_cost.py)
-    names = tail_edit.last_layers(request.model, count) if count > 0 else None
-    if names is None:
-        return None
-    attempt = last_layers_config(requested, names)
-    if tail(attempt, False) is None:
+    attempt = last_layers_attempt(requested, request.model)
+    if attempt is None or tail(attempt, False) is None:
         return None
     if request.cache is not None:  # else nothing can be cached
         edit = Edit(request, fallback)

@@ -70,8 +70,9 @@ HEAD_RETRY_DAMPINGS = (0.3,)
 #: Where no head attempt is kept, a relabel of a model whose last :data:`LAST_LAYERS` trainable
 #: layers form a tail that runs on its features (gif/tail_edit.py, ``last_layers``) tries FIF over
 #: their parameters, with the ``if`` preset's solve (:func:`last_layers_config`), before the
-#: fallback: on a CNN at 28×28 it relabels within the targets at a quarter to a half of IF's cost
-#: over the network, and on the 8×8 digits CNN it cannot (the trigger is read by earlier layers),
+#: fallback: on a CNN at 28×28 it relabels within the targets at half to two thirds of IF's cost
+#: over the network (its check included), and on the 8×8 digits CNN it cannot (the trigger is read
+#: by earlier layers),
 #: so it gives up after its first Newton step below :data:`LAST_LAYERS_GIVE_UP` (docs/benchmarks.md,
 #: "The last layers as a relabel's second attempt"). It is kept as a head attempt is.
 LAST_LAYERS = 2  # 0: no such attempt
@@ -158,11 +159,11 @@ def head_first(
     ``config.damping`` and then at each of ``dampings``, then (where given) by ``last_layers``
     (:func:`last_layers_config`, its check run first: :func:`_last_layers_verdict`), until one
     is kept; else the ``fallback`` edit (guarded too). The returned edit counts the work of
-    every attempt and check. ``choice`` (the
-    report's ``method_choice``) records the last attempt's verdict (``head_first``, its ``tier``
-    ``head`` or ``last_layers``, with the earlier ones in ``earlier``). An edit that took no step
-    is not kept even when the model already predicts the new labels: its weights still carry the
-    old ones, which the fallback's update takes out."""
+    every attempt and check. ``choice`` (the report's ``method_choice``) records the last
+    attempt's verdict (``head_first``, its ``tier`` ``head`` or ``last_layers``, with the earlier
+    ones in ``earlier``). An edit that took no step is not kept even when the model already
+    predicts the new labels: its weights still carry the old ones, which the fallback's update
+    takes out."""
     attempts = [("head", config.replace(damping=damping)) for damping in (config.damping, *dampings)]
     if last_layers is not None:
         attempts.append(("last_layers", last_layers))
@@ -206,6 +207,13 @@ def last_layers_config(requested: EditConfig, names: list[str]) -> EditConfig:
         method="fif", selection=None, ratio=1.0, param_names=tuple(f"{name}.*" for name in names),
         solver=solver, give_up_objective=LAST_LAYERS_GIVE_UP, **{**own, **LAST_LAYERS_SOLVE},
     )  # fmt: skip
+
+
+def last_layers_attempt(requested: EditConfig, model: nn.Module) -> EditConfig | None:
+    """:func:`last_layers_config` over the model's last :data:`LAST_LAYERS` trainable layers, or
+    None where it has fewer (or the attempt is turned off)."""
+    names = tail_edit.last_layers(model, LAST_LAYERS) if LAST_LAYERS > 0 else None
+    return None if names is None else last_layers_config(requested, names)
 
 
 def _verdict(result: EditResult, check: Callable[[EditConfig], dict], config: EditConfig) -> dict:
@@ -322,9 +330,9 @@ def most_feature_bytes(model: nn.Module, inputs: Inputs, n: int, config: EditCon
     if config.method == "auto":
         solver = None if config.solver == "auto" else config.solver
         attempts = [config.replace(method="fif", selection="head", solver=solver)]
-        names = tail_edit.last_layers(model, LAST_LAYERS) if kind == "relabel" and LAST_LAYERS > 0 else None
-        if names is not None:
-            attempts.append(last_layers_config(config, names))
+        last = last_layers_attempt(config, model) if kind == "relabel" else None
+        if last is not None:
+            attempts.append(last)
     tails = {}
     for attempt in attempts:
         tail = tail_edit.frozen_tail(model, found, attempt, whole_network=False)
