@@ -377,7 +377,9 @@ def test_a_job_sized_over_the_memory_budget_fails_at_once_naming_what_to_change(
     assert run_job(ok, ctx.settings, ctx) is JobStatus.SUCCEEDED
     report = json.loads(_result_files(ctx, _job(ctx, ok))["report"])
     estimate = report["provenance"]["compute"]["estimate"]
-    assert estimate["total"] == estimate["parameters"] + estimate["activations"] + estimate["data"] > 0
+    parts = ("parameters", "activations", "data", "features")
+    assert estimate["total"] == sum(estimate[part] for part in parts) > 0
+    assert estimate["features"] > 0  # the head's features of every sample, which auto's removal edits
     # a removal is sized for GIF's 512 samples of the 8×8 inputs, not IF's 2,048 (gif/method_choice.py)
     assert estimate["data"] == 512 * 8 * 8 * 4
     tight = dataclasses.replace(
