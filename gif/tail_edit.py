@@ -53,7 +53,7 @@ from .inputs import Inputs, take
 from .inverse import choose_solver
 from .loo_head import feature_chunks, head_parameter_names
 from .metrics import evaluate
-from .models.zoo import TRAINABLE_LAYER_TYPES
+from .models.zoo import trainable_layers
 from .newton import AuditInputs, Edit, EditResult, Request
 from .params import ParamSpace
 
@@ -171,12 +171,10 @@ def _graph_after(graph: fx.Graph, cut: fx.Node, after: set[fx.Node]) -> fx.Graph
 
 
 def last_layers(model: nn.Module, count: int) -> list[str] | None:
-    """The names of the model's last ``count`` trainable Conv1d, Conv2d and Linear layers, in
-    ``named_modules()`` order, or None where it has fewer."""
+    """The names of the model's last ``count`` Conv1d, Conv2d and Linear layers with a trainable
+    parameter (:func:`gif.models.zoo.trainable_layers` order), or None where it has fewer."""
     layers = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, TRAINABLE_LAYER_TYPES) and any(p.requires_grad for p in module.parameters())
+        name for name, layer in trainable_layers(model) if any(p.requires_grad for p in layer.parameters())
     ]
     return layers[-count:] if len(layers) >= count else None
 
