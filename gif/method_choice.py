@@ -72,9 +72,9 @@ HEAD_RETRY_DAMPINGS = (0.3,)
 #: their parameters, with the ``if`` preset's solve (:func:`last_layers_config`), before the
 #: fallback: on a CNN at 28×28 it relabels within the targets at half to two thirds of IF's cost
 #: over the network (its check included), and on the 8×8 digits CNN it cannot (the trigger is read
-#: by earlier layers),
-#: so it gives up after its first Newton step below :data:`LAST_LAYERS_GIVE_UP` (docs/benchmarks.md,
-#: "The last layers as a relabel's second attempt"). It is kept as a head attempt is.
+#: by earlier layers), so it gives up after its first Newton step below
+#: :data:`LAST_LAYERS_GIVE_UP` (docs/benchmarks.md, "The last layers as a relabel's second
+#: attempt"). It is kept as a head attempt is.
 LAST_LAYERS = 2  # 0: no such attempt
 LAST_LAYERS_GIVE_UP = 0.9
 #: The attempt runs only where its held-out check's edit (the same edit on three quarters of the
@@ -113,9 +113,7 @@ def choose_method(
         reason = f"a lowrank fit of the whole network was given: {fallback} over the model's parameters"
     choice: dict = {"requested": "auto"}
     if reason is None:
-        # the head's block of the Hessian is small: ``auto`` is FIF's own solver there
-        solver = None if config.solver == "auto" else config.solver
-        chosen = config.replace(method="fif", selection="head", solver=solver)
+        chosen = head_config(config)
         if task.kind == "relabel":
             choice["fallback"] = fallback
             why = "a relabel of a model whose logits a Linear layer computes: FIF on that head, if it generalises"
@@ -124,6 +122,14 @@ def choose_method(
     else:
         chosen, why = config.replace(method=fallback), reason
     return chosen, {**choice, "chosen": chosen.method, "selection": chosen.selection, "reason": why}
+
+
+def head_config(config: EditConfig) -> EditConfig:
+    """``config`` as FIF on the head (``selection="head"``); the head's block of the Hessian is
+    small, so ``solver="auto"`` becomes FIF's own solver there."""
+    return config.replace(
+        method="fif", selection="head", solver=None if config.solver == "auto" else config.solver
+    )
 
 
 def _why_not_head(config: EditConfig, found: tuple[str, nn.Linear] | None, task: Task) -> str | None:
@@ -225,11 +231,10 @@ def _verdict(result: EditResult, check: Callable[[EditConfig], dict], config: Ed
         "damping": config.damping, **_judged(result), "threshold": ACCEPT_OBJECTIVE, "moved": moved,
     }  # fmt: skip
     if moved and verdict["accepted"]:
-        held = check(config.replace(solver=result.report["options"]["solver"]))
-        _add_work(result, {"work": held.pop("work"), "timings": held.pop("timings")})
-        gap = held["edited"] - held["held_out"]
-        verdict["held_out_check"] = {**held, "gap": gap, "max_gap": MAX_GENERALISATION_GAP}
-        verdict["generalises"] = gap <= MAX_GENERALISATION_GAP
+        work, held = _checked(check, config.replace(solver=result.report["options"]["solver"]))
+        _add_work(result, work)
+        verdict["held_out_check"] = held
+        verdict["generalises"] = held["gap"] <= MAX_GENERALISATION_GAP
     return verdict
 
 
@@ -246,20 +251,27 @@ def _last_layers_verdict(
     more than :data:`LAST_LAYERS_CHECK_SLACK` below the bar (given up, or short of it) or its gap
     exceeds :data:`MAX_GENERALISATION_GAP` the attempt is not run. The check's work goes to
     ``spent``."""
-    held = check(config)
-    spent.append({"work": held.pop("work"), "timings": held.pop("timings")})
-    gap = held["edited"] - held["held_out"]
+    work, held = _checked(check, config)
+    spent.append(work)
     verdict: dict = {
         "tier": "last_layers", "damping": config.damping, "params": list(config.param_names or ()),
-        "held_out_check": {**held, "gap": gap, "max_gap": MAX_GENERALISATION_GAP},
+        "held_out_check": held,
     }  # fmt: skip
-    if held["objective"] < ACCEPT_OBJECTIVE - LAST_LAYERS_CHECK_SLACK or gap > MAX_GENERALISATION_GAP:
+    if held["objective"] < ACCEPT_OBJECTIVE - LAST_LAYERS_CHECK_SLACK or held["gap"] > MAX_GENERALISATION_GAP:
         return None, {**verdict, "ran": False}
     result = guarded(run, config)
     verdict.update(_judged(result), threshold=ACCEPT_OBJECTIVE, moved=_moved(result), ran=True)
     verdict["newton_steps"] = len(result.report["newton_steps"])
     verdict["generalises"] = verdict["moved"] and verdict["accepted"] is not None
     return result, verdict
+
+
+def _checked(check: Callable[[EditConfig], dict], config: EditConfig) -> tuple[dict, dict]:
+    """The held-out check of ``config``: its ``work`` and ``timings`` (for :func:`_add_work`), and
+    its figures with the ``gap`` between edited and held-out samples and the largest allowed."""
+    held = check(config)
+    work = {"work": held.pop("work"), "timings": held.pop("timings")}
+    return work, {**held, "gap": held["edited"] - held["held_out"], "max_gap": MAX_GENERALISATION_GAP}
 
 
 def _moved(result: EditResult) -> bool:
@@ -328,8 +340,7 @@ def most_feature_bytes(model: nn.Module, inputs: Inputs, n: int, config: EditCon
     found = named_head(model, inputs)
     attempts = [config]
     if config.method == "auto":
-        solver = None if config.solver == "auto" else config.solver
-        attempts = [config.replace(method="fif", selection="head", solver=solver)]
+        attempts = [head_config(config)]
         last = last_layers_attempt(config, model) if kind == "relabel" else None
         if last is not None:
             attempts.append(last)
