@@ -174,10 +174,15 @@ def _run(request: Request, opts: EditConfig) -> EditResult:
     found = named_head(request.model, x)  # the logits' Linear layer, looked up once per request
     chosen, choice = choose_method(opts, found, request.task, lowrank_given=request.lowrank is not None)
     computed: dict[tuple[str, bool], tail_edit.Features] = {}
+    tails: dict[tuple, tail_edit.Tail | None] = {}
 
     def tail(config: EditConfig, whole_network: bool) -> tail_edit.Tail | None:
-        found_tail = tail_edit.frozen_tail(request.model, found, config, whole_network=whole_network)
-        return found_tail if found_tail is not None and tail_edit.fits(found_tail, request) else None
+        key = (*tail_edit.tail_key(config), whole_network)
+        if key not in tails:  # once per request: a traced tail costs a trace, its size a forward pass
+            found_tail = tail_edit.frozen_tail(request.model, found, config, whole_network=whole_network)
+            fitting = found_tail is not None and tail_edit.fits(found_tail, request)
+            tails[key] = found_tail if fitting else None
+        return tails[key]
 
     last = None
     if choice is not None and "fallback" in choice:

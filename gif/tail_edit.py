@@ -179,6 +179,12 @@ def last_layers(model: nn.Module, count: int) -> list[str] | None:
     return layers[-count:] if len(layers) >= count else None
 
 
+def tail_key(config: EditConfig) -> tuple:
+    """What of ``config`` :func:`frozen_tail` reads (through :func:`_needed`): a request may keep
+    the tail it found under it, whichever of its edits asks again."""
+    return config.method, config.selection, config.param_names
+
+
 def _needed(model: nn.Module, found: tuple[str, nn.Linear] | None, config: EditConfig) -> set[str]:
     """The trainable parameters whose rows of the Hessian the edit's solve involves: T's
     candidates for ``fif`` (named by ``param_names``, or the head's for ``selection="head"``),
