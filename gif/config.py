@@ -42,7 +42,7 @@ Strategy = Literal[
 ]
 StepPolicy = Literal["newton", "search"]
 HessianPool = Literal["auto", "untouched", "all"]
-HvpBackend = Literal["auto", "func", "graph"]
+HvpBackend = Literal["auto", "func", "graph", "linearized"]
 #: What an HVP multiplies by: the loss's Hessian or its Gauss–Newton matrix (gif/hessian.py).
 Curvature = Literal["hessian", "gauss_newton"]
 
@@ -72,6 +72,11 @@ SOLVE_SOLVER: dict[str, str] = {"if": "minres", "fif": "minres", "gif": "lsqr", 
 #: The validation objective (gif/edit_sets.py) at which an edit is good enough: the relabel's guard
 #: keeps it (gif/method_choice.py, which says why this bar) and ``if``'s Newton steps stop there.
 ACCEPT_OBJECTIVE = 0.98
+#: ``if``'s Newton steps also stop after two steps in a row (not counting the first) that each
+#: raised the validation objective by less than this: each costs a solve and a step search, and an
+#: edit that slow is kept for what it reached (gif/newton.py, ``stalled``; docs/benchmarks.md,
+#: "Stopping a relabel whose steps stall").
+STALL_GAIN = 0.005
 
 #: What each method brings to an edit when the request leaves it out, measured on the digits
 #: protocols: ``cg``'s stop on negative curvature regularises the indefinite Hessians of ``sif``;
@@ -86,16 +91,16 @@ ACCEPT_OBJECTIVE = 0.98
 EDIT_PRESETS: dict[str, dict[str, Any]] = {
     "gif": {"selection": "highest_gradients", "ratio": 0.05, "damping": 0.01, "solver": "lsqr", "curvature": "hessian",
             "max_iter": 100, "correction_tol": 1e-2, "hessian_samples": 512, "hvp_samples": None,
-            "stop_objective": 1.0},
+            "stop_objective": 1.0, "stall_gain": 0.0},
     "fif": {"selection": "highest_gradients", "ratio": 0.2, "damping": 0.1, "solver": "minres", "curvature": "hessian",
             "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": None,
-            "stop_objective": 1.0},
+            "stop_objective": 1.0, "stall_gain": 0.0},
     "if": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "gauss_newton",
            "max_iter": 10, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": 512,
-           "stop_objective": ACCEPT_OBJECTIVE},
+           "stop_objective": ACCEPT_OBJECTIVE, "stall_gain": STALL_GAIN},
     "sif": {"selection": "all_params", "ratio": 1.0, "damping": 0.03, "solver": "cg", "curvature": "hessian",
             "max_iter": 100, "correction_tol": 1e-4, "hessian_samples": 2048, "hvp_samples": None,
-            "stop_objective": 1.0},
+            "stop_objective": 1.0, "stall_gain": 0.0},
 }  # fmt: skip
 
 #: Per verb, the defaults that differ from the configuration type's field defaults. Scores take
@@ -176,7 +181,9 @@ class SolveConfig:
         low=1,
         service=False,
     )
-    hvp_backend: HvpBackend = _field("auto", "auto | func | graph (gif/hessian.py)", service=False)
+    hvp_backend: HvpBackend = _field(
+        "auto", "auto | func | graph | linearized (gif/hessian.py)", service=False
+    )
     solver_options: dict[str, float] = _field(
         dict, "neumann: normalizer, step; lowrank: steps (Lanczos steps)", service=False
     )
@@ -307,6 +314,14 @@ class EditConfig(SolveConfig):
         "validation objective (in [0, 1], gif/edit_sets.py) at which the Newton loop stops: a step "
         "that reaches it is the last; 1: only at the objective's maximum; None: the method's",
         **_FRACTION,
+    )
+    stall_gain: float | None = _field(
+        None,
+        "rise of the validation objective below which a Newton step (after the first) counts as stalled: "
+        "two such steps in a row end the loop (each costs a solve and a step search); 0: never; None: "
+        "the method's",
+        low=0.0,
+        high=1.0,
     )
     give_up_objective: float = _field(
         0.0,

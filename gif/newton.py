@@ -21,6 +21,7 @@ edit computed.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,32 @@ from .progress import Progress, ProgressCallback, StopCheck
 from .selection import select, selection_summary
 from .solvers import LowRankHessian, Monitor
 from .steps import StepOutcome, newton_step, search_step
+
+#: The report's ``stopped``: why the Newton loop ended — no step along the last direction improved
+#: the validation objective; a step reached ``stop_objective`` (at 1, the objective's maximum);
+#: the first step stayed below ``give_up_objective`` (a tentative edit: gif/method_choice.py); a
+#: the last steps each raised it by less than ``stall_gain`` (:func:`stalled`: another would cost a
+#: solve and a step search for as little); or
+#: ``newton_steps`` were taken.
+STOP_NO_STEP, STOP_REACHED, STOP_GAVE_UP, STOP_STALLED, STOP_STEPS = (
+    "no step improves", "stop_objective reached", "gave up", "stalled", "newton_steps taken",
+)  # fmt: skip
+STOP_REASONS = (STOP_NO_STEP, STOP_REACHED, STOP_GAVE_UP, STOP_STALLED, STOP_STEPS)
+#: Steps in a row that each raised the objective by less than ``stall_gain`` and end the loop:
+#: one such step is often followed by a large one (the step search kept it short where the
+#: direction was poor; the next, from a new gradient, is not): docs/benchmarks.md, "Stopping a
+#: relabel whose steps stall".
+STALL_PATIENCE = 2
+
+
+def stalled(history: list[float], gain: float) -> bool:
+    """Whether the last :data:`STALL_PATIENCE` Newton steps each raised the validation objective
+    by less than ``gain`` (``history``: the objective before the edit, then after each step; the
+    first step, from the unedited model, does not count); never where ``gain`` is 0."""
+    rises = [after - before for before, after in itertools.pairwise(history[1:])]
+    recent = rises[-STALL_PATIENCE:]
+    return gain > 0 and len(recent) == STALL_PATIENCE and all(rise < gain for rise in recent)
+
 
 #: The report's ``validation_source``: validation data the request gave, or carved from the training data.
 VALIDATION_GIVEN = "given"
@@ -164,23 +191,38 @@ class Edit:
             metrics = dict.fromkeys(("before", "after"), objective.current())  # (objective, its figures)
             gradient = _EditedGradient(self)
             steps: list[dict] = []
+            stopped, history = STOP_STEPS, [metrics["before"][0]]
             for k in range(self.config.newton_steps):
                 infl = self._solve(k, gradient, params)
                 outcome = self._step(objective, infl)
                 steps.append({"newton_step": k + 1, "solver": infl.diagnostics(), "step": outcome.as_dict()})
-                if outcome.scale == 0.0:
-                    break  # no step along this direction improves the objective: done
-                metrics["after"] = (outcome.objective, outcome.metrics)
-                assert self.config.stop_objective is not None  # resolved from the method's preset
-                if outcome.objective >= self.config.stop_objective:
-                    break  # good enough (at 1, the objective's maximum: another step cannot improve it)
-                if k == 0 and outcome.objective < self.config.give_up_objective:
-                    break  # too far below to be kept: further steps would be wasted
+                if outcome.scale > 0.0:
+                    metrics["after"] = (outcome.objective, outcome.metrics)
+                history.append(outcome.objective)
+                reason = self._stop_reason(k, outcome, history)
+                if reason is not None:
+                    stopped = reason
+                    break
             delta = space.vector(model) - theta0
             audit = self._audit()
-            report = {**self._report(params, steps, metrics, delta, theta0), "audit": audit}
+            report = {**self._report(params, steps, stopped, metrics, delta, theta0), "audit": audit}
         fit = self.solves.fit
         return EditResult(model, delta, params, report, fit if isinstance(fit, LowRankHessian) else None)
+
+    def _stop_reason(self, k: int, outcome: StepOutcome, history: list[float]) -> str | None:
+        """Why the Newton loop ends after its step ``k`` (0-based; ``history``: the objective
+        before the edit and after each step), or None to go on (:data:`STOP_REASONS`)."""
+        config = self.config
+        assert config.stop_objective is not None and config.stall_gain is not None  # from the method's preset
+        if outcome.scale == 0.0:
+            return STOP_NO_STEP
+        if outcome.objective >= config.stop_objective:
+            return STOP_REACHED
+        if k == 0 and outcome.objective < config.give_up_objective:
+            return STOP_GAVE_UP
+        if stalled(history, config.stall_gain):
+            return STOP_STALLED
+        return None
 
     def has_fit(self) -> bool:
         """Whether the curvature this edit's solver fits (lowrank, kfac, ekfac) is cached already
@@ -271,6 +313,7 @@ class Edit:
         self,
         params: torch.Tensor,
         steps: list[dict],
+        stopped: str,
         metrics: dict,
         delta: torch.Tensor,
         theta0: torch.Tensor,
@@ -289,6 +332,7 @@ class Edit:
             "validation_source": VALIDATION_CARVED if self.request.validation is None else VALIDATION_GIVEN,
             "solver": _solver_summary(steps),
             "newton_steps": steps,
+            "stopped": stopped,
             "metrics": {k: {"objective": value, **figures} for k, (value, figures) in metrics.items()},
             "delta_norm": float(delta.norm()),
             "relative_delta_norm": float(

@@ -390,6 +390,50 @@ def test_newton_steps_give_up_after_the_first_below_give_up_objective():
             gif.EditConfig(give_up_objective=bad)
 
 
+def test_stalled_steps_are_steps_after_the_first_that_gain_less_than_stall_gain_in_a_row():
+    from gif.newton import STALL_PATIENCE, stalled
+
+    assert STALL_PATIENCE == 2
+    # the digits CNN's relabel (docs/benchmarks.md): a step kept short, then large ones again
+    digits = [0.0, 0.8685, 0.8727, 0.8952, 0.9154, 0.9233, 0.9438]
+    assert not any(stalled(digits[: k + 1], 0.005) for k in range(1, len(digits)))
+    lenet = [0.0, 0.9455, 0.9576, 0.9611, 0.9635, 0.9661]
+    assert [stalled(lenet[: k + 1], 0.005) for k in range(1, len(lenet))] == [False, False, False, True, True]
+    assert not stalled([0.0, 0.5], 0.6)  # the first step, from the unedited model, never counts
+    assert not stalled([0.0, 0.5, 0.5001, 0.5002], 0.0)  # 0: never
+
+
+def test_newton_steps_stop_after_steps_that_gain_less_than_stall_gain(monkeypatch):
+    """The loop ends once :func:`gif.newton.stalled`; the ``if`` preset stalls below a gain of
+    0.005, the others never (0), and a request's own value wins."""
+    import gif.newton
+
+    from .test_cache import trained_problem
+
+    model, train = trained_problem()
+    options = {"method": "fif", "newton_steps": 6}
+    full = gif.remove(model, train, {"class": 1}, **options).report
+    steps = [s["step"] for s in full["newton_steps"]]
+    # two steps that move, then the probe that finds no step improving the objective
+    assert [s["scale"] > 0 for s in steps] == [True, True, False] and full["stopped"] == "no step improves"
+    assert full["options"]["stall_gain"] == 0.0
+    gain = steps[1]["objective"] - steps[0]["objective"]
+    assert gain > 0
+    monkeypatch.setattr(gif.newton, "STALL_PATIENCE", 1)  # this problem has two moving steps
+    stalled = gif.remove(model, train, {"class": 1}, stall_gain=gain + 1e-9, **options).report
+    assert [s["step"] for s in stalled["newton_steps"]] == steps[:2]
+    assert stalled["stopped"] == "stalled"
+    assert stalled["metrics"]["after"] == full["metrics"]["after"]
+    assert stalled["hvps"] < full["hvps"]
+    gone_on = gif.remove(model, train, {"class": 1}, stall_gain=gain, **options).report
+    assert [s["step"] for s in gone_on["newton_steps"]] == steps
+    presets = {m: gif.EditConfig(method=m).stall_gain for m in ("gif", "fif", "if", "sif")}
+    assert presets == {"gif": 0.0, "fif": 0.0, "if": 0.005, "sif": 0.0}
+    for bad in (-0.1, 1.5):
+        with pytest.raises(InvalidArgumentError, match="stall_gain"):
+            gif.EditConfig(method="if", stall_gain=bad)
+
+
 def test_newton_corrections_are_solved_to_correction_tol_and_the_first_step_to_tol():
     from .test_cache import trained_problem
 

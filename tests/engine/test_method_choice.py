@@ -589,7 +589,8 @@ def test_the_last_layers_attempt_is_fif_over_them_with_the_if_presets_solve():
     from gif.config import EDIT_PRESETS, EditConfig
 
     config = method_choice.last_layers_config(EditConfig(method="auto", solver="auto"), ["3", "5"])
-    solve = ("solver", "curvature", "damping", "max_iter", "correction_tol", "hvp_samples", "stop_objective")
+    solve = ("solver", "curvature", "damping", "max_iter", "correction_tol", "hvp_samples", "stop_objective",
+             "stall_gain")  # fmt: skip
     assert {name: getattr(config, name) for name in solve} == {
         name: EDIT_PRESETS["if"][name] for name in solve
     }
