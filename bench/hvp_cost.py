@@ -7,11 +7,14 @@ For each model and sample count it times, over the same chunked data (``--chunk-
 * graph 1st    the first ``hvp`` of a fresh ``backend="graph"`` operator, which builds and keeps
                every chunk's first-order gradient graph (create_graph=True);
 * graph        later ``hvp`` calls of that operator: one double-backward through the kept graph;
+* linearized 1st, linearized   the same for ``backend="linearized"``: the first call linearises
+               every chunk's product at θ (torch.func.linearize), later ones replay the tangent and
+               backward passes without a forward;
 * paper        the official GIF code's HVP: every call re-runs forward + ``autograd.grad(...,
                create_graph=True)`` on the module's parameters, then ``autograd.grad(grads·v)``.
 
-Each time is the median of ``--repeats`` calls after ``--warmup`` untimed ones; "graph 1st" builds
-a fresh operator for each timed call (construction itself is not timed). The ratio columns are
+Each time is the median of ``--repeats`` calls after ``--warmup`` untimed ones; "graph 1st" and
+"linearized 1st" build a fresh operator for each timed call (construction itself is not timed). The ratio columns are
 HVP time / gradient time (the engine targets ≤ 2.5 for ``func``). The last column is the largest
 relative difference between the back ends' H·v, a sanity check that they compute the same thing.
 ``--curvature gauss_newton`` times products with the Gauss–Newton matrix instead (gif/hessian.py;
@@ -88,28 +91,41 @@ def bench_one(name: str, samples: int, args: argparse.Namespace, device: torch.d
     row["grad"] = timed("grad", func.gradient)
     row["func"] = timed("func", lambda: func.hvp(v))
 
-    # graph back end: the first call builds the cached graph, so it gets a fresh operator each time
-    first_times = []
-    graph = None
-    for i in range(args.warmup + args.repeats):
-        if graph is not None:
-            graph.release()
-        graph = HessianOperator(model, data, backend="graph", **kw)
-        C.sync(device)
-        start = time.perf_counter()
-        out["graph"] = graph.hvp(v)
-        C.sync(device)
-        if i >= args.warmup:
-            first_times.append(time.perf_counter() - start)
-    row["graph1"] = C.median(first_times)
-    row["graph"] = timed("graph", lambda: graph.hvp(v))
-    graph.release()
+    # the cached back ends: the first call builds what they keep, so it gets a fresh operator each time
+    for backend in CACHED:
+        row[f"{backend}1"], row[backend] = first_and_later(
+            backend, model, data, kw, v, out, timed, args, device
+        )
 
     if not args.no_paper:
         row["paper"] = timed("paper", lambda: paper_hvp(model, func, v))
-    diffs = [rel_diff(out["func"], out[k]) for k in ("graph", "paper") if k in out]
+    diffs = [rel_diff(out["func"], out[k]) for k in (*CACHED, "paper") if k in out]
     row["diff"] = max(diffs) if diffs else None
     return row
+
+
+#: The back ends that keep something per chunk, built by their first product (gif/hessian.py).
+CACHED = ("graph", "linearized")
+
+
+def first_and_later(backend, model, data, kw, v, out, timed, args, device) -> tuple[float, float]:
+    """(median first ``hvp`` of a fresh ``backend`` operator, median later ``hvp`` of one)."""
+    first_times = []
+    op = None
+    for i in range(args.warmup + args.repeats):
+        if op is not None:
+            op.release()
+        op = HessianOperator(model, data, backend=backend, **kw)
+        C.sync(device)
+        start = time.perf_counter()
+        out[backend] = op.hvp(v)
+        C.sync(device)
+        if i >= args.warmup:
+            first_times.append(time.perf_counter() - start)
+    assert op is not None
+    later = timed(backend, lambda: op.hvp(v))
+    op.release()
+    return C.median(first_times), later
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  done {name} n={n}: grad {C.fmt_ms(row['grad'])} ms, func {C.fmt_ms(row['func'])} ms",
                   file=sys.stderr, flush=True)  # fmt: skip
 
-    kinds = ["func", "graph1", "graph"] + ([] if args.no_paper else ["paper"])
-    label = {"func": "func", "graph1": "graph 1st", "graph": "graph", "paper": "paper"}
+    kinds = ["func", "graph1", "graph", "linearized1", "linearized"] + ([] if args.no_paper else ["paper"])
+    label = {"func": "func", "graph1": "graph 1st", "graph": "graph", "linearized1": "linearized 1st",
+             "linearized": "linearized", "paper": "paper"}  # fmt: skip
     headers = ["model", "params", "samples", "gradient ms"]
     headers += [f"{label[k]} ms" for k in kinds] + [f"{label[k]} ×" for k in kinds] + ["max rel. diff"]
     table = []

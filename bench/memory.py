@@ -23,8 +23,8 @@ What is measured:
   (tensors only, not the caching allocator's reserve or the CUDA context).
 
 With the ``func`` back end the peak should grow with the chunk size and not with the number of
-samples (one chunk's activations at a time); with ``graph`` it grows with the samples, and its
-HVP peak should stay below the "graph estimate" column (``HessianOperator.estimate_graph_bytes``,
+samples (one chunk's activations at a time); with ``graph`` and ``linearized`` it grows with the
+samples, and their HVP peak should stay below the "graph estimate" column (``HessianOperator.estimate_graph_bytes``,
 what ``hvp_backend="auto"`` compares with its budget).
 
 LSQR reaches its peak in the first iteration (every iteration does the same two HVPs and keeps
@@ -52,10 +52,14 @@ import _common as C
 import torch
 
 import gif
+from gif.config import CURVATURES
 from gif.hessian import HessianOperator
 
 DEFAULT_MODELS = "tinynet-28,lenet-28,vgg11-w16,resnet18-w16"
 DEFAULT_JOBS = min(2, os.cpu_count() or 1)
+#: The HVP back ends (gif/hessian.py), and those that hold every chunk's intermediates at once.
+BACKENDS = ("func", "graph", "linearized")
+HELD = ("graph", "linearized")
 TINY_TOL = 1e-30  # the solve runs all --max-iter iterations (the engine needs tol > 0)
 
 
@@ -132,8 +136,8 @@ def run_child(cfg: dict) -> dict:
     # Warm-up on a few samples, untimed and unmeasured: the first torch.func and autograd calls
     # set up tens of MiB once per process (kernels, thread pools, functorch state).
     tiny = (x[:4], y[:4])
-    for b in ("func", "graph"):
-        warm = HessianOperator(model, tiny, chunk_size=2, backend=b)
+    for b in BACKENDS:
+        warm = HessianOperator(model, tiny, chunk_size=2, backend=b, curvature=cfg["curvature"])
         warm.hvp(torch.ones(warm.size, device=device))
         warm.gradient()
         warm.release()
@@ -156,7 +160,7 @@ def run_child(cfg: dict) -> dict:
     result = {"params": p, "source": source}
 
     def hvp() -> float:
-        op = HessianOperator(model, (x, y), chunk_size=chunk, backend=backend)
+        op = HessianOperator(model, (x, y), chunk_size=chunk, backend=backend, curvature=cfg["curvature"])
         result["graph_estimate"] = op.estimate_graph_bytes() / 2**20  # what ``auto`` compares to its budget
         v = torch.randn(p, generator=torch.Generator().manual_seed(1)).to(device)
         op.hvp(v)  # one call: the peak of every later call is the same (func) or lower (graph)
@@ -167,6 +171,7 @@ def run_child(cfg: dict) -> dict:
         res = gif.influence(
             model, (x, y), (x[:t], y[:t]), method="gif", solver="lsqr", max_iter=cfg["max_iter"],
             tol=TINY_TOL, chunk_size=chunk, hvp_backend=backend, params=params, seed=cfg["seed"],
+            curvature=cfg["curvature"],
         )  # fmt: skip
         result["iterations"] = res.iterations
         return meter.peak_mib()
@@ -241,7 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, from: {', '.join(C.MODELS)} (default {DEFAULT_MODELS})")  # fmt: skip
     add("--samples", type=C.int_list, default=[64, 256], help="Hessian sample counts (default 64,256)")
     add("--chunks", type=C.int_list, default=[16, 64], help="chunk sizes (default 16,64)")
-    add("--backends", type=C.str_list, default=["func", "graph"], help="func,graph (default both)")
+    add("--backends", type=C.str_list, default=["func", "graph"],
+        help=f"from {','.join(BACKENDS)} (default func,graph)")  # fmt: skip
+    add(
+        "--curvature",
+        choices=CURVATURES,
+        default="hessian",
+        help="what the HVPs multiply by (default hessian)",
+    )
     add("--max-iter", type=int, default=2, help="LSQR iterations of the solve (default 2; see above)")
     add("--target", type=int, default=32, help="target samples of the solve (default 32)")
     add("--param-ratio", type=float, default=0.05,
@@ -260,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in args.models:
         C.model_spec(name)
-    bad = [b for b in args.backends if b not in ("func", "graph")]
+    bad = [b for b in args.backends if b not in BACKENDS]
     if bad or min(args.max_iter, args.target, args.jobs) < 1 or not 0 < args.param_ratio <= 1:
         parser.error(
-            "--backends takes func,graph; --max-iter, --target and --jobs must be >= 1; "
+            f"--backends takes {','.join(BACKENDS)}; --max-iter, --target and --jobs must be >= 1; "
             "--param-ratio must be in (0, 1]"
         )
     C.apply_threads(args.threads)
@@ -281,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 "model": name, "samples": n, "chunk": chunk, "backend": backend, "what": what,
                 "device": str(device), "threads": args.threads, "seed": args.seed,
                 "synthetic": args.synthetic, "max_iter": args.max_iter, "target": args.target,
-                "param_ratio": args.param_ratio,
+                "param_ratio": args.param_ratio, "curvature": args.curvature,
             }  # fmt: skip
             out = spawn(cfg, args.timeout)
             if "error" in out:
@@ -307,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                "peak MiB (solve)"]  # fmt: skip
     table = [
         [r["model"], f"{r['params']:,}" if "params" in r else "-", r["samples"], r["chunk"], r["backend"],
-         cell(r, "hvp"), cell(r, "graph_estimate") if r["backend"] == "graph" else "", cell(r, "solve")]
+         cell(r, "hvp"), cell(r, "graph_estimate") if r["backend"] in HELD else "", cell(r, "solve")]
         for r in rows
     ]  # fmt: skip
     method = next((r["method"] for r in rows if "method" in r), "n/a")

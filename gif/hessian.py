@@ -13,6 +13,12 @@ was batched. Two HVP back ends:
 * ``"graph"`` — the first-order gradient graph of every chunk is built once (``create_graph``)
   and each HVP is a single double-backward through it. Faster per HVP, but keeps all chunks'
   graphs alive, so it is for Hessian data that fits in memory.
+* ``"linearized"`` — every chunk's product is linearised once at θ (``torch.func.linearize``:
+  the tangent pass traced with the primal values it needs kept; for the Gauss–Newton matrix with
+  the outputs' vjp kept too), so that each product replays the tangent and backward passes
+  without the forward pass ``func`` redoes. The build costs about two plain products and holds
+  every chunk's intermediates, as ``graph`` does; each product then costs ~1 gradient where
+  ``func``'s costs 1.6–2.4 on CNNs (docs/benchmarks.md, "A linearised Gauss–Newton product").
 
 The curvature need not be the Hessian. With ``curvature="gauss_newton"`` the products are with
 the generalised Gauss–Newton matrix of the same loss, split at the model's outputs z = f(θ, x):
@@ -26,7 +32,8 @@ outputs are linear in θ (a Linear head), G = H. J v is a jvp of the outputs, J�
 H_z w a forward-over-reverse product of the loss in the outputs alone: any loss, no per-loss code.
 Computed one chunk at a time it costs 1.5–2.0 gradients on the CNNs measured, where the Hessian's
 costs 2.6–2.8 (1.4–2.2 on its cached graphs), and its ``graph`` form (J v by a double backward)
-is no faster: ``auto`` takes ``func`` for it (docs/benchmarks.md, "HVP cost ÷ gradient cost").
+is no faster; ``auto`` takes ``func`` for its first product and ``linearized`` for the rest
+where that product took long enough for the build to pay (gif/memory.py, ``resolve_backend``).
 
 A dense Hessian is only ever formed by :meth:`HessianOperator.dense`, for the ``direct`` solver
 and for tests.
@@ -34,18 +41,27 @@ and for tests.
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.func import grad, jvp, vjp
+from torch.func import grad, jvp, linearize, vjp
 
 from . import inputs as inputs_
-from .config import CURVATURES, check_choice
+from .config import CURVATURES, HVP_BACKENDS, check_choice
 from .data import Chunk, Chunks, DataLike, check_class_labels
 from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
-from .memory import GRAPH_BUDGET_BYTES, activation_bytes, fitting_chunk, graph_bytes, resolve_backend
+from .memory import (
+    GRAPH_BUDGET_BYTES,
+    LINEARIZE_AFTER_SECONDS,
+    activation_bytes,
+    fitting_chunk,
+    graph_bytes,
+    resolve_backend,
+)
 from .params import ParamSpace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -195,9 +211,11 @@ class HessianOperator:
         loss_fn: batch-mean loss ``loss_fn(outputs, targets)``; cross-entropy by default (or,
             when ``model`` is a :class:`FlatModel`, that model's loss).
         chunk_size: at most this many samples per forward pass.
-        backend: ``"func"``, ``"graph"`` (the module's docstring) or ``"auto"``: for the Hessian
-            ``graph`` when its estimated memory fits ``graph_budget_bytes``, else ``func``; for
-            the Gauss–Newton matrix ``func`` (docs/benchmarks.md, "HVP cost").
+        backend: ``"func"``, ``"graph"``, ``"linearized"`` (the module's docstring) or
+            ``"auto"``: where the estimated memory of every chunk's graph fits
+            ``graph_budget_bytes``, for the Hessian ``graph``, for the Gauss–Newton matrix
+            ``linearized`` from the second product on when the first (``func``) took at least
+            :data:`~gif.memory.LINEARIZE_AFTER_SECONDS`; else ``func``.
         curvature: ``"hessian"`` or ``"gauss_newton"``: what :meth:`hvp` and :meth:`dense`
             multiply by (the module's docstring); gradients and losses are the same either way.
         graph_budget_bytes: memory the ``graph`` back end may use under ``"auto"``.
@@ -224,8 +242,10 @@ class HessianOperator:
         check: bool = True,
         curvature: str = "hessian",
     ) -> None:
-        if backend not in ("func", "graph", "auto"):
-            raise InvalidArgumentError(f"`backend` must be 'func', 'graph' or 'auto', got {backend!r}")
+        if backend not in HVP_BACKENDS:
+            raise InvalidArgumentError(
+                f"`backend` must be one of {', '.join(map(repr, HVP_BACKENDS))}, got {backend!r}"
+            )
         check_choice("curvature", curvature, CURVATURES)
         self.curvature = curvature
         if isinstance(model, FlatModel):
@@ -250,6 +270,9 @@ class HessianOperator:
         self.grads = 0
         self.work = Work() if work is None else work
         self._graph: list[_ChunkGraph] | None = None
+        self._linearized: list[_ChunkLinearization] | None = None
+        # ``linearized`` chosen by ``auto``: linearise only after a first plain product this slow
+        self._linearize_after = LINEARIZE_AFTER_SECONDS if backend == "auto" else 0.0
 
     @property
     def num_samples(self) -> int:
@@ -283,7 +306,11 @@ class HessianOperator:
         """H·v (or G·v, by ``curvature``) for a flat vector v of length p."""
         self.hvps += 1
         self.work.hvps += 1
-        return self._hvp_graph(v) if self.backend == "graph" else self._plain_hvp(v)
+        if self.backend == "graph":
+            return self._hvp_graph(v)
+        if self.backend == "linearized":
+            return self._hvp_linearized(v)
+        return self._plain_hvp(v)
 
     def _sum(self, term: Callable[[Chunk], torch.Tensor], like: torch.Tensor | None = None) -> torch.Tensor:
         """Σ_c (n_c / N) · term(c) over the chunks, accumulated in order into zeros like ``like`` (θ)."""
@@ -335,9 +362,30 @@ class HessianOperator:
             out += graph.weight * graph.product(self.flat, v)
         return out
 
+    def _hvp_linearized(self, v: torch.Tensor) -> torch.Tensor:
+        """The product by every chunk's linearisation, built on the first call, or where ``auto``
+        chose this back end on the second, after a first plain product that took at least
+        :data:`~gif.memory.LINEARIZE_AFTER_SECONDS` (faster ones stay plain: the build would not pay)."""
+        if self._linearized is None:
+            if self._linearize_after > 0:
+                start = time.perf_counter()
+                out = self._plain_hvp(v)
+                if time.perf_counter() - start < self._linearize_after:
+                    self.backend = "func"
+                self._linearize_after = 0.0
+                return out
+            self._linearized = [
+                _ChunkLinearization.build(self.flat, chunk, self.curvature) for chunk in self.data
+            ]
+        out = torch.zeros_like(self.flat.theta)
+        for chunk in self._linearized:
+            out += chunk.weight * chunk.product(v)
+        return out
+
     def release(self) -> None:
-        """Free the cached gradient graphs (``graph`` back end)."""
+        """Free the cached gradient graphs and linearisations (``graph``, ``linearized``)."""
         self._graph = None
+        self._linearized = None
 
     def dense(self, *, max_params: int = DENSE_MAX_PARAMS, block: int = 64) -> torch.Tensor:
         """The explicit p×p Hessian in float64, column block by column block (p HVPs).
@@ -404,3 +452,35 @@ class _ChunkGraph:
         hz = flat.output_hvp(self.z.detach(), self.targets, jv)
         (gv,) = torch.autograd.grad(self.z, self.theta, grad_outputs=hz, retain_graph=True)
         return gv
+
+
+@dataclass
+class _ChunkLinearization:
+    """One chunk's product at a fixed θ as a linear function, for the ``linearized`` back end.
+
+    Hessian: H v = the linearisation of ∇ℓ_c at θ, applied to v. Gauss–Newton: J v by the
+    linearisation of the outputs, H_z(J v) in the outputs, and Jᵀ(·) by the outputs' vjp, both
+    kept: no forward pass per product.
+    """
+
+    weight: float
+    product: Callable[[torch.Tensor], torch.Tensor]
+
+    @classmethod
+    def build(cls, flat: FlatModel, chunk: Chunk, curvature: str) -> _ChunkLinearization:
+        with warnings.catch_warnings():
+            # torch's constant folding of the traced tangent pass warns about its own graph
+            warnings.filterwarnings(
+                "ignore", message="Attempted to insert a get_attr Node", category=UserWarning
+            )
+            if curvature == "hessian":
+                _, hvp = linearize(lambda t: grad(flat.loss)(t, chunk.inputs, chunk.targets), flat.theta)
+                return cls(chunk.weight, hvp)
+
+            def outputs(t: torch.Tensor) -> torch.Tensor:
+                return flat.outputs(t, chunk.inputs)
+
+            z, pull = vjp(outputs, flat.theta)[:2]
+            z, targets = z.detach(), chunk.targets
+            _, jv = linearize(outputs, flat.theta)
+        return cls(chunk.weight, lambda v: pull(flat.output_hvp(z, targets, jv(v)))[0])

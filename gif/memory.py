@@ -109,15 +109,25 @@ def solver_backend(config: SolveConfig) -> str:
     return "func" if config.solver in HVP_FREE_SOLVERS else config.hvp_backend
 
 
+#: Under ``hvp_backend="auto"`` the Gauss–Newton products are linearised (gif/hessian.py) only
+#: after a first plain product at least this slow: the build costs about two plain products and
+#: each later product saves ~40% of one on CNNs at 28×28, where a product over the 8×8 digits
+#: CNN (~35 ms) gains nothing from it (docs/benchmarks.md, "A linearised Gauss–Newton product").
+LINEARIZE_AFTER_SECONDS = 0.05
+
+
 def resolve_backend(backend: str, curvature: str, graph_fits: Callable[[], bool]) -> str:
-    """The back end the HVPs run on: ``backend`` unless it is ``auto``, which takes the cached
-    graph for the Hessian where it fits its budget (``graph_fits()``, asked only then) and
-    ``func`` otherwise — for the Gauss–Newton matrix always, whose product is cheaper one chunk at
-    a time (docs/benchmarks.md, "The Gauss–Newton product"). One rule for the operator
-    (gif/hessian.py) and for sizing a job before it runs (:func:`estimate`)."""
+    """The back end the HVPs run on: ``backend`` unless it is ``auto``, which where every chunk's
+    intermediates fit their budget (``graph_fits()``) takes the cached graph for the Hessian and
+    the linearised product for the Gauss–Newton matrix (whose cached-graph form is slower than
+    ``func``: docs/benchmarks.md, "The Gauss–Newton product"; the operator linearises only after
+    a slow first product, :data:`LINEARIZE_AFTER_SECONDS`), and ``func`` otherwise. One rule for
+    the operator (gif/hessian.py) and for sizing a job before it runs (:func:`estimate`)."""
     if backend != "auto":
         return backend
-    return "graph" if curvature == "hessian" and graph_fits() else "func"
+    if not graph_fits():
+        return "func"
+    return "graph" if curvature == "hessian" else "linearized"
 
 
 def solver_vectors(config: SolveConfig, parameters: int) -> int:
@@ -158,7 +168,8 @@ def estimate(
     data = sum(t.element_size() * t.numel() for t in named(one).values()) * samples
     activations = FACTOR * chunk * per_sample
     graph = graph_bytes(per_sample, samples, p, element, -(-samples // chunk))
-    if resolve_backend(hvp_backend, curvature or "hessian", lambda: graph <= GRAPH_BUDGET_BYTES) == "graph":
+    held = resolve_backend(hvp_backend, curvature or "hessian", lambda: graph <= GRAPH_BUDGET_BYTES)
+    if held in ("graph", "linearized"):  # every chunk's graph or linearisation held at once
         activations = max(activations, graph)
     return Estimate((vectors + 1) * p * element, activations, data, chunk, features)
 

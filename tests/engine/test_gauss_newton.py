@@ -1,5 +1,5 @@
 """``curvature="gauss_newton"``: products with Jᵀ H_z J against the dense float64 reference
-(tests/engine/reference.py), on every tiny architecture and both HVP back ends."""
+(tests/engine/reference.py), on every tiny architecture and every HVP back end."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _vector(size: int, device: torch.device, seed: int = 3) -> torch.Tensor:
     return torch.randn(size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
-@pytest.mark.parametrize("backend", ["func", "graph"])
+@pytest.mark.parametrize("backend", ["func", "graph", "linearized"])
 def test_products_match_the_dense_gauss_newton_matrix(tiny, backend):
     _, model, data, _ = tiny
     op = HessianOperator(model, data, backend=backend, curvature="gauss_newton")
@@ -59,7 +59,7 @@ def test_any_loss_chunked_or_not():
     x, y = torch.randn(17, 4, dtype=torch.float64), torch.randint(0, 3, (17,))
     reference = dense_gauss_newton(model, x, y, loss_fn=squared_error)
     v = _vector(reference.shape[0], x.device)
-    for chunk_size, backend in [(17, "func"), (5, "func"), (5, "graph")]:
+    for chunk_size, backend in [(17, "func"), (5, "func"), (5, "graph"), (5, "linearized")]:
         op = HessianOperator(model, (x, y), loss_fn=squared_error, chunk_size=chunk_size, backend=backend,
                              curvature="gauss_newton")  # fmt: skip
         torch.testing.assert_close(op.hvp(v), reference @ v, rtol=1e-10, atol=1e-12)
@@ -97,20 +97,51 @@ def test_an_unknown_curvature_is_refused():
         HessianOperator(nn.Linear(2, 2), (torch.randn(3, 2), torch.tensor([0, 1, 0])), curvature="fisher")
 
 
-def test_auto_takes_the_chunk_at_a_time_product_for_the_gauss_newton_matrix(tiny):
+def test_auto_holds_every_chunk_for_either_curvature_where_it_fits_and_sizing_counts_it(tiny):
+    """``auto`` takes the Hessian's cached graph and the Gauss–Newton matrix's linearisation where
+    every chunk's intermediates fit the graph budget; a job's sizing resolves it by the same rule
+    and counts them, and one chunk at a time where they do not fit."""
     _, model, data, _ = tiny
-    assert HessianOperator(model, data, backend="auto").backend == "graph"  # it fits: the Hessian's graph
-    assert HessianOperator(model, data, backend="auto", curvature="gauss_newton").backend == "func"
-    # the job sizing resolves it by the same rule: no cached graph counted for the Gauss–Newton matrix
+    assert HessianOperator(model, data, backend="auto").backend == "graph"
+    assert HessianOperator(model, data, backend="auto", curvature="gauss_newton").backend == "linearized"
     x = data[0]
-    sized = {
-        curvature: gif.memory.estimate(
-            model, x, len(x), chunk_size=4, memory_budget=None, hvp_backend="auto", curvature=curvature
+
+    def sized(curvature: str, backend: str = "auto") -> int:
+        return gif.memory.estimate(
+            model, x, len(x), chunk_size=4, memory_budget=None, hvp_backend=backend, curvature=curvature
         ).activations
-        for curvature in ("hessian", "gauss_newton")
-    }
-    assert (
-        sized["gauss_newton"]
-        == gif.memory.estimate(model, x, len(x), chunk_size=4, memory_budget=None).activations
-    )
-    assert sized["hessian"] > sized["gauss_newton"]
+
+    one_chunk = sized("hessian", "func")
+    assert sized("hessian") == sized("gauss_newton") == sized("gauss_newton", "linearized") > one_chunk
+    assert sized("gauss_newton", "func") == one_chunk
+
+
+def test_auto_linearises_after_a_slow_first_product_and_stays_plain_after_a_fast_one(tiny, monkeypatch):
+    """``auto`` takes the linearised product for the Gauss–Newton matrix where its intermediates
+    fit the budget, but builds it only after a first plain product that took at least
+    ``LINEARIZE_AFTER_SECONDS``; every product is the dense matrix's either way."""
+    import gif.hessian
+
+    _, model, data, _ = tiny
+    reference = dense_gauss_newton(model, *data)
+    vectors = [_vector(reference.shape[0], data[0].device, seed) for seed in (3, 4, 5)]
+
+    def products(op: HessianOperator) -> list[str]:
+        backends = []
+        for v in vectors:
+            torch.testing.assert_close(op.hvp(v), reference @ v, rtol=1e-10, atol=1e-12)
+            backends.append(op.backend)
+        return backends
+
+    monkeypatch.setattr(gif.hessian, "LINEARIZE_AFTER_SECONDS", 1e9)  # no product is this slow
+    fast = HessianOperator(model, data, backend="auto", curvature="gauss_newton")
+    assert fast.backend == "linearized"
+    assert products(fast) == ["func"] * 3 and fast._linearized is None
+    monkeypatch.setattr(gif.hessian, "LINEARIZE_AFTER_SECONDS", 1e-9)  # every product is
+    slow = HessianOperator(model, data, backend="auto", curvature="gauss_newton")
+    assert products(slow) == ["linearized"] * 3 and slow._linearized is not None
+    assert slow.hvps == 3
+    slow.release()
+    assert slow._linearized is None
+    tight = HessianOperator(model, data, backend="auto", curvature="gauss_newton", graph_budget_bytes=1)
+    assert tight.backend == "func"

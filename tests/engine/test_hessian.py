@@ -7,7 +7,7 @@ from gif.hessian import HessianOperator
 from .reference import dense_gradient, dense_hessian
 
 
-@pytest.mark.parametrize("backend", ["func", "graph"])
+@pytest.mark.parametrize("backend", ["func", "graph", "linearized"])
 def test_hvp_matches_dense_hessian(tiny, backend):
     _, model, data, _ = tiny
     h = dense_hessian(model, *data)
