@@ -21,14 +21,15 @@ compared with), then time the edit for each variant:
 :data:`SHIFT` pixels (seeded; the test split is unchanged): a training set K times larger, for how
 the ratio moves with the data. The edit's own cost is set by its Hessian sample, validation and
 edited samples, not by the training set, while retraining grows with it (docs/benchmarks.md, "A
-larger training set"). ``--arch mlp`` (one hidden layer of 64) or ``--arch resnet18 --width W``
-swaps the model, with the same training recipe.
+larger training set"). ``--arch mlp`` (one hidden layer of 64), ``--arch resnet18 --width W``,
+``--arch vgg11 --width W`` (with BatchNorm) or ``--arch lenet`` swaps the model, with the same
+training recipe.
 
 Columns: edit seconds and edit ÷ retraining, test accuracies (removal: retained classes, removed
 class; relabel: clean, relabel, attack success), the engine's work counters (gradients, HVPs,
 forward evaluations) and its timings by stage (selection, gradients, solve, step search).
 
-    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--arch default|mlp|resnet18] [--width 16] [--copies 1] [--seeds 1] [--first-seed 0] [--cls 3] [--cls2 5] [--flipped 0.05] [--threads 1] [--steps] [--variants default,kfac]
+    python bench/edit_cost.py [--protocol removal|relabel] [--data digits|mnist] [--arch default|mlp|resnet18|vgg11|lenet] [--width 16] [--copies 1] [--seeds 1] [--first-seed 0] [--cls 3] [--cls2 5] [--flipped 0.05] [--threads 1] [--steps] [--variants default,kfac]
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ import torch
 
 import gif
 import gif.config
+import gif.hessian
 import gif.method_choice
+import gif.newton
 from gif.loo_head import named_head
 from gif.models.zoo import trainable_layers
 
@@ -69,12 +72,29 @@ IMAGE_SIDE = {"digits": 8, "mnist": 28}
 
 def architecture(args) -> tuple[dict, str]:
     """(the registry architecture, its name in the table) of ``--arch``: the protocol's own
-    (``default``), an MLP of one hidden layer of 64, or ResNet-18 at ``--width``."""
+    (``default``), an MLP of one hidden layer of 64, ResNet-18 or VGG11 at ``--width``, or
+    LeNet-5 (three Linear layers after its convolutions)."""
     if args.arch == "mlp":
         side = IMAGE_SIDE[args.data]
         return {"name": "mlp", "input_shape": [1, side, side], "hidden_sizes": [64], "num_classes": 10}, "MLP"
     if args.arch == "resnet18":
         return mnist.resnet18(args.width), f"ResNet-18 (width {args.width})"
+    if args.arch == "vgg11":
+        side = IMAGE_SIDE[args.data]
+        return {
+            "name": "vgg11",
+            "in_channels": 1,
+            "num_classes": 10,
+            "image_size": side,
+            "width": args.width,
+        }, (f"VGG11 with BatchNorm (width {args.width})")
+    if args.arch == "lenet":
+        return {
+            "name": "lenet",
+            "in_channels": 1,
+            "num_classes": 10,
+            "image_size": IMAGE_SIDE[args.data],
+        }, "LeNet-5"
     return DATA[args.data][1], MODEL_NAMES[args.data]
 
 
@@ -115,9 +135,17 @@ VARIANTS: dict[str, dict] = {
     "hvp 256": {"presets": {"if": {"hvp_samples": 256}}},
     # the relabel's ``auto`` without its attempt over the last layers (before 2026-12-07), and with
     # it giving up at another first-step objective (gif/method_choice.py)
-    "no last layers": {"choice": {"LAST_LAYERS": 0}},
-    "give up 0.95": {"choice": {"LAST_LAYERS_GIVE_UP": 0.95}},
-    "last layers cg 5": {"choice": {"LAST_LAYERS_SOLVE": {"max_iter": 5}}},
+    "no last layers": {"patch": {"gif.method_choice.LAST_LAYERS": 0}},
+    "give up 0.95": {"patch": {"gif.method_choice.LAST_LAYERS_GIVE_UP": 0.95}},
+    "last layers cg 5": {"patch": {"gif.method_choice.LAST_LAYERS_SOLVE": {"max_iter": 5}}},
+    # the ``if`` preset without the stop on stalled Newton steps (before 2026-12-07: the loop went on
+    # until a step could not improve the objective or reached the bar), with a larger gain, and
+    # stopping at the first stalled step instead of the second in a row
+    "no stall stop": {"presets": {"if": {"stall_gain": 0.0}}},
+    "stall 0.01": {"presets": {"if": {"stall_gain": 0.01}}},
+    "stall once": {"patch": {"gif.newton.STALL_PATIENCE": 1}},
+    # the Gauss–Newton products one chunk at a time, as before 2026-12-07 (``auto`` never linearises)
+    "plain products": {"patch": {"gif.hessian.LINEARIZE_AFTER_SECONDS": float("inf")}},
     # FIF on the logits' Linear layer alone (its name filled in per model): runs on its features
     # (gif/tail_edit.py)
     "fif head": {"method": "fif", "ratio": 1.0, "param_names": "head"},
@@ -154,16 +182,18 @@ def patched_presets(presets: dict[str, dict]):
 
 
 @contextlib.contextmanager
-def patched_choice(constants: dict[str, object]):
-    """``gif.method_choice``'s module constants set to a variant's ``choice`` entries, while it runs."""
-    saved = {name: getattr(gif.method_choice, name) for name in constants}
-    for name, value in constants.items():
-        setattr(gif.method_choice, name, value)
+def patched(constants: dict[str, object]):
+    """The engine's module constants named in a variant's ``patch`` (``"gif.module.NAME": value``)
+    set to its values, while it runs."""
+    targets = {name: name.rpartition(".") for name in constants}
+    saved = {name: getattr(sys.modules[module], attr) for name, (module, _, attr) in targets.items()}
+    for name, (module, _, attr) in targets.items():
+        setattr(sys.modules[module], attr, constants[name])
     try:
         yield
     finally:
-        for name, value in saved.items():
-            setattr(gif.method_choice, name, value)
+        for name, (module, _, attr) in targets.items():
+            setattr(sys.modules[module], attr, saved[name])
 
 
 def head_names(model, x) -> list[str]:
@@ -307,13 +337,13 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
         cache = gif.MemoryCache()
         options = dict(VARIANTS[name])
         presets = options.pop("presets", {})
-        constants = options.pop("choice", {})
+        constants = options.pop("patch", {})
         if options.get("param_names") == "head":
             options["param_names"] = head_names(model, x_train)
         if options.get("param_names") == "suffix":
             options["param_names"] = [f"{layer}.*" for layer, _ in trainable_layers(model)[-2:]]
         for label, edit, quality in edits:
-            with patched_presets(presets), patched_choice(constants):
+            with patched_presets(presets), patched(constants):
                 result, seconds = timed(lambda edit=edit, cache=cache, options=options: edit(cache, options))
             report = result.report
             rows.append(
@@ -339,7 +369,8 @@ def run_seed(seed: int, args, names: list[str]) -> list[dict]:
 
 def _newton_steps(report: dict) -> str:
     """The kept edit's Newton steps: each solve's iterations and HVPs, the scale the step policy
-    took and the validation objective there (the objective before the edit first)."""
+    took and the validation objective there (the objective before the edit first), and why the
+    loop stopped (gif/newton.py, ``STOP_REASONS``)."""
     steps = [f"objective before {report['metrics']['before']['objective']:.4f}"]
     for step in report["newton_steps"]:
         solver, walk = step["solver"], step["step"]
@@ -347,7 +378,7 @@ def _newton_steps(report: dict) -> str:
             f"step {step['newton_step']}: {solver['iterations']} iterations, {solver['hvps']} HVPs, "
             f"scale {walk['scale']:.3g}, objective {walk['objective']:.4f}"
         )
-    return "    " + "; ".join(steps)
+    return "    " + "; ".join(steps) + f"; stopped: {report['stopped']}"
 
 
 def _why_kept(report: dict) -> str:
@@ -395,11 +426,11 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument(
         "--arch",
-        choices=["default", "mlp", "resnet18"],
+        choices=["default", "mlp", "resnet18", "vgg11", "lenet"],
         default="default",
-        help="the model: the protocol's own (default), an MLP, or ResNet-18 at --width",
+        help="the model: the protocol's own (default), an MLP, ResNet-18 or VGG11 at --width, or LeNet-5",
     )
-    ap.add_argument("--width", type=int, default=16, help="--arch resnet18: its width (64: full)")
+    ap.add_argument("--width", type=int, default=16, help="--arch resnet18 | vgg11: its width (64: full)")
     ap.add_argument("--cls", type=int, default=3)
     ap.add_argument("--cls2", type=int, default=5)
     ap.add_argument(
