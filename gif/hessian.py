@@ -271,6 +271,7 @@ class HessianOperator:
         self.work = Work() if work is None else work
         self._graph: list[_ChunkGraph] | None = None
         self._linearized: list[_ChunkLinearization] | None = None
+        self.linearize_failed = False  # ``linearized`` fell back to ``func``: the model cannot be traced
         # ``linearized`` chosen by ``auto``: linearise only after a first plain product this slow
         self._linearize_after = LINEARIZE_AFTER_SECONDS if backend == "auto" else 0.0
 
@@ -374,13 +375,27 @@ class HessianOperator:
                     self.backend = "func"
                 self._linearize_after = 0.0
                 return out
-            self._linearized = [
-                _ChunkLinearization.build(self.flat, chunk, self.curvature) for chunk in self.data
-            ]
+            self._linearized = self._linearize()
+            if self._linearized is None:
+                self.backend = "func"
+                return self._plain_hvp(v)
         out = torch.zeros_like(self.flat.theta)
         for chunk in self._linearized:
             out += chunk.weight * chunk.product(v)
         return out
+
+    def _linearize(self) -> list[_ChunkLinearization] | None:
+        """Every chunk's linearisation, or None where the model cannot be traced (data-dependent
+        control flow, as in Hugging Face attention masks, or an operation tracing does not
+        support: ``torch.func.linearize`` fails in many ways there, and the plain product
+        computes the same thing). Running out of memory is not such a failure."""
+        try:
+            return [_ChunkLinearization.build(self.flat, chunk, self.curvature) for chunk in self.data]
+        except torch.OutOfMemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - any tracing failure: the plain product instead
+            self.linearize_failed = True
+            return None
 
     def release(self) -> None:
         """Free the cached gradient graphs and linearisations (``graph``, ``linearized``)."""

@@ -101,6 +101,20 @@ def test_influence_does_not_depend_on_the_attention_implementation(bert):
     assert_rel_close(b.vector, a.vector, rel=1e-9)
 
 
+def test_a_model_that_cannot_be_linearised_takes_the_plain_product(bert):
+    """BERT's attention mask reads a tensor's value while it is traced, so ``torch.func.linearize``
+    fails on it: the ``linearized`` back end falls back to ``func``, with the dense Hessian's
+    products all the same."""
+    from gif.hessian import HessianOperator
+
+    model, hdata, _, h, _ = bert
+    op = HessianOperator(model, hdata, backend="linearized")
+    v = torch.randn(op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert_rel_close(op.hvp(v), h @ v, rel=1e-9)
+    assert (op.backend, op.linearize_failed) == ("func", True)
+    assert_rel_close(op.hvp(2 * v), 2 * (h @ v), rel=1e-9)
+
+
 def test_scores_and_self_influence_take_named_inputs(bert):
     model, hdata, tdata, h, damping = bert
     train = (take(hdata[0], slice(0, 6)), hdata[1][:6])
