@@ -286,10 +286,12 @@ class HessianOperator:
         return self._sample_bytes
 
     def estimate_graph_bytes(self) -> int:
-        """Rough memory of the cached double-backward graphs of all chunks (gif/memory.py,
-        ``graph_bytes``)."""
+        """Rough memory of what the ``graph`` or ``linearized`` back end holds for all chunks: the
+        cached graphs for the Hessian, the linearisations for the Gauss–Newton matrix
+        (gif/memory.py, ``graph_bytes``)."""
         element = self.flat.theta.element_size()
-        return graph_bytes(self.sample_bytes(), self.data.total, self.size, element, len(self.data.chunks))
+        chunks = len(self.data.chunks)
+        return graph_bytes(self.sample_bytes(), self.data.total, self.size, element, chunks, self.curvature)
 
     def gradient(self) -> torch.Tensor:
         """∇L(θ), a flat vector of length p."""

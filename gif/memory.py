@@ -48,11 +48,27 @@ GRAPH_BUDGET_BYTES = 1 << 30
 GRAPH_MEMORY_FACTOR = 4
 
 
-def graph_bytes(per_sample_bytes: int, samples: int, params: int, element_size: int, chunks: int) -> int:
-    """Rough memory of the cached double-backward graphs of ``chunks`` chunks holding ``samples``
-    samples: every sample's activations, their first-order gradients and the double backward's
-    intermediates, and two p-vectors per chunk."""
-    return int(GRAPH_MEMORY_FACTOR * per_sample_bytes * samples + params * element_size * 2 * chunks)
+#: The same for the linearised Gauss–Newton product (the ``linearized`` back end), whose build —
+#: the outputs' vjp, the traced tangent pass and its folded constants — peaks at 2.8–5.5 × the
+#: activation bytes × the samples on the four CNNs measured (docs/benchmarks.md, "A linearised
+#: Gauss–Newton product").
+LINEARIZED_MEMORY_FACTOR = 6
+
+
+def graph_bytes(
+    per_sample_bytes: int,
+    samples: int,
+    params: int,
+    element_size: int,
+    chunks: int,
+    curvature: str = "hessian",
+) -> int:
+    """Rough memory of what ``hvp_backend="auto"`` holds for every one of ``chunks`` chunks holding
+    ``samples`` samples where it fits: for the Hessian the cached double-backward graphs (every
+    sample's activations, their first-order gradients and the double backward's intermediates),
+    for the Gauss–Newton matrix the linearised products; and two p-vectors per chunk."""
+    factor = GRAPH_MEMORY_FACTOR if curvature == "hessian" else LINEARIZED_MEMORY_FACTOR
+    return int(factor * per_sample_bytes * samples + params * element_size * 2 * chunks)
 
 
 def per_sample_gradient_chunk(
@@ -167,7 +183,7 @@ def estimate(
     chunk = min(samples, fitting_chunk(chunk_size, per_sample, memory_budget))
     data = sum(t.element_size() * t.numel() for t in named(one).values()) * samples
     activations = FACTOR * chunk * per_sample
-    graph = graph_bytes(per_sample, samples, p, element, -(-samples // chunk))
+    graph = graph_bytes(per_sample, samples, p, element, -(-samples // chunk), curvature or "hessian")
     held = resolve_backend(hvp_backend, curvature or "hessian", lambda: graph <= GRAPH_BUDGET_BYTES)
     if held in ("graph", "linearized"):  # every chunk's graph or linearisation held at once
         activations = max(activations, graph)
