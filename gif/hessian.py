@@ -373,6 +373,8 @@ class HessianOperator:
             if self._linearize_after > 0:
                 start = time.perf_counter()
                 out = self._plain_hvp(v)
+                if out.is_cuda:  # the product's kernels run asynchronously: time them, not their launch
+                    torch.cuda.synchronize(out.device)
                 if time.perf_counter() - start < self._linearize_after:
                     self.backend = "func"
                 self._linearize_after = 0.0
