@@ -6,7 +6,7 @@ n_c (Σ n_c = N), the loss is
     L(θ) = Σ_c (n_c / N) · ℓ_c(θ),     ℓ_c = batch-mean loss on chunk c,
 
 so ∇L and H·v = ∇²L(θ)·v are size-weighted sums over chunks and do not depend on how the data
-was batched. Two HVP back ends:
+was batched. Three HVP back ends:
 
 * ``"func"`` — forward-over-reverse, ``jvp(grad(L))`` with torch.func. Memory is one chunk's
   activations at a time; each HVP redoes the chunk's forward pass.
@@ -18,7 +18,7 @@ was batched. Two HVP back ends:
   the outputs' vjp kept too), so that each product replays the tangent and backward passes
   without the forward pass ``func`` redoes. The build costs about two plain products and holds
   every chunk's intermediates, as ``graph`` does; each product then costs ~1 gradient where
-  ``func``'s costs 1.6–2.4 on CNNs (docs/benchmarks.md, "A linearised Gauss–Newton product").
+  ``func``'s costs 1.5–2.4 on CNNs (docs/benchmarks.md, "A linearised Gauss–Newton product").
 
 The curvature need not be the Hessian. With ``curvature="gauss_newton"`` the products are with
 the generalised Gauss–Newton matrix of the same loss, split at the model's outputs z = f(θ, x):
@@ -32,8 +32,9 @@ outputs are linear in θ (a Linear head), G = H. J v is a jvp of the outputs, J�
 H_z w a forward-over-reverse product of the loss in the outputs alone: any loss, no per-loss code.
 Computed one chunk at a time it costs 1.5–2.0 gradients on the CNNs measured, where the Hessian's
 costs 2.6–2.8 (1.4–2.2 on its cached graphs), and its ``graph`` form (J v by a double backward)
-is no faster; ``auto`` takes ``func`` for its first product and ``linearized`` for the rest
-where that product took long enough for the build to pay (gif/memory.py, ``resolve_backend``).
+is no faster; ``auto`` takes ``func`` for its first product and, where every chunk's
+linearisation fits the graph budget and that product took long enough for the build to pay,
+``linearized`` for the rest (gif/memory.py, ``resolve_backend``).
 
 A dense Hessian is only ever formed by :meth:`HessianOperator.dense`, for the ``direct`` solver
 and for tests.
