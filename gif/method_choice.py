@@ -206,15 +206,7 @@ def last_layers_config(requested: EditConfig, names: list[str]) -> EditConfig:
     matrix, truncated; products over a subset; stopped at the bar) where the request left those
     options out, giving up after a first Newton step below :data:`LAST_LAYERS_GIVE_UP`."""
     preset = EDIT_PRESETS["if"]
-    solve = (
-        "damping",
-        "curvature",
-        "max_iter",
-        "correction_tol",
-        "hvp_samples",
-        "stop_objective",
-        "stall_gain",
-    )
+    solve = ("damping", "curvature", "max_iter", "correction_tol", "hvp_samples", "stop_objective", "stall_gain")  # fmt: skip
     own = {name: preset[name] for name in solve if getattr(requested, name) is None}
     solver = preset["solver"] if requested.solver == "auto" else requested.solver
     return requested.replace(

@@ -47,10 +47,9 @@ from .steps import StepOutcome, newton_step, search_step
 
 #: The report's ``stopped``: why the Newton loop ended — no step along the last direction improved
 #: the validation objective; a step reached ``stop_objective`` (at 1, the objective's maximum);
-#: the first step stayed below ``give_up_objective`` (a tentative edit: gif/method_choice.py); a
-#: the last steps each raised it by less than ``stall_gain`` (:func:`stalled`: another would cost a
-#: solve and a step search for as little); or
-#: ``newton_steps`` were taken.
+#: the first step stayed below ``give_up_objective`` (a tentative edit: gif/method_choice.py); the
+#: last steps each raised it by less than ``stall_gain`` (:func:`stalled`: another would cost a
+#: solve and a step search for as little); or ``newton_steps`` were taken.
 STOP_NO_STEP, STOP_REACHED, STOP_GAVE_UP, STOP_STALLED, STOP_STEPS = (
     "no step improves", "stop_objective reached", "gave up", "stalled", "newton_steps taken",
 )  # fmt: skip
