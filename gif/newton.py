@@ -176,6 +176,9 @@ class Edit:
         self.ids = Ids.of(
             self.memo, self.model, task, (self.hessian_data, self.drift_data, self.product_data), loss_fn
         )
+        # later Newton steps' products start with the back end ``auto`` chose for the first solve's:
+        # neither timing a first plain product again nor retrying a linearisation that failed
+        self.products_backend = config.hvp_backend
 
     def run(self) -> EditResult:
         """Edit the copy of the model by Newton steps on the task (module docstring)."""
@@ -259,11 +262,12 @@ class Edit:
                 self.request.model, self.model, sets, reference, self.work, self.config.chunk_size
             )
 
-    def _operator(self, data: Batch) -> HessianOperator:
+    def _operator(self, data: Batch, backend: str | None = None) -> HessianOperator:
         config = self.config
         return HessianOperator(
-            self.model, data, loss_fn=self.loss_fn, chunk_size=config.chunk_size, backend=config.hvp_backend,
-            work=self.work, memory_budget=config.memory_budget, check=False, curvature=config.curvature_name,
+            self.model, data, loss_fn=self.loss_fn, chunk_size=config.chunk_size,
+            backend=backend or config.hvp_backend, work=self.work, memory_budget=config.memory_budget,
+            check=False, curvature=config.curvature_name,
         )  # fmt: skip
 
     def _solve(self, k: int, gradient: _EditedGradient, params: torch.Tensor) -> InfluenceResult:
@@ -280,16 +284,30 @@ class Edit:
             config = config.replace(tol=max(config.tol, config.correction_tol))
         with self.clock("solve"):
             # the HVPs over the ``hvp_samples`` subset, where there is one (gif/edit_sets.py)
-            products = hessian if self.splits.subset is None else self._operator(self.product_data)
+            products = self._products(hessian)
             infl = self.solves.solve(
                 products, g, params, config, model=model_id, data=ids.products, loss=ids.loss,
                 extra=ids.sif_target(task) if config.method == "sif" else {},
                 monitor=Monitor(self.request.callback, self.request.should_stop, stage="solving_ihvp"),
                 target_hvp=target_hvp, group_fraction=task.index.numel() / len(self.train[1]),
             )  # fmt: skip
+            self._settle(products)
             for operator in (hessian, drift, products):
                 operator.release()
         return infl
+
+    def _products(self, hessian: HessianOperator) -> HessianOperator:
+        """The operator of a solve's products: the Hessian sample's, or that of its ``hvp_samples``
+        subset on the back end the first solve settled on (:meth:`_settle`)."""
+        if self.splits.subset is None:
+            return hessian
+        return self._operator(self.product_data, self.products_backend)
+
+    def _settle(self, products: HessianOperator) -> None:
+        """Keep the back end ``hvp_backend="auto"`` chose for ``products`` once it has chosen (at
+        its second product, gif/hessian.py), for the products of later Newton steps."""
+        if products.hvps > 1 and products.backend in ("func", "linearized"):
+            self.products_backend = products.backend
 
     def _step(self, objective: Objective, infl: InfluenceResult) -> StepOutcome:
         """Walk along −v by the step policy and leave the model at the chosen point."""

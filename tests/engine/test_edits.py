@@ -434,6 +434,40 @@ def test_newton_steps_stop_after_steps_that_gain_less_than_stall_gain(monkeypatc
             gif.EditConfig(method="if", stall_gain=bad)
 
 
+def test_later_newton_steps_start_their_products_on_the_back_end_the_first_solve_settled_on(monkeypatch):
+    """Under ``hvp_backend="auto"`` the first solve's products decide (a first plain product, then
+    the linearisation where it was slow enough: gif/hessian.py); later Newton steps build their
+    products' operator on that back end at once. The edit is the one plain products give."""
+    import gif.hessian
+    import gif.newton
+
+    from .test_cache import trained_problem
+
+    model, train = trained_problem()
+    made: list[tuple[int, str]] = []
+
+    class Recorded(gif.hessian.HessianOperator):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append((self.num_samples, kwargs.get("backend", "func")))
+
+    monkeypatch.setattr(gif.newton, "HessianOperator", Recorded)
+    monkeypatch.setattr(gif.hessian, "LINEARIZE_AFTER_SECONDS", 1e-9)  # every first product is slow
+    options = {"method": "if", "newton_steps": 3, "stop_objective": 1.0, "stall_gain": 0.0,
+               "hessian_samples": 40, "hvp_samples": 20}  # fmt: skip
+    linearised = gif.remove(model, train, {"class": 1}, **options)
+    products = [backend for samples, backend in made if samples == 20]
+    assert len(products) == len(linearised.report["newton_steps"]) >= 2
+    assert products[0] == "auto" and set(products[1:]) == {"linearized"}
+    made.clear()
+    plain = gif.remove(model, train, {"class": 1}, hvp_backend="func", **options)
+    assert {backend for _, backend in made} == {"func"}
+    assert [s["step"]["scale"] for s in linearised.report["newton_steps"]] == pytest.approx(
+        [s["step"]["scale"] for s in plain.report["newton_steps"]], rel=1e-8
+    )
+    torch.testing.assert_close(linearised.delta, plain.delta, rtol=1e-8, atol=1e-10)
+
+
 def test_newton_corrections_are_solved_to_correction_tol_and_the_first_step_to_tol():
     from .test_cache import trained_problem
 
