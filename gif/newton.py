@@ -178,7 +178,7 @@ class Edit:
         )
         # later Newton steps' products start with the back end ``auto`` chose for the first solve's:
         # neither timing a first plain product again nor retrying a linearisation that failed
-        self.products_backend = config.hvp_backend
+        self.products_backend: str = config.hvp_backend
 
     def run(self) -> EditResult:
         """Edit the copy of the model by Newton steps on the task (module docstring)."""
