@@ -195,10 +195,9 @@ class Edit:
             steps: list[dict] = []
             stopped, history = STOP_STEPS, [metrics["before"][0]]
             for k in range(self.config.newton_steps):
-                infl, backend = self._solve(k, gradient, params)
+                infl = self._solve(k, gradient, params)
                 outcome = self._step(objective, infl)
-                solver = {**infl.diagnostics(), **({"hvp_backend": backend} if backend else {})}
-                steps.append({"newton_step": k + 1, "solver": solver, "step": outcome.as_dict()})
+                steps.append({"newton_step": k + 1, "solver": infl.diagnostics(), "step": outcome.as_dict()})
                 if outcome.scale > 0.0:
                     metrics["after"] = (outcome.objective, outcome.metrics)
                 history.append(outcome.objective)
@@ -271,11 +270,8 @@ class Edit:
             check=False, curvature=config.curvature_name,
         )  # fmt: skip
 
-    def _solve(
-        self, k: int, gradient: _EditedGradient, params: torch.Tensor
-    ) -> tuple[InfluenceResult, str | None]:
-        """The influence vector of the edited objective's gradient at the current θ_k, and the HVP
-        back end its products ran on (None where the solve took none: a fitted curvature's)."""
+    def _solve(self, k: int, gradient: _EditedGradient, params: torch.Tensor) -> InfluenceResult:
+        """The influence vector of the edited objective's gradient at the current θ_k."""
         config, task, ids = self.config, self.task, self.ids
         self.notify(Progress("computing_gradients", newton_step=k + 1))
         with self.clock("gradients"):
@@ -296,10 +292,9 @@ class Edit:
                 target_hvp=target_hvp, group_fraction=task.index.numel() / len(self.train[1]),
             )  # fmt: skip
             self._settle(products)
-            backend = products.backend if infl.hvps > 0 else None
             for operator in (hessian, drift, products):
                 operator.release()
-        return infl, backend
+        return infl
 
     def _products(self, hessian: HessianOperator) -> HessianOperator:
         """The operator of a solve's products: the Hessian sample's, or that of its ``hvp_samples``
