@@ -32,8 +32,8 @@ outputs are linear in θ (a Linear head), G = H. J v is a jvp of the outputs, J�
 H_z w a forward-over-reverse product of the loss in the outputs alone: any loss, no per-loss code.
 Computed one chunk at a time it costs 1.5–2.0 gradients on the CNNs measured, where the Hessian's
 costs 2.6–2.8 (1.4–2.2 on its cached graphs), and its ``graph`` form (J v by a double backward)
-is no faster; ``auto`` takes ``func`` for its first product and, where every chunk's
-linearisation fits the graph budget and that product took long enough for the build to pay,
+is no faster; ``auto`` takes ``func`` for its first two products and, where every chunk's
+linearisation fits the graph budget and the second took long enough for the build to pay,
 ``linearized`` for the rest (gif/memory.py, ``resolve_backend``).
 
 A dense Hessian is only ever formed by :meth:`HessianOperator.dense`, for the ``direct`` solver
@@ -215,8 +215,8 @@ class HessianOperator:
         backend: ``"func"``, ``"graph"``, ``"linearized"`` (the module's docstring) or
             ``"auto"``: where the estimated memory of every chunk's graph fits
             ``graph_budget_bytes``, for the Hessian ``graph``, for the Gauss–Newton matrix
-            ``linearized`` from the second product on when the first (``func``) took at least
-            :data:`~gif.memory.LINEARIZE_AFTER_SECONDS`; else ``func``.
+            ``linearized`` from the third product on when the second (``func``, as the first)
+            took at least :data:`~gif.memory.LINEARIZE_AFTER_SECONDS`; else ``func``.
         curvature: ``"hessian"`` or ``"gauss_newton"``: what :meth:`hvp` and :meth:`dense`
             multiply by (the module's docstring); gradients and losses are the same either way.
         graph_budget_bytes: memory the ``graph`` back end may use under ``"auto"``.
@@ -368,18 +368,12 @@ class HessianOperator:
 
     def _hvp_linearized(self, v: torch.Tensor) -> torch.Tensor:
         """The product by every chunk's linearisation, built on the first call, or where ``auto``
-        chose this back end on the second, after a first plain product that took at least
-        :data:`~gif.memory.LINEARIZE_AFTER_SECONDS` (faster ones stay plain: the build would not pay)."""
+        chose this back end on the third, after a second plain product that took at least
+        :data:`~gif.memory.LINEARIZE_AFTER_SECONDS` (faster ones stay plain: the build would not
+        pay; the first is not timed, since it may pay a process's one-time warm-ups)."""
         if self._linearized is None:
             if self._linearize_after > 0:
-                start = time.perf_counter()
-                out = self._plain_hvp(v)
-                if out.is_cuda:  # the product's kernels run asynchronously: time them, not their launch
-                    torch.cuda.synchronize(out.device)
-                if time.perf_counter() - start < self._linearize_after:
-                    self.backend = "func"
-                self._linearize_after = 0.0
-                return out
+                return self._timed_plain_hvp(v)
             self._linearized = self._linearize()
             if self._linearized is None:
                 self.backend = "func"
@@ -387,6 +381,18 @@ class HessianOperator:
         out = torch.zeros_like(self.flat.theta)
         for chunk in self._linearized:
             out += chunk.weight * chunk.product(v)
+        return out
+
+    def _timed_plain_hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """A plain product while ``auto`` has not decided; the second decides (:meth:`_hvp_linearized`)."""
+        start = time.perf_counter()
+        out = self._plain_hvp(v)
+        if out.is_cuda:  # the product's kernels run asynchronously: time them, not their launch
+            torch.cuda.synchronize(out.device)
+        if self.hvps >= 2:
+            if time.perf_counter() - start < self._linearize_after:
+                self.backend = "func"
+            self._linearize_after = 0.0
         return out
 
     def _linearize(self) -> list[_ChunkLinearization] | None:

@@ -126,7 +126,8 @@ def solver_backend(config: SolveConfig) -> str:
 
 
 #: Under ``hvp_backend="auto"`` the Gauss–Newton products are linearised (gif/hessian.py) only
-#: after a first plain product at least this slow: the build costs about two plain products and
+#: after a second plain product at least this slow (the first may pay a process's one-time
+#: warm-ups, and a timed warm-up made a tiny model's edit take another path): the build costs about two plain products and
 #: each later product saves ~40% of one on CNNs at 28×28, where a product over the 8×8 digits
 #: CNN (~35 ms) gains nothing from it (docs/benchmarks.md, "A linearised Gauss–Newton product").
 LINEARIZE_AFTER_SECONDS = 0.05
@@ -137,7 +138,7 @@ def resolve_backend(backend: str, curvature: str, graph_fits: Callable[[], bool]
     intermediates fit their budget (``graph_fits()``) takes the cached graph for the Hessian and
     the linearised product for the Gauss–Newton matrix (whose cached-graph form is slower than
     ``func``: docs/benchmarks.md, "The Gauss–Newton product"; the operator linearises only after
-    a slow first product, :data:`LINEARIZE_AFTER_SECONDS`), and ``func`` otherwise. One rule for
+    a slow second product, :data:`LINEARIZE_AFTER_SECONDS`), and ``func`` otherwise. One rule for
     the operator (gif/hessian.py) and for sizing a job before it runs (:func:`estimate`)."""
     if backend != "auto":
         return backend

@@ -177,7 +177,7 @@ class Edit:
             self.memo, self.model, task, (self.hessian_data, self.drift_data, self.product_data), loss_fn
         )
         # later Newton steps' products start with the back end ``auto`` chose for the first solve's:
-        # neither timing a first plain product again nor retrying a linearisation that failed
+        # neither timing plain products again nor retrying a linearisation that failed
         self.products_backend: str = config.hvp_backend
 
     def run(self) -> EditResult:

@@ -435,7 +435,7 @@ def test_newton_steps_stop_after_steps_that_gain_less_than_stall_gain(monkeypatc
 
 
 def test_later_newton_steps_start_their_products_on_the_back_end_the_first_solve_settled_on(monkeypatch):
-    """Under ``hvp_backend="auto"`` the first solve's products decide (a first plain product, then
+    """Under ``hvp_backend="auto"`` the first solve's products decide (two plain products, then
     the linearisation where it was slow enough: gif/hessian.py); later Newton steps build their
     products' operator on that back end at once. The edit is the one plain products give."""
     import gif.hessian
@@ -452,7 +452,7 @@ def test_later_newton_steps_start_their_products_on_the_back_end_the_first_solve
             made.append((self.num_samples, kwargs.get("backend", "func")))
 
     monkeypatch.setattr(gif.newton, "HessianOperator", Recorded)
-    monkeypatch.setattr(gif.hessian, "LINEARIZE_AFTER_SECONDS", 1e-9)  # every first product is slow
+    monkeypatch.setattr(gif.hessian, "LINEARIZE_AFTER_SECONDS", 1e-9)  # every product is slow
     options = {"method": "if", "newton_steps": 3, "stop_objective": 1.0, "stall_gain": 0.0,
                "hessian_samples": 40, "hvp_samples": 20}  # fmt: skip
     linearised = gif.remove(model, train, {"class": 1}, **options)
