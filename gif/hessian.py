@@ -54,7 +54,7 @@ from torch.func import grad, jvp, linearize, vjp
 from . import inputs as inputs_
 from .config import CURVATURES, HVP_BACKENDS, check_choice
 from .data import Chunk, Chunks, DataLike, check_class_labels
-from .errors import InvalidArgumentError, ModelTooLargeError, NumericalError
+from .errors import ModelTooLargeError, NumericalError
 from .memory import (
     GRAPH_BUDGET_BYTES,
     LINEARIZE_AFTER_SECONDS,
@@ -243,10 +243,7 @@ class HessianOperator:
         check: bool = True,
         curvature: str = "hessian",
     ) -> None:
-        if backend not in HVP_BACKENDS:
-            raise InvalidArgumentError(
-                f"`backend` must be one of {', '.join(map(repr, HVP_BACKENDS))}, got {backend!r}"
-            )
+        check_choice("backend", backend, HVP_BACKENDS)
         check_choice("curvature", curvature, CURVATURES)
         self.curvature = curvature
         if isinstance(model, FlatModel):
