@@ -52,14 +52,14 @@ import _common as C
 import torch
 
 import gif
-from gif.config import CURVATURES
+from gif.config import CURVATURES, HVP_BACKENDS
 from gif.hessian import HessianOperator
+from gif.memory import HELD_BACKENDS
 
 DEFAULT_MODELS = "tinynet-28,lenet-28,vgg11-w16,resnet18-w16"
 DEFAULT_JOBS = min(2, os.cpu_count() or 1)
-#: The HVP back ends (gif/hessian.py), and those that hold every chunk's intermediates at once.
-BACKENDS = ("func", "graph", "linearized")
-HELD = ("graph", "linearized")
+#: The HVP back ends (gif/hessian.py).
+BACKENDS = tuple(backend for backend in HVP_BACKENDS if backend != "auto")
 TINY_TOL = 1e-30  # the solve runs all --max-iter iterations (the engine needs tol > 0)
 
 
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                "peak MiB (solve)"]  # fmt: skip
     table = [
         [r["model"], f"{r['params']:,}" if "params" in r else "-", r["samples"], r["chunk"], r["backend"],
-         cell(r, "hvp"), cell(r, "graph_estimate") if r["backend"] in HELD else "", cell(r, "solve")]
+         cell(r, "hvp"), cell(r, "graph_estimate") if r["backend"] in HELD_BACKENDS else "", cell(r, "solve")]
         for r in rows
     ]  # fmt: skip
     method = next((r["method"] for r in rows if "method" in r), "n/a")

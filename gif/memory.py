@@ -133,6 +133,11 @@ def solver_backend(config: SolveConfig) -> str:
 LINEARIZE_AFTER_SECONDS = 0.05
 
 
+#: The HVP back ends that hold every chunk's intermediates at once (gif/hessian.py): the cached
+#: graphs, the linearisations.
+HELD_BACKENDS = ("graph", "linearized")
+
+
 def resolve_backend(backend: str, curvature: str, graph_fits: Callable[[], bool]) -> str:
     """The back end the HVPs run on: ``backend`` unless it is ``auto``, which where every chunk's
     intermediates fit their budget (``graph_fits()``) takes the cached graph for the Hessian and
@@ -186,7 +191,7 @@ def estimate(
     activations = FACTOR * chunk * per_sample
     graph = graph_bytes(per_sample, samples, p, element, -(-samples // chunk), curvature or "hessian")
     held = resolve_backend(hvp_backend, curvature or "hessian", lambda: graph <= GRAPH_BUDGET_BYTES)
-    if held in ("graph", "linearized"):  # every chunk's graph or linearisation held at once
+    if held in HELD_BACKENDS:
         activations = max(activations, graph)
     return Estimate((vectors + 1) * p * element, activations, data, chunk, features)
 
