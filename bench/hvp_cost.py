@@ -92,10 +92,27 @@ def bench_one(name: str, samples: int, args: argparse.Namespace, device: torch.d
     row["func"] = timed("func", lambda: func.hvp(v))
 
     # the cached back ends: the first call builds what they keep, so it gets a fresh operator each time
+    def first_and_later(backend: str) -> tuple[float, float]:
+        """(median first ``hvp`` of a fresh ``backend`` operator, median later ``hvp`` of one)."""
+        first_times = []
+        op = None
+        for i in range(args.warmup + args.repeats):
+            if op is not None:
+                op.release()
+            op = HessianOperator(model, data, backend=backend, **kw)
+            C.sync(device)
+            start = time.perf_counter()
+            out[backend] = op.hvp(v)
+            C.sync(device)
+            if i >= args.warmup:
+                first_times.append(time.perf_counter() - start)
+        assert op is not None
+        later = timed(backend, lambda: op.hvp(v))
+        op.release()
+        return C.median(first_times), later
+
     for backend in CACHED:
-        row[f"{backend}1"], row[backend] = first_and_later(
-            backend, model, data, kw, v, out, timed, args, device
-        )
+        row[f"{backend}1"], row[backend] = first_and_later(backend)
 
     if not args.no_paper:
         row["paper"] = timed("paper", lambda: paper_hvp(model, func, v))
@@ -106,26 +123,6 @@ def bench_one(name: str, samples: int, args: argparse.Namespace, device: torch.d
 
 #: The back ends that keep something per chunk, built by their first product (gif/hessian.py).
 CACHED = ("graph", "linearized")
-
-
-def first_and_later(backend, model, data, kw, v, out, timed, args, device) -> tuple[float, float]:
-    """(median first ``hvp`` of a fresh ``backend`` operator, median later ``hvp`` of one)."""
-    first_times = []
-    op = None
-    for i in range(args.warmup + args.repeats):
-        if op is not None:
-            op.release()
-        op = HessianOperator(model, data, backend=backend, **kw)
-        C.sync(device)
-        start = time.perf_counter()
-        out[backend] = op.hvp(v)
-        C.sync(device)
-        if i >= args.warmup:
-            first_times.append(time.perf_counter() - start)
-    assert op is not None
-    later = timed(backend, lambda: op.hvp(v))
-    op.release()
-    return C.median(first_times), later
 
 
 def main(argv: list[str] | None = None) -> int:
