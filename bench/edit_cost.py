@@ -74,27 +74,16 @@ def architecture(args) -> tuple[dict, str]:
     """(the registry architecture, its name in the table) of ``--arch``: the protocol's own
     (``default``), an MLP of one hidden layer of 64, ResNet-18 or VGG11 at ``--width``, or
     LeNet-5 (three Linear layers after its convolutions)."""
+    side = IMAGE_SIDE[args.data]
     if args.arch == "mlp":
-        side = IMAGE_SIDE[args.data]
         return {"name": "mlp", "input_shape": [1, side, side], "hidden_sizes": [64], "num_classes": 10}, "MLP"
     if args.arch == "resnet18":
         return mnist.resnet18(args.width), f"ResNet-18 (width {args.width})"
+    image = {"name": args.arch, "in_channels": 1, "num_classes": 10, "image_size": side}
     if args.arch == "vgg11":
-        side = IMAGE_SIDE[args.data]
-        return {
-            "name": "vgg11",
-            "in_channels": 1,
-            "num_classes": 10,
-            "image_size": side,
-            "width": args.width,
-        }, (f"VGG11 with BatchNorm (width {args.width})")
+        return {**image, "width": args.width}, f"VGG11 with BatchNorm (width {args.width})"
     if args.arch == "lenet":
-        return {
-            "name": "lenet",
-            "in_channels": 1,
-            "num_classes": 10,
-            "image_size": IMAGE_SIDE[args.data],
-        }, "LeNet-5"
+        return image, "LeNet-5"
     return DATA[args.data][1], MODEL_NAMES[args.data]
 
 
